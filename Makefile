@@ -1,0 +1,42 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+# torch is pinned to the CPU build that installs from local disk (a bare `torch` pulls CUDA wheels).
+TORCH   := torch==2.13.0
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test book bench clean install
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e ".[test,book]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: the zoo table, every form checked against every other, Φ heatmaps under results/
+demo: $(STAMP)
+	mkdir -p results
+	$(BIN)/dsf zoo | tee results/zoo.txt
+	$(BIN)/dsf check | tee results/check.txt
+	$(BIN)/dsf phi all --out results/phi
+	@echo "results written under results/: zoo.txt, check.txt, phi/*.png"
+
+## test: the whole suite (hypothesis profile "ci"), the exercises and the book build
+test: $(STAMP)
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q
+
+## book: build the Jupyter Book with every page executed, warnings as errors
+book: $(STAMP)
+	rm -rf book/_build
+	$(BIN)/jupyter-book build book -W -n --keep-going
+
+## bench: CPU benchmark of the forms (writes benchmarks/results/forms_cpu.md)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.forms
+
+clean:
+	rm -rf $(VENV) results book/_build .pytest_cache .hypothesis

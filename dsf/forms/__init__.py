@@ -1,0 +1,126 @@
+"""The exact forms of a mixer, derived from its spec: recurrent, parallel (Φ) and chunked.
+
+Each takes a spec or a zoo name, then the mixer's inputs as keyword tensors (and options)::
+
+    o, S = dsf.recurrent("gla", q=q, k=k, v=v, gk=gk)
+    o    = dsf.parallel("gla", q=q, k=k, v=v, gk=gk)
+    Φ    = dsf.phi("gla", q=q, k=k, v=v, gk=gk)            # y = Φ u
+    o, S = dsf.chunked("gla", q=q, k=k, v=v, gk=gk, chunk_size=64, initial_state=S0)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..spec import MixerSpec, check_state, resolve_inputs
+from ..terms import AarenState, KVCache, LinearTerms, SoftmaxTerms
+from .chunked import chunked_aaren, chunked_linear, chunked_softmax
+from .parallel import apply_phi, phi_linear, phi_softmax
+from .recurrent import recurrent_aaren, recurrent_linear, recurrent_softmax
+
+__all__ = ["recurrent", "parallel", "phi", "chunked", "prepare"]
+
+
+def _spec(mixer: str | MixerSpec) -> MixerSpec:
+    if isinstance(mixer, MixerSpec):
+        return mixer
+    from .. import zoo  # the forms do not depend on the zoo, only this convenience does
+
+    return zoo.get(mixer)
+
+
+def prepare(mixer: str | MixerSpec, inputs: dict[str, Any]) -> tuple[MixerSpec, Any]:
+    """Validate the inputs against the spec and lower them to terms."""
+    spec = _spec(mixer)
+    tensors, options = spec.split_kwargs(inputs)
+    resolve_inputs(spec, tensors)
+    return spec, spec.lower(**tensors, **options)
+
+
+def _internal_state(spec: MixerSpec, terms: Any, state: Any) -> Any:
+    """Check a user-supplied initial state and bring it to the internal layout."""
+    if state is None:
+        return None
+    if isinstance(terms, LinearTerms):
+        internal = torch.empty(terms.state_shape, device="meta")
+        expected = tuple(terms.to_user_state(internal).shape)
+        check_state(spec.name, "initial_state", state, expected,
+                    "[" + ", ".join(spec.state_dims) + "]", terms.u.dtype)
+        return terms.to_internal_state(state.to(terms.u.dtype))
+    B, T, H, K, V = terms.shape
+    if terms.shared_query:
+        if not isinstance(state, AarenState):
+            raise TypeError(f"{spec.name}: initial_state must be a dsf.AarenState(m, c, a), "
+                            f"got {type(state).__name__}")
+        check_state(spec.name, "initial_state.m", state.m, (B, H), "[B, H]", terms.u.dtype)
+        check_state(spec.name, "initial_state.c", state.c, (B, H), "[B, H]", terms.u.dtype)
+        check_state(spec.name, "initial_state.a", state.a, (B, H, V), "[B, H, V]", terms.u.dtype)
+        return state
+    if not isinstance(state, KVCache):
+        raise TypeError(f"{spec.name}: initial_state must be a dsf.KVCache(k, v, pos, seen), "
+                        f"got {type(state).__name__}")
+    L = state.k.shape[1] if state.k.dim() == 4 else -1
+    check_state(spec.name, "initial_state.k", state.k, (B, L, H, K), "[B, L, H, K]", terms.u.dtype)
+    check_state(spec.name, "initial_state.v", state.v, (B, L, H, V), "[B, L, H, V]", terms.u.dtype)
+    if tuple(state.pos.shape) != (L,):
+        raise ValueError(f"{spec.name}: initial_state.pos must have shape [L] = ({L},), "
+                         f"got {tuple(state.pos.shape)}")
+    return state
+
+
+def _user_state(terms: Any, state: Any) -> Any:
+    return terms.to_user_state(state) if isinstance(terms, LinearTerms) else state
+
+
+def recurrent(mixer: str | MixerSpec, *, initial_state: Any = None, **inputs: Any) -> tuple[Tensor, Any]:
+    """Step the recurrence token by token: the reference. Returns ``(o, final_state)``."""
+    spec, terms = prepare(mixer, inputs)
+    S0 = _internal_state(spec, terms, initial_state)
+    if isinstance(terms, LinearTerms):
+        o, S = recurrent_linear(terms, S0)
+    elif terms.shared_query:
+        o, S = recurrent_aaren(terms, S0)
+    else:
+        o, S = recurrent_softmax(terms, S0)
+    return o, _user_state(terms, S)
+
+
+def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
+    """The DSF operator Φ with ``y = Φ u`` from a zero state.
+
+    Shape [B, H, T, T] when each block Φ_ij is a scalar times the identity over value channels
+    (attention-like mixers), [B, H, V, T, T] when it is diagonal over them (SSMs, gated RNNs).
+    """
+    spec, terms = prepare(mixer, inputs)
+    if isinstance(terms, SoftmaxTerms):
+        return phi_softmax(terms)
+    P = phi_linear(terms)
+    return P if terms.phi_out is None else terms.phi_out(P)
+
+
+def parallel(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
+    """Materialise Φ and return ``y = Φ u`` (from a zero state)."""
+    spec, terms = prepare(mixer, inputs)
+    if isinstance(terms, SoftmaxTerms):
+        return apply_phi(phi_softmax(terms), terms.u)
+    y = apply_phi(phi_linear(terms), terms.u)
+    return y if terms.out is None else terms.out(y)
+
+
+def chunked(mixer: str | MixerSpec, *, chunk_size: int = 64, initial_state: Any = None,
+            **inputs: Any) -> tuple[Tensor, Any]:
+    """Parallel inside chunks of ``chunk_size`` tokens, recurrent across them. ``(o, final_state)``."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    spec, terms = prepare(mixer, inputs)
+    S0 = _internal_state(spec, terms, initial_state)
+    if isinstance(terms, LinearTerms):
+        o, S = chunked_linear(terms, S0, chunk_size)
+    elif terms.shared_query:
+        o, S = chunked_aaren(terms, S0, chunk_size)
+    else:
+        o, S = chunked_softmax(terms, S0, chunk_size)
+    return o, _user_state(terms, S)
