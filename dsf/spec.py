@@ -86,6 +86,13 @@ class MixerSpec:
             )
         return dataclasses.replace(self, options={**self.options, **options})
 
+    def run_oracle(self, **inputs: Any) -> torch.Tensor:
+        """The hand-written loop's output (from a zero state) with this spec's options."""
+        if self.oracle is None:
+            raise NotImplementedError(f"{self.name} has no oracle loop")
+        tensors, options = self.split_kwargs(inputs)
+        return self.oracle(**tensors, **options)
+
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(i.name for i in self.inputs)

@@ -1,0 +1,305 @@
+"""The ``dsf`` command: ``dsf zoo``, ``dsf phi NAME --out FILE.png`` and ``dsf check``."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from . import zoo
+from .forms import chunked, parallel, phi, recurrent
+from .spec import MixerSpec
+
+__all__ = ["main", "zoo_rows", "format_table", "forms_of", "kernel_support", "check_rows"]
+
+FORMS = ("recurrent", "parallel", "chunked")
+ZOO_DIMS = {"K": 64, "V": 64, "N": 16}
+TOLERANCE = 1e-9
+CHECK_PAIRS = ("chunked", "parallel", "oracle", "state")  # each against recurrent
+
+
+# ---------------------------------------------------------------------------------------------
+# dsf zoo
+
+
+def forms_of(spec: MixerSpec) -> list[str]:
+    """The forms that run on ``spec``, found by running each on a tiny random input."""
+    x = spec.random_inputs(1, 3, 1, 2, 2, dtype=torch.float64, seed=0)
+    calls = {"recurrent": lambda: recurrent(spec, **x), "parallel": lambda: parallel(spec, **x),
+             "chunked": lambda: chunked(spec, chunk_size=2, **x)}
+    ok = []
+    for form in FORMS:
+        try:
+            calls[form]()
+        except Exception:  # a form that cannot lower these terms does not exist for the mixer
+            continue
+        ok.append(form)
+    return ok
+
+
+def kernel_support(spec: MixerSpec) -> bool | None:
+    """Whether the optional ``kernels`` package has a fused kernel for ``spec``; None without it."""
+    try:
+        import kernels  # optional: the Triton kernels are a separate package
+    except ImportError:
+        return None
+    supports = getattr(kernels, "supports", None)
+    if supports is None:  # an unrelated package of the same name
+        return None
+    return bool(supports(spec))
+
+
+def _number(n: float) -> str:
+    if math.isinf(n):
+        return "∞"
+    return str(int(n)) if float(n).is_integer() else f"{n:g}"
+
+
+def zoo_rows() -> tuple[list[str], list[list[str]]]:
+    """Header and one row per registered mixer for the zoo table."""
+    header = ["name", "family", "Λ structure", "state / head", "at K=V=64, N=16", "forms", "kernels"]
+    rows = []
+    for spec in zoo.specs():
+        numel = spec.state_numel(ZOO_DIMS) if spec.state_numel else float("nan")
+        k = kernel_support(spec)
+        rows.append([spec.name, spec.family, str(spec.transition), spec.state_size, _number(numel),
+                     ", ".join(forms_of(spec)), "—" if k is None else ("yes" if k else "no")])
+    return header, rows
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> str:
+    """An aligned plain-text table, or a GitHub markdown one."""
+    if markdown:
+        def line(cells):
+            return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+        return "\n".join([line(header), line(["---"] * len(header))] + [line(r) for r in rows])
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    def line(cells):
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def cmd_zoo(args: argparse.Namespace) -> int:
+    header, rows = zoo_rows()
+    if args.markdown:
+        rows = [[f"`{r[0]}`", *r[1:]] for r in rows]
+    print(format_table(header, rows, markdown=args.markdown))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# dsf phi
+
+
+def phi_panels(name: str, T: int = 24, seed: int = 0, H: int = 2, K: int = 8,
+               V: int = 8) -> list[tuple[str, torch.Tensor]]:
+    """(label, [T, T] matrix) panels of Φ for random inputs: each head, or head 0's first channels."""
+    spec = zoo.get(name)
+    x = spec.random_inputs(1, T, H, K, V, dtype=torch.float64, seed=seed)
+    P = phi(spec, **x)[0]
+    if P.dim() == 3:
+        return [(f"head {h}", P[h]) for h in range(P.shape[0])]
+    return [(f"head 0, channel {c}", P[0, c]) for c in range(min(4, P.shape[1]))]
+
+
+def _log_abs(P: torch.Tensor):
+    """log10 |Φ| with exact zeros (above the diagonal, outside a window) masked out."""
+    import numpy as np
+
+    a = P.abs().numpy()
+    return np.ma.masked_where(a == 0, np.log10(np.where(a == 0, 1.0, a)))
+
+
+def _limits(mats) -> tuple[float, float]:
+    hi = max(float(m.max()) for m in mats if m.count())
+    lo = min(float(m.min()) for m in mats if m.count())
+    # Decayed mixers reach 1e-30 far from the diagonal; eight decades keep the structure visible.
+    return max(lo, hi - 8.0), hi
+
+
+def _draw(ax, mat, vmin: float, vmax: float, title: str):
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"].copy()
+    cmap.set_bad("white")
+    im = ax.imshow(mat, cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest")
+    ax.set_title(title, fontsize=8)
+    ax.set_xlabel("j (input)", fontsize=7)
+    ax.set_ylabel("i (output)", fontsize=7)
+    ax.tick_params(labelsize=6)
+    return im
+
+
+def _new_figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # A bare Figure on the Agg canvas: no pyplot, so no global backend or open-figure state.
+    fig = Figure(figsize=(w, h), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def draw_mixer(name: str, path: Path, T: int, seed: int) -> Path:
+    """Heatmaps of log10 |Φ| for one mixer, one panel per head (or channel), saved to ``path``."""
+    spec = zoo.get(name)
+    panels = phi_panels(name, T=T, seed=seed)
+    mats = [_log_abs(P) for _, P in panels]
+    vmin, vmax = _limits(mats)
+    fig = _new_figure(3.0 * len(panels) + 0.8, 3.4)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, _), mat in zip(axes, panels, mats):
+        im = _draw(ax, mat, vmin, vmax, label)
+    fig.colorbar(im, ax=list(axes), label="log10 |Φ_ij|", shrink=0.9)
+    fig.suptitle(f"{name}: Φ (y = Φu), Λ {spec.transition}, T={T}", fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def draw_grid(names: Sequence[str], path: Path, T: int, seed: int) -> Path:
+    """One panel per mixer (its first head or channel) in a single figure."""
+    cols = 4
+    rows = math.ceil(len(names) / cols)
+    fig = _new_figure(3.2 * cols, 3.0 * rows)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, name in zip(axes, names):
+        label, P = phi_panels(name, T=T, seed=seed)[0]
+        mat = _log_abs(P)
+        vmin, vmax = _limits([mat])
+        im = _draw(ax, mat, vmin, vmax, f"{name} ({label})\n{zoo.get(name).transition}")
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    for ax in axes[len(names):]:
+        ax.set_axis_off()
+    fig.suptitle(f"log10 |Φ_ij| of every mixer, random inputs, T={T}", fontsize=12)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    return path
+
+
+def cmd_phi(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if args.name == "all":
+        paths = [draw_mixer(n, out / f"{n}.png", args.T, args.seed) for n in zoo.names()]
+        paths.append(draw_grid(zoo.names(), out / "all.png", args.T, args.seed))
+    else:
+        path = out / f"{args.name}.png" if out.is_dir() else out
+        paths = [draw_mixer(args.name, path, args.T, args.seed)]
+    for p in paths:
+        print(p)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# dsf check
+
+
+def rel_err(a: Any, b: Any) -> float:
+    """‖a − b‖ / ‖b‖ (‖a − b‖ when b is zero); states compare field by field, the largest wins."""
+    if isinstance(a, torch.Tensor):
+        if not a.is_floating_point():
+            return 0.0 if torch.equal(a, b) else math.inf
+        if a.shape != b.shape:
+            return math.inf
+        diff, ref = float((a - b).norm()), float(b.norm())
+        return diff / ref if ref > 0 else diff
+    if isinstance(a, tuple):  # KVCache, AarenState
+        return max(rel_err(x, y) for x, y in zip(a, b))
+    return 0.0 if a == b else math.inf
+
+
+def check_mixer(spec: MixerSpec, T: int, chunk: int, seed: int) -> dict[str, float | str]:
+    """Largest relative errors of each form against the recurrent one, in float64."""
+    x = spec.random_inputs(2, T, 2, 8, 8, dtype=torch.float64, seed=seed)
+    o_rec, s_rec = recurrent(spec, **x)
+    o_chk, s_chk = chunked(spec, chunk_size=chunk, **x)
+    res: dict[str, float | str] = {
+        "chunked": rel_err(o_chk, o_rec), "parallel": rel_err(parallel(spec, **x), o_rec),
+        "oracle": "—" if spec.oracle is None else rel_err(spec.oracle(**x), o_rec),
+        "state": rel_err(s_chk, s_rec)}
+    return res
+
+
+def check_rows(names: Sequence[str], T: int, chunk: int, seed: int):
+    """(header, rows, worst error, failing names) for ``dsf check``."""
+    header = ["mixer", "chunked vs rec", "parallel vs rec", "oracle vs rec", "state chunked vs rec",
+              "ok"]
+    rows, worst, failed = [], 0.0, []
+    for name in names:
+        try:
+            res = check_mixer(zoo.get(name), T, chunk, seed)
+        except Exception as e:  # report the mixer as failing rather than stop the whole check
+            res = {p: math.inf for p in CHECK_PAIRS}
+            print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
+        errs = [v for v in res.values() if isinstance(v, float)]
+        bad = any(not e <= TOLERANCE for e in errs)  # NaN counts as bad
+        worst = max([worst, *errs]) if not any(math.isnan(e) for e in errs) else math.nan
+        if bad:
+            failed.append(name)
+        rows.append([name, *(v if isinstance(v, str) else f"{v:.1e}" for v in res.values()),
+                     "FAIL" if bad else "ok"])
+    return header, rows, worst, failed
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    names = args.names or zoo.names()
+    header, rows, worst, failed = check_rows(names, args.T, args.chunk, args.seed)
+    print(f"float64, B=2, H=2, K=V=8, T={args.T}, chunk_size={args.chunk}, seed={args.seed}; "
+          f"‖a−b‖/‖b‖ against the recurrent form")
+    print(format_table(header, rows))
+    if failed:
+        print(f"FAILED: {len(failed)} of {len(names)} mixers exceed {TOLERANCE:g}: "
+              f"{', '.join(failed)}")
+        return 1
+    print(f"OK: all {len(names)} mixers agree to {TOLERANCE:g} (largest error {worst:.1e})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dsf", description="Every sequence mixer as one DSF recurrence.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    z = sub.add_parser("zoo", help="table of every mixer in the zoo")
+    z.add_argument("--markdown", action="store_true", help="print a GitHub markdown table")
+    z.set_defaults(func=cmd_zoo)
+
+    f = sub.add_parser("phi", help="heatmaps of the DSF operator Φ for random inputs")
+    f.add_argument("name", metavar="NAME", help="a mixer name, or 'all'")
+    f.add_argument("--out", required=True,
+                   help="PNG file (a directory for 'all': one PNG per mixer plus all.png)")
+    f.add_argument("--T", type=int, default=24, help="sequence length (default 24)")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=cmd_phi)
+
+    c = sub.add_parser("check", help="every form against the recurrent one, for every mixer")
+    c.add_argument("names", nargs="*", metavar="NAME", help="mixers to check (default: all)")
+    c.add_argument("--T", type=int, default=13, help="sequence length (default 13)")
+    c.add_argument("--chunk", type=int, default=5, help="chunk size (default 5)")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dsf`` command line; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    names = [args.name] if args.command == "phi" and args.name != "all" else getattr(args, "names", [])
+    unknown = [n for n in names or [] if n not in zoo.names()]
+    if unknown:
+        extra = " (or 'all')" if args.command == "phi" else ""
+        parser.error(f"unknown mixer {unknown[0]!r}; the zoo has: {', '.join(zoo.names())}{extra}")
+    if getattr(args, "T", 1) < 1 or getattr(args, "chunk", 1) < 1:
+        parser.error("--T and --chunk must be positive")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The three exact forms agree for every mixer in the zoo, in float64, on random shapes."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import dsf
+from dsf.testing import CASES, case_id, flat_tensors, grads, prefix_state, random_case, rel_err, requires_grad
+
+TOL = 1e-9
+ATOL = 1e-12  # a gradient that is exactly zero comes out as round-off on one side
+
+
+def _ok(a, b):
+    return rel_err(a, b) < TOL or (a - b).norm().item() < ATOL
+
+
+@st.composite
+def shapes(draw):
+    """(B, T, H, K, V, chunk, seed) with T = 1, odd T and T not a multiple of the chunk."""
+    T = draw(st.one_of(st.just(1), st.integers(1, 13)))
+    chunk = draw(st.integers(1, 8))
+    return (draw(st.integers(1, 2)), T, draw(st.integers(1, 2)), draw(st.integers(1, 4)),
+            draw(st.integers(1, 3)), chunk, draw(st.integers(0, 2 ** 16)))
+
+
+def _check(name, out, ref):
+    for i, (a, b) in enumerate(zip(flat_tensors(out), flat_tensors(ref))):
+        err = rel_err(a, b)
+        assert err < TOL, f"{name}[{i}]: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@given(shape=shapes())
+def test_forms_agree(case, shape):
+    B, T, H, K, V, chunk, seed = shape
+    spec, inp = random_case(*case, B, T, H, K, V, seed)
+    o_rec, S_rec = dsf.recurrent(spec, **inp)
+    o_chk, S_chk = dsf.chunked(spec, chunk_size=chunk, **inp)
+    o_par = dsf.parallel(spec, **inp)
+    _check("chunked", o_chk, o_rec)
+    _check("parallel", o_par, o_rec)
+    _check("final state", S_chk, S_rec)
+    _check("oracle", spec.run_oracle(**inp), o_rec)
+    assert o_rec.shape == inp.get("v", inp.get("x")).shape
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@given(shape=shapes(), split=st.integers(1, 12))
+def test_two_pieces_equal_one_run(case, shape, split):
+    """Running [0, s) then [s, T) carrying the state equals one run, for both stateful forms."""
+    B, T, H, K, V, chunk, seed = shape
+    T = max(T, 2)
+    s = 1 + split % (T - 1)
+    spec, inp = random_case(*case, B, T, H, K, V, seed)
+    cut = {n: (x[:, :s] if "T" in _dims(spec, n) else x) for n, x in inp.items()}
+    rest = {n: (x[:, s:] if "T" in _dims(spec, n) else x) for n, x in inp.items()}
+    S0 = prefix_state(spec, inp, 3, seed)
+    o_full, S_full = dsf.recurrent(spec, initial_state=S0, **inp)
+    for form in ("recurrent", "chunked"):
+        kw = {} if form == "recurrent" else {"chunk_size": chunk}
+        fn = getattr(dsf, form)
+        o1, S1 = fn(spec, initial_state=S0, **cut, **kw)
+        o2, S2 = fn(spec, initial_state=S1, **rest, **kw)
+        _check(f"{form} output", torch.cat([o1, o2], dim=1), o_full)
+        _check(f"{form} state", S2, S_full)
+
+
+def _dims(spec, name):
+    return next(i.dims for i in spec.inputs if i.name == name)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@given(shape=shapes(), j=st.integers(0, 12))
+def test_causal(case, shape, j):
+    """Changing the inputs at time j never changes outputs before j, in any form."""
+    B, T, H, K, V, chunk, seed = shape
+    j = j % T
+    spec, inp = random_case(*case, B, T, H, K, V, seed)
+    _, other = random_case(*case, B, T, H, K, V, seed + 1)
+    changed = dict(inp)
+    for n, x in inp.items():
+        if "T" in _dims(spec, n):
+            y = x.clone()
+            y[:, j:] = other[n][:, j:]
+            changed[n] = y
+    for run in (lambda d: dsf.recurrent(spec, **d)[0], lambda d: dsf.parallel(spec, **d),
+                lambda d: dsf.chunked(spec, chunk_size=chunk, **d)[0]):
+        a, b = run(inp), run(changed)
+        assert torch.equal(a[:, :j], b[:, :j]) or rel_err(a[:, :j], b[:, :j]) < 1e-13
+        # the test must be able to fail: the change does reach the outputs from j on (unless a
+        # relu feature map zeroes them all)
+        if a[:, j:].abs().sum() + b[:, j:].abs().sum() > 0:
+            assert not torch.allclose(a[:, j:], b[:, j:]), "changing inputs changed nothing at all"
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+@given(shape=shapes())
+def test_gradients_agree(case, shape):
+    """Gradients of every input and of the initial state agree across the three forms."""
+    B, T, H, K, V, chunk, seed = shape
+    spec, inp = random_case(*case, B, T, H, K, V, seed)
+    S0 = requires_grad(prefix_state(spec, inp, 2, seed))
+    inp = requires_grad(inp)
+    leaves = list(inp.values()) + flat_tensors(S0)
+    o_r, S_r = dsf.recurrent(spec, initial_state=S0, **inp)
+    o_c, S_c = dsf.chunked(spec, chunk_size=chunk, initial_state=S0, **inp)
+    g_r = grads([o_r, *flat_tensors(S_r)], leaves, seed)
+    g_c = grads([o_c, *flat_tensors(S_c)], leaves, seed)
+    names = list(inp) + [f"initial_state[{i}]" for i in range(len(flat_tensors(S0)))]
+    for n, a, b in zip(names, g_c, g_r):
+        assert _ok(a, b), f"chunked d{n}: {rel_err(a, b):.2e}"
+    # parallel starts from zero: compare against recurrent from zero
+    leaves = list(inp.values())
+    g_r0 = grads([dsf.recurrent(spec, **inp)[0]], leaves, seed)
+    g_p = grads([dsf.parallel(spec, **inp)], leaves, seed)
+    for n, a, b in zip(inp, g_p, g_r0):
+        assert _ok(a, b), f"parallel d{n}: {rel_err(a, b):.2e}"
