@@ -1,0 +1,119 @@
+"""Bad input gets a clear error naming the argument, the expected and the given shape or dtype."""
+
+import pytest
+import torch
+
+import dsf
+
+
+def _inp(name="gated_deltanet", **kw):
+    return dsf.random_inputs(name, B=2, T=5, H=3, K=4, V=6, **kw)
+
+
+FORMS = [
+    lambda n, **d: dsf.recurrent(n, **d),
+    lambda n, **d: dsf.chunked(n, chunk_size=2, **d),
+    lambda n, **d: dsf.parallel(n, **d),
+    lambda n, **d: dsf.phi(n, **d),
+]
+
+
+@pytest.mark.parametrize("form", FORMS, ids=["recurrent", "chunked", "parallel", "phi"])
+def test_wrong_rank(form):
+    d = _inp()
+    d["q"] = d["q"][0]
+    with pytest.raises(ValueError, match=r"q must have 4 dims \[B, T, H, K\], got 3 dims with shape \(5, 3, 4\)"):
+        form("gated_deltanet", **d)
+
+
+@pytest.mark.parametrize("dim, axis", [("B", 0), ("T", 1), ("H", 2)])
+def test_mismatched_batch_time_heads(dim, axis):
+    d = _inp()
+    d["v"] = torch.cat([d["v"], d["v"]], dim=axis)
+    with pytest.raises(ValueError, match=rf"v has {dim}=\d+ .* but q has {dim}=\d+"):
+        dsf.recurrent("gated_deltanet", **d)
+
+
+def test_gate_shape_mismatch():
+    d = _inp()
+    d["g"] = d["g"][:, :4]
+    with pytest.raises(ValueError, match=r"g has T=4 .* but q has T=5"):
+        dsf.chunked("gated_deltanet", **d)
+
+
+def test_key_dim_mismatch():
+    d = _inp()
+    d["k"] = d["k"][..., :3]
+    with pytest.raises(ValueError, match=r"k has K=3 .* but q has K=4"):
+        dsf.recurrent("gated_deltanet", **d)
+
+
+@pytest.mark.parametrize("name", ["gated_deltanet", "s6", "qlstm"])
+def test_state_of_wrong_shape(name):
+    d = _inp(name)
+    _, S = dsf.recurrent(name, **d)
+    bad = S[..., :-1]
+    with pytest.raises(ValueError, match=r"initial_state must have shape \[.*\] = \(.*\), got \(.*\)"):
+        dsf.chunked(name, initial_state=bad, **d)
+
+
+def test_softmax_state_must_be_a_cache():
+    d = _inp("softmax_attention")
+    with pytest.raises(TypeError, match="initial_state must be a dsf.KVCache"):
+        dsf.recurrent("softmax_attention", initial_state=torch.zeros(2, 3, 4, 6), **d)
+
+
+@pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True])
+def test_chunk_size(chunk_size):
+    with pytest.raises(ValueError, match=r"chunk_size must be a positive int, got"):
+        dsf.chunked("mamba2", chunk_size=chunk_size, **_inp("mamba2"))
+
+
+def test_unknown_mixer_lists_the_names():
+    with pytest.raises(KeyError, match=r"unknown mixer 'mamba3'; the zoo has: softmax_attention, .*gated_deltanet"):
+        dsf.recurrent("mamba3", **_inp())
+    with pytest.raises(KeyError, match="unknown mixer"):
+        dsf.zoo.get("nope")
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool])
+def test_non_floating(dtype):
+    d = _inp()
+    d["k"] = d["k"].to(dtype)
+    with pytest.raises(TypeError, match=rf"k must be a floating-point tensor, got dtype {dtype}"):
+        dsf.recurrent("gated_deltanet", **d)
+
+
+def test_mixed_dtypes():
+    d = _inp()
+    d["v"] = d["v"].float()
+    with pytest.raises(TypeError, match="v has dtype torch.float32 but q has torch.float64"):
+        dsf.parallel("gated_deltanet", **d)
+
+
+def test_missing_and_unexpected_arguments():
+    d = _inp()
+    beta = d.pop("beta")
+    with pytest.raises(TypeError, match=r"missing input 'beta' of shape \[B, T, H\]"):
+        dsf.recurrent("gated_deltanet", **d)
+    with pytest.raises(TypeError, match=r"unexpected argument 'gk'"):
+        dsf.recurrent("gated_deltanet", beta=beta, gk=d["q"], **d)
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['windw'\]"):
+        dsf.zoo.get("softmax_attention", windw=3)
+
+
+def test_bad_options():
+    d = _inp("softmax_attention")
+    with pytest.raises(ValueError, match="window must be a positive int"):
+        dsf.recurrent("softmax_attention", window=0, **d)
+    with pytest.raises(ValueError, match="feature_map must be one of"):
+        dsf.recurrent("linear_attention", feature_map="cosine", **_inp("linear_attention"))
+    with pytest.raises(ValueError, match="dt must be positive"):
+        dsf.recurrent("s4d", **{**_inp("s4d"), "dt": -_inp("s4d")["dt"]})
+
+
+def test_non_tensor_input():
+    d = _inp()
+    d["q"] = d["q"].tolist()
+    with pytest.raises(TypeError, match="q must be a torch.Tensor, got list"):
+        dsf.recurrent("gated_deltanet", **d)
