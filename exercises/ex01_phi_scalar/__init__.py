@@ -1,0 +1,1 @@
+"""Exercise 1: the operator Φ of a scalar-decay mixer (see README.md)."""

@@ -1,0 +1,82 @@
+"""The exercises: every check passes on the reference solution and fails on the untouched stub.
+
+Run one exercise with its marker, e.g. ``pytest -m ex01 tests/exercises``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # `exercises` is a top-level folder of the repository
+    sys.path.insert(0, str(ROOT))
+
+import exercises  # noqa: E402
+from exercises.__main__ import main  # noqa: E402
+
+
+def _marked(number: int, *values):
+    return pytest.param(number, *values, marks=getattr(pytest.mark, f"ex{number:02d}"),
+                        id=f"ex{number:02d}" + "".join(f"-{getattr(v, '__name__', v)}" for v in values))
+
+
+NUMBERS = [_marked(n) for n in exercises.EXERCISES]
+CHECKS = [_marked(n, c) for n in exercises.EXERCISES for c in exercises.checks(n)]
+
+
+@pytest.mark.parametrize("number, check", CHECKS)
+def test_solution_passes(number, check):
+    check(exercises.load(number, solution=True))
+
+
+@pytest.mark.parametrize("number, check", CHECKS)
+def test_stub_raises_not_implemented(number, check):
+    with pytest.raises(NotImplementedError, match=f"exercise {number}"):
+        check(exercises.load(number))
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+def test_stub_and_solution_share_the_signature(number):
+    stub, solution = exercises.load(number), exercises.load(number, solution=True)
+    assert inspect.signature(stub) == inspect.signature(solution)
+    assert stub.__doc__ and "Args:" in stub.__doc__ and "Returns:" in stub.__doc__
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+def test_exercise_folder_is_complete(number):
+    folder = ROOT / "exercises" / exercises.EXERCISES[number]
+    for name in ("README.md", "stub.py", "solution.py", "check.py"):
+        assert (folder / name).is_file(), f"{folder.name}/{name} is missing"
+    assert folder.name.startswith(f"ex{number:02d}_")
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+@pytest.mark.parametrize("solution, code", [(True, 0), (False, 1)], ids=["solution", "stub"])
+def test_command_line_check(number, solution, code):
+    cmd = [sys.executable, "-m", "exercises", "check", str(number)] + ["--solution"] * solution
+    env = {**os.environ, "DSF_EXERCISE_EXAMPLES": "10"}
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == code, run.stdout + run.stderr
+    n = len(exercises.checks(number))
+    assert f"{n if solution else 0} of {n} checks pass" in run.stdout
+    assert ("TODO" in run.stdout) != solution
+
+
+def test_list_and_unknown_exercise(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert all(folder in out for folder in exercises.EXERCISES.values())
+    assert main(["check", "99"]) == 2
+    assert "no exercise" in capsys.readouterr().err
+
+
+def test_check_accepts_a_function(capsys):
+    solution = exercises.load(1, solution=True)
+    assert exercises.check("ex01", fn=lambda q, k, g, scale=None: 2 * solution(q, k, g, scale)) is False
+    assert "FAIL" in capsys.readouterr().out
