@@ -1,0 +1,76 @@
+"""Checks and helpers shared by every kernel family."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["interpreting", "check_device", "check_head_dim", "check_cu_seqlens", "next_pow2",
+           "ensure_contiguous", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds"]
+
+MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def check_device(op: str, **tensors: Tensor | None) -> torch.device:
+    """All tensors on one device, CUDA (or CPU under the Triton interpreter)."""
+    device, first = None, None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if device is None:
+            device, first = t.device, name
+        elif t.device != device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {first} is on {device}")
+    if device is not None and device.type != "cuda" and not interpreting():
+        raise RuntimeError(f"{op}: Triton kernels need CUDA tensors, got {first} on {device}; "
+                           "set TRITON_INTERPRET=1 (before importing triton) to run them on the CPU")
+    return device
+
+
+def check_head_dim(op: str, name: str, size: int, lo: int = MIN_HEAD_DIM, hi: int = MAX_HEAD_DIM) -> None:
+    if not lo <= size <= hi:
+        raise ValueError(f"{op}: head dim {name}={size} is not supported; need {lo} <= {name} <= {hi}")
+
+
+def check_cu_seqlens(op: str, cu_seqlens: Tensor | None, B: int, T: int) -> int:
+    """Validate FlashAttention-style packed lengths; return the number of sequences."""
+    if cu_seqlens is None:
+        return B
+    if not isinstance(cu_seqlens, Tensor) or cu_seqlens.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{op}: cu_seqlens must be an int32/int64 tensor, got "
+                        f"{getattr(cu_seqlens, 'dtype', type(cu_seqlens).__name__)}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
+        raise ValueError(f"{op}: cu_seqlens must be 1-D with at least 2 entries, got shape "
+                         f"{tuple(cu_seqlens.shape)}")
+    if B != 1:
+        raise ValueError(f"{op}: with cu_seqlens the batch must be packed into B=1, got B={B}")
+    c = cu_seqlens.tolist()
+    if c[0] != 0:
+        raise ValueError(f"{op}: cu_seqlens must start at 0, got {c[0]}")
+    if any(b < a for a, b in zip(c, c[1:])):
+        raise ValueError(f"{op}: cu_seqlens must be non-decreasing, got {c}")
+    if c[-1] != T:
+        raise ValueError(f"{op}: cu_seqlens must end at T={T}, got {c[-1]}")
+    return len(c) - 1
+
+
+def seq_bounds(cu_seqlens: Tensor | None, B: int, T: int, device) -> Tensor:
+    """int64 [N+1] offsets into the flattened [B*T] time axis."""
+    if cu_seqlens is None:
+        return torch.arange(0, (B + 1) * T, T, dtype=torch.int64, device=device)
+    return cu_seqlens.to(device=device, dtype=torch.int64)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def ensure_contiguous(*ts: Tensor | None):
+    return tuple(None if t is None else t.contiguous() for t in ts)
