@@ -32,8 +32,9 @@ def _channel_terms(x, q, k, gk, D):
     return LinearTerms(
         q=flat(q), k=flat(k), u=x.reshape(B, T, H * V, 1), decay="key", g=flat(gk),
         D=None if D is None else D.reshape(H * V, 1),
-        state_in=lambda S: S.transpose(-1, -2).reshape(B, H * V, N, 1),
-        state_out=lambda S: S.reshape(B, H, V, N).transpose(-1, -2),
+        # rows = batch, or sequences when a kernel packs them (cu_seqlens): take it from S
+        state_in=lambda S: S.transpose(-1, -2).reshape(S.shape[0], H * V, N, 1),
+        state_out=lambda S: S.reshape(S.shape[0], H, V, N).transpose(-1, -2),
         phi_out=lambda P: P.reshape(B, H, V, T, T),
         out=lambda y: y.reshape(B, T, H, V),
     )

@@ -1,0 +1,1 @@
+"""Triton kernels compiled from dsf specs."""

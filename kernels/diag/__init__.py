@@ -1,0 +1,74 @@
+"""The diagonal-decay family: linear attention, RetNet, Lightning, Mamba-2, GLA, gated RNNs, SSMs."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._common import check_cu_seqlens, check_device, check_head_dim, seq_bounds
+from .recurrent import FusedRecurrentDiag
+
+__all__ = ["fused_recurrent_diag"]
+
+DECAYS = ("none", "scalar", "key", "value")
+
+
+def _check_state(op, state, N, H, K, V):
+    if state is None:
+        return None
+    if tuple(state.shape) != (N, H, K, V):
+        raise ValueError(f"{op}: initial_state must have shape [N, H, K, V] = {(N, H, K, V)}, "
+                         f"got {tuple(state.shape)}")
+    return state.float().contiguous()
+
+
+def prepare(op: str, q: Tensor, k: Tensor, v: Tensor, decay: str, g: Tensor | None,
+            initial_state: Tensor | None, cu_seqlens: Tensor | None):
+    """Validate and flatten inputs to [B*T, H, ·]; return them with the sequence offsets."""
+    check_device(op, q=q, k=k, v=v, g=g, initial_state=initial_state)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be [B, T, H, D], got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be floating-point, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.shape != k.shape:
+        raise ValueError(f"{op}: k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    B, T, H, K = q.shape
+    if v.shape[:3] != (B, T, H):
+        raise ValueError(f"{op}: v must be [B, T, H, V] with B, T, H = {(B, T, H)}, got {tuple(v.shape)}")
+    V = v.shape[-1]
+    check_head_dim(op, "K", K)
+    check_head_dim(op, "V", V)
+    if decay not in DECAYS:
+        raise ValueError(f"{op}: decay must be one of {DECAYS}, got {decay!r}")
+    want = {"none": None, "scalar": (B, T, H), "key": (B, T, H, K), "value": (B, T, H, V)}[decay]
+    if (want is None) != (g is None) or (g is not None and tuple(g.shape) != want):
+        raise ValueError(f"{op}: decay={decay!r} needs g of shape {want}, got "
+                         f"{None if g is None else tuple(g.shape)}")
+    N = check_cu_seqlens(op, cu_seqlens, B, T)
+    offsets = seq_bounds(cu_seqlens, B, T, q.device)
+    flat = lambda t: None if t is None else t.reshape(B * T, *t.shape[2:]).contiguous()  # noqa: E731
+    h0 = _check_state(op, initial_state, N, H, K, V)
+    return flat(q), flat(k), flat(v), flat(g), h0, offsets, (B, T, H, K, V)
+
+
+def fused_recurrent_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor | None = None,
+                         initial_state: Tensor | None = None, output_final_state: bool = False,
+                         cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """S_t = exp(g_t) ⊙ S_{t-1} + k_t v_tᵀ, o_t = S_tᵀ q_t, step by step in one kernel.
+
+    Args:
+        q, k: [B, T, H, K] (q already scaled); v: [B, T, H, V].
+        decay: "none" | "scalar" (g [B, T, H]) | "key" (g [B, T, H, K]) | "value" (g [B, T, H, V]).
+        initial_state: [N, H, K, V], N = B or len(cu_seqlens) − 1.
+        cu_seqlens: [N + 1] offsets of sequences packed into B = 1.
+    Returns:
+        o [B, T, H, V] and the final state [N, H, K, V] in fp32 (None unless output_final_state).
+    """
+    op = "fused_recurrent_diag"
+    qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
+                                                           cu_seqlens)
+    o, ht = FusedRecurrentDiag.apply(qf, kf, vf, gf, h0, offsets, decay, bool(output_final_state))
+    return o.reshape(B, T, H, V), ht
