@@ -1,1 +1,144 @@
-"""Triton kernels compiled from dsf specs."""
+"""Triton kernels compiled from dsf specs.
+
+``kernels.compile(mixer)`` lowers a spec (or zoo name) to one of a few parameterised kernel
+families, chosen by the structure of its transition Λ_t:
+
+* ``diag``: decays that are none, a scalar per head, key-wise or value-wise (linear attention,
+  RetNet, Lightning, Mamba-2, GLA, normalised attention, S4D/S6 and the gated RNNs);
+* ``delta``: identity minus rank one, optionally gated (DeltaNet, Gated DeltaNet, Longhorn);
+* ``softmax``: the normalised exponential kernel (softmax attention, window and sinks).
+
+The spec's ``lower`` runs in PyTorch around the kernels (feature maps, gates, output scales and the
+skip), so autograd covers it; the kernels do the recurrence, which is where the time goes.
+
+>>> mixer = kernels.compile("gated_deltanet")                         # doctest: +SKIP
+>>> o, S = mixer.chunked(q=q, k=k, v=v, g=g, beta=beta, output_final_state=True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import dsf
+from dsf.forms import prepare
+from dsf.spec import MixerSpec, Transition
+from dsf.terms import LinearTerms
+
+from ._common import check_cu_seqlens
+
+__all__ = ["compile", "supports", "CompiledMixer"]
+
+
+def _spec(mixer: str | MixerSpec) -> MixerSpec:
+    return mixer if isinstance(mixer, MixerSpec) else dsf.zoo.get(mixer)
+
+
+def supports(mixer: str | MixerSpec) -> dict[str, Any] | None:
+    """Which kernel family compiles this mixer and which kernels it has, or None."""
+    spec = _spec(mixer)
+    t = spec.transition
+    if t in (Transition.DELTA, Transition.GATED_DELTA):
+        return {"family": "delta", "chunked": "recurrent", "recurrent": True, "step": True}
+    if t == Transition.SOFTMAX:
+        if spec.name == "aaren":
+            return None  # a learned query: the flash kernel would need its own reduction
+        return {"family": "softmax", "chunked": "flash", "recurrent": "flash", "step": True}
+    if t in (Transition.IDENTITY, Transition.CONST_SCALAR, Transition.SCALAR, Transition.KEY_DIAG,
+             Transition.VALUE_DIAG, Transition.CHANNEL_STATE_DIAG):
+        return {"family": "diag", "chunked": "recurrent", "recurrent": True, "step": True}
+    return None
+
+
+def describe(mixer: str | MixerSpec) -> str:
+    """One short line for the zoo table."""
+    s = supports(mixer)
+    if s is None:
+        return "—"
+    return f"{s['family']}: chunked ({s['chunked']}), recurrent, step"
+
+
+class CompiledMixer:
+    """A mixer's GPU kernels: ``chunked`` (training), ``recurrent`` and ``step`` (decoding)."""
+
+    def __init__(self, spec: MixerSpec):
+        info = supports(spec)
+        if info is None:
+            raise NotImplementedError(f"kernels: no kernel family compiles {spec.name!r} "
+                                      f"({spec.transition}); use dsf.chunked on the CPU")
+        self.spec, self.family = spec, info["family"]
+        self.info = info
+
+    def __repr__(self) -> str:
+        return f"CompiledMixer({self.spec.name!r}, family={self.family!r})"
+
+    # -- training and prefill -------------------------------------------------------------------
+    def chunked(self, *, initial_state: Tensor | None = None, output_final_state: bool = False,
+                cu_seqlens: Tensor | None = None, **inputs: Any) -> tuple[Tensor, Any]:
+        """The training kernel: ``(o, final_state)``, differentiable in every input and state."""
+        return self._run("chunked", inputs, initial_state, output_final_state, cu_seqlens)
+
+    def recurrent(self, *, initial_state: Tensor | None = None, output_final_state: bool = False,
+                  cu_seqlens: Tensor | None = None, **inputs: Any) -> tuple[Tensor, Any]:
+        """The fused step-by-step kernel, same signature and results as :meth:`chunked`."""
+        return self._run("recurrent", inputs, initial_state, output_final_state, cu_seqlens)
+
+    def step(self, state: Any, *, inplace: bool = False, **inputs: Any) -> tuple[Tensor, Any]:
+        """One decoding token: inputs without the time dim ([B, H, ·]); returns ``(o, new_state)``.
+
+        With ``inplace=True`` a tensor state is updated in place (and returned).
+        """
+        spec = self.spec
+        one = {}
+        for inp in spec.inputs:
+            if inp.name in inputs and inputs[inp.name] is not None:
+                x = inputs[inp.name]
+                one[inp.name] = x.unsqueeze(1) if "T" in inp.dims else x
+        one.update({k: v for k, v in inputs.items() if k not in spec.input_names})
+        o, new = self._run("recurrent", one, state, True, None)
+        if inplace and isinstance(state, Tensor):
+            with torch.no_grad():
+                state.copy_(new)
+            new = state
+        return o[:, 0], new
+
+    # -- lowering -------------------------------------------------------------------------------
+    def _run(self, form, inputs, initial_state, output_final_state, cu_seqlens):
+        spec, terms = prepare(self.spec, inputs)
+        if self.family == "softmax":
+            from .softmax import softmax_forward
+
+            return softmax_forward(spec, terms, initial_state, output_final_state, cu_seqlens)
+        assert isinstance(terms, LinearTerms)
+        B, T, H, K, V = terms.shape
+        N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
+        h0 = None
+        if initial_state is not None:
+            h0 = terms.to_internal_state(initial_state)
+            want = (N, H, K, V + int(terms.normalize))
+            if tuple(h0.shape) != want:
+                raise ValueError(f"{spec.name}: initial_state must have shape "
+                                 f"[{', '.join(spec.state_dims)}] with {N} rows (internal {want}), "
+                                 f"got {tuple(initial_state.shape)}")
+        key, val = terms.write_key(), terms.write_value()
+        if self.family == "delta":
+            from .delta import fused_recurrent_delta
+
+            o, ht = fused_recurrent_delta(terms.q, terms.k, val, terms.beta, g=terms.g,
+                                          initial_state=h0, output_final_state=output_final_state,
+                                          cu_seqlens=cu_seqlens)
+        else:
+            from .diag import fused_recurrent_diag
+
+            o, ht = fused_recurrent_diag(terms.q, key, val, terms.decay, terms.g, initial_state=h0,
+                                         output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        y = terms.finish(o.to(terms.u.dtype))
+        return y, (terms.to_user_state(ht) if ht is not None else None)
+
+
+def compile(mixer: str | MixerSpec, **options: Any) -> CompiledMixer:  # noqa: A001 - the brief's name
+    """Kernels for a spec or zoo name (options as in ``dsf.zoo.get``)."""
+    spec = _spec(mixer)
+    return CompiledMixer(spec.with_options(**options) if options else spec)
