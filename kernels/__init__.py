@@ -46,8 +46,10 @@ def supports(mixer: str | MixerSpec) -> dict[str, Any] | None:
         if spec.name == "aaren":
             return None  # a learned query: the flash kernel would need its own reduction
         return {"family": "softmax", "chunked": "flash", "recurrent": "flash", "step": True}
-    if t in (Transition.IDENTITY, Transition.CONST_SCALAR, Transition.SCALAR, Transition.KEY_DIAG,
-             Transition.VALUE_DIAG, Transition.CHANNEL_STATE_DIAG):
+    if t in (Transition.IDENTITY, Transition.CONST_SCALAR, Transition.SCALAR):
+        return {"family": "diag", "chunked": "chunk", "recurrent": True, "step": True}
+    if t in (Transition.KEY_DIAG, Transition.VALUE_DIAG, Transition.CHANNEL_STATE_DIAG):
+        # no chunked kernel for vector decays yet: training runs the fused scan
         return {"family": "diag", "chunked": "recurrent", "recurrent": True, "step": True}
     return None
 
@@ -130,10 +132,11 @@ class CompiledMixer:
                                           initial_state=h0, output_final_state=output_final_state,
                                           cu_seqlens=cu_seqlens)
         else:
-            from .diag import fused_recurrent_diag
+            from .diag import chunk_diag, fused_recurrent_diag
 
-            o, ht = fused_recurrent_diag(terms.q, key, val, terms.decay, terms.g, initial_state=h0,
-                                         output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+            fn = chunk_diag if form == "chunked" else fused_recurrent_diag
+            o, ht = fn(terms.q, key, val, terms.decay, terms.g, initial_state=h0,
+                       output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         y = terms.finish(o.to(terms.u.dtype))
         return y, (terms.to_user_state(ht) if ht is not None else None)
 

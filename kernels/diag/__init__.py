@@ -6,9 +6,10 @@ import torch
 from torch import Tensor
 
 from .._common import check_cu_seqlens, check_device, check_head_dim, seq_bounds
+from .chunk import ChunkScalarDecay
 from .recurrent import FusedRecurrentDiag
 
-__all__ = ["fused_recurrent_diag"]
+__all__ = ["fused_recurrent_diag", "chunk_diag"]
 
 DECAYS = ("none", "scalar", "key", "value")
 
@@ -71,4 +72,21 @@ def fused_recurrent_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g
     qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
                                                            cu_seqlens)
     o, ht = FusedRecurrentDiag.apply(qf, kf, vf, gf, h0, offsets, decay, bool(output_final_state))
+    return o.reshape(B, T, H, V), ht
+
+
+def chunk_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor | None = None,
+               initial_state: Tensor | None = None, output_final_state: bool = False,
+               cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """Chunked training kernel: same arguments and results as :func:`fused_recurrent_diag`.
+
+    Scalar decays and no decay run chunked; key- and value-wise decays fall back to the fused
+    recurrent kernel (their chunked kernel is not written yet).
+    """
+    if decay not in ("none", "scalar"):
+        return fused_recurrent_diag(q, k, v, decay, g, initial_state, output_final_state, cu_seqlens)
+    op = "chunk_diag"
+    qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
+                                                           cu_seqlens)
+    o, ht = ChunkScalarDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state))
     return o.reshape(B, T, H, V), ht
