@@ -1,0 +1,129 @@
+"""Diagonal-decay kernels (chunked and fused recurrent) against the float64 dsf reference.
+
+Runs under Triton's CPU interpreter in CI (fp32); the GPU script checks bf16/fp16 at scale.
+"""
+
+import pytest
+import torch
+
+import dsf
+import kernels
+from dsf.testing import CASES, case_id, prefix_state, random_case, rel_err, requires_grad
+from dsf.forms.recurrent import recurrent_linear
+from kernels.diag import chunk_diag, fused_recurrent_diag
+
+TOL = 1e-5
+DIAG = [c for c in CASES if (kernels.supports(dsf.zoo.get(c[0], **c[1])) or {}).get("family") == "diag"
+        and c[1].get("feature_map") != "taylor"]
+
+
+def _grads(out, state, leaves, seed):
+    gen = torch.Generator().manual_seed(seed)
+    loss = (out * torch.randn(out.shape, generator=gen, dtype=torch.float64).to(out.dtype)).sum()
+    loss = loss + (state * torch.randn(state.shape, generator=gen, dtype=torch.float64).to(state.dtype)).sum()
+    gs = torch.autograd.grad(loss, leaves, allow_unused=True)  # qlstm's `a` only acts when reversed
+    return [torch.zeros_like(x) if d is None else d for d, x in zip(gs, leaves)]
+
+
+@pytest.mark.parametrize("form", ["chunked", "recurrent"])
+@pytest.mark.parametrize("case", DIAG, ids=case_id)
+def test_mixer_matches_reference(case, form):
+    """Output, final state and every gradient (initial state included) for each diagonal mixer."""
+    chunk = form == "chunked" and kernels.supports(dsf.zoo.get(case[0]))["chunked"] == "chunk"
+    T = 67 if chunk else 9      # 67: one full chunk of 64 and a ragged one
+    V = 4 if dsf.zoo.get(case[0]).phi_layout == "channel" else 16  # channels run as heads: keep few
+    spec, inp = random_case(*case, B=2, T=T, H=2, K=8, V=V, seed=3)
+    S0 = prefix_state(spec, inp, 3, seed=3)
+    ref_leaves = requires_grad({**inp, "_S0": S0})
+    S0_ref = ref_leaves.pop("_S0")
+    o_ref, S_ref = dsf.recurrent(spec, initial_state=S0_ref, **ref_leaves)
+    leaves = requires_grad({k: v.float() for k, v in {**inp, "_S0": S0}.items()})
+    S0_k = leaves.pop("_S0")
+    o, S = getattr(kernels.compile(spec), form)(initial_state=S0_k, output_final_state=True, **leaves)
+    assert o.dtype == torch.float32 and rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    g_ref = _grads(o_ref, S_ref, list(ref_leaves.values()) + [S0_ref], seed=5)
+    g = _grads(o, S, list(leaves.values()) + [S0_k], seed=5)
+    for name, a, b in zip(list(leaves) + ["initial_state"], g, g_ref):
+        assert rel_err(a, b) < TOL, f"d{name}: {rel_err(a, b):.2e}"
+
+
+@pytest.mark.parametrize("T", [1, 5, 64, 129])
+@pytest.mark.parametrize("decay", ["none", "scalar", "key", "value"])
+def test_shapes_and_no_state(T, decay):
+    """T = 1, odd T, exactly one chunk, a ragged last chunk; no initial state, no final state."""
+    spec, inp = random_case("gla" if decay == "key" else "mamba2", {}, B=1, T=T, H=1, K=16, V=16, seed=T)
+    q, k, v = inp["q"], inp["k"], inp["v"]
+    g = {"none": None, "scalar": inp.get("g"), "key": inp.get("gk"),
+         "value": torch.nn.functional.logsigmoid(torch.randn(1, T, 1, 16, dtype=torch.float64) + 2)}[decay]
+    ref = recurrent_linear(dsf.LinearTerms(q=q, k=k, u=v, decay=decay, g=g))[0]
+    f = lambda x: None if x is None else x.float()  # noqa: E731
+    for fn in (chunk_diag, fused_recurrent_diag):
+        o, S = fn(f(q), f(k), f(v), decay, f(g))
+        assert S is None and rel_err(o, ref) < TOL
+
+
+@pytest.mark.parametrize("decay", ["none", "scalar", "key"])
+def test_varlen_matches_separate_runs(decay):
+    """cu_seqlens with an empty and a one-token sequence equals running each sequence alone."""
+    cu = torch.tensor([0, 5, 5, 6, 75])
+    H, K, V = 2, 16, 16
+    name = "gla" if decay == "key" else "mamba2"
+    _, inp = random_case(name, {}, B=1, T=75, H=H, K=K, V=V, seed=11)
+    g = {"none": None, "scalar": inp.get("g"), "key": inp.get("gk")}[decay]
+    h0 = torch.randn(4, H, K, V, dtype=torch.float64)
+    f = lambda x: None if x is None else x.float()  # noqa: E731
+    for fn in (chunk_diag, fused_recurrent_diag):
+        o, S = fn(f(inp["q"]), f(inp["k"]), f(inp["v"]), decay, f(g), f(h0), True, cu)
+        for n in range(4):
+            a, b = cu[n].item(), cu[n + 1].item()
+            if b == a:
+                assert torch.allclose(S[n], h0[n].float())
+                continue
+            sl = lambda x: None if x is None else x[:, a:b]  # noqa: E731
+            terms = dsf.LinearTerms(q=sl(inp["q"]), k=sl(inp["k"]), u=sl(inp["v"]), decay=decay, g=sl(g))
+            o_ref, S_ref = recurrent_linear(terms, h0[n:n + 1])
+            assert rel_err(o[:, a:b], o_ref) < TOL and rel_err(S[n:n + 1], S_ref) < TOL
+
+
+def test_step_decodes_like_the_recurrence():
+    spec, inp = random_case("mamba2", {}, B=2, T=6, H=2, K=8, V=8, seed=1)
+    m = kernels.compile("mamba2")
+    o_ref, S_ref = dsf.recurrent("mamba2", **inp)
+    state = torch.zeros(2, 2, 8, 8)
+    outs = []
+    for t in range(6):
+        o, new = m.step(state, inplace=True, **{n: x[:, t].float() for n, x in inp.items()})
+        assert new is state
+        outs.append(o)
+    assert rel_err(torch.stack(outs, 1), o_ref) < TOL and rel_err(state, S_ref) < TOL
+
+
+def _qkv(B=1, T=8, H=2, K=16, V=16, dtype=torch.float32):
+    return torch.randn(B, T, H, K, dtype=dtype), torch.randn(B, T, H, K, dtype=dtype), torch.randn(B, T, H, V, dtype=dtype)
+
+
+def test_errors():
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=r"head dim K=300 is not supported"):
+        chunk_diag(*_qkv(K=300))
+    with pytest.raises(TypeError, match="q, k, v must share a dtype"):
+        chunk_diag(q, k, v.double())
+    with pytest.raises(ValueError, match="is on meta but q is on cpu"):
+        chunk_diag(q, k, v.to("meta"))
+    with pytest.raises(ValueError, match="cu_seqlens must start at 0"):
+        chunk_diag(q, k, v, cu_seqlens=torch.tensor([1, 8]))
+    with pytest.raises(ValueError, match="cu_seqlens must be non-decreasing"):
+        chunk_diag(q, k, v, cu_seqlens=torch.tensor([0, 6, 3, 8]))
+    with pytest.raises(ValueError, match="cu_seqlens must end at T=8"):
+        chunk_diag(q, k, v, cu_seqlens=torch.tensor([0, 6]))
+    with pytest.raises(ValueError, match="batch must be packed into B=1"):
+        chunk_diag(*_qkv(B=2), cu_seqlens=torch.tensor([0, 8]))
+    with pytest.raises(ValueError, match=r"initial_state must have shape \[N, H, K, V\]"):
+        chunk_diag(q, k, v, initial_state=torch.zeros(2, 2, 16, 16))
+    with pytest.raises(ValueError, match=r"decay='scalar' needs g of shape \(1, 8, 2\)"):
+        chunk_diag(q, k, v, "scalar", torch.zeros(1, 8, 2, 16))
+    with pytest.raises(NotImplementedError, match="no kernel family compiles 'aaren'"):
+        kernels.compile("aaren")
+    with pytest.raises(ValueError, match=r"initial_state must have shape \[B, H, K, V\] with 1 rows"):
+        kernels.compile("mamba2").chunked(q=q, k=k, v=v, g=torch.zeros(1, 8, 2),
+                                          initial_state=torch.zeros(3, 2, 16, 16))
