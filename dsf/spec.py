@@ -120,6 +120,15 @@ class MixerSpec:
         return tensors, options
 
 
+_HALF = (torch.float16, torch.bfloat16)
+_MAIN = ("q", "k", "v", "x")  # the activations: these always share one dtype
+
+
+def _fp32_beside_half(a: torch.dtype, b: torch.dtype) -> bool:
+    """Gates kept in float32 next to bf16/fp16 activations is the usual mixed-precision setup."""
+    return (a == torch.float32 and b in _HALF) or (b == torch.float32 and a in _HALF)
+
+
 def resolve_inputs(spec: MixerSpec, tensors: Mapping[str, Any]) -> dict[str, int]:
     """Check ranks, dtypes and shared dims of the inputs; return the dims, e.g. ``{"B": 2, ...}``.
 
@@ -140,10 +149,11 @@ def resolve_inputs(spec: MixerSpec, tensors: Mapping[str, Any]) -> dict[str, int
             )
         if dtype is None:
             dtype, dtype_from, device = x.dtype, inp.name, x.device
-        elif x.dtype != dtype:
+        elif x.dtype != dtype and not (inp.name not in _MAIN and _fp32_beside_half(x.dtype, dtype)):
             raise TypeError(
                 f"{spec.name}: {inp.name} has dtype {x.dtype} but {dtype_from} has {dtype}; "
-                "all inputs must share one dtype"
+                "all inputs must share one dtype (gates and parameters may be float32 beside "
+                "16-bit inputs)"
             )
         elif x.device != device:
             raise ValueError(

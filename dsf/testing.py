@@ -73,8 +73,9 @@ def prefix_state(spec: MixerSpec, inputs: dict, T0: int, seed: int) -> Any:
     for inp in spec.inputs:
         if inp.name in inputs:
             dims.update(zip(inp.dims, inputs[inp.name].shape))
+    first = next(iter(inputs.values()))
     pre = spec.random_inputs(dims["B"], T0, dims["H"], dims.get("N", dims.get("K", 1)),
-                             dims["V"], dtype=next(iter(inputs.values())).dtype, seed=seed + 7919)
+                             dims["V"], dtype=first.dtype, device=first.device, seed=seed + 7919)
     # Time-invariant parameters (no T dim) must be the same in the prefix as in the main run.
     for inp in spec.inputs:
         if "T" not in inp.dims and inp.name in inputs:

@@ -76,6 +76,7 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
 def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
+    """O of one chunk and value block; the key dim is walked in blocks of BK."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
@@ -83,23 +84,26 @@ def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices,
     eos = tl.load(offsets + i_n + 1).to(tl.int64)
     t_rows = bos + c * BT + tl.arange(0, BT)
     m_t = t_rows < eos
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_tk = m_t[:, None] & m_k[None, :]
-    b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
-    b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
-    b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                  other=0.0)
-    b_h = tl.load(h + (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :],
-                  mask=m_k[:, None] & m_v[None, :], other=0.0)
+    m_v = o_v < V
     b_G, b_GL = _decays(g, t_rows, m_t, H, i_h, DECAY)
-    b_qd = (b_q.to(tl.float32) * tl.exp(b_G)[:, None]).to(b_q.dtype)
-    b_o = tl.dot(b_qd, b_h.to(b_q.dtype), input_precision=PREC)
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    p_h = h + (i_c.to(tl.int64) * H + i_h) * K * V
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC)
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
     b_D = tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
-    b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_D
-    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                  other=0.0)
+    b_o = b_o * tl.exp(b_G)[:, None] + tl.dot((b_A * b_D).to(b_v.dtype), b_v, input_precision=PREC)
     tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
@@ -142,45 +146,84 @@ def _dstate_kernel(q, do, g, dht, dh, dh0, offsets, chunk_offsets, MAXC,
 
 
 @triton.jit
-def _grad_kernel(q, k, v, g, h, do, dh, dq, dk, dv, offsets, chunk_indices,
+def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, offsets, chunk_indices,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
-    """dQ, dK, dV of one chunk (all of K and V in one program: dQ sums over V, dV over K)."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    """dQ and dK of one chunk and key block; the value dim is walked in blocks of BV."""
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
     bos = tl.load(offsets + i_n).to(tl.int64)
     eos = tl.load(offsets + i_n + 1).to(tl.int64)
     t_rows = bos + c * BT + tl.arange(0, BT)
     m_t = t_rows < eos
-    o_k, o_v = tl.arange(0, BK), tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_tk, m_tv = m_t[:, None] & m_k[None, :], m_t[:, None] & m_v[None, :]
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
     p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
-    p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
-    b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
-    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
-    b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
-    b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
-    p_state = (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
-    b_h = tl.load(h + p_state, mask=m_kv, other=0.0).to(b_q.dtype)
-    b_dh = tl.load(dh + p_state, mask=m_kv, other=0.0).to(b_q.dtype)
+    p_state = (i_c.to(tl.int64) * H + i_h) * K * V
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)    # ∂L/∂(q_i·k_j), before the decay mask
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    for vb in range(0, tl.cdiv(V, BV)):
+        o_v = vb * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_h = tl.load(h + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(b_v.dtype)
+        b_dh = tl.load(dh + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(b_v.dtype)
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
+        b_dk += tl.dot(b_v, tl.trans(b_dh), input_precision=PREC)
     b_G, b_GL = _decays(g, t_rows, m_t, H, i_h, DECAY)
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_D = tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
-    b_dA = tl.dot(b_do, tl.trans(b_v), input_precision=PREC) * b_D          # ∂L/∂(q_i·k_j)
-    b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_D
-    e_G, e_L = tl.exp(b_G)[:, None], tl.exp(b_GL - b_G)[:, None]
-    b_dq = tl.dot(b_do, tl.trans(b_h), input_precision=PREC) * e_G \
-        + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC)
-    b_dk = tl.dot(b_v, tl.trans(b_dh), input_precision=PREC) * e_L \
-        + tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
-    b_kd = (b_k.to(tl.float32) * e_L).to(b_k.dtype)
-    b_dv = tl.dot(b_kd, b_dh, input_precision=PREC) \
-        + tl.dot(tl.trans(b_A).to(b_do.dtype), b_do, input_precision=PREC)
+    b_dA = b_dA * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
+    b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
+    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
+    b_dq = b_dq * tl.exp(b_G)[:, None] + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC)
+    b_dk = b_dk * tl.exp(b_GL - b_G)[:, None] + tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
     tl.store(dq + p_tk, b_dq, mask=m_tk)
     tl.store(dk + p_tk, b_dk, mask=m_tk)
+
+
+@triton.jit
+def _dv_kernel(q, k, g, do, dh, dv, offsets, chunk_indices,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
+    """dV of one chunk and value block; the key dim is walked in blocks of BK."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    t_rows = bos + c * BT + tl.arange(0, BT)
+    m_t = t_rows < eos
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    m_tv = m_t[:, None] & m_v[None, :]
+    p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
+    p_state = (i_c.to(tl.int64) * H + i_h) * K * V
+    b_G, b_GL = _decays(g, t_rows, m_t, H, i_h, DECAY)
+    e_L = tl.exp(b_GL - b_G)[:, None]
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dv = tl.zeros([BT, BV], dtype=tl.float32)
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_dh = tl.load(dh + p_state + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
+                       other=0.0).to(b_k.dtype)
+        b_A += tl.dot(b_k, tl.trans(b_q), input_precision=PREC)            # Aᵀ: rows j, columns i
+        b_dv += tl.dot((b_k.to(tl.float32) * e_L).to(b_k.dtype), b_dh, input_precision=PREC)
+    anti = tl.arange(0, BT)[:, None] <= tl.arange(0, BT)[None, :]
+    b_A = b_A * tl.exp(tl.where(anti, b_G[None, :] - b_G[:, None], float("-inf")))
+    b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+    b_dv += tl.dot(b_A.to(b_do.dtype), b_do, input_precision=PREC)
     tl.store(dv + p_tv, b_dv, mask=m_tv)
 
 
@@ -224,8 +267,8 @@ class ChunkScalarDecay(torch.autograd.Function):
             DECAY=decay, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec)
         o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
         _output_kernel[(triton.cdiv(V, BVs), NC, H)](
-            q, k, v, g, h, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs,
-            DECAY=decay, PREC=prec)
+            q, k, v, g, h, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=min(BK, 64), BV=BVs,
+            DECAY=decay, PREC=prec, num_warps=4, num_stages=2)
         ctx.save_for_backward(q, k, v, g, h0, offsets, h, ht, chunk_offsets, chunk_indices)
         ctx.maxc = maxc
         return o, ht
@@ -250,8 +293,13 @@ class ChunkScalarDecay(torch.autograd.Function):
         dq = _empty(Tt, H, K, dtype=torch.float32, device=q.device)
         dk = _empty(Tt, H, K, dtype=torch.float32, device=q.device)
         dv = _empty(Tt, H, V, dtype=torch.float32, device=q.device)
-        _grad_kernel[(NC, H)](q, k, v, g, h, do, dh, dq, dk, dv, offsets, chunk_indices,
-                              H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DECAY=decay, PREC=prec)
+        BKs = min(BK, 64)
+        _dqdk_kernel[(triton.cdiv(K, BKs), NC, H)](
+            q, k, v, g, h, do, dh, dq, dk, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
+            DECAY=decay, PREC=prec, num_warps=4, num_stages=2)
+        _dv_kernel[(triton.cdiv(V, BVs), NC, H)](
+            q, k, g, do, dh, dv, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
+            DECAY=decay, PREC=prec, num_warps=4, num_stages=2)
         dg = None
         if g is not None:
             dg = _segment_reverse_cumsum((q.float() * dq - k.float() * dk).sum(-1), offsets)

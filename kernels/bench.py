@@ -1,0 +1,205 @@
+"""Kernel benchmark on the GPU: our kernels, flash-linear-attention (fla-core) and torch SDPA, in one run.
+
+    python -m kernels.bench [--out DIR] [--quick]
+
+bf16, H=16, K=V=128, B·T = 32768 tokens, T from 1K to 32K; forward and forward+backward (median of
+``triton.testing.do_bench``), peak memory, the memory floor (bytes of q, k, v, o over the measured copy
+bandwidth) and the decode step at B=64. Writes ``kernel_bench.md`` and ``kernel_bench.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import kernels
+
+H, D = 16, 128
+TOKENS = 32768
+
+
+def _inputs(B, T, kind, dtype=torch.bfloat16, grad=True):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float32)  # noqa: E731
+    q, k, v = r(B, T, H, D), r(B, T, H, D), r(B, T, H, D)
+    k = F.normalize(k, dim=-1)
+    d = {"q": q, "k": k, "v": v}
+    if kind in ("scalar", "gdn"):
+        d["g"] = F.logsigmoid(4 + r(B, T, H))
+    if kind == "key":
+        d["gk"] = F.logsigmoid(4 + r(B, T, H, D)) / 16
+    if kind in ("delta", "gdn"):
+        d["beta"] = torch.rand(B, T, H, generator=g, device="cuda")
+    out = {}
+    for n, x in d.items():
+        x = x.to(dtype if n in ("q", "k", "v") else torch.float32)
+        out[n] = x.requires_grad_(grad)
+    return out
+
+
+def _ours(kind):
+    from kernels.delta import fused_recurrent_delta
+    from kernels.diag import chunk_diag
+
+    s = D ** -0.5
+    if kind == "scalar":
+        return lambda q, k, v, g: chunk_diag(q * s, k, v, "scalar", g)[0]
+    if kind == "key":
+        return lambda q, k, v, gk: chunk_diag(q * s, k, v, "key", gk)[0]
+    if kind == "delta":
+        return lambda q, k, v, beta: fused_recurrent_delta(q * s, k, v, beta.to(q.dtype))[0]
+    if kind == "gdn":
+        return lambda q, k, v, g, beta: fused_recurrent_delta(q * s, k, v, beta.to(q.dtype), g=g)[0]
+    from kernels.softmax import flash_attention
+
+    return lambda q, k, v: flash_attention(q, k, v)
+
+
+def _fla(kind):
+    try:
+        from fla.ops.delta_rule import chunk_delta_rule
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        from fla.ops.gla import chunk_gla
+        from fla.ops.simple_gla import chunk_simple_gla
+    except Exception as e:  # noqa: BLE001
+        print("fla-core unavailable:", e)
+        return None
+    return {"scalar": lambda q, k, v, g: chunk_simple_gla(q, k, v, g=g)[0],
+            "key": lambda q, k, v, gk: chunk_gla(q, k, v, gk)[0],
+            "delta": lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta.to(q.dtype))[0],
+            "gdn": lambda q, k, v, g, beta: chunk_gated_delta_rule(q, k, v, g, beta.to(q.dtype))[0],
+            }.get(kind)
+
+
+def _sdpa():
+    def f(q, k, v):
+        with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                                  is_causal=True).transpose(1, 2)
+    return f
+
+
+def _time(fn, inp, backward):
+    from triton.testing import do_bench
+
+    def run():
+        o = fn(**inp)
+        if backward:
+            o.backward(torch.ones_like(o))
+        return o
+
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        ms = do_bench(run, warmup=25, rep=100)
+    except Exception as e:  # noqa: BLE001 - a refused or failing op is a table cell
+        return f"error: {type(e).__name__}: {str(e)[:60]}", None
+    return ms, torch.cuda.max_memory_allocated() / 2 ** 30
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s (read + write)."""
+    from triton.testing import do_bench
+
+    x = torch.empty(2 ** 30, dtype=torch.uint8, device="cuda")
+    y = torch.empty_like(x)
+    ms = do_bench(lambda: y.copy_(x))
+    return 2 * x.numel() / (ms * 1e-3)
+
+
+def decode_bench(rows):
+    from triton.testing import do_bench
+
+    B = 64
+    m = kernels.compile("mamba2")
+    state = torch.zeros(B, H, D, D, device="cuda")
+    one = {n: x[:, 0].detach() for n, x in _inputs(B, 1, "scalar", grad=False).items()}
+    ours = do_bench(lambda: m.step(state, inplace=True, **one))
+    from kernels.diag import fused_recurrent_diag
+
+    q1, k1, v1, g1 = (one[n].unsqueeze(1) for n in ("q", "k", "v", "g"))
+    raw = do_bench(lambda: fused_recurrent_diag(q1, k1, v1, "scalar", g1, state, True))
+    row = {"op": "decode step B=64 (mamba2)", "ours step (compile)": ours, "ours raw kernel": raw}
+    try:
+        from fla.ops.simple_gla import fused_recurrent_simple_gla
+
+        row["fla fused_recurrent_simple_gla"] = do_bench(
+            lambda: fused_recurrent_simple_gla(q1, k1, v1, g=g1, initial_state=state, output_final_state=True))
+    except Exception as e:  # noqa: BLE001
+        row["fla fused_recurrent_simple_gla"] = f"error: {e}"[:80]
+    rows.append(row)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax")
+    args = ap.parse_args(argv)
+    Ts = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
+    bw = copy_bandwidth()
+    out_rows = []
+    names = {"scalar": "mamba2 / simple GLA", "key": "GLA", "delta": "DeltaNet", "gdn": "Gated DeltaNet",
+             "softmax": "softmax attention"}
+    for kind in args.ops.split(","):
+        impls = {"ours": _ours(kind), "fla": _fla(kind) if kind != "softmax" else None,
+                 "sdpa": _sdpa() if kind == "softmax" else None}
+        for T in Ts:
+            B = TOKENS // T
+            floor_ms = 4 * B * T * H * D * 2 / bw * 1e3
+            for impl, fn in impls.items():
+                if fn is None:
+                    continue
+                for mode in ("fwd", "fwd+bwd"):
+                    inp = _inputs(B, T, "softmax" if kind == "softmax" else kind, grad=mode != "fwd")
+                    if mode == "fwd":
+                        with torch.no_grad():
+                            ms, peak = _time(fn, inp, False)
+                    else:
+                        ms, peak = _time(fn, inp, True)
+                    row = {"op": names[kind], "impl": impl, "mode": mode, "T": T, "B": B,
+                           "ms": ms if isinstance(ms, str) else round(ms, 3),
+                           "peak_GiB": None if peak is None else round(peak, 2),
+                           "floor_ms": round(floor_ms, 3)}
+                    out_rows.append(row)
+                    print(row, flush=True)
+                    del inp
+                    torch.cuda.empty_cache()
+    dec = []
+    decode_bench(dec)
+    print(dec, flush=True)
+    with open(os.path.join(args.out, "kernel_bench.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(out_rows[0]))
+        w.writeheader()
+        w.writerows(out_rows)
+    lines = [f"# Kernel benchmark: {torch.cuda.get_device_name()}, torch {torch.__version__}",
+             f"bf16, H={H}, K=V={D}, B·T={TOKENS}; copy bandwidth {bw / 1e12:.2f} TB/s; ms = median "
+             "of triton.testing.do_bench; floor = bytes(q, k, v, o) / bandwidth", ""]
+    for kind in args.ops.split(","):
+        lines += [f"## {names[kind]}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
+                  "|---|---|" + "---|" * (len(Ts) + 1)]
+        for impl in ("ours", "fla", "sdpa"):
+            for mode in ("fwd", "fwd+bwd"):
+                r = [x for x in out_rows if x["op"] == names[kind] and x["impl"] == impl and x["mode"] == mode]
+                if r:
+                    lines.append(f"| {impl} | {mode} | " + " | ".join(str(x["ms"]) for x in r)
+                                 + f" | {max((x['peak_GiB'] or 0) for x in r)} |")
+        r = [x for x in out_rows if x["op"] == names[kind]][:1]
+        if r:
+            lines.append("| memory floor | fwd | " + " | ".join(
+                str(x["floor_ms"]) for x in out_rows if x["op"] == names[kind] and x["impl"] == "ours"
+                and x["mode"] == "fwd") + " | |")
+        lines.append("")
+    lines += ["## Decode step", "", "| " + " | ".join(dec[0]) + " |", "|" + "---|" * len(dec[0]),
+              "| " + " | ".join(str(round(v, 4)) if isinstance(v, float) else str(v) for v in dec[0].values()) + " |"]
+    with open(os.path.join(args.out, "kernel_bench.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
