@@ -110,9 +110,7 @@ class CompiledMixer:
     def _run(self, form, inputs, initial_state, output_final_state, cu_seqlens):
         spec, terms = prepare(self.spec, inputs)
         if self.family == "softmax":
-            from .softmax import softmax_forward
-
-            return softmax_forward(spec, terms, initial_state, output_final_state, cu_seqlens)
+            return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens)
         assert isinstance(terms, LinearTerms)
         B, T, H, K, V = terms.shape
         N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
@@ -139,6 +137,45 @@ class CompiledMixer:
                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         y = terms.finish(o.to(terms.u.dtype))
         return y, (terms.to_user_state(ht) if ht is not None else None)
+
+
+def _softmax(spec, terms, cache, output_final_state, cu_seqlens):
+    """Softmax attention through the flash kernels; the state is the KV cache (dsf.KVCache)."""
+    from dsf.forms.recurrent import _trim_cache
+    from dsf.terms import KVCache
+
+    from .softmax import flash_attention, flash_decode
+
+    q, k, v = terms.query(), terms.k, terms.u            # q carries the scale already
+    B, T = k.shape[:2]
+    opts = dict(scale=1.0, window=terms.window, sink_tokens=terms.sink_tokens)
+    if cache is None:
+        o = flash_attention(q, k, v, cu_seqlens=cu_seqlens, **opts)
+        start = 0
+    else:
+        if not isinstance(cache, KVCache):
+            raise TypeError(f"{spec.name}: initial_state must be a dsf.KVCache, got {type(cache).__name__}")
+        if cu_seqlens is not None:
+            raise ValueError(f"{spec.name}: initial_state cannot be combined with cu_seqlens")
+        L = cache.k.shape[1]
+        if L != cache.seen:
+            # a trimmed cache has gaps in its positions, which the kernels' masks do not model
+            raise ValueError(f"{spec.name}: the kernels continue from a full KV cache only "
+                             f"(it holds {L} of {cache.seen} tokens); run with window=None or keep "
+                             "the whole cache")
+        k_all, v_all = torch.cat([cache.k, k], 1), torch.cat([cache.v, v], 1)
+        if T == 1:
+            o = flash_decode(q, k_all, v_all, **opts)
+        else:
+            q_all = torch.cat([q.new_zeros(B, L, *q.shape[2:]), q], 1)
+            o = flash_attention(q_all, k_all, v_all, **opts)[:, L:]
+        k, v, start = k_all, v_all, cache.seen - L
+    if not output_final_state:
+        return o, None
+    if cu_seqlens is not None:
+        return o, None  # per-sequence caches of a packed batch: slice k, v by cu_seqlens instead
+    pos = torch.arange(start, start + k.shape[1], device=k.device)
+    return o, _trim_cache(terms, k, v, pos, start + k.shape[1])
 
 
 def compile(mixer: str | MixerSpec, **options: Any) -> CompiledMixer:  # noqa: A001 - the brief's name

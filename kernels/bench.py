@@ -134,12 +134,32 @@ def decode_bench(rows):
     rows.append(row)
 
 
+def profile(kind: str, T: int = 4096) -> str:
+    """Per-kernel CUDA time of our fwd+bwd (torch.profiler), to see which stage limits it."""
+    fn = _ours(kind)
+    inp = _inputs(TOKENS // T, T, kind)
+    for _ in range(3):
+        fn(**inp).sum().backward()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn(**inp).sum().backward()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax")
+    ap.add_argument("--profile", action="store_true", help="print a per-kernel breakdown first")
     args = ap.parse_args(argv)
+    if args.profile:
+        for kind in args.ops.split(","):
+            text = profile(kind)
+            print(text, flush=True)
+            with open(os.path.join(args.out, f"profile_{kind}.txt"), "w") as f:
+                f.write(text)
     Ts = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
     bw = copy_bandwidth()
     out_rows = []

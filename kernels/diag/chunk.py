@@ -302,9 +302,10 @@ class ChunkScalarDecay(torch.autograd.Function):
             DECAY=decay, PREC=prec, num_warps=4, num_stages=2)
         dg = None
         if g is not None:
-            dg = _segment_reverse_cumsum((q.float() * dq - k.float() * dk).sum(-1), offsets)
+            # the reverse cumsum adds T terms that largely cancel: do it in float64
+            dg = _segment_reverse_cumsum((q.double() * dq - k.double() * dk).sum(-1), offsets)
             if dht is not None and ht is not None:
-                fin = (dht.float() * ht).sum((-1, -2))            # ⟨dS_T, S_T⟩ per sequence, head
+                fin = (dht.double() * ht).sum((-1, -2))            # ⟨dS_T, S_T⟩ per sequence, head
                 has = offsets[1:] > offsets[:-1]
                 add = torch.zeros_like(dg)
                 add.index_add_(0, (offsets[1:] - 1)[has], fin[has])

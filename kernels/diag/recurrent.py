@@ -159,14 +159,15 @@ class FusedRecurrentDiag(torch.autograd.Function):
         V = v.shape[-1]
         N = offsets.numel() - 1
         BK, BV = _blocks(K, V)
-        o = _empty(Tt, H, V, dtype=v.dtype, device=v.device)
+        # value-wise decays take their gradient from o ⊙ do: keep o in fp32 for it
+        o = _empty(Tt, H, V, dtype=torch.float32 if decay == "value" else v.dtype, device=v.device)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=v.device) if store_ht else None
         grid = (triton.cdiv(V, BV), N * H)
         _fwd_kernel[grid](q, k, v, g, h0, o, ht, offsets, Tt, _maxlen(offsets), H=H, K=K, V=V, BK=BK, BV=BV,
                           DECAY=_CODES[decay], HAS_H0=h0 is not None, STORE_HT=store_ht)
         ctx.save_for_backward(q, k, v, g, h0, offsets, o, ht)
         ctx.decay = decay
-        return o, ht
+        return o.to(v.dtype), ht
 
     @staticmethod
     def backward(ctx, do, dht):
@@ -195,10 +196,12 @@ class FusedRecurrentDiag(torch.autograd.Function):
                 dG = q.float() * dq - k.float() * dk
             if decay == "scalar":
                 dG = dG.sum(-1)
+            # the reverse cumsum adds T terms that largely cancel: do it in float64
+            dG = dG.double()
             dg = _segment_reverse_cumsum(dG, offsets)
             if has_dht and ht is not None:
                 # the final state depends on every decay of its sequence: add ⟨dS_T, S_T⟩ at the last step
-                fin = dht.float() * ht
+                fin = dht.double() * ht
                 fin = {"scalar": fin.sum((-1, -2)), "key": fin.sum(-1), "value": fin.sum(-2)}[decay]
                 last = offsets[1:] - 1
                 has = offsets[1:] > offsets[:-1]

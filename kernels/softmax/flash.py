@@ -318,20 +318,31 @@ def _backward(do, q, k, v, o, lse, bounds, max_len, scale, window, sink_tokens):
     return dq, dk, dv
 
 
+def _interp_upcast(*ts):
+    """Triton 3.6's CPU interpreter gets bf16 tl.dot wrong: there (only) bf16 runs in fp32."""
+    if U.interpreting() and ts[0].dtype == torch.bfloat16:
+        return tuple(t.float() for t in ts)
+    return ts
+
+
 class FlashAttention(torch.autograd.Function):
     """Autograd wrapper over flattened inputs q, k [TT, H, K], v [TT, H, V] and int64 bounds [N+1]."""
 
     @staticmethod
     def forward(ctx, q, k, v, bounds, max_len, scale, window, sink_tokens):
+        dtype = q.dtype
+        q, k, v = _interp_upcast(q, k, v)
         o, lse = _forward(q, k, v, bounds, max_len, scale, window, sink_tokens)
         ctx.save_for_backward(q, k, v, o, lse, bounds)
         ctx.cfg = (max_len, scale, window, sink_tokens)
-        return o
+        return o.to(dtype)
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, bounds = ctx.saved_tensors
-        dq, dk, dv = _backward(do.contiguous(), q, k, v, o, lse, bounds, *ctx.cfg)
+        dtype = do.dtype
+        do = _interp_upcast(do)[0].to(q.dtype).contiguous()
+        dq, dk, dv = (g.to(dtype) for g in _backward(do, q, k, v, o, lse, bounds, *ctx.cfg))
         need = ctx.needs_input_grad
         return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None,
                 None, None, None, None, None)
@@ -361,7 +372,11 @@ def _prepare(op, q, k, v, scale, window, sink_tokens, cu_seqlens):
         raise ValueError(f"{op}: H·B·T = {H * B * T} exceeds the int32 range of the lse buffer")
     if triton.cdiv(max_len, 16) > U.GRID_MAX_YZ:
         raise ValueError(f"{op}: sequences of {max_len} tokens exceed the launch grid; split them")
-    bounds = seq_bounds(cu_seqlens, B, T, q.device)
+    if T == 0:  # seq_bounds cannot step by 0
+        bounds = torch.zeros(B + 1 if cu_seqlens is None else cu_seqlens.numel(), dtype=torch.int64,
+                             device=q.device)
+    else:
+        bounds = seq_bounds(cu_seqlens, B, T, q.device)
     return scale, max_len, bounds, (B, T, H, K, Vd)
 
 

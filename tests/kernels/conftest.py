@@ -5,8 +5,8 @@ import importlib
 import pytest
 import torch
 
-POISONED = ["kernels.diag.recurrent", "kernels.diag.chunk", "kernels.delta.recurrent",
-            "kernels.softmax.flash"]
+# (the softmax tests poison through their own `_alloc` hook)
+POISONED = ["kernels.diag.recurrent", "kernels.diag.chunk", "kernels.delta.recurrent"]
 
 
 def _nan_empty(*shape, **kw):
