@@ -187,6 +187,9 @@ def main(argv=None) -> int:
                            "floor_ms": round(floor_ms, 3)}
                     out_rows.append(row)
                     print(row, flush=True)
+                    # write as we go: a run cut short still leaves its rows
+                    with open(os.path.join(args.out, "kernel_bench_partial.csv"), "a") as f:
+                        f.write(",".join(str(x) for x in row.values()) + "\n")
                     del inp
                     torch.cuda.empty_cache()
     dec = []
