@@ -142,7 +142,10 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
 
 def _segment_reverse_cumsum(x: Tensor, offsets: Tensor) -> Tensor:
     """Σ_{s>=t} x_s within each sequence; x: [T_total, ...] flattened time first."""
-    total = x.flip(0).cumsum(0).flip(0)                    # Σ_{s>=t} over the whole axis
+    # scan along the contiguous last dim: a scan over the outer dim was 5.8 ms of a 10 ms
+    # backward on the H200 (B·T = 32768, H = 16)
+    xt = x.movedim(0, -1).contiguous()
+    total = xt.flip(-1).cumsum(-1).flip(-1).movedim(-1, 0)  # Σ_{s>=t} over the whole axis
     # subtract what lies beyond each sequence's end
     ends = offsets[1:]
     after = torch.cat([total, torch.zeros_like(total[:1])], 0)[ends]   # Σ_{s>=end} per sequence

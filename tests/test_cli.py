@@ -1,0 +1,95 @@
+"""The ``dsf`` command line: zoo table, Φ heatmaps, the all-forms check, and its errors."""
+
+import dataclasses
+import sys
+
+import pytest
+
+import dsf
+from dsf.cli import main
+
+
+def test_zoo_lists_every_mixer(capsys):
+    assert main(["zoo"]) == 0
+    out = capsys.readouterr().out
+    for name in dsf.zoo.names():
+        assert name in out
+    assert "∞" in out  # softmax attention's state
+    assert "identity minus rank one" in out
+    assert "recurrent, parallel, chunked" in out
+
+
+def test_zoo_without_kernels_package(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kernels", None)  # makes `import kernels` raise ImportError
+    assert main(["zoo", "--markdown"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert all(row.endswith("| — |") for row in rows)
+
+
+def test_zoo_markdown(capsys):
+    assert main(["zoo", "--markdown"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| name |")
+    assert set(lines[1].replace(" ", "")) <= set("|-")
+    assert len(lines) == 2 + len(dsf.zoo.names())
+    assert all(line.startswith("| ") and line.endswith(" |") for line in lines)
+
+
+def test_phi_one_mixer(tmp_path, capsys):
+    path = tmp_path / "sub" / "gla.png"
+    assert main(["phi", "gla", "--out", str(path), "--T", "12"]) == 0
+    assert path.stat().st_size > 0
+    assert str(path) in capsys.readouterr().out
+
+
+def test_phi_channel_layout_into_directory(tmp_path):
+    assert main(["phi", "s6", "--out", str(tmp_path), "--T", "8"]) == 0
+    assert (tmp_path / "s6.png").stat().st_size > 0
+
+
+def test_phi_all(tmp_path, capsys):
+    assert main(["phi", "all", "--out", str(tmp_path), "--T", "8"]) == 0
+    for name in [*dsf.zoo.names(), "all"]:
+        assert (tmp_path / f"{name}.png").stat().st_size > 0, name
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(dsf.zoo.names()) + 1
+
+
+def test_check_passes(capsys):
+    assert main(["check"]) == 0
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1].startswith("OK")
+    for name in dsf.zoo.names():
+        assert name in out
+
+
+def test_check_some_mixers(capsys):
+    assert main(["check", "mamba2", "aaren", "--T", "7", "--chunk", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "mamba2" in out and "aaren" in out and "gla" not in out
+
+
+def test_check_fails_on_a_wrong_oracle(monkeypatch, capsys):
+    spec = dsf.zoo.get("mamba2")
+    bad = dataclasses.replace(spec, name="bad_mamba2", oracle=lambda **kw: 2 * spec.oracle(**kw))
+    monkeypatch.setitem(dsf.zoo._REGISTRY, bad.name, bad)
+    assert main(["check", "bad_mamba2", "mamba2"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: 1 of 2 mixers" in out and out.strip().endswith("bad_mamba2")
+
+
+@pytest.mark.parametrize("argv", [["phi", "no_such_mixer", "--out", "x.png"],
+                                  ["check", "no_such_mixer"]])
+def test_unknown_mixer_lists_the_zoo(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code != 0
+    err = capsys.readouterr().err
+    assert "unknown mixer 'no_such_mixer'" in err
+    for name in dsf.zoo.names():
+        assert name in err
+
+
+def test_no_command_is_an_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code != 0
