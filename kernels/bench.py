@@ -188,7 +188,11 @@ def main(argv=None) -> int:
                     out_rows.append(row)
                     print(row, flush=True)
                     # write as we go: a run cut short still leaves its rows
-                    with open(os.path.join(args.out, "kernel_bench_partial.csv"), "a") as f:
+                    path = os.path.join(args.out, "kernel_bench_partial.csv")
+                    fresh = not os.path.exists(path)
+                    with open(path, "a") as f:
+                        if fresh:
+                            f.write(",".join(row) + "\n")
                         f.write(",".join(str(x) for x in row.values()) + "\n")
                     del inp
                     torch.cuda.empty_cache()
