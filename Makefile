@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH)
-	$(BIN)/pip install --quiet -e ".[test,book]"
+	$(BIN)/pip install --quiet -e ".[test,book,train]"
 	touch $(STAMP)
 
 install: $(STAMP)
