@@ -138,19 +138,26 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
         dS = kk.transpose(-1, -2) @ x
     total = torch.exp(last.squeeze(3))                                # [B, H, N(, K|V)]
 
-    # Step 3: pass the state across chunks; keep the state entering each chunk.
-    entering = []
-    for n in range(q.shape[2]):
-        entering.append(S)
-        tot = total[:, :, n]
-        if terms.decay in ("none", "scalar"):
-            S = S * tot[..., None, None]
-        elif terms.decay == "key":
-            S = S * tot[..., :, None]
-        else:
-            S = S * tot[..., None, :]
-        S = S + dS[:, :, n]
-    S_in = torch.stack(entering, dim=2)                               # [B, H, N, K, V']
+    # Step 3: pass the state across chunks. Unrolled, the state entering chunk n is
+    #   S_n = e^{P_n} S_0 + Σ_{m<n} e^{P_n − P_{m+1}} ΔS_m,   P_n = Σ_{l<n} (log decay of chunk l),
+    # one batched contraction over chunks instead of a loop (SSD's step 3). Row N is the final state.
+    logtot = last.squeeze(3)                                          # [B, H, N(, K|V)]
+    P = torch.cat([torch.zeros_like(logtot[:, :, :1]), torch.cumsum(logtot, dim=2)], dim=2)
+    n_chunks = logtot.shape[2]
+    later = torch.ones(n_chunks + 1, n_chunks, dtype=torch.bool, device=q.device).tril(-1)
+    diff = P[:, :, :, None] - P[:, :, None, 1:]                       # P_n − P_{m+1}
+    if terms.decay in ("key", "value"):
+        diff = diff.movedim(-1, 2)                                    # channel next to H
+        W = _masked_exp(diff, later)                                  # [B, H, C, N+1, N]
+        spec = "bhknm,bhmkv->bhnkv" if terms.decay == "key" else "bhvnm,bhmkv->bhnkv"
+        S_all = torch.einsum(spec, W, dS)
+        init = torch.exp(P)[..., :, None] if terms.decay == "key" else torch.exp(P)[..., None, :]
+    else:
+        W = _masked_exp(diff, later)                                  # [B, H, N+1, N]
+        S_all = torch.einsum("bhnm,bhmkv->bhnkv", W, dS)
+        init = torch.exp(P)[..., None, None]
+    S_all = S_all + init * S[:, :, None]
+    S_in, S = S_all[:, :, :-1], S_all[:, :, -1]                       # [B, H, N, K, V'], final
 
     # Step 4: state-to-output, with the decay from the chunk start to each row.
     from_start = torch.exp(G)
