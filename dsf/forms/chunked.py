@@ -57,12 +57,12 @@ def _masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
 _SAFE_SPAN = 20.0
 
 
-def _keywise_scores(q: Tensor, k: Tensor, G: Tensor) -> Tensor:
+def _keywise_scores(q: Tensor, k: Tensor, G: Tensor, eG: Tensor) -> Tensor:
     """A_ij = Σ_k q_i[k] k_j[k] exp(G_i[k] − G_j[k]) for i >= j, else 0. q, k, G: [..., C, K]."""
     C = q.shape[-2]
     if G.numel() == 0 or -float(G.amin()) < _SAFE_SPAN:
         causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        return ((q * torch.exp(G)) @ (k * torch.exp(-G)).transpose(-1, -2)).masked_fill(~causal, 0.0)
+        return ((q * eG) @ (k / eG).transpose(-1, -2)).masked_fill(~causal, 0.0)
     rows = []
     for s in range(0, C, _SUB):
         e = min(s + _SUB, C)
@@ -81,11 +81,11 @@ def _keywise_scores(q: Tensor, k: Tensor, G: Tensor) -> Tensor:
     return torch.cat(rows, dim=-2)
 
 
-def _valuewise_intra(QK: Tensor, x: Tensor, G: Tensor) -> Tensor:
+def _valuewise_intra(QK: Tensor, x: Tensor, G: Tensor, eG: Tensor) -> Tensor:
     """o_i[v] = Σ_{j<=i} QK_ij exp(G_i[v] − G_j[v]) x_j[v]. QK: [..., C, C]; x, G: [..., C, V]."""
     C = x.shape[-2]
     if G.numel() == 0 or -float(G.amin()) < _SAFE_SPAN:
-        return torch.exp(G) * (QK @ (x * torch.exp(-G)))
+        return eG * (QK @ (x / eG))
     rows = []
     for s in range(0, C, _SUB):
         e = min(s + _SUB, C)
@@ -119,14 +119,15 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
     if terms.beta is not None:
         return _chunked_delta(terms, q, k, x, G, S, causal, T)
 
+    eG = torch.exp(G)                                                 # decay from the chunk start
     # Step 1: intra-chunk outputs.
     if terms.decay in ("none", "scalar"):
         A = (q @ k.transpose(-1, -2)) * _masked_exp(G[..., :, None] - G[..., None, :], causal)
         y = A @ x
     elif terms.decay == "key":
-        y = _keywise_scores(q, k, G) @ x
+        y = _keywise_scores(q, k, G, eG) @ x
     else:
-        y = _valuewise_intra((q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0), x, G)
+        y = _valuewise_intra((q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0), x, G, eG)
 
     # Step 2: what each chunk writes, seen from its end; and the chunk's total decay.
     last = G[:, :, :, -1:]
@@ -160,7 +161,7 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
     S_in, S = S_all[:, :, :-1], S_all[:, :, -1]                       # [B, H, N, K, V'], final
 
     # Step 4: state-to-output, with the decay from the chunk start to each row.
-    from_start = torch.exp(G)
+    from_start = eG
     if terms.decay == "value":
         y = y + (q @ S_in) * from_start
     elif terms.decay == "key":
@@ -180,15 +181,18 @@ def _chunked_delta(terms, q, k, x, G, S, causal, T):
     rhs = torch.cat([beta[..., None] * k * torch.exp(G)[..., None], beta[..., None] * x], dim=-1)
     WU = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
     W, U = WU[..., :k.shape[-1]], WU[..., k.shape[-1]:]
-    QK = (q @ k.transpose(-1, -2)) * Gam
     to_end = torch.exp(G[..., -1:] - G)
-    outs = []
+    kd = (k * to_end[..., None]).transpose(-1, -2)                     # [B, H, N, K, C]
+    decay = torch.exp(G[..., -1])                                     # [B, H, N]
+    # Only the state and the pseudo-values are sequential; outputs are batched after the loop.
+    entering, pseudo = [], []
     for n in range(q.shape[2]):
         v_new = U[:, :, n] - W[:, :, n] @ S                            # pseudo-values of the chunk
-        outs.append((q[:, :, n] * torch.exp(G[:, :, n])[..., None]) @ S + QK[:, :, n] @ v_new)
-        S = torch.exp(G[:, :, n, -1])[..., None, None] * S + (
-            k[:, :, n] * to_end[:, :, n, :, None]).transpose(-1, -2) @ v_new
-    y = torch.stack(outs, dim=2)
+        entering.append(S)
+        pseudo.append(v_new)
+        S = decay[:, :, n, None, None] * S + kd[:, :, n] @ v_new
+    S_in, v_new = torch.stack(entering, dim=2), torch.stack(pseudo, dim=2)
+    y = (q * torch.exp(G)[..., None]) @ S_in + ((q @ k.transpose(-1, -2)) * Gam) @ v_new
     return terms.finish(_from_chunks(y, T)), S
 
 
