@@ -6,7 +6,8 @@ families, chosen by the structure of its transition Λ_t:
 * ``diag``: decays that are none, a scalar per head, key-wise or value-wise (linear attention,
   RetNet, Lightning, Mamba-2, GLA, normalised attention, S4D/S6 and the gated RNNs);
 * ``delta``: identity minus rank one, optionally gated (DeltaNet, Gated DeltaNet, Longhorn);
-* ``softmax``: the normalised exponential kernel (softmax attention, window and sinks).
+* ``softmax``: the normalised exponential kernel (softmax attention, window and sinks; Aaren, whose
+  one learned query is broadcast over time).
 
 The spec's ``lower`` runs in PyTorch around the kernels (feature maps, gates, output scales and the
 skip), so autograd covers it; the kernels do the recurrence, which is where the time goes.
@@ -43,8 +44,6 @@ def supports(mixer: str | MixerSpec) -> dict[str, Any] | None:
     if t in (Transition.DELTA, Transition.GATED_DELTA):
         return {"family": "delta", "chunked": "recurrent", "recurrent": True, "step": True}
     if t == Transition.SOFTMAX:
-        if spec.name == "aaren":
-            return None  # a learned query: the flash kernel would need its own reduction
         return {"family": "softmax", "chunked": "flash", "recurrent": "flash", "step": True}
     if t in (Transition.IDENTITY, Transition.CONST_SCALAR, Transition.SCALAR):
         return {"family": "diag", "chunked": "chunk", "recurrent": True, "step": True}
@@ -139,8 +138,53 @@ class CompiledMixer:
         return y, (terms.to_user_state(ht) if ht is not None else None)
 
 
+def _aaren(spec, terms, state, output_final_state, cu_seqlens):
+    """Aaren through the flash kernel: its one learned query is broadcast over time.
+
+    A carried state (m, c, a) acts like one extra token of logit m + log c and value a / c, so it
+    enters as a pseudo-token placed first, reached through one more key dimension (q' = [q, 1]).
+    """
+    from dsf.terms import AarenState
+
+    from .softmax import flash_attention
+
+    q, k, v = terms.q, terms.k, terms.u                        # q [H, K], scale applied
+    B, T, H, K = k.shape
+    qs = q.expand(B, T, H, K)
+    if state is not None:
+        if cu_seqlens is not None:
+            raise ValueError(f"{spec.name}: initial_state cannot be combined with cu_seqlens")
+        m, c, a = state
+        q1 = torch.cat([qs, qs.new_ones(B, T, H, 1)], -1)
+        k1 = torch.cat([k, k.new_zeros(B, T, H, 1)], -1)
+        # an empty state (c = 0) gets logit −inf … kept finite: a very negative logit weighs 0
+        logit = torch.where(c > 0, m + torch.log(c.clamp_min(1e-30)), torch.full_like(m, -1e30))
+        k0 = torch.cat([k.new_zeros(B, 1, H, K), logit[:, None, :, None].to(k.dtype)], -1)
+        v0 = torch.where(c[..., None] > 0, a / c.clamp_min(1e-30)[..., None], torch.zeros_like(a))
+        zero_q = q1[:, :1] * 0
+        o = flash_attention(torch.cat([zero_q, q1], 1), torch.cat([k0, k1], 1),
+                            torch.cat([v0[:, None].to(v.dtype), v], 1), scale=1.0)[:, 1:]
+    else:
+        o = flash_attention(qs.contiguous(), k, v, scale=1.0, cu_seqlens=cu_seqlens)
+    if not output_final_state:
+        return o, None
+    if cu_seqlens is not None:
+        raise ValueError(f"{spec.name}: output_final_state with cu_seqlens is not supported")
+    s = torch.einsum("hk,bthk->bht", q.float(), k.float())     # every logit of this call
+    M = s.amax(-1) if state is None else torch.maximum(state.m.float(), s.amax(-1))
+    w = torch.exp(s - M[..., None])
+    c_new = w.sum(-1)
+    a_new = torch.einsum("bht,bthv->bhv", w, v.float())
+    if state is not None:
+        old = torch.where(torch.isinf(state.m), torch.zeros_like(M), torch.exp(state.m.float() - M))
+        c_new, a_new = c_new + old * state.c.float(), a_new + old[..., None] * state.a.float()
+    return o, AarenState(M, c_new, a_new)
+
+
 def _softmax(spec, terms, cache, output_final_state, cu_seqlens):
     """Softmax attention through the flash kernels; the state is the KV cache (dsf.KVCache)."""
+    if terms.shared_query:
+        return _aaren(spec, terms, cache, output_final_state, cu_seqlens)
     from dsf.forms.recurrent import _trim_cache
     from dsf.terms import KVCache
 

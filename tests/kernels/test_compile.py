@@ -1,0 +1,88 @@
+"""kernels.compile for the softmax family: softmax attention (cache, step) and Aaren, vs dsf float64."""
+
+import pytest
+import torch
+
+import dsf
+import kernels
+from dsf.testing import rel_err, requires_grad
+
+TOL = 1e-5
+
+
+def _f32(d):
+    return {k: v.float() for k, v in d.items()}
+
+
+def _split(d, s):
+    head = {k: (v[:, :s] if v.dim() == 4 else v) for k, v in d.items()}
+    tail = {k: (v[:, s:] if v.dim() == 4 else v) for k, v in d.items()}
+    return head, tail
+
+
+@pytest.mark.parametrize("opts", [{}, {"window": 5, "sink_tokens": 2}])
+def test_softmax_chunked_and_state(opts):
+    spec = dsf.zoo.get("softmax_attention", **opts)
+    inp = spec.random_inputs(2, 21, 2, 16, 16, seed=1)
+    o_ref, S_ref = dsf.recurrent(spec, **inp)
+    o, S = kernels.compile(spec).chunked(output_final_state=True, **_f32(inp))
+    assert rel_err(o, o_ref) < TOL
+    assert torch.equal(S.pos, S_ref.pos) and S.seen == S_ref.seen and rel_err(S.k, S_ref.k) < TOL
+
+
+def test_softmax_continues_from_a_full_cache_and_steps():
+    spec = dsf.zoo.get("softmax_attention")
+    inp = _f32(spec.random_inputs(2, 20, 2, 16, 16, seed=2))
+    o_ref, _ = dsf.recurrent(spec, **{k: v.double() for k, v in inp.items()})
+    m = kernels.compile(spec)
+    a, b = _split(inp, 12)
+    o1, c1 = m.chunked(output_final_state=True, **a)
+    o2, _ = m.chunked(initial_state=c1, **b)
+    assert rel_err(torch.cat([o1, o2], 1), o_ref) < TOL
+    state, outs = c1, []
+    for t in range(12, 20):
+        o_t, state = m.step(state, **{k: v[:, t] for k, v in inp.items()})
+        outs.append(o_t)
+    assert rel_err(torch.stack(outs, 1), o_ref[:, 12:]) < TOL
+
+
+def test_softmax_trimmed_cache_is_refused():
+    spec = dsf.zoo.get("softmax_attention", window=3)
+    inp = _f32(spec.random_inputs(1, 10, 1, 16, 16, seed=3))
+    a, b = _split(inp, 8)
+    _, cache = kernels.compile(spec).chunked(output_final_state=True, **a)
+    with pytest.raises(ValueError, match="continue from a full KV cache only"):
+        kernels.compile(spec).chunked(initial_state=cache, **b)
+
+
+def test_aaren_runs_on_the_flash_kernel_with_its_state():
+    spec = dsf.zoo.get("aaren")
+    inp = spec.random_inputs(2, 20, 2, 16, 16, seed=0)
+    o_ref, S_ref = dsf.recurrent(spec, **inp)
+    m = kernels.compile(spec)
+    a, b = _split(_f32(inp), 12)
+    o1, s1 = m.chunked(output_final_state=True, **a)
+    s1 = requires_grad(s1)
+    leaves = requires_grad(b)
+    o2, s2 = m.chunked(initial_state=s1, output_final_state=True, **leaves)
+    assert rel_err(torch.cat([o1, o2], 1), o_ref) < TOL
+    for x, y in zip(s2, S_ref):
+        assert rel_err(x, y) < TOL
+    # gradients through the carried state and the inputs, against float64 autograd
+    ref_leaves = requires_grad({k: v.double() for k, v in b.items()})
+    s1_ref = requires_grad(type(s1)(*(x.detach().double() for x in s1)))
+    o2_ref, _ = dsf.recurrent(spec, initial_state=s1_ref, **ref_leaves)
+    w = torch.randn(o2_ref.shape, dtype=torch.float64)
+    g = torch.autograd.grad((o2 * w.float()).sum(), list(leaves.values()) + [s1.c, s1.a])
+    g_ref = torch.autograd.grad((o2_ref * w).sum(), list(ref_leaves.values()) + [s1_ref.c, s1_ref.a])
+    for x, y in zip(g, g_ref):
+        assert rel_err(x, y) < TOL
+
+
+def test_every_recurrence_family_compiles():
+    """Every mixer whose Λ_t is a decay, a delta rule or the softmax kernel has kernels."""
+    for spec in dsf.zoo.specs():
+        if spec.transition == dsf.Transition.GRADIENT_STEP:
+            continue  # memories updated by a gradient step: no kernel family yet
+        assert kernels.supports(spec) is not None, spec.name
+        kernels.compile(spec)
