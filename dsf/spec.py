@@ -14,12 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["Transition", "Input", "MixerSpec", "resolve_inputs"]
+__all__ = ["Transition", "Input", "MixerSpec", "Miras", "FORMS", "resolve_inputs"]
+
+# The exact forms a spec can have. A spec lists those it has in ``exact_forms``; "parallel" stands for
+# both ``dsf.parallel`` and ``dsf.phi`` (the operator Φ). Every mixer has the recurrent form.
+FORMS = ("recurrent", "parallel", "chunked")
 
 
 class Transition(str, enum.Enum):
@@ -53,12 +59,36 @@ class Input:
 
 
 @dataclass(frozen=True)
+class Miras:
+    """Where a mixer sits on the four axes of Miras (Behrouz et al. 2025, "It's All Connected").
+
+    ``memory``: the architecture of the memory M (vector, matrix, MLP, non-parametric);
+    ``bias``: the attentional bias, the inner loss ℓ(M; k, v) the memory minimises;
+    ``retention``: the gate that keeps it close to its past; ``algorithm``: how it learns (GD, GD
+    with momentum, implicit GD, non-parametric). The strings are for tables; ``dsf.zoo.memory``
+    builds a spec from the four choices.
+    """
+
+    memory: str
+    bias: str
+    retention: str
+    algorithm: str
+
+
+@dataclass(frozen=True)
 class MixerSpec:
     """One mixer, declared once as a DSF recurrence.
 
     ``lower(**tensors, **options)`` returns the terms (:mod:`dsf.terms`) every form consumes;
     ``oracle(**tensors, **options, initial_state)`` is an independent step-by-step loop written from
     the paper, used by the tests to hold the generic forms to account.
+
+    ``exact_forms`` is a capability flag: the subset of :data:`FORMS` that computes this mixer
+    exactly (a tuple, or a function of the options returning one). A memory updated by a gradient
+    step on a nonlinear loss has a recurrent form only; the forms raise a clear error for the others,
+    and the tests and ``dsf check`` compare only the forms listed. A ``random_inputs`` that takes an
+    ``options`` keyword receives the options bound by :meth:`with_options` (e.g. an option that
+    changes which inputs the mixer takes).
     """
 
     name: str
@@ -76,6 +106,8 @@ class MixerSpec:
     oracle: Callable[..., Any] | None = None
     random_inputs: Callable[..., dict] | None = None
     phi_layout: str = "head"  # "head": Φ is [B, H, T, T]; "channel": [B, H, V, T, T]
+    exact_forms: tuple[str, ...] | Callable[[Mapping[str, Any]], tuple[str, ...]] = FORMS
+    miras: Miras | None = None
 
     def with_options(self, **options: Any) -> "MixerSpec":
         """The same mixer with some option defaults changed (e.g. ``feature_map="elu1"``)."""
@@ -84,12 +116,21 @@ class MixerSpec:
             raise TypeError(
                 f"{self.name}: unknown option(s) {sorted(unknown)}; options are {sorted(self.options)}"
             )
-        return dataclasses.replace(self, options={**self.options, **options})
+        merged = {**self.options, **options}
+        sample = self.random_inputs
+        if sample is not None and _takes_options(sample):
+            sample = functools.partial(sample, options=merged)  # a partial's keywords are kept
+        return dataclasses.replace(self, options=merged, random_inputs=sample)
+
+    def forms(self) -> tuple[str, ...]:
+        """The exact forms of this mixer under its current options (a subset of :data:`FORMS`)."""
+        found = self.exact_forms(self.options) if callable(self.exact_forms) else self.exact_forms
+        return tuple(f for f in FORMS if f in found)
 
     def run_oracle(self, **inputs: Any) -> torch.Tensor:
         """The hand-written loop's output (from a zero state) with this spec's options."""
         if self.oracle is None:
-            raise NotImplementedError(f"{self.name} has no oracle loop")
+            raise ValueError(f"{self.name} has no oracle loop")
         tensors, options = self.split_kwargs(inputs)
         return self.oracle(**tensors, **options)
 
@@ -118,6 +159,13 @@ class MixerSpec:
                     )
                 tensors.pop(inp.name, None)
         return tensors, options
+
+
+def _takes_options(fn: Callable[..., Any]) -> bool:
+    try:
+        return "options" in inspect.signature(getattr(fn, "func", fn)).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 _HALF = (torch.float16, torch.bfloat16)

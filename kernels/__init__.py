@@ -30,7 +30,11 @@ from dsf.terms import LinearTerms
 
 from ._common import check_cu_seqlens
 
-__all__ = ["compile", "supports", "CompiledMixer"]
+__all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer"]
+
+
+class UnsupportedMixer(ValueError):
+    """No kernel family can compute this mixer (its transition has no kernel yet)."""
 
 
 def _spec(mixer: str | MixerSpec) -> MixerSpec:
@@ -67,7 +71,7 @@ class CompiledMixer:
     def __init__(self, spec: MixerSpec):
         info = supports(spec)
         if info is None:
-            raise NotImplementedError(f"kernels: no kernel family compiles {spec.name!r} "
+            raise UnsupportedMixer(f"kernels: no kernel family compiles {spec.name!r} "
                                       f"({spec.transition}); use dsf.chunked on the CPU")
         self.spec, self.family = spec, info["family"]
         self.info = info
