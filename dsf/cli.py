@@ -1,4 +1,4 @@
-"""The ``dsf`` command: ``dsf zoo``, ``dsf phi NAME --out FILE.png`` and ``dsf check``."""
+"""The ``dsf`` command: ``dsf zoo [--miras]``, ``dsf phi NAME --out FILE.png`` and ``dsf check``."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from . import zoo
 from .forms import chunked, parallel, phi, recurrent
 from .spec import MixerSpec
 
-__all__ = ["main", "zoo_rows", "format_table", "forms_of", "kernel_support", "check_rows"]
+__all__ = ["main", "zoo_rows", "miras_rows", "format_table", "forms_of", "kernel_support", "check_rows"]
 
 FORMS = ("recurrent", "parallel", "chunked")
 ZOO_DIMS = {"K": 64, "V": 64, "N": 16}
@@ -27,12 +27,18 @@ CHECK_PAIRS = ("chunked", "parallel", "oracle", "state")  # each against recurre
 
 
 def forms_of(spec: MixerSpec) -> list[str]:
-    """The forms that run on ``spec``, found by running each on a tiny random input."""
+    """The forms that run on ``spec``, found by running each on a tiny random input.
+
+    A memory without an exact chunked form lists "mini-batch≈" when the papers' approximation runs.
+    """
     x = spec.random_inputs(1, 3, 1, 2, 2, dtype=torch.float64, seed=0)
     calls = {"recurrent": lambda: recurrent(spec, **x), "parallel": lambda: parallel(spec, **x),
-             "chunked": lambda: chunked(spec, chunk_size=2, **x)}
+             "chunked": lambda: chunked(spec, chunk_size=2, **x),
+             "mini-batch≈": lambda: chunked(spec, chunk_size=2, approximate="minibatch", **x)}
     ok = []
-    for form in FORMS:
+    for form in (*FORMS, "mini-batch≈"):
+        if form == "mini-batch≈" and "chunked" in ok:
+            continue
         try:
             calls[form]()
         except Exception:  # a form that cannot lower these terms does not exist for the mixer
@@ -91,8 +97,16 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[str]], markdown:
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
+def miras_rows() -> tuple[list[str], list[list[str]]]:
+    """Where each mixer sits on the four Miras axes (the mixers that declare ``spec.miras``)."""
+    header = ["name", "memory", "attentional bias", "retention", "algorithm", "exact forms"]
+    rows = [[s.name, s.miras.memory, s.miras.bias, s.miras.retention, s.miras.algorithm,
+             ", ".join(s.forms())] for s in zoo.specs() if s.miras is not None]
+    return header, rows
+
+
 def cmd_zoo(args: argparse.Namespace) -> int:
-    header, rows = zoo_rows()
+    header, rows = miras_rows() if args.miras else zoo_rows()
     if args.markdown:
         rows = [[f"`{r[0]}`", *r[1:]] for r in rows]
     print(format_table(header, rows, markdown=args.markdown))
@@ -193,11 +207,16 @@ def draw_grid(names: Sequence[str], path: Path, T: int, seed: int) -> Path:
     return path
 
 
+def phi_names() -> list[str]:
+    """The mixers that have Φ (the parallel form): the ones ``dsf phi all`` draws."""
+    return [s.name for s in zoo.specs() if "parallel" in s.forms()]
+
+
 def cmd_phi(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.name == "all":
-        paths = [draw_mixer(n, out / f"{n}.png", args.T, args.seed) for n in zoo.names()]
-        paths.append(draw_grid(zoo.names(), out / "all.png", args.T, args.seed))
+        paths = [draw_mixer(n, out / f"{n}.png", args.T, args.seed) for n in phi_names()]
+        paths.append(draw_grid(phi_names(), out / "all.png", args.T, args.seed))
     else:
         path = out / f"{args.name}.png" if out.is_dir() else out
         path = path if path.suffix else path.with_suffix(".png")  # what savefig would write
@@ -220,20 +239,25 @@ def rel_err(a: Any, b: Any) -> float:
             return math.inf
         diff, ref = float((a - b).norm()), float(b.norm())
         return diff / ref if ref > 0 else diff
-    if isinstance(a, tuple):  # KVCache, AarenState
-        return max(rel_err(x, y) for x, y in zip(a, b))
+    if isinstance(a, tuple):  # KVCache, AarenState, MemoryState (whose fields are tuples)
+        return max((rel_err(x, y) for x, y in zip(a, b)), default=0.0)
     return 0.0 if a == b else math.inf
 
 
 def check_mixer(spec: MixerSpec, T: int, chunk: int, seed: int) -> dict[str, float | str]:
-    """Largest relative errors of each form against the recurrent one, in float64."""
+    """Largest relative errors of each form against the recurrent one, in float64.
+
+    A form the spec does not declare exact (``spec.forms()``) is reported as "—".
+    """
     x = spec.random_inputs(2, T, 2, 8, 8, dtype=torch.float64, seed=seed)
     o_rec, s_rec = recurrent(spec, **x)
-    o_chk, s_chk = chunked(spec, chunk_size=chunk, **x)
-    res: dict[str, float | str] = {
-        "chunked": rel_err(o_chk, o_rec), "parallel": rel_err(parallel(spec, **x), o_rec),
-        "oracle": "—" if spec.oracle is None else rel_err(spec.oracle(**x), o_rec),
-        "state": rel_err(s_chk, s_rec)}
+    res: dict[str, float | str] = {"chunked": "—", "parallel": "—", "state": "—",
+                                   "oracle": "—" if spec.oracle is None else rel_err(spec.oracle(**x), o_rec)}
+    if "chunked" in spec.forms():
+        o_chk, s_chk = chunked(spec, chunk_size=chunk, **x)
+        res.update(chunked=rel_err(o_chk, o_rec), state=rel_err(s_chk, s_rec))
+    if "parallel" in spec.forms():
+        res["parallel"] = rel_err(parallel(spec, **x), o_rec)
     return res
 
 
@@ -291,6 +315,9 @@ def _parser() -> argparse.ArgumentParser:
 
     z = sub.add_parser("zoo", help="table of every mixer in the zoo")
     z.add_argument("--markdown", action="store_true", help="print a GitHub markdown table")
+    z.add_argument("--miras", action="store_true",
+                   help="where each mixer sits on Miras's four axes (memory, attentional bias, "
+                        "retention, algorithm)")
     z.set_defaults(func=cmd_zoo)
 
     f = sub.add_parser("phi", help="heatmaps of the DSF operator Φ for random inputs")
@@ -322,6 +349,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         extra = " (or 'all')" if args.command == "phi" else ""
         parser.error(f"unknown mixer {unknown[0]!r}; the zoo has: {', '.join(zoo.names())}{extra}")
+    if args.command == "phi" and names and names[0] not in phi_names():
+        parser.error(f"{names[0]} has no Φ: its exact forms are {', '.join(zoo.get(names[0]).forms())} "
+                     f"(a memory that is not linear in its state); mixers with Φ: {', '.join(phi_names())}")
     if getattr(args, "T", 1) < 1 or getattr(args, "chunk", 1) < 1:
         parser.error("--T and --chunk must be positive")
     return args.func(args)

@@ -14,7 +14,9 @@ Two kinds cover the zoo today:
 
 * :class:`SoftmaxTerms`, the normalised exponential kernel: the state is infinite (a KV cache).
 
-A new family (e.g. memories updated by a gradient step) adds a terms class and registers its forms.
+* :class:`MemoryTerms`, a memory whose state update is a retained, gated gradient step on an inner
+  loss (Titans, Miras, TTT); its forms live in :mod:`dsf.forms.memory`, and those memories that are
+  linear in their state lower to :class:`LinearTerms` for the exact parallel and chunked forms.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["LinearTerms", "SoftmaxTerms", "KVCache", "AarenState"]
+__all__ = ["LinearTerms", "SoftmaxTerms", "MemoryTerms", "KVCache", "AarenState", "MemoryState"]
 
 DECAYS = ("none", "scalar", "key", "value")
 
@@ -40,7 +42,7 @@ class LinearTerms:
     decay: str = "none"           # one of DECAYS
     g: Optional[Tensor] = None    # log decay: [B, T, H] | [B, T, H, K] | [B, T, H, V]
     beta: Optional[Tensor] = None  # [B, T, H] delta-rule strength
-    w: Optional[Tensor] = None    # [B, T, H, V] elementwise input gate
+    w: Optional[Tensor] = None    # [B, T, H, V] elementwise input gate, or [B, T, H] per head
     r: Optional[Tensor] = None    # [B, T, H] or [B, T, H, V] elementwise output scale
     D: Optional[Tensor] = None    # [H, V] skip
     normalize: bool = False
@@ -73,7 +75,10 @@ class LinearTerms:
 
     def write_value(self) -> Tensor:
         """w ⊙ u, with a column of ones appended for the normaliser."""
-        x = self.u if self.w is None else self.w * self.u
+        if self.w is None:
+            x = self.u
+        else:
+            x = (self.w if self.w.dim() == self.u.dim() else self.w[..., None]) * self.u
         if self.normalize:
             x = torch.cat([x, torch.ones_like(x[..., :1])], dim=-1)
         return x
@@ -152,3 +157,137 @@ class SoftmaxTerms:
         if self.window is not None:
             ok = ok & ((qp - kp < self.window) | (kp < self.sink_tokens))
         return ok
+
+
+# --------------------------------------------------------------------------------------------
+# Memories updated by a gradient step (Titans, Miras, TTT)
+
+MEMORIES = ("vector", "matrix", "mlp")
+BIASES = ("dot", "l2", "lp", "huber")
+RETENTIONS = ("none", "l2", "lq", "kl", "elastic_net")
+ALGORITHMS = ("gd", "momentum", "implicit")
+ACTIVATIONS = ("gelu", "silu")
+
+
+class MemoryState(NamedTuple):
+    """State of a gradient-step memory, per batch row and head.
+
+    ``weights``: the memory's parameters, ``[B, H, K, V]`` for a matrix memory, ``[B, H, K]`` for a
+    vector memory, ``[B, H, in, out]`` per layer of an MLP memory (with ℓq retention, the
+    un-normalised accumulator A from which the weights A/‖A‖_q^{q−2} are read). ``momentum``: the
+    surprise Z of the same shapes with ``algorithm="momentum"``, else empty.
+    """
+
+    weights: tuple[Tensor, ...]
+    momentum: tuple[Tensor, ...] = ()
+
+
+@dataclass
+class MemoryTerms:
+    r"""A memory M_W: R^K → R^V whose weights take one retained, gated gradient step per token.
+
+    With e_t = M_{W}(k_t) − v_t and U_t the update (fla's orientation: a matrix memory is S ∈ R^{K×V},
+    M_S(x) = Sᵀx)::
+
+        gd:        U_t = −θ_t ∇_W ℓ(P_t; k_t, v_t)
+        momentum:  Z_t = η_t Z_{t−1} − θ_t ∇_W ℓ(P_t; k_t, v_t),   U_t = Z_t      (Titans' surprise)
+        implicit:  W_t = argmin_W ℓ(W; k_t, v_t) + ‖W − α_t W_{t−1}‖² / (2θ_t)  (closed forms only)
+
+    and the retention combines U_t with the state (α_t = exp(g_t))::
+
+        none: W_t = W_{t−1} + U_t            l2:  W_t = α_t W_{t−1} + U_t
+        lq:   A_t = α_t A_{t−1} + U_t,  W_t = A_t / (‖A_t‖_q^q + ε)^{(q−2)/q}       (Moneta)
+        kl:   W_t = c · softmax(α_t log W_{t−1} + U_t)  over each column's inputs   (Memora)
+        elastic_net: W_t = soft_threshold(α_t W_{t−1} + U_t, λ₁ θ_t)
+
+    The gradient point P_t is W_{t−1} (``grad_at="previous"``: Titans, Miras) or the retained
+    α_t W_{t−1} (``"retained"``: Gated DeltaNet); they differ only for the ℓ2 and elastic-net
+    retentions. The read is y_t = M_{W_t}(q_t), after the update. Biases, on e = M(k) − v::
+
+        dot: ℓ = −⟨M(k), v⟩     l2: ½‖e‖²     lp: (1/p) Σ|e_i|^p     huber: ½‖e‖² if ‖e‖ ≤ δ, else δ‖e‖ − ½δ²
+    """
+
+    q: Tensor                        # [B, T, H, K] read key, scale applied
+    k: Tensor                        # [B, T, H, K] write key
+    v: Tensor                        # [B, T, H, V] target value
+    theta: Tensor                    # [B, T, H] step size θ_t > 0
+    memory: str = "matrix"           # one of MEMORIES
+    bias: str = "l2"                 # one of BIASES
+    retention: str = "none"          # one of RETENTIONS
+    algorithm: str = "gd"            # one of ALGORITHMS
+    g: Optional[Tensor] = None       # log retention α_t = exp(g_t) <= 1: [B, T, H], or [B, T, H, K]
+    log_eta: Optional[Tensor] = None  # [B, T, H] log momentum decay, η_t = exp(log_eta_t)
+    init: tuple = ()                 # MLP memory: initial weights [H, in, out], one per layer
+    grad_at: str = "previous"        # "previous" | "retained"
+    p: float = 3.0                   # ℓp bias
+    delta: float = 1.0               # Huber threshold
+    norm_q: float = 4.0              # ℓq retention
+    eps: float = 1e-6                # keeps the ℓq normalisation of a zero state finite
+    l1: float = 0.0                  # elastic net: soft threshold λ₁ θ_t
+    kl_scale: float = 1.0            # KL retention: each column of W sums to c
+    activation: str = "gelu"         # MLP memory: σ between layers
+    residual: bool = True            # MLP memory: M(x) = x + MLP(x) (needs K == V)
+
+    def __post_init__(self) -> None:
+        for arg, value, allowed in (("memory", self.memory, MEMORIES), ("bias", self.bias, BIASES),
+                                    ("retention", self.retention, RETENTIONS),
+                                    ("algorithm", self.algorithm, ALGORITHMS),
+                                    ("grad_at", self.grad_at, ("previous", "retained")),
+                                    ("activation", self.activation, ACTIVATIONS)):
+            if value not in allowed:
+                raise ValueError(f"memory: {arg} must be one of {allowed}, got {value!r}")
+        B, T, H, K, V = self.shape
+        if (self.retention == "none") != (self.g is None):
+            raise ValueError("memory: the log retention g must be given exactly when retention is "
+                             f"not 'none' (retention={self.retention!r})")
+        if (self.algorithm == "momentum") != (self.log_eta is not None):
+            raise ValueError("memory: log_eta (log momentum decay) must be given exactly when "
+                             "algorithm='momentum'")
+        if self.g is not None and self.g.dim() == 4 and self.memory == "mlp":
+            raise ValueError("memory: a key-wise retention gate g [B, T, H, K] needs a vector or "
+                             "matrix memory; an MLP memory takes g of shape [B, T, H]")
+        if self.memory == "mlp":
+            if len(self.init) < 2:
+                raise ValueError("memory: an MLP memory needs its initial weights, at least two "
+                                 f"layers [H, in, out]; got {len(self.init)}")
+            if self.init[0].shape[-2] != K or self.init[-1].shape[-1] != V:
+                raise ValueError(f"memory: the MLP's first layer must take K={K} inputs and its last "
+                                 f"give V={V} outputs; got {[tuple(w.shape) for w in self.init]}")
+        elif self.init:
+            raise ValueError(f"memory: initial weights are for an MLP memory, not {self.memory!r}")
+        if (self.memory == "vector" or (self.memory == "mlp" and self.residual)) and K != V:
+            what = "a vector memory (M(x) = m ⊙ x)" if self.memory == "vector" else \
+                "a residual MLP memory (M(x) = x + MLP(x))"
+            raise ValueError(f"memory: {what} needs K == V, got K={K}, V={V}")
+        if self.algorithm == "implicit" and not (self.memory in ("vector", "matrix")
+                                                 and self.bias in ("dot", "l2")
+                                                 and self.retention in ("none", "l2")):
+            raise ValueError("memory: the implicit (proximal) step has a closed form only for a "
+                             "vector or matrix memory with the dot or l2 bias and no or l2 retention; "
+                             f"got memory={self.memory!r}, bias={self.bias!r}, "
+                             f"retention={self.retention!r}")
+        if self.grad_at == "retained" and self.retention in ("lq", "kl"):
+            raise ValueError(f"memory: grad_at='retained' is defined for the l2 and elastic_net "
+                             f"retentions, not {self.retention!r} (its gradient is taken at W_(t-1))")
+        if self.p < 1:
+            raise ValueError(f"memory: the lp bias needs p >= 1, got p={self.p}")
+        if not self.delta > 0:
+            raise ValueError(f"memory: the Huber threshold delta must be positive, got {self.delta}")
+        if self.norm_q < 2:
+            raise ValueError(f"memory: the lq retention needs q >= 2, got q={self.norm_q}")
+        if self.l1 < 0 or not self.kl_scale > 0 or not self.eps > 0:
+            raise ValueError("memory: need l1 >= 0, kl_scale > 0 and eps > 0")
+
+    @property
+    def shape(self) -> tuple[int, int, int, int, int]:
+        B, T, H, K = self.k.shape
+        return B, T, H, K, self.v.shape[-1]
+
+    def weight_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the state's weights for one (batch row, head)."""
+        B, T, H, K, V = self.shape
+        if self.memory == "matrix":
+            return [(K, V)]
+        if self.memory == "vector":
+            return [(K,)]
+        return [tuple(w.shape[1:]) for w in self.init]

@@ -11,7 +11,8 @@ from . import zoo
 from .forms import recurrent
 from .spec import MixerSpec
 
-__all__ = ["rel_err", "assert_close", "CASES", "case_id", "random_case", "flat_tensors", "prefix_state"]
+__all__ = ["rel_err", "assert_close", "CASES", "case_id", "random_case", "flat_tensors", "prefix_state",
+           "has_form"]
 
 
 def rel_err(out: Tensor, ref: Tensor) -> float:
@@ -43,7 +44,14 @@ CASES: list[tuple[str, dict[str, Any]]] = [(n, {}) for n in zoo.names()] + [
     ("softmax_attention", dict(window=4, sink_tokens=2)),
     ("qlstm", dict(reversed=True)),
     ("lightning_attention", dict(layer_idx=1, num_layers=4)),
+    ("titans", dict(memory="linear")),
 ]
+
+
+def has_form(case: tuple[str, dict], form: str) -> bool:
+    """Does the case's mixer have this exact form? (its spec's capability flag ``exact_forms``)"""
+    name, opts = case
+    return form in zoo.get(name, **opts).forms()
 
 
 def case_id(case: tuple[str, dict]) -> str:
@@ -89,6 +97,8 @@ def _detach(state: Any) -> Any:
         return state.detach().clone() if state.is_floating_point() else state
     if isinstance(state, tuple) and hasattr(state, "_fields"):
         return type(state)(*(_detach(s) for s in state))
+    if isinstance(state, tuple):  # e.g. the per-layer weights inside a MemoryState
+        return tuple(_detach(s) for s in state)
     return state
 
 
@@ -99,8 +109,10 @@ def requires_grad(state: Any) -> Any:
     if isinstance(state, Tensor):
         return state.detach().clone().requires_grad_(state.is_floating_point())
     if isinstance(state, tuple) and hasattr(state, "_fields"):
-        return type(state)(*(requires_grad(s) if isinstance(s, Tensor) and s.is_floating_point()
-                             else s for s in state))
+        return type(state)(*(requires_grad(s) if (isinstance(s, Tensor) and s.is_floating_point())
+                             or isinstance(s, tuple) else s for s in state))
+    if isinstance(state, tuple):  # e.g. the per-layer weights inside a MemoryState
+        return tuple(requires_grad(s) for s in state)
     return state
 
 

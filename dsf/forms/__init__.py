@@ -6,6 +6,10 @@ Each takes a spec or a zoo name, then the mixer's inputs as keyword tensors (and
     o    = dsf.parallel("gla", q=q, k=k, v=v, gk=gk)
     Φ    = dsf.phi("gla", q=q, k=k, v=v, gk=gk)            # y = Φ u
     o, S = dsf.chunked("gla", q=q, k=k, v=v, gk=gk, chunk_size=64, initial_state=S0)
+
+A memory updated by a gradient step (``MemoryTerms``, e.g. ``titans``) has the forms its spec lists
+in ``spec.forms()``; the others raise a ValueError. ``dsf.chunked(..., approximate="minibatch")``
+runs the papers' mini-batch approximation instead (see :mod:`dsf.forms.memory`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ import torch
 from torch import Tensor
 
 from ..spec import MixerSpec, check_state, resolve_inputs
-from ..terms import AarenState, KVCache, LinearTerms, SoftmaxTerms
+from ..terms import AarenState, KVCache, LinearTerms, MemoryTerms, SoftmaxTerms
 from .chunked import chunked_aaren, chunked_linear, chunked_softmax
+from .memory import (chunked_memory, check_memory_state, memory_forms, minibatch_memory, phi_memory,
+                     recurrent_memory)
 from .parallel import apply_phi, phi_linear, phi_softmax
 from .recurrent import recurrent_aaren, recurrent_linear, recurrent_softmax
 
@@ -44,6 +50,8 @@ def _internal_state(spec: MixerSpec, terms: Any, state: Any) -> Any:
     """Check a user-supplied initial state and bring it to the internal layout."""
     if state is None:
         return None
+    if isinstance(terms, MemoryTerms):
+        return check_memory_state(spec.name, terms, state)
     if isinstance(terms, LinearTerms):
         internal = torch.empty(terms.state_shape, device="meta")
         expected = tuple(terms.to_user_state(internal).shape)
@@ -75,10 +83,28 @@ def _user_state(terms: Any, state: Any) -> Any:
     return terms.to_user_state(state) if isinstance(terms, LinearTerms) else state
 
 
+def _memory_form(spec: MixerSpec, terms: MemoryTerms, form: str) -> None:
+    """Raise a clear error when a memory has no exact ``form``."""
+    keywise = terms.g is not None and terms.g.dim() == 4
+    if form in memory_forms(terms.memory, terms.bias, terms.retention, terms.algorithm, keywise):
+        return
+    what = (f"{terms.memory} memory, {terms.bias} bias, {terms.retention} retention, "
+            f"{terms.algorithm}")
+    if form == "parallel":
+        raise ValueError(f"{spec.name}: no Φ (parallel form): the memory ({what}) is not linear in its "
+                         "state and its values; use dsf.recurrent, or dsf.chunked(..., "
+                         "approximate='minibatch')")
+    raise ValueError(f"{spec.name}: no exact chunked form for this memory ({what}); "
+                     "dsf.chunked(..., approximate='minibatch') gives the papers' mini-batch "
+                     "approximation (gradients at the chunk-start state)")
+
+
 def recurrent(mixer: str | MixerSpec, *, initial_state: Any = None, **inputs: Any) -> tuple[Tensor, Any]:
     """Step the recurrence token by token: the reference. Returns ``(o, final_state)``."""
     spec, terms = prepare(mixer, inputs)
     S0 = _internal_state(spec, terms, initial_state)
+    if isinstance(terms, MemoryTerms):
+        return recurrent_memory(terms, S0)
     if isinstance(terms, LinearTerms):
         o, S = recurrent_linear(terms, S0)
     elif terms.shared_query:
@@ -95,6 +121,9 @@ def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
     (attention-like mixers), [B, H, V, T, T] when it is diagonal over them (SSMs, gated RNNs).
     """
     spec, terms = prepare(mixer, inputs)
+    if isinstance(terms, MemoryTerms):
+        _memory_form(spec, terms, "parallel")
+        return phi_memory(terms)
     if isinstance(terms, SoftmaxTerms):
         return phi_softmax(terms)
     P = phi_linear(terms)
@@ -104,6 +133,9 @@ def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
 def parallel(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
     """Materialise Φ and return ``y = Φ u`` (from a zero state)."""
     spec, terms = prepare(mixer, inputs)
+    if isinstance(terms, MemoryTerms):
+        _memory_form(spec, terms, "parallel")
+        return apply_phi(phi_memory(terms), terms.v)
     if isinstance(terms, SoftmaxTerms):
         return apply_phi(phi_softmax(terms), terms.u)
     y = apply_phi(phi_linear(terms), terms.u)
@@ -111,12 +143,26 @@ def parallel(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
 
 
 def chunked(mixer: str | MixerSpec, *, chunk_size: int = 64, initial_state: Any = None,
-            **inputs: Any) -> tuple[Tensor, Any]:
-    """Parallel inside chunks of ``chunk_size`` tokens, recurrent across them. ``(o, final_state)``."""
+            approximate: str | None = None, **inputs: Any) -> tuple[Tensor, Any]:
+    """Parallel inside chunks of ``chunk_size`` tokens, recurrent across them. ``(o, final_state)``.
+
+    ``approximate="minibatch"`` (gradient-step memories only): the papers' mini-batch form, every
+    gradient of a chunk taken at the chunk-start state; not exact, except with ``chunk_size=1``.
+    """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if approximate not in (None, "minibatch"):
+        raise ValueError(f"approximate must be None (exact) or 'minibatch', got {approximate!r}")
     spec, terms = prepare(mixer, inputs)
     S0 = _internal_state(spec, terms, initial_state)
+    if approximate is not None and not isinstance(terms, MemoryTerms):
+        raise ValueError(f"{spec.name}: approximate='minibatch' is for memories updated by a gradient "
+                         "step (Titans, Miras, TTT); this mixer's chunked form is exact")
+    if isinstance(terms, MemoryTerms):
+        if approximate == "minibatch":
+            return minibatch_memory(terms, S0, chunk_size)
+        _memory_form(spec, terms, "chunked")
+        return chunked_memory(terms, S0, chunk_size)
     if isinstance(terms, LinearTerms):
         o, S = chunked_linear(terms, S0, chunk_size)
     elif terms.shared_query:

@@ -68,15 +68,19 @@ def phi_linear(terms: LinearTerms) -> Tensor:
         A = _decayed_scores(q, k, terms.decay, g)
     if terms.normalize:
         A = A / A.sum(dim=-1, keepdim=True)  # η_i = Σ_j of the unnormalised row
-    channel = (A.dim() == 5 or terms.w is not None or terms.D is not None
+    channel = (A.dim() == 5 or (terms.w is not None and terms.w.dim() == 4) or terms.D is not None
                or (terms.r is not None and terms.r.dim() == 4))
     if channel and A.dim() == 4:
         A = A[:, :, None].expand(B, H, V, T, T)
     if terms.r is not None:  # output scale on row i
         r = terms.r.permute(0, 2, 3, 1) if terms.r.dim() == 4 else terms.r.transpose(1, 2)
         A = A * r[..., :, None]
-    if terms.w is not None:  # input gate on column j
-        A = A * terms.w.permute(0, 2, 3, 1)[..., None, :]
+    if terms.w is not None:  # input gate on column j: per channel, or one per head
+        if terms.w.dim() == 4:
+            A = A * terms.w.permute(0, 2, 3, 1)[..., None, :]
+        else:
+            w = terms.w.transpose(1, 2)                         # [B, H, T]
+            A = A * (w[:, :, None, None, :] if A.dim() == 5 else w[:, :, None, :])
     if terms.D is not None:
         A = A + torch.diag_embed(terms.D[None, :, :, None].expand(B, H, V, T))
     return A

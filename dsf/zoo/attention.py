@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec import Input, MixerSpec, Transition
+from ..spec import Input, Miras, MixerSpec, Transition
 from ..terms import SoftmaxTerms
 from ._common import K_, Q, V_, gen, qkv, randn, scale_of
 
@@ -57,6 +57,7 @@ SOFTMAX_ATTENTION = MixerSpec(
     state_numel=lambda d: float("inf"),
     normaliser="softmax (η_i = Σ exp scores)",
     citation="Vaswani et al. 2017, Attention Is All You Need; Xiao et al. 2024 (sinks)",
+    miras=Miras("non-parametric", "ℓ2 (kernel regression)", "none", "non-parametric"),
     description="causal softmax attention, optional sliding window and sink tokens",
     oracle=oracle_softmax,
     random_inputs=random_softmax,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec import Input, MixerSpec, Transition
+from ..spec import Input, Miras, MixerSpec, Transition
 from ..terms import LinearTerms
 from ._common import K_, Q, V_, expand_bt, gen, log_decay, qkv, scale_of
 
@@ -129,6 +129,7 @@ RETNET = MixerSpec(
     name="retnet", family="decayed linear attention", transition=Transition.CONST_SCALAR,
     inputs=(Q, K_, V_, G_GAMMA), lower=lower_retnet, options=dict(scale=None),
     citation="Sun et al. 2023, Retentive Network",
+    miras=Miras("matrix", "dot product", "ℓ2, constant α per head", "GD"),
     description="linear attention with a fixed decay γ_h = 1 − 2^(−5−h) per head",
     oracle=oracle_retnet, random_inputs=random_qkv, **_common)
 
@@ -137,6 +138,7 @@ LIGHTNING_ATTENTION = MixerSpec(
     inputs=(Q, K_, V_), lower=lower_lightning,
     options=dict(layer_idx=0, num_layers=1, scale=None),
     citation="Qin et al. 2024, Lightning Attention-2",
+    miras=Miras("matrix", "dot product", "ℓ2, constant α per head", "GD"),
     description="linear attention with a fixed per-head decay that weakens with depth",
     oracle=oracle_lightning, random_inputs=random_qkv, **_common)
 
@@ -144,6 +146,7 @@ MAMBA2 = MixerSpec(
     name="mamba2", family="decayed linear attention", transition=Transition.SCALAR,
     inputs=(Q, K_, V_, G), lower=lower_mamba2, options=dict(scale=None),
     citation="Dao & Gu 2024, Transformers are SSMs (Mamba-2 / SSD)",
+    miras=Miras("matrix", "dot product", "ℓ2, scalar α_t", "GD"),
     description="SSD: a data-dependent scalar decay per head (q=C, k=B, v=x, g=Δ·A)",
     oracle=oracle_mamba2, random_inputs=random_mamba2, **_common)
 
@@ -151,6 +154,7 @@ GLA = MixerSpec(
     name="gla", family="decayed linear attention", transition=Transition.KEY_DIAG,
     inputs=(Q, K_, V_, GK), lower=lower_gla, options=dict(scale=None),
     citation="Yang et al. 2024, Gated Linear Attention Transformers",
+    miras=Miras("matrix", "dot product", "ℓ2, key-wise α_t", "GD"),
     description="linear attention with a data-dependent decay per key channel",
     oracle=oracle_gla, random_inputs=random_gla, **_common)
 

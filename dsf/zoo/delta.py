@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from ..spec import Input, MixerSpec, Transition
+from ..spec import Input, Miras, MixerSpec, Transition
 from ..terms import LinearTerms
 from ._common import K_, Q, V_, gen, log_decay, qkv, randn, scale_of, unit
 
@@ -105,6 +105,7 @@ DELTANET = MixerSpec(
     name="deltanet", transition=Transition.DELTA, inputs=(Q, K_, V_, BETA),
     lower=lower_deltanet, options=dict(scale=None),
     citation="Schlag et al. 2021; Yang et al. 2024, Parallelizing Linear Transformers with the Delta Rule",
+    miras=Miras("matrix", "ℓ2", "none", "GD"),
     description="one online gradient step on ‖Sᵀk − v‖² per token: Λ_t = I − β_t k_t k_tᵀ",
     oracle=oracle_delta, random_inputs=random_deltanet, **_common)
 
@@ -113,6 +114,7 @@ GATED_DELTANET = MixerSpec(
     inputs=(Q, K_, V_, Input("g", ("B", "T", "H"), "log decay per head, <= 0"), BETA),
     lower=lower_gated_deltanet, options=dict(scale=None),
     citation="Yang, Kautz & Hatamizadeh 2025, Gated Delta Networks",
+    miras=Miras("matrix", "ℓ2", "ℓ2, scalar α_t", "GD at the retained state"),
     description="delta rule after a scalar decay: Λ_t = α_t (I − β_t k_t k_tᵀ)",
     oracle=oracle_gated_deltanet, random_inputs=random_gated_deltanet, **_common)
 
@@ -121,5 +123,6 @@ LONGHORN = MixerSpec(
     inputs=(Q, K_, V_, Input("eps", ("B", "T", "H"), "positive step of the implicit update")),
     lower=lower_longhorn, options=dict(scale=None),
     citation="Liu et al. 2024, Longhorn: State Space Models are Amortized Online Learners",
+    miras=Miras("matrix", "ℓ2", "none", "implicit GD"),
     description="implicit (proximal) online regression step: β_t = ε_t / (1 + ε_t ‖k_t‖²)",
     oracle=oracle_longhorn, random_inputs=random_longhorn, **_common)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from ..feature_maps import FEATURE_MAPS, apply_feature_map, scale_after
-from ..spec import Input, MixerSpec, Transition
+from ..spec import Input, Miras, MixerSpec, Transition
 from ..terms import LinearTerms
 from ._common import K_, Q, V_, gen, qkv, randn, scale_of
 
@@ -81,6 +81,7 @@ LINEAR_ATTENTION = MixerSpec(
     description="kernelised attention φ(q)ᵀφ(k) with six feature maps, with or without normaliser",
     oracle=oracle_linear,
     random_inputs=random_linear,
+    miras=Miras("matrix", "dot product", "none", "GD"),
 )
 
 
