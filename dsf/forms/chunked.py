@@ -60,7 +60,7 @@ _SAFE_SPAN = 20.0
 def _keywise_scores(q: Tensor, k: Tensor, G: Tensor, eG: Tensor) -> Tensor:
     """A_ij = Σ_k q_i[k] k_j[k] exp(G_i[k] − G_j[k]) for i >= j, else 0. q, k, G: [..., C, K]."""
     C = q.shape[-2]
-    if G.numel() == 0 or -float(G.amin()) < _SAFE_SPAN:
+    if G.numel() == 0 or -float(G.detach().amin()) < _SAFE_SPAN:
         causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
         return ((q * eG) @ (k / eG).transpose(-1, -2)).masked_fill(~causal, 0.0)
     rows = []
@@ -84,7 +84,7 @@ def _keywise_scores(q: Tensor, k: Tensor, G: Tensor, eG: Tensor) -> Tensor:
 def _valuewise_intra(QK: Tensor, x: Tensor, G: Tensor, eG: Tensor) -> Tensor:
     """o_i[v] = Σ_{j<=i} QK_ij exp(G_i[v] − G_j[v]) x_j[v]. QK: [..., C, C]; x, G: [..., C, V]."""
     C = x.shape[-2]
-    if G.numel() == 0 or -float(G.amin()) < _SAFE_SPAN:
+    if G.numel() == 0 or -float(G.detach().amin()) < _SAFE_SPAN:
         return eG * (QK @ (x / eG))
     rows = []
     for s in range(0, C, _SUB):
