@@ -1,0 +1,1 @@
+"""Lightning side of dsf: layers, models, data, training CLI."""

@@ -1,0 +1,90 @@
+"""``dsf-train``: LightningCLI over the task modules and data modules.
+
+    dsf-train fit -c models/configs/icl/linear_regression.yaml --trainer.max_steps 20
+    dsf-train fit -c models/configs/mqar/mqar.yaml --model.model.mixer gla
+    dsf-train validate -c models/configs/icl/lsa.yaml --ckpt_path results/.../last.ckpt
+    dsf-train fit -c models/configs/icl/lsa.yaml --print_config
+
+Model and data are chosen by ``class_path`` in the YAML (subclass mode). By default a CSVLogger
+writes under ``trainer.default_root_dir`` (``--tensorboard true`` adds TensorBoard when it is
+installed; an explicit ``--trainer.logger`` wins), and a ModelCheckpoint (``--checkpoint.*``) keeps
+the best ``val_loss`` and the last step. ``seed_everything`` is read from the YAML.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+import dsf
+
+from . import data as _data  # noqa: F401  (registers the data modules for short class names)
+from .lit import TaskModule
+
+__all__ = ["DSFTrainCLI", "cli_main", "main"]
+
+DEFAULT_ROOT = "results/dsf_train"
+
+
+class DSFTrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val_loss", "checkpoint.mode": "min",
+                             "checkpoint.save_last": True, "checkpoint.save_top_k": 1})
+        parser.add_argument("--tensorboard", type=bool, default=False,
+                            help="Also log to TensorBoard (needs the tensorboard package).")
+
+    def before_instantiate_classes(self) -> None:
+        # Check every `mixer` value now, so a typo fails before anything is built, listing the zoo.
+        config = self.config.get(str(self.subcommand), self.config)
+        for key, value in config.items():
+            if key.rsplit(".", 1)[-1] == "mixer" and isinstance(value, str) and value not in dsf.zoo.names():
+                self._parser(self.subcommand).error(
+                    f"{key}: unknown mixer {value!r}; choose one of: {', '.join(dsf.zoo.names())}")
+        if self._get(self.config, "tensorboard") and importlib.util.find_spec("tensorboard") is None \
+                and importlib.util.find_spec("tensorboardX") is None:
+            self._parser(self.subcommand).error("--tensorboard true needs `pip install tensorboard`")
+
+    def instantiate_classes(self) -> None:
+        # A constructor's ValueError (d <= 0, kv pairs that do not fit, ...) is a config error: report
+        # its own message as a usage error instead of jsonargparse's Union-of-subtypes traceback
+        # (JSONARGPARSE_DEBUG=true raises it instead).
+        try:
+            super().instantiate_classes()
+        except ValueError as err:
+            root = err
+            while isinstance(root.__cause__, ValueError):
+                root = root.__cause__
+            self._parser(self.subcommand).error(str(root))
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer_cfg = self._get(self.config_init, "trainer", default={})
+        if "logger" not in kwargs and trainer_cfg.get("logger") in (None, True):
+            root = trainer_cfg.get("default_root_dir") or DEFAULT_ROOT
+            csv = CSVLogger(root, name="lightning_logs")
+            loggers = [csv]
+            if self._get(self.config_init, "tensorboard"):
+                loggers.append(TensorBoardLogger(root, name="lightning_logs", version=csv.version))
+            kwargs["logger"] = loggers
+        return super().instantiate_trainer(**kwargs)
+
+
+def cli_main(args: list[str] | None = None, **kwargs) -> DSFTrainCLI:
+    """Build and run the CLI (``args`` as on the command line; None reads sys.argv)."""
+    return DSFTrainCLI(
+        TaskModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        trainer_defaults={"default_root_dir": DEFAULT_ROOT}, save_config_kwargs={"overwrite": True},
+        args=args, **kwargs)
+
+
+def main(args: list[str] | None = None) -> None:
+    """Console entry point ``dsf-train``."""
+    cli_main(args)
+
+
+if __name__ == "__main__":
+    main()

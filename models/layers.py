@@ -1,0 +1,356 @@
+"""MixerLayer: input projections, one dsf zoo mixer, an output projection.
+
+What to build is read off the spec's inputs: an input with a time dim ``[B, T, H, ·]`` becomes a
+projection of the d_model stream (``Linear(d_model, H·K)``, ``Linear(d_model, H)``, ...); a
+time-invariant input ``[H, ...]`` becomes an ``nn.Parameter``. Small tables say what the papers do
+on top: ``NAMED`` (activation by input name: g, beta, theta, ...), ``GATES`` (per-mixer exceptions:
+Mamba's Δ, GLA's low-rank gate), ``PARAMS`` (init and positivity map of a parameter), ``OPTIONAL``
+and ``EXTRA``. A mixer missing from them still builds, with plain projections and ``N(0, 1/fan_in)``
+parameters; a dim the layer cannot size is a clear error.
+
+>>> layer = MixerLayer("gated_deltanet", d_model=32, n_heads=2)
+>>> layer(torch.randn(2, 10, 32)).shape
+torch.Size([2, 10, 32])
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import dsf
+
+__all__ = ["MixerLayer", "check_mixer", "default_chunk_size", "BACKENDS"]
+
+BACKENDS = ("auto", "reference", "triton")
+
+
+def check_mixer(name: Any) -> str:
+    """Return ``name`` if it is a zoo mixer, else raise a ValueError listing the zoo."""
+    if not isinstance(name, str) or name not in dsf.zoo.names():
+        raise ValueError(f"unknown mixer {name!r}; choose one of: {', '.join(dsf.zoo.names())}")
+    return name
+
+
+# -- inits -------------------------------------------------------------------------------------------
+def _inv_softplus(x: Tensor) -> Tensor:
+    return x + torch.log(-torch.expm1(-x))
+
+
+def _log_uniform(shape, lo: float, hi: float) -> Tensor:
+    return torch.exp(torch.rand(shape) * (math.log(hi) - math.log(lo)) + math.log(lo))
+
+
+def _dt_bias(shape) -> Tensor:
+    """Mamba's Δ init: softplus(bias) log-uniform in [1e-3, 0.1]."""
+    return _inv_softplus(_log_uniform(shape, 1e-3, 0.1))
+
+
+def _s4d_real_log(shape) -> Tensor:
+    """log A with S4D-Real / Mamba's A_n = n for n = 1..N along the last dim."""
+    N = shape[-1]
+    return torch.log(torch.arange(1, N + 1, dtype=torch.float32)).expand(shape).clone()
+
+
+def _rg_lru_lam(shape, c: float = 8.0) -> Tensor:
+    """Griffin: a^c = σ(Λ)^c uniform in [0.9, 0.999]."""
+    a = (torch.rand(shape) * (0.999 - 0.9) + 0.9) ** (1.0 / c)
+    return torch.log(a) - torch.log1p(-a)
+
+
+def _default_param(shape) -> Tensor:
+    """N(0, 1/fan_in): per-head matrices [H, in, out] (e.g. an MLP memory's initial weights)."""
+    return torch.randn(shape) / math.sqrt(shape[-2] if len(shape) >= 3 else shape[-1])
+
+
+def _identity(p: Tensor) -> Tensor:
+    return p
+
+
+@dataclass(frozen=True)
+class Param:
+    """A time-invariant input: learned ``raw`` with this init, fed to the mixer as ``fn(raw)``."""
+
+    init: Callable[[tuple[int, ...]], Tensor]
+    fn: Callable[[Tensor], Tensor] = _identity
+
+
+_DEFAULT = Param(_default_param)
+_POSITIVE_EXP = dict(fn=torch.exp)
+# (mixer, input) -> Param. Positive rates are learned in log space, as the papers do.
+PARAMS: dict[tuple[str, str], Param] = {
+    ("s4d", "dt"): Param(lambda s: torch.log(_log_uniform(s, 1e-3, 0.1)), **_POSITIVE_EXP),
+    ("s4d", "A"): Param(_s4d_real_log, **_POSITIVE_EXP),
+    ("s4d", "B"): Param(torch.ones),
+    ("s4d", "C"): Param(lambda s: torch.randn(s) / math.sqrt(s[-1])),
+    ("s4d", "D"): Param(torch.ones),
+    ("s6", "A"): Param(_s4d_real_log, **_POSITIVE_EXP),
+    ("s6", "D"): Param(torch.ones),
+    ("rg_lru", "Lam"): Param(_rg_lru_lam),
+    ("qlstm", "a"): Param(torch.ones),
+    ("aaren", "q"): Param(torch.randn),
+    # hedgehog's learned feature map starts as softmax(±x) (identity projection)
+    ("linear_attention", "feature_weight"): Param(lambda s: torch.eye(s[-2], s[-1]).expand(s).clone()),
+}
+
+# Optional inputs that the layer learns, with the options under which they take effect. The rest
+# keep the spec's default (RetNet's fixed γ, Performer's fixed random features).
+OPTIONAL: dict[tuple[str, str], Callable[[dict], bool]] = {
+    ("s4d", "D"): lambda o: True,
+    ("s6", "D"): lambda o: True,
+    ("qlstm", "a"): lambda o: bool(o.get("reversed")),
+    ("linear_attention", "feature_weight"): lambda o: o.get("feature_map") == "hedgehog",
+    ("titans", "w1"): lambda o: o.get("memory", "mlp") == "mlp",
+    ("titans", "w2"): lambda o: o.get("memory", "mlp") == "mlp",
+}
+
+
+@dataclass(frozen=True)
+class Gate:
+    """How a projected input is made: optional bottleneck rank, bias init, activation."""
+
+    act: Callable[..., Tensor] | None = None   # act(layer, raw, inputs) -> tensor
+    rank: int | Callable[[int], int] | None = None
+    bias: Callable[[tuple[int, ...]], Tensor] | None = None
+
+
+def _ssd_decay(scale_v: bool):
+    """Mamba-2 / Gated DeltaNet: g = −exp(A_log)·Δ with Δ = softplus(Wx + dt_bias); Mamba-2 also
+    feeds Δ·B."""
+    def act(layer, raw, inputs):
+        dt = F.softplus(raw)                           # the dt_bias is the projection's bias
+        if scale_v:
+            inputs["k"] = inputs["k"] * dt[..., None]  # Euler: B̄ = Δ B, keeps the state O(1/A)
+        return -torch.exp(layer.A_log) * dt
+    return act
+
+
+def _const(value: float):
+    return lambda s: torch.full(s, value)
+
+
+_SIGMOID = Gate(lambda m, r, i: torch.sigmoid(r))
+_SOFTPLUS = Gate(lambda m, r, i: F.softplus(r))
+# A retention / momentum gate exp(g) = σ(raw), biased to keep ≈ 0.95 (resp. 0.9) per token at init
+_RETAIN = Gate(lambda m, r, i: F.logsigmoid(r), bias=_const(3.0))
+
+# By input name, for any mixer: the meaning the zoo gives these names (docs of dsf.zoo inputs)
+NAMED: dict[str, Gate] = {
+    "g": _RETAIN, "gk": _RETAIN,                  # log decays <= 0
+    "beta": _SIGMOID,                             # write strength in (0, 1)
+    # inner step size θ = σ(raw) > 0, ≈ 0.12 at init: small steps as Titans / TTT (lr ~ 1e-2..1e-1);
+    # θ ≈ 0.5 diverged for Titans' MLP memory with momentum
+    "theta": Gate(lambda m, r, i: torch.sigmoid(r), bias=_const(-2.0)),
+    "log_eta": Gate(lambda m, r, i: F.logsigmoid(r), bias=_const(2.0)),   # momentum decay <= 0
+    "eps": _SOFTPLUS,                             # Longhorn's positive implicit step
+}
+# (mixer, input): where a paper parameterises differently
+GATES: dict[tuple[str, str], Gate] = {
+    ("mamba2", "g"): Gate(_ssd_decay(True), bias=_dt_bias),
+    ("gated_deltanet", "g"): Gate(_ssd_decay(False), bias=_dt_bias),
+    # GLA: low-rank gate, logsigmoid / 16 keeps the decay near 1 at init
+    ("gla", "gk"): Gate(lambda m, r, i: F.logsigmoid(r) / 16, rank=16),
+    # Mamba-1: Δ = softplus(low-rank(x) + dt_bias), rank ⌈d_model/16⌉
+    ("s6", "dt"): Gate(lambda m, r, i: F.softplus(r), rank=lambda d: math.ceil(d / 16), bias=_dt_bias),
+    # LSTM forget-gate bias 1 (Jozefowicz et al. 2015): remember by default
+    ("qlstm", "f"): Gate(bias=_const(1.0)),
+    # Titans: momentum η ≈ 0.9 multiplies the step by ~1/(1 − η), so θ = 0.1·σ(raw) (titans-pytorch
+    # caps its step at 1e-2); with the generic θ ≈ 0.12 its MLP memory diverged by T = 64
+    ("titans", "theta"): Gate(lambda m, r, i: 0.1 * torch.sigmoid(r)),
+    # normalised attention's log normaliser n is a raw projection
+    ("normalized_attention", "n"): Gate(),
+}
+
+
+def gate_of(mixer: str, name: str) -> Gate:
+    return GATES.get((mixer, name)) or NAMED.get(name) or Gate()
+
+
+# Gradient steps on ‖Sᵀk − v‖² (delta rule, test-time memories) contract only for ‖k‖ <= 1 and a
+# step < 1 (or 2), so keys are L2-normalised; queries too, as in fla and Titans.
+L2_QK = (dsf.Transition.DELTA, dsf.Transition.GATED_DELTA, dsf.Transition.GRADIENT_STEP)
+# Per-head parameters beside the inputs: name -> init of shape [H]
+EXTRA: dict[str, dict[str, Callable[[tuple[int, ...]], Tensor]]] = {
+    "mamba2": {"A_log": lambda s: torch.log(torch.rand(s) * 15 + 1)},          # A ~ U(1, 16)
+    "gated_deltanet": {"A_log": lambda s: torch.log(torch.rand(s) * 15 + 1)},
+}
+
+
+_VECTOR_DECAY = (dsf.Transition.KEY_DIAG, dsf.Transition.VALUE_DIAG, dsf.Transition.CHANNEL_STATE_DIAG)
+
+
+def default_chunk_size(spec: dsf.MixerSpec) -> int:
+    """64; 8 for vector decays: once a chunk's log decay exceeds ~20, dsf.chunked switches to its
+    exact sub-block path, 10-20x slower on CPU than short chunks (S4D/S6's A goes up to N); 16 for
+    test-time memories, the TTT mini-batch size (Titans' minibatch form diverged at 64, T = 256)."""
+    if spec.transition == dsf.Transition.GRADIENT_STEP:
+        return 16
+    return 8 if spec.transition in _VECTOR_DECAY else 64
+
+
+class _LowRank(nn.Sequential):
+    def __init__(self, d_in: int, rank: int, d_out: int):
+        super().__init__(nn.Linear(d_in, rank, bias=False), nn.Linear(rank, d_out))
+
+
+class MixerLayer(nn.Module):
+    """Project ``[B, T, d_model]`` to a zoo mixer's inputs, run it, project back to d_model.
+
+    Args:
+        mixer: a ``dsf.zoo`` name.
+        d_model: width of the residual stream.
+        n_heads: H.
+        head_dim: K = V per head (default d_model // n_heads); for the gated RNNs and SSMs, the
+            channels per head.
+        backend: "reference" runs ``dsf.chunked``; "triton" runs ``kernels.compile(spec).chunked``
+            (CUDA, or TRITON_INTERPRET=1); "auto" takes the kernel when one exists and x is on CUDA.
+        chunk_size: chunk length of the reference form; default 64, or 8 for vector decays (see
+            ``default_chunk_size``).
+        state_dim: the state's extra size: N states per channel (s4d, s6), the hidden width E of
+            an MLP memory (titans, ttt_mlp, the Miras mixers).
+        approximate: "minibatch" runs a test-time memory with no exact chunked form (Titans' MLP,
+            Miras) through the papers' mini-batch approximation; by default such a memory runs
+            ``dsf.recurrent`` (exact, a loop over T).
+        **mixer_options: the spec's options (``feature_map="elu1"``, ``window=16``, ...).
+    """
+
+    def __init__(self, mixer: str, d_model: int, n_heads: int = 1, head_dim: int | None = None,
+                 backend: Literal["auto", "reference", "triton"] = "auto", chunk_size: int | None = None,
+                 state_dim: int = 16, approximate: Literal["minibatch"] | None = None, **mixer_options: Any):
+        super().__init__()
+        check_mixer(mixer)
+        self.spec = dsf.zoo.get(mixer, **mixer_options)
+        if chunk_size is None:
+            chunk_size = default_chunk_size(self.spec)
+        for arg, val in (("d_model", d_model), ("n_heads", n_heads), ("chunk_size", chunk_size),
+                         ("state_dim", state_dim)):
+            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
+                raise ValueError(f"MixerLayer: {arg} must be a positive int, got {val!r}")
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"MixerLayer: d_model={d_model} is not divisible by n_heads={n_heads}; "
+                                 "give head_dim")
+            head_dim = d_model // n_heads
+        if backend not in BACKENDS:
+            raise ValueError(f"MixerLayer: backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "triton":
+            import kernels
+
+            if kernels.supports(self.spec) is None:
+                raise ValueError(f"MixerLayer: no Triton kernel for {mixer!r}; use backend='reference' "
+                                 "or 'auto'")
+        if approximate not in (None, "minibatch"):
+            raise ValueError(f"MixerLayer: approximate must be None or 'minibatch', got {approximate!r}")
+        if approximate and self.spec.transition != dsf.Transition.GRADIENT_STEP:
+            raise ValueError(f"MixerLayer: approximate='minibatch' is for test-time memories, not {mixer!r}")
+        self.approximate = approximate
+        exact = self.spec.forms() if hasattr(self.spec, "forms") else ("chunked",)
+        self.form = "chunked" if approximate or "chunked" in exact else "recurrent"
+        self.mixer, self.mixer_options = mixer, dict(mixer_options)
+        self.backend, self.chunk_size = backend, chunk_size
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, head_dim
+        self.sizes = {"H": n_heads, "K": head_dim, "V": head_dim, "N": state_dim, "E": state_dim,
+                      "F": head_dim}
+        for inp in self.spec.inputs:
+            unknown = [d for d in inp.dims if d not in self.sizes and d not in ("B", "T")]
+            if unknown:
+                raise ValueError(f"MixerLayer: {mixer} input {inp.name!r} has dims {unknown} that the layer "
+                                 f"cannot size (it knows {sorted(self.sizes)})")
+        self.proj = nn.ModuleDict()
+        self.params = nn.ParameterDict()
+        opts = dict(self.spec.options)
+        for inp in self.spec.inputs:
+            key = (mixer, inp.name)
+            if inp.optional and not OPTIONAL.get(key, lambda o: False)(opts):
+                continue
+            shape = tuple(self.sizes[d] for d in inp.dims if d not in ("B", "T"))
+            if inp.dims[:2] == ("B", "T"):
+                self.proj[inp.name] = self._projection(key, math.prod(shape))
+            else:
+                self.params[inp.name] = nn.Parameter(PARAMS.get(key, _DEFAULT).init(shape).float())
+        for name, init in EXTRA.get(mixer, {}).items():
+            self.register_parameter(name, nn.Parameter(init((n_heads,)).float()))
+        self.out = nn.Linear(n_heads * head_dim, d_model)
+        self._compiled = None
+
+    # The spec holds the zoo's lambdas, which pickle cannot save: rebuild it from name and options.
+    def __getstate__(self) -> dict:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = {k: v for k, v in state.items() if k not in ("spec", "_compiled")}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self.spec, self._compiled = dsf.zoo.get(self.mixer, **self.mixer_options), None
+
+    def _projection(self, key, out_features: int) -> nn.Module:
+        gate = gate_of(*key)
+        rank = gate.rank(self.d_model) if callable(gate.rank) else gate.rank
+        layer = _LowRank(self.d_model, rank, out_features) if rank else nn.Linear(self.d_model, out_features)
+        if gate.bias is not None:
+            lin = layer[-1] if isinstance(layer, _LowRank) else layer
+            with torch.no_grad():
+                lin.bias.copy_(gate.bias((out_features,)))
+        return layer
+
+    def extra_repr(self) -> str:
+        return (f"mixer={self.mixer!r}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+                f"backend={self.backend!r}, form={self.form!r}")
+
+    def mixer_inputs(self, x: Tensor) -> dict[str, Tensor]:
+        """The mixer's keyword inputs for ``x [B, T, d_model]`` (the spec's order)."""
+        B, T, _ = x.shape
+        inputs: dict[str, Tensor] = {}
+        for inp in self.spec.inputs:
+            if inp.name in self.proj:
+                shape = [self.sizes[d] for d in inp.dims[2:]]
+                raw = self.proj[inp.name](x).view(B, T, *shape)
+                gate = gate_of(self.mixer, inp.name)
+                inputs[inp.name] = raw if gate.act is None else gate.act(self, raw, inputs)
+            elif inp.name in self.params:
+                # looked up, not stored: the tables' lambdas would make the module unpicklable
+                inputs[inp.name] = PARAMS.get((self.mixer, inp.name), _DEFAULT).fn(self.params[inp.name])
+        if self.spec.transition in L2_QK:
+            inputs["q"] = F.normalize(inputs["q"], dim=-1)
+            inputs["k"] = F.normalize(inputs["k"], dim=-1)
+        return inputs
+
+    def _use_kernels(self, x: Tensor) -> bool:
+        if self.backend == "reference":
+            return False
+        if self.backend == "triton":
+            if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+                raise RuntimeError("MixerLayer: backend='triton' needs CUDA tensors or TRITON_INTERPRET=1 "
+                                   "(set before triton is imported)")
+            return True
+        if not x.is_cuda:
+            return False
+        import kernels
+
+        return kernels.supports(self.spec) is not None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [B, T, d_model]`` → ``[B, T, d_model]``."""
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"MixerLayer: expected x of shape [B, T, {self.d_model}], got {tuple(x.shape)}")
+        inputs = self.mixer_inputs(x)
+        if self._use_kernels(x):
+            if self._compiled is None:
+                import kernels
+
+                self._compiled = kernels.compile(self.spec)
+            o, _ = self._compiled.chunked(**inputs)
+        elif self.form == "recurrent":
+            o, _ = dsf.recurrent(self.spec, **inputs)
+        else:
+            # one chunk when T is shorter: the form pads a chunk to full length
+            extra = {"approximate": self.approximate} if self.approximate else {}
+            o, _ = dsf.chunked(self.spec, chunk_size=min(self.chunk_size, x.shape[1]), **extra, **inputs)
+        B, T = x.shape[:2]
+        return self.out(o.reshape(B, T, -1).to(x.dtype))

@@ -1,0 +1,175 @@
+"""MixerLayer: every zoo mixer builds and trains on the CPU; the Triton path matches the reference."""
+
+import math
+
+import pytest
+import torch
+
+import dsf
+import kernels
+from models.layers import MixerLayer, check_mixer, default_chunk_size
+
+
+def _fwd_bwd(layer, B=2, T=11, seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(B, T, layer.d_model, requires_grad=True)
+    y = layer(x)
+    y.square().mean().backward()
+    return x, y
+
+
+@pytest.mark.parametrize("mixer", dsf.zoo.names())
+def test_every_mixer_forward_backward(mixer):
+    """Output [B, T, d_model], finite, and a finite gradient for x and every parameter."""
+    torch.manual_seed(0)
+    layer = MixerLayer(mixer, d_model=16, n_heads=2, state_dim=4, backend="reference")
+    x, y = _fwd_bwd(layer)
+    assert y.shape == (2, 11, 16) and torch.isfinite(y).all()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, f"{mixer}: no gradient reaches {name}"
+        assert torch.isfinite(p.grad).all(), f"{mixer}: non-finite gradient in {name}"
+
+
+def test_inputs_follow_the_spec_dims():
+    """[B,T,H,K] → Linear(d, H·K); [B,T,H] → Linear(d, H); [H, ...] → a Parameter of that shape."""
+    layer = MixerLayer("mamba2", d_model=24, n_heads=3, head_dim=4)
+    assert layer.proj["q"].out_features == 12 and layer.proj["v"].out_features == 12
+    assert layer.proj["g"].out_features == 3
+    s6 = MixerLayer("s6", d_model=24, n_heads=3, head_dim=4, state_dim=5)
+    assert tuple(s6.params["A"].shape) == (3, 4, 5) and tuple(s6.params["D"].shape) == (3, 4)
+    assert s6.proj["B"].out_features == 15 and s6.proj["x"].out_features == 12
+    aaren = MixerLayer("aaren", d_model=24, n_heads=3, head_dim=4)
+    assert tuple(aaren.params["q"].shape) == (3, 4) and "q" not in aaren.proj
+
+
+def test_gates_are_in_range():
+    """Decays are log-space (<= 0), β in (0, 1), Δ > 0, keys unit-norm for the delta rule."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 16)
+    inp = MixerLayer("gated_deltanet", 16, 2).mixer_inputs(x)
+    assert (inp["g"] <= 0).all() and ((inp["beta"] > 0) & (inp["beta"] < 1)).all()
+    assert torch.allclose(inp["k"].norm(dim=-1), torch.ones(2, 7, 2), atol=1e-5)
+    assert (MixerLayer("gla", 16, 2).mixer_inputs(x)["gk"] <= 0).all()
+    s6 = MixerLayer("s6", 16, 2, state_dim=4).mixer_inputs(x)
+    assert (s6["dt"] > 0).all() and (s6["A"] > 0).all()
+    lam = MixerLayer("rg_lru", 16, 2).mixer_inputs(x)["Lam"]
+    a_c = torch.sigmoid(lam) ** 8
+    assert ((a_c > 0.9 - 1e-4) & (a_c < 0.999 + 1e-4)).all()   # Griffin's init of a^c
+
+
+def test_mamba2_init_matches_the_paper():
+    """softplus(dt_bias) in [1e-3, 0.1] and A = exp(A_log) in [1, 16]."""
+    layer = MixerLayer("mamba2", 32, 4)
+    dt = torch.nn.functional.softplus(layer.proj["g"].bias)
+    assert ((dt > 1e-3 - 1e-6) & (dt < 0.1 + 1e-6)).all()
+    A = layer.A_log.exp()
+    assert ((A >= 1) & (A <= 16)).all()
+
+
+@pytest.mark.parametrize("mixer,options,param", [
+    ("linear_attention", {"feature_map": "hedgehog"}, "feature_weight"),
+    ("qlstm", {"reversed": True}, "a"),
+])
+def test_options_that_add_parameters(mixer, options, param):
+    layer = MixerLayer(mixer, 16, 2, **options)
+    assert param in layer.params
+    _fwd_bwd(layer)
+    assert layer.params[param].grad is not None
+    assert param not in MixerLayer(mixer, 16, 2).params
+
+
+def test_options_pass_through_to_the_spec():
+    layer = MixerLayer("softmax_attention", 16, 2, window=3)
+    assert layer.spec.options["window"] == 3
+    with pytest.raises(TypeError, match="unknown option"):
+        MixerLayer("softmax_attention", 16, 2, bogus=1)
+
+
+def test_unknown_mixer_lists_the_zoo():
+    with pytest.raises(ValueError, match="unknown mixer 'transformer'.*softmax_attention.*gated_deltanet"):
+        MixerLayer("transformer", 16, 2)
+    assert check_mixer("gla") == "gla"
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(d_model=0), "d_model"),
+    (dict(d_model=10, n_heads=3), "not divisible"),
+    (dict(backend="cuda"), "backend"),
+    (dict(chunk_size=0), "chunk_size"),
+])
+def test_bad_arguments(kwargs, match):
+    args = {"mixer": "gla", "d_model": 16, "n_heads": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        MixerLayer(**args)
+
+
+def test_triton_refused_without_a_kernel():
+    without = [n for n in dsf.zoo.names() if kernels.supports(dsf.zoo.get(n)) is None]
+    if not without:
+        pytest.skip("every zoo mixer has a kernel")
+    with pytest.raises(ValueError, match=f"no Triton kernel for '{without[0]}'"):
+        MixerLayer(without[0], 16, 2, backend="triton")
+
+
+MEMORIES = [n for n in dsf.zoo.names() if dsf.zoo.get(n).transition == dsf.Transition.GRADIENT_STEP]
+
+
+@pytest.mark.skipif(not MEMORIES, reason="no test-time memory in the zoo")
+def test_memories_run_exact_or_minibatch():
+    """A memory without an exact chunked form runs dsf.recurrent; approximate='minibatch' opts in to
+    the papers' chunked approximation, which equals the exact form at T <= 1 chunk of size 1."""
+    for name in MEMORIES:
+        spec = dsf.zoo.get(name)
+        layer = MixerLayer(name, 16, 2, state_dim=4)
+        assert layer.form == ("chunked" if "chunked" in spec.forms() else "recurrent")
+        approx = MixerLayer(name, 16, 2, state_dim=4, approximate="minibatch", chunk_size=1)
+        approx.load_state_dict(layer.state_dict())
+        x = torch.randn(2, 9, 16)
+        assert torch.allclose(layer(x), approx(x), atol=1e-5), name
+    with pytest.raises(ValueError, match="approximate='minibatch' is for test-time memories"):
+        MixerLayer("gla", 16, 2, approximate="minibatch")
+
+
+def test_auto_uses_the_reference_on_cpu():
+    layer = MixerLayer("mamba2", 16, 2)
+    assert not layer._use_kernels(torch.zeros(1, 1, 16))
+
+
+def test_default_chunk_size():
+    """Vector decays get short chunks (the CPU form's stable path is slow for long ones)."""
+    assert default_chunk_size(dsf.zoo.get("s6")) == 8 and default_chunk_size(dsf.zoo.get("mamba2")) == 64
+    assert MixerLayer("mingru", 16, 2).chunk_size == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs CUDA or Triton's interpreter")
+@pytest.mark.parametrize("mixer", ["mamba2", "gated_deltanet"])
+def test_triton_matches_reference(mixer):
+    """Same weights, same input: the kernel path gives the reference's output and input gradient."""
+    torch.manual_seed(0)
+    ref = MixerLayer(mixer, 32, 2, backend="reference")
+    tri = MixerLayer(mixer, 32, 2, backend="triton")
+    tri.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 19, 32, requires_grad=True)
+    a, b = ref(x), tri(x)
+    ga, = torch.autograd.grad(a.square().sum(), x)
+    gb, = torch.autograd.grad(b.square().sum(), x)
+    assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+    assert torch.allclose(ga, gb, atol=1e-5, rtol=1e-4)
+    assert math.isfinite(float(gb.abs().max()))
+
+
+def test_pickles_and_copies():
+    """torch.save of a whole model works although the zoo's specs hold lambdas (rebuilt on load)."""
+    import copy
+    import io
+
+    layer = MixerLayer("lightning_attention", 16, 2, layer_idx=1, num_layers=2)
+    buf = io.BytesIO()
+    torch.save(layer, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = torch.randn(1, 6, 16)
+    assert loaded.spec.options["layer_idx"] == 1
+    assert torch.allclose(loaded(x), layer(x)) and torch.allclose(copy.deepcopy(layer)(x), layer(x))
