@@ -100,6 +100,27 @@ def _valuewise_intra(QK: Tensor, x: Tensor, G: Tensor, eG: Tensor) -> Tensor:
     return torch.cat(rows, dim=-2)
 
 
+_GROUP = 16  # chunks whose states are passed by one batched contraction
+
+
+def _pass_group(decay: str, logtot: Tensor, dS: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
+    """States entering each of n chunks, and the state after them, from the state S before them."""
+    n = logtot.shape[2]
+    P = torch.cat([torch.zeros_like(logtot[:, :, :1]), torch.cumsum(logtot, dim=2)], dim=2)
+    later = torch.ones(n + 1, n, dtype=torch.bool, device=S.device).tril(-1)
+    diff = P[:, :, :, None] - P[:, :, None, 1:]                       # P_n − P_{m+1}
+    if decay in ("key", "value"):
+        W = _masked_exp(diff.movedim(-1, 2), later)                   # [B, H, K|V, n+1, n]
+        spec = "bhknm,bhmkv->bhnkv" if decay == "key" else "bhvnm,bhmkv->bhnkv"
+        S_all = torch.einsum(spec, W, dS)
+        init = torch.exp(P)[..., :, None] if decay == "key" else torch.exp(P)[..., None, :]
+    else:
+        S_all = torch.einsum("bhnm,bhmkv->bhnkv", _masked_exp(diff, later), dS)
+        init = torch.exp(P)[..., None, None]
+    S_all = S_all + init * S[:, :, None]
+    return S_all[:, :, :-1], S_all[:, :, -1]
+
+
 def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
                    chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """Chunked form of a finite-state mixer; same results as :func:`recurrent_linear`."""
@@ -139,26 +160,16 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
         dS = kk.transpose(-1, -2) @ x
     total = torch.exp(last.squeeze(3))                                # [B, H, N(, K|V)]
 
-    # Step 3: pass the state across chunks. Unrolled, the state entering chunk n is
+    # Step 3: pass the state across chunks (SSD's step 3). Unrolled over a group of chunks,
     #   S_n = e^{P_n} S_0 + Σ_{m<n} e^{P_n − P_{m+1}} ΔS_m,   P_n = Σ_{l<n} (log decay of chunk l),
-    # one batched contraction over chunks instead of a loop (SSD's step 3). Row N is the final state.
+    # one batched contraction per group; groups of _GROUP chunks keep the cost linear in T.
     logtot = last.squeeze(3)                                          # [B, H, N(, K|V)]
-    P = torch.cat([torch.zeros_like(logtot[:, :, :1]), torch.cumsum(logtot, dim=2)], dim=2)
-    n_chunks = logtot.shape[2]
-    later = torch.ones(n_chunks + 1, n_chunks, dtype=torch.bool, device=q.device).tril(-1)
-    diff = P[:, :, :, None] - P[:, :, None, 1:]                       # P_n − P_{m+1}
-    if terms.decay in ("key", "value"):
-        diff = diff.movedim(-1, 2)                                    # channel next to H
-        W = _masked_exp(diff, later)                                  # [B, H, C, N+1, N]
-        spec = "bhknm,bhmkv->bhnkv" if terms.decay == "key" else "bhvnm,bhmkv->bhnkv"
-        S_all = torch.einsum(spec, W, dS)
-        init = torch.exp(P)[..., :, None] if terms.decay == "key" else torch.exp(P)[..., None, :]
-    else:
-        W = _masked_exp(diff, later)                                  # [B, H, N+1, N]
-        S_all = torch.einsum("bhnm,bhmkv->bhnkv", W, dS)
-        init = torch.exp(P)[..., None, None]
-    S_all = S_all + init * S[:, :, None]
-    S_in, S = S_all[:, :, :-1], S_all[:, :, -1]                       # [B, H, N, K, V'], final
+    entering = []
+    for a in range(0, logtot.shape[2], _GROUP):
+        b = min(a + _GROUP, logtot.shape[2])
+        S_grp, S = _pass_group(terms.decay, logtot[:, :, a:b], dS[:, :, a:b], S)
+        entering.append(S_grp)
+    S_in = torch.cat(entering, dim=2)                                 # [B, H, N, K, V']
 
     # Step 4: state-to-output, with the decay from the chunk start to each row.
     from_start = eG

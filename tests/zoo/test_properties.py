@@ -130,3 +130,12 @@ def test_strong_and_mild_decays_take_both_paths(name, gate):
         o_c, S_c = dsf.chunked(name, chunk_size=32, **x)
         o_r, S_r = dsf.recurrent(name, **x)
         assert torch.isfinite(o_c).all() and rel_err(o_c, o_r) < 1e-12 and rel_err(S_c, S_r) < 1e-12
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gla", "qlstm", "linear_attention"])
+def test_many_chunks_pass_state_in_groups(name):
+    """More chunks than one group of the state-passing contraction (35 chunks of 2)."""
+    d = dsf.random_inputs(name, B=1, T=70, H=2, K=3, V=2, seed=5)
+    o_c, S_c = dsf.chunked(name, chunk_size=2, **d)
+    o_r, S_r = dsf.recurrent(name, **d)
+    assert rel_err(o_c, o_r) < 1e-12 and rel_err(S_c, S_r) < 1e-12
