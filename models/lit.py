@@ -88,6 +88,19 @@ class TaskModule(L.LightningModule):
         trainer = self._trainer  # None outside a Trainer
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
+    # validation and test share one implementation: subclasses define _eval_step / _eval_end
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_end("test")
+
 
 # name -> fn(x, y, noise_var, w_scale, ridge_lambda) -> ŷ [B, n]
 BASELINES = {
@@ -182,18 +195,6 @@ class RegressionModule(TaskModule):
         return {name: (fn(x, y, noise_std ** 2, w_scale, lam) - y).square().mean(0)
                 for name, fn in BASELINES.items()}
 
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
-
 
 class MQARModule(TaskModule):
     """Multi-query associative recall: cross-entropy on the query positions (labels != -100).
@@ -255,15 +256,3 @@ class MQARModule(TaskModule):
             self.log_dict({f"{stage}_acc/kv_{kv}": h[0] / max(1, h[1]) for kv, h in sorted(hits.items())})
         for kv in hits:
             del self._hits[(stage, kv)]
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_end("val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_end("test")
