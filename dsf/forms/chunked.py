@@ -109,13 +109,18 @@ def _pass_group(decay: str, logtot: Tensor, dS: Tensor, S: Tensor) -> tuple[Tens
     P = torch.cat([torch.zeros_like(logtot[:, :, :1]), torch.cumsum(logtot, dim=2)], dim=2)
     later = torch.ones(n + 1, n, dtype=torch.bool, device=S.device).tril(-1)
     diff = P[:, :, :, None] - P[:, :, None, 1:]                       # P_n − P_{m+1}
-    if decay in ("key", "value"):
-        W = _masked_exp(diff.movedim(-1, 2), later)                   # [B, H, K|V, n+1, n]
-        spec = "bhknm,bhmkv->bhnkv" if decay == "key" else "bhvnm,bhmkv->bhnkv"
-        S_all = torch.einsum(spec, W, dS)
-        init = torch.exp(P)[..., :, None] if decay == "key" else torch.exp(P)[..., None, :]
+    if decay == "key":
+        W = _masked_exp(diff.movedim(-1, 2), later)                   # [B, H, K, n+1, n]
+        S_all = (W @ dS.movedim(3, 2)).movedim(2, 3)                  # batched over key channels
+        init = torch.exp(P)[..., :, None]
+    elif decay == "value":
+        W = _masked_exp(diff.movedim(-1, 2), later)                   # [B, H, V, n+1, n]
+        S_all = (W @ dS.movedim(4, 2)).movedim(2, 4)                  # batched over value channels
+        init = torch.exp(P)[..., None, :]
     else:
-        S_all = torch.einsum("bhnm,bhmkv->bhnkv", _masked_exp(diff, later), dS)
+        # a plain matmul over flattened states: no copy of the (strided) slice of ΔS
+        W = _masked_exp(diff, later)                                  # [B, H, n+1, n]
+        S_all = (W @ dS.flatten(-2)).unflatten(-1, dS.shape[-2:])
         init = torch.exp(P)[..., None, None]
     S_all = S_all + init * S[:, :, None]
     return S_all[:, :, :-1], S_all[:, :, -1]
