@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..terms import AarenState, KVCache, LinearTerms, SoftmaxTerms
-from .recurrent import _trim_cache, empty_cache
+from .recurrent import _trim_cache, extend_cache
 
 __all__ = ["chunked_linear", "chunked_softmax", "chunked_aaren"]
 
@@ -216,12 +216,8 @@ def chunked_softmax(terms: SoftmaxTerms, initial_state: KVCache | None = None,
                     chunk_size: int = 64) -> tuple[Tensor, KVCache]:
     """Tiled softmax attention with a running max (flash-style online softmax), exact."""
     B, T, H, K, V = terms.shape
-    cache = empty_cache(terms) if initial_state is None else initial_state
     q = terms.query()
-    k_all = torch.cat([cache.k, terms.k], dim=1)
-    v_all = torch.cat([cache.v, terms.u], dim=1)
-    pos_all = torch.cat([cache.pos, torch.arange(cache.seen, cache.seen + T, device=q.device)])
-    L0 = cache.k.shape[1]
+    (k_all, v_all, pos_all, seen), L0 = extend_cache(terms, initial_state)
     outs = []
     for s in range(0, T, chunk_size):
         e = min(s + chunk_size, T)
@@ -247,7 +243,7 @@ def chunked_softmax(terms: SoftmaxTerms, initial_state: KVCache | None = None,
             acc = acc * fade[..., None] + p @ v_all[:, a:b].transpose(1, 2)
             m = m_new
         outs.append((acc / l[..., None]).transpose(1, 2))
-    return torch.cat(outs, dim=1), _trim_cache(terms, k_all, v_all, pos_all, cache.seen + T)
+    return torch.cat(outs, dim=1), _trim_cache(terms, k_all, v_all, pos_all, seen)
 
 
 def chunked_aaren(terms: SoftmaxTerms, initial_state: AarenState | None = None,

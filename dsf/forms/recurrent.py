@@ -60,16 +60,21 @@ def empty_cache(terms: SoftmaxTerms) -> KVCache:
                    torch.zeros(0, dtype=torch.long, device=terms.k.device), 0)
 
 
+def extend_cache(terms: SoftmaxTerms, cache: KVCache | None) -> tuple[KVCache, int]:
+    """The cache with this call's keys and values appended (untrimmed), and its old length."""
+    cache = empty_cache(terms) if cache is None else cache
+    T = terms.k.shape[1]
+    pos = torch.arange(cache.seen, cache.seen + T, device=terms.k.device)
+    return KVCache(torch.cat([cache.k, terms.k], dim=1), torch.cat([cache.v, terms.u], dim=1),
+                   torch.cat([cache.pos, pos]), cache.seen + T), cache.k.shape[1]
+
+
 def recurrent_softmax(terms: SoftmaxTerms, initial_state: KVCache | None = None) -> tuple[Tensor, KVCache]:
     """Softmax attention as an RNN whose state is a growing (or windowed) KV cache."""
     B, T, H, K, V = terms.shape
-    cache = empty_cache(terms) if initial_state is None else initial_state
-    k_all = torch.cat([cache.k, terms.k], dim=1)
-    v_all = torch.cat([cache.v, terms.u], dim=1)
-    new_pos = torch.arange(cache.seen, cache.seen + T, device=terms.k.device)
-    pos_all = torch.cat([cache.pos, new_pos])
+    (k_all, v_all, pos_all, seen), L0 = extend_cache(terms, initial_state)
+    new_pos = pos_all[L0:]
     q = terms.query()
-    L0 = cache.k.shape[1]
     outs = []
     for t in range(T):
         n = L0 + t + 1  # the cache as it stands after appending token t
@@ -77,7 +82,7 @@ def recurrent_softmax(terms: SoftmaxTerms, initial_state: KVCache | None = None)
         vis = terms.visible(new_pos[t:t + 1], pos_all[:n])[0]
         p = torch.softmax(s.masked_fill(~vis, float("-inf")), dim=-1)
         outs.append(torch.einsum("bhl,blhv->bhv", p, v_all[:, :n]))
-    return torch.stack(outs, dim=1), _trim_cache(terms, k_all, v_all, pos_all, cache.seen + T)
+    return torch.stack(outs, dim=1), _trim_cache(terms, k_all, v_all, pos_all, seen)
 
 
 def recurrent_aaren(terms: SoftmaxTerms, initial_state: AarenState | None = None) -> tuple[Tensor, AarenState]:
