@@ -31,21 +31,28 @@ __all__ = ["chunked_linear", "chunked_softmax", "chunked_aaren"]
 _SUB = 16  # sub-block size for key-/value-wise decays inside a chunk
 
 
-def _to_chunks(x: Tensor, C: int) -> Tensor:
-    """[B, T, H, *rest] → [B, H, N, C, *rest], zero-padded at the end of time."""
+def _to_chunks(x: Tensor, C: int, chunk_major: bool = False) -> Tensor:
+    """[B, T, H, *rest] → [B, H, N, C, *rest] (or [N, B, H, C, *rest]), zero-padded at the end of time."""
     B, T = x.shape[:2]
     n = math.ceil(T / C)
     pad = n * C - T
     if pad:
         x = torch.cat([x, x.new_zeros(B, pad, *x.shape[2:])], dim=1)
     x = x.reshape(B, n, C, *x.shape[2:])
-    return x.movedim(3, 1)
+    x = x.permute(1, 0, 3, 2, *range(4, x.dim())) if chunk_major else x.movedim(3, 1)
+    # One copy into head-major order, so every batched matmul below reads contiguous matrices.
+    return x.contiguous()
 
 
-def _from_chunks(x: Tensor, T: int) -> Tensor:
-    """[B, H, N, C, *rest] → [B, T, H, *rest]."""
-    B, H, n, C = x.shape[:4]
-    return x.movedim(1, 3).reshape(B, n * C, H, *x.shape[4:])[:, :T]
+def _from_chunks(x: Tensor, T: int, chunk_major: bool = False) -> Tensor:
+    """[B, H, N, C, *rest] (or [N, B, H, C, *rest]) → [B, T, H, *rest]."""
+    if chunk_major:
+        n, B, H, C = x.shape[:4]
+        x = x.permute(1, 0, 3, 2, *range(4, x.dim()))
+    else:
+        B, H, n, C = x.shape[:4]
+        x = x.movedim(1, 3)
+    return x.reshape(B, n * C, H, *x.shape[4:])[:, :T]
 
 
 def _masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
@@ -131,6 +138,10 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
     """Chunked form of a finite-state mixer; same results as :func:`recurrent_linear`."""
     B, T, H, K, V = terms.shape
     C = chunk_size
+    S = (terms.q.new_zeros(B, H, K, terms.write_value().shape[-1]) if initial_state is None
+         else initial_state.to(terms.q.dtype))
+    if terms.beta is not None:
+        return _chunked_delta(terms, S, C, T)
     q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)           # [B, H, N, C, K]
     x = _to_chunks(terms.write_value(), C)                           # [B, H, N, C, V']
     Vp = x.shape[-1]
@@ -139,11 +150,7 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
         G = q.new_zeros(q.shape[:-1])
     else:
         G = torch.cumsum(_to_chunks(terms.g, C), dim=3)               # local cumulative log decay
-    S = q.new_zeros(B, H, K, Vp) if initial_state is None else initial_state.to(q.dtype)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-
-    if terms.beta is not None:
-        return _chunked_delta(terms, q, k, x, G, S, causal, T)
 
     eG = torch.exp(G)                                                 # decay from the chunk start
     # Step 1: intra-chunk outputs.
@@ -187,29 +194,78 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
     return terms.finish(_from_chunks(y, T)), S
 
 
-def _chunked_delta(terms, q, k, x, G, S, causal, T):
-    """WY/UT chunked delta rule with an optional scalar gate."""
-    C = q.shape[3]
-    beta = _to_chunks(terms.beta, C)                                  # [B, H, N, C]
-    Gam = _masked_exp(G[..., :, None] - G[..., None, :], causal)      # Γ_ij, i >= j
-    A = (beta[..., :, None] * (k @ k.transpose(-1, -2)) * Gam).tril(-1)
-    eye = torch.eye(C, dtype=q.dtype, device=q.device)
-    rhs = torch.cat([beta[..., None] * k * torch.exp(G)[..., None], beta[..., None] * x], dim=-1)
-    WU = torch.linalg.solve_triangular(eye + A, rhs, upper=False, unitriangular=True)
-    W, U = WU[..., :k.shape[-1]], WU[..., k.shape[-1]:]
-    to_end = torch.exp(G[..., -1:] - G)
-    kd = (k * to_end[..., None]).transpose(-1, -2)                     # [B, H, N, K, C]
-    decay = torch.exp(G[..., -1])                                     # [B, H, N]
-    # Only the state and the pseudo-values are sequential; outputs are batched after the loop.
-    entering, pseudo = [], []
-    for n in range(q.shape[2]):
-        v_new = U[:, :, n] - W[:, :, n] @ S                            # pseudo-values of the chunk
-        entering.append(S)
-        pseudo.append(v_new)
-        S = decay[:, :, n, None, None] * S + kd[:, :, n] @ v_new
-    S_in, v_new = torch.stack(entering, dim=2), torch.stack(pseudo, dim=2)
-    y = (q * torch.exp(G)[..., None]) @ S_in + ((q @ k.transpose(-1, -2)) * Gam) @ v_new
-    return terms.finish(_from_chunks(y, T)), S
+def _delta_scan(S: Tensor, W: Tensor, U: Tensor, kT: Tensor, d: Tensor | None,
+                inplace: bool) -> tuple[Tensor, Tensor]:
+    """The sequential part of the chunked delta rule, over chunk-major [N, BH, ...] blocks.
+
+    Returns the states entering each chunk plus the final one ([N+1, BH, K, V]) and the chunks'
+    pseudo-values U − W S ([N, BH, C, V]).
+    """
+    n = W.shape[0]
+    if not inplace:
+        states, pseudo = [S], []
+        for i in range(n):
+            pseudo.append(torch.baddbmm(U[i], W[i], states[-1], alpha=-1))
+            prev = states[-1] if d is None else states[-1] * d[i]
+            states.append(torch.baddbmm(prev, kT[i], pseudo[-1]))
+        return torch.stack(states), torch.stack(pseudo)
+    states = S.new_empty(n + 1, *S.shape)
+    pseudo = U.new_empty(U.shape)
+    states[0] = S
+    for i in range(n):
+        torch.baddbmm(U[i], W[i], states[i], alpha=-1, out=pseudo[i])
+        prev = states[i] if d is None else states[i] * d[i]
+        torch.baddbmm(prev, kT[i], pseudo[i], out=states[i + 1])
+    return states, pseudo
+
+
+def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tensor, Tensor]:
+    """WY/UT chunked delta rule with an optional scalar gate.
+
+    Inside a chunk the UT transform gives W = T β K Γ₀ and U = T β X with
+    T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ (one triangular solve for all chunks). Only the chunk's
+    pseudo-values U − W S and its end state e^{G_C} S + K̃ᵀ(U − W S) need the entering state S, so
+    the loop over chunks is two small matmuls; the outputs Q Γ₀ S + (Q Kᵀ ⊙ Γ) (U − W S) are batched
+    after it. Tensors are chunk-major ([N, B, H, C, *]) so the loop reads contiguous blocks.
+    """
+    q, k, x = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k, terms.write_value()))
+    n, B, H = q.shape[:3]
+    K, Vp = k.shape[-1], x.shape[-1]
+    beta = _to_chunks(terms.beta, C, chunk_major=True)[..., None]    # [N, B, H, C, 1]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    gated = terms.decay != "none"
+    KK = k @ k.transpose(-1, -2)
+    P = q @ k.transpose(-1, -2)
+    kb = beta                                                         # what scales K in β K Γ₀
+    if gated:
+        G = torch.cumsum(_to_chunks(terms.g, C, chunk_major=True), dim=-1)   # [N, B, H, C]
+        Gam = _masked_exp(G[..., :, None] - G[..., None, :], causal)  # Γ_ij, i >= j
+        KK, P = KK * Gam, P * Gam
+        eG = torch.exp(G)[..., None]
+        kb = beta * eG
+        d = torch.exp(G[..., -1]).flatten(1)[..., None, None]          # [N, BH, 1, 1]
+    else:
+        P = P.masked_fill(~causal, 0.0)
+    # Without autograd, buffers are written in place (a cat or a stack would copy them again).
+    inplace = not (torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, x, beta, S, terms.g)))
+    if inplace:                                                       # [β K Γ₀ | β X]
+        rhs = q.new_empty(*q.shape[:-1], K + Vp)
+        torch.mul(kb, k, out=rhs[..., :K])
+        torch.mul(beta, x, out=rhs[..., K:])
+    else:
+        rhs = torch.cat([kb * k, beta * x], dim=-1)
+    if gated:
+        q = q * eG
+        k = k * torch.exp(G[..., -1:] - G)[..., None]                 # keys decayed to the chunk end
+    # The solver reads only the strict lower triangle (the unit diagonal is implied).
+    WU = torch.linalg.solve_triangular(KK * beta, rhs, upper=False, unitriangular=True)
+    W, U = WU[..., :K].flatten(1, 2), WU[..., K:].flatten(1, 2)       # [N, BH, C, *]
+    kT = k.transpose(-1, -2).flatten(1, 2)                            # [N, BH, K, C]
+    S_in, v_new = _delta_scan(S.flatten(0, 1), W, U, kT, d if gated else None, inplace)
+    y = torch.baddbmm(P.flatten(0, 2) @ v_new.flatten(0, 1), q.flatten(0, 2),
+                      S_in[:-1].flatten(0, 1)).view(*P.shape[:-1], Vp)
+    return terms.finish(_from_chunks(y, T, chunk_major=True)), S_in[-1].view(B, H, K, Vp)
 
 
 def chunked_softmax(terms: SoftmaxTerms, initial_state: KVCache | None = None,
