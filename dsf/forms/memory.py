@@ -7,8 +7,9 @@ r"""Forms of a memory updated by a gradient step (Titans, Miras, TTT): see :clas
   (vector or matrix memory, dot-product or ℓ2 bias, no or ℓ2 retention):
   ``to_linear`` lowers it to :class:`~dsf.terms.LinearTerms` (the dot-product bias is decayed linear
   attention; the ℓ2 bias is the (gated) delta rule and its WY form), ``chunked_momentum`` is the exact
-  chunked form of the dot-product bias with momentum (a second-order scalar recurrence), and
-  ``phi_memory`` builds Φ for the rest of the linear memories (ℓ2 bias with momentum, key-wise gates).
+  chunked form of the dot-product bias with momentum (a second-order scalar recurrence),
+  ``chunked_l2_momentum`` that of the ℓ2 bias with momentum (linear Titans: one triangular solve per
+  chunk), and ``phi_memory`` builds Φ for the memories without a LinearTerms lowering.
 * ``minibatch_memory``: the papers' mini-batch approximation (Titans §3.2, Miras §5.4, TTT): every
   gradient in a chunk is taken at the chunk-start state. It is the only chunked option for MLP
   memories and the ℓp / Huber / ℓq / KL / elastic-net cases; a chunk of one token is the recurrence.
@@ -40,13 +41,18 @@ _KL_FLOOR = 1e-30  # log of a zero weight under KL retention is read as log(1e-3
 
 def memory_forms(memory: str, bias: str, retention: str, algorithm: str, keywise: bool = False
                  ) -> tuple[str, ...]:
-    """The exact forms of a memory: the capability flag of its spec (``MixerSpec.exact_forms``)."""
+    """The exact forms of a memory: the capability flag of its spec (``MixerSpec.exact_forms``).
+
+    Chunked is exact for every linear memory except a matrix memory with a key-wise gate under the
+    ℓ2 bias or with momentum: there the diagonal decay does not commute with the chunk's key
+    products, and no scalar mask carries it. (A vector memory's key-wise gate is a scalar gate per
+    channel.)
+    """
     forms = ["recurrent"]
     if memory in ("vector", "matrix") and bias in ("dot", "l2") and retention in ("none", "l2"):
         forms.append("parallel")  # linear in the state and in v: Φ exists
         scalar = not keywise or memory == "vector" or retention == "none"
-        if (bias == "dot" and (algorithm != "momentum" or scalar)) or \
-                (bias == "l2" and algorithm != "momentum" and scalar):
+        if scalar or (bias == "dot" and algorithm != "momentum"):
             forms.append("chunked")
     return tuple(forms)
 
@@ -372,6 +378,84 @@ def chunked_momentum(terms: MemoryTerms, S: Tensor, Z: Tensor, C: int) -> tuple[
     return _from_chunks(torch.stack(ys, dim=2), T), S, Z
 
 
+# ---------------------------------------------------------------------------------------------
+# 6. Exact chunked form of the ℓ2 bias with momentum (linear Titans)
+
+
+def _shift(x: Tensor, dim: int) -> Tensor:
+    """x moved one step later along ``dim`` (row t holds x_{t−1}), zeros entering at t = 0."""
+    first = torch.zeros_like(x.narrow(dim, 0, 1))
+    return torch.cat([first, x.narrow(dim, 0, x.shape[dim] - 1)], dim=dim)
+
+
+def chunked_l2_momentum(terms: MemoryTerms, S: Tensor, Z: Tensor, C: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""e_t = P_tᵀk_t − v_t, Z_t = η_t Z_{t−1} − θ_t k_t e_tᵀ, S_t = α_t S_{t−1} + Z_t, y_t = S_tᵀq_t.
+
+    The gradient point P_t is S_{t−1} (``grad_at="previous"``, Titans) or α_t S_{t−1} ("retained").
+    Inside a chunk entered with (S_0, Z_0), as for the dot-product bias (c = L^α L^η, d = L^α e^{G^η}),
+
+        S_t = e^{G^α_t} S_0 + d_t Z_0 − Σ_{i<=t} c_ti θ_i k_i e_iᵀ
+        P_t = a_t S_0 + d'_t Z_0 − Σ_{i<t} m_ti θ_i k_i e_iᵀ
+
+    with (a, d', m) = (e^{G^α_{t−1}}, d_{t−1}, c_{t−1,i}) for "previous" and (e^{G^α_t}, α_t d_{t−1},
+    α_t c_{t−1,i}) for "retained". So the chunk's errors E solve the unit lower-triangular system
+    (I + strict_lower(m_ti θ_i k_tᵀk_i)) E = diag(a) K S_0 + diag(d') K Z_0 − V: one solve for all
+    chunks gives E = [W_S W_Z] [S_0; Z_0] − U, and the loop over chunks carries only X = [S; Z].
+    """
+    B, T, H, K, V = terms.shape
+    q, k, v = (_to_chunks(x, C, chunk_major=True) for x in (terms.q, terms.k, terms.v))  # [N, B, H, C, *]
+    th = _to_chunks(terms.theta, C, chunk_major=True)                                    # [N, B, H, C]
+    g = torch.zeros_like(th) if terms.g is None else _to_chunks(terms.g, C, chunk_major=True)
+    Ga = torch.cumsum(g, dim=-1)
+    Ge = torch.cumsum(_to_chunks(terms.log_eta, C, chunk_major=True), dim=-1)
+    eGa, eGe = torch.exp(Ga), torch.exp(Ge)
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    Le = _masked_exp(Ge[..., :, None] - Ge[..., None, :], causal)                       # η_{i+1}⋯η_t
+    if terms.grad_at == "retained" and terms.g is not None:
+        La_s = _masked_exp(Ga[..., :, None] - Ga[..., None, :], causal.tril(-1))     # α_{j+1}⋯α_t, j < t
+        m = La_s @ Le                                                                 # α_t c_{t−1,i}
+        coef = m + Le                                                                 # c_ti
+        d_pt = (La_s @ eGe[..., None])[..., 0]                                        # α_t d_{t−1}
+        d = d_pt + eGe
+        a_pt = eGa
+    else:
+        La = _masked_exp(Ga[..., :, None] - Ga[..., None, :], causal)
+        coef = La @ Le
+        d = (La @ eGe[..., None])[..., 0]
+        m, d_pt, a_pt = _shift(coef, -2), _shift(d, -1), torch.exp(_shift(Ga, -1))
+    # The errors' system; the solver reads only its strict lower triangle (unit diagonal implied).
+    A = (k @ k.transpose(-1, -2)) * m * th[..., None, :]
+    rhs = torch.cat([a_pt[..., None] * k, d_pt[..., None] * k, v], dim=-1)
+    sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+    W, U = sol[..., :2 * K].flatten(1, 2), sol[..., 2 * K:].flatten(1, 2)                # [N, BH, C, *]
+    # A chunk ends at its last real token: in the zero padding (α = η = 1) S would keep adding Z.
+    N = q.shape[0]
+    end = torch.full((N,), C - 1, dtype=torch.long, device=q.device)
+    end[-1] = (T - 1) % C
+    n_idx = torch.arange(N, device=q.device)
+    row = lambda x: x[n_idx, :, :, end]                                                 # noqa: E731
+    # What E writes into S and into Z by the chunk's end: X_end = mix(X_0) − [k_S k_Z]ᵀ E.
+    th_k = th[..., None] * k
+    kSZ = torch.cat([row(coef)[..., None] * th_k, row(Le)[..., None] * th_k], dim=-1)   # [N, B, H, C, 2K]
+    kSZ_T = kSZ.transpose(-1, -2).flatten(1, 2)                                          # [N, BH, 2K, C]
+    a_end, d_end, e_end = (row(x).flatten(1, 2)[..., None, None] for x in (eGa, d, eGe))  # [N, BH, 1, 1]
+    X = torch.cat([S, Z], dim=-2).flatten(0, 1)                                          # [BH, 2K, V]
+    states, errors = [X], []
+    for n in range(N):
+        X = states[-1]
+        errors.append(torch.baddbmm(U[n], W[n], X, beta=-1))                            # W X − U
+        top = a_end[n] * X[:, :K] + d_end[n] * X[:, K:]
+        mixed = torch.cat([top, e_end[n] * X[:, K:]], dim=-2)
+        states.append(torch.baddbmm(mixed, kSZ_T[n], errors[-1], alpha=-1))
+    X_in, E = torch.stack(states[:-1]), torch.stack(errors)                              # [N, BH, *, V]
+    # Outputs, batched after the loop: y = [e^{G^α} Q | d Q] X_0 − (Q Kᵀ ⊙ c ⊙ θ) E.
+    qx = torch.cat([eGa[..., None] * q, d[..., None] * q], dim=-1).flatten(1, 2)         # [N, BH, C, 2K]
+    P = ((q @ k.transpose(-1, -2)) * coef * th[..., None, :]).flatten(1, 2)
+    y = (qx @ X_in - P @ E).view(N, B, H, C, V)
+    X = states[-1].view(B, H, 2 * K, V)
+    return _from_chunks(y, T, chunk_major=True), X[:, :, :K], X[:, :, K:]
+
+
 def chunked_memory(terms: MemoryTerms, state: MemoryState | None, C: int) -> tuple[Tensor, MemoryState]:
     """The exact chunked form (callers check ``"chunked" in memory_forms(...)`` first)."""
     view = _view(terms)
@@ -379,13 +463,18 @@ def chunked_memory(terms: MemoryTerms, state: MemoryState | None, C: int) -> tup
     lin = to_linear(view)
     if lin is not None:
         o, S = chunked_linear(lin, S, C)
-    else:
+    elif view.algorithm == "momentum" and view.bias == "dot":
         o, S, Z = chunked_momentum(view, S, Z, C)
+    elif view.algorithm == "momentum" and view.bias == "l2" and (view.g is None or view.g.dim() == 3):
+        o, S, Z = chunked_l2_momentum(view, S, Z, C)
+    else:
+        raise ValueError(f"no exact chunked form for this memory ({terms.memory}, {terms.bias} bias, "
+                         f"{terms.retention} retention, {terms.algorithm})")
     return _user_out(terms, o), _user_state(terms, S, Z)
 
 
 # ---------------------------------------------------------------------------------------------
-# 6. Φ of a memory linear in its state and its values
+# 7. Φ of a memory linear in its state and its values
 
 
 def phi_memory(terms: MemoryTerms) -> Tensor:
@@ -410,7 +499,7 @@ def phi_memory(terms: MemoryTerms) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# 7. The mini-batch approximation
+# 8. The mini-batch approximation
 
 
 def minibatch_memory(terms: MemoryTerms, state: MemoryState | None, C: int,
