@@ -1,0 +1,681 @@
+r"""Chunked (WY/UT) training kernels for the delta rule and the gated delta rule, forward and backward.
+
+Per head, in fla's orientation (state S [K, V], fp32), for one chunk of C tokens with Q, K [C, K],
+V [C, V], β [C], the chunk-local cumulative log decay G [C] (G = 0 without a gate), its total G_L,
+Γ_ij = e^{G_i − G_j} for i ≥ j (0 above the diagonal) and the scale s::
+
+    A   = strict_lower(diag(β) K Kᵀ ⊙ Γ)          T = (I + A)⁻¹            (_ut_kernel)
+    W   = T diag(β e^G) K                          U = T diag(β) V          (_wu_kernel)
+    Vn  = U − W S                                  (the chunk's pseudo-values)
+    S'  = e^{G_L} S + (K ⊙ e^{G_L − G})ᵀ Vn                                 (_state_kernel)
+    O   = s [ (Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn ]                                 (_output_kernel)
+
+T is inverted in 16 × 16 sub-blocks: each diagonal block by forward substitution in registers,
+the blocks below the diagonal by block forward substitution (a few 16 × 16 matrix products).
+Only the state kernel walks the chunks in order, one program per (sequence, head, value tile);
+the others run every chunk at once.
+
+Backward, with dO and dS' (the gradient of the state leaving the chunk)::
+
+    dVn = s (Q Kᵀ ⊙ Γ)ᵀ dO + (K ⊙ e^{G_L − G}) dS'                (_dvn_local_kernel + _dstate_kernel)
+    dS  = e^{G_L} dS' + s (Q ⊙ e^G)ᵀ dO − Wᵀ dVn                  (_dstate_kernel, chunks last to first)
+    dQ, the output and state parts of dK, dW = −dVn Sᵀ            (_dqkw_kernel, every chunk at once)
+    dT  = dVn (βV)ᵀ + dW (β e^G K)ᵀ,  dA = −Tᵀ dT Tᵀ (strict lower part)
+    dV, dβ and the rest of dK from dT, dA and dW                  (_wy_bwd_kernel)
+
+The gate's gradient is taken with G as a free variable per row (∂L/∂G_i) plus ∂L/∂G_L, and
+dg_j = Σ_{i ≥ j in the chunk} ∂L/∂G_i + ∂L/∂G_L: a reverse cumulative sum inside the chunk, in
+fp32 (G is chunk-local, so nothing is summed across chunks). Every exponent is ≤ 0 for g ≤ 0.
+
+Dots on raw inputs (Q Kᵀ, K Kᵀ, dO Vnᵀ) run in the input dtype; dots that touch an fp32 quantity
+(T, states, gradients) run on fp32 operands, in tf32 for half-precision inputs and exact fp32 for
+fp32 inputs. W, U and Vn are stored in the input dtype, T, states and gradients in fp32.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .._common import check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds
+from ..diag.chunk import chunk_layout
+from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
+
+__all__ = ["chunk_delta", "ChunkDelta", "CHUNK_SIZES"]
+
+CHUNK_SIZES = (16, 32, 64)
+BC = 16  # sub-block of the UT inverse: the smallest tile tl.dot takes
+
+
+def _empty(*shape, dtype, device) -> Tensor:
+    """Every buffer the kernels write goes through here (tests poison it with NaN)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks (also meant for other chunked delta-like kernels)
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _cum_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
+    """Cumulative log decay over ``rows`` (masked rows add 0) and its total; zeros without a gate."""
+    if GATED:
+        b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float32)
+    else:
+        b_g = (rows * 0).to(tl.float32)
+    return tl.cumsum(b_g, axis=0), tl.sum(b_g, axis=0)
+
+
+@triton.jit
+def _inv_unit_lower(A, N: tl.constexpr):
+    """(I + A)⁻¹ for a strictly lower-triangular N × N block A, by forward substitution.
+
+    Row i of L = (I + A)⁻¹ − I is −A_i − Σ_{j<i} A_ij L_j; rows are replaced one at a time, so when
+    row i is formed every row it reads is final (and A_ij = 0 for j ≥ i masks the rest).
+    """
+    o = tl.arange(0, N)
+    L = -A
+    for i in tl.static_range(1, N):
+        sel = o[:, None] == i
+        row = tl.sum(tl.where(sel, L, 0.0), axis=0)             # −A_i
+        row = row + tl.sum(row[:, None] * L, axis=0)
+        L = tl.where(sel, row[None, :], L)
+    return L + tl.where(o[:, None] == o[None, :], 1.0, 0.0)
+
+
+@triton.jit
+def _gram_block(k, beta, r_a, m_a, G_a, r_b, m_b, G_b, i_h, H: tl.constexpr, K: tl.constexpr,
+                BK: tl.constexpr, N: tl.constexpr, DIAG: tl.constexpr, PREC: tl.constexpr):
+    """Block (a, b) of A = strict_lower(diag(β) K Kᵀ ⊙ Γ): rows r_a, columns r_b of one chunk."""
+    acc = tl.zeros([N, N], dtype=tl.float32)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_ka = tl.load(k + (r_a[:, None] * H + i_h) * K + o_k[None, :], mask=m_a[:, None] & m_k[None, :],
+                       other=0.0)
+        b_kb = tl.load(k + (r_b[:, None] * H + i_h) * K + o_k[None, :], mask=m_b[:, None] & m_k[None, :],
+                       other=0.0)
+        acc += tl.dot(b_ka, tl.trans(b_kb), input_precision=PREC)
+    b_beta = tl.load(beta + r_a * H + i_h, mask=m_a, other=0.0).to(tl.float32)
+    d = G_a[:, None] - G_b[None, :]
+    if DIAG:
+        o = tl.arange(0, N)
+        d = tl.where(o[:, None] > o[None, :], d, float("-inf"))
+    return acc * b_beta[:, None] * tl.exp(d)
+
+
+@triton.jit
+def _store_block(Tm, blk, r, m, col0, i_h, H: tl.constexpr, BT: tl.constexpr, N: tl.constexpr):
+    o = tl.arange(0, N)
+    tl.store(Tm + (r[:, None] * H + i_h) * BT + col0 + o[None, :], blk, mask=m[:, None])
+
+
+# --------------------------------------------------------------------------------------------
+# forward kernels
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
+               H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+               GATED: tl.constexpr, PREC: tl.constexpr):
+    """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] fp32.
+
+    The chunk is cut into NB = BT / 16 row blocks; with T_aa = (I + A_aa)⁻¹ the blocks below the
+    diagonal are T_ab = −T_aa Σ_{b ≤ c < a} A_ac T_cb (block forward substitution).
+    """
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    t0 = bos + c * BT
+    o = tl.arange(0, BC)
+    zero = tl.zeros([BC, BC], dtype=tl.float32)
+
+    r0 = t0 + o
+    m0 = r0 < eos
+    G0, s0 = _cum_gates(g, r0, m0, i_h, H, GATED)
+    A00 = _gram_block(k, beta, r0, m0, G0, r0, m0, G0, i_h, H, K, BK, BC, True, PREC)
+    T00 = _inv_unit_lower(A00, BC)
+    _store_block(Tm, T00, r0, m0, 0, i_h, H, BT, BC)
+    if BT >= 32:
+        r1 = r0 + BC
+        m1 = r1 < eos
+        G1, s1 = _cum_gates(g, r1, m1, i_h, H, GATED)
+        G1 += s0
+        A10 = _gram_block(k, beta, r1, m1, G1, r0, m0, G0, i_h, H, K, BK, BC, False, PREC)
+        A11 = _gram_block(k, beta, r1, m1, G1, r1, m1, G1, i_h, H, K, BK, BC, True, PREC)
+        T11 = _inv_unit_lower(A11, BC)
+        T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
+        _store_block(Tm, zero, r0, m0, BC, i_h, H, BT, BC)
+        _store_block(Tm, T10, r1, m1, 0, i_h, H, BT, BC)
+        _store_block(Tm, T11, r1, m1, BC, i_h, H, BT, BC)
+    if BT == 64:
+        r2 = r0 + 2 * BC
+        r3 = r0 + 3 * BC
+        m2 = r2 < eos
+        m3 = r3 < eos
+        G2, s2 = _cum_gates(g, r2, m2, i_h, H, GATED)
+        G2 += s0 + s1
+        G3, s3 = _cum_gates(g, r3, m3, i_h, H, GATED)
+        G3 += s0 + s1 + s2
+        A20 = _gram_block(k, beta, r2, m2, G2, r0, m0, G0, i_h, H, K, BK, BC, False, PREC)
+        A21 = _gram_block(k, beta, r2, m2, G2, r1, m1, G1, i_h, H, K, BK, BC, False, PREC)
+        A22 = _gram_block(k, beta, r2, m2, G2, r2, m2, G2, i_h, H, K, BK, BC, True, PREC)
+        A30 = _gram_block(k, beta, r3, m3, G3, r0, m0, G0, i_h, H, K, BK, BC, False, PREC)
+        A31 = _gram_block(k, beta, r3, m3, G3, r1, m1, G1, i_h, H, K, BK, BC, False, PREC)
+        A32 = _gram_block(k, beta, r3, m3, G3, r2, m2, G2, i_h, H, K, BK, BC, False, PREC)
+        A33 = _gram_block(k, beta, r3, m3, G3, r3, m3, G3, i_h, H, K, BK, BC, True, PREC)
+        T22 = _inv_unit_lower(A22, BC)
+        T33 = _inv_unit_lower(A33, BC)
+        T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
+        T20 = -tl.dot(T22, tl.dot(A20, T00, input_precision=PREC) + tl.dot(A21, T10, input_precision=PREC),
+                      input_precision=PREC)
+        T32 = -tl.dot(T33, tl.dot(A32, T22, input_precision=PREC), input_precision=PREC)
+        T31 = -tl.dot(T33, tl.dot(A31, T11, input_precision=PREC) + tl.dot(A32, T21, input_precision=PREC),
+                      input_precision=PREC)
+        T30 = -tl.dot(T33, tl.dot(A30, T00, input_precision=PREC) + tl.dot(A31, T10, input_precision=PREC)
+                      + tl.dot(A32, T20, input_precision=PREC), input_precision=PREC)
+        _store_block(Tm, zero, r0, m0, 2 * BC, i_h, H, BT, BC)
+        _store_block(Tm, zero, r0, m0, 3 * BC, i_h, H, BT, BC)
+        _store_block(Tm, zero, r1, m1, 2 * BC, i_h, H, BT, BC)
+        _store_block(Tm, zero, r1, m1, 3 * BC, i_h, H, BT, BC)
+        _store_block(Tm, T20, r2, m2, 0, i_h, H, BT, BC)
+        _store_block(Tm, T21, r2, m2, BC, i_h, H, BT, BC)
+        _store_block(Tm, T22, r2, m2, 2 * BC, i_h, H, BT, BC)
+        _store_block(Tm, zero, r2, m2, 3 * BC, i_h, H, BT, BC)
+        _store_block(Tm, T30, r3, m3, 0, i_h, H, BT, BC)
+        _store_block(Tm, T31, r3, m3, BC, i_h, H, BT, BC)
+        _store_block(Tm, T32, r3, m3, 2 * BC, i_h, H, BT, BC)
+        _store_block(Tm, T33, r3, m3, 3 * BC, i_h, H, BT, BC)
+
+
+@triton.jit
+def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+    """W = T diag(β e^G) K and U = T diag(β) V of one chunk."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    rows = bos + c * BT + tl.arange(0, BT)
+    m_t = rows < eos
+    b_T = tl.load(Tm + (rows[:, None] * H + i_h) * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None],
+                  other=0.0)
+    b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+    b_xs = b_beta * tl.exp(b_G)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m = m_t[:, None] & (o_k < K)[None, :]
+        p = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
+        b_w = tl.dot(b_T, b_k * b_xs[:, None], input_precision=PREC)
+        tl.store(w + p, b_w.to(w.dtype.element_ty), mask=m)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m = m_t[:, None] & (o_v < V)[None, :]
+        p = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p, mask=m, other=0.0).to(tl.float32)
+        b_u = tl.dot(b_T, b_v * b_beta[:, None], input_precision=PREC)
+        tl.store(u + p, b_u.to(u.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
+                  BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                  PREC: tl.constexpr):
+    """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    o_k = tl.arange(0, KP)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = o_k[:, None] * V + o_v[None, :]
+    b_S = tl.zeros([KP, BV], dtype=tl.float32)
+    if HAS_H0:
+        b_S += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
+    for c in range(0, MAXC):
+        ok = c < nc
+        tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_S, mask=m_kv & ok)
+        rows = bos + c * BT + tl.arange(0, BT)
+        m_t = (rows < eos) & ok
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_w = tl.load(w + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_u = tl.load(u + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_vn = (b_u - tl.dot(b_w, b_S, input_precision=PREC)).to(vn.dtype.element_ty)
+        tl.store(vn + p_tv, b_vn, mask=m_tv)
+        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+        b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
+        # the state moves on with the stored (rounded) Vn: what the outputs see
+        b_S = b_S * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_vn.to(tl.float32), input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_S, mask=m_kv)
+
+
+@triton.jit
+def _output_kernel(q, k, g, h, vn, o, offsets, chunk_indices, scale,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+    """O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn] of one chunk and value tile."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    rows = bos + c * BT + tl.arange(0, BT)
+    m_t = rows < eos
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    p_h = h + (i_c.to(tl.int64) * H + i_h) * K * V
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_o += tl.dot(b_q.to(tl.float32), b_h, input_precision=PREC)
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+    causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
+    b_A = b_A * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
+    p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+    m_tv = m_t[:, None] & m_v[None, :]
+    b_vn = tl.load(vn + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+    b_o = b_o * tl.exp(b_G)[:, None] + tl.dot(b_A, b_vn, input_precision=PREC)
+    tl.store(o + p_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+
+
+# --------------------------------------------------------------------------------------------
+# backward kernels
+# --------------------------------------------------------------------------------------------
+
+@triton.jit
+def _dvn_local_kernel(q, k, g, do, dvn, offsets, chunk_indices, scale,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
+                      BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+    """The chunk-local part of dVn: s (Q Kᵀ ⊙ Γ)ᵀ dO (the state part is added by _dstate_kernel)."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    rows = bos + c * BT + tl.arange(0, BT)
+    m_t = rows < eos
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_tv = m_t[:, None] & (o_v < V)[None, :]
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)      # Q Kᵀ
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+    causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
+    b_A = b_A * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf"))) * scale
+    p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+    b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+    tl.store(dvn + p_tv, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), mask=m_tv)
+
+
+@triton.jit
+def _dstate_kernel(q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, MAXC, scale,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
+                   BV: tl.constexpr, GATED: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
+                   PREC: tl.constexpr):
+    """Walk the chunks last to first: dh[c] = gradient of the state leaving chunk c; completes dVn."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    o_k = tl.arange(0, KP)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = o_k[:, None] * V + o_v[None, :]
+    b_dS = tl.zeros([KP, BV], dtype=tl.float32)
+    if HAS_DHT:
+        b_dS += tl.load(dht + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    for i in range(0, MAXC):
+        c = nc - 1 - i
+        ok = c >= 0
+        tl.store(dh + ((c0 + c) * H + i_h) * K * V + p_state, b_dS, mask=m_kv & ok)
+        rows = bos + c * BT + tl.arange(0, BT)
+        m_t = (rows >= bos) & (rows < eos) & ok
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
+        b_dvn = tl.load(dvn + p_tv, mask=m_tv, other=0.0) + tl.dot(b_kd, b_dS, input_precision=PREC)
+        tl.store(dvn + p_tv, b_dvn, mask=m_tv)
+        b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32) * (scale * tl.exp(b_G))[:, None]
+        b_w = tl.load(w + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_dS = (b_dS * tl.exp(b_GL) + tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
+                - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
+    if STORE_DH0:
+        tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_state, b_dS, mask=m_kv)
+
+
+@triton.jit
+def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_indices, scale, NT,
+                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                 BV: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+    """dQ, the output and state parts of dK, dW = −dVn Sᵀ and the gate's row terms, per key tile.
+
+    With G free per row, ∂L/∂G_i = q_i·dq_i − k_i·dk_i over the output and state terms; the state's
+    ∂L/∂G_L (k·dk of the state term plus ⟨dS', e^{G_L} S⟩) is added to the last row of the chunk,
+    so the reverse cumulative sum hands it to every row.
+    """
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    t0 = bos + c * BT
+    rows = t0 + tl.arange(0, BT)
+    m_t = rows < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
+    p_state = (i_c.to(tl.int64) * H + i_h) * K * V
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)     # dO Vnᵀ
+    b_dqs = tl.zeros([BT, BK], dtype=tl.float32)    # dO Sᵀ
+    b_dw = tl.zeros([BT, BK], dtype=tl.float32)     # −dVn Sᵀ
+    b_dks = tl.zeros([BT, BK], dtype=tl.float32)    # Vn dS'ᵀ
+    b_sl = tl.zeros([BK], dtype=tl.float32)         # Σ dS' ⊙ S over this key tile
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        p_kv = p_state + o_k[:, None] * V + o_v[None, :]
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_vn = tl.load(vn + p_tv, mask=m_tv, other=0.0)
+        b_dvn = tl.load(dvn + p_tv, mask=m_tv, other=0.0)
+        b_h = tl.load(h + p_kv, mask=m_kv, other=0.0)
+        b_dh = tl.load(dh + p_kv, mask=m_kv, other=0.0)
+        b_dA += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
+        b_dqs += tl.dot(b_do.to(tl.float32), tl.trans(b_h), input_precision=PREC)
+        b_dw -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
+        b_dks += tl.dot(b_vn.to(tl.float32), tl.trans(b_dh), input_precision=PREC)
+        b_sl += tl.sum(b_dh * b_h, axis=1)
+    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+    causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
+    b_dA = b_dA * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf"))) * scale
+    b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+    b_dq = b_dqs * (scale * tl.exp(b_G))[:, None] + tl.dot(b_dA, b_k, input_precision=PREC)
+    b_dks = b_dks * tl.exp(b_GL - b_G)[:, None]
+    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_dks
+    tl.store(dq + p_tk, b_dq, mask=m_tk)
+    tl.store(dk + p_tk, b_dk, mask=m_tk)
+    tl.store(dw + p_tk, b_dw, mask=m_tk)
+    if GATED:
+        b_dG = tl.sum(b_q * b_dq, axis=1) - tl.sum(b_k * b_dk, axis=1)
+        b_dGL = tl.sum(tl.sum(b_k * b_dks, axis=1), axis=0) + tl.exp(b_GL) * tl.sum(b_sl, axis=0)
+        last = tl.minimum(eos - t0, BT) - 1
+        b_dG += tl.where(tl.arange(0, BT) == last, b_dGL, 0.0)
+        tl.store(dgp + (i_k * NT + rows) * H + i_h, b_dG, mask=m_t)
+
+
+@triton.jit
+def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, chunk_indices, NT,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, NK: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+    """Through U = T βV, W = T β e^G K and T = (I + A)⁻¹: dV, dβ, the rest of dK, and dg."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    rows = bos + c * BT + tl.arange(0, BT)
+    m_t = rows < eos
+    b_T = tl.load(Tm + (rows[:, None] * H + i_h) * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None],
+                  other=0.0)
+    b_Tt = tl.trans(b_T)
+    b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+    b_eG = tl.exp(b_G)
+    b_xs = b_beta * b_eG
+    b_dT = tl.zeros([BT, BT], dtype=tl.float32)
+    b_KK = tl.zeros([BT, BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dG = tl.zeros([BT], dtype=tl.float32)
+    for i_v in range(0, tl.cdiv(V, BV)):
+        o_v = i_v * BV + tl.arange(0, BV)
+        m_tv = m_t[:, None] & (o_v < V)[None, :]
+        p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_du = tl.load(dvn + p_tv, mask=m_tv, other=0.0)
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_dT += tl.dot(b_du, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
+        b_tdu = tl.dot(b_Tt, b_du, input_precision=PREC)          # gradient of βV
+        tl.store(dv + p_tv, b_tdu * b_beta[:, None], mask=m_tv)
+        b_db += tl.sum(b_tdu * b_v, axis=1)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
+        b_dw = tl.load(dw + p_tk, mask=m_tk, other=0.0)
+        b_dT += tl.dot(b_dw, tl.trans(b_k.to(tl.float32) * b_xs[:, None]), input_precision=PREC)
+        b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+    # dA = −Tᵀ dT Tᵀ on the strict lower triangle; M = dA ⊙ Γ is the gradient of β_i k_i·k_j
+    b_dA = -tl.dot(tl.dot(b_Tt, b_dT, input_precision=PREC), b_Tt, input_precision=PREC)
+    strict = tl.arange(0, BT)[:, None] > tl.arange(0, BT)[None, :]
+    b_M = b_dA * tl.exp(tl.where(strict, b_G[:, None] - b_G[None, :], float("-inf")))
+    b_MK = b_M * b_KK
+    b_db += tl.sum(b_MK, axis=1)
+    if GATED:
+        b_E = b_MK * b_beta[:, None]                               # dA ⊙ A
+        b_dG += tl.sum(b_E, axis=1) - tl.sum(b_E, axis=0)
+    for i_k in range(0, tl.cdiv(K, BK)):
+        o_k = i_k * BK + tl.arange(0, BK)
+        m_tk = m_t[:, None] & (o_k < K)[None, :]
+        p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
+        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_dw = tl.load(dw + p_tk, mask=m_tk, other=0.0)
+        b_dx = tl.dot(b_Tt, b_dw, input_precision=PREC)            # gradient of β e^G K
+        b_dk = (tl.load(dk + p_tk, mask=m_tk, other=0.0) + b_dx * b_xs[:, None]
+                + tl.dot(b_M, b_k, input_precision=PREC) * b_beta[:, None]
+                + tl.dot(tl.trans(b_M), b_k * b_beta[:, None], input_precision=PREC))
+        tl.store(dk + p_tk, b_dk, mask=m_tk)
+        b_r = tl.sum(b_dx * b_k, axis=1)
+        b_db += b_r * b_eG
+        b_dG += b_r * b_xs
+    tl.store(dbeta + rows * H + i_h, b_db, mask=m_t)
+    if GATED:
+        for i in range(0, NK):
+            b_dG += tl.load(dgp + (i * NT + rows) * H + i_h, mask=m_t, other=0.0)
+        tl.store(dg + rows * H + i_h, tl.cumsum(b_dG, axis=0, reverse=True), mask=m_t)
+
+
+# --------------------------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------------------------
+
+def _prec(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative error)
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _tiles(K: int, V: int) -> tuple[int, int, int, int]:
+    """(KP, BK, BV, BVS): padded K for the state kernels, the key and value tiles of the per-chunk
+    kernels, and the value tile of the state kernels (which hold a [KP, BVS] fp32 state)."""
+    KP, VP = max(16, next_pow2(K)), max(16, next_pow2(V))
+    BVS = min(VP, 64 if KP <= 64 else 32 if KP <= 128 else 16)
+    return KP, min(KP, 64), min(VP, 64), BVS
+
+
+def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
+    Tt, H, K = q.shape
+    V = v.shape[-1]
+    N = offsets.numel() - 1
+    dev = q.device
+    KP, BK, BV, BVS = _tiles(K, V)
+    chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
+    NC = chunk_indices.shape[0]
+    gated, prec = g is not None, _prec(q.dtype)
+    Tm = _empty(Tt, H, BT, dtype=torch.float32, device=dev)
+    w = _empty(Tt, H, K, dtype=k.dtype, device=dev)
+    u = _empty(Tt, H, V, dtype=v.dtype, device=dev)
+    vn = _empty(Tt, H, V, dtype=v.dtype, device=dev)
+    h = _empty(NC, H, K, V, dtype=torch.float32, device=dev)
+    o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
+    ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
+    if NC > 0:
+        _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
+                            GATED=gated, PREC=prec)
+        _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
+                            BK=BK, BV=BV, GATED=gated, PREC=prec)
+    if N * H > 0:
+        _state_kernel[(triton.cdiv(V, BVS), N * H)](
+            k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP, BV=BVS,
+            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec)
+    if NC > 0:
+        _output_kernel[(triton.cdiv(V, BV), NC, H)](
+            q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            GATED=gated, PREC=prec)
+    return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
+
+
+def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
+    Tm, w, vn, h, chunk_offsets, chunk_indices, maxc = saved
+    Tt, H, K = q.shape
+    V = v.shape[-1]
+    N = offsets.numel() - 1
+    NC = chunk_indices.shape[0]
+    dev = q.device
+    KP, BK, BV, BVS = _tiles(K, V)
+    NK = triton.cdiv(K, BK)
+    gated, prec = g is not None, _prec(q.dtype)
+    f32 = torch.float32
+    dvn = _empty(Tt, H, V, dtype=f32, device=dev)
+    dh = _empty(NC, H, K, V, dtype=f32, device=dev)
+    dh0 = _empty(N, H, K, V, dtype=f32, device=dev) if h0 is not None else None
+    dq = _empty(Tt, H, K, dtype=f32, device=dev)
+    dk = _empty(Tt, H, K, dtype=f32, device=dev)
+    dw = _empty(Tt, H, K, dtype=f32, device=dev)
+    dv = _empty(Tt, H, V, dtype=f32, device=dev)
+    dbeta = _empty(Tt, H, dtype=f32, device=dev)
+    dgp = _empty(NK, Tt, H, dtype=f32, device=dev) if gated else None
+    dg = _empty(Tt, H, dtype=f32, device=dev) if gated else None
+    if NC > 0:
+        _dvn_local_kernel[(triton.cdiv(V, BV), NC, H)](
+            q, k, g, do, dvn, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            GATED=gated, PREC=prec)
+    if N * H > 0:
+        _dstate_kernel[(triton.cdiv(V, BVS), N * H)](
+            q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
+            KP=KP, BV=BVS, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, PREC=prec)
+    if NC > 0:
+        _dqkw_kernel[(NK, NC, H)](
+            q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, H=H, K=K, V=V,
+            BT=BT, BK=BK, BV=BV, GATED=gated, PREC=prec)
+        _wy_bwd_kernel[(NC, H)](
+            k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
+            BT=BT, BK=BK, BV=BV, NK=NK, GATED=gated, PREC=prec)
+    return dq, dk, dv, dbeta, dg, dh0
+
+
+class ChunkDelta(torch.autograd.Function):
+    """Autograd wrapper; tensors flattened to [T_total, H, ·], states [N, H, K, V] in fp32."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, beta, g, h0, offsets, scale: float, chunk_size: int, store_ht: bool):
+        o, ht, saved = _forward(q, k, v, beta, g, h0, offsets, scale, chunk_size, store_ht)
+        Tm, w, vn, h, chunk_offsets, chunk_indices, maxc = saved
+        ctx.save_for_backward(q, k, v, beta, g, h0, offsets, Tm, w, vn, h, chunk_offsets, chunk_indices)
+        ctx.maxc, ctx.scale, ctx.chunk_size = maxc, scale, chunk_size
+        return o, ht
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do, dht):
+        q, k, v, beta, g, h0, offsets, Tm, w, vn, h, chunk_offsets, chunk_indices = ctx.saved_tensors
+        saved = (Tm, w, vn, h, chunk_offsets, chunk_indices, ctx.maxc)
+        dq, dk, dv, dbeta, dg, dh0 = _backward(
+            q, k, v, beta, g, h0, offsets, ctx.scale, ctx.chunk_size, saved, do.contiguous(),
+            None if dht is None else dht.contiguous())
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dbeta.to(beta.dtype),
+                None if dg is None else dg.to(g.dtype), None if dh0 is None else dh0.to(h0.dtype),
+                None, None, None, None)
+
+
+def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
+                scale: float | None = None, initial_state: Tensor | None = None,
+                output_final_state: bool = False, cu_seqlens: Tensor | None = None,
+                chunk_size: int = 64) -> tuple[Tensor, Tensor | None]:
+    """The delta rule (``g=None``: DeltaNet) or gated delta rule, chunked (WY/UT form).
+
+    q, k [B, T, H, K] (k normally L2-normalised), v [B, T, H, V], beta and g (log decay, ≤ 0)
+    [B, T, H]; q, k, v share one of fp32/fp16/bf16, accumulation and state are fp32. ``scale``
+    multiplies q (default K^-0.5, as in fla; ``kernels.compile`` passes 1.0 with q already scaled).
+    ``initial_state`` [N, H, K, V] with N = B, or N = len(cu_seqlens) − 1 for a packed batch (B = 1).
+    ``chunk_size`` ∈ {16, 32, 64}. Returns ``o`` [B, T, H, V] in v's dtype and the fp32 final state
+    [N, H, K, V] (None unless ``output_final_state``); differentiable in q, k, v, beta, g and
+    initial_state. Same results as :func:`fused_recurrent_delta` up to rounding.
+    """
+    op = "chunk_delta"
+    _need_tensor(op, "q", q, 4, "[B, T, H, K]")
+    _need_tensor(op, "k", k, 4, "[B, T, H, K]")
+    _need_tensor(op, "v", v, 4, "[B, T, H, V]")
+    _need_tensor(op, "beta", beta, 3, "[B, T, H]")
+    if g is not None:
+        _need_tensor(op, "g", g, 3, "[B, T, H]")
+    if initial_state is not None:
+        _need_tensor(op, "initial_state", initial_state, 4, "[N, H, K, V]")
+    check_device(op, q=q, k=k, v=v, beta=beta, g=g, initial_state=initial_state)
+    _check_qkv_dtype(op, q, k, v)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    _check_same(op, "k", k, (B, T, H, K), "[B, T, H, K]")
+    _check_same(op, "v", v, (B, T, H, V), "[B, T, H, V]")
+    _check_same(op, "beta", beta, (B, T, H), "[B, T, H]")
+    _need_float(op, "beta", beta)
+    if g is not None:
+        _check_same(op, "g", g, (B, T, H), "[B, T, H]")
+        _need_float(op, "g", g)
+    check_head_dim(op, "K", K)
+    check_head_dim(op, "V", V)
+    N = check_cu_seqlens(op, cu_seqlens, B, T)
+    if initial_state is not None:
+        _check_same(op, "initial_state", initial_state, (N, H, K, V), "[N, H, K, V]")
+        _need_float(op, "initial_state", initial_state)
+    if isinstance(chunk_size, bool) or chunk_size not in CHUNK_SIZES:
+        raise ValueError(f"{op}: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size!r}")
+    scale = K ** -0.5 if scale is None else float(scale)
+
+    offsets = seq_bounds(cu_seqlens, B, T, q.device)
+    flat = lambda t: None if t is None else t.reshape(B * T, *t.shape[2:]).contiguous()  # noqa: E731
+    h0 = None if initial_state is None else initial_state.contiguous()
+    o, ht = ChunkDelta.apply(flat(q), flat(k), flat(v), flat(beta), flat(g), h0, offsets, scale,
+                             chunk_size, bool(output_final_state))
+    return o.reshape(B, T, H, V), ht
