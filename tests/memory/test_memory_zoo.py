@@ -79,7 +79,7 @@ def test_oracles_with_options(name, options, seed, T):
 def test_titans_linear_takes_no_mlp_weights():
     assert "w1" not in dsf.random_inputs("titans", B=1, T=2, H=1, K=2, V=2, memory="linear")
     assert dsf.zoo.get("titans").forms() == ("recurrent",)
-    assert dsf.zoo.get("titans", memory="linear").forms() == ("recurrent", "parallel")
+    assert dsf.zoo.get("titans", memory="linear").forms() == ("recurrent", "parallel", "chunked")
 
 
 def _inner_choices():
