@@ -7,7 +7,9 @@ families, chosen by the structure of its transition Λ_t:
   RetNet, Lightning, Mamba-2, GLA, normalised attention, S4D/S6 and the gated RNNs);
 * ``delta``: identity minus rank one, optionally gated (DeltaNet, Gated DeltaNet, Longhorn);
 * ``softmax``: the normalised exponential kernel (softmax attention, window and sinks; Aaren, whose
-  one learned query is broadcast over time).
+  one learned query is broadcast over time);
+* ``memory``: a gradient step on the ℓ2 loss of a matrix memory with momentum (Titans with
+  ``memory="linear"``); the state is the pair (memory, momentum), a ``dsf.MemoryState``.
 
 The spec's ``lower`` runs in PyTorch around the kernels (feature maps, gates, output scales and the
 skip), so autograd covers it; the kernels do the recurrence, which is where the time goes.
@@ -46,7 +48,7 @@ def supports(mixer: str | MixerSpec) -> dict[str, Any] | None:
     spec = _spec(mixer)
     t = spec.transition
     if t in (Transition.DELTA, Transition.GATED_DELTA):
-        return {"family": "delta", "chunked": "recurrent", "recurrent": True, "step": True}
+        return {"family": "delta", "chunked": "chunk", "recurrent": True, "step": True}
     if t == Transition.SOFTMAX:
         return {"family": "softmax", "chunked": "flash", "recurrent": "flash", "step": True}
     if t in (Transition.IDENTITY, Transition.CONST_SCALAR, Transition.SCALAR):
@@ -54,6 +56,11 @@ def supports(mixer: str | MixerSpec) -> dict[str, Any] | None:
     if t in (Transition.KEY_DIAG, Transition.VALUE_DIAG, Transition.CHANNEL_STATE_DIAG):
         # no chunked kernel for vector decays yet: training runs the fused scan
         return {"family": "diag", "chunked": "recurrent", "recurrent": True, "step": True}
+    if t == Transition.GRADIENT_STEP:
+        from .memory import compiles
+
+        if compiles(spec):
+            return {"family": "memory", "chunked": "chunk", "recurrent": True, "step": True}
     return None
 
 
@@ -107,6 +114,11 @@ class CompiledMixer:
             with torch.no_grad():
                 state.copy_(new)
             new = state
+        elif inplace and self.family == "memory":
+            with torch.no_grad():
+                for old, x in zip(state.weights + state.momentum, new.weights + new.momentum):
+                    old.copy_(x)
+            new = state
         return o[:, 0], new
 
     # -- lowering -------------------------------------------------------------------------------
@@ -114,6 +126,10 @@ class CompiledMixer:
         spec, terms = prepare(self.spec, inputs)
         if self.family == "softmax":
             return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens)
+        if self.family == "memory":
+            from .memory import run_memory
+
+            return run_memory(spec.name, terms, form, initial_state, output_final_state, cu_seqlens)
         assert isinstance(terms, LinearTerms)
         B, T, H, K, V = terms.shape
         N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
@@ -127,11 +143,14 @@ class CompiledMixer:
                                  f"got {tuple(initial_state.shape)}")
         key, val = terms.write_key(), terms.write_value()
         if self.family == "delta":
-            from .delta import fused_recurrent_delta
+            from .delta import chunk_delta, fused_recurrent_delta
 
-            o, ht = fused_recurrent_delta(terms.q, terms.k, val, terms.beta, g=terms.g,
-                                          initial_state=h0, output_final_state=output_final_state,
-                                          cu_seqlens=cu_seqlens)
+            kw = dict(g=terms.g, initial_state=h0, output_final_state=output_final_state,
+                      cu_seqlens=cu_seqlens)
+            if form == "chunked":   # q arrives scaled by the spec's lowering
+                o, ht = chunk_delta(terms.q, terms.k, val, terms.beta, scale=1.0, **kw)
+            else:
+                o, ht = fused_recurrent_delta(terms.q, terms.k, val, terms.beta, **kw)
         else:
             from .diag import chunk_diag, fused_recurrent_diag
 

@@ -1,0 +1,289 @@
+"""Chunked (WY/UT) delta-rule kernels against the float64 dsf reference.
+
+Runs under Triton's CPU interpreter when there is no GPU (tests/conftest.py sets TRITON_INTERPRET),
+so shapes stay small. Every buffer the kernels allocate is poisoned with NaN, so an element a kernel
+forgets to write shows up as a NaN in the comparison. Chunk sizes 16, 32 and 64 take the three
+paths of the blockwise UT inverse (one, two and four 16 × 16 diagonal blocks).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dsf
+import kernels
+import kernels.delta.chunk as C
+from kernels.delta import chunk_delta, fused_recurrent_delta
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = 1e-5  # relative error of fp32 kernels against the float64 reference
+ERRORS: dict[str, float] = {}  # worst relative error seen per quantity (printed with -s)
+
+# The interpreter turns the 1-element arrays it uses for scalars into loop bounds via int(array).
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    def nan_empty(*shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    monkeypatch.setattr(C, "_empty", nan_empty)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report():
+    yield
+    if ERRORS:
+        print("\nworst relative errors: " + ", ".join(f"{k}={v:.2e}" for k, v in sorted(ERRORS.items())))
+
+
+def rel(out, ref):
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert torch.isfinite(out).all(), "non-finite values (unwritten output?)"
+    den = ref.norm()
+    return ((out - ref).norm() / den).item() if den > 0 else (out - ref).norm().item()
+
+
+def check(name, out, ref, tol=TOL):
+    assert out.shape == ref.shape, (name, out.shape, ref.shape)
+    e = rel(out, ref)
+    ERRORS[name] = max(ERRORS.get(name, 0.0), e)
+    assert e < tol, f"{name}: relative error {e:.3e} >= {tol:.1e}"
+
+
+def inputs(mixer, B, T, H, K, V, seed=0):
+    d = dsf.random_inputs(mixer, B=B, T=T, H=H, K=K, V=V, seed=seed)
+    d.setdefault("g", None)
+    return d
+
+
+def cotangents(B, T, H, K, V, N, h0, dht, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    S0 = torch.randn(N, H, K, V, generator=gen, dtype=torch.float64) if h0 else None
+    do = torch.randn(B, T, H, V, generator=gen, dtype=torch.float64)
+    dS = torch.randn(N, H, K, V, generator=gen, dtype=torch.float64) if dht else None
+    return S0, do, dS
+
+
+def reference(mixer, d, S0, do, dht, scale):
+    """float64 dsf recurrence and its autograd gradients (loss = ⟨o, do⟩ + ⟨S_T, dht⟩)."""
+    leaves = {n: t.detach().double().cpu().requires_grad_() for n, t in d.items() if t is not None}
+    h0 = None if S0 is None else S0.detach().double().cpu().requires_grad_()
+    o, S = dsf.recurrent(mixer, **leaves, initial_state=h0, scale=scale)
+    loss = (o * do).sum() + (0 if dht is None else (S * dht).sum())
+    wrt = list(leaves.values()) + ([h0] if h0 is not None else [])
+    names = list(leaves) + (["h0"] if h0 is not None else [])
+    return o, S, dict(zip(names, torch.autograd.grad(loss, wrt)))
+
+
+def run_kernel(d, S0, do, dht, dtype=torch.float32, **kw):
+    x = {n: None if t is None else t.to(DEV, dtype if n in "qkv" else torch.float32).requires_grad_()
+         for n, t in d.items()}
+    h0 = None if S0 is None else S0.to(DEV, torch.float32).requires_grad_()
+    o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=h0,
+                       output_final_state=dht is not None, **kw)
+    outs, gos = [o], [do.to(DEV, o.dtype)]
+    if dht is not None:
+        outs.append(S)
+        gos.append(dht.to(DEV, torch.float32))
+    torch.autograd.backward(outs, gos)
+    grads = {n: t.grad for n, t in x.items() if t is not None}
+    if h0 is not None:
+        grads["h0"] = h0.grad
+    return o, S, grads
+
+
+def compare(mixer, d, S0, do, dht, scale=None, tol=TOL, dtype=torch.float32, **kw):
+    o, S, grads = run_kernel(d, S0, do, dht, dtype=dtype, scale=scale, **kw)
+    o_r, S_r, grads_r = reference(mixer, d, S0, do, dht, scale)
+    tag = "" if dtype == torch.float32 else str(dtype).replace("torch.", "") + ":"
+    assert o.dtype == dtype
+    check(tag + "o", o, o_r, tol)
+    if dht is not None:
+        assert S.dtype == torch.float32
+        check(tag + "final_state", S, S_r, tol)
+    else:
+        assert S is None
+    assert set(grads) == set(grads_r)
+    for n in grads_r:
+        assert grads[n].dtype == (dtype if n in "qkv" else torch.float32), n
+        check(tag + "d" + n, grads[n], grads_r[n], tol)
+
+
+# B, T, H, K, V, chunk size, scale, with initial state, with d(final state)
+CASES = [
+    (2, 1, 2, 16, 16, 16, None, False, False),   # T = 1, no states, default scale K^-0.5
+    (1, 7, 2, 16, 16, 16, 0.5, True, True),      # shorter than one chunk
+    (2, 33, 1, 16, 16, 16, None, True, True),    # three chunks, the last one ragged
+    (1, 40, 1, 16, 16, 32, 1.0, True, False),    # two 16-blocks in the UT inverse, no dht
+    (1, 70, 1, 16, 16, 64, None, True, True),    # four 16-blocks, a full and a ragged chunk
+    (1, 9, 1, 24, 20, 16, None, True, True),     # head dims that are not powers of two
+]
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("B,T,H,K,V,cs,scale,h0,dht", CASES,
+                         ids=[f"B{c[0]}T{c[1]}H{c[2]}K{c[3]}V{c[4]}C{c[5]}" for c in CASES])
+def test_forward_backward(mixer, B, T, H, K, V, cs, scale, h0, dht):
+    d = inputs(mixer, B, T, H, K, V, seed=T + K)
+    S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
+    compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+def test_tiled_head_dims(monkeypatch, mixer):
+    """Force 16-wide key and value tiles: K = 40 takes three key tiles, V = 48 three value tiles."""
+    monkeypatch.setattr(C, "_tiles", lambda K, V: (C.next_pow2(K), 16, 16, 16))
+    B, T, H, K, V = 1, 20, 2, 40, 48
+    d = inputs(mixer, B, T, H, K, V, seed=3)
+    S0, do, dS = cotangents(B, T, H, K, V, B, True, True, seed=2)
+    compare(mixer, d, S0, do, dS, chunk_size=16)
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+def test_varlen(mixer):
+    """Packed sequences of lengths 5, 0, 12, 23: each its own dsf run from its own initial state."""
+    cu = [0, 5, 5, 17, 40]
+    T, H, K, V, N = cu[-1], 2, 16, 16, len(cu) - 1
+    d = inputs(mixer, 1, T, H, K, V, seed=5)
+    S0, do, dht = cotangents(1, T, H, K, V, N, True, True, seed=3)
+    cu_t = torch.tensor(cu, dtype=torch.int32, device=DEV)
+    o, S, grads = run_kernel(d, S0, do, dht, cu_seqlens=cu_t, chunk_size=16, scale=1.0)
+
+    leaves = {n: t.detach().clone().requires_grad_() for n, t in d.items() if t is not None}
+    h0 = S0.clone().requires_grad_()
+    outs, states = [], []
+    for n, (a, b) in enumerate(zip(cu, cu[1:])):
+        if a == b:
+            states.append(h0[n:n + 1])
+            continue
+        o_n, S_n = dsf.recurrent(mixer, **{k: t[:, a:b] for k, t in leaves.items()},
+                                 initial_state=h0[n:n + 1], scale=1.0)
+        outs.append(o_n)
+        states.append(S_n)
+    o_r, S_r = torch.cat(outs, 1), torch.cat(states, 0)
+    loss = (o_r * do).sum() + (S_r * dht).sum()
+    grads_r = dict(zip(list(leaves) + ["h0"], torch.autograd.grad(loss, list(leaves.values()) + [h0])))
+    check("o", o, o_r)
+    check("final_state", S, S_r)
+    for n, gr in grads_r.items():
+        check("d" + n, grads[n], gr)
+    # the empty sequence passes its state (and the state's gradient) straight through
+    torch.testing.assert_close(S[1].double().cpu(), S0[1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(grads["h0"][1].double().cpu(), dht[1], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet", "longhorn"])
+def test_compile_chunked_runs_this_kernel(monkeypatch, mixer):
+    """kernels.compile(...).chunked goes through chunk_delta; Longhorn lowers to the same terms."""
+    assert kernels.supports(mixer)["chunked"] == "chunk"
+    calls = []
+    real = C.ChunkDelta.apply
+    monkeypatch.setattr(C.ChunkDelta, "apply", lambda *a: calls.append(1) or real(*a))
+    spec = dsf.zoo.get(mixer)
+    inp = spec.random_inputs(2, 19, 2, 16, 16, seed=4)
+    S0 = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    ref_leaves = {n: t.clone().requires_grad_() for n, t in inp.items()}
+    h0_ref = S0.clone().requires_grad_()
+    o_ref, S_ref = dsf.recurrent(spec, initial_state=h0_ref, **ref_leaves)
+    leaves = {n: t.float().to(DEV).requires_grad_() for n, t in inp.items()}
+    h0 = S0.float().to(DEV).requires_grad_()
+    o, S = kernels.compile(spec).chunked(initial_state=h0, output_final_state=True, **leaves)
+    assert calls, "the chunked kernel did not run"
+    check("compile:o", o, o_ref)
+    check("compile:final_state", S, S_ref)
+    gen = torch.Generator().manual_seed(7)
+    w_o = torch.randn(o_ref.shape, generator=gen, dtype=torch.float64)
+    w_s = torch.randn(S_ref.shape, generator=gen, dtype=torch.float64)
+    g_ref = torch.autograd.grad((o_ref * w_o).sum() + (S_ref * w_s).sum(), list(ref_leaves.values()) + [h0_ref])
+    g = torch.autograd.grad((o * w_o.float().to(DEV)).sum() + (S * w_s.float().to(DEV)).sum(),
+                            list(leaves.values()) + [h0])
+    for name, a, b in zip(list(leaves) + ["initial_state"], g, g_ref):
+        check("compile:d" + name, a, b)
+
+
+def test_no_grad_path_and_fused_kernel_agree():
+    d = inputs("gated_deltanet", 2, 21, 1, 16, 16, seed=9)
+    x = {n: t.float().to(DEV) for n, t in d.items()}
+    args = (x["q"], x["k"], x["v"], x["beta"], x["g"])
+    with torch.no_grad():
+        o1, S1 = chunk_delta(*args, chunk_size=16)
+        o2, S2 = chunk_delta(*args, chunk_size=16, output_final_state=True)
+        o_f, S_f = fused_recurrent_delta(x["q"] * 16 ** -0.5, *args[1:], output_final_state=True)
+    assert S1 is None and S2.dtype == torch.float32 and S2.shape == (2, 1, 16, 16)
+    q = x["q"].clone().requires_grad_()
+    o3, S3 = chunk_delta(q, *args[1:], chunk_size=16, output_final_state=True)
+    assert o3.requires_grad and S3.requires_grad
+    torch.testing.assert_close(o3.detach(), o1, rtol=0, atol=0)
+    torch.testing.assert_close(S3.detach(), S2, rtol=0, atol=0)
+    check("vs_fused:o", o1, o_f.double())
+    check("vs_fused:final_state", S2, S_f.double())
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3)])
+def test_half_precision(dtype, tol):
+    """fp16 inputs (the interpreter has no bf16 dot); the reference sees the same rounded inputs."""
+    mixer, B, T, H, K, V = "gated_deltanet", 1, 20, 1, 16, 16
+    d = inputs(mixer, B, T, H, K, V, seed=7)
+    for n in "qkv":
+        d[n] = d[n].to(dtype).double()
+    S0, do, dS = cotangents(B, T, H, K, V, B, True, True, seed=4)
+    compare(mixer, d, S0, do.to(dtype).double(), dS, tol=tol, dtype=dtype, chunk_size=16)
+
+
+# ---------------------------------------------------------------------------------------------
+# errors: clear messages from the checks, never a Triton compile error or a bad memory access
+# ---------------------------------------------------------------------------------------------
+
+def r(*shape, dtype=torch.float32, device=DEV):
+    return torch.randn(*shape, dtype=dtype, device=device)
+
+
+def z(*shape, dtype=torch.float32):
+    return torch.zeros(*shape, dtype=dtype, device=DEV)
+
+
+def _x(B=1, T=4, H=2, K=16, V=16):
+    return dict(q=r(B, T, H, K), k=r(B, T, H, K), v=r(B, T, H, V), beta=r(B, T, H).sigmoid(),
+                g=-r(B, T, H).abs())
+
+
+@pytest.mark.parametrize("over,exc,match", [
+    (dict(q=r(1, 4, 2, 16, device="meta")), ValueError, "is on meta"),
+    (dict(k=r(1, 4, 2, 16, dtype=torch.float16)), TypeError, "share one dtype"),
+    (dict(q=r(1, 4, 2, 16, dtype=torch.float64), k=r(1, 4, 2, 16, dtype=torch.float64),
+          v=r(1, 4, 2, 16, dtype=torch.float64)), TypeError, "float32, float16 or bfloat16"),
+    (dict(q=r(4, 2, 16)), ValueError, "q must be 4-D"),
+    (dict(beta=r(1, 4, 2, 1)), ValueError, "beta must be 3-D"),
+    (dict(g=r(1, 4, 3)), ValueError, "g must have shape"),
+    (dict(v=r(1, 5, 2, 16)), ValueError, "v must have shape"),
+    (dict(beta=z(1, 4, 2, dtype=torch.int64)), TypeError, "floating-point"),
+    (dict(q=r(1, 4, 2, 257), k=r(1, 4, 2, 257)), ValueError, "head dim K=257"),
+    (dict(v=r(1, 4, 2, 300)), ValueError, "head dim V=300"),
+    (dict(initial_state=z(2, 2, 16, 16)), ValueError, "initial_state must have shape"),
+    (dict(cu_seqlens=torch.tensor([0.0, 4.0])), TypeError, "int32/int64"),
+    (dict(cu_seqlens=torch.tensor([0, 3])), ValueError, "end at T=4"),
+    (dict(cu_seqlens=torch.tensor([0, 3, 2, 4])), ValueError, "non-decreasing"),
+    (dict(cu_seqlens=torch.tensor([0, 2, 4]), initial_state=z(1, 2, 16, 16)),
+     ValueError, "initial_state must have shape"),
+    (dict(chunk_size=48), ValueError, "chunk_size must be one of"),
+    (dict(chunk_size=True), ValueError, "chunk_size must be one of"),
+])
+def test_errors(over, exc, match):
+    kw = _x()
+    kw.update(over)
+    with pytest.raises(exc, match=match):
+        chunk_delta(**kw)
+
+
+def test_error_packed_batch_needs_b1():
+    with pytest.raises(ValueError, match="B=1"):
+        chunk_delta(**_x(B=2), cu_seqlens=torch.tensor([0, 2, 4]))
+
+
+def test_error_cpu_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    kw = {n: t.cpu() for n, t in _x().items()}
+    with pytest.raises(RuntimeError, match="CUDA"):
+        chunk_delta(**kw)
