@@ -110,12 +110,18 @@ def _valuewise_intra(QK: Tensor, x: Tensor, G: Tensor, eG: Tensor) -> Tensor:
 _GROUP = 16  # chunks whose states are passed by one batched contraction
 
 
-def _pass_group(decay: str, logtot: Tensor, dS: Tensor, S: Tensor) -> tuple[Tensor, Tensor]:
-    """States entering each of n chunks, and the state after them, from the state S before them."""
+def _pass_group(decay: str, logtot: Tensor, dS: Tensor, S: Tensor, from_start: bool = False
+                ) -> tuple[Tensor, Tensor]:
+    """States entering each of n chunks, and the state after them, from the state S before them.
+
+    ΔS_m is what chunk m writes seen from its end, or (``from_start``) seen from its start, which
+    moves the chunk's own decay e^{log tot_m} from ΔS_m into the weights.
+    """
     n = logtot.shape[2]
     P = torch.cat([torch.zeros_like(logtot[:, :, :1]), torch.cumsum(logtot, dim=2)], dim=2)
     later = torch.ones(n + 1, n, dtype=torch.bool, device=S.device).tril(-1)
-    diff = P[:, :, :, None] - P[:, :, None, 1:]                       # P_n − P_{m+1}
+    ref = P[:, :, None, :-1] if from_start else P[:, :, None, 1:]
+    diff = P[:, :, :, None] - ref                                     # P_n − P_{m+1} (or P_m)
     if decay == "key":
         W = _masked_exp(diff.movedim(-1, 2), later)                   # [B, H, K, n+1, n]
         S_all = (W @ dS.movedim(3, 2)).movedim(2, 3)                  # batched over key channels
@@ -144,20 +150,16 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
         return _chunked_delta(terms, S, C, T)
     q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)           # [B, H, N, C, K]
     x = _to_chunks(terms.write_value(), C)                           # [B, H, N, C, V']
-    Vp = x.shape[-1]
     # Padding is harmless: zero keys write nothing, zero log-decay keeps the state.
-    if terms.decay == "none":
-        G = q.new_zeros(q.shape[:-1])
-    else:
-        G = torch.cumsum(_to_chunks(terms.g, C), dim=3)               # local cumulative log decay
+    if terms.decay in ("none", "scalar"):
+        return _chunked_scalar(terms, q, k, x, S, T)
+    # Key- or value-wise decays from here on.
+    G = torch.cumsum(_to_chunks(terms.g, C), dim=3)                   # local cumulative log decay
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
 
     eG = torch.exp(G)                                                 # decay from the chunk start
     # Step 1: intra-chunk outputs.
-    if terms.decay in ("none", "scalar"):
-        A = (q @ k.transpose(-1, -2)) * _masked_exp(G[..., :, None] - G[..., None, :], causal)
-        y = A @ x
-    elif terms.decay == "key":
+    if terms.decay == "key":
         y = _keywise_scores(q, k, G, eG) @ x
     else:
         y = _valuewise_intra((q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0), x, G, eG)
@@ -168,29 +170,65 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
     if terms.decay == "value":
         dS = k.transpose(-1, -2) @ (x * to_end)
     else:
-        kk = k * (to_end[..., None] if to_end.dim() == k.dim() - 1 else to_end)
-        dS = kk.transpose(-1, -2) @ x
-    total = torch.exp(last.squeeze(3))                                # [B, H, N(, K|V)]
+        dS = (k * to_end).transpose(-1, -2) @ x
 
-    # Step 3: pass the state across chunks (SSD's step 3). Unrolled over a group of chunks,
-    #   S_n = e^{P_n} S_0 + Σ_{m<n} e^{P_n − P_{m+1}} ΔS_m,   P_n = Σ_{l<n} (log decay of chunk l),
-    # one batched contraction per group; groups of _GROUP chunks keep the cost linear in T.
-    logtot = last.squeeze(3)                                          # [B, H, N(, K|V)]
-    entering = []
-    for a in range(0, logtot.shape[2], _GROUP):
-        b = min(a + _GROUP, logtot.shape[2])
-        S_grp, S = _pass_group(terms.decay, logtot[:, :, a:b], dS[:, :, a:b], S)
-        entering.append(S_grp)
-    S_in = torch.cat(entering, dim=2)                                 # [B, H, N, K, V']
+    # Step 3: pass the state across chunks.
+    S_in, S = _pass_all(terms.decay, last.squeeze(3), dS, S)
 
     # Step 4: state-to-output, with the decay from the chunk start to each row.
     from_start = eG
     if terms.decay == "value":
         y = y + (q @ S_in) * from_start
-    elif terms.decay == "key":
-        y = y + (q * from_start) @ S_in
     else:
-        y = y + (q * from_start[..., None]) @ S_in
+        y = y + (q * from_start) @ S_in
+    return terms.finish(_from_chunks(y, T)), S
+
+
+def _pass_all(decay: str, logtot: Tensor, dS: Tensor, S: Tensor, from_start: bool = False
+              ) -> tuple[Tensor, Tensor]:
+    """SSD's step 3 over all chunks, a group of ``_GROUP`` at a time (linear in T).
+
+    Unrolled over a group, S_n = e^{P_n} S_0 + Σ_{m<n} e^{P_n − P_{m+1}} ΔS_m with
+    P_n = Σ_{l<n} (log decay of chunk l): one batched contraction per group.
+    """
+    N = logtot.shape[2]
+    parts = []
+    for a in range(0, N, _GROUP):
+        b = min(a + _GROUP, N)
+        S_grp, S = _pass_group(decay, logtot[:, :, a:b], dS[:, :, a:b], S, from_start)
+        parts.append(S_grp)
+    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)), S
+
+
+def _chunked_scalar(terms: LinearTerms, q: Tensor, k: Tensor, x: Tensor, S: Tensor, T: int
+                    ) -> tuple[Tensor, Tensor]:
+    """SSD's four steps for no decay or one decay per head and token (the fast, common case).
+
+    When a chunk's total decay is mild the decay factors about the chunk start, e^{G_i − G_j} =
+    e^{G_i} e^{−G_j}: the scores are then one matmul of pre-scaled queries and keys, and the chunk's
+    write ΔS is seen from its start (its own decay moves into the state-passing weights).
+    """
+    C = q.shape[3]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    if terms.decay == "none":
+        logtot = q.new_zeros(q.shape[:3])
+        qs, kA, kw, from_start = q, k, k, True
+        A = (qs @ kA.transpose(-1, -2)).masked_fill(~causal, 0.0)
+    else:
+        G = torch.cumsum(_to_chunks(terms.g, C), dim=3)               # local cumulative log decay
+        logtot = G[..., -1]
+        qs = q * torch.exp(G)[..., None]                              # decayed from the chunk start
+        if -float(G.detach().amin()) < _SAFE_SPAN:
+            kA = kw = k * torch.exp(-G)[..., None]                    # ≤ e^20: safe in float32
+            from_start = True
+            A = (qs @ kA.transpose(-1, -2)).masked_fill(~causal, 0.0)
+        else:
+            kw, from_start = k * torch.exp(G[..., -1:] - G)[..., None], False
+            A = (q @ k.transpose(-1, -2)) * _masked_exp(G[..., :, None] - G[..., None, :], causal)
+    y = A @ x                                                         # step 1: inside the chunk
+    dS = kw.transpose(-1, -2) @ x                                     # step 2: what the chunk writes
+    S_in, S = _pass_all(terms.decay, logtot, dS, S, from_start)       # step 3: across chunks
+    y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
     return terms.finish(_from_chunks(y, T)), S
 
 

@@ -7,9 +7,9 @@ from torch import Tensor
 
 from .._common import check_cu_seqlens, check_device, check_head_dim, seq_bounds
 from .chunk import ChunkScalarDecay
-from .recurrent import FusedRecurrentDiag
+from .recurrent import FusedRecurrentDiag, diag_step
 
-__all__ = ["fused_recurrent_diag", "chunk_diag"]
+__all__ = ["fused_recurrent_diag", "chunk_diag", "diag_step"]
 
 DECAYS = ("none", "scalar", "key", "value")
 

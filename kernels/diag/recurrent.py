@@ -213,3 +213,74 @@ class FusedRecurrentDiag(torch.autograd.Function):
                 dg = dg + _segment_reverse_cumsum(add, offsets)
             dg = dg.to(g.dtype)
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dh0, None, None, None)
+
+
+_STEP_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _step_blocks(K: int, V: int) -> tuple[int, int, int]:
+    """(BK, BV, num_warps) for one token: bandwidth-bound, so big tiles (the state is read once)."""
+    BK = max(next_pow2(K), 1)
+    BV = min(max(next_pow2(V), 1), max(8, 8192 // BK))
+    return BK, BV, max(1, min(4, BK * BV // 2048))
+
+
+def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor | None = None,
+              inplace: bool = True) -> tuple[Tensor, Tensor]:
+    """One decoding token per sequence in one launch (inference only, no autograd).
+
+    state [B, H, K, V]; q, k [B, H, K] (q already scaled); v [B, H, V]; g [B, H] (scalar decay),
+    [B, H, K] (key-wise) or [B, H, V] (value-wise). Returns ``(o [B, H, V], state)``: with
+    ``inplace`` the contiguous float32 ``state`` is updated and returned; otherwise a new float32
+    state is returned and ``state`` is left alone.
+    """
+    op = "diag_step"
+    for name, t, dims in (("state", state, "[B, H, K, V]"), ("q", q, "[B, H, K]"), ("k", k, "[B, H, K]"),
+                          ("v", v, "[B, H, V]")):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != len(dims.split(",")):
+            raise ValueError(f"{op}: {name} must be {dims}, got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{op}: {name} must be floating-point, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _STEP_DTYPES:
+        raise TypeError(f"{op}: q, k, v must share one of float32/float16/bfloat16, got "
+                        f"{q.dtype}, {k.dtype}, {v.dtype}")
+    B, H, K = q.shape
+    V = v.shape[-1]
+    if k.shape != q.shape:
+        raise ValueError(f"{op}: k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
+    if v.shape[:2] != (B, H):
+        raise ValueError(f"{op}: v must be [B, H, V] with B, H = {(B, H)}, got {tuple(v.shape)}")
+    if tuple(state.shape) != (B, H, K, V):
+        raise ValueError(f"{op}: state must have shape [B, H, K, V] = {(B, H, K, V)}, got {tuple(state.shape)}")
+    if decay not in _CODES:
+        raise ValueError(f"{op}: decay must be one of {tuple(_CODES)}, got {decay!r}")
+    want = {"none": None, "scalar": (B, H), "key": (B, H, K), "value": (B, H, V)}[decay]
+    if (want is None) != (g is None) or (g is not None and tuple(g.shape) != want):
+        raise ValueError(f"{op}: decay={decay!r} needs g of shape {want}, got "
+                         f"{None if g is None else tuple(g.shape)}")
+    from .._common import check_device, check_head_dim
+
+    check_device(op, state=state, q=q, k=k, v=v, g=g)
+    check_head_dim(op, "K", K)
+    check_head_dim(op, "V", V)
+    if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):
+        raise ValueError(f"{op}: inplace=True needs a contiguous float32 state, got {state.dtype}"
+                         f"{'' if state.is_contiguous() else ' (non-contiguous)'}")
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    g = None if g is None else g.contiguous()
+    h0 = state if inplace else state.float().contiguous()
+    ht = state if inplace else _empty(B, H, K, V, dtype=torch.float32, device=state.device)
+    o = _empty(B, H, V, dtype=v.dtype, device=v.device)
+    BK, BV, num_warps = _step_blocks(K, V)
+    if B * H > 0:
+        # Every (sequence, head) is one token long: offsets 0..B, one loop step, no host sync.
+        # Each program reads its own [K, BV] slice of h0 before writing the same slice of ht,
+        # so updating in place is safe.
+        bounds = torch.arange(B + 1, dtype=torch.int64, device=q.device)
+        with torch.no_grad():
+            _fwd_kernel[(triton.cdiv(V, BV), B * H)](
+                q, k, v, g, h0, o, ht, bounds, B, 1, H=H, K=K, V=V, BK=BK, BV=BV,
+                DECAY=_CODES[decay], HAS_H0=True, STORE_HT=True, num_warps=num_warps)
+    return o, ht

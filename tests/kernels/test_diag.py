@@ -125,3 +125,41 @@ def test_errors():
     with pytest.raises(ValueError, match=r"initial_state must have shape \[B, H, K, V\] with 1 rows"):
         kernels.compile("mamba2").chunked(q=q, k=k, v=v, g=torch.zeros(1, 8, 2),
                                           initial_state=torch.zeros(3, 2, 16, 16))
+
+
+@pytest.mark.parametrize("decay", ["none", "scalar", "key", "value"])
+@pytest.mark.parametrize("K,V", [(16, 16), (8, 24)])
+def test_diag_step_matches_one_recurrent_step(decay, K, V):
+    """The one-launch decoding step, in place and out of place, vs one step of the float64 recurrence."""
+    from kernels.diag import diag_step
+
+    gen = torch.Generator().manual_seed(7)
+    B, H = 3, 2
+    r = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
+    q, k, v = r(B, H, K), r(B, H, K), r(B, H, V)
+    g = {"none": None, "scalar": -r(B, H).abs(), "key": -r(B, H, K).abs(), "value": -r(B, H, V).abs()}[decay]
+    S0 = r(B, H, K, V)
+    terms = dsf.LinearTerms(q=q[:, None].double(), k=k[:, None].double(), u=v[:, None].double(), decay=decay,
+                            g=None if g is None else g[:, None].double())
+    o_ref, S_ref = recurrent_linear(terms, S0.double())
+    o, new = diag_step(S0, q, k, v, decay, g, inplace=False)
+    assert new is not S0 and rel_err(o, o_ref[:, 0]) < TOL and rel_err(new, S_ref) < TOL
+    state = S0.clone()
+    o2, same = diag_step(state, q, k, v, decay, g)
+    assert same is state and rel_err(o2, o_ref[:, 0]) < TOL and rel_err(state, S_ref) < TOL
+
+
+def test_diag_step_errors():
+    from kernels.diag import diag_step
+
+    q, k, v, S = torch.randn(2, 2, 16), torch.randn(2, 2, 16), torch.randn(2, 2, 16), torch.zeros(2, 2, 16, 16)
+    with pytest.raises(ValueError, match=r"state must have shape \[B, H, K, V\] = \(2, 2, 16, 16\), got \(2, 2, 16, 8\)"):
+        diag_step(S[..., :8].contiguous(), q, k, v)
+    with pytest.raises(ValueError, match=r"decay='scalar' needs g of shape \(2, 2\), got None"):
+        diag_step(S, q, k, v, "scalar")
+    with pytest.raises(ValueError, match="inplace=True needs a contiguous float32 state"):
+        diag_step(S.double(), q, k, v)
+    with pytest.raises(ValueError, match=r"q must be \[B, H, K\], got shape \(2, 1, 2, 16\)"):
+        diag_step(S, q[:, None], k, v)
+    with pytest.raises(TypeError, match="q, k, v must share one of"):
+        diag_step(S, q, k, v.double())
