@@ -109,6 +109,9 @@ class CompiledMixer:
                 x = inputs[inp.name]
                 one[inp.name] = x.unsqueeze(1) if "T" in inp.dims else x
         one.update({k: v for k, v in inputs.items() if k not in spec.input_names})
+        fast = self._fast_step(one, state, inplace)
+        if fast is not None:
+            return fast
         o, new = self._run("recurrent", one, state, True, None)
         if inplace and isinstance(state, Tensor):
             with torch.no_grad():
@@ -120,6 +123,39 @@ class CompiledMixer:
                     old.copy_(x)
             new = state
         return o[:, 0], new
+
+    def _fast_step(self, one: dict, state: Any, inplace: bool) -> tuple[Tensor, Tensor] | None:
+        """Diagonal and delta families: one launch that reads and writes the state once.
+
+        Returns None (use the general path) when autograd is needed, the state is not a plain
+        tensor in the kernel's layout, or an in-place update of a non-fp32 state is asked for.
+        """
+        if self.family not in ("diag", "delta") or not isinstance(state, Tensor):
+            return None
+        tensors = [state, *(x for x in one.values() if isinstance(x, Tensor))]
+        if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+            return None
+        if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):
+            return None
+        spec, terms = prepare(self.spec, one)
+        if terms.state_in is not None or terms.state_out is not None:
+            return None
+        B, _, H, K, _ = terms.shape
+        val = terms.write_value()
+        if tuple(state.shape) != (B, H, K, val.shape[-1]):
+            return None  # the general path raises the shape error
+        g = None if terms.g is None else terms.g[:, 0]
+        if self.family == "delta":
+            from .delta import delta_step
+
+            o, new = delta_step(state, terms.q[:, 0], terms.k[:, 0], val[:, 0], terms.beta[:, 0], g,
+                                inplace=inplace)
+        else:
+            from .diag import diag_step
+
+            o, new = diag_step(state, terms.q[:, 0], terms.write_key()[:, 0], val[:, 0], terms.decay, g,
+                               inplace=inplace)
+        return terms.finish(o[:, None].to(terms.u.dtype))[:, 0], new
 
     # -- lowering -------------------------------------------------------------------------------
     def _run(self, form, inputs, initial_state, output_final_state, cu_seqlens):

@@ -163,3 +163,28 @@ def test_diag_step_errors():
         diag_step(S, q[:, None], k, v)
     with pytest.raises(TypeError, match="q, k, v must share one of"):
         diag_step(S, q, k, v.double())
+
+
+STEP_CASES = [c for c in CASES if (kernels.supports(dsf.zoo.get(c[0], **c[1])) or {}).get("family") in ("diag", "delta")
+              and c[1].get("feature_map") != "taylor"]
+
+
+@pytest.mark.parametrize("case", STEP_CASES, ids=case_id)
+def test_compiled_step_decodes_every_mixer(case):
+    """compile(mixer).step token by token from a prefix state == the float64 recurrence (fast path or not)."""
+    T = 3
+    V = 4 if dsf.zoo.get(case[0]).phi_layout == "channel" else 8
+    spec, inp = random_case(*case, B=2, T=T, H=2, K=8, V=V, seed=5)
+    S0 = prefix_state(spec, inp, 2, seed=5)
+    o_ref, S_ref = dsf.recurrent(spec, initial_state=S0, **inp)
+    m = kernels.compile(spec)
+    state = S0.float().contiguous()
+    outs = []
+    with torch.no_grad():
+        for t in range(T):
+            timed = {i.name for i in spec.inputs if "T" in i.dims}
+            one = {n: (x[:, t] if n in timed else x).float() for n, x in inp.items()}
+            o, new = m.step(state, inplace=True, **one)
+            assert new is state
+            outs.append(o)
+    assert rel_err(torch.stack(outs, 1), o_ref) < TOL and rel_err(state, S_ref) < TOL
