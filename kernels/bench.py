@@ -1,6 +1,6 @@
 """Kernel benchmark on the GPU: our kernels, flash-linear-attention (fla-core) and torch SDPA, in one run.
 
-    python -m kernels.bench [--out DIR] [--quick]
+    python -m kernels.bench [--out DIR] [--quick] [--ops KIND,...]   (kinds: scalar,key,delta,gdn,softmax,titans)
 
 bf16, H=16, K=V=128, B·T = 32768 tokens, T from 1K to 32K; forward and forward+backward (median of
 ``triton.testing.do_bench``), peak memory, the memory floor (bytes of q, k, v, o over the measured copy
@@ -35,6 +35,9 @@ def _inputs(B, T, kind, dtype=torch.bfloat16, grad=True):
         d["gk"] = F.logsigmoid(4 + r(B, T, H, D)) / 16
     if kind in ("delta", "gdn"):
         d["beta"] = torch.rand(B, T, H, generator=g, device="cuda")
+    if kind == "titans":  # retention α ≈ 0.98, momentum η ≈ 0.88, steps θ ∈ (0, 0.1)
+        d.update(g=F.logsigmoid(4 + r(B, T, H)), theta=0.1 * torch.sigmoid(r(B, T, H)),
+                 log_eta=F.logsigmoid(2 + r(B, T, H)))
     out = {}
     for n, x in d.items():
         x = x.to(dtype if n in ("q", "k", "v") else torch.float32)
@@ -55,6 +58,10 @@ def _ours(kind):
         return lambda q, k, v, beta: fused_recurrent_delta(q * s, k, v, beta.to(q.dtype))[0]
     if kind == "gdn":
         return lambda q, k, v, g, beta: fused_recurrent_delta(q * s, k, v, beta.to(q.dtype), g=g)[0]
+    if kind == "titans":
+        from kernels.memory import chunk_titans
+
+        return lambda q, k, v, g, theta, log_eta: chunk_titans(q * s, k, v, g, theta, log_eta)[0]
     from kernels.softmax import flash_attention
 
     return lambda q, k, v: flash_attention(q, k, v)
@@ -74,6 +81,13 @@ def _fla(kind):
             "delta": lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta.to(q.dtype))[0],
             "gdn": lambda q, k, v, g, beta: chunk_gated_delta_rule(q, k, v, g, beta.to(q.dtype))[0],
             }.get(kind)
+
+
+def _titans_recurrent():
+    from kernels.memory import fused_recurrent_titans
+
+    s = D ** -0.5
+    return lambda q, k, v, g, theta, log_eta: fused_recurrent_titans(q * s, k, v, g, theta, log_eta)[0]
 
 
 def _sdpa():
@@ -151,7 +165,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax")
+    ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax",
+                    help="comma-separated subset of scalar,key,delta,gdn,softmax,titans")
     ap.add_argument("--profile", action="store_true", help="print a per-kernel breakdown first")
     args = ap.parse_args(argv)
     if args.profile:
@@ -164,10 +179,11 @@ def main(argv=None) -> int:
     bw = copy_bandwidth()
     out_rows = []
     names = {"scalar": "mamba2 / simple GLA", "key": "GLA", "delta": "DeltaNet", "gdn": "Gated DeltaNet",
-             "softmax": "softmax attention"}
+             "softmax": "softmax attention", "titans": "Titans (linear memory)"}
     for kind in args.ops.split(","):
         impls = {"ours": _ours(kind), "fla": _fla(kind) if kind != "softmax" else None,
-                 "sdpa": _sdpa() if kind == "softmax" else None}
+                 "sdpa": _sdpa() if kind == "softmax" else None,
+                 "ours-recurrent": _titans_recurrent() if kind == "titans" else None}
         for T in Ts:
             B = TOKENS // T
             floor_ms = 4 * B * T * H * D * 2 / bw * 1e3
@@ -209,7 +225,7 @@ def main(argv=None) -> int:
     for kind in args.ops.split(","):
         lines += [f"## {names[kind]}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
                   "|---|---|" + "---|" * (len(Ts) + 1)]
-        for impl in ("ours", "fla", "sdpa"):
+        for impl in ("ours", "ours-recurrent", "fla", "sdpa"):
             for mode in ("fwd", "fwd+bwd"):
                 r = [x for x in out_rows if x["op"] == names[kind] and x["impl"] == impl and x["mode"] == mode]
                 if r:

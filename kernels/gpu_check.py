@@ -1,6 +1,6 @@
 """GPU correctness check of every compiled mixer at realistic shapes, in fp32, bf16 and fp16.
 
-    python -m kernels.gpu_check [--out DIR] [--quick]
+    python -m kernels.gpu_check [--out DIR] [--quick] [--only NAME,...]
 
 Each kernel form (chunked, recurrent) runs on the GPU with a random initial state, odd T and a
 varlen batch; its output, final state and gradients (every input and the initial state) are compared
@@ -38,7 +38,7 @@ def _poison():
         return out
 
     for name in ("kernels.diag.recurrent", "kernels.diag.chunk", "kernels.delta.recurrent",
-                 "kernels.softmax.flash"):
+                 "kernels.softmax.flash", "kernels.memory.chunk", "kernels.memory.recurrent"):
         try:
             mod = importlib.import_module(name)
         except ImportError:
@@ -114,10 +114,66 @@ def check_varlen(name, dtype, H, K, V):
     return worst, worst < TOL[dtype]
 
 
+def _memory_state(S, dtype=None):
+    """A dsf.MemoryState (memory, momentum) of fresh leaves, optionally cast."""
+    cast = (lambda x: x) if dtype is None else (lambda x: x.to(dtype))  # noqa: E731
+    return dsf.MemoryState((_state_leaves(cast(S.weights[0])),), (_state_leaves(cast(S.momentum[0])),))
+
+
+def check_memory(dtype, form, B, T, H, K, V, seed=0):
+    """Titans' linear memory (state: memory S and momentum Z) against the float64 dsf chunked form."""
+    spec = dsf.zoo.get("titans", memory="linear")
+    inp = spec.random_inputs(B, T, H, K, V, dtype=torch.float64, device="cuda", seed=seed)
+    S0 = prefix_state(spec, inp, 5, seed)
+    ref_in, S0_ref = _leaves(inp), _memory_state(S0)
+    o_ref, S_ref = dsf.chunked(spec, chunk_size=64, initial_state=S0_ref, **ref_in)
+    leaves, S0_k = _leaves({k: v.to(dtype) for k, v in inp.items()}), _memory_state(S0, torch.float32)
+    o, S = getattr(kernels.compile(spec), form)(initial_state=S0_k, output_final_state=True, **leaves)
+    errs = {"o": rel_err(o.double(), o_ref),
+            "state": max(rel_err(S.weights[0].double(), S_ref.weights[0]),
+                         rel_err(S.momentum[0].double(), S_ref.momentum[0]))}
+    names = list(leaves) + ["S0", "Z0"]
+
+    def grads(o, S, xs):
+        # ⟨o, R⟩ + ⟨S_T, R_S⟩ + ⟨Z_T, R_Z⟩ with the same random R for the kernel and the reference
+        g = torch.Generator(device="cuda").manual_seed(seed)
+        loss = sum((x.double() * torch.randn(x.shape, generator=g, device="cuda", dtype=torch.float64)).sum()
+                   for x in (o, S.weights[0], S.momentum[0]))
+        return torch.autograd.grad(loss, xs)
+
+    g_ref = grads(o_ref, S_ref, list(ref_in.values()) + [S0_ref.weights[0], S0_ref.momentum[0]])
+    g_k = grads(o, S, list(leaves.values()) + [S0_k.weights[0], S0_k.momentum[0]])
+    gerr = [rel_err(a.double(), b) for a, b in zip(g_k, g_ref)]
+    errs["grad"], errs["worst_grad"] = max(gerr), names[max(range(len(names)), key=gerr.__getitem__)]
+    ok = errs["o"] < TOL[dtype] and errs["state"] < TOL[dtype] and errs["grad"] < GRAD_TOL[dtype]
+    return errs, ok
+
+
+def check_memory_varlen(dtype, H, K, V):
+    """Titans' linear memory: packed sequences (an empty and a 1-token one included) = separate runs."""
+    spec = dsf.zoo.get("titans", memory="linear")
+    cu = torch.tensor([0, 1, 1, 300, 1000], device="cuda")
+    inp = spec.random_inputs(1, 1000, H, K, V, dtype=torch.float64, device="cuda", seed=1)
+    o, S = kernels.compile(spec).chunked(cu_seqlens=cu, output_final_state=True,
+                                         **{k: v.to(dtype) for k, v in inp.items()})
+    worst = 0.0
+    for n in range(4):
+        a, b = cu[n].item(), cu[n + 1].item()
+        if a == b:  # an empty sequence keeps a zero state
+            worst = max(worst, S.weights[0][n].abs().max().item(), S.momentum[0][n].abs().max().item())
+            continue
+        o_ref, S_ref = dsf.chunked(spec, **{k: v[:, a:b] for k, v in inp.items()})
+        worst = max(worst, rel_err(o[:, a:b].double(), o_ref),
+                    rel_err(S.weights[0][n:n + 1].double(), S_ref.weights[0]),
+                    rel_err(S.momentum[0][n:n + 1].double(), S_ref.momentum[0]))
+    return worst, worst < TOL[dtype]
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all)")
     args = ap.parse_args(argv)
     _poison()
     B, T, H, K, V = (1, 130, 2, 32, 32) if args.quick else (2, 1000, 4, 64, 64)
@@ -128,7 +184,11 @@ def main(argv=None) -> int:
              "| mixer | options | form | dtype | o | state | worst grad | (which) | ok |",
              "|---|---|---|---|---|---|---|---|---|"]
     failed = 0
+    only = set(filter(None, args.only.split(",")))
+    want = lambda name: not only or name in only  # noqa: E731
     for name, opts in MIXERS:
+        if not want(name):
+            continue
         info = kernels.supports(dsf.zoo.get(name, **opts))
         for form in ("chunked", "recurrent"):
             for dtype in (torch.float32, torch.bfloat16, torch.float16):
@@ -143,9 +203,22 @@ def main(argv=None) -> int:
                 failed += not ok
                 lines.append(row)
                 print(row, f"({time.time() - t0:.1f}s)", flush=True)
+    for form in ("chunked", "recurrent") if want("titans") else ():  # Titans' linear memory: (S, Z)
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            t0 = time.time()
+            try:
+                errs, ok = check_memory(dtype, form, B, T, H, K, V)
+                row = (f"| titans | {{'memory': 'linear'}} | {form} ({'chunk' if form == 'chunked' else 'fused'}) "
+                       f"| {str(dtype)[6:]} | {errs['o']:.1e} | {errs['state']:.1e} | {errs['grad']:.1e} "
+                       f"| {errs['worst_grad']} | {'yes' if ok else '**NO**'} |")
+            except Exception as e:  # noqa: BLE001
+                ok, row = False, f"| titans | {{'memory': 'linear'}} | {form} | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} |||||"
+            failed += not ok
+            lines.append(row)
+            print(row, f"({time.time() - t0:.1f}s)", flush=True)
     lines += ["", "| varlen (cu_seqlens [0, 1, 1, 300, 1000]) | dtype | worst error | ok |", "|---|---|---|---|"]
     for name in ("mamba2", "gla", "gated_deltanet", "softmax_attention"):
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16) if want(name) else ():
             try:
                 err, ok = check_varlen(name, dtype, H, K, V)
                 row = f"| {name} | {str(dtype)[6:]} | {err:.1e} | {'yes' if ok else '**NO**'} |"
@@ -154,6 +227,15 @@ def main(argv=None) -> int:
             failed += not ok
             lines.append(row)
             print(row, flush=True)
+    for dtype in (torch.float32, torch.bfloat16) if want("titans") else ():
+        try:
+            err, ok = check_memory_varlen(dtype, H, K, V)
+            row = f"| titans (memory='linear') | {str(dtype)[6:]} | {err:.1e} | {'yes' if ok else '**NO**'} |"
+        except Exception as e:  # noqa: BLE001
+            ok, row = False, f"| titans (memory='linear') | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} | |"
+        failed += not ok
+        lines.append(row)
+        print(row, flush=True)
     lines.append(f"\n{failed} failing rows")
     with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
