@@ -48,14 +48,18 @@ def _empty(*shape, dtype, device) -> Tensor:
 
 
 def _blocks(K: int, V: int, BT: int) -> dict[str, int]:
-    """Tile sizes: K is never split; V-blocks of the sequential and the gradient kernels.
+    """Tile sizes (K is never split; V-blocks per kernel), warps and pipeline stages.
 
-    Not tuned on a GPU yet. The state kernels keep S and Z ([BK, BV] each) in registers.
+    Not tuned on a GPU yet (``python -m kernels.memory.tune`` sweeps them). The sequential kernels
+    keep S and Z ([BK, BV] each) in registers and load [BT, BK] fp32 tiles every chunk; one
+    pipeline stage keeps their shared memory within an H100/H200 SM at K = 128.
     """
     BK = max(16, next_pow2(K))
     Vp = max(16, next_pow2(V))
+    big = BK * BT > 64 * 64
     return {"BK": BK, "BV_prep": min(Vp, 64), "BV_state": min(Vp, 32), "BV_out": min(Vp, 64),
-            "BV_grad": min(Vp, 32)}
+            "BV_grad": min(Vp, 32), "warps_state": 4, "stages_state": 1 if big else 2,
+            "warps_grad": 8 if big else 4, "warps_prep": 4}
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -500,11 +504,12 @@ class ChunkTitans(torch.autograd.Function):
         zt = _empty(N, H, K, V, dtype=f32, device=dev) if output_final_state else None
         if NC > 0:
             _prep_kernel[(NC, H)](k, v, theta, gg, eta, w1, w2, u, tm, cm, offsets, chunk_indices,
-                                  BV=bl["BV_prep"], **common)
+                                  BV=bl["BV_prep"], num_warps=bl["warps_prep"], **common)
         BVs = bl["BV_state"]
         _state_kernel[(triton.cdiv(V, BVs), N * H)](
             k, theta, gg, eta, w1, w2, u, e, s0, z0, hs, hz, st, zt, offsets, chunk_offsets, maxc,
-            BV=BVs, HAS_H0=s0 is not None, STORE_HT=st is not None, **common)
+            BV=BVs, HAS_H0=s0 is not None, STORE_HT=st is not None, num_warps=bl["warps_state"],
+            num_stages=bl["stages_state"], **common)
         if NC > 0:
             BVo = bl["BV_out"]
             _output_kernel[(triton.cdiv(V, BVo), NC, H)](q, k, theta, gg, eta, e, hs, hz, cm, o, offsets,
@@ -539,7 +544,8 @@ class ChunkTitans(torch.autograd.Function):
         BVs = bl["BV_state"]
         _dstate_kernel[(triton.cdiv(V, BVs), N * H)](
             q, k, theta, gg, eta, w1, w2, cm, do, dst, dzt, dhs, dhz, ds0, dz0, offsets, chunk_offsets,
-            maxc, BV=BVs, HAS_DHT=dst is not None, STORE_DH0=has_h0, **common)
+            maxc, BV=BVs, HAS_DHT=dst is not None, STORE_DH0=has_h0, num_warps=bl["warps_state"],
+            num_stages=bl["stages_state"], **common)
         BVg = bl["BV_grad"]
         NV = triton.cdiv(V, BVg)
         dq = _empty(NV, Tt, H, K, dtype=f32, device=dev)
@@ -551,7 +557,8 @@ class ChunkTitans(torch.autograd.Function):
         if NC > 0:
             _grad_kernel[(NV, NC, H)](
                 q, k, theta, gg, eta, e, tm, cm, hs, hz, dhs, dhz, do, dq, dk, dv, dth,
-                dth if dg is None else dg, deta, offsets, chunk_indices, Tt, BV=BVg, **common)
+                dth if dg is None else dg, deta, offsets, chunk_indices, Tt, BV=BVg,
+                num_warps=bl["warps_grad"], **common)
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v_dtype), dth.sum(0).to(theta.dtype),
                 None if g is None else dg.sum(0).to(g.dtype), deta.sum(0).to(eta.dtype), ds0, dz0,
                 None, None, None, None)

@@ -124,8 +124,8 @@ def test_recurrent(B, T, H, ret, grad_at, C):
 
 def test_chunked_v_split(monkeypatch):
     """V = 32 in V-blocks of 16 in every kernel (the sums over V come from two partial sums)."""
-    monkeypatch.setattr(CH, "_blocks", lambda K, V, BT: {"BK": 16, "BV_prep": 16, "BV_state": 16,
-                                                         "BV_out": 16, "BV_grad": 16})
+    blocks = CH._blocks(16, 16, 16)
+    monkeypatch.setattr(CH, "_blocks", lambda K, V, BT: blocks)    # every V-block 16 wide
     spec = spec_of()
     compare(spec, chunk_titans, *case(spec, 1, 18, 1, K=16, V=32, seed=4), chunk_size=16)
 
