@@ -14,7 +14,7 @@ form         exists for
 ===========  =========================================================================
 recurrent    every memory (closed-form inner gradients; hand-written MLP backward)
 parallel     vector / matrix memory, dot or ℓ2 bias, no or ℓ2 retention (Φ, y = Φ v)
-chunked      the same except ℓ2 bias + momentum and ℓ2 bias + key-wise gate (exact)
+chunked      the same except a key-wise gate on a matrix memory with the ℓ2 bias or momentum (exact)
 mini-batch   every explicit step: ``dsf.chunked(..., approximate="minibatch")``
 ===========  =========================================================================
 """

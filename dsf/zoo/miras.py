@@ -5,17 +5,17 @@ the paper's own loss (Titans and TTT use ‖M(k) − v‖², Moneta ‖M(k) − 
 library's normalised biases (½‖e‖², (1/p)Σ|e|^p) with step 2θ or pθ. The oracles are written from the
 papers' equations with autograd for the inner gradient, independent of :mod:`dsf.forms.memory`.
 
-==========  ==============  =============  =====================  ================  ===============
+==========  ==============  =============  =====================  ================  ====================
 mixer       memory          bias           retention              algorithm         exact forms
-==========  ==============  =============  =====================  ================  ===============
+==========  ==============  =============  =====================  ================  ====================
 titans      2-layer MLP     ℓ2             ℓ2 (forget 1 − α_t)    GD + momentum     recurrent
-  linear    matrix          ℓ2             ℓ2                     GD + momentum     + parallel
+  linear    matrix          ℓ2             ℓ2                     GD + momentum     + parallel, chunked
 moneta      2-layer MLP     ℓp, p = 3      ℓq (q = 4) + ℓ2        GD                recurrent
 yaad        2-layer MLP     Huber (δ)      ℓ2                     GD                recurrent
 memora      2-layer MLP     ℓ2             KL (softmax)           GD                recurrent
 ttt_linear  matrix          ℓ2             none                   GD (mini-batch)   all three
 ttt_mlp     2-layer MLP     ℓ2             none                   GD (mini-batch)   recurrent
-==========  ==============  =============  =====================  ================  ===============
+==========  ==============  =============  =====================  ================  ====================
 
 MLP memories are residual, M(x) = x + σ(x W_1) W_2 (K == V), without the papers' LayerNorm. Every
 memory also has ``dsf.chunked(..., approximate="minibatch")``, the papers' training form.
