@@ -58,8 +58,8 @@ def _blocks(K: int, V: int, BT: int) -> dict[str, int]:
     Vp = max(16, next_pow2(V))
     big = BK * BT > 64 * 64
     return {"BK": BK, "BV_prep": min(Vp, 64), "BV_state": min(Vp, 32), "BV_out": min(Vp, 64),
-            "BV_grad": min(Vp, 32), "warps_state": 4, "stages_state": 1 if big else 2,
-            "warps_grad": 8 if big else 4, "warps_prep": 4}
+            "BV_grad": min(Vp, 32), "BK_grad": min(BK, 64), "warps_state": 4,
+            "stages_state": 1 if big else 2, "warps_grad": 8 if big else 4, "warps_prep": 4}
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -110,11 +110,16 @@ def _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t):
 # forward
 # --------------------------------------------------------------------------------------------
 
+# per-token coefficients written by the prep kernel, [T_total, H, NCOEF]: a, b, a', b', θ c_L,
+# θ e^{G^η_L − G^η}; and per chunk, [NC, H, 3]: a_L, b_L, e^{G^η_L}
+NCOEF = tl.constexpr(6)
+
+
 @triton.jit
-def _prep_kernel(k, v, theta, g, eta, w1, w2, u, tm, cm, offsets, chunk_indices,
+def _prep_kernel(k, v, theta, g, eta, w1, w2, u, tm, cm, cpm, coef, cend, offsets, chunk_indices,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  BV: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr, PREC: tl.constexpr):
-    """T = (I + A)⁻¹, W1, W2, U and c ⊙ θ of one chunk and head."""
+    """T = (I + A)⁻¹, W1, W2, U, the masks c ⊙ θ, c' ⊙ θ and the coefficients of one chunk and head."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
@@ -134,25 +139,37 @@ def _prep_kernel(k, v, theta, g, eta, w1, w2, u, tm, cm, offsets, chunk_indices,
     b_La = _decay_mask(b_Ga, b_Ga, low)
     b_Lp = _decay_mask(b_Gp, b_Ga, strict)
     b_Le = _decay_mask(b_Ge, b_Ge, low)
-    b_c = tl.dot(b_La, b_Le, input_precision="ieee")
-    b_cp = tl.dot(b_Lp, b_Le, input_precision="ieee")
+    b_eGe = tl.exp(b_Ge)
     b_ap = tl.exp(b_Gp)
-    b_bp = tl.sum(b_Lp * tl.exp(b_Ge)[None, :], axis=1)
+    b_bp = tl.sum(b_Lp * b_eGe[None, :], axis=1)
+    b_xE, b_bE, b_cE, b_fE = _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t)
+    p_co = (t_rows * H + i_h) * NCOEF
+    tl.store(coef + p_co, tl.exp(b_Ga), mask=m_t)
+    tl.store(coef + p_co + 1, tl.sum(b_La * b_eGe[None, :], axis=1), mask=m_t)
+    tl.store(coef + p_co + 2, b_ap, mask=m_t)
+    tl.store(coef + p_co + 3, b_bp, mask=m_t)
+    tl.store(coef + p_co + 4, b_th * b_cE, mask=m_t)
+    tl.store(coef + p_co + 5, b_th * b_fE, mask=m_t)
+    p_ce = (i_c.to(tl.int64) * H + i_h) * 3
+    tl.store(cend + p_ce, tl.exp(b_GaL))
+    tl.store(cend + p_ce + 1, b_bE)
+    tl.store(cend + p_ce + 2, tl.exp(b_GeL))
+    b_cp = tl.where(strict, tl.dot(b_Lp, b_Le, input_precision="ieee") * b_th[None, :], 0.)
+    p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
+    m_tt = m_t[:, None] & (o_i < BT)[None, :]
+    tl.store(cpm + p_tt, b_cp, mask=m_tt)
+    tl.store(cm + p_tt, tl.where(low, tl.dot(b_La, b_Le, input_precision="ieee") * b_th[None, :], 0.),
+             mask=m_tt)
 
     # T = (I + A)⁻¹ by forward substitution: row i of T − I from the rows above it
-    b_KK = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
-    b_T = -tl.where(strict, b_cp * b_th[None, :] * b_KK, 0.)
+    b_T = -b_cp * tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     for i in range(1, BT):
         row = o_i == i
         b_r = tl.sum(tl.where(row[:, None], b_T, 0.), axis=0)
         b_r = b_r + tl.where(o_i < i, tl.sum(b_r[:, None] * b_T, axis=0), 0.)
         b_T = tl.where(row[:, None], b_r[None, :], b_T)
     b_T += (o_i[:, None] == o_i[None, :]).to(tl.float32)
-
-    p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
-    m_tt = m_t[:, None] & (o_i < BT)[None, :]
     tl.store(tm + p_tt, b_T, mask=m_tt)
-    tl.store(cm + p_tt, tl.where(low, b_c * b_th[None, :], 0.), mask=m_tt)
     tl.store(w1 + p_tk, tl.dot(b_T, b_k * b_ap[:, None], input_precision=PREC), mask=m_tk)
     tl.store(w2 + p_tk, tl.dot(b_T, b_k * b_bp[:, None], input_precision=PREC), mask=m_tk)
     for vb in range(0, tl.cdiv(V, BV)):
@@ -164,10 +181,9 @@ def _prep_kernel(k, v, theta, g, eta, w1, w2, u, tm, cm, offsets, chunk_indices,
 
 
 @triton.jit
-def _state_kernel(k, theta, g, eta, w1, w2, u, e, s0, z0, hs, hz, st, zt, offsets, chunk_offsets, MAXC,
+def _state_kernel(k, w1, w2, u, coef, cend, e, s0, z0, hs, hz, st, zt, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr, HAS_H0: tl.constexpr,
-                  STORE_HT: tl.constexpr, PREC: tl.constexpr):
+                  BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
     """Walk one sequence's chunks: store the entering (S, Z) and the errors E of every chunk."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -176,7 +192,6 @@ def _state_kernel(k, theta, g, eta, w1, w2, u, e, s0, z0, hs, hz, st, zt, offset
     c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
     nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
     o_i = tl.arange(0, BT)
-    low = o_i[:, None] >= o_i[None, :]
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v = o_k < K, o_v < V
@@ -205,23 +220,24 @@ def _state_kernel(k, theta, g, eta, w1, w2, u, e, s0, z0, hs, hz, st, zt, offset
             - tl.load(u + p_tv, mask=m_tv, other=0.)
         tl.store(e + p_tv, b_E, mask=m_tv)
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.).to(tl.float32)
-        b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G,
-                                                           RETAINED)
-        b_Le = _decay_mask(b_Ge, b_Ge, low)
-        b_xE, b_bE, b_cE, b_fE = _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t)
-        b_kS = b_k * (b_th * b_cE)[:, None]
-        b_kZ = b_k * (b_th * b_fE)[:, None]
-        b_S = tl.exp(b_GaL) * b_S + b_bE * b_Z - tl.dot(tl.trans(b_kS), b_E, input_precision=PREC)
-        b_Z = tl.exp(b_GeL) * b_Z - tl.dot(tl.trans(b_kZ), b_E, input_precision=PREC)
+        p_co = (t_rows * H + i_h) * NCOEF
+        b_kS = b_k * tl.load(coef + p_co + 4, mask=m_t, other=0.)[:, None]      # K ⊙ θ c_L
+        b_kZ = b_k * tl.load(coef + p_co + 5, mask=m_t, other=0.)[:, None]      # K ⊙ θ e^{G^η_L − G^η}
+        p_ce = ((c0 + c) * H + i_h) * 3
+        b_aL = tl.load(cend + p_ce, mask=ok, other=1.)
+        b_bL = tl.load(cend + p_ce + 1, mask=ok, other=0.)
+        b_eL = tl.load(cend + p_ce + 2, mask=ok, other=1.)
+        b_S = b_aL * b_S + b_bL * b_Z - tl.dot(tl.trans(b_kS), b_E, input_precision=PREC)
+        b_Z = b_eL * b_Z - tl.dot(tl.trans(b_kZ), b_E, input_precision=PREC)
     if STORE_HT:
         tl.store(st + i_nh.to(tl.int64) * K * V + p_state, b_S, mask=m_kv)
         tl.store(zt + i_nh.to(tl.int64) * K * V + p_state, b_Z, mask=m_kv)
 
 
 @triton.jit
-def _output_kernel(q, k, theta, g, eta, e, hs, hz, cm, o, offsets, chunk_indices,
+def _output_kernel(q, k, coef, e, hs, hz, cm, o, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr, PREC: tl.constexpr):
+                   BV: tl.constexpr, PREC: tl.constexpr):
     """O = diag(a) Q S_0 + diag(b) Q Z_0 − (Q Kᵀ ⊙ c ⊙ θ) E for one chunk and V-block."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -247,10 +263,11 @@ def _output_kernel(q, k, theta, g, eta, e, hs, hz, cm, o, offsets, chunk_indices
     b_Z = tl.load(hz + p_h, mask=m_kv, other=0.)
     b_E = tl.load(e + p_tv, mask=m_tv, other=0.)
     b_cm = tl.load(cm + (t_rows[:, None] * H + i_h) * BT + o_i[None, :], mask=m_t[:, None] & low, other=0.)
-    b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G, RETAINED)
-    b_b = tl.sum(_decay_mask(b_Ga, b_Ga, low) * tl.exp(b_Ge)[None, :], axis=1)
+    p_co = (t_rows * H + i_h) * NCOEF
+    b_a = tl.load(coef + p_co, mask=m_t, other=0.)
+    b_b = tl.load(coef + p_co + 1, mask=m_t, other=0.)
     b_P = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_cm
-    b_o = tl.exp(b_Ga)[:, None] * tl.dot(b_q, b_S, input_precision=PREC) \
+    b_o = b_a[:, None] * tl.dot(b_q, b_S, input_precision=PREC) \
         + b_b[:, None] * tl.dot(b_q, b_Z, input_precision=PREC) - tl.dot(b_P, b_E, input_precision=PREC)
     tl.store(o + p_tv, b_o.to(o.dtype.element_ty), mask=m_tv)
 
@@ -260,11 +277,10 @@ def _output_kernel(q, k, theta, g, eta, e, hs, hz, cm, o, offsets, chunk_indices
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dstate_kernel(q, k, theta, g, eta, w1, w2, cm, do, dst, dzt, dhs, dhz, ds0, dz0, offsets,
+def _dstate_kernel(q, k, w1, w2, cm, coef, cend, do, dst, dzt, dhs, dhz, ds0, dz0, offsets,
                    chunk_offsets, MAXC,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr, HAS_DHT: tl.constexpr,
-                   STORE_DH0: tl.constexpr, PREC: tl.constexpr):
+                   BV: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
     """Walk the chunks backwards: store the gradient of the (S, Z) leaving every chunk."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -300,22 +316,26 @@ def _dstate_kernel(q, k, theta, g, eta, w1, w2, cm, do, dst, dzt, dhs, dhz, ds0,
         b_do = tl.load(do + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.).to(tl.float32)
         b_cm = tl.load(cm + (t_rows[:, None] * H + i_h) * BT + o_i[None, :], mask=m_t[:, None] & low,
                        other=0.)
-        b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G,
-                                                           RETAINED)
-        b_Le = _decay_mask(b_Ge, b_Ge, low)
-        b_xE, b_bE, b_cE, b_fE = _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t)
-        b_b = tl.sum(_decay_mask(b_Ga, b_Ga, low) * tl.exp(b_Ge)[None, :], axis=1)
+        p_co = (t_rows * H + i_h) * NCOEF
+        b_a = tl.load(coef + p_co, mask=m_t, other=0.)
+        b_b = tl.load(coef + p_co + 1, mask=m_t, other=0.)
+        b_ce = tl.load(coef + p_co + 4, mask=m_t, other=0.)
+        b_fe = tl.load(coef + p_co + 5, mask=m_t, other=0.)
+        p_ce = ((c0 + c) * H + i_h) * 3
+        b_aL = tl.load(cend + p_ce, mask=ok, other=1.)
+        b_bL = tl.load(cend + p_ce + 1, mask=ok, other=0.)
+        b_eL = tl.load(cend + p_ce + 2, mask=ok, other=1.)
         b_P = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * b_cm
         # dE = −Pᵀ dO − diag(θ c_L) K dS − diag(θ e^{G^η_L − G^η}) K dZ
         b_dE = -tl.dot(tl.trans(b_P), b_do, input_precision=PREC) \
-            - (b_th * b_cE)[:, None] * tl.dot(b_k, b_dS, input_precision=PREC) \
-            - (b_th * b_fE)[:, None] * tl.dot(b_k, b_dZ, input_precision=PREC)
+            - b_ce[:, None] * tl.dot(b_k, b_dS, input_precision=PREC) \
+            - b_fe[:, None] * tl.dot(b_k, b_dZ, input_precision=PREC)
         b_w1 = tl.load(w1 + p_tk, mask=m_tk, other=0.)
         b_w2 = tl.load(w2 + p_tk, mask=m_tk, other=0.)
-        b_dSn = tl.dot(tl.trans(b_q * tl.exp(b_Ga)[:, None]), b_do, input_precision=PREC) \
-            + tl.exp(b_GaL) * b_dS + tl.dot(tl.trans(b_w1), b_dE, input_precision=PREC)
-        b_dZ = tl.dot(tl.trans(b_q * b_b[:, None]), b_do, input_precision=PREC) + b_bE * b_dS \
-            + tl.exp(b_GeL) * b_dZ + tl.dot(tl.trans(b_w2), b_dE, input_precision=PREC)
+        b_dSn = tl.dot(tl.trans(b_q * b_a[:, None]), b_do, input_precision=PREC) \
+            + b_aL * b_dS + tl.dot(tl.trans(b_w1), b_dE, input_precision=PREC)
+        b_dZ = tl.dot(tl.trans(b_q * b_b[:, None]), b_do, input_precision=PREC) + b_bL * b_dS \
+            + b_eL * b_dZ + tl.dot(tl.trans(b_w2), b_dE, input_precision=PREC)
         b_dS = b_dSn
     if STORE_DH0:
         tl.store(ds0 + i_nh.to(tl.int64) * K * V + p_state, b_dS, mask=m_kv)
@@ -323,17 +343,15 @@ def _dstate_kernel(q, k, theta, g, eta, w1, w2, cm, do, dst, dzt, dhs, dhz, ds0,
 
 
 @triton.jit
-def _rev_cumsum(x):
-    """Σ_{s≥t} x_s along a [BT] vector."""
-    return tl.sum(x, axis=0) - tl.cumsum(x, axis=0) + x
-
-
-@triton.jit
-def _grad_kernel(q, k, theta, g, eta, e, tm, cm, hs, hz, dhs, dhz, do,
-                 dq, dk, dv, dth, dg, deta, offsets, chunk_indices, NT,
+def _grad_kernel(q, k, e, tm, cm, cpm, coef, hs, hz, dhs, dhz, do,
+                 dq, dk, dv, dpqk, dakk, dvec, dend, offsets, chunk_indices, NT, NC,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr, PREC: tl.constexpr):
-    """Every input gradient of one chunk and V-block (sums over V are partial, per V-block)."""
+                 BV: tl.constexpr, PREC: tl.constexpr):
+    """dv, and per V-block: dq, dk and what the gate kernel needs, for one chunk.
+
+    Two passes over K-blocks of BK: the first builds the products over K (Q Kᵀ, K Kᵀ, K dS, K dZ),
+    the second the [BT, K] gradients from the chunk's [BT, BT] and [BT, BV] ones.
+    """
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
@@ -344,28 +362,130 @@ def _grad_kernel(q, k, theta, g, eta, e, tm, cm, hs, hz, dhs, dhz, do,
     o_i = tl.arange(0, BT)
     low = o_i[:, None] >= o_i[None, :]
     strict = o_i[:, None] > o_i[None, :]
-    o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_tk = m_t[:, None] & m_k[None, :]
+    m_v = o_v < V
     m_tv = m_t[:, None] & m_v[None, :]
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
     p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
     p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
-    p_h = (i_c.to(tl.int64) * H + i_h) * K * V + o_k[:, None] * V + o_v[None, :]
+    p_h = (i_c.to(tl.int64) * H + i_h) * K * V
 
-    b_q = tl.load(q + p_tk, mask=m_tk, other=0.).to(tl.float32)
-    b_k = tl.load(k + p_tk, mask=m_tk, other=0.).to(tl.float32)
     b_do = tl.load(do + p_tv, mask=m_tv, other=0.).to(tl.float32)
     b_E = tl.load(e + p_tv, mask=m_tv, other=0.)
-    b_T = tl.load(tm + p_tt, mask=m_t[:, None], other=0.)
-    b_S = tl.load(hs + p_h, mask=m_kv, other=0.)
-    b_Z = tl.load(hz + p_h, mask=m_kv, other=0.)
-    b_dS = tl.load(dhs + p_h, mask=m_kv, other=0.)
-    b_dZ = tl.load(dhz + p_h, mask=m_kv, other=0.)
+    # pass 1: products over K
+    b_QK = tl.zeros([BT, BT], dtype=tl.float32)
+    b_KK = tl.zeros([BT, BT], dtype=tl.float32)
+    b_X1 = tl.zeros([BT, BV], dtype=tl.float32)                      # K dS_L
+    b_X2 = tl.zeros([BT, BV], dtype=tl.float32)                      # K dZ_L
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
+        p_kv = p_h + o_k[:, None] * V + o_v[None, :]
+        b_q = tl.load(q + p_tk, mask=m_tk, other=0.).to(tl.float32)
+        b_k = tl.load(k + p_tk, mask=m_tk, other=0.).to(tl.float32)
+        b_QK += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+        b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
+        b_X1 += tl.dot(b_k, tl.load(dhs + p_kv, mask=m_kv, other=0.), input_precision=PREC)
+        b_X2 += tl.dot(b_k, tl.load(dhz + p_kv, mask=m_kv, other=0.), input_precision=PREC)
 
-    # masks and coefficients of the chunk (see the module docstring)
+    p_co = (t_rows * H + i_h) * NCOEF
+    b_ce = tl.load(coef + p_co + 4, mask=m_t, other=0.)
+    b_fe = tl.load(coef + p_co + 5, mask=m_t, other=0.)
+    b_cm = tl.load(cm + p_tt, mask=m_t[:, None] & low, other=0.)
+    b_dE = -tl.dot(tl.trans(b_QK * b_cm), b_do, input_precision=PREC) \
+        - b_ce[:, None] * b_X1 - b_fe[:, None] * b_X2
+    b_dR = tl.dot(tl.trans(tl.load(tm + p_tt, mask=m_t[:, None], other=0.)), b_dE,
+                  input_precision=PREC)                              # through (I + A) E = R
+    tl.store(dv + p_tv, (-b_dR).to(dv.dtype.element_ty), mask=m_tv)
+    b_dA = tl.where(strict, -tl.dot(b_dR, tl.trans(b_E), input_precision=PREC), 0.)
+    b_dP = tl.where(low, -tl.dot(b_do, tl.trans(b_E), input_precision=PREC), 0.)
+    p_part = i_v * NT * H * BT + p_tt
+    tl.store(dpqk + p_part, b_dP * b_QK, mask=m_t[:, None])
+    tl.store(dakk + p_part, b_dA * b_KK, mask=m_t[:, None])
+    b_D = b_dP * b_cm
+    b_F = b_dA * tl.load(cpm + p_tt, mask=m_t[:, None] & strict, other=0.)
+    b_F = b_F + tl.trans(b_F)
+    p_dv = (i_v * NT * H + t_rows * H + i_h) * NCOEF
+    tl.store(dvec + p_dv + 4, -tl.sum(b_X1 * b_E, axis=1), mask=m_t)      # ∂L/∂(θ c_L) / θ
+    tl.store(dvec + p_dv + 5, -tl.sum(b_X2 * b_E, axis=1), mask=m_t)
+
+    # pass 2: dq, dk per K-block, and the sums behind the gradients of a, b, a', b', a_L, b_L, η_L
+    b_a = tl.load(coef + p_co, mask=m_t, other=0.)
+    b_b = tl.load(coef + p_co + 1, mask=m_t, other=0.)
+    b_ap = tl.load(coef + p_co + 2, mask=m_t, other=0.)
+    b_bp = tl.load(coef + p_co + 3, mask=m_t, other=0.)
+    b_da = tl.zeros([BT], dtype=tl.float32)
+    b_db = tl.zeros([BT], dtype=tl.float32)
+    b_dap = tl.zeros([BT], dtype=tl.float32)
+    b_dbp = tl.zeros([BT], dtype=tl.float32)
+    b_daL = tl.zeros([BK], dtype=tl.float32)                          # Σ over V of dS ⊙ S, per key
+    b_dbL = tl.zeros([BK], dtype=tl.float32)
+    b_deL = tl.zeros([BK], dtype=tl.float32)
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_kv = m_k[:, None] & m_v[None, :]
+        p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
+        p_kv = p_h + o_k[:, None] * V + o_v[None, :]
+        b_q = tl.load(q + p_tk, mask=m_tk, other=0.).to(tl.float32)
+        b_k = tl.load(k + p_tk, mask=m_tk, other=0.).to(tl.float32)
+        b_S = tl.load(hs + p_kv, mask=m_kv, other=0.)
+        b_Z = tl.load(hz + p_kv, mask=m_kv, other=0.)
+        b_dS = tl.load(dhs + p_kv, mask=m_kv, other=0.)
+        b_dZ = tl.load(dhz + p_kv, mask=m_kv, other=0.)
+        b_GS = tl.dot(b_do, tl.trans(b_S), input_precision=PREC)
+        b_GZ = tl.dot(b_do, tl.trans(b_Z), input_precision=PREC)
+        b_HS = tl.dot(b_dR, tl.trans(b_S), input_precision=PREC)
+        b_HZ = tl.dot(b_dR, tl.trans(b_Z), input_precision=PREC)
+        b_dq = b_a[:, None] * b_GS + b_b[:, None] * b_GZ + tl.dot(b_D, b_k, input_precision=PREC)
+        b_dk = tl.dot(tl.trans(b_D), b_q, input_precision=PREC) + tl.dot(b_F, b_k, input_precision=PREC) \
+            + b_ap[:, None] * b_HS + b_bp[:, None] * b_HZ \
+            - b_ce[:, None] * tl.dot(b_E, tl.trans(b_dS), input_precision=PREC) \
+            - b_fe[:, None] * tl.dot(b_E, tl.trans(b_dZ), input_precision=PREC)
+        tl.store(dq + i_v * NT * H * K + p_tk, b_dq, mask=m_tk)
+        tl.store(dk + i_v * NT * H * K + p_tk, b_dk, mask=m_tk)
+        b_da += tl.sum(b_q * b_GS, axis=1)
+        b_db += tl.sum(b_q * b_GZ, axis=1)
+        b_dap += tl.sum(b_k * b_HS, axis=1)
+        b_dbp += tl.sum(b_k * b_HZ, axis=1)
+        b_daL += tl.sum(b_dS * b_S, axis=1)
+        b_dbL += tl.sum(b_dS * b_Z, axis=1)
+        b_deL += tl.sum(b_dZ * b_Z, axis=1)
+    tl.store(dvec + p_dv, b_da, mask=m_t)
+    tl.store(dvec + p_dv + 1, b_db, mask=m_t)
+    tl.store(dvec + p_dv + 2, b_dap, mask=m_t)
+    tl.store(dvec + p_dv + 3, b_dbp, mask=m_t)
+    p_de = ((i_v * NC + i_c) * H + i_h) * 3
+    tl.store(dend + p_de, tl.sum(b_daL, axis=0))
+    tl.store(dend + p_de + 1, tl.sum(b_dbL, axis=0))
+    tl.store(dend + p_de + 2, tl.sum(b_deL, axis=0))
+
+
+@triton.jit
+def _rev_cumsum(x):
+    """Σ_{s≥t} x_s along a [BT] vector."""
+    return tl.sum(x, axis=0) - tl.cumsum(x, axis=0) + x
+
+
+@triton.jit
+def _dgate_kernel(theta, g, eta, dpqk, dakk, dvec, dend, dth, dg, deta, offsets, chunk_indices,
+                  H: tl.constexpr, BT: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr):
+    """dθ, dg and dlog_eta of one chunk from the gradients of its masks and coefficients."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    t_rows = bos + c * BT + tl.arange(0, BT)
+    m_t = t_rows < eos
+    o_i = tl.arange(0, BT)
+    low = o_i[:, None] >= o_i[None, :]
+    strict = o_i[:, None] > o_i[None, :]
+    p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
+
     b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G, RETAINED)
     b_La = _decay_mask(b_Ga, b_Ga, low)
     b_Lp = _decay_mask(b_Gp, b_Ga, strict)
@@ -374,63 +494,37 @@ def _grad_kernel(q, k, theta, g, eta, e, tm, cm, hs, hz, dhs, dhz, do,
     b_Bm = b_La * b_eGe[None, :]                                        # terms of b
     b_Bp = b_Lp * b_eGe[None, :]                                        # terms of b'
     b_a, b_ap = tl.exp(b_Ga), tl.exp(b_Gp)
-    b_b, b_bp = tl.sum(b_Bm, axis=1), tl.sum(b_Bp, axis=1)
     b_c = tl.dot(b_La, b_Le, input_precision="ieee")
     b_cp = tl.dot(b_Lp, b_Le, input_precision="ieee")
     b_xE, b_bE, b_cE, b_fE = _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t)
-    b_aE, b_eE = tl.exp(b_GaL), tl.exp(b_GeL)
 
-    b_QK = tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-    b_KK = tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
-    b_X1 = tl.dot(b_k, b_dS, input_precision=PREC)                     # K dS_L
-    b_X2 = tl.dot(b_k, b_dZ, input_precision=PREC)                     # K dZ_L
-    b_P = tl.where(low, b_QK * b_c * b_th[None, :], 0.)
-    b_dE = -tl.dot(tl.trans(b_P), b_do, input_precision=PREC) \
-        - (b_th * b_cE)[:, None] * b_X1 - (b_th * b_fE)[:, None] * b_X2
-    b_dR = tl.dot(tl.trans(b_T), b_dE, input_precision=PREC)           # through (I + A) E = R
-    tl.store(dv + p_tv, (-b_dR).to(dv.dtype.element_ty), mask=m_tv)
-    b_dA = tl.where(strict, -tl.dot(b_dR, tl.trans(b_E), input_precision=PREC), 0.)
-    b_dP = tl.where(low, -tl.dot(b_do, tl.trans(b_E), input_precision=PREC), 0.)
-    b_D = b_dP * b_c * b_th[None, :]
-    b_F = b_dA * b_cp * b_th[None, :]
+    b_dPQK = tl.load(dpqk + p_tt, mask=m_t[:, None] & low, other=0.)    # ∂L/∂P ⊙ Q Kᵀ
+    b_dAKK = tl.load(dakk + p_tt, mask=m_t[:, None] & strict, other=0.)  # ∂L/∂A ⊙ K Kᵀ
+    p_dv = (t_rows * H + i_h) * NCOEF
+    b_da = tl.load(dvec + p_dv, mask=m_t, other=0.)
+    b_db = tl.load(dvec + p_dv + 1, mask=m_t, other=0.)
+    b_dap = tl.load(dvec + p_dv + 2, mask=m_t, other=0.)
+    b_dbp = tl.load(dvec + p_dv + 3, mask=m_t, other=0.)
+    b_m1 = tl.load(dvec + p_dv + 4, mask=m_t, other=0.)
+    b_m2 = tl.load(dvec + p_dv + 5, mask=m_t, other=0.)
+    p_de = (i_c.to(tl.int64) * H + i_h) * 3
+    b_daE = tl.load(dend + p_de)
+    b_dbE = tl.load(dend + p_de + 1)
+    b_deE = tl.load(dend + p_de + 2)
 
-    # dq, dk
-    b_dq = b_a[:, None] * tl.dot(b_do, tl.trans(b_S), input_precision=PREC) \
-        + b_b[:, None] * tl.dot(b_do, tl.trans(b_Z), input_precision=PREC) \
-        + tl.dot(b_D, b_k, input_precision=PREC)
-    b_dk = tl.dot(tl.trans(b_D), b_q, input_precision=PREC) + tl.dot(b_F, b_k, input_precision=PREC) \
-        + tl.dot(tl.trans(b_F), b_k, input_precision=PREC) \
-        + b_ap[:, None] * tl.dot(b_dR, tl.trans(b_S), input_precision=PREC) \
-        + b_bp[:, None] * tl.dot(b_dR, tl.trans(b_Z), input_precision=PREC) \
-        - (b_th * b_cE)[:, None] * tl.dot(b_E, tl.trans(b_dS), input_precision=PREC) \
-        - (b_th * b_fE)[:, None] * tl.dot(b_E, tl.trans(b_dZ), input_precision=PREC)
-    tl.store(dq + i_v * NT * H * K + p_tk, b_dq, mask=m_tk)
-    tl.store(dk + i_v * NT * H * K + p_tk, b_dk, mask=m_tk)
-
-    # dθ and the gradients of the coefficients
-    b_m1 = -tl.sum(b_X1 * b_E, axis=1)
-    b_m2 = -tl.sum(b_X2 * b_E, axis=1)
-    b_dth = tl.sum(b_dP * b_c * b_QK, axis=0) + tl.sum(b_dA * b_cp * b_KK, axis=0) \
-        + b_cE * b_m1 + b_fE * b_m2
-    tl.store(dth + i_v * NT * H + t_rows * H + i_h, b_dth, mask=m_t)
-    b_dc = b_dP * b_th[None, :] * b_QK
-    b_dcp = b_dA * b_th[None, :] * b_KK
+    b_dth = tl.sum(b_dPQK * b_c, axis=0) + tl.sum(b_dAKK * b_cp, axis=0) + b_cE * b_m1 + b_fE * b_m2
+    tl.store(dth + t_rows * H + i_h, b_dth, mask=m_t)
+    b_dc = b_dPQK * b_th[None, :]
+    b_dcp = b_dAKK * b_th[None, :]
     b_dcE = b_th * b_m1
     b_dfE = b_th * b_m2
-    b_da = tl.sum(b_do * tl.dot(b_q, b_S, input_precision=PREC), axis=1)
-    b_db = tl.sum(b_do * tl.dot(b_q, b_Z, input_precision=PREC), axis=1)
-    b_dap = tl.sum(b_dR * tl.dot(b_k, b_S, input_precision=PREC), axis=1)
-    b_dbp = tl.sum(b_dR * tl.dot(b_k, b_Z, input_precision=PREC), axis=1)
-    b_daE = tl.sum(tl.sum(b_dS * b_S, axis=1), axis=0)
-    b_dbE = tl.sum(tl.sum(b_dS * b_Z, axis=1), axis=0)
-    b_deE = tl.sum(tl.sum(b_dZ * b_Z, axis=1), axis=0)
 
     # into the cumulative logs G^α (dGa), G^ρ (dGp), G^η (dGe); the end terms go to the last token
     b_dGa = b_da * b_a
     b_dGp = b_dap * b_ap
     b_dGe = -b_dfE * b_fE
-    b_dGaL = b_daE * b_aE
-    b_dGeL = b_deE * b_eE + tl.sum(b_dfE * b_fE, axis=0)
+    b_dGaL = b_daE * tl.exp(b_GaL)
+    b_dGeL = b_deE * tl.exp(b_GeL) + tl.sum(b_dfE * b_fE, axis=0)
     b_W = b_db[:, None] * b_Bm
     b_dGa += tl.sum(b_W, axis=1) - tl.sum(b_W, axis=0)
     b_dGe += tl.sum(b_W, axis=0)
@@ -462,13 +556,13 @@ def _grad_kernel(q, k, theta, g, eta, e, tm, cm, hs, hz, dhs, dhz, do,
     last = o_i == tl.sum(m_t.to(tl.int32), axis=0) - 1
     b_dGa += tl.where(last, b_dGaL, 0.)
     b_dGe += tl.where(last, b_dGeL, 0.)
-    if RETAINED:
-        b_dg = _rev_cumsum(b_dGa + b_dGp)
-    else:
-        b_dg = _rev_cumsum(b_dGa + b_dGp) - b_dGp
-    tl.store(deta + i_v * NT * H + t_rows * H + i_h, _rev_cumsum(b_dGe), mask=m_t)
+    tl.store(deta + t_rows * H + i_h, _rev_cumsum(b_dGe), mask=m_t)
     if USE_G:
-        tl.store(dg + i_v * NT * H + t_rows * H + i_h, b_dg, mask=m_t)
+        if RETAINED:
+            b_dg = _rev_cumsum(b_dGa + b_dGp)
+        else:
+            b_dg = _rev_cumsum(b_dGa + b_dGp) - b_dGp
+        tl.store(dg + t_rows * H + i_h, b_dg, mask=m_t)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,44 +579,40 @@ class ChunkTitans(torch.autograd.Function):
         N = offsets.numel() - 1
         dev, f32 = q.device, torch.float32
         bl = _blocks(K, V, BT)
-        BK = bl["BK"]
         chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
         NC = chunk_indices.shape[0]
-        common = dict(H=H, K=K, V=V, BT=BT, BK=BK, USE_G=g is not None, RETAINED=bool(retained),
-                      PREC=_prec(q.dtype))
-        gg = theta if g is None else g   # a placeholder pointer when there is no retention
-        w1 = _empty(Tt, H, K, dtype=f32, device=dev)
-        w2 = _empty(Tt, H, K, dtype=f32, device=dev)
-        u = _empty(Tt, H, V, dtype=f32, device=dev)
-        tm = _empty(Tt, H, BT, dtype=f32, device=dev)
-        cm = _empty(Tt, H, BT, dtype=f32, device=dev)
-        hs = _empty(NC, H, K, V, dtype=f32, device=dev)
-        hz = _empty(NC, H, K, V, dtype=f32, device=dev)
-        e = _empty(Tt, H, V, dtype=f32, device=dev)
+        shape = dict(H=H, K=K, V=V, BT=BT, BK=bl["BK"], PREC=_prec(q.dtype))
+        w1, w2 = _empty(Tt, H, K, dtype=f32, device=dev), _empty(Tt, H, K, dtype=f32, device=dev)
+        u, e = _empty(Tt, H, V, dtype=f32, device=dev), _empty(Tt, H, V, dtype=f32, device=dev)
+        tm, cm, cpm = (_empty(Tt, H, BT, dtype=f32, device=dev) for _ in range(3))
+        coef = _empty(Tt, H, NCOEF.value, dtype=f32, device=dev)
+        cend = _empty(NC, H, 3, dtype=f32, device=dev)
+        hs, hz = _empty(NC, H, K, V, dtype=f32, device=dev), _empty(NC, H, K, V, dtype=f32, device=dev)
         o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
         st = _empty(N, H, K, V, dtype=f32, device=dev) if output_final_state else None
         zt = _empty(N, H, K, V, dtype=f32, device=dev) if output_final_state else None
         if NC > 0:
-            _prep_kernel[(NC, H)](k, v, theta, gg, eta, w1, w2, u, tm, cm, offsets, chunk_indices,
-                                  BV=bl["BV_prep"], num_warps=bl["warps_prep"], **common)
+            _prep_kernel[(NC, H)](k, v, theta, theta if g is None else g, eta, w1, w2, u, tm, cm, cpm, coef,
+                                  cend, offsets, chunk_indices, BV=bl["BV_prep"], USE_G=g is not None,
+                                  RETAINED=bool(retained), num_warps=bl["warps_prep"], **shape)
         BVs = bl["BV_state"]
         _state_kernel[(triton.cdiv(V, BVs), N * H)](
-            k, theta, gg, eta, w1, w2, u, e, s0, z0, hs, hz, st, zt, offsets, chunk_offsets, maxc,
-            BV=BVs, HAS_H0=s0 is not None, STORE_HT=st is not None, num_warps=bl["warps_state"],
-            num_stages=bl["stages_state"], **common)
+            k, w1, w2, u, coef, cend, e, s0, z0, hs, hz, st, zt, offsets, chunk_offsets, maxc, BV=BVs,
+            HAS_H0=s0 is not None, STORE_HT=st is not None, num_warps=bl["warps_state"],
+            num_stages=bl["stages_state"], **shape)
         if NC > 0:
             BVo = bl["BV_out"]
-            _output_kernel[(triton.cdiv(V, BVo), NC, H)](q, k, theta, gg, eta, e, hs, hz, cm, o, offsets,
-                                                         chunk_indices, BV=BVo, **common)
-        ctx.save_for_backward(q, k, theta, g, eta, w1, w2, tm, cm, hs, hz, e, offsets, chunk_offsets,
-                              chunk_indices)
+            _output_kernel[(triton.cdiv(V, BVo), NC, H)](q, k, coef, e, hs, hz, cm, o, offsets, chunk_indices,
+                                                         BV=BVo, **shape)
+        ctx.save_for_backward(q, k, theta, g, eta, w1, w2, tm, cm, cpm, coef, cend, hs, hz, e, offsets,
+                              chunk_offsets, chunk_indices)
         ctx.meta = (retained, BT, maxc, s0 is not None, v.dtype)
         return o, st, zt
 
     @staticmethod
     def backward(ctx, do, dst, dzt):
-        q, k, theta, g, eta, w1, w2, tm, cm, hs, hz, e, offsets, chunk_offsets, chunk_indices = \
-            ctx.saved_tensors
+        (q, k, theta, g, eta, w1, w2, tm, cm, cpm, coef, cend, hs, hz, e, offsets, chunk_offsets,
+         chunk_indices) = ctx.saved_tensors
         retained, BT, maxc, has_h0, v_dtype = ctx.meta
         Tt, H, K = q.shape
         V = e.shape[-1]
@@ -534,31 +624,32 @@ class ChunkTitans(torch.autograd.Function):
             dzt = torch.zeros_like(dst) if dzt is None else dzt.contiguous()
         do = do.contiguous()
         bl = _blocks(K, V, BT)
-        common = dict(H=H, K=K, V=V, BT=BT, BK=bl["BK"], USE_G=g is not None, RETAINED=bool(retained),
-                      PREC=_prec(q.dtype))
-        gg = theta if g is None else g
-        dhs = _empty(NC, H, K, V, dtype=f32, device=dev)
-        dhz = _empty(NC, H, K, V, dtype=f32, device=dev)
+        shape = dict(H=H, K=K, V=V, BT=BT, BK=bl["BK"], PREC=_prec(q.dtype))
+        dhs, dhz = _empty(NC, H, K, V, dtype=f32, device=dev), _empty(NC, H, K, V, dtype=f32, device=dev)
         ds0 = _empty(N, H, K, V, dtype=f32, device=dev) if has_h0 else None
         dz0 = _empty(N, H, K, V, dtype=f32, device=dev) if has_h0 else None
         BVs = bl["BV_state"]
         _dstate_kernel[(triton.cdiv(V, BVs), N * H)](
-            q, k, theta, gg, eta, w1, w2, cm, do, dst, dzt, dhs, dhz, ds0, dz0, offsets, chunk_offsets,
-            maxc, BV=BVs, HAS_DHT=dst is not None, STORE_DH0=has_h0, num_warps=bl["warps_state"],
-            num_stages=bl["stages_state"], **common)
+            q, k, w1, w2, cm, coef, cend, do, dst, dzt, dhs, dhz, ds0, dz0, offsets, chunk_offsets, maxc,
+            BV=BVs, HAS_DHT=dst is not None, STORE_DH0=has_h0, num_warps=bl["warps_state"],
+            num_stages=bl["stages_state"], **shape)
         BVg = bl["BV_grad"]
         NV = triton.cdiv(V, BVg)
-        dq = _empty(NV, Tt, H, K, dtype=f32, device=dev)
-        dk = _empty(NV, Tt, H, K, dtype=f32, device=dev)
+        dq, dk = _empty(NV, Tt, H, K, dtype=f32, device=dev), _empty(NV, Tt, H, K, dtype=f32, device=dev)
         dv = _empty(Tt, H, V, dtype=f32, device=dev)
-        dth = _empty(NV, Tt, H, dtype=f32, device=dev)
-        dg = _empty(NV, Tt, H, dtype=f32, device=dev) if g is not None else None
-        deta = _empty(NV, Tt, H, dtype=f32, device=dev)
+        dpqk, dakk = (_empty(NV, Tt, H, BT, dtype=f32, device=dev) for _ in range(2))
+        dvec = _empty(NV, Tt, H, NCOEF.value, dtype=f32, device=dev)
+        dend = _empty(NV, NC, H, 3, dtype=f32, device=dev)
+        dth, deta = _empty(Tt, H, dtype=f32, device=dev), _empty(Tt, H, dtype=f32, device=dev)
+        dg = _empty(Tt, H, dtype=f32, device=dev) if g is not None else None
         if NC > 0:
             _grad_kernel[(NV, NC, H)](
-                q, k, theta, gg, eta, e, tm, cm, hs, hz, dhs, dhz, do, dq, dk, dv, dth,
-                dth if dg is None else dg, deta, offsets, chunk_indices, Tt, BV=BVg,
-                num_warps=bl["warps_grad"], **common)
-        return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v_dtype), dth.sum(0).to(theta.dtype),
-                None if g is None else dg.sum(0).to(g.dtype), deta.sum(0).to(eta.dtype), ds0, dz0,
-                None, None, None, None)
+                q, k, e, tm, cm, cpm, coef, hs, hz, dhs, dhz, do, dq, dk, dv, dpqk, dakk, dvec, dend,
+                offsets, chunk_indices, Tt, NC, BV=BVg, num_warps=bl["warps_grad"],
+                **(shape | {"BK": bl["BK_grad"]}))
+            _dgate_kernel[(NC, H)](
+                theta, theta if g is None else g, eta, dpqk.sum(0), dakk.sum(0), dvec.sum(0), dend.sum(0),
+                dth, deta if dg is None else dg, deta, offsets, chunk_indices, H=H, BT=BT,
+                USE_G=g is not None, RETAINED=bool(retained))
+        return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v_dtype), dth.to(theta.dtype),
+                None if g is None else dg.to(g.dtype), deta.to(eta.dtype), ds0, dz0, None, None, None, None)

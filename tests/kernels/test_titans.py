@@ -122,12 +122,13 @@ def test_recurrent(B, T, H, ret, grad_at, C):
             checkpoint_interval=C)
 
 
-def test_chunked_v_split(monkeypatch):
-    """V = 32 in V-blocks of 16 in every kernel (the sums over V come from two partial sums)."""
-    blocks = CH._blocks(16, 16, 16)
-    monkeypatch.setattr(CH, "_blocks", lambda K, V, BT: blocks)    # every V-block 16 wide
+def test_chunked_split_tiles(monkeypatch):
+    """V = 32 in V-blocks of 16 in every kernel (sums over V from two partial sums), and K = 32 in
+    K-blocks of 16 in the gradient kernel."""
+    blocks = CH._blocks(32, 16, 16) | {"BK_grad": 16}
+    monkeypatch.setattr(CH, "_blocks", lambda K, V, BT: blocks)
     spec = spec_of()
-    compare(spec, chunk_titans, *case(spec, 1, 18, 1, K=16, V=32, seed=4), chunk_size=16)
+    compare(spec, chunk_titans, *case(spec, 1, 18, 1, K=32, V=32, seed=4), chunk_size=16)
 
 
 @pytest.mark.parametrize("fn", [chunk_titans, fused_recurrent_titans], ids=["chunked", "recurrent"])
