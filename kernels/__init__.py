@@ -53,8 +53,11 @@ def supports(mixer: str | MixerSpec) -> dict[str, Any] | None:
         return {"family": "softmax", "chunked": "flash", "recurrent": "flash", "step": True}
     if t in (Transition.IDENTITY, Transition.CONST_SCALAR, Transition.SCALAR):
         return {"family": "diag", "chunked": "chunk", "recurrent": True, "step": True}
-    if t in (Transition.KEY_DIAG, Transition.VALUE_DIAG, Transition.CHANNEL_STATE_DIAG):
-        # no chunked kernel for vector decays yet: training runs the fused scan
+    if t == Transition.KEY_DIAG:
+        return {"family": "diag", "chunked": "chunk", "recurrent": True, "step": True}
+    if t in (Transition.VALUE_DIAG, Transition.CHANNEL_STATE_DIAG):
+        # value-wise: no chunked kernel yet; per-channel SSM states (V = 1) fill a chunk's value
+        # tile to 1/16 and run the fused scan for training
         return {"family": "diag", "chunked": "recurrent", "recurrent": True, "step": True}
     if t == Transition.GRADIENT_STEP:
         from .memory import compiles
@@ -190,7 +193,7 @@ class CompiledMixer:
         else:
             from .diag import chunk_diag, fused_recurrent_diag
 
-            fn = chunk_diag if form == "chunked" else fused_recurrent_diag
+            fn = chunk_diag if form == "chunked" and self.info["chunked"] == "chunk" else fused_recurrent_diag
             o, ht = fn(terms.q, key, val, terms.decay, terms.g, initial_state=h0,
                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         y = terms.finish(o.to(terms.u.dtype))

@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .._common import check_cu_seqlens, check_device, check_head_dim, seq_bounds
 from .chunk import ChunkScalarDecay
+from .chunk_key import ChunkKeyDecay
 from .recurrent import FusedRecurrentDiag, diag_step
 
 __all__ = ["fused_recurrent_diag", "chunk_diag", "diag_step"]
@@ -80,13 +81,18 @@ def chunk_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor |
                cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
     """Chunked training kernel: same arguments and results as :func:`fused_recurrent_diag`.
 
-    Scalar decays and no decay run chunked; key- and value-wise decays fall back to the fused
-    recurrent kernel (their chunked kernel is not written yet).
+    No, scalar and key-wise decays run chunked (key-wise: ``chunk_key.py``, exact under strong
+    decays); value-wise decays fall back to the fused recurrent kernel (no chunked kernel yet).
     """
-    if decay not in ("none", "scalar"):
+    if decay == "value":
         return fused_recurrent_diag(q, k, v, decay, g, initial_state, output_final_state, cu_seqlens)
     op = "chunk_diag"
     qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
                                                            cu_seqlens)
+    if decay == "key":
+        if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise TypeError(f"{op}: decay='key' runs on float32/bfloat16/float16 inputs, got {q.dtype}")
+        o, ht = ChunkKeyDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state))
+        return o.reshape(B, T, H, V), ht
     o, ht = ChunkScalarDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state))
     return o.reshape(B, T, H, V), ht

@@ -1,0 +1,485 @@
+"""Chunked training kernels for a key-wise diagonal decay (GLA), forward and backward.
+
+    S_t = diag(e^{gk_t}) S_{t-1} + k_t v_tᵀ,     o_t = S_tᵀ q_t,     gk_t ∈ R^K, gk ≤ 0
+
+With G the chunk-local cumulative log decay ([C, K] per chunk), G_L its total and S_c the state
+entering chunk c (fla's orientation, S ∈ R^{K×V}):
+
+    S_{c+1} = e^{G_L} ⊙ S_c + (K ⊙ e^{G_L − G})ᵀ V                               (_state_kernel)
+    O_c     = (Q ⊙ e^{G}) S_c + A V,   A_ij = Σ_k q_ik k_jk e^{G_ik − G_jk} [i ≥ j]   (_scores_kernel,
+                                                                                    _output_kernel)
+
+Numerics. e^{G_i − G_j} ≤ 1, but factored as e^{G_i} · e^{−G_j} it overflows once a chunk decays by
+more than ~88 nats. A is therefore built by sub-blocks of BC rows: for rows i of sub-block b and the
+reference row r just before it,
+
+    A_ij = Σ_k (q_ik e^{G_ik − G_rk}) (k_jk e^{G_rk − G_jk})
+
+is one matmul with both factors ≤ 1 for every column j before b. The sub-block's own columns join
+that matmul when its decay span = max_k (G_r − G_end) is below LIM (the factor is then ≤ e^{LIM});
+otherwise they are summed element-wise with e^{G_ik − G_jk} itself. The backward splits dQ the same
+way and dK about the sub-block's last row. Every exponent is also formed as a sum of the gk between
+its two rows (a forward or reverse cumulative sum inside the kernel), never as a difference of two
+large prefix sums, so it is exact to rounding however strong the decay (gk ≈ −20 per step included).
+
+Decay gradient. ∂L/∂gk_t = Σ_v (e^{gk_t} S_{t−1} ⊙ dS_t), which splits per chunk into
+(state ⊙ outgoing-state gradient) + (state ⊙ later queries) + (earlier keys ⊙ outgoing gradient) +
+(pairs of keys before t and queries from t on). The last kernel sums these inside each chunk; no
+term is a difference of large sums of the diagonal q_t·k_t-terms, unlike the usual
+Σ_{s≥t} (q_s dq_s − k_s dk_s), which loses all relative accuracy when decays are strong.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .._common import next_pow2
+from . import recurrent as _recurrent
+from .chunk import chunk_layout
+
+BT = 64   # chunk length
+BC = 16   # sub-block length of the intra-chunk scores
+
+
+def _alloc(*shape, **kw) -> Tensor:
+    # looked up at call time, so the tests' NaN-poisoning hook on recurrent._empty reaches us too
+    return _recurrent._empty(*shape, **kw)
+
+
+@triton.jit
+def _chunk_bounds(offsets, chunk_indices, i_c):
+    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
+    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    return c, bos, eos
+
+
+@triton.jit
+def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr):
+    """A chunk's log decays: G (Σ_{s≤t} g_s), Gs (Σ_{s>t} g_s = G_L − G_t) and the total G_L.
+
+    Rows past the sequence's end (and chunks with ok = False) have g = 0.
+    """
+    rows = c_start + tl.arange(0, BT)
+    m = (rows < eos) & ok
+    m_n = (rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT) & ok
+    b_g = tl.load(gk + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m[:, None] & m_k[None, :],
+                  other=0.0).to(tl.float32)
+    b_gn = tl.load(gk + ((rows + 1)[:, None] * H + i_h) * K + o_k[None, :], mask=m_n[:, None] & m_k[None, :],
+                   other=0.0).to(tl.float32)
+    return tl.cumsum(b_g, axis=0), tl.cumsum(b_gn, axis=0, reverse=True), tl.sum(b_g, axis=0)
+
+
+@triton.jit
+def _excl_combine(s1, p1, s2, p2):
+    # (inclusive, exclusive) prefix sums in one scan: the exclusive one is never inclusive − x
+    return s1 + s2, s1 + p2
+
+
+@triton.jit
+def _state_kernel(k, v, gk, h0, h, ht, offsets, chunk_offsets, MAXC,
+                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                  BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    """h[c] = state entering chunk c; walks one sequence's chunks (the only sequential forward part)."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = o_k[:, None] * V + o_v[None, :]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    for c in range(0, MAXC):
+        # chunks past a short sequence's end load nothing: e^0 keeps the state, zero keys add nothing
+        ok = c < nc
+        tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
+        t_rows = bos + c * BT + tl.arange(0, BT)
+        m_t = (t_rows < eos) & ok
+        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                      other=0.0).to(tl.float32)
+        b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                      other=0.0)
+        _, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, ok, i_h, o_k, m_k, H, K, BT)
+        b_kd = (b_k * tl.exp(b_Gs)).to(b_v.dtype)
+        b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
+
+
+@triton.jit
+def _scores_kernel(q, k, gk, A, offsets, chunk_indices,
+                   H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                   LIM: tl.constexpr, PREC: tl.constexpr):
+    """Rows of sub-block b of A (causal, zero above the diagonal): [BC, BT] per program."""
+    i_b, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
+    c_start = bos + c * BT
+    s0 = i_b * BC                                  # first row of the sub-block, chunk-local
+    o_l = tl.arange(0, BC)
+    o_j = tl.arange(0, BT)
+    r_i, r_j = c_start + s0 + o_l, c_start + o_j
+    m_i, m_j = r_i < eos, r_j < eos
+    m_jn = (r_j + 1 < eos) & (o_j + 1 < s0)        # g_{j+1} for the sums from j+1 to the reference
+    b_A = tl.zeros([BC, BT], dtype=tl.float32)
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_ik, m_jk = m_i[:, None] & m_k[None, :], m_j[:, None] & m_k[None, :]
+        b_q = tl.load(q + (r_i[:, None] * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0)
+        b_k = tl.load(k + (r_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0)
+        b_gi = tl.load(gk + (r_i[:, None] * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
+        b_gj = tl.load(gk + (r_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(tl.float32)
+        b_gjn = tl.load(gk + ((r_j + 1)[:, None] * H + i_h) * K + o_k[None, :],
+                        mask=m_jn[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_Gi = tl.cumsum(b_gi, axis=0)                                    # G_i − G_r, ≤ 0
+        # G_r − G_j: Σ_{j<s≤r} g_s (≤ 0) before the sub-block, −Σ_{r<s≤j} g_s (≥ 0) inside it
+        b_Ej = (tl.cumsum(b_gjn, axis=0, reverse=True)
+                - tl.cumsum(tl.where(o_j[:, None] >= s0, b_gj, 0.0), axis=0))
+        span = -tl.min(tl.sum(b_gi, axis=0), axis=0)                     # max_k (G_r − G_end)
+        mild, strong = span < LIM, span >= LIM
+        # columns before the sub-block always; the sub-block's own columns too when its decay is mild
+        sel = o_j < s0 + tl.where(mild, BC, 0)
+        b_kr = b_k.to(tl.float32) * tl.exp(tl.where(sel[:, None], b_Ej, float("-inf")))
+        b_qr = b_q.to(tl.float32) * tl.exp(b_Gi)
+        b_A += tl.dot(b_qr.to(b_q.dtype), tl.trans(b_kr.to(b_k.dtype)), input_precision=PREC)
+        if strong:
+            # strong decay inside the sub-block: e^{G_i − G_j} directly, one column j at a time
+            b_qf = b_q.to(tl.float32)
+            for jj in range(0, BC):
+                r_c = c_start + s0 + jj
+                b_kc = tl.load(k + (r_c * H + i_h) * K + o_k, mask=m_k & (r_c < eos), other=0.0).to(tl.float32)
+                b_Gc = tl.cumsum(tl.where(o_l[:, None] > jj, b_gi, 0.0), axis=0)   # G_i − G_c, i ≥ c
+                e = tl.exp(tl.where(o_l[:, None] >= jj, b_Gc, float("-inf")))
+                col = tl.sum(b_qf * b_kc[None, :] * e, axis=1)
+                b_A += tl.where(o_j[None, :] == s0 + jj, col[:, None], 0.0)
+    b_A = tl.where((s0 + o_l)[:, None] >= o_j[None, :], b_A, 0.0)
+    tl.store(A + (r_i[:, None] * H + i_h) * BT + o_j[None, :], b_A, mask=m_i[:, None])
+
+
+@triton.jit
+def _output_kernel(q, v, gk, h, A, o, offsets, chunk_indices,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, PREC: tl.constexpr):
+    """O = (Q ⊙ e^G) S_c + A V for one chunk and value block."""
+    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
+    t_rows = bos + c * BT + tl.arange(0, BT)
+    m_t = t_rows < eos
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    p_h = h + (i_c.to(tl.int64) * H + i_h) * K * V
+    b_o = tl.zeros([BT, BV], dtype=tl.float32)
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                      other=0.0)
+        b_G, _, _ = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
+        b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
+        b_qd = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_q.dtype)
+        b_o += tl.dot(b_qd, b_h.to(b_q.dtype), input_precision=PREC)
+    o_j = tl.arange(0, BT)
+    b_A = tl.load(A + (t_rows[:, None] * H + i_h) * BT + o_j[None, :], mask=m_t[:, None], other=0.0)
+    b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                  other=0.0)
+    b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+    tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+             mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.jit
+def _dstate_kernel(q, do, gk, dht, dh, dh0, offsets, chunk_offsets, MAXC,
+                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                   BV: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
+    """dh[c] = gradient of the state leaving chunk c; walks the chunks backwards."""
+    i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    o_k = i_k * BK + tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = o_k[:, None] * V + o_v[None, :]
+    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_DHT:
+        b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    for i in range(0, MAXC):
+        c = nc - 1 - i
+        ok = c >= 0
+        tl.store(dh + ((c0 + c) * H + i_h) * K * V + p_state, b_dh, mask=m_kv & ok)
+        t_rows = bos + c * BT + tl.arange(0, BT)
+        m_t = (t_rows < eos) & (t_rows >= bos) & ok
+        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                      other=0.0)
+        b_do = tl.load(do + (t_rows[:, None] * H + i_h) * V + o_v[None, :],
+                       mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_G, _, b_GL = _gates(gk, bos + c * BT, eos, ok, i_h, o_k, m_k, H, K, BT)
+        b_qd = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_do.dtype)
+        b_dh = b_dh * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)
+    if STORE_DH0:
+        tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_state, b_dh, mask=m_kv)
+
+
+@triton.jit
+def _dv_kernel(k, v, gk, A, do, dh, dv, dA, offsets, chunk_indices,
+               H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+               BV: tl.constexpr, PREC: tl.constexpr):
+    """dV = Aᵀ dO + (K ⊙ e^{G_L − G}) dh[c], and dA = causal(dO Vᵀ), for one chunk (all of V)."""
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
+    t_rows = bos + c * BT + tl.arange(0, BT)
+    m_t = t_rows < eos
+    o_j = tl.arange(0, BT)
+    p_state = dh + (i_c.to(tl.int64) * H + i_h) * K * V
+    b_A = tl.load(A + (t_rows[:, None] * H + i_h) * BT + o_j[None, :], mask=m_t[:, None], other=0.0)
+    b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    for vb in range(0, tl.cdiv(V, BV)):
+        o_v = vb * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
+        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
+        b_dv = tl.dot(tl.trans(b_A).to(b_do.dtype), b_do, input_precision=PREC)
+        for kb in range(0, tl.cdiv(K, BK)):
+            o_k = kb * BK + tl.arange(0, BK)
+            m_k = o_k < K
+            b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                          other=0.0)
+            _, b_Gs, _ = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
+            b_dh = tl.load(p_state + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
+                           other=0.0)
+            b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)).to(b_k.dtype)
+            b_dv += tl.dot(b_kd, b_dh.to(b_k.dtype), input_precision=PREC)
+        tl.store(dv + p_tv, b_dv, mask=m_tv)
+    b_dA = tl.where(o_j[:, None] >= o_j[None, :], b_dA, 0.0)
+    tl.store(dA + (t_rows[:, None] * H + i_h) * BT + o_j[None, :], b_dA, mask=m_t[:, None])
+
+
+@triton.jit
+def _dqk_intra_kernel(q, k, gk, dA, dq, dk, offsets, chunk_indices,
+                      H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                      NB: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
+    """Strictly intra-chunk dQ and dK (pairs i > j) of the rows of sub-block b.
+
+    dq_i = Σ_{j<i} dA_ij k_j e^{G_i − G_j}  (factored about r, the row before b),
+    dk_j = Σ_{i>j} dA_ij q_i e^{G_i − G_j}  (factored about e, the last row of b).
+    The diagonal pairs and the inter-chunk parts are added by _dqk_inter_kernel.
+    """
+    i_kb, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k, i_b = i_kb // NB, i_kb % NB
+    c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
+    c_start = bos + c * BT
+    s0 = i_b * BC
+    e0 = s0 + BC - 1
+    o_l = tl.arange(0, BC)
+    o_b = s0 + o_l
+    o_t = tl.arange(0, BT)
+    r_b, r_t = c_start + o_b, c_start + o_t
+    m_b, m_t = r_b < eos, r_t < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_bk, m_tk = m_b[:, None] & m_k[None, :], m_t[:, None] & m_k[None, :]
+    p_b = (r_b[:, None] * H + i_h) * K + o_k[None, :]
+    p_t = (r_t[:, None] * H + i_h) * K + o_k[None, :]
+    b_qb = tl.load(q + p_b, mask=m_bk, other=0.0)
+    b_qt = tl.load(q + p_t, mask=m_tk, other=0.0)
+    b_kt = tl.load(k + p_t, mask=m_tk, other=0.0)
+    m_bn = (r_b + 1 < eos) & (o_l + 1 < BC)
+    m_tn = (r_t + 1 < eos) & (o_t + 1 < BT)
+    b_gb = tl.load(gk + p_b, mask=m_bk, other=0.0).to(tl.float32)
+    b_gbn = tl.load(gk + p_b + H * K, mask=m_bn[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+    b_gt = tl.load(gk + p_t, mask=m_tk, other=0.0).to(tl.float32)
+    b_gtn = tl.load(gk + p_t + H * K, mask=m_tn[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+    span = -tl.min(tl.sum(b_gb, axis=0), axis=0)
+    mild, strong = span < LIM, span >= LIM
+    # dA rows of the sub-block [BC, BT] and its columns [BT, BC], strictly below the diagonal
+    b_dA_rows = tl.load(dA + (r_b[:, None] * H + i_h) * BT + o_t[None, :], mask=m_b[:, None], other=0.0)
+    b_dA_rows = tl.where(o_b[:, None] > o_t[None, :], b_dA_rows, 0.0)
+    b_dA_cols = tl.load(dA + (r_t[:, None] * H + i_h) * BT + o_b[None, :], mask=m_t[:, None], other=0.0)
+    b_dA_cols = tl.where(o_t[:, None] > o_b[None, :], b_dA_cols, 0.0)
+    dt = b_qb.dtype
+    # dQ: keys before the sub-block (and inside it when mild), both factors about r
+    b_Gi = tl.cumsum(b_gb, axis=0)                                          # G_i − G_r
+    b_Ej = (tl.cumsum(tl.where((o_t + 1 < s0)[:, None], b_gtn, 0.0), axis=0, reverse=True)
+            - tl.cumsum(tl.where((o_t >= s0)[:, None], b_gt, 0.0), axis=0))  # G_r − G_j
+    sel_j = o_t < s0 + tl.where(mild, BC, 0)
+    b_kr = b_kt.to(tl.float32) * tl.exp(tl.where(sel_j[:, None], b_Ej, float("-inf")))
+    b_dq = tl.dot(b_dA_rows.to(dt), b_kr.to(dt), input_precision=PREC) * tl.exp(b_Gi)
+    # dK: queries after the sub-block (and inside it when mild), both factors about e
+    b_Ge = tl.cumsum(tl.where((o_l < BC - 1)[:, None], b_gbn, 0.0), axis=0, reverse=True)   # G_e − G_j
+    b_Ei = (tl.cumsum(tl.where((o_t > e0)[:, None], b_gt, 0.0), axis=0)
+            - tl.cumsum(tl.where(((o_t >= s0) & (o_t < e0))[:, None], b_gtn, 0.0), axis=0, reverse=True))
+    sel_i = o_t >= s0 + tl.where(mild, 0, BC)
+    b_qe = b_qt.to(tl.float32) * tl.exp(tl.where(sel_i[:, None], b_Ei, float("-inf")))  # G_i − G_e
+    b_dk = tl.dot(tl.trans(b_dA_cols).to(dt), b_qe.to(dt), input_precision=PREC) * tl.exp(b_Ge)
+    if strong:
+        for jj in range(0, BC):
+            r_c = c_start + s0 + jj
+            ok = r_c < eos
+            # dq_i += dA_ic k_c e^{G_i − G_c} for rows i > c of the sub-block
+            b_kc = tl.load(k + (r_c * H + i_h) * K + o_k, mask=m_k & ok, other=0.0).to(tl.float32)
+            b_dAc = tl.load(dA + (r_b * H + i_h) * BT + s0 + jj, mask=m_b & (o_l > jj), other=0.0)
+            b_Gc = tl.cumsum(tl.where(o_l[:, None] > jj, b_gb, 0.0), axis=0)
+            b_dq += b_dAc[:, None] * b_kc[None, :] * tl.exp(tl.where(o_l[:, None] > jj, b_Gc, float("-inf")))
+            # dk_j += dA_cj q_c e^{G_c − G_j} for rows j < c of the sub-block
+            b_qc = tl.load(q + (r_c * H + i_h) * K + o_k, mask=m_k & ok, other=0.0).to(tl.float32)
+            b_dAr = tl.load(dA + (r_c * H + i_h) * BT + o_b, mask=ok & (o_l < jj), other=0.0)
+            b_Gj = tl.cumsum(tl.where(o_l[:, None] < jj, b_gbn, 0.0), axis=0, reverse=True)
+            b_dk += b_dAr[:, None] * b_qc[None, :] * tl.exp(tl.where(o_l[:, None] < jj, b_Gj, float("-inf")))
+    tl.store(dq + p_b, b_dq, mask=m_bk)
+    tl.store(dk + p_b, b_dk, mask=m_bk)
+
+
+@triton.jit
+def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dg, offsets, chunk_indices,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr):
+    """Completes dQ, dK (inter-chunk part and the diagonal pairs) and, with DG, the decay gradient
+
+    dg_t = e^{G_L} Σ_v S_c ⊙ dh_c + Σ_{i≥t} q_i ⊙ dq_i^inter + Σ_{j<t} k_j ⊙ dk_j^inter
+           + Σ_{i≥t} (q_i ⊙ dq_i^strict − k_i ⊙ dk_i^strict)
+
+    where the last sum equals Σ_{i≥t>j} of the intra-chunk pair terms (the pairs on both sides of t
+    cancel); the diagonal pairs, by far the largest under strong decay, never enter it.
+    """
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
+    t_rows = bos + c * BT + tl.arange(0, BT)
+    m_t = t_rows < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
+    p_state = (i_c.to(tl.int64) * H + i_h) * K * V
+    b_dq = tl.zeros([BT, BK], dtype=tl.float32)
+    b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)
+    for vb in range(0, tl.cdiv(V, BV)):
+        o_v = vb * BV + tl.arange(0, BV)
+        m_v = o_v < V
+        m_tv = m_t[:, None] & m_v[None, :]
+        p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
+        b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        m_kv = m_k[:, None] & m_v[None, :]
+        b_h = tl.load(h + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
+        b_dh = tl.load(dh + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
+        b_dq += tl.dot(b_do, tl.trans(b_h.to(b_v.dtype)), input_precision=PREC)
+        b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision=PREC)
+        if DG:
+            b_hdh += tl.sum(b_h * b_dh, axis=1)
+    b_G, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
+    b_dq = b_dq * tl.exp(b_G)
+    b_dk = b_dk * tl.exp(b_Gs)
+    b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+    b_dqs = tl.load(dq + p_tk, mask=m_tk, other=0.0)
+    b_dks = tl.load(dk + p_tk, mask=m_tk, other=0.0)
+    b_dAd = tl.load(dA + (t_rows * H + i_h) * BT + tl.arange(0, BT), mask=m_t, other=0.0)
+    tl.store(dq + p_tk, b_dq + b_dqs + b_dAd[:, None] * b_k, mask=m_tk)
+    tl.store(dk + p_tk, b_dk + b_dks + b_dAd[:, None] * b_q, mask=m_tk)
+    if DG:
+        b_suf = tl.cumsum(b_q * (b_dq + b_dqs) - b_k * b_dks, axis=0, reverse=True)
+        _, b_pre = tl.associative_scan((b_k * b_dk, tl.zeros_like(b_dk)), 0, _excl_combine)
+        b_dg = (tl.exp(b_GL) * b_hdh)[None, :] + b_suf + b_pre
+        tl.store(dg + p_tk, b_dg, mask=m_tk)
+
+
+def _prec(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative error)
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _lim(dtype: torch.dtype) -> float:
+    """Largest decay across a sub-block that is factored into the scores' matmul.
+
+    The factor e^{G_r − G_j} ≤ e^{LIM} scales keys in the matmul's input dtype: e^8 ≈ 3e3 keeps fp16
+    far from its 65504 ceiling; bf16 and fp32 have fp32's range, where e^20 ≈ 5e8 costs no precision
+    (each factor is exact to rounding, and no terms cancel that did not before).
+    """
+    return 8.0 if dtype == torch.float16 else 20.0
+
+
+def _blocks(K: int, V: int) -> tuple[int, int]:
+    return max(16, min(64, next_pow2(K))), max(16, min(64, next_pow2(V)))
+
+
+class ChunkKeyDecay(torch.autograd.Function):
+    """Autograd wrapper; tensors flattened to [T_total, H, ·], states [N, H, K, V] in fp32."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, gk, h0, offsets, store_ht: bool):
+        Tt, H, K = q.shape
+        V = v.shape[-1]
+        N = offsets.numel() - 1
+        BK, BV = _blocks(K, V)
+        NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+        chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
+        NC = chunk_indices.shape[0]
+        prec, lim = _prec(q.dtype), _lim(q.dtype)
+        h = _alloc(NC, H, K, V, dtype=torch.float32, device=q.device)
+        ht = _alloc(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
+        A = _alloc(Tt, H, BT, dtype=torch.float32, device=q.device)
+        o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
+        _state_kernel[(NK, NV, N * H)](
+            k, v, gk, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec)
+        if NC:
+            _scores_kernel[(BT // BC, NC, H)](q, k, gk, A, offsets, chunk_indices, H=H, K=K, BT=BT, BC=BC,
+                                              BK=BK, LIM=lim, PREC=prec)
+            _output_kernel[(NV, NC, H)](q, v, gk, h, A, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
+                                        BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=2)
+        ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices)
+        ctx.maxc = maxc
+        return o, ht
+
+    @staticmethod
+    def backward(ctx, do, dht):
+        q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices = ctx.saved_tensors
+        Tt, H, K = q.shape
+        V = v.shape[-1]
+        N = offsets.numel() - 1
+        NC = chunk_indices.shape[0]
+        BK, BV = _blocks(K, V)
+        NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+        prec, lim = _prec(q.dtype), _lim(q.dtype)
+        want_dg = ctx.needs_input_grad[3]
+        do = do.contiguous()
+        dev = q.device
+        dh = _alloc(NC, H, K, V, dtype=torch.float32, device=dev)
+        dh0 = _alloc(N, H, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
+        _dstate_kernel[(NK, NV, N * H)](
+            q, do, gk, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
+            ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DHT=dht is not None,
+            STORE_DH0=h0 is not None, PREC=prec)
+        dq = _alloc(Tt, H, K, dtype=torch.float32, device=dev)
+        dk = _alloc(Tt, H, K, dtype=torch.float32, device=dev)
+        dv = _alloc(Tt, H, V, dtype=torch.float32, device=dev)
+        dA = _alloc(Tt, H, BT, dtype=torch.float32, device=dev)
+        dg = _alloc(Tt, H, K, dtype=torch.float32, device=dev) if want_dg else None
+        if NC:
+            _dv_kernel[(NC, H)](k, v, gk, A, do, dh, dv, dA, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
+                                BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=2)
+            NB = BT // BC
+            _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, dA, dq, dk, offsets, chunk_indices, H=H, K=K, BT=BT,
+                                                BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec)
+            _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dg, offsets, chunk_indices,
+                                           H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
+                                           num_warps=4, num_stages=2)
+        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None if dg is None else dg.to(gk.dtype),
+                dh0, None, None)
