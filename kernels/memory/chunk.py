@@ -59,7 +59,8 @@ def _blocks(K: int, V: int, BT: int) -> dict[str, int]:
     big = BK * BT > 64 * 64
     return {"BK": BK, "BV_prep": min(Vp, 64), "BV_state": min(Vp, 32), "BV_out": min(Vp, 64),
             "BV_grad": min(Vp, 32), "BK_grad": min(BK, 64), "warps_state": 4,
-            "stages_state": 1 if big else 2, "warps_grad": 8 if big else 4, "warps_prep": 4}
+            "stages_state": 1 if big else 2, "warps_grad": 8 if big else 4, "warps_prep": 4,
+            "warps_gate": 8 if BT >= 64 else 4}
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -133,35 +134,36 @@ def _prep_kernel(k, v, theta, g, eta, w1, w2, u, tm, cm, cpm, coef, cend, offset
     o_k = tl.arange(0, BK)
     m_tk = m_t[:, None] & (o_k < K)[None, :]
     p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
-    b_k = tl.load(k + p_tk, mask=m_tk, other=0.).to(tl.float32)
 
+    # the masks one at a time (each [BT, BT] tile dies before the next is built)
     b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G, RETAINED)
-    b_La = _decay_mask(b_Ga, b_Ga, low)
-    b_Lp = _decay_mask(b_Gp, b_Ga, strict)
     b_Le = _decay_mask(b_Ge, b_Ge, low)
     b_eGe = tl.exp(b_Ge)
-    b_ap = tl.exp(b_Gp)
-    b_bp = tl.sum(b_Lp * b_eGe[None, :], axis=1)
-    b_xE, b_bE, b_cE, b_fE = _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t)
     p_co = (t_rows * H + i_h) * NCOEF
+    p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
+    m_tt = m_t[:, None] & (o_i < BT)[None, :]
+    b_La = _decay_mask(b_Ga, b_Ga, low)
     tl.store(coef + p_co, tl.exp(b_Ga), mask=m_t)
     tl.store(coef + p_co + 1, tl.sum(b_La * b_eGe[None, :], axis=1), mask=m_t)
+    tl.store(cm + p_tt, tl.where(low, tl.dot(b_La, b_Le, input_precision=PREC) * b_th[None, :], 0.),
+             mask=m_tt)
+    b_Lp = _decay_mask(b_Gp, b_Ga, strict)
+    b_ap = tl.exp(b_Gp)
+    b_bp = tl.sum(b_Lp * b_eGe[None, :], axis=1)
     tl.store(coef + p_co + 2, b_ap, mask=m_t)
     tl.store(coef + p_co + 3, b_bp, mask=m_t)
+    b_cp = tl.where(strict, tl.dot(b_Lp, b_Le, input_precision=PREC) * b_th[None, :], 0.)
+    tl.store(cpm + p_tt, b_cp, mask=m_tt)
+    b_xE, b_bE, b_cE, b_fE = _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t)
     tl.store(coef + p_co + 4, b_th * b_cE, mask=m_t)
     tl.store(coef + p_co + 5, b_th * b_fE, mask=m_t)
     p_ce = (i_c.to(tl.int64) * H + i_h) * 3
     tl.store(cend + p_ce, tl.exp(b_GaL))
     tl.store(cend + p_ce + 1, b_bE)
     tl.store(cend + p_ce + 2, tl.exp(b_GeL))
-    b_cp = tl.where(strict, tl.dot(b_Lp, b_Le, input_precision="ieee") * b_th[None, :], 0.)
-    p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
-    m_tt = m_t[:, None] & (o_i < BT)[None, :]
-    tl.store(cpm + p_tt, b_cp, mask=m_tt)
-    tl.store(cm + p_tt, tl.where(low, tl.dot(b_La, b_Le, input_precision="ieee") * b_th[None, :], 0.),
-             mask=m_tt)
 
     # T = (I + A)⁻¹ by forward substitution: row i of T − I from the rows above it
+    b_k = tl.load(k + p_tk, mask=m_tk, other=0.).to(tl.float32)
     b_T = -b_cp * tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     for i in range(1, BT):
         row = o_i == i
@@ -472,7 +474,8 @@ def _rev_cumsum(x):
 
 @triton.jit
 def _dgate_kernel(theta, g, eta, dpqk, dakk, dvec, dend, dth, dg, deta, offsets, chunk_indices,
-                  H: tl.constexpr, BT: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr):
+                  H: tl.constexpr, BT: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr,
+                  PREC: tl.constexpr):
     """dθ, dg and dlog_eta of one chunk from the gradients of its masks and coefficients."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -487,69 +490,59 @@ def _dgate_kernel(theta, g, eta, dpqk, dakk, dvec, dend, dth, dg, deta, offsets,
     p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
 
     b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G, RETAINED)
-    b_La = _decay_mask(b_Ga, b_Ga, low)
-    b_Lp = _decay_mask(b_Gp, b_Ga, strict)
     b_Le = _decay_mask(b_Ge, b_Ge, low)
     b_eGe = tl.exp(b_Ge)
-    b_Bm = b_La * b_eGe[None, :]                                        # terms of b
-    b_Bp = b_Lp * b_eGe[None, :]                                        # terms of b'
-    b_a, b_ap = tl.exp(b_Ga), tl.exp(b_Gp)
-    b_c = tl.dot(b_La, b_Le, input_precision="ieee")
-    b_cp = tl.dot(b_Lp, b_Le, input_precision="ieee")
-    b_xE, b_bE, b_cE, b_fE = _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t)
-
-    b_dPQK = tl.load(dpqk + p_tt, mask=m_t[:, None] & low, other=0.)    # ∂L/∂P ⊙ Q Kᵀ
-    b_dAKK = tl.load(dakk + p_tt, mask=m_t[:, None] & strict, other=0.)  # ∂L/∂A ⊙ K Kᵀ
     p_dv = (t_rows * H + i_h) * NCOEF
-    b_da = tl.load(dvec + p_dv, mask=m_t, other=0.)
-    b_db = tl.load(dvec + p_dv + 1, mask=m_t, other=0.)
-    b_dap = tl.load(dvec + p_dv + 2, mask=m_t, other=0.)
-    b_dbp = tl.load(dvec + p_dv + 3, mask=m_t, other=0.)
-    b_m1 = tl.load(dvec + p_dv + 4, mask=m_t, other=0.)
-    b_m2 = tl.load(dvec + p_dv + 5, mask=m_t, other=0.)
-    p_de = (i_c.to(tl.int64) * H + i_h) * 3
-    b_daE = tl.load(dend + p_de)
-    b_dbE = tl.load(dend + p_de + 1)
-    b_deE = tl.load(dend + p_de + 2)
-
-    b_dth = tl.sum(b_dPQK * b_c, axis=0) + tl.sum(b_dAKK * b_cp, axis=0) + b_cE * b_m1 + b_fE * b_m2
-    tl.store(dth + t_rows * H + i_h, b_dth, mask=m_t)
+    # Into the cumulative logs G^α (dGa), G^ρ (dGp), G^η (dGe), one mask at a time (each [BT, BT]
+    # tile dies before the next is built); the end terms go to the last token.
+    # 1) a, b, c = L^α L^η (the output's and the state's masks)
+    b_La = _decay_mask(b_Ga, b_Ga, low)
+    b_c = tl.dot(b_La, b_Le, input_precision=PREC)
+    b_dPQK = tl.load(dpqk + p_tt, mask=m_t[:, None] & low, other=0.)    # ∂L/∂P ⊙ Q Kᵀ
+    b_dth = tl.sum(b_dPQK * b_c, axis=0)
     b_dc = b_dPQK * b_th[None, :]
-    b_dcp = b_dAKK * b_th[None, :]
-    b_dcE = b_th * b_m1
-    b_dfE = b_th * b_m2
-
-    # into the cumulative logs G^α (dGa), G^ρ (dGp), G^η (dGe); the end terms go to the last token
-    b_dGa = b_da * b_a
-    b_dGp = b_dap * b_ap
-    b_dGe = -b_dfE * b_fE
-    b_dGaL = b_daE * tl.exp(b_GaL)
-    b_dGeL = b_deE * tl.exp(b_GeL) + tl.sum(b_dfE * b_fE, axis=0)
-    b_W = b_db[:, None] * b_Bm
+    b_dGa = tl.load(dvec + p_dv, mask=m_t, other=0.) * tl.exp(b_Ga)
+    b_W = tl.load(dvec + p_dv + 1, mask=m_t, other=0.)[:, None] * b_La * b_eGe[None, :]
     b_dGa += tl.sum(b_W, axis=1) - tl.sum(b_W, axis=0)
-    b_dGe += tl.sum(b_W, axis=0)
-    b_W = b_dbp[:, None] * b_Bp
-    b_dGp += tl.sum(b_W, axis=1)
-    b_dGa -= tl.sum(b_W, axis=0)
-    b_dGe += tl.sum(b_W, axis=0)
-    b_w = b_dbE * b_xE * b_eGe
-    b_dGaL += tl.sum(b_w, axis=0)
-    b_dGa -= b_w
-    b_dGe += b_w
+    b_dGe = tl.sum(b_W, axis=0)
     b_W = b_dc * b_c
     b_dGa += tl.sum(b_W, axis=1)
     b_dGe -= tl.sum(b_W, axis=0)
-    b_x = tl.sum(tl.dot(b_dc, tl.trans(b_Le), input_precision="ieee") * b_La, axis=0)
+    b_x = tl.sum(tl.dot(b_dc, tl.trans(b_Le), input_precision=PREC) * b_La, axis=0)
     b_dGa -= b_x
     b_dGe += b_x
+    # 2) a', b', c' = L^ρ L^η (the masks of the error's system)
+    b_Lp = _decay_mask(b_Gp, b_Ga, strict)
+    b_cp = tl.dot(b_Lp, b_Le, input_precision=PREC)
+    b_dAKK = tl.load(dakk + p_tt, mask=m_t[:, None] & strict, other=0.)  # ∂L/∂A ⊙ K Kᵀ
+    b_dth += tl.sum(b_dAKK * b_cp, axis=0)
+    b_dcp = b_dAKK * b_th[None, :]
+    b_dGp = tl.load(dvec + p_dv + 2, mask=m_t, other=0.) * tl.exp(b_Gp)
+    b_W = tl.load(dvec + p_dv + 3, mask=m_t, other=0.)[:, None] * b_Lp * b_eGe[None, :]
+    b_dGp += tl.sum(b_W, axis=1)
+    b_dGa -= tl.sum(b_W, axis=0)
+    b_dGe += tl.sum(b_W, axis=0)
     b_W = b_dcp * b_cp
     b_dGp += tl.sum(b_W, axis=1)
     b_dGe -= tl.sum(b_W, axis=0)
-    b_x = tl.sum(tl.dot(b_dcp, tl.trans(b_Le), input_precision="ieee") * b_Lp, axis=0)
+    b_x = tl.sum(tl.dot(b_dcp, tl.trans(b_Le), input_precision=PREC) * b_Lp, axis=0)
     b_dGa -= b_x
     b_dGe += b_x
-    b_dGaL += tl.sum(b_dcE * b_cE, axis=0)
-    b_dGe -= b_dcE * b_cE
+    # 3) the chunk's end: a_L, b_L, c_L, e^{G^η_L}, e^{G^η_L − G^η}
+    b_xE, b_bE, b_cE, b_fE = _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t)
+    b_m1 = tl.load(dvec + p_dv + 4, mask=m_t, other=0.)
+    b_m2 = tl.load(dvec + p_dv + 5, mask=m_t, other=0.)
+    tl.store(dth + t_rows * H + i_h, b_dth + b_cE * b_m1 + b_fE * b_m2, mask=m_t)
+    b_dcE = b_th * b_m1
+    b_dfE = b_th * b_m2
+    p_de = (i_c.to(tl.int64) * H + i_h) * 3
+    b_dGaL = tl.load(dend + p_de) * tl.exp(b_GaL) + tl.sum(b_dcE * b_cE, axis=0)
+    b_dGeL = tl.load(dend + p_de + 2) * tl.exp(b_GeL) + tl.sum(b_dfE * b_fE, axis=0)
+    b_dGe -= b_dfE * b_fE + b_dcE * b_cE
+    b_w = tl.load(dend + p_de + 1) * b_xE * b_eGe
+    b_dGaL += tl.sum(b_w, axis=0)
+    b_dGa -= b_w
+    b_dGe += b_w
     b_x = b_xE * tl.sum(b_Le * b_dcE[None, :], axis=1)
     b_dGa -= b_x
     b_dGe += b_x
@@ -650,6 +643,6 @@ class ChunkTitans(torch.autograd.Function):
             _dgate_kernel[(NC, H)](
                 theta, theta if g is None else g, eta, dpqk.sum(0), dakk.sum(0), dvec.sum(0), dend.sum(0),
                 dth, deta if dg is None else dg, deta, offsets, chunk_indices, H=H, BT=BT,
-                USE_G=g is not None, RETAINED=bool(retained))
+                USE_G=g is not None, RETAINED=bool(retained), PREC=shape["PREC"], num_warps=bl["warps_gate"])
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v_dtype), dth.to(theta.dtype),
                 None if g is None else dg.to(g.dtype), deta.to(eta.dtype), ds0, dz0, None, None, None, None)

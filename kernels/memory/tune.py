@@ -24,14 +24,16 @@ from .titans import chunk_titans
 
 H, D, TOKENS = 16, 128, 32768
 
-# (label, overrides of the default blocks) — one group of kernels at a time
-GRID = [("default", {})] + \
-    [(f"state BV={bv} warps={w} stages=1", {"BV_state": bv, "warps_state": w, "stages_state": 1})
+# (label, chunk size, overrides of the default blocks) — one group of kernels at a time
+GRID = [("default", 64, {}), ("chunk 32", 32, {}), ("chunk 16", 16, {})] + \
+    [(f"state BV={bv} warps={w} stages=1", 64, {"BV_state": bv, "warps_state": w, "stages_state": 1})
      for bv in (16, 32, 64) for w in (4, 8)] + \
-    [(f"state BV={bv} warps=4 stages=2", {"BV_state": bv, "warps_state": 4, "stages_state": 2}) for bv in (16, 32)] + \
-    [(f"grad BV={bv} warps={w}", {"BV_grad": bv, "warps_grad": w}) for bv in (16, 32, 64) for w in (4, 8)] + \
-    [(f"prep warps={w}", {"warps_prep": w}) for w in (2, 8)] + \
-    [(f"out BV={bv}", {"BV_out": bv}) for bv in (32, 128)]
+    [(f"state BV={bv} warps=4 stages=2", 64, {"BV_state": bv, "warps_state": 4, "stages_state": 2})
+     for bv in (16, 32)] + \
+    [(f"grad BV={bv} BK={bk} warps={w}", 64, {"BV_grad": bv, "BK_grad": bk, "warps_grad": w})
+     for bv, bk in ((16, 64), (32, 32), (64, 64), (32, 128)) for w in (4, 8)] + \
+    [(f"prep warps={w}", 64, {"warps_prep": w}) for w in (2, 8)] + \
+    [(f"out BV={bv}", 64, {"BV_out": bv}) for bv in (32, 128)]
 
 
 def _inputs(B, T, dtype):
@@ -44,8 +46,8 @@ def _inputs(B, T, dtype):
     return {n: t.requires_grad_() for n, t in x.items()}
 
 
-def _run(x, backward):
-    o, _ = chunk_titans(x["q"], x["k"], x["v"], x["g"], x["theta"], x["log_eta"])
+def _run(x, backward, chunk=64):
+    o, _ = chunk_titans(x["q"], x["k"], x["v"], x["g"], x["theta"], x["log_eta"], chunk_size=chunk)
     if backward:
         o.backward(torch.ones_like(o))
     return o
@@ -63,16 +65,16 @@ def main(argv=None) -> int:
     x = _inputs(TOKENS // args.T, args.T, dtype)
     default = CH._blocks
     rows = []
-    for label, over in GRID:
+    for label, chunk, over in GRID:
         CH._blocks = lambda K, V, BT, over=over: {**default(K, V, BT), **over}  # noqa: E731
         row = {"setting": label}
         for mode, bwd in (("fwd", False), ("fwd+bwd", True)):
             try:
                 if bwd:
-                    ms = do_bench(lambda: _run(x, True), warmup=25, rep=100)
+                    ms = do_bench(lambda: _run(x, True, chunk), warmup=25, rep=100)
                 else:
                     with torch.no_grad():
-                        ms = do_bench(lambda: _run(x, False), warmup=25, rep=100)
+                        ms = do_bench(lambda: _run(x, False, chunk), warmup=25, rep=100)
                 row[mode] = round(ms, 3)
             except Exception as e:  # noqa: BLE001 - a setting that does not compile is a row
                 row[mode] = f"error: {type(e).__name__}: {str(e)[:80]}"
