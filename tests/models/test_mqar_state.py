@@ -1,0 +1,95 @@
+"""models.experiments.mqar_state: a tiny sweep writes its outputs with the state sizes `dsf zoo` counts,
+a run equals dsf-train's, bad input fails clearly."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+
+from models.cli import cli_main
+from models.experiments import mqar_state
+
+MIXERS = ["softmax_attention", "s6"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mqar_state")
+    sweep = mqar_state.main(["--mixers", ",".join(MIXERS), "--head-dims", "4,8", "--steps", "20",
+                             "--val-size", "64", "--batch", "32", "--seq-len", "32", "--num-kv-pairs", "4",
+                             "--out", str(out)])
+    return sweep, list(csv.DictReader(open(out / "mqar_state.csv"))), out
+
+
+def test_outputs(tiny):
+    sweep, rows, out = tiny
+    s = sweep["settings"]
+    assert list(rows[0]) == mqar_state.COLUMNS
+    assert [(r["mixer"], int(r["head_dim"])) for r in rows] == [(m, g) for m in MIXERS for g in (4, 8)]
+    for r in rows:
+        assert r["status"] == "ok" and int(r["steps"]) == 20 and int(r["d_model"]) == 64
+        assert 0 <= float(r["val_acc"]) <= 1 and math.isfinite(float(r["val_loss"]))
+        run = sweep["runs"][(r["mixer"], int(r["head_dim"]))]
+        assert math.isclose(float(r["val_acc"]), run["val_acc"], rel_tol=1e-5)
+    # softmax: its KV cache after L tokens, L·(K+V); s6: N·V with N = V = g (one head)
+    sizes = {(r["mixer"], int(r["head_dim"])): (int(r["state_size"]), r["state_kind"]) for r in rows}
+    assert sizes[("softmax_attention", 8)] == (s.seq_len * 16, "KV cache")
+    assert sizes[("s6", 4)] == (16, "recurrent") and sizes[("s6", 8)] == (64, "recurrent")
+    md = (out / "mqar_state.md").read_text()
+    assert "`s6`" in md and "KV cache" in md and "g=8" in md
+    assert (out / "mqar_state.png").stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("mixer,expected", [
+    ("linear_attention", lambda g: g * g), ("normalized_attention", lambda g: g * g),
+    ("mamba2", lambda g: g * g), ("deltanet", lambda g: g * g), ("gated_deltanet", lambda g: g * g),
+    ("s6", lambda g: g * g), ("qlstm", lambda g: g), ("softmax_attention", lambda g: 64 * 2 * g),
+])
+def test_state_size_is_what_dsf_zoo_counts(mixer, expected):
+    for g in (4, 16):
+        size, kind = mqar_state.state_size(mixer, g, seq_len=64)
+        assert size == expected(g) and kind == ("KV cache" if mixer == "softmax_attention" else "recurrent")
+    assert mqar_state.state_size("mamba2", 16, n_heads=2)[0] == 2 * 16 * 16     # heads × K × V
+    with pytest.raises(ValueError, match="seq_len"):
+        mqar_state.state_size("softmax_attention", 8)
+
+
+def test_a_run_is_a_dsf_train_run(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.argv", ["dsf-train"])
+    s = mqar_state.settings(mixers=["mamba2"], head_dims=[8], steps=3, val_size=32)
+    res = mqar_state.fit_one(("mamba2", 8, s))
+    cli = cli_main(["fit", "-c", str(mqar_state.CONFIG), "--model.model.mixer", "mamba2",
+                    "--model.model.head_dim", "8", "--model.model.state_dim", "8", "--trainer.max_steps", "3",
+                    "--data.steps_per_epoch", "3", "--data.val_size", "32", "--model.warmup_steps", "0",
+                    "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                    "--trainer.enable_model_summary", "false"])
+    assert s.task["warmup_steps"] == 0 and cli.trainer.global_step == 3
+    assert math.isclose(res["val_loss"], float(cli.trainer.callback_metrics["val_loss"]), rel_tol=1e-5)
+    assert math.isclose(res["val_acc"], float(cli.trainer.callback_metrics["val_acc"]), rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--mixers", "mamba2,transformer"], "unknown mixer 'transformer'; choose one of: softmax_attention"),
+    (["--head-dims", "8,0"], "head_dims entries must be an int >= 1, got 0"),
+    (["--head-dims", "8,x"], "expected comma-separated ints"),
+    (["--num-kv-pairs", "0"], "num_kv_pairs must be an int >= 1, got 0"),
+    (["--num-kv-pairs", "40"], "num_kv_pairs=40 needs that many unique keys"),
+    (["--seq-len", "16"], "needs seq_len >= 4 * num_kv_pairs = 32"),
+    (["--steps", "-1"], "steps must be an int >= 1, got -1"),
+])
+def test_bad_arguments_fail_clearly(args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        mqar_state.main([*args, "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "mqar_state.csv").exists()
+
+
+def test_presets():
+    cpu, gpu = mqar_state.settings(), mqar_state.settings(scale="gpu")
+    assert cpu.mixers == gpu.mixers == mqar_state.MIXERS
+    assert len(gpu.head_dims) > len(cpu.head_dims) and gpu.steps > cpu.steps and gpu.seq_len > cpu.seq_len
+    with pytest.raises(ValueError, match="unknown settings"):
+        mqar_state.settings(n_points=3)
