@@ -1,0 +1,168 @@
+"""The chunked key-wise decay kernel (GLA) against the float64 recurrence, under Triton's interpreter.
+
+Decay regimes cover both paths of the intra-chunk split (sub-blocks factored into one matmul when
+their decay is mild, summed element-wise when strong) and decays of −20 per step, where the usual
+decay gradient Σ_{s≥t} (q_s·dq_s − k_s·dk_s) loses all relative accuracy.
+"""
+
+import pytest
+import torch
+
+import dsf
+import kernels
+from dsf.forms.recurrent import recurrent_linear
+from dsf.testing import rel_err
+from kernels.diag import chunk_diag
+from kernels.diag import chunk_key
+
+TOL = 1e-5
+LIM = chunk_key._lim(torch.float32)
+
+
+def _decays(regime, shape, gen):
+    u = torch.rand(shape, generator=gen, dtype=torch.float64)
+    if regime == "mild":       # GLA-like: logsigmoid(x) / 16
+        return torch.nn.functional.logsigmoid(torch.randn(shape, generator=gen, dtype=torch.float64) + 2) / 4
+    if regime == "strong":     # −20 per step, a little jitter: the decay gradient is tiny, its terms are not
+        return -20 + 0.5 * u
+    if regime == "bursts":     # mild, with resets of −20 at random steps: both paths in one chunk
+        burst = torch.rand(shape[:-1], generator=gen, dtype=torch.float64) < 0.08
+        return torch.where(burst[..., None], -20.0 + u, -0.05 * u)
+    raise ValueError(regime)
+
+
+def _inputs(B, T, H, K, V, regime, seed):
+    gen = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=gen, dtype=torch.float64)  # noqa: E731
+    return dict(q=r(B, T, H, K) * K ** -0.5, k=r(B, T, H, K), v=r(B, T, H, V),
+                gk=_decays(regime, (B, T, H, K), gen), S0=r(B, H, K, V))
+
+
+def _sub_block_spans(gk):
+    """Decay across every 16-row sub-block of every 64-row chunk, max over key channels."""
+    B, T, H, K = gk.shape
+    n = -(-T // chunk_key.BC)
+    pad = torch.cat([gk, gk.new_zeros(B, n * chunk_key.BC - T, H, K)], 1)
+    return -pad.reshape(B, n, chunk_key.BC, H, K).sum(2).amin(-1)
+
+
+def _loss(o, S, seed):
+    gen = torch.Generator().manual_seed(seed)
+    loss = (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
+    if S is not None:
+        loss = loss + (S.double() * torch.randn(S.shape, generator=gen, dtype=torch.float64)).sum()
+    return loss
+
+
+def _reference(x, with_state):
+    leaves = {n: t.clone().requires_grad_() for n, t in x.items()}
+    terms = dsf.LinearTerms(q=leaves["q"], k=leaves["k"], u=leaves["v"], decay="key", g=leaves["gk"])
+    o, S = recurrent_linear(terms, leaves["S0"] if with_state else None)
+    return o, S, leaves
+
+
+def _check(x, with_state=True, cu_seqlens=None):
+    """Output, final state and every gradient (initial state included) of the kernel vs float64."""
+    o_ref, S_ref, ref = _reference(x, with_state)
+    leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
+    o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"],
+                      initial_state=leaves["S0"] if with_state else None, output_final_state=with_state,
+                      cu_seqlens=cu_seqlens)
+    assert o.dtype == torch.float32 and rel_err(o, o_ref) < TOL, f"o: {rel_err(o, o_ref):.2e}"
+    if with_state:
+        assert rel_err(S, S_ref) < TOL, f"state: {rel_err(S, S_ref):.2e}"
+    else:
+        assert S is None
+    names = [n for n in ref if with_state or n != "S0"]
+    g_ref = torch.autograd.grad(_loss(o_ref, S_ref if with_state else None, 1), [ref[n] for n in names])
+    g = torch.autograd.grad(_loss(o, S, 1), [leaves[n] for n in names])
+    for n, a, b in zip(names, g, g_ref):
+        assert rel_err(a, b) < TOL, f"d{n}: {rel_err(a, b):.2e}"
+
+
+def test_allocations_are_poisoned():
+    """The NaN hook of conftest (on recurrent._empty) reaches this kernel's buffers."""
+    assert torch.isnan(chunk_key._alloc(4, dtype=torch.float32)).all()
+
+
+@pytest.mark.parametrize("T,regime,B", [(67, "mild", 2), (67, "bursts", 1), (7, "mild", 2), (1, "strong", 2)])
+def test_matches_reference(T, regime, B):
+    """T = 1, a ragged single chunk, one full chunk and a ragged one; mild and mixed decays."""
+    x = _inputs(B, T, 2, 16, 16, regime, seed=T)
+    if regime == "bursts":
+        spans = _sub_block_spans(x["gk"])
+        assert (spans < LIM).any() and (spans >= LIM).any()    # both paths are exercised
+    _check(x)
+
+
+def test_no_state():
+    _check(_inputs(1, 67, 2, 16, 16, "bursts", seed=4), with_state=False)
+
+
+def test_tiles_and_masks():
+    """K = 80 (two key blocks, the second partly masked), V = 24 (a masked value tile)."""
+    _check(_inputs(1, 67, 1, 80, 24, "bursts", seed=5))
+
+
+def test_strong_decays():
+    """gk ≈ −20 per step: every result to 1e-5, the decay gradient included, although it is ~e^-20
+    of the q·dq terms it is usually summed from."""
+    x = _inputs(1, 67, 2, 16, 16, "strong", seed=6)
+    o_ref, S_ref, ref = _reference(x, True)
+    dq, dk, dS = torch.autograd.grad(_loss(o_ref, S_ref, 1), [ref["q"], ref["k"], S_ref], retain_graph=True)
+    dg_ref = torch.autograd.grad(_loss(o_ref, S_ref, 1), ref["gk"])[0]
+    # the regime is hard: Σ_{s≥t} (q_s dq_s − k_s dk_s) from dq, dk rounded to fp32 is far off
+    terms = x["q"] * dq.float().double() - x["k"] * dk.float().double()
+    terms[:, -1] += (dS * S_ref.detach()).sum(-1)
+    assert rel_err(terms.flip(1).cumsum(1).flip(1), dg_ref) > 1e-2
+    _check(x)
+
+
+def test_varlen_matches_separate_runs():
+    """cu_seqlens with an empty and a one-token sequence: outputs, states and all gradients."""
+    cu = torch.tensor([0, 7, 7, 8, 75])
+    x = _inputs(1, 75, 2, 16, 16, "bursts", seed=8)
+    x["S0"] = torch.randn(4, 2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
+    o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"], initial_state=leaves["S0"],
+                      output_final_state=True, cu_seqlens=cu)
+    names = list(leaves)
+    g = dict(zip(names, torch.autograd.grad(_loss(o, S, 3), [leaves[n] for n in names])))
+    # the same loss, one sequence at a time in float64: its cotangents are the packed ones sliced
+    gen = torch.Generator().manual_seed(3)
+    do = torch.randn(o.shape, generator=gen, dtype=torch.float64)
+    dS = torch.randn(S.shape, generator=gen, dtype=torch.float64)
+    g_ref = {n: torch.zeros_like(t) for n, t in x.items()}
+    o_ref = torch.zeros_like(o, dtype=torch.float64)
+    for n in range(4):
+        a, b = cu[n].item(), cu[n + 1].item()
+        part = {m: (t[:, a:b] if m != "S0" else t[n:n + 1]) for m, t in x.items()}
+        if a == b:
+            assert torch.equal(S[n], leaves["S0"][n])                 # an empty sequence keeps its state
+            g_ref["S0"][n] = dS[n]
+            continue
+        on, Sn, ref = _reference(part, True)
+        assert rel_err(S[n:n + 1], Sn) < TOL
+        o_ref[:, a:b] = on.detach()
+        gs = torch.autograd.grad((on * do[:, a:b]).sum() + (Sn * dS[n:n + 1]).sum(), list(ref.values()))
+        for m, d in zip(ref, gs):
+            if m == "S0":
+                g_ref[m][n:n + 1] = d
+            else:
+                g_ref[m][:, a:b] = d
+    assert rel_err(o, o_ref) < TOL
+    for n in names:
+        assert rel_err(g[n], g_ref[n]) < TOL, f"d{n}: {rel_err(g[n], g_ref[n]):.2e}"
+
+
+def test_compile_routes_gla_to_the_chunked_kernel(monkeypatch):
+    """supports() says chunk for GLA, recurrent for S6; compile's .chunked follows it."""
+    assert kernels.supports("gla")["chunked"] == "chunk"
+    assert kernels.supports("s6")["chunked"] == "recurrent"
+    calls = []
+    real = chunk_key.ChunkKeyDecay.apply
+    monkeypatch.setattr(chunk_key.ChunkKeyDecay, "apply", lambda *a: calls.append(1) or real(*a))
+    for name in ("gla", "s6"):
+        inp = dsf.random_inputs(name, B=1, T=5, H=1, K=16, V=16, seed=0)
+        kernels.compile(name).chunked(**{n: t.float() for n, t in inp.items()})
+    assert len(calls) == 1
