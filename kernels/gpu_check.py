@@ -114,6 +114,44 @@ def check_varlen(name, dtype, H, K, V):
     return worst, worst < TOL[dtype]
 
 
+KEY_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "bursts"), (2, 2048, 4, 128, 128, "strong"),
+              (1, 1000, 2, 256, 256, "gla"), (1, 777, 2, 100, 72, "bursts")]
+
+
+def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
+    """chunk_diag(decay="key"), the chunked GLA kernel, vs the float64 dsf chunked form.
+
+    Regimes: "gla" (logsigmoid(x)/16), "bursts" (mild, with resets of −20 at 5% of the steps),
+    "strong" (−5 … −20 every step); gates in fp32 as in fla, q, k, v in ``dtype``.
+    """
+    from dsf.forms.chunked import chunked_linear
+    from kernels.diag import chunk_diag
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
+    logsig = torch.nn.functional.logsigmoid
+    gk = {"gla": lambda: logsig(r(B, T, H, K)) / 16,
+          "bursts": lambda: torch.where(u(B, T, H, 1) < 0.05, -20 + u(B, T, H, K), logsig(r(B, T, H, K)) / 16),
+          "strong": lambda: -5 - 15 * u(B, T, H, K)}[regime]()
+    x = {"q": r(B, T, H, K) * K ** -0.5, "k": torch.nn.functional.normalize(r(B, T, H, K), dim=-1),
+         "v": r(B, T, H, V), "gk": gk, "S0": r(B, H, K, V)}
+    ref = _leaves(x)
+    o_ref, S_ref = chunked_linear(dsf.LinearTerms(q=ref["q"], k=ref["k"], u=ref["v"], decay="key", g=ref["gk"]),
+                                  ref["S0"], chunk_size=64)
+    kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
+    o, S = chunk_diag(kin["q"], kin["k"], kin["v"], "key", kin["gk"], initial_state=kin["S0"],
+                      output_final_state=True)
+    errs = {"o": rel_err(o.double(), o_ref), "state": rel_err(S.double(), S_ref)}
+    g_ref = _grads(o_ref, S_ref, list(ref.values()), seed)
+    g_k = _grads(o, S, list(kin.values()), seed)
+    gerr = [rel_err(a.double(), b) for a, b in zip(g_k, g_ref)]
+    names = ["q", "k", "v", "gk", "initial_state"]
+    errs["grad"], errs["worst_grad"] = max(gerr), names[max(range(len(names)), key=gerr.__getitem__)]
+    ok = errs["o"] < TOL[dtype] and errs["state"] < TOL[dtype] and errs["grad"] < GRAD_TOL[dtype]
+    return errs, ok
+
+
 def _memory_state(S, dtype=None):
     """A dsf.MemoryState (memory, momentum) of fresh leaves, optionally cast."""
     cast = (lambda x: x) if dtype is None else (lambda x: x.to(dtype))  # noqa: E731
@@ -216,6 +254,22 @@ def main(argv=None) -> int:
             failed += not ok
             lines.append(row)
             print(row, f"({time.time() - t0:.1f}s)", flush=True)
+    if want("chunk_key"):  # the chunked key-wise kernel alone, at GLA's head dims and strong decays
+        lines += ["", "| chunk_diag(decay='key') B, T, H, K, V | decays | dtype | o | state | worst grad | (which) "
+                  "| ok |", "|---|---|---|---|---|---|---|---|"]
+        for kB, kT, kH, kK, kV, regime in [(1, 130, 2, 32, 32, "bursts")] if args.quick else KEY_SHAPES:
+            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                t0, shape = time.time(), f"{kB}, {kT}, {kH}, {kK}, {kV}"
+                try:
+                    errs, ok = check_key_chunk(dtype, kB, kT, kH, kK, kV, regime)
+                    row = (f"| {shape} | {regime} | {str(dtype)[6:]} | {errs['o']:.1e} | {errs['state']:.1e} "
+                           f"| {errs['grad']:.1e} | {errs['worst_grad']} | {'yes' if ok else '**NO**'} |")
+                except Exception as e:  # noqa: BLE001
+                    ok, row = False, (f"| {shape} | {regime} | {str(dtype)[6:]} | error: {type(e).__name__}: "
+                                      f"{str(e)[:120]} |||||")
+                failed += not ok
+                lines.append(row)
+                print(row, f"({time.time() - t0:.1f}s)", flush=True)
     lines += ["", "| varlen (cu_seqlens [0, 1, 1, 300, 1000]) | dtype | worst error | ok |", "|---|---|---|---|"]
     for name in ("mamba2", "gla", "gated_deltanet", "softmax_attention"):
         for dtype in (torch.float32, torch.bfloat16) if want(name) else ():
