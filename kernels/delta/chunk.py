@@ -47,7 +47,8 @@ from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
 __all__ = ["chunk_delta", "ChunkDelta", "CHUNK_SIZES"]
 
 CHUNK_SIZES = (16, 32, 64)
-BC = 16  # sub-block of the UT inverse: the smallest tile tl.dot takes
+# sub-block of the UT inverse: the smallest tile tl.dot takes (a constexpr, so kernels may read it)
+BC = tl.constexpr(16)
 
 
 def _empty(*shape, dtype, device) -> Tensor:
@@ -111,6 +112,12 @@ def _gram_block(k, beta, r_a, m_a, G_a, r_b, m_b, G_b, i_h, H: tl.constexpr, K: 
 def _store_block(Tm, blk, r, m, col0, i_h, H: tl.constexpr, BT: tl.constexpr, N: tl.constexpr):
     o = tl.arange(0, N)
     tl.store(Tm + (r[:, None] * H + i_h) * BT + col0 + o[None, :], blk, mask=m[:, None])
+
+
+@triton.jit
+def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
+    """a @ b accumulated in fp32, both operands cast to DT (the input dtype, or fp32)."""
+    return tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +203,7 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
 @triton.jit
 def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+               BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """W = T diag(β e^G) K and U = T diag(β) V of one chunk."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -215,14 +222,14 @@ def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
         m = m_t[:, None] & (o_k < K)[None, :]
         p = (rows[:, None] * H + i_h) * K + o_k[None, :]
         b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
-        b_w = tl.dot(b_T, b_k * b_xs[:, None], input_precision=PREC)
+        b_w = _mm(b_T, b_k * b_xs[:, None], DT, PREC)
         tl.store(w + p, b_w.to(w.dtype.element_ty), mask=m)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m = m_t[:, None] & (o_v < V)[None, :]
         p = (rows[:, None] * H + i_h) * V + o_v[None, :]
         b_v = tl.load(v + p, mask=m, other=0.0).to(tl.float32)
-        b_u = tl.dot(b_T, b_v * b_beta[:, None], input_precision=PREC)
+        b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC)
         tl.store(u + p, b_u.to(u.dtype.element_ty), mask=m)
 
 
@@ -230,7 +237,7 @@ def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
 def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                   BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  PREC: tl.constexpr):
+                  DT: tl.constexpr, PREC: tl.constexpr):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -256,15 +263,15 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         m_tv = m_t[:, None] & m_v[None, :]
         p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
         p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
-        b_w = tl.load(w + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_w = tl.load(w + p_tk, mask=m_tk, other=0.0)
         b_u = tl.load(u + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        b_vn = (b_u - tl.dot(b_w, b_S, input_precision=PREC)).to(vn.dtype.element_ty)
+        b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
         tl.store(vn + p_tv, b_vn, mask=m_tv)
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
         b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
         # the state moves on with the stored (rounded) Vn: what the outputs see
-        b_S = b_S * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_vn.to(tl.float32), input_precision=PREC)
+        b_S = b_S * tl.exp(b_GL) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_S, mask=m_kv)
 
@@ -272,7 +279,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
 @triton.jit
 def _output_kernel(q, k, g, h, vn, o, offsets, chunk_indices, scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+                   BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn] of one chunk and value tile."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -293,15 +300,15 @@ def _output_kernel(q, k, g, h, vn, o, offsets, chunk_indices, scale,
         b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
         b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_o += tl.dot(b_q.to(tl.float32), b_h, input_precision=PREC)
+        b_o += _mm(b_q, b_h, DT, PREC)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
     b_A = b_A * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
     p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
-    b_vn = tl.load(vn + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-    b_o = b_o * tl.exp(b_G)[:, None] + tl.dot(b_A, b_vn, input_precision=PREC)
+    b_vn = tl.load(vn + p_tv, mask=m_tv, other=0.0)
+    b_o = b_o * tl.exp(b_G)[:, None] + _mm(b_A, b_vn, DT, PREC)
     tl.store(o + p_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
 
 
@@ -312,7 +319,8 @@ def _output_kernel(q, k, g, h, vn, o, offsets, chunk_indices, scale,
 @triton.jit
 def _dvn_local_kernel(q, k, g, do, dvn, offsets, chunk_indices, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                      BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+                      BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr,
+                      PREC: tl.constexpr):
     """The chunk-local part of dVn: s (Q Kᵀ ⊙ Γ)ᵀ dO (the state part is added by _dstate_kernel)."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -334,15 +342,15 @@ def _dvn_local_kernel(q, k, g, do, dvn, offsets, chunk_indices, scale,
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
     b_A = b_A * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf"))) * scale
     p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
-    b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-    tl.store(dvn + p_tv, tl.dot(tl.trans(b_A), b_do, input_precision=PREC), mask=m_tv)
+    b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+    tl.store(dvn + p_tv, _mm(tl.trans(b_A), b_do, DT, PREC), mask=m_tv)
 
 
 @triton.jit
 def _dstate_kernel(q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, MAXC, scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                    BV: tl.constexpr, GATED: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                   PREC: tl.constexpr):
+                   DT: tl.constexpr, PREC: tl.constexpr):
     """Walk the chunks last to first: dh[c] = gradient of the state leaving chunk c; completes dVn."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -371,13 +379,12 @@ def _dstate_kernel(q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, MA
         b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
-        b_dvn = tl.load(dvn + p_tv, mask=m_tv, other=0.0) + tl.dot(b_kd, b_dS, input_precision=PREC)
+        b_dvn = tl.load(dvn + p_tv, mask=m_tv, other=0.0) + _mm(b_kd, b_dS, DT, PREC)
         tl.store(dvn + p_tv, b_dvn, mask=m_tv)
         b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32) * (scale * tl.exp(b_G))[:, None]
-        b_w = tl.load(w + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        b_dS = (b_dS * tl.exp(b_GL) + tl.dot(tl.trans(b_q), b_do, input_precision=PREC)
-                - tl.dot(tl.trans(b_w), b_dvn, input_precision=PREC))
+        b_w = tl.load(w + p_tk, mask=m_tk, other=0.0)
+        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_dS = b_dS * tl.exp(b_GL) + _mm(tl.trans(b_q), b_do, DT, PREC) - _mm(tl.trans(b_w), b_dvn, DT, PREC)
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_state, b_dS, mask=m_kv)
 
@@ -385,7 +392,7 @@ def _dstate_kernel(q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, MA
 @triton.jit
 def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_indices, scale, NT,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+                 BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
     """dQ, the output and state parts of dK, dW = −dVn Sᵀ and the gate's row terms, per key tile.
 
     With G free per row, ∂L/∂G_i = q_i·dq_i − k_i·dk_i over the output and state terms; the state's
@@ -423,22 +430,24 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
         b_h = tl.load(h + p_kv, mask=m_kv, other=0.0)
         b_dh = tl.load(dh + p_kv, mask=m_kv, other=0.0)
         b_dA += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
-        b_dqs += tl.dot(b_do.to(tl.float32), tl.trans(b_h), input_precision=PREC)
-        b_dw -= tl.dot(b_dvn, tl.trans(b_h), input_precision=PREC)
-        b_dks += tl.dot(b_vn.to(tl.float32), tl.trans(b_dh), input_precision=PREC)
+        b_dqs += _mm(b_do, tl.trans(b_h), DT, PREC)
+        b_dw -= _mm(b_dvn, tl.trans(b_h), DT, PREC)
+        b_dks += _mm(b_vn, tl.trans(b_dh), DT, PREC)
         b_sl += tl.sum(b_dh * b_h, axis=1)
     b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
     b_dA = b_dA * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf"))) * scale
-    b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-    b_dq = b_dqs * (scale * tl.exp(b_G))[:, None] + tl.dot(b_dA, b_k, input_precision=PREC)
+    b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
+    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
+    b_dq = b_dqs * (scale * tl.exp(b_G))[:, None] + _mm(b_dA, b_k, DT, PREC)
     b_dks = b_dks * tl.exp(b_GL - b_G)[:, None]
-    b_dk = tl.dot(tl.trans(b_dA), b_q, input_precision=PREC) + b_dks
+    b_dk = _mm(tl.trans(b_dA), b_q, DT, PREC) + b_dks
     tl.store(dq + p_tk, b_dq, mask=m_tk)
     tl.store(dk + p_tk, b_dk, mask=m_tk)
     tl.store(dw + p_tk, b_dw, mask=m_tk)
     if GATED:
+        b_q = b_q.to(tl.float32)
+        b_k = b_k.to(tl.float32)
         b_dG = tl.sum(b_q * b_dq, axis=1) - tl.sum(b_k * b_dk, axis=1)
         b_dGL = tl.sum(tl.sum(b_k * b_dks, axis=1), axis=0) + tl.exp(b_GL) * tl.sum(b_sl, axis=0)
         last = tl.minimum(eos - t0, BT) - 1
@@ -449,7 +458,8 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
 @triton.jit
 def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, chunk_indices, NT,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, NK: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
+                   BV: tl.constexpr, NK: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr,
+                   PREC: tl.constexpr):
     """Through U = T βV, W = T β e^G K and T = (I + A)⁻¹: dV, dβ, the rest of dK, and dg."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -458,9 +468,9 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
     eos = tl.load(offsets + i_n + 1).to(tl.int64)
     rows = bos + c * BT + tl.arange(0, BT)
     m_t = rows < eos
-    b_T = tl.load(Tm + (rows[:, None] * H + i_h) * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None],
-                  other=0.0)
-    b_Tt = tl.trans(b_T)
+    # only Tᵀ is used: read it transposed rather than transpose it in registers
+    b_Tt = tl.load(Tm + (rows[None, :] * H + i_h) * BT + tl.arange(0, BT)[:, None], mask=m_t[None, :],
+                   other=0.0)
     b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
     b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
     b_eG = tl.exp(b_G)
@@ -475,8 +485,8 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
         p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
         b_du = tl.load(dvn + p_tv, mask=m_tv, other=0.0)
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-        b_dT += tl.dot(b_du, tl.trans(b_v * b_beta[:, None]), input_precision=PREC)
-        b_tdu = tl.dot(b_Tt, b_du, input_precision=PREC)          # gradient of βV
+        b_dT += _mm(b_du, tl.trans(b_v * b_beta[:, None]), DT, PREC)
+        b_tdu = _mm(b_Tt, b_du, DT, PREC)                         # gradient of βV
         tl.store(dv + p_tv, b_tdu * b_beta[:, None], mask=m_tv)
         b_db += tl.sum(b_tdu * b_v, axis=1)
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -485,7 +495,7 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
         p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
         b_dw = tl.load(dw + p_tk, mask=m_tk, other=0.0)
-        b_dT += tl.dot(b_dw, tl.trans(b_k.to(tl.float32) * b_xs[:, None]), input_precision=PREC)
+        b_dT += _mm(b_dw, tl.trans(b_k.to(tl.float32) * b_xs[:, None]), DT, PREC)
         b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     # dA = −Tᵀ dT Tᵀ on the strict lower triangle; M = dA ⊙ Γ is the gradient of β_i k_i·k_j
     b_dA = -tl.dot(tl.dot(b_Tt, b_dT, input_precision=PREC), b_Tt, input_precision=PREC)
@@ -502,10 +512,10 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
         p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_dw = tl.load(dw + p_tk, mask=m_tk, other=0.0)
-        b_dx = tl.dot(b_Tt, b_dw, input_precision=PREC)            # gradient of β e^G K
+        b_dx = _mm(b_Tt, b_dw, DT, PREC)                           # gradient of β e^G K
         b_dk = (tl.load(dk + p_tk, mask=m_tk, other=0.0) + b_dx * b_xs[:, None]
-                + tl.dot(b_M, b_k, input_precision=PREC) * b_beta[:, None]
-                + tl.dot(tl.trans(b_M), b_k * b_beta[:, None], input_precision=PREC))
+                + _mm(b_M, b_k, DT, PREC) * b_beta[:, None]
+                + _mm(tl.trans(b_M), b_k * b_beta[:, None], DT, PREC))
         tl.store(dk + p_tk, b_dk, mask=m_tk)
         b_r = tl.sum(b_dx * b_k, axis=1)
         b_db += b_r * b_eG
@@ -521,9 +531,25 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
 # launchers
 # --------------------------------------------------------------------------------------------
 
-def _prec(dtype: torch.dtype) -> str:
-    # fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative error)
-    return "ieee" if dtype == torch.float32 else "tf32"
+# Operands of the products that mix an fp32 quantity (T, a state, a gradient) with the inputs:
+# True feeds half-precision inputs' tensor cores in their own dtype, as fla does (half the
+# registers); False keeps such operands in fp32 and multiplies them in tf32 (more accurate).
+# fp32 inputs always get exact fp32 products (tf32 would cost ~1e-3 relative error).
+HALF_OPERANDS = True
+
+
+def _operands(dtype: torch.dtype):
+    """(DT, PREC): the operand dtype of the mixed products and the precision of fp32 products."""
+    if dtype == torch.float32:
+        return tl.float32, "ieee"
+    half = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+    return (half if HALF_OPERANDS else tl.float32), "tf32"
+
+
+def _num_warps(BT: int) -> int:
+    # sm_90 register report (ptxas -v, bf16, K = V = 128): at C = 64 four warps spill in every
+    # kernel but the UT one, eight warps hardly at all
+    return 8 if BT == 64 else 4
 
 
 def _tiles(K: int, V: int) -> tuple[int, int, int, int]:
@@ -542,7 +568,9 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     KP, BK, BV, BVS = _tiles(K, V)
     chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
     NC = chunk_indices.shape[0]
-    gated, prec = g is not None, _prec(q.dtype)
+    gated = g is not None
+    dt, prec = _operands(q.dtype)
+    nw = _num_warps(BT)
     Tm = _empty(Tt, H, BT, dtype=torch.float32, device=dev)
     w = _empty(Tt, H, K, dtype=k.dtype, device=dev)
     u = _empty(Tt, H, V, dtype=v.dtype, device=dev)
@@ -554,15 +582,15 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
                             GATED=gated, PREC=prec)
         _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
-                            BK=BK, BV=BV, GATED=gated, PREC=prec)
+                            BK=BK, BV=BV, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
     if N * H > 0:
         _state_kernel[(triton.cdiv(V, BVS), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP, BV=BVS,
-            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec)
+            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, num_warps=nw)
     if NC > 0:
         _output_kernel[(triton.cdiv(V, BV), NC, H)](
             q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            GATED=gated, PREC=prec)
+            GATED=gated, DT=dt, PREC=prec, num_warps=nw)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
 
 
@@ -575,7 +603,9 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     dev = q.device
     KP, BK, BV, BVS = _tiles(K, V)
     NK = triton.cdiv(K, BK)
-    gated, prec = g is not None, _prec(q.dtype)
+    gated = g is not None
+    dt, prec = _operands(q.dtype)
+    nw = _num_warps(BT)
     f32 = torch.float32
     dvn = _empty(Tt, H, V, dtype=f32, device=dev)
     dh = _empty(NC, H, K, V, dtype=f32, device=dev)
@@ -590,18 +620,20 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     if NC > 0:
         _dvn_local_kernel[(triton.cdiv(V, BV), NC, H)](
             q, k, g, do, dvn, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            GATED=gated, PREC=prec)
+            GATED=gated, DT=dt, PREC=prec, num_warps=nw)
     if N * H > 0:
         _dstate_kernel[(triton.cdiv(V, BVS), N * H)](
             q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
-            KP=KP, BV=BVS, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, PREC=prec)
+            KP=KP, BV=BVS, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, DT=dt,
+            PREC=prec, num_warps=nw)
     if NC > 0:
         _dqkw_kernel[(NK, NC, H)](
             q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, H=H, K=K, V=V,
-            BT=BT, BK=BK, BV=BV, GATED=gated, PREC=prec)
+            BT=BT, BK=BK, BV=BV, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
+        # 32-wide tiles: this kernel keeps five C × C fp32 tiles live and spilled with 64
         _wy_bwd_kernel[(NC, H)](
             k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
-            BT=BT, BK=BK, BV=BV, NK=NK, GATED=gated, PREC=prec)
+            BT=BT, BK=min(BK, 32), BV=min(BV, 32), NK=NK, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
     return dq, dk, dv, dbeta, dg, dh0
 
 
