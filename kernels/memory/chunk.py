@@ -15,16 +15,19 @@ then solve one unit-lower-triangular system, whose matrix does not depend on the
 
 so with T = (I + A)⁻¹ (forward substitution), W1 = T diag(a') K, W2 = T diag(b') K, U = T V:
 
-    _prep_kernel    T, W1, W2, U and the output mask c ⊙ θ, every chunk at once
+    _prep_kernel    T, W1, W2, U, the masks c ⊙ θ and c' ⊙ θ and the vectors a, b, a', b', θ c_L,
+                    θ e^{G^η_L − G^η} (and a_L, b_L, e^{G^η_L} per chunk), every chunk at once
     _state_kernel   E = W1 S + W2 Z − U;  S ← a_L S + b_L Z − Kᵀ diag(θ c_L) E;
                     Z ← e^{G^η_L} Z − Kᵀ diag(θ e^{G^η_L − G^η}) E        (sequential over chunks)
     _output_kernel  O = diag(a) Q S_0 + diag(b) Q Z_0 − (Q Kᵀ ⊙ c ⊙ θ) E, every chunk at once
 
 Backward: ``_dstate_kernel`` walks the chunks last to first carrying (∂L/∂S, ∂L/∂Z) through each
-chunk's map (the only sequential part); ``_grad_kernel`` then takes every chunk at once and, from the
-chunk's entering state, its errors and the gradient of its leaving state, gives dq, dk, dv, dθ, dg
-and dlog_eta (through T by dA = −(Tᵀ dE) Eᵀ and through the masks a, b, c, a', b', c' into the
-cumulative logs). Every exponent is ≤ 0 for log gates ≤ 0. Sums over V are written per V-block.
+chunk's map (the only sequential part). Then every chunk at once, from its entering state, its
+errors and the gradient of its leaving state: ``_grad_kernel`` gives dv, dq, dk (through T by
+dA = −(Tᵀ dE) Eᵀ) and the gradients of the masks and coefficients, ``_dgate_kernel`` carries those
+into the cumulative logs: dθ, dg, dlog_eta. Every exponent is ≤ 0 for log gates ≤ 0. Sums over V
+are written per V-block and added in PyTorch. Products run in tf32 for 16-bit inputs, in 3×tf32
+(fp32-accurate) for fp32 ones.
 """
 
 from __future__ import annotations
@@ -47,25 +50,33 @@ def _empty(*shape, dtype, device) -> Tensor:
     return torch.empty(*shape, dtype=dtype, device=device)
 
 
-def _blocks(K: int, V: int, BT: int) -> dict[str, int]:
+def _blocks(K: int, V: int, BT: int, prec: str = "tf32") -> dict[str, int]:
     """Tile sizes (K is never split; V-blocks per kernel), warps and pipeline stages.
 
-    Not tuned on a GPU yet (``python -m kernels.memory.tune`` sweeps them). The sequential kernels
-    keep S and Z ([BK, BV] each) in registers and load [BT, BK] fp32 tiles every chunk; one
-    pipeline stage keeps their shared memory within an H100/H200 SM at K = 128.
+    Not timed on a GPU yet (``python -m kernels.memory.tune`` sweeps them); chosen from ptxas's
+    register and spill counts for sm_90 at K = V = 128, C = 64, where eight warps spill 1-3 KB a
+    thread instead of 3-5 KB. The sequential kernels keep S and Z ([BK, BV] each) in registers and
+    load [BT, BK] fp32 tiles every chunk; one pipeline stage keeps their shared memory within an
+    H100/H200 SM.
     """
     BK = max(16, next_pow2(K))
     Vp = max(16, next_pow2(V))
     big = BK * BT > 64 * 64
-    return {"BK": BK, "BV_prep": min(Vp, 64), "BV_state": min(Vp, 32), "BV_out": min(Vp, 64),
-            "BV_grad": min(Vp, 32), "BK_grad": min(BK, 64), "warps_state": 4,
-            "stages_state": 1 if big else 2, "warps_grad": 8 if big else 4, "warps_prep": 4,
+    w = 8 if big else 4
+    # 3×tf32 products keep more operands in shared memory: half-width K-blocks in the gradient kernel
+    # (254 KB of shared memory at 64, over the 227 KB of an SM)
+    bk_grad = min(BK, 32 if prec == "tf32x3" else 64)
+    return {"BK": BK, "BV_prep": min(Vp, 64), "BV_state": min(Vp, 32), "BV_out": min(Vp, 32),
+            "BV_grad": min(Vp, 32), "BK_grad": bk_grad, "warps_state": w,
+            "stages_state": 1 if big else 2, "warps_grad": w, "warps_prep": w,
             "warps_gate": 8 if BT >= 64 else 4}
 
 
 def _prec(dtype: torch.dtype) -> str:
-    # fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative error)
-    return "ieee" if dtype == torch.float32 else "tf32"
+    # fp32 inputs get fp32-accurate products from three tf32 ones (tf32 alone would cost ~1e-3
+    # relative error; "ieee" compiles these kernels' products to FMA code so long that ptxas spills
+    # most of it: 32 registers and ~90 KB of spills a thread for the prep kernel at K=128, C=64)
+    return "tf32x3" if dtype == torch.float32 else "tf32"
 
 
 # --------------------------------------------------------------------------------------------
@@ -571,7 +582,7 @@ class ChunkTitans(torch.autograd.Function):
         V = v.shape[-1]
         N = offsets.numel() - 1
         dev, f32 = q.device, torch.float32
-        bl = _blocks(K, V, BT)
+        bl = _blocks(K, V, BT, _prec(q.dtype))
         chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
         NC = chunk_indices.shape[0]
         shape = dict(H=H, K=K, V=V, BT=BT, BK=bl["BK"], PREC=_prec(q.dtype))
@@ -616,7 +627,7 @@ class ChunkTitans(torch.autograd.Function):
             dst = torch.zeros_like(dzt) if dst is None else dst.contiguous()
             dzt = torch.zeros_like(dst) if dzt is None else dzt.contiguous()
         do = do.contiguous()
-        bl = _blocks(K, V, BT)
+        bl = _blocks(K, V, BT, _prec(q.dtype))
         shape = dict(H=H, K=K, V=V, BT=BT, BK=bl["BK"], PREC=_prec(q.dtype))
         dhs, dhz = _empty(NC, H, K, V, dtype=f32, device=dev), _empty(NC, H, K, V, dtype=f32, device=dev)
         ds0 = _empty(N, H, K, V, dtype=f32, device=dev) if has_h0 else None

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     default = CH._blocks
     rows = []
     for label, chunk, over in GRID:
-        CH._blocks = lambda K, V, BT, over=over: {**default(K, V, BT), **over}  # noqa: E731
+        CH._blocks = lambda K, V, BT, prec, over=over: {**default(K, V, BT, prec), **over}  # noqa: E731
         row = {"setting": label}
         for mode, bwd in (("fwd", False), ("fwd+bwd", True)):
             try:

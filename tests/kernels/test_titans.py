@@ -126,7 +126,7 @@ def test_chunked_split_tiles(monkeypatch):
     """V = 32 in V-blocks of 16 in every kernel (sums over V from two partial sums), and K = 32 in
     K-blocks of 16 in the gradient kernel."""
     blocks = CH._blocks(32, 16, 16) | {"BK_grad": 16}
-    monkeypatch.setattr(CH, "_blocks", lambda K, V, BT: blocks)
+    monkeypatch.setattr(CH, "_blocks", lambda K, V, BT, prec: blocks)
     spec = spec_of()
     compare(spec, chunk_titans, *case(spec, 1, 18, 1, K=32, V=32, seed=4), chunk_size=16)
 
