@@ -18,6 +18,7 @@ those decays are instead factored about the chunk start, which is exact and one 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -139,17 +140,51 @@ def _pass_group(decay: str, logtot: Tensor, dS: Tensor, S: Tensor, from_start: b
     return S_all[:, :, :-1], S_all[:, :, -1]
 
 
+# Tokens per segment: long inputs are cut into segments run one after the other with the state
+# carried (exact, like any two pieces). B·H·L ≤ _SEGMENT_ROWS keeps each [.., C, C] intermediate
+# near 2 MB at C = 64, so it stays in cache; at least _MIN_SEGMENT_CHUNKS chunks per segment keep
+# the Python overhead per segment small.
+_SEGMENT_ROWS = 8192
+_MIN_SEGMENT_CHUNKS = 16
+
+
+def _segment_length(B: int, H: int, C: int) -> int:
+    return C * max(_MIN_SEGMENT_CHUNKS, _SEGMENT_ROWS // max(1, B * H * C))
+
+
 def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
                    chunk_size: int = 64) -> tuple[Tensor, Tensor]:
     """Chunked form of a finite-state mixer; same results as :func:`recurrent_linear`."""
     B, T, H, K, V = terms.shape
     C = chunk_size
-    S = (terms.q.new_zeros(B, H, K, terms.write_value().shape[-1]) if initial_state is None
-         else initial_state.to(terms.q.dtype))
+    x = terms.write_value()
+    S = x.new_zeros(B, H, K, x.shape[-1]) if initial_state is None else initial_state.to(terms.q.dtype)
+    # The recurrence proper: the value gate and the normaliser column are folded into u, and the
+    # read-out (normalise, output gate, skip, layout) is applied once at the end.
+    core = dataclasses.replace(terms, u=x, w=None, normalize=False, r=None, D=None, out=None,
+                               state_in=None, state_out=None, phi_out=None)
+    L = _segment_length(B, H, C)
+    ys = []
+    for a in range(0, T, L):
+        seg = core if L >= T else _time_slice(core, a, min(a + L, T))
+        y, S = _chunked_core(seg, S, C)
+        ys.append(y)
+    return terms.finish(ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)), S
+
+
+def _time_slice(terms: LinearTerms, a: int, b: int) -> LinearTerms:
+    cut = lambda t: None if t is None else t[:, a:b]  # noqa: E731
+    return dataclasses.replace(terms, q=cut(terms.q), k=cut(terms.k), u=cut(terms.u), g=cut(terms.g),
+                               beta=cut(terms.beta))
+
+
+def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor]:
+    """The chunked recurrence of read-out-free terms: raw reads Sᵀq [B, T, H, V'] and the state."""
+    T = terms.shape[1]
     if terms.beta is not None:
         return _chunked_delta(terms, S, C, T)
     q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)           # [B, H, N, C, K]
-    x = _to_chunks(terms.write_value(), C)                           # [B, H, N, C, V']
+    x = _to_chunks(terms.u, C)                                        # [B, H, N, C, V']
     # Padding is harmless: zero keys write nothing, zero log-decay keeps the state.
     if terms.decay in ("none", "scalar"):
         return _chunked_scalar(terms, q, k, x, S, T)
@@ -181,7 +216,7 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
         y = y + (q @ S_in) * from_start
     else:
         y = y + (q * from_start) @ S_in
-    return terms.finish(_from_chunks(y, T)), S
+    return _from_chunks(y, T), S
 
 
 def _pass_all(decay: str, logtot: Tensor, dS: Tensor, S: Tensor, from_start: bool = False
@@ -229,7 +264,7 @@ def _chunked_scalar(terms: LinearTerms, q: Tensor, k: Tensor, x: Tensor, S: Tens
     dS = kw.transpose(-1, -2) @ x                                     # step 2: what the chunk writes
     S_in, S = _pass_all(terms.decay, logtot, dS, S, from_start)       # step 3: across chunks
     y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
-    return terms.finish(_from_chunks(y, T)), S
+    return _from_chunks(y, T), S
 
 
 def _delta_scan(S: Tensor, W: Tensor, U: Tensor, kT: Tensor, d: Tensor | None,
@@ -266,7 +301,7 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     the loop over chunks is two small matmuls; the outputs Q Γ₀ S + (Q Kᵀ ⊙ Γ) (U − W S) are batched
     after it. Tensors are chunk-major ([N, B, H, C, *]) so the loop reads contiguous blocks.
     """
-    q, k, x = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k, terms.write_value()))
+    q, k, x = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k, terms.u))
     n, B, H = q.shape[:3]
     K, Vp = k.shape[-1], x.shape[-1]
     beta = _to_chunks(terms.beta, C, chunk_major=True)[..., None]    # [N, B, H, C, 1]
@@ -303,7 +338,7 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     S_in, v_new = _delta_scan(S.flatten(0, 1), W, U, kT, d if gated else None, inplace)
     y = torch.baddbmm(P.flatten(0, 2) @ v_new.flatten(0, 1), q.flatten(0, 2),
                       S_in[:-1].flatten(0, 1)).view(*P.shape[:-1], Vp)
-    return terms.finish(_from_chunks(y, T, chunk_major=True)), S_in[-1].view(B, H, K, Vp)
+    return _from_chunks(y, T, chunk_major=True), S_in[-1].view(B, H, K, Vp)
 
 
 def chunked_softmax(terms: SoftmaxTerms, initial_state: KVCache | None = None,

@@ -133,3 +133,27 @@ def test_gradients_agree(case, shape):
     g_p = grads([dsf.parallel(spec, **inp)], leaves, seed)
     for n, a, b in zip(inp, g_p, g_r0):
         assert _ok(a, b), f"parallel d{n}: {rel_err(a, b):.2e}"
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if has_form(c, "chunked")], ids=case_id)
+def test_chunked_in_segments(case, monkeypatch):
+    """Long inputs run as segments with the state carried: cut after every chunk, nothing changes."""
+    import importlib
+
+    chunked_mod = importlib.import_module("dsf.forms.chunked")  # dsf.forms.chunked is also a function
+
+    B, T, H, K, V, chunk, seed = 2, 11, 2, 3, 2, 3, 5
+    spec, inp = random_case(*case, B, T, H, K, V, seed)
+    S0 = requires_grad(prefix_state(spec, inp, 2, seed))
+    inp = requires_grad(inp)
+    leaves = list(inp.values()) + flat_tensors(S0)
+    o_r, S_r = dsf.recurrent(spec, initial_state=S0, **inp)
+    monkeypatch.setattr(chunked_mod, "_SEGMENT_ROWS", 1)
+    monkeypatch.setattr(chunked_mod, "_MIN_SEGMENT_CHUNKS", 1)
+    assert chunked_mod._segment_length(B, H, chunk) == chunk
+    o_c, S_c = dsf.chunked(spec, chunk_size=chunk, initial_state=S0, **inp)
+    _check("chunked", o_c, o_r)
+    _check("final state", S_c, S_r)
+    for n, a, b in zip(list(inp) + ["initial_state"], grads([o_c, *flat_tensors(S_c)], leaves, seed),
+                       grads([o_r, *flat_tensors(S_r)], leaves, seed)):
+        assert _ok(a, b), f"chunked d{n}: {rel_err(a, b):.2e}"
