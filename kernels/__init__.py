@@ -120,7 +120,7 @@ class CompiledMixer:
             with torch.no_grad():
                 state.copy_(new)
             new = state
-        elif inplace and self.family == "memory":
+        elif inplace and self.family == "memory" and state is not None:
             with torch.no_grad():
                 for old, x in zip(state.weights + state.momentum, new.weights + new.momentum):
                     old.copy_(x)

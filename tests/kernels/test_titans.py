@@ -176,6 +176,9 @@ def test_compile_titans_linear():
         outs.append(o_t)
     assert rel_err(torch.cat([o1, o2, torch.stack(outs, 1)], 1), o_r) < TOL
     assert rel_err(st.weights[0], fin_r[0]) < TOL and rel_err(st.momentum[0], fin_r[1]) < TOL
+    o0, s0 = m.step(None, inplace=True, **{k: v[:, 0] for k, v in f.items()})   # from a zero state
+    o_zero, _ = dsf.recurrent(spec, **{k: v[:, :1] for k, v in d.items()})
+    assert isinstance(s0, dsf.MemoryState) and rel_err(o0, o_zero[:, 0]) < TOL
     # the gradient of the first ten outputs w.r.t. θ (the user's, before the lowering's factor 2)
     th = d["theta"].clone().requires_grad_()
     o_ref, _ = dsf.recurrent(spec, initial_state=dsf.MemoryState((S0[0],), (S0[1],)), **(d | {"theta": th}))
