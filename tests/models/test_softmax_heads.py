@@ -45,6 +45,18 @@ def test_effective_matrices_rejects_other_architectures():
         sh.effective_matrices(torch.nn.Linear(2, 2))
 
 
+def test_token_init_makes_the_circuits_two_factor_products():
+    m = _model(H=2)
+    sh.token_init(m)
+    eff = sh.effective_matrices(m)
+    layer = m.blocks[0].mixer
+    Wq, Wk = (layer.proj[n].weight.detach().view(2, 6, 6) for n in ("q", "k"))
+    torch.testing.assert_close(eff["kq"], Wk.transpose(1, 2) @ Wq)            # (W_K I)ᵀ (W_Q I)
+    torch.testing.assert_close(eff["readout"], torch.eye(6, dtype=torch.float64)[5])   # ρ = e_y
+    with pytest.raises(ValueError, match="d_model >= d_in"):
+        sh.token_init(_model(d_model=4, H=1))
+
+
 def _pad(block: torch.Tensor, last_col: torch.Tensor | None = None) -> torch.Tensor:
     """A [6, 6] KQ with the given x-block, a zero key-y row and (not identified) last column."""
     m = torch.zeros(6, 6, dtype=torch.float64)
@@ -157,7 +169,7 @@ def test_tiny_run_writes_tables_and_figures(tiny):
         ("softmax_attention", "1"), ("softmax_attention", "2"), ("linear_attention", "1")]
     assert {"steps", "test_risk", "gd_risk", "debiased_gd_risk", "ridge_risk", "paper_mean", "kq_offdiag_ratio",
             "kq_diag_cv", "ov_y_share", "ov_zero_sum", "active_heads"} <= rows[0].keys()
-    assert int(rows[0]["steps"]) == 6 and int(rows[2]["steps"]) == 3          # linear: half the steps (cpu)
+    assert int(rows[0]["steps"]) == 6 and int(rows[2]["steps"]) == 6          # linear_fraction 1 (cpu)
     # the baselines are the closed forms' values up to Monte-Carlo error, and ordered as theory says
     row = r["risk"][0]
     assert row["gd_risk"] == pytest.approx(icl.gd_optimal_risk(5, 40, 0.1, "1/d"), rel=0.25)
@@ -174,7 +186,8 @@ def test_tiny_run_writes_tables_and_figures(tiny):
 def test_bad_arguments_are_named():
     for kw, match in [({"heads": [0]}, "heads"), ({"heads": [2, 2]}, "heads"), ({"scale": "tpu"}, "scale"),
                       ({"steps": 0}, "steps"), ({"batch": -1}, "batch"), ({"wrong": 1}, "unknown preset"),
-                      ({"accelerator": "tpu"}, "accelerator")]:
+                      ({"accelerator": "tpu"}, "accelerator"), ({"init": "xavier"}, "init"),
+                      ({"seed": "a"}, "seed")]:
         with pytest.raises(ValueError, match=match):
             sh.run(**kw)
     with pytest.raises(SystemExit):
