@@ -242,6 +242,9 @@ class MixerLayer(nn.Module):
         if backend == "triton":
             import kernels
 
+            if approximate:
+                raise ValueError("MixerLayer: approximate='minibatch' runs in PyTorch; the Triton kernels "
+                                 "are exact — use backend='reference' or 'auto'")
             if kernels.supports(self.spec) is None:
                 raise ValueError(f"MixerLayer: no Triton kernel for {mixer!r}; use backend='reference' "
                                  "or 'auto'")
@@ -329,8 +332,8 @@ class MixerLayer(nn.Module):
                 raise RuntimeError("MixerLayer: backend='triton' needs CUDA tensors or TRITON_INTERPRET=1 "
                                    "(set before triton is imported)")
             return True
-        if not x.is_cuda:
-            return False
+        if not x.is_cuda or self.approximate:
+            return False  # the kernels compute the exact memory, not the mini-batch approximation
         import kernels
 
         return kernels.supports(self.spec) is not None

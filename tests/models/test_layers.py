@@ -1,6 +1,7 @@
 """MixerLayer: every zoo mixer builds and trains on the CPU; the Triton path matches the reference."""
 
 import math
+import types
 
 import pytest
 import torch
@@ -129,6 +130,13 @@ def test_memories_run_exact_or_minibatch():
         assert torch.allclose(layer(x), approx(x), atol=1e-5), name
     with pytest.raises(ValueError, match="approximate='minibatch' is for test-time memories"):
         MixerLayer("gla", 16, 2, approximate="minibatch")
+    with pytest.raises(ValueError, match="approximate='minibatch' runs in PyTorch"):
+        MixerLayer("titans", 16, 2, memory="linear", approximate="minibatch", backend="triton")
+    # auto never sends the approximation to the (exact) kernels, even where they exist
+    layer = MixerLayer("titans", 16, 2, memory="linear", approximate="minibatch")
+    cuda_like = types.SimpleNamespace(is_cuda=True)  # what _use_kernels reads of its input
+    assert not layer._use_kernels(cuda_like)
+    assert MixerLayer("titans", 16, 2, memory="linear")._use_kernels(cuda_like)
 
 
 def test_auto_uses_the_reference_on_cpu():
