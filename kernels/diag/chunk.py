@@ -10,6 +10,18 @@ cumulative log decay and S_c the state entering chunk c (fla's orientation, S �
 
 The two state kernels are the only sequential parts (one program per head and state tile walks the
 chunks); the others run every chunk at once. Every exponent is ≤ 0, so nothing overflows.
+
+Numerics. Each exponent is a sum of the g between its two rows (G from the chunk start, G_L − G as a
+reverse sum, G_i − G_j by a cumulative sum down each column of the pair matrix), never a difference
+of prefix sums, whose rounding (|G| · 6e-8) is all that is left of a strong decay's pair terms. The
+decay gradient is summed inside _dqdk_kernel from the pairs that straddle each step,
+
+    dg_t = e^{G_L} ⟨S_c, dS_{c+1}⟩ + Σ_{i≥t} q_i·dq_i^inter + Σ_{j<t} k_j·dk_j^inter
+           + Σ_{i≥t} (q_i·dq_i^strict − k_i·dk_i^strict),
+
+(inter: through the chunk's incoming and outgoing states; strict: intra-chunk pairs i > j). The
+diagonal pairs q_i·k_i (do_i·v_i), ~e^{20} times dg under a decay of −20 per step, never enter it,
+unlike the usual Σ_{s≥t} (q_s·dq_s − k_s·dk_s).
 """
 
 from __future__ import annotations
@@ -20,20 +32,60 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import next_pow2
-from .recurrent import _empty, _segment_reverse_cumsum
+from .recurrent import _empty
 
 BT = 64  # chunk length
 
 
 @triton.jit
-def _decays(g, t_rows, m_t, H: tl.constexpr, i_h, DECAY: tl.constexpr):
-    """Chunk-local cumulative log decay G [BT] and its total G_L (0 without decay)."""
+def _decays(g, t_rows, m_t, eos, H: tl.constexpr, i_h, BT: tl.constexpr, DECAY: tl.constexpr):
+    """A chunk's log decays (all 0 without decay): g, G_t = Σ_{s≤t} g_s, Gs_t = Σ_{s>t} g_s and G_L.
+
+    Gs is a reverse cumulative sum of the next rows' g, not G_L − G_t.
+    """
     if DECAY == 1:
         b_g = tl.load(g + t_rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+        m_n = m_t & (t_rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT)
+        b_gn = tl.load(g + (t_rows + 1) * H + i_h, mask=m_n, other=0.0).to(tl.float32)
     else:
-        b_g = tl.zeros_like(t_rows).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    return b_G, tl.sum(b_g, axis=0)
+        b_g = tl.zeros([BT], dtype=tl.float32)
+        b_gn = b_g
+    return b_g, tl.cumsum(b_g, axis=0), tl.cumsum(b_gn, axis=0, reverse=True), tl.sum(b_g, axis=0)
+
+
+@triton.jit
+def _pair_decays(b_g, BT: tl.constexpr, DECAY: tl.constexpr, STRICT: tl.constexpr, TRANS: tl.constexpr):
+    """D_ij = e^{Σ_{j<s≤i} g_s} for i ≥ j (i > j if STRICT), 0 elsewhere; Dᵀ (rows j, columns i) if TRANS.
+
+    The exponent is a cumulative sum of g down each column, exact to rounding however large the
+    chunk's total decay (G_i − G_j from prefix sums is off by |G| · 6e-8).
+    """
+    o = tl.arange(0, BT)
+    if TRANS:
+        later = o[None, :] > o[:, None]
+        keep = o[None, :] >= o[:, None]
+        if STRICT:
+            keep = later
+    else:
+        later = o[:, None] > o[None, :]
+        keep = o[:, None] >= o[None, :]
+        if STRICT:
+            keep = later
+    if DECAY == 1:
+        if TRANS:
+            b_E = tl.cumsum(tl.where(later, b_g[None, :], 0.0), axis=1)
+        else:
+            b_E = tl.cumsum(tl.where(later, b_g[:, None], 0.0), axis=0)
+        b_D = tl.exp(tl.where(keep, b_E, float("-inf")))
+    else:
+        b_D = tl.where(keep, 1.0, 0.0)
+    return b_D
+
+
+@triton.jit
+def _excl_combine(s1, p1, s2, p2):
+    # (inclusive, exclusive) prefix sums in one scan: the exclusive one is never inclusive − x
+    return s1 + s2, s1 + p2
 
 
 @triton.jit
@@ -65,8 +117,8 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
                       other=0.0).to(tl.float32)
         b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                       other=0.0)
-        b_G, b_GL = _decays(g, t_rows, m_t, H, i_h, DECAY)
-        b_kd = (b_k * tl.exp(b_GL - b_G)[:, None]).to(b_v.dtype)
+        _, _, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
+        b_kd = (b_k * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
         b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
@@ -86,7 +138,7 @@ def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices,
     m_t = t_rows < eos
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
-    b_G, b_GL = _decays(g, t_rows, m_t, H, i_h, DECAY)
+    b_g, b_G, _, _ = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     p_h = h + (i_c.to(tl.int64) * H + i_h) * K * V
@@ -99,8 +151,7 @@ def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices,
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         b_o += tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-    causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_D = tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
+    b_D = _pair_decays(b_g, BT, DECAY, False, False)
     b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                   other=0.0)
     b_o = b_o * tl.exp(b_G)[:, None] + tl.dot((b_A * b_D).to(b_v.dtype), b_v, input_precision=PREC)
@@ -138,7 +189,7 @@ def _dstate_kernel(q, do, g, dht, dh, dh0, offsets, chunk_offsets, MAXC,
                       other=0.0)
         b_do = tl.load(do + (t_rows[:, None] * H + i_h) * V + o_v[None, :],
                        mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_G, b_GL = _decays(g, t_rows, m_t, H, i_h, DECAY)
+        _, b_G, _, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
         b_qd = (b_q.to(tl.float32) * tl.exp(b_G)[:, None]).to(b_do.dtype)
         b_dh = b_dh * tl.exp(b_GL) + tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)
     if STORE_DH0:
@@ -146,10 +197,11 @@ def _dstate_kernel(q, do, g, dht, dh, dh0, offsets, chunk_offsets, MAXC,
 
 
 @triton.jit
-def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, offsets, chunk_indices,
+def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, T,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
-    """dQ and dK of one chunk and key block; the value dim is walked in blocks of BV."""
+                 BV: tl.constexpr, DECAY: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr):
+    """dQ and dK of one chunk and key block (the value dim walked in blocks of BV) and, with DG, this
+    key block's share of the decay gradient (see the module docstring)."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
@@ -165,6 +217,7 @@ def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, offsets, chunk_indices,
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)    # ∂L/∂(q_i·k_j), before the decay mask
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
+    b_hdh = tl.zeros([BK], dtype=tl.float32)       # Σ_v S_c ⊙ dS_{c+1}
     for vb in range(0, tl.cdiv(V, BV)):
         o_v = vb * BV + tl.arange(0, BV)
         m_v = o_v < V
@@ -173,20 +226,35 @@ def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, offsets, chunk_indices,
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
         m_kv = m_k[:, None] & m_v[None, :]
-        b_h = tl.load(h + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(b_v.dtype)
-        b_dh = tl.load(dh + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0).to(b_v.dtype)
+        b_h = tl.load(h + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
+        b_dh = tl.load(dh + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
         b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
-        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=PREC)
-        b_dk += tl.dot(b_v, tl.trans(b_dh), input_precision=PREC)
-    b_G, b_GL = _decays(g, t_rows, m_t, H, i_h, DECAY)
-    causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_dA = b_dA * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
+        b_dq += tl.dot(b_do, tl.trans(b_h.to(b_v.dtype)), input_precision=PREC)
+        b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision=PREC)
+        if DG:
+            b_hdh += tl.sum(b_h * b_dh, axis=1)
+    b_g, b_G, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
+    o_t = tl.arange(0, BT)
+    # the diagonal pairs (do_i·v_i) are added apart from the strictly causal ones: the decay
+    # gradient must never see them
+    b_dAd = tl.sum(tl.where(o_t[:, None] == o_t[None, :], b_dA, 0.0), axis=1)
+    b_dA = b_dA * _pair_decays(b_g, BT, DECAY, True, False)
     b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
     b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
-    b_dq = b_dq * tl.exp(b_G)[:, None] + tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC)
-    b_dk = b_dk * tl.exp(b_GL - b_G)[:, None] + tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
-    tl.store(dq + p_tk, b_dq, mask=m_tk)
-    tl.store(dk + p_tk, b_dk, mask=m_tk)
+    b_dq = b_dq * tl.exp(b_G)[:, None]                      # through the incoming state
+    b_dk = b_dk * tl.exp(b_Gs)[:, None]                     # through the outgoing state
+    b_dqs = tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC)
+    b_dks = tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
+    b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
+    tl.store(dq + p_tk, b_dq + b_dqs + b_dAd[:, None] * b_k, mask=m_tk)
+    tl.store(dk + p_tk, b_dk + b_dks + b_dAd[:, None] * b_q, mask=m_tk)
+    if DG:
+        # pairs (i ≥ t > j) inside the chunk as a suffix sum over i: those with both ends ≥ t cancel
+        b_suf = tl.cumsum(tl.sum(b_q * (b_dq + b_dqs) - b_k * b_dks, axis=1), axis=0, reverse=True)
+        _, b_pre = tl.associative_scan((tl.sum(b_k * b_dk, axis=1), tl.zeros([BT], dtype=tl.float32)), 0,
+                                       _excl_combine)
+        b_dg = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + b_suf + b_pre
+        tl.store(dg + (i_k * T + t_rows) * H + i_h, b_dg, mask=m_t)
 
 
 @triton.jit
@@ -206,8 +274,8 @@ def _dv_kernel(q, k, g, do, dh, dv, offsets, chunk_indices,
     m_tv = m_t[:, None] & m_v[None, :]
     p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
     p_state = (i_c.to(tl.int64) * H + i_h) * K * V
-    b_G, b_GL = _decays(g, t_rows, m_t, H, i_h, DECAY)
-    e_L = tl.exp(b_GL - b_G)[:, None]
+    b_g, _, b_Gs, _ = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
+    e_L = tl.exp(b_Gs)[:, None]
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
     for kb in range(0, tl.cdiv(K, BK)):
@@ -220,8 +288,7 @@ def _dv_kernel(q, k, g, do, dh, dv, offsets, chunk_indices,
                        other=0.0).to(b_k.dtype)
         b_A += tl.dot(b_k, tl.trans(b_q), input_precision=PREC)            # Aᵀ: rows j, columns i
         b_dv += tl.dot((b_k.to(tl.float32) * e_L).to(b_k.dtype), b_dh, input_precision=PREC)
-    anti = tl.arange(0, BT)[:, None] <= tl.arange(0, BT)[None, :]
-    b_A = b_A * tl.exp(tl.where(anti, b_G[None, :] - b_G[:, None], float("-inf")))
+    b_A = b_A * _pair_decays(b_g, BT, DECAY, False, True)
     b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
     b_dv += tl.dot(b_A.to(b_do.dtype), b_do, input_precision=PREC)
     tl.store(dv + p_tv, b_dv, mask=m_tv)
@@ -269,13 +336,13 @@ class ChunkScalarDecay(torch.autograd.Function):
         _output_kernel[(triton.cdiv(V, BVs), NC, H)](
             q, k, v, g, h, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=min(BK, 64), BV=BVs,
             DECAY=decay, PREC=prec, num_warps=4, num_stages=2)
-        ctx.save_for_backward(q, k, v, g, h0, offsets, h, ht, chunk_offsets, chunk_indices)
+        ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
         ctx.maxc = maxc
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, g, h0, offsets, h, ht, chunk_offsets, chunk_indices = ctx.saved_tensors
+        q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices = ctx.saved_tensors
         Tt, H, K = q.shape
         V = v.shape[-1]
         N = offsets.numel() - 1
@@ -294,21 +361,16 @@ class ChunkScalarDecay(torch.autograd.Function):
         dk = _empty(Tt, H, K, dtype=torch.float32, device=q.device)
         dv = _empty(Tt, H, V, dtype=torch.float32, device=q.device)
         BKs = min(BK, 64)
-        _dqdk_kernel[(triton.cdiv(K, BKs), NC, H)](
-            q, k, v, g, h, do, dh, dq, dk, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
-            DECAY=decay, PREC=prec, num_warps=4, num_stages=2)
+        NKs = triton.cdiv(K, BKs)
+        want_dg = g is not None and ctx.needs_input_grad[3]
+        # one share of dg per key block, summed below
+        dg = _empty(NKs, Tt, H, dtype=torch.float32, device=q.device) if want_dg else None
+        _dqdk_kernel[(NKs, NC, H)](
+            q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V, BT=BT, BK=BKs,
+            BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, num_warps=4, num_stages=2)
         _dv_kernel[(triton.cdiv(V, BVs), NC, H)](
             q, k, g, do, dh, dv, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
             DECAY=decay, PREC=prec, num_warps=4, num_stages=2)
-        dg = None
-        if g is not None:
-            # the reverse cumsum adds T terms that largely cancel: do it in float64
-            dg = _segment_reverse_cumsum((q.double() * dq - k.double() * dk).sum(-1), offsets)
-            if dht is not None and ht is not None:
-                fin = (dht.double() * ht).sum((-1, -2))            # ⟨dS_T, S_T⟩ per sequence, head
-                has = offsets[1:] > offsets[:-1]
-                add = torch.zeros_like(dg)
-                add.index_add_(0, (offsets[1:] - 1)[has], fin[has])
-                dg = dg + _segment_reverse_cumsum(add, offsets)
-            dg = dg.to(g.dtype)
+        if want_dg:
+            dg = (dg[0] if NKs == 1 else dg.sum(0)).to(g.dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dh0, None, None
