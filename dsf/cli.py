@@ -74,13 +74,23 @@ def _number(n: float) -> str:
     return str(int(n)) if float(n).is_integer() else f"{n:g}"
 
 
+# Option variants whose forms or kernels differ from the default's, each with its state size
+# (a spec's size string describes its default options).
+ZOO_VARIANTS = (("titans", {"memory": "linear"}, "(K·V) × 2, with momentum", lambda d: 2 * d["K"] * d["V"]),)
+
+
 def zoo_rows() -> tuple[list[str], list[list[str]]]:
     """Header and one row per registered mixer for the zoo table."""
     header = ["name", "family", "Λ structure", "state / head", "at K=V=64, N=16", "forms", "kernels"]
     rows = []
-    for spec in zoo.specs():
-        numel = spec.state_numel(ZOO_DIMS) if spec.state_numel else float("nan")
-        rows.append([spec.name, spec.family, str(spec.transition), spec.state_size, _number(numel),
+    variants = [(s.name, s, s.state_size, s.state_numel) for s in zoo.specs()]
+    for name, options, size, numel in ZOO_VARIANTS:
+        at = next(i for i, v in enumerate(variants) if v[0] == name) + 1
+        label = f"{name}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+        variants.insert(at, (label, zoo.get(name, **options), size, numel))
+    for label, spec, size, numel in variants:
+        n = numel(ZOO_DIMS) if numel else float("nan")
+        rows.append([label, spec.family, str(spec.transition), size, _number(n),
                      ", ".join(forms_of(spec)), kernel_support(spec)])
     return header, rows
 

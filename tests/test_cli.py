@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import dsf
-from dsf.cli import main
+from dsf.cli import ZOO_VARIANTS, main
 
 
 def test_zoo_lists_every_mixer(capsys):
@@ -31,7 +31,7 @@ def test_zoo_markdown(capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| name |")
     assert set(lines[1].replace(" ", "")) <= set("|-")
-    assert len(lines) == 2 + len(dsf.zoo.names())
+    assert len(lines) == 2 + len(dsf.zoo.names()) + len(ZOO_VARIANTS)
     assert all(line.startswith("| ") and line.endswith(" |") for line in lines)
 
 
