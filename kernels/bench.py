@@ -46,7 +46,7 @@ def _inputs(B, T, kind, dtype=torch.bfloat16, grad=True):
 
 
 def _ours(kind):
-    from kernels.delta import fused_recurrent_delta
+    from kernels.delta import chunk_delta
     from kernels.diag import chunk_diag
 
     s = D ** -0.5
@@ -55,9 +55,9 @@ def _ours(kind):
     if kind == "key":
         return lambda q, k, v, gk: chunk_diag(q * s, k, v, "key", gk)[0]
     if kind == "delta":
-        return lambda q, k, v, beta: fused_recurrent_delta(q * s, k, v, beta.to(q.dtype))[0]
+        return lambda q, k, v, beta: chunk_delta(q, k, v, beta.to(q.dtype), scale=s)[0]
     if kind == "gdn":
-        return lambda q, k, v, g, beta: fused_recurrent_delta(q * s, k, v, beta.to(q.dtype), g=g)[0]
+        return lambda q, k, v, g, beta: chunk_delta(q, k, v, beta.to(q.dtype), scale=s, g=g)[0]
     if kind == "titans":
         from kernels.memory import chunk_titans
 
@@ -125,27 +125,48 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() / (ms * 1e-3)
 
 
-def decode_bench(rows):
+def decode_bench(rows, bw=None):
+    """One decoding token at B=64: compile().step (state updated in place), our raw step kernel, and
+    fla's fused recurrent kernel on the same fp32 state. floor = reading and writing the state once."""
     from triton.testing import do_bench
 
+    from kernels.delta import delta_step
+    from kernels.diag import diag_step
+
     B = 64
-    m = kernels.compile("mamba2")
-    state = torch.zeros(B, H, D, D, device="cuda")
-    one = {n: x[:, 0].detach() for n, x in _inputs(B, 1, "scalar", grad=False).items()}
-    ours = do_bench(lambda: m.step(state, inplace=True, **one))
-    from kernels.diag import fused_recurrent_diag
+    s = D ** -0.5
+    for name, kind in (("mamba2", "scalar"), ("gated_deltanet", "gdn")):
+        m = kernels.compile(name)
+        state = torch.zeros(B, H, D, D, device="cuda")
+        one = {n: x[:, 0].detach() for n, x in _inputs(B, 1, kind, grad=False).items()}
+        with torch.no_grad():
+            ours = do_bench(lambda: m.step(state, inplace=True, **one))
+            if kind == "scalar":
+                raw = do_bench(lambda: diag_step(state, one["q"] * s, one["k"], one["v"], "scalar", one["g"]))
+            else:
+                raw = do_bench(lambda: delta_step(state, one["q"] * s, one["k"], one["v"],
+                                                  one["beta"].to(one["q"].dtype), one["g"]))
+        row = {"op": f"decode step B={B} ({name})", "ours step (compile)": ours, "ours raw kernel": raw}
+        t1 = {n: x.unsqueeze(1) for n, x in one.items()}
+        try:
+            if kind == "scalar":
+                from fla.ops.simple_gla import fused_recurrent_simple_gla
 
-    q1, k1, v1, g1 = (one[n].unsqueeze(1) for n in ("q", "k", "v", "g"))
-    raw = do_bench(lambda: fused_recurrent_diag(q1, k1, v1, "scalar", g1, state, True))
-    row = {"op": "decode step B=64 (mamba2)", "ours step (compile)": ours, "ours raw kernel": raw}
-    try:
-        from fla.ops.simple_gla import fused_recurrent_simple_gla
+                fla = lambda: fused_recurrent_simple_gla(t1["q"], t1["k"], t1["v"], g=t1["g"],  # noqa: E731
+                                                         initial_state=state, output_final_state=True)
+            else:
+                from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
-        row["fla fused_recurrent_simple_gla"] = do_bench(
-            lambda: fused_recurrent_simple_gla(q1, k1, v1, g=g1, initial_state=state, output_final_state=True))
-    except Exception as e:  # noqa: BLE001
-        row["fla fused_recurrent_simple_gla"] = f"error: {e}"[:80]
-    rows.append(row)
+                fla = lambda: fused_recurrent_gated_delta_rule(  # noqa: E731
+                    t1["q"], t1["k"], t1["v"], g=t1["g"], beta=t1["beta"].to(t1["q"].dtype),
+                    initial_state=state, output_final_state=True)
+            with torch.no_grad():
+                row["fla fused recurrent"] = do_bench(fla)
+        except Exception as e:  # noqa: BLE001
+            row["fla fused recurrent"] = f"error: {e}"[:80]
+        if bw:
+            row["state floor"] = 2 * state.numel() * 4 / bw * 1e3
+        rows.append(row)
 
 
 def profile(kind: str, T: int = 4096) -> str:
@@ -213,7 +234,7 @@ def main(argv=None) -> int:
                     del inp
                     torch.cuda.empty_cache()
     dec = []
-    decode_bench(dec)
+    decode_bench(dec, bw)
     print(dec, flush=True)
     with open(os.path.join(args.out, "kernel_bench.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(out_rows[0]))
@@ -237,8 +258,9 @@ def main(argv=None) -> int:
                 str(x["floor_ms"]) for x in out_rows if x["op"] == names[kind] and x["impl"] == "ours"
                 and x["mode"] == "fwd") + " | |")
         lines.append("")
-    lines += ["## Decode step", "", "| " + " | ".join(dec[0]) + " |", "|" + "---|" * len(dec[0]),
-              "| " + " | ".join(str(round(v, 4)) if isinstance(v, float) else str(v) for v in dec[0].values()) + " |"]
+    lines += ["## Decode step (ms)", "", "| " + " | ".join(dec[0]) + " |", "|" + "---|" * len(dec[0])]
+    lines += ["| " + " | ".join(str(round(v, 4)) if isinstance(v, float) else str(v) for v in r.values()) + " |"
+              for r in dec]
     with open(os.path.join(args.out, "kernel_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return 0
