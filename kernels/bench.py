@@ -189,6 +189,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax",
                     help="comma-separated subset of scalar,key,delta,gdn,softmax,titans")
     ap.add_argument("--profile", action="store_true", help="print a per-kernel breakdown first")
+    ap.add_argument("--Ts", default="", help="comma-separated sequence lengths (default 1K … 32K)")
     args = ap.parse_args(argv)
     if args.profile:
         for kind in args.ops.split(","):
@@ -197,6 +198,8 @@ def main(argv=None) -> int:
             with open(os.path.join(args.out, f"profile_{kind}.txt"), "w") as f:
                 f.write(text)
     Ts = [1024, 4096] if args.quick else [1024, 2048, 4096, 8192, 16384, 32768]
+    if args.Ts:
+        Ts = [int(t) for t in args.Ts.split(",")]
     bw = copy_bandwidth()
     out_rows = []
     names = {"scalar": "mamba2 / simple GLA", "key": "GLA", "delta": "DeltaNet", "gdn": "Gated DeltaNet",
