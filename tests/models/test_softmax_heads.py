@@ -127,9 +127,9 @@ def test_pattern_summary_on_the_papers_circuits():
 
 def _fake_result(risk_h, pats_ok=True, lin=(0.25, 3.0)):
     """A result dict with given test risks per H (GD 0.24) for the findings logic."""
-    risk = [{"model": "softmax_attention", "heads": h, "test_risk": r, "gd_risk": 0.24,
+    risk = [{"model": "softmax_attention", "heads": h, "test_risk": r, "gd_risk": 0.24, "steps": 100,
              "paper_mean": sh.PAPER_VAL[h] and sum(sh.PAPER_VAL[h]) / 10} for h, r in risk_h.items()]
-    risk.append({"model": "linear_attention", "heads": 1, "test_risk": lin[0], "gd_risk": 0.24})
+    risk.append({"model": "linear_attention", "heads": 1, "test_risk": lin[0], "gd_risk": 0.24, "steps": 50})
     pat = {"kq_offdiag_ratio": 0.05, "kq_diag_cv": 0.02, "ov_y_share": 0.99, "ov_zero_sum": 0.01,
            "active_heads": 2.0, "kq_signs": "+-", "ov_signs": "+-", "kq_diagonal": pats_ok,
            "ov_last_entry": pats_ok, "zero_sum": pats_ok, "paired_signs": pats_ok}
@@ -147,8 +147,13 @@ def test_findings_follow_the_numbers():
     assert [f["reproduced"] for f in bad if "KQ" in f["finding"] or "OV" in f["finding"]] == [False] * 3
     assert "outside the threshold" in next(f["why"] for f in bad if "KQ" in f["finding"])
     plateau = sh.findings(_fake_result({1: 0.42, 2: 0.42}))
-    assert plateau[0]["reproduced"] is False and "not converged" in plateau[0]["why"]
+    assert plateau[0]["reproduced"] is False and "not within 15%" in plateau[0]["why"]
     assert all(f["reproduced"] is None for f in plateau[1:])        # patterns of an unconverged model: untested
+    partial = sh.findings(_fake_result({1: 0.41, 2: 0.30, 4: 0.245}))
+    assert partial[0]["reproduced"] is False and "H=2: 0.300" in partial[0]["why"]
+    assert all(f["reproduced"] for f in partial[1:]) and "judged on H = 4" in partial[2]["why"]
+    lin_slow = sh.findings(_fake_result({2: 0.25}, lin=(0.5, 3.0)))
+    assert lin_slow[-1]["reproduced"] is None and "linear model did not converge" in lin_slow[-1]["why"]
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +165,7 @@ def tiny(tmp_path_factory):
 
 def test_tiny_run_writes_tables_and_figures(tiny):
     r, out = tiny
-    for name in ("risk.csv", "heads.csv", "length.csv", "curves.csv", "summary.md", "matrices.json"):
+    for name in ("risk.csv", "heads.csv", "length.csv", "curves.csv", "summary.md", "result.json"):
         assert (out / name).stat().st_size > 0, name
     for name in ("matrices.png", "length.png", "curves.png"):
         assert (out / name).stat().st_size > 10_000, name
@@ -181,6 +186,9 @@ def test_tiny_run_writes_tables_and_figures(tiny):
     assert [(x["heads"], x["head"]) for x in heads] == [("1", "0"), ("2", "0"), ("2", "1")]
     assert math.isfinite(float(heads[0]["kq_offdiag_ratio"]))
     assert "| published finding |" in (out / "summary.md").read_text()
+    saved = sh.load_result(out)
+    assert saved["risk"] == r["risk"] and sorted(saved["patterns"]) == [1, 2]
+    assert sh.findings(saved) == r["findings"]
 
 
 def test_bad_arguments_are_named():
