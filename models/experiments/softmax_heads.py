@@ -28,7 +28,9 @@ since the softmax weights sum to one and every constant collects in c₀. KQ_h (
 columns: query entries) is the paper's W_Kᵀ W_Q, and OV_h ∈ R^{d+1} is its W_O W_V with n_out = 1,
 read through read_out. ``effective_matrices`` computes them and ``predict_effective`` rebuilds the
 model's output from them (the tests check that the two agree to 1e-10). The query's y-slot is 0, so
-the last column of KQ_h never reaches the output; the statistics leave it out.
+the last column of KQ_h never reaches the output; the statistics leave it out. Training starts from
+read_in = identity and read_out = e_yᵀ (``token_init``), so that the circuits start as the paper's
+two-factor products.
 
 **The patterns and their statistics.** With A_h the x-block of KQ_h, a_h the mean of its diagonal and
 μ_h = OV_h[y] (the y → output entry):
@@ -71,8 +73,9 @@ from torch import Tensor
 
 from models import icl
 
-__all__ = ["Preset", "PRESETS", "PAPER_VAL", "load_config", "token_init", "effective_matrices", "predict_effective",
-           "kq_stats", "ov_stats", "head_stats", "pattern_summary", "findings", "findings_markdown", "load_result", "run", "main"]
+__all__ = ["Preset", "PRESETS", "PAPER_VAL", "load_config", "token_init", "effective_matrices",
+           "predict_effective", "kq_stats", "ov_stats", "head_stats", "pattern_summary", "findings",
+           "findings_markdown", "load_result", "rewrite", "run", "main"]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "models" / "configs" / "icl" / "softmax_heads.yaml"
@@ -80,8 +83,8 @@ RESULTS = ROOT / "models" / "results" / "softmax_heads"
 LINEAR_HEADS = 1            # one GD step needs one linear-attention head (lsa_gd)
 LENGTH_FACTORS = (1, 2, 4)  # test contexts: 1x, 2x and 4x the training context
 
-# The validation MSE printed by the paper's notebook (icl_linear.ipynb, Adam lr 1e-3, batch 256, seed
-# 1029) every 50k steps from 50k to 500k; each is one batch of 256 prompts, hence the spread.
+# The validation MSE printed by the paper's notebook (icl_linear.ipynb, Adam lr 1e-3, batch 256) every
+# 50k steps from 50k to 500k; each is one batch of 256 prompts, hence the spread.
 PAPER_VAL = {
     1: (0.4660, 0.3761, 0.3822, 0.3849, 0.4135, 0.3518, 0.4834, 0.3786, 0.4718, 0.4278),
     2: (0.2367, 0.1998, 0.2653, 0.2328, 0.2518, 0.2643, 0.2764, 0.2091, 0.2016, 0.2151),
@@ -575,7 +578,8 @@ def _run(heads, preset, steps_of, accelerator, out, cfg, linear, init) -> dict:
     result = {"risk": risk_rows, "heads": head_rows, "length": length_rows, "curves": curves,
               "patterns": patterns, "matrices": matrices,
               "settings": {**asdict(preset), "steps": steps_of["softmax"], "linear_steps": steps_of["linear"],
-                           "accelerator": accelerator, "device": str(device), "init": init, "train_wall_seconds": round(train_wall, 1),
+                           "accelerator": accelerator, "device": str(device), "init": init,
+                           "train_wall_seconds": round(train_wall, 1),
                            "train_context": train_context, "seed": cfg["seed"], "d": cfg["data"]["d"],
                            "noise_var": cfg["data"]["noise_std"] ** 2}}
     result["findings"] = findings(result)
@@ -607,7 +611,8 @@ def findings(result: dict) -> list[dict]:
     slow = [h for h in multi if h not in conv]
     steps = ", ".join(f"H={h}: {soft[h]['test_risk']:.3f} after {soft[h]['steps']:,} steps" for h in slow)
     untrained = f"no H ≥ 2 model converged ({steps}; the paper trains {PAPER_STEPS:,})"
-    judged = f"judged on H = {', '.join(map(str, conv))}" + (f" (not converged: {steps})" if slow else "")
+    judged = (f"judged on H = {', '.join(map(str, conv))} after {soft[conv[0]]['steps']:,} steps" if conv else "")
+    judged += f" (not converged: {steps})" if slow else ""
     rows = []
     fmt = lambda hs, f: ", ".join(f"H={h}: {f(h)}" for h in hs)  # noqa: E731
 
@@ -617,7 +622,8 @@ def findings(result: dict) -> list[dict]:
                      "why": why_yes if ok else (why_no if ok is False else untrained)})
 
     add("H ≥ 2 reaches the one-step-GD level",
-        "≈ GD at η*; notebook " + fmt(multi, lambda h: f"{soft[h]['paper_mean']:.3f}" if soft[h]["paper_mean"] else "—"),
+        "≈ GD at η*; notebook "
+        + fmt(multi, lambda h: f"{soft[h]['paper_mean']:.3f}" if soft[h]["paper_mean"] else "—"),
         fmt(multi, lambda h: f"{soft[h]['test_risk']:.3f}") + f" (GD {gd:.3f})", not slow,
         "every H ≥ 2 within 15% of GD", f"not within 15% of GD: {steps} (the paper trains {PAPER_STEPS:,})")
     if 1 in soft:
@@ -658,7 +664,8 @@ def findings(result: dict) -> list[dict]:
         lin_bad = li(hi) > 2 * li(lo)
         add("softmax attention generalises to longer prompts, linear attention does not",
             "stated in the abstract (no numbers)",
-            fmt(multi, lambda h: f"{risk[('softmax_attention', h, lo)]:.3f} → {risk[('softmax_attention', h, hi)]:.3f}")
+            fmt(multi, lambda h: f"{risk[('softmax_attention', h, lo)]:.3f} → "
+                                 f"{risk[('softmax_attention', h, hi)]:.3f}")
             + f"; linear {li(lo):.3f} → {li(hi):.3g} (L = {lo} → {hi})", soft_ok and lin_bad,
             "softmax weights average, so the output keeps its scale; linear attention sums L terms; " + judged,
             ("the softmax risk grows by more than 10%" if not soft_ok else "the linear risk did not double")
@@ -808,6 +815,7 @@ def plot_length(result: dict):
         series.setdefault((r["predictor"], r["heads"]), []).append((r["n_context"], r["risk"]))
     style = {"gd": ("GD, η* per L", "k", "--"), "gd_train_eta": ("GD, η* of the training L", "0.5", "--"),
              "debiased_gd": ("debiased GD (fitted step)", "C9", ":"), "ridge": ("Bayes ridge", "k", ":")}
+    colors = iter(["C0", "C1", "C2", "C3", "C5", "C6", "C8", "C7"])   # C4 is the linear model's
     for (name, h), pts in series.items():
         pts.sort()
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
@@ -815,14 +823,15 @@ def plot_length(result: dict):
             label, color, ls = style[name]
             ax.plot(xs, ys, ls=ls, color=color, label=label)
         elif name == "softmax_attention":
-            ax.plot(xs, ys, "o-", label=f"softmax H={h}")
+            ax.plot(xs, ys, "o-", color=next(colors, None), label=f"softmax H={h}")
         elif name == "linear_attention":
-            ax.plot(xs, ys, "s-", color="C3", label=f"linear attention H={h}")
+            ax.plot(xs, ys, "s-", color="C4", label=f"linear attention H={h}")
     ax.axvline(result["settings"]["train_context"], color="0.8", lw=0.8)
     ax.set(xscale="log", yscale="log", xlabel="context pairs L (trained at the grey line)", ylabel="test risk",
            title="Length generalisation")
-    ax.set_xticks(sorted({r["n_context"] for r in result["length"]}),
-                  [str(c) for c in sorted({r["n_context"] for r in result["length"]})])
+    ctx = sorted({r["n_context"] for r in result["length"]})
+    ax.set_xticks(ctx, [str(c) for c in ctx])
+    ax.set_xticks([], minor=True)
     ax.legend(fontsize=7)
     return fig
 
@@ -845,6 +854,14 @@ def plot_curves(result: dict):
     ax.set(xlabel="Adam step", ylabel="validation risk", ylim=(0, 1.3 * r0["zero_risk"]), title="Training")
     ax.legend(fontsize=7)
     return fig
+
+
+def rewrite(out: str | Path) -> dict:
+    """Recompute the findings of a saved run and write its tables and figures again (no training)."""
+    result = load_result(out)
+    result["findings"] = findings(result)
+    write(result, Path(out))
+    return result
 
 
 def write(result: dict, out: Path) -> None:
