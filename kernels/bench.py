@@ -182,6 +182,62 @@ def profile(kind: str, T: int = 4096) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
 
 
+def render(paths: list[str], header: list[str]) -> str:
+    """kernel_bench.md from the CSVs of one or more runs (a later run's cell replaces an earlier one).
+
+    A CSV whose first column after ``op`` is not ``impl`` holds decode-step rows."""
+    cells, decode, ops = {}, [], []
+    for path in paths:
+        with open(path) as f:
+            reader = csv.DictReader(f)
+            for r in reader:
+                if "impl" not in r:
+                    decode.append(r)
+                    continue
+                key = (r["op"], r["impl"], r["mode"], int(r["T"]))
+                cells[key] = r
+                if r["op"] not in ops:
+                    ops.append(r["op"])
+    Ts = sorted({k[3] for k in cells})
+    lines, errors = list(header), []
+    for op in ops:
+        lines += [f"## {op}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
+                  "|---|---|" + "---|" * (len(Ts) + 1)]
+        for impl in ("ours", "ours-recurrent", "fla", "sdpa"):
+            for mode in ("fwd", "fwd+bwd"):
+                got = [cells.get((op, impl, mode, T)) for T in Ts]
+                if any(got):
+                    peaks = [float(r["peak_GiB"]) for r in got if r and r["peak_GiB"] not in ("", "None")]
+                    lines.append(f"| {impl} | {mode} | " + " | ".join(
+                        _cell(r, errors) for r in got) + f" | {max(peaks, default='')} |")
+        floors = [next((r for k, r in cells.items() if k[0] == op and k[3] == T), None) for T in Ts]
+        lines += ["| memory floor | fwd | " + " | ".join(r["floor_ms"] if r else "—" for r in floors) + " | |", ""]
+    lines += [f"[e{i + 1}] {e}" for i, e in enumerate(errors)] + ([""] if errors else [])
+    if decode:
+        cols = list(decode[0])
+        lines += ["## Decode step (ms)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in decode]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(r: dict | None, errors: list[str]) -> str:
+    """A timing, "—" when not run, or "refused [eN]" with the (deduplicated) message as a footnote."""
+    if not r:
+        return "—"
+    if not r["ms"].startswith("error"):
+        return r["ms"]
+    if r["ms"] not in errors:
+        errors.append(r["ms"])
+    return f"failed [e{errors.index(r['ms']) + 1}]"
+
+
+def _fmt(x: str) -> str:
+    try:
+        return f"{float(x):.4f}"
+    except ValueError:
+        return x
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -190,7 +246,18 @@ def main(argv=None) -> int:
                     help="comma-separated subset of scalar,key,delta,gdn,softmax,titans")
     ap.add_argument("--profile", action="store_true", help="print a per-kernel breakdown first")
     ap.add_argument("--Ts", default="", help="comma-separated sequence lengths (default 1K … 32K)")
+    ap.add_argument("--render", default="", help="comma-separated CSVs of earlier runs: write "
+                    "kernel_bench.md from them and exit (no GPU needed)")
     args = ap.parse_args(argv)
+    if args.render:
+        md = render(args.render.split(","), [
+            "# Kernel benchmark (rendered from the CSVs of the runs named below)", "",
+            f"bf16, H={H}, K=V={D}, B·T={TOKENS}; ms = median of triton.testing.do_bench; floor = "
+            "bytes(q, k, v, o) / measured copy bandwidth. Runs: " + ", ".join(args.render.split(",")), ""])
+        with open(os.path.join(args.out, "kernel_bench.md"), "w") as f:
+            f.write(md)
+        print(md)
+        return 0
     if args.profile:
         for kind in args.ops.split(","):
             text = profile(kind)
@@ -239,6 +306,10 @@ def main(argv=None) -> int:
     dec = []
     decode_bench(dec, bw)
     print(dec, flush=True)
+    with open(os.path.join(args.out, "decode.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(dec[0]))
+        w.writeheader()
+        w.writerows(dec)
     with open(os.path.join(args.out, "kernel_bench.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(out_rows[0]))
         w.writeheader()
