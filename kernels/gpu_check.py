@@ -38,7 +38,8 @@ def _poison():
         return out
 
     for name in ("kernels.diag.recurrent", "kernels.diag.chunk", "kernels.delta.recurrent",
-                 "kernels.softmax.flash", "kernels.memory.chunk", "kernels.memory.recurrent"):
+                 "kernels.softmax.flash", "kernels.memory.chunk", "kernels.memory.recurrent",
+                 "kernels.delta.chunk"):
         try:
             mod = importlib.import_module(name)
         except ImportError:
@@ -147,6 +148,47 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
     g_k = _grads(o, S, list(kin.values()), seed)
     gerr = [rel_err(a.double(), b) for a, b in zip(g_k, g_ref)]
     names = ["q", "k", "v", "gk", "initial_state"]
+    errs["grad"], errs["worst_grad"] = max(gerr), names[max(range(len(names)), key=gerr.__getitem__)]
+    ok = errs["o"] < TOL[dtype] and errs["state"] < TOL[dtype] and errs["grad"] < GRAD_TOL[dtype]
+    return errs, ok
+
+
+# B, T, H, K, V, mixer, chunk size, gate regime ("mild": logsigmoid(N(4, 1)), "strong": −5 … −20)
+DELTA_SHAPES = [(2, 2048, 4, 128, 128, "gated_deltanet", 64, "mild"), (2, 2048, 4, 128, 128, "deltanet", 64, "mild"),
+                (2, 2048, 4, 128, 128, "gated_deltanet", 64, "strong"), (1, 1000, 2, 256, 256, "gated_deltanet", 64, "mild"),
+                (1, 777, 2, 100, 72, "gated_deltanet", 32, "mild"), (2, 1000, 4, 64, 64, "deltanet", 16, "mild")]
+
+
+def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=True, seed=0):
+    """chunk_delta, the chunked WY/UT kernel, vs the float64 dsf chunked form (scale K^-0.5).
+
+    ``half_operands=False`` runs the products that mix fp32 quantities with the inputs in tf32.
+    """
+    import kernels.delta.chunk as dc
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
+    u = lambda *s: torch.rand(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
+    x = {"q": r(B, T, H, K), "k": torch.nn.functional.normalize(r(B, T, H, K), dim=-1), "v": r(B, T, H, V),
+         "beta": u(B, T, H)}
+    if mixer == "gated_deltanet":
+        x["g"] = (torch.nn.functional.logsigmoid(4 + r(B, T, H)) if regime == "mild" else -5 - 15 * u(B, T, H))
+    x["S0"] = r(B, H, K, V) * 0.1
+    ref = _leaves(x)
+    S0_ref = ref.pop("S0")
+    o_ref, S_ref = dsf.chunked(mixer, chunk_size=64, initial_state=S0_ref, **ref)
+    kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
+    old, dc.HALF_OPERANDS = dc.HALF_OPERANDS, half_operands
+    try:
+        o, S = dc.chunk_delta(kin["q"], kin["k"], kin["v"], kin["beta"], kin.get("g"), initial_state=kin["S0"],
+                              output_final_state=True, chunk_size=cs)
+        errs = {"o": rel_err(o.double(), o_ref), "state": rel_err(S.double(), S_ref)}
+        names = list(kin)
+        g_k = _grads(o, S, list(kin.values()), seed)
+    finally:
+        dc.HALF_OPERANDS = old
+    g_ref = _grads(o_ref, S_ref, list(ref.values()) + [S0_ref], seed)
+    gerr = [rel_err(a.double(), b) for a, b in zip(g_k, g_ref)]
     errs["grad"], errs["worst_grad"] = max(gerr), names[max(range(len(names)), key=gerr.__getitem__)]
     ok = errs["o"] < TOL[dtype] and errs["state"] < TOL[dtype] and errs["grad"] < GRAD_TOL[dtype]
     return errs, ok
@@ -270,8 +312,27 @@ def main(argv=None) -> int:
                 failed += not ok
                 lines.append(row)
                 print(row, f"({time.time() - t0:.1f}s)", flush=True)
+    if want("chunk_delta"):  # the chunked WY/UT delta kernel alone, at realistic head dims and gates
+        lines += ["", "| chunk_delta B, T, H, K, V | mixer | C | gates | operands | dtype | o | state | worst grad "
+                  "| (which) | ok |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+        shapes = [(1, 130, 2, 32, 32, "gated_deltanet", 64, "mild")] if args.quick else DELTA_SHAPES
+        for dB, dT, dH, dK, dV, mixer, cs, regime in shapes:
+            for dtype, half in ((torch.float32, True), (torch.bfloat16, True), (torch.bfloat16, False),
+                                (torch.float16, True)):
+                t0, shape = time.time(), f"{dB}, {dT}, {dH}, {dK}, {dV}"
+                ops = "fp32" if dtype == torch.float32 else ("input dtype" if half else "fp32 (tf32)")
+                head = f"| {shape} | {mixer} | {cs} | {regime} | {ops} | {str(dtype)[6:]} |"
+                try:
+                    errs, ok = check_delta_chunk(dtype, dB, dT, dH, dK, dV, mixer, cs, regime, half)
+                    row = (f"{head} {errs['o']:.1e} | {errs['state']:.1e} | {errs['grad']:.1e} "
+                           f"| {errs['worst_grad']} | {'yes' if ok else '**NO**'} |")
+                except Exception as e:  # noqa: BLE001
+                    ok, row = False, f"{head} error: {type(e).__name__}: {str(e)[:120]} |||||"
+                failed += not ok
+                lines.append(row)
+                print(row, f"({time.time() - t0:.1f}s)", flush=True)
     lines += ["", "| varlen (cu_seqlens [0, 1, 1, 300, 1000]) | dtype | worst error | ok |", "|---|---|---|---|"]
-    for name in ("mamba2", "gla", "gated_deltanet", "softmax_attention"):
+    for name in ("mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention"):
         for dtype in (torch.float32, torch.bfloat16) if want(name) else ():
             try:
                 err, ok = check_varlen(name, dtype, H, K, V)

@@ -23,13 +23,18 @@ Backward, with dO and dS' (the gradient of the state leaving the chunk)::
     dT  = dVn (βV)ᵀ + dW (β e^G K)ᵀ,  dA = −Tᵀ dT Tᵀ (strict lower part)
     dV, dβ and the rest of dK from dT, dA and dW                  (_wy_bwd_kernel)
 
-The gate's gradient is taken with G as a free variable per row (∂L/∂G_i) plus ∂L/∂G_L, and
-dg_j = Σ_{i ≥ j in the chunk} ∂L/∂G_i + ∂L/∂G_L: a reverse cumulative sum inside the chunk, in
-fp32 (G is chunk-local, so nothing is summed across chunks). Every exponent is ≤ 0 for g ≤ 0.
+The gate's gradient needs care with strong decays. dg_j collects exactly the terms that hold g_j:
+Σ_{i ≥ j} of the e^{G_i} terms (a reverse cumsum), Σ_{b < j} of the e^{G_L − G_b} terms, the
+"straddle" sums Σ_{a ≥ j > b} E_ab of every decayed C × C product (E = gradient ⊙ entry) and
+⟨dS', e^{G_L} S⟩ — all inside the chunk, so nothing is summed across chunks. (The shortcut
+dG = q·dq − k·dk followed by one reverse cumsum is exact in theory but cancels O(1) terms down to
+a dg of ~1e-4.) Likewise G is an fp64 cumsum carried as an fp32 pair (hi, lo), so that
+G_i − G_j keeps fp32 relative accuracy when G itself reaches −1000. Every exponent is ≤ 0 for g ≤ 0.
 
-Dots on raw inputs (Q Kᵀ, K Kᵀ, dO Vnᵀ) run in the input dtype; dots that touch an fp32 quantity
-(T, states, gradients) run on fp32 operands, in tf32 for half-precision inputs and exact fp32 for
-fp32 inputs. W, U and Vn are stored in the input dtype, T, states and gradients in fp32.
+Dots on raw inputs (Q Kᵀ, K Kᵀ) run in the input dtype; dots that touch an fp32 quantity (T,
+states, gradients) run in bf16 for bf16 inputs (``HALF_OPERANDS``, as fla does) and in fp32
+otherwise (tf32 for fp16, exact for fp32), and W, U, Vn are stored in that operand dtype. T,
+states and gradients are fp32.
 """
 
 from __future__ import annotations
@@ -61,13 +66,57 @@ def _empty(*shape, dtype, device) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _cum_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
-    """Cumulative log decay over ``rows`` (masked rows add 0) and its total; zeros without a gate."""
+def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr):
+    """Cumulative log decay ``off`` + Σ g over ``rows`` (masked rows add 0; zeros without a gate).
+
+    Returned as an fp32 pair (hi, lo) whose sum is the fp64 cumsum, plus the fp64 running total.
+    With strong decays G reaches −1000 inside a chunk, where fp32 keeps only ~1e-4 of absolute
+    precision; the pair keeps differences G_i − G_j (see _gdiff) accurate to fp32 relative error.
+    """
     if GATED:
-        b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float32)
+        b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float64)
     else:
-        b_g = (rows * 0).to(tl.float32)
-    return tl.cumsum(b_g, axis=0), tl.sum(b_g, axis=0)
+        b_g = (rows * 0).to(tl.float64)
+    G = tl.cumsum(b_g, axis=0) + off
+    hi = G.to(tl.float32)
+    return hi, (G - hi.to(tl.float64)).to(tl.float32), off + tl.sum(b_g, axis=0)
+
+
+@triton.jit
+def _hilo(x):
+    """An fp64 value as an fp32 pair (hi, lo)."""
+    hi = x.to(tl.float32)
+    return hi, (x - hi.to(tl.float64)).to(tl.float32)
+
+
+@triton.jit
+def _gdiff(a_hi, a_lo, b_hi, b_lo):
+    """a − b for values held as (hi, lo) pairs: exact hi − hi for close values, plus the small parts."""
+    return (a_hi - b_hi) + (a_lo - b_lo)
+
+
+@triton.jit
+def _chunk_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
+    """(G, G_lo, G_L, G_L_lo): a chunk's cumulative log decay and its total, as (hi, lo) pairs."""
+    b_G, b_Gl, tot = _cum_gates(g, rows, m, i_h, 0.0, H, GATED)
+    b_L, b_Ll = _hilo(tot)
+    return b_G, b_Gl, b_L, b_Ll
+
+
+@triton.jit
+def _excl_cumsum(r, N: tl.constexpr):
+    """Σ_{b<j} r_b for every j, summing only those terms (an inclusive cumsum minus r_j cancels)."""
+    o = tl.arange(0, N)
+    return tl.sum(tl.where(o[:, None] < o[None, :], r[:, None], 0.0), axis=0)
+
+
+@triton.jit
+def _straddle(E, N: tl.constexpr, PREC: tl.constexpr):
+    """Σ_{a ≥ j > b} E_ab for every j: what the decays e^{G_a − G_b} (which hold g_j exactly when
+    b < j ≤ a) give to the gradient of g_j, from E = ∂L/∂(decayed entry) ⊙ entry."""
+    o = tl.arange(0, N)
+    X = tl.dot(E, tl.where(o[:, None] < o[None, :], 1.0, 0.0), input_precision=PREC)   # Σ_{b<j} E_ab
+    return tl.sum(tl.where(o[:, None] >= o[None, :], X, 0.0), axis=0)
 
 
 @triton.jit
@@ -88,7 +137,7 @@ def _inv_unit_lower(A, N: tl.constexpr):
 
 
 @triton.jit
-def _gram_block(k, beta, r_a, m_a, G_a, r_b, m_b, G_b, i_h, H: tl.constexpr, K: tl.constexpr,
+def _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.constexpr, K: tl.constexpr,
                 BK: tl.constexpr, N: tl.constexpr, DIAG: tl.constexpr, PREC: tl.constexpr):
     """Block (a, b) of A = strict_lower(diag(β) K Kᵀ ⊙ Γ): rows r_a, columns r_b of one chunk."""
     acc = tl.zeros([N, N], dtype=tl.float32)
@@ -101,7 +150,7 @@ def _gram_block(k, beta, r_a, m_a, G_a, r_b, m_b, G_b, i_h, H: tl.constexpr, K: 
                        other=0.0)
         acc += tl.dot(b_ka, tl.trans(b_kb), input_precision=PREC)
     b_beta = tl.load(beta + r_a * H + i_h, mask=m_a, other=0.0).to(tl.float32)
-    d = G_a[:, None] - G_b[None, :]
+    d = _gdiff(G_a[:, None], Gl_a[:, None], G_b[None, :], Gl_b[None, :])
     if DIAG:
         o = tl.arange(0, N)
         d = tl.where(o[:, None] > o[None, :], d, float("-inf"))
@@ -144,17 +193,16 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
 
     r0 = t0 + o
     m0 = r0 < eos
-    G0, s0 = _cum_gates(g, r0, m0, i_h, H, GATED)
-    A00 = _gram_block(k, beta, r0, m0, G0, r0, m0, G0, i_h, H, K, BK, BC, True, PREC)
+    G0, L0, s0 = _cum_gates(g, r0, m0, i_h, 0.0, H, GATED)
+    A00 = _gram_block(k, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC)
     T00 = _inv_unit_lower(A00, BC)
     _store_block(Tm, T00, r0, m0, 0, i_h, H, BT, BC)
     if BT >= 32:
         r1 = r0 + BC
         m1 = r1 < eos
-        G1, s1 = _cum_gates(g, r1, m1, i_h, H, GATED)
-        G1 += s0
-        A10 = _gram_block(k, beta, r1, m1, G1, r0, m0, G0, i_h, H, K, BK, BC, False, PREC)
-        A11 = _gram_block(k, beta, r1, m1, G1, r1, m1, G1, i_h, H, K, BK, BC, True, PREC)
+        G1, L1, s1 = _cum_gates(g, r1, m1, i_h, s0, H, GATED)
+        A10 = _gram_block(k, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC)
+        A11 = _gram_block(k, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC)
         T11 = _inv_unit_lower(A11, BC)
         T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
         _store_block(Tm, zero, r0, m0, BC, i_h, H, BT, BC)
@@ -165,17 +213,15 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         r3 = r0 + 3 * BC
         m2 = r2 < eos
         m3 = r3 < eos
-        G2, s2 = _cum_gates(g, r2, m2, i_h, H, GATED)
-        G2 += s0 + s1
-        G3, s3 = _cum_gates(g, r3, m3, i_h, H, GATED)
-        G3 += s0 + s1 + s2
-        A20 = _gram_block(k, beta, r2, m2, G2, r0, m0, G0, i_h, H, K, BK, BC, False, PREC)
-        A21 = _gram_block(k, beta, r2, m2, G2, r1, m1, G1, i_h, H, K, BK, BC, False, PREC)
-        A22 = _gram_block(k, beta, r2, m2, G2, r2, m2, G2, i_h, H, K, BK, BC, True, PREC)
-        A30 = _gram_block(k, beta, r3, m3, G3, r0, m0, G0, i_h, H, K, BK, BC, False, PREC)
-        A31 = _gram_block(k, beta, r3, m3, G3, r1, m1, G1, i_h, H, K, BK, BC, False, PREC)
-        A32 = _gram_block(k, beta, r3, m3, G3, r2, m2, G2, i_h, H, K, BK, BC, False, PREC)
-        A33 = _gram_block(k, beta, r3, m3, G3, r3, m3, G3, i_h, H, K, BK, BC, True, PREC)
+        G2, L2, s2 = _cum_gates(g, r2, m2, i_h, s1, H, GATED)
+        G3, L3, s3 = _cum_gates(g, r3, m3, i_h, s2, H, GATED)
+        A20 = _gram_block(k, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC)
+        A21 = _gram_block(k, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC)
+        A22 = _gram_block(k, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC)
+        A30 = _gram_block(k, beta, r3, m3, G3, L3, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC)
+        A31 = _gram_block(k, beta, r3, m3, G3, L3, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC)
+        A32 = _gram_block(k, beta, r3, m3, G3, L3, r2, m2, G2, L2, i_h, H, K, BK, BC, False, PREC)
+        A33 = _gram_block(k, beta, r3, m3, G3, L3, r3, m3, G3, L3, i_h, H, K, BK, BC, True, PREC)
         T22 = _inv_unit_lower(A22, BC)
         T33 = _inv_unit_lower(A33, BC)
         T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
@@ -215,8 +261,8 @@ def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
     b_T = tl.load(Tm + (rows[:, None] * H + i_h) * BT + tl.arange(0, BT)[None, :], mask=m_t[:, None],
                   other=0.0)
     b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
-    b_xs = b_beta * tl.exp(b_G)
+    b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+    b_xs = b_beta * tl.exp(b_G + b_Gl)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m = m_t[:, None] & (o_k < K)[None, :]
@@ -268,10 +314,10 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
         tl.store(vn + p_tv, b_vn, mask=m_tv)
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-        b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
-        b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
+        b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+        b_kd = b_k * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
         # the state moves on with the stored (rounded) Vn: what the outputs see
-        b_S = b_S * tl.exp(b_GL) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
+        b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_S, mask=m_kv)
 
@@ -302,13 +348,14 @@ def _output_kernel(q, k, g, h, vn, o, offsets, chunk_indices, scale,
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
         b_o += _mm(b_q, b_h, DT, PREC)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+    b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_A = b_A * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf")))
+    b_A = b_A * tl.exp(tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
+                                float("-inf")))
     p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_vn = tl.load(vn + p_tv, mask=m_tv, other=0.0)
-    b_o = b_o * tl.exp(b_G)[:, None] + _mm(b_A, b_vn, DT, PREC)
+    b_o = b_o * tl.exp(b_G + b_Gl)[:, None] + _mm(b_A, b_vn, DT, PREC)
     tl.store(o + p_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
 
 
@@ -338,9 +385,10 @@ def _dvn_local_kernel(q, k, g, do, dvn, offsets, chunk_indices, scale,
         b_q = tl.load(q + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
         b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
-    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+    b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_A = b_A * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf"))) * scale
+    b_A = b_A * tl.exp(tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
+                                float("-inf"))) * scale
     p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
     b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
     tl.store(dvn + p_tv, _mm(tl.trans(b_A), b_do, DT, PREC), mask=m_tv)
@@ -376,15 +424,15 @@ def _dstate_kernel(q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, MA
         m_tv = m_t[:, None] & m_v[None, :]
         p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
         p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
-        b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+        b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-        b_kd = b_k * tl.exp(b_GL - b_G)[:, None]
+        b_kd = b_k * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
         b_dvn = tl.load(dvn + p_tv, mask=m_tv, other=0.0) + _mm(b_kd, b_dS, DT, PREC)
         tl.store(dvn + p_tv, b_dvn, mask=m_tv)
-        b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32) * (scale * tl.exp(b_G))[:, None]
+        b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32) * (scale * tl.exp(b_G + b_Gl))[:, None]
         b_w = tl.load(w + p_tk, mask=m_tk, other=0.0)
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
-        b_dS = b_dS * tl.exp(b_GL) + _mm(tl.trans(b_q), b_do, DT, PREC) - _mm(tl.trans(b_w), b_dvn, DT, PREC)
+        b_dS = b_dS * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_q), b_do, DT, PREC) - _mm(tl.trans(b_w), b_dvn, DT, PREC)
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_state, b_dS, mask=m_kv)
 
@@ -393,11 +441,13 @@ def _dstate_kernel(q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, MA
 def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_indices, scale, NT,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
-    """dQ, the output and state parts of dK, dW = −dVn Sᵀ and the gate's row terms, per key tile.
+    """dQ, the output and state parts of dK, dW = −dVn Sᵀ, and this key tile's share of dg.
 
-    With G free per row, ∂L/∂G_i = q_i·dq_i − k_i·dk_i over the output and state terms; the state's
-    ∂L/∂G_L (k·dk of the state term plus ⟨dS', e^{G_L} S⟩) is added to the last row of the chunk,
-    so the reverse cumulative sum hands it to every row.
+    dg_j from the output and the state leaving the chunk: Σ_{i ≥ j} of the e^{G_i} S terms,
+    the straddle sums of the intra-chunk decays, Σ_{b < j} of the e^{G_L − G_b} terms and
+    ⟨dS', e^{G_L} S⟩. Each part sums only terms that hold g_j: the shortcut through
+    q·dq − k·dk and one reverse cumsum is exact too, but cancels O(1) terms down to a dg that
+    strong decays make ~1e-4, which costs fp32 three digits.
     """
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -429,30 +479,31 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
         b_dvn = tl.load(dvn + p_tv, mask=m_tv, other=0.0)
         b_h = tl.load(h + p_kv, mask=m_kv, other=0.0)
         b_dh = tl.load(dh + p_kv, mask=m_kv, other=0.0)
-        b_dA += tl.dot(b_do, tl.trans(b_vn), input_precision=PREC)
+        b_dA += _mm(b_do, tl.trans(b_vn), DT, PREC)
         b_dqs += _mm(b_do, tl.trans(b_h), DT, PREC)
         b_dw -= _mm(b_dvn, tl.trans(b_h), DT, PREC)
         b_dks += _mm(b_vn, tl.trans(b_dh), DT, PREC)
         b_sl += tl.sum(b_dh * b_h, axis=1)
-    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
+    b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_dA = b_dA * tl.exp(tl.where(causal, b_G[:, None] - b_G[None, :], float("-inf"))) * scale
+    b_dA = b_dA * tl.exp(tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
+                                  float("-inf"))) * scale
     b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
     b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
-    b_dq = b_dqs * (scale * tl.exp(b_G))[:, None] + _mm(b_dA, b_k, DT, PREC)
-    b_dks = b_dks * tl.exp(b_GL - b_G)[:, None]
+    b_dqs = b_dqs * (scale * tl.exp(b_G + b_Gl))[:, None]
+    b_dq = b_dqs + _mm(b_dA, b_k, DT, PREC)
+    b_dks = b_dks * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
     b_dk = _mm(tl.trans(b_dA), b_q, DT, PREC) + b_dks
     tl.store(dq + p_tk, b_dq, mask=m_tk)
     tl.store(dk + p_tk, b_dk, mask=m_tk)
     tl.store(dw + p_tk, b_dw, mask=m_tk)
     if GATED:
-        b_q = b_q.to(tl.float32)
-        b_k = b_k.to(tl.float32)
-        b_dG = tl.sum(b_q * b_dq, axis=1) - tl.sum(b_k * b_dk, axis=1)
-        b_dGL = tl.sum(tl.sum(b_k * b_dks, axis=1), axis=0) + tl.exp(b_GL) * tl.sum(b_sl, axis=0)
-        last = tl.minimum(eos - t0, BT) - 1
-        b_dG += tl.where(tl.arange(0, BT) == last, b_dGL, 0.0)
-        tl.store(dgp + (i_k * NT + rows) * H + i_h, b_dG, mask=m_t)
+        b_a = tl.sum(b_q.to(tl.float32) * b_dqs, axis=1)            # e^{G_i} S terms of the output
+        b_r = tl.sum(b_k.to(tl.float32) * b_dks, axis=1)            # e^{G_L − G_b} terms of S'
+        b_E = b_dA * tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
+        b_dg = (tl.cumsum(b_a, axis=0, reverse=True) + _excl_cumsum(b_r, BT) + _straddle(b_E, BT, PREC)
+                + tl.exp(b_L + b_Ll) * tl.sum(b_sl, axis=0))
+        tl.store(dgp + (i_k * NT + rows) * H + i_h, b_dg, mask=m_t)
 
 
 @triton.jit
@@ -472,13 +523,14 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
     b_Tt = tl.load(Tm + (rows[None, :] * H + i_h) * BT + tl.arange(0, BT)[:, None], mask=m_t[None, :],
                    other=0.0)
     b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    b_G, b_GL = _cum_gates(g, rows, m_t, i_h, H, GATED)
-    b_eG = tl.exp(b_G)
+    b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+    b_eG = tl.exp(b_G + b_Gl)
     b_xs = b_beta * b_eG
     b_dT = tl.zeros([BT, BT], dtype=tl.float32)
     b_KK = tl.zeros([BT, BT], dtype=tl.float32)
     b_db = tl.zeros([BT], dtype=tl.float32)
     b_dG = tl.zeros([BT], dtype=tl.float32)
+    b_de = tl.zeros([BT], dtype=tl.float32)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m_tv = m_t[:, None] & (o_v < V)[None, :]
@@ -500,12 +552,12 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
     # dA = −Tᵀ dT Tᵀ on the strict lower triangle; M = dA ⊙ Γ is the gradient of β_i k_i·k_j
     b_dA = -tl.dot(tl.dot(b_Tt, b_dT, input_precision=PREC), b_Tt, input_precision=PREC)
     strict = tl.arange(0, BT)[:, None] > tl.arange(0, BT)[None, :]
-    b_M = b_dA * tl.exp(tl.where(strict, b_G[:, None] - b_G[None, :], float("-inf")))
+    b_M = b_dA * tl.exp(tl.where(strict, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
+                                 float("-inf")))
     b_MK = b_M * b_KK
     b_db += tl.sum(b_MK, axis=1)
     if GATED:
-        b_E = b_MK * b_beta[:, None]                               # dA ⊙ A
-        b_dG += tl.sum(b_E, axis=1) - tl.sum(b_E, axis=0)
+        b_dG += _straddle(b_MK * b_beta[:, None], BT, PREC)        # from dA ⊙ A
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m_tk = m_t[:, None] & (o_k < K)[None, :]
@@ -519,37 +571,53 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
         tl.store(dk + p_tk, b_dk, mask=m_tk)
         b_r = tl.sum(b_dx * b_k, axis=1)
         b_db += b_r * b_eG
-        b_dG += b_r * b_xs
+        b_de += b_r * b_xs                                         # e^{G_i} terms of β e^G K
     tl.store(dbeta + rows * H + i_h, b_db, mask=m_t)
     if GATED:
         for i in range(0, NK):
             b_dG += tl.load(dgp + (i * NT + rows) * H + i_h, mask=m_t, other=0.0)
-        tl.store(dg + rows * H + i_h, tl.cumsum(b_dG, axis=0, reverse=True), mask=m_t)
+        tl.store(dg + rows * H + i_h, b_dG + tl.cumsum(b_de, axis=0, reverse=True), mask=m_t)
 
 
 # --------------------------------------------------------------------------------------------
 # launchers
 # --------------------------------------------------------------------------------------------
 
-# Operands of the products that mix an fp32 quantity (T, a state, a gradient) with the inputs:
-# True feeds half-precision inputs' tensor cores in their own dtype, as fla does (half the
-# registers); False keeps such operands in fp32 and multiplies them in tf32 (more accurate).
+# Operands of the products that mix an fp32 quantity (T, a state, a gradient) with the inputs, and
+# the storage of W, U and Vn: True runs them in bf16 for bf16 inputs, as fla does (half the
+# registers and bytes); False keeps them in fp32, multiplied in tf32 (more accurate). fp16 always
+# takes fp32: its range ends at 6e-8, below which strongly decayed terms (e^G ≈ e^-20) vanish.
 # fp32 inputs always get exact fp32 products (tf32 would cost ~1e-3 relative error).
 HALF_OPERANDS = True
 
 
-def _operands(dtype: torch.dtype):
-    """(DT, PREC): the operand dtype of the mixed products and the precision of fp32 products."""
-    if dtype == torch.float32:
-        return tl.float32, "ieee"
-    half = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
-    return (half if HALF_OPERANDS else tl.float32), "tf32"
+def _operands(dtype: torch.dtype) -> tuple[torch.dtype, str]:
+    """(operand dtype of the mixed products and of W, U, Vn; precision of fp32 products)."""
+    if dtype == torch.bfloat16 and HALF_OPERANDS:
+        return torch.bfloat16, "tf32"
+    return torch.float32, ("ieee" if dtype == torch.float32 else "tf32")
+
+
+_TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
 
 
 def _num_warps(BT: int) -> int:
     # sm_90 register report (ptxas -v, bf16, K = V = 128): at C = 64 four warps spill in every
     # kernel but the UT one, eight warps hardly at all
     return 8 if BT == 64 else 4
+
+
+def _scan_stages(inter: torch.dtype, KP: int) -> int:
+    """Software-pipelining depth of the two chunk scans, whose loads of chunk c + 1 overlap chunk c.
+
+    With fp32 operands the full-K tiles outgrow shared memory (sm_90, 227 KB): the reverse scan
+    needs 254 KB at K = 128 with the default three stages, 471 KB at K = 256.
+    """
+    if inter == torch.float32 and KP >= 256:
+        return 1
+    if inter == torch.float32 and KP >= 128:
+        return 2
+    return 3
 
 
 def _tiles(K: int, V: int) -> tuple[int, int, int, int]:
@@ -569,12 +637,12 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
     NC = chunk_indices.shape[0]
     gated = g is not None
-    dt, prec = _operands(q.dtype)
-    nw = _num_warps(BT)
+    inter, prec = _operands(q.dtype)
+    dt, nw = _TL[inter], _num_warps(BT)
     Tm = _empty(Tt, H, BT, dtype=torch.float32, device=dev)
-    w = _empty(Tt, H, K, dtype=k.dtype, device=dev)
-    u = _empty(Tt, H, V, dtype=v.dtype, device=dev)
-    vn = _empty(Tt, H, V, dtype=v.dtype, device=dev)
+    w = _empty(Tt, H, K, dtype=inter, device=dev)
+    u = _empty(Tt, H, V, dtype=inter, device=dev)
+    vn = _empty(Tt, H, V, dtype=inter, device=dev)
     h = _empty(NC, H, K, V, dtype=torch.float32, device=dev)
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
@@ -586,7 +654,8 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     if N * H > 0:
         _state_kernel[(triton.cdiv(V, BVS), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP, BV=BVS,
-            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, num_warps=nw)
+            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, num_warps=nw,
+            num_stages=_scan_stages(inter, KP))
     if NC > 0:
         _output_kernel[(triton.cdiv(V, BV), NC, H)](
             q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
@@ -604,8 +673,8 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     KP, BK, BV, BVS = _tiles(K, V)
     NK = triton.cdiv(K, BK)
     gated = g is not None
-    dt, prec = _operands(q.dtype)
-    nw = _num_warps(BT)
+    inter, prec = _operands(q.dtype)
+    dt, nw = _TL[inter], _num_warps(BT)
     f32 = torch.float32
     dvn = _empty(Tt, H, V, dtype=f32, device=dev)
     dh = _empty(NC, H, K, V, dtype=f32, device=dev)
@@ -625,7 +694,7 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
         _dstate_kernel[(triton.cdiv(V, BVS), N * H)](
             q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
             KP=KP, BV=BVS, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, DT=dt,
-            PREC=prec, num_warps=nw)
+            PREC=prec, num_warps=nw, num_stages=_scan_stages(inter, KP))
     if NC > 0:
         _dqkw_kernel[(NK, NC, H)](
             q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, H=H, K=K, V=V,

@@ -141,6 +141,21 @@ def test_tiled_head_dims(monkeypatch, mixer):
     compare(mixer, d, S0, do, dS, chunk_size=16)
 
 
+@pytest.mark.parametrize("cs", [16, 64])
+def test_strong_decays(cs):
+    """log decays of −5 … −20 every step: G reaches −1000 inside a chunk and dg is ~1e-4 per token.
+
+    Exercises the (hi, lo) cumulative gates and the terms-that-hold-g_j form of dg: a plain fp32
+    cumsum costs the state ~3e-5 (T = 100 leaves 36 tokens in the last chunk of 64, whose G then
+    reaches about −450) and the q·dq − k·dk shortcut costs dg ~1e-3.
+    """
+    B, T, H, K, V = 1, 100, 1, 32, 16
+    d = inputs("gated_deltanet", B, T, H, K, V, seed=11)
+    d["g"] = -5 - 15 * torch.rand(B, T, H, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    S0, do, dS = cotangents(B, T, H, K, V, B, True, True, seed=5)
+    compare("gated_deltanet", d, S0, do, dS, chunk_size=cs)
+
+
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 def test_varlen(mixer):
     """Packed sequences of lengths 5, 0, 12, 23: each its own dsf run from its own initial state."""
