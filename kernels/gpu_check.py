@@ -162,7 +162,8 @@ DELTA_SHAPES = [(2, 2048, 4, 128, 128, "gated_deltanet", 64, "mild"), (2, 2048, 
 def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=True, seed=0):
     """chunk_delta, the chunked WY/UT kernel, vs the float64 dsf chunked form (scale K^-0.5).
 
-    ``half_operands=False`` runs the products that mix fp32 quantities with the inputs in tf32.
+    ``half_operands=False`` runs the products that mix fp32 quantities with bf16 inputs in tf32 (fp16
+    always does).
     """
     import kernels.delta.chunk as dc
 
@@ -320,7 +321,8 @@ def main(argv=None) -> int:
             for dtype, half in ((torch.float32, True), (torch.bfloat16, True), (torch.bfloat16, False),
                                 (torch.float16, True)):
                 t0, shape = time.time(), f"{dB}, {dT}, {dH}, {dK}, {dV}"
-                ops = "fp32" if dtype == torch.float32 else ("input dtype" if half else "fp32 (tf32)")
+                ops = ("fp32" if dtype == torch.float32 else "bf16" if dtype == torch.bfloat16 and half
+                       else "fp32 (tf32)")
                 head = f"| {shape} | {mixer} | {cs} | {regime} | {ops} | {str(dtype)[6:]} |"
                 try:
                     errs, ok = check_delta_chunk(dtype, dB, dT, dH, dK, dV, mixer, cs, regime, half)
