@@ -182,8 +182,9 @@ def profile(kind: str, T: int = 4096) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
 
 
-def render(paths: list[str], header: list[str]) -> str:
-    """kernel_bench.md from the CSVs of one or more runs (a later run's cell replaces an earlier one).
+def render(paths: list[str], header: list[str], merged_csv: str | None = None) -> str:
+    """kernel_bench.md from the CSVs of one or more runs (a later run's cell replaces an earlier one),
+    and optionally the merged rows as one CSV.
 
     A CSV whose first column after ``op`` is not ``impl`` holds decode-step rows."""
     cells, decode, ops = {}, [], []
@@ -199,6 +200,11 @@ def render(paths: list[str], header: list[str]) -> str:
                 if r["op"] not in ops:
                     ops.append(r["op"])
     Ts = sorted({k[3] for k in cells})
+    if merged_csv and cells:
+        with open(merged_csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(next(iter(cells.values()))))
+            w.writeheader()
+            w.writerows(cells.values())
     lines, errors = list(header), []
     for op in ops:
         lines += [f"## {op}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
@@ -253,7 +259,8 @@ def main(argv=None) -> int:
         md = render(args.render.split(","), [
             "# Kernel benchmark (rendered from the CSVs of the runs named below)", "",
             f"bf16, H={H}, K=V={D}, B·T={TOKENS}; ms = median of triton.testing.do_bench; floor = "
-            "bytes(q, k, v, o) / measured copy bandwidth. Runs: " + ", ".join(args.render.split(",")), ""])
+            "bytes(q, k, v, o) / measured copy bandwidth. Runs: " + ", ".join(args.render.split(",")), ""],
+            merged_csv=os.path.join(args.out, "kernel_bench.csv"))
         with open(os.path.join(args.out, "kernel_bench.md"), "w") as f:
             f.write(md)
         print(md)
