@@ -7,17 +7,18 @@ none. One program owns one (sequence, head, value block) and keeps its [K, BV] s
 fp32 registers for the whole sequence: each token costs one read of q, k, v and one write of o, which
 makes this the decoding kernel too.
 
-Decay gradient. dg_t = e^{g_t} S_{t−1} ⊙ dS_t (summed over V for key-wise decays, over K for
-value-wise ones, over both for a scalar) is the sum of the pairs (a key j < t or the initial state,
-a query s ≥ t or the final state) that straddle t. With r_s the pairs of query s with earlier sources
-(from the state before k_s v_sᵀ is added, in the forward sweep) and c_j those of key j with later
-sinks (from the state gradient before q_j do_jᵀ is added, in the backward sweep),
+Decay gradient. dg_t = ⟨e^{g_t} S_{t−1}, dS_t⟩ (summed over V for key-wise decays, over K for
+value-wise ones, over both for a scalar) is the sum of the pairs (source j < t: a key or the initial
+state; sink s ≥ t: a query or the final state) that straddle t. With r_s the pairs of query s with its
+earlier sources, read off e^{g_s} S_{s−1} in the forward sweep, and c_j those of key j with its later
+sinks, read off e^{g_{j+1}} dS_{j+1} in the backward sweep,
 
-    dg_t = Σ_{s≥t} (r_s − c_s),     r_T also holding ⟨dS_T, e^{g_T} S_{T−1}⟩ of the final state,
+    dg_t = Σ_{s≥t} (r_s − c_s),     r_T also holding the final state's ⟨dS_T, e^{g_T} S_{T−1}⟩,
 
-summed in the backward sweep. The usual q_s ⊙ dq_s − k_s ⊙ dk_s adds the diagonal pairs q_s k_s (do_s·v_s)
-to both sides: under a decay of −20 per step they are e^{20} times dg, whose digits their rounding
-erases. r and c hold none of them.
+accumulated in the backward sweep (pairs with both ends ≥ t cancel). The usual route,
+Σ_{s≥t} (q_s ⊙ dq_s − k_s ⊙ dk_s), also carries the diagonal pairs q_s k_s (do_s·v_s) on both sides:
+under a decay of −20 per step they are e^{20} times dg, and their rounding is all that is left of it.
+r and c hold none of them.
 """
 
 from __future__ import annotations
@@ -85,19 +86,7 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, T, MAXLEN,
 
 
 @triton.jit
-def _pairs(b_h, b_a, b_b, DECAY: tl.constexpr):
-    """⟨b_h, b_a b_bᵀ⟩ reduced to a decay gradient's shape: scalar, [BK] (key-wise) or [BV] (value-wise)."""
-    if DECAY == 1:
-        out = tl.sum(b_a * tl.sum(b_h * b_b[None, :], axis=1), axis=0)
-    elif DECAY == 2:
-        out = b_a * tl.sum(b_h * b_b[None, :], axis=1)
-    else:
-        out = b_b * tl.sum(b_h * b_a[:, None], axis=0)
-    return out
-
-
-@triton.jit
-def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, dh0, offsets, T, MAXLEN,
+def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, rs, dh0, offsets, T, MAXLEN,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 DECAY: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, DG: tl.constexpr):
     """dq and the row sums r_t by a forward sweep (they need S_t); dk, dv, dh0 and, from r_t − c_t,
@@ -124,31 +113,39 @@ def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, dh0, offsets, T, MAXLEN
         b_v = tl.load(v + base * V + o_v, mask=mv, other=0.0).to(tl.float32)
         b_do = tl.load(do + base * V + o_v, mask=mv, other=0.0).to(tl.float32)
         b_h = _decay(b_h, g, base, o_k, o_v, mk, mv, ok, K, V, DECAY)
+        b_hdo = tl.sum(b_h * b_do[None, :], axis=1)        # e^{g_t} S_{t−1} do_t
         if DG:
+            # r_t: query t with the keys before it and the initial state
             b_q = tl.load(q + base * K + o_k, mask=mk, other=0.0).to(tl.float32)
-            b_r = _pairs(b_h, b_q, b_do, DECAY)
+            if DECAY == 1:
+                b_r = tl.sum(b_q * b_hdo, axis=0)
+            elif DECAY == 2:
+                b_r = b_q * b_hdo
+            else:
+                b_r = b_do * tl.sum(b_h * b_q[:, None], axis=0)
             if HAS_DHT:
                 if i == eos - bos - 1:
-                    # the final state's pairs with every earlier source: ⟨dS_T, e^{g_T} S_{T−1}⟩
-                    b_dht = tl.load(dht + p_state, mask=m_kv, other=0.0).to(tl.float32)
+                    # the final state with every earlier source: ⟨dS_T, e^{g_T} S_{T−1}⟩
+                    b_fin = b_h * tl.load(dht + p_state, mask=m_kv, other=0.0).to(tl.float32)
                     if DECAY == 1:
-                        b_r += tl.sum(tl.sum(b_h * b_dht, axis=1), axis=0)
+                        b_r += tl.sum(tl.sum(b_fin, axis=1), axis=0)
                     elif DECAY == 2:
-                        b_r += tl.sum(b_h * b_dht, axis=1)
+                        b_r += tl.sum(b_fin, axis=1)
                     else:
-                        b_r += tl.sum(b_h * b_dht, axis=0)
+                        b_r += tl.sum(b_fin, axis=0)
             if DECAY == 1:
-                tl.store(dg + i_v * NT + base, b_r, mask=ok)
+                tl.store(rs + i_v * NT + base, b_r, mask=ok)
             elif DECAY == 2:
-                tl.store(dg + (i_v * NT + base) * K + o_k, b_r, mask=mk)
+                tl.store(rs + (i_v * NT + base) * K + o_k, b_r, mask=mk)
             else:
-                tl.store(dg + base * V + o_v, b_r, mask=mv)
+                tl.store(rs + base * V + o_v, b_r, mask=mv)
         # dq_t = S_t do_t, with S_t = e^{g_t} S_{t−1} + k_t v_tᵀ
-        b_dq = tl.sum(b_h * b_do[None, :], axis=1) + b_k * tl.sum(b_v * b_do, axis=0)
+        b_dq = b_hdo + b_k * tl.sum(b_v * b_do, axis=0)
         b_h += b_k[:, None] * b_v[None, :]
         tl.store(dq + (i_v * NT + base) * K + o_k, b_dq, mask=mk)
     if DG:
         tl.debug_barrier()      # the backward sweep reads r_t back, possibly in other threads
+    # (r_t and dg_t live in separate buffers: warps that drift apart never read a dg_t for an r_t)
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
         b_dh += tl.load(dht + p_state, mask=m_kv, other=0.0).to(tl.float32)
@@ -169,23 +166,26 @@ def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, dh0, offsets, T, MAXLEN
         b_v = tl.load(v + base * V + o_v, mask=mv, other=0.0).to(tl.float32)
         b_do = tl.load(do + base * V + o_v, mask=mv, other=0.0).to(tl.float32)
         # b_dh is e^{g_{j+1}} dS_{j+1} here (dS_T at the last step); dS_j adds q_j do_jᵀ
-        b_dk = tl.sum(b_dh * b_v[None, :], axis=1) + b_q * tl.sum(b_do * b_v, axis=0)
-        b_dv = tl.sum(b_dh * b_k[:, None], axis=0) + b_do * tl.sum(b_q * b_k, axis=0)
+        b_dhv = tl.sum(b_dh * b_v[None, :], axis=1)
+        b_dhk = tl.sum(b_dh * b_k[:, None], axis=0)
+        b_dk = b_dhv + b_q * tl.sum(b_do * b_v, axis=0)
+        b_dv = b_dhk + b_do * tl.sum(b_q * b_k, axis=0)
         tl.store(dk + (i_v * NT + base) * K + o_k, b_dk, mask=mk)
         tl.store(dv + base * V + o_v, b_dv.to(dv.dtype.element_ty), mask=mv)
         if DG:
-            # c_j: key j with later queries and the final state (none after the last step: its pair
-            # with the final state is diagonal)
-            b_c = _pairs(b_dh, b_k, b_v, DECAY)
-            b_c = tl.where(j == eos - bos - 1, 0.0, b_c)
+            # c_j: key j with the later queries and the final state; none at the last step, whose
+            # pair with the final state is diagonal
+            last = j == eos - bos - 1
             if DECAY == 1:
-                b_dg += tl.load(dg + i_v * NT + base, mask=ok, other=0.0) - b_c
+                b_dg += tl.load(rs + i_v * NT + base, mask=ok, other=0.0) \
+                    - tl.where(last, 0.0, tl.sum(b_k * b_dhv, axis=0))
                 tl.store(dg + i_v * NT + base, b_dg, mask=ok)
             elif DECAY == 2:
-                b_dg += tl.load(dg + (i_v * NT + base) * K + o_k, mask=mk, other=0.0) - b_c
+                b_dg += tl.load(rs + (i_v * NT + base) * K + o_k, mask=mk, other=0.0) \
+                    - tl.where(last, 0.0, b_k * b_dhv)
                 tl.store(dg + (i_v * NT + base) * K + o_k, b_dg, mask=mk)
             else:
-                b_dg += tl.load(dg + base * V + o_v, mask=mv, other=0.0) - b_c
+                b_dg += tl.load(rs + base * V + o_v, mask=mv, other=0.0) - tl.where(last, 0.0, b_v * b_dhk)
                 tl.store(dg + base * V + o_v, b_dg, mask=mv)
         b_dh += b_q[:, None] * b_do[None, :]
         b_dh = _decay(b_dh, g, base, o_k, o_v, mk, mv, ok, K, V, DECAY)
@@ -241,9 +241,10 @@ class FusedRecurrentDiag(torch.autograd.Function):
         # key-wise and scalar shares are per value block (summed below); value-wise ones are whole
         dg_shape = {"scalar": (NV, Tt, H), "key": (NV, Tt, H, K), "value": (Tt, H, V)}
         dg = _empty(*dg_shape[decay], dtype=torch.float32, device=dev) if want_dg else None
+        rs = _empty(*dg_shape[decay], dtype=torch.float32, device=dev) if want_dg else None
         has_dht = dht is not None
         _bwd_kernel[(NV, N * H)](q, k, v, g, h0, do, dht.contiguous() if has_dht else None, dq, dk, dv, dg,
-                                  dh0, offsets, Tt, _maxlen(offsets), H=H, K=K, V=V, BK=BK, BV=BV,
+                                  rs, dh0, offsets, Tt, _maxlen(offsets), H=H, K=K, V=V, BK=BK, BV=BV,
                                   DECAY=_CODES[decay], HAS_H0=h0 is not None, HAS_DHT=has_dht, DG=want_dg)
         dq, dk = dq.sum(0), dk.sum(0)
         if want_dg:
