@@ -774,7 +774,10 @@ def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None 
         raise ValueError(f"{op}: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size!r}")
     scale = K ** -0.5 if scale is None else float(scale)
 
-    offsets = seq_bounds(cu_seqlens, B, T, q.device)
+    if T == 0 and cu_seqlens is None:   # every sequence empty: the state passes through
+        offsets = torch.zeros(B + 1, dtype=torch.int64, device=q.device)
+    else:
+        offsets = seq_bounds(cu_seqlens, B, T, q.device)
     flat = lambda t: None if t is None else t.reshape(B * T, *t.shape[2:]).contiguous()  # noqa: E731
     h0 = None if initial_state is None else initial_state.contiguous()
     o, ht = ChunkDelta.apply(flat(q), flat(k), flat(v), flat(beta), flat(g), h0, offsets, scale,

@@ -236,6 +236,16 @@ def test_no_grad_path_and_fused_kernel_agree():
     check("vs_fused:final_state", S2, S_f.double())
 
 
+def test_no_tokens_passes_the_state_through():
+    h0 = torch.randn(2, 2, 16, 16, device=DEV, requires_grad=True)
+    z = lambda *s: torch.zeros(*s, device=DEV)  # noqa: E731
+    o, S = chunk_delta(z(2, 0, 2, 16), z(2, 0, 2, 16), z(2, 0, 2, 16), z(2, 0, 2), z(2, 0, 2),
+                       initial_state=h0, output_final_state=True)
+    assert o.shape == (2, 0, 2, 16) and torch.equal(S, h0)
+    S.sum().backward()
+    assert torch.equal(h0.grad, torch.ones_like(h0))
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3)])
 def test_half_precision(dtype, tol):
     """fp16 inputs (the interpreter has no bf16 dot); the reference sees the same rounded inputs."""
