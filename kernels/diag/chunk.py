@@ -239,20 +239,25 @@ def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, T,
     # gradient must never see them
     b_dAd = tl.sum(tl.where(o_t[:, None] == o_t[None, :], b_dA, 0.0), axis=1)
     b_dA = b_dA * _pair_decays(b_g, BT, DECAY, True, False)
+    # dq whole before dk's strict part: one fewer [BT, BK] tile live at a time
     b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
     b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
-    b_dq = b_dq * tl.exp(b_G)[:, None]                      # through the incoming state
-    b_dk = b_dk * tl.exp(b_Gs)[:, None]                     # through the outgoing state
-    b_dqs = tl.dot(b_dA.to(b_k.dtype), b_k, input_precision=PREC)
-    b_dks = tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
-    b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
-    tl.store(dq + p_tk, b_dq + b_dqs + b_dAd[:, None] * b_k, mask=m_tk)
-    tl.store(dk + p_tk, b_dk + b_dks + b_dAd[:, None] * b_q, mask=m_tk)
+    # through the incoming state, then the strict pairs
+    b_dq = tl.dot(b_dA.to(b_k.dtype), b_k, acc=b_dq * tl.exp(b_G)[:, None], input_precision=PREC)
+    b_qf, b_kf = b_q.to(tl.float32), b_k.to(tl.float32)
     if DG:
-        # pairs (i ≥ t > j) inside the chunk as a suffix sum over i: those with both ends ≥ t cancel
-        b_suf = tl.cumsum(tl.sum(b_q * (b_dq + b_dqs) - b_k * b_dks, axis=1), axis=0, reverse=True)
-        _, b_pre = tl.associative_scan((tl.sum(b_k * b_dk, axis=1), tl.zeros([BT], dtype=tl.float32)), 0,
-                                       _excl_combine)
+        b_x = tl.sum(b_qf * b_dq, axis=1)
+    tl.store(dq + p_tk, b_dq + b_dAd[:, None] * b_kf, mask=m_tk)
+    b_dk = b_dk * tl.exp(b_Gs)[:, None]                     # through the outgoing state
+    if DG:
+        b_y = tl.sum(b_kf * b_dk, axis=1)
+    b_dks = tl.dot(tl.trans(b_dA).to(b_q.dtype), b_q, input_precision=PREC)
+    tl.store(dk + p_tk, b_dk + b_dks + b_dAd[:, None] * b_qf, mask=m_tk)
+    if DG:
+        # pairs (i ≥ t > j) inside the chunk as a suffix sum over i (those with both ends ≥ t cancel);
+        # keys before t with the outgoing state as an exclusive prefix sum
+        b_suf = tl.cumsum(b_x - tl.sum(b_kf * b_dks, axis=1), axis=0, reverse=True)
+        _, b_pre = tl.associative_scan((b_y, tl.zeros([BT], dtype=tl.float32)), 0, _excl_combine)
         b_dg = tl.exp(b_GL) * tl.sum(b_hdh, axis=0) + b_suf + b_pre
         tl.store(dg + (i_k * T + t_rows) * H + i_h, b_dg, mask=m_t)
 
@@ -365,9 +370,10 @@ class ChunkScalarDecay(torch.autograd.Function):
         want_dg = g is not None and ctx.needs_input_grad[3]
         # one share of dg per key block, summed below
         dg = _empty(NKs, Tt, H, dtype=torch.float32, device=q.device) if want_dg else None
+        # 8 warps: at K = V = 128 (bf16, sm_90) ptxas spills 2.5 kB a thread with 4, 48 B with 8
         _dqdk_kernel[(NKs, NC, H)](
             q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V, BT=BT, BK=BKs,
-            BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, num_warps=4, num_stages=2)
+            BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, num_warps=8, num_stages=2)
         _dv_kernel[(triton.cdiv(V, BVs), NC, H)](
             q, k, g, do, dh, dv, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
             DECAY=decay, PREC=prec, num_warps=4, num_stages=2)

@@ -13,7 +13,7 @@ state; sink s ≥ t: a query or the final state) that straddle t. With r_s the p
 earlier sources, read off e^{g_s} S_{s−1} in the forward sweep, and c_j those of key j with its later
 sinks, read off e^{g_{j+1}} dS_{j+1} in the backward sweep,
 
-    dg_t = Σ_{s≥t} (r_s − c_s),     r_T also holding the final state's ⟨dS_T, e^{g_T} S_{T−1}⟩,
+    dg_t = ⟨dS_T, e^{g_T} S_{T−1}⟩ + Σ_{s≥t} (r_s − c_s)     (the first term: the final state's pairs),
 
 accumulated in the backward sweep (pairs with both ends ≥ t cancel). The usual route,
 Σ_{s≥t} (q_s ⊙ dq_s − k_s ⊙ dk_s), also carries the diagonal pairs q_s k_s (do_s·v_s) on both sides:
@@ -86,7 +86,7 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, T, MAXLEN,
 
 
 @triton.jit
-def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, rs, dh0, offsets, T, MAXLEN,
+def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, rs, hl, dh0, offsets, T, MAXLEN,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 DECAY: tl.constexpr, HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, DG: tl.constexpr):
     """dq and the row sums r_t by a forward sweep (they need S_t); dk, dv, dh0 and, from r_t − c_t,
@@ -125,14 +125,9 @@ def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, rs, dh0, offsets, T, MA
                 b_r = b_do * tl.sum(b_h * b_q[:, None], axis=0)
             if HAS_DHT:
                 if i == eos - bos - 1:
-                    # the final state with every earlier source: ⟨dS_T, e^{g_T} S_{T−1}⟩
-                    b_fin = b_h * tl.load(dht + p_state, mask=m_kv, other=0.0).to(tl.float32)
-                    if DECAY == 1:
-                        b_r += tl.sum(tl.sum(b_fin, axis=1), axis=0)
-                    elif DECAY == 2:
-                        b_r += tl.sum(b_fin, axis=1)
-                    else:
-                        b_r += tl.sum(b_fin, axis=0)
+                    # e^{g_T} S_{T−1}, for the final state's pairs after the sweep (no second
+                    # register tile inside the loop)
+                    tl.store(hl + p_state, b_h, mask=m_kv)
             if DECAY == 1:
                 tl.store(rs + i_v * NT + base, b_r, mask=ok)
             elif DECAY == 2:
@@ -144,7 +139,7 @@ def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, rs, dh0, offsets, T, MA
         b_h += b_k[:, None] * b_v[None, :]
         tl.store(dq + (i_v * NT + base) * K + o_k, b_dq, mask=mk)
     if DG:
-        tl.debug_barrier()      # the backward sweep reads r_t back, possibly in other threads
+        tl.debug_barrier()      # the backward sweep reads r_t (and hl) back, possibly in other threads
     # (r_t and dg_t live in separate buffers: warps that drift apart never read a dg_t for an r_t)
     b_dh = tl.zeros([BK, BV], dtype=tl.float32)
     if HAS_DHT:
@@ -155,6 +150,16 @@ def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, rs, dh0, offsets, T, MA
         b_dg = tl.zeros([BK], dtype=tl.float32)
     else:
         b_dg = tl.zeros([BV], dtype=tl.float32)
+    if DG:
+        if HAS_DHT:
+            # the final state's pairs ⟨dS_T, e^{g_T} S_{T−1}⟩ are part of every dg_t of the sequence
+            b_fin = b_dh * tl.load(hl + p_state, mask=m_kv & (eos > bos), other=0.0)
+            if DECAY == 1:
+                b_dg += tl.sum(tl.sum(b_fin, axis=1), axis=0)
+            elif DECAY == 2:
+                b_dg += tl.sum(b_fin, axis=1)
+            else:
+                b_dg += tl.sum(b_fin, axis=0)
     for i in range(0, MAXLEN):
         # walk backwards: the first MAXLEN − n steps fall before the sequence and are masked
         j = MAXLEN - 1 - i
@@ -166,28 +171,36 @@ def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, rs, dh0, offsets, T, MA
         b_v = tl.load(v + base * V + o_v, mask=mv, other=0.0).to(tl.float32)
         b_do = tl.load(do + base * V + o_v, mask=mv, other=0.0).to(tl.float32)
         # b_dh is e^{g_{j+1}} dS_{j+1} here (dS_T at the last step); dS_j adds q_j do_jᵀ
-        b_dhv = tl.sum(b_dh * b_v[None, :], axis=1)
-        b_dhk = tl.sum(b_dh * b_k[:, None], axis=0)
-        b_dk = b_dhv + b_q * tl.sum(b_do * b_v, axis=0)
-        b_dv = b_dhk + b_do * tl.sum(b_q * b_k, axis=0)
-        tl.store(dk + (i_v * NT + base) * K + o_k, b_dk, mask=mk)
-        tl.store(dv + base * V + o_v, b_dv.to(dv.dtype.element_ty), mask=mv)
         if DG:
-            # c_j: key j with the later queries and the final state; none at the last step, whose
-            # pair with the final state is diagonal
+            # c_j: key j with the later queries and the final state, read off b_dh before q_j do_jᵀ
+            # joins it (none at the last step: its pair with the final state is diagonal)
             last = j == eos - bos - 1
-            if DECAY == 1:
-                b_dg += tl.load(rs + i_v * NT + base, mask=ok, other=0.0) \
-                    - tl.where(last, 0.0, tl.sum(b_k * b_dhv, axis=0))
-                tl.store(dg + i_v * NT + base, b_dg, mask=ok)
-            elif DECAY == 2:
-                b_dg += tl.load(rs + (i_v * NT + base) * K + o_k, mask=mk, other=0.0) \
-                    - tl.where(last, 0.0, b_k * b_dhv)
-                tl.store(dg + (i_v * NT + base) * K + o_k, b_dg, mask=mk)
-            else:
+            if DECAY == 3:
+                b_dhk = tl.sum(b_dh * b_k[:, None], axis=0)
                 b_dg += tl.load(rs + base * V + o_v, mask=mv, other=0.0) - tl.where(last, 0.0, b_v * b_dhk)
                 tl.store(dg + base * V + o_v, b_dg, mask=mv)
-        b_dh += b_q[:, None] * b_do[None, :]
+                b_dh += b_q[:, None] * b_do[None, :]
+                b_dk = tl.sum(b_dh * b_v[None, :], axis=1)
+                b_dv = b_dhk + b_do * tl.sum(b_q * b_k, axis=0)
+            else:
+                b_dhv = tl.sum(b_dh * b_v[None, :], axis=1)
+                if DECAY == 1:
+                    b_dg += tl.load(rs + i_v * NT + base, mask=ok, other=0.0) \
+                        - tl.where(last, 0.0, tl.sum(b_k * b_dhv, axis=0))
+                    tl.store(dg + i_v * NT + base, b_dg, mask=ok)
+                else:
+                    b_dg += tl.load(rs + (i_v * NT + base) * K + o_k, mask=mk, other=0.0) \
+                        - tl.where(last, 0.0, b_k * b_dhv)
+                    tl.store(dg + (i_v * NT + base) * K + o_k, b_dg, mask=mk)
+                b_dh += b_q[:, None] * b_do[None, :]
+                b_dk = b_dhv + b_q * tl.sum(b_do * b_v, axis=0)
+                b_dv = tl.sum(b_dh * b_k[:, None], axis=0)
+        else:
+            b_dh += b_q[:, None] * b_do[None, :]
+            b_dk = tl.sum(b_dh * b_v[None, :], axis=1)
+            b_dv = tl.sum(b_dh * b_k[:, None], axis=0)
+        tl.store(dk + (i_v * NT + base) * K + o_k, b_dk, mask=mk)
+        tl.store(dv + base * V + o_v, b_dv.to(dv.dtype.element_ty), mask=mv)
         b_dh = _decay(b_dh, g, base, o_k, o_v, mk, mv, ok, K, V, DECAY)
     if HAS_H0:
         tl.store(dh0 + p_state, b_dh, mask=m_kv)
@@ -243,9 +256,12 @@ class FusedRecurrentDiag(torch.autograd.Function):
         dg = _empty(*dg_shape[decay], dtype=torch.float32, device=dev) if want_dg else None
         rs = _empty(*dg_shape[decay], dtype=torch.float32, device=dev) if want_dg else None
         has_dht = dht is not None
+        hl = _empty(N, H, K, V, dtype=torch.float32, device=dev) if want_dg and has_dht else None
+        # 8 warps on big tiles: with 4, ptxas (sm_90) spills 0.3–2.9 kB a thread at K = V = 64–128
         _bwd_kernel[(NV, N * H)](q, k, v, g, h0, do, dht.contiguous() if has_dht else None, dq, dk, dv, dg,
-                                  rs, dh0, offsets, Tt, _maxlen(offsets), H=H, K=K, V=V, BK=BK, BV=BV,
-                                  DECAY=_CODES[decay], HAS_H0=h0 is not None, HAS_DHT=has_dht, DG=want_dg)
+                                  rs, hl, dh0, offsets, Tt, _maxlen(offsets), H=H, K=K, V=V, BK=BK, BV=BV,
+                                  DECAY=_CODES[decay], HAS_H0=h0 is not None, HAS_DHT=has_dht, DG=want_dg,
+                                  num_warps=8 if BK * BV >= 4096 else 4)
         dq, dk = dq.sum(0), dk.sum(0)
         if want_dg:
             dg = (dg if decay == "value" else dg.sum(0)).to(g.dtype)
