@@ -65,12 +65,12 @@ def _masked_exp(diff: Tensor, mask: Tensor) -> Tensor:
 _SAFE_SPAN = 20.0
 
 
-def _keywise_scores(q: Tensor, k: Tensor, G: Tensor, eG: Tensor) -> Tensor:
-    """A_ij = Σ_k q_i[k] k_j[k] exp(G_i[k] − G_j[k]) for i >= j, else 0. q, k, G: [..., C, K]."""
+def _keywise_scores(q: Tensor, k: Tensor, G: Tensor) -> Tensor:
+    """A_ij = Σ_k q_i[k] k_j[k] exp(G_i[k] − G_j[k]) for i >= j, else 0. q, k, G: [..., C, K].
+
+    For strong decays: sub-blocks keep every exponent non-positive (mild ones never get here).
+    """
     C = q.shape[-2]
-    if G.numel() == 0 or -float(G.detach().amin()) < _SAFE_SPAN:
-        causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-        return ((q * eG) @ (k / eG).transpose(-1, -2)).masked_fill(~causal, 0.0)
     rows = []
     for s in range(0, C, _SUB):
         e = min(s + _SUB, C)
@@ -108,43 +108,11 @@ def _valuewise_intra(QK: Tensor, x: Tensor, G: Tensor, eG: Tensor) -> Tensor:
     return torch.cat(rows, dim=-2)
 
 
-_GROUP = 16  # chunks whose states are passed by one batched contraction
-
-
-def _pass_group(decay: str, logtot: Tensor, dS: Tensor, S: Tensor, from_start: bool = False
-                ) -> tuple[Tensor, Tensor]:
-    """States entering each of n chunks, and the state after them, from the state S before them.
-
-    ΔS_m is what chunk m writes seen from its end, or (``from_start``) seen from its start, which
-    moves the chunk's own decay e^{log tot_m} from ΔS_m into the weights.
-    """
-    n = logtot.shape[2]
-    P = torch.cat([torch.zeros_like(logtot[:, :, :1]), torch.cumsum(logtot, dim=2)], dim=2)
-    later = torch.ones(n + 1, n, dtype=torch.bool, device=S.device).tril(-1)
-    ref = P[:, :, None, :-1] if from_start else P[:, :, None, 1:]
-    diff = P[:, :, :, None] - ref                                     # P_n − P_{m+1} (or P_m)
-    if decay == "key":
-        W = _masked_exp(diff.movedim(-1, 2), later)                   # [B, H, K, n+1, n]
-        S_all = (W @ dS.movedim(3, 2)).movedim(2, 3)                  # batched over key channels
-        init = torch.exp(P)[..., :, None]
-    elif decay == "value":
-        W = _masked_exp(diff.movedim(-1, 2), later)                   # [B, H, V, n+1, n]
-        S_all = (W @ dS.movedim(4, 2)).movedim(2, 4)                  # batched over value channels
-        init = torch.exp(P)[..., None, :]
-    else:
-        # a plain matmul over flattened states: no copy of the (strided) slice of ΔS
-        W = _masked_exp(diff, later)                                  # [B, H, n+1, n]
-        S_all = (W @ dS.flatten(-2)).unflatten(-1, dS.shape[-2:])
-        init = torch.exp(P)[..., None, None]
-    S_all = S_all + init * S[:, :, None]
-    return S_all[:, :, :-1], S_all[:, :, -1]
-
-
 # Tokens per segment: long inputs are cut into segments run one after the other with the state
 # carried (exact, like any two pieces). B·H·L ≤ _SEGMENT_ROWS keeps each [.., C, C] intermediate
 # near 2 MB at C = 64, so it stays in cache; at least _MIN_SEGMENT_CHUNKS chunks per segment keep
 # the Python overhead per segment small.
-_SEGMENT_ROWS = 8192
+_SEGMENT_ROWS = 4096
 _MIN_SEGMENT_CHUNKS = 16
 
 
@@ -190,12 +158,14 @@ def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor
         return _chunked_scalar(terms, q, k, x, S, T)
     # Key- or value-wise decays from here on.
     G = torch.cumsum(_to_chunks(terms.g, C), dim=3)                   # local cumulative log decay
+    if terms.decay == "key" and -float(G.detach().amin()) < _SAFE_SPAN:
+        return _chunked_keywise_mild(G, q, k, x, S, T)
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
 
     eG = torch.exp(G)                                                 # decay from the chunk start
     # Step 1: intra-chunk outputs.
     if terms.decay == "key":
-        y = _keywise_scores(q, k, G, eG) @ x
+        y = _keywise_scores(q, k, G) @ x
     else:
         y = _valuewise_intra((q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0), x, G, eG)
 
@@ -221,18 +191,62 @@ def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor
 
 def _pass_all(decay: str, logtot: Tensor, dS: Tensor, S: Tensor, from_start: bool = False
               ) -> tuple[Tensor, Tensor]:
-    """SSD's step 3 over all chunks, a group of ``_GROUP`` at a time (linear in T).
+    """SSD's step 3: the states entering each of the n chunks, and the state after them.
 
-    Unrolled over a group, S_n = e^{P_n} S_0 + Σ_{m<n} e^{P_n − P_{m+1}} ΔS_m with
-    P_n = Σ_{l<n} (log decay of chunk l): one batched contraction per group.
+    S_{m+1} = e^{log tot_m} S_m + ΔS_m, or e^{log tot_m} (S_m + ΔS_m) when ΔS_m is seen from the
+    chunk's start (``from_start``). A loop of one fused multiply-add on a [B, H, K, V] state per
+    chunk: cheaper on the CPU than unrolling groups of chunks into a contraction, whose weights
+    (one per channel for key- and value-wise decays) cost more to build than the loop.
     """
-    N = logtot.shape[2]
-    parts = []
-    for a in range(0, N, _GROUP):
-        b = min(a + _GROUP, N)
-        S_grp, S = _pass_group(decay, logtot[:, :, a:b], dS[:, :, a:b], S, from_start)
-        parts.append(S_grp)
-    return (parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)), S
+    n = dS.shape[2]
+    if decay == "none":
+        w = None
+    else:
+        w = torch.exp(logtot)                                         # [B, H, n] or [B, H, n, K|V]
+        w = {"scalar": w[..., None, None], "key": w[..., None], "value": w[..., None, :]}[decay]
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (logtot, dS, S))
+    if grad:
+        states = [S]
+        for m in range(n):
+            Sm, dm = states[-1], dS[:, :, m]
+            if w is None:
+                states.append(Sm + dm)
+            elif from_start:
+                states.append((Sm + dm) * w[:, :, m])
+            else:
+                states.append(torch.addcmul(dm, w[:, :, m], Sm))
+        return torch.stack(states[:-1], dim=2), states[-1]
+    # Without autograd: written in place into one buffer.
+    S_all = dS.new_empty(*dS.shape[:2], n + 1, *dS.shape[3:])
+    S_all[:, :, 0] = S
+    for m in range(n):
+        out = S_all[:, :, m + 1]
+        if w is None:
+            torch.add(S_all[:, :, m], dS[:, :, m], out=out)
+        elif from_start:
+            torch.add(S_all[:, :, m], dS[:, :, m], out=out)
+            out.mul_(w[:, :, m])
+        else:
+            torch.addcmul(dS[:, :, m], w[:, :, m], S_all[:, :, m], out=out)
+    return S_all[:, :, :-1], S_all[:, :, -1]
+
+
+def _chunked_keywise_mild(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor, T: int
+                          ) -> tuple[Tensor, Tensor]:
+    """Key-wise decays that stay mild inside every chunk: factored about the chunk start.
+
+    e^{G_i[k] − G_j[k]} = e^{G_i[k]} e^{−G_j[k]}, so with q̃ = q e^{G} and k̃ = k e^{−G} the chunk is
+    linear attention: scores q̃ k̃ᵀ, write k̃ᵀ x seen from the chunk start, read q̃ S.
+    """
+    C = q.shape[3]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    eG = torch.exp(G)
+    qs, ks = q * eG, k / eG                                           # k / eG ≤ e^20 · |k|
+    y = (qs @ ks.transpose(-1, -2)).masked_fill_(~causal, 0.0) @ x    # step 1
+    dS = ks.transpose(-1, -2) @ x                                     # step 2
+    S_in, S = _pass_all("key", G[..., -1, :], dS, S, from_start=True)  # step 3
+    y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
+    return _from_chunks(y, T), S
 
 
 def _chunked_scalar(terms: LinearTerms, q: Tensor, k: Tensor, x: Tensor, S: Tensor, T: int
@@ -267,29 +281,24 @@ def _chunked_scalar(terms: LinearTerms, q: Tensor, k: Tensor, x: Tensor, S: Tens
     return _from_chunks(y, T), S
 
 
-def _delta_scan(S: Tensor, W: Tensor, U: Tensor, kT: Tensor, d: Tensor | None,
-                inplace: bool) -> tuple[Tensor, Tensor]:
-    """The sequential part of the chunked delta rule, over chunk-major [N, BH, ...] blocks.
+def _delta_scan(S: Tensor, M: Tensor, D: Tensor, inplace: bool) -> Tensor:
+    """The sequential part of the chunked delta rule: S_{i+1} = M_i S_i + D_i over chunk-major blocks.
 
-    Returns the states entering each chunk plus the final one ([N+1, BH, K, V]) and the chunks'
-    pseudo-values U − W S ([N, BH, C, V]).
+    S: [BH, K, V], M: [N, BH, K, K], D: [N, BH, K, V]. Returns the states entering each chunk plus
+    the final one ([N+1, BH, K, V]). One small matmul per chunk is the whole loop.
     """
-    n = W.shape[0]
+    n = M.shape[0]
     if not inplace:
-        states, pseudo = [S], []
+        states = [S]
         for i in range(n):
-            pseudo.append(torch.baddbmm(U[i], W[i], states[-1], alpha=-1))
-            prev = states[-1] if d is None else states[-1] * d[i]
-            states.append(torch.baddbmm(prev, kT[i], pseudo[-1]))
-        return torch.stack(states), torch.stack(pseudo)
+            states.append(torch.baddbmm(D[i], M[i], states[-1]))
+        return torch.stack(states)
     states = S.new_empty(n + 1, *S.shape)
-    pseudo = U.new_empty(U.shape)
     states[0] = S
+    states[1:] = D                       # one batched copy; the loop then accumulates in place
     for i in range(n):
-        torch.baddbmm(U[i], W[i], states[i], alpha=-1, out=pseudo[i])
-        prev = states[i] if d is None else states[i] * d[i]
-        torch.baddbmm(prev, kT[i], pseudo[i], out=states[i + 1])
-    return states, pseudo
+        states[i + 1].baddbmm_(M[i], states[i])
+    return states
 
 
 def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tensor, Tensor]:
@@ -335,8 +344,14 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     WU = torch.linalg.solve_triangular(KK * beta, rhs, upper=False, unitriangular=True)
     W, U = WU[..., :K].flatten(1, 2), WU[..., K:].flatten(1, 2)       # [N, BH, C, *]
     kT = k.transpose(-1, -2).flatten(1, 2)                            # [N, BH, K, C]
-    S_in, v_new = _delta_scan(S.flatten(0, 1), W, U, kT, d if gated else None, inplace)
-    y = torch.baddbmm(P.flatten(0, 2) @ v_new.flatten(0, 1), q.flatten(0, 2),
+    # Chunk to chunk, S' = d S + K̃ᵀ(U − W S) = M S + D with M = d I − K̃ᵀW and D = K̃ᵀU: both are
+    # batched over all chunks here, so the loop is one K×K by K×V matmul per chunk.
+    eye = torch.eye(K, dtype=q.dtype, device=q.device)
+    M = (d * eye if gated else eye) - kT @ W                          # [N, BH, K, K]
+    D = kT @ U                                                        # [N, BH, K, V']
+    S_in = _delta_scan(S.flatten(0, 1), M, D, inplace)
+    v_new = torch.baddbmm(U.flatten(0, 1), W.flatten(0, 1), S_in[:-1].flatten(0, 1), alpha=-1)
+    y = torch.baddbmm(P.flatten(0, 2) @ v_new, q.flatten(0, 2),
                       S_in[:-1].flatten(0, 1)).view(*P.shape[:-1], Vp)
     return _from_chunks(y, T, chunk_major=True), S_in[-1].view(B, H, K, Vp)
 
