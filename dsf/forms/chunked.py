@@ -318,20 +318,20 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     gated = terms.decay != "none"
     KK = k @ k.transpose(-1, -2)
     P = q @ k.transpose(-1, -2)
-    kb = beta                                                         # what scales K in β K Γ₀
+    kb = -beta                                     # scales K in −β K Γ₀: the solve returns −W
     if gated:
         G = torch.cumsum(_to_chunks(terms.g, C, chunk_major=True), dim=-1)   # [N, B, H, C]
         Gam = _masked_exp(G[..., :, None] - G[..., None, :], causal)  # Γ_ij, i >= j
         KK, P = KK * Gam, P * Gam
         eG = torch.exp(G)[..., None]
-        kb = beta * eG
+        kb = kb * eG
         d = torch.exp(G[..., -1]).flatten(1)[..., None, None]          # [N, BH, 1, 1]
     else:
         P = P.masked_fill(~causal, 0.0)
     # Without autograd, buffers are written in place (a cat or a stack would copy them again).
     inplace = not (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, x, beta, S, terms.g)))
-    if inplace:                                                       # [β K Γ₀ | β X]
+    if inplace:                                                       # [−β K Γ₀ | β X]
         rhs = q.new_empty(*q.shape[:-1], K + Vp)
         torch.mul(kb, k, out=rhs[..., :K])
         torch.mul(beta, x, out=rhs[..., K:])
@@ -342,17 +342,20 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
         k = k * torch.exp(G[..., -1:] - G)[..., None]                 # keys decayed to the chunk end
     # The solver reads only the strict lower triangle (the unit diagonal is implied).
     WU = torch.linalg.solve_triangular(KK * beta, rhs, upper=False, unitriangular=True)
-    W, U = WU[..., :K].flatten(1, 2), WU[..., K:].flatten(1, 2)       # [N, BH, C, *]
+    Wn, U = WU[..., :K].flatten(1, 2), WU[..., K:].flatten(1, 2)      # −W, U: [N, BH, C, *]
     kT = k.transpose(-1, -2).flatten(1, 2)                            # [N, BH, K, C]
     # Chunk to chunk, S' = d S + K̃ᵀ(U − W S) = M S + D with M = d I − K̃ᵀW and D = K̃ᵀU: both are
     # batched over all chunks here, so the loop is one K×K by K×V matmul per chunk.
-    eye = torch.eye(K, dtype=q.dtype, device=q.device)
-    M = (d * eye if gated else eye) - kT @ W                          # [N, BH, K, K]
+    M = kT @ Wn                                                       # [N, BH, K, K]
+    if inplace:
+        M.diagonal(dim1=-2, dim2=-1).add_(d[..., 0] if gated else 1.0)
+    else:
+        M = M + (d * torch.eye(K, dtype=q.dtype, device=q.device) if gated
+                 else torch.eye(K, dtype=q.dtype, device=q.device))
     D = kT @ U                                                        # [N, BH, K, V']
     S_in = _delta_scan(S.flatten(0, 1), M, D, inplace)
-    v_new = torch.baddbmm(U.flatten(0, 1), W.flatten(0, 1), S_in[:-1].flatten(0, 1), alpha=-1)
-    y = torch.baddbmm(P.flatten(0, 2) @ v_new, q.flatten(0, 2),
-                      S_in[:-1].flatten(0, 1)).view(*P.shape[:-1], Vp)
+    v_new = torch.baddbmm(U.flatten(0, 1), Wn.flatten(0, 1), S_in[:-1].flatten(0, 1))  # U − W S
+    y = (P.flatten(0, 2) @ v_new).baddbmm_(q.flatten(0, 2), S_in[:-1].flatten(0, 1)).view(*P.shape[:-1], Vp)
     return _from_chunks(y, T, chunk_major=True), S_in[-1].view(B, H, K, Vp)
 
 

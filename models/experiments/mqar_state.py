@@ -39,28 +39,39 @@ __all__ = ["Settings", "settings", "state_size", "run", "write", "plot", "main",
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mqar" / "state.yaml"
 MIXERS = ("softmax_attention", "linear_attention", "normalized_attention", "s6", "mamba2", "qlstm",
           "deltanet", "gated_deltanet")
-# --scale gpu on top of the YAML: the DSF paper's second task (L=128, 8 kv pairs) at V=256 (the paper:
-# 8192), five head sizes, more steps and bigger batches, several processes on the one GPU; the
-# deadline keeps the run under the lead's 6 GPU minutes.
+# --scale gpu on top of the YAML: the same task, a wider range of head sizes, more steps and bigger
+# batches, several processes on the one GPU; the deadline keeps the run under 6 GPU minutes. Larger
+# tasks were not learned by the linear mixers within the steps those minutes allow (CPU calibration):
+# at V=L=64 with 8 pairs (d_model 128, batch 128, 1500 steps, head_dim 32) linear attention (elu+1,
+# normalised) reached 0.15 where DeltaNet reached 1.0 (softmax attention 1.0 after 1000 steps); with
+# 4 pairs (d_model 64, batch 64, 2000 steps, head_dim 16) linear attention 0.27, Mamba-2 0.25.
 SCALES: dict[str, dict[str, Any]] = {
     "cpu": dict(head_dims=(4, 8, 16)),   # s6 at 32 (N = V = 32) took 9-20 s a step on the CPU reference form
-    "gpu": dict(head_dims=(8, 16, 32, 64, 128), steps=1000, batch=128, vocab_size=256, seq_len=128,
-                num_kv_pairs=8, workers=6, deadline=300.0),
+    "gpu": dict(head_dims=(4, 8, 16, 32), steps=1500, batch=128, workers=6, deadline=300.0),
 }
 COLUMNS = ["mixer", "family", "head_dim", "d_model", "state_size", "state_kind", "val_acc", "val_loss",
            "train_loss", "params", "steps", "train_seconds", "status"]
 SLOW = {"s6": 4}   # reference path of its per-(channel, state) decay on the CPU
+# Linear attention as Katharopoulos et al. write it (φ = elu + 1, with the normaliser). With the zoo's
+# default (identity map, no normaliser) it stayed at val_acc 0.28 after 1200 CPU steps at head_dim 16,
+# where this variant reached 1.0 (0.43 after 800, 0.26 after 400).
+MIXER_OPTIONS: dict[str, dict[str, Any]] = {"linear_attention": {"feature_map": "elu1", "normalize": True}}
 
 
-def state_size(mixer: str, head_dim: int, n_heads: int = 1, seq_len: int | None = None) -> tuple[int, str]:
+def state_size(mixer: str, head_dim: int, n_heads: int = 1, seq_len: int | None = None,
+               options: dict | None = None) -> tuple[int, str]:
     """(numbers in one layer's state, what they are) for K = V = N = E = head_dim.
 
-    A finite-state mixer gives ``n_heads × spec.state_numel`` ("recurrent"); softmax attention gives
-    its KV cache after ``seq_len`` tokens, ``n_heads · seq_len · 2·head_dim`` ("KV cache").
+    A finite-state mixer gives ``n_heads × spec.state_numel`` ("recurrent"), plus the normaliser's K
+    per head for linear attention with ``normalize=True``; softmax attention gives its KV cache after
+    ``seq_len`` tokens, ``n_heads · seq_len · 2·head_dim`` ("KV cache").
     """
-    spec = dsf.zoo.get(check_mixer(mixer))
+    options = dict(options or {})
+    spec = dsf.zoo.get(check_mixer(mixer), **options)
     dims = {"K": head_dim, "V": head_dim, "N": head_dim, "E": head_dim, "F": head_dim}
     numel = spec.state_numel(dims) if spec.state_numel else math.nan
+    if mixer == "linear_attention" and options.get("normalize"):
+        numel += head_dim             # z = Σ φ(k): one more value column (dsf zoo: "+K'")
     if math.isinf(numel):
         if seq_len is None:
             raise ValueError(f"{mixer} keeps a KV cache: give seq_len to size it")
@@ -83,6 +94,7 @@ class Settings:
     seed: int
     task: dict = field(default_factory=dict)      # MQARModule: lr, weight_decay, cosine, warmup_steps
     model: dict = field(default_factory=dict)     # TokenModel minus vocab_size / mixer / head_dim / state_dim
+    mixer_options: dict = field(default_factory=lambda: dict(MIXER_OPTIONS))   # per mixer
     accelerator: str = "cpu"
     precision: str = "32-true"
     backend: str = "auto"
@@ -117,7 +129,7 @@ def settings(*, config: Path = CONFIG, scale: str = "cpu", mixers: list[str] | t
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {tuple(SCALES)}, got {scale!r}")
     trainer, task, model, data = _yaml_args(config)
-    for key in ("vocab_size", "mixer", "head_dim", "state_dim"):   # set per run
+    for key in ("vocab_size", "mixer", "head_dim", "state_dim", "mixer_options"):   # set per run
         model.pop(key, None)
     ov = {**SCALES[scale], **{k: v for k, v in overrides.items() if v is not None}}
     for key in ("d_model", "n_layers", "n_heads"):
@@ -157,12 +169,14 @@ def fit_one(job: tuple[str, int, Settings], deadline_at: float | None = None) ->
     mixer, g, s = job
     L.seed_everything(s.seed, verbose=False)
     kw = {**s.model, "max_len": s.seq_len if s.model.get("max_len") else 0}
-    model = TokenModel(vocab_size=s.vocab_size, mixer=mixer, head_dim=g, state_dim=g, backend=s.backend, **kw)
+    opts = s.mixer_options.get(mixer)
+    model = TokenModel(vocab_size=s.vocab_size, mixer=mixer, head_dim=g, state_dim=g, backend=s.backend,
+                       mixer_options=opts, **kw)
     module = MQARModule(model, **s.task)
     trainer = make_trainer(s.steps, s.accelerator, s.precision, deadline_at)
     t0 = time.perf_counter()
     trainer.fit(module, datamodule=datamodule(s))
-    size, kind = state_size(mixer, g, model.blocks[0].mixer.n_heads, s.seq_len)
+    size, kind = state_size(mixer, g, model.blocks[0].mixer.n_heads, s.seq_len, opts)
     res = {"job": job, "mixer": mixer, "head_dim": g, "params": sum(p.numel() for p in model.parameters()),
            "train_seconds": time.perf_counter() - t0, "steps": trainer.global_step, "state_size": size,
            "state_kind": kind}
@@ -208,7 +222,7 @@ def rows(sweep: dict) -> list[dict]:
     for (mixer, g), r in sweep["runs"].items():
         size, kind = r.get("state_size"), r.get("state_kind")
         if size is None:
-            size, kind = state_size(mixer, g, s.model.get("n_heads", 1), s.seq_len)
+            size, kind = state_size(mixer, g, s.model.get("n_heads", 1), s.seq_len, s.mixer_options.get(mixer))
         f = lambda k: f"{r[k]:.6g}" if k in r else ""   # noqa: E731
         out.append(dict(mixer=mixer, family=dsf.zoo.get(mixer).family, head_dim=g, d_model=s.model.get("d_model"),
                         state_size=size, state_kind=kind, val_acc=f("val_acc"), val_loss=f("val_loss"),
@@ -231,7 +245,8 @@ def markdown(sweep: dict) -> str:
              f"{s.accelerator}, precision {s.precision}, backend {s.backend!r}.", "",
              f"Command: `{_command(s)}`", "",
              "Cells: val_acc (state numbers per layer). Softmax attention's number is its KV cache at "
-             f"L = {s.seq_len}, H·L·(K+V), not a fixed state.", "",
+             f"L = {s.seq_len}, H·L·(K+V), not a fixed state."
+             + "".join(f" `{m}` runs with {o}." for m, o in s.mixer_options.items() if m in s.mixers), "",
              "| mixer | family | " + " | ".join(f"g={g}" for g in s.head_dims) + " |",
              "|---|---|" + "---|" * len(s.head_dims)]
     for mixer in s.mixers:
@@ -283,7 +298,8 @@ def plot(sweep: dict):
         style = dict(color=f"C{k}", marker="o", ms=5, lw=1.4)
         if cache:
             style.update(ls="--", mfc="white")
-        ax.plot(sizes, accs, label=mixer + (" (KV cache at L)" if cache else ""), **style)
+        extra = " (elu+1, normalised)" if s.mixer_options.get(mixer, {}).get("feature_map") == "elu1" else ""
+        ax.plot(sizes, accs, label=mixer + extra + (" (KV cache at L)" if cache else ""), **style)
         bx.plot(gs, accs, label=mixer, **style)
     ax.set(xscale="log", xlabel="state numbers per layer (softmax: KV cache after L tokens)",
            ylabel="MQAR accuracy", ylim=(-0.02, 1.02),

@@ -52,6 +52,8 @@ def test_state_size_is_what_dsf_zoo_counts(mixer, expected):
         size, kind = mqar_state.state_size(mixer, g, seq_len=64)
         assert size == expected(g) and kind == ("KV cache" if mixer == "softmax_attention" else "recurrent")
     assert mqar_state.state_size("mamba2", 16, n_heads=2)[0] == 2 * 16 * 16     # heads × K × V
+    # the normaliser z = Σ φ(k) is one more value column
+    assert mqar_state.state_size("linear_attention", 8, options={"feature_map": "elu1", "normalize": True})[0] == 72
     with pytest.raises(ValueError, match="seq_len"):
         mqar_state.state_size("softmax_attention", 8)
 
@@ -76,7 +78,7 @@ def test_a_run_is_a_dsf_train_run(monkeypatch, tmp_path):
     (["--head-dims", "8,x"], "expected comma-separated ints"),
     (["--num-kv-pairs", "0"], "num_kv_pairs must be an int >= 1, got 0"),
     (["--num-kv-pairs", "40"], "num_kv_pairs=40 needs that many unique keys"),
-    (["--seq-len", "16"], "needs seq_len >= 4 * num_kv_pairs = 32"),
+    (["--seq-len", "12"], "needs seq_len >= 4 * num_kv_pairs = 16"),
     (["--steps", "-1"], "steps must be an int >= 1, got -1"),
 ])
 def test_bad_arguments_fail_clearly(args, message, tmp_path, capsys):
@@ -90,6 +92,6 @@ def test_bad_arguments_fail_clearly(args, message, tmp_path, capsys):
 def test_presets():
     cpu, gpu = mqar_state.settings(), mqar_state.settings(scale="gpu")
     assert cpu.mixers == gpu.mixers == mqar_state.MIXERS
-    assert len(gpu.head_dims) > len(cpu.head_dims) and gpu.steps > cpu.steps and gpu.seq_len > cpu.seq_len
+    assert max(gpu.head_dims) > max(cpu.head_dims) and gpu.steps > cpu.steps and gpu.batch > cpu.batch
     with pytest.raises(ValueError, match="unknown settings"):
         mqar_state.settings(n_points=3)
