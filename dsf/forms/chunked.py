@@ -305,58 +305,64 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     """WY/UT chunked delta rule with an optional scalar gate.
 
     Inside a chunk the UT transform gives W = T β K Γ₀ and U = T β X with
-    T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ (one triangular solve for all chunks). Only the chunk's
-    pseudo-values U − W S and its end state e^{G_C} S + K̃ᵀ(U − W S) need the entering state S, so
-    the loop over chunks is two small matmuls; the outputs Q Γ₀ S + (Q Kᵀ ⊙ Γ) (U − W S) are batched
-    after it. Tensors are chunk-major ([N, B, H, C, *]) so the loop reads contiguous blocks.
+    T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ (one triangular solve for all chunks). From chunk to
+    chunk S' = d S + K̃ᵀ(U − W S) = M S + D, with M = d I − K̃ᵀW and D = K̃ᵀU batched over all chunks,
+    so the only sequential loop is one K×K by K×V matmul per chunk; the outputs
+    Q Γ₀ S + (Q Kᵀ ⊙ Γ)(U − W S) are batched after it. Tensors are chunk-major ([N, B, H, C, *]),
+    flattened to [N·B·H, C, *] for the batched matmuls.
     """
     q, k, x = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k, terms.u))
     n, B, H = q.shape[:3]
     K, Vp = k.shape[-1], x.shape[-1]
-    beta = _to_chunks(terms.beta, C, chunk_major=True)[..., None]    # [N, B, H, C, 1]
+    q, k, x = q.flatten(0, 2), k.flatten(0, 2), x.flatten(0, 2)       # [N·B·H, C, *]
+    beta = _to_chunks(terms.beta, C, chunk_major=True).flatten(0, 2)[..., None]   # [NBH, C, 1]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     gated = terms.decay != "none"
-    KK = k @ k.transpose(-1, -2)
-    P = q @ k.transpose(-1, -2)
-    kb = -beta                                     # scales K in −β K Γ₀: the solve returns −W
-    if gated:
-        G = torch.cumsum(_to_chunks(terms.g, C, chunk_major=True), dim=-1)   # [N, B, H, C]
-        Gam = _masked_exp(G[..., :, None] - G[..., None, :], causal)  # Γ_ij, i >= j
-        KK, P = KK * Gam, P * Gam
-        eG = torch.exp(G)[..., None]
-        kb = kb * eG
-        d = torch.exp(G[..., -1]).flatten(1)[..., None, None]          # [N, BH, 1, 1]
-    else:
-        P = P.masked_fill(~causal, 0.0)
-    # Without autograd, buffers are written in place (a cat or a stack would copy them again).
     inplace = not (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, x, beta, S, terms.g)))
-    if inplace:                                                       # [−β K Γ₀ | β X]
-        rhs = q.new_empty(*q.shape[:-1], K + Vp)
-        torch.mul(kb, k, out=rhs[..., :K])
-        torch.mul(beta, x, out=rhs[..., K:])
-    else:
-        rhs = torch.cat([kb * k, beta * x], dim=-1)
     if gated:
-        q = q * eG
-        k = k * torch.exp(G[..., -1:] - G)[..., None]                 # keys decayed to the chunk end
-    # The solver reads only the strict lower triangle (the unit diagonal is implied).
-    WU = torch.linalg.solve_triangular(KK * beta, rhs, upper=False, unitriangular=True)
-    Wn, U = WU[..., :K].flatten(1, 2), WU[..., K:].flatten(1, 2)      # −W, U: [N, BH, C, *]
-    kT = k.transpose(-1, -2).flatten(1, 2)                            # [N, BH, K, C]
-    # Chunk to chunk, S' = d S + K̃ᵀ(U − W S) = M S + D with M = d I − K̃ᵀW and D = K̃ᵀU: both are
-    # batched over all chunks here, so the loop is one K×K by K×V matmul per chunk.
-    M = kT @ Wn                                                       # [N, BH, K, K]
-    if inplace:
-        M.diagonal(dim1=-2, dim2=-1).add_(d[..., 0] if gated else 1.0)
+        G = torch.cumsum(_to_chunks(terms.g, C, chunk_major=True).flatten(0, 2), dim=-1)  # [NBH, C]
+        eG = torch.exp(G)[..., None]
+        d = torch.exp(G[:, -1]).view(n, B * H, 1)                      # each chunk's total decay
+        qs, kw = q * eG, beta * eG * k                                # Q Γ₀, β K Γ₀
+        k_end = k * torch.exp(G[:, -1:] - G)[..., None]                # keys decayed to the chunk end
+        if -float(G.detach().amin()) < _SAFE_SPAN:
+            # Γ_ij = e^{G_i} e^{−G_j} (≤ e^20, safe): one matmul gives β K Kᵀ ⊙ Γ and Q Kᵀ ⊙ Γ.
+            km = (k / eG).transpose(-1, -2)
+            KK, P = torch.bmm(kw, km), torch.bmm(qs, km)
+        else:
+            Gam = _masked_exp(G[..., :, None] - G[..., None, :], causal)  # Γ_ij, i >= j
+            KK = torch.bmm(beta * k, k.transpose(-1, -2)) * Gam
+            P = torch.bmm(q, k.transpose(-1, -2)) * Gam
     else:
-        M = M + (d * torch.eye(K, dtype=q.dtype, device=q.device) if gated
-                 else torch.eye(K, dtype=q.dtype, device=q.device))
-    D = kT @ U                                                        # [N, BH, K, V']
-    S_in = _delta_scan(S.flatten(0, 1), M, D, inplace)
-    v_new = torch.baddbmm(U.flatten(0, 1), Wn.flatten(0, 1), S_in[:-1].flatten(0, 1))  # U − W S
-    y = (P.flatten(0, 2) @ v_new).baddbmm_(q.flatten(0, 2), S_in[:-1].flatten(0, 1)).view(*P.shape[:-1], Vp)
-    return _from_chunks(y, T, chunk_major=True), S_in[-1].view(B, H, K, Vp)
+        qs, kw, k_end = q, beta * k, k
+        KK, P = torch.bmm(kw, k.transpose(-1, -2)), torch.bmm(q, k.transpose(-1, -2))
+    P = P.masked_fill_(~causal, 0.0)
+    # [−β K Γ₀ | β X]: the sign makes the solve return −W, so the updates below are additions.
+    # The solver reads only the strict lower triangle (the unit diagonal is implied).
+    if inplace:
+        # Column-major buffers, as LAPACK stores them: the solver then neither transposes the
+        # right-hand side nor copies its result.
+        rhs = q.new_empty(q.shape[0], K + Vp, C).mT
+        torch.neg(kw, out=rhs[..., :K])
+        torch.mul(beta, x, out=rhs[..., K:])
+        WU = torch.linalg.solve_triangular(KK, rhs, upper=False, unitriangular=True,
+                                           out=q.new_empty(q.shape[0], K + Vp, C).mT)
+    else:
+        rhs = torch.cat([-kw, beta * x], dim=-1)
+        WU = torch.linalg.solve_triangular(KK, rhs, upper=False, unitriangular=True)   # [−W | U]
+    MD = torch.bmm(k_end.transpose(-1, -2), WU).view(n, B * H, K, K + Vp)   # [−K̃ᵀW | K̃ᵀU]
+    M, D = MD[..., :K], MD[..., K:]
+    if inplace:
+        M.diagonal(dim1=-2, dim2=-1).add_(d if gated else 1.0)
+    else:
+        eye = torch.eye(K, dtype=q.dtype, device=q.device)
+        M = M + (d[..., None] * eye if gated else eye)
+    states = _delta_scan(S.flatten(0, 1), M, D, inplace)               # [N+1, BH, K, V']
+    S_in = states[:-1].flatten(0, 1)                                   # entering each chunk
+    v_new = torch.baddbmm(WU[..., K:], WU[..., :K], S_in)             # U − W S
+    y = torch.bmm(P, v_new).baddbmm_(qs, S_in).view(n, B, H, C, Vp)
+    return _from_chunks(y, T, chunk_major=True), states[-1].view(B, H, K, Vp)
 
 
 def chunked_softmax(terms: SoftmaxTerms, initial_state: KVCache | None = None,
