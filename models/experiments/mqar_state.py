@@ -11,8 +11,11 @@ sequence length, H·L·(K+V) (marked "KV cache" in the outputs).
 
     python -m models.experiments.mqar_state --out models/results/mqar_state            # CPU scale
     python -m models.experiments.mqar_state --accelerator gpu --scale gpu --out DIR     # H200
+    python -m models.experiments.mqar_state --render DIR/mqar_state.csv --out DIR        # re-draw
 
 Writes ``mqar_state.csv`` (one row per mixer and head_dim), ``mqar_state.png`` and ``mqar_state.md``.
+``--render`` trains nothing: it re-draws ``mqar_state.png`` from a CSV the sweep wrote and prints the
+table of ``mqar_state.md`` (without the wall time, which the CSV does not hold).
 """
 
 from __future__ import annotations
@@ -33,8 +36,8 @@ from ..data import check_mqar
 from ..layers import check_mixer
 from .icl_sweep import _check_int, _yaml_args, add_common_args, make_trainer, parse_mixers, run_jobs
 
-__all__ = ["Settings", "settings", "state_size", "run", "write", "plot", "main", "MIXERS", "CONFIG",
-           "SCALES", "COLUMNS"]
+__all__ = ["Settings", "settings", "state_size", "run", "write", "plot", "from_csv", "render", "main", "MIXERS",
+           "CONFIG", "SCALES", "COLUMNS"]
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "mqar" / "state.yaml"
 MIXERS = ("softmax_attention", "linear_attention", "normalized_attention", "s6", "mamba2", "qlstm",
@@ -327,6 +330,61 @@ def write(sweep: dict, out: str | Path) -> None:
         plot(sweep).savefig(out / "mqar_state.png", dpi=110)
 
 
+def from_csv(path: str | Path, s: Settings) -> dict:
+    """The sweep a ``mqar_state.csv`` holds; ``s`` supplies what the CSV does not record (task, batch, …).
+
+    The CSV's mixers and head_dims replace those of ``s``; its d_model, steps (of the runs that
+    finished) and state sizes must be the ones ``s`` gives, else a ValueError says which differ.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"render: no such file {str(path)!r}")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        table = list(reader)
+        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing or not table:
+        raise ValueError(f"render: {path} is not a mqar_state CSV "
+                         + (f"(missing columns {missing})" if missing else "(no rows)"))
+    known = [m for m in MIXERS if any(r["mixer"] == m for r in table)]
+    mixers = known + [m for m in dict.fromkeys(r["mixer"] for r in table) if m not in known]
+    s = replace(s, mixers=tuple(mixers), head_dims=tuple(sorted({int(r["head_dim"]) for r in table})))
+    s.check()
+    d_models = {int(r["d_model"]) for r in table}
+    steps = {int(r["steps"]) for r in table if r["status"] == "ok"}
+    if d_models != {s.model.get("d_model")} or not steps <= {s.steps}:
+        raise ValueError(f"render: {path} was written with d_model {sorted(d_models)}, steps {sorted(steps)}; "
+                         f"these settings give d_model {s.model.get('d_model')}, steps {s.steps} "
+                         "(pass the run's --scale, --d-model, --steps)")
+    runs = {}
+    for r in sorted(table, key=lambda r: (mixers.index(r["mixer"]), int(r["head_dim"]))):
+        m, g = r["mixer"], int(r["head_dim"])
+        size, kind = state_size(m, g, s.model.get("n_heads", 1), s.seq_len, s.mixer_options.get(m))
+        if (int(r["state_size"]), r["state_kind"]) != (size, kind):
+            raise ValueError(f"render: {path} gives {m} at head_dim {g} a state of {r['state_size']} "
+                             f"({r['state_kind']}); these settings give {size} ({kind}) (other seq_len or "
+                             "mixer options?)")
+        res = {"job": (m, g, s), "mixer": m, "head_dim": g, "state_size": size, "state_kind": kind,
+               "status": r["status"]}
+        for key, cast in (("params", int), ("steps", int), ("train_seconds", float), ("val_acc", float),
+                          ("val_loss", float), ("train_loss", float)):
+            if r[key] != "":
+                res[key] = cast(r[key])
+        runs[(m, g)] = res
+    return {"settings": s, "runs": runs}
+
+
+def render(path: str | Path, s: Settings, out: str | Path) -> dict:
+    """Re-draw ``out/mqar_state.png`` from the CSV at ``path`` (see ``from_csv``); return the sweep."""
+    sweep = from_csv(path, s)
+    if not any("val_acc" in r for r in sweep["runs"].values()):
+        raise ValueError(f"render: {path} holds no finished run to draw")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(sweep).savefig(out / "mqar_state.png", dpi=110)
+    return sweep
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(t) for t in text.split(",") if t.strip())
@@ -344,13 +402,20 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--num-kv-pairs", type=int, default=None)
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--val-size", type=int, default=None, help="validation sequences")
+    p.add_argument("--render", type=Path, default=None, metavar="CSV",
+                   help="train nothing: re-draw the figure from this CSV into --out and print the table "
+                        "(the scale is the one whose steps and d_model the CSV has, unless --scale is given)")
+    p.set_defaults(scale=None)   # --render picks the scale from the CSV when none is given
     a = p.parse_args(argv)
+    if a.render is not None:
+        return _main_render(p, a)
     try:
         mixers = parse_mixers(a.mixers)
-        s = settings(scale=a.scale, mixers=mixers, head_dims=a.head_dims, steps=a.steps, vocab_size=a.vocab_size,
-                     seq_len=a.seq_len, num_kv_pairs=a.num_kv_pairs, batch=a.batch, val_size=a.val_size,
-                     accelerator=a.accelerator, precision=a.precision, backend=a.backend, workers=a.workers,
-                     threads=a.threads, deadline=a.deadline, seed=a.seed, lr=a.lr, d_model=a.d_model)
+        s = settings(scale=a.scale or "cpu", mixers=mixers, head_dims=a.head_dims, steps=a.steps,
+                     vocab_size=a.vocab_size, seq_len=a.seq_len, num_kv_pairs=a.num_kv_pairs, batch=a.batch,
+                     val_size=a.val_size, accelerator=a.accelerator, precision=a.precision, backend=a.backend,
+                     workers=a.workers, threads=a.threads, deadline=a.deadline, seed=a.seed, lr=a.lr,
+                     d_model=a.d_model)
     except ValueError as err:
         p.error(str(err))
     print(f"mqar_state: {len(s.mixers)} mixers × head_dims {list(s.head_dims)}, {s.steps} steps, batch {s.batch}, "
@@ -360,6 +425,24 @@ def main(argv: list[str] | None = None) -> dict:
     bad = [f"{m}@{g}" for (m, g), r in sweep["runs"].items() if r["status"] != "ok"]
     print(f"done in {sweep['seconds']:.0f} s; wrote {a.out}/mqar_state.{{csv,png,md}}"
           + (f"; not ok: {', '.join(bad)}" if bad else ""))
+    return sweep
+
+
+def _main_render(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict:
+    error = ""
+    for scale in [a.scale] if a.scale else list(SCALES):
+        try:
+            s = settings(scale=scale, steps=a.steps, vocab_size=a.vocab_size, seq_len=a.seq_len,
+                         num_kv_pairs=a.num_kv_pairs, batch=a.batch, val_size=a.val_size, accelerator=a.accelerator,
+                         precision=a.precision, backend=a.backend, seed=a.seed, lr=a.lr, d_model=a.d_model)
+            sweep = render(a.render, s, a.out)
+            break
+        except ValueError as err:
+            error = str(err)
+    else:
+        p.error(error)
+    print(markdown(sweep), end="")
+    print(f"\nrendered {a.out}/mqar_state.png from {a.render} ({sweep['settings'].scale} scale)")
     return sweep
 
 

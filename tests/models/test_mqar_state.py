@@ -1,10 +1,12 @@
 """models.experiments.mqar_state: a tiny sweep writes its outputs with the state sizes `dsf zoo` counts,
-a run equals dsf-train's, bad input fails clearly."""
+a run equals dsf-train's, bad input fails clearly; --render re-draws from a CSV."""
 
 from __future__ import annotations
 
 import csv
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -95,3 +97,58 @@ def test_presets():
     assert max(gpu.head_dims) > max(cpu.head_dims) and gpu.steps > cpu.steps and gpu.batch > cpu.batch
     with pytest.raises(ValueError, match="unknown settings"):
         mqar_state.settings(n_points=3)
+
+
+# --render: the figure and table again from a CSV, no training
+TINY_FLAGS = ["--steps", "20", "--val-size", "64", "--batch", "32", "--seq-len", "32", "--num-kv-pairs", "4"]
+GPU = Path(__file__).resolve().parents[2] / "models" / "results" / "mqar_state" / "gpu" / "mqar_state.csv"
+
+
+def _without_wall_time(md: str) -> str:
+    return re.sub(r"\nWall time of the sweep: \d+ s\.\n$", "", md)
+
+
+def test_render_redraws_from_the_csv(tiny, tmp_path, capsys):
+    sweep, _, out = tiny
+    again = mqar_state.main(["--render", str(out / "mqar_state.csv"), *TINY_FLAGS, "--out", str(tmp_path)])
+    printed = capsys.readouterr().out.split("\nrendered ")[0]
+    assert printed == _without_wall_time((out / "mqar_state.md").read_text())
+    assert (tmp_path / "mqar_state.png").stat().st_size > 20_000 and not (tmp_path / "mqar_state.csv").exists()
+    assert again["settings"].mixers == tuple(MIXERS) and again["settings"].head_dims == (4, 8)
+    for key, run in sweep["runs"].items():
+        assert math.isclose(again["runs"][key]["val_acc"], run["val_acc"], rel_tol=1e-5)
+        assert again["runs"][key]["state_size"] == run["state_size"]
+
+
+def test_render_finds_the_scale_of_the_committed_gpu_csv(tmp_path, capsys):
+    sweep = mqar_state.main(["--render", str(GPU), "--accelerator", "gpu", "--out", str(tmp_path)])
+    assert sweep["settings"].scale == "gpu" and len(sweep["runs"]) == 32
+    printed = capsys.readouterr().out.split("\nrendered ")[0]
+    assert printed == _without_wall_time((GPU.parent / "mqar_state.md").read_text())
+    assert (tmp_path / "mqar_state.png").stat().st_size > 20_000
+
+
+@pytest.mark.parametrize("args,message", [
+    ([], "written with d_model [64], steps [20]; these settings give d_model 64, steps 1500"),
+    (["--scale", "cpu"], "these settings give d_model 64, steps 1200 (pass the run's --scale"),
+    ([*TINY_FLAGS, "--seq-len", "64"], "gives softmax_attention at head_dim 4 a state of 256 (KV cache); "
+                                       "these settings give 512 (KV cache)"),
+    ([*TINY_FLAGS, "--d-model", "32"], "written with d_model [64], steps [20]; these settings give d_model 32"),
+])
+def test_render_refuses_settings_the_csv_was_not_written_with(tiny, args, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        mqar_state.main(["--render", str(tiny[2] / "mqar_state.csv"), *args, "--out", str(tmp_path)])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "mqar_state.png").exists()
+
+
+def test_render_bad_files(tmp_path, capsys):
+    for path, message in [(tmp_path / "none.csv", "no such file"), (tmp_path / "other.csv", "missing columns"),
+                          (tmp_path / "empty.csv", "(no rows)")]:
+        if path.name == "other.csv":
+            path.write_text("mixer,head_dim,val_acc\nmamba2,8,0.5\n")
+        elif path.name == "empty.csv":
+            path.write_text(",".join(mqar_state.COLUMNS) + "\n")
+        with pytest.raises(SystemExit):
+            mqar_state.main(["--render", str(path), "--out", str(tmp_path)])
+        assert message in capsys.readouterr().err
