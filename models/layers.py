@@ -160,9 +160,14 @@ GATES: dict[tuple[str, str], Gate] = {
     ("s6", "dt"): Gate(lambda m, r, i: F.softplus(r), rank=lambda d: math.ceil(d / 16), bias=_dt_bias),
     # LSTM forget-gate bias 1 (Jozefowicz et al. 2015): remember by default
     ("qlstm", "f"): Gate(bias=_const(1.0)),
-    # Titans: momentum η ≈ 0.9 multiplies the step by ~1/(1 − η), so θ = 0.1·σ(raw) (titans-pytorch
-    # caps its step at 1e-2); with the generic θ ≈ 0.12 its MLP memory diverged by T = 64
-    ("titans", "theta"): Gate(lambda m, r, i: 0.1 * torch.sigmoid(r)),
+    # Titans: momentum η ≈ 0.9 multiplies the step by ~1/(1 − η), so θ = 0.01·σ(raw), titans-pytorch's
+    # cap. With the generic θ ≈ 0.12 its MLP memory diverged by T = 64; with θ = 0.1·σ(raw) the
+    # in-context regression sweep at d_model 64 went non-finite during training (GPU scale).
+    ("titans", "theta"): Gate(lambda m, r, i: 0.01 * torch.sigmoid(r)),
+    # TTT-MLP: inner learning rate η_base·σ(raw) with η_base = 0.1 (Sun et al. 2024 use 0.1 for the
+    # MLP, 1 for the linear memory). With the generic σ(raw) a forward pass went non-finite after
+    # 112 steps of the ICL sweep (d_model 32, CPU); capped at 0.1 it trained 300 steps cleanly.
+    ("ttt_mlp", "theta"): Gate(lambda m, r, i: 0.1 * torch.sigmoid(r), bias=_const(-2.0)),
     # normalised attention's log normaliser n is a raw projection
     ("normalized_attention", "n"): Gate(),
 }
