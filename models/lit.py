@@ -92,6 +92,15 @@ class TaskModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    def _gather(self, obj: Any) -> list:
+        """``obj`` from every process (a list of one on a single device): under DDP each process
+        sees a shard of the validation set, and the epoch's metrics must cover all of them."""
+        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            out: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(out, obj)
+            return out
+        return [obj]
+
     def on_validation_epoch_end(self) -> None:
         self._eval_end("val")
 
@@ -167,7 +176,7 @@ class RegressionModule(TaskModule):
     def _eval_step(self, batch: dict, stage: str) -> None:
         err = self._sq_err(batch)
         self._pos[stage] = self.positions(batch["tokens"], batch["y"].shape[1])
-        self.log(f"{stage}_loss", err.mean(), prog_bar=True, batch_size=err.shape[0])
+        self.log(f"{stage}_loss", err.mean(), prog_bar=True, batch_size=err.shape[0], sync_dist=True)
         if self.trainer.sanity_checking:
             return  # a partial set: keep it out of the per-position curves and the baselines
         self._sum[stage] = self._sum.get(stage, 0) + err.detach().sum(0)
@@ -179,11 +188,17 @@ class RegressionModule(TaskModule):
         if stage not in self._sum:
             return
         pos = self._pos[stage]
-        curves = {f"{stage}_err": self._sum.pop(stage) / self._count.pop(stage)}
+        local_sum, n = self._sum.pop(stage).cpu(), self._count.pop(stage)
+        base = {}
         if self.baselines:
             if stage not in self._baseline_err and self._prompts.get(stage):
                 self._baseline_err[stage] = self._run_baselines(self._prompts.pop(stage))
-            curves.update({f"{stage}_err_{k}": v[pos] for k, v in self._baseline_err.get(stage, {}).items()})
+            base = {k: v[pos].cpu() * n for k, v in self._baseline_err.get(stage, {}).items()}
+        # Sums and counts of every process, then the means: exact under DDP's sharded validation.
+        parts = self._gather((local_sum, n, base))
+        total = sum(p[1] for p in parts)
+        curves = {f"{stage}_err": sum(p[0] for p in parts) / total}
+        curves.update({f"{stage}_err_{k}": sum(p[2][k] for p in parts) / total for k in base})
         for name, curve in curves.items():
             self.log_dict({f"{name}/pos_{i}": float(e) for i, e in zip(range(pos.start, pos.stop), curve)})
 
@@ -239,7 +254,7 @@ class MQARModule(TaskModule):
 
     def _eval_step(self, batch: dict, stage: str) -> None:
         loss, correct, mask = self._scores(batch)
-        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0])
+        self.log(f"{stage}_loss", loss, prog_bar=True, batch_size=batch["inputs"].shape[0], sync_dist=True)
         for kv in batch["num_kv_pairs"].unique().tolist():
             rows = batch["num_kv_pairs"] == kv
             hit = self._hits.setdefault((stage, kv), [0, 0])
@@ -247,12 +262,18 @@ class MQARModule(TaskModule):
             hit[1] += int(mask[rows].sum())
 
     def _eval_end(self, stage: str) -> None:
-        hits = {kv: h for (s, kv), h in self._hits.items() if s == stage}
+        local = {kv: h for (s, kv), h in self._hits.items() if s == stage}
+        for kv in local:
+            del self._hits[(stage, kv)]
+        hits: dict[int, list[int]] = {}
+        for part in self._gather(local):              # every process's shard under DDP
+            for kv, (c, m) in part.items():
+                h = hits.setdefault(kv, [0, 0])
+                h[0] += c
+                h[1] += m
         if not hits:
             return
         total = [sum(h[0] for h in hits.values()), sum(h[1] for h in hits.values())]
         self.log(f"{stage}_acc", total[0] / max(1, total[1]), prog_bar=True)
         if len(hits) > 1:
             self.log_dict({f"{stage}_acc/kv_{kv}": h[0] / max(1, h[1]) for kv, h in sorted(hits.items())})
-        for kv in hits:
-            del self._hits[(stage, kv)]
