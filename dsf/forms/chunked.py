@@ -281,24 +281,33 @@ def _chunked_scalar(terms: LinearTerms, q: Tensor, k: Tensor, x: Tensor, S: Tens
     return _from_chunks(y, T), S
 
 
-def _delta_scan(S: Tensor, M: Tensor, D: Tensor, inplace: bool) -> Tensor:
-    """The sequential part of the chunked delta rule: S_{i+1} = M_i S_i + D_i over chunk-major blocks.
+def _delta_scan(S: Tensor, Wn: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, inplace: bool
+                ) -> tuple[Tensor, Tensor]:
+    """The sequential part of the chunked delta rule, over chunk-major blocks.
 
-    S: [BH, K, V], M: [N, BH, K, K], D: [N, BH, K, V]. Returns the states entering each chunk plus
-    the final one ([N+1, BH, K, V]). One small matmul per chunk is the whole loop.
+    For each chunk: the pseudo-values V_i = U_i − W_i S_i, then S_{i+1} = d_i S_i + K̃_iᵀ V_i.
+    S: [BH, K, V], Wn = −W: [N, BH, C, K], U: [N, BH, C, V], kT = K̃ᵀ: [N, BH, K, C], d: [N, BH, 1, 1].
+    Returns the states entering each chunk plus the final one ([N+1, BH, K, V]) and the pseudo-values
+    ([N, BH, C, V]; without autograd they overwrite U).
     """
-    n = M.shape[0]
+    n = Wn.shape[0]
     if not inplace:
-        states = [S]
+        states, pseudo = [S], []
         for i in range(n):
-            states.append(torch.baddbmm(D[i], M[i], states[-1]))
-        return torch.stack(states)
+            pseudo.append(torch.baddbmm(U[i], Wn[i], states[-1]))
+            prev = states[-1] if d is None else states[-1] * d[i]
+            states.append(torch.baddbmm(prev, kT[i], pseudo[-1]))
+        return torch.stack(states), torch.stack(pseudo)
     states = S.new_empty(n + 1, *S.shape)
     states[0] = S
-    states[1:] = D                       # one batched copy; the loop then accumulates in place
     for i in range(n):
-        states[i + 1].baddbmm_(M[i], states[i])
-    return states
+        v = U[i].baddbmm_(Wn[i], states[i])
+        if d is None:
+            states[i + 1].copy_(states[i])
+        else:
+            torch.mul(states[i], d[i], out=states[i + 1])
+        states[i + 1].baddbmm_(kT[i], v)
+    return states, U
 
 
 def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tensor, Tensor]:
@@ -351,16 +360,12 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     else:
         rhs = torch.cat([-kw, beta * x], dim=-1)
         WU = torch.linalg.solve_triangular(KK, rhs, upper=False, unitriangular=True)   # [−W | U]
-    MD = torch.bmm(k_end.transpose(-1, -2), WU).view(n, B * H, K, K + Vp)   # [−K̃ᵀW | K̃ᵀU]
-    M, D = MD[..., :K], MD[..., K:]
-    if inplace:
-        M.diagonal(dim1=-2, dim2=-1).add_(d if gated else 1.0)
-    else:
-        eye = torch.eye(K, dtype=q.dtype, device=q.device)
-        M = M + (d[..., None] * eye if gated else eye)
-    states = _delta_scan(S.flatten(0, 1), M, D, inplace)               # [N+1, BH, K, V']
+    WU = WU.view(n, B * H, C, K + Vp)
+    kT = k_end.transpose(-1, -2).view(n, B * H, K, C)
+    states, v_new = _delta_scan(S.flatten(0, 1), WU[..., :K], WU[..., K:], kT,
+                                d.view(n, B * H, 1, 1) if gated else None, inplace)
     S_in = states[:-1].flatten(0, 1)                                   # entering each chunk
-    v_new = torch.baddbmm(WU[..., K:], WU[..., :K], S_in)             # U − W S
+    v_new = v_new.flatten(0, 1)
     y = torch.bmm(P, v_new).baddbmm_(qs, S_in).view(n, B, H, C, Vp)
     return _from_chunks(y, T, chunk_major=True), states[-1].view(B, H, K, Vp)
 
