@@ -281,11 +281,12 @@ def _chunked_scalar(terms: LinearTerms, q: Tensor, k: Tensor, x: Tensor, S: Tens
     return _from_chunks(y, T), S
 
 
-def _delta_scan(S: Tensor, Wn: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, inplace: bool
-                ) -> tuple[Tensor, Tensor]:
+def _delta_scan(S: Tensor, Wn: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, inplace: bool,
+                decay_after: bool = False) -> tuple[Tensor, Tensor]:
     """The sequential part of the chunked delta rule, over chunk-major blocks.
 
-    For each chunk: the pseudo-values V_i = U_i − W_i S_i, then S_{i+1} = d_i S_i + K̃_iᵀ V_i.
+    For each chunk: the pseudo-values V_i = U_i − W_i S_i, then S_{i+1} = d_i S_i + K̃_iᵀ V_i, or
+    d_i (S_i + K̃_iᵀ V_i) with ``decay_after`` (keys given as seen from the chunk start).
     S: [BH, K, V], Wn = −W: [N, BH, C, K], U: [N, BH, C, V], kT = K̃ᵀ: [N, BH, K, C], d: [N, BH, 1, 1].
     Returns the states entering each chunk plus the final one ([N+1, BH, K, V]) and the pseudo-values
     ([N, BH, C, V]; without autograd they overwrite U).
@@ -295,6 +296,9 @@ def _delta_scan(S: Tensor, Wn: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, 
         states, pseudo = [S], []
         for i in range(n):
             pseudo.append(torch.baddbmm(U[i], Wn[i], states[-1]))
+            if decay_after:
+                states.append(torch.baddbmm(states[-1], kT[i], pseudo[-1]) * d[i])
+                continue
             prev = states[-1] if d is None else states[-1] * d[i]
             states.append(torch.baddbmm(prev, kT[i], pseudo[-1]))
         return torch.stack(states), torch.stack(pseudo)
@@ -302,11 +306,13 @@ def _delta_scan(S: Tensor, Wn: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, 
     states[0] = S
     for i in range(n):
         v = U[i].baddbmm_(Wn[i], states[i])
-        if d is None:
+        if d is None or decay_after:
             states[i + 1].copy_(states[i])
         else:
             torch.mul(states[i], d[i], out=states[i + 1])
         states[i + 1].baddbmm_(kT[i], v)
+        if decay_after:
+            states[i + 1].mul_(d[i])
     return states, U
 
 
@@ -334,17 +340,20 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
         eG = torch.exp(G)[..., None]
         d = torch.exp(G[:, -1]).view(n, B * H, 1)                      # each chunk's total decay
         qs, kw = q * eG, beta * eG * k                                # Q Γ₀, β K Γ₀
-        k_end = k * torch.exp(G[:, -1:] - G)[..., None]                # keys decayed to the chunk end
-        if -float(G.detach().amin()) < _SAFE_SPAN:
-            # Γ_ij = e^{G_i} e^{−G_j} (≤ e^20, safe): one matmul gives β K Kᵀ ⊙ Γ and Q Kᵀ ⊙ Γ.
-            km = (k / eG).transpose(-1, -2)
+        mild = -float(G.detach().amin()) < _SAFE_SPAN
+        if mild:
+            # Γ_ij = e^{G_i} e^{−G_j} (≤ e^20, safe): β K Kᵀ ⊙ Γ and Q Kᵀ ⊙ Γ are plain matmuls, and
+            # the keys seen from the chunk start also write the state (its decay applied after).
+            k_end = k / eG
+            km = k_end.transpose(-1, -2)
             KK, P = torch.bmm(kw, km), torch.bmm(qs, km)
         else:
+            k_end = k * torch.exp(G[:, -1:] - G)[..., None]            # keys decayed to the chunk end
             Gam = _masked_exp(G[..., :, None] - G[..., None, :], causal)  # Γ_ij, i >= j
             KK = torch.bmm(beta * k, k.transpose(-1, -2)) * Gam
             P = torch.bmm(q, k.transpose(-1, -2)) * Gam
     else:
-        qs, kw, k_end = q, beta * k, k
+        qs, kw, k_end, mild = q, beta * k, k, False
         KK, P = torch.bmm(kw, k.transpose(-1, -2)), torch.bmm(q, k.transpose(-1, -2))
     P = P.masked_fill_(~causal, 0.0)
     # [−β K Γ₀ | β X]: the sign makes the solve return −W, so the updates below are additions.
@@ -363,7 +372,8 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     WU = WU.view(n, B * H, C, K + Vp)
     kT = k_end.transpose(-1, -2).view(n, B * H, K, C)
     states, v_new = _delta_scan(S.flatten(0, 1), WU[..., :K], WU[..., K:], kT,
-                                d.view(n, B * H, 1, 1) if gated else None, inplace)
+                                d.view(n, B * H, 1, 1) if gated else None, inplace,
+                                decay_after=gated and mild)
     S_in = states[:-1].flatten(0, 1)                                   # entering each chunk
     v_new = v_new.flatten(0, 1)
     y = torch.bmm(P, v_new).baddbmm_(qs, S_in).view(n, B, H, C, Vp)
