@@ -32,8 +32,9 @@ __all__ = ["chunked_linear", "chunked_softmax", "chunked_aaren"]
 _SUB = 16  # sub-block size for key-/value-wise decays inside a chunk
 
 
-def _to_chunks(x: Tensor, C: int, chunk_major: bool = False) -> Tensor:
-    """[B, T, H, *rest] → [B, H, N, C, *rest] (or [N, B, H, C, *rest]), zero-padded at the end of time."""
+def _to_chunks(x: Tensor, C: int, chunk_major: bool = False, scale: Tensor | None = None) -> Tensor:
+    """[B, T, H, *rest] → [B, H, N, C, *rest] (or [N, B, H, C, *rest]), zero-padded at the end of time,
+    times ``scale`` (broadcast in the chunked layout) if given."""
     B, T = x.shape[:2]
     n = math.ceil(T / C)
     pad = n * C - T
@@ -41,8 +42,14 @@ def _to_chunks(x: Tensor, C: int, chunk_major: bool = False) -> Tensor:
         x = torch.cat([x, x.new_zeros(B, pad, *x.shape[2:])], dim=1)
     x = x.reshape(B, n, C, *x.shape[2:])
     x = x.permute(1, 0, 3, 2, *range(4, x.dim())) if chunk_major else x.movedim(3, 1)
-    # One copy into head-major order, so every batched matmul below reads contiguous matrices.
-    return x.contiguous()
+    # One copy into head-major order, so every batched matmul below reads contiguous matrices; a
+    # scale is applied in that same pass.
+    if scale is None:
+        return x.contiguous()
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
+        return (x * scale).contiguous()
+    out = torch.empty(torch.broadcast_shapes(x.shape, scale.shape), dtype=x.dtype, device=x.device)
+    return torch.mul(x, scale, out=out)
 
 
 def _from_chunks(x: Tensor, T: int, chunk_major: bool = False) -> Tensor:
@@ -151,11 +158,11 @@ def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor
     T = terms.shape[1]
     if terms.beta is not None:
         return _chunked_delta(terms, S, C, T)
-    q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)           # [B, H, N, C, K]
     x = _to_chunks(terms.u, C)                                        # [B, H, N, C, V']
     # Padding is harmless: zero keys write nothing, zero log-decay keeps the state.
     if terms.decay in ("none", "scalar"):
-        return _chunked_scalar(terms, q, k, x, S, T)
+        return _chunked_scalar(terms, x, S, C, T)
+    q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)           # [B, H, N, C, K]
     # Key- or value-wise decays from here on.
     G = torch.cumsum(_to_chunks(terms.g, C), dim=3)                   # local cumulative log decay
     if terms.decay == "key" and -float(G.detach().amin()) < _SAFE_SPAN:
@@ -249,29 +256,29 @@ def _chunked_keywise_mild(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor,
     return _from_chunks(y, T), S
 
 
-def _chunked_scalar(terms: LinearTerms, q: Tensor, k: Tensor, x: Tensor, S: Tensor, T: int
-                    ) -> tuple[Tensor, Tensor]:
+def _chunked_scalar(terms: LinearTerms, x: Tensor, S: Tensor, C: int, T: int) -> tuple[Tensor, Tensor]:
     """SSD's four steps for no decay or one decay per head and token (the fast, common case).
 
     When a chunk's total decay is mild the decay factors about the chunk start, e^{G_i − G_j} =
     e^{G_i} e^{−G_j}: the scores are then one matmul of pre-scaled queries and keys, and the chunk's
     write ΔS is seen from its start (its own decay moves into the state-passing weights).
     """
-    C = q.shape[3]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
     if terms.decay == "none":
-        logtot = q.new_zeros(q.shape[:3])
-        qs, kA, kw, from_start = q, k, k, True
-        A = (qs @ kA.transpose(-1, -2)).masked_fill(~causal, 0.0)
+        qs, kA = _to_chunks(terms.q, C), _to_chunks(terms.k, C)
+        logtot, kw, from_start = qs.new_zeros(qs.shape[:3]), kA, True
+        A = (qs @ kA.transpose(-1, -2)).masked_fill_(~causal, 0.0)
     else:
         G = torch.cumsum(_to_chunks(terms.g, C), dim=3)               # local cumulative log decay
         logtot = G[..., -1]
-        qs = q * torch.exp(G)[..., None]                              # decayed from the chunk start
+        # queries decayed from the chunk start, scaled while they are laid out in chunks
+        qs = _to_chunks(terms.q, C, scale=torch.exp(G)[..., None])
         if -float(G.detach().amin()) < _SAFE_SPAN:
-            kA = kw = k * torch.exp(-G)[..., None]                    # ≤ e^20: safe in float32
+            kA = kw = _to_chunks(terms.k, C, scale=torch.exp(-G)[..., None])   # ≤ e^20: safe in float32
             from_start = True
-            A = (qs @ kA.transpose(-1, -2)).masked_fill(~causal, 0.0)
+            A = (qs @ kA.transpose(-1, -2)).masked_fill_(~causal, 0.0)
         else:
+            q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)
             kw, from_start = k * torch.exp(G[..., -1:] - G)[..., None], False
             A = (q @ k.transpose(-1, -2)) * _masked_exp(G[..., :, None] - G[..., None, :], causal)
     y = A @ x                                                         # step 1: inside the chunk
