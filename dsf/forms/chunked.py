@@ -160,13 +160,20 @@ def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor
         return _chunked_delta(terms, S, C, T)
     x = _to_chunks(terms.u, C)                                        # [B, H, N, C, V']
     # Padding is harmless: zero keys write nothing, zero log-decay keeps the state.
-    if terms.decay in ("none", "scalar"):
-        return _chunked_scalar(terms, x, S, C, T)
-    q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)           # [B, H, N, C, K]
-    # Key- or value-wise decays from here on.
+    if terms.decay == "none":
+        return _chunked_factored("none", _to_chunks(terms.q, C), _to_chunks(terms.k, C), x, None, S, T)
     G = torch.cumsum(_to_chunks(terms.g, C), dim=3)                   # local cumulative log decay
-    if terms.decay == "key" and -float(G.detach().amin()) < _SAFE_SPAN:
-        return _chunked_keywise_mild(G, q, k, x, S, T)
+    if terms.decay in ("scalar", "key") and -float(G.detach().amin()) < _SAFE_SPAN:
+        # Mild decays factor about the chunk start: e^{G_i − G_j} = e^{G_i} e^{−G_j} (≤ e^20, safe
+        # in float32), applied to queries and keys in the pass that lays them out in chunks.
+        e = G[..., None] if terms.decay == "scalar" else G
+        qs = _to_chunks(terms.q, C, scale=torch.exp(e))
+        ks = _to_chunks(terms.k, C, scale=torch.exp(-e))
+        return _chunked_factored(terms.decay, qs, ks, x, G[:, :, :, -1], S, T)
+    q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)           # [B, H, N, C, K]
+    if terms.decay == "scalar":
+        return _chunked_scalar_strong(G, q, k, x, S, T)
+    # Key- or value-wise decays with some chunk's total decay strong.
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
 
     eG = torch.exp(G)                                                 # decay from the chunk start
@@ -238,52 +245,36 @@ def _pass_all(decay: str, logtot: Tensor, dS: Tensor, S: Tensor, from_start: boo
     return S_all[:, :, :-1], S_all[:, :, -1]
 
 
-def _chunked_keywise_mild(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor, T: int
-                          ) -> tuple[Tensor, Tensor]:
-    """Key-wise decays that stay mild inside every chunk: factored about the chunk start.
+def _chunked_factored(decay: str, qs: Tensor, ks: Tensor, x: Tensor, logtot: Tensor | None, S: Tensor,
+                      T: int) -> tuple[Tensor, Tensor]:
+    """SSD's four steps when the decay inside a chunk is factored into its queries and keys.
 
-    e^{G_i[k] − G_j[k]} = e^{G_i[k]} e^{−G_j[k]}, so with q̃ = q e^{G} and k̃ = k e^{−G} the chunk is
-    linear attention: scores q̃ k̃ᵀ, write k̃ᵀ x seen from the chunk start, read q̃ S.
+    qs = q e^{G}, ks = k e^{−G} (or q, k without decay): each chunk is then linear attention, with
+    scores qs ksᵀ, a write ksᵀ x seen from the chunk start (its own decay e^{log tot} moves into the
+    state passing) and a read qs S. Serves no decay, mild scalar decays and mild key-wise decays.
     """
-    C = q.shape[3]
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-    eG = torch.exp(G)
-    qs, ks = q * eG, k / eG                                           # k / eG ≤ e^20 · |k|
-    y = (qs @ ks.transpose(-1, -2)).masked_fill_(~causal, 0.0) @ x    # step 1
-    dS = ks.transpose(-1, -2) @ x                                     # step 2
-    S_in, S = _pass_all("key", G[..., -1, :], dS, S, from_start=True)  # step 3
+    C = qs.shape[3]
+    causal = torch.ones(C, C, dtype=torch.bool, device=qs.device).tril()
+    y = (qs @ ks.transpose(-1, -2)).masked_fill_(~causal, 0.0) @ x    # step 1: inside the chunk
+    dS = ks.transpose(-1, -2) @ x                                     # step 2: what the chunk writes
+    if logtot is None:
+        logtot = qs.new_zeros(qs.shape[:3])
+    S_in, S = _pass_all(decay, logtot, dS, S, from_start=True)        # step 3: across chunks
     y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
     return _from_chunks(y, T), S
 
 
-def _chunked_scalar(terms: LinearTerms, x: Tensor, S: Tensor, C: int, T: int) -> tuple[Tensor, Tensor]:
-    """SSD's four steps for no decay or one decay per head and token (the fast, common case).
-
-    When a chunk's total decay is mild the decay factors about the chunk start, e^{G_i − G_j} =
-    e^{G_i} e^{−G_j}: the scores are then one matmul of pre-scaled queries and keys, and the chunk's
-    write ΔS is seen from its start (its own decay moves into the state-passing weights).
-    """
-    causal = torch.ones(C, C, dtype=torch.bool, device=x.device).tril()
-    if terms.decay == "none":
-        qs, kA = _to_chunks(terms.q, C), _to_chunks(terms.k, C)
-        logtot, kw, from_start = qs.new_zeros(qs.shape[:3]), kA, True
-        A = (qs @ kA.transpose(-1, -2)).masked_fill_(~causal, 0.0)
-    else:
-        G = torch.cumsum(_to_chunks(terms.g, C), dim=3)               # local cumulative log decay
-        logtot = G[..., -1]
-        # queries decayed from the chunk start, scaled while they are laid out in chunks
-        qs = _to_chunks(terms.q, C, scale=torch.exp(G)[..., None])
-        if -float(G.detach().amin()) < _SAFE_SPAN:
-            kA = kw = _to_chunks(terms.k, C, scale=torch.exp(-G)[..., None])   # ≤ e^20: safe in float32
-            from_start = True
-            A = (qs @ kA.transpose(-1, -2)).masked_fill_(~causal, 0.0)
-        else:
-            q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)
-            kw, from_start = k * torch.exp(G[..., -1:] - G)[..., None], False
-            A = (q @ k.transpose(-1, -2)) * _masked_exp(G[..., :, None] - G[..., None, :], causal)
-    y = A @ x                                                         # step 1: inside the chunk
-    dS = kw.transpose(-1, -2) @ x                                     # step 2: what the chunk writes
-    S_in, S = _pass_all(terms.decay, logtot, dS, S, from_start)       # step 3: across chunks
+def _chunked_scalar_strong(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor, T: int
+                           ) -> tuple[Tensor, Tensor]:
+    """SSD's four steps for a scalar decay strong inside some chunk: every factor e^{G_i − G_j} is
+    formed with a non-positive exponent, and the chunk's write is seen from its end."""
+    C = q.shape[3]
+    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
+    A = (q @ k.transpose(-1, -2)) * _masked_exp(G[..., :, None] - G[..., None, :], causal)
+    y = A @ x                                                         # step 1
+    dS = (k * torch.exp(G[..., -1:] - G)[..., None]).transpose(-1, -2) @ x   # step 2
+    S_in, S = _pass_all("scalar", G[..., -1], dS, S)                  # step 3
+    qs = q * torch.exp(G)[..., None]
     y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
     return _from_chunks(y, T), S
 
@@ -327,11 +318,11 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     """WY/UT chunked delta rule with an optional scalar gate.
 
     Inside a chunk the UT transform gives W = T β K Γ₀ and U = T β X with
-    T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ (one triangular solve for all chunks). From chunk to
-    chunk S' = d S + K̃ᵀ(U − W S) = M S + D, with M = d I − K̃ᵀW and D = K̃ᵀU batched over all chunks,
-    so the only sequential loop is one K×K by K×V matmul per chunk; the outputs
-    Q Γ₀ S + (Q Kᵀ ⊙ Γ)(U − W S) are batched after it. Tensors are chunk-major ([N, B, H, C, *]),
-    flattened to [N·B·H, C, *] for the batched matmuls.
+    T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ (one triangular solve for all chunks). Only the pseudo-values
+    U − W S and the next state d S + K̃ᵀ(U − W S) need the entering state, so the loop over chunks
+    is two small matmuls (see ``_delta_scan``); the outputs Q Γ₀ S + (Q Kᵀ ⊙ Γ)(U − W S) are batched
+    after it. Tensors are chunk-major ([N, B, H, C, *]), flattened to [N·B·H, C, *] for the batched
+    matmuls.
     """
     q, k, x = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k, terms.u))
     n, B, H = q.shape[:3]

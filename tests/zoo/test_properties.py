@@ -119,22 +119,24 @@ def test_every_spec_is_documented(name):
     assert spec.citation and spec.description and spec.state_size and spec.oracle and spec.random_inputs
 
 
-@pytest.mark.parametrize("name, gate", [("gla", "gk"), ("qlstm", "f")])
+@pytest.mark.parametrize("name, gate", [("gla", "gk"), ("qlstm", "f"), ("mamba2", "g"),
+                                        ("gated_deltanet", "g")])
 def test_strong_and_mild_decays_take_both_paths(name, gate):
-    """Key-/value-wise chunks factor mild decays about the chunk start and split strong ones into
-    sub-blocks; both paths agree with the recurrence, with and without overflow-level decays."""
+    """Chunks factor mild decays about the chunk start; strong ones are split into sub-blocks
+    (key-/value-wise) or formed with non-positive exponents (scalar, gated delta rule). Both paths
+    agree with the recurrence, with and without overflow-level decays."""
     d = dsf.random_inputs(name, B=1, T=70, H=2, K=3, V=4, seed=2)
     for scale in (1.0, 60.0):
         x = dict(d)
-        x[gate] = d[gate] * scale if name == "gla" else d[gate] - scale  # qlstm: log σ(f − 60) ≈ −60
+        x[gate] = d[gate] - scale if name == "qlstm" else d[gate] * scale  # qlstm: log σ(f − 60) ≈ −60
         o_c, S_c = dsf.chunked(name, chunk_size=32, **x)
         o_r, S_r = dsf.recurrent(name, **x)
         assert torch.isfinite(o_c).all() and rel_err(o_c, o_r) < 1e-12 and rel_err(S_c, S_r) < 1e-12
 
 
 @pytest.mark.parametrize("name", ["mamba2", "gla", "qlstm", "linear_attention"])
-def test_many_chunks_pass_state_in_groups(name):
-    """More chunks than one group of the state-passing contraction (35 chunks of 2)."""
+def test_many_chunks_pass_state(name):
+    """Many short chunks (35 of 2): the state passes through every one of them."""
     d = dsf.random_inputs(name, B=1, T=70, H=2, K=3, V=2, seed=5)
     o_c, S_c = dsf.chunked(name, chunk_size=2, **d)
     o_r, S_r = dsf.recurrent(name, **d)
