@@ -32,16 +32,22 @@ __all__ = ["chunked_linear", "chunked_softmax", "chunked_aaren"]
 _SUB = 16  # sub-block size for key-/value-wise decays inside a chunk
 
 
-def _to_chunks(x: Tensor, C: int, chunk_major: bool = False, scale: Tensor | None = None) -> Tensor:
-    """[B, T, H, *rest] → [B, H, N, C, *rest] (or [N, B, H, C, *rest]), zero-padded at the end of time,
-    times ``scale`` (broadcast in the chunked layout) if given."""
+def _chunk_view(x: Tensor, C: int, chunk_major: bool = False) -> Tensor:
+    """[B, T, H, *rest] → a view [B, H, N, C, *rest] (or [N, B, H, C, *rest]), zero-padded at the end
+    of time (the padding is the only copy)."""
     B, T = x.shape[:2]
     n = math.ceil(T / C)
     pad = n * C - T
     if pad:
         x = torch.cat([x, x.new_zeros(B, pad, *x.shape[2:])], dim=1)
     x = x.reshape(B, n, C, *x.shape[2:])
-    x = x.permute(1, 0, 3, 2, *range(4, x.dim())) if chunk_major else x.movedim(3, 1)
+    return x.permute(1, 0, 3, 2, *range(4, x.dim())) if chunk_major else x.movedim(3, 1)
+
+
+def _to_chunks(x: Tensor, C: int, chunk_major: bool = False, scale: Tensor | None = None) -> Tensor:
+    """:func:`_chunk_view` copied into contiguous memory, times ``scale`` (broadcast in the chunked
+    layout) if given."""
+    x = _chunk_view(x, C, chunk_major)
     # One copy into head-major order, so every batched matmul below reads contiguous matrices; a
     # scale is applied in that same pass.
     if scale is None:
@@ -154,34 +160,38 @@ def _time_slice(terms: LinearTerms, a: int, b: int) -> LinearTerms:
 
 
 def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor]:
-    """The chunked recurrence of read-out-free terms: raw reads Sᵀq [B, T, H, V'] and the state."""
+    """The chunked recurrence of read-out-free terms: raw reads Sᵀq [B, T, H, V'] and the state.
+
+    Chunked tensors are chunk-major ([N, B, H, C, *]): each chunk's state is then one contiguous
+    block, which keeps the sequential state passing cheap.
+    """
     T = terms.shape[1]
     if terms.beta is not None:
         return _chunked_delta(terms, S, C, T)
-    x = _to_chunks(terms.u, C)                                        # [B, H, N, C, V']
+    x = _to_chunks(terms.u, C, chunk_major=True)                     # [N, B, H, C, V']
     # Padding is harmless: zero keys write nothing, zero log-decay keeps the state.
     if terms.decay == "none":
-        return _chunked_factored("none", _to_chunks(terms.q, C), _to_chunks(terms.k, C), x, None, S, T)
-    G = torch.cumsum(_to_chunks(terms.g, C), dim=3)                   # local cumulative log decay
+        q, k = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k))
+        return _chunked_factored("none", q, k, x, None, S, T)
+    # Local cumulative log decay, summed straight from the strided view (cumsum writes a new tensor).
+    G = torch.cumsum(_chunk_view(terms.g, C, chunk_major=True), dim=3)
     if terms.decay in ("scalar", "key") and -float(G.detach().amin()) < _SAFE_SPAN:
         # Mild decays factor about the chunk start: e^{G_i − G_j} = e^{G_i} e^{−G_j} (≤ e^20, safe
         # in float32), applied to queries and keys in the pass that lays them out in chunks.
-        e = G[..., None] if terms.decay == "scalar" else G
-        qs = _to_chunks(terms.q, C, scale=torch.exp(e))
-        ks = _to_chunks(terms.k, C, scale=torch.exp(-e))
+        eG = torch.exp(G[..., None] if terms.decay == "scalar" else G)
+        qs = _to_chunks(terms.q, C, chunk_major=True, scale=eG)
+        ks = _to_chunks(terms.k, C, chunk_major=True, scale=torch.reciprocal(eG))
         return _chunked_factored(terms.decay, qs, ks, x, G[:, :, :, -1], S, T)
-    q, k = _to_chunks(terms.q, C), _to_chunks(terms.k, C)           # [B, H, N, C, K]
+    q, k = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k))   # [N, B, H, C, K]
     if terms.decay == "scalar":
         return _chunked_scalar_strong(G, q, k, x, S, T)
     # Key- or value-wise decays with some chunk's total decay strong.
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
-
     eG = torch.exp(G)                                                 # decay from the chunk start
     # Step 1: intra-chunk outputs.
     if terms.decay == "key":
         y = _keywise_scores(q, k, G) @ x
     else:
-        y = _valuewise_intra((q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0), x, G, eG)
+        y = _valuewise_intra((q @ k.transpose(-1, -2)).tril_(), x, G, eG)
 
     # Step 2: what each chunk writes, seen from its end; and the chunk's total decay.
     last = G[:, :, :, -1:]
@@ -195,80 +205,71 @@ def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor
     S_in, S = _pass_all(terms.decay, last.squeeze(3), dS, S)
 
     # Step 4: state-to-output, with the decay from the chunk start to each row.
-    from_start = eG
     if terms.decay == "value":
-        y = y + (q @ S_in) * from_start
+        y = y + (q @ S_in) * eG
     else:
-        y = y + (q * from_start) @ S_in
-    return _from_chunks(y, T), S
+        y = y + (q * eG) @ S_in
+    return _from_chunks(y, T, chunk_major=True), S
 
 
-def _pass_all(decay: str, logtot: Tensor, dS: Tensor, S: Tensor, from_start: bool = False
+def _pass_all(decay: str, logtot: Tensor | None, dS: Tensor, S: Tensor, from_start: bool = False
               ) -> tuple[Tensor, Tensor]:
-    """SSD's step 3: the states entering each of the n chunks, and the state after them.
+    """SSD's step 3: the states entering each of the N chunks, and the state after them.
 
-    S_{m+1} = e^{log tot_m} S_m + ΔS_m, or e^{log tot_m} (S_m + ΔS_m) when ΔS_m is seen from the
-    chunk's start (``from_start``). A loop of one fused multiply-add on a [B, H, K, V] state per
-    chunk: cheaper on the CPU than unrolling groups of chunks into a contraction, whose weights
-    (one per channel for key- and value-wise decays) cost more to build than the loop.
+    S_{m+1} = w_m S_m + ΔS_m with w_m = e^{log tot_m}, or w_m (S_m + ΔS_m) when ΔS_m is seen from
+    the chunk's start (``from_start``; then all the w_m ΔS_m are formed at once first). Chunk-major:
+    ΔS [N, B, H, K, V], log tot [N, B, H] (scalar) or [N, B, H, K|V], S [B, H, K, V]. A loop of one
+    fused multiply-add per chunk on a contiguous state: on the CPU this beats any contraction over
+    chunks, whose weights (one per channel for key- and value-wise decays) cost more to build.
     """
-    n = dS.shape[2]
-    if decay == "none":
-        w = None
-    else:
-        w = torch.exp(logtot)                                         # [B, H, n] or [B, H, n, K|V]
+    n = dS.shape[0]
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (logtot, dS, S))
+    w = None
+    if decay != "none":
+        w = torch.exp(logtot)
         w = {"scalar": w[..., None, None], "key": w[..., None], "value": w[..., None, :]}[decay]
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (logtot, dS, S))
+        if from_start:
+            dS = dS * w if grad else dS.mul_(w)
     if grad:
         states = [S]
         for m in range(n):
-            Sm, dm = states[-1], dS[:, :, m]
-            if w is None:
-                states.append(Sm + dm)
-            elif from_start:
-                states.append((Sm + dm) * w[:, :, m])
-            else:
-                states.append(torch.addcmul(dm, w[:, :, m], Sm))
-        return torch.stack(states[:-1], dim=2), states[-1]
+            states.append(states[-1] + dS[m] if w is None else torch.addcmul(dS[m], w[m], states[-1]))
+        return torch.stack(states[:-1]), states[-1]
     # Without autograd: written in place into one buffer.
-    S_all = dS.new_empty(*dS.shape[:2], n + 1, *dS.shape[3:])
-    S_all[:, :, 0] = S
+    S_all = dS.new_empty(n + 1, *dS.shape[1:])
+    S_all[0] = S
     for m in range(n):
-        out = S_all[:, :, m + 1]
         if w is None:
-            torch.add(S_all[:, :, m], dS[:, :, m], out=out)
-        elif from_start:
-            torch.add(S_all[:, :, m], dS[:, :, m], out=out)
-            out.mul_(w[:, :, m])
+            torch.add(S_all[m], dS[m], out=S_all[m + 1])
         else:
-            torch.addcmul(dS[:, :, m], w[:, :, m], S_all[:, :, m], out=out)
-    return S_all[:, :, :-1], S_all[:, :, -1]
+            torch.addcmul(dS[m], w[m], S_all[m], out=S_all[m + 1])
+    return S_all[:-1], S_all[-1]
 
 
 def _chunked_factored(decay: str, qs: Tensor, ks: Tensor, x: Tensor, logtot: Tensor | None, S: Tensor,
                       T: int) -> tuple[Tensor, Tensor]:
     """SSD's four steps when the decay inside a chunk is factored into its queries and keys.
 
-    qs = q e^{G}, ks = k e^{−G} (or q, k without decay): each chunk is then linear attention, with
-    scores qs ksᵀ, a write ksᵀ x seen from the chunk start (its own decay e^{log tot} moves into the
-    state passing) and a read qs S. Serves no decay, mild scalar decays and mild key-wise decays.
+    qs = q e^{G}, ks = k e^{−G} (or q, k without decay), chunk-major [N, B, H, C, K]: each chunk is
+    then linear attention, with scores qs ksᵀ, a write ksᵀ x seen from the chunk start (its own decay
+    e^{log tot} moves into the state passing) and a read qs S. Serves no decay, mild scalar decays
+    and mild key-wise decays.
     """
-    C = qs.shape[3]
-    causal = torch.ones(C, C, dtype=torch.bool, device=qs.device).tril()
-    y = (qs @ ks.transpose(-1, -2)).masked_fill_(~causal, 0.0) @ x    # step 1: inside the chunk
-    dS = ks.transpose(-1, -2) @ x                                     # step 2: what the chunk writes
-    if logtot is None:
-        logtot = qs.new_zeros(qs.shape[:3])
-    S_in, S = _pass_all(decay, logtot, dS, S, from_start=True)        # step 3: across chunks
-    y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
-    return _from_chunks(y, T), S
+    n, B, H, C, K = qs.shape
+    Vp = x.shape[-1]
+    qf, kf, xf = qs.flatten(0, 2), ks.flatten(0, 2), x.flatten(0, 2)   # [N·B·H, C, *]
+    y = torch.bmm(torch.bmm(qf, kf.mT).tril_(), xf)                    # step 1: inside the chunk
+    dS = torch.bmm(kf.mT, xf).view(n, B, H, K, Vp)                     # step 2: what the chunk writes
+    S_in, S = _pass_all(decay, logtot, dS, S, from_start=True)         # step 3: across chunks
+    y = torch.baddbmm(y, qf, S_in.flatten(0, 2))                       # step 4: the entering state
+    return _from_chunks(y.view(n, B, H, C, Vp), T, chunk_major=True), S
 
 
 def _chunked_scalar_strong(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor, T: int
                            ) -> tuple[Tensor, Tensor]:
     """SSD's four steps for a scalar decay strong inside some chunk: every factor e^{G_i − G_j} is
-    formed with a non-positive exponent, and the chunk's write is seen from its end."""
-    C = q.shape[3]
+    formed with a non-positive exponent, and the chunk's write is seen from its end. Chunk-major."""
+    n, B, H, C, K = q.shape
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     A = (q @ k.transpose(-1, -2)) * _masked_exp(G[..., :, None] - G[..., None, :], causal)
     y = A @ x                                                         # step 1
@@ -276,24 +277,24 @@ def _chunked_scalar_strong(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor
     S_in, S = _pass_all("scalar", G[..., -1], dS, S)                  # step 3
     qs = q * torch.exp(G)[..., None]
     y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
-    return _from_chunks(y, T), S
+    return _from_chunks(y, T, chunk_major=True), S
 
 
-def _delta_scan(S: Tensor, Wn: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, inplace: bool,
+def _delta_scan(S: Tensor, W: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, inplace: bool,
                 decay_after: bool = False) -> tuple[Tensor, Tensor]:
     """The sequential part of the chunked delta rule, over chunk-major blocks.
 
     For each chunk: the pseudo-values V_i = U_i − W_i S_i, then S_{i+1} = d_i S_i + K̃_iᵀ V_i, or
     d_i (S_i + K̃_iᵀ V_i) with ``decay_after`` (keys given as seen from the chunk start).
-    S: [BH, K, V], Wn = −W: [N, BH, C, K], U: [N, BH, C, V], kT = K̃ᵀ: [N, BH, K, C], d: [N, BH, 1, 1].
+    S: [BH, K, V], W: [N, BH, C, K], U: [N, BH, C, V], kT = K̃ᵀ: [N, BH, K, C], d: [N, BH, 1, 1].
     Returns the states entering each chunk plus the final one ([N+1, BH, K, V]) and the pseudo-values
     ([N, BH, C, V]; without autograd they overwrite U).
     """
-    n = Wn.shape[0]
+    n = W.shape[0]
     if not inplace:
         states, pseudo = [S], []
         for i in range(n):
-            pseudo.append(torch.baddbmm(U[i], Wn[i], states[-1]))
+            pseudo.append(torch.baddbmm(U[i], W[i], states[-1], alpha=-1))
             if decay_after:
                 states.append(torch.baddbmm(states[-1], kT[i], pseudo[-1]) * d[i])
                 continue
@@ -302,15 +303,17 @@ def _delta_scan(S: Tensor, Wn: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, 
         return torch.stack(states), torch.stack(pseudo)
     states = S.new_empty(n + 1, *S.shape)
     states[0] = S
+    # Views made once: indexing inside the loop costs as much as the small matmuls' own overhead.
+    Si, Ui, Wi, kTi = states.unbind(0), U.unbind(0), W.unbind(0), kT.unbind(0)
+    di = d.unbind(0) if d is not None else None
     for i in range(n):
-        v = U[i].baddbmm_(Wn[i], states[i])
+        v = Ui[i].baddbmm_(Wi[i], Si[i], alpha=-1)
         if d is None or decay_after:
-            states[i + 1].copy_(states[i])
+            torch.baddbmm(Si[i], kTi[i], v, out=Si[i + 1])
+            if decay_after:
+                Si[i + 1].mul_(di[i])
         else:
-            torch.mul(states[i], d[i], out=states[i + 1])
-        states[i + 1].baddbmm_(kT[i], v)
-        if decay_after:
-            states[i + 1].mul_(d[i])
+            torch.mul(Si[i], di[i], out=Si[i + 1]).baddbmm_(kTi[i], v)
     return states, U
 
 
@@ -333,11 +336,15 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     gated = terms.decay != "none"
     inplace = not (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, x, beta, S, terms.g)))
+    # [β K Γ₀ | β X] is solved in one call; without autograd β K Γ₀ is written straight into it, in
+    # the column-major layout LAPACK keeps (the solver then neither transposes nor copies).
+    rhs = q.new_empty(q.shape[0], K + Vp, C).mT if inplace else None
     if gated:
         G = torch.cumsum(_to_chunks(terms.g, C, chunk_major=True).flatten(0, 2), dim=-1)  # [NBH, C]
         eG = torch.exp(G)[..., None]
         d = torch.exp(G[:, -1]).view(n, B * H, 1)                      # each chunk's total decay
-        qs, kw = q * eG, beta * eG * k                                # Q Γ₀, β K Γ₀
+        qs = q * eG                                                   # Q Γ₀
+        kw = torch.mul(beta * eG, k, out=None if rhs is None else rhs[..., :K])   # β K Γ₀
         mild = -float(G.detach().amin()) < _SAFE_SPAN
         if mild:
             # Γ_ij = e^{G_i} e^{−G_j} (≤ e^20, safe): β K Kᵀ ⊙ Γ and Q Kᵀ ⊙ Γ are plain matmuls, and
@@ -351,22 +358,18 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
             KK = torch.bmm(beta * k, k.transpose(-1, -2)) * Gam
             P = torch.bmm(q, k.transpose(-1, -2)) * Gam
     else:
-        qs, kw, k_end, mild = q, beta * k, k, False
+        qs, k_end, mild = q, k, False
+        kw = torch.mul(beta, k, out=None if rhs is None else rhs[..., :K])
         KK, P = torch.bmm(kw, k.transpose(-1, -2)), torch.bmm(q, k.transpose(-1, -2))
-    P = P.masked_fill_(~causal, 0.0)
-    # [−β K Γ₀ | β X]: the sign makes the solve return −W, so the updates below are additions.
+    P = P.tril_()
     # The solver reads only the strict lower triangle (the unit diagonal is implied).
     if inplace:
-        # Column-major buffers, as LAPACK stores them: the solver then neither transposes the
-        # right-hand side nor copies its result.
-        rhs = q.new_empty(q.shape[0], K + Vp, C).mT
-        torch.neg(kw, out=rhs[..., :K])
         torch.mul(beta, x, out=rhs[..., K:])
         WU = torch.linalg.solve_triangular(KK, rhs, upper=False, unitriangular=True,
                                            out=q.new_empty(q.shape[0], K + Vp, C).mT)
     else:
-        rhs = torch.cat([-kw, beta * x], dim=-1)
-        WU = torch.linalg.solve_triangular(KK, rhs, upper=False, unitriangular=True)   # [−W | U]
+        rhs = torch.cat([kw, beta * x], dim=-1)
+        WU = torch.linalg.solve_triangular(KK, rhs, upper=False, unitriangular=True)   # [W | U]
     WU = WU.view(n, B * H, C, K + Vp)
     kT = k_end.transpose(-1, -2).view(n, B * H, K, C)
     states, v_new = _delta_scan(S.flatten(0, 1), WU[..., :K], WU[..., K:], kT,
