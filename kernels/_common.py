@@ -62,9 +62,15 @@ def check_cu_seqlens(op: str, cu_seqlens: Tensor | None, B: int, T: int) -> int:
 
 
 def seq_bounds(cu_seqlens: Tensor | None, B: int, T: int, device) -> Tensor:
-    """int64 [N+1] offsets into the flattened [B*T] time axis."""
+    """int64 [N+1] offsets into the flattened [B*T] time axis.
+
+    Equal-length batches carry ``_dense = (B, T)``: the chunk layout is then built on the device
+    without reading the offsets back (each read-back stalls the host until the GPU drains).
+    """
     if cu_seqlens is None:
-        return torch.arange(0, (B + 1) * T, T, dtype=torch.int64, device=device)
+        offsets = torch.arange(0, (B + 1) * T, T, dtype=torch.int64, device=device)
+        offsets._dense = (B, T)
+        return offsets
     return cu_seqlens.to(device=device, dtype=torch.int64)
 
 

@@ -483,7 +483,7 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
         b_dqs += _mm(b_do, tl.trans(b_h), DT, PREC)
         b_dw -= _mm(b_dvn, tl.trans(b_h), DT, PREC)
         b_dks += _mm(b_vn, tl.trans(b_dh), DT, PREC)
-        b_sl += tl.sum(b_dh * b_h, axis=1)
+        b_sl += tl.sum(b_dh.to(tl.float32) * b_h.to(tl.float32), axis=1)
     b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
     causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
     b_dA = b_dA * tl.exp(tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
@@ -601,10 +601,11 @@ def _operands(dtype: torch.dtype) -> tuple[torch.dtype, str]:
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
 
 
-def _num_warps(BT: int) -> int:
-    # sm_90 register report (ptxas -v, bf16, K = V = 128): at C = 64 four warps spill in every
-    # kernel but the UT one, eight warps hardly at all
-    return 8 if BT == 64 else 4
+def _num_warps(BT: int, inter: torch.dtype) -> int:
+    # bf16 operands: four warps time faster in every kernel at K = V = 128 on the H200 (delta fwd+bwd
+    # 4.07 vs 5.11 ms at T = 4096, scratch sweep of 2026-12-01), though ptxas reports some spills.
+    # fp32 operands keep eight at C = 64: their tiles are twice the registers.
+    return 4 if inter == torch.bfloat16 or BT < 64 else 8
 
 
 def _scan_stages(inter: torch.dtype, KP: int) -> int:
@@ -628,6 +629,13 @@ def _tiles(K: int, V: int) -> tuple[int, int, int, int]:
     return KP, min(KP, 64), min(VP, 64), BVS
 
 
+def _state_tile(BVS: int, KP: int, VP: int, inter: torch.dtype) -> int:
+    """Value tile of the forward state scan: with bf16 operands a [128, 64] state fits four warps and
+    halves the programs that reload each chunk's keys (0.27 vs 0.32 ms at T = 4096); the reverse scan
+    keeps BVS (it spills at 64)."""
+    return min(VP, 64) if inter == torch.bfloat16 and KP <= 128 else BVS
+
+
 def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     Tt, H, K = q.shape
     V = v.shape[-1]
@@ -638,12 +646,14 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     NC = chunk_indices.shape[0]
     gated = g is not None
     inter, prec = _operands(q.dtype)
-    dt, nw = _TL[inter], _num_warps(BT)
+    dt, nw = _TL[inter], _num_warps(BT, inter)
+    BVF = _state_tile(BVS, KP, max(16, next_pow2(V)), inter)
     Tm = _empty(Tt, H, BT, dtype=torch.float32, device=dev)
     w = _empty(Tt, H, K, dtype=inter, device=dev)
     u = _empty(Tt, H, V, dtype=inter, device=dev)
     vn = _empty(Tt, H, V, dtype=inter, device=dev)
-    h = _empty(NC, H, K, V, dtype=torch.float32, device=dev)
+    # the states entering each chunk only ever feed products in the operand dtype: stored in it
+    h = _empty(NC, H, K, V, dtype=inter, device=dev)
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     if NC > 0:
@@ -652,8 +662,8 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
         _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
                             BK=BK, BV=BV, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
     if N * H > 0:
-        _state_kernel[(triton.cdiv(V, BVS), N * H)](
-            k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP, BV=BVS,
+        _state_kernel[(triton.cdiv(V, BVF), N * H)](
+            k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP, BV=BVF,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, num_warps=nw,
             num_stages=_scan_stages(inter, KP))
     if NC > 0:
@@ -674,15 +684,15 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     NK = triton.cdiv(K, BK)
     gated = g is not None
     inter, prec = _operands(q.dtype)
-    dt, nw = _TL[inter], _num_warps(BT)
+    dt, nw = _TL[inter], _num_warps(BT, inter)
     f32 = torch.float32
     dvn = _empty(Tt, H, V, dtype=f32, device=dev)
-    dh = _empty(NC, H, K, V, dtype=f32, device=dev)
+    dh = _empty(NC, H, K, V, dtype=inter, device=dev)   # like h: read only as a product operand
     dh0 = _empty(N, H, K, V, dtype=f32, device=dev) if h0 is not None else None
-    dq = _empty(Tt, H, K, dtype=f32, device=dev)
+    dq = _empty(Tt, H, K, dtype=q.dtype, device=dev)
     dk = _empty(Tt, H, K, dtype=f32, device=dev)
     dw = _empty(Tt, H, K, dtype=f32, device=dev)
-    dv = _empty(Tt, H, V, dtype=f32, device=dev)
+    dv = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     dbeta = _empty(Tt, H, dtype=f32, device=dev)
     dgp = _empty(NK, Tt, H, dtype=f32, device=dev) if gated else None
     dg = _empty(Tt, H, dtype=f32, device=dev) if gated else None

@@ -38,10 +38,26 @@ from torch import Tensor
 
 from .._common import next_pow2
 from . import recurrent as _recurrent
-from .chunk import chunk_layout
+from .chunk import _state_dtype, chunk_layout
 
 BT = 64   # chunk length
 BC = 16   # sub-block length of the intra-chunk scores
+
+# Launch settings per kernel (warps, pipelining stages): the fastest of warps {2, 4, 8} x stages
+# {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (scratch sweep, 2026-12-01).
+LAUNCH = {"state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
+          "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
+          "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),
+          "dqk_inter": dict(num_warps=4, num_stages=3)}
+# Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
+# which stay within shared memory and registers up to K = V = 256.
+SAFE = {"state": dict(num_warps=4), "scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
+        "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
+        "dqk_inter": dict(num_warps=4, num_stages=2)}
+
+
+def _launch(name: str, dtype: torch.dtype, K: int, V: int) -> dict:
+    return LAUNCH[name] if dtype != torch.float32 and max(K, V) <= 128 else SAFE[name]
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -382,7 +398,7 @@ def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dg, offsets, chunk_ind
         b_dq += tl.dot(b_do, tl.trans(b_h.to(b_v.dtype)), input_precision=PREC)
         b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision=PREC)
         if DG:
-            b_hdh += tl.sum(b_h * b_dh, axis=1)
+            b_hdh += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1)
     b_G, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
     b_dq = b_dq * tl.exp(b_G)
     b_dk = b_dk * tl.exp(b_Gs)
@@ -432,18 +448,18 @@ class ChunkKeyDecay(torch.autograd.Function):
         chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
         NC = chunk_indices.shape[0]
         prec, lim = _prec(q.dtype), _lim(q.dtype)
-        h = _alloc(NC, H, K, V, dtype=torch.float32, device=q.device)
+        h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         ht = _alloc(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
         A = _alloc(Tt, H, BT, dtype=torch.float32, device=q.device)
         o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
         _state_kernel[(NK, NV, N * H)](
             k, v, gk, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec)
+            HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec, **_launch("state", q.dtype, K, V))
         if NC:
             _scores_kernel[(BT // BC, NC, H)](q, k, gk, A, offsets, chunk_indices, H=H, K=K, BT=BT, BC=BC,
-                                              BK=BK, LIM=lim, PREC=prec)
+                                              BK=BK, LIM=lim, PREC=prec, **_launch("scores", q.dtype, K, V))
             _output_kernel[(NV, NC, H)](q, v, gk, h, A, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
-                                        BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=2)
+                                        BK=BK, BV=BV, PREC=prec, **_launch("output", q.dtype, K, V))
         ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices)
         ctx.maxc = maxc
         return o, ht
@@ -461,25 +477,25 @@ class ChunkKeyDecay(torch.autograd.Function):
         want_dg = ctx.needs_input_grad[3]
         do = do.contiguous()
         dev = q.device
-        dh = _alloc(NC, H, K, V, dtype=torch.float32, device=dev)
+        dh = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=dev)
         dh0 = _alloc(N, H, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
         _dstate_kernel[(NK, NV, N * H)](
             q, do, gk, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
             ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DHT=dht is not None,
-            STORE_DH0=h0 is not None, PREC=prec)
+            STORE_DH0=h0 is not None, PREC=prec, **_launch("dstate", q.dtype, K, V))
         dq = _alloc(Tt, H, K, dtype=torch.float32, device=dev)
         dk = _alloc(Tt, H, K, dtype=torch.float32, device=dev)
-        dv = _alloc(Tt, H, V, dtype=torch.float32, device=dev)
+        dv = _alloc(Tt, H, V, dtype=v.dtype, device=dev)   # written once: in v's dtype
         dA = _alloc(Tt, H, BT, dtype=torch.float32, device=dev)
         dg = _alloc(Tt, H, K, dtype=torch.float32, device=dev) if want_dg else None
         if NC:
             _dv_kernel[(NC, H)](k, v, gk, A, do, dh, dv, dA, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
-                                BK=BK, BV=BV, PREC=prec, num_warps=4, num_stages=2)
+                                BK=BK, BV=BV, PREC=prec, **_launch("dv", q.dtype, K, V))
             NB = BT // BC
             _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, dA, dq, dk, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                                BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec)
+                                                BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec, **_launch("dqk_intra", q.dtype, K, V))
             _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dg, offsets, chunk_indices,
                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
-                                           num_warps=4, num_stages=2)
+                                           **_launch("dqk_inter", q.dtype, K, V))
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None if dg is None else dg.to(gk.dtype),
                 dh0, None, None)

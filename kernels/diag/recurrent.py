@@ -207,6 +207,9 @@ def _bwd_kernel(q, k, v, g, h0, do, dht, dq, dk, dv, dg, rs, hl, dh0, offsets, T
 
 
 def _maxlen(offsets: Tensor) -> int:
+    dense = getattr(offsets, "_dense", None)   # equal lengths: known without a read-back
+    if dense is not None:
+        return dense[1]
     return int((offsets[1:] - offsets[:-1]).max().item()) if offsets.numel() > 1 else 0
 
 
