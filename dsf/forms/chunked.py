@@ -145,12 +145,16 @@ def chunked_linear(terms: LinearTerms, initial_state: Tensor | None = None,
     core = dataclasses.replace(terms, u=x, w=None, normalize=False, r=None, D=None, out=None,
                                state_in=None, state_out=None, phi_out=None)
     L = _segment_length(B, H, C)
-    ys = []
+    # Every segment's chunk-major outputs are laid out straight into one buffer (padded to whole
+    # chunks): one copy, not one per segment and another to join them.
+    Vp = x.shape[-1]
+    out = x.new_empty(B, math.ceil(T / C) * C, H, Vp)
     for a in range(0, T, L):
         seg = core if L >= T else _time_slice(core, a, min(a + L, T))
-        y, S = _chunked_core(seg, S, C)
-        ys.append(y)
-    return terms.finish(ys[0] if len(ys) == 1 else torch.cat(ys, dim=1)), S
+        y, S = _chunked_core(seg, S, C)                               # [N, B, H, C, V']
+        n = y.shape[0]
+        out[:, a:a + n * C].view(B, n, C, H, Vp).copy_(y.permute(1, 0, 3, 2, 4))
+    return terms.finish(out if out.shape[1] == T else out[:, :T]), S
 
 
 def _time_slice(terms: LinearTerms, a: int, b: int) -> LinearTerms:
@@ -160,7 +164,7 @@ def _time_slice(terms: LinearTerms, a: int, b: int) -> LinearTerms:
 
 
 def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor]:
-    """The chunked recurrence of read-out-free terms: raw reads Sᵀq [B, T, H, V'] and the state.
+    """The chunked recurrence of read-out-free terms: raw reads Sᵀq [N, B, H, C, V'] and the state.
 
     Chunked tensors are chunk-major ([N, B, H, C, *]): each chunk's state is then one contiguous
     block, which keeps the sequential state passing cheap.
@@ -209,7 +213,7 @@ def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor
         y = y + (q @ S_in) * eG
     else:
         y = y + (q * eG) @ S_in
-    return _from_chunks(y, T, chunk_major=True), S
+    return y, S
 
 
 def _pass_all(decay: str, logtot: Tensor | None, dS: Tensor, S: Tensor, from_start: bool = False
@@ -262,7 +266,7 @@ def _chunked_factored(decay: str, qs: Tensor, ks: Tensor, x: Tensor, logtot: Ten
     dS = torch.bmm(kf.mT, xf).view(n, B, H, K, Vp)                     # step 2: what the chunk writes
     S_in, S = _pass_all(decay, logtot, dS, S, from_start=True)         # step 3: across chunks
     y = torch.baddbmm(y, qf, S_in.flatten(0, 2))                       # step 4: the entering state
-    return _from_chunks(y.view(n, B, H, C, Vp), T, chunk_major=True), S
+    return y.view(n, B, H, C, Vp), S
 
 
 def _chunked_scalar_strong(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor, T: int
@@ -277,7 +281,7 @@ def _chunked_scalar_strong(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor
     S_in, S = _pass_all("scalar", G[..., -1], dS, S)                  # step 3
     qs = q * torch.exp(G)[..., None]
     y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
-    return _from_chunks(y, T, chunk_major=True), S
+    return y, S
 
 
 def _delta_scan(S: Tensor, W: Tensor, U: Tensor, kT: Tensor, d: Tensor | None, inplace: bool,
@@ -336,15 +340,12 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     gated = terms.decay != "none"
     inplace = not (torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q, k, x, beta, S, terms.g)))
-    # [β K Γ₀ | β X] is solved in one call; without autograd β K Γ₀ is written straight into it, in
-    # the column-major layout LAPACK keeps (the solver then neither transposes nor copies).
-    rhs = q.new_empty(q.shape[0], K + Vp, C).mT if inplace else None
     if gated:
         G = torch.cumsum(_to_chunks(terms.g, C, chunk_major=True).flatten(0, 2), dim=-1)  # [NBH, C]
         eG = torch.exp(G)[..., None]
         d = torch.exp(G[:, -1]).view(n, B * H, 1)                      # each chunk's total decay
         qs = q * eG                                                   # Q Γ₀
-        kw = torch.mul(beta * eG, k, out=None if rhs is None else rhs[..., :K])   # β K Γ₀
+        kw = beta * eG * k                                            # β K Γ₀
         mild = -float(G.detach().amin()) < _SAFE_SPAN
         if mild:
             # Γ_ij = e^{G_i} e^{−G_j} (≤ e^20, safe): β K Kᵀ ⊙ Γ and Q Kᵀ ⊙ Γ are plain matmuls, and
@@ -359,26 +360,29 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
             P = torch.bmm(q, k.transpose(-1, -2)) * Gam
     else:
         qs, k_end, mild = q, k, False
-        kw = torch.mul(beta, k, out=None if rhs is None else rhs[..., :K])
+        kw = beta * k
         KK, P = torch.bmm(kw, k.transpose(-1, -2)), torch.bmm(q, k.transpose(-1, -2))
     P = P.tril_()
     # The solver reads only the strict lower triangle (the unit diagonal is implied).
     if inplace:
-        torch.mul(beta, x, out=rhs[..., K:])
-        WU = torch.linalg.solve_triangular(KK, rhs, upper=False, unitriangular=True,
-                                           out=q.new_empty(q.shape[0], K + Vp, C).mT)
+        # T = (I + strict_lower(KK))⁻¹ by one solve against I, then W = T β K Γ₀ and U = T β X by
+        # matmuls: as fast as one solve against [β K Γ₀ | β X], and W, U come out contiguous and
+        # row-major, which the small in-place matmuls of the scan need for their fast path.
+        eye = torch.eye(C, dtype=q.dtype, device=q.device).expand(q.shape[0], C, C)
+        Tinv = torch.linalg.solve_triangular(KK, eye, upper=False, unitriangular=True)
+        W, U = torch.bmm(Tinv, kw), torch.bmm(Tinv, beta * x)
     else:
-        rhs = torch.cat([kw, beta * x], dim=-1)
-        WU = torch.linalg.solve_triangular(KK, rhs, upper=False, unitriangular=True)   # [W | U]
-    WU = WU.view(n, B * H, C, K + Vp)
+        WU = torch.linalg.solve_triangular(KK, torch.cat([kw, beta * x], dim=-1), upper=False,
+                                           unitriangular=True)
+        W, U = WU[..., :K], WU[..., K:]
     kT = k_end.transpose(-1, -2).view(n, B * H, K, C)
-    states, v_new = _delta_scan(S.flatten(0, 1), WU[..., :K], WU[..., K:], kT,
+    states, v_new = _delta_scan(S.flatten(0, 1), W.view(n, B * H, C, K), U.view(n, B * H, C, Vp), kT,
                                 d.view(n, B * H, 1, 1) if gated else None, inplace,
                                 decay_after=gated and mild)
     S_in = states[:-1].flatten(0, 1)                                   # entering each chunk
     v_new = v_new.flatten(0, 1)
     y = torch.bmm(P, v_new).baddbmm_(qs, S_in).view(n, B, H, C, Vp)
-    return _from_chunks(y, T, chunk_major=True), states[-1].view(B, H, K, Vp)
+    return y, states[-1].view(B, H, K, Vp)
 
 
 def chunked_softmax(terms: SoftmaxTerms, initial_state: KVCache | None = None,
