@@ -629,11 +629,21 @@ def _tiles(K: int, V: int) -> tuple[int, int, int, int]:
     return KP, min(KP, 64), min(VP, 64), BVS
 
 
-def _state_tile(BVS: int, KP: int, VP: int, inter: torch.dtype) -> int:
-    """Value tile of the forward state scan: with bf16 operands a [128, 64] state fits four warps and
-    halves the programs that reload each chunk's keys (0.27 vs 0.32 ms at T = 4096); the reverse scan
-    keeps BVS (it spills at 64)."""
-    return min(VP, 64) if inter == torch.bfloat16 and KP <= 128 else BVS
+def _state_launch(BVS: int, KP: int, V: int, inter: torch.dtype, nw: int, NH: int, device) -> tuple[int, int]:
+    """(value tile, warps) of the forward state scan, one program per sequence, head and value tile.
+
+    With bf16 operands a [128, 64] state fits four warps and halves the programs that reload each
+    chunk's keys: 0.27 vs 0.32 ms at T = 4096 (B·H = 128 sequence-heads). With few sequence-heads
+    (T = 32K, B = 1: 32 programs for 132 SMs) that tile was slower (forward 2.21 vs 1.98 ms), so
+    there the scan keeps BVS and the eight warps of that faster run. The reverse scan keeps BVS
+    (it spills at 64)."""
+    if inter != torch.bfloat16 or KP > 128:
+        return BVS, nw
+    wide = min(max(16, next_pow2(V)), 64)
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+    if NH * triton.cdiv(V, wide) >= sms:
+        return wide, 4
+    return BVS, 8
 
 
 def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
@@ -647,7 +657,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     gated = g is not None
     inter, prec = _operands(q.dtype)
     dt, nw = _TL[inter], _num_warps(BT, inter)
-    BVF = _state_tile(BVS, KP, max(16, next_pow2(V)), inter)
+    BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, N * H, dev)
     Tm = _empty(Tt, H, BT, dtype=torch.float32, device=dev)
     w = _empty(Tt, H, K, dtype=inter, device=dev)
     u = _empty(Tt, H, V, dtype=inter, device=dev)
@@ -664,7 +674,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     if N * H > 0:
         _state_kernel[(triton.cdiv(V, BVF), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP, BV=BVF,
-            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, num_warps=nw,
+            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, num_warps=nw_scan,
             num_stages=_scan_stages(inter, KP))
     if NC > 0:
         _output_kernel[(triton.cdiv(V, BV), NC, H)](
