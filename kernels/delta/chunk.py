@@ -603,7 +603,7 @@ _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
 
 def _num_warps(BT: int, inter: torch.dtype) -> int:
     # bf16 operands: four warps time faster in every kernel at K = V = 128 on the H200 (delta fwd+bwd
-    # 4.07 vs 5.11 ms at T = 4096, scratch sweep of 2026-12-01), though ptxas reports some spills.
+    # 4.07 vs 5.11 ms at T = 4096 on 2026-12-01, kernel by kernel in kernels/results/profile_2026-12-01.txt), though ptxas reports some spills.
     # fp32 operands keep eight at C = 64: their tiles are twice the registers.
     return 4 if inter == torch.bfloat16 or BT < 64 else 8
 

@@ -37,8 +37,8 @@ from .recurrent import _empty
 BT = 64  # chunk length
 
 # Launch settings per kernel (warps, pipelining stages): the fastest of warps {2, 4, 8} x stages
-# {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (scratch sweep, 2026-12-01;
-# dqdk 0.61 ms here vs 1.07 with the 8 warps ptxas's spill report had suggested).
+# {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
+# 2026-12-01; dqdk 0.61 ms here vs 1.07 with the 8 warps ptxas's spill report had suggested).
 LAUNCH = {"state": dict(num_warps=4, num_stages=2), "output": dict(num_warps=4, num_stages=3),
           "dstate": dict(num_warps=4, num_stages=2), "dqdk": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=3)}

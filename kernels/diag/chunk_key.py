@@ -44,7 +44,8 @@ BT = 64   # chunk length
 BC = 16   # sub-block length of the intra-chunk scores
 
 # Launch settings per kernel (warps, pipelining stages): the fastest of warps {2, 4, 8} x stages
-# {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (scratch sweep, 2026-12-01).
+# {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
+# 2026-12-01).
 LAUNCH = {"state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),
