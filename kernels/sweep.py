@@ -64,8 +64,8 @@ def profile(kinds: list[str], T: int) -> None:
                 finally:
                     for t in inp.values():
                         t.grad = None
-                print(f"== {kind} {impl} {mode} T={T}: {ms:.3f} ms wall, kernels {sum(times.values()):.3f} ms",
-                      flush=True)
+                total = sum(times.values())
+                print(f"== {kind} {impl} {mode} T={T}: {ms:.3f} ms wall, kernels {total:.3f} ms", flush=True)
                 for name, t in sorted(times.items(), key=lambda kv: -kv[1])[:12]:
                     print(f"   {t:8.3f} ms  {name[:90]}", flush=True)
 
@@ -100,7 +100,8 @@ def launch(kinds: list[str], T: int) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("profile", "launch"))
-    ap.add_argument("--ops", default="scalar,key,delta", help="comma-separated kinds (scalar, key, delta, gdn)")
+    ap.add_argument("--ops", default="scalar,key,delta",
+                    help="comma-separated kinds (scalar, key, delta, gdn)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():

@@ -602,9 +602,10 @@ _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
 
 
 def _num_warps(BT: int, inter: torch.dtype) -> int:
-    # bf16 operands: four warps time faster in every kernel at K = V = 128 on the H200 (delta fwd+bwd
-    # 4.07 vs 5.11 ms at T = 4096 on 2026-12-01, kernel by kernel in kernels/results/profile_2026-12-01.txt), though ptxas reports some spills.
-    # fp32 operands keep eight at C = 64: their tiles are twice the registers.
+    # bf16 operands: four warps time faster in every kernel at K = V = 128 on the H200, though ptxas
+    # reports some spills (delta fwd+bwd 4.07 vs 5.11 ms at T = 4096 on 2026-12-01, kernel by kernel
+    # in kernels/results/profile_2026-12-01.txt). fp32 operands keep eight at C = 64: their tiles are
+    # twice the registers.
     return 4 if inter == torch.bfloat16 or BT < 64 else 8
 
 
@@ -629,7 +630,8 @@ def _tiles(K: int, V: int) -> tuple[int, int, int, int]:
     return KP, min(KP, 64), min(VP, 64), BVS
 
 
-def _state_launch(BVS: int, KP: int, V: int, inter: torch.dtype, nw: int, NH: int, device) -> tuple[int, int]:
+def _state_launch(BVS: int, KP: int, V: int, inter: torch.dtype, nw: int, NH: int,
+                  device) -> tuple[int, int]:
     """(value tile, warps) of the forward state scan, one program per sequence, head and value tile.
 
     With bf16 operands a [128, 64] state fits four warps and halves the programs that reload each

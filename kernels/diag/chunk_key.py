@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .._common import next_pow2
 from . import recurrent as _recurrent
-from .chunk import _state_dtype, chunk_layout
+from .chunk import _state_dtype, chunk_layout, pick_launch
 
 BT = 64   # chunk length
 BC = 16   # sub-block length of the intra-chunk scores
@@ -58,7 +58,7 @@ SAFE = {"state": dict(num_warps=4), "scores": dict(num_warps=4), "output": dict(
 
 
 def _launch(name: str, dtype: torch.dtype, K: int, V: int) -> dict:
-    return LAUNCH[name] if dtype != torch.float32 and max(K, V) <= 128 else SAFE[name]
+    return pick_launch(LAUNCH, SAFE, name, dtype, K, V)
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -494,7 +494,8 @@ class ChunkKeyDecay(torch.autograd.Function):
                                 BK=BK, BV=BV, PREC=prec, **_launch("dv", q.dtype, K, V))
             NB = BT // BC
             _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, dA, dq, dk, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                                BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec, **_launch("dqk_intra", q.dtype, K, V))
+                                                BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec,
+                                                **_launch("dqk_intra", q.dtype, K, V))
             _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dg, offsets, chunk_indices,
                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
                                            **_launch("dqk_inter", q.dtype, K, V))
