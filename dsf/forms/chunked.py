@@ -273,7 +273,7 @@ def _chunked_scalar_strong(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor
                            ) -> tuple[Tensor, Tensor]:
     """SSD's four steps for a scalar decay strong inside some chunk: every factor e^{G_i − G_j} is
     formed with a non-positive exponent, and the chunk's write is seen from its end. Chunk-major."""
-    n, B, H, C, K = q.shape
+    C = q.shape[3]
     causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()
     A = (q @ k.transpose(-1, -2)) * _masked_exp(G[..., :, None] - G[..., None, :], causal)
     y = A @ x                                                         # step 1
