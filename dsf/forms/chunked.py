@@ -265,7 +265,7 @@ def _chunked_factored(decay: str, qs: Tensor, ks: Tensor, x: Tensor, logtot: Ten
     y = torch.bmm(torch.bmm(qf, kf.mT).tril_(), xf)                    # step 1: inside the chunk
     dS = torch.bmm(kf.mT, xf).view(n, B, H, K, Vp)                     # step 2: what the chunk writes
     S_in, S = _pass_all(decay, logtot, dS, S, from_start=True)         # step 3: across chunks
-    y = torch.baddbmm(y, qf, S_in.flatten(0, 2))                       # step 4: the entering state
+    y.baddbmm_(qf, S_in.flatten(0, 2))                                 # step 4: the entering state
     return y.view(n, B, H, C, Vp), S
 
 
@@ -280,7 +280,7 @@ def _chunked_scalar_strong(G: Tensor, q: Tensor, k: Tensor, x: Tensor, S: Tensor
     dS = (k * torch.exp(G[..., -1:] - G)[..., None]).transpose(-1, -2) @ x   # step 2
     S_in, S = _pass_all("scalar", G[..., -1], dS, S)                  # step 3
     qs = q * torch.exp(G)[..., None]
-    y = torch.baddbmm(y.flatten(0, 2), qs.flatten(0, 2), S_in.flatten(0, 2)).view(y.shape)  # step 4
+    y.flatten(0, 2).baddbmm_(qs.flatten(0, 2), S_in.flatten(0, 2))   # step 4, in place
     return y, S
 
 

@@ -98,10 +98,37 @@ def _excl_combine(s1, p1, s2, p2):
 
 
 @triton.jit
-def _state_kernel(k, v, gk, h0, h, ht, offsets, chunk_offsets, MAXC,
+def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
+                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+    """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
+
+    Every later kernel reads these instead of summing the decays again; the sequential state
+    kernels then do no more per chunk than the scalar-decay ones.
+    """
+    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
+    t_rows = bos + c * BT + tl.arange(0, BT)
+    m_t = t_rows < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
+    b_G, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
+    b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+    tl.store(qd + p_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
+    tl.store(kd + p_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
+    tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
+
+
+@triton.jit
+def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
-    """h[c] = state entering chunk c; walks one sequence's chunks (the only sequential forward part)."""
+    """h[c] = state entering chunk c; walks one sequence's chunks (the only sequential forward part).
+
+    Reads K ⊙ e^{G_L − G} and G_L from _gate_kernel.
+    """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -122,25 +149,66 @@ def _state_kernel(k, v, gk, h0, h, ht, offsets, chunk_offsets, MAXC,
         tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         t_rows = bos + c * BT + tl.arange(0, BT)
         m_t = (t_rows < eos) & ok
-        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                      other=0.0).to(tl.float32)
+        b_kd = tl.load(kd + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                       other=0.0)
         b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                       other=0.0)
-        _, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, ok, i_h, o_k, m_k, H, K, BT)
-        b_kd = (b_k * tl.exp(b_Gs)).to(b_v.dtype)
+        b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
 
 @triton.jit
-def _scores_kernel(q, k, gk, A, offsets, chunk_indices,
+def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                    LIM: tl.constexpr, PREC: tl.constexpr):
-    """Rows of sub-block b of A (causal, zero above the diagonal): [BC, BT] per program."""
+    """Rows of sub-block b of A (causal, zero above the diagonal): [BC, BT] per program.
+
+    When the whole chunk decays by less than LIM in every key channel, the first program of the chunk
+    computes all of A as one matmul, (Q ⊙ e^{G} ⊙ e^{−G_L}) (K ⊙ e^{G_L − G})ᵀ, each factor ≤ e^{LIM},
+    and the others have nothing to do.
+    """
     i_b, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
+    p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
+    chunk_span = 0.0
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        chunk_span = tl.maximum(chunk_span, -tl.min(tl.load(p_GL + o_k, mask=o_k < K, other=0.0), axis=0))
+    if chunk_span < LIM:
+        if i_b == 0:
+            _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H, K, BT, BK, PREC)
+    else:
+        _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
+
+
+@triton.jit
+def _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H: tl.constexpr, K: tl.constexpr,
+                        BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    o_t = tl.arange(0, BT)
+    r_t = c_start + o_t
+    m_t = r_t < eos
+    b_A = tl.zeros([BT, BT], dtype=tl.float32)
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        p_tk = (r_t[:, None] * H + i_h) * K + o_k[None, :]
+        b_qd = tl.load(qd + p_tk, mask=m_tk, other=0.0)
+        b_kd = tl.load(kd + p_tk, mask=m_tk, other=0.0)
+        b_GL = tl.load(p_GL + o_k, mask=m_k, other=0.0)
+        b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
+        b_A += tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
+    b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
+    tl.store(A + (r_t[:, None] * H + i_h) * BT + o_t[None, :], b_A, mask=m_t[:, None])
+
+
+@triton.jit
+def _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H: tl.constexpr, K: tl.constexpr,
+                      BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, LIM: tl.constexpr,
+                      PREC: tl.constexpr):
     s0 = i_b * BC                                  # first row of the sub-block, chunk-local
     o_l = tl.arange(0, BC)
     o_j = tl.arange(0, BT)
@@ -184,7 +252,7 @@ def _scores_kernel(q, k, gk, A, offsets, chunk_indices,
 
 
 @triton.jit
-def _output_kernel(q, v, gk, h, A, o, offsets, chunk_indices,
+def _output_kernel(qd, v, h, A, o, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, PREC: tl.constexpr):
     """O = (Q ⊙ e^G) S_c + A V for one chunk and value block."""
@@ -199,12 +267,10 @@ def _output_kernel(q, v, gk, h, A, o, offsets, chunk_indices,
     for kb in range(0, tl.cdiv(K, BK)):
         o_k = kb * BK + tl.arange(0, BK)
         m_k = o_k < K
-        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                      other=0.0)
-        b_G, _, _ = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
+        b_qd = tl.load(qd + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                       other=0.0)
         b_h = tl.load(p_h + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :], other=0.0)
-        b_qd = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_q.dtype)
-        b_o += tl.dot(b_qd, b_h.to(b_q.dtype), input_precision=PREC)
+        b_o += tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
     o_j = tl.arange(0, BT)
     b_A = tl.load(A + (t_rows[:, None] * H + i_h) * BT + o_j[None, :], mask=m_t[:, None], other=0.0)
     b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
@@ -215,7 +281,7 @@ def _output_kernel(q, v, gk, h, A, o, offsets, chunk_indices,
 
 
 @triton.jit
-def _dstate_kernel(q, do, gk, dht, dh, dh0, offsets, chunk_offsets, MAXC,
+def _dstate_kernel(qd, do, GL, dht, dh, dh0, offsets, chunk_offsets, MAXC,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
     """dh[c] = gradient of the state leaving chunk c; walks the chunks backwards."""
@@ -239,19 +305,18 @@ def _dstate_kernel(q, do, gk, dht, dh, dh0, offsets, chunk_offsets, MAXC,
         tl.store(dh + ((c0 + c) * H + i_h) * K * V + p_state, b_dh, mask=m_kv & ok)
         t_rows = bos + c * BT + tl.arange(0, BT)
         m_t = (t_rows < eos) & (t_rows >= bos) & ok
-        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                      other=0.0)
+        b_qd = tl.load(qd + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                       other=0.0)
         b_do = tl.load(do + (t_rows[:, None] * H + i_h) * V + o_v[None, :],
                        mask=m_t[:, None] & m_v[None, :], other=0.0)
-        b_G, _, b_GL = _gates(gk, bos + c * BT, eos, ok, i_h, o_k, m_k, H, K, BT)
-        b_qd = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_do.dtype)
-        b_dh = b_dh * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)
+        b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+        b_dh = b_dh * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_qd.to(b_do.dtype)), b_do, input_precision=PREC)
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_state, b_dh, mask=m_kv)
 
 
 @triton.jit
-def _dv_kernel(k, v, gk, A, do, dh, dv, dA, offsets, chunk_indices,
+def _dv_kernel(kd, v, A, do, dh, dv, dA, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, PREC: tl.constexpr):
     """dV = Aᵀ dO + (K ⊙ e^{G_L − G}) dh[c], and dA = causal(dO Vᵀ), for one chunk (all of V)."""
@@ -275,13 +340,11 @@ def _dv_kernel(k, v, gk, A, do, dh, dv, dA, offsets, chunk_indices,
         for kb in range(0, tl.cdiv(K, BK)):
             o_k = kb * BK + tl.arange(0, BK)
             m_k = o_k < K
-            b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                          other=0.0)
-            _, b_Gs, _ = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
+            b_kd = tl.load(kd + (t_rows[:, None] * H + i_h) * K + o_k[None, :],
+                           mask=m_t[:, None] & m_k[None, :], other=0.0)
             b_dh = tl.load(p_state + o_k[:, None] * V + o_v[None, :], mask=m_k[:, None] & m_v[None, :],
                            other=0.0)
-            b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)).to(b_k.dtype)
-            b_dv += tl.dot(b_kd, b_dh.to(b_k.dtype), input_precision=PREC)
+            b_dv += tl.dot(b_kd, b_dh.to(b_kd.dtype), input_precision=PREC)
         tl.store(dv + p_tv, b_dv, mask=m_tv)
     b_dA = tl.where(o_j[:, None] >= o_j[None, :], b_dA, 0.0)
     tl.store(dA + (t_rows[:, None] * H + i_h) * BT + o_j[None, :], b_dA, mask=m_t[:, None])
@@ -436,6 +499,19 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     return max(16, min(64, next_pow2(K))), max(16, min(64, next_pow2(V)))
 
 
+def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor, BK: int
+           ) -> tuple[Tensor, Tensor, Tensor]:
+    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32)."""
+    Tt, H, K = q.shape
+    NC = chunk_indices.shape[0]
+    qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
+    GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
+    if NC:
+        _gate_kernel[(triton.cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT,
+                                                  BK=BK, num_warps=4)
+    return qd, kd, GL
+
+
 class ChunkKeyDecay(torch.autograd.Function):
     """Autograd wrapper; tensors flattened to [T_total, H, ·], states [N, H, K, V] in fp32."""
 
@@ -453,13 +529,15 @@ class ChunkKeyDecay(torch.autograd.Function):
         ht = _alloc(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
         A = _alloc(Tt, H, BT, dtype=torch.float32, device=q.device)
         o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
+        qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
         _state_kernel[(NK, NV, N * H)](
-            k, v, gk, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+            kd, v, GL, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
             HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec, **_launch("state", q.dtype, K, V))
         if NC:
-            _scores_kernel[(BT // BC, NC, H)](q, k, gk, A, offsets, chunk_indices, H=H, K=K, BT=BT, BC=BC,
-                                              BK=BK, LIM=lim, PREC=prec, **_launch("scores", q.dtype, K, V))
-            _output_kernel[(NV, NC, H)](q, v, gk, h, A, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
+            _scores_kernel[(BT // BC, NC, H)](q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT,
+                                              BC=BC, BK=BK, LIM=lim, PREC=prec,
+                                              **_launch("scores", q.dtype, K, V))
+            _output_kernel[(NV, NC, H)](qd, v, h, A, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
                                         BK=BK, BV=BV, PREC=prec, **_launch("output", q.dtype, K, V))
         ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices)
         ctx.maxc = maxc
@@ -480,8 +558,10 @@ class ChunkKeyDecay(torch.autograd.Function):
         dev = q.device
         dh = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=dev)
         dh0 = _alloc(N, H, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
+        # Q ⊙ e^{G}, K ⊙ e^{G_L − G} again (cheaper than keeping them from the forward)
+        qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
         _dstate_kernel[(NK, NV, N * H)](
-            q, do, gk, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
+            qd, do, GL, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
             ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DHT=dht is not None,
             STORE_DH0=h0 is not None, PREC=prec, **_launch("dstate", q.dtype, K, V))
         dq = _alloc(Tt, H, K, dtype=torch.float32, device=dev)
@@ -490,7 +570,7 @@ class ChunkKeyDecay(torch.autograd.Function):
         dA = _alloc(Tt, H, BT, dtype=torch.float32, device=dev)
         dg = _alloc(Tt, H, K, dtype=torch.float32, device=dev) if want_dg else None
         if NC:
-            _dv_kernel[(NC, H)](k, v, gk, A, do, dh, dv, dA, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
+            _dv_kernel[(NC, H)](kd, v, A, do, dh, dv, dA, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
                                 BK=BK, BV=BV, PREC=prec, **_launch("dv", q.dtype, K, V))
             NB = BT // BC
             _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, dA, dq, dk, offsets, chunk_indices, H=H, K=K, BT=BT,

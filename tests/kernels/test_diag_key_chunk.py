@@ -46,6 +46,14 @@ def _sub_block_spans(gk):
     return -pad.reshape(B, n, chunk_key.BC, H, K).sum(2).amin(-1)
 
 
+def _chunk_spans(gk):
+    """Decay across every 64-row chunk, max over key channels: below LIM the scores are one matmul."""
+    B, T, H, K = gk.shape
+    n = -(-T // chunk_key.BT)
+    pad = torch.cat([gk, gk.new_zeros(B, n * chunk_key.BT - T, H, K)], 1)
+    return -pad.reshape(B, n, chunk_key.BT, H, K).sum(2).amin(-1)
+
+
 def _loss(o, S, seed):
     gen = torch.Generator().manual_seed(seed)
     loss = (o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64)).sum()
@@ -92,6 +100,17 @@ def test_matches_reference(T, regime, B):
     if regime == "bursts":
         spans = _sub_block_spans(x["gk"])
         assert (spans < LIM).any() and (spans >= LIM).any()    # both paths are exercised
+    if regime == "mild":
+        assert (_chunk_spans(x["gk"]) < LIM).all()              # whole chunks in one matmul
+    _check(x)
+
+
+def test_mild_and_strong_chunks_in_one_call():
+    """Chunks of one call take different paths: whole-chunk scores, and sub-blocks (a burst)."""
+    x = _inputs(2, 150, 2, 16, 16, "mild", seed=10)
+    x["gk"][0, 70] = -20.0                                      # the second chunk of sequence 0
+    spans = _chunk_spans(x["gk"])
+    assert (spans < LIM).sum() > 0 and (spans >= LIM).sum() > 0
     _check(x)
 
 
