@@ -202,7 +202,7 @@ def _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H: tl.constexpr, K: 
         b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
         b_A += tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
     b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
-    tl.store(A + (r_t[:, None] * H + i_h) * BT + o_t[None, :], b_A, mask=m_t[:, None])
+    tl.store(A + (r_t[:, None] * H + i_h) * BT + o_t[None, :], b_A.to(A.dtype.element_ty), mask=m_t[:, None])
 
 
 @triton.jit
@@ -248,7 +248,7 @@ def _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H: tl.constexpr, K: t
                 col = tl.sum(b_qf * b_kc[None, :] * e, axis=1)
                 b_A += tl.where(o_j[None, :] == s0 + jj, col[:, None], 0.0)
     b_A = tl.where((s0 + o_l)[:, None] >= o_j[None, :], b_A, 0.0)
-    tl.store(A + (r_i[:, None] * H + i_h) * BT + o_j[None, :], b_A, mask=m_i[:, None])
+    tl.store(A + (r_i[:, None] * H + i_h) * BT + o_j[None, :], b_A.to(A.dtype.element_ty), mask=m_i[:, None])
 
 
 @triton.jit
@@ -351,19 +351,61 @@ def _dv_kernel(kd, v, A, do, dh, dv, dA, offsets, chunk_indices,
 
 
 @triton.jit
-def _dqk_intra_kernel(q, k, gk, dA, dq, dk, offsets, chunk_indices,
+def _dqk_intra_kernel(q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
                       H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                       NB: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
     """Strictly intra-chunk dQ and dK (pairs i > j) of the rows of sub-block b.
 
     dq_i = Σ_{j<i} dA_ij k_j e^{G_i − G_j}  (factored about r, the row before b),
     dk_j = Σ_{i>j} dA_ij q_i e^{G_i − G_j}  (factored about e, the last row of b).
-    The diagonal pairs and the inter-chunk parts are added by _dqk_inter_kernel.
+    The diagonal pairs and the inter-chunk parts are added by _dqk_inter_kernel. A chunk whose whole
+    decay is mild is done by its first program at once, factored about the chunk's end.
     """
     i_kb, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_k, i_b = i_kb // NB, i_kb % NB
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
+    p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
+    chunk_span = 0.0
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_kk = kb * BK + tl.arange(0, BK)
+        chunk_span = tl.maximum(chunk_span, -tl.min(tl.load(p_GL + o_kk, mask=o_kk < K, other=0.0), axis=0))
+    if chunk_span < LIM:
+        if i_b == 0:
+            _whole_chunk_dqk(gk, qd, kd, p_GL, dA, dq, dk, c_start, eos, i_k, i_h, H, K, BT, BK, PREC)
+    else:
+        _sub_block_dqk(q, k, gk, dA, dq, dk, c_start, eos, i_k, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
+
+
+@triton.jit
+def _whole_chunk_dqk(gk, qd, kd, p_GL, dA, dq, dk, c_start, eos, i_k, i_h, H: tl.constexpr, K: tl.constexpr,
+                     BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+    """dq = e^{G − G_L} ⊙ (dA K̃), dk = e^{G_L − G} ⊙ (dAᵀ (Q̃ ⊙ e^{−G_L})), dA strictly lower,
+    K̃ = K ⊙ e^{G_L − G}, Q̃ = Q ⊙ e^{G}: every factor ≤ e^{LIM}."""
+    o_t = tl.arange(0, BT)
+    r_t = c_start + o_t
+    m_t = r_t < eos
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    p_tk = (r_t[:, None] * H + i_h) * K + o_k[None, :]
+    b_dA = tl.load(dA + (r_t[:, None] * H + i_h) * BT + o_t[None, :], mask=m_t[:, None], other=0.0)
+    b_dA = tl.where(o_t[:, None] > o_t[None, :], b_dA, 0.0)
+    b_qd = tl.load(qd + p_tk, mask=m_tk, other=0.0)
+    b_kd = tl.load(kd + p_tk, mask=m_tk, other=0.0)
+    b_GL = tl.load(p_GL + o_k, mask=m_k, other=0.0)
+    _, b_Gs, _ = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT)       # G_L − G, summed exactly
+    dt = b_qd.dtype
+    b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(dt)
+    b_dq = tl.dot(b_dA.to(dt), b_kd, input_precision=PREC) * tl.exp(-b_Gs)
+    b_dk = tl.dot(tl.trans(b_dA).to(dt), b_qs, input_precision=PREC) * tl.exp(b_Gs)
+    tl.store(dq + p_tk, b_dq, mask=m_tk)
+    tl.store(dk + p_tk, b_dk, mask=m_tk)
+
+
+@triton.jit
+def _sub_block_dqk(q, k, gk, dA, dq, dk, c_start, eos, i_k, i_b, i_h, H: tl.constexpr, K: tl.constexpr,
+                   BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
     s0 = i_b * BC
     e0 = s0 + BC - 1
     o_l = tl.arange(0, BC)
@@ -426,7 +468,7 @@ def _dqk_intra_kernel(q, k, gk, dA, dq, dk, offsets, chunk_indices,
 
 
 @triton.jit
-def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dg, offsets, chunk_indices,
+def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr):
     """Completes dQ, dK (inter-chunk part and the diagonal pairs) and, with DG, the decay gradient
@@ -471,13 +513,14 @@ def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dg, offsets, chunk_ind
     b_dqs = tl.load(dq + p_tk, mask=m_tk, other=0.0)
     b_dks = tl.load(dk + p_tk, mask=m_tk, other=0.0)
     b_dAd = tl.load(dA + (t_rows * H + i_h) * BT + tl.arange(0, BT), mask=m_t, other=0.0)
-    tl.store(dq + p_tk, b_dq + b_dqs + b_dAd[:, None] * b_k, mask=m_tk)
-    tl.store(dk + p_tk, b_dk + b_dks + b_dAd[:, None] * b_q, mask=m_tk)
+    # the finished gradients go straight to the inputs' dtype (no separate cast pass)
+    tl.store(dqo + p_tk, (b_dq + b_dqs + b_dAd[:, None] * b_k).to(dqo.dtype.element_ty), mask=m_tk)
+    tl.store(dko + p_tk, (b_dk + b_dks + b_dAd[:, None] * b_q).to(dko.dtype.element_ty), mask=m_tk)
     if DG:
         b_suf = tl.cumsum(b_q * (b_dq + b_dqs) - b_k * b_dks, axis=0, reverse=True)
         _, b_pre = tl.associative_scan((b_k * b_dk, tl.zeros_like(b_dk)), 0, _excl_combine)
         b_dg = (tl.exp(b_GL) * b_hdh)[None, :] + b_suf + b_pre
-        tl.store(dg + p_tk, b_dg, mask=m_tk)
+        tl.store(dg + p_tk, b_dg.to(dg.dtype.element_ty), mask=m_tk)
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -527,7 +570,7 @@ class ChunkKeyDecay(torch.autograd.Function):
         prec, lim = _prec(q.dtype), _lim(q.dtype)
         h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         ht = _alloc(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
-        A = _alloc(Tt, H, BT, dtype=torch.float32, device=q.device)
+        A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # enters bf16 products only
         o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
         qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
         _state_kernel[(NK, NV, N * H)](
@@ -539,13 +582,13 @@ class ChunkKeyDecay(torch.autograd.Function):
                                               **_launch("scores", q.dtype, K, V))
             _output_kernel[(NV, NC, H)](qd, v, h, A, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
                                         BK=BK, BV=BV, PREC=prec, **_launch("output", q.dtype, K, V))
-        ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices)
+        ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices, qd, kd, GL)
         ctx.maxc = maxc
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices = ctx.saved_tensors
+        q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices, qd, kd, GL = ctx.saved_tensors
         Tt, H, K = q.shape
         V = v.shape[-1]
         N = offsets.numel() - 1
@@ -558,8 +601,6 @@ class ChunkKeyDecay(torch.autograd.Function):
         dev = q.device
         dh = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=dev)
         dh0 = _alloc(N, H, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
-        # Q ⊙ e^{G}, K ⊙ e^{G_L − G} again (cheaper than keeping them from the forward)
-        qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
         _dstate_kernel[(NK, NV, N * H)](
             qd, do, GL, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
             ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DHT=dht is not None,
@@ -568,16 +609,16 @@ class ChunkKeyDecay(torch.autograd.Function):
         dk = _alloc(Tt, H, K, dtype=torch.float32, device=dev)
         dv = _alloc(Tt, H, V, dtype=v.dtype, device=dev)   # written once: in v's dtype
         dA = _alloc(Tt, H, BT, dtype=torch.float32, device=dev)
-        dg = _alloc(Tt, H, K, dtype=torch.float32, device=dev) if want_dg else None
+        dqo, dko = _alloc(Tt, H, K, dtype=q.dtype, device=dev), _alloc(Tt, H, K, dtype=k.dtype, device=dev)
+        dg = _alloc(Tt, H, K, dtype=gk.dtype, device=dev) if want_dg else None
         if NC:
             _dv_kernel[(NC, H)](kd, v, A, do, dh, dv, dA, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
                                 BK=BK, BV=BV, PREC=prec, **_launch("dv", q.dtype, K, V))
             NB = BT // BC
-            _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, dA, dq, dk, offsets, chunk_indices, H=H, K=K, BT=BT,
+            _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices, H=H, K=K, BT=BT,
                                                 BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec,
                                                 **_launch("dqk_intra", q.dtype, K, V))
-            _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dg, offsets, chunk_indices,
+            _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
                                            **_launch("dqk_inter", q.dtype, K, V))
-        return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None if dg is None else dg.to(gk.dtype),
-                dh0, None, None)
+        return dqo, dko, dv, dg, dh0, None, None
