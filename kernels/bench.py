@@ -250,6 +250,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax",
                     help="comma-separated subset of scalar,key,delta,gdn,softmax,titans")
+    ap.add_argument("--impls", default="ours,fla,sdpa,ours-recurrent",
+                    help="comma-separated subset of ours,fla,sdpa,ours-recurrent (e.g. ours alone, to re-time "
+                    "our kernels after a change and merge the rows with an earlier run's fla rows by --render)")
     ap.add_argument("--profile", action="store_true", help="print a per-kernel breakdown first")
     ap.add_argument("--Ts", default="", help="comma-separated sequence lengths (default 1K … 32K)")
     ap.add_argument("--render", default="", help="comma-separated CSVs of earlier runs: write "
@@ -286,7 +289,7 @@ def main(argv=None) -> int:
             B = TOKENS // T
             floor_ms = 4 * B * T * H * D * 2 / bw * 1e3
             for impl, fn in impls.items():
-                if fn is None:
+                if fn is None or impl not in args.impls.split(","):
                     continue
                 for mode in ("fwd", "fwd+bwd"):
                     inp = _inputs(B, T, "softmax" if kind == "softmax" else kind, grad=mode != "fwd")
