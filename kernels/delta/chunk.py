@@ -160,7 +160,8 @@ def _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.co
 @triton.jit
 def _store_block(Tm, blk, r, m, col0, i_h, H: tl.constexpr, BT: tl.constexpr, N: tl.constexpr):
     o = tl.arange(0, N)
-    tl.store(Tm + (r[:, None] * H + i_h) * BT + col0 + o[None, :], blk, mask=m[:, None])
+    tl.store(Tm + (r[:, None] * H + i_h) * BT + col0 + o[None, :], blk.to(Tm.dtype.element_ty),
+             mask=m[:, None])
 
 
 @triton.jit
@@ -507,7 +508,7 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
 
 
 @triton.jit
-def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, chunk_indices, NT,
+def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, NT,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, NK: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr,
                    PREC: tl.constexpr):
@@ -521,7 +522,7 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
     m_t = rows < eos
     # only Tᵀ is used: read it transposed rather than transpose it in registers
     b_Tt = tl.load(Tm + (rows[None, :] * H + i_h) * BT + tl.arange(0, BT)[:, None], mask=m_t[None, :],
-                   other=0.0)
+                   other=0.0).to(tl.float32)
     b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
     b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
     b_eG = tl.exp(b_G + b_Gl)
@@ -568,15 +569,16 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, 
         b_dk = (tl.load(dk + p_tk, mask=m_tk, other=0.0) + b_dx * b_xs[:, None]
                 + _mm(b_M, b_k, DT, PREC) * b_beta[:, None]
                 + _mm(tl.trans(b_M), b_k * b_beta[:, None], DT, PREC))
-        tl.store(dk + p_tk, b_dk, mask=m_tk)
+        tl.store(dko + p_tk, b_dk.to(dko.dtype.element_ty), mask=m_tk)   # finished: the input dtype
         b_r = tl.sum(b_dx * b_k, axis=1)
         b_db += b_r * b_eG
         b_de += b_r * b_xs                                         # e^{G_i} terms of β e^G K
-    tl.store(dbeta + rows * H + i_h, b_db, mask=m_t)
+    tl.store(dbeta + rows * H + i_h, b_db.to(dbeta.dtype.element_ty), mask=m_t)
     if GATED:
         for i in range(0, NK):
             b_dG += tl.load(dgp + (i * NT + rows) * H + i_h, mask=m_t, other=0.0)
-        tl.store(dg + rows * H + i_h, b_dG + tl.cumsum(b_de, axis=0, reverse=True), mask=m_t)
+        tl.store(dg + rows * H + i_h, (b_dG + tl.cumsum(b_de, axis=0, reverse=True)).to(dg.dtype.element_ty),
+                 mask=m_t)
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,7 +662,9 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     inter, prec = _operands(q.dtype)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, N * H, dev)
-    Tm = _empty(Tt, H, BT, dtype=torch.float32, device=dev)
+    # T = (I + A)⁻¹ enters the W, U products as an operand in `inter`, and the backward's fp32
+    # products as bf16 values widened: stored in `inter` (as fla stores its inverse in k's dtype)
+    Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
     w = _empty(Tt, H, K, dtype=inter, device=dev)
     u = _empty(Tt, H, V, dtype=inter, device=dev)
     vn = _empty(Tt, H, V, dtype=inter, device=dev)
@@ -705,9 +709,10 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     dk = _empty(Tt, H, K, dtype=f32, device=dev)
     dw = _empty(Tt, H, K, dtype=f32, device=dev)
     dv = _empty(Tt, H, V, dtype=v.dtype, device=dev)
-    dbeta = _empty(Tt, H, dtype=f32, device=dev)
+    dko = _empty(Tt, H, K, dtype=k.dtype, device=dev)
+    dbeta = _empty(Tt, H, dtype=beta.dtype, device=dev)
     dgp = _empty(NK, Tt, H, dtype=f32, device=dev) if gated else None
-    dg = _empty(Tt, H, dtype=f32, device=dev) if gated else None
+    dg = _empty(Tt, H, dtype=g.dtype, device=dev) if gated else None
     if NC > 0:
         _dvn_local_kernel[(triton.cdiv(V, BV), NC, H)](
             q, k, g, do, dvn, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
@@ -723,9 +728,9 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
             BT=BT, BK=BK, BV=BV, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
         # 32-wide tiles: this kernel keeps five C × C fp32 tiles live and spilled with 64
         _wy_bwd_kernel[(NC, H)](
-            k, v, beta, g, Tm, dvn, dw, dk, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
+            k, v, beta, g, Tm, dvn, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
             BT=BT, BK=min(BK, 32), BV=min(BV, 32), NK=NK, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
-    return dq, dk, dv, dbeta, dg, dh0
+    return dq, dko, dv, dbeta, dg, dh0
 
 
 class ChunkDelta(torch.autograd.Function):
