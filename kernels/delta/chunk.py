@@ -396,11 +396,12 @@ def _dvn_local_kernel(q, k, g, do, dvn, offsets, chunk_indices, scale,
 
 
 @triton.jit
-def _dstate_kernel(q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, MAXC, scale,
+def _dstate_kernel(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offsets, MAXC, scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                    BV: tl.constexpr, GATED: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
                    DT: tl.constexpr, PREC: tl.constexpr):
-    """Walk the chunks last to first: dh[c] = gradient of the state leaving chunk c; completes dVn."""
+    """Walk the chunks last to first: dh[c] = gradient of the state leaving chunk c; completes dVn
+    (read from dvn, written to dvno: the same buffer unless dVn is kept in bf16)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -429,7 +430,7 @@ def _dstate_kernel(q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, MA
         b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_kd = b_k * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
         b_dvn = tl.load(dvn + p_tv, mask=m_tv, other=0.0) + _mm(b_kd, b_dS, DT, PREC)
-        tl.store(dvn + p_tv, b_dvn, mask=m_tv)
+        tl.store(dvno + p_tv, b_dvn.to(dvno.dtype.element_ty), mask=m_tv)
         b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32) * (scale * tl.exp(b_G + b_Gl))[:, None]
         b_w = tl.load(w + p_tk, mask=m_tk, other=0.0)
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
@@ -497,7 +498,7 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
     b_dk = _mm(tl.trans(b_dA), b_q, DT, PREC) + b_dks
     tl.store(dq + p_tk, b_dq, mask=m_tk)
     tl.store(dk + p_tk, b_dk, mask=m_tk)
-    tl.store(dw + p_tk, b_dw, mask=m_tk)
+    tl.store(dw + p_tk, b_dw.to(dw.dtype.element_ty), mask=m_tk)
     if GATED:
         b_a = tl.sum(b_q.to(tl.float32) * b_dqs, axis=1)            # e^{G_i} S terms of the output
         b_r = tl.sum(b_k.to(tl.float32) * b_dks, axis=1)            # e^{G_L − G_b} terms of S'
@@ -707,7 +708,9 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     dh0 = _empty(N, H, K, V, dtype=f32, device=dev) if h0 is not None else None
     dq = _empty(Tt, H, K, dtype=q.dtype, device=dev)
     dk = _empty(Tt, H, K, dtype=f32, device=dev)
-    dw = _empty(Tt, H, K, dtype=f32, device=dev)
+    # dW and the finished dVn only ever enter products as `inter` operands: stored in it
+    dw = _empty(Tt, H, K, dtype=inter, device=dev)
+    dvno = dvn if inter == f32 else _empty(Tt, H, V, dtype=inter, device=dev)
     dv = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     dko = _empty(Tt, H, K, dtype=k.dtype, device=dev)
     dbeta = _empty(Tt, H, dtype=beta.dtype, device=dev)
@@ -719,16 +722,16 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
             GATED=gated, DT=dt, PREC=prec, num_warps=nw)
     if N * H > 0:
         _dstate_kernel[(triton.cdiv(V, BVS), N * H)](
-            q, k, w, g, do, dvn, dht, dh, dh0, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
+            q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
             KP=KP, BV=BVS, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, DT=dt,
             PREC=prec, num_warps=nw, num_stages=_scan_stages(inter, KP))
     if NC > 0:
         _dqkw_kernel[(NK, NC, H)](
-            q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, H=H, K=K, V=V,
+            q, k, g, h, dh, do, vn, dvno, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, H=H, K=K, V=V,
             BT=BT, BK=BK, BV=BV, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
         # 32-wide tiles: this kernel keeps five C × C fp32 tiles live and spilled with 64
         _wy_bwd_kernel[(NC, H)](
-            k, v, beta, g, Tm, dvn, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
+            k, v, beta, g, Tm, dvno, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
             BT=BT, BK=min(BK, 32), BV=min(BV, 32), NK=NK, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
     return dq, dko, dv, dbeta, dg, dh0
 

@@ -615,8 +615,8 @@ class ChunkKeyDecay(torch.autograd.Function):
             _dv_kernel[(NC, H)](kd, v, A, do, dh, dv, dA, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
                                 BK=BK, BV=BV, PREC=prec, **_launch("dv", q.dtype, K, V))
             NB = BT // BC
-            _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                                BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec,
+            _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
+                                                H=H, K=K, BT=BT, BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec,
                                                 **_launch("dqk_intra", q.dtype, K, V))
             _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
