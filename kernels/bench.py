@@ -258,6 +258,11 @@ def main(argv=None) -> int:
     ap.add_argument("--render", default="", help="comma-separated CSVs of earlier runs: write "
                     "kernel_bench.md from them and exit (no GPU needed)")
     args = ap.parse_args(argv)
+    for flag, given, known in (("--ops", args.ops, ("scalar", "key", "delta", "gdn", "softmax", "titans")),
+                               ("--impls", args.impls, ("ours", "fla", "sdpa", "ours-recurrent"))):
+        unknown = [x for x in given.split(",") if x not in known]
+        if unknown:
+            ap.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
     if args.render:
         md = render(args.render.split(","), [
             "# Kernel benchmark (rendered from the CSVs of the runs named below)", "",
@@ -268,6 +273,8 @@ def main(argv=None) -> int:
             f.write(md)
         print(md)
         return 0
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (the kernels are timed there); --render works without one")
     if args.profile:
         for kind in args.ops.split(","):
             text = profile(kind)

@@ -1,0 +1,53 @@
+"""The GPU benchmark's command line: argument checks, and --render, which needs no GPU."""
+
+import csv
+
+import pytest
+import torch
+
+from kernels import bench
+
+FIELDS = ["op", "impl", "mode", "T", "B", "ms", "peak_GiB", "floor_ms"]
+
+
+def _write(path, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        w.writerows(rows)
+    return str(path)
+
+
+@pytest.mark.parametrize("flag,value", [("--impls", "ours,flash"), ("--ops", "gla")])
+def test_unknown_names_are_refused(flag, value, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main([flag, value])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{flag}: unknown {value.split(',')[-1]}" in err and "choose from" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown without a GPU")
+def test_timing_without_cuda_says_why(capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--ops", "key", "--impls", "ours"])
+    assert e.value.code == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_render_merges_runs_later_cells_win(tmp_path):
+    """A later run's cell replaces an earlier one's; cells it does not have stay; errors become notes."""
+    a = _write(tmp_path / "a.csv", [["GLA", "ours", "fwd", 4096, 8, "2.9", 1.7, 0.13],
+                                    ["GLA", "fla", "fwd", 4096, 8, "1.4", 1.6, 0.13],
+                                    ["GLA", "fla", "fwd+bwd", 1024, 32, "error: refused", "", 0.13]])
+    b = _write(tmp_path / "b.csv", [["GLA", "ours", "fwd", 4096, 8, "1.1", 1.7, 0.13],
+                                    ["GLA", "ours", "fwd", 1024, 32, "1.0", 1.7, 0.13]])
+    assert bench.main(["--render", f"{a},{b}", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "kernel_bench.md").read_text()
+    assert "| ours | fwd | 1.0 | 1.1 |" in md            # b's cells, T sorted
+    assert "| fla | fwd | — | 1.4 |" in md               # a's cell kept, a gap where none ran
+    assert "failed [e1]" in md and "[e1] error: refused" in md
+    merged = list(csv.DictReader(open(tmp_path / "kernel_bench.csv")))
+    assert {(r["impl"], r["mode"], r["T"], r["ms"]) for r in merged} == {
+        ("ours", "fwd", "4096", "1.1"), ("fla", "fwd", "4096", "1.4"),
+        ("fla", "fwd+bwd", "1024", "error: refused"), ("ours", "fwd", "1024", "1.0")}
