@@ -9,6 +9,11 @@ entering chunk c (fla's orientation, S ∈ R^{K×V}):
     O_c     = (Q ⊙ e^{G}) S_c + A V,   A_ij = Σ_k q_ik k_jk e^{G_ik − G_jk} [i ≥ j]   (_scores_kernel,
                                                                                     _output_kernel)
 
+Kernels. _gate_kernel forms Q ⊙ e^{G}, K ⊙ e^{G_L − G} and G_L once per chunk; the state scans, the
+output and the dV kernels read those. A chunk whose total decay max_k (−G_L) is below LIM has its scores
+and its intra-chunk dQ, dK computed whole, as matmuls of those factors (each ≤ e^{LIM}); only chunks
+with a strong decay somewhere take the sub-block path below.
+
 Numerics. e^{G_i − G_j} ≤ 1, but factored as e^{G_i} · e^{−G_j} it overflows once a chunk decays by
 more than ~88 nats. A is therefore built by sub-blocks of BC rows: for rows i of sub-block b and the
 reference row r just before it,
