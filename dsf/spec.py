@@ -134,8 +134,9 @@ class MixerSpec:
         tensors, options = self.split_kwargs(inputs)
         return self.oracle(**tensors, **options)
 
-    @property
+    @functools.cached_property
     def input_names(self) -> tuple[str, ...]:
+        # cached: every call of every form looks it up several times (a decoding step ~10)
         return tuple(i.name for i in self.inputs)
 
     def split_kwargs(self, kwargs: Mapping[str, Any]) -> tuple[dict, dict]:
@@ -207,14 +208,15 @@ def resolve_inputs(spec: MixerSpec, tensors: Mapping[str, Any]) -> dict[str, int
             raise ValueError(
                 f"{spec.name}: {inp.name} is on {x.device} but {dtype_from} is on {device}"
             )
-        layout = "[" + ", ".join(inp.dims) + "]"
         if x.dim() != len(inp.dims):
+            layout = "[" + ", ".join(inp.dims) + "]"
             raise ValueError(
                 f"{spec.name}: {inp.name} must have {len(inp.dims)} dims {layout}, "
                 f"got {x.dim()} dims with shape {tuple(x.shape)}"
             )
         for sym, size in zip(inp.dims, x.shape):
             if sym in dims and dims[sym] != size:
+                layout = "[" + ", ".join(inp.dims) + "]"
                 raise ValueError(
                     f"{spec.name}: {inp.name} has {sym}={size} (shape {tuple(x.shape)} for {layout}) "
                     f"but {source[sym]} has {sym}={dims[sym]}"
