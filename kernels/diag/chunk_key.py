@@ -51,13 +51,15 @@ BC = 16   # sub-block length of the intra-chunk scores
 # Launch settings per kernel (warps, pipelining stages): the fastest of warps {2, 4, 8} x stages
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01).
-LAUNCH = {"state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
+LAUNCH = {"gate": dict(num_warps=4),   # not in that sweep (it came later): `kernels.sweep launch --ops key`
+          "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),
           "dqk_inter": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory and registers up to K = V = 256.
-SAFE = {"state": dict(num_warps=4), "scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
+SAFE = {"gate": dict(num_warps=4), "state": dict(num_warps=4), "scores": dict(num_warps=4),
+        "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
         "dqk_inter": dict(num_warps=4, num_stages=2)}
 
@@ -556,7 +558,7 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
         _gate_kernel[(triton.cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                                  BK=BK, num_warps=4)
+                                                  BK=BK, **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 
