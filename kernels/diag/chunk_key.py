@@ -167,6 +167,17 @@ def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
 
 
 @triton.jit
+def _chunk_span(p_GL, K: tl.constexpr, BK: tl.constexpr):
+    """A chunk's total decay max_k (−G_L[k]): below LIM its scores and intra-chunk gradients are
+    computed whole."""
+    span = 0.0
+    for kb in range(0, tl.cdiv(K, BK)):
+        o_k = kb * BK + tl.arange(0, BK)
+        span = tl.maximum(span, -tl.min(tl.load(p_GL + o_k, mask=o_k < K, other=0.0), axis=0))
+    return span
+
+
+@triton.jit
 def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
                    LIM: tl.constexpr, PREC: tl.constexpr):
@@ -180,11 +191,7 @@ def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
-    chunk_span = 0.0
-    for kb in range(0, tl.cdiv(K, BK)):
-        o_k = kb * BK + tl.arange(0, BK)
-        chunk_span = tl.maximum(chunk_span, -tl.min(tl.load(p_GL + o_k, mask=o_k < K, other=0.0), axis=0))
-    if chunk_span < LIM:
+    if _chunk_span(p_GL, K, BK) < LIM:
         if i_b == 0:
             _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H, K, BT, BK, PREC)
     else:
@@ -373,11 +380,7 @@ def _dqk_intra_kernel(q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
-    chunk_span = 0.0
-    for kb in range(0, tl.cdiv(K, BK)):
-        o_kk = kb * BK + tl.arange(0, BK)
-        chunk_span = tl.maximum(chunk_span, -tl.min(tl.load(p_GL + o_kk, mask=o_kk < K, other=0.0), axis=0))
-    if chunk_span < LIM:
+    if _chunk_span(p_GL, K, BK) < LIM:
         if i_b == 0:
             _whole_chunk_dqk(gk, qd, kd, p_GL, dA, dq, dk, c_start, eos, i_k, i_h, H, K, BT, BK, PREC)
     else:
