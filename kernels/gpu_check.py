@@ -5,7 +5,8 @@
 Each kernel form (chunked, recurrent) runs on the GPU with a random initial state, odd T and a
 varlen batch; its output, final state and gradients (every input and the initial state) are compared
 with the float64 dsf chunked form by relative error ‖out − ref‖ / ‖ref‖. Outputs are poisoned with NaN
-first. Writes a Markdown table and exits 1 if a tolerance is missed.
+first. The chunked kernels also run twice at the benchmark's shape and must repeat bit for bit.
+Writes a Markdown table and exits 1 if a tolerance is missed.
 """
 
 from __future__ import annotations
@@ -195,6 +196,31 @@ def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=Tru
     return errs, ok
 
 
+REPEAT_MIXERS = ("mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention")
+
+
+def check_repeat(name, dtype, B, T, H, K, V, seed=0):
+    """The chunked kernels run twice on the same inputs: output, final state and every gradient must
+    be bitwise identical (a kernel reading memory it has not yet written, or racing inside a
+    program, shows up here first). Returns (number of differing tensors, their largest relative
+    difference, which)."""
+    spec = dsf.zoo.get(name)
+    inp = spec.random_inputs(B, T, H, K, V, dtype=dtype, device="cuda", seed=seed)
+    stateful = kernels.supports(spec)["family"] != "softmax"
+    m = kernels.compile(spec)
+    runs = []
+    for _ in range(2):
+        leaves = _leaves(inp)
+        o, S = m.chunked(output_final_state=stateful, **leaves)
+        grads = _grads(o, S if stateful else None, list(leaves.values()), seed)
+        runs.append(dict(zip(["o"] + (["state"] if stateful else []) + list(leaves),
+                             [o] + ([S] if stateful else []) + grads)))
+    diff = {n: rel_err(runs[1][n].double(), runs[0][n].double()) for n in runs[0]
+            if not torch.equal(runs[0][n], runs[1][n])}
+    worst = max(diff, key=diff.get) if diff else ""
+    return len(diff), diff.get(worst, 0.0), worst
+
+
 def _memory_state(S, dtype=None):
     """A dsf.MemoryState (memory, momentum) of fresh leaves, optionally cast."""
     cast = (lambda x: x) if dtype is None else (lambda x: x.to(dtype))  # noqa: E731
@@ -254,7 +280,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all)")
+    ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
+                    "also chunk_key, chunk_delta, titans, and repeat (every mixer's repeat check)")
     args = ap.parse_args(argv)
     _poison()
     B, T, H, K, V = (1, 130, 2, 32, 32) if args.quick else (2, 1000, 4, 64, 64)
@@ -333,6 +360,20 @@ def main(argv=None) -> int:
                 failed += not ok
                 lines.append(row)
                 print(row, f"({time.time() - t0:.1f}s)", flush=True)
+    rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K
+    lines += ["", f"| repeated (B={rB}, T={rT}, H={rH}, K=V={rK}) | dtype | tensors that differ | largest "
+              "difference | (which) | ok |", "|---|---|---|---|---|---|"]
+    for name in REPEAT_MIXERS:
+        for dtype in (torch.float32, torch.bfloat16) if want(name) or "repeat" in only else ():
+            try:
+                n, worst, which = check_repeat(name, dtype, rB, rT, rH, rK, rK)
+                ok = n == 0
+                row = f"| {name} | {str(dtype)[6:]} | {n} | {worst:.1e} | {which} | {'yes' if ok else '**NO**'} |"
+            except Exception as e:  # noqa: BLE001
+                ok, row = False, f"| {name} | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} ||||"
+            failed += not ok
+            lines.append(row)
+            print(row, flush=True)
     lines += ["", "| varlen (cu_seqlens [0, 1, 1, 300, 1000]) | dtype | worst error | ok |", "|---|---|---|---|"]
     for name in ("mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention"):
         for dtype in (torch.float32, torch.bfloat16) if want(name) else ():

@@ -1,7 +1,7 @@
 """Where the GPU time goes: per-kernel profiles beside fla, and sweeps of launch settings (needs CUDA).
 
     python -m kernels.sweep profile [--ops scalar,key,delta] [--T 4096]
-    python -m kernels.sweep launch  [--ops scalar,key] [--T 4096]
+    python -m kernels.sweep launch  [--ops scalar,key,delta,gdn] [--T 4096] [--kernels dqkw,...]
 
 ``profile`` prints, for our chunked kernels and fla-core's, the wall time of forward and
 forward + backward (``triton.testing.do_bench``) and each CUDA kernel's time from torch.profiler.
@@ -97,16 +97,73 @@ def launch(kinds: list[str], T: int) -> None:
             mod.LAUNCH.update(base)
 
 
+# Candidate launch settings of the delta-rule kernels (kernels/delta/chunk.py), per LAUNCH key.
+DELTA_GRID = {
+    "dqkw": dict(BK=(64, 128), BV=(32, 64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
+    "wy_bwd": dict(BK=(32, 64), BV=(32, 64), num_warps=(4, 8), num_stages=(1, 2, 3)),
+    "dvn_local": dict(BK=(64, 128), BV=(32, 64, 128), num_warps=(4, 8), num_stages=(1, 2)),
+    "dstate": dict(BV=(16, 32, 64), num_warps=(4, 8), num_stages=(1, 2, 3)),
+    "state": dict(BV=(16, 32, 64), num_warps=(4, 8), num_stages=(2, 3)),
+    "output": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
+    "wu": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
+    "ut": dict(num_warps=(2, 4, 8), num_stages=(1, 2, 3)),
+}
+
+
+def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
+    """Times each delta kernel under every setting of DELTA_GRID (one kernel varied at a time); the
+    scans use their "_few" keys where their programs are fewer than the SMs (as the launcher does)."""
+    import kernels.delta.chunk as mod
+
+    inp = bench._inputs(bench.TOKENS // T, T, kind)
+    few = mod._few(bench.TOKENS // T * bench.H, bench.D, mod._tiles(bench.D, bench.D)[3], torch.device("cuda"))
+    base = dict(mod.LAUNCH)
+    try:
+        for name in names or DELTA_GRID:
+            grid = DELTA_GRID[name]
+            key = f"{name}_few" if few and name in ("state", "dstate") else name
+            res = []
+            for values in itertools.product(*grid.values()):
+                cfg = dict(zip(grid, values))
+                mod.LAUNCH[key] = cfg
+                try:
+                    t = kernel_times(bench._ours(kind), inp, backward=True, iters=3)
+                    res.append((t.get(f"_{name}_kernel", float("nan")), cfg))
+                except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
+                    res.append((float("inf"), cfg))
+                    print(f"   {key} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+            mod.LAUNCH.clear()
+            mod.LAUNCH.update(base)
+            res.sort(key=lambda r: r[0])
+            best = "; ".join(f"{t:.3f} {c}" for t, c in res[:4])
+            print(f"{kind} T={T} {key} (now {base.get(key, 'defaults')}): {best}; slowest {res[-1][0]:.3f}",
+                  flush=True)
+    finally:
+        mod.LAUNCH.clear()
+        mod.LAUNCH.update(base)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("profile", "launch"))
     ap.add_argument("--ops", default="scalar,key,delta",
                     help="comma-separated kinds (scalar, key, delta, gdn)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
+    ap.add_argument("--kernels", default=None,
+                    help=f"launch, delta/gdn only: comma-separated kernels of {sorted(DELTA_GRID)} (default all)")
     args = ap.parse_args(argv)
+    names = None if args.kernels is None else args.kernels.split(",")
+    if names is not None and set(names) - set(DELTA_GRID):
+        ap.error(f"--kernels: unknown {sorted(set(names) - set(DELTA_GRID))}; known: {sorted(DELTA_GRID)}")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the kernels are timed there)")
-    (profile if args.what == "profile" else launch)(args.ops.split(","), args.T)
+    ops = args.ops.split(",")
+    if args.what == "profile":
+        profile(ops, args.T)
+        return 0
+    launch([o for o in ops if o in ("scalar", "key")], args.T)
+    for kind in (o for o in ops if o in ("delta", "gdn")):
+        launch_delta(kind, args.T, names)
     return 0
 
 

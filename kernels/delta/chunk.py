@@ -645,10 +645,48 @@ def _state_launch(BVS: int, KP: int, V: int, inter: torch.dtype, nw: int, NH: in
     if inter != torch.bfloat16 or KP > 128:
         return BVS, nw
     wide = min(max(16, next_pow2(V)), 64)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
-    if NH * triton.cdiv(V, wide) >= sms:
+    if not _few(NH, V, wide, device):
         return wide, 4
     return BVS, 8
+
+
+# Per-kernel launch settings (tiles BK/BV, warps, pipelining stages) for bf16 operands at K, V ≤ 128,
+# overriding the defaults the launchers compute: the fastest candidates of
+# `python -m kernels.sweep launch --ops delta` (bf16, H = 16, K = V = 128, B·T = 32K, H200,
+# 2026-12-01; T = 4096, and T = 32768 for the "_few" keys). "state_few"/"dstate_few" apply to the
+# scans when their programs are fewer than the GPU's SMs (long sequences, small batch).
+LAUNCH: dict[str, dict] = {
+    "ut": dict(num_warps=2, num_stages=2),                               # 0.42 → 0.25 ms
+    "wu": dict(BK=128, BV=128, num_warps=4, num_stages=1),               # 0.17 → 0.16
+    "state": dict(BV=64, num_warps=4, num_stages=2),                     # 0.27 → 0.24
+    "state_few": dict(BV=16, num_warps=4, num_stages=2),                 # 1.08 → 0.82 (T = 32K)
+    "output": dict(BK=64, BV=128, num_warps=8, num_stages=3),            # 0.26 → 0.23
+    "dvn_local": dict(BK=64, BV=128, num_warps=8, num_stages=2),         # 0.22 → 0.20
+    "dstate": dict(BV=64, num_warps=4, num_stages=2),                    # 0.49 → 0.36
+    "dstate_few": dict(BV=32, num_warps=4, num_stages=2),                # 1.56 → 1.30 (T = 32K)
+    "dqkw": dict(BK=64, BV=64, num_warps=4, num_stages=2),               # 0.83 → 0.59
+    # one stage: with software pipelining (2 or 3 stages, Triton 3.6, H200) its dβ and dg came out
+    # different from run to run (a few % at K = V = 128), not so with one (kernels.gpu_check repeats)
+    "wy_bwd": dict(BK=64, BV=64, num_warps=4, num_stages=1),             # 0.58 → 0.51
+}
+
+
+def _cfg(name: str, inter: torch.dtype, K: int, V: int, **default) -> dict:
+    """Launch keyword arguments of one kernel: ``default`` updated by ``LAUNCH[name]`` where it applies."""
+    cfg = dict(default)
+    if inter == torch.bfloat16 and max(K, V) <= 128:
+        cfg.update(LAUNCH.get(name, {}))
+        # a tile wider than the padded head dim only adds masked lanes
+        for tile, dim in (("BK", K), ("BV", V)):
+            if tile in cfg:
+                cfg[tile] = min(cfg[tile], max(16, next_pow2(dim)))
+    return cfg
+
+
+def _few(NH: int, V: int, BV: int, device) -> bool:
+    """Whether a scan over NH sequence-heads with value tile BV has fewer programs than SMs."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+    return NH * triton.cdiv(V, BV) < sms
 
 
 def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
@@ -674,19 +712,21 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     if NC > 0:
-        _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
-                            GATED=gated, PREC=prec)
+        _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated, PREC=prec,
+                            **_cfg("ut", inter, K, V, BK=BK))
         _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
-                            BK=BK, BV=BV, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
+                            GATED=gated, DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     if N * H > 0:
-        _state_kernel[(triton.cdiv(V, BVF), N * H)](
-            k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP, BV=BVF,
-            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, num_warps=nw_scan,
-            num_stages=_scan_stages(inter, KP))
+        c = _cfg("state_few" if _few(N * H, V, BVF, dev) else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
+                 num_stages=_scan_stages(inter, KP))
+        _state_kernel[(triton.cdiv(V, c["BV"]), N * H)](
+            k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
+            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, **c)
     if NC > 0:
-        _output_kernel[(triton.cdiv(V, BV), NC, H)](
-            q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            GATED=gated, DT=dt, PREC=prec, num_warps=nw)
+        c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
+        _output_kernel[(triton.cdiv(V, c["BV"]), NC, H)](
+            q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
+            PREC=prec, **c)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
 
 
@@ -698,10 +738,11 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     NC = chunk_indices.shape[0]
     dev = q.device
     KP, BK, BV, BVS = _tiles(K, V)
-    NK = triton.cdiv(K, BK)
     gated = g is not None
     inter, prec = _operands(q.dtype)
     dt, nw = _TL[inter], _num_warps(BT, inter)
+    c_dqkw = _cfg("dqkw", inter, K, V, BK=BK, BV=BV, num_warps=nw)
+    NK = triton.cdiv(K, c_dqkw["BK"])    # key tiles of dQ/dK/dW, each with its share of dg
     f32 = torch.float32
     dvn = _empty(Tt, H, V, dtype=f32, device=dev)
     dh = _empty(NC, H, K, V, dtype=inter, device=dev)   # like h: read only as a product operand
@@ -717,22 +758,25 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     dgp = _empty(NK, Tt, H, dtype=f32, device=dev) if gated else None
     dg = _empty(Tt, H, dtype=g.dtype, device=dev) if gated else None
     if NC > 0:
-        _dvn_local_kernel[(triton.cdiv(V, BV), NC, H)](
-            q, k, g, do, dvn, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            GATED=gated, DT=dt, PREC=prec, num_warps=nw)
+        c = _cfg("dvn_local", inter, K, V, BK=BK, BV=BV, num_warps=nw)
+        _dvn_local_kernel[(triton.cdiv(V, c["BV"]), NC, H)](
+            q, k, g, do, dvn, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
+            PREC=prec, **c)
     if N * H > 0:
-        _dstate_kernel[(triton.cdiv(V, BVS), N * H)](
+        c = _cfg("dstate_few" if _few(N * H, V, BVS, dev) else "dstate", inter, K, V, BV=BVS, num_warps=nw,
+                 num_stages=_scan_stages(inter, KP))
+        _dstate_kernel[(triton.cdiv(V, c["BV"]), N * H)](
             q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
-            KP=KP, BV=BVS, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, DT=dt,
-            PREC=prec, num_warps=nw, num_stages=_scan_stages(inter, KP))
+            KP=KP, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, DT=dt, PREC=prec, **c)
     if NC > 0:
         _dqkw_kernel[(NK, NC, H)](
             q, k, g, h, dh, do, vn, dvno, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, H=H, K=K, V=V,
-            BT=BT, BK=BK, BV=BV, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
+            BT=BT, GATED=gated, DT=dt, PREC=prec, **c_dqkw)
         # 32-wide tiles: this kernel keeps five C × C fp32 tiles live and spilled with 64
         _wy_bwd_kernel[(NC, H)](
             k, v, beta, g, Tm, dvno, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
-            BT=BT, BK=min(BK, 32), BV=min(BV, 32), NK=NK, GATED=gated, DT=dt, PREC=prec, num_warps=nw)
+            BT=BT, NK=NK, GATED=gated, DT=dt, PREC=prec,
+            **_cfg("wy_bwd", inter, K, V, BK=min(BK, 32), BV=min(BV, 32), num_warps=nw, num_stages=1))
     return dq, dko, dv, dbeta, dg, dh0
 
 

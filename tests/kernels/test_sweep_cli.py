@@ -17,3 +17,10 @@ def test_sweep_without_cuda_says_why(capsys):
 def test_sweep_rejects_unknown_command():
     with pytest.raises(SystemExit):
         sweep.main(["tune"])
+
+
+def test_sweep_rejects_unknown_kernel(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["launch", "--ops", "delta", "--kernels", "dqkw,nope"])
+    assert e.value.code == 2
+    assert "--kernels: unknown ['nope']" in capsys.readouterr().err
