@@ -157,3 +157,26 @@ def test_chunked_in_segments(case, monkeypatch):
     for n, a, b in zip(list(inp) + ["initial_state"], grads([o_c, *flat_tensors(S_c)], leaves, seed),
                        grads([o_r, *flat_tensors(S_r)], leaves, seed)):
         assert _ok(a, b), f"chunked d{n}: {rel_err(a, b):.2e}"
+
+
+@pytest.mark.parametrize("n", [1, 2, 16, 17, 33, 64, 100])
+def test_unit_lower_inverse(n):
+    """The blocked inverse of the delta rule's I + strict_lower(A) equals the dense inverse, at sizes
+    that do and do not halve evenly down to its base case."""
+    import importlib
+
+    chunked_mod = importlib.import_module("dsf.forms.chunked")
+    A = torch.randn(3, n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) / n ** 0.5
+    ref = torch.linalg.inv(torch.eye(n, dtype=torch.float64) + A.tril(-1))
+    assert rel_err(chunked_mod._unit_lower_inverse(A), ref) < TOL
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("chunk,T", [(17, 40), (40, 97), (64, 130)])
+def test_delta_chunked_with_large_chunks(name, chunk, T):
+    """Chunks above the blocked inverse's 16-row base case (the hypothesis shapes stay below it)."""
+    spec, inp = random_case(name, {}, 1, T, 2, 5, 3, 7)
+    o_r, S_r = dsf.recurrent(spec, **inp)
+    o_c, S_c = dsf.chunked(spec, chunk_size=chunk, **inp)
+    _check("chunked", o_c, o_r)
+    _check("final state", S_c, S_r)
