@@ -772,7 +772,8 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
         _dqkw_kernel[(NK, NC, H)](
             q, k, g, h, dh, do, vn, dvno, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, H=H, K=K, V=V,
             BT=BT, GATED=gated, DT=dt, PREC=prec, **c_dqkw)
-        # 32-wide tiles: this kernel keeps five C × C fp32 tiles live and spilled with 64
+        # 32-wide tiles by default (five C × C fp32 tiles are live; LAUNCH's measured 64 is faster for
+        # bf16 operands); one pipelining stage always: see LAUNCH["wy_bwd"]
         _wy_bwd_kernel[(NC, H)](
             k, v, beta, g, Tm, dvno, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
             BT=BT, NK=NK, GATED=gated, DT=dt, PREC=prec,
