@@ -312,3 +312,39 @@ def test_error_cpu_without_interpreter(monkeypatch):
     kw = {n: t.cpu() for n, t in _x().items()}
     with pytest.raises(RuntimeError, match="CUDA"):
         chunk_delta(**kw)
+
+
+def test_launch_overrides_apply_to_bf16_operands_only():
+    """LAUNCH's measured settings reach bf16-operand launches at K, V ≤ 128, clamped to the padded
+    head dims; fp32 operands and larger heads keep the defaults the launchers compute."""
+    bf16, f32 = torch.bfloat16, torch.float32
+    assert C._cfg("dqkw", bf16, 128, 128, BK=64, BV=64, num_warps=4) == {**dict(BK=64, BV=64, num_warps=4),
+                                                                       **C.LAUNCH.get("dqkw", {})}
+    assert C._cfg("dqkw", f32, 128, 128, BK=64, BV=64, num_warps=8) == dict(BK=64, BV=64, num_warps=8)
+    assert C._cfg("dqkw", bf16, 256, 256, BK=64, BV=64, num_warps=8) == dict(BK=64, BV=64, num_warps=8)
+    small = C._cfg("wu", bf16, 32, 16, BK=32, BV=16)
+    assert small["BK"] <= 32 and small["BV"] <= 16
+
+
+def test_wy_backward_launches_with_one_stage(monkeypatch):
+    """Guard for a race seen on the H200 (Triton 3.6): with software pipelining the WY backward's dβ
+    and dg changed from run to run. Its launches ask for one stage, and LAUNCH does not undo that."""
+    seen = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                seen.append(kw.get("num_stages"))
+                return self.kernel[grid](*args, **kw)
+            return launch
+
+    monkeypatch.setattr(C, "_wy_bwd_kernel", Spy(C._wy_bwd_kernel))
+    d = {n: (None if t is None else t.float().to(DEV).requires_grad_(True))
+         for n, t in inputs("gated_deltanet", 1, 20, 1, 16, 16).items()}
+    o, _ = chunk_delta(d["q"], d["k"], d["v"], d["beta"], d["g"])
+    o.sum().backward()
+    assert seen == [1]
+    assert C.LAUNCH.get("wy_bwd", {}).get("num_stages", 1) == 1
