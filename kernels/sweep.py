@@ -7,8 +7,10 @@
 forward + backward (``triton.testing.do_bench``) and each CUDA kernel's time from torch.profiler.
 ``launch`` times every kernel of the scalar (``kernels/diag/chunk.py``) and key-wise
 (``kernels/diag/chunk_key.py``) chunked families under warps {2, 4, 8} x stages {1, 2, 3}, one
-kernel at a time, and prints the fastest settings beside the ones in ``LAUNCH``. Shapes are the
-benchmark's: bf16, H=16, K=V=128, B·T=32768.
+kernel at a time, and prints the fastest settings beside the ones in ``LAUNCH``; with ``--ops delta``
+(or ``gdn``) it times the delta-rule kernels (``kernels/delta/chunk.py``) under the tiles, warps and
+stages of ``DELTA_GRID`` (``--kernels`` picks some). Shapes are the benchmark's: bf16, H=16,
+K=V=128, B·T=32768.
 """
 
 from __future__ import annotations
