@@ -20,6 +20,8 @@ import torch.nn.functional as F
 import kernels
 
 H, D = 16, 128
+# "ours-fused": the scalar-decay kernels with their one-pass forward (not yet the default)
+IMPLS = ("ours", "ours-fused", "ours-recurrent", "fla", "sdpa")
 TOKENS = 32768
 
 
@@ -65,6 +67,23 @@ def _ours(kind):
     from kernels.softmax import flash_attention
 
     return lambda q, k, v: flash_attention(q, k, v)
+
+
+def _ours_fused(kind):
+    """Our scalar-decay kernels with the one-pass forward switched on (kernels.diag.chunk.FUSED_FORWARD)."""
+    if kind != "scalar":
+        return None
+    import kernels.diag.chunk as dc
+
+    base = _ours(kind)
+
+    def run(**kw):
+        old, dc.FUSED_FORWARD = dc.FUSED_FORWARD, True
+        try:
+            return base(**kw)
+        finally:
+            dc.FUSED_FORWARD = old
+    return run
 
 
 def _fla(kind):
@@ -209,7 +228,7 @@ def render(paths: list[str], header: list[str], merged_csv: str | None = None) -
     for op in ops:
         lines += [f"## {op}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
                   "|---|---|" + "---|" * (len(Ts) + 1)]
-        for impl in ("ours", "ours-recurrent", "fla", "sdpa"):
+        for impl in IMPLS:
             for mode in ("fwd", "fwd+bwd"):
                 got = [cells.get((op, impl, mode, T)) for T in Ts]
                 if any(got):
@@ -251,7 +270,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax",
                     help="comma-separated subset of scalar,key,delta,gdn,softmax,titans")
     ap.add_argument("--impls", default="ours,fla,sdpa,ours-recurrent",
-                    help="comma-separated subset of ours,fla,sdpa,ours-recurrent (e.g. ours alone, to re-time "
+                    help="comma-separated subset of " + ",".join(IMPLS) + " (e.g. ours alone, to re-time "
                     "our kernels after a change and merge the rows with an earlier run's fla rows by --render)")
     ap.add_argument("--profile", action="store_true", help="print a per-kernel breakdown first")
     ap.add_argument("--Ts", default="", help="comma-separated sequence lengths (default 1K … 32K)")
@@ -259,7 +278,7 @@ def main(argv=None) -> int:
                     "kernel_bench.md from them and exit (no GPU needed)")
     args = ap.parse_args(argv)
     for flag, given, known in (("--ops", args.ops, ("scalar", "key", "delta", "gdn", "softmax", "titans")),
-                               ("--impls", args.impls, ("ours", "fla", "sdpa", "ours-recurrent"))):
+                               ("--impls", args.impls, IMPLS)):
         unknown = [x for x in given.split(",") if x not in known]
         if unknown:
             ap.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
@@ -289,7 +308,8 @@ def main(argv=None) -> int:
     names = {"scalar": "mamba2 / simple GLA", "key": "GLA", "delta": "DeltaNet", "gdn": "Gated DeltaNet",
              "softmax": "softmax attention", "titans": "Titans (linear memory)"}
     for kind in args.ops.split(","):
-        impls = {"ours": _ours(kind), "fla": _fla(kind) if kind != "softmax" else None,
+        impls = {"ours": _ours(kind), "ours-fused": _ours_fused(kind) if "ours-fused" in args.impls else None,
+                 "fla": _fla(kind) if kind != "softmax" else None,
                  "sdpa": _sdpa() if kind == "softmax" else None,
                  "ours-recurrent": _titans_recurrent() if kind == "titans" else None}
         for T in Ts:
@@ -337,7 +357,7 @@ def main(argv=None) -> int:
     for kind in args.ops.split(","):
         lines += [f"## {names[kind]}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
                   "|---|---|" + "---|" * (len(Ts) + 1)]
-        for impl in ("ours", "ours-recurrent", "fla", "sdpa"):
+        for impl in IMPLS:
             for mode in ("fwd", "fwd+bwd"):
                 r = [x for x in out_rows if x["op"] == names[kind] and x["impl"] == impl and x["mode"] == mode]
                 if r:

@@ -39,12 +39,14 @@ BT = 64  # chunk length
 # Launch settings per kernel (warps, pipelining stages): the fastest of warps {2, 4, 8} x stages
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01; dqdk 0.61 ms here vs 1.07 with the 8 warps ptxas's spill report had suggested).
-LAUNCH = {"state": dict(num_warps=4, num_stages=2), "output": dict(num_warps=4, num_stages=3),
+LAUNCH = {"fused_fwd": dict(num_warps=8, num_stages=2),   # not measured yet (FUSED_FORWARD is off)
+          "state": dict(num_warps=4, num_stages=2), "output": dict(num_warps=4, num_stages=3),
           "dstate": dict(num_warps=4, num_stages=2), "dqdk": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory and registers up to K = V = 256.
-SAFE = {"state": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2), "dstate": dict(num_warps=4),
+SAFE = {"fused_fwd": dict(num_warps=8), "state": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
+        "dstate": dict(num_warps=4),
         "dqdk": dict(num_warps=8, num_stages=2), "dv": dict(num_warps=4, num_stages=2)}
 
 
@@ -178,6 +180,53 @@ def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices,
     b_o = b_o * tl.exp(b_G)[:, None] + tl.dot((b_A * b_D).to(b_v.dtype), b_v, input_precision=PREC)
     tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.jit
+def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
+                      STORE_HT: tl.constexpr, PREC: tl.constexpr):
+    """The forward in one pass: a program per (sequence, head, value tile) walks the chunks with the
+    state in registers, O_c = (Q ⊙ e^G) S_c + (Q Kᵀ ⊙ D) V, then S_{c+1} as in _state_kernel.
+
+    The per-chunk states are written only with STORE_H (for the backward): without it the kernel
+    moves q, k, v and o alone. BK covers all of K (one tile)."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = o_k[:, None] * V + o_v[None, :]
+    b_h = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_H0:
+        b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    for c in range(0, MAXC):
+        ok = c < nc
+        if STORE_H:
+            tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
+        t_rows = bos + c * BT + tl.arange(0, BT)
+        m_t = (t_rows < eos) & ok
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_g, b_G, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
+        # the state enters the product in the input dtype, as the stored states of the two-pass path
+        b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC) * tl.exp(b_G)[:, None]
+        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * _pair_decays(b_g, BT, DECAY, False, False)
+        b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+        tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
+        b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
+        b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
 
 @triton.jit
@@ -358,6 +407,22 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
     return max(16, next_pow2(K)), max(16, next_pow2(V))
 
 
+# The one-pass forward (_fused_fwd_kernel) instead of the state and output kernels, where it has at
+# least one program per SM (short sequences, large batch; with B = 1 and T = 32K it would walk 512
+# chunks with 32 programs). Off until it is timed on the GPU against the two-pass forward
+# (`python -m kernels.bench --ops scalar --impls ours,ours-fused`).
+FUSED_FORWARD = False
+FUSED_BV = 64   # value tile of the one-pass forward
+
+
+def _use_fused(N: int, H: int, V: int, K: int, device) -> bool:
+    """Whether the forward runs as one pass (FUSED_FORWARD, K ≤ 128, and enough programs)."""
+    if not FUSED_FORWARD or K > 128:
+        return False
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+    return N * H * triton.cdiv(V, min(FUSED_BV, max(16, next_pow2(V)))) >= sms
+
+
 class ChunkScalarDecay(torch.autograd.Function):
     """Autograd wrapper; tensors flattened to [T_total, H, ·], states [N, H, K, V] in fp32."""
 
@@ -370,8 +435,21 @@ class ChunkScalarDecay(torch.autograd.Function):
         chunk_offsets, chunk_indices, maxc = chunk_layout(offsets)
         NC = chunk_indices.shape[0]
         decay, prec = int(g is not None), _prec(q.dtype)
-        h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
+        if _use_fused(N, H, V, K, q.device):
+            # the states are only needed by the backward
+            keep = any(ctx.needs_input_grad[:5])
+            h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
+            o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
+            BVf = min(FUSED_BV, BV)
+            _fused_fwd_kernel[(triton.cdiv(V, BVf), N * H)](
+                q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVf,
+                DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
+                **_launch("fused_fwd", q.dtype, K, V))
+            ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
+            ctx.maxc = maxc
+            return o, ht
+        h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         BVs = min(BV, 64)
         _state_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BVs), N * H)](
             k, v, g, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs,

@@ -51,3 +51,26 @@ def test_render_merges_runs_later_cells_win(tmp_path):
     assert {(r["impl"], r["mode"], r["T"], r["ms"]) for r in merged} == {
         ("ours", "fwd", "4096", "1.1"), ("fla", "fwd", "4096", "1.4"),
         ("fla", "fwd+bwd", "1024", "error: refused"), ("ours", "fwd", "1024", "1.0")}
+
+
+def test_ours_fused_turns_the_one_pass_forward_on_for_its_call(monkeypatch):
+    import kernels.diag.chunk as dc
+
+    launches = []
+    kernel = dc._fused_fwd_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(dc, "_fused_fwd_kernel", Counting())
+    assert bench._ours_fused("key") is None
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 70, 2, 16, generator=gen) for _ in range(3))
+    g = -torch.nn.functional.softplus(torch.randn(1, 70, 2, generator=gen))
+    fused = bench._ours_fused("scalar")(q=q, k=k, v=v, g=g)
+    assert len(launches) == 1 and dc.FUSED_FORWARD is False
+    two_pass = bench._ours("scalar")(q=q, k=k, v=v, g=g)
+    assert len(launches) == 1
+    assert ((fused - two_pass).norm() / two_pass.norm()).item() < 1e-5

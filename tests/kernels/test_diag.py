@@ -188,3 +188,64 @@ def test_compiled_step_decodes_every_mixer(case):
             assert new is state
             outs.append(o)
     assert rel_err(torch.stack(outs, 1), o_ref) < TOL and rel_err(state, S_ref) < TOL
+
+
+@pytest.fixture
+def fused_forward(monkeypatch):
+    """Turns on the one-pass forward of the scalar-decay kernels and counts its launches."""
+    import kernels.diag.chunk as dc
+
+    calls = []
+    kernel = dc._fused_fwd_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            calls.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
+    monkeypatch.setattr(dc, "_fused_fwd_kernel", Counting())
+    return calls
+
+
+@pytest.mark.parametrize("T", [1, 67, 130])
+@pytest.mark.parametrize("decay", ["none", "scalar"])
+def test_fused_forward_matches_reference(fused_forward, decay, T):
+    """The one-pass forward: output and final state with and without autograd, and every gradient
+    (initial state included) through the states it stores for the backward."""
+    _, inp = random_case("mamba2", {}, B=2, T=T, H=2, K=16, V=24, seed=T)
+    g = inp["g"] if decay == "scalar" else None
+    h0 = torch.randn(2, 2, 16, 24, dtype=torch.float64)
+    terms = lambda d: dsf.LinearTerms(q=d["q"], k=d["k"], u=d["v"], decay=decay, g=d.get("g"))  # noqa: E731
+    ref_in = requires_grad({"q": inp["q"], "k": inp["k"], "v": inp["v"], **({"g": g} if g is not None else {}),
+                            "h0": h0})
+    o_ref, S_ref = recurrent_linear(terms(ref_in), ref_in["h0"])
+    f = {n: t.detach().float() for n, t in ref_in.items()}
+    with torch.no_grad():
+        o, S = chunk_diag(f["q"], f["k"], f["v"], decay, f.get("g"), f["h0"], True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    leaves = requires_grad(f)
+    o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], decay, leaves.get("g"), leaves["h0"], True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    for name, a, b in zip(leaves, _grads(o, S, list(leaves.values()), 4), _grads(o_ref, S_ref, list(ref_in.values()), 4)):
+        assert rel_err(a, b) < TOL, f"d{name}: {rel_err(a, b):.2e}"
+    assert len(fused_forward) == 2
+
+
+def test_fused_forward_varlen(fused_forward):
+    """Packed sequences (an empty and a one-token one) through the one-pass forward."""
+    cu = torch.tensor([0, 5, 5, 6, 75])
+    _, inp = random_case("mamba2", {}, B=1, T=75, H=2, K=16, V=16, seed=12)
+    h0 = torch.randn(4, 2, 16, 16, dtype=torch.float64)
+    f = lambda x: x.float()  # noqa: E731
+    o, S = chunk_diag(f(inp["q"]), f(inp["k"]), f(inp["v"]), "scalar", f(inp["g"]), f(h0), True, cu)
+    for n in range(4):
+        a, b = cu[n].item(), cu[n + 1].item()
+        if b == a:
+            assert torch.allclose(S[n], h0[n].float())
+            continue
+        sl = lambda x: x[:, a:b]  # noqa: E731
+        o_ref, S_ref = recurrent_linear(dsf.LinearTerms(q=sl(inp["q"]), k=sl(inp["k"]), u=sl(inp["v"]),
+                                                        decay="scalar", g=sl(inp["g"])), h0[n:n + 1])
+        assert rel_err(o[:, a:b], o_ref) < TOL and rel_err(S[n:n + 1], S_ref) < TOL
+    assert len(fused_forward) == 1
