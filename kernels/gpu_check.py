@@ -281,7 +281,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
-                    "also chunk_key, chunk_delta, titans, and repeat (every mixer's repeat check)")
+                    "also chunk_key, chunk_delta, titans, fused (the scalar one-pass forward), and repeat (every "
+                    "mixer's repeat check)")
     args = ap.parse_args(argv)
     _poison()
     B, T, H, K, V = (1, 130, 2, 32, 32) if args.quick else (2, 1000, 4, 64, 64)
@@ -360,6 +361,31 @@ def main(argv=None) -> int:
                 failed += not ok
                 lines.append(row)
                 print(row, f"({time.time() - t0:.1f}s)", flush=True)
+    if want("fused"):  # the scalar family's one-pass forward, forced on (it is off by default)
+        import kernels.diag.chunk as dc
+
+        lines += ["", "| one-pass forward (FUSED_FORWARD) | dtype | o | state | worst grad | (which) | repeats "
+                  "| ok |", "|---|---|---|---|---|---|---|---|"]
+        saved = dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS
+        dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS = True, 1
+        try:
+            for name, opts in (("mamba2", {}), ("linear_attention", {"feature_map": "elu1", "normalize": True})):
+                for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                    try:
+                        errs, ok = check(name, opts, dtype, "chunked", B, T, H, K, V)
+                        n_diff = check_repeat(name, dtype, *((1, 130, 2, 32, 32) if args.quick
+                                                             else (8, 4096, 16, 128, 128)))[0] if not opts else 0
+                        ok = ok and n_diff == 0
+                        row = (f"| {name} | {str(dtype)[6:]} | {errs['o']:.1e} | {errs['state']:.1e} "
+                               f"| {errs['grad']:.1e} | {errs['worst_grad']} | {n_diff} differ "
+                               f"| {'yes' if ok else '**NO**'} |")
+                    except Exception as e:  # noqa: BLE001
+                        ok, row = False, f"| {name} | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} ||||||"
+                    failed += not ok
+                    lines.append(row)
+                    print(row, flush=True)
+        finally:
+            dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS = saved
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K
     lines += ["", f"| repeated (B={rB}, T={rT}, H={rH}, K=V={rK}) | dtype | tensors that differ | largest "
               "difference | (which) | ok |", "|---|---|---|---|---|---|"]
