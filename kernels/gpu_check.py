@@ -364,23 +364,28 @@ def main(argv=None) -> int:
     if want("fused"):  # the scalar family's one-pass forward, forced on (it is off by default)
         import kernels.diag.chunk as dc
 
-        lines += ["", "| one-pass forward (FUSED_FORWARD) | dtype | o | state | worst grad | (which) | repeats "
-                  "| ok |", "|---|---|---|---|---|---|---|---|"]
+        lines += ["", "| one-pass forward (FUSED_FORWARD) | mode | dtype | o | state | worst grad | (which) "
+                  "| repeats | ok |", "|---|---|---|---|---|---|---|---|---|"]
         saved = dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS
-        dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS = True, 1
+        dc.FUSED_FORWARD = True
         try:
-            for name, opts in (("mamba2", {}), ("linear_attention", {"feature_map": "elu1", "normalize": True})):
+            for name, opts, least in (("mamba2", {}, 1), ("mamba2", {}, 10 ** 4),
+                                      ("linear_attention", {"feature_map": "elu1", "normalize": True}, 1)):
+                # least = 1: one pass per sequence; 10⁴: sequences cut into segments
+                dc.FUSED_MIN_PROGRAMS = least
+                mode = "one pass" if least == 1 else "segments"
                 for dtype in (torch.float32, torch.bfloat16, torch.float16):
                     try:
                         errs, ok = check(name, opts, dtype, "chunked", B, T, H, K, V)
                         n_diff = check_repeat(name, dtype, *((1, 130, 2, 32, 32) if args.quick
                                                              else (8, 4096, 16, 128, 128)))[0] if not opts else 0
                         ok = ok and n_diff == 0
-                        row = (f"| {name} | {str(dtype)[6:]} | {errs['o']:.1e} | {errs['state']:.1e} "
+                        row = (f"| {name} | {mode} | {str(dtype)[6:]} | {errs['o']:.1e} | {errs['state']:.1e} "
                                f"| {errs['grad']:.1e} | {errs['worst_grad']} | {n_diff} differ "
                                f"| {'yes' if ok else '**NO**'} |")
                     except Exception as e:  # noqa: BLE001
-                        ok, row = False, f"| {name} | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} ||||||"
+                        ok, row = (False, f"| {name} | {mode} | {str(dtype)[6:]} | error: {type(e).__name__}: "
+                                   f"{str(e)[:120]} ||||||")
                     failed += not ok
                     lines.append(row)
                     print(row, flush=True)

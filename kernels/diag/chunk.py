@@ -26,6 +26,8 @@ unlike the usual Σ_{s≥t} (q_s·dq_s − k_s·dk_s).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import triton
 import triton.language as tl
@@ -115,7 +117,7 @@ def _excl_combine(s1, p1, s2, p2):
 def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, STORE_H: tl.constexpr = True):
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -133,7 +135,8 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
-        tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
+        if STORE_H:
+            tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         t_rows = bos + c * BT + tl.arange(0, BT)
         m_t = (t_rows < eos) & ok
         b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
@@ -227,6 +230,26 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC,
         b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
+
+
+@triton.jit
+def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.constexpr, BKV: tl.constexpr,
+                         HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
+    """The states entering the segments of one sequence: S_{j+1} = e^{w_j} S_j + ΔS_j over its NSEG
+    segments, ΔS_j being segment j's own state from zero and w_j its total log decay."""
+    i_t, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    o = i_t * BKV + tl.arange(0, BKV)
+    m = o < KV
+    b_S = tl.zeros([BKV], dtype=tl.float32)
+    if HAS_H0:
+        b_S += tl.load(h0 + i_nh.to(tl.int64) * KV + o, mask=m, other=0.0).to(tl.float32)
+    for j in range(0, NSEG):
+        i_s = (i_n * NSEG + j).to(tl.int64) * H + i_h
+        tl.store(S_in + i_s * KV + o, b_S, mask=m)
+        b_S = b_S * tl.exp(tl.load(logw + i_s)) + tl.load(dS + i_s * KV + o, mask=m, other=0.0)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * KV + o, b_S, mask=m)
 
 
 @triton.jit
@@ -416,14 +439,40 @@ FUSED_BV = 64   # value tile of the one-pass forward
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
-def _use_fused(N: int, H: int, V: int, K: int, device) -> bool:
-    """Whether the forward runs as one pass (FUSED_FORWARD, K ≤ 128, and enough programs)."""
+def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device) -> int | None:
+    """How the forward runs: None for the two-pass kernels, else the one-pass forward over that many
+    segments per sequence. One segment where there is a program per SM already; an equal-length batch
+    with too few sequence-heads (long T, small B) is cut into segments that run in parallel, joined by
+    a short scan over the segments' own states (_segment_pass_kernel); a packed batch with too few
+    keeps the two-pass kernels."""
     if not FUSED_FORWARD or K > 128:
-        return False
+        return None
     least = FUSED_MIN_PROGRAMS
     if least is None:
         least = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
-    return N * H * triton.cdiv(V, min(FUSED_BV, max(16, next_pow2(V)))) >= least
+    programs = N * H * triton.cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
+    if programs >= least:
+        return 1
+    dense = getattr(offsets, "_dense", None)
+    if dense is None:
+        return None
+    nc = triton.cdiv(dense[1], BT)
+    # two programs per SM: a program waits on its own chain of chunks, another can fill the gaps
+    nseg = min(nc, triton.cdiv(2 * least, max(programs, 1)))
+    per = triton.cdiv(nc, max(nseg, 1))
+    return triton.cdiv(nc, per) if nc else 1
+
+
+def _segment_layout(B: int, T: int, nseg: int, device) -> tuple[Tensor, Tensor, int]:
+    """Offsets and chunk offsets of the B·nseg segments (whole chunks, the last of a sequence ragged)
+    that an equal-length batch [B, T] is cut into, and the chunks of the longest, built on the host."""
+    nc = triton.cdiv(T, BT)
+    per = triton.cdiv(nc, nseg)
+    starts = [n * T + j * per * BT for n in range(B) for j in range(nseg)]
+    offsets = torch.tensor(starts + [B * T], dtype=torch.int64).to(device, non_blocking=True)
+    chunks = [min(per, nc - j * per) for _ in range(B) for j in range(nseg)]
+    chunk_offsets = torch.tensor([0] + list(itertools.accumulate(chunks)), dtype=torch.int64)
+    return offsets, chunk_offsets.to(device, non_blocking=True), per
 
 
 class ChunkScalarDecay(torch.autograd.Function):
@@ -439,16 +488,46 @@ class ChunkScalarDecay(torch.autograd.Function):
         NC = chunk_indices.shape[0]
         decay, prec = int(g is not None), _prec(q.dtype)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
-        if _use_fused(N, H, V, K, q.device):
+        nseg = _fused_segments(offsets, N, H, V, K, q.device)
+        if nseg is not None:
             # the states are only needed by the backward
             keep = any(ctx.needs_input_grad[:5])
             h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
             o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
             BVf = min(FUSED_BV, BV)
-            _fused_fwd_kernel[(triton.cdiv(V, BVf), N * H)](
-                q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVf,
-                DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
-                **_launch("fused_fwd", q.dtype, K, V))
+            launch = _launch("fused_fwd", q.dtype, K, V)
+            if nseg == 1:
+                _fused_fwd_kernel[(triton.cdiv(V, BVf), N * H)](
+                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK,
+                    BV=BVf, DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
+                    **launch)
+            else:
+                B, T = offsets._dense
+                s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, q.device)
+                NS = B * nseg
+                f32 = torch.float32
+                # each segment's own state from zero (no per-chunk states), then the scan over segments
+                dS = _empty(NS, H, K, V, dtype=f32, device=q.device)
+                BVs = min(BV, 64)
+                _state_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BVs), NS * H)](
+                    k, v, g, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BK,
+                    BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec,
+                    **_launch("state", q.dtype, K, V))
+                if g is None:
+                    logw = torch.zeros(NS, H, dtype=f32, device=q.device)
+                else:   # segment sums of the log decay, in fp64 (a whole segment's sum)
+                    gp = torch.nn.functional.pad(g.view(B, T, H).double(), (0, 0, 0, nseg * per * BT - T))
+                    logw = gp.view(B, nseg, per * BT, H).sum(2).to(f32).reshape(NS, H)
+                S_in = _empty(NS, H, K, V, dtype=f32, device=q.device)
+                BKV = min(1024, next_pow2(K * V))
+                _segment_pass_kernel[(triton.cdiv(K * V, BKV), N * H)](
+                    dS, logw, h0, S_in, ht, nseg, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None,
+                    STORE_HT=store_ht)
+                # segments are whole chunks in order, so their chunk c0 + c is the batch's own
+                _fused_fwd_kernel[(triton.cdiv(V, BVf), NS * H)](
+                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT,
+                    BK=BK, BV=BVf, DECAY=decay, HAS_H0=True, STORE_H=keep, STORE_HT=False, PREC=prec,
+                    **launch)
             ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
             ctx.maxc = maxc
             return o, ht

@@ -10,6 +10,7 @@ import dsf
 import kernels
 from dsf.testing import CASES, case_id, prefix_state, random_case, rel_err, requires_grad
 from dsf.forms.recurrent import recurrent_linear
+from kernels._common import seq_bounds
 from kernels.diag import chunk_diag, fused_recurrent_diag
 
 TOL = 1e-5
@@ -208,11 +209,18 @@ def fused_forward(monkeypatch):
     return calls
 
 
-@pytest.mark.parametrize("T", [1, 67, 130])
+@pytest.mark.parametrize("T,least", [(1, None), (67, None), (130, None), (67, 1000), (130, 1000), (323, 6)])
 @pytest.mark.parametrize("decay", ["none", "scalar"])
-def test_fused_forward_matches_reference(fused_forward, decay, T):
+def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, least):
     """The one-pass forward: output and final state with and without autograd, and every gradient
-    (initial state included) through the states it stores for the backward."""
+    (initial state included) through the states it stores for the backward. With ``least`` set above
+    the batch's B·H programs, each sequence is cut into segments (one chunk each for T = 67 and 130,
+    two for T = 323) joined by the scan over segment states."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    segments = dc._fused_segments(seq_bounds(None, 2, T, "cpu"), 2, 2, 24, 16, torch.device("cpu"))
+    assert segments == ({67: 2, 130: 3, 323: 3}[T] if least else 1)
     _, inp = random_case("mamba2", {}, B=2, T=T, H=2, K=16, V=24, seed=T)
     g = inp["g"] if decay == "scalar" else None
     h0 = torch.randn(2, 2, 16, 24, dtype=torch.float64)
@@ -249,3 +257,18 @@ def test_fused_forward_varlen(fused_forward):
                                                         decay="scalar", g=sl(inp["g"])), h0[n:n + 1])
         assert rel_err(o[:, a:b], o_ref) < TOL and rel_err(S[n:n + 1], S_ref) < TOL
     assert len(fused_forward) == 1
+
+
+def test_fused_forward_keeps_two_passes_for_few_packed_sequences(fused_forward, monkeypatch):
+    """A packed batch with fewer programs than wanted is not segmented: the two-pass kernels run."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
+    cu = torch.tensor([0, 70, 75])
+    _, inp = random_case("mamba2", {}, B=1, T=75, H=2, K=16, V=16, seed=13)
+    f = lambda x: x.float()  # noqa: E731
+    o, _ = chunk_diag(f(inp["q"]), f(inp["k"]), f(inp["v"]), "scalar", f(inp["g"]), None, False, cu)
+    o_ref = torch.cat([recurrent_linear(dsf.LinearTerms(q=inp["q"][:, a:b], k=inp["k"][:, a:b], u=inp["v"][:, a:b],
+                                                        decay="scalar", g=inp["g"][:, a:b]))[0]
+                       for a, b in ((0, 70), (70, 75))], dim=1)
+    assert rel_err(o, o_ref) < TOL and fused_forward == []
