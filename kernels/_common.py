@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["interpreting", "check_device", "check_head_dim", "check_cu_seqlens", "next_pow2",
-           "ensure_contiguous", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds"]
+           "ensure_contiguous", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds", "sm_count"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 
@@ -72,6 +72,12 @@ def seq_bounds(cu_seqlens: Tensor | None, B: int, T: int, device) -> Tensor:
         offsets._dense = (B, T)
         return offsets
     return cu_seqlens.to(device=device, dtype=torch.int64)
+
+
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (0 elsewhere, e.g. under the CPU interpreter)."""
+    device = torch.device(device)
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
 
 
 def next_pow2(n: int) -> int:

@@ -45,7 +45,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds
+from .._common import check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds, sm_count
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
 
@@ -685,8 +685,7 @@ def _cfg(name: str, inter: torch.dtype, K: int, V: int, **default) -> dict:
 
 def _few(NH: int, V: int, BV: int, device) -> bool:
     """Whether a scan over NH sequence-heads with value tile BV has fewer programs than SMs."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
-    return NH * triton.cdiv(V, BV) < sms
+    return NH * triton.cdiv(V, BV) < sm_count(device)
 
 
 def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):

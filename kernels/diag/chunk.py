@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import next_pow2
+from .._common import next_pow2, sm_count
 from .recurrent import _empty
 
 BT = 64  # chunk length
@@ -449,7 +449,7 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device) -> 
         return None
     least = FUSED_MIN_PROGRAMS
     if least is None:
-        least = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+        least = sm_count(device)
     programs = N * H * triton.cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
     if programs >= least:
         return 1
