@@ -395,7 +395,7 @@ def main(argv=None) -> int:
     lines += ["", f"| repeated (B={rB}, T={rT}, H={rH}, K=V={rK}) | dtype | tensors that differ | largest "
               "difference | (which) | ok |", "|---|---|---|---|---|---|"]
     for name in REPEAT_MIXERS:
-        for dtype in (torch.float32, torch.bfloat16) if want(name) or "repeat" in only else ():
+        for dtype in (torch.float32, torch.bfloat16, torch.float16) if want(name) or "repeat" in only else ():
             try:
                 n, worst, which = check_repeat(name, dtype, rB, rT, rH, rK, rK)
                 ok = n == 0
