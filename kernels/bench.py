@@ -20,7 +20,7 @@ import torch.nn.functional as F
 import kernels
 
 H, D = 16, 128
-# "ours-fused": the scalar-decay kernels with their one-pass forward (not yet the default)
+# "ours-fused": the scalar-decay and delta-rule kernels with their one-pass forwards (not yet the default)
 IMPLS = ("ours", "ours-fused", "ours-recurrent", "fla", "sdpa")
 TOKENS = 32768
 
@@ -70,19 +70,22 @@ def _ours(kind):
 
 
 def _ours_fused(kind):
-    """Our scalar-decay kernels with the one-pass forward switched on (kernels.diag.chunk.FUSED_FORWARD)."""
-    if kind != "scalar":
+    """Our scalar-decay or delta-rule kernels with their one-pass forward switched on (FUSED_FORWARD of
+    kernels.diag.chunk or kernels.delta.chunk)."""
+    if kind not in ("scalar", "delta", "gdn"):
         return None
-    import kernels.diag.chunk as dc
+    import kernels.delta.chunk as delta_mod
+    import kernels.diag.chunk as scalar_mod
 
+    mod = scalar_mod if kind == "scalar" else delta_mod
     base = _ours(kind)
 
     def run(**kw):
-        old, dc.FUSED_FORWARD = dc.FUSED_FORWARD, True
+        old, mod.FUSED_FORWARD = mod.FUSED_FORWARD, True
         try:
             return base(**kw)
         finally:
-            dc.FUSED_FORWARD = old
+            mod.FUSED_FORWARD = old
     return run
 
 

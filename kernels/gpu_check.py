@@ -361,22 +361,26 @@ def main(argv=None) -> int:
                 failed += not ok
                 lines.append(row)
                 print(row, f"({time.time() - t0:.1f}s)", flush=True)
-    if want("fused"):  # the scalar family's one-pass forward, forced on (it is off by default)
+    if want("fused"):  # the one-pass forwards, forced on (they are off by default)
+        import kernels.delta.chunk as dlt
         import kernels.diag.chunk as dc
 
         lines += ["", "| one-pass forward (FUSED_FORWARD) | mode | dtype | o | state | worst grad | (which) "
                   "| repeats | ok |", "|---|---|---|---|---|---|---|---|---|"]
-        saved = dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS
-        dc.FUSED_FORWARD = True
+        saved = dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS
+        dc.FUSED_FORWARD = dlt.FUSED_FORWARD = True
+        dlt.FUSED_MIN_PROGRAMS = 1
         try:
             for name, opts, least in (("mamba2", {}, 1), ("mamba2", {}, 10 ** 4),
-                                      ("linear_attention", {"feature_map": "elu1", "normalize": True}, 1)):
-                # least = 1: one pass per sequence; 10⁴: sequences cut into segments
+                                      ("linear_attention", {"feature_map": "elu1", "normalize": True}, 1),
+                                      ("deltanet", {}, 1), ("gated_deltanet", {}, 1)):
+                # least = 1: one pass per sequence; 10⁴: sequences cut into segments (scalar family)
                 dc.FUSED_MIN_PROGRAMS = least
                 mode = "one pass" if least == 1 else "segments"
                 for dtype in (torch.float32, torch.bfloat16, torch.float16):
                     try:
                         errs, ok = check(name, opts, dtype, "chunked", B, T, H, K, V)
+                        # (the delta repeat at this shape runs one pass only where it has a program per SM)
                         n_diff = check_repeat(name, dtype, *((1, 130, 2, 32, 32) if args.quick
                                                              else (8, 4096, 16, 128, 128)))[0] if not opts else 0
                         ok = ok and n_diff == 0
@@ -390,7 +394,7 @@ def main(argv=None) -> int:
                     lines.append(row)
                     print(row, flush=True)
         finally:
-            dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS = saved
+            dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS = saved
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K
     lines += ["", f"| repeated (B={rB}, T={rT}, H={rH}, K=V={rK}) | dtype | tensors that differ | largest "
               "difference | (which) | ok |", "|---|---|---|---|---|---|"]

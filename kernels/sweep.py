@@ -114,6 +114,8 @@ DELTA_GRID = {
     "output": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
     "wu": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
     "ut": dict(num_warps=(2, 4, 8), num_stages=(1, 2, 3)),
+    # the state scan that also writes the outputs (FUSED_FORWARD, switched on while it is timed)
+    "state_out": dict(BV=(16, 32, 64), num_warps=(4, 8), num_stages=(1, 2, 3)),
 }
 
 
@@ -124,18 +126,19 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
 
     inp = bench._inputs(bench.TOKENS // T, T, kind)
     few = mod._few(bench.TOKENS // T * bench.H, bench.D, mod._tiles(bench.D, bench.D)[3], torch.device("cuda"))
-    base = dict(mod.LAUNCH)
+    base, fused = dict(mod.LAUNCH), mod.FUSED_FORWARD
     try:
         for name in names or DELTA_GRID:
             grid = DELTA_GRID[name]
             key = f"{name}_few" if few and name in ("state", "dstate") else name
+            mod.FUSED_FORWARD = name == "state_out"
             res = []
             for values in itertools.product(*grid.values()):
                 cfg = dict(zip(grid, values))
                 mod.LAUNCH[key] = cfg
                 try:
                     t = kernel_times(bench._ours(kind), inp, backward=True, iters=3)
-                    res.append((t.get(f"_{name}_kernel", float("nan")), cfg))
+                    res.append((t.get(f"_{name.removesuffix('_out')}_kernel", float("nan")), cfg))
                 except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
                     res.append((float("inf"), cfg))
                     print(f"   {key} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
@@ -148,6 +151,7 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
     finally:
         mod.LAUNCH.clear()
         mod.LAUNCH.update(base)
+        mod.FUSED_FORWARD = fused
 
 
 def main(argv=None) -> int:

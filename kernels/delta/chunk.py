@@ -284,8 +284,12 @@ def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
 def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                   BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  DT: tl.constexpr, PREC: tl.constexpr):
-    """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'."""
+                  DT: tl.constexpr, PREC: tl.constexpr, q=None, o=None, scale=1.0, OUT: tl.constexpr = False,
+                  STORE_H: tl.constexpr = True):
+    """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
+
+    With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
+    one-pass forward); then S and Vn are stored only with STORE_H, for a backward."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -303,7 +307,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
-        tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_S, mask=m_kv & ok)
+        if STORE_H:
+            tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_S, mask=m_kv & ok)
         rows = bos + c * BT + tl.arange(0, BT)
         m_t = (rows < eos) & ok
         m_tk = m_t[:, None] & m_k[None, :]
@@ -313,9 +318,18 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         b_w = tl.load(w + p_tk, mask=m_tk, other=0.0)
         b_u = tl.load(u + p_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
-        tl.store(vn + p_tv, b_vn, mask=m_tv)
-        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        if STORE_H:
+            tl.store(vn + p_tv, b_vn, mask=m_tv)
+        b_kr = tl.load(k + p_tk, mask=m_tk, other=0.0)
+        b_k = b_kr.to(tl.float32)
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+        if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
+            b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
+            causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
+            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * tl.exp(
+                tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]), float("-inf")))
+            b_o = _mm(b_q, b_S, DT, PREC) * tl.exp(b_G + b_Gl)[:, None] + _mm(b_A, b_vn, DT, PREC)
+            tl.store(o + p_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         b_kd = b_k * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
         # the state moves on with the stored (rounded) Vn: what the outputs see
         b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
@@ -688,7 +702,21 @@ def _few(NH: int, V: int, BV: int, device) -> bool:
     return NH * triton.cdiv(V, BV) < sm_count(device)
 
 
-def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
+# The one-pass forward: the state scan also writes the outputs (no output kernel; per-chunk states
+# and pseudo-values stored only for a backward), where the scan has a program per SM. Off until it is
+# timed on the GPU against the two-pass forward (`python -m kernels.bench --ops delta --impls
+# ours,ours-fused`).
+FUSED_FORWARD = False
+FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
+
+
+def _one_pass(NH: int, V: int, BV: int, KP: int, device) -> bool:
+    """Whether the forward runs as one pass: FUSED_FORWARD, K ≤ 128, and a program per SM."""
+    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
+    return FUSED_FORWARD and KP <= 128 and NH * triton.cdiv(V, BV) >= least
+
+
+def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     Tt, H, K = q.shape
     V = v.shape[-1]
     N = offsets.numel() - 1
@@ -705,9 +733,12 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
     w = _empty(Tt, H, K, dtype=inter, device=dev)
     u = _empty(Tt, H, V, dtype=inter, device=dev)
-    vn = _empty(Tt, H, V, dtype=inter, device=dev)
+    fused = _one_pass(N * H, V, BVF, KP, dev)
+    keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
+    # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
+    vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
     # the states entering each chunk only ever feed products in the operand dtype: stored in it
-    h = _empty(NC, H, K, V, dtype=inter, device=dev)
+    h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     if NC > 0:
@@ -718,10 +749,13 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht):
     if N * H > 0:
         c = _cfg("state_few" if _few(N * H, V, BVF, dev) else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
                  num_stages=_scan_stages(inter, KP))
+        if fused:
+            c = _cfg("state_out", inter, K, V, **c)
         _state_kernel[(triton.cdiv(V, c["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
-            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, **c)
-    if NC > 0:
+            GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
+            OUT=fused, STORE_H=keep, **c)
+    if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(triton.cdiv(V, c["BV"]), NC, H)](
             q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
@@ -785,7 +819,8 @@ class ChunkDelta(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, beta, g, h0, offsets, scale: float, chunk_size: int, store_ht: bool):
-        o, ht, saved = _forward(q, k, v, beta, g, h0, offsets, scale, chunk_size, store_ht)
+        o, ht, saved = _forward(q, k, v, beta, g, h0, offsets, scale, chunk_size, store_ht,
+                                keep=any(ctx.needs_input_grad[:6]))
         Tm, w, vn, h, chunk_offsets, chunk_indices, maxc = saved
         ctx.save_for_backward(q, k, v, beta, g, h0, offsets, Tm, w, vn, h, chunk_offsets, chunk_indices)
         ctx.maxc, ctx.scale, ctx.chunk_size = maxc, scale, chunk_size

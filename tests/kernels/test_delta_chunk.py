@@ -348,3 +348,44 @@ def test_wy_backward_launches_with_one_stage(monkeypatch):
     o.sum().backward()
     assert seen == [1]
     assert C.LAUNCH.get("wy_bwd", {}).get("num_stages", 1) == 1
+
+
+@pytest.fixture
+def one_pass(monkeypatch):
+    """Turns on the delta rule's one-pass forward; records whether the output kernel still ran."""
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    launches = []
+    kernel = C._output_kernel
+
+    class Counting:
+        def __getitem__(self, grid):
+            launches.append(grid)
+            return kernel[grid]
+
+    monkeypatch.setattr(C, "_output_kernel", Counting())
+    return launches
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("B,T,H,K,V,cs,scale,h0,dht", CASES,
+                         ids=[f"B{c[0]}T{c[1]}H{c[2]}K{c[3]}V{c[4]}C{c[5]}" for c in CASES])
+def test_one_pass_forward(one_pass, mixer, B, T, H, K, V, cs, scale, h0, dht):
+    """The scan writes the outputs itself (FUSED_FORWARD): forward and every gradient as before, and
+    without autograd (then nothing per chunk is stored) the same output and final state."""
+    d = inputs(mixer, B, T, H, K, V, seed=T + K)
+    S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
+    compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    with torch.no_grad():
+        o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=scale, chunk_size=cs,
+                           initial_state=None if S0 is None else S0.float().to(DEV), output_final_state=True)
+    o_r, S_r, _ = reference(mixer, d, S0, do, None, scale)
+    check("one_pass_no_grad:o", o, o_r)
+    check("one_pass_no_grad:final_state", S, S_r)
+    assert one_pass == []
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+def test_one_pass_forward_varlen(one_pass, mixer):
+    test_varlen(mixer)
+    assert one_pass == []
