@@ -13,7 +13,8 @@ V [C, V], β [C], the chunk-local cumulative log decay G [C] (G = 0 without a ga
 T is inverted in 16 × 16 sub-blocks: each diagonal block by forward substitution in registers,
 the blocks below the diagonal by block forward substitution (a few 16 × 16 matrix products).
 Only the state kernel walks the chunks in order, one program per (sequence, head, value tile);
-the others run every chunk at once.
+the others run every chunk at once. With FUSED_FORWARD on (not yet the default) the state kernel
+also writes O and the output kernel is skipped.
 
 Backward, with dO and dS' (the gradient of the state leaving the chunk)::
 

@@ -10,6 +10,8 @@ cumulative log decay and S_c the state entering chunk c (fla's orientation, S �
 
 The two state kernels are the only sequential parts (one program per head and state tile walks the
 chunks); the others run every chunk at once. Every exponent is ≤ 0, so nothing overflows.
+With FUSED_FORWARD on (not yet the default), the forward is one pass instead (_fused_fwd_kernel,
+over segments of the sequences where they are too few: _segment_pass_kernel joins them).
 
 Numerics. Each exponent is a sum of the g between its two rows (G from the chunk start, G_L − G as a
 reverse sum, G_i − G_j by a cumulative sum down each column of the pair matrix), never a difference
