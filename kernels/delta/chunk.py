@@ -285,8 +285,7 @@ def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
 def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                   BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  DT: tl.constexpr, PREC: tl.constexpr, q=None, o=None, scale=1.0, OUT: tl.constexpr = False,
-                  STORE_H: tl.constexpr = True):
+                  DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
