@@ -27,3 +27,22 @@ def poison_outputs(monkeypatch):
         if hasattr(mod, "_empty"):
             monkeypatch.setattr(mod, "_empty", _nan_empty)
     yield
+
+
+@pytest.fixture
+def count_launches(monkeypatch):
+    """``count_launches(module, "_some_kernel")`` swaps a Triton kernel of ``module`` for a wrapper that
+    still launches it and records each launch as (grid, keyword arguments); returns that list."""
+    def install(module, name):
+        kernel, seen = getattr(module, name), []
+
+        class Recorder:
+            def __getitem__(self, grid):
+                def launch(*args, **kw):
+                    seen.append((grid, kw))
+                    return kernel[grid](*args, **kw)
+                return launch
+
+        monkeypatch.setattr(module, name, Recorder())
+        return seen
+    return install

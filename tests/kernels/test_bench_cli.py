@@ -53,18 +53,10 @@ def test_render_merges_runs_later_cells_win(tmp_path):
         ("fla", "fwd+bwd", "1024", "error: refused"), ("ours", "fwd", "1024", "1.0")}
 
 
-def test_ours_fused_turns_the_one_pass_forward_on_for_its_call(monkeypatch):
+def test_ours_fused_turns_the_one_pass_forward_on_for_its_call(count_launches):
     import kernels.diag.chunk as dc
 
-    launches = []
-    kernel = dc._fused_fwd_kernel
-
-    class Counting:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(dc, "_fused_fwd_kernel", Counting())
+    launches = count_launches(dc, "_fused_fwd_kernel")
     assert bench._ours_fused("key") is None
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 70, 2, 16, generator=gen) for _ in range(3))

@@ -326,44 +326,23 @@ def test_launch_overrides_apply_to_bf16_operands_only():
     assert small["BK"] <= 32 and small["BV"] <= 16
 
 
-def test_wy_backward_launches_with_one_stage(monkeypatch):
+def test_wy_backward_launches_with_one_stage(count_launches):
     """Guard for a race seen on the H200 (Triton 3.6): with software pipelining the WY backward's dβ
     and dg changed from run to run. Its launches ask for one stage, and LAUNCH does not undo that."""
-    seen = []
-
-    class Spy:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                seen.append(kw.get("num_stages"))
-                return self.kernel[grid](*args, **kw)
-            return launch
-
-    monkeypatch.setattr(C, "_wy_bwd_kernel", Spy(C._wy_bwd_kernel))
+    seen = count_launches(C, "_wy_bwd_kernel")
     d = {n: (None if t is None else t.float().to(DEV).requires_grad_(True))
          for n, t in inputs("gated_deltanet", 1, 20, 1, 16, 16).items()}
     o, _ = chunk_delta(d["q"], d["k"], d["v"], d["beta"], d["g"])
     o.sum().backward()
-    assert seen == [1]
+    assert [kw.get("num_stages") for _, kw in seen] == [1]
     assert C.LAUNCH.get("wy_bwd", {}).get("num_stages", 1) == 1
 
 
 @pytest.fixture
-def one_pass(monkeypatch):
+def one_pass(monkeypatch, count_launches):
     """Turns on the delta rule's one-pass forward; records whether the output kernel still ran."""
     monkeypatch.setattr(C, "FUSED_FORWARD", True)
-    launches = []
-    kernel = C._output_kernel
-
-    class Counting:
-        def __getitem__(self, grid):
-            launches.append(grid)
-            return kernel[grid]
-
-    monkeypatch.setattr(C, "_output_kernel", Counting())
-    return launches
+    return count_launches(C, "_output_kernel")
 
 
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])

@@ -192,21 +192,12 @@ def test_compiled_step_decodes_every_mixer(case):
 
 
 @pytest.fixture
-def fused_forward(monkeypatch):
+def fused_forward(monkeypatch, count_launches):
     """Turns on the one-pass forward of the scalar-decay kernels and counts its launches."""
     import kernels.diag.chunk as dc
 
-    calls = []
-    kernel = dc._fused_fwd_kernel
-
-    class Counting:
-        def __getitem__(self, grid):
-            calls.append(grid)
-            return kernel[grid]
-
     monkeypatch.setattr(dc, "FUSED_FORWARD", True)
-    monkeypatch.setattr(dc, "_fused_fwd_kernel", Counting())
-    return calls
+    return count_launches(dc, "_fused_fwd_kernel")
 
 
 @pytest.mark.parametrize("T,least", [(1, None), (67, None), (130, None), (67, 1000), (130, 1000), (323, 6)])
