@@ -276,6 +276,19 @@ def check_memory_varlen(dtype, H, K, V):
     return worst, worst < TOL[dtype]
 
 
+def _row(lines: list[str], head: str, run, pad: int) -> bool:
+    """One table row: ``run()`` gives (cells, ok); a raised error becomes the row instead. The row is
+    appended to ``lines`` and printed; returns ok."""
+    try:
+        cells, ok = run()
+        row = f"{head} {cells} | {'yes' if ok else '**NO**'} |"
+    except Exception as e:  # noqa: BLE001 - a failing kernel is a row, not a crash
+        ok, row = False, f"{head} error: {type(e).__name__}: {str(e)[:120]} " + "|" * pad
+    lines.append(row)
+    print(row, flush=True)
+    return ok
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -378,21 +391,14 @@ def main(argv=None) -> int:
                 dc.FUSED_MIN_PROGRAMS = least
                 mode = "one pass" if least == 1 else "segments"
                 for dtype in (torch.float32, torch.bfloat16, torch.float16):
-                    try:
+                    def one_pass(name=name, opts=opts, dtype=dtype):
                         errs, ok = check(name, opts, dtype, "chunked", B, T, H, K, V)
                         # (the delta repeat at this shape runs one pass only where it has a program per SM)
                         n_diff = check_repeat(name, dtype, *((1, 130, 2, 32, 32) if args.quick
                                                              else (8, 4096, 16, 128, 128)))[0] if not opts else 0
-                        ok = ok and n_diff == 0
-                        row = (f"| {name} | {mode} | {str(dtype)[6:]} | {errs['o']:.1e} | {errs['state']:.1e} "
-                               f"| {errs['grad']:.1e} | {errs['worst_grad']} | {n_diff} differ "
-                               f"| {'yes' if ok else '**NO**'} |")
-                    except Exception as e:  # noqa: BLE001
-                        ok, row = (False, f"| {name} | {mode} | {str(dtype)[6:]} | error: {type(e).__name__}: "
-                                   f"{str(e)[:120]} ||||||")
-                    failed += not ok
-                    lines.append(row)
-                    print(row, flush=True)
+                        return (f"{errs['o']:.1e} | {errs['state']:.1e} | {errs['grad']:.1e} | {errs['worst_grad']} "
+                                f"| {n_diff} differ", ok and n_diff == 0)
+                    failed += not _row(lines, f"| {name} | {mode} | {str(dtype)[6:]} |", one_pass, 6)
         finally:
             dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS = saved
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K
@@ -400,35 +406,22 @@ def main(argv=None) -> int:
               "difference | (which) | ok |", "|---|---|---|---|---|---|"]
     for name in REPEAT_MIXERS:
         for dtype in (torch.float32, torch.bfloat16, torch.float16) if want(name) or "repeat" in only else ():
-            try:
+            def repeat(name=name, dtype=dtype):
                 n, worst, which = check_repeat(name, dtype, rB, rT, rH, rK, rK)
-                ok = n == 0
-                row = f"| {name} | {str(dtype)[6:]} | {n} | {worst:.1e} | {which} | {'yes' if ok else '**NO**'} |"
-            except Exception as e:  # noqa: BLE001
-                ok, row = False, f"| {name} | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} ||||"
-            failed += not ok
-            lines.append(row)
-            print(row, flush=True)
+                return f"{n} | {worst:.1e} | {which}", n == 0
+            failed += not _row(lines, f"| {name} | {str(dtype)[6:]} |", repeat, 4)
     lines += ["", "| varlen (cu_seqlens [0, 1, 1, 300, 1000]) | dtype | worst error | ok |", "|---|---|---|---|"]
     for name in ("mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention"):
         for dtype in (torch.float32, torch.bfloat16) if want(name) else ():
-            try:
+            def varlen(name=name, dtype=dtype):
                 err, ok = check_varlen(name, dtype, H, K, V)
-                row = f"| {name} | {str(dtype)[6:]} | {err:.1e} | {'yes' if ok else '**NO**'} |"
-            except Exception as e:  # noqa: BLE001
-                ok, row = False, f"| {name} | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} | |"
-            failed += not ok
-            lines.append(row)
-            print(row, flush=True)
+                return f"{err:.1e}", ok
+            failed += not _row(lines, f"| {name} | {str(dtype)[6:]} |", varlen, 2)
     for dtype in (torch.float32, torch.bfloat16) if want("titans") else ():
-        try:
+        def memory_varlen(dtype=dtype):
             err, ok = check_memory_varlen(dtype, H, K, V)
-            row = f"| titans (memory='linear') | {str(dtype)[6:]} | {err:.1e} | {'yes' if ok else '**NO**'} |"
-        except Exception as e:  # noqa: BLE001
-            ok, row = False, f"| titans (memory='linear') | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} | |"
-        failed += not ok
-        lines.append(row)
-        print(row, flush=True)
+            return f"{err:.1e}", ok
+        failed += not _row(lines, f"| titans (memory='linear') | {str(dtype)[6:]} |", memory_varlen, 2)
     lines.append(f"\n{failed} failing rows")
     with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
