@@ -286,6 +286,7 @@ def main(argv=None) -> int:
         if unknown:
             ap.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
     if args.render:
+        os.makedirs(args.out, exist_ok=True)
         md = render(args.render.split(","), [
             "# Kernel benchmark (rendered from the CSVs of the runs named below)", "",
             f"bf16, H={H}, K=V={D}, B·T={TOKENS}; ms = median of triton.testing.do_bench; floor = "

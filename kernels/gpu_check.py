@@ -294,8 +294,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
-                    "also chunk_key, chunk_delta, titans, fused (the scalar one-pass forward), and repeat (every "
-                    "mixer's repeat check)")
+                    "also chunk_key, chunk_delta, titans, fused (the one-pass forwards; fused:NAME for one "
+                    "mixer's), and repeat (every mixer's repeat check)")
     args = ap.parse_args(argv)
     _poison()
     B, T, H, K, V = (1, 130, 2, 32, 32) if args.quick else (2, 1000, 4, 64, 64)
@@ -374,7 +374,8 @@ def main(argv=None) -> int:
                 failed += not ok
                 lines.append(row)
                 print(row, f"({time.time() - t0:.1f}s)", flush=True)
-    if want("fused"):  # the one-pass forwards, forced on (they are off by default)
+    fused_only = {n.split(":", 1)[1] for n in only if n.startswith("fused:")}
+    if want("fused") or fused_only:  # the one-pass forwards, forced on (they are off by default)
         import kernels.delta.chunk as dlt
         import kernels.diag.chunk as dc
 
@@ -387,6 +388,8 @@ def main(argv=None) -> int:
             for name, opts, least in (("mamba2", {}, 1), ("mamba2", {}, 10 ** 4),
                                       ("linear_attention", {"feature_map": "elu1", "normalize": True}, 1),
                                       ("deltanet", {}, 1), ("gated_deltanet", {}, 1)):
+                if fused_only and name not in fused_only:
+                    continue
                 # least = 1: one pass per sequence; 10⁴: sequences cut into segments (scalar family)
                 dc.FUSED_MIN_PROGRAMS = least
                 mode = "one pass" if least == 1 else "segments"

@@ -72,7 +72,9 @@ def profile(kinds: list[str], T: int) -> None:
                     print(f"   {t:8.3f} ms  {name[:90]}", flush=True)
 
 
-def launch(kinds: list[str], T: int) -> None:
+def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
+    """Times each scalar/key kernel under every warps × stages setting (one kernel varied at a time;
+    the one-pass forward also under each value tile FUSED_BV)."""
     import kernels.diag.chunk as scalar_mod
     import kernels.diag.chunk_key as key_mod
 
@@ -81,27 +83,33 @@ def launch(kinds: list[str], T: int) -> None:
             continue
         inp = bench._inputs(bench.TOKENS // T, T, kind)
         base = {k: dict(v) for k, v in mod.LAUNCH.items()}
-        fused = getattr(mod, "FUSED_FORWARD", None)
+        fused, fused_bv = getattr(mod, "FUSED_FORWARD", None), getattr(mod, "FUSED_BV", None)
         try:
             for name in base:
+                if names and name not in names:
+                    continue
                 if fused is not None:   # the one-pass forward runs only while it is being timed
                     mod.FUSED_FORWARD = name == "fused_fwd"
                 res = []
-                for nw, ns in itertools.product((2, 4, 8), (1, 2, 3)):
+                bvs = (16, 32, 64, 128) if name == "fused_fwd" else (None,)
+                for nw, ns, bv in itertools.product((2, 4, 8), (1, 2, 3), bvs):
                     mod.LAUNCH[name] = dict(num_warps=nw, num_stages=ns)
+                    if bv is not None:
+                        mod.FUSED_BV = bv
                     try:
                         t = kernel_times(bench._ours(kind), inp, backward=True, iters=3)
-                        res.append((t.get(f"_{name}_kernel", float("nan")), nw, ns))
+                        res.append((t.get(f"_{name}_kernel", float("nan")), nw, ns, bv))
                     except Exception:  # noqa: BLE001 - out of resources: not a candidate
-                        res.append((float("inf"), nw, ns))
+                        res.append((float("inf"), nw, ns, bv))
                 mod.LAUNCH[name] = base[name]
-                res.sort()
-                best = " ".join(f"warps {nw}/stages {ns}: {t:.3f}" for t, nw, ns in res[:4])
+                res.sort(key=lambda r: r[0])
+                best = " ".join(f"warps {nw}/stages {ns}" + (f"/BV {bv}" if bv else "") + f": {t:.3f}"
+                                for t, nw, ns, bv in res[:4])
                 print(f"{kind} {name} (now {base[name]}): {best}; slowest {res[-1][0]:.3f} ms", flush=True)
         finally:
             mod.LAUNCH.update(base)
             if fused is not None:
-                mod.FUSED_FORWARD = fused
+                mod.FUSED_FORWARD, mod.FUSED_BV = fused, fused_bv
 
 
 # Candidate launch settings of the delta-rule kernels (kernels/delta/chunk.py), per LAUNCH key.
@@ -128,7 +136,7 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
     few = mod._few(bench.TOKENS // T * bench.H, bench.D, mod._tiles(bench.D, bench.D)[3], torch.device("cuda"))
     base, fused = dict(mod.LAUNCH), mod.FUSED_FORWARD
     try:
-        for name in names or DELTA_GRID:
+        for name in [n for n in names or DELTA_GRID if n in DELTA_GRID]:
             grid = DELTA_GRID[name]
             key = f"{name}_few" if few and name in ("state", "dstate") else name
             mod.FUSED_FORWARD = name == "state_out"
@@ -161,18 +169,24 @@ def main(argv=None) -> int:
                     help="comma-separated kinds (scalar, key, delta, gdn)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
     ap.add_argument("--kernels", default=None,
-                    help=f"launch, delta/gdn only: comma-separated kernels of {sorted(DELTA_GRID)} (default all)")
+                    help=f"launch: comma-separated kernels, delta/gdn of {sorted(DELTA_GRID)}, scalar/key of "
+                    "their LAUNCH tables (e.g. fused_fwd); default all")
     args = ap.parse_args(argv)
     names = None if args.kernels is None else args.kernels.split(",")
-    if names is not None and set(names) - set(DELTA_GRID):
-        ap.error(f"--kernels: unknown {sorted(set(names) - set(DELTA_GRID))}; known: {sorted(DELTA_GRID)}")
+    if names is not None:
+        import kernels.diag.chunk as scalar_mod
+        import kernels.diag.chunk_key as key_mod
+
+        known = set(DELTA_GRID) | set(scalar_mod.LAUNCH) | set(key_mod.LAUNCH)
+        if set(names) - known:
+            ap.error(f"--kernels: unknown {sorted(set(names) - known)}; known: {sorted(known)}")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the kernels are timed there)")
     ops = args.ops.split(",")
     if args.what == "profile":
         profile(ops, args.T)
         return 0
-    launch([o for o in ops if o in ("scalar", "key")], args.T)
+    launch([o for o in ops if o in ("scalar", "key")], args.T, names)
     for kind in (o for o in ops if o in ("delta", "gdn")):
         launch_delta(kind, args.T, names)
     return 0

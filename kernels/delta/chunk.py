@@ -13,8 +13,8 @@ V [C, V], β [C], the chunk-local cumulative log decay G [C] (G = 0 without a ga
 T is inverted in 16 × 16 sub-blocks: each diagonal block by forward substitution in registers,
 the blocks below the diagonal by block forward substitution (a few 16 × 16 matrix products).
 Only the state kernel walks the chunks in order, one program per (sequence, head, value tile);
-the others run every chunk at once. With FUSED_FORWARD on (not yet the default) the state kernel
-also writes O and the output kernel is skipped.
+the others run every chunk at once. Where it is faster (FUSED_FORWARD) the state kernel also writes
+O and the output kernel is skipped.
 
 Backward, with dO and dS' (the gradient of the state leaving the chunk)::
 
@@ -703,17 +703,25 @@ def _few(NH: int, V: int, BV: int, device) -> bool:
 
 
 # The one-pass forward: the state scan also writes the outputs (no output kernel; per-chunk states
-# and pseudo-values stored only for a backward), where the scan has a program per SM. Off until it is
-# timed on the GPU against the two-pass forward (`python -m kernels.bench --ops delta --impls
-# ours,ours-fused`).
-FUSED_FORWARD = False
+# and pseudo-values stored only for a backward), where the scan has a program per SM. FUSED_FORWARD:
+# None (default) where the H200 measured it faster (`python -m kernels.bench --ops delta,gdn --impls
+# ours,ours-fused`, bf16, H = 16, K = V = 128, B·T = 32K, 2026-12-01): DeltaNet's forward 0.68 vs
+# 0.90 ms at T = 1K–4K, 0.81 vs 0.95 at 8K (fwd+bwd 2.87 vs 2.89); Gated DeltaNet's lost (1.00 vs
+# 0.97), so gated mixers keep two passes, as does everything off CUDA. True: wherever it can run
+# (tests, the GPU check, the benchmark's ours-fused); False: never.
+FUSED_FORWARD: bool | None = None
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
-def _one_pass(NH: int, V: int, BV: int, KP: int, device) -> bool:
-    """Whether the forward runs as one pass: FUSED_FORWARD, K ≤ 128, and a program per SM."""
+def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: bool) -> bool:
+    """Whether the forward runs as one pass: FUSED_FORWARD (None: ungated, on CUDA), K ≤ 128, and a
+    program per SM."""
+    if FUSED_FORWARD is False or KP > 128:
+        return False
+    if FUSED_FORWARD is None and (gated or torch.device(device).type != "cuda"):
+        return False
     least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
-    return FUSED_FORWARD and KP <= 128 and NH * triton.cdiv(V, BV) >= least
+    return NH * triton.cdiv(V, BV) >= least
 
 
 def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
@@ -733,7 +741,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
     w = _empty(Tt, H, K, dtype=inter, device=dev)
     u = _empty(Tt, H, V, dtype=inter, device=dev)
-    fused = _one_pass(N * H, V, BVF, KP, dev)
+    fused = _one_pass(N * H, V, BVF, KP, dev, gated)
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)

@@ -10,8 +10,8 @@ cumulative log decay and S_c the state entering chunk c (fla's orientation, S �
 
 The two state kernels are the only sequential parts (one program per head and state tile walks the
 chunks); the others run every chunk at once. Every exponent is ≤ 0, so nothing overflows.
-With FUSED_FORWARD on (not yet the default), the forward is one pass instead (_fused_fwd_kernel,
-over segments of the sequences where they are too few: _segment_pass_kernel joins them).
+Where it is faster (FUSED_FORWARD), the forward is one pass instead (_fused_fwd_kernel, over
+segments of the sequences where they are too few: _segment_pass_kernel joins them).
 
 Numerics. Each exponent is a sum of the g between its two rows (G from the chunk start, G_L − G as a
 reverse sum, G_i − G_j by a cumulative sum down each column of the pair matrix), never a difference
@@ -43,7 +43,7 @@ BT = 64  # chunk length
 # Launch settings per kernel (warps, pipelining stages): the fastest of warps {2, 4, 8} x stages
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01; dqdk 0.61 ms here vs 1.07 with the 8 warps ptxas's spill report had suggested).
-LAUNCH = {"fused_fwd": dict(num_warps=8, num_stages=2),   # not measured yet (FUSED_FORWARD is off)
+LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096 (8 warps: 0.66)
           "state": dict(num_warps=4, num_stages=2), "output": dict(num_warps=4, num_stages=3),
           "dstate": dict(num_warps=4, num_stages=2), "dqdk": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=3)}
@@ -432,29 +432,38 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
     return max(16, next_pow2(K)), max(16, next_pow2(V))
 
 
-# The one-pass forward (_fused_fwd_kernel) instead of the state and output kernels, where it has at
-# least one program per SM (short sequences, large batch; with B = 1 and T = 32K it would walk 512
-# chunks with 32 programs). Off until it is timed on the GPU against the two-pass forward
-# (`python -m kernels.bench --ops scalar --impls ours,ours-fused`).
-FUSED_FORWARD = False
+# The one-pass forward (_fused_fwd_kernel) instead of the state and output kernels. FUSED_FORWARD:
+# None (default) where the H200 measured it faster (`python -m kernels.bench --ops scalar --impls
+# ours,ours-fused`, bf16, H = 16, K = V = 128, B·T = 32K, 2026-12-01): without a backward where
+# there is a program per SM (forward 0.48 vs 0.56 ms at T = 1K–4K; with a backward storing its
+# states it was 2.06 vs 2.03 ms), and cut into segments where there are at most a quarter as many
+# programs as SMs (T = 32K, B = 1: forward 0.99 vs 1.29, fwd+bwd 3.24 vs 3.44; at T = 16K, half as
+# many, the segments lost: 0.95 vs 0.86); two passes elsewhere and off CUDA. True: wherever it can
+# run (tests, the GPU check, the benchmark's ours-fused); False: never.
+FUSED_FORWARD: bool | None = None
 FUSED_BV = 64   # value tile of the one-pass forward
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
-def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device) -> int | None:
+def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool) -> int | None:
     """How the forward runs: None for the two-pass kernels, else the one-pass forward over that many
     segments per sequence. One segment where there is a program per SM already; an equal-length batch
     with too few sequence-heads (long T, small B) is cut into segments that run in parallel, joined by
     a short scan over the segments' own states (_segment_pass_kernel); a packed batch with too few
-    keeps the two-pass kernels."""
-    if not FUSED_FORWARD or K > 128:
+    keeps the two-pass kernels. ``backward``: whether the forward must store states for one."""
+    if FUSED_FORWARD is False or K > 128:
+        return None
+    auto = FUSED_FORWARD is None
+    if auto and torch.device(device).type != "cuda":
         return None
     least = FUSED_MIN_PROGRAMS
     if least is None:
         least = sm_count(device)
     programs = N * H * triton.cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
     if programs >= least:
-        return 1
+        return None if auto and backward else 1
+    if auto and 4 * programs > least:
+        return None
     dense = getattr(offsets, "_dense", None)
     if dense is None:
         return None
@@ -490,10 +499,9 @@ class ChunkScalarDecay(torch.autograd.Function):
         NC = chunk_indices.shape[0]
         decay, prec = int(g is not None), _prec(q.dtype)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
-        nseg = _fused_segments(offsets, N, H, V, K, q.device)
+        keep = any(ctx.needs_input_grad[:5])   # the per-chunk states are only needed by a backward
+        nseg = _fused_segments(offsets, N, H, V, K, q.device, keep)
         if nseg is not None:
-            # the states are only needed by the backward
-            keep = any(ctx.needs_input_grad[:5])
             h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
             o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
             BVf = min(FUSED_BV, BV)

@@ -210,7 +210,7 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
-    segments = dc._fused_segments(seq_bounds(None, 2, T, "cpu"), 2, 2, 24, 16, torch.device("cpu"))
+    segments = dc._fused_segments(seq_bounds(None, 2, T, "cpu"), 2, 2, 24, 16, torch.device("cpu"), True)
     assert segments == ({67: 2, 130: 3, 323: 3}[T] if least else 1)
     _, inp = random_case("mamba2", {}, B=2, T=T, H=2, K=16, V=24, seed=T)
     g = inp["g"] if decay == "scalar" else None
@@ -229,6 +229,30 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
     for name, a, b in zip(leaves, _grads(o, S, list(leaves.values()), 4), _grads(o_ref, S_ref, list(ref_in.values()), 4)):
         assert rel_err(a, b) < TOL, f"d{name}: {rel_err(a, b):.2e}"
     assert len(fused_forward) == 2
+
+
+def test_fused_forward_default_rule(monkeypatch):
+    """FUSED_FORWARD = None picks the one-pass forward where the H200 measured it faster: without a
+    backward where there is a program per SM (132 SMs; B·T = 32K, H = 16, V = 128: 2 value tiles),
+    cut into segments where there are at most a quarter as many programs; never off CUDA."""
+    import kernels.diag.chunk as dc
+
+    assert dc.FUSED_FORWARD is None
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 132)   # stands in for the H200's SM count
+    cuda = torch.device("cuda")
+
+    def rule(B, T, backward, device=cuda):
+        return dc._fused_segments(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, backward)
+
+    assert [rule(8, 4096, False), rule(8, 4096, True)] == [1, None]
+    assert [rule(2, 16384, False), rule(2, 16384, True)] == [None, None]
+    assert rule(1, 32768, False) == rule(1, 32768, True) == 9
+    assert rule(8, 4096, False, torch.device("cpu")) is None
+    assert dc._fused_segments(seq_bounds(None, 8, 4096, "cpu"), 8, 16, 128, 256, cuda, False) is None  # K > 128
+    monkeypatch.setattr(dc, "FUSED_FORWARD", False)
+    assert rule(8, 4096, False) is None and rule(1, 32768, True) is None
+    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
+    assert rule(8, 4096, True) == 1 and rule(2, 16384, True) == 5
 
 
 def test_fused_forward_varlen(fused_forward):
