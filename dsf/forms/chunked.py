@@ -44,18 +44,20 @@ def _chunk_view(x: Tensor, C: int, chunk_major: bool = False) -> Tensor:
     return x.permute(1, 0, 3, 2, *range(4, x.dim())) if chunk_major else x.movedim(3, 1)
 
 
-def _to_chunks(x: Tensor, C: int, chunk_major: bool = False, scale: Tensor | None = None) -> Tensor:
+def _to_chunks(x: Tensor, C: int, chunk_major: bool = False, scale: Tensor | None = None,
+               divide: bool = False) -> Tensor:
     """:func:`_chunk_view` copied into contiguous memory, times ``scale`` (broadcast in the chunked
-    layout) if given."""
+    layout) if given, or divided by it with ``divide``."""
     x = _chunk_view(x, C, chunk_major)
     # One copy into head-major order, so every batched matmul below reads contiguous matrices; a
     # scale is applied in that same pass.
     if scale is None:
         return x.contiguous()
+    op = torch.div if divide else torch.mul
     if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):
-        return (x * scale).contiguous()
+        return op(x, scale).contiguous()
     out = torch.empty(torch.broadcast_shapes(x.shape, scale.shape), dtype=x.dtype, device=x.device)
-    return torch.mul(x, scale, out=out)
+    return op(x, scale, out=out)
 
 
 def _from_chunks(x: Tensor, T: int, chunk_major: bool = False) -> Tensor:
@@ -184,7 +186,7 @@ def _chunked_core(terms: LinearTerms, S: Tensor, C: int) -> tuple[Tensor, Tensor
         # in float32), applied to queries and keys in the pass that lays them out in chunks.
         eG = torch.exp(G[..., None] if terms.decay == "scalar" else G)
         qs = _to_chunks(terms.q, C, chunk_major=True, scale=eG)
-        ks = _to_chunks(terms.k, C, chunk_major=True, scale=torch.reciprocal(eG))
+        ks = _to_chunks(terms.k, C, chunk_major=True, scale=eG, divide=True)   # no 1/e^G pass
         return _chunked_factored(terms.decay, qs, ks, x, G[:, :, :, -1], S, T)
     q, k = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k))   # [N, B, H, C, K]
     if terms.decay == "scalar":
@@ -335,11 +337,18 @@ def _unit_lower_inverse(A: Tensor, base: int = 16) -> Tensor:
     """(I + strict_lower(A))⁻¹ for a batch [M, n, n], by halves: the diagonal blocks of every matrix
     are inverted together (one batched call per level) and the block below is −D⁻¹ C A⁻¹. LAPACK's
     triangular solve is slow on many small matrices (~16 µs per 64 × 64 on our CPUs); this is ~20%
-    faster at n = 64."""
+    faster at n = 64. Without autograd (it writes in place)."""
     n = A.shape[-1]
     if n <= base:
-        eye = torch.eye(n, dtype=A.dtype, device=A.device).expand(A.shape)
-        return torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)
+        # Forward substitution a column at a time, with the batch as the last (contiguous) axis: each
+        # step is one elementwise update of all M matrices, 3x faster than LAPACK's per-matrix
+        # solve for 1024 matrices of 16 × 16.
+        At = A.permute(1, 2, 0).contiguous()                           # [n, n, M]
+        X = torch.zeros_like(At)
+        X.diagonal(0, 0, 1).fill_(1)
+        for j in range(n - 1):
+            X[j + 1:, :j + 1].addcmul_(At[j + 1:, j:j + 1], X[j:j + 1, :j + 1], value=-1)
+        return X.permute(2, 0, 1).contiguous()
     h, m = n // 2, A.shape[0]
     if n % 2 == 0:
         inv = _unit_lower_inverse(torch.cat([A[:, :h, :h], A[:, h:, h:]]), base)
