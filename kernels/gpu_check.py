@@ -289,6 +289,14 @@ def _row(lines: list[str], head: str, run, pad: int) -> bool:
     return ok
 
 
+DTYPES = {torch.float32, torch.bfloat16, torch.float16}   # narrowed by --dtypes
+
+
+def _pick(*dtypes):
+    """The dtypes of a section that --dtypes selects."""
+    return tuple(d for d in dtypes if d in DTYPES)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -296,7 +304,15 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
                     "also chunk_key, chunk_delta, titans, fused (the one-pass forwards; fused:NAME for one "
                     "mixer's), and repeat (every mixer's repeat check)")
+    ap.add_argument("--dtypes", default="float32,bfloat16,float16",
+                    help="comma-separated dtypes to check (default all three)")
     args = ap.parse_args(argv)
+    known = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    unknown = [d for d in args.dtypes.split(",") if d not in known]
+    if unknown:
+        ap.error(f"--dtypes: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    global DTYPES
+    DTYPES = {known[d] for d in args.dtypes.split(",")}
     _poison()
     B, T, H, K, V = (1, 130, 2, 32, 32) if args.quick else (2, 1000, 4, 64, 64)
     lines = [f"# GPU check: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
@@ -313,7 +329,7 @@ def main(argv=None) -> int:
             continue
         info = kernels.supports(dsf.zoo.get(name, **opts))
         for form in ("chunked", "recurrent"):
-            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
                 t0 = time.time()
                 try:
                     errs, ok = check(name, opts, dtype, form, B, T, H, K, V)
@@ -326,7 +342,7 @@ def main(argv=None) -> int:
                 lines.append(row)
                 print(row, f"({time.time() - t0:.1f}s)", flush=True)
     for form in ("chunked", "recurrent") if want("titans") else ():  # Titans' linear memory: (S, Z)
-        for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
             t0 = time.time()
             try:
                 errs, ok = check_memory(dtype, form, B, T, H, K, V)
@@ -342,7 +358,7 @@ def main(argv=None) -> int:
         lines += ["", "| chunk_diag(decay='key') B, T, H, K, V | decays | dtype | o | state | worst grad | (which) "
                   "| ok |", "|---|---|---|---|---|---|---|---|"]
         for kB, kT, kH, kK, kV, regime in [(1, 130, 2, 32, 32, "bursts")] if args.quick else KEY_SHAPES:
-            for dtype in (torch.float32, torch.bfloat16, torch.float16):
+            for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
                 t0, shape = time.time(), f"{kB}, {kT}, {kH}, {kK}, {kV}"
                 try:
                     errs, ok = check_key_chunk(dtype, kB, kT, kH, kK, kV, regime)
@@ -393,7 +409,7 @@ def main(argv=None) -> int:
                 # least = 1: one pass per sequence; 10⁴: sequences cut into segments (scalar family)
                 dc.FUSED_MIN_PROGRAMS = least
                 mode = "one pass" if least == 1 else "segments"
-                for dtype in (torch.float32, torch.bfloat16, torch.float16):
+                for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
                     def one_pass(name=name, opts=opts, dtype=dtype):
                         errs, ok = check(name, opts, dtype, "chunked", B, T, H, K, V)
                         # (the delta repeat at this shape runs one pass only where it has a program per SM)
@@ -408,24 +424,25 @@ def main(argv=None) -> int:
     lines += ["", f"| repeated (B={rB}, T={rT}, H={rH}, K=V={rK}) | dtype | tensors that differ | largest "
               "difference | (which) | ok |", "|---|---|---|---|---|---|"]
     for name in REPEAT_MIXERS:
-        for dtype in (torch.float32, torch.bfloat16, torch.float16) if want(name) or "repeat" in only else ():
+        for dtype in _pick(torch.float32, torch.bfloat16, torch.float16) if want(name) or "repeat" in only else ():
             def repeat(name=name, dtype=dtype):
                 n, worst, which = check_repeat(name, dtype, rB, rT, rH, rK, rK)
                 return f"{n} | {worst:.1e} | {which}", n == 0
             failed += not _row(lines, f"| {name} | {str(dtype)[6:]} |", repeat, 4)
     lines += ["", "| varlen (cu_seqlens [0, 1, 1, 300, 1000]) | dtype | worst error | ok |", "|---|---|---|---|"]
     for name in ("mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention"):
-        for dtype in (torch.float32, torch.bfloat16) if want(name) else ():
+        for dtype in _pick(torch.float32, torch.bfloat16) if want(name) else ():
             def varlen(name=name, dtype=dtype):
                 err, ok = check_varlen(name, dtype, H, K, V)
                 return f"{err:.1e}", ok
             failed += not _row(lines, f"| {name} | {str(dtype)[6:]} |", varlen, 2)
-    for dtype in (torch.float32, torch.bfloat16) if want("titans") else ():
+    for dtype in _pick(torch.float32, torch.bfloat16) if want("titans") else ():
         def memory_varlen(dtype=dtype):
             err, ok = check_memory_varlen(dtype, H, K, V)
             return f"{err:.1e}", ok
         failed += not _row(lines, f"| titans (memory='linear') | {str(dtype)[6:]} |", memory_varlen, 2)
     lines.append(f"\n{failed} failing rows")
+    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"{failed} failing rows")
