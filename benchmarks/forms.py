@@ -1,6 +1,6 @@
 """CPU timings of the forms: recurrent vs chunked at T=4096, and how chunked and parallel scale in T.
 
-    python -m benchmarks.forms [--quick] [--out benchmarks/results]
+    python -m benchmarks.forms [--quick] [--out benchmarks/results] [--malloc keep|glibc]
 
 Writes ``forms_cpu.md`` (tables, command, machine) and ``forms_cpu.csv`` (one row per timing).
 """
@@ -8,11 +8,13 @@ Writes ``forms_cpu.md`` (tables, command, machine) and ``forms_cpu.csv`` (one ro
 from __future__ import annotations
 
 import argparse
+import ctypes
 import csv
 import datetime
 import math
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -37,6 +39,28 @@ DEFAULT_COPIES = 8
 # A warm-up slower than this counts as a sample and one more run follows: one-off costs are
 # negligible at that size, and repeating a 100 s call (deltanet's Φ at T=8192) is not worth it.
 SLOW_S = 10.0
+# glibc malloc, kept (--malloc keep): memory the forms free stays in the process. With glibc's own
+# dynamic thresholds, whether a call's large temporaries come back as fresh pages (a page fault per
+# 4 KB: up to ~4,000 a call, ~30% of a chunked DeltaNet call) depends on the heap's history, so the
+# same call ran 15 or 21 ms from one process to the next. Both forms run under the same setting.
+MALLOC_KEEP = {"M_TRIM_THRESHOLD": (-1, 1 << 30), "M_MMAP_THRESHOLD": (-3, 32 << 20)}
+
+
+def keep_freed_memory() -> str:
+    """Sets glibc's trim and mmap thresholds (MALLOC_KEEP); returns what was done, for the report."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = all(libc.mallopt(code, value) == 1 for code, value in MALLOC_KEEP.values())
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        return "glibc malloc not found: the allocator's defaults"
+    return ("glibc malloc with freed memory kept in the process (trim threshold 1 GiB, mmap threshold "
+            "32 MiB; `--malloc glibc` keeps glibc's dynamic defaults)")
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 FULL = dict(T_speedup=4096, Ts=(256, 512, 1024, 2048, 4096, 8192), T_recurrent_max=4096, repeats=5)
 QUICK = dict(T_speedup=128, Ts=(32, 64, 128), T_recurrent_max=128, repeats=1)
@@ -76,19 +100,22 @@ class Bench:
         calls = {"recurrent": lambda: dsf.recurrent(name, **x),
                  "chunked": lambda: dsf.chunked(name, chunk_size=CHUNK, **x)}
         samples: dict[str, list[float]] = {f: [] for f in calls}
+        faults: dict[str, list[int]] = {f: [] for f in calls}
         with torch.no_grad():
             for fn in calls.values():
                 fn()
             for _ in range(self.repeats):
                 for form, fn in calls.items():
-                    t0 = time.perf_counter()
+                    f0, t0 = _faults(), time.perf_counter()
                     fn()
                     samples[form].append(time.perf_counter() - t0)
+                    faults[form].append(_faults() - f0)
         for form, ts in samples.items():
             self.rows[(name, form, T)] = dict(mixer=name, form=form, T=T,
                                               chunk_size=CHUNK if form == "chunked" else "",
                                               seconds=statistics.median(ts), min_seconds=min(ts),
-                                              samples=len(ts), note="paired")
+                                              samples=len(ts), note="paired",
+                                              page_faults=statistics.median(faults[form]))
         self.ratios[name] = [r / c for r, c in zip(samples["recurrent"], samples["chunked"])]
         ratio = statistics.median(self.ratios[name])
         self.log(f"  {name:15s} T={T:5d}  recurrent {statistics.median(samples['recurrent']):.4f} s, "
@@ -165,13 +192,15 @@ def report(bench: Bench, cfg: dict, command: str, load: tuple) -> tuple[str, lis
         speedups[name] = sp
         rows.append([f"`{name}`", spec.family, str(spec.transition), _secs(rec, True),
                      _secs(chk, True), f"{sp:.1f}x", f"{min(ratios):.1f}x – {max(ratios):.1f}x",
-                     "yes" if sp >= REQUIRED_SPEEDUP else "**no**"])
+                     "yes" if sp >= REQUIRED_SPEEDUP else "**no**",
+                     f"{rec.get('page_faults', 0):.0f} / {chk.get('page_faults', 0):.0f}"])
     lines += ["Each mixer's two forms are timed alternately (recurrent, chunked, recurrent, ...), so each "
               "pair of runs sees the same machine state; the speedup is the median of the per-pair "
               "ratios, their range beside it.", ""]
     lines += _table(["mixer", "family", "Λ structure", "recurrent (s) median / min",
                      "chunked (s) median / min", "speedup (median of pairs)", "range over pairs",
-                     f"≥ {REQUIRED_SPEEDUP:g}x (median)"], rows)
+                     f"≥ {REQUIRED_SPEEDUP:g}x (median)", "page faults a call (median, rec / chunked)"],
+                    rows)
     short = [n for n, s in speedups.items() if s < REQUIRED_SPEEDUP]
     lines += ["", (f"Short of {REQUIRED_SPEEDUP:g}x: {', '.join(short)}." if short
                    else f"Every mixer reaches {REQUIRED_SPEEDUP:g}x.")]
@@ -213,7 +242,8 @@ def report(bench: Bench, cfg: dict, command: str, load: tuple) -> tuple[str, lis
               f"- torch {torch.__version__}, {torch.get_num_threads()} threads ({cfg['threads']}), "
               f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
               f"- load average (1 min) at start {load[0]:.2f}, at end {load[1]:.2f}: other "
-              "processes on the machine make the small-op recurrent loop especially noisy", ""]
+              "processes on the machine make the small-op recurrent loop especially noisy",
+              f"- memory: {cfg['malloc']}", ""]
     csv_rows = [dict(section="speedup" if T == T0 and n in SPEEDUP_MIXERS and f != "parallel"
                      else "scaling", **r) for (n, f, T), r in bench.rows.items()]
     return "\n".join(lines), csv_rows
@@ -243,11 +273,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="benchmarks/results", help="output directory")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per point")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--malloc", choices=("keep", "glibc"), default="keep",
+                   help="keep: freed memory stays in the process (glibc's trim and mmap thresholds "
+                   "fixed, so timings do not depend on when glibc returns pages); glibc: its defaults")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     cfg["threads"] = "set by --threads" if args.threads else "torch default"
     if args.repeats:
         cfg["repeats"] = args.repeats
+    cfg["malloc"] = keep_freed_memory() if args.malloc == "keep" else "glibc malloc with its defaults"
     command = "python -m benchmarks.forms " + " ".join(sys.argv[1:] if argv is None else argv)
     load0 = os.getloadavg()[0]
     threads = torch.get_num_threads()
@@ -263,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "forms_cpu.md").write_text(md)
     with open(out / "forms_cpu.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["section", "mixer", "form", "T", "chunk_size", "seconds",
-                                          "min_seconds", "samples", "note"])
+                                          "min_seconds", "samples", "note", "page_faults"])
         w.writeheader()
         w.writerows(rows)
     print(md)

@@ -16,12 +16,15 @@ def test_quick_run_writes_reports(tmp_path, capsys):
     # One thread: on a loaded 2-core machine torch's second thread can stall each of the recurrent
     # loop's tiny ops, which makes the smoke run 10x slower without changing what it checks.
     threads = torch.get_num_threads()
-    assert main(["--quick", "--threads", "1", "--out", str(tmp_path)]) == 0
+    # --malloc glibc: the allocator of the pytest process stays as it was
+    assert main(["--quick", "--threads", "1", "--malloc", "glibc", "--out", str(tmp_path)]) == 0
     assert torch.get_num_threads() == threads
     md = (tmp_path / "forms_cpu.md").read_text()
     rows = list(csv.DictReader(open(tmp_path / "forms_cpu.csv")))
     assert "python -m benchmarks.forms --quick" in md
     assert "torch" in md and "speedup" in md and "Fitted exponent" in md
+    assert "page faults a call" in md and "glibc malloc with its defaults" in md
+    assert all(r["page_faults"] != "" for r in rows if r["section"] == "speedup")
     for name in SPEEDUP_MIXERS:
         assert f"`{name}`" in md
     timed = {(r["mixer"], r["form"]) for r in rows if float(r["seconds"]) > 0}
