@@ -47,6 +47,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._common import check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds, sm_count
+from .._tl import chunk_span, state_tile
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
 
@@ -292,18 +293,10 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     one-pass forward); then S and Vn are stored only with STORE_H, for a backward."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    eos = tl.load(offsets + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = tl.arange(0, KP)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_state = o_k[:, None] * V + o_v[None, :]
-    b_S = tl.zeros([KP, BV], dtype=tl.float32)
-    if HAS_H0:
-        b_S += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    m_k, m_v, m_kv, p_state, b_S = state_tile(h0, i_nh, o_k, o_v, K, V, KP, BV, HAS_H0)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -418,18 +411,10 @@ def _dstate_kernel(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offse
     (read from dvn, written to dvno: the same buffer unless dVn is kept in bf16)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    eos = tl.load(offsets + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = tl.arange(0, KP)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_state = o_k[:, None] * V + o_v[None, :]
-    b_dS = tl.zeros([KP, BV], dtype=tl.float32)
-    if HAS_DHT:
-        b_dS += tl.load(dht + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    m_k, m_v, m_kv, p_state, b_dS = state_tile(dht, i_nh, o_k, o_v, K, V, KP, BV, HAS_DHT)
     for i in range(0, MAXC):
         c = nc - 1 - i
         ok = c >= 0

@@ -42,6 +42,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import next_pow2
+from .._tl import chunk_span, state_tile
 from . import recurrent as _recurrent
 from .chunk import _state_dtype, chunk_layout, pick_launch
 
@@ -138,18 +139,10 @@ def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
     """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    eos = tl.load(offsets + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_state = o_k[:, None] * V + o_v[None, :]
-    b_h = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        b_h += tl.load(h0 + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     for c in range(0, MAXC):
         # chunks past a short sequence's end load nothing: e^0 keeps the state, zero keys add nothing
         ok = c < nc
@@ -301,18 +294,10 @@ def _dstate_kernel(qd, do, GL, dht, dh, dh0, offsets, chunk_offsets, MAXC,
     """dh[c] = gradient of the state leaving chunk c; walks the chunks backwards."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    eos = tl.load(offsets + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_state = o_k[:, None] * V + o_v[None, :]
-    b_dh = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        b_dh += tl.load(dht + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    m_k, m_v, m_kv, p_state, b_dh = state_tile(dht, i_nh, o_k, o_v, K, V, BK, BV, HAS_DHT)
     for i in range(0, MAXC):
         c = nc - 1 - i
         ok = c >= 0

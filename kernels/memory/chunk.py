@@ -38,6 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import next_pow2
+from .._tl import chunk_span, state_tile
 from ..diag.chunk import chunk_layout
 
 __all__ = ["ChunkTitans", "CHUNK_SIZES"]
@@ -200,21 +201,12 @@ def _state_kernel(k, w1, w2, u, coef, cend, e, s0, z0, hs, hz, st, zt, offsets, 
     """Walk one sequence's chunks: store the entering (S, Z) and the errors E of every chunk."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    eos = tl.load(offsets + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_i = tl.arange(0, BT)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_state = o_k[:, None] * V + o_v[None, :]
-    b_S = tl.zeros([BK, BV], dtype=tl.float32)
-    b_Z = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_H0:
-        b_S += tl.load(s0 + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.)
-        b_Z += tl.load(z0 + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.)
+    m_k, m_v, m_kv, p_state, b_S = state_tile(s0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
+    _, _, _, _, b_Z = state_tile(z0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -297,22 +289,13 @@ def _dstate_kernel(q, k, w1, w2, cm, coef, cend, do, dst, dzt, dhs, dhz, ds0, dz
     """Walk the chunks backwards: store the gradient of the (S, Z) leaving every chunk."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    eos = tl.load(offsets + i_n + 1).to(tl.int64)
-    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
-    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_i = tl.arange(0, BT)
     low = o_i[:, None] >= o_i[None, :]
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    m_k, m_v = o_k < K, o_v < V
-    m_kv = m_k[:, None] & m_v[None, :]
-    p_state = o_k[:, None] * V + o_v[None, :]
-    b_dS = tl.zeros([BK, BV], dtype=tl.float32)
-    b_dZ = tl.zeros([BK, BV], dtype=tl.float32)
-    if HAS_DHT:
-        b_dS += tl.load(dst + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.)
-        b_dZ += tl.load(dzt + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.)
+    m_k, m_v, m_kv, p_state, b_dS = state_tile(dst, i_nh, o_k, o_v, K, V, BK, BV, HAS_DHT)
+    _, _, _, _, b_dZ = state_tile(dzt, i_nh, o_k, o_v, K, V, BK, BV, HAS_DHT)
     for i in range(0, MAXC):
         c = nc - 1 - i
         ok = c >= 0

@@ -1,0 +1,30 @@
+"""Triton helpers shared by the chunked kernel families: where a sequential chunk scan starts."""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def chunk_span(offsets, chunk_offsets, i_n):
+    """Sequence i_n's tokens [bos, eos) and its chunks c0 … c0 + nc − 1 in the packed chunk list
+    (int64, so offsets times the head and state sizes do not overflow)."""
+    bos = tl.load(offsets + i_n).to(tl.int64)
+    eos = tl.load(offsets + i_n + 1).to(tl.int64)
+    c0 = tl.load(chunk_offsets + i_n).to(tl.int64)
+    nc = tl.load(chunk_offsets + i_n + 1).to(tl.int64) - c0
+    return bos, eos, c0, nc
+
+
+@triton.jit
+def state_tile(init, i_nh, o_k, o_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+               HAS_INIT: tl.constexpr):
+    """Rows o_k and columns o_v ([BK], [BV]) of a [K, V] state: their masks, the tile's offsets in the
+    state, and its starting value in fp32 — sequence-head i_nh's state in ``init`` (with HAS_INIT),
+    else zeros."""
+    m_k, m_v = o_k < K, o_v < V
+    m_kv = m_k[:, None] & m_v[None, :]
+    p_state = o_k[:, None] * V + o_v[None, :]
+    b = tl.zeros([BK, BV], dtype=tl.float32)
+    if HAS_INIT:
+        b += tl.load(init + i_nh.to(tl.int64) * K * V + p_state, mask=m_kv, other=0.0).to(tl.float32)
+    return m_k, m_v, m_kv, p_state, b
