@@ -9,7 +9,7 @@ from pathlib import Path
 # benchmarks/ is not an installed package: import it from the checkout, however pytest was started.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.forms import SCALING_MIXERS, SPEEDUP_MIXERS, fit_exponent, main
+from benchmarks.forms import CHUNKS, SCALING_MIXERS, SPEEDUP_MIXERS, fit_exponent, main
 
 
 def test_quick_run_writes_reports(tmp_path, capsys):
@@ -25,8 +25,13 @@ def test_quick_run_writes_reports(tmp_path, capsys):
     assert "torch" in md and "speedup" in md and "Fitted exponent" in md
     assert "page faults a call" in md and "glibc malloc with its defaults" in md
     assert all(r["page_faults"] != "" for r in rows if r["section"] == "speedup")
+    assert "Speedup (median over rounds) by chunk size" in md and "best chunk size" in md
     for name in SPEEDUP_MIXERS:
         assert f"`{name}`" in md
+        # every chunk size was timed in the same rounds as the recurrent form
+        sizes = {r["chunk_size"] for r in rows if r["section"] == "speedup" and r["mixer"] == name
+                 and r["form"] == "chunked" and float(r["seconds"]) > 0}
+        assert sizes == {str(C) for C in CHUNKS}
     timed = {(r["mixer"], r["form"]) for r in rows if float(r["seconds"]) > 0}
     for name in SCALING_MIXERS:
         assert {(name, "recurrent"), (name, "chunked"), (name, "parallel")} <= timed
