@@ -286,8 +286,8 @@ def main(argv=None) -> int:
         unknown = [x for x in given.split(",") if x not in known]
         if unknown:
             ap.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    os.makedirs(args.out, exist_ok=True)
     if args.render:
-        os.makedirs(args.out, exist_ok=True)
         md = render(args.render.split(","), [
             "# Kernel benchmark (rendered from the CSVs of the runs named below)", "",
             f"bf16, H={H}, K=V={D}, B·T={TOKENS}; ms = median of triton.testing.do_bench; floor = "
