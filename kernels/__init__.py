@@ -30,7 +30,7 @@ from dsf.forms import prepare
 from dsf.spec import MixerSpec, Transition
 from dsf.terms import LinearTerms
 
-from ._common import check_cu_seqlens
+from ._common import MAX_HEAD_DIM, MIN_HEAD_DIM, check_cu_seqlens
 
 __all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer"]
 
@@ -67,6 +67,18 @@ def supports(mixer: str | MixerSpec) -> dict[str, Any] | None:
     return None
 
 
+def _direct_plans() -> dict:
+    # Lowerings that only scale q: their decoding step needs no PyTorch op around the kernel, so
+    # compile().step is a single launch with the scale applied inside it. Keyed by the lowering
+    # function itself, so a custom spec with its own lowering takes the general path.
+    from dsf.zoo.decay import lower_gla, lower_mamba2
+    from dsf.zoo.delta import lower_deltanet, lower_gated_deltanet
+
+    # lowering → (family, decay, name of the gate input and its trailing dims beyond [B, H])
+    return {lower_mamba2: ("diag", "scalar", "g", 0), lower_gla: ("diag", "key", "gk", 1),
+            lower_deltanet: ("delta", None, None, 0), lower_gated_deltanet: ("delta", "scalar", "g", 0)}
+
+
 def describe(mixer: str | MixerSpec) -> str:
     """One short line for the zoo table."""
     s = supports(mixer)
@@ -85,6 +97,7 @@ class CompiledMixer:
                                       f"({spec.transition}); use dsf.chunked on the CPU")
         self.spec, self.family = spec, info["family"]
         self.info = info
+        self._direct = _direct_plans().get(spec.lower)
 
     def __repr__(self) -> str:
         return f"CompiledMixer({self.spec.name!r}, family={self.family!r})"
@@ -105,6 +118,10 @@ class CompiledMixer:
 
         With ``inplace=True`` a tensor state is updated in place (and returned).
         """
+        if self._direct is not None:
+            out = self._direct_step(state, inplace, inputs)
+            if out is not None:
+                return out
         spec = self.spec
         one = {}
         for inp in spec.inputs:
@@ -126,6 +143,53 @@ class CompiledMixer:
                     old.copy_(x)
             new = state
         return o[:, 0], new
+
+    def _direct_step(self, state: Any, inplace: bool, inputs: dict) -> tuple[Tensor, Tensor] | None:
+        """The step of a spec whose lowering only scales q, as one kernel launch and nothing else.
+
+        Returns None (the general path, which also words any error) unless the inputs are plain
+        well-formed tensors for it: [B, H, K] queries and keys, [B, H, V] values, [B, H] gate and
+        β, an fp32 state of [B, H, K, V] (contiguous when updated in place), no autograd.
+        """
+        family, decay, gate, gate_dims = self._direct
+        names = ("q", "k", "v") + ((gate,) if gate else ()) + (("beta",) if family == "delta" else ())
+        if set(inputs) - set(names) - {"scale"} or not isinstance(state, Tensor):
+            return None
+        ts = [inputs.get(n) for n in names]
+        if not all(isinstance(t, Tensor) for t in ts):
+            return None
+        q, k, v = ts[:3]
+        if q.dim() != 3 or k.shape != q.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
+            return None
+        B, H, K = q.shape
+        V = v.shape[2]
+        if tuple(state.shape) != (B, H, K, V) or state.dtype != torch.float32 or not (
+                MIN_HEAD_DIM <= K <= MAX_HEAD_DIM and MIN_HEAD_DIM <= V <= MAX_HEAD_DIM):
+            return None
+        if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16,
+                                                                     torch.bfloat16):
+            return None
+        shapes = {gate: (B, H, K) if gate_dims else (B, H), "beta": (B, H)}
+        if any(not t.is_floating_point() or tuple(t.shape) != shapes[n] for n, t in zip(names[3:], ts[3:])):
+            return None
+        if any(t.device != q.device for t in ts) or state.device != q.device:
+            return None
+        if inplace and not state.is_contiguous():
+            return None
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (state, *ts)):
+            return None
+        scale = inputs.get("scale")
+        scale = K ** -0.5 if scale is None else scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+            return None
+        g = inputs.get(gate) if gate else None
+        if family == "delta":
+            from .delta import delta_step
+
+            return delta_step(state, q, k, v, inputs["beta"], g, inplace=inplace, scale=scale)
+        from .diag import diag_step
+
+        return diag_step(state, q, k, v, decay, g, inplace=inplace, scale=scale)
 
     def _fast_step(self, one: dict, state: Any, inplace: bool) -> tuple[Tensor, Tensor] | None:
         """Diagonal and delta families: one launch that reads and writes the state once.

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
 from torch import Tensor
 
 __all__ = ["interpreting", "check_device", "check_head_dim", "check_cu_seqlens", "next_pow2",
-           "ensure_contiguous", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds", "sm_count"]
+           "ensure_contiguous", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds", "sm_count", "step_bounds",
+           "check_scale"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 
@@ -72,6 +74,26 @@ def seq_bounds(cu_seqlens: Tensor | None, B: int, T: int, device) -> Tensor:
         offsets._dense = (B, T)
         return offsets
     return cu_seqlens.to(device=device, dtype=torch.int64)
+
+
+_STEP_BOUNDS: dict[tuple[int, str], Tensor] = {}
+
+
+def step_bounds(B: int, device) -> Tensor:
+    """Offsets 0..B (one token a sequence) for the decoding steps, made once per (B, device): a
+    fresh arange every token would be a launch of its own."""
+    key = (B, str(torch.device(device)))
+    bounds = _STEP_BOUNDS.get(key)
+    if bounds is None:
+        bounds = _STEP_BOUNDS[key] = torch.arange(B + 1, dtype=torch.int64, device=device)
+    return bounds
+
+
+def check_scale(op: str, scale) -> float:
+    """The query scale as a finite Python float (the kernels take it as a number)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"{op}: scale must be a finite number, got {scale!r}")
+    return float(scale)
 
 
 def sm_count(device) -> int:

@@ -165,10 +165,10 @@ def decode_bench(rows, bw=None):
         with torch.no_grad():
             ours = do_bench(lambda: m.step(state, inplace=True, **one))
             if kind == "scalar":
-                raw = do_bench(lambda: diag_step(state, one["q"] * s, one["k"], one["v"], "scalar", one["g"]))
+                raw = do_bench(lambda: diag_step(state, one["q"], one["k"], one["v"], "scalar", one["g"], scale=s))
             else:
-                raw = do_bench(lambda: delta_step(state, one["q"] * s, one["k"], one["v"],
-                                                  one["beta"].to(one["q"].dtype), one["g"]))
+                raw = do_bench(lambda: delta_step(state, one["q"], one["k"], one["v"], one["beta"], one["g"],
+                                                  scale=s))
         row = {"op": f"decode step B={B} ({name})", "ours step (compile)": ours, "ours raw kernel": raw}
         t1 = {n: x.unsqueeze(1) for n, x in one.items()}
         try:

@@ -276,6 +276,40 @@ def check_memory_varlen(dtype, H, K, V):
     return worst, worst < TOL[dtype]
 
 
+STEP_MIXERS = (("mamba2", {}), ("gla", {}), ("deltanet", {}), ("gated_deltanet", {}), ("retnet", {}),
+                ("linear_attention", {"feature_map": "elu1", "normalize": True}),
+                ("softmax_attention", {}))
+
+
+def check_step(name, opts, dtype, B, T0, T, H, K, V, seed=0, device="cuda"):
+    """compile().step over T tokens after a prefix of T0 (its state from the chunked kernel; updated in
+    place for a tensor state) against the float64 recurrence over all T0 + T tokens."""
+    spec = dsf.zoo.get(name, **opts)
+    inp = spec.random_inputs(B, T0 + T, H, K, V, dtype=torch.float64, device=device, seed=seed)
+    o_ref, S_ref = dsf.recurrent(spec, **inp)
+    m = kernels.compile(spec)
+    timed = {i.name for i in spec.inputs if "T" in i.dims}
+    low = {n: x.to(dtype) for n, x in inp.items()}
+    with torch.no_grad():
+        _, state = m.chunked(output_final_state=True, **{n: x[:, :T0] if n in timed else x
+                                                          for n, x in low.items()})
+        tensor_state = isinstance(state, torch.Tensor)
+        if tensor_state:
+            state = state.float().contiguous()
+        outs = []
+        for t in range(T0, T0 + T):
+            o, new = m.step(state, inplace=tensor_state, **{n: x[:, t] if n in timed else x
+                                                            for n, x in low.items()})
+            if tensor_state and new is not state:
+                raise AssertionError("step(inplace=True) returned a new state")
+            state = new
+            outs.append(o)
+    errs = {"o": rel_err(torch.stack(outs, 1).double(), o_ref[:, T0:])}
+    if tensor_state:
+        errs["state"] = rel_err(state.double(), S_ref)
+    return errs, all(e < TOL[dtype] for e in errs.values())
+
+
 def _row(lines: list[str], head: str, run, pad: int) -> bool:
     """One table row: ``run()`` gives (cells, ok); a raised error becomes the row instead. The row is
     appended to ``lines`` and printed; returns ok."""
@@ -303,7 +337,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
                     "also chunk_key, chunk_delta, titans, fused (the one-pass forwards; fused:NAME for one "
-                    "mixer's), and repeat (every mixer's repeat check)")
+                    "mixer's), repeat (every mixer's repeat check) and step (every mixer's decode-step check)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     args = ap.parse_args(argv)
@@ -429,6 +463,15 @@ def main(argv=None) -> int:
                 n, worst, which = check_repeat(name, dtype, rB, rT, rH, rK, rK)
                 return f"{n} | {worst:.1e} | {which}", n == 0
             failed += not _row(lines, f"| {name} | {str(dtype)[6:]} |", repeat, 4)
+    sB, sT0, sT = (2, 9, 3) if args.quick else (64, 100, 8)
+    lines += ["", f"| decode step (compile().step, B={sB}, {sT} tokens after {sT0}, H={H}, K=V={K}) | options "
+              "| dtype | o | state | ok |", "|---|---|---|---|---|---|"]
+    for name, opts in STEP_MIXERS:
+        for dtype in _pick(torch.float32, torch.bfloat16, torch.float16) if want(name) or "step" in only else ():
+            def step(name=name, opts=opts, dtype=dtype):
+                e, ok = check_step(name, opts, dtype, sB, sT0, sT, H, K, V)
+                return f"{e['o']:.1e} | {e['state']:.1e}" if "state" in e else f"{e['o']:.1e} | —", ok
+            failed += not _row(lines, f"| {name} | {opts or ''} | {str(dtype)[6:]} |", step, 3)
     lines += ["", "| varlen (cu_seqlens [0, 1, 1, 300, 1000]) | dtype | worst error | ok |", "|---|---|---|---|"]
     for name in ("mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention"):
         for dtype in _pick(torch.float32, torch.bfloat16) if want(name) else ():

@@ -38,7 +38,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds
+from .._common import (check_cu_seqlens, check_device, check_head_dim, check_scale, next_pow2,
+                       seq_bounds, step_bounds)
 
 __all__ = ["fused_recurrent_delta", "delta_step", "CHECKPOINT_INTERVAL"]
 
@@ -76,7 +77,7 @@ def _blocks(K: int, V: int, kind: str) -> tuple[int, int, int]:
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _fwd_kernel(q, k, v, beta, g, o, h0, ht, ckpt, bounds, ck_off, C,
+def _fwd_kernel(q, k, v, beta, g, o, h0, ht, ckpt, bounds, ck_off, C, scale,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr,
                 USE_G: tl.constexpr, USE_H0: tl.constexpr, STORE_HT: tl.constexpr,
@@ -114,7 +115,7 @@ def _fwd_kernel(q, k, v, beta, g, o, h0, ht, ckpt, bounds, ck_off, C,
             if i % C == 0:  # the state before steps 0, C, 2C, ... of this sequence
                 tl.store(p_c, b_S, mask=m_kv)
                 p_c += H * K * V
-        b_q = tl.load(p_q, mask=m_k, other=0.).to(tl.float32)
+        b_q = tl.load(p_q, mask=m_k, other=0.).to(tl.float32) * scale
         b_k = tl.load(p_k, mask=m_k, other=0.).to(tl.float32)
         b_v = tl.load(p_v, mask=m_v, other=0.).to(tl.float32)
         b_beta = tl.load(p_b).to(tl.float32)
@@ -251,7 +252,7 @@ def _fwd(q, k, v, beta, g, h0, bounds, N, output_final_state, save_ckpt, C):
         _fwd_kernel[(N * H, NV)](
             q, k, v, beta, q if g is None else g, o, q if h0 is None else h0,
             q if ht is None else ht, q if ckpt is None else ckpt, bounds,
-            bounds if ck_off is None else ck_off, C,
+            bounds if ck_off is None else ck_off, C, 1.0,
             H=H, K=K, V=V, BK=BK, BV=BV, USE_G=g is not None, USE_H0=h0 is not None,
             STORE_HT=ht is not None, SAVE_CKPT=save_ckpt, num_warps=num_warps)
     return o, ht, ckpt, ck_off
@@ -395,10 +396,11 @@ def fused_recurrent_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
 
 
 def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
-               inplace: bool = True) -> tuple[Tensor, Tensor]:
+               inplace: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """One decoding token per sequence in one launch (inference only, no autograd).
 
-    state [B, H, K, V], q, k [B, H, K] (q already scaled), v [B, H, V], beta, g [B, H]. Returns
+    state [B, H, K, V], q, k [B, H, K] (q multiplied by ``scale`` in the kernel), v [B, H, V], beta,
+    g [B, H]. Returns
     ``(o [B, H, V], state)``: with ``inplace`` the fp32 contiguous ``state`` is updated and returned,
     otherwise a new fp32 state is returned and ``state`` (any float dtype) is left alone.
     """
@@ -423,6 +425,7 @@ def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: 
         _need_float(op, "g", g)
     check_head_dim(op, "K", K)
     check_head_dim(op, "V", V)
+    scale = check_scale(op, scale)
     _check_same(op, "state", state, (B, H, K, V), "[B, H, K, V]")
     _need_float(op, "state", state)
     if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):
@@ -435,10 +438,10 @@ def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: 
     o = _empty(B, H, V, dtype=v.dtype, device=v.device)
     BK, BV, num_warps = _blocks(K, V, "step")
     if B * H > 0:
-        bounds = torch.arange(B + 1, dtype=torch.int64, device=q.device)
+        bounds = step_bounds(B, q.device)
         with torch.no_grad():
             _fwd_kernel[(B * H, triton.cdiv(V, BV))](
-                q, k, v, beta, q if g is None else g, o, h0, ht, q, bounds, bounds, 1,
+                q, k, v, beta, q if g is None else g, o, h0, ht, q, bounds, bounds, 1, scale,
                 H=H, K=K, V=V, BK=BK, BV=BV, USE_G=g is not None, USE_H0=True, STORE_HT=True,
                 SAVE_CKPT=False, num_warps=num_warps)
     return o, ht

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import next_pow2
+from .._common import check_scale, next_pow2, step_bounds
 
 # decay kinds, as constexpr codes
 NONE, SCALAR, KEY, VALUE = 0, 1, 2, 3
@@ -53,7 +53,7 @@ def _decay(b_h, g, base, o_k, o_v, mk, mv, ok, K: tl.constexpr, V: tl.constexpr,
 
 
 @triton.jit
-def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, T, MAXLEN,
+def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, T, MAXLEN, scale,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                 DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -74,7 +74,7 @@ def _fwd_kernel(q, k, v, g, h0, o, ht, offsets, T, MAXLEN,
         ok = i < eos - bos
         base = (bos + i) * H + i_h
         mk, mv = m_k & ok, m_v & ok
-        b_q = tl.load(q + base * K + o_k, mask=mk, other=0.0).to(tl.float32)
+        b_q = tl.load(q + base * K + o_k, mask=mk, other=0.0).to(tl.float32) * scale
         b_k = tl.load(k + base * K + o_k, mask=mk, other=0.0).to(tl.float32)
         b_v = tl.load(v + base * V + o_v, mask=mv, other=0.0).to(tl.float32)
         b_h = _decay(b_h, g, base, o_k, o_v, mk, mv, ok, K, V, DECAY)
@@ -232,7 +232,7 @@ class FusedRecurrentDiag(torch.autograd.Function):
         o = _empty(Tt, H, V, dtype=v.dtype, device=v.device)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=v.device) if store_ht else None
         grid = (triton.cdiv(V, BV), N * H)
-        _fwd_kernel[grid](q, k, v, g, h0, o, ht, offsets, Tt, _maxlen(offsets), H=H, K=K, V=V, BK=BK, BV=BV,
+        _fwd_kernel[grid](q, k, v, g, h0, o, ht, offsets, Tt, _maxlen(offsets), 1.0, H=H, K=K, V=V, BK=BK, BV=BV,
                           DECAY=_CODES[decay], HAS_H0=h0 is not None, STORE_HT=store_ht)
         ctx.save_for_backward(q, k, v, g, h0, offsets)
         ctx.decay = decay
@@ -282,10 +282,10 @@ def _step_blocks(K: int, V: int) -> tuple[int, int, int]:
 
 
 def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor | None = None,
-              inplace: bool = True) -> tuple[Tensor, Tensor]:
+              inplace: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """One decoding token per sequence in one launch (inference only, no autograd).
 
-    state [B, H, K, V]; q, k [B, H, K] (q already scaled); v [B, H, V]; g [B, H] (scalar decay),
+    state [B, H, K, V]; q, k [B, H, K] (q multiplied by ``scale`` in the kernel); v [B, H, V]; g [B, H] (scalar decay),
     [B, H, K] (key-wise) or [B, H, V] (value-wise). Returns ``(o [B, H, V], state)``: with
     ``inplace`` the contiguous float32 ``state`` is updated and returned; otherwise a new float32
     state is returned and ``state`` is left alone.
@@ -312,6 +312,7 @@ def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none
         raise ValueError(f"{op}: state must have shape [B, H, K, V] = {(B, H, K, V)}, got {tuple(state.shape)}")
     if decay not in _CODES:
         raise ValueError(f"{op}: decay must be one of {tuple(_CODES)}, got {decay!r}")
+    scale = check_scale(op, scale)
     want = {"none": None, "scalar": (B, H), "key": (B, H, K), "value": (B, H, V)}[decay]
     if (want is None) != (g is None) or (g is not None and tuple(g.shape) != want):
         raise ValueError(f"{op}: decay={decay!r} needs g of shape {want}, got "
@@ -334,9 +335,8 @@ def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none
         # Every (sequence, head) is one token long: offsets 0..B, one loop step, no host sync.
         # Each program reads its own [K, BV] slice of h0 before writing the same slice of ht,
         # so updating in place is safe.
-        bounds = torch.arange(B + 1, dtype=torch.int64, device=q.device)
         with torch.no_grad():
             _fwd_kernel[(triton.cdiv(V, BV), B * H)](
-                q, k, v, g, h0, o, ht, bounds, B, 1, H=H, K=K, V=V, BK=BK, BV=BV,
+                q, k, v, g, h0, o, ht, step_bounds(B, q.device), B, 1, scale, H=H, K=K, V=V, BK=BK, BV=BV,
                 DECAY=_CODES[decay], HAS_H0=True, STORE_HT=True, num_warps=num_warps)
     return o, ht

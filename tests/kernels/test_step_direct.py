@@ -1,0 +1,100 @@
+"""compile(mixer).step as one launch for the mixers whose lowering only scales q."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import dsf
+import kernels
+import kernels.delta.recurrent as delta_rec
+import kernels.diag.recurrent as diag_rec
+from dsf.testing import rel_err
+
+TOL = 1e-5
+DIRECT = {"mamba2": diag_rec, "gla": diag_rec, "deltanet": delta_rec, "gated_deltanet": delta_rec}
+
+
+def _token(name, B=2, H=2, K=16, V=8, seed=3, scale=None):
+    """One token of inputs ([B, H, ·]), a prefix state and the float64 reference step."""
+    x = dsf.random_inputs(name, B, 1, H, K, V, dtype=torch.float64, seed=seed)
+    S0 = torch.randn(B, H, K, V, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    extra = {} if scale is None else {"scale": scale}
+    o_ref, S_ref = dsf.recurrent(name, initial_state=S0, **x, **extra)
+    one = {n: t[:, 0].float() for n, t in x.items()}
+    return one, S0.float().contiguous(), o_ref[:, 0], S_ref, extra
+
+
+class _Ops(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("scale", [None, 0.3])
+@pytest.mark.parametrize("name", list(DIRECT))
+def test_direct_step_skips_the_lowering(name, scale, monkeypatch, count_launches):
+    one, state, o_ref, S_ref, extra = _token(name, scale=scale)
+    m = kernels.compile(name)
+    # no lowering on this path: prepare() may not be called
+    monkeypatch.setattr(kernels, "prepare", lambda *a, **k: pytest.fail("the step lowered its inputs"))
+    launches = count_launches(DIRECT[name], "_fwd_kernel")
+    with torch.no_grad():
+        o, new = m.step(state, inplace=True, **one, **extra)
+    assert new is state and len(launches) == 1
+    assert rel_err(o, o_ref) < TOL and rel_err(state, S_ref) < TOL
+
+
+@pytest.mark.parametrize("name", list(DIRECT))
+def test_direct_step_runs_no_torch_op_but_allocation(name, monkeypatch):
+    """Besides its one kernel, the step only allocates its output: no scaling, arange or copy op."""
+    one, state, *_ = _token(name)
+    m = kernels.compile(name)
+    with torch.no_grad():
+        m.step(state, inplace=True, **one)          # warm: the step's offsets are made once
+
+    class Skip:
+        def __getitem__(self, grid):
+            return lambda *a, **k: None
+    monkeypatch.setattr(DIRECT[name], "_fwd_kernel", Skip())
+    # the suite's NaN poisoning fills every buffer (a fill_ of its own): plain allocation here
+    monkeypatch.setattr(DIRECT[name], "_empty", lambda *shape, **kw: torch.empty(*shape, **kw))
+    with torch.no_grad(), _Ops() as seen:
+        m.step(state, inplace=True, **one)
+    assert set(seen.ops) <= {"empty", "empty_strided"}, seen.ops
+
+
+def test_general_path_still_words_the_errors():
+    """Inputs the single launch cannot take go through the lowering, whose errors name the mixer."""
+    one, state, *_ = _token("gated_deltanet")
+    m = kernels.compile("gated_deltanet")
+    with pytest.raises(ValueError, match="gated_deltanet"):
+        m.step(state, inplace=True, **{**one, "k": one["k"][..., :8]})
+    with pytest.raises(TypeError, match="gated_deltanet: v has dtype torch.float64"):
+        m.step(state, inplace=True, **{**one, "v": one["v"].double()})
+
+
+def test_direct_step_out_of_place_and_with_autograd():
+    one, state, o_ref, S_ref, _ = _token("mamba2")
+    m = kernels.compile("mamba2")
+    before = state.clone()
+    with torch.no_grad():
+        o, new = m.step(state, **one)
+    assert new is not state and torch.equal(state, before)
+    assert rel_err(o, o_ref) < TOL and rel_err(new, S_ref) < TOL
+    # a query that needs a gradient takes the differentiable path
+    q = one["q"].clone().requires_grad_()
+    o2, _ = m.step(state, **{**one, "q": q})
+    o2.sum().backward()
+    assert q.grad is not None and rel_err(o2.detach(), o_ref) < TOL
+
+
+def test_step_kernels_check_the_scale():
+    from kernels.diag import diag_step
+
+    q = torch.randn(1, 1, 16)
+    with pytest.raises(TypeError, match="diag_step: scale must be a finite number, got nan"):
+        diag_step(torch.zeros(1, 1, 16, 16), q, q, q, scale=float("nan"))
