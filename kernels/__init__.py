@@ -20,6 +20,7 @@ skip), so autograd covers it; the kernels do the recurrence, which is where the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -180,16 +181,17 @@ class CompiledMixer:
             return None
         scale = inputs.get("scale")
         scale = K ** -0.5 if scale is None else scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
             return None
         g = inputs.get(gate) if gate else None
+        # Every check of diag_step / delta_step is made above: straight to the launch.
         if family == "delta":
-            from .delta import delta_step
+            from .delta.recurrent import step_launch
 
-            return delta_step(state, q, k, v, inputs["beta"], g, inplace=inplace, scale=scale)
-        from .diag import diag_step
+            return step_launch(state, q, k, v, inputs["beta"], g, inplace, float(scale))
+        from .diag.recurrent import step_launch
 
-        return diag_step(state, q, k, v, decay, g, inplace=inplace, scale=scale)
+        return step_launch(state, q, k, v, decay, g, inplace, float(scale))
 
     def _fast_step(self, one: dict, state: Any, inplace: bool) -> tuple[Tensor, Tensor] | None:
         """Diagonal and delta families: one launch that reads and writes the state once.
