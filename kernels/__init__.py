@@ -20,7 +20,6 @@ skip), so autograd covers it; the kernels do the recurrence, which is where the 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -31,7 +30,7 @@ from dsf.forms import prepare
 from dsf.spec import MixerSpec, Transition
 from dsf.terms import LinearTerms
 
-from ._common import MAX_HEAD_DIM, MIN_HEAD_DIM, check_cu_seqlens
+from ._common import check_cu_seqlens
 
 __all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer"]
 
@@ -75,9 +74,9 @@ def _direct_plans() -> dict:
     from dsf.zoo.decay import lower_gla, lower_mamba2
     from dsf.zoo.delta import lower_deltanet, lower_gated_deltanet
 
-    # lowering → (family, decay, name of the gate input and its trailing dims beyond [B, H])
-    return {lower_mamba2: ("diag", "scalar", "g", 0), lower_gla: ("diag", "key", "gk", 1),
-            lower_deltanet: ("delta", None, None, 0), lower_gated_deltanet: ("delta", "scalar", "g", 0)}
+    # lowering → (family, decay, name of the gate input)
+    return {lower_mamba2: ("diag", "scalar", "g"), lower_gla: ("diag", "key", "gk"),
+            lower_deltanet: ("delta", None, None), lower_gated_deltanet: ("delta", "scalar", "g")}
 
 
 def describe(mixer: str | MixerSpec) -> str:
@@ -148,50 +147,34 @@ class CompiledMixer:
     def _direct_step(self, state: Any, inplace: bool, inputs: dict) -> tuple[Tensor, Tensor] | None:
         """The step of a spec whose lowering only scales q, as one kernel launch and nothing else.
 
-        Returns None (the general path, which also words any error) unless the inputs are plain
-        well-formed tensors for it: [B, H, K] queries and keys, [B, H, V] values, [B, H] gate and
-        β, an fp32 state of [B, H, K, V] (contiguous when updated in place), no autograd.
+        Returns None (the general path) for anything that step kernel does not take as it is: a
+        state not in fp32, inputs or options it does not know, autograd, or inputs its own checks
+        refuse — the general path then converts what it can and words any error for the mixer.
         """
-        family, decay, gate, gate_dims = self._direct
+        family, decay, gate = self._direct
         names = ("q", "k", "v") + ((gate,) if gate else ()) + (("beta",) if family == "delta" else ())
-        if set(inputs) - set(names) - {"scale"} or not isinstance(state, Tensor):
+        if set(inputs) - set(names) - {"scale"} or not isinstance(state, Tensor) or state.dtype != torch.float32:
             return None
         ts = [inputs.get(n) for n in names]
-        if not all(isinstance(t, Tensor) for t in ts):
-            return None
-        q, k, v = ts[:3]
-        if q.dim() != 3 or k.shape != q.shape or v.dim() != 3 or v.shape[:2] != q.shape[:2]:
-            return None
-        B, H, K = q.shape
-        V = v.shape[2]
-        if tuple(state.shape) != (B, H, K, V) or state.dtype != torch.float32 or not (
-                MIN_HEAD_DIM <= K <= MAX_HEAD_DIM and MIN_HEAD_DIM <= V <= MAX_HEAD_DIM):
-            return None
-        if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16,
-                                                                     torch.bfloat16):
-            return None
-        shapes = {gate: (B, H, K) if gate_dims else (B, H), "beta": (B, H)}
-        if any(not t.is_floating_point() or tuple(t.shape) != shapes[n] for n, t in zip(names[3:], ts[3:])):
-            return None
-        if any(t.device != q.device for t in ts) or state.device != q.device:
-            return None
-        if inplace and not state.is_contiguous():
+        if not all(isinstance(t, Tensor) for t in ts) or ts[0].dim() != 3:
             return None
         if torch.is_grad_enabled() and any(t.requires_grad for t in (state, *ts)):
             return None
         scale = inputs.get("scale")
-        scale = K ** -0.5 if scale is None else scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        scale = ts[0].shape[-1] ** -0.5 if scale is None else scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)):
             return None
         g = inputs.get(gate) if gate else None
-        # Every check of diag_step / delta_step is made above: straight to the launch.
-        if family == "delta":
-            from .delta.recurrent import step_launch
+        try:
+            if family == "delta":
+                from .delta import delta_step
 
-            return step_launch(state, q, k, v, inputs["beta"], g, inplace, float(scale))
-        from .diag.recurrent import step_launch
+                return delta_step(state, *ts[:3], inputs["beta"], g, inplace=inplace, scale=scale)
+            from .diag import diag_step
 
-        return step_launch(state, q, k, v, decay, g, inplace, float(scale))
+            return diag_step(state, *ts[:3], decay, g, inplace=inplace, scale=scale)
+        except (TypeError, ValueError):
+            return None   # refused before any launch: the general path says why, for this mixer
 
     def _fast_step(self, one: dict, state: Any, inplace: bool) -> tuple[Tensor, Tensor] | None:
         """Diagonal and delta families: one launch that reads and writes the state once.

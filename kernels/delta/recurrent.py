@@ -400,9 +400,9 @@ def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: 
     """One decoding token per sequence in one launch (inference only, no autograd).
 
     state [B, H, K, V], q, k [B, H, K] (q multiplied by ``scale`` in the kernel), v [B, H, V], beta,
-    g [B, H]. Returns
-    ``(o [B, H, V], state)``: with ``inplace`` the fp32 contiguous ``state`` is updated and returned,
-    otherwise a new fp32 state is returned and ``state`` (any float dtype) is left alone.
+    g [B, H]. Returns ``(o [B, H, V], state)``: with ``inplace`` the fp32 contiguous ``state`` is
+    updated and returned, otherwise a new fp32 state is returned and ``state`` (any float dtype) is
+    left alone.
     """
     op = "delta_step"
     _need_tensor(op, "state", state, 4, "[B, H, K, V]")
@@ -431,15 +431,6 @@ def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: 
     if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):
         raise ValueError(f"{op}: inplace=True needs a contiguous float32 state, got {state.dtype}"
                          f"{'' if state.is_contiguous() else ' (non-contiguous)'}")
-    return step_launch(state, q, k, v, beta, g, inplace, scale)
-
-
-def step_launch(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None,
-                inplace: bool, scale: float) -> tuple[Tensor, Tensor]:
-    """:func:`delta_step` after its checks, for callers that made them already (its launch, alone:
-    at one token a step the checks cost as much host time as the launch)."""
-    B, H, K = q.shape
-    V = v.shape[-1]
     q, k, v, beta = (t.contiguous() for t in (q, k, v, beta))
     g = None if g is None else g.contiguous()
     h0 = state if inplace else state.contiguous()

@@ -285,10 +285,10 @@ def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none
               inplace: bool = True, scale: float = 1.0) -> tuple[Tensor, Tensor]:
     """One decoding token per sequence in one launch (inference only, no autograd).
 
-    state [B, H, K, V]; q, k [B, H, K] (q multiplied by ``scale`` in the kernel); v [B, H, V]; g [B, H] (scalar decay),
-    [B, H, K] (key-wise) or [B, H, V] (value-wise). Returns ``(o [B, H, V], state)``: with
-    ``inplace`` the contiguous float32 ``state`` is updated and returned; otherwise a new float32
-    state is returned and ``state`` is left alone.
+    state [B, H, K, V]; q, k [B, H, K] (q multiplied by ``scale`` in the kernel); v [B, H, V]; g
+    [B, H] (scalar decay), [B, H, K] (key-wise) or [B, H, V] (value-wise). Returns
+    ``(o [B, H, V], state)``: with ``inplace`` the contiguous float32 ``state`` is updated and
+    returned; otherwise a new float32 state is returned and ``state`` is left alone.
     """
     op = "diag_step"
     for name, t, dims in (("state", state, "[B, H, K, V]"), ("q", q, "[B, H, K]"), ("k", k, "[B, H, K]"),
@@ -325,15 +325,6 @@ def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none
     if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):
         raise ValueError(f"{op}: inplace=True needs a contiguous float32 state, got {state.dtype}"
                          f"{'' if state.is_contiguous() else ' (non-contiguous)'}")
-    return step_launch(state, q, k, v, decay, g, inplace, scale)
-
-
-def step_launch(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str, g: Tensor | None,
-                inplace: bool, scale: float) -> tuple[Tensor, Tensor]:
-    """:func:`diag_step` after its checks, for callers that made them already (its launch, alone:
-    at one token a step the checks cost as much host time as the launch)."""
-    B, H, K = q.shape
-    V = v.shape[-1]
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     g = None if g is None else g.contiguous()
     h0 = state if inplace else state.float().contiguous()

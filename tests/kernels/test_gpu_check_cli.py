@@ -29,10 +29,10 @@ def test_step_check_passes_on_the_interpreter(name, opts):
 def test_step_check_catches_a_wrong_step(monkeypatch):
     import kernels.diag.recurrent as dr
 
-    real = dr.step_launch
+    real = dr.diag_step
 
     def off(state, q, k, v, *a, **kw):   # a step that reads the state but forgets the token's write
         return real(state, q, k * 0, v, *a, **kw)
-    monkeypatch.setattr(dr, "step_launch", off)
+    monkeypatch.setattr("kernels.diag.diag_step", off)
     _, ok = gpu_check.check_step("mamba2", {}, torch.float32, 2, 5, 3, 2, 16, 16, device="cpu")
     assert not ok
