@@ -2,6 +2,7 @@
 
     python -m kernels.sweep profile [--ops scalar,key,delta] [--T 4096]
     python -m kernels.sweep launch  [--ops scalar,key,delta,gdn] [--T 4096] [--kernels dqkw,...]
+    python -m kernels.sweep step    [--ops scalar,gdn]
 
 ``profile`` prints, for our chunked kernels and fla-core's, the wall time of forward and
 forward + backward (``triton.testing.do_bench``) and each CUDA kernel's time from torch.profiler.
@@ -9,7 +10,9 @@ forward + backward (``triton.testing.do_bench``) and each CUDA kernel's time fro
 (``kernels/diag/chunk_key.py``) chunked families under warps {2, 4, 8} x stages {1, 2, 3}, one
 kernel at a time, and prints the fastest settings beside the ones in ``LAUNCH``; with ``--ops delta``
 (or ``gdn``) it times the delta-rule kernels (``kernels/delta/chunk.py``) under the tiles, warps and
-stages of ``DELTA_GRID`` (``--kernels`` picks some). Shapes are the benchmark's: bf16, H=16,
+stages of ``DELTA_GRID`` (``--kernels`` picks some). ``step`` times the one-token decoding step
+(``compile(...).step`` of Mamba-2 or Gated DeltaNet at the decode benchmark's B=64, state in place)
+under every value tile and warp count of ``STEP_GRID``. Shapes are the benchmark's: bf16, H=16,
 K=V=128, B·T=32768.
 """
 
@@ -163,9 +166,53 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
         mod.FUSED_FORWARD = fused
 
 
+STEP_GRID = {"BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8)}
+
+
+def step(kinds: list[str], B: int = 64, device: str = "cuda") -> None:
+    """Times compile().step under each (BV, num_warps) of STEP_GRID by swapping the step's block
+    choice; prints the fastest beside the default."""
+    from triton.testing import do_bench
+
+    import kernels
+    import kernels.delta.recurrent as delta_rec
+    import kernels.diag.recurrent as diag_rec
+
+    for kind in kinds:
+        name = {"scalar": "mamba2", "gdn": "gated_deltanet"}[kind]
+        m = kernels.compile(name)
+        one = {n: x[:, 0].detach() for n, x in bench._inputs(B, 1, kind, grad=False).items()}
+        state = torch.zeros(B, bench.H, bench.D, bench.D, device=device)
+        if kind == "gdn":
+            mod, attr, real = delta_rec, "_blocks", delta_rec._blocks
+            default = real(bench.D, bench.D, "step")
+            pick = lambda cfg: (lambda K, V, k: (real(K, V, k)[0], cfg["BV"], cfg["num_warps"])  # noqa: E731
+                                if k == "step" else real(K, V, k))
+        else:
+            mod, attr, real = diag_rec, "_step_blocks", diag_rec._step_blocks
+            default = real(bench.D, bench.D)
+            pick = lambda cfg: (lambda K, V: (real(K, V)[0], cfg["BV"], cfg["num_warps"]))  # noqa: E731
+        res = []
+        try:
+            for values in itertools.product(*STEP_GRID.values()):
+                cfg = dict(zip(STEP_GRID, values))
+                setattr(mod, attr, pick(cfg))
+                with torch.no_grad():
+                    try:
+                        res.append((do_bench(lambda: m.step(state, inplace=True, **one)), cfg))
+                    except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
+                        print(f"   {name} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+        finally:
+            setattr(mod, attr, real)
+        res.sort(key=lambda r: r[0])
+        best = "; ".join(f"{t:.4f} {c}" for t, c in res[:4])
+        print(f"step {name} B={B} (now BV={default[1]}, num_warps={default[2]}): {best}; slowest "
+              f"{res[-1][0]:.4f}", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("profile", "launch"))
+    ap.add_argument("what", choices=("profile", "launch", "step"))
     ap.add_argument("--ops", default="scalar,key,delta",
                     help="comma-separated kinds (scalar, key, delta, gdn)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
@@ -186,6 +233,9 @@ def main(argv=None) -> int:
     ops = args.ops.split(",")
     if args.what == "profile":
         profile(ops, args.T)
+        return 0
+    if args.what == "step":
+        step([o for o in ops if o in ("scalar", "gdn")] or ["scalar", "gdn"])
         return 0
     launch([o for o in ops if o in ("scalar", "key")], args.T, names)
     for kind in (o for o in ops if o in ("delta", "gdn")):

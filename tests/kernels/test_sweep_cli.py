@@ -47,3 +47,47 @@ def test_scalar_sweep_times_the_one_pass_forward_forced_on_and_restores_the_rule
     assert [s for s in seen if s[0] is not True] and all(s[0] is False for s in seen if s[0] is not True)
     assert dc.FUSED_FORWARD is None and (dict(dc.LAUNCH["fused_fwd"]), dc.FUSED_BV) == before
     assert "warps 2/stages 1/BV 128" in capsys.readouterr().out   # the fastest of the fake timings
+
+
+def test_step_sweep_times_every_tile_and_restores_the_default(monkeypatch, capsys):
+    """Each (BV, num_warps) of STEP_GRID reaches the step kernel's launch; the block choice is
+    restored afterwards. Run on the CPU with a fake timer and small shapes."""
+    import triton.testing
+
+    import dsf
+    import kernels.delta.recurrent as delta_rec
+    import kernels.diag.recurrent as diag_rec
+
+    H, D = 2, 16
+    monkeypatch.setattr(sweep.bench, "H", H)
+    monkeypatch.setattr(sweep.bench, "D", D)
+    names = {"scalar": "mamba2", "gdn": "gated_deltanet"}
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad=False: dsf.random_inputs(
+        names[kind], B, T, H, D, D, dtype=torch.float32, seed=0))
+    seen = []
+    launches = {}
+    for mod in (diag_rec, delta_rec):
+        kernel = mod._fwd_kernel
+
+        class Recorder:
+            def __getitem__(self, grid, kernel=kernel, mod=mod):
+                def launch(*a, **kw):
+                    launches.setdefault(mod.__name__, []).append((kw["BV"], kw["num_warps"]))
+                    return kernel[grid](*a, **kw)
+                return launch
+        monkeypatch.setattr(mod, "_fwd_kernel", Recorder())
+
+    def fake_bench(fn):
+        fn()
+        seen.append(1)
+        return 1.0 / (1 + len(seen))   # later configs "faster"
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    before = diag_rec._step_blocks, delta_rec._blocks
+    sweep.step(["scalar", "gdn"], B=2, device="cpu")
+    n = len(sweep.STEP_GRID["BV"]) * len(sweep.STEP_GRID["num_warps"])
+    assert len(seen) == 2 * n
+    for mod in (diag_rec, delta_rec):
+        assert len(set(launches[mod.__name__])) == n   # every (BV, num_warps) was launched
+    assert (diag_rec._step_blocks, delta_rec._blocks) == before
+    out = capsys.readouterr().out
+    assert "step mamba2 B=2" in out and "step gated_deltanet B=2" in out
