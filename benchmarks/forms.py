@@ -94,18 +94,22 @@ class Bench:
         self.rows: dict[tuple[str, str, int], dict] = {}
         self.ratios: dict[str, dict[int, list[float]]] = {}   # mixer → chunk size → pair ratios
         self.sizes: dict[tuple[str, int], dict] = {}         # chunked rows at the other sizes
+        self._samples: dict[str, dict] = {}                  # mixer → form → seconds, every round
+        self._faults: dict[str, dict] = {}
 
     def paired(self, name: str, T: int) -> float:
         """Recurrent and chunked (at every size in CHUNKS) timed alternately, ``repeats`` rounds after
         a warm-up of each: all see the same machine state, so the ratio of a pair is immune to load
         that comes and goes between them (on a shared VM two timings can otherwise be minutes apart).
-        Stores the rows and returns the median of the per-pair ratios at the default chunk size."""
+        A later call adds its rounds to the earlier ones. Stores the rows and returns the median of
+        the per-round ratios at the default chunk size."""
         x = dsf.random_inputs(name, B, T, H, K, V, dtype=DTYPE, seed=0)
         calls = {"recurrent": lambda: dsf.recurrent(name, **x)}
         for C in CHUNKS:
             calls[C] = lambda C=C: dsf.chunked(name, chunk_size=C, **x)
-        samples: dict = {f: [] for f in calls}
-        faults: dict = {f: [] for f in calls}
+        # Rounds accumulate over the calls (one per block): the rows describe all of them.
+        samples = self._samples.setdefault(name, {f: [] for f in calls})
+        faults = self._faults.setdefault(name, {f: [] for f in calls})
         with torch.no_grad():
             for fn in calls.values():
                 fn()
@@ -208,11 +212,14 @@ def report(bench: Bench, cfg: dict, command: str, load: tuple) -> tuple[str, lis
                      f"{lo:.1f}x – {hi:.1f}x", "yes" if med[C_best] >= REQUIRED_SPEEDUP else "**no**",
                      f"{rec.get('page_faults', 0):.0f} / {chk.get('page_faults', 0):.0f}"])
         size_rows.append([f"`{name}`"] + [f"{med[C]:.1f}x" if C in med else "—" for C in CHUNKS])
+    blocks = len(SCALING_MIXERS) + 1
     lines += [f"Each mixer's recurrent form and its chunked form at every chunk size ({', '.join(map(str, CHUNKS))}) "
               "are timed in turn, round after round, so the runs of a round see the same machine state; "
-              "a speedup is the median over the rounds of recurrent / chunked, the range of the "
-              f"rounds' ratios at the best size beside it. The default chunk size ({CHUNK}) is what "
-              "`dsf.chunked` uses when none is given; the best one is the fastest on this machine.", ""]
+              f"{cfg['repeats']} rounds in each of {blocks} blocks, one before, between and after the "
+              "scaling sweeps of section 2, so the rounds sample the machine over the whole run. A speedup "
+              "is the median over all rounds of recurrent / chunked, the range of the rounds' ratios at "
+              f"the best size beside it. The default chunk size ({CHUNK}) is what `dsf.chunked` uses "
+              "when none is given; the best one is the fastest on this machine.", ""]
     lines += _table(["mixer", "family", "Λ structure", "recurrent (s) median / min",
                      f"chunked, chunk {CHUNK} (s) median / min", f"speedup, chunk {CHUNK}",
                      "best chunk size", "chunked, best (s) median / min", "speedup, best",
@@ -275,19 +282,26 @@ def report(bench: Bench, cfg: dict, command: str, load: tuple) -> tuple[str, lis
 
 
 def measure(cfg: dict) -> Bench:
-    """Every timing the report needs: recurrent vs chunked at one T, then the scaling sweep."""
+    """Every timing the report needs: recurrent vs chunked at one T, in blocks before, between and
+    after the scaling sweeps of SCALING_MIXERS, so its rounds sample the machine over the whole run
+    (its speed drifts over minutes on a shared host, beyond what one block of rounds sees)."""
     bench = Bench(cfg["repeats"], log=lambda s: print(s, flush=True))
     T0 = cfg["T_speedup"]
-    print(f"1. recurrent vs chunked at T={T0}", flush=True)
-    for name in SPEEDUP_MIXERS:
-        bench.paired(name, T0)
-    print("2. scaling in T", flush=True)
-    for name in SCALING_MIXERS:
+
+    def speedup_block(i):
+        print(f"1. recurrent vs chunked at T={T0}, block {i + 1} of {len(SCALING_MIXERS) + 1}", flush=True)
+        for name in SPEEDUP_MIXERS:
+            bench.paired(name, T0)
+
+    speedup_block(0)
+    for i, name in enumerate(SCALING_MIXERS):
+        print(f"2. scaling in T: {name}", flush=True)
         for T in cfg["Ts"]:
             bench.run(name, "chunked", T)
             bench.run(name, "parallel", T)
             if T <= cfg["T_recurrent_max"]:
                 bench.run(name, "recurrent", T)
+        speedup_block(i + 1)
     return bench
 
 

@@ -25,6 +25,8 @@ def test_quick_run_writes_reports(tmp_path, capsys):
     assert "torch" in md and "speedup" in md and "Fitted exponent" in md
     assert "page faults a call" in md and "glibc malloc with its defaults" in md
     assert all(r["page_faults"] != "" for r in rows if r["section"] == "speedup")
+    # one round (--quick) in each block: before, between and after the scaling sweeps
+    assert {int(r["samples"]) for r in rows if r["section"] == "speedup"} == {len(SCALING_MIXERS) + 1}
     assert "Speedup (median over rounds) by chunk size" in md and "best chunk size" in md
     for name in SPEEDUP_MIXERS:
         assert f"`{name}`" in md
