@@ -27,6 +27,7 @@ from torch import Tensor
 
 import dsf
 from dsf.forms import prepare
+from dsf.spec import resolve_inputs
 from dsf.spec import MixerSpec, Transition
 from dsf.terms import LinearTerms
 
@@ -106,6 +107,10 @@ class CompiledMixer:
     def chunked(self, *, initial_state: Tensor | None = None, output_final_state: bool = False,
                 cu_seqlens: Tensor | None = None, **inputs: Any) -> tuple[Tensor, Any]:
         """The training kernel: ``(o, final_state)``, differentiable in every input and state."""
+        if self._direct is not None:
+            out = self._direct_chunked(inputs, initial_state, output_final_state, cu_seqlens)
+            if out is not None:
+                return out
         return self._run("chunked", inputs, initial_state, output_final_state, cu_seqlens)
 
     def recurrent(self, *, initial_state: Tensor | None = None, output_final_state: bool = False,
@@ -143,6 +148,34 @@ class CompiledMixer:
                     old.copy_(x)
             new = state
         return o[:, 0], new
+
+    def _direct_chunked(self, inputs, initial_state, output_final_state, cu_seqlens):
+        """The chunked kernel of a spec whose lowering only scales q, given the scale instead: the
+        kernels apply it (diagonal family: as they store the output; delta rule: to q in its loads),
+        which saves a pass over q and its gradient. Same checks and errors as the lowering; None
+        (the general path) for a scale that is not a plain number or an initial state it refuses."""
+        family, decay, gate = self._direct
+        spec = self.spec
+        tensors, options = spec.split_kwargs(inputs)
+        scale = options.get("scale")
+        if set(options) - {"scale"} or isinstance(scale, bool) or not isinstance(scale, (int, float, type(None))):
+            return None
+        dims = resolve_inputs(spec, tensors)
+        B, T, H, K, V = (dims[d] for d in ("B", "T", "H", "K", "V"))
+        N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
+        if initial_state is not None and (not isinstance(initial_state, Tensor)
+                                          or tuple(initial_state.shape) != (N, H, K, V)):
+            return None   # the general path words the error
+        scale = K ** -0.5 if scale is None else float(scale)
+        q, k, v, g = tensors["q"], tensors["k"], tensors["v"], tensors.get(gate) if gate else None
+        kw = dict(initial_state=initial_state, output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+        if family == "delta":
+            from .delta import chunk_delta
+
+            return chunk_delta(q, k, v, tensors["beta"], g=g, scale=scale, **kw)
+        from .diag import chunk_diag
+
+        return chunk_diag(q, k, v, decay, g, scale=scale, **kw)
 
     def _direct_step(self, state: Any, inplace: bool, inputs: dict) -> tuple[Tensor, Tensor] | None:
         """The step of a spec whose lowering only scales q, as one kernel launch and nothing else.

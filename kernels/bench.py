@@ -54,9 +54,9 @@ def _ours(kind):
 
     s = D ** -0.5
     if kind == "scalar":
-        return lambda q, k, v, g: chunk_diag(q * s, k, v, "scalar", g)[0]
+        return lambda q, k, v, g: chunk_diag(q, k, v, "scalar", g, scale=s)[0]
     if kind == "key":
-        return lambda q, k, v, gk: chunk_diag(q * s, k, v, "key", gk)[0]
+        return lambda q, k, v, gk: chunk_diag(q, k, v, "key", gk, scale=s)[0]
     if kind == "delta":
         return lambda q, k, v, beta: chunk_delta(q, k, v, beta.to(q.dtype), scale=s)[0]
     if kind == "gdn":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._common import check_cu_seqlens, check_device, check_head_dim, seq_bounds
+from .._common import check_cu_seqlens, check_device, check_head_dim, check_scale, seq_bounds
 from .chunk import ChunkScalarDecay
 from .chunk_key import ChunkKeyDecay
 from .recurrent import FusedRecurrentDiag, diag_step
@@ -78,21 +78,25 @@ def fused_recurrent_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g
 
 def chunk_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor | None = None,
                initial_state: Tensor | None = None, output_final_state: bool = False,
-               cu_seqlens: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+               cu_seqlens: Tensor | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor | None]:
     """Chunked training kernel: same arguments and results as :func:`fused_recurrent_diag`.
 
-    No, scalar and key-wise decays run chunked (key-wise: ``chunk_key.py``, exact under strong
-    decays); value-wise decays fall back to the fused recurrent kernel (no chunked kernel yet).
+    The queries are taken times ``scale`` (applied as the kernels store the output, so no pass of
+    its own over q). No, scalar and key-wise decays run chunked (key-wise: ``chunk_key.py``, exact
+    under strong decays); value-wise decays fall back to the fused recurrent kernel (no chunked
+    kernel yet).
     """
-    if decay == "value":
-        return fused_recurrent_diag(q, k, v, decay, g, initial_state, output_final_state, cu_seqlens)
     op = "chunk_diag"
+    scale = check_scale(op, scale)
+    if decay == "value":
+        return fused_recurrent_diag(q if scale == 1.0 else q * scale, k, v, decay, g, initial_state,
+                                    output_final_state, cu_seqlens)
     qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
                                                            cu_seqlens)
     if decay == "key":
         if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise TypeError(f"{op}: decay='key' runs on float32/bfloat16/float16 inputs, got {q.dtype}")
-        o, ht = ChunkKeyDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state))
+        o, ht = ChunkKeyDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
         return o.reshape(B, T, H, V), ht
-    o, ht = ChunkScalarDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state))
+    o, ht = ChunkScalarDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
     return o.reshape(B, T, H, V), ht

@@ -146,7 +146,7 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
 
 
 @triton.jit
-def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices,
+def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices, scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr):
     """O of one chunk and value block; the key dim is walked in blocks of BK."""
@@ -176,12 +176,12 @@ def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices,
     b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                   other=0.0)
     b_o = b_o * tl.exp(b_G)[:, None] + tl.dot((b_A * b_D).to(b_v.dtype), b_v, input_precision=PREC)
-    tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+    tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
 
 @triton.jit
-def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC,
+def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr):
@@ -212,7 +212,8 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC,
         b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC) * tl.exp(b_G)[:, None]
         b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * _pair_decays(b_g, BT, DECAY, False, False)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty), mask=m_tv)
+        tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
+                 mask=m_tv)
         b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
         b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
@@ -467,10 +468,11 @@ class ChunkScalarDecay(torch.autograd.Function):
     """Autograd wrapper; tensors flattened to [T_total, H, ·], states [N, H, K, V] in fp32."""
 
     @staticmethod
-    def forward(ctx, q, k, v, g, h0, offsets, store_ht: bool):
+    def forward(ctx, q, k, v, g, h0, offsets, store_ht: bool, scale: float = 1.0):
         Tt, H, K = q.shape
         V = v.shape[-1]
         N = offsets.numel() - 1
+        ctx.scale = scale
         BK, BV = _tiles(K, V)
         chunk_offsets, chunk_indices, maxc = chunk_layout(offsets)
         NC = chunk_indices.shape[0]
@@ -485,7 +487,7 @@ class ChunkScalarDecay(torch.autograd.Function):
             launch = _launch("fused_fwd", q.dtype, K, V)
             if nseg == 1:
                 _fused_fwd_kernel[(triton.cdiv(V, BVf), N * H)](
-                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK,
+                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT, BK=BK,
                     BV=BVf, DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
                     **launch)
             else:
@@ -512,7 +514,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                     STORE_HT=store_ht)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(triton.cdiv(V, BVf), NS * H)](
-                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT,
+                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, H=H, K=K, V=V, BT=BT,
                     BK=BK, BV=BVf, DECAY=decay, HAS_H0=True, STORE_H=keep, STORE_HT=False, PREC=prec,
                     **launch)
             ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
@@ -526,7 +528,7 @@ class ChunkScalarDecay(torch.autograd.Function):
             **_launch("state", q.dtype, K, V))
         o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
         _output_kernel[(triton.cdiv(V, BVs), NC, H)](
-            q, k, v, g, h, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=min(BK, 64), BV=BVs,
+            q, k, v, g, h, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=min(BK, 64), BV=BVs,
             DECAY=decay, PREC=prec, **_launch("output", q.dtype, K, V))
         ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
         ctx.maxc = maxc
@@ -542,7 +544,8 @@ class ChunkScalarDecay(torch.autograd.Function):
         BK, BV = _tiles(K, V)
         BVs = min(BV, 64)
         decay, prec = int(g is not None), _prec(q.dtype)
-        do = do.contiguous()
+        # o = scale · (what the kernels compute): every gradient through o carries the scale
+        do = do.contiguous() if ctx.scale == 1.0 else do * ctx.scale
         dh = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
         _dstate_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BVs), N * H)](
@@ -565,4 +568,4 @@ class ChunkScalarDecay(torch.autograd.Function):
             DECAY=decay, PREC=prec, **_launch("dv", q.dtype, K, V))
         if want_dg:
             dg = (dg[0] if NKs == 1 else dg.sum(0)).to(g.dtype)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dh0, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dh0, None, None, None

@@ -259,7 +259,7 @@ def _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H: tl.constexpr, K: t
 
 
 @triton.jit
-def _output_kernel(qd, v, h, A, o, offsets, chunk_indices,
+def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, PREC: tl.constexpr):
     """O = (Q ⊙ e^G) S_c + A V for one chunk and value block."""
@@ -283,7 +283,7 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices,
     b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                   other=0.0)
     b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-    tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], b_o.to(o.dtype.element_ty),
+    tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
 
 
@@ -554,8 +554,9 @@ class ChunkKeyDecay(torch.autograd.Function):
     """Autograd wrapper; tensors flattened to [T_total, H, ·], states [N, H, K, V] in fp32."""
 
     @staticmethod
-    def forward(ctx, q, k, v, gk, h0, offsets, store_ht: bool):
+    def forward(ctx, q, k, v, gk, h0, offsets, store_ht: bool, scale: float = 1.0):
         Tt, H, K = q.shape
+        ctx.scale = scale
         V = v.shape[-1]
         N = offsets.numel() - 1
         BK, BV = _blocks(K, V)
@@ -575,7 +576,7 @@ class ChunkKeyDecay(torch.autograd.Function):
             _scores_kernel[(BT // BC, NC, H)](q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT,
                                               BC=BC, BK=BK, LIM=lim, PREC=prec,
                                               **_launch("scores", q.dtype, K, V))
-            _output_kernel[(NV, NC, H)](qd, v, h, A, o, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
+            _output_kernel[(NV, NC, H)](qd, v, h, A, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT,
                                         BK=BK, BV=BV, PREC=prec, **_launch("output", q.dtype, K, V))
         ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices, qd, kd, GL)
         ctx.maxc = maxc
@@ -592,7 +593,8 @@ class ChunkKeyDecay(torch.autograd.Function):
         NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
         prec, lim = _prec(q.dtype), _lim(q.dtype)
         want_dg = ctx.needs_input_grad[3]
-        do = do.contiguous()
+        # o = scale · (what the kernels compute): every gradient through o carries the scale
+        do = do.contiguous() if ctx.scale == 1.0 else do * ctx.scale
         dev = q.device
         dh = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=dev)
         dh0 = _alloc(N, H, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
@@ -616,4 +618,4 @@ class ChunkKeyDecay(torch.autograd.Function):
             _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
                                            **_launch("dqk_inter", q.dtype, K, V))
-        return dqo, dko, dv, dg, dh0, None, None
+        return dqo, dko, dv, dg, dh0, None, None, None

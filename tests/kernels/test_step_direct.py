@@ -98,3 +98,25 @@ def test_step_kernels_check_the_scale():
     q = torch.randn(1, 1, 16)
     with pytest.raises(TypeError, match="diag_step: scale must be a finite number, got nan"):
         diag_step(torch.zeros(1, 1, 16, 16), q, q, q, scale=float("nan"))
+
+
+@pytest.mark.parametrize("name", list(DIRECT))
+def test_direct_chunked_skips_the_lowering(name, monkeypatch):
+    """compile().chunked of these mixers hands the scale to the kernels instead of scaling q first:
+    outputs, final state and every gradient (initial state included) as the float64 recurrence."""
+    x = dsf.random_inputs(name, 2, 19, 2, 16, 8, dtype=torch.float64, seed=4)
+    S0 = torch.randn(2, 2, 16, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    ref = {n: t.clone().requires_grad_() for n, t in {**x, "S0": S0}.items()}
+    S0_ref = ref.pop("S0")
+    o_ref, S_ref = dsf.recurrent(name, initial_state=S0_ref, scale=0.3, **ref)
+    monkeypatch.setattr(kernels, "prepare", lambda *a, **k: pytest.fail("the inputs were lowered"))
+    ours = {n: t.detach().float().requires_grad_() for n, t in {**x, "S0": S0}.items()}
+    S0f = ours.pop("S0")
+    o, S = kernels.compile(name).chunked(initial_state=S0f, output_final_state=True, scale=0.3, **ours)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    w = torch.randn(o.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    ((o_ref * w).sum() + S_ref.square().sum()).backward()
+    ((o.double() * w).sum() + S.double().square().sum()).backward()
+    for n in ours:
+        assert rel_err(ours[n].grad, ref[n].grad) < TOL, n
+    assert rel_err(S0f.grad, S0_ref.grad) < TOL
