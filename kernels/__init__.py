@@ -27,8 +27,7 @@ from torch import Tensor
 
 import dsf
 from dsf.forms import prepare
-from dsf.spec import resolve_inputs
-from dsf.spec import MixerSpec, Transition
+from dsf.spec import MixerSpec, Transition, resolve_inputs
 from dsf.terms import LinearTerms
 
 from ._common import check_cu_seqlens

@@ -312,15 +312,30 @@ def check_step(name, opts, dtype, B, T0, T, H, K, V, seed=0, device="cuda"):
 
 def _row(lines: list[str], head: str, run, pad: int) -> bool:
     """One table row: ``run()`` gives (cells, ok); a raised error becomes the row instead. The row is
-    appended to ``lines`` and printed; returns ok."""
+    appended to ``lines`` and printed with the seconds it took; returns ok."""
+    t0 = time.time()
     try:
         cells, ok = run()
         row = f"{head} {cells} | {'yes' if ok else '**NO**'} |"
     except Exception as e:  # noqa: BLE001 - a failing kernel is a row, not a crash
         ok, row = False, f"{head} error: {type(e).__name__}: {str(e)[:120]} " + "|" * pad
     lines.append(row)
-    print(row, flush=True)
+    print(row, f"({time.time() - t0:.1f}s)", flush=True)
     return ok
+
+
+def _errs(errs: dict) -> str:
+    """The cells o | state | worst grad | (which) of a forward-and-gradient check."""
+    return (f"{errs['o']:.1e} | {errs.get('state', float('nan')):.1e} | {errs['grad']:.1e} "
+            f"| {errs['worst_grad']}")
+
+
+def _cells(check_fn, *args):
+    """A ``_row`` runner for a check that returns (errs, ok)."""
+    def run():
+        errs, ok = check_fn(*args)
+        return _errs(errs), ok
+    return run
 
 
 DTYPES = {torch.float32, torch.bfloat16, torch.float16}   # narrowed by --dtypes
@@ -364,66 +379,34 @@ def main(argv=None) -> int:
         info = kernels.supports(dsf.zoo.get(name, **opts))
         for form in ("chunked", "recurrent"):
             for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-                t0 = time.time()
-                try:
-                    errs, ok = check(name, opts, dtype, form, B, T, H, K, V)
-                    row = (f"| {name} | {opts or ''} | {form} ({info[form] if form == 'chunked' else 'fused'}) "
-                           f"| {str(dtype)[6:]} | {errs['o']:.1e} | {errs.get('state', float('nan')):.1e} "
-                           f"| {errs['grad']:.1e} | {errs['worst_grad']} | {'yes' if ok else '**NO**'} |")
-                except Exception as e:  # noqa: BLE001 - a failing kernel is a row, not a crash
-                    ok, row = False, f"| {name} | {opts or ''} | {form} | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} |||||"
-                failed += not ok
-                lines.append(row)
-                print(row, f"({time.time() - t0:.1f}s)", flush=True)
+                head = (f"| {name} | {opts or ''} | {form} ({info[form] if form == 'chunked' else 'fused'}) "
+                        f"| {str(dtype)[6:]} |")
+                failed += not _row(lines, head, _cells(check, name, opts, dtype, form, B, T, H, K, V), 5)
     for form in ("chunked", "recurrent") if want("titans") else ():  # Titans' linear memory: (S, Z)
         for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-            t0 = time.time()
-            try:
-                errs, ok = check_memory(dtype, form, B, T, H, K, V)
-                row = (f"| titans | {{'memory': 'linear'}} | {form} ({'chunk' if form == 'chunked' else 'fused'}) "
-                       f"| {str(dtype)[6:]} | {errs['o']:.1e} | {errs['state']:.1e} | {errs['grad']:.1e} "
-                       f"| {errs['worst_grad']} | {'yes' if ok else '**NO**'} |")
-            except Exception as e:  # noqa: BLE001
-                ok, row = False, f"| titans | {{'memory': 'linear'}} | {form} | {str(dtype)[6:]} | error: {type(e).__name__}: {str(e)[:120]} |||||"
-            failed += not ok
-            lines.append(row)
-            print(row, f"({time.time() - t0:.1f}s)", flush=True)
+            head = (f"| titans | {{'memory': 'linear'}} | {form} ({'chunk' if form == 'chunked' else 'fused'}) "
+                    f"| {str(dtype)[6:]} |")
+            failed += not _row(lines, head, _cells(check_memory, dtype, form, B, T, H, K, V), 5)
     if want("chunk_key"):  # the chunked key-wise kernel alone, at GLA's head dims and strong decays
         lines += ["", "| chunk_diag(decay='key') B, T, H, K, V | decays | dtype | o | state | worst grad | (which) "
                   "| ok |", "|---|---|---|---|---|---|---|---|"]
         for kB, kT, kH, kK, kV, regime in [(1, 130, 2, 32, 32, "bursts")] if args.quick else KEY_SHAPES:
             for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-                t0, shape = time.time(), f"{kB}, {kT}, {kH}, {kK}, {kV}"
-                try:
-                    errs, ok = check_key_chunk(dtype, kB, kT, kH, kK, kV, regime)
-                    row = (f"| {shape} | {regime} | {str(dtype)[6:]} | {errs['o']:.1e} | {errs['state']:.1e} "
-                           f"| {errs['grad']:.1e} | {errs['worst_grad']} | {'yes' if ok else '**NO**'} |")
-                except Exception as e:  # noqa: BLE001
-                    ok, row = False, (f"| {shape} | {regime} | {str(dtype)[6:]} | error: {type(e).__name__}: "
-                                      f"{str(e)[:120]} |||||")
-                failed += not ok
-                lines.append(row)
-                print(row, f"({time.time() - t0:.1f}s)", flush=True)
+                head = f"| {kB}, {kT}, {kH}, {kK}, {kV} | {regime} | {str(dtype)[6:]} |"
+                failed += not _row(lines, head, _cells(check_key_chunk, dtype, kB, kT, kH, kK, kV, regime), 5)
     if want("chunk_delta"):  # the chunked WY/UT delta kernel alone, at realistic head dims and gates
         lines += ["", "| chunk_delta B, T, H, K, V | mixer | C | gates | operands | dtype | o | state | worst grad "
                   "| (which) | ok |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         shapes = [(1, 130, 2, 32, 32, "gated_deltanet", 64, "mild")] if args.quick else DELTA_SHAPES
         for dB, dT, dH, dK, dV, mixer, cs, regime in shapes:
-            for dtype, half in ((torch.float32, True), (torch.bfloat16, True), (torch.bfloat16, False),
-                                (torch.float16, True)):
-                t0, shape = time.time(), f"{dB}, {dT}, {dH}, {dK}, {dV}"
+            for dtype, half in ((d, h) for d, h in ((torch.float32, True), (torch.bfloat16, True),
+                                                    (torch.bfloat16, False), (torch.float16, True))
+                                if d in DTYPES):
                 ops = ("fp32" if dtype == torch.float32 else "bf16" if dtype == torch.bfloat16 and half
                        else "fp32 (tf32)")
-                head = f"| {shape} | {mixer} | {cs} | {regime} | {ops} | {str(dtype)[6:]} |"
-                try:
-                    errs, ok = check_delta_chunk(dtype, dB, dT, dH, dK, dV, mixer, cs, regime, half)
-                    row = (f"{head} {errs['o']:.1e} | {errs['state']:.1e} | {errs['grad']:.1e} "
-                           f"| {errs['worst_grad']} | {'yes' if ok else '**NO**'} |")
-                except Exception as e:  # noqa: BLE001
-                    ok, row = False, f"{head} error: {type(e).__name__}: {str(e)[:120]} |||||"
-                failed += not ok
-                lines.append(row)
-                print(row, f"({time.time() - t0:.1f}s)", flush=True)
+                head = f"| {dB}, {dT}, {dH}, {dK}, {dV} | {mixer} | {cs} | {regime} | {ops} | {str(dtype)[6:]} |"
+                failed += not _row(lines, head, _cells(check_delta_chunk, dtype, dB, dT, dH, dK, dV, mixer, cs,
+                                                       regime, half), 5)
     fused_only = {n.split(":", 1)[1] for n in only if n.startswith("fused:")}
     if want("fused") or fused_only:  # the one-pass forwards, forced on (they are off by default)
         import kernels.delta.chunk as dlt
@@ -449,8 +432,7 @@ def main(argv=None) -> int:
                         # (the delta repeat at this shape runs one pass only where it has a program per SM)
                         n_diff = check_repeat(name, dtype, *((1, 130, 2, 32, 32) if args.quick
                                                              else (8, 4096, 16, 128, 128)))[0] if not opts else 0
-                        return (f"{errs['o']:.1e} | {errs['state']:.1e} | {errs['grad']:.1e} | {errs['worst_grad']} "
-                                f"| {n_diff} differ", ok and n_diff == 0)
+                        return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
                     failed += not _row(lines, f"| {name} | {mode} | {str(dtype)[6:]} |", one_pass, 6)
         finally:
             dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS = saved

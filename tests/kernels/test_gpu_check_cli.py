@@ -36,3 +36,43 @@ def test_step_check_catches_a_wrong_step(monkeypatch):
     monkeypatch.setattr("kernels.diag.diag_step", off)
     _, ok = gpu_check.check_step("mamba2", {}, torch.float32, 2, 5, 3, 2, 16, 16, device="cpu")
     assert not ok
+
+
+def _fake_checks(monkeypatch, broken=("gla", torch.float32)):
+    """Every check of the GPU script replaced by a fake (one raising for ``broken``)."""
+    errs = {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}
+
+    def check(name, opts, dtype, form, *a, **kw):
+        if (name, dtype) == broken and form == "chunked":
+            raise RuntimeError("boom")
+        return (dict(errs) if name != "softmax_attention" else
+                {k: v for k, v in errs.items() if k != "state"}), True
+    monkeypatch.setattr(gpu_check, "_poison", lambda: None)
+    monkeypatch.setattr(gpu_check, "DTYPES", gpu_check.DTYPES)   # main() narrows it; restored after
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake GPU")
+    monkeypatch.setattr(gpu_check, "check", check)
+    for fn in ("check_memory", "check_key_chunk", "check_delta_chunk"):
+        monkeypatch.setattr(gpu_check, fn, lambda *a, **kw: (dict(errs), True))
+    monkeypatch.setattr(gpu_check, "check_repeat", lambda *a, **kw: (0, 0.0, ""))
+    monkeypatch.setattr(gpu_check, "check_varlen", lambda *a, **kw: (1e-7, True))
+    monkeypatch.setattr(gpu_check, "check_memory_varlen", lambda *a, **kw: (1e-7, True))
+    monkeypatch.setattr(gpu_check, "check_step", lambda *a, **kw: ({"o": 1e-7, "state": 2e-7}, True))
+
+
+def test_report_has_a_row_per_check_and_counts_failures(tmp_path, monkeypatch, capsys):
+    """The whole script with its checks faked: every section's rows, an error row for a check that
+    raises (the run goes on), the failing count and the exit status."""
+    _fake_checks(monkeypatch)
+    assert gpu_check.main(["--quick", "--dtypes", "float32", "--out", str(tmp_path)]) == 1
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| gla |  | chunked (chunk) | float32 | error: RuntimeError: boom" in md
+    assert "| mamba2 |  | chunked (chunk) | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
+    assert "| softmax_attention |  | chunked (flash) | float32 | 1.0e-07 | nan | 3.0e-06 | q | yes |" in md
+    assert "| titans | {'memory': 'linear'} | recurrent (fused) | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
+    for section in ("chunk_diag(decay='key')", "chunk_delta B, T, H, K, V", "one-pass forward", "repeated (B=",
+                    "decode step (compile().step", "varlen (cu_seqlens"):
+        assert section in md
+    assert "| 1, 130, 2, 32, 32 | bursts | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
+    assert "| mamba2 | segments | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
+    assert md.rstrip().endswith("1 failing rows")
+    assert "bfloat16" not in md.split("| ok |", 1)[1]   # --dtypes float32 narrowed every section
