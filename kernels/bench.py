@@ -148,6 +148,17 @@ def copy_bandwidth() -> float:
     return 2 * x.numel() / (ms * 1e-3)
 
 
+DECODE_MIXERS = {"scalar": "mamba2", "gdn": "gated_deltanet"}   # kind → the mixer decoded
+
+
+def decode_case(kind: str, B: int, device: str = "cuda"):
+    """One decoding token of a DECODE_MIXERS kind: (mixer name, compiled mixer, a zero fp32 state,
+    the token's inputs without the time dim)."""
+    name = DECODE_MIXERS[kind]
+    one = {n: x[:, 0].detach() for n, x in _inputs(B, 1, kind, grad=False).items()}
+    return name, kernels.compile(name), torch.zeros(B, H, D, D, device=device), one
+
+
 def decode_bench(rows, bw=None):
     """One decoding token at B=64: compile().step (state updated in place), our raw step kernel, and
     fla's fused recurrent kernel on the same fp32 state. floor = reading and writing the state once."""
@@ -158,10 +169,8 @@ def decode_bench(rows, bw=None):
 
     B = 64
     s = D ** -0.5
-    for name, kind in (("mamba2", "scalar"), ("gated_deltanet", "gdn")):
-        m = kernels.compile(name)
-        state = torch.zeros(B, H, D, D, device="cuda")
-        one = {n: x[:, 0].detach() for n, x in _inputs(B, 1, kind, grad=False).items()}
+    for kind in DECODE_MIXERS:
+        name, m, state, one = decode_case(kind, B)
         with torch.no_grad():
             ours = do_bench(lambda: m.step(state, inplace=True, **one))
             if kind == "scalar":

@@ -174,15 +174,11 @@ def step(kinds: list[str], B: int = 64, device: str = "cuda") -> None:
     choice; prints the fastest beside the default."""
     from triton.testing import do_bench
 
-    import kernels
     import kernels.delta.recurrent as delta_rec
     import kernels.diag.recurrent as diag_rec
 
     for kind in kinds:
-        name = {"scalar": "mamba2", "gdn": "gated_deltanet"}[kind]
-        m = kernels.compile(name)
-        one = {n: x[:, 0].detach() for n, x in bench._inputs(B, 1, kind, grad=False).items()}
-        state = torch.zeros(B, bench.H, bench.D, bench.D, device=device)
+        name, m, state, one = bench.decode_case(kind, B, device)
         if kind == "gdn":
             mod, attr, real = delta_rec, "_blocks", delta_rec._blocks
             default = real(bench.D, bench.D, "step")
