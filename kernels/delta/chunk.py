@@ -71,17 +71,38 @@ def _empty(*shape, dtype, device) -> Tensor:
 def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr):
     """Cumulative log decay ``off`` + Σ g over ``rows`` (masked rows add 0; zeros without a gate).
 
-    Returned as an fp32 pair (hi, lo) whose sum is the fp64 cumsum, plus the fp64 running total.
-    With strong decays G reaches −1000 inside a chunk, where fp32 keeps only ~1e-4 of absolute
-    precision; the pair keeps differences G_i − G_j (see _gdiff) accurate to fp32 relative error.
+    Returned as an fp32 pair (hi, lo) whose sum is the cumsum, plus the running total. GATED = 1
+    (fp32 inputs): the cumsum in fp64 — with strong decays G reaches −1000 inside a chunk, where fp32
+    keeps only ~1e-4 of absolute precision; the pair keeps differences G_i − G_j (see _gdiff)
+    accurate to fp32 relative error. GATED = 2 (16-bit inputs, whose own rounding is 4e-3): an fp32
+    cumsum and lo = 0. GATED = 0: zeros, nothing loaded or summed.
     """
-    if GATED:
+    if GATED == 1:
         b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float64)
+        G = tl.cumsum(b_g, axis=0) + off
+        hi = G.to(tl.float32)
+        return hi, (G - hi.to(tl.float64)).to(tl.float32), off + tl.sum(b_g, axis=0)
+    elif GATED == 2:
+        b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float32)
+        return tl.cumsum(b_g, axis=0) + off, tl.zeros_like(b_g), off + tl.sum(b_g, axis=0)
     else:
-        b_g = (rows * 0).to(tl.float64)
-    G = tl.cumsum(b_g, axis=0) + off
-    hi = G.to(tl.float32)
-    return hi, (G - hi.to(tl.float64)).to(tl.float32), off + tl.sum(b_g, axis=0)
+        zero = tl.zeros([rows.shape[0]], dtype=tl.float32)
+        return zero, zero, off + tl.sum(zero, axis=0)
+
+
+@triton.jit
+def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexpr):
+    """Γ_ij = e^{G_i − G_j} for i ≥ j (i > j if STRICT), 0 elsewhere; without a gate, the mask alone."""
+    o = tl.arange(0, BT)
+    if STRICT:
+        keep = o[:, None] > o[None, :]
+    else:
+        keep = o[:, None] >= o[None, :]
+    if GATED:
+        return tl.exp(tl.where(keep, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
+                               float("-inf")))
+    else:
+        return tl.where(keep, 1.0, 0.0)
 
 
 @triton.jit
@@ -101,7 +122,10 @@ def _gdiff(a_hi, a_lo, b_hi, b_lo):
 def _chunk_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
     """(G, G_lo, G_L, G_L_lo): a chunk's cumulative log decay and its total, as (hi, lo) pairs."""
     b_G, b_Gl, tot = _cum_gates(g, rows, m, i_h, 0.0, H, GATED)
-    b_L, b_Ll = _hilo(tot)
+    if GATED == 1:
+        b_L, b_Ll = _hilo(tot)
+    else:
+        b_L, b_Ll = tot, tot * 0.0
     return b_G, b_Gl, b_L, b_Ll
 
 
@@ -140,7 +164,8 @@ def _inv_unit_lower(A, N: tl.constexpr):
 
 @triton.jit
 def _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.constexpr, K: tl.constexpr,
-                BK: tl.constexpr, N: tl.constexpr, DIAG: tl.constexpr, PREC: tl.constexpr):
+                BK: tl.constexpr, N: tl.constexpr, DIAG: tl.constexpr, PREC: tl.constexpr,
+                GATED: tl.constexpr):
     """Block (a, b) of A = strict_lower(diag(β) K Kᵀ ⊙ Γ): rows r_a, columns r_b of one chunk."""
     acc = tl.zeros([N, N], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -152,11 +177,16 @@ def _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.co
                        other=0.0)
         acc += tl.dot(b_ka, tl.trans(b_kb), input_precision=PREC)
     b_beta = tl.load(beta + r_a * H + i_h, mask=m_a, other=0.0).to(tl.float32)
-    d = _gdiff(G_a[:, None], Gl_a[:, None], G_b[None, :], Gl_b[None, :])
-    if DIAG:
-        o = tl.arange(0, N)
-        d = tl.where(o[:, None] > o[None, :], d, float("-inf"))
-    return acc * b_beta[:, None] * tl.exp(d)
+    o = tl.arange(0, N)
+    if GATED:
+        d = _gdiff(G_a[:, None], Gl_a[:, None], G_b[None, :], Gl_b[None, :])
+        if DIAG:
+            d = tl.where(o[:, None] > o[None, :], d, float("-inf"))
+        return acc * b_beta[:, None] * tl.exp(d)
+    elif DIAG:
+        return tl.where(o[:, None] > o[None, :], acc * b_beta[:, None], 0.0)
+    else:
+        return acc * b_beta[:, None]
 
 
 @triton.jit
@@ -197,15 +227,15 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
     r0 = t0 + o
     m0 = r0 < eos
     G0, L0, s0 = _cum_gates(g, r0, m0, i_h, 0.0, H, GATED)
-    A00 = _gram_block(k, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC)
+    A00 = _gram_block(k, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC, GATED)
     T00 = _inv_unit_lower(A00, BC)
     _store_block(Tm, T00, r0, m0, 0, i_h, H, BT, BC)
     if BT >= 32:
         r1 = r0 + BC
         m1 = r1 < eos
         G1, L1, s1 = _cum_gates(g, r1, m1, i_h, s0, H, GATED)
-        A10 = _gram_block(k, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC)
-        A11 = _gram_block(k, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC)
+        A10 = _gram_block(k, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED)
+        A11 = _gram_block(k, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC, GATED)
         T11 = _inv_unit_lower(A11, BC)
         T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
         _store_block(Tm, zero, r0, m0, BC, i_h, H, BT, BC)
@@ -218,13 +248,13 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         m3 = r3 < eos
         G2, L2, s2 = _cum_gates(g, r2, m2, i_h, s1, H, GATED)
         G3, L3, s3 = _cum_gates(g, r3, m3, i_h, s2, H, GATED)
-        A20 = _gram_block(k, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC)
-        A21 = _gram_block(k, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC)
-        A22 = _gram_block(k, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC)
-        A30 = _gram_block(k, beta, r3, m3, G3, L3, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC)
-        A31 = _gram_block(k, beta, r3, m3, G3, L3, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC)
-        A32 = _gram_block(k, beta, r3, m3, G3, L3, r2, m2, G2, L2, i_h, H, K, BK, BC, False, PREC)
-        A33 = _gram_block(k, beta, r3, m3, G3, L3, r3, m3, G3, L3, i_h, H, K, BK, BC, True, PREC)
+        A20 = _gram_block(k, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED)
+        A21 = _gram_block(k, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED)
+        A22 = _gram_block(k, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC, GATED)
+        A30 = _gram_block(k, beta, r3, m3, G3, L3, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED)
+        A31 = _gram_block(k, beta, r3, m3, G3, L3, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED)
+        A32 = _gram_block(k, beta, r3, m3, G3, L3, r2, m2, G2, L2, i_h, H, K, BK, BC, False, PREC, GATED)
+        A33 = _gram_block(k, beta, r3, m3, G3, L3, r3, m3, G3, L3, i_h, H, K, BK, BC, True, PREC, GATED)
         T22 = _inv_unit_lower(A22, BC)
         T33 = _inv_unit_lower(A33, BC)
         T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
@@ -318,9 +348,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
             b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
-            causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * tl.exp(
-                tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]), float("-inf")))
+            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
             b_o = _mm(b_q, b_S, DT, PREC) * tl.exp(b_G + b_Gl)[:, None] + _mm(b_A, b_vn, DT, PREC)
             tl.store(o + p_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         b_kd = b_k * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
@@ -357,9 +385,7 @@ def _output_kernel(q, k, g, h, vn, o, offsets, chunk_indices, scale,
         b_o += _mm(b_q, b_h, DT, PREC)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-    causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_A = b_A * tl.exp(tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
-                                float("-inf")))
+    b_A = b_A * _gamma(b_G, b_Gl, BT, False, GATED)
     p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
     m_tv = m_t[:, None] & m_v[None, :]
     b_vn = tl.load(vn + p_tv, mask=m_tv, other=0.0)
@@ -394,9 +420,7 @@ def _dvn_local_kernel(q, k, g, do, dvn, offsets, chunk_indices, scale,
         b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
         b_A += tl.dot(b_q, tl.trans(b_k), input_precision=PREC)
     b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-    causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_A = b_A * tl.exp(tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
-                                float("-inf"))) * scale
+    b_A = b_A * _gamma(b_G, b_Gl, BT, False, GATED) * scale
     p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
     b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
     tl.store(dvn + p_tv, _mm(tl.trans(b_A), b_do, DT, PREC), mask=m_tv)
@@ -486,9 +510,7 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
         b_dks += _mm(b_vn, tl.trans(b_dh), DT, PREC)
         b_sl += tl.sum(b_dh.to(tl.float32) * b_h.to(tl.float32), axis=1)
     b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-    causal = tl.arange(0, BT)[:, None] >= tl.arange(0, BT)[None, :]
-    b_dA = b_dA * tl.exp(tl.where(causal, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
-                                  float("-inf"))) * scale
+    b_dA = b_dA * _gamma(b_G, b_Gl, BT, False, GATED) * scale
     b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
     b_k = tl.load(k + p_tk, mask=m_tk, other=0.0)
     b_dqs = b_dqs * (scale * tl.exp(b_G + b_Gl))[:, None]
@@ -552,9 +574,7 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dko, dv, dbeta, dgp, dg, offs
         b_KK += tl.dot(b_k, tl.trans(b_k), input_precision=PREC)
     # dA = −Tᵀ dT Tᵀ on the strict lower triangle; M = dA ⊙ Γ is the gradient of β_i k_i·k_j
     b_dA = -tl.dot(tl.dot(b_Tt, b_dT, input_precision=PREC), b_Tt, input_precision=PREC)
-    strict = tl.arange(0, BT)[:, None] > tl.arange(0, BT)[None, :]
-    b_M = b_dA * tl.exp(tl.where(strict, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
-                                 float("-inf")))
+    b_M = b_dA * _gamma(b_G, b_Gl, BT, True, GATED)
     b_MK = b_M * b_KK
     b_db += tl.sum(b_MK, axis=1)
     if GATED:
@@ -591,6 +611,19 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dko, dv, dbeta, dgp, dg, offs
 # takes fp32: its range ends at 6e-8, below which strongly decayed terms (e^G ≈ e^-20) vanish.
 # fp32 inputs always get exact fp32 products (tf32 would cost ~1e-3 relative error).
 HALF_OPERANDS = True
+
+
+# The gates' cumulative sums: None (default) in fp64 for fp32 inputs and in fp32 for 16-bit ones
+# (GATED = 1 / 2 in the kernels; see _cum_gates); True / False force fp32 / fp64 (the tests run both).
+FAST_GATES: bool | None = None
+
+
+def _gated(g: Tensor | None, dtype: torch.dtype) -> int:
+    """The kernels' GATED: 0 without a gate, 1 for exact (fp64) cumulative gates, 2 for fp32 ones."""
+    if g is None:
+        return 0
+    fast = dtype != torch.float32 if FAST_GATES is None else FAST_GATES
+    return 2 if fast else 1
 
 
 def _operands(dtype: torch.dtype) -> tuple[torch.dtype, str]:
@@ -717,7 +750,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     KP, BK, BV, BVS = _tiles(K, V)
     chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
     NC = chunk_indices.shape[0]
-    gated = g is not None
+    gated = _gated(g, q.dtype)
     inter, prec = _operands(q.dtype)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, N * H, dev)
@@ -764,7 +797,7 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     NC = chunk_indices.shape[0]
     dev = q.device
     KP, BK, BV, BVS = _tiles(K, V)
-    gated = g is not None
+    gated = _gated(g, q.dtype)
     inter, prec = _operands(q.dtype)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     c_dqkw = _cfg("dqkw", inter, K, V, BK=BK, BV=BV, num_warps=nw)

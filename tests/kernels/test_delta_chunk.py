@@ -156,6 +156,40 @@ def test_strong_decays(cs):
     compare("gated_deltanet", d, S0, do, dS, chunk_size=cs)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("strong,tol", [(False, TOL), (True, 2e-4)])
+def test_fast_gates(monkeypatch, strong, tol, fused):
+    """fp32 cumulative gates (what 16-bit inputs get, forced here in fp32), two-pass and one-pass
+    forward: exact to fp32 under the usual gates; with G reaching −1000 inside a chunk, within 2e-4
+    (measured: 6e-5; bf16 is held to 1e-2) for every output and gradient, where the fp64 gates are
+    within 1e-5."""
+    monkeypatch.setattr(C, "FAST_GATES", True)
+    monkeypatch.setattr(C, "FUSED_FORWARD", fused)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    B, T, H, K, V = 1, 100, 1, 32, 16
+    d = inputs("gated_deltanet", B, T, H, K, V, seed=11)
+    if strong:
+        d["g"] = -5 - 15 * torch.rand(B, T, H, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    S0, do, dS = cotangents(B, T, H, K, V, B, True, True, seed=5)
+    compare("gated_deltanet", d, S0, do, dS, chunk_size=64, tol=tol)
+
+
+def test_fast_gates_rule_and_effect(monkeypatch):
+    """16-bit inputs take fp32 gates, fp32 inputs fp64 ones, no gate none; under strong decays the
+    two differ (the fp64 gates are what keeps fp32 exact there)."""
+    assert [C._gated(None, torch.bfloat16), C._gated(torch.ones(1), torch.float32),
+            C._gated(torch.ones(1), torch.bfloat16), C._gated(torch.ones(1), torch.float16)] == [0, 1, 2, 2]
+    B, T, H, K, V = 1, 100, 1, 32, 16
+    d = inputs("gated_deltanet", B, T, H, K, V, seed=11)
+    d["g"] = -5 - 15 * torch.rand(B, T, H, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    S0, do, dS = cotangents(B, T, H, K, V, B, True, True, seed=5)
+    runs = []
+    for fast in (False, True):
+        monkeypatch.setattr(C, "FAST_GATES", fast)
+        runs.append(run_kernel(d, S0, do, dS, chunk_size=64))
+    assert 1e-7 < rel(runs[1][1], runs[0][1]) < 1e-3 and 1e-7 < rel(runs[1][2]["g"], runs[0][2]["g"]) < 1e-3
+
+
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 def test_varlen(mixer):
     """Packed sequences of lengths 5, 0, 12, 23: each its own dsf run from its own initial state."""
