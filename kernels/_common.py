@@ -63,30 +63,45 @@ def check_cu_seqlens(op: str, cu_seqlens: Tensor | None, B: int, T: int) -> int:
     return len(c) - 1
 
 
+_LAYOUTS: dict[tuple, object] = {}
+
+
+def layout_cache(key: tuple, make):
+    """``make()`` once per key: the index tensors of an equal-length batch's layout (offsets, chunk
+    lists) depend only on its shape and device, and building them every call was a handful of small
+    launches, as long on the host as the whole Mamba-2 forward is on the GPU. The tensors are shared:
+    nothing may write to them."""
+    hit = _LAYOUTS.get(key)
+    if hit is None:
+        if len(_LAYOUTS) >= 256:   # many shapes (a sweep): start over rather than grow without bound
+            _LAYOUTS.clear()
+        hit = _LAYOUTS[key] = make()
+    return hit
+
+
+def _dense_offsets(B: int, T: int, device) -> Tensor:
+    offsets = torch.arange(0, (B + 1) * T, T, dtype=torch.int64, device=device)
+    offsets._dense = (B, T)
+    return offsets
+
+
 def seq_bounds(cu_seqlens: Tensor | None, B: int, T: int, device) -> Tensor:
     """int64 [N+1] offsets into the flattened [B*T] time axis.
 
-    Equal-length batches carry ``_dense = (B, T)``: the chunk layout is then built on the device
-    without reading the offsets back (each read-back stalls the host until the GPU drains).
+    Equal-length batches carry ``_dense = (B, T)``: the chunk layout is then built on the host
+    without reading the offsets back (each read-back stalls the host until the GPU drains); their
+    offsets are made once per (B, T, device).
     """
     if cu_seqlens is None:
-        offsets = torch.arange(0, (B + 1) * T, T, dtype=torch.int64, device=device)
-        offsets._dense = (B, T)
-        return offsets
+        return layout_cache(("offsets", B, T, str(torch.device(device))), lambda: _dense_offsets(B, T, device))
     return cu_seqlens.to(device=device, dtype=torch.int64)
-
-
-_STEP_BOUNDS: dict[tuple[int, str], Tensor] = {}
 
 
 def step_bounds(B: int, device) -> Tensor:
     """Offsets 0..B (one token a sequence) for the decoding steps, made once per (B, device): a
     fresh arange every token would be a launch of its own."""
-    key = (B, str(torch.device(device)))
-    bounds = _STEP_BOUNDS.get(key)
-    if bounds is None:
-        bounds = _STEP_BOUNDS[key] = torch.arange(B + 1, dtype=torch.int64, device=device)
-    return bounds
+    return layout_cache(("step", B, str(torch.device(device))),
+                        lambda: torch.arange(B + 1, dtype=torch.int64, device=device))
 
 
 def check_scale(op: str, scale) -> float:
@@ -100,6 +115,12 @@ def sm_count(device) -> int:
     """Streaming multiprocessors of a CUDA device (0 elsewhere, e.g. under the CPU interpreter)."""
     device = torch.device(device)
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+
+
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for host code: ``triton.cdiv`` is a constexpr function whose call from Python costs
+    ~8 µs, a launch's worth on the decoding path."""
+    return -(-a // b)
 
 
 def next_pow2(n: int) -> int:

@@ -46,7 +46,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds, sm_count
+from .._common import cdiv, check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds, sm_count
 from .._tl import chunk_span, state_tile
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
@@ -717,29 +717,30 @@ def _cfg(name: str, inter: torch.dtype, K: int, V: int, **default) -> dict:
 
 def _few(NH: int, V: int, BV: int, device) -> bool:
     """Whether a scan over NH sequence-heads with value tile BV has fewer programs than SMs."""
-    return NH * triton.cdiv(V, BV) < sm_count(device)
+    return NH * cdiv(V, BV) < sm_count(device)
 
 
 # The one-pass forward: the state scan also writes the outputs (no output kernel; per-chunk states
 # and pseudo-values stored only for a backward), where the scan has a program per SM. FUSED_FORWARD:
 # None (default) where the H200 measured it faster (`python -m kernels.bench --ops delta,gdn --impls
 # ours,ours-fused`, bf16, H = 16, K = V = 128, B·T = 32K, 2026-12-01): DeltaNet's forward 0.68 vs
-# 0.90 ms at T = 1K–4K, 0.81 vs 0.95 at 8K (fwd+bwd 2.87 vs 2.89); Gated DeltaNet's lost (1.00 vs
-# 0.97), so gated mixers keep two passes, as does everything off CUDA. True: wherever it can run
-# (tests, the GPU check, the benchmark's ours-fused); False: never.
+# 0.90 ms at T = 1K–4K, 0.81 vs 0.95 at 8K (fwd+bwd 2.87 vs 2.89); Gated DeltaNet's with fp32 gates
+# (16-bit inputs) 0.77 / 0.79 vs 0.93 / 0.93 at 1K / 4K. With fp64 gates (fp32 inputs) the gated one
+# pass lost (1.00 vs 0.97), so those keep two passes, as does everything off CUDA. True: wherever it
+# can run (tests, the GPU check, the benchmark's ours-fused); False: never.
 FUSED_FORWARD: bool | None = None
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
-def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: bool) -> bool:
-    """Whether the forward runs as one pass: FUSED_FORWARD (None: ungated, on CUDA), K ≤ 128, and a
-    program per SM."""
+def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int) -> bool:
+    """Whether the forward runs as one pass: FUSED_FORWARD (None: on CUDA, not with fp64 gates, see
+    _gated), K ≤ 128, and a program per SM."""
     if FUSED_FORWARD is False or KP > 128:
         return False
-    if FUSED_FORWARD is None and (gated or torch.device(device).type != "cuda"):
+    if FUSED_FORWARD is None and (gated == 1 or torch.device(device).type != "cuda"):
         return False
     least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
-    return NH * triton.cdiv(V, BV) >= least
+    return NH * cdiv(V, BV) >= least
 
 
 def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
@@ -777,13 +778,13 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
                  num_stages=_scan_stages(inter, KP))
         if fused:
             c = _cfg("state_out", inter, K, V, **c)
-        _state_kernel[(triton.cdiv(V, c["BV"]), N * H)](
+        _state_kernel[(cdiv(V, c["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
             OUT=fused, STORE_H=keep, **c)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
-        _output_kernel[(triton.cdiv(V, c["BV"]), NC, H)](
+        _output_kernel[(cdiv(V, c["BV"]), NC, H)](
             q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
             PREC=prec, **c)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
@@ -801,7 +802,7 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     inter, prec = _operands(q.dtype)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     c_dqkw = _cfg("dqkw", inter, K, V, BK=BK, BV=BV, num_warps=nw)
-    NK = triton.cdiv(K, c_dqkw["BK"])    # key tiles of dQ/dK/dW, each with its share of dg
+    NK = cdiv(K, c_dqkw["BK"])    # key tiles of dQ/dK/dW, each with its share of dg
     f32 = torch.float32
     dvn = _empty(Tt, H, V, dtype=f32, device=dev)
     dh = _empty(NC, H, K, V, dtype=inter, device=dev)   # like h: read only as a product operand
@@ -818,13 +819,13 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     dg = _empty(Tt, H, dtype=g.dtype, device=dev) if gated else None
     if NC > 0:
         c = _cfg("dvn_local", inter, K, V, BK=BK, BV=BV, num_warps=nw)
-        _dvn_local_kernel[(triton.cdiv(V, c["BV"]), NC, H)](
+        _dvn_local_kernel[(cdiv(V, c["BV"]), NC, H)](
             q, k, g, do, dvn, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
             PREC=prec, **c)
     if N * H > 0:
         c = _cfg("dstate_few" if _few(N * H, V, BVS, dev) else "dstate", inter, K, V, BV=BVS, num_warps=nw,
                  num_stages=_scan_stages(inter, KP))
-        _dstate_kernel[(triton.cdiv(V, c["BV"]), N * H)](
+        _dstate_kernel[(cdiv(V, c["BV"]), N * H)](
             q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
             KP=KP, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, DT=dt, PREC=prec, **c)
     if NC > 0:

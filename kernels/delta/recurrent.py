@@ -38,7 +38,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import (check_cu_seqlens, check_device, check_head_dim, check_scale, next_pow2,
+from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, next_pow2,
                        seq_bounds, step_bounds)
 
 __all__ = ["fused_recurrent_delta", "delta_step", "CHECKPOINT_INTERVAL"]
@@ -241,7 +241,7 @@ def _fwd(q, k, v, beta, g, h0, bounds, N, output_final_state, save_ckpt, C):
     B, T, H, K = q.shape
     V = v.shape[-1]
     BK, BV, num_warps = _blocks(K, V, "fwd")
-    NV = triton.cdiv(V, BV)
+    NV = cdiv(V, BV)
     o = _empty(B, T, H, V, dtype=v.dtype, device=v.device)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=v.device) if output_final_state else None
     ckpt, ck_off = None, None
@@ -263,7 +263,7 @@ def _bwd(q, k, v, beta, g, h0, do, dht, ckpt, ck_off, bounds, N, C):
     V = v.shape[-1]
     dev = q.device
     BK, BV, num_warps = _blocks(K, V, "bwd")
-    NV = triton.cdiv(V, BV)
+    NV = cdiv(V, BV)
     # Scratch depth: C, or the longest sequence when that is shorter. Then every sequence is one
     # segment under either interval, so the shorter one can stand in for C in the kernel.
     lens = bounds[1:] - bounds[:-1]
@@ -440,7 +440,7 @@ def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: 
     if B * H > 0:
         bounds = step_bounds(B, q.device)
         with torch.no_grad():
-            _fwd_kernel[(B * H, triton.cdiv(V, BV))](
+            _fwd_kernel[(B * H, cdiv(V, BV))](
                 q, k, v, beta, q if g is None else g, o, h0, ht, q, bounds, bounds, 1, scale,
                 H=H, K=K, V=V, BK=BK, BV=BV, USE_G=g is not None, USE_H0=True, STORE_HT=True,
                 SAVE_CKPT=False, num_warps=num_warps)

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import next_pow2, sm_count
+from .._common import cdiv, layout_cache, next_pow2, sm_count
 from .._tl import chunk_span, state_tile
 from .recurrent import _empty
 
@@ -385,15 +385,19 @@ def chunk_layout(offsets: Tensor, bt: int = BT) -> tuple[Tensor, Tensor, int]:
     """chunk_offsets [N+1] (first chunk of each sequence) and chunk_indices [NC, 2] (seq, chunk).
 
     For offsets of equal-length sequences (from ``seq_bounds`` without cu_seqlens) everything is
-    known on the host, so nothing is read back from the device.
+    known on the host, so nothing is read back from the device, and the layout is made once per
+    shape (``layout_cache``).
     """
     dense = getattr(offsets, "_dense", None)
     if dense is not None:
         B, T = dense
-        nc = (T + bt - 1) // bt
-        idx = torch.arange(B * nc, device=offsets.device)
-        chunk_offsets = torch.arange(0, (B + 1) * nc, nc, device=offsets.device)
-        return chunk_offsets, torch.stack([idx // nc, idx % nc], dim=1).contiguous(), nc
+
+        def make():
+            nc = (T + bt - 1) // bt
+            idx = torch.arange(B * nc, device=offsets.device)
+            chunk_offsets = torch.arange(0, (B + 1) * nc, nc, device=offsets.device)
+            return chunk_offsets, torch.stack([idx // nc, idx % nc], dim=1).contiguous(), nc
+        return layout_cache(("chunks", B, T, bt, str(offsets.device)), make)
     lengths = offsets[1:] - offsets[:-1]
     nchunks = (lengths + bt - 1) // bt
     chunk_offsets = torch.cat([nchunks.new_zeros(1), nchunks.cumsum(0)])
@@ -456,7 +460,7 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     least = FUSED_MIN_PROGRAMS
     if least is None:
         least = sm_count(device)
-    programs = N * H * triton.cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
+    programs = N * H * cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
     if programs >= least:
         return None if auto and backward else 1
     if auto and 4 * programs > least:
@@ -464,23 +468,26 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     dense = getattr(offsets, "_dense", None)
     if dense is None:
         return None
-    nc = triton.cdiv(dense[1], BT)
+    nc = cdiv(dense[1], BT)
     # two programs per SM: a program waits on its own chain of chunks, another can fill the gaps
-    nseg = min(nc, triton.cdiv(2 * least, max(programs, 1)))
-    per = triton.cdiv(nc, max(nseg, 1))
-    return triton.cdiv(nc, per) if nc else 1
+    nseg = min(nc, cdiv(2 * least, max(programs, 1)))
+    per = cdiv(nc, max(nseg, 1))
+    return cdiv(nc, per) if nc else 1
 
 
 def _segment_layout(B: int, T: int, nseg: int, device) -> tuple[Tensor, Tensor, int]:
     """Offsets and chunk offsets of the B·nseg segments (whole chunks, the last of a sequence ragged)
-    that an equal-length batch [B, T] is cut into, and the chunks of the longest, built on the host."""
-    nc = triton.cdiv(T, BT)
-    per = triton.cdiv(nc, nseg)
-    starts = [n * T + j * per * BT for n in range(B) for j in range(nseg)]
-    offsets = torch.tensor(starts + [B * T], dtype=torch.int64).to(device, non_blocking=True)
-    chunks = [min(per, nc - j * per) for _ in range(B) for j in range(nseg)]
-    chunk_offsets = torch.tensor([0] + list(itertools.accumulate(chunks)), dtype=torch.int64)
-    return offsets, chunk_offsets.to(device, non_blocking=True), per
+    that an equal-length batch [B, T] is cut into, and the chunks of the longest, built on the host
+    (once per shape)."""
+    def make():
+        nc = cdiv(T, BT)
+        per = cdiv(nc, nseg)
+        starts = [n * T + j * per * BT for n in range(B) for j in range(nseg)]
+        offsets = torch.tensor(starts + [B * T], dtype=torch.int64).to(device, non_blocking=True)
+        chunks = [min(per, nc - j * per) for _ in range(B) for j in range(nseg)]
+        chunk_offsets = torch.tensor([0] + list(itertools.accumulate(chunks)), dtype=torch.int64)
+        return offsets, chunk_offsets.to(device, non_blocking=True), per
+    return layout_cache(("segments", B, T, nseg, str(torch.device(device))), make)
 
 
 class ChunkScalarDecay(torch.autograd.Function):
@@ -505,7 +512,7 @@ class ChunkScalarDecay(torch.autograd.Function):
             BVf = min(FUSED_BV, BV)
             launch = _launch("fused_fwd", q.dtype, K, V)
             if nseg == 1:
-                _fused_fwd_kernel[(triton.cdiv(V, BVf), N * H)](
+                _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
                     q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT, BK=BK,
                     BV=BVf, DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
                     FAST=_fast(q.dtype),
@@ -518,7 +525,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                 # each segment's own state from zero (no per-chunk states), then the scan over segments
                 dS = _empty(NS, H, K, V, dtype=f32, device=q.device)
                 BVs = min(BV, 64)
-                _state_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BVs), NS * H)](
+                _state_kernel[(cdiv(K, BK), cdiv(V, BVs), NS * H)](
                     k, v, g, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BK,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec,
                     **_launch("state", q.dtype, K, V))
@@ -529,11 +536,11 @@ class ChunkScalarDecay(torch.autograd.Function):
                     logw = gp.view(B, nseg, per * BT, H).sum(2).to(f32).reshape(NS, H)
                 S_in = _empty(NS, H, K, V, dtype=f32, device=q.device)
                 BKV = min(1024, next_pow2(K * V))
-                _segment_pass_kernel[(triton.cdiv(K * V, BKV), N * H)](
+                _segment_pass_kernel[(cdiv(K * V, BKV), N * H)](
                     dS, logw, h0, S_in, ht, nseg, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None,
                     STORE_HT=store_ht)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
-                _fused_fwd_kernel[(triton.cdiv(V, BVf), NS * H)](
+                _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
                     q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, H=H, K=K, V=V, BT=BT,
                     BK=BK, BV=BVf, DECAY=decay, HAS_H0=True, STORE_H=keep, STORE_HT=False, PREC=prec,
                     FAST=_fast(q.dtype),
@@ -543,12 +550,12 @@ class ChunkScalarDecay(torch.autograd.Function):
             return o, ht
         h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         BVs = min(BV, 64)
-        _state_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BVs), N * H)](
+        _state_kernel[(cdiv(K, BK), cdiv(V, BVs), N * H)](
             k, v, g, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs,
             DECAY=decay, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec,
             **_launch("state", q.dtype, K, V))
         o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
-        _output_kernel[(triton.cdiv(V, BVs), NC, H)](
+        _output_kernel[(cdiv(V, BVs), NC, H)](
             q, k, v, g, h, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, BK=min(BK, 64), BV=BVs,
             DECAY=decay, PREC=prec, FAST=_fast(q.dtype), **_launch("output", q.dtype, K, V))
         ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
@@ -569,7 +576,7 @@ class ChunkScalarDecay(torch.autograd.Function):
         do = do.contiguous() if ctx.scale == 1.0 else do * ctx.scale
         dh = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
-        _dstate_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BVs), N * H)](
+        _dstate_kernel[(cdiv(K, BK), cdiv(V, BVs), N * H)](
             q, do, g, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
             ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, DECAY=decay, HAS_DHT=dht is not None,
             STORE_DH0=h0 is not None, PREC=prec, **_launch("dstate", q.dtype, K, V))
@@ -577,7 +584,7 @@ class ChunkScalarDecay(torch.autograd.Function):
         dk = _empty(Tt, H, K, dtype=k.dtype, device=q.device)
         dv = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
         BKs = min(BK, 64)
-        NKs = triton.cdiv(K, BKs)
+        NKs = cdiv(K, BKs)
         want_dg = g is not None and ctx.needs_input_grad[3]
         # one share of dg per key block, summed below
         dg = _empty(NKs, Tt, H, dtype=torch.float32, device=q.device) if want_dg else None
@@ -585,7 +592,7 @@ class ChunkScalarDecay(torch.autograd.Function):
             q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V, BT=BT, BK=BKs,
             BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, FAST=_fast(q.dtype),
             **_launch("dqdk", q.dtype, K, V))
-        _dv_kernel[(triton.cdiv(V, BVs), NC, H)](
+        _dv_kernel[(cdiv(V, BVs), NC, H)](
             q, k, g, do, dh, dv, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
             DECAY=decay, PREC=prec, FAST=_fast(q.dtype), **_launch("dv", q.dtype, K, V))
         if want_dg:

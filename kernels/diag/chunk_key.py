@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import next_pow2
+from .._common import cdiv, next_pow2
 from .._tl import chunk_span, state_tile
 from . import recurrent as _recurrent
 from .chunk import _state_dtype, chunk_layout, pick_launch
@@ -545,7 +545,7 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
-        _gate_kernel[(triton.cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT,
+        _gate_kernel[(cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT,
                                                   BK=BK, **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
@@ -560,7 +560,7 @@ class ChunkKeyDecay(torch.autograd.Function):
         V = v.shape[-1]
         N = offsets.numel() - 1
         BK, BV = _blocks(K, V)
-        NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+        NK, NV = cdiv(K, BK), cdiv(V, BV)
         chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
         NC = chunk_indices.shape[0]
         prec, lim = _prec(q.dtype), _lim(q.dtype)
@@ -590,7 +590,7 @@ class ChunkKeyDecay(torch.autograd.Function):
         N = offsets.numel() - 1
         NC = chunk_indices.shape[0]
         BK, BV = _blocks(K, V)
-        NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+        NK, NV = cdiv(K, BK), cdiv(V, BV)
         prec, lim = _prec(q.dtype), _lim(q.dtype)
         want_dg = ctx.needs_input_grad[3]
         # o = scale · (what the kernels compute): every gradient through o carries the scale

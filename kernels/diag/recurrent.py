@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import check_scale, next_pow2, step_bounds
+from .._common import cdiv, check_scale, next_pow2, step_bounds
 
 # decay kinds, as constexpr codes
 NONE, SCALAR, KEY, VALUE = 0, 1, 2, 3
@@ -231,7 +231,7 @@ class FusedRecurrentDiag(torch.autograd.Function):
         BK, BV = _blocks(K, V)
         o = _empty(Tt, H, V, dtype=v.dtype, device=v.device)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=v.device) if store_ht else None
-        grid = (triton.cdiv(V, BV), N * H)
+        grid = (cdiv(V, BV), N * H)
         _fwd_kernel[grid](q, k, v, g, h0, o, ht, offsets, Tt, _maxlen(offsets), 1.0, H=H, K=K, V=V, BK=BK, BV=BV,
                           DECAY=_CODES[decay], HAS_H0=h0 is not None, STORE_HT=store_ht)
         ctx.save_for_backward(q, k, v, g, h0, offsets)
@@ -246,7 +246,7 @@ class FusedRecurrentDiag(torch.autograd.Function):
         V = v.shape[-1]
         N = offsets.numel() - 1
         BK, BV = _blocks(K, V)
-        NV = triton.cdiv(V, BV)
+        NV = cdiv(V, BV)
         do = do.contiguous()
         dev = q.device
         dq = _empty(NV, Tt, H, K, dtype=torch.float32, device=dev)
@@ -336,7 +336,7 @@ def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none
         # Each program reads its own [K, BV] slice of h0 before writing the same slice of ht,
         # so updating in place is safe.
         with torch.no_grad():
-            _fwd_kernel[(triton.cdiv(V, BV), B * H)](
+            _fwd_kernel[(cdiv(V, BV), B * H)](
                 q, k, v, g, h0, o, ht, step_bounds(B, q.device), B, 1, scale, H=H, K=K, V=V, BK=BK, BV=BV,
                 DECAY=_CODES[decay], HAS_H0=True, STORE_HT=True, num_warps=num_warps)
     return o, ht

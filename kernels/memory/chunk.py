@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import next_pow2
+from .._common import cdiv, next_pow2
 from .._tl import chunk_span, state_tile
 from ..diag.chunk import chunk_layout
 
@@ -583,13 +583,13 @@ class ChunkTitans(torch.autograd.Function):
                                   cend, offsets, chunk_indices, BV=bl["BV_prep"], USE_G=g is not None,
                                   RETAINED=bool(retained), num_warps=bl["warps_prep"], **shape)
         BVs = bl["BV_state"]
-        _state_kernel[(triton.cdiv(V, BVs), N * H)](
+        _state_kernel[(cdiv(V, BVs), N * H)](
             k, w1, w2, u, coef, cend, e, s0, z0, hs, hz, st, zt, offsets, chunk_offsets, maxc, BV=BVs,
             HAS_H0=s0 is not None, STORE_HT=st is not None, num_warps=bl["warps_state"],
             num_stages=bl["stages_state"], **shape)
         if NC > 0:
             BVo = bl["BV_out"]
-            _output_kernel[(triton.cdiv(V, BVo), NC, H)](q, k, coef, e, hs, hz, cm, o, offsets, chunk_indices,
+            _output_kernel[(cdiv(V, BVo), NC, H)](q, k, coef, e, hs, hz, cm, o, offsets, chunk_indices,
                                                          BV=BVo, **shape)
         ctx.save_for_backward(q, k, theta, g, eta, w1, w2, tm, cm, cpm, coef, cend, hs, hz, e, offsets,
                               chunk_offsets, chunk_indices)
@@ -616,12 +616,12 @@ class ChunkTitans(torch.autograd.Function):
         ds0 = _empty(N, H, K, V, dtype=f32, device=dev) if has_h0 else None
         dz0 = _empty(N, H, K, V, dtype=f32, device=dev) if has_h0 else None
         BVs = bl["BV_state"]
-        _dstate_kernel[(triton.cdiv(V, BVs), N * H)](
+        _dstate_kernel[(cdiv(V, BVs), N * H)](
             q, k, w1, w2, cm, coef, cend, do, dst, dzt, dhs, dhz, ds0, dz0, offsets, chunk_offsets, maxc,
             BV=BVs, HAS_DHT=dst is not None, STORE_DH0=has_h0, num_warps=bl["warps_state"],
             num_stages=bl["stages_state"], **shape)
         BVg = bl["BV_grad"]
-        NV = triton.cdiv(V, BVg)
+        NV = cdiv(V, BVg)
         dq, dk = _empty(NV, Tt, H, K, dtype=f32, device=dev), _empty(NV, Tt, H, K, dtype=f32, device=dev)
         dv = _empty(Tt, H, V, dtype=f32, device=dev)
         dpqk, dakk = (_empty(NV, Tt, H, BT, dtype=f32, device=dev) for _ in range(2))

@@ -24,6 +24,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from . import chunk as CH  # noqa: E402
 from . import recurrent as RE  # noqa: E402
+from .._common import cdiv  # noqa: E402
 
 SHARED_LIMIT = {90: 232448, 80: 166912}
 _INTS = {"MAXC", "NT", "NC", "C"}
@@ -75,7 +76,7 @@ def jobs(dtype: str, K: int, BT: int):
     out.append(("recurrent fwd", RE._fwd_kernel, dict(H=16, K=K, V=K, BK=BK, BV=BV, USE_H0=True, STORE_HT=True,
                                                        SAVE_CKPT=True, **gates), w, 3))
     BK, BV, w = RE._blocks(K, K, "bwd")
-    out.append(("recurrent bwd", RE._bwd_kernel, dict(H=16, K=K, V=K, BK=BK, BV=BV, NV=triton.cdiv(K, BV),
+    out.append(("recurrent bwd", RE._bwd_kernel, dict(H=16, K=K, V=K, BK=BK, BV=BV, NV=cdiv(K, BV),
                                                        USE_DHT=True, STORE_DH0=True, **gates), w, 3))
     return out
 

@@ -34,7 +34,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import next_pow2
+from .._common import cdiv, next_pow2
 
 __all__ = ["FusedRecurrentTitans", "CHECKPOINT_INTERVAL"]
 
@@ -251,7 +251,7 @@ def recurrent_fwd(q, k, v, theta, g, eta, s0, z0, bounds, N, retained, output_fi
     """Launch the forward; tensors [B, T, H, ·] (or flattened time), states [N, H, K, V] fp32."""
     K, V, H = q.shape[-1], v.shape[-1], q.shape[-2]
     BK, BV, num_warps = _blocks(K, V, "fwd")
-    NV = triton.cdiv(V, BV)
+    NV = cdiv(V, BV)
     o = _empty(*v.shape, dtype=v.dtype, device=v.device)
     st = zt = None
     if output_final_state:
@@ -276,7 +276,7 @@ def recurrent_bwd(q, k, v, theta, g, eta, has_h0, do, dst, dzt, ckpt, ck_off, bo
     NT = q.numel() // (H * K)
     dev = q.device
     BK, BV, num_warps = _blocks(K, V, "bwd")
-    NV = triton.cdiv(V, BV)
+    NV = cdiv(V, BV)
     # Scratch depth: C, or the longest sequence when that is shorter (then every sequence is one
     # segment under either interval, so the shorter one can stand in for C in the kernel).
     lens = bounds[1:] - bounds[:-1]

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import check_cu_seqlens, seq_bounds
+from .._common import cdiv, check_cu_seqlens, seq_bounds
 from . import _utils as U
 from ._utils import key_ranges, load_rows, query_ranges, visible
 
@@ -272,7 +272,7 @@ def _forward(q, k, v, bounds, max_len, scale, window, sink_tokens):
     lse = U._alloc((H, TT), torch.float32, q.device)
     BK, BV = U.head_blocks(K, Vd)
     cfg = U.fwd_config(BK, BV, q.dtype)
-    num_m = triton.cdiv(max_len, cfg["BLOCK_M"])
+    num_m = cdiv(max_len, cfg["BLOCK_M"])
     if N == 0 or num_m == 0:
         return o, lse
     _fwd_kernel[(N * H, num_m)](
@@ -296,7 +296,7 @@ def _backward(do, q, k, v, o, lse, bounds, max_len, scale, window, sink_tokens):
         return dq, dk, dv
     BK, BV = U.head_blocks(K, Vd)
     BLOCK_T = 16 if U.interpreting() else 64
-    _bwd_preprocess[(triton.cdiv(TT, BLOCK_T), H)](
+    _bwd_preprocess[(cdiv(TT, BLOCK_T), H)](
         o, do, delta, o.stride(0), o.stride(1), do.stride(0), do.stride(1), delta.stride(0), TT,
         HEAD_V=Vd, BV=BV, BLOCK_T=BLOCK_T)
     common = dict(HEAD_K=K, HEAD_V=Vd, BK=BK, BV=BV, HAS_WINDOW=window is not None,
@@ -304,13 +304,13 @@ def _backward(do, q, k, v, o, lse, bounds, max_len, scale, window, sink_tokens):
     args = (scale * U.LOG2E, scale, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
             v.stride(1), do.stride(0), do.stride(1), lse.stride(0))
     cfg = U.bwd_config(BK, BV, q.dtype)
-    num_n = triton.cdiv(max_len, cfg["BLOCK_N"])
+    num_n = cdiv(max_len, cfg["BLOCK_N"])
     _bwd_dkdv_kernel[(N * H, num_n)](
         q, k, v, do, lse, delta, dk, dv, bounds, *args, num_n, H, window or 0, sink_tokens,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"], **common)
     cfg = U.dq_config(BK, BV, q.dtype)
-    num_m = triton.cdiv(max_len, cfg["BLOCK_M"])
+    num_m = cdiv(max_len, cfg["BLOCK_M"])
     _bwd_dq_kernel[(N * H, num_m)](
         q, k, v, do, lse, delta, dq, bounds, *args, num_m, H, window or 0, sink_tokens,
         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], num_warps=cfg["num_warps"],
@@ -370,7 +370,7 @@ def _prepare(op, q, k, v, scale, window, sink_tokens, cu_seqlens):
     U.check_offsets(op, max_len, H * K, H * Vd)
     if H * T * B > U.INT32_MAX:
         raise ValueError(f"{op}: H·B·T = {H * B * T} exceeds the int32 range of the lse buffer")
-    if triton.cdiv(max_len, 16) > U.GRID_MAX_YZ:
+    if cdiv(max_len, 16) > U.GRID_MAX_YZ:
         raise ValueError(f"{op}: sequences of {max_len} tokens exceed the launch grid; split them")
     if T == 0:  # seq_bounds cannot step by 0
         bounds = torch.zeros(B + 1 if cu_seqlens is None else cu_seqlens.numel(), dtype=torch.int64,

@@ -399,13 +399,14 @@ def test_one_pass_forward(one_pass, mixer, B, T, H, K, V, cs, scale, h0, dht):
 
 
 def test_one_pass_default_rule(monkeypatch):
-    """FUSED_FORWARD = None runs the one-pass forward where the H200 measured it faster: ungated, on
-    CUDA, with a program per SM (132 stood in for the H200's SMs)."""
+    """FUSED_FORWARD = None runs the one-pass forward where the H200 measured it faster: ungated or
+    with fp32 gates (16-bit inputs), on CUDA, with a program per SM (132 stood in for the H200's SMs)."""
     assert C.FUSED_FORWARD is None
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 132)
     cuda = torch.device("cuda")
     assert C._one_pass(128, 128, 64, 128, cuda, gated=False)
-    assert not C._one_pass(128, 128, 64, 128, cuda, gated=True)
+    assert C._one_pass(128, 128, 64, 128, cuda, gated=C._gated(torch.ones(1), torch.bfloat16))
+    assert not C._one_pass(128, 128, 64, 128, cuda, gated=C._gated(torch.ones(1), torch.float32))
     assert not C._one_pass(32, 128, 64, 128, cuda, gated=False)      # 64 programs
     assert not C._one_pass(128, 128, 64, 128, torch.device("cpu"), gated=False)
     assert not C._one_pass(128, 256, 64, 256, cuda, gated=False)     # K > 128
