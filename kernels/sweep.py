@@ -3,6 +3,7 @@
     python -m kernels.sweep profile [--ops scalar,key,delta] [--T 4096]
     python -m kernels.sweep launch  [--ops scalar,key,delta,gdn] [--T 4096] [--kernels dqkw,...]
     python -m kernels.sweep step    [--ops scalar,gdn]
+    python -m kernels.sweep profile --ops delta --set kernels.delta.chunk.UT_POWERS=False   (an A/B run)
 
 ``profile`` prints, for our chunked kernels and fla-core's, the wall time of forward and
 forward + backward (``triton.testing.do_bench``) and each CUDA kernel's time from torch.profiler.
@@ -12,13 +13,18 @@ kernel at a time, and prints the fastest settings beside the ones in ``LAUNCH``;
 (or ``gdn``) it times the delta-rule kernels (``kernels/delta/chunk.py``) under the tiles, warps and
 stages of ``DELTA_GRID`` (``--kernels`` picks some). ``step`` times the one-token decoding step
 (``compile(...).step`` of Mamba-2 or Gated DeltaNet at the decode benchmark's B=64, state in place)
-under every value tile and warp count of ``STEP_GRID``. Shapes are the benchmark's: bf16, H=16,
-K=V=128, B·T=32768.
+under every value tile and warp count of ``STEP_GRID``. ``--set MODULE.NAME=VALUE`` (repeatable)
+sets one of the kernels' module switches (``UT_POWERS``, ``FAST_PAIRS``, ``FUSED_FORWARD``, …) for the
+run, to time both sides of a choice. Shapes are the benchmark's: bf16, H=16, K=V=128, B·T=32768;
+forwards run without autograd, as the benchmark's.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import importlib
 import itertools
 
 import torch
@@ -49,30 +55,66 @@ def profile(kinds: list[str], T: int) -> None:
     from triton.testing import do_bench
 
     for kind in kinds:
-        inp = bench._inputs(bench.TOKENS // T, T, kind)
         for impl, fn in (("ours", bench._ours(kind)), ("fla", bench._fla(kind))):
             if fn is None:
                 continue
             for backward in (False, True):
                 mode = "fwd+bwd" if backward else "fwd"
+                # the forward alone as the benchmark times it: no autograd (nothing kept for a backward)
+                inp = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
+                grad = contextlib.nullcontext() if backward else torch.no_grad()
                 try:
-                    times = kernel_times(fn, inp, backward)
+                    with grad:
+                        times = kernel_times(fn, inp, backward)
 
-                    def run():
-                        o = fn(**inp)
-                        if backward:
-                            o.backward(torch.ones_like(o))
-                    ms = do_bench(run, warmup=25, rep=100)
+                        def run():
+                            o = fn(**inp)
+                            if backward:
+                                o.backward(torch.ones_like(o))
+                        ms = do_bench(run, warmup=25, rep=100)
                 except Exception as e:  # noqa: BLE001 - a refused op is a line of the report
                     print(f"== {kind} {impl} {mode}: failed {type(e).__name__}: {str(e)[:100]}", flush=True)
                     continue
-                finally:
-                    for t in inp.values():
-                        t.grad = None
                 total = sum(times.values())
                 print(f"== {kind} {impl} {mode} T={T}: {ms:.3f} ms wall, kernels {total:.3f} ms", flush=True)
                 for name, t in sorted(times.items(), key=lambda kv: -kv[1])[:12]:
                     print(f"   {t:8.3f} ms  {name[:90]}", flush=True)
+
+
+def parse_settings(pairs: list[str]) -> list[tuple[object, str, object]]:
+    """``MODULE.NAME=VALUE`` strings as (module, name, value): a module of ``kernels``, one of its
+    existing UPPER_CASE switches, a Python literal. ValueError says what is wrong."""
+    out = []
+    for pair in pairs:
+        name, eq, text = pair.partition("=")
+        modname, _, attr = name.rpartition(".")
+        if not eq or not modname.startswith("kernels.") or not attr.isupper():
+            raise ValueError(f"{pair!r}: expected MODULE.NAME=VALUE with a kernels module and an UPPER_CASE name")
+        try:
+            mod = importlib.import_module(modname)
+        except ImportError as e:
+            raise ValueError(f"{pair!r}: no module {modname} ({e})") from None
+        if not hasattr(mod, attr):
+            raise ValueError(f"{pair!r}: {modname} has no {attr}")
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{pair!r}: {text!r} is not a Python literal (True, 2, None, ...)") from None
+        out.append((mod, attr, value))
+    return out
+
+
+@contextlib.contextmanager
+def settings(parsed: list[tuple[object, str, object]]):
+    """The switches set for the duration, then put back."""
+    old = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in parsed]
+    try:
+        for mod, attr, value in parsed:
+            setattr(mod, attr, value)
+        yield
+    finally:
+        for mod, attr, value in reversed(old):
+            setattr(mod, attr, value)
 
 
 def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
@@ -215,7 +257,14 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", default=None,
                     help=f"launch: comma-separated kernels, delta/gdn of {sorted(DELTA_GRID)}, scalar/key of "
                     "their LAUNCH tables (e.g. fused_fwd); default all")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                    help="set a kernels module switch for the run, e.g. kernels.delta.chunk.UT_POWERS=False "
+                    "(repeatable)")
     args = ap.parse_args(argv)
+    try:
+        switches = parse_settings(args.set)
+    except ValueError as e:
+        ap.error(f"--set: {e}")
     names = None if args.kernels is None else args.kernels.split(",")
     if names is not None:
         import kernels.diag.chunk as scalar_mod
@@ -227,15 +276,15 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the kernels are timed there)")
     ops = args.ops.split(",")
-    if args.what == "profile":
-        profile(ops, args.T)
-        return 0
-    if args.what == "step":
-        step([o for o in ops if o in ("scalar", "gdn")] or ["scalar", "gdn"])
-        return 0
-    launch([o for o in ops if o in ("scalar", "key")], args.T, names)
-    for kind in (o for o in ops if o in ("delta", "gdn")):
-        launch_delta(kind, args.T, names)
+    with settings(switches):
+        if args.what == "profile":
+            profile(ops, args.T)
+        elif args.what == "step":
+            step([o for o in ops if o in ("scalar", "gdn")] or ["scalar", "gdn"])
+        else:
+            launch([o for o in ops if o in ("scalar", "key")], args.T, names)
+            for kind in (o for o in ops if o in ("delta", "gdn")):
+                launch_delta(kind, args.T, names)
     return 0
 
 

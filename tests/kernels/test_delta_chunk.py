@@ -156,6 +156,18 @@ def test_strong_decays(cs):
     compare("gated_deltanet", d, S0, do, dS, chunk_size=cs)
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c[1] > 1], ids=lambda c: f"T{c[1]}C{c[5]}")
+def test_ut_by_substitution(monkeypatch, case):
+    """The diagonal blocks of T by forward substitution (UT_POWERS = False) instead of the default
+    product of powers: chunk sizes 16, 32 and 64, the gated rule."""
+    assert C.UT_POWERS
+    monkeypatch.setattr(C, "UT_POWERS", False)
+    B, T, H, K, V, cs, scale, h0, dht = case
+    d = inputs("gated_deltanet", B, T, H, K, V, seed=T + K)
+    S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
+    compare("gated_deltanet", d, S0, do, dS, scale=scale, chunk_size=cs)
+
+
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("strong,tol", [(False, TOL), (True, 2e-4)])
 def test_fast_gates(monkeypatch, strong, tol, fused):

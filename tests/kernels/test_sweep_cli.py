@@ -91,3 +91,54 @@ def test_step_sweep_times_every_tile_and_restores_the_default(monkeypatch, capsy
     assert (diag_rec._step_blocks, delta_rec._blocks) == before
     out = capsys.readouterr().out
     assert "step mamba2 B=2" in out and "step gated_deltanet B=2" in out
+
+
+@pytest.mark.parametrize("bad,says", [
+    ("kernels.delta.chunk.UT_POWERS", "expected MODULE.NAME=VALUE"),
+    ("torch.FOO=1", "expected MODULE.NAME=VALUE"),
+    ("kernels.delta.chunk.NOPE=1", "kernels.delta.chunk has no NOPE"),
+    ("kernels.nope.X=1", "no module kernels.nope"),
+    ("kernels.delta.chunk.UT_POWERS=maybe", "is not a Python literal"),
+])
+def test_set_rejects_bad_switches(capsys, bad, says):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["profile", "--set", bad])
+    assert e.value.code == 2 and says in capsys.readouterr().err
+
+
+def test_set_applies_switches_for_the_run_only(monkeypatch):
+    """--set reaches the module while the command runs and is put back after (here: profile, faked)."""
+    import kernels.delta.chunk as C
+    import kernels.diag.chunk as dc
+
+    seen = []
+    monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sweep, "profile", lambda ops, T: seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
+    assert sweep.main(["profile", "--ops", "delta", "--T", "1024", "--set", "kernels.delta.chunk.UT_POWERS=False",
+                       "--set", "kernels.diag.chunk.FAST_PAIRS=True"]) == 0
+    assert seen == [(["delta"], 1024, False, True)]
+    assert C.UT_POWERS is True and dc.FAST_PAIRS is None
+
+
+def test_profile_times_the_forward_without_autograd(monkeypatch, capsys):
+    """The forward is profiled as the benchmark times it (inputs without grad, under no_grad); the
+    forward + backward with grad."""
+    import triton.testing
+
+    calls = []
+
+    def fake_inputs(B, T, kind, grad=True):
+        return {"x": torch.ones(2, requires_grad=grad)}
+
+    def fake_times(fn, inp, backward, iters=5):
+        calls.append((backward, inp["x"].requires_grad, torch.is_grad_enabled()))
+        return {"_k": 1.0}
+
+    monkeypatch.setattr(sweep.bench, "_inputs", fake_inputs)
+    monkeypatch.setattr(sweep.bench, "_ours", lambda kind: lambda x: x * 2)
+    monkeypatch.setattr(sweep.bench, "_fla", lambda kind: None)
+    monkeypatch.setattr(sweep, "kernel_times", fake_times)
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: (fn(), 0.5)[1])
+    sweep.profile(["scalar"], 4096)
+    assert calls == [(False, False, False), (True, True, True)]
+    assert "== scalar ours fwd T=4096: 0.500 ms wall" in capsys.readouterr().out
