@@ -20,3 +20,27 @@ def test_dense_layout_matches_general(B, T, bt):
 def test_varlen_offsets_are_not_marked():
     cu = torch.tensor([0, 3, 3, 10])
     assert not hasattr(seq_bounds(cu, 1, 10, "cpu"), "_dense")
+
+
+def test_dense_layouts_are_made_once_per_shape():
+    """The offsets and chunk lists of an equal-length batch are built once per (shape, chunk, device)
+    and handed out again (no tensor op on later calls); another shape gets its own."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    first = seq_bounds(None, 3, 130, "cpu"), chunk_layout(seq_bounds(None, 3, 130, "cpu"), 64)
+    with Ops() as ops:
+        again = seq_bounds(None, 3, 130, "cpu"), chunk_layout(seq_bounds(None, 3, 130, "cpu"), 64)
+    assert ops.seen == []
+    assert again[0] is first[0] and again[1][0] is first[1][0] and again[1][1] is first[1][1]
+    other = chunk_layout(seq_bounds(None, 3, 130, "cpu"), 32)
+    assert other[2] == 5 and other[1] is not first[1][1] and first[1][2] == 3
+    assert seq_bounds(None, 2, 130, "cpu") is not first[0]
