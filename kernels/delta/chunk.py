@@ -180,6 +180,7 @@ def _inv_unit_lower_pow(A, N: tl.constexpr, PREC: tl.constexpr):
 
 @triton.jit
 def _inv_block(A, N: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr):
+    """(I + A)⁻¹ of a diagonal block, by powers (POW) or by forward substitution."""
     if POW:
         return _inv_unit_lower_pow(A, N, PREC)
     else:

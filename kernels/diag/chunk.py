@@ -15,7 +15,8 @@ segments of the sequences where they are too few: _segment_pass_kernel joins the
 
 Numerics. Each exponent is a sum of the g between its two rows (G from the chunk start, G_L − G as a
 reverse sum, G_i − G_j by a cumulative sum down each column of the pair matrix), never a difference
-of prefix sums, whose rounding (|G| · 6e-8) is all that is left of a strong decay's pair terms. The
+of prefix sums, whose rounding (|G| · 6e-8) is all that is left of a strong decay's pair terms —
+for fp32 inputs; 16-bit ones, whose own rounding is far coarser, take G_i − G_j (FAST_PAIRS). The
 decay gradient is summed inside _dqdk_kernel from the pairs that straddle each step,
 
     dg_t = e^{G_L} ⟨S_c, dS_{c+1}⟩ + Σ_{i≥t} q_i·dq_i^inter + Σ_{j<t} k_j·dk_j^inter
