@@ -1,10 +1,12 @@
 """Kernel benchmark on the GPU: our kernels, flash-linear-attention (fla-core) and torch SDPA, in one run.
 
-    python -m kernels.bench [--out DIR] [--quick] [--ops KIND,...]   (kinds: scalar,key,delta,gdn,softmax,titans)
+    python -m kernels.bench [--out DIR] [--quick] [--ops KIND,...]
+        (kinds: scalar,key,delta,gdn,softmax,titans and decode; --ops decode alone: the decode step only)
 
 bf16, H=16, K=V=128, B·T = 32768 tokens, T from 1K to 32K; forward and forward+backward (median of
 ``triton.testing.do_bench``), peak memory, the memory floor (bytes of q, k, v, o over the measured copy
-bandwidth) and the decode step at B=64. Writes ``kernel_bench.md`` and ``kernel_bench.csv``.
+bandwidth) and, with ``decode`` among the kinds (the default), the decode step at B=64. Writes
+``kernel_bench.md``, ``kernel_bench.csv`` and ``decode.csv``.
 """
 
 from __future__ import annotations
@@ -280,8 +282,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax",
-                    help="comma-separated subset of scalar,key,delta,gdn,softmax,titans")
+    ap.add_argument("--ops", default="scalar,key,delta,gdn,softmax,decode",
+                    help="comma-separated subset of scalar,key,delta,gdn,softmax,titans,decode (decode: the "
+                    "one-token step at B=64; --ops decode alone times only that)")
     ap.add_argument("--impls", default="ours,fla,sdpa,ours-recurrent",
                     help="comma-separated subset of " + ",".join(IMPLS) + " (e.g. ours alone, to re-time "
                     "our kernels after a change and merge the rows with an earlier run's fla rows by --render)")
@@ -290,7 +293,7 @@ def main(argv=None) -> int:
     ap.add_argument("--render", default="", help="comma-separated CSVs of earlier runs: write "
                     "kernel_bench.md from them and exit (no GPU needed)")
     args = ap.parse_args(argv)
-    for flag, given, known in (("--ops", args.ops, ("scalar", "key", "delta", "gdn", "softmax", "titans")),
+    for flag, given, known in (("--ops", args.ops, ("scalar", "key", "delta", "gdn", "softmax", "titans", "decode")),
                                ("--impls", args.impls, IMPLS)):
         unknown = [x for x in given.split(",") if x not in known]
         if unknown:
@@ -308,8 +311,9 @@ def main(argv=None) -> int:
         return 0
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the kernels are timed there); --render works without one")
+    kinds = [k for k in args.ops.split(",") if k != "decode"]
     if args.profile:
-        for kind in args.ops.split(","):
+        for kind in kinds:
             text = profile(kind)
             print(text, flush=True)
             with open(os.path.join(args.out, f"profile_{kind}.txt"), "w") as f:
@@ -321,7 +325,7 @@ def main(argv=None) -> int:
     out_rows = []
     names = {"scalar": "mamba2 / simple GLA", "key": "GLA", "delta": "DeltaNet", "gdn": "Gated DeltaNet",
              "softmax": "softmax attention", "titans": "Titans (linear memory)"}
-    for kind in args.ops.split(","):
+    for kind in kinds:
         impls = {"ours": _ours(kind), "ours-fused": _ours_fused(kind) if "ours-fused" in args.impls else None,
                  "fla": _fla(kind) if kind != "softmax" else None,
                  "sdpa": _sdpa() if kind == "softmax" else None,
@@ -355,20 +359,19 @@ def main(argv=None) -> int:
                     del inp
                     torch.cuda.empty_cache()
     dec = []
-    decode_bench(dec, bw)
-    print(dec, flush=True)
-    with open(os.path.join(args.out, "decode.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(dec[0]))
-        w.writeheader()
-        w.writerows(dec)
-    with open(os.path.join(args.out, "kernel_bench.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(out_rows[0]))
-        w.writeheader()
-        w.writerows(out_rows)
+    if "decode" in args.ops.split(","):
+        decode_bench(dec, bw)
+        print(dec, flush=True)
+    for name, rows in (("decode.csv", dec), ("kernel_bench.csv", out_rows)):
+        if rows:
+            with open(os.path.join(args.out, name), "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
     lines = [f"# Kernel benchmark: {torch.cuda.get_device_name()}, torch {torch.__version__}",
              f"bf16, H={H}, K=V={D}, B·T={TOKENS}; copy bandwidth {bw / 1e12:.2f} TB/s; ms = median "
              "of triton.testing.do_bench; floor = bytes(q, k, v, o) / bandwidth", ""]
-    for kind in args.ops.split(","):
+    for kind in kinds:
         lines += [f"## {names[kind]}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
                   "|---|---|" + "---|" * (len(Ts) + 1)]
         for impl in IMPLS:
@@ -383,9 +386,10 @@ def main(argv=None) -> int:
                 str(x["floor_ms"]) for x in out_rows if x["op"] == names[kind] and x["impl"] == "ours"
                 and x["mode"] == "fwd") + " | |")
         lines.append("")
-    lines += ["## Decode step (ms)", "", "| " + " | ".join(dec[0]) + " |", "|" + "---|" * len(dec[0])]
-    lines += ["| " + " | ".join(str(round(v, 4)) if isinstance(v, float) else str(v) for v in r.values()) + " |"
-              for r in dec]
+    if dec:
+        lines += ["## Decode step (ms)", "", "| " + " | ".join(dec[0]) + " |", "|" + "---|" * len(dec[0])]
+        lines += ["| " + " | ".join(str(round(v, 4)) if isinstance(v, float) else str(v) for v in r.values())
+                  + " |" for r in dec]
     with open(os.path.join(args.out, "kernel_bench.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     return 0

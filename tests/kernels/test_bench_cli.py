@@ -66,3 +66,23 @@ def test_ours_fused_turns_the_one_pass_forward_on_for_its_call(count_launches):
     two_pass = bench._ours("scalar")(q=q, k=k, v=v, g=g)
     assert len(launches) == 1
     assert ((fused - two_pass).norm() / two_pass.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("ops,decode,chunked", [("decode", True, False), ("scalar", False, True),
+                                                ("scalar,decode", True, True)])
+def test_decode_is_a_kind_of_its_own(tmp_path, monkeypatch, ops, decode, chunked):
+    """--ops decode times the decoding step alone (a run cut short by a budget no longer has to get
+    through every chunked kind first); without it no decode runs. GPU calls faked on the CPU."""
+    calls = []
+    monkeypatch.setattr(bench.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench.torch.cuda, "get_device_name", lambda *a: "fake GPU")
+    monkeypatch.setattr(bench, "copy_bandwidth", lambda: 4e12)
+    monkeypatch.setattr(bench, "_inputs", lambda B, T, kind, grad=True: {})
+    monkeypatch.setattr(bench, "_time", lambda fn, inp, backward: (calls.append("time") or 1.0, 0.5))
+    monkeypatch.setattr(bench, "decode_bench", lambda rows, bw: calls.append("decode") or rows.append(
+        {"op": "decode step B=64 (mamba2)", "ours step (compile)": 0.04, "state floor": 0.03}))
+    assert bench.main(["--ops", ops, "--impls", "ours", "--Ts", "1024", "--out", str(tmp_path)]) == 0
+    assert ("decode" in calls) == decode and ("time" in calls) == chunked
+    md = (tmp_path / "kernel_bench.md").read_text()
+    assert ("## Decode step" in md) == decode and ("## mamba2" in md) == chunked
+    assert (tmp_path / "decode.csv").exists() == decode and (tmp_path / "kernel_bench.csv").exists() == chunked
