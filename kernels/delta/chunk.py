@@ -370,16 +370,22 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         if STORE_H:
             tl.store(vn + p_tv, b_vn, mask=m_tv)
         b_kr = tl.load(k + p_tk, mask=m_tk, other=0.0)
-        b_k = b_kr.to(tl.float32)
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
             b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
             b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
-            b_o = _mm(b_q, b_S, DT, PREC) * tl.exp(b_G + b_Gl)[:, None] + _mm(b_A, b_vn, DT, PREC)
+            b_o = _mm(b_q, b_S, DT, PREC)
+            if GATED:
+                b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
+            b_o += _mm(b_A, b_vn, DT, PREC)
             tl.store(o + p_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
-        b_kd = b_k * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
-        # the state moves on with the stored (rounded) Vn: what the outputs see
-        b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
+        # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
+        # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
+        if GATED:
+            b_kd = b_kr.to(tl.float32) * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
+            b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
+        else:
+            b_S += _mm(tl.trans(b_kr), b_vn, DT, PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_S, mask=m_kv)
 
