@@ -12,6 +12,7 @@ bandwidth) and, with ``decode`` among the kinds (the default), the decode step a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import os
 import sys
@@ -72,6 +73,20 @@ def _ours(kind):
     return lambda q, k, v: flash_attention(q, k, v)
 
 
+@contextlib.contextmanager
+def switches(changes):
+    """Module attributes set for the duration — ``changes`` is [(module, name, value)] — and put back
+    afterwards, also on an error (the kernels' switches: FUSED_FORWARD, UT_POWERS, ...)."""
+    old = [(mod, name, getattr(mod, name)) for mod, name, _ in changes]
+    try:
+        for mod, name, value in changes:
+            setattr(mod, name, value)
+        yield
+    finally:
+        for mod, name, value in reversed(old):
+            setattr(mod, name, value)
+
+
 def _ours_fused(kind):
     """Our scalar-decay or delta-rule kernels with their one-pass forward switched on (FUSED_FORWARD of
     kernels.diag.chunk or kernels.delta.chunk)."""
@@ -84,11 +99,8 @@ def _ours_fused(kind):
     base = _ours(kind)
 
     def run(**kw):
-        old, mod.FUSED_FORWARD = mod.FUSED_FORWARD, True
-        try:
+        with switches([(mod, "FUSED_FORWARD", True)]):
             return base(**kw)
-        finally:
-            mod.FUSED_FORWARD = old
     return run
 
 

@@ -104,19 +104,6 @@ def parse_settings(pairs: list[str]) -> list[tuple[object, str, object]]:
     return out
 
 
-@contextlib.contextmanager
-def settings(parsed: list[tuple[object, str, object]]):
-    """The switches set for the duration, then put back."""
-    old = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in parsed]
-    try:
-        for mod, attr, value in parsed:
-            setattr(mod, attr, value)
-        yield
-    finally:
-        for mod, attr, value in reversed(old):
-            setattr(mod, attr, value)
-
-
 def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
     """Times each scalar/key kernel under every warps × stages setting (one kernel varied at a time;
     the one-pass forward also under each value tile FUSED_BV)."""
@@ -231,17 +218,13 @@ def step(kinds: list[str], B: int = 64, device: str = "cuda") -> None:
             default = real(bench.D, bench.D)
             pick = lambda cfg: (lambda K, V: (real(K, V)[0], cfg["BV"], cfg["num_warps"]))  # noqa: E731
         res = []
-        try:
-            for values in itertools.product(*STEP_GRID.values()):
-                cfg = dict(zip(STEP_GRID, values))
-                setattr(mod, attr, pick(cfg))
-                with torch.no_grad():
-                    try:
-                        res.append((do_bench(lambda: m.step(state, inplace=True, **one)), cfg))
-                    except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
-                        print(f"   {name} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
-        finally:
-            setattr(mod, attr, real)
+        for values in itertools.product(*STEP_GRID.values()):
+            cfg = dict(zip(STEP_GRID, values))
+            with bench.switches([(mod, attr, pick(cfg))]), torch.no_grad():
+                try:
+                    res.append((do_bench(lambda: m.step(state, inplace=True, **one)), cfg))
+                except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
+                    print(f"   {name} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
         res.sort(key=lambda r: r[0])
         best = "; ".join(f"{t:.4f} {c}" for t, c in res[:4])
         print(f"step {name} B={B} (now BV={default[1]}, num_warps={default[2]}): {best}; slowest "
@@ -276,7 +259,7 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the kernels are timed there)")
     ops = args.ops.split(",")
-    with settings(switches):
+    with bench.switches(switches):
         if args.what == "profile":
             profile(ops, args.T)
         elif args.what == "step":

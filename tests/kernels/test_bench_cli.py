@@ -86,3 +86,13 @@ def test_decode_is_a_kind_of_its_own(tmp_path, monkeypatch, ops, decode, chunked
     md = (tmp_path / "kernel_bench.md").read_text()
     assert ("## Decode step" in md) == decode and ("## mamba2" in md) == chunked
     assert (tmp_path / "decode.csv").exists() == decode and (tmp_path / "kernel_bench.csv").exists() == chunked
+
+
+def test_switches_put_module_attributes_back_even_on_error():
+    import kernels.delta.chunk as C
+
+    with pytest.raises(RuntimeError):
+        with bench.switches([(C, "UT_POWERS", False), (C, "FUSED_FORWARD", True)]):
+            assert C.UT_POWERS is False and C.FUSED_FORWARD is True
+            raise RuntimeError("mid-run")
+    assert C.UT_POWERS is True and C.FUSED_FORWARD is None
