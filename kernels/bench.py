@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import kernels
 
 H, D = 16, 128
-# "ours-fused": the scalar-decay and delta-rule kernels with their one-pass forwards forced on (FUSED_FORWARD =
+# "ours-fused": the diagonal-decay and delta-rule kernels with their one-pass forwards forced on (FUSED_FORWARD =
 # True; "ours" runs them only where the default rule picks them)
 IMPLS = ("ours", "ours-fused", "ours-recurrent", "fla", "sdpa")
 TOKENS = 32768
@@ -88,14 +88,14 @@ def switches(changes):
 
 
 def _ours_fused(kind):
-    """Our scalar-decay or delta-rule kernels with their one-pass forward switched on (FUSED_FORWARD of
-    kernels.diag.chunk or kernels.delta.chunk)."""
-    if kind not in ("scalar", "delta", "gdn"):
+    """Our diagonal-decay or delta-rule kernels with their one-pass forward switched on (FUSED_FORWARD of
+    kernels.diag.chunk, which the key-wise kernels follow too, or kernels.delta.chunk)."""
+    if kind not in ("scalar", "key", "delta", "gdn"):
         return None
     import kernels.delta.chunk as delta_mod
     import kernels.diag.chunk as scalar_mod
 
-    mod = scalar_mod if kind == "scalar" else delta_mod
+    mod = scalar_mod if kind in ("scalar", "key") else delta_mod
     base = _ours(kind)
 
     def run(**kw):

@@ -144,7 +144,11 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
     kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
     o, S = chunk_diag(kin["q"], kin["k"], kin["v"], "key", kin["gk"], initial_state=kin["S0"],
                       output_final_state=True)
-    errs = {"o": rel_err(o.double(), o_ref), "state": rel_err(S.double(), S_ref)}
+    with torch.no_grad():   # a forward without autograd may run other kernels (the one pass)
+        o1, S1 = chunk_diag(*(kin[n].detach() for n in ("q", "k", "v", "gk")), "key",
+                            initial_state=kin["S0"].detach(), output_final_state=True)
+    errs = {"o": max(rel_err(o.double(), o_ref), rel_err(o1.double(), o_ref)),
+            "state": max(rel_err(S.double(), S_ref), rel_err(S1.double(), S_ref))}
     g_ref = _grads(o_ref, S_ref, list(ref.values()), seed)
     g_k = _grads(o, S, list(kin.values()), seed)
     gerr = [rel_err(a.double(), b) for a, b in zip(g_k, g_ref)]
@@ -152,6 +156,20 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
     errs["grad"], errs["worst_grad"] = max(gerr), names[max(range(len(names)), key=gerr.__getitem__)]
     ok = errs["o"] < TOL[dtype] and errs["state"] < TOL[dtype] and errs["grad"] < GRAD_TOL[dtype]
     return errs, ok
+
+
+def check_key_repeat(dtype, B, T, H, K, V, seed=0):
+    """GLA's forward without autograd twice on the same inputs: how many of output and final state
+    differ in any bit."""
+    from kernels.diag import chunk_diag
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=dtype)  # noqa: E731
+    x = [r(B, T, H, K) * K ** -0.5, r(B, T, H, K), r(B, T, H, V),
+         torch.nn.functional.logsigmoid(r(B, T, H, K).float()) / 16]
+    with torch.no_grad():
+        runs = [chunk_diag(*x, "key", output_final_state=True) for _ in range(2)]
+    return sum(not torch.equal(a, b) for a, b in zip(*runs))
 
 
 # B, T, H, K, V, mixer, chunk size, gate regime ("mild": logsigmoid(N(4, 1)), "strong": −5 … −20)
@@ -434,6 +452,16 @@ def main(argv=None) -> int:
                                                              else (8, 4096, 16, 128, 128)))[0] if not opts else 0
                         return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
                     failed += not _row(lines, f"| {name} | {mode} | {str(dtype)[6:]} |", one_pass, 6)
+            if not fused_only or "gla" in fused_only:   # GLA's one pass: forwards without autograd
+                dc.FUSED_MIN_PROGRAMS = 1
+                for regime in ("gla", "bursts", "strong"):
+                    for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
+                        def key_pass(dtype=dtype, regime=regime):
+                            errs, ok = check_key_chunk(dtype, 2, 2048, 4, 128, 128, regime)
+                            n_diff = check_key_repeat(dtype, *((1, 130, 2, 32, 32) if args.quick
+                                                               else (8, 4096, 16, 128, 128)))
+                            return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
+                        failed += not _row(lines, f"| gla ({regime}) | one pass | {str(dtype)[6:]} |", key_pass, 6)
         finally:
             dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS = saved
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K

@@ -106,34 +106,37 @@ def parse_settings(pairs: list[str]) -> list[tuple[object, str, object]]:
 
 def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
     """Times each scalar/key kernel under every warps × stages setting (one kernel varied at a time;
-    the one-pass forward also under each value tile FUSED_BV)."""
+    the one-pass forwards also under each value tile FUSED_BV). The one-pass forwards run only while
+    they are timed (both families follow the scalar module's FUSED_FORWARD); the key-wise one, which
+    has no backward, is timed in a forward without autograd."""
     import kernels.diag.chunk as scalar_mod
     import kernels.diag.chunk_key as key_mod
 
     for kind, mod in (("scalar", scalar_mod), ("key", key_mod)):
         if kind not in kinds:
             continue
-        inp = bench._inputs(bench.TOKENS // T, T, kind)
         base = {k: dict(v) for k, v in mod.LAUNCH.items()}
-        one_pass = hasattr(mod, "FUSED_FORWARD")   # (None there means: the measured default rule)
-        fused, fused_bv = getattr(mod, "FUSED_FORWARD", None), getattr(mod, "FUSED_BV", None)
         try:
             for name in base:
                 if names and name not in names:
                     continue
-                if one_pass:   # the one-pass forward runs only while it is being timed
-                    mod.FUSED_FORWARD = name == "fused_fwd"
+                one_pass = name == "fused_fwd"
+                backward = not (one_pass and kind == "key")
+                inp = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
                 res = []
-                bvs = (16, 32, 64, 128) if name == "fused_fwd" else (None,)
-                for nw, ns, bv in itertools.product((2, 4, 8), (1, 2, 3), bvs):
-                    mod.LAUNCH[name] = dict(num_warps=nw, num_stages=ns)
-                    if bv is not None:
-                        mod.FUSED_BV = bv
-                    try:
-                        t = kernel_times(bench._ours(kind), inp, backward=True, iters=3)
-                        res.append((t.get(f"_{name}_kernel", float("nan")), nw, ns, bv))
-                    except Exception:  # noqa: BLE001 - out of resources: not a candidate
-                        res.append((float("inf"), nw, ns, bv))
+                bvs = (16, 32, 64, 128) if one_pass else (None,)
+                with bench.switches([(scalar_mod, "FUSED_FORWARD", one_pass),
+                                     (scalar_mod, "FUSED_BV", scalar_mod.FUSED_BV)]), \
+                        (contextlib.nullcontext() if backward else torch.no_grad()):
+                    for nw, ns, bv in itertools.product((2, 4, 8), (1, 2, 3), bvs):
+                        mod.LAUNCH[name] = dict(num_warps=nw, num_stages=ns)
+                        if bv is not None:
+                            scalar_mod.FUSED_BV = bv
+                        try:
+                            t = kernel_times(bench._ours(kind), inp, backward=backward, iters=3)
+                            res.append((t.get(f"_{name}_kernel", float("nan")), nw, ns, bv))
+                        except Exception:  # noqa: BLE001 - out of resources: not a candidate
+                            res.append((float("inf"), nw, ns, bv))
                 mod.LAUNCH[name] = base[name]
                 res.sort(key=lambda r: r[0])
                 best = " ".join(f"warps {nw}/stages {ns}" + (f"/BV {bv}" if bv else "") + f": {t:.3f}"
@@ -141,8 +144,6 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
                 print(f"{kind} {name} (now {base[name]}): {best}; slowest {res[-1][0]:.3f} ms", flush=True)
         finally:
             mod.LAUNCH.update(base)
-            if one_pass:
-                mod.FUSED_FORWARD, mod.FUSED_BV = fused, fused_bv
 
 
 # Candidate launch settings of the delta-rule kernels (kernels/delta/chunk.py), per LAUNCH key.

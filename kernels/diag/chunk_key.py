@@ -12,7 +12,9 @@ entering chunk c (fla's orientation, S ∈ R^{K×V}):
 Kernels. _gate_kernel forms Q ⊙ e^{G}, K ⊙ e^{G_L − G} and G_L once per chunk; the state scans, the
 output and the dV kernels read those. A chunk whose total decay max_k (−G_L) is below LIM has its scores
 and its intra-chunk dQ, dK computed whole, as matmuls of those factors (each ≤ e^{LIM}); only chunks
-with a strong decay somewhere take the sub-block path below.
+with a strong decay somewhere take the sub-block path below. A forward without a backward runs in one
+pass where the scalar family's rule (kernels.diag.chunk.FUSED_FORWARD) would take one: _fused_fwd_kernel
+does all of the above for each chunk in turn with the state in registers, moving q, k, gk, v and o alone.
 
 Numerics. e^{G_i − G_j} ≤ 1, but factored as e^{G_i} · e^{−G_j} it overflows once a chunk decays by
 more than ~88 nats. A is therefore built by sub-blocks of BC rows: for rows i of sub-block b and the
@@ -25,7 +27,9 @@ that matmul when its decay span = max_k (G_r − G_end) is below LIM (the factor
 otherwise they are summed element-wise with e^{G_ik − G_jk} itself. The backward splits dQ the same
 way and dK about the sub-block's last row. Every exponent is also formed as a sum of the gk between
 its two rows (a forward or reverse cumulative sum inside the kernel), never as a difference of two
-large prefix sums, so it is exact to rounding however strong the decay (gk ≈ −20 per step included).
+large prefix sums, so it is exact to rounding however strong the decay (gk ≈ −20 per step included) —
+for fp32 inputs: 16-bit ones take G_L − G for the chunk's reverse sums (FAST_PAIRS of kernels.diag.chunk),
+whose error is far below their own rounding.
 
 Decay gradient. ∂L/∂gk_t = Σ_v (e^{gk_t} S_{t−1} ⊙ dS_t), which splits per chunk into
 (state ⊙ outgoing-state gradient) + (state ⊙ later queries) + (earlier keys ⊙ outgoing gradient) +
@@ -43,8 +47,9 @@ from torch import Tensor
 
 from .._common import cdiv, next_pow2
 from .._tl import chunk_span, state_tile
+from . import chunk as _scalar
 from . import recurrent as _recurrent
-from .chunk import _state_dtype, chunk_layout, pick_launch
+from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
 
 BT = 64   # chunk length
 BC = 16   # sub-block length of the intra-chunk scores
@@ -52,14 +57,15 @@ BC = 16   # sub-block length of the intra-chunk scores
 # Launch settings per kernel (warps, pipelining stages): the fastest of warps {2, 4, 8} x stages
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01).
-LAUNCH = {"gate": dict(num_warps=4),   # not in that sweep (it came later): `kernels.sweep launch --ops key`
+LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # not swept yet: the scalar one pass's
+          "gate": dict(num_warps=4),   # not in that sweep (it came later): `kernels.sweep launch --ops key`
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),
           "dqk_inter": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory and registers up to K = V = 256.
-SAFE = {"gate": dict(num_warps=4), "state": dict(num_warps=4), "scores": dict(num_warps=4),
+SAFE = {"fused_fwd": dict(num_warps=8), "gate": dict(num_warps=4), "state": dict(num_warps=4), "scores": dict(num_warps=4),
         "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
         "dqk_inter": dict(num_warps=4, num_stages=2)}
@@ -84,19 +90,29 @@ def _chunk_bounds(offsets, chunk_indices, i_c):
 
 
 @triton.jit
-def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr):
+def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
+           FAST: tl.constexpr):
     """A chunk's log decays: G (Σ_{s≤t} g_s), Gs (Σ_{s>t} g_s = G_L − G_t) and the total G_L.
 
-    Rows past the sequence's end (and chunks with ok = False) have g = 0.
+    Gs is a reverse cumulative sum of the next rows' g, exact to rounding; FAST (16-bit inputs) takes
+    G_L − G_t, off by |G_L| · 6e-8 (1e-4 relative for a chunk decaying by 1300 nats, far below the
+    inputs' own rounding) without the second load and scan. Rows past the sequence's end (and chunks
+    with ok = False) have g = 0.
     """
     rows = c_start + tl.arange(0, BT)
     m = (rows < eos) & ok
-    m_n = (rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT) & ok
     b_g = tl.load(gk + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m[:, None] & m_k[None, :],
                   other=0.0).to(tl.float32)
-    b_gn = tl.load(gk + ((rows + 1)[:, None] * H + i_h) * K + o_k[None, :], mask=m_n[:, None] & m_k[None, :],
-                   other=0.0).to(tl.float32)
-    return tl.cumsum(b_g, axis=0), tl.cumsum(b_gn, axis=0, reverse=True), tl.sum(b_g, axis=0)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_GL = tl.sum(b_g, axis=0)
+    if FAST:
+        b_Gs = b_GL[None, :] - b_G
+    else:
+        m_n = (rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT) & ok
+        b_gn = tl.load(gk + ((rows + 1)[:, None] * H + i_h) * K + o_k[None, :],
+                       mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_Gs = tl.cumsum(b_gn, axis=0, reverse=True)
+    return b_G, b_Gs, b_GL
 
 
 @triton.jit
@@ -107,7 +123,7 @@ def _excl_combine(s1, p1, s2, p2):
 
 @triton.jit
 def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
-                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr):
+                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
@@ -121,7 +137,7 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     m_k = o_k < K
     m_tk = m_t[:, None] & m_k[None, :]
     p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
-    b_G, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
+    b_G, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
     b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32)
     b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
     tl.store(qd + p_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
@@ -188,7 +204,10 @@ def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
         if i_b == 0:
             _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H, K, BT, BK, PREC)
     else:
-        _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
+        b_A = _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
+        r_i = c_start + i_b * BC + tl.arange(0, BC)
+        tl.store(A + (r_i[:, None] * H + i_h) * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty),
+                 mask=(r_i < eos)[:, None])
 
 
 @triton.jit
@@ -213,9 +232,10 @@ def _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H: tl.constexpr, K: 
 
 
 @triton.jit
-def _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H: tl.constexpr, K: tl.constexpr,
-                      BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, LIM: tl.constexpr,
-                      PREC: tl.constexpr):
+def _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H: tl.constexpr, K: tl.constexpr,
+                    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, LIM: tl.constexpr,
+                    PREC: tl.constexpr):
+    """Rows of sub-block i_b of a chunk's scores A ([BC, BT], zero above the diagonal), from the inputs."""
     s0 = i_b * BC                                  # first row of the sub-block, chunk-local
     o_l = tl.arange(0, BC)
     o_j = tl.arange(0, BT)
@@ -254,8 +274,7 @@ def _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H: tl.constexpr, K: t
                 e = tl.exp(tl.where(o_l[:, None] >= jj, b_Gc, float("-inf")))
                 col = tl.sum(b_qf * b_kc[None, :] * e, axis=1)
                 b_A += tl.where(o_j[None, :] == s0 + jj, col[:, None], 0.0)
-    b_A = tl.where((s0 + o_l)[:, None] >= o_j[None, :], b_A, 0.0)
-    tl.store(A + (r_i[:, None] * H + i_h) * BT + o_j[None, :], b_A.to(A.dtype.element_ty), mask=m_i[:, None])
+    return tl.where((s0 + o_l)[:, None] >= o_j[None, :], b_A, 0.0)
 
 
 @triton.jit
@@ -285,6 +304,57 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
     b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
     tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
              mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.jit
+def _fused_fwd_kernel(q, k, v, gk, h0, o, ht, offsets, chunk_offsets, MAXC, scale,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
+                      BK: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr, LIM: tl.constexpr,
+                      HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+    """The forward without a backward, in one pass: a program per (sequence, head, value tile) walks the
+    chunks with the state in registers and computes what the four kernels above do for its chunk —
+    gates, scores (whole, or by sub-blocks when the chunk decays by LIM or more), output and the next
+    state — moving q, k, gk, v and o alone. BK covers all of K; BKS is the key block of the sub-block
+    path."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    o_t = tl.arange(0, BT)
+    m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
+    for c in range(0, MAXC):
+        ok = c < nc
+        c_start = bos + c * BT
+        t_rows = c_start + o_t
+        m_t = (t_rows < eos) & ok
+        m_tk = m_t[:, None] & m_k[None, :]
+        m_tv = m_t[:, None] & m_v[None, :]
+        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H, K, BT, FAST)
+        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_qd = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_q.dtype)
+        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)).to(b_k.dtype)
+        b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
+        # the state enters the product in the input dtype, as the stored states of the two-pass path
+        b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
+        if -tl.min(b_GL, axis=0) < LIM:
+            b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
+            b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
+        else:
+            # each sub-block's rows land in A through a 0/1 selection matrix (a product, not a gather)
+            b_A = tl.zeros([BT, BT], dtype=tl.float32)
+            for i_b in range(0, BT // BC):
+                b_Ab = _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H, K, BT, BC, BKS, LIM, PREC)
+                pick = tl.where(o_t[:, None] == i_b * BC + tl.arange(0, BC)[None, :], 1.0, 0.0)
+                b_A += tl.dot(pick, b_Ab, input_precision=PREC)
+        b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
+        b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
+        tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
+                 mask=m_tv)
+        b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+    if STORE_HT:
+        tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
 
 @triton.jit
@@ -352,7 +422,7 @@ def _dv_kernel(kd, v, A, do, dh, dv, dA, offsets, chunk_indices,
 @triton.jit
 def _dqk_intra_kernel(q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
                       H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                      NB: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
+                      NB: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
     """Strictly intra-chunk dQ and dK (pairs i > j) of the rows of sub-block b.
 
     dq_i = Σ_{j<i} dA_ij k_j e^{G_i − G_j}  (factored about r, the row before b),
@@ -367,14 +437,14 @@ def _dqk_intra_kernel(q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
     p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
     if _chunk_span(p_GL, K, BK) < LIM:
         if i_b == 0:
-            _whole_chunk_dqk(gk, qd, kd, p_GL, dA, dq, dk, c_start, eos, i_k, i_h, H, K, BT, BK, PREC)
+            _whole_chunk_dqk(gk, qd, kd, p_GL, dA, dq, dk, c_start, eos, i_k, i_h, H, K, BT, BK, PREC, FAST)
     else:
         _sub_block_dqk(q, k, gk, dA, dq, dk, c_start, eos, i_k, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
 
 
 @triton.jit
 def _whole_chunk_dqk(gk, qd, kd, p_GL, dA, dq, dk, c_start, eos, i_k, i_h, H: tl.constexpr, K: tl.constexpr,
-                     BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
+                     BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
     """dq = e^{G − G_L} ⊙ (dA K̃), dk = e^{G_L − G} ⊙ (dAᵀ (Q̃ ⊙ e^{−G_L})), dA strictly lower,
     K̃ = K ⊙ e^{G_L − G}, Q̃ = Q ⊙ e^{G}: every factor ≤ e^{LIM}."""
     o_t = tl.arange(0, BT)
@@ -389,7 +459,7 @@ def _whole_chunk_dqk(gk, qd, kd, p_GL, dA, dq, dk, c_start, eos, i_k, i_h, H: tl
     b_qd = tl.load(qd + p_tk, mask=m_tk, other=0.0)
     b_kd = tl.load(kd + p_tk, mask=m_tk, other=0.0)
     b_GL = tl.load(p_GL + o_k, mask=m_k, other=0.0)
-    _, b_Gs, _ = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT)       # G_L − G, summed exactly
+    _, b_Gs, _ = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)       # G_L − G
     dt = b_qd.dtype
     b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(dt)
     b_dq = tl.dot(b_dA.to(dt), b_kd, input_precision=PREC) * tl.exp(-b_Gs)
@@ -465,7 +535,7 @@ def _sub_block_dqk(q, k, gk, dA, dq, dk, c_start, eos, i_k, i_b, i_h, H: tl.cons
 @triton.jit
 def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr):
+                      BV: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
     """Completes dQ, dK (inter-chunk part and the diagonal pairs) and, with DG, the decay gradient
 
     dg_t = e^{G_L} Σ_v S_c ⊙ dh_c + Σ_{i≥t} q_i ⊙ dq_i^inter + Σ_{j<t} k_j ⊙ dk_j^inter
@@ -500,7 +570,7 @@ def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets,
         b_dk += tl.dot(b_v, tl.trans(b_dh.to(b_v.dtype)), input_precision=PREC)
         if DG:
             b_hdh += tl.sum(b_h.to(tl.float32) * b_dh.to(tl.float32), axis=1)
-    b_G, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT)
+    b_G, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
     b_dq = b_dq * tl.exp(b_G)
     b_dk = b_dk * tl.exp(b_Gs)
     b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32)
@@ -546,7 +616,8 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
         _gate_kernel[(cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                                  BK=BK, **_launch("gate", q.dtype, K, K))   # no value tile
+                                           BK=BK, FAST=_fast(q.dtype),
+                                           **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 
@@ -564,8 +635,19 @@ class ChunkKeyDecay(torch.autograd.Function):
         chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
         NC = chunk_indices.shape[0]
         prec, lim = _prec(q.dtype), _lim(q.dtype)
-        h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         ht = _alloc(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
+        # one pass where the scalar family's rule would take one (a program per SM, no backward; the
+        # key-wise state has no segmented pass yet)
+        if not any(ctx.needs_input_grad[:5]) and _scalar._fused_segments(offsets, N, H, V, K, q.device,
+                                                                          False) == 1:
+            o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
+            BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
+            _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
+                q, k, v, gk, h0, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT, BC=BC,
+                BK=max(16, next_pow2(K)), BKS=16, BV=BVf, LIM=lim, HAS_H0=h0 is not None, STORE_HT=store_ht,
+                PREC=prec, FAST=_fast(q.dtype), **_launch("fused_fwd", q.dtype, K, V))
+            return o, ht
+        h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # enters bf16 products only
         o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
         qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
@@ -614,8 +696,8 @@ class ChunkKeyDecay(torch.autograd.Function):
             NB = BT // BC
             _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
                                                 H=H, K=K, BT=BT, BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec,
-                                                **_launch("dqk_intra", q.dtype, K, V))
+                                                FAST=_fast(q.dtype), **_launch("dqk_intra", q.dtype, K, V))
             _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
                                            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
-                                           **_launch("dqk_inter", q.dtype, K, V))
+                                           FAST=_fast(q.dtype), **_launch("dqk_inter", q.dtype, K, V))
         return dqo, dko, dv, dg, dh0, None, None, None

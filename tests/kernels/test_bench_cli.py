@@ -57,13 +57,30 @@ def test_ours_fused_turns_the_one_pass_forward_on_for_its_call(count_launches):
     import kernels.diag.chunk as dc
 
     launches = count_launches(dc, "_fused_fwd_kernel")
-    assert bench._ours_fused("key") is None
+    assert bench._ours_fused("softmax") is None
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 70, 2, 16, generator=gen) for _ in range(3))
     g = -torch.nn.functional.softplus(torch.randn(1, 70, 2, generator=gen))
     fused = bench._ours_fused("scalar")(q=q, k=k, v=v, g=g)
     assert len(launches) == 1 and dc.FUSED_FORWARD is None   # back to the default rule
     two_pass = bench._ours("scalar")(q=q, k=k, v=v, g=g)
+    assert len(launches) == 1
+    assert ((fused - two_pass).norm() / two_pass.norm()).item() < 1e-5
+
+
+def test_ours_fused_key_runs_the_key_wise_one_pass(count_launches):
+    """GLA's one pass follows the scalar module's switch (forward without autograd, as benchmarked)."""
+    import kernels.diag.chunk as dc
+    import kernels.diag.chunk_key as ck
+
+    launches = count_launches(ck, "_fused_fwd_kernel")
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(1, 70, 2, 16, generator=gen) for _ in range(3))
+    gk = torch.nn.functional.logsigmoid(torch.randn(1, 70, 2, 16, generator=gen)) / 16
+    with torch.no_grad():
+        fused = bench._ours_fused("key")(q=q, k=k, v=v, gk=gk)
+        assert len(launches) == 1 and dc.FUSED_FORWARD is None
+        two_pass = bench._ours("key")(q=q, k=k, v=v, gk=gk)
     assert len(launches) == 1
     assert ((fused - two_pass).norm() / two_pass.norm()).item() < 1e-5
 

@@ -185,3 +185,114 @@ def test_compile_routes_gla_to_the_chunked_kernel(monkeypatch):
         inp = dsf.random_inputs(name, B=1, T=5, H=1, K=16, V=16, seed=0)
         kernels.compile(name).chunked(**{n: t.float() for n, t in inp.items()})
     assert len(calls) == 1
+
+
+@pytest.fixture
+def one_pass(monkeypatch, count_launches):
+    """The one-pass forward forced on (the scalar family's switches rule it) and its launches counted."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1)
+    return count_launches(chunk_key, "_fused_fwd_kernel")
+
+
+def _forward(x, with_state=True, cu_seqlens=None):
+    f = {n: t.float() for n, t in x.items()}
+    with torch.no_grad():
+        return chunk_diag(f["q"], f["k"], f["v"], "key", f["gk"], initial_state=f["S0"] if with_state else None,
+                          output_final_state=with_state, cu_seqlens=cu_seqlens)
+
+
+@pytest.mark.parametrize("B,T,K,V,regime", [(2, 67, 16, 16, "mild"), (1, 67, 16, 16, "bursts"),
+                                             (2, 1, 16, 16, "strong"), (2, 150, 16, 16, "strong"),
+                                             (1, 67, 80, 24, "bursts")])
+def test_one_pass_forward(one_pass, B, T, K, V, regime):
+    """The forward without a backward in one kernel: output and final state vs float64, in mild chunks
+    (scores in one product), strong ones (by sub-blocks) and both in one call; K = 80, V = 24 masked."""
+    x = _inputs(B, T, 2, K, V, regime, seed=T + K)
+    o_ref, S_ref, _ = _reference(x, True)
+    o, S = _forward(x)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
+    assert len(one_pass) == 1
+    if regime == "bursts":
+        assert (_chunk_spans(x["gk"]) >= LIM).any()
+
+
+def test_one_pass_varlen_no_state(one_pass):
+    """Packed sequences (an empty and a one-token one), with and without states, match the float64 runs
+    of each sequence."""
+    cu = torch.tensor([0, 7, 7, 8, 75])
+    x = _inputs(1, 75, 2, 16, 16, "bursts", seed=8)
+    x["S0"] = torch.randn(4, 2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    o, S = _forward(x, cu_seqlens=cu)
+    o2, S2 = _forward(x, with_state=False, cu_seqlens=cu)
+    assert S2 is None
+    for n in range(4):
+        a, b = cu[n].item(), cu[n + 1].item()
+        if a == b:
+            assert torch.equal(S[n], x["S0"][n].float())
+            continue
+        part = {m: (t[:, a:b] if m != "S0" else t[n:n + 1]) for m, t in x.items()}
+        on, Sn, _ = _reference(part, True)
+        assert rel_err(o[:, a:b], on) < TOL and rel_err(S[n:n + 1], Sn) < TOL
+        on0, _, _ = _reference({m: t for m, t in part.items() if m != "S0"}, False)
+        assert rel_err(o2[:, a:b], on0) < TOL
+    assert len(one_pass) == 2
+
+
+def test_one_pass_rule(monkeypatch, count_launches):
+    """Only without a backward, and by the scalar family's rule: off CUDA or switched off, two passes."""
+    import kernels.diag.chunk as dc
+
+    seen = count_launches(chunk_key, "_fused_fwd_kernel")
+    x = _inputs(1, 67, 2, 16, 16, "mild", seed=1)
+    _forward(x)                                   # default: not on the CPU
+    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1)
+    _check(x)                                     # with autograd: the kernels the backward needs
+    assert seen == []
+    monkeypatch.setattr(dc, "FUSED_FORWARD", False)
+    _forward(x)
+    assert seen == []
+
+
+@pytest.mark.parametrize("regime,tol", [("mild", TOL), ("strong", 1e-4), ("bursts", 1e-4)])
+def test_fast_gates(monkeypatch, regime, tol):
+    """The chunk's reverse decay sums as G_L − G (what 16-bit inputs get, forced here in fp32), through
+    the two-pass kernels with every gradient and through the one pass: exact under mild decays, within
+    1e-4 of float64 where chunks decay by ~1300 nats."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FAST_PAIRS", True)
+    x = _inputs(2, 67, 2, 16, 16, regime, seed=12)
+    o_ref, S_ref, ref = _reference(x, True)
+    leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
+    o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"], initial_state=leaves["S0"],
+                      output_final_state=True)
+    assert rel_err(o, o_ref) < tol and rel_err(S, S_ref) < tol
+    g_ref = torch.autograd.grad(_loss(o_ref, S_ref, 1), list(ref.values()))
+    g = torch.autograd.grad(_loss(o, S, 1), list(leaves.values()))
+    errs = {n: rel_err(a, b) for n, a, b in zip(leaves, g, g_ref)}
+    assert max(errs.values()) < tol, errs
+    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1)
+    o, S = _forward(x)
+    assert rel_err(o, o_ref) < tol and rel_err(S, S_ref) < tol
+
+
+def test_fast_gates_differ(monkeypatch):
+    """The two ways of summing differ in a chunk decaying by ~19 nats, still scored whole (so the
+    switch reaches the kernels), by rounding alone."""
+    import kernels.diag.chunk as dc
+
+    x = {n: t.float() for n, t in _inputs(1, 67, 2, 16, 16, "mild", seed=13).items()}
+    x["gk"] = -0.3 + 0.01 * x["gk"]
+    assert (_chunk_spans(x["gk"]) < LIM).all()
+    outs = []
+    for fast in (False, True):
+        monkeypatch.setattr(dc, "FAST_PAIRS", fast)
+        gk = x["gk"].clone().requires_grad_()
+        o = chunk_diag(x["q"], x["k"], x["v"], "key", gk)[0]
+        outs.append(torch.cat([o.flatten(), torch.autograd.grad(_loss(o, None, 1), gk)[0].flatten()]))
+    assert 0 < rel_err(outs[1], outs[0]) < 1e-5

@@ -54,6 +54,7 @@ def _fake_checks(monkeypatch, broken=("gla", torch.float32)):
     for fn in ("check_memory", "check_key_chunk", "check_delta_chunk"):
         monkeypatch.setattr(gpu_check, fn, lambda *a, **kw: (dict(errs), True))
     monkeypatch.setattr(gpu_check, "check_repeat", lambda *a, **kw: (0, 0.0, ""))
+    monkeypatch.setattr(gpu_check, "check_key_repeat", lambda *a, **kw: 0)
     monkeypatch.setattr(gpu_check, "check_varlen", lambda *a, **kw: (1e-7, True))
     monkeypatch.setattr(gpu_check, "check_memory_varlen", lambda *a, **kw: (1e-7, True))
     monkeypatch.setattr(gpu_check, "check_step", lambda *a, **kw: ({"o": 1e-7, "state": 2e-7}, True))
@@ -74,5 +75,6 @@ def test_report_has_a_row_per_check_and_counts_failures(tmp_path, monkeypatch, c
         assert section in md
     assert "| 1, 130, 2, 32, 32 | bursts | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
     assert "| mamba2 | segments | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
+    assert "| gla (strong) | one pass | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert md.rstrip().endswith("1 failing rows")
     assert "bfloat16" not in md.split("| ok |", 1)[1]   # --dtypes float32 narrowed every section

@@ -39,7 +39,7 @@ def test_scalar_sweep_times_the_one_pass_forward_forced_on_and_restores_the_rule
                 "_state_kernel": 1.0}
 
     monkeypatch.setattr(sweep, "kernel_times", fake_times)
-    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind: {})
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
     before = dict(dc.LAUNCH["fused_fwd"]), dc.FUSED_BV
     sweep.launch(["scalar"], 4096, ["fused_fwd", "state"])
     fused_runs = [s for s in seen if s[0] is True]
@@ -47,6 +47,30 @@ def test_scalar_sweep_times_the_one_pass_forward_forced_on_and_restores_the_rule
     assert [s for s in seen if s[0] is not True] and all(s[0] is False for s in seen if s[0] is not True)
     assert dc.FUSED_FORWARD is None and (dict(dc.LAUNCH["fused_fwd"]), dc.FUSED_BV) == before
     assert "warps 2/stages 1/BV 128" in capsys.readouterr().out   # the fastest of the fake timings
+
+
+def test_key_sweep_times_its_one_pass_without_autograd(monkeypatch, capsys):
+    """The key-wise one pass (no backward) is timed in a forward without autograd, with the scalar
+    module's switches forced on and put back; the other key kernels with a backward."""
+    import kernels.diag.chunk as dc
+    import kernels.diag.chunk_key as ck
+
+    seen = []
+
+    def fake_times(fn, inp, backward, iters):
+        seen.append((backward, torch.is_grad_enabled(), dc.FUSED_FORWARD, dc.FUSED_BV,
+                     ck.LAUNCH["fused_fwd"]["num_warps"]))
+        return {"_fused_fwd_kernel": 1.0 + dc.FUSED_BV / 1000, "_gate_kernel": 1.0}
+
+    monkeypatch.setattr(sweep, "kernel_times", fake_times)
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    before = dict(ck.LAUNCH["fused_fwd"]), dc.FUSED_BV
+    sweep.launch(["key"], 4096, ["fused_fwd", "gate"])
+    one = [s for s in seen if s[2]]
+    assert len(one) == 36 and all(s[:2] == (False, False) for s in one) and {s[3] for s in one} == {16, 32, 64, 128}
+    assert [s for s in seen if not s[2]] and all(s[:3] == (True, True, False) for s in seen if not s[2])
+    assert dc.FUSED_FORWARD is None and (dict(ck.LAUNCH["fused_fwd"]), dc.FUSED_BV) == before
+    assert "key fused_fwd" in capsys.readouterr().out
 
 
 def test_step_sweep_times_every_tile_and_restores_the_default(monkeypatch, capsys):
