@@ -145,7 +145,7 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
     o, S = chunk_diag(kin["q"], kin["k"], kin["v"], "key", kin["gk"], initial_state=kin["S0"],
                       output_final_state=True)
     with torch.no_grad():   # a forward without autograd may run other kernels (the one pass)
-        o1, S1 = chunk_diag(*(kin[n].detach() for n in ("q", "k", "v", "gk")), "key",
+        o1, S1 = chunk_diag(kin["q"].detach(), kin["k"].detach(), kin["v"].detach(), "key", kin["gk"].detach(),
                             initial_state=kin["S0"].detach(), output_final_state=True)
     errs = {"o": max(rel_err(o.double(), o_ref), rel_err(o1.double(), o_ref)),
             "state": max(rel_err(S.double(), S_ref), rel_err(S1.double(), S_ref))}
@@ -165,10 +165,10 @@ def check_key_repeat(dtype, B, T, H, K, V, seed=0):
 
     g = torch.Generator(device="cuda").manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=dtype)  # noqa: E731
-    x = [r(B, T, H, K) * K ** -0.5, r(B, T, H, K), r(B, T, H, V),
-         torch.nn.functional.logsigmoid(r(B, T, H, K).float()) / 16]
+    q, k, v = r(B, T, H, K) * K ** -0.5, r(B, T, H, K), r(B, T, H, V)
+    gk = torch.nn.functional.logsigmoid(r(B, T, H, K).float()) / 16
     with torch.no_grad():
-        runs = [chunk_diag(*x, "key", output_final_state=True) for _ in range(2)]
+        runs = [chunk_diag(q, k, v, "key", gk, output_final_state=True) for _ in range(2)]
     return sum(not torch.equal(a, b) for a, b in zip(*runs))
 
 

@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._common import cdiv, check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds, sm_count
-from .._tl import chunk_span, state_tile
+from .._tl import chunk_span, state_tile, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
 
@@ -353,32 +353,32 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     o_k = tl.arange(0, KP)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_S = state_tile(h0, i_nh, o_k, o_v, K, V, KP, BV, HAS_H0)
+    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
         if STORE_H:
             tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_S, mask=m_kv & ok)
-        rows = bos + c * BT + tl.arange(0, BT)
+        c_start = bos + c * BT
+        rows = c_start + tl.arange(0, BT)
         m_t = (rows < eos) & ok
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
-        b_w = tl.load(w + p_tk, mask=m_tk, other=0.0)
-        b_u = tl.load(u + p_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_w = tl.load(w + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        b_u = tl.load(u + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
         if STORE_H:
-            tl.store(vn + p_tv, b_vn, mask=m_tv)
-        b_kr = tl.load(k + p_tk, mask=m_tk, other=0.0)
+            tl.store(vn + (c_start * H + i_h) * V + o_tv, b_vn, mask=m_tv)
+        b_kr = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
-            b_q = tl.load(q + p_tk, mask=m_tk, other=0.0)
+            b_q = tl.load(q + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
             b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
             b_o = _mm(b_q, b_S, DT, PREC)
             if GATED:
                 b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
             b_o += _mm(b_A, b_vn, DT, PREC)
-            tl.store(o + p_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+            tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
         # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
         if GATED:
@@ -471,24 +471,25 @@ def _dstate_kernel(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offse
     o_k = tl.arange(0, KP)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_dS = state_tile(dht, i_nh, o_k, o_v, K, V, KP, BV, HAS_DHT)
+    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     for i in range(0, MAXC):
         c = nc - 1 - i
         ok = c >= 0
         tl.store(dh + ((c0 + c) * H + i_h) * K * V + p_state, b_dS, mask=m_kv & ok)
-        rows = bos + c * BT + tl.arange(0, BT)
+        c_start = bos + c * BT
+        rows = c_start + tl.arange(0, BT)
         m_t = (rows >= bos) & (rows < eos) & ok
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        p_tk = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        p_tv = (rows[:, None] * H + i_h) * V + o_v[None, :]
+        r_k, r_v = (c_start * H + i_h) * K, (c_start * H + i_h) * V   # the chunk's first row
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-        b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_kd = b_k * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
-        b_dvn = tl.load(dvn + p_tv, mask=m_tv, other=0.0) + _mm(b_kd, b_dS, DT, PREC)
-        tl.store(dvno + p_tv, b_dvn.to(dvno.dtype.element_ty), mask=m_tv)
-        b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32) * (scale * tl.exp(b_G + b_Gl))[:, None]
-        b_w = tl.load(w + p_tk, mask=m_tk, other=0.0)
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_dvn = tl.load(dvn + r_v + o_tv, mask=m_tv, other=0.0) + _mm(b_kd, b_dS, DT, PREC)
+        tl.store(dvno + r_v + o_tv, b_dvn.to(dvno.dtype.element_ty), mask=m_tv)
+        b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32) * (scale * tl.exp(b_G + b_Gl))[:, None]
+        b_w = tl.load(w + r_k + o_tk, mask=m_tk, other=0.0)
+        b_do = tl.load(do + r_v + o_tv, mask=m_tv, other=0.0)
         b_dS = b_dS * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_q), b_do, DT, PREC) - _mm(tl.trans(b_w), b_dvn, DT, PREC)
     if STORE_DH0:
         tl.store(dh0 + i_nh.to(tl.int64) * K * V + p_state, b_dS, mask=m_kv)

@@ -37,7 +37,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import cdiv, layout_cache, next_pow2, sm_count
-from .._tl import chunk_span, state_tile
+from .._tl import chunk_span, state_tile, tile_offsets
 from .recurrent import _empty
 
 BT = 64  # chunk length
@@ -205,25 +205,27 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
+    o_t = tl.arange(0, BT)
+    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     for c in range(0, MAXC):
         ok = c < nc
         if STORE_H:
             tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
-        t_rows = bos + c * BT + tl.arange(0, BT)
+        c_start = bos + c * BT
+        t_rows = c_start + o_t
         m_t = (t_rows < eos) & ok
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_q = tl.load(q + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        b_k = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0)
         b_g, b_G, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC) * tl.exp(b_G)[:, None]
         b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * _pair_decays(b_g, b_G, BT, DECAY, False, False,
                                                                                  FAST)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
-                 mask=m_tv)
+        tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
         b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:

@@ -13,8 +13,9 @@ Kernels. _gate_kernel forms Q ⊙ e^{G}, K ⊙ e^{G_L − G} and G_L once per ch
 output and the dV kernels read those. A chunk whose total decay max_k (−G_L) is below LIM has its scores
 and its intra-chunk dQ, dK computed whole, as matmuls of those factors (each ≤ e^{LIM}); only chunks
 with a strong decay somewhere take the sub-block path below. A forward without a backward runs in one
-pass where the scalar family's rule (kernels.diag.chunk.FUSED_FORWARD) would take one: _fused_fwd_kernel
-does all of the above for each chunk in turn with the state in registers, moving q, k, gk, v and o alone.
+pass after the gates where the scalar family's rule (kernels.diag.chunk.FUSED_FORWARD) would take one:
+_fused_fwd_kernel does the scores, output and state for each chunk in turn with the state in registers,
+storing no states or scores.
 
 Numerics. e^{G_i − G_j} ≤ 1, but factored as e^{G_i} · e^{−G_j} it overflows once a chunk decays by
 more than ~88 nats. A is therefore built by sub-blocks of BC rows: for rows i of sub-block b and the
@@ -46,7 +47,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import cdiv, next_pow2
-from .._tl import chunk_span, state_tile
+from .._tl import chunk_span, state_tile, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -96,18 +97,28 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
 
     Gs is a reverse cumulative sum of the next rows' g, exact to rounding; FAST (16-bit inputs) takes
     G_L − G_t, off by |G_L| · 6e-8 (1e-4 relative for a chunk decaying by 1300 nats, far below the
-    inputs' own rounding) without the second load and scan. Rows past the sequence's end (and chunks
+    inputs' own rounding) without the second load and scan, and G by a product. Rows past the sequence's end (and chunks
     with ok = False) have g = 0.
     """
     rows = c_start + tl.arange(0, BT)
     m = (rows < eos) & ok
-    b_g = tl.load(gk + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m[:, None] & m_k[None, :],
-                  other=0.0).to(tl.float32)
-    b_G = tl.cumsum(b_g, axis=0)
-    b_GL = tl.sum(b_g, axis=0)
+    b_g = tl.load(gk + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m[:, None] & m_k[None, :], other=0.0)
     if FAST:
+        # the prefix sums as a product with the lower-triangular ones, on the tensor cores: each term
+        # is 0 or g exactly and the sums are fp32 (tf32x3 keeps fp32 gates to fp32); a scan down the
+        # columns of the tile cost more than the rest of the gate kernel
+        o_t = tl.arange(0, BT)
+        tri = tl.where(o_t[:, None] >= o_t[None, :], 1.0, 0.0)
+        if b_g.dtype == tl.float32:
+            b_G = tl.dot(tri, b_g, input_precision="tf32x3")
+        else:
+            b_G = tl.dot(tri.to(b_g.dtype), b_g)
+        b_GL = tl.sum(b_g.to(tl.float32), axis=0)
         b_Gs = b_GL[None, :] - b_G
     else:
+        b_g = b_g.to(tl.float32)
+        b_G = tl.cumsum(b_g, axis=0)
+        b_GL = tl.sum(b_g, axis=0)
         m_n = (rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT) & ok
         b_gn = tl.load(gk + ((rows + 1)[:, None] * H + i_h) * K + o_k[None, :],
                        mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32)
@@ -189,19 +200,19 @@ def _chunk_span(p_GL, K: tl.constexpr, BK: tl.constexpr):
 @triton.jit
 def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                   LIM: tl.constexpr, PREC: tl.constexpr):
+                   LIM: tl.constexpr, PREC: tl.constexpr, STRONG_ONLY: tl.constexpr):
     """Rows of sub-block b of A (causal, zero above the diagonal): [BC, BT] per program.
 
     When the whole chunk decays by less than LIM in every key channel, the first program of the chunk
     computes all of A as one matmul, (Q ⊙ e^{G} ⊙ e^{−G_L}) (K ⊙ e^{G_L − G})ᵀ, each factor ≤ e^{LIM},
-    and the others have nothing to do.
+    and the others have nothing to do. STRONG_ONLY: only the other chunks' scores (for the one pass).
     """
     i_b, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
     if _chunk_span(p_GL, K, BK) < LIM:
-        if i_b == 0:
+        if (i_b == 0) & (not STRONG_ONLY):
             _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H, K, BT, BK, PREC)
     else:
         b_A = _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
@@ -307,15 +318,16 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 
 
 @triton.jit
-def _fused_fwd_kernel(q, k, v, gk, h0, o, ht, offsets, chunk_offsets, MAXC, scale,
-                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                      BK: tl.constexpr, BKS: tl.constexpr, BV: tl.constexpr, LIM: tl.constexpr,
-                      HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
-    """The forward without a backward, in one pass: a program per (sequence, head, value tile) walks the
-    chunks with the state in registers and computes what the four kernels above do for its chunk —
-    gates, scores (whole, or by sub-blocks when the chunk decays by LIM or more), output and the next
-    state — moving q, k, gk, v and o alone. BK covers all of K; BKS is the key block of the sub-block
-    path."""
+def _fused_fwd_kernel(qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, MAXC, scale,
+                      H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+                      BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                      PREC: tl.constexpr):
+    """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
+    value tile) walks the chunks with the state in registers and does what the output and state
+    kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
+    more, read from A, where _scores_kernel (STRONG_ONLY) put those chunks' sub-block scores. BK covers
+    all of K. (Gates and sub-block scores stay in their own kernels: formed here too, they took more
+    registers than the SM has, and the spills made the pass slower than the four kernels.)"""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -323,35 +335,28 @@ def _fused_fwd_kernel(q, k, v, gk, h0, o, ht, offsets, chunk_offsets, MAXC, scal
     o_v = i_v * BV + tl.arange(0, BV)
     o_t = tl.arange(0, BT)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
+    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
+    o_tt = o_t[:, None] * (H * BT) + o_t[None, :]
     for c in range(0, MAXC):
         ok = c < nc
         c_start = bos + c * BT
-        t_rows = c_start + o_t
-        m_t = (t_rows < eos) & ok
+        m_t = (c_start + o_t < eos) & ok
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H, K, BT, FAST)
-        b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_qd = (b_q.to(tl.float32) * tl.exp(b_G)).to(b_q.dtype)
-        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_tk, other=0.0)
-        b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)).to(b_k.dtype)
-        b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_tv, other=0.0)
+        b_qd = tl.load(qd + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        b_kd = tl.load(kd + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0)
+        b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
         if -tl.min(b_GL, axis=0) < LIM:
             b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
             b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
-        else:
-            # each sub-block's rows land in A through a 0/1 selection matrix (a product, not a gather)
-            b_A = tl.zeros([BT, BT], dtype=tl.float32)
-            for i_b in range(0, BT // BC):
-                b_Ab = _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H, K, BT, BC, BKS, LIM, PREC)
-                pick = tl.where(o_t[:, None] == i_b * BC + tl.arange(0, BC)[None, :], 1.0, 0.0)
-                b_A += tl.dot(pick, b_Ab, input_precision=PREC)
+        else:   # a strongly decaying chunk: its scores, by sub-blocks, from _scores_kernel
+            b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        tl.store(o + (t_rows[:, None] * H + i_h) * V + o_v[None, :], (b_o * scale).to(o.dtype.element_ty),
-                 mask=m_tv)
+        tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
@@ -641,11 +646,17 @@ class ChunkKeyDecay(torch.autograd.Function):
         if not any(ctx.needs_input_grad[:5]) and _scalar._fused_segments(offsets, N, H, V, K, q.device,
                                                                           False) == 1:
             o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
+            qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
+            A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
+            if NC:
+                _scores_kernel[(BT // BC, NC, H)](q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT,
+                                                  BC=BC, BK=BK, LIM=lim, PREC=prec, STRONG_ONLY=True,
+                                                  **_launch("scores", q.dtype, K, V))
             BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
             _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
-                q, k, v, gk, h0, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT, BC=BC,
-                BK=max(16, next_pow2(K)), BKS=16, BV=BVf, LIM=lim, HAS_H0=h0 is not None, STORE_HT=store_ht,
-                PREC=prec, FAST=_fast(q.dtype), **_launch("fused_fwd", q.dtype, K, V))
+                qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
+                BK=max(16, next_pow2(K)), BV=BVf, LIM=lim, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec,
+                **_launch("fused_fwd", q.dtype, K, V))
             return o, ht
         h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # enters bf16 products only
@@ -656,7 +667,7 @@ class ChunkKeyDecay(torch.autograd.Function):
             HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec, **_launch("state", q.dtype, K, V))
         if NC:
             _scores_kernel[(BT // BC, NC, H)](q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                              BC=BC, BK=BK, LIM=lim, PREC=prec,
+                                              BC=BC, BK=BK, LIM=lim, PREC=prec, STRONG_ONLY=False,
                                               **_launch("scores", q.dtype, K, V))
             _output_kernel[(NV, NC, H)](qd, v, h, A, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT,
                                         BK=BK, BV=BV, PREC=prec, **_launch("output", q.dtype, K, V))
