@@ -102,7 +102,8 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
     """
     rows = c_start + tl.arange(0, BT)
     m = (rows < eos) & ok
-    b_g = tl.load(gk + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m[:, None] & m_k[None, :], other=0.0)
+    o_tk = tl.arange(0, BT)[:, None] * (H * K) + o_k[None, :]   # 32-bit offsets from the chunk's first row
+    b_g = tl.load(gk + (c_start * H + i_h) * K + o_tk, mask=m[:, None] & m_k[None, :], other=0.0)
     if FAST:
         # the prefix sums as a product with the lower-triangular ones, on the tensor cores: each term
         # is 0 or g exactly and the sums are fp32 (tf32x3 keeps fp32 gates to fp32); a scan down the
@@ -120,8 +121,8 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
         b_G = tl.cumsum(b_g, axis=0)
         b_GL = tl.sum(b_g, axis=0)
         m_n = (rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT) & ok
-        b_gn = tl.load(gk + ((rows + 1)[:, None] * H + i_h) * K + o_k[None, :],
-                       mask=m_n[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_gn = tl.load(gk + ((c_start + 1) * H + i_h) * K + o_tk, mask=m_n[:, None] & m_k[None, :],
+                       other=0.0).to(tl.float32)
         b_Gs = tl.cumsum(b_gn, axis=0, reverse=True)
     return b_G, b_Gs, b_GL
 
@@ -133,27 +134,43 @@ def _excl_combine(s1, p1, s2, p2):
 
 
 @triton.jit
-def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
-                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
+def _gate_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
+                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+                 LIM: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, SCORES: tl.constexpr):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
-    kernels then do no more per chunk than the scalar-decay ones.
+    kernels then do no more per chunk than the scalar-decay ones. SCORES (for the one pass): a
+    program per chunk does every key block and then, if the chunk decays by LIM or more, its
+    sub-block scores into A (the one pass makes the others' in registers).
     """
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
-    t_rows = bos + c * BT + tl.arange(0, BT)
+    c_start = bos + c * BT
+    t_rows = c_start + tl.arange(0, BT)
     m_t = t_rows < eos
-    o_k = i_k * BK + tl.arange(0, BK)
-    m_k = o_k < K
-    m_tk = m_t[:, None] & m_k[None, :]
-    p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
-    b_G, b_Gs, b_GL = _gates(gk, bos + c * BT, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
-    b_q = tl.load(q + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-    b_k = tl.load(k + p_tk, mask=m_tk, other=0.0).to(tl.float32)
-    tl.store(qd + p_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
-    tl.store(kd + p_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
-    tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
+    span = 0.0
+    for kb in range(0, tl.cdiv(K, BK) if SCORES else 1):
+        o_k = (kb if SCORES else i_k) * BK + tl.arange(0, BK)
+        m_k = o_k < K
+        m_tk = m_t[:, None] & m_k[None, :]
+        r_k = (c_start * H + i_h) * K                                       # the chunk's first row
+        o_tk = tl.arange(0, BT)[:, None] * (H * K) + o_k[None, :]
+        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
+        b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
+        tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
+        tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
+        tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
+        span = tl.maximum(span, -tl.min(b_GL, axis=0))
+    if SCORES:
+        if span >= LIM:
+            for i_b in range(0, BT // BC):
+                # (in key blocks of BC: this rare path must not take the common one's registers)
+                b_A = _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
+                r_i = c_start + i_b * BC + tl.arange(0, BC)
+                tl.store(A + (r_i[:, None] * H + i_h) * BT + tl.arange(0, BT)[None, :],
+                         b_A.to(A.dtype.element_ty), mask=(r_i < eos)[:, None])
 
 
 @triton.jit
@@ -200,19 +217,19 @@ def _chunk_span(p_GL, K: tl.constexpr, BK: tl.constexpr):
 @triton.jit
 def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                   LIM: tl.constexpr, PREC: tl.constexpr, STRONG_ONLY: tl.constexpr):
+                   LIM: tl.constexpr, PREC: tl.constexpr):
     """Rows of sub-block b of A (causal, zero above the diagonal): [BC, BT] per program.
 
     When the whole chunk decays by less than LIM in every key channel, the first program of the chunk
     computes all of A as one matmul, (Q ⊙ e^{G} ⊙ e^{−G_L}) (K ⊙ e^{G_L − G})ᵀ, each factor ≤ e^{LIM},
-    and the others have nothing to do. STRONG_ONLY: only the other chunks' scores (for the one pass).
+    and the others have nothing to do.
     """
     i_b, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
     if _chunk_span(p_GL, K, BK) < LIM:
-        if (i_b == 0) & (not STRONG_ONLY):
+        if i_b == 0:
             _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H, K, BT, BK, PREC)
     else:
         b_A = _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
@@ -325,7 +342,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, MAXC,
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
-    more, read from A, where _scores_kernel (STRONG_ONLY) put those chunks' sub-block scores. BK covers
+    more, read from A, where _gate_kernel (SCORES) put those chunks' sub-block scores. BK covers
     all of K. (Gates and sub-block scores stay in their own kernels: formed here too, they took more
     registers than the SM has, and the spills made the pass slower than the four kernels.)"""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -352,7 +369,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, MAXC,
         if -tl.min(b_GL, axis=0) < LIM:
             b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
             b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
-        else:   # a strongly decaying chunk: its scores, by sub-blocks, from _scores_kernel
+        else:   # a strongly decaying chunk: its scores, by sub-blocks, from _gate_kernel
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
@@ -612,17 +629,19 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     return max(16, min(64, next_pow2(K))), max(16, min(64, next_pow2(V)))
 
 
-def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor, BK: int
-           ) -> tuple[Tensor, Tensor, Tensor]:
-    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32)."""
+def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor, BK: int,
+           A: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32); with A,
+    also the scores of the strongly decaying chunks (the one pass's)."""
     Tt, H, K = q.shape
     NC = chunk_indices.shape[0]
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
-        _gate_kernel[(cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                           BK=BK, FAST=_fast(q.dtype),
-                                           **_launch("gate", q.dtype, K, K))   # no value tile
+        _gate_kernel[(1 if A is not None else cdiv(K, BK), NC, H)](
+            q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT, BC=BC, BK=BK, LIM=_lim(q.dtype),
+            PREC=_prec(q.dtype), FAST=_fast(q.dtype), SCORES=A is not None,
+            **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 
@@ -646,12 +665,8 @@ class ChunkKeyDecay(torch.autograd.Function):
         if not any(ctx.needs_input_grad[:5]) and _scalar._fused_segments(offsets, N, H, V, K, q.device,
                                                                           False) == 1:
             o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
-            qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
             A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
-            if NC:
-                _scores_kernel[(BT // BC, NC, H)](q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                                  BC=BC, BK=BK, LIM=lim, PREC=prec, STRONG_ONLY=True,
-                                                  **_launch("scores", q.dtype, K, V))
+            qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, A)
             BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
             _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
                 qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
@@ -667,7 +682,7 @@ class ChunkKeyDecay(torch.autograd.Function):
             HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec, **_launch("state", q.dtype, K, V))
         if NC:
             _scores_kernel[(BT // BC, NC, H)](q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                              BC=BC, BK=BK, LIM=lim, PREC=prec, STRONG_ONLY=False,
+                                              BC=BC, BK=BK, LIM=lim, PREC=prec,
                                               **_launch("scores", q.dtype, K, V))
             _output_kernel[(NV, NC, H)](qd, v, h, A, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT,
                                         BK=BK, BV=BV, PREC=prec, **_launch("output", q.dtype, K, V))
