@@ -58,7 +58,7 @@ BC = 16   # sub-block length of the intra-chunk scores
 # Launch settings per kernel (warps, pipelining stages): the fastest of warps {2, 4, 8} x stages
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01).
-LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # not swept yet: the scalar one pass's
+LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096 (2 stages 0.274, 1: 0.340)
           "gate": dict(num_warps=4),   # not in that sweep (it came later): `kernels.sweep launch --ops key`
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
@@ -97,29 +97,20 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
 
     Gs is a reverse cumulative sum of the next rows' g, exact to rounding; FAST (16-bit inputs) takes
     G_L − G_t, off by |G_L| · 6e-8 (1e-4 relative for a chunk decaying by 1300 nats, far below the
-    inputs' own rounding) without the second load and scan, and G by a product. Rows past the sequence's end (and chunks
-    with ok = False) have g = 0.
+    inputs' own rounding) without the second load and scan. (G as a product with the triangular ones
+    on the tensor cores was slower: the gate kernel took 0.52 ms against 0.37 with both scans.) Rows
+    past the sequence's end (and chunks with ok = False) have g = 0.
     """
     rows = c_start + tl.arange(0, BT)
     m = (rows < eos) & ok
     o_tk = tl.arange(0, BT)[:, None] * (H * K) + o_k[None, :]   # 32-bit offsets from the chunk's first row
     b_g = tl.load(gk + (c_start * H + i_h) * K + o_tk, mask=m[:, None] & m_k[None, :], other=0.0)
+    b_g = b_g.to(tl.float32)
+    b_G = tl.cumsum(b_g, axis=0)
+    b_GL = tl.sum(b_g, axis=0)
     if FAST:
-        # the prefix sums as a product with the lower-triangular ones, on the tensor cores: each term
-        # is 0 or g exactly and the sums are fp32 (tf32x3 keeps fp32 gates to fp32); a scan down the
-        # columns of the tile cost more than the rest of the gate kernel
-        o_t = tl.arange(0, BT)
-        tri = tl.where(o_t[:, None] >= o_t[None, :], 1.0, 0.0)
-        if b_g.dtype == tl.float32:
-            b_G = tl.dot(tri, b_g, input_precision="tf32x3")
-        else:
-            b_G = tl.dot(tri.to(b_g.dtype), b_g)
-        b_GL = tl.sum(b_g.to(tl.float32), axis=0)
         b_Gs = b_GL[None, :] - b_G
     else:
-        b_g = b_g.to(tl.float32)
-        b_G = tl.cumsum(b_g, axis=0)
-        b_GL = tl.sum(b_g, axis=0)
         m_n = (rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT) & ok
         b_gn = tl.load(gk + ((c_start + 1) * H + i_h) * K + o_tk, mask=m_n[:, None] & m_k[None, :],
                        other=0.0).to(tl.float32)
