@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import os
 import sys
 import time
@@ -453,15 +454,16 @@ def main(argv=None) -> int:
                         return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
                     failed += not _row(lines, f"| {name} | {mode} | {str(dtype)[6:]} |", one_pass, 6)
             if not fused_only or "gla" in fused_only:   # GLA's one pass: forwards without autograd
-                dc.FUSED_MIN_PROGRAMS = 1
-                for regime in ("gla", "bursts", "strong"):
+                for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
+                    dc.FUSED_MIN_PROGRAMS = least
+                    mode = "one pass" if least == 1 else "segments"
                     for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
                         def key_pass(dtype=dtype, regime=regime):
                             errs, ok = check_key_chunk(dtype, 2, 2048, 4, 128, 128, regime)
                             n_diff = check_key_repeat(dtype, *((1, 130, 2, 32, 32) if args.quick
                                                                else (8, 4096, 16, 128, 128)))
                             return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
-                        failed += not _row(lines, f"| gla ({regime}) | one pass | {str(dtype)[6:]} |", key_pass, 6)
+                        failed += not _row(lines, f"| gla ({regime}) | {mode} | {str(dtype)[6:]} |", key_pass, 6)
         finally:
             dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS = saved
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K

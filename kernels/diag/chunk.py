@@ -234,9 +234,10 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
 
 @triton.jit
 def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.constexpr, BKV: tl.constexpr,
-                         HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
+                         HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, V: tl.constexpr = 0):
     """The states entering the segments of one sequence: S_{j+1} = e^{w_j} S_j + ΔS_j over its NSEG
-    segments, ΔS_j being segment j's own state from zero and w_j its total log decay."""
+    segments, ΔS_j being segment j's own state from zero and w_j its total log decay: a scalar per
+    segment and head, or with V > 0 one per key row of the [K, V] state (key-wise decays, w [.., K])."""
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     o = i_t * BKV + tl.arange(0, BKV)
@@ -247,7 +248,11 @@ def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.c
     for j in range(0, NSEG):
         i_s = (i_n * NSEG + j).to(tl.int64) * H + i_h
         tl.store(S_in + i_s * KV + o, b_S, mask=m)
-        b_S = b_S * tl.exp(tl.load(logw + i_s)) + tl.load(dS + i_s * KV + o, mask=m, other=0.0)
+        if V == 0:
+            b_w = tl.load(logw + i_s)
+        else:
+            b_w = tl.load(logw + i_s * (KV // V) + o // V, mask=m, other=0.0)
+        b_S = b_S * tl.exp(b_w) + tl.load(dS + i_s * KV + o, mask=m, other=0.0)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * KV + o, b_S, mask=m)
 

@@ -15,7 +15,9 @@ and its intra-chunk dQ, dK computed whole, as matmuls of those factors (each ≤
 with a strong decay somewhere take the sub-block path below. A forward without a backward runs in one
 pass after the gates where the scalar family's rule (kernels.diag.chunk.FUSED_FORWARD) would take one:
 _fused_fwd_kernel does the scores, output and state for each chunk in turn with the state in registers,
-storing no states or scores.
+storing no states or scores. Where that rule would cut the sequences into segments (too few of them for
+the SMs), the key-wise pass does so only when forced (FUSED_FORWARD = True; not yet timed): each
+segment's state from zero, a scan over the segments with per-row decays, then the pass per segment.
 
 Numerics. e^{G_i − G_j} ≤ 1, but factored as e^{G_i} · e^{−G_j} it overflows once a chunk decays by
 more than ~88 nats. A is therefore built by sub-blocks of BC rows: for rows i of sub-block b and the
@@ -167,7 +169,8 @@ def _gate_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
 @triton.jit
 def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                  BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr):
+                  BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
+                  STORE_H: tl.constexpr = True):
     """h[c] = state entering chunk c; walks one sequence's chunks (the only sequential forward part).
 
     Reads K ⊙ e^{G_L − G} and G_L from _gate_kernel.
@@ -181,7 +184,8 @@ def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
     for c in range(0, MAXC):
         # chunks past a short sequence's end load nothing: e^0 keeps the state, zero keys add nothing
         ok = c < nc
-        tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
+        if STORE_H:
+            tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         t_rows = bos + c * BT + tl.arange(0, BT)
         m_t = (t_rows < eos) & ok
         b_kd = tl.load(kd + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
@@ -636,6 +640,49 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     return qd, kd, GL
 
 
+def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: int, nseg: int, scale: float
+              ) -> Tensor:
+    """The forward without a backward: the gate kernel (with the strong chunks' scores), then the one
+    pass over whole sequences (nseg = 1), or over nseg segments of each (an equal-length batch) that run
+    in parallel, each from the state its segment pass gives it. Writes the final state into ht."""
+    Tt, H, K = q.shape
+    V = v.shape[-1]
+    N = offsets.numel() - 1
+    BK, BV = _blocks(K, V)
+    prec, lim = _prec(q.dtype), _lim(q.dtype)
+    o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
+    A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
+    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, A)
+    BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
+    launch = dict(H=H, K=K, V=V, BT=BT, BK=max(16, next_pow2(K)), BV=BVf, LIM=lim, PREC=prec,
+                  **_launch("fused_fwd", q.dtype, K, V))
+    if nseg == 1:
+        _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, maxc, scale,
+                                                 HAS_H0=h0 is not None, STORE_HT=ht is not None, **launch)
+        return o
+    B, T = offsets._dense
+    s_offsets, s_chunk_offsets, per = _scalar._segment_layout(B, T, nseg, q.device)
+    NS = B * nseg
+    # each segment's own state from zero, then the states entering the segments, then the pass;
+    # segments are whole chunks in order, so a segment's chunk c0 + c is the batch's own (GL, A)
+    dS = _alloc(NS, H, K, V, dtype=torch.float32, device=q.device)
+    _state_kernel[(cdiv(K, BK), cdiv(V, BV), NS * H)](
+        kd, v, GL, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+        HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, **_launch("state", q.dtype, K, V))
+    nc = cdiv(T, BT)
+    # a segment's log decay per key: the sum of its chunks' G_L, in fp64
+    GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
+    logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
+    S_in = _alloc(NS, H, K, V, dtype=torch.float32, device=q.device)
+    BKV = min(1024, next_pow2(K * V))
+    _scalar._segment_pass_kernel[(cdiv(K * V, BKV), N * H)](
+        dS, logw, h0, S_in, ht, nseg, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None, STORE_HT=ht is not None,
+        V=V)
+    _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, o, None, s_offsets, s_chunk_offsets, per,
+                                              scale, HAS_H0=True, STORE_HT=False, **launch)
+    return o
+
+
 class ChunkKeyDecay(torch.autograd.Function):
     """Autograd wrapper; tensors flattened to [T_total, H, ·], states [N, H, K, V] in fp32."""
 
@@ -651,19 +698,12 @@ class ChunkKeyDecay(torch.autograd.Function):
         NC = chunk_indices.shape[0]
         prec, lim = _prec(q.dtype), _lim(q.dtype)
         ht = _alloc(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
-        # one pass where the scalar family's rule would take one (a program per SM, no backward; the
-        # key-wise state has no segmented pass yet)
-        if not any(ctx.needs_input_grad[:5]) and _scalar._fused_segments(offsets, N, H, V, K, q.device,
-                                                                          False) == 1:
-            o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
-            A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
-            qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, A)
-            BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
-            _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
-                qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
-                BK=max(16, next_pow2(K)), BV=BVf, LIM=lim, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec,
-                **_launch("fused_fwd", q.dtype, K, V))
-            return o, ht
+        nseg = None if any(ctx.needs_input_grad[:5]) else _scalar._fused_segments(offsets, N, H, V, K, q.device,
+                                                                                     False)
+        # one pass where the scalar family's rule takes one (a program per SM, no backward); over
+        # segments, where it would cut the sequences, only when forced (FUSED_FORWARD = True) until timed
+        if nseg == 1 or (nseg is not None and _scalar.FUSED_FORWARD is True):
+            return _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc, nseg, scale), ht
         h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # enters bf16 products only
         o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)

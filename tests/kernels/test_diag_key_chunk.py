@@ -296,3 +296,42 @@ def test_fast_gates_differ(monkeypatch):
         o = chunk_diag(x["q"], x["k"], x["v"], "key", gk)[0]
         outs.append(torch.cat([o.flatten(), torch.autograd.grad(_loss(o, None, 1), gk)[0].flatten()]))
     assert 0 < rel_err(outs[1], outs[0]) < 1e-5
+
+
+@pytest.mark.parametrize("T,regime", [(67, "bursts"), (200, "strong"), (323, "mild"), (1, "mild")])
+def test_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime):
+    """With fewer programs than wanted, sequences are cut into segments of whole chunks that run in
+    parallel from the states a scan over the segments gives them (key-wise decays per state row):
+    output and final state vs float64, with and without an initial state."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
+    joins = count_launches(dc, "_segment_pass_kernel")
+    x = _inputs(2, T, 2, 16, 24, regime, seed=T + 1)
+    o_ref, S_ref, _ = _reference(x, True)
+    o, S = _forward(x)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
+    o_ref0, S_ref0, _ = _reference({n: t for n, t in x.items() if n != "S0"}, False)
+    o0, _ = _forward(x, with_state=False)
+    assert rel_err(o0, o_ref0) < TOL
+    segments = -(-T // chunk_key.BT)
+    assert len(joins) == 2 * (segments > 1) and len(one_pass) == 2
+    if joins:
+        assert joins[0][0][1] == 2 * 2 and one_pass[0][0][1] == 2 * 2 * segments   # (B·H) scans, B·nseg·H passes
+
+
+def test_segments_only_when_forced(monkeypatch, count_launches):
+    """The default rule keeps the four kernels where it would cut sequences into segments (not yet
+    timed for key-wise decays); forcing it on runs them."""
+    import kernels.diag.chunk as dc
+
+    seen = count_launches(chunk_key, "_fused_fwd_kernel")
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
+    monkeypatch.setattr(chunk_key._scalar, "_fused_segments", lambda *a, **kw: 2)   # 4 chunks: 2 + 2
+    x = _inputs(1, 200, 2, 16, 16, "mild", seed=2)
+    _forward(x)
+    assert seen == []
+    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
+    o, S = _forward(x)
+    o_ref, S_ref, _ = _reference(x, True)
+    assert len(seen) == 1 and rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL

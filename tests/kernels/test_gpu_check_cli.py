@@ -76,5 +76,6 @@ def test_report_has_a_row_per_check_and_counts_failures(tmp_path, monkeypatch, c
     assert "| 1, 130, 2, 32, 32 | bursts | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
     assert "| mamba2 | segments | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert "| gla (strong) | one pass | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
+    assert "| gla (bursts) | segments | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert md.rstrip().endswith("1 failing rows")
     assert "bfloat16" not in md.split("| ok |", 1)[1]   # --dtypes float32 narrowed every section
