@@ -40,7 +40,7 @@ def _signature(fn, args, kwargs):
     bound.update(kwargs)
     sig, consts = {}, {}
     for p in fn.params:
-        v = bound[p.name]
+        v = bound[p.name] if p.name in bound else p.default   # a parameter left at its default
         if p.is_constexpr or v is None:
             sig[p.name], consts[p.name] = "constexpr", v
         elif isinstance(v, torch.Tensor):

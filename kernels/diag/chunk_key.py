@@ -68,8 +68,8 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           "dqk_inter": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory and registers up to K = V = 256.
-SAFE = {"fused_fwd": dict(num_warps=8), "gate": dict(num_warps=4), "state": dict(num_warps=4), "scores": dict(num_warps=4),
-        "output": dict(num_warps=4, num_stages=2),
+SAFE = {"fused_fwd": dict(num_warps=8), "gate": dict(num_warps=4), "state": dict(num_warps=4),
+        "scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
         "dqk_inter": dict(num_warps=4, num_stages=2)}
 
@@ -155,15 +155,13 @@ def _gate_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
         tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
         tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
         tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
-        span = tl.maximum(span, -tl.min(b_GL, axis=0))
+        if SCORES:
+            span = tl.maximum(span, -tl.min(b_GL, axis=0))
     if SCORES:
         if span >= LIM:
             for i_b in range(0, BT // BC):
                 # (in key blocks of BC: this rare path must not take the common one's registers)
-                b_A = _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
-                r_i = c_start + i_b * BC + tl.arange(0, BC)
-                tl.store(A + (r_i[:, None] * H + i_h) * BT + tl.arange(0, BT)[None, :],
-                         b_A.to(A.dtype.element_ty), mask=(r_i < eos)[:, None])
+                _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
 
 
 @triton.jit
@@ -227,10 +225,7 @@ def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
         if i_b == 0:
             _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H, K, BT, BK, PREC)
     else:
-        b_A = _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
-        r_i = c_start + i_b * BC + tl.arange(0, BC)
-        tl.store(A + (r_i[:, None] * H + i_h) * BT + tl.arange(0, BT)[None, :], b_A.to(A.dtype.element_ty),
-                 mask=(r_i < eos)[:, None])
+        _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
 
 
 @triton.jit
@@ -255,9 +250,9 @@ def _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H: tl.constexpr, K: 
 
 
 @triton.jit
-def _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H: tl.constexpr, K: tl.constexpr,
-                    BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, LIM: tl.constexpr,
-                    PREC: tl.constexpr):
+def _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H: tl.constexpr, K: tl.constexpr,
+                      BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr, LIM: tl.constexpr,
+                      PREC: tl.constexpr):
     """Rows of sub-block i_b of a chunk's scores A ([BC, BT], zero above the diagonal), from the inputs."""
     s0 = i_b * BC                                  # first row of the sub-block, chunk-local
     o_l = tl.arange(0, BC)
@@ -297,7 +292,8 @@ def _sub_block_rows(q, k, gk, c_start, eos, i_b, i_h, H: tl.constexpr, K: tl.con
                 e = tl.exp(tl.where(o_l[:, None] >= jj, b_Gc, float("-inf")))
                 col = tl.sum(b_qf * b_kc[None, :] * e, axis=1)
                 b_A += tl.where(o_j[None, :] == s0 + jj, col[:, None], 0.0)
-    return tl.where((s0 + o_l)[:, None] >= o_j[None, :], b_A, 0.0)
+    b_A = tl.where((s0 + o_l)[:, None] >= o_j[None, :], b_A, 0.0)
+    tl.store(A + (r_i[:, None] * H + i_h) * BT + o_j[None, :], b_A.to(A.dtype.element_ty), mask=m_i[:, None])
 
 
 @triton.jit
