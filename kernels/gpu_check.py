@@ -12,6 +12,7 @@ Writes a Markdown table and exits 1 if a tolerance is missed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import itertools
 import os
@@ -23,6 +24,7 @@ import torch
 import dsf
 import kernels
 from dsf.testing import prefix_state, rel_err
+from kernels.bench import switches
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
@@ -203,7 +205,12 @@ def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=Tru
     try:
         o, S = dc.chunk_delta(kin["q"], kin["k"], kin["v"], kin["beta"], kin.get("g"), initial_state=kin["S0"],
                               output_final_state=True, chunk_size=cs)
-        errs = {"o": rel_err(o.double(), o_ref), "state": rel_err(S.double(), S_ref)}
+        with torch.no_grad():   # a forward without autograd may run other kernels (the one pass)
+            o1, S1 = dc.chunk_delta(*(None if t is None else t.detach() for t in (kin["q"], kin["k"], kin["v"],
+                                                                                    kin["beta"], kin.get("g"))),
+                                    initial_state=kin["S0"].detach(), output_final_state=True, chunk_size=cs)
+        errs = {"o": max(rel_err(o.double(), o_ref), rel_err(o1.double(), o_ref)),
+                "state": max(rel_err(S.double(), S_ref), rel_err(S1.double(), S_ref))}
         names = list(kin)
         g_k = _grads(o, S, list(kin.values()), seed)
     finally:
@@ -218,20 +225,21 @@ def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=Tru
 REPEAT_MIXERS = ("mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention")
 
 
-def check_repeat(name, dtype, B, T, H, K, V, seed=0):
+def check_repeat(name, dtype, B, T, H, K, V, seed=0, grad=True):
     """The chunked kernels run twice on the same inputs: output, final state and every gradient must
     be bitwise identical (a kernel reading memory it has not yet written, or racing inside a
-    program, shows up here first). Returns (number of differing tensors, their largest relative
-    difference, which)."""
+    program, shows up here first). ``grad=False``: the forward without autograd, output and state.
+    Returns (number of differing tensors, their largest relative difference, which)."""
     spec = dsf.zoo.get(name)
     inp = spec.random_inputs(B, T, H, K, V, dtype=dtype, device="cuda", seed=seed)
     stateful = kernels.supports(spec)["family"] != "softmax"
     m = kernels.compile(spec)
     runs = []
     for _ in range(2):
-        leaves = _leaves(inp)
-        o, S = m.chunked(output_final_state=stateful, **leaves)
-        grads = _grads(o, S if stateful else None, list(leaves.values()), seed)
+        leaves = _leaves(inp) if grad else inp
+        with contextlib.nullcontext() if grad else torch.no_grad():
+            o, S = m.chunked(output_final_state=stateful, **leaves)
+        grads = _grads(o, S if stateful else None, list(leaves.values()), seed) if grad else []
         runs.append(dict(zip(["o"] + (["state"] if stateful else []) + list(leaves),
                              [o] + ([S] if stateful else []) + grads)))
     diff = {n: rel_err(runs[1][n].double(), runs[0][n].double()) for n in runs[0]
@@ -453,6 +461,18 @@ def main(argv=None) -> int:
                                                              else (8, 4096, 16, 128, 128)))[0] if not opts else 0
                         return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
                     failed += not _row(lines, f"| {name} | {mode} | {str(dtype)[6:]} |", one_pass, 6)
+            for mixer in ("deltanet", "gated_deltanet"):   # W and U inside the one pass (WU_IN_SCAN, no autograd)
+                if fused_only and mixer not in fused_only:
+                    continue
+                for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
+                    def wu_pass(dtype=dtype, mixer=mixer):
+                        with switches([(dlt, "WU_IN_SCAN", True)]):
+                            errs, ok = check_delta_chunk(dtype, 2, 2048, 4, 128, 128, mixer, 64, "mild")
+                            n_diff = check_repeat(mixer, dtype, *((1, 130, 2, 32, 32) if args.quick
+                                                                  else (8, 4096, 16, 128, 128)), grad=False)[0]
+                        return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
+                    failed += not _row(lines, f"| {mixer} | one pass, W/U in the scan | {str(dtype)[6:]} |",
+                                       wu_pass, 6)
             if not fused_only or "gla" in fused_only:   # GLA's one pass: forwards without autograd
                 for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
                     dc.FUSED_MIN_PROGRAMS = least

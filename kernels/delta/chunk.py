@@ -342,11 +342,13 @@ def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
 def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                   BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr):
+                  DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
+                  v, beta, Tm, WU: tl.constexpr):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
-    one-pass forward); then S and Vn are stored only with STORE_H, for a backward."""
+    one-pass forward); then S and Vn are stored only with STORE_H, for a backward. With WU it makes
+    each chunk's W and U itself from T, k, v and β, as _wu_kernel would store them (WU_IN_SCAN)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -364,13 +366,22 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         m_t = (rows < eos) & ok
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        b_w = tl.load(w + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-        b_u = tl.load(u + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+        b_kr = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+        if WU:   # W = T diag(β e^G) K, U = T diag(β) V, rounded as the stored ones would be
+            o_tt = tl.arange(0, BT)
+            b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
+                          mask=m_t[:, None], other=0.0)
+            b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+            b_w = _mm(b_T, b_kr.to(tl.float32) * (b_beta * tl.exp(b_G + b_Gl))[:, None], DT, PREC).to(DT)
+            b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+            b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC).to(DT).to(tl.float32)
+        else:
+            b_w = tl.load(w + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+            b_u = tl.load(u + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
         if STORE_H:
             tl.store(vn + (c_start * H + i_h) * V + o_tv, b_vn, mask=m_tv)
-        b_kr = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-        b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
             b_q = tl.load(q + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
             b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
@@ -658,6 +669,14 @@ FAST_GATES: bool | None = None
 # kernel from T in registers (no _wu_kernel): 0.367 ms against 0.188 + 0.154 apart.
 UT_POWERS = True
 
+# A forward without a backward that runs in one pass (FUSED_FORWARD) makes each chunk's W and U inside
+# the scan from T, k, v and β instead of storing and reading them (_wu_kernel: 0.15 ms at T = 4K, at its
+# memory bandwidth), at the price of two more products per chunk in every value-tile program (ptxas,
+# bf16, K = V = 128: the scan's spills 588 → 792 B ungated, 428 → 1032 gated). Off until timed on the
+# GPU: `python -m kernels.sweep profile --ops delta,gdn --set kernels.delta.chunk.WU_IN_SCAN=True`
+# against the same without --set.
+WU_IN_SCAN = False
+
 
 def _gated(g: Tensor | None, dtype: torch.dtype) -> int:
     """The kernels' GATED: 0 without a gate, 1 for exact (fp64) cumulative gates, 2 for fp32 ones."""
@@ -799,10 +818,12 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     # T = (I + A)⁻¹ enters the W, U products as an operand in `inter`, and the backward's fp32
     # products as bf16 values widened: stored in `inter` (as fla stores its inverse in k's dtype)
     Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
-    w = _empty(Tt, H, K, dtype=inter, device=dev)
-    u = _empty(Tt, H, V, dtype=inter, device=dev)
     fused = _one_pass(N * H, V, BVF, KP, dev, gated)
+    wu = fused and not keep and WU_IN_SCAN   # W and U made inside the scan, never stored
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
+    # (made in the scan, W and U are one-element stand-ins: the kernel reads neither)
+    w = _empty(*((1,) if wu else (Tt, H, K)), dtype=inter, device=dev)
+    u = _empty(*((1,) if wu else (Tt, H, V)), dtype=inter, device=dev)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
     # the states entering each chunk only ever feed products in the operand dtype: stored in it
@@ -812,8 +833,9 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
                             PREC=prec, POW=UT_POWERS, **_cfg("ut", inter, K, V, BK=BK))
-        _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
-                            GATED=gated, DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
+        if not wu:
+            _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
+                                DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     if N * H > 0:
         c = _cfg("state_few" if _few(N * H, V, BVF, dev) else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
                  num_stages=_scan_stages(inter, KP))
@@ -822,7 +844,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _state_kernel[(cdiv(V, c["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, **c)
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, **c)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](

@@ -432,3 +432,34 @@ def test_one_pass_default_rule(monkeypatch):
 def test_one_pass_forward_varlen(one_pass, mixer):
     test_varlen(mixer)
     assert one_pass == []
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("B,T,H,K,V,cs,scale,h0,dht", [CASES[i] for i in (0, 2, 4, 5)],
+                         ids=[f"B{c[0]}T{c[1]}K{c[3]}V{c[4]}C{c[5]}" for c in (CASES[i] for i in (0, 2, 4, 5))])
+def test_wu_in_scan(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, h0, dht):
+    """WU_IN_SCAN: the one-pass forward without autograd makes W and U inside the scan (no _wu_kernel):
+    output and final state vs float64 and vs the stored W, U (the same up to the order of the sums);
+    with autograd the backward's W is stored as before."""
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    wu = count_launches(C, "_wu_kernel")
+    d = inputs(mixer, B, T, H, K, V, seed=T + 3)
+    S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+
+    def forward():
+        with torch.no_grad():
+            return chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=scale, chunk_size=cs,
+                               initial_state=None if S0 is None else S0.float().to(DEV), output_final_state=True)
+    o_stored, S_stored = forward()
+    assert len(wu) == 1
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)
+    o, S = forward()
+    assert len(wu) == 1                                   # not launched this time
+    o_r, S_r, _ = reference(mixer, d, S0, do, None, scale)
+    check("wu_in_scan:o", o, o_r)
+    check("wu_in_scan:final_state", S, S_r)
+    check("wu_in_scan:o_vs_stored", o, o_stored, tol=1e-6)
+    compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)   # with autograd: W, U stored
+    assert len(wu) == 2

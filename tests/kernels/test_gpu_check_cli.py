@@ -77,5 +77,22 @@ def test_report_has_a_row_per_check_and_counts_failures(tmp_path, monkeypatch, c
     assert "| mamba2 | segments | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert "| gla (strong) | one pass | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert "| gla (bursts) | segments | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
+    assert "| gated_deltanet | one pass, W/U in the scan | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert md.rstrip().endswith("1 failing rows")
     assert "bfloat16" not in md.split("| ok |", 1)[1]   # --dtypes float32 narrowed every section
+
+
+def test_wu_rows_run_with_the_switch_on_and_restore_it(tmp_path, monkeypatch):
+    """The W/U-in-the-scan rows run the delta check with WU_IN_SCAN on (and the one pass forced); the
+    switch is back off afterwards."""
+    import kernels.delta.chunk as C
+
+    _fake_checks(monkeypatch)
+    seen = []
+
+    def fake_delta(*a, **kw):
+        seen.append((C.WU_IN_SCAN, C.FUSED_FORWARD))
+        return {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True
+    monkeypatch.setattr(gpu_check, "check_delta_chunk", fake_delta)
+    assert gpu_check.main(["--quick", "--only", "fused:deltanet", "--dtypes", "float32", "--out", str(tmp_path)]) == 0
+    assert seen == [(True, True)] and C.WU_IN_SCAN is False and C.FUSED_FORWARD is None
