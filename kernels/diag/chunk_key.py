@@ -16,8 +16,9 @@ with a strong decay somewhere take the sub-block path below. A forward without a
 pass after the gates where the scalar family's rule (kernels.diag.chunk.FUSED_FORWARD) would take one:
 _fused_fwd_kernel does the scores, output and state for each chunk in turn with the state in registers,
 storing no states or scores. Where that rule would cut the sequences into segments (too few of them for
-the SMs), the key-wise pass does so only when forced (FUSED_FORWARD = True; not yet timed): each
-segment's state from zero, a scan over the segments with per-row decays, then the pass per segment.
+the SMs), or before a backward (then the pass also stores the states and scores the backward reads), the
+key-wise pass runs only when forced (FUSED_FORWARD = True; not yet timed): over segments, each segment's
+state from zero, a scan over the segments with per-row decays, then the pass per segment (_passes).
 
 Numerics. e^{G_i − G_j} ≤ 1, but factored as e^{G_i} · e^{−G_j} it overflows once a chunk decays by
 more than ~88 nats. A is therefore built by sub-blocks of BC rows: for rows i of sub-block b and the
@@ -326,16 +327,18 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 
 
 @triton.jit
-def _fused_fwd_kernel(qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, MAXC, scale,
+def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, STORE: tl.constexpr):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
     more, read from A, where _gate_kernel (SCORES) put those chunks' sub-block scores. BK covers
     all of K. (Gates and sub-block scores stay in their own kernels: formed here too, they took more
-    registers than the SM has, and the spills made the pass slower than the four kernels.)"""
+    registers than the SM has, and the spills made the pass slower than the four kernels.) STORE (for
+    a backward): also the state entering each chunk into h, and the first value tile's programs the
+    mild chunks' scores into A, as the state and scores kernels would."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -347,6 +350,8 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, MAXC,
     o_tt = o_t[:, None] * (H * BT) + o_t[None, :]
     for c in range(0, MAXC):
         ok = c < nc
+        if STORE:
+            tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         c_start = bos + c * BT
         m_t = (c_start + o_t < eos) & ok
         m_tk = m_t[:, None] & m_k[None, :]
@@ -360,6 +365,11 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, MAXC,
         if -tl.min(b_GL, axis=0) < LIM:
             b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
             b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
+            if STORE:
+                if i_v == 0:
+                    tl.store(A + (c_start * H + i_h) * BT + o_tt,
+                             tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0).to(A.dtype.element_ty),
+                             mask=m_t[:, None])
         else:   # a strongly decaying chunk: its scores, by sub-blocks, from _gate_kernel
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
@@ -636,11 +646,12 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     return qd, kd, GL
 
 
-def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: int, nseg: int, scale: float
-              ) -> Tensor:
-    """The forward without a backward: the gate kernel (with the strong chunks' scores), then the one
+def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: int, nseg: int, scale: float,
+              keep: bool) -> tuple[Tensor, tuple | None]:
+    """The forward in two kernels: the gate kernel (with the strong chunks' scores), then the one
     pass over whole sequences (nseg = 1), or over nseg segments of each (an equal-length batch) that run
-    in parallel, each from the state its segment pass gives it. Writes the final state into ht."""
+    in parallel, each from the state its segment pass gives it. Writes the final state into ht. With
+    ``keep``, also what the backward reads — (h, A, qd, kd, GL) — else None."""
     Tt, H, K = q.shape
     V = v.shape[-1]
     N = offsets.numel() - 1
@@ -649,13 +660,15 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
     qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, A)
+    h = _alloc(chunk_indices.shape[0], H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
+    saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
-    launch = dict(H=H, K=K, V=V, BT=BT, BK=max(16, next_pow2(K)), BV=BVf, LIM=lim, PREC=prec,
+    launch = dict(H=H, K=K, V=V, BT=BT, BK=max(16, next_pow2(K)), BV=BVf, LIM=lim, PREC=prec, STORE=keep,
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
-        _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, o, ht, offsets, chunk_offsets, maxc, scale,
-                                                 HAS_H0=h0 is not None, STORE_HT=ht is not None, **launch)
-        return o
+        _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
+                                                 scale, HAS_H0=h0 is not None, STORE_HT=ht is not None, **launch)
+        return o, saved
     B, T = offsets._dense
     s_offsets, s_chunk_offsets, per = _scalar._segment_layout(B, T, nseg, q.device)
     NS = B * nseg
@@ -674,9 +687,20 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     _scalar._segment_pass_kernel[(cdiv(K * V, BKV), N * H)](
         dS, logw, h0, S_in, ht, nseg, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None, STORE_HT=ht is not None,
         V=V)
-    _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, o, None, s_offsets, s_chunk_offsets, per,
-                                              scale, HAS_H0=True, STORE_HT=False, **launch)
-    return o
+    _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
+                                              per, scale, HAS_H0=True, STORE_HT=False, **launch)
+    return o, saved
+
+
+def _passes(offsets: Tensor, N: int, H: int, V: int, K: int, device, keep: bool) -> int | None:
+    """None for the four kernels, else the one pass over that many segments per sequence: by the scalar
+    family's rule (kernels.diag.chunk._fused_segments), taken by default only where it gives one
+    segment and no backward is to follow (measured faster there); over segments, or storing what a
+    backward reads, only when forced (FUSED_FORWARD = True) until timed."""
+    nseg = _scalar._fused_segments(offsets, N, H, V, K, device, keep)
+    if nseg is None or (_scalar.FUSED_FORWARD is not True and (nseg > 1 or keep)):
+        return None
+    return nseg
 
 
 class ChunkKeyDecay(torch.autograd.Function):
@@ -694,12 +718,15 @@ class ChunkKeyDecay(torch.autograd.Function):
         NC = chunk_indices.shape[0]
         prec, lim = _prec(q.dtype), _lim(q.dtype)
         ht = _alloc(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
-        nseg = None if any(ctx.needs_input_grad[:5]) else _scalar._fused_segments(offsets, N, H, V, K, q.device,
-                                                                                     False)
-        # one pass where the scalar family's rule takes one (a program per SM, no backward); over
-        # segments, where it would cut the sequences, only when forced (FUSED_FORWARD = True) until timed
-        if nseg == 1 or (nseg is not None and _scalar.FUSED_FORWARD is True):
-            return _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc, nseg, scale), ht
+        keep = any(ctx.needs_input_grad[:5])   # what the backward reads is stored only for one
+        nseg = _passes(offsets, N, H, V, K, q.device, keep)
+        if nseg is not None:
+            o, saved = _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc, nseg, scale, keep)
+            if keep:
+                h, A, qd, kd, GL = saved
+                ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices, qd, kd, GL)
+                ctx.maxc = maxc
+            return o, ht
         h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # enters bf16 products only
         o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)

@@ -241,20 +241,43 @@ def test_one_pass_varlen_no_state(one_pass):
     assert len(one_pass) == 2
 
 
-def test_one_pass_rule(monkeypatch, count_launches):
-    """Only without a backward, and by the scalar family's rule: off CUDA or switched off, two passes."""
+def test_one_pass_rule(monkeypatch):
+    """By default the one pass only where the scalar family's rule gives one segment and no backward
+    follows (on CUDA, a program per SM: 132 stands in for the H200's SMs); forced, also over segments and
+    before a backward; switched off, never."""
+    import kernels.diag.chunk as dc
+    from kernels._common import seq_bounds
+
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 132)
+    cuda = torch.device("cuda")
+
+    def rule(B, T, keep, device=cuda):
+        return chunk_key._passes(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, keep)
+
+    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False)] == [1, None, None]
+    assert rule(8, 4096, False, torch.device("cpu")) is None
+    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
+    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False)] == [1, 1, 9]
+    monkeypatch.setattr(dc, "FUSED_FORWARD", False)
+    assert [rule(8, 4096, False), rule(1, 32768, False)] == [None, None]
+
+
+@pytest.mark.parametrize("T,regime,least", [(67, "bursts", 1), (150, "strong", 1), (7, "mild", 1),
+                                            (200, "bursts", 1000)])
+def test_one_pass_before_a_backward(one_pass, monkeypatch, count_launches, T, regime, least):
+    """Forced, the pass also stores the states and mild chunks' scores the backward reads: every
+    gradient (decay and initial state included) vs float64, and the state, scores and output kernels
+    never run; over segments too (least = 1000)."""
     import kernels.diag.chunk as dc
 
-    seen = count_launches(chunk_key, "_fused_fwd_kernel")
-    x = _inputs(1, 67, 2, 16, 16, "mild", seed=1)
-    _forward(x)                                   # default: not on the CPU
-    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
-    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1)
-    _check(x)                                     # with autograd: the kernels the backward needs
-    assert seen == []
-    monkeypatch.setattr(dc, "FUSED_FORWARD", False)
-    _forward(x)
-    assert seen == []
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    others = [count_launches(chunk_key, n) for n in ("_state_kernel", "_scores_kernel", "_output_kernel")]
+    x = _inputs(2, T, 2, 16, 24, regime, seed=T + 5)
+    _check(x)
+    _check(x, with_state=False)
+    assert len(one_pass) == 2
+    assert not others[1] and not others[2]
+    assert len(others[0]) == (2 if least > 1 and T > chunk_key.BT else 0)   # the segments' own states
 
 
 @pytest.mark.parametrize("regime,tol", [("mild", TOL), ("strong", 1e-4), ("bursts", 1e-4)])
