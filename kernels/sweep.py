@@ -116,13 +116,16 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
         if kind not in kinds:
             continue
         base = {k: dict(v) for k, v in mod.LAUNCH.items()}
+        inputs = {}   # with and without gradients, each made once
         try:
             for name in base:
                 if names and name not in names:
                     continue
                 one_pass = name == "fused_fwd"
                 backward = not (one_pass and kind == "key")
-                inp = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
+                if backward not in inputs:
+                    inputs[backward] = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
+                inp = inputs[backward]
                 res = []
                 bvs = (16, 32, 64, 128) if one_pass else (None,)
                 with bench.switches([(scalar_mod, "FUSED_FORWARD", one_pass),

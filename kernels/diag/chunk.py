@@ -498,6 +498,19 @@ def _segment_layout(B: int, T: int, nseg: int, device) -> tuple[Tensor, Tensor, 
     return layout_cache(("segments", B, T, nseg, str(torch.device(device))), make)
 
 
+def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int) -> Tensor:
+    """The states entering each of the NS = N·nseg segments ([NS, H, K, V] fp32) from their own states
+    from zero ``dS`` and their log decays ``logw`` ([NS, H] scalar, or [NS, H, K] per state row), by
+    _segment_pass_kernel; the sequences' final states go to ``ht`` when it is given."""
+    NS, H, K, V = dS.shape
+    S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dS.device)
+    BKV = min(1024, next_pow2(K * V))
+    _segment_pass_kernel[(cdiv(K * V, BKV), NS // nseg * H)](
+        dS, logw, h0, S_in, ht, nseg, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None, STORE_HT=ht is not None,
+        V=V if logw.dim() == 3 else 0)
+    return S_in
+
+
 class ChunkScalarDecay(torch.autograd.Function):
     """Autograd wrapper; tensors flattened to [T_total, H, ·], states [N, H, K, V] in fp32."""
 
@@ -542,11 +555,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                 else:   # segment sums of the log decay, in fp64 (a whole segment's sum)
                     gp = torch.nn.functional.pad(g.view(B, T, H).double(), (0, 0, 0, nseg * per * BT - T))
                     logw = gp.view(B, nseg, per * BT, H).sum(2).to(f32).reshape(NS, H)
-                S_in = _empty(NS, H, K, V, dtype=f32, device=q.device)
-                BKV = min(1024, next_pow2(K * V))
-                _segment_pass_kernel[(cdiv(K * V, BKV), N * H)](
-                    dS, logw, h0, S_in, ht, nseg, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None,
-                    STORE_HT=store_ht)
+                S_in = segment_states(dS, logw, h0, ht, nseg)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
                     q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, H=H, K=K, V=V, BT=BT,

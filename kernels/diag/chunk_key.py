@@ -682,11 +682,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     # a segment's log decay per key: the sum of its chunks' G_L, in fp64
     GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
     logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
-    S_in = _alloc(NS, H, K, V, dtype=torch.float32, device=q.device)
-    BKV = min(1024, next_pow2(K * V))
-    _scalar._segment_pass_kernel[(cdiv(K * V, BKV), N * H)](
-        dS, logw, h0, S_in, ht, nseg, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None, STORE_HT=ht is not None,
-        V=V)
+    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg)
     _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
                                               per, scale, HAS_H0=True, STORE_HT=False, **launch)
     return o, saved
