@@ -161,20 +161,6 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
     return errs, ok
 
 
-def check_key_repeat(dtype, B, T, H, K, V, seed=0):
-    """GLA's forward without autograd twice on the same inputs: how many of output and final state
-    differ in any bit."""
-    from kernels.diag import chunk_diag
-
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    r = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=dtype)  # noqa: E731
-    q, k, v = r(B, T, H, K) * K ** -0.5, r(B, T, H, K), r(B, T, H, V)
-    gk = torch.nn.functional.logsigmoid(r(B, T, H, K).float()) / 16
-    with torch.no_grad():
-        runs = [chunk_diag(q, k, v, "key", gk, output_final_state=True) for _ in range(2)]
-    return sum(not torch.equal(a, b) for a, b in zip(*runs))
-
-
 # B, T, H, K, V, mixer, chunk size, gate regime ("mild": logsigmoid(N(4, 1)), "strong": −5 … −20)
 DELTA_SHAPES = [(2, 2048, 4, 128, 128, "gated_deltanet", 64, "mild"), (2, 2048, 4, 128, 128, "deltanet", 64, "mild"),
                 (2, 2048, 4, 128, 128, "gated_deltanet", 64, "strong"), (1, 1000, 2, 256, 256, "gated_deltanet", 64, "mild"),
@@ -365,6 +351,17 @@ def _cells(check_fn, *args):
     return run
 
 
+def _with_repeat(check_fn, repeat_fn, *changes):
+    """A ``_row`` runner for the one-pass rows: a check's cells and how many tensors differ when the
+    run is repeated, both with the module switches ``changes`` ((module, name, value)) set."""
+    def run():
+        with switches(list(changes)):
+            errs, ok = check_fn()
+            n_diff = repeat_fn()
+        return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
+    return run
+
+
 DTYPES = {torch.float32, torch.bfloat16, torch.float16}   # narrowed by --dtypes
 
 
@@ -445,6 +442,7 @@ def main(argv=None) -> int:
         dc.FUSED_FORWARD = dlt.FUSED_FORWARD = True
         dlt.FUSED_MIN_PROGRAMS = 1
         try:
+            rep = (1, 130, 2, 32, 32) if args.quick else (8, 4096, 16, 128, 128)   # the repeats' shape
             for name, opts, least in (("mamba2", {}, 1), ("mamba2", {}, 10 ** 4),
                                       ("linear_attention", {"feature_map": "elu1", "normalize": True}, 1),
                                       ("deltanet", {}, 1), ("gated_deltanet", {}, 1)):
@@ -453,37 +451,27 @@ def main(argv=None) -> int:
                 # least = 1: one pass per sequence; 10⁴: sequences cut into segments (scalar family)
                 dc.FUSED_MIN_PROGRAMS = least
                 mode = "one pass" if least == 1 else "segments"
-                for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-                    def one_pass(name=name, opts=opts, dtype=dtype):
-                        errs, ok = check(name, opts, dtype, "chunked", B, T, H, K, V)
-                        # (the delta repeat at this shape runs one pass only where it has a program per SM)
-                        n_diff = check_repeat(name, dtype, *((1, 130, 2, 32, 32) if args.quick
-                                                             else (8, 4096, 16, 128, 128)))[0] if not opts else 0
-                        return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
-                    failed += not _row(lines, f"| {name} | {mode} | {str(dtype)[6:]} |", one_pass, 6)
+                for dt in _pick(torch.float32, torch.bfloat16, torch.float16):
+                    # (the delta repeat at this shape runs one pass only where it has a program per SM)
+                    failed += not _row(lines, f"| {name} | {mode} | {str(dt)[6:]} |", _with_repeat(
+                        lambda name=name, opts=opts, dt=dt: check(name, opts, dt, "chunked", B, T, H, K, V),
+                        lambda name=name, opts=opts, dt=dt: check_repeat(name, dt, *rep)[0] if not opts else 0), 6)
             for mixer in ("deltanet", "gated_deltanet"):   # W and U inside the one pass (WU_IN_SCAN, no autograd)
                 if fused_only and mixer not in fused_only:
                     continue
-                for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-                    def wu_pass(dtype=dtype, mixer=mixer):
-                        with switches([(dlt, "WU_IN_SCAN", True)]):
-                            errs, ok = check_delta_chunk(dtype, 2, 2048, 4, 128, 128, mixer, 64, "mild")
-                            n_diff = check_repeat(mixer, dtype, *((1, 130, 2, 32, 32) if args.quick
-                                                                  else (8, 4096, 16, 128, 128)), grad=False)[0]
-                        return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
-                    failed += not _row(lines, f"| {mixer} | one pass, W/U in the scan | {str(dtype)[6:]} |",
-                                       wu_pass, 6)
+                for dt in _pick(torch.float32, torch.bfloat16, torch.float16):
+                    failed += not _row(lines, f"| {mixer} | one pass, W/U in the scan | {str(dt)[6:]} |", _with_repeat(
+                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 2048, 4, 128, 128, mixer, 64, "mild"),
+                        lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
+                        (dlt, "WU_IN_SCAN", True)), 6)
             if not fused_only or "gla" in fused_only:   # GLA's one pass: forwards without autograd
                 for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
                     dc.FUSED_MIN_PROGRAMS = least
                     mode = "one pass" if least == 1 else "segments"
                     for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-                        def key_pass(dtype=dtype, regime=regime):
-                            errs, ok = check_key_chunk(dtype, 2, 2048, 4, 128, 128, regime)
-                            n_diff = check_key_repeat(dtype, *((1, 130, 2, 32, 32) if args.quick
-                                                               else (8, 4096, 16, 128, 128)))
-                            return f"{_errs(errs)} | {n_diff} differ", ok and n_diff == 0
-                        failed += not _row(lines, f"| gla ({regime}) | {mode} | {str(dtype)[6:]} |", key_pass, 6)
+                        failed += not _row(lines, f"| gla ({regime}) | {mode} | {str(dtype)[6:]} |", _with_repeat(
+                            lambda dtype=dtype, regime=regime: check_key_chunk(dtype, 2, 2048, 4, 128, 128, regime),
+                            lambda dtype=dtype: check_repeat("gla", dtype, *rep, grad=False)[0]), 6)
         finally:
             dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS = saved
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K

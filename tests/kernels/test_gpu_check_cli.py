@@ -54,7 +54,6 @@ def _fake_checks(monkeypatch, broken=("gla", torch.float32)):
     for fn in ("check_memory", "check_key_chunk", "check_delta_chunk"):
         monkeypatch.setattr(gpu_check, fn, lambda *a, **kw: (dict(errs), True))
     monkeypatch.setattr(gpu_check, "check_repeat", lambda *a, **kw: (0, 0.0, ""))
-    monkeypatch.setattr(gpu_check, "check_key_repeat", lambda *a, **kw: 0)
     monkeypatch.setattr(gpu_check, "check_varlen", lambda *a, **kw: (1e-7, True))
     monkeypatch.setattr(gpu_check, "check_memory_varlen", lambda *a, **kw: (1e-7, True))
     monkeypatch.setattr(gpu_check, "check_step", lambda *a, **kw: ({"o": 1e-7, "state": 2e-7}, True))
