@@ -115,38 +115,31 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
     for kind, mod in (("scalar", scalar_mod), ("key", key_mod)):
         if kind not in kinds:
             continue
-        base = {k: dict(v) for k, v in mod.LAUNCH.items()}
+        base = mod.LAUNCH
         inputs = {}   # with and without gradients, each made once
-        try:
-            for name in base:
-                if names and name not in names:
-                    continue
-                one_pass = name == "fused_fwd"
-                backward = not (one_pass and kind == "key")
-                if backward not in inputs:
-                    inputs[backward] = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
-                inp = inputs[backward]
-                res = []
-                bvs = (16, 32, 64, 128) if one_pass else (None,)
-                with bench.switches([(scalar_mod, "FUSED_FORWARD", one_pass),
-                                     (scalar_mod, "FUSED_BV", scalar_mod.FUSED_BV)]), \
+        for name in base:
+            if names and name not in names:
+                continue
+            one_pass = name == "fused_fwd"
+            backward = not (one_pass and kind == "key")
+            if backward not in inputs:
+                inputs[backward] = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
+            res = []
+            for nw, ns, bv in itertools.product((2, 4, 8), (1, 2, 3), (16, 32, 64, 128) if one_pass else (None,)):
+                # a candidate's settings in a LAUNCH of their own, the module's put back afterwards
+                with bench.switches([(mod, "LAUNCH", {**base, name: dict(num_warps=nw, num_stages=ns)}),
+                                     (scalar_mod, "FUSED_FORWARD", one_pass),
+                                     (scalar_mod, "FUSED_BV", bv or scalar_mod.FUSED_BV)]), \
                         (contextlib.nullcontext() if backward else torch.no_grad()):
-                    for nw, ns, bv in itertools.product((2, 4, 8), (1, 2, 3), bvs):
-                        mod.LAUNCH[name] = dict(num_warps=nw, num_stages=ns)
-                        if bv is not None:
-                            scalar_mod.FUSED_BV = bv
-                        try:
-                            t = kernel_times(bench._ours(kind), inp, backward=backward, iters=3)
-                            res.append((t.get(f"_{name}_kernel", float("nan")), nw, ns, bv))
-                        except Exception:  # noqa: BLE001 - out of resources: not a candidate
-                            res.append((float("inf"), nw, ns, bv))
-                mod.LAUNCH[name] = base[name]
-                res.sort(key=lambda r: r[0])
-                best = " ".join(f"warps {nw}/stages {ns}" + (f"/BV {bv}" if bv else "") + f": {t:.3f}"
-                                for t, nw, ns, bv in res[:4])
-                print(f"{kind} {name} (now {base[name]}): {best}; slowest {res[-1][0]:.3f} ms", flush=True)
-        finally:
-            mod.LAUNCH.update(base)
+                    try:
+                        t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)
+                        res.append((t.get(f"_{name}_kernel", float("nan")), nw, ns, bv))
+                    except Exception:  # noqa: BLE001 - out of resources: not a candidate
+                        res.append((float("inf"), nw, ns, bv))
+            res.sort(key=lambda r: r[0])
+            best = " ".join(f"warps {nw}/stages {ns}" + (f"/BV {bv}" if bv else "") + f": {t:.3f}"
+                            for t, nw, ns, bv in res[:4])
+            print(f"{kind} {name} (now {base[name]}): {best}; slowest {res[-1][0]:.3f} ms", flush=True)
 
 
 # Candidate launch settings of the delta-rule kernels (kernels/delta/chunk.py), per LAUNCH key.
@@ -171,32 +164,25 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
 
     inp = bench._inputs(bench.TOKENS // T, T, kind)
     few = mod._few(bench.TOKENS // T * bench.H, bench.D, mod._tiles(bench.D, bench.D)[3], torch.device("cuda"))
-    base, fused = dict(mod.LAUNCH), mod.FUSED_FORWARD
-    try:
-        for name in [n for n in names or DELTA_GRID if n in DELTA_GRID]:
-            grid = DELTA_GRID[name]
-            key = f"{name}_few" if few and name in ("state", "dstate") else name
-            mod.FUSED_FORWARD = name == "state_out"
-            res = []
-            for values in itertools.product(*grid.values()):
-                cfg = dict(zip(grid, values))
-                mod.LAUNCH[key] = cfg
+    base = mod.LAUNCH
+    for name in [n for n in names or DELTA_GRID if n in DELTA_GRID]:
+        grid = DELTA_GRID[name]
+        key = f"{name}_few" if few and name in ("state", "dstate") else name
+        res = []
+        for values in itertools.product(*grid.values()):
+            cfg = dict(zip(grid, values))
+            # a candidate's settings in a LAUNCH of their own, the module's put back afterwards
+            with bench.switches([(mod, "LAUNCH", {**base, key: cfg}), (mod, "FUSED_FORWARD", name == "state_out")]):
                 try:
                     t = kernel_times(bench._ours(kind), inp, backward=True, iters=3)
                     res.append((t.get(f"_{name.removesuffix('_out')}_kernel", float("nan")), cfg))
                 except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
                     res.append((float("inf"), cfg))
                     print(f"   {key} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
-            mod.LAUNCH.clear()
-            mod.LAUNCH.update(base)
-            res.sort(key=lambda r: r[0])
-            best = "; ".join(f"{t:.3f} {c}" for t, c in res[:4])
-            print(f"{kind} T={T} {key} (now {base.get(key, 'defaults')}): {best}; slowest {res[-1][0]:.3f}",
-                  flush=True)
-    finally:
-        mod.LAUNCH.clear()
-        mod.LAUNCH.update(base)
-        mod.FUSED_FORWARD = fused
+        res.sort(key=lambda r: r[0])
+        best = "; ".join(f"{t:.3f} {c}" for t, c in res[:4])
+        print(f"{kind} T={T} {key} (now {base.get(key, 'defaults')}): {best}; slowest {res[-1][0]:.3f}",
+              flush=True)
 
 
 STEP_GRID = {"BV": (16, 32, 64, 128), "num_warps": (1, 2, 4, 8)}

@@ -1,5 +1,7 @@
 """The GPU sweep tool refuses clearly where there is no GPU."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -166,3 +168,29 @@ def test_profile_times_the_forward_without_autograd(monkeypatch, capsys):
     sweep.profile(["scalar"], 4096)
     assert calls == [(False, False, False), (True, True, True)]
     assert "== scalar ours fwd T=4096: 0.500 ms wall" in capsys.readouterr().out
+
+
+def test_delta_sweep_sets_each_candidate_and_restores_the_module(monkeypatch, capsys):
+    """Each candidate of DELTA_GRID reaches the kernels through LAUNCH (the one-pass scan with
+    FUSED_FORWARD on for "state_out" only); afterwards LAUNCH and FUSED_FORWARD are the module's again."""
+    import kernels.delta.chunk as C
+
+    seen = []
+
+    def fake_times(fn, inp, backward, iters):
+        seen.append((dict(C.LAUNCH.get("ut", {})), dict(C.LAUNCH.get("state_out", {})), C.FUSED_FORWARD))
+        return {"_ut_kernel": C.LAUNCH["ut"]["num_warps"], "_state_kernel": C.LAUNCH.get("state_out", {}).get("BV", 0)}
+
+    monkeypatch.setattr(sweep, "kernel_times", fake_times)
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind: {})
+    monkeypatch.setattr(C, "_few", lambda *a: False)
+    before, before_dict = C.LAUNCH, dict(C.LAUNCH)
+    sweep.launch_delta("delta", 4096, ["ut", "state_out"])
+    grid = sweep.DELTA_GRID
+    ut_runs, out_runs = seen[:len(list(itertools.product(*grid["ut"].values())))], seen[-18:]
+    assert {(u["num_warps"], u["num_stages"]) for u, _, _ in ut_runs} == set(
+        itertools.product(grid["ut"]["num_warps"], grid["ut"]["num_stages"]))
+    assert all(f is False for _, _, f in ut_runs) and all(f is True for _, _, f in out_runs)
+    assert {o["BV"] for _, o, _ in out_runs} == set(grid["state_out"]["BV"])
+    assert C.LAUNCH is before and C.LAUNCH == before_dict and C.FUSED_FORWARD is None
+    assert "delta T=4096 ut" in capsys.readouterr().out
