@@ -456,12 +456,14 @@ def main(argv=None) -> int:
                     failed += not _row(lines, f"| {name} | {mode} | {str(dt)[6:]} |", _with_repeat(
                         lambda name=name, opts=opts, dt=dt: check(name, opts, dt, "chunked", B, T, H, K, V),
                         lambda name=name, opts=opts, dt=dt: check_repeat(name, dt, *rep)[0] if not opts else 0), 6)
-            for mixer in ("deltanet", "gated_deltanet"):   # W and U inside the one pass (WU_IN_SCAN, no autograd)
+            # W and U inside the one pass (WU_IN_SCAN, no autograd), where it runs: a program per SM
+            # (8 × 16 sequence-heads, 64-wide value tiles), not the few-program scan's 16-wide tiles
+            for mixer in ("deltanet", "gated_deltanet"):
                 if fused_only and mixer not in fused_only:
                     continue
                 for dt in _pick(torch.float32, torch.bfloat16, torch.float16):
                     failed += not _row(lines, f"| {mixer} | one pass, W/U in the scan | {str(dt)[6:]} |", _with_repeat(
-                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 2048, 4, 128, 128, mixer, 64, "mild"),
+                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 8, 512, 16, 128, 128, mixer, 64, "mild"),
                         lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
                         (dlt, "WU_IN_SCAN", True)), 6)
             if not fused_only or "gla" in fused_only:   # GLA's one pass: forwards without autograd

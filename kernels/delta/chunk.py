@@ -672,10 +672,22 @@ UT_POWERS = True
 # A forward without a backward that runs in one pass (FUSED_FORWARD) makes each chunk's W and U inside
 # the scan from T, k, v and β instead of storing and reading them (_wu_kernel: 0.15 ms at T = 4K, at its
 # memory bandwidth), at the price of two more products per chunk in every value-tile program (ptxas,
-# bf16, K = V = 128: the scan's spills 588 → 792 B ungated, 428 → 1032 gated). Off until timed on the
-# GPU: `python -m kernels.sweep profile --ops delta,gdn --set kernels.delta.chunk.WU_IN_SCAN=True`
-# against the same without --set.
-WU_IN_SCAN = False
+# bf16, K = V = 128: the scan's spills 588 → 792 B ungated, 428 → 1032 gated). H200, bf16, H = 16,
+# K = V = 128, T = 4K, B = 8 (`python -m kernels.sweep profile --ops delta,gdn` with and without
+# `--set kernels.delta.chunk.WU_IN_SCAN=True`, 2026-12-01): DeltaNet's forward 0.698 → 0.500 ms, Gated
+# DeltaNet's 0.69 → 0.654, outputs bit-identical to the stored W, U. None (default): with bf16 operands
+# (the timed case); True: any dtype; False: never. Never where the scan has fewer programs than SMs
+# (its "state_few" 16-wide value tiles): every program would make the whole W for 16 columns of U, and
+# there, with bf16 operands, Triton 3.6's build of the kernel came out wrong (bf16 β) or faulted (fp32 β)
+# on the H200 while the 64-wide tiles were bit-exact (kernels/results/experiments_2026-12-01_wu.md).
+WU_IN_SCAN: bool | None = None
+
+
+def _wu_in_scan(inter: torch.dtype, few: bool) -> bool:
+    """Whether a one-pass forward without a backward makes W and U inside the scan (see WU_IN_SCAN)."""
+    if few or WU_IN_SCAN is False:
+        return False
+    return WU_IN_SCAN is True or inter == torch.bfloat16
 
 
 def _gated(g: Tensor | None, dtype: torch.dtype) -> int:
@@ -815,11 +827,12 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     inter, prec = _operands(q.dtype)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, N * H, dev)
+    few = _few(N * H, V, BVF, dev)   # fewer scan programs than SMs
     # T = (I + A)⁻¹ enters the W, U products as an operand in `inter`, and the backward's fp32
     # products as bf16 values widened: stored in `inter` (as fla stores its inverse in k's dtype)
     Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
     fused = _one_pass(N * H, V, BVF, KP, dev, gated)
-    wu = fused and not keep and WU_IN_SCAN   # W and U made inside the scan, never stored
+    wu = fused and not keep and _wu_in_scan(inter, few)   # W and U made inside the scan, never stored
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     # (made in the scan, W and U are one-element stand-ins: the kernel reads neither)
     w = _empty(*((1,) if wu else (Tt, H, K)), dtype=inter, device=dev)
@@ -837,7 +850,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
                                 DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     if N * H > 0:
-        c = _cfg("state_few" if _few(N * H, V, BVF, dev) else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
+        c = _cfg("state_few" if few else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
                  num_stages=_scan_stages(inter, KP))
         if fused:
             c = _cfg("state_out", inter, K, V, **c)

@@ -434,6 +434,17 @@ def test_one_pass_forward_varlen(one_pass, mixer):
     assert one_pass == []
 
 
+def test_wu_in_scan_rule(monkeypatch):
+    """W and U in the scan: by default with bf16 operands only; forced, any dtype; never where the scan
+    has fewer programs than SMs (its 16-wide value tiles); switched off, never."""
+    bf, f32 = torch.bfloat16, torch.float32
+    assert [C._wu_in_scan(bf, False), C._wu_in_scan(f32, False), C._wu_in_scan(bf, True)] == [True, False, False]
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)
+    assert [C._wu_in_scan(f32, False), C._wu_in_scan(bf, True)] == [True, False]
+    monkeypatch.setattr(C, "WU_IN_SCAN", False)
+    assert C._wu_in_scan(bf, False) is False
+
+
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 @pytest.mark.parametrize("B,T,H,K,V,cs,scale,h0,dht", [CASES[i] for i in (0, 2, 4, 5)],
                          ids=[f"B{c[0]}T{c[1]}K{c[3]}V{c[4]}C{c[5]}" for c in (CASES[i] for i in (0, 2, 4, 5))])

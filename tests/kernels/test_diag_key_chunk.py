@@ -242,9 +242,9 @@ def test_one_pass_varlen_no_state(one_pass):
 
 
 def test_one_pass_rule(monkeypatch):
-    """By default the one pass only where the scalar family's rule gives one segment and no backward
-    follows (on CUDA, a program per SM: 132 stands in for the H200's SMs); forced, also over segments and
-    before a backward; switched off, never."""
+    """By default the one pass where the scalar family's rule gives one segment, before a backward too
+    (on CUDA, a program per SM: 132 stands in for the H200's SMs); forced, also over segments; switched
+    off, never."""
     import kernels.diag.chunk as dc
     from kernels._common import seq_bounds
 
@@ -254,7 +254,7 @@ def test_one_pass_rule(monkeypatch):
     def rule(B, T, keep, device=cuda):
         return chunk_key._passes(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, keep)
 
-    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False)] == [1, None, None]
+    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False), rule(1, 32768, True)] == [1, 1, None, None]
     assert rule(8, 4096, False, torch.device("cpu")) is None
     monkeypatch.setattr(dc, "FUSED_FORWARD", True)
     assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False)] == [1, 1, 9]

@@ -94,4 +94,4 @@ def test_wu_rows_run_with_the_switch_on_and_restore_it(tmp_path, monkeypatch):
         return {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True
     monkeypatch.setattr(gpu_check, "check_delta_chunk", fake_delta)
     assert gpu_check.main(["--quick", "--only", "fused:deltanet", "--dtypes", "float32", "--out", str(tmp_path)]) == 0
-    assert seen == [(True, True)] and C.WU_IN_SCAN is False and C.FUSED_FORWARD is None
+    assert seen == [(True, True)] and C.WU_IN_SCAN is None and C.FUSED_FORWARD is None
