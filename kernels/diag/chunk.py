@@ -454,15 +454,18 @@ FUSED_BV = 64   # value tile of the one-pass forward
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
-def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool) -> int | None:
+def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
+                    auto: bool | None = None) -> int | None:
     """How the forward runs: None for the two-pass kernels, else the one-pass forward over that many
     segments per sequence. One segment where there is a program per SM already; an equal-length batch
     with too few sequence-heads (long T, small B) is cut into segments that run in parallel, joined by
     a short scan over the segments' own states (_segment_pass_kernel); a packed batch with too few
-    keeps the two-pass kernels. ``backward``: whether the forward must store states for one."""
+    keeps the two-pass kernels. ``backward``: whether the forward must store states for one. ``auto``:
+    whether this family's measured limits apply (default: FUSED_FORWARD is None); False gives the
+    pass wherever it can run, as when forced."""
     if FUSED_FORWARD is False or K > 128:
         return None
-    auto = FUSED_FORWARD is None
+    auto = FUSED_FORWARD is None if auto is None else auto
     if auto and torch.device(device).type != "cuda":
         return None
     least = FUSED_MIN_PROGRAMS

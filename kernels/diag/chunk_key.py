@@ -12,14 +12,12 @@ entering chunk c (fla's orientation, S ∈ R^{K×V}):
 Kernels. _gate_kernel forms Q ⊙ e^{G}, K ⊙ e^{G_L − G} and G_L once per chunk; the state scans, the
 output and the dV kernels read those. A chunk whose total decay max_k (−G_L) is below LIM has its scores
 and its intra-chunk dQ, dK computed whole, as matmuls of those factors (each ≤ e^{LIM}); only chunks
-with a strong decay somewhere take the sub-block path below. The forward runs in one pass after the
-gates where the scalar family's rule (kernels.diag.chunk.FUSED_FORWARD) would take one for a forward
-alone: _fused_fwd_kernel does the scores, output and state for each chunk in turn with the state in
+with a strong decay somewhere take the sub-block path below. On CUDA the forward runs in one pass after the
+gates (kernels.diag.chunk.FUSED_FORWARD switches it, as for the scalar family): _fused_fwd_kernel does the scores, output and state for each chunk in turn with the state in
 registers, storing nothing but the output without a backward, and before one the states entering each
-chunk and the mild chunks' scores, which the backward reads. Where that rule would cut the sequences
-into segments (too few of them for the SMs), the key-wise pass runs only when forced (FUSED_FORWARD =
-True; not yet timed): each segment's state from zero, a scan over the segments with per-row decays,
-then the pass per segment (_passes).
+chunk and the mild chunks' scores, which the backward reads. Where there are too few sequences for
+the SMs (long T, small B) they are cut into segments: each segment's state from zero, a scan over the
+segments with per-row decays, then the pass per segment (_passes, timed faster at every T).
 
 Numerics. e^{G_i − G_j} ≤ 1, but factored as e^{G_i} · e^{−G_j} it overflows once a chunk decays by
 more than ~88 nats. A is therefore built by sub-blocks of BC rows: for rows i of sub-block b and the
@@ -690,17 +688,18 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
 
 
 def _passes(offsets: Tensor, N: int, H: int, V: int, K: int, device, keep: bool) -> int | None:
-    """None for the four kernels, else the one pass over that many segments per sequence: by the scalar
-    family's rule for a forward alone (kernels.diag.chunk._fused_segments), taken by default where it
-    gives one segment, with or without a backward to follow (``keep``: the pass then stores what the
-    backward reads). H200, bf16, H = 16, K = V = 128, B·T = 32K (`python -m kernels.bench --ops key
-    --impls ours,ours-fused`, 2026-12-01): forward alone 0.534 / 0.526 ms at T = 1K / 4K against 1.02
-    for the four kernels; forward + backward 3.65 / 3.63 against 3.93 / 3.89. Over segments (long T,
-    small B) only when forced (FUSED_FORWARD = True) until timed."""
-    nseg = _scalar._fused_segments(offsets, N, H, V, K, device, False)
-    if nseg is None or (_scalar.FUSED_FORWARD is not True and nseg > 1):
+    """None for the four kernels, else the one pass over that many segments per sequence
+    (kernels.diag.chunk._fused_segments without the scalar family's limits): on CUDA by default
+    (FUSED_FORWARD None), anywhere when forced, never when off; with a backward to follow too (``keep``:
+    the pass then stores what the backward reads). A packed batch with too few sequence-heads for the
+    SMs keeps the four kernels. H200, bf16, H = 16, K = V = 128, B·T = 32K (`python -m kernels.bench
+    --ops key --impls ours,ours-fused`, 2026-12-01), forward alone / forward + backward in ms:
+    T = 1K 0.534 / 3.65 against 1.02 / 3.93 for the four kernels, 4K 0.526 / 3.63 against 1.02 / 3.89;
+    over segments 16K 0.829 / 4.08 against 1.22 / 4.61, 32K 0.875 / 4.31 against 1.22 / 4.59."""
+    forced = _scalar.FUSED_FORWARD
+    if forced is False or (forced is None and torch.device(device).type != "cuda"):
         return None
-    return nseg
+    return _scalar._fused_segments(offsets, N, H, V, K, device, keep, auto=False)
 
 
 class ChunkKeyDecay(torch.autograd.Function):

@@ -242,9 +242,9 @@ def test_one_pass_varlen_no_state(one_pass):
 
 
 def test_one_pass_rule(monkeypatch):
-    """By default the one pass where the scalar family's rule gives one segment, before a backward too
-    (on CUDA, a program per SM: 132 stands in for the H200's SMs); forced, also over segments; switched
-    off, never."""
+    """By default on CUDA the one pass, before a backward too, over segments where a batch has too few
+    sequence-heads for the SMs (132 stands in for the H200's), a packed one excepted; forced, on the CPU
+    as well; switched off, never."""
     import kernels.diag.chunk as dc
     from kernels._common import seq_bounds
 
@@ -254,7 +254,10 @@ def test_one_pass_rule(monkeypatch):
     def rule(B, T, keep, device=cuda):
         return chunk_key._passes(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, keep)
 
-    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False), rule(1, 32768, True)] == [1, 1, None, None]
+    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False), rule(1, 32768, True)] == [1, 1, 9, 9]
+    assert rule(2, 16384, True) == 5   # 64 programs: the scalar family would keep its two passes
+    packed = chunk_key._passes(seq_bounds(torch.tensor([0, 100, 32768]), 1, 32768, "cpu"), 2, 16, 128, 128, cuda, True)
+    assert packed is None
     assert rule(8, 4096, False, torch.device("cpu")) is None
     monkeypatch.setattr(dc, "FUSED_FORWARD", True)
     assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False)] == [1, 1, 9]
