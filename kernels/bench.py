@@ -232,14 +232,15 @@ def render(paths: list[str], header: list[str], merged_csv: str | None = None) -
     """kernel_bench.md from the CSVs of one or more runs (a later run's cell replaces an earlier one),
     and optionally the merged rows as one CSV.
 
-    A CSV whose first column after ``op`` is not ``impl`` holds decode-step rows."""
+    A CSV whose first column after ``op`` is not ``impl`` holds decode-step rows: every run's are
+    listed, each under the name of its CSV (the step's time moves between hosts, see the notes)."""
     cells, decode, ops = {}, [], []
     for path in paths:
         with open(path) as f:
             reader = csv.DictReader(f)
             for r in reader:
                 if "impl" not in r:
-                    decode.append(r)
+                    decode.append({"run": os.path.splitext(os.path.basename(path))[0], **r})
                     continue
                 key = (r["op"], r["impl"], r["mode"], int(r["T"]))
                 cells[key] = r

@@ -331,7 +331,9 @@ def _row(lines: list[str], head: str, run, pad: int) -> bool:
         cells, ok = run()
         row = f"{head} {cells} | {'yes' if ok else '**NO**'} |"
     except Exception as e:  # noqa: BLE001 - a failing kernel is a row, not a crash
-        ok, row = False, f"{head} error: {type(e).__name__}: {str(e)[:120]} " + "|" * pad
+        # the message's first line only: a newline inside would break the markdown table
+        msg = str(e).strip().split("\n", 1)[0][:120].replace("|", "\\|")
+        ok, row = False, f"{head} error: {type(e).__name__}: {msg} " + "|" * pad
     lines.append(row)
     print(row, f"({time.time() - t0:.1f}s)", flush=True)
     return ok

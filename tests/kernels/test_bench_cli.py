@@ -53,6 +53,20 @@ def test_render_merges_runs_later_cells_win(tmp_path):
         ("fla", "fwd+bwd", "1024", "error: refused"), ("ours", "fwd", "1024", "1.0")}
 
 
+def test_render_lists_every_decode_run_by_name(tmp_path):
+    """Decode rows are not merged: each run's rows stay, under the name of the CSV they came from."""
+    for name, ms in (("1310_decode", "0.039"), ("1815_decode", "0.102")):
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["op", "ours step (compile)", "state floor"],
+                                     ["decode step B=64 (mamba2)", ms, "0.0316"]])
+    runs = f"{tmp_path / '1310_decode.csv'},{tmp_path / '1815_decode.csv'}"
+    assert bench.main(["--render", runs, "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "kernel_bench.md").read_text()
+    assert "| run | op | ours step (compile) | state floor |" in md
+    assert "| 1310_decode | decode step B=64 (mamba2) | 0.0390 | 0.0316 |" in md
+    assert "| 1815_decode | decode step B=64 (mamba2) | 0.1020 | 0.0316 |" in md
+
+
 def test_ours_fused_turns_the_one_pass_forward_on_for_its_call(count_launches):
     import kernels.diag.chunk as dc
 

@@ -95,3 +95,14 @@ def test_wu_rows_run_with_the_switch_on_and_restore_it(tmp_path, monkeypatch):
     monkeypatch.setattr(gpu_check, "check_delta_chunk", fake_delta)
     assert gpu_check.main(["--quick", "--only", "fused:deltanet", "--dtypes", "float32", "--out", str(tmp_path)]) == 0
     assert seen == [(True, True)] and C.WU_IN_SCAN is None and C.FUSED_FORWARD is None
+
+
+def test_an_error_row_stays_on_one_line():
+    """A raised error becomes one table row (its message's first line, pipes escaped), not a crash."""
+    lines = []
+
+    def fail():
+        raise RuntimeError("CUDA error: an illegal memory access | was encountered\nSearch for it")
+    assert gpu_check._row(lines, "| deltanet | one pass | bfloat16 |", fail, 3) is False
+    assert lines == ["| deltanet | one pass | bfloat16 | error: RuntimeError: CUDA error: an illegal memory "
+                     "access \\| was encountered |||"]
