@@ -452,6 +452,12 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 FUSED_FORWARD: bool | None = None
 FUSED_BV = 64   # value tile of the one-pass forward
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
+# Programs per SM that the segmented one pass aims for (segments = this × SMs / programs, at most one
+# per chunk): a program waits on its own chain of chunks and another can fill the gaps. 2 is what
+# every segmented timing so far ran with, not a measured optimum; more segments shorten each chain
+# but add states from zero and a longer segment scan. Time others with `python -m kernels.sweep
+# profile --ops scalar,key --T 32768 --set kernels.diag.chunk.SEGMENT_PROGRAMS_PER_SM=4`.
+SEGMENT_PROGRAMS_PER_SM = 2
 
 
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
@@ -480,8 +486,7 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     if dense is None:
         return None
     nc = cdiv(dense[1], BT)
-    # two programs per SM: a program waits on its own chain of chunks, another can fill the gaps
-    nseg = min(nc, cdiv(2 * least, max(programs, 1)))
+    nseg = min(nc, cdiv(SEGMENT_PROGRAMS_PER_SM * least, max(programs, 1)))
     per = cdiv(nc, max(nseg, 1))
     return cdiv(nc, per) if nc else 1
 

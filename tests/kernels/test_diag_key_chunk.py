@@ -261,6 +261,8 @@ def test_one_pass_rule(monkeypatch):
     assert rule(8, 4096, False, torch.device("cpu")) is None
     monkeypatch.setattr(dc, "FUSED_FORWARD", True)
     assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False)] == [1, 1, 9]
+    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 4)   # 32 programs × 17 segments of ≤ 31 chunks
+    assert rule(1, 32768, False) == 17
     monkeypatch.setattr(dc, "FUSED_FORWARD", False)
     assert [rule(8, 4096, False), rule(1, 32768, False)] == [None, None]
 
