@@ -12,12 +12,13 @@ entering chunk c (fla's orientation, S ∈ R^{K×V}):
 Kernels. _gate_kernel forms Q ⊙ e^{G}, K ⊙ e^{G_L − G} and G_L once per chunk; the state scans, the
 output and the dV kernels read those. A chunk whose total decay max_k (−G_L) is below LIM has its scores
 and its intra-chunk dQ, dK computed whole, as matmuls of those factors (each ≤ e^{LIM}); only chunks
-with a strong decay somewhere take the sub-block path below. On CUDA the forward runs in one pass after the
-gates (kernels.diag.chunk.FUSED_FORWARD switches it, as for the scalar family): _fused_fwd_kernel does the scores, output and state for each chunk in turn with the state in
-registers, storing nothing but the output without a backward, and before one the states entering each
-chunk and the mild chunks' scores, which the backward reads. Where there are too few sequences for
-the SMs (long T, small B) they are cut into segments: each segment's state from zero, a scan over the
-segments with per-row decays, then the pass per segment (_passes, timed faster at every T).
+with a strong decay somewhere take the sub-block path below. On CUDA the forward runs in one pass
+after the gates (kernels.diag.chunk.FUSED_FORWARD switches it, as for the scalar family):
+_fused_fwd_kernel does the scores, output and state for each chunk in turn with the state in
+registers, storing nothing but the output without a backward, and before one the states entering
+each chunk and the mild chunks' scores, which the backward reads. Where there are too few sequences
+for the SMs (long T, small B) they are cut into segments: each segment's state from zero, a scan over
+the segments with per-row decays, then the pass per segment (_passes, timed faster at every T).
 
 Numerics. e^{G_i − G_j} ≤ 1, but factored as e^{G_i} · e^{−G_j} it overflows once a chunk decays by
 more than ~88 nats. A is therefore built by sub-blocks of BC rows: for rows i of sub-block b and the
