@@ -104,11 +104,18 @@ def parse_settings(pairs: list[str]) -> list[tuple[object, str, object]]:
     return out
 
 
+# The key-wise kernels that run only in the four-kernel forward (the one pass replaces them)
+FOUR_KERNEL_FORWARD = ("state", "scores", "output")
+
+
 def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
     """Times each scalar/key kernel under every warps × stages setting (one kernel varied at a time;
-    the one-pass forwards also under each value tile FUSED_BV). The one-pass forwards run only while
-    they are timed (both families follow the scalar module's FUSED_FORWARD); the key-wise one, which
-    has no backward, is timed in a forward without autograd."""
+    the one-pass forwards also under each value tile FUSED_BV). The one-pass forwards are forced on
+    while they are timed (both families follow the scalar module's FUSED_FORWARD), the key-wise one in
+    a forward without autograd. The scalar family's other kernels run with the one pass off (its
+    default before a backward); the key-wise gate and backward kernels under the default rule, as
+    they run (the pass, whose gate kernel also makes the strong chunks' scores), and only its
+    four-kernel forward's own kernels (state, scores, output) with the pass off."""
     import kernels.diag.chunk as scalar_mod
     import kernels.diag.chunk_key as key_mod
 
@@ -122,13 +129,14 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
                 continue
             one_pass = name == "fused_fwd"
             backward = not (one_pass and kind == "key")
+            rule = True if one_pass else None if kind == "key" and name not in FOUR_KERNEL_FORWARD else False
             if backward not in inputs:
                 inputs[backward] = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
             res = []
             for nw, ns, bv in itertools.product((2, 4, 8), (1, 2, 3), (16, 32, 64, 128) if one_pass else (None,)):
                 # a candidate's settings in a LAUNCH of their own, the module's put back afterwards
                 with bench.switches([(mod, "LAUNCH", {**base, name: dict(num_warps=nw, num_stages=ns)}),
-                                     (scalar_mod, "FUSED_FORWARD", one_pass),
+                                     (scalar_mod, "FUSED_FORWARD", rule),
                                      (scalar_mod, "FUSED_BV", bv or scalar_mod.FUSED_BV)]), \
                         (contextlib.nullcontext() if backward else torch.no_grad()):
                     try:
