@@ -722,26 +722,25 @@ class ChunkKeyDecay(torch.autograd.Function):
         nseg = _passes(offsets, N, H, V, K, q.device, keep)
         if nseg is not None:
             o, saved = _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc, nseg, scale, keep)
-            if keep:
-                h, A, qd, kd, GL = saved
-                ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices, qd, kd, GL)
-                ctx.maxc = maxc
-            return o, ht
-        h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-        A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # enters bf16 products only
-        o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
-        qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
-        _state_kernel[(NK, NV, N * H)](
-            kd, v, GL, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-            HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec, **_launch("state", q.dtype, K, V))
-        if NC:
-            _scores_kernel[(BT // BC, NC, H)](q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT,
-                                              BC=BC, BK=BK, LIM=lim, PREC=prec,
-                                              **_launch("scores", q.dtype, K, V))
-            _output_kernel[(NV, NC, H)](qd, v, h, A, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT,
-                                        BK=BK, BV=BV, PREC=prec, **_launch("output", q.dtype, K, V))
-        ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices, qd, kd, GL)
-        ctx.maxc = maxc
+        else:   # the four kernels (their states and scores are what the backward reads)
+            h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
+            A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # enters bf16 products only
+            o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
+            qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
+            _state_kernel[(NK, NV, N * H)](
+                kd, v, GL, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+                HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec, **_launch("state", q.dtype, K, V))
+            if NC:
+                _scores_kernel[(BT // BC, NC, H)](q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K,
+                                                  BT=BT, BC=BC, BK=BK, LIM=lim, PREC=prec,
+                                                  **_launch("scores", q.dtype, K, V))
+                _output_kernel[(NV, NC, H)](qd, v, h, A, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT,
+                                            BK=BK, BV=BV, PREC=prec, **_launch("output", q.dtype, K, V))
+            saved = (h, A, qd, kd, GL)
+        if keep:
+            h, A, qd, kd, GL = saved
+            ctx.save_for_backward(q, k, v, gk, h0, offsets, h, A, chunk_offsets, chunk_indices, qd, kd, GL)
+            ctx.maxc = maxc
         return o, ht
 
     @staticmethod
