@@ -366,7 +366,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         m_t = (rows < eos) & ok
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
-        b_kr = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        r_k, r_v = (c_start * H + i_h) * K, (c_start * H + i_h) * V   # the chunk's first row
+        b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if WU:   # W = T diag(β e^G) K, U = T diag(β) V, rounded as the stored ones would be
             o_tt = tl.arange(0, BT)
@@ -374,22 +375,22 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                           mask=m_t[:, None], other=0.0)
             b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
             b_w = _mm(b_T, b_kr.to(tl.float32) * (b_beta * tl.exp(b_G + b_Gl))[:, None], DT, PREC).to(DT)
-            b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+            b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
             b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC).to(DT).to(tl.float32)
         else:
-            b_w = tl.load(w + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-            b_u = tl.load(u + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+            b_w = tl.load(w + r_k + o_tk, mask=m_tk, other=0.0)
+            b_u = tl.load(u + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
         if STORE_H:
-            tl.store(vn + (c_start * H + i_h) * V + o_tv, b_vn, mask=m_tv)
+            tl.store(vn + r_v + o_tv, b_vn, mask=m_tv)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
-            b_q = tl.load(q + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+            b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
             b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
             b_o = _mm(b_q, b_S, DT, PREC)
             if GATED:
                 b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
             b_o += _mm(b_A, b_vn, DT, PREC)
-            tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+            tl.store(o + r_v + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
         # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
         if GATED:
