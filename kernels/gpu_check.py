@@ -62,6 +62,15 @@ def _state_leaves(S):
     return None  # softmax: the KV cache is not an input of the kernels
 
 
+def _forward_errs(run, kin, o, S, o_ref, S_ref):
+    """Output and state errors of a forward with autograd (o, S) and of ``run(**inputs)`` again on
+    detached inputs without it (which may take other kernels: the one pass), the worse of the two."""
+    with torch.no_grad():
+        o1, S1 = run(**{n: t.detach() for n, t in kin.items()})
+    return {"o": max(rel_err(o.double(), o_ref), rel_err(o1.double(), o_ref)),
+            "state": max(rel_err(S.double(), S_ref), rel_err(S1.double(), S_ref))}
+
+
 def _grads(o, S, leaves, seed):
     g = torch.Generator(device=o.device).manual_seed(seed)
     loss = (o.double() * torch.randn(o.shape, generator=g, device=o.device, dtype=torch.float64)).sum()
@@ -145,13 +154,11 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
     o_ref, S_ref = chunked_linear(dsf.LinearTerms(q=ref["q"], k=ref["k"], u=ref["v"], decay="key", g=ref["gk"]),
                                   ref["S0"], chunk_size=64)
     kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
-    o, S = chunk_diag(kin["q"], kin["k"], kin["v"], "key", kin["gk"], initial_state=kin["S0"],
-                      output_final_state=True)
-    with torch.no_grad():   # a forward without autograd may run other kernels (the one pass)
-        o1, S1 = chunk_diag(kin["q"].detach(), kin["k"].detach(), kin["v"].detach(), "key", kin["gk"].detach(),
-                            initial_state=kin["S0"].detach(), output_final_state=True)
-    errs = {"o": max(rel_err(o.double(), o_ref), rel_err(o1.double(), o_ref)),
-            "state": max(rel_err(S.double(), S_ref), rel_err(S1.double(), S_ref))}
+
+    def run(q, k, v, gk, S0):
+        return chunk_diag(q, k, v, "key", gk, initial_state=S0, output_final_state=True)
+    o, S = run(**kin)
+    errs = _forward_errs(run, kin, o, S, o_ref, S_ref)
     g_ref = _grads(o_ref, S_ref, list(ref.values()), seed)
     g_k = _grads(o, S, list(kin.values()), seed)
     gerr = [rel_err(a.double(), b) for a, b in zip(g_k, g_ref)]
@@ -189,14 +196,11 @@ def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=Tru
     kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
     old, dc.HALF_OPERANDS = dc.HALF_OPERANDS, half_operands
     try:
-        o, S = dc.chunk_delta(kin["q"], kin["k"], kin["v"], kin["beta"], kin.get("g"), initial_state=kin["S0"],
-                              output_final_state=True, chunk_size=cs)
-        with torch.no_grad():   # a forward without autograd may run other kernels (the one pass)
-            o1, S1 = dc.chunk_delta(*(None if t is None else t.detach() for t in (kin["q"], kin["k"], kin["v"],
-                                                                                    kin["beta"], kin.get("g"))),
-                                    initial_state=kin["S0"].detach(), output_final_state=True, chunk_size=cs)
-        errs = {"o": max(rel_err(o.double(), o_ref), rel_err(o1.double(), o_ref)),
-                "state": max(rel_err(S.double(), S_ref), rel_err(S1.double(), S_ref))}
+
+        def run(q, k, v, beta, S0, g=None):
+            return dc.chunk_delta(q, k, v, beta, g, initial_state=S0, output_final_state=True, chunk_size=cs)
+        o, S = run(**kin)
+        errs = _forward_errs(run, kin, o, S, o_ref, S_ref)
         names = list(kin)
         g_k = _grads(o, S, list(kin.values()), seed)
     finally:
