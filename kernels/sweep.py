@@ -1,6 +1,6 @@
 """Where the GPU time goes: per-kernel profiles beside fla, and sweeps of launch settings (needs CUDA).
 
-    python -m kernels.sweep profile [--ops scalar,key,delta] [--T 4096]
+    python -m kernels.sweep profile [--ops scalar,key,delta] [--T 4096] [--impls ours,fla]
     python -m kernels.sweep launch  [--ops scalar,key,delta,gdn] [--T 4096] [--kernels dqkw,...]
     python -m kernels.sweep step    [--ops scalar,gdn]
     python -m kernels.sweep profile --ops delta --set kernels.delta.chunk.UT_POWERS=False   (an A/B run)
@@ -51,12 +51,12 @@ def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, flo
     return {e.key: e.device_time_total / iters / 1e3 for e in prof.key_averages() if e.device_time_total > 0}
 
 
-def profile(kinds: list[str], T: int) -> None:
+def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) -> None:
     from triton.testing import do_bench
 
     for kind in kinds:
         for impl, fn in (("ours", bench._ours(kind)), ("fla", bench._fla(kind))):
-            if fn is None:
+            if impl not in impls or fn is None:
                 continue
             for backward in (False, True):
                 mode = "fwd+bwd" if backward else "fwd"
@@ -235,6 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ops", default="scalar,key,delta",
                     help="comma-separated kinds (scalar, key, delta, gdn)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
+    # an A/B of our switches need not wait for fla's autotuning each time
+    ap.add_argument("--impls", default="ours,fla", help="profile: comma-separated, of ours and fla")
     ap.add_argument("--kernels", default=None,
                     help=f"launch: comma-separated kernels, delta/gdn of {sorted(DELTA_GRID)}, scalar/key of "
                     "their LAUNCH tables (e.g. fused_fwd); default all")
@@ -247,6 +249,9 @@ def main(argv=None) -> int:
     except ValueError as e:
         ap.error(f"--set: {e}")
     names = None if args.kernels is None else args.kernels.split(",")
+    impls = tuple(args.impls.split(","))
+    if set(impls) - {"ours", "fla"}:
+        ap.error(f"--impls: unknown {sorted(set(impls) - {'ours', 'fla'})}; known: ['fla', 'ours']")
     if names is not None:
         import kernels.diag.chunk as scalar_mod
         import kernels.diag.chunk_key as key_mod
@@ -259,7 +264,7 @@ def main(argv=None) -> int:
     ops = args.ops.split(",")
     with bench.switches(switches):
         if args.what == "profile":
-            profile(ops, args.T)
+            profile(ops, args.T, impls)
         elif args.what == "step":
             step([o for o in ops if o in ("scalar", "gdn")] or ["scalar", "gdn"])
         else:

@@ -28,6 +28,26 @@ def test_sweep_rejects_unknown_kernel(capsys):
     assert "--kernels: unknown ['nope']" in capsys.readouterr().err
 
 
+def test_sweep_rejects_unknown_impl(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["profile", "--impls", "ours,mamba"])
+    assert e.value.code == 2
+    assert "--impls: unknown ['mamba']" in capsys.readouterr().err
+
+
+def test_profile_skips_the_impls_not_asked_for(monkeypatch, capsys):
+    called = []
+    monkeypatch.setattr(sweep.bench, "_ours", lambda kind: lambda **inp: called.append("ours"))
+    monkeypatch.setattr(sweep.bench, "_fla", lambda kind: lambda **inp: called.append("fla"))
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(sweep, "kernel_times", lambda fn, inp, backward: fn(**inp) or {"_k": 1.0})
+    import triton.testing
+    monkeypatch.setattr(triton.testing, "do_bench", lambda run, warmup, rep: 1.0)
+    sweep.profile(["scalar"], 4096, ("ours",))
+    assert called == ["ours", "ours"]   # forward, forward + backward; fla never run
+    assert "scalar ours fwd T=4096" in capsys.readouterr().out
+
+
 def test_scalar_sweep_times_the_one_pass_forward_forced_on_and_restores_the_rule(monkeypatch, capsys):
     """The one-pass kernel is timed with FUSED_FORWARD forced on (under each value tile), every other
     kernel with it off; afterwards the default rule (None) and the settings are back."""
@@ -140,7 +160,7 @@ def test_set_applies_switches_for_the_run_only(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(sweep, "profile", lambda ops, T: seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
+    monkeypatch.setattr(sweep, "profile", lambda ops, T, impls: seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
     assert sweep.main(["profile", "--ops", "delta", "--T", "1024", "--set", "kernels.delta.chunk.UT_POWERS=False",
                        "--set", "kernels.diag.chunk.FAST_PAIRS=True"]) == 0
     assert seen == [(["delta"], 1024, False, True)]
