@@ -160,29 +160,36 @@ DELTA_GRID = {
     "output": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
     "wu": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
     "ut": dict(num_warps=(2, 4, 8), num_stages=(1, 2, 3)),
-    # the state scan that also writes the outputs (FUSED_FORWARD, switched on while it is timed)
-    "state_out": dict(BV=(16, 32, 64), num_warps=(4, 8), num_stages=(1, 2, 3)),
+    # the state scan that also writes the outputs (FUSED_FORWARD, switched on while it is timed), in a
+    # forward without autograd as the default forward runs it: W and U made in it (WU_IN_SCAN), which
+    # no tile narrower than 32 does (a 16-wide tile faulted), so 16 would time another kernel
+    "state_out": dict(BV=(32, 64), num_warps=(4, 8), num_stages=(1, 2, 3)),
 }
 
 
 def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
-    """Times each delta kernel under every setting of DELTA_GRID (one kernel varied at a time); the
-    scans use their "_few" keys where their programs are fewer than the SMs (as the launcher does)."""
+    """Times each delta kernel under every setting of DELTA_GRID (one kernel varied at a time) in a
+    forward and backward, the one-pass scan ("state_out") in a forward without autograd; the scans
+    use their "_few" keys where their programs are fewer than the SMs (as the launcher does)."""
     import kernels.delta.chunk as mod
 
-    inp = bench._inputs(bench.TOKENS // T, T, kind)
+    inputs = {}   # with and without gradients, each made once
     few = mod._few(bench.TOKENS // T * bench.H, bench.D, mod._tiles(bench.D, bench.D)[3], torch.device("cuda"))
     base = mod.LAUNCH
     for name in [n for n in names or DELTA_GRID if n in DELTA_GRID]:
         grid = DELTA_GRID[name]
         key = f"{name}_few" if few and name in ("state", "dstate") else name
+        backward = name != "state_out"
+        if backward not in inputs:
+            inputs[backward] = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
         res = []
         for values in itertools.product(*grid.values()):
             cfg = dict(zip(grid, values))
             # a candidate's settings in a LAUNCH of their own, the module's put back afterwards
-            with bench.switches([(mod, "LAUNCH", {**base, key: cfg}), (mod, "FUSED_FORWARD", name == "state_out")]):
+            with bench.switches([(mod, "LAUNCH", {**base, key: cfg}), (mod, "FUSED_FORWARD", name == "state_out")]), \
+                    (contextlib.nullcontext() if backward else torch.no_grad()):
                 try:
-                    t = kernel_times(bench._ours(kind), inp, backward=True, iters=3)
+                    t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)
                     res.append((t.get(f"_{name.removesuffix('_out')}_kernel", float("nan")), cfg))
                 except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
                     res.append((float("inf"), cfg))

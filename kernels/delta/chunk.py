@@ -684,9 +684,10 @@ UT_POWERS = True
 WU_IN_SCAN: bool | None = None
 
 
-def _wu_in_scan(inter: torch.dtype, few: bool) -> bool:
-    """Whether a one-pass forward without a backward makes W and U inside the scan (see WU_IN_SCAN)."""
-    if few or WU_IN_SCAN is False:
+def _wu_in_scan(inter: torch.dtype, narrow: bool) -> bool:
+    """Whether a one-pass forward without a backward makes W and U inside the scan (see WU_IN_SCAN);
+    never with few programs or narrow value tiles (``narrow``)."""
+    if narrow or WU_IN_SCAN is False:
         return False
     return WU_IN_SCAN is True or inter == torch.bfloat16
 
@@ -833,7 +834,14 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     # products as bf16 values widened: stored in `inter` (as fla stores its inverse in k's dtype)
     Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
     fused = _one_pass(N * H, V, BVF, KP, dev, gated)
-    wu = fused and not keep and _wu_in_scan(inter, few)   # W and U made inside the scan, never stored
+    c_scan = _cfg("state_few" if few else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
+                  num_stages=_scan_stages(inter, KP))
+    if fused:
+        c_scan = _cfg("state_out", inter, K, V, **c_scan)
+    # W and U made inside the scan, never stored; not by value tiles narrower than 32 that split V
+    # (a 16-wide tile's build faulted on the H200, see WU_IN_SCAN)
+    narrow = few or c_scan["BV"] < min(32, max(16, next_pow2(V)))
+    wu = fused and not keep and _wu_in_scan(inter, narrow)
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     # (made in the scan, W and U are one-element stand-ins: the kernel reads neither)
     w = _empty(*((1,) if wu else (Tt, H, K)), dtype=inter, device=dev)
@@ -851,14 +859,10 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
                                 DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     if N * H > 0:
-        c = _cfg("state_few" if few else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
-                 num_stages=_scan_stages(inter, KP))
-        if fused:
-            c = _cfg("state_out", inter, K, V, **c)
-        _state_kernel[(cdiv(V, c["BV"]), N * H)](
+        _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, **c)
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](

@@ -445,6 +445,23 @@ def test_wu_in_scan_rule(monkeypatch):
     assert C._wu_in_scan(bf, False) is False
 
 
+def test_wu_in_scan_not_with_narrow_tiles(monkeypatch, count_launches):
+    """A scan whose value tiles split V into 16-wide pieces keeps the stored W, U even where WU_IN_SCAN
+    is forced (the build of that tile faulted on the H200), and still matches float64."""
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)
+    monkeypatch.setattr(C, "_state_launch", lambda BVS, KP, V, inter, nw, NH, device: (16, nw))
+    wu = count_launches(C, "_wu_kernel")
+    d = inputs("deltanet", 1, 20, 1, 16, 64, seed=5)
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    with torch.no_grad():
+        o, _ = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=16)
+    assert len(wu) == 1
+    o_r, _ = dsf.recurrent("deltanet", **{n: t.double() for n, t in d.items() if t is not None})
+    check("narrow:o", o, o_r)
+
+
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 @pytest.mark.parametrize("B,T,H,K,V,cs,scale,h0,dht", [CASES[i] for i in (0, 2, 4, 5)],
                          ids=[f"B{c[0]}T{c[1]}K{c[3]}V{c[4]}C{c[5]}" for c in (CASES[i] for i in (0, 2, 4, 5))])

@@ -193,22 +193,27 @@ def test_profile_times_the_forward_without_autograd(monkeypatch, capsys):
 
 def test_delta_sweep_sets_each_candidate_and_restores_the_module(monkeypatch, capsys):
     """Each candidate of DELTA_GRID reaches the kernels through LAUNCH (the one-pass scan with
-    FUSED_FORWARD on for "state_out" only); afterwards LAUNCH and FUSED_FORWARD are the module's again."""
+    FUSED_FORWARD on for "state_out" only, timed in a forward without autograd, the others with a
+    backward); afterwards LAUNCH and FUSED_FORWARD are the module's again."""
     import kernels.delta.chunk as C
 
-    seen = []
+    seen, modes = [], []
 
     def fake_times(fn, inp, backward, iters):
         seen.append((dict(C.LAUNCH.get("ut", {})), dict(C.LAUNCH.get("state_out", {})), C.FUSED_FORWARD))
+        modes.append((backward, torch.is_grad_enabled(), inp["grad"]))
         return {"_ut_kernel": C.LAUNCH["ut"]["num_warps"], "_state_kernel": C.LAUNCH.get("state_out", {}).get("BV", 0)}
 
     monkeypatch.setattr(sweep, "kernel_times", fake_times)
-    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind: {})
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {"grad": grad})
     monkeypatch.setattr(C, "_few", lambda *a: False)
     before, before_dict = C.LAUNCH, dict(C.LAUNCH)
     sweep.launch_delta("delta", 4096, ["ut", "state_out"])
     grid = sweep.DELTA_GRID
-    ut_runs, out_runs = seen[:len(list(itertools.product(*grid["ut"].values())))], seen[-18:]
+    n_ut, n_out = (len(list(itertools.product(*grid[k].values()))) for k in ("ut", "state_out"))
+    ut_runs, out_runs = seen[:n_ut], seen[n_ut:]
+    assert len(out_runs) == n_out
+    assert set(modes[:n_ut]) == {(True, True, True)} and set(modes[n_ut:]) == {(False, False, False)}
     assert {(u["num_warps"], u["num_stages"]) for u, _, _ in ut_runs} == set(
         itertools.product(grid["ut"]["num_warps"], grid["ut"]["num_stages"]))
     assert all(f is False for _, _, f in ut_runs) and all(f is True for _, _, f in out_runs)
