@@ -681,6 +681,8 @@ UT_POWERS = True
 # (its "state_few" 16-wide value tiles): every program would make the whole W for 16 columns of U, and
 # there, with bf16 operands, Triton 3.6's build of the kernel came out wrong (bf16 β) or faulted (fp32 β)
 # on the H200 while the 64-wide tiles were bit-exact (kernels/results/experiments_2026-12-01_wu.md).
+# Nor with any value tile under 64 that splits V: 32-wide tiles with a program per SM faulted too
+# (`python -m kernels.sweep launch --ops delta --kernels state_out`, 2026-12-01, every warps/stages).
 WU_IN_SCAN: bool | None = None
 
 
@@ -838,9 +840,9 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
                   num_stages=_scan_stages(inter, KP))
     if fused:
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
-    # W and U made inside the scan, never stored; not by value tiles narrower than 32 that split V
-    # (a 16-wide tile's build faulted on the H200, see WU_IN_SCAN)
-    narrow = few or c_scan["BV"] < min(32, max(16, next_pow2(V)))
+    # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V
+    # (builds with 16- and 32-wide tiles faulted on the H200, see WU_IN_SCAN)
+    narrow = few or c_scan["BV"] < min(64, max(16, next_pow2(V)))
     wu = fused and not keep and _wu_in_scan(inter, narrow)
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     # (made in the scan, W and U are one-element stand-ins: the kernel reads neither)

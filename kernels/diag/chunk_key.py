@@ -62,7 +62,8 @@ BC = 16   # sub-block length of the intra-chunk scores
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01).
 LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096 (2 stages 0.274, 1: 0.340)
-          "gate": dict(num_warps=4),   # not in that sweep (it came later): `kernels.sweep launch --ops key`
+          # `--kernels gate`, later (2026-12-01): 0.268 ms (4 warps as before: 0.279 at 1 stage)
+          "gate": dict(num_warps=2, num_stages=3),
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),

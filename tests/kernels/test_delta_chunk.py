@@ -446,12 +446,12 @@ def test_wu_in_scan_rule(monkeypatch):
 
 
 def test_wu_in_scan_not_with_narrow_tiles(monkeypatch, count_launches):
-    """A scan whose value tiles split V into 16-wide pieces keeps the stored W, U even where WU_IN_SCAN
-    is forced (the build of that tile faulted on the H200), and still matches float64."""
+    """A scan whose value tiles split V into 32-wide pieces keeps the stored W, U even where WU_IN_SCAN
+    is forced (builds of such tiles faulted on the H200), and still matches float64."""
     monkeypatch.setattr(C, "FUSED_FORWARD", True)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)
-    monkeypatch.setattr(C, "_state_launch", lambda BVS, KP, V, inter, nw, NH, device: (16, nw))
+    monkeypatch.setattr(C, "_state_launch", lambda BVS, KP, V, inter, nw, NH, device: (32, nw))
     wu = count_launches(C, "_wu_kernel")
     d = inputs("deltanet", 1, 20, 1, 16, 64, seed=5)
     x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
