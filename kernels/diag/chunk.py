@@ -453,11 +453,13 @@ FUSED_FORWARD: bool | None = None
 FUSED_BV = 64   # value tile of the one-pass forward
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 # Programs per SM that the segmented one pass aims for (segments = this × SMs / programs, at most one
-# per chunk): a program waits on its own chain of chunks and another can fill the gaps. 2 is what
-# every segmented timing so far ran with, not a measured optimum; more segments shorten each chain
-# but add states from zero and a longer segment scan. Time others with `python -m kernels.sweep
-# profile --ops scalar,key --T 32768 --set kernels.diag.chunk.SEGMENT_PROGRAMS_PER_SM=4`.
-SEGMENT_PROGRAMS_PER_SM = 2
+# per chunk): a program waits on its own chain of chunks and others fill the gaps. More segments
+# shorten each chain but add states from zero and a longer segment scan. H200, bf16, H = 16,
+# K = V = 128, T = 32K, B = 1, forward kernels' time (`python -m kernels.sweep profile --ops scalar,key
+# --T 32768 --impls ours --set kernels.diag.chunk.SEGMENT_PROGRAMS_PER_SM=P`, 2026-12-01), P = 2 / 4 /
+# 8 / 12 / 16 / 24: Mamba-2 0.692 / 0.570 / 0.469 / 0.505 / 0.513 / 0.554 ms, GLA 0.863 / 0.763 /
+# 0.692 / 0.715 / 0.737 / 0.787 (fwd+bwd at 8 vs 2: 2.66 vs 2.92, 4.15 vs 4.33).
+SEGMENT_PROGRAMS_PER_SM = 8
 
 
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,

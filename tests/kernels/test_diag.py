@@ -210,6 +210,7 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)   # T = 323: segments of two chunks, not one
     segments = dc._fused_segments(seq_bounds(None, 2, T, "cpu"), 2, 2, 24, 16, torch.device("cpu"), True)
     assert segments == ({67: 2, 130: 3, 323: 3}[T] if least else 1)
     _, inp = random_case("mamba2", {}, B=2, T=T, H=2, K=16, V=24, seed=T)
@@ -246,13 +247,13 @@ def test_fused_forward_default_rule(monkeypatch):
 
     assert [rule(8, 4096, False), rule(8, 4096, True)] == [1, None]
     assert [rule(2, 16384, False), rule(2, 16384, True)] == [None, None]
-    assert rule(1, 32768, False) == rule(1, 32768, True) == 9
+    assert rule(1, 32768, False) == rule(1, 32768, True) == 32   # 8 programs per SM: 16 chunks each
     assert rule(8, 4096, False, torch.device("cpu")) is None
     assert dc._fused_segments(seq_bounds(None, 8, 4096, "cpu"), 8, 16, 128, 256, cuda, False) is None  # K > 128
     monkeypatch.setattr(dc, "FUSED_FORWARD", False)
     assert rule(8, 4096, False) is None and rule(1, 32768, True) is None
     monkeypatch.setattr(dc, "FUSED_FORWARD", True)
-    assert rule(8, 4096, True) == 1 and rule(2, 16384, True) == 5
+    assert rule(8, 4096, True) == 1 and rule(2, 16384, True) == 16
 
 
 def test_fused_forward_varlen(fused_forward):
