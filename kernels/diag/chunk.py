@@ -445,10 +445,15 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 # None (default) where the H200 measured it faster (`python -m kernels.bench --ops scalar --impls
 # ours,ours-fused`, bf16, H = 16, K = V = 128, B·T = 32K, 2026-12-01): without a backward where
 # there is a program per SM (forward 0.48 vs 0.56 ms at T = 1K–4K; with a backward storing its
-# states it was 2.06 vs 2.03 ms), and cut into segments where there are at most a quarter as many
-# programs as SMs (T = 32K, B = 1: forward 0.99 vs 1.29, fwd+bwd 3.24 vs 3.44; at T = 16K, half as
-# many, the segments lost: 0.95 vs 0.86); two passes elsewhere and off CUDA. True: wherever it can
-# run (tests, the GPU check, the benchmark's ours-fused); False: never.
+# states it was 2.06 vs 2.03 ms), and cut into segments where there are fewer programs than SMs,
+# before a backward only where at most half as many. With 8 programs per SM over the segments
+# (SEGMENT_PROGRAMS_PER_SM; `python -m kernels.sweep profile --ops scalar --T T --impls ours` with and
+# without `--set kernels.diag.chunk.FUSED_FORWARD=True`, 2026-12-01): T = 16K, B = 2 (64 programs):
+# forward 0.467 vs 0.754 ms, fwd+bwd 2.25 vs 2.46; T = 8K, B = 4 (128 programs): forward 0.527 vs
+# 0.545, fwd+bwd 2.12 vs 2.06 (so not before a backward); T = 32K, B = 1 (32 programs): forward 0.469,
+# fwd+bwd 2.66 (0.99 and 3.24 with 2 per SM, where two passes took 1.29 and 3.44). Two passes
+# elsewhere and off CUDA. True: wherever it can run (tests, the GPU check, the benchmark's
+# ours-fused); False: never.
 FUSED_FORWARD: bool | None = None
 FUSED_BV = 64   # value tile of the one-pass forward
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
@@ -482,7 +487,7 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     programs = N * H * cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
     if programs >= least:
         return None if auto and backward else 1
-    if auto and 4 * programs > least:
+    if auto and backward and 2 * programs > least:
         return None
     dense = getattr(offsets, "_dense", None)
     if dense is None:
