@@ -446,11 +446,13 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 # ours,ours-fused`, bf16, H = 16, K = V = 128, B·T = 32K, 2026-12-01): without a backward where
 # there is a program per SM (forward 0.48 vs 0.56 ms at T = 1K–4K; with a backward storing its
 # states it was 2.06 vs 2.03 ms), and cut into segments where there are fewer programs than SMs,
-# before a backward only where at most half as many. With 8 programs per SM over the segments
+# before a backward only where at most half as many (within a quarter of a program per SM: one pass
+# without segments, as with a program per SM). With 8 programs per SM over the segments
 # (SEGMENT_PROGRAMS_PER_SM; `python -m kernels.sweep profile --ops scalar --T T --impls ours` with and
 # without `--set kernels.diag.chunk.FUSED_FORWARD=True`, 2026-12-01): T = 16K, B = 2 (64 programs):
 # forward 0.467 vs 0.754 ms, fwd+bwd 2.25 vs 2.46; T = 8K, B = 4 (128 programs): forward 0.527 vs
-# 0.545, fwd+bwd 2.12 vs 2.06 (so not before a backward); T = 32K, B = 1 (32 programs): forward 0.469,
+# 0.545, one pass without segments 0.479, fwd+bwd 2.12 / 2.06 / 2.05 (so as with a program per SM);
+# T = 32K, B = 1 (32 programs): forward 0.469,
 # fwd+bwd 2.66 (0.99 and 3.24 with 2 per SM, where two passes took 1.29 and 3.44). Two passes
 # elsewhere and off CUDA. True: wherever it can run (tests, the GPU check, the benchmark's
 # ours-fused); False: never.
@@ -485,7 +487,9 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     if least is None:
         least = sm_count(device)
     programs = N * H * cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
-    if programs >= least:
+    # within a quarter of a program per SM one pass still beats segments, whose states from zero
+    # are a second pass over k and v (T = 8K, B = 4, 128 programs: forward 0.479 vs 0.527 ms)
+    if 4 * programs >= 3 * least:
         return None if auto and backward else 1
     if auto and backward and 2 * programs > least:
         return None

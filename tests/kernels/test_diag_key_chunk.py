@@ -254,13 +254,14 @@ def test_one_pass_rule(monkeypatch):
     def rule(B, T, keep, device=cuda):
         return chunk_key._passes(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, keep)
 
-    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False), rule(1, 32768, True)] == [1, 1, 9, 9]
-    assert rule(2, 16384, True) == 5   # 64 programs: the scalar family would keep its two passes
+    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False), rule(1, 32768, True)] == [1, 1, 32, 32]
+    assert rule(2, 16384, True) == 16   # 64 programs
+    assert rule(4, 8192, True) == 1     # 128 programs: one pass, no segments (the scalar family's two passes)
     packed = chunk_key._passes(seq_bounds(torch.tensor([0, 100, 32768]), 1, 32768, "cpu"), 2, 16, 128, 128, cuda, True)
     assert packed is None
     assert rule(8, 4096, False, torch.device("cpu")) is None
     monkeypatch.setattr(dc, "FUSED_FORWARD", True)
-    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False)] == [1, 1, 9]
+    assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False)] == [1, 1, 32]
     monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 4)   # 32 programs × 17 segments of ≤ 31 chunks
     assert rule(1, 32768, False) == 17
     monkeypatch.setattr(dc, "FUSED_FORWARD", False)
