@@ -697,7 +697,8 @@ def _passes(offsets: Tensor, N: int, H: int, V: int, K: int, device, keep: bool)
     SMs keeps the four kernels. H200, bf16, H = 16, K = V = 128, B·T = 32K (`python -m kernels.bench
     --ops key --impls ours,ours-fused`, 2026-12-01), forward alone / forward + backward in ms:
     T = 1K 0.534 / 3.65 against 1.02 / 3.93 for the four kernels, 4K 0.526 / 3.63 against 1.02 / 3.89;
-    over segments 16K 0.829 / 4.08 against 1.22 / 4.61, 32K 0.875 / 4.31 against 1.22 / 4.59."""
+    over segments 16K 0.829 / 4.08 against 1.22 / 4.61, 32K 0.875 / 4.31 against 1.22 / 4.59 (with
+    kernels.diag.chunk.SEGMENT_PROGRAMS_PER_SM = 8 instead of 2 since: 0.679 / 3.94 and 0.698 / 4.17)."""
     forced = _scalar.FUSED_FORWARD
     if forced is False or (forced is None and torch.device(device).type != "cuda"):
         return None
