@@ -467,6 +467,11 @@ FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU chec
 # 8 / 12 / 16 / 24: Mamba-2 0.692 / 0.570 / 0.469 / 0.505 / 0.513 / 0.554 ms, GLA 0.863 / 0.763 /
 # 0.692 / 0.715 / 0.737 / 0.787 (fwd+bwd at 8 vs 2: 2.66 vs 2.92, 4.15 vs 4.33).
 SEGMENT_PROGRAMS_PER_SM = 8
+# Key tile of the state kernel (the two-pass forward's and the segments' states from zero): None, the
+# whole padded K (one [K, 64] state a program); 64 splits it, twice the programs, each reading half
+# the keys and all the values of its tile. Time with `python -m kernels.sweep profile --ops scalar
+# --set kernels.diag.chunk.STATE_BK=64`.
+STATE_BK: int | None = None
 
 
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
@@ -564,9 +569,9 @@ class ChunkScalarDecay(torch.autograd.Function):
                 f32 = torch.float32
                 # each segment's own state from zero (no per-chunk states), then the scan over segments
                 dS = _empty(NS, H, K, V, dtype=f32, device=q.device)
-                BVs = min(BV, 64)
-                _state_kernel[(cdiv(K, BK), cdiv(V, BVs), NS * H)](
-                    k, v, g, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BK,
+                BVs, BKs = min(BV, 64), min(BK, STATE_BK or BK)
+                _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), NS * H)](
+                    k, v, g, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec,
                     **_launch("state", q.dtype, K, V))
                 if g is None:
@@ -585,9 +590,9 @@ class ChunkScalarDecay(torch.autograd.Function):
             ctx.maxc = maxc
             return o, ht
         h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-        BVs = min(BV, 64)
-        _state_kernel[(cdiv(K, BK), cdiv(V, BVs), N * H)](
-            k, v, g, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs,
+        BVs, BKs = min(BV, 64), min(BK, STATE_BK or BK)
+        _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), N * H)](
+            k, v, g, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
             DECAY=decay, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec,
             **_launch("state", q.dtype, K, V))
         o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)

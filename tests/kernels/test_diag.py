@@ -232,6 +232,29 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
     assert len(fused_forward) == 2
 
 
+@pytest.mark.parametrize("forced,least", [(False, None), (True, 1000)], ids=["two-pass", "segments"])
+def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least):
+    """STATE_BK splits the state kernel's keys into tiles (K = 48: three of 16 and a masked one), in
+    the two-pass forward and in the segments' states from zero: outputs, final state and gradients."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "STATE_BK", 16)
+    monkeypatch.setattr(dc, "FUSED_FORWARD", forced)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    states = count_launches(dc, "_state_kernel")
+    _, inp = random_case("mamba2", {}, B=2, T=150, H=1, K=48, V=24, seed=9)
+    ref_in = requires_grad({"q": inp["q"], "k": inp["k"], "v": inp["v"], "g": inp["g"],
+                            "h0": torch.randn(2, 1, 48, 24, dtype=torch.float64)})
+    o_ref, S_ref = recurrent_linear(dsf.LinearTerms(q=ref_in["q"], k=ref_in["k"], u=ref_in["v"], decay="scalar",
+                                                    g=ref_in["g"]), ref_in["h0"])
+    leaves = requires_grad({n: t.detach().float() for n, t in ref_in.items()})
+    o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "scalar", leaves["g"], leaves["h0"], True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    for name, a, b in zip(leaves, _grads(o, S, list(leaves.values()), 4), _grads(o_ref, S_ref, list(ref_in.values()), 4)):
+        assert rel_err(a, b) < TOL, f"d{name}: {rel_err(a, b):.2e}"
+    assert len(states) == 1
+
+
 def test_fused_forward_default_rule(monkeypatch):
     """FUSED_FORWARD = None picks the one-pass forward where the H200 measured it faster: without a
     backward where there is a program per SM (132 SMs; B·T = 32K, H = 16, V = 128: 2 value tiles),
