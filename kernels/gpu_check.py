@@ -128,12 +128,14 @@ def check_varlen(name, dtype, H, K, V):
     return worst, worst < TOL[dtype]
 
 
+SCALAR_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "strong"), (8, 512, 16, 128, 128, "bursts")]
 KEY_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "bursts"), (2, 2048, 4, 128, 128, "strong"),
               (1, 1000, 2, 256, 256, "gla"), (1, 777, 2, 100, 72, "bursts")]
 
 
-def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
-    """chunk_diag(decay="key"), the chunked GLA kernel, vs the float64 dsf chunked form.
+def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0, decay="key"):
+    """chunk_diag(decay="key"), the chunked GLA kernel, vs the float64 dsf chunked form; with
+    ``decay="scalar"`` the scalar one (Mamba-2's), a log decay per head and step.
 
     Regimes: "gla" (logsigmoid(x)/16), "bursts" (mild, with resets of −20 at 5% of the steps),
     "strong" (−5 … −20 every step); gates in fp32 as in fla, q, k, v in ``dtype``.
@@ -145,18 +147,20 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0):
     r = lambda *s: torch.randn(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
     u = lambda *s: torch.rand(*s, generator=g, device="cuda", dtype=torch.float64)  # noqa: E731
     logsig = torch.nn.functional.logsigmoid
-    gk = {"gla": lambda: logsig(r(B, T, H, K)) / 16,
-          "bursts": lambda: torch.where(u(B, T, H, 1) < 0.05, -20 + u(B, T, H, K), logsig(r(B, T, H, K)) / 16),
-          "strong": lambda: -5 - 15 * u(B, T, H, K)}[regime]()
+    gs = (B, T, H, K) if decay == "key" else (B, T, H)
+    gk = {"gla": lambda: logsig(r(*gs)) / 16,
+          "bursts": lambda: torch.where(u(*gs[:3], *((1,) if decay == "key" else ())) < 0.05, -20 + u(*gs),
+                                        logsig(r(*gs)) / 16),
+          "strong": lambda: -5 - 15 * u(*gs)}[regime]()
     x = {"q": r(B, T, H, K) * K ** -0.5, "k": torch.nn.functional.normalize(r(B, T, H, K), dim=-1),
          "v": r(B, T, H, V), "gk": gk, "S0": r(B, H, K, V)}
     ref = _leaves(x)
-    o_ref, S_ref = chunked_linear(dsf.LinearTerms(q=ref["q"], k=ref["k"], u=ref["v"], decay="key", g=ref["gk"]),
+    o_ref, S_ref = chunked_linear(dsf.LinearTerms(q=ref["q"], k=ref["k"], u=ref["v"], decay=decay, g=ref["gk"]),
                                   ref["S0"], chunk_size=64)
     kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
 
     def run(q, k, v, gk, S0):
-        return chunk_diag(q, k, v, "key", gk, initial_state=S0, output_final_state=True)
+        return chunk_diag(q, k, v, decay, gk, initial_state=S0, output_final_state=True)
     o, S = run(**kin)
     errs = _forward_errs(run, kin, o, S, o_ref, S_ref)
     g_ref = _grads(o_ref, S_ref, list(ref.values()), seed)
@@ -381,8 +385,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
-                    "also chunk_key, chunk_delta, titans, fused (the one-pass forwards; fused:NAME for one "
-                    "mixer's), repeat (every mixer's repeat check) and step (every mixer's decode-step check)")
+                    "also chunk_key, chunk_scalar, chunk_delta, titans, fused (the one-pass forwards; fused:NAME "
+                    "for one mixer's), repeat (every mixer's repeat check) and step (every mixer's decode-step check)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     args = ap.parse_args(argv)
@@ -424,6 +428,17 @@ def main(argv=None) -> int:
             for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
                 head = f"| {kB}, {kT}, {kH}, {kK}, {kV} | {regime} | {str(dtype)[6:]} |"
                 failed += not _row(lines, head, _cells(check_key_chunk, dtype, kB, kT, kH, kK, kV, regime), 5)
+    if want("chunk_scalar"):  # the scalar kernel alone at the benchmark's head dims, by its default rule:
+        # 8 sequence-heads: segments (with and without autograd); 256: two passes before a backward, one
+        # pass without (the forward run again without autograd)
+        lines += ["", "| chunk_diag(decay='scalar') B, T, H, K, V | decays | dtype | o | state | worst grad "
+                  "| (which) | ok |", "|---|---|---|---|---|---|---|---|"]
+        shapes = [(1, 130, 2, 32, 32, "bursts")] if args.quick else SCALAR_SHAPES
+        for sB, sT, sH, sK, sV, regime in shapes:
+            for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
+                head = f"| {sB}, {sT}, {sH}, {sK}, {sV} | {regime} | {str(dtype)[6:]} |"
+                failed += not _row(lines, head, _cells(lambda *a: check_key_chunk(*a, decay="scalar"), dtype, sB,
+                                                       sT, sH, sK, sV, regime), 5)
     if want("chunk_delta"):  # the chunked WY/UT delta kernel alone, at realistic head dims and gates
         lines += ["", "| chunk_delta B, T, H, K, V | mixer | C | gates | operands | dtype | o | state | worst grad "
                   "| (which) | ok |", "|---|---|---|---|---|---|---|---|---|---|---|"]

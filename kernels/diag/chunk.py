@@ -467,11 +467,13 @@ FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU chec
 # 8 / 12 / 16 / 24: Mamba-2 0.692 / 0.570 / 0.469 / 0.505 / 0.513 / 0.554 ms, GLA 0.863 / 0.763 /
 # 0.692 / 0.715 / 0.737 / 0.787 (fwd+bwd at 8 vs 2: 2.66 vs 2.92, 4.15 vs 4.33).
 SEGMENT_PROGRAMS_PER_SM = 8
-# Key tile of the state kernel (the two-pass forward's and the segments' states from zero): None, the
-# whole padded K (one [K, 64] state a program); 64 splits it, twice the programs, each reading half
-# the keys and all the values of its tile. Time with `python -m kernels.sweep profile --ops scalar
-# --set kernels.diag.chunk.STATE_BK=64`.
-STATE_BK: int | None = None
+# Key tile of the state kernel (the two-pass forward's and the segments' states from zero): 64 splits
+# K = 128 in two, twice the programs, each holding a [64, 64] state and reading half the keys; None,
+# the whole padded K (one [128, 64] state a program). H200, bf16, H = 16, K = V = 128 (`python -m
+# kernels.sweep profile --ops scalar --T T --impls ours --set kernels.diag.chunk.STATE_BK=B`,
+# 2026-12-01): T = 32K, B = 1, the segments' states 0.144 → 0.133 ms (forward 0.468 → 0.458); T = 4K,
+# the two-pass state kernel of a forward + backward 0.176 → 0.173.
+STATE_BK: int | None = 64
 
 
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
