@@ -166,7 +166,7 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0, decay="key"):
     g_ref = _grads(o_ref, S_ref, list(ref.values()), seed)
     g_k = _grads(o, S, list(kin.values()), seed)
     gerr = [rel_err(a.double(), b) for a, b in zip(g_k, g_ref)]
-    names = ["q", "k", "v", "gk", "initial_state"]
+    names = ["q", "k", "v", "gk" if decay == "key" else "g", "initial_state"]
     errs["grad"], errs["worst_grad"] = max(gerr), names[max(range(len(names)), key=gerr.__getitem__)]
     ok = errs["o"] < TOL[dtype] and errs["state"] < TOL[dtype] and errs["grad"] < GRAD_TOL[dtype]
     return errs, ok
