@@ -89,7 +89,8 @@ def switches(changes):
 
 def _ours_fused(kind):
     """Our diagonal-decay or delta-rule kernels with their one-pass forward switched on (FUSED_FORWARD of
-    kernels.diag.chunk, which the key-wise kernels follow too, or kernels.delta.chunk)."""
+    kernels.diag.chunk, which the key-wise kernels follow too, or kernels.delta.chunk, with its
+    SEGMENTS)."""
     if kind not in ("scalar", "key", "delta", "gdn"):
         return None
     import kernels.delta.chunk as delta_mod
@@ -98,8 +99,12 @@ def _ours_fused(kind):
     mod = scalar_mod if kind in ("scalar", "key") else delta_mod
     base = _ours(kind)
 
+    # the delta rule's one pass over segments where its scan has too few programs (as the scalar
+    # family's forced pass takes segments there)
+    extra = [(delta_mod, "SEGMENTS", True)] if mod is delta_mod else []
+
     def run(**kw):
-        with switches([(mod, "FUSED_FORWARD", True)]):
+        with switches([(mod, "FUSED_FORWARD", True), *extra]):
             return base(**kw)
     return run
 

@@ -459,18 +459,20 @@ def main(argv=None) -> int:
 
         lines += ["", "| one-pass forward (FUSED_FORWARD) | mode | dtype | o | state | worst grad | (which) "
                   "| repeats | ok |", "|---|---|---|---|---|---|---|---|---|"]
-        saved = dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS
+        saved = dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS, dlt.SEGMENTS
         dc.FUSED_FORWARD = dlt.FUSED_FORWARD = True
-        dlt.FUSED_MIN_PROGRAMS = 1
         try:
             rep = (1, 130, 2, 32, 32) if args.quick else (8, 4096, 16, 128, 128)   # the repeats' shape
             for name, opts, least in (("mamba2", {}, 1), ("mamba2", {}, 10 ** 4),
                                       ("linear_attention", {"feature_map": "elu1", "normalize": True}, 1),
-                                      ("deltanet", {}, 1), ("gated_deltanet", {}, 1)):
+                                      ("deltanet", {}, 1), ("gated_deltanet", {}, 1),
+                                      ("deltanet", {}, 10 ** 4), ("gated_deltanet", {}, 10 ** 4)):
                 if fused_only and name not in fused_only:
                     continue
-                # least = 1: one pass per sequence; 10⁴: sequences cut into segments (scalar family)
-                dc.FUSED_MIN_PROGRAMS = least
+                # least = 1: one pass per sequence; 10⁴: sequences cut into segments (the delta rule's
+                # with its SEGMENTS on: transitions and a chain over the segments)
+                dc.FUSED_MIN_PROGRAMS = dlt.FUSED_MIN_PROGRAMS = least
+                dlt.SEGMENTS = least > 1
                 mode = "one pass" if least == 1 else "segments"
                 for dt in _pick(torch.float32, torch.bfloat16, torch.float16):
                     # (the delta repeat at this shape runs one pass only where it has a program per SM)
@@ -479,6 +481,8 @@ def main(argv=None) -> int:
                         lambda name=name, opts=opts, dt=dt: check_repeat(name, dt, *rep)[0] if not opts else 0), 6)
             # W and U inside the one pass (WU_IN_SCAN, no autograd), where it runs: a program per SM
             # (8 × 16 sequence-heads, 64-wide value tiles), not the few-program scan's 16-wide tiles
+            dc.FUSED_MIN_PROGRAMS = dlt.FUSED_MIN_PROGRAMS = 1
+            dlt.SEGMENTS = False
             for mixer in ("deltanet", "gated_deltanet"):
                 if fused_only and mixer not in fused_only:
                     continue
@@ -496,7 +500,7 @@ def main(argv=None) -> int:
                             lambda dtype=dtype, regime=regime: check_key_chunk(dtype, 2, 2048, 4, 128, 128, regime),
                             lambda dtype=dtype: check_repeat("gla", dtype, *rep, grad=False)[0]), 6)
         finally:
-            dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS = saved
+            dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS, dlt.SEGMENTS = saved
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K
     lines += ["", f"| repeated (B={rB}, T={rT}, H={rH}, K=V={rK}) | dtype | tensors that differ | largest "
               "difference | (which) | ok |", "|---|---|---|---|---|---|"]

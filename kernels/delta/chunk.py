@@ -343,18 +343,22 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                   BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
-                  v, beta, Tm, WU: tl.constexpr):
+                  v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
     one-pass forward); then S and Vn are stored only with STORE_H, for a backward. With WU it makes
-    each chunk's W and U itself from T, k, v and β, as _wu_kernel would store them (WU_IN_SCAN)."""
+    each chunk's W and U itself from T, k, v and β, as _wu_kernel would store them (WU_IN_SCAN).
+    ZERO_U and EYE (V = K): the chunks' transition instead, S' = (e^{G_L} I − (K ⊙ e^{G_L − G})ᵀ W) S
+    from S = I, into ht (a segment's, for _forward_segments)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = tl.arange(0, KP)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_S = state_tile(h0, i_nh, o_k, o_v, K, V, KP, BV, HAS_H0)
+    if EYE:
+        b_S = tl.where(o_k[:, None] == o_v[None, :], 1.0, 0.0)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
@@ -379,7 +383,10 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC).to(DT).to(tl.float32)
         else:
             b_w = tl.load(w + r_k + o_tk, mask=m_tk, other=0.0)
-            b_u = tl.load(u + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+            if ZERO_U:
+                b_u = tl.zeros([BT, BV], dtype=tl.float32)
+            else:
+                b_u = tl.load(u + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
         b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
         if STORE_H:
             tl.store(vn + r_v + o_tv, b_vn, mask=m_tv)
@@ -400,6 +407,50 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_S += _mm(tl.trans(b_kr), b_vn, DT, PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_S, mask=m_kv)
+
+
+@triton.jit
+def _segment_chain_kernel(P, dS, h0, S_in, ht, NSEG, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+                          BR: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
+    """The states entering a sequence's segments in order: S ← P_j S + dS_j from its initial state
+    (P_j a segment's transition, dS_j its state from zero); the last one leaving it into ht.
+
+    In [BR, BR] × [BR, BV] blocks through S_in itself (each state is stored there anyway): a whole
+    [K, K] transition in registers spilled kilobytes (ptxas sm_90)."""
+    i_v, i_nh = tl.program_id(0), tl.program_id(1)
+    i_n, i_h = i_nh // H, i_nh % H
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_v = o_v < V
+    o_r = tl.arange(0, BR)
+    first = ((i_n * NSEG) * H + i_h).to(tl.int64)
+    for r0 in range(0, K, BR):
+        rows = r0 + o_r
+        p = rows[:, None] * V + o_v[None, :]
+        m = (rows < K)[:, None] & m_v[None, :]
+        b = tl.zeros([BR, BV], dtype=tl.float32)
+        if HAS_H0:
+            b += tl.load(h0 + i_nh.to(tl.int64) * K * V + p, mask=m, other=0.0)
+        tl.store(S_in + first * K * V + p, b, mask=m)
+    tl.debug_barrier()   # the next step reads every row this one stored
+    for j in range(0, NSEG):
+        seg = first + j * H
+        for r0 in range(0, K, BR):
+            rows = r0 + o_r
+            p = rows[:, None] * V + o_v[None, :]
+            m = (rows < K)[:, None] & m_v[None, :]
+            acc = tl.load(dS + seg * K * V + p, mask=m, other=0.0)
+            for c0 in range(0, K, BR):
+                cols = c0 + o_r
+                b_P = tl.load(P + seg * K * K + rows[:, None] * K + cols[None, :],
+                              mask=(rows < K)[:, None] & (cols < K)[None, :], other=0.0)
+                b_S = tl.load(S_in + seg * K * V + cols[:, None] * V + o_v[None, :],
+                              mask=(cols < K)[:, None] & m_v[None, :], other=0.0)
+                # fp32 products: the chain multiplies every segment's transition
+                acc += tl.dot(b_P, b_S, input_precision="ieee")
+            tl.store(S_in + (seg + H) * K * V + p, acc, mask=m & (j + 1 < NSEG))
+            if STORE_HT:
+                tl.store(ht + i_nh.to(tl.int64) * K * V + p, acc, mask=m & (j + 1 == NSEG))
+        tl.debug_barrier()
 
 
 @triton.jit
@@ -819,12 +870,40 @@ def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int) -> bool:
     return NH * cdiv(V, BV) >= least
 
 
+# The forward over segments where the scan has fewer programs than SMs (long T, small B): each segment's
+# state from zero and its transition (a K × K matrix: the delta rule's state mixes rows, unlike a
+# decay), a short chain over the segments, then the one pass per segment from the state entering it
+# (_forward_segments). Three scans of a segment's chunks instead of one of the sequence's, in parallel.
+# Off (False) until timed on the GPU; True: wherever it applies (equal-length batches, K ≤ 128, the
+# one pass not switched off by FUSED_FORWARD = False).
+SEGMENTS = False
+SEGMENT_PROGRAMS_PER_SM = 2   # segments = this × SMs / the scan's programs (at most one per chunk)
+
+
+def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int | None:
+    """Segments per sequence of the segmented forward (SEGMENTS), None where it does not run."""
+    dense = getattr(offsets, "_dense", None)
+    if not SEGMENTS or FUSED_FORWARD is False or KP > 128 or dense is None:
+        return None
+    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
+    programs = NH * cdiv(V, 64)
+    nc = cdiv(dense[1], BT)
+    if programs >= least or nc < 2:
+        return None
+    per = cdiv(nc, min(nc, cdiv(SEGMENT_PROGRAMS_PER_SM * least, programs)))
+    nseg = cdiv(nc, per)
+    return nseg if nseg > 1 else None
+
+
 def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     Tt, H, K = q.shape
     V = v.shape[-1]
     N = offsets.numel() - 1
     dev = q.device
     KP, BK, BV, BVS = _tiles(K, V)
+    nseg = _segments(offsets, N * H, V, KP, dev, BT)
+    if nseg is not None:
+        return _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, nseg)
     chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
     NC = chunk_indices.shape[0]
     gated = _gated(g, q.dtype)
@@ -870,6 +949,60 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](
             q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
             PREC=prec, **c)
+    return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
+
+
+def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, nseg):
+    """_forward over nseg segments of each sequence (see SEGMENTS): the same outputs, final state and,
+    for a backward, the same per-chunk states and Vn (segments are whole chunks in order, so a
+    segment's chunk c0 + c is the batch's own)."""
+    from ..diag.chunk import _segment_layout
+
+    Tt, H, K = q.shape
+    V = v.shape[-1]
+    N = offsets.numel() - 1
+    dev = q.device
+    KP, BK, BV, BVS = _tiles(K, V)
+    chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
+    NC = chunk_indices.shape[0]
+    gated = _gated(g, q.dtype)
+    inter, prec = _operands(q.dtype)
+    dt, nw = _TL[inter], _num_warps(BT, inter)
+    B, T = offsets._dense
+    s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, dev, bt=BT)
+    NS = B * nseg
+    BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, NS * H, dev)
+    c = _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP))
+    Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
+    w = _empty(Tt, H, K, dtype=inter, device=dev)
+    u = _empty(Tt, H, V, dtype=inter, device=dev)
+    vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
+    h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
+    o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
+    ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
+    _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
+                        PREC=prec, POW=UT_POWERS, **_cfg("ut", inter, K, V, BK=BK))
+    _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
+                        DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
+    seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
+               Tm=Tm, WU=False, **c)
+    grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
+    # each segment's own state from zero, and its transition (the same scan from I, no values)
+    dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
+    P = _empty(NS, H, K, K, dtype=torch.float32, device=dev)
+    _state_kernel[grid(V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=False,
+                           STORE_HT=True, OUT=False, STORE_H=False, **seg)
+    _state_kernel[grid(K)](k, w, u, g, None, None, vn, P, s_offsets, s_chunk_offsets, per, V=K, HAS_H0=False,
+                           STORE_HT=True, OUT=False, STORE_H=False, ZERO_U=True, EYE=True, **seg)
+    # the states entering the segments, in order (and the sequences' final states)
+    S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
+    BVc = min(max(16, next_pow2(V)), 32)
+    _segment_chain_kernel[(cdiv(V, BVc), N * H)](P, dS, h0, S_in, ht, nseg, H=H, K=K, V=V, BR=min(KP, 32), BV=BVc,
+                                                 HAS_H0=h0 is not None, STORE_HT=store_ht, num_warps=4)
+    # the pass: each segment from the state entering it, writing the outputs (and, for a backward,
+    # each chunk's entering state and Vn)
+    _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
+                           STORE_HT=False, OUT=True, STORE_H=keep, **seg)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
 
 

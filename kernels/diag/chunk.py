@@ -509,19 +509,19 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     return cdiv(nc, per) if nc else 1
 
 
-def _segment_layout(B: int, T: int, nseg: int, device) -> tuple[Tensor, Tensor, int]:
-    """Offsets and chunk offsets of the B·nseg segments (whole chunks, the last of a sequence ragged)
-    that an equal-length batch [B, T] is cut into, and the chunks of the longest, built on the host
-    (once per shape)."""
+def _segment_layout(B: int, T: int, nseg: int, device, bt: int = BT) -> tuple[Tensor, Tensor, int]:
+    """Offsets and chunk offsets of the B·nseg segments (whole chunks of ``bt``, the last of a sequence
+    ragged) that an equal-length batch [B, T] is cut into, and the chunks of the longest, built on the
+    host (once per shape)."""
     def make():
-        nc = cdiv(T, BT)
+        nc = cdiv(T, bt)
         per = cdiv(nc, nseg)
-        starts = [n * T + j * per * BT for n in range(B) for j in range(nseg)]
+        starts = [n * T + j * per * bt for n in range(B) for j in range(nseg)]
         offsets = torch.tensor(starts + [B * T], dtype=torch.int64).to(device, non_blocking=True)
         chunks = [min(per, nc - j * per) for _ in range(B) for j in range(nseg)]
         chunk_offsets = torch.tensor([0] + list(itertools.accumulate(chunks)), dtype=torch.int64)
         return offsets, chunk_offsets.to(device, non_blocking=True), per
-    return layout_cache(("segments", B, T, nseg, str(torch.device(device))), make)
+    return layout_cache(("segments", B, T, nseg, bt, str(torch.device(device))), make)
 
 
 def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int) -> Tensor:

@@ -127,3 +127,22 @@ def test_switches_put_module_attributes_back_even_on_error():
             assert C.UT_POWERS is False and C.FUSED_FORWARD is True
             raise RuntimeError("mid-run")
     assert C.UT_POWERS is True and C.FUSED_FORWARD is None
+
+
+def test_ours_fused_delta_takes_segments_where_the_scan_has_few_programs(monkeypatch, count_launches):
+    """The delta rule's forced one pass runs over segments where its scan has too few programs (here
+    1000 SMs stood in), and the switches are the module's again afterwards."""
+    import kernels.delta.chunk as C
+
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1000)
+    chains = count_launches(C, "_segment_chain_kernel")
+    gen = torch.Generator().manual_seed(2)
+    q, v = (torch.randn(1, 200, 2, 16, generator=gen) for _ in range(2))
+    k = torch.nn.functional.normalize(torch.randn(1, 200, 2, 16, generator=gen), dim=-1)
+    beta = torch.rand(1, 200, 2, generator=gen)
+    with torch.no_grad():
+        seg = bench._ours_fused("delta")(q=q, k=k, v=v, beta=beta)
+        assert len(chains) == 1 and C.SEGMENTS is False and C.FUSED_FORWARD is None
+        two_pass = bench._ours("delta")(q=q, k=k, v=v, beta=beta)
+    assert len(chains) == 1
+    assert ((seg - two_pass).norm() / two_pass.norm()).item() < 1e-5

@@ -491,3 +491,54 @@ def test_wu_in_scan(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale
     check("wu_in_scan:o_vs_stored", o, o_stored, tol=1e-6)
     compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)   # with autograd: W, U stored
     assert len(wu) == 2
+
+
+SEGMENT_CASES = [   # B, T, H, K, V, chunk size, scale, h0, dht, SMs stood in (least), segments expected
+    (2, 33, 1, 16, 16, 16, None, True, True, 1000, 3),     # a chunk a segment, the last ragged
+    (1, 70, 1, 16, 16, 64, None, True, True, 1000, 2),     # the benchmark's chunk length
+    (1, 150, 2, 32, 24, 16, 0.5, True, False, 6, 5),      # two chunks a segment (2 programs, 6 "SMs")
+    (2, 100, 1, 24, 20, 32, None, False, True, 1000, 4),   # head dims that are not powers of two
+]
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("B,T,H,K,V,cs,scale,h0,dht,least,nseg", SEGMENT_CASES,
+                         ids=[f"B{c[0]}T{c[1]}H{c[2]}K{c[3]}V{c[4]}C{c[5]}S{c[10]}" for c in SEGMENT_CASES])
+def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, h0, dht, least, nseg):
+    """SEGMENTS: the forward over segments (states from zero, transitions, the chain, the pass) gives
+    the outputs, final state and, through the per-chunk states it stores, every gradient; without
+    autograd the same output and final state."""
+    monkeypatch.setattr(C, "SEGMENTS", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", least)
+    offsets = C.seq_bounds(None, B, T, DEV)
+    assert C._segments(offsets, B * H, V, max(16, C.next_pow2(K)), DEV, cs) == nseg
+    chains = count_launches(C, "_segment_chain_kernel")
+    d = inputs(mixer, B, T, H, K, V, seed=T + V)
+    S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
+    compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    with torch.no_grad():
+        o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=scale, chunk_size=cs,
+                           initial_state=None if S0 is None else S0.float().to(DEV), output_final_state=True)
+    o_r, S_r, _ = reference(mixer, d, S0, do, None, scale)
+    check("segments_no_grad:o", o, o_r)
+    check("segments_no_grad:final_state", S, S_r)
+    assert len(chains) == 2
+
+
+def test_segments_rule(monkeypatch):
+    """Segments only when switched on, for equal-length batches whose scan has fewer programs than SMs
+    and at least two chunks, K ≤ 128; at most SEGMENT_PROGRAMS_PER_SM × SMs programs' worth."""
+    cuda = torch.device("cuda")
+    dense = C.seq_bounds(None, 1, 32768, "cpu")
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 132)
+    assert C._segments(dense, 16, 128, 128, cuda, 64) is None          # off by default
+    monkeypatch.setattr(C, "SEGMENTS", True)
+    assert C._segments(dense, 16, 128, 128, cuda, 64) == 9             # 32 programs: 9 segments of 57 chunks
+    assert C._segments(C.seq_bounds(None, 8, 4096, "cpu"), 128, 128, 128, cuda, 64) is None   # 256 programs
+    assert C._segments(dense, 16, 256, 256, cuda, 64) is None          # K > 128
+    packed = C.seq_bounds(torch.tensor([0, 100, 32768]), 1, 32768, "cpu")
+    assert C._segments(packed, 32, 128, 128, cuda, 64) is None
+    assert C._segments(C.seq_bounds(None, 1, 64, "cpu"), 16, 128, 128, cuda, 64) is None     # one chunk
+    monkeypatch.setattr(C, "FUSED_FORWARD", False)
+    assert C._segments(dense, 16, 128, 128, cuda, 64) is None          # no one pass at all
