@@ -474,6 +474,11 @@ SEGMENT_PROGRAMS_PER_SM = 8
 # 2026-12-01): T = 32K, B = 1, the segments' states 0.144 → 0.133 ms (forward 0.468 → 0.458); T = 4K,
 # the two-pass state kernel of a forward + backward 0.176 → 0.173.
 STATE_BK: int | None = 64
+# Key and value tiles (BK, BV) of the backward's reverse state scan (_dstate_kernel); None: the whole
+# padded K and 64 values. At T = 32K, B = 1 it has 32 programs for 132 SMs and takes 0.85 of the
+# forward + backward's 2.66 ms: smaller tiles give it more programs. Untimed; time with `python -m
+# kernels.sweep profile --ops scalar --T 32768 --impls ours --set kernels.diag.chunk.DSTATE_TILES=(64,32)`.
+DSTATE_TILES: tuple[int, int] | None = None
 
 
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
@@ -619,9 +624,10 @@ class ChunkScalarDecay(torch.autograd.Function):
         do = do.contiguous() if ctx.scale == 1.0 else do * ctx.scale
         dh = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
-        _dstate_kernel[(cdiv(K, BK), cdiv(V, BVs), N * H)](
+        BKd, BVd = (BK, BVs) if DSTATE_TILES is None else (min(BK, DSTATE_TILES[0]), min(BVs, DSTATE_TILES[1]))
+        _dstate_kernel[(cdiv(K, BKd), cdiv(V, BVd), N * H)](
             q, do, g, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
-            ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BK, BV=BVs, DECAY=decay, HAS_DHT=dht is not None,
+            ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BKd, BV=BVd, DECAY=decay, HAS_DHT=dht is not None,
             STORE_DH0=h0 is not None, PREC=prec, **_launch("dstate", q.dtype, K, V))
         dq = _empty(Tt, H, K, dtype=q.dtype, device=q.device)
         dk = _empty(Tt, H, K, dtype=k.dtype, device=q.device)

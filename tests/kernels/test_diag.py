@@ -235,10 +235,12 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
 @pytest.mark.parametrize("forced,least", [(False, None), (True, 1000)], ids=["two-pass", "segments"])
 def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least):
     """STATE_BK splits the state kernel's keys into tiles (K = 48: three of 16 and a masked one), in
-    the two-pass forward and in the segments' states from zero: outputs, final state and gradients."""
+    the two-pass forward and in the segments' states from zero, and DSTATE_TILES the backward's
+    reverse scan (V = 24: a 16-wide tile and a masked one): outputs, final state and gradients."""
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "STATE_BK", 16)
+    monkeypatch.setattr(dc, "DSTATE_TILES", (16, 16))
     monkeypatch.setattr(dc, "FUSED_FORWARD", forced)
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
     states = count_launches(dc, "_state_kernel")
