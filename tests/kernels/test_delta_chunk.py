@@ -111,6 +111,17 @@ def compare(mixer, d, S0, do, dht, scale=None, tol=TOL, dtype=torch.float32, **k
         check(tag + "d" + n, grads[n], grads_r[n], tol)
 
 
+def compare_no_grad(tag, mixer, d, S0, do, scale, cs):
+    """Output and final state of a forward without autograd (fp32) against float64."""
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    with torch.no_grad():
+        o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=scale, chunk_size=cs,
+                           initial_state=None if S0 is None else S0.float().to(DEV), output_final_state=True)
+    o_r, S_r, _ = reference(mixer, d, S0, do, None, scale)
+    check(tag + ":o", o, o_r)
+    check(tag + ":final_state", S, S_r)
+
+
 # B, T, H, K, V, chunk size, scale, with initial state, with d(final state)
 CASES = [
     (2, 1, 2, 16, 16, 16, None, False, False),   # T = 1, no states, default scale K^-0.5
@@ -400,13 +411,7 @@ def test_one_pass_forward(one_pass, mixer, B, T, H, K, V, cs, scale, h0, dht):
     d = inputs(mixer, B, T, H, K, V, seed=T + K)
     S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
     compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
-    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
-    with torch.no_grad():
-        o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=scale, chunk_size=cs,
-                           initial_state=None if S0 is None else S0.float().to(DEV), output_final_state=True)
-    o_r, S_r, _ = reference(mixer, d, S0, do, None, scale)
-    check("one_pass_no_grad:o", o, o_r)
-    check("one_pass_no_grad:final_state", S, S_r)
+    compare_no_grad("one_pass_no_grad", mixer, d, S0, do, scale, cs)
     assert one_pass == []
 
 
@@ -516,13 +521,7 @@ def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, 
     d = inputs(mixer, B, T, H, K, V, seed=T + V)
     S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
     compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
-    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
-    with torch.no_grad():
-        o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=scale, chunk_size=cs,
-                           initial_state=None if S0 is None else S0.float().to(DEV), output_final_state=True)
-    o_r, S_r, _ = reference(mixer, d, S0, do, None, scale)
-    check("segments_no_grad:o", o, o_r)
-    check("segments_no_grad:final_state", S, S_r)
+    compare_no_grad("segments_no_grad", mixer, d, S0, do, scale, cs)
     assert len(chains) == 2
 
 
