@@ -895,6 +895,30 @@ def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int
     return nseg if nseg > 1 else None
 
 
+def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
+    """T = (I + A)⁻¹ of every chunk (_ut_kernel) and, unless the scan makes them itself (``wu``), W and U
+    (_wu_kernel); (made in the scan, W and U are one-element stand-ins: the scan reads neither)."""
+    Tt, H, K = k.shape
+    V = v.shape[-1]
+    dev, NC = k.device, chunk_indices.shape[0]
+    KP, BK, BV, BVS = _tiles(K, V)
+    gated = _gated(g, k.dtype)
+    inter, prec = _operands(k.dtype)
+    dt, nw = _TL[inter], _num_warps(BT, inter)
+    # T enters the W, U products as an operand in `inter`, and the backward's fp32 products as bf16
+    # values widened: stored in `inter` (as fla stores its inverse in k's dtype)
+    Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
+    w = _empty(*((1,) if wu else (Tt, H, K)), dtype=inter, device=dev)
+    u = _empty(*((1,) if wu else (Tt, H, V)), dtype=inter, device=dev)
+    if NC > 0:
+        _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
+                            PREC=prec, POW=UT_POWERS, **_cfg("ut", inter, K, V, BK=BK))
+        if not wu:
+            _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
+                                DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
+    return Tm, w, u
+
+
 def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     Tt, H, K = q.shape
     V = v.shape[-1]
@@ -911,9 +935,6 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     dt, nw = _TL[inter], _num_warps(BT, inter)
     BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, N * H, dev)
     few = _few(N * H, V, BVF, dev)   # fewer scan programs than SMs
-    # T = (I + A)⁻¹ enters the W, U products as an operand in `inter`, and the backward's fp32
-    # products as bf16 values widened: stored in `inter` (as fla stores its inverse in k's dtype)
-    Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
     fused = _one_pass(N * H, V, BVF, KP, dev, gated)
     c_scan = _cfg("state_few" if few else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
                   num_stages=_scan_stages(inter, KP))
@@ -924,21 +945,13 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     narrow = few or c_scan["BV"] < min(64, max(16, next_pow2(V)))
     wu = fused and not keep and _wu_in_scan(inter, narrow)
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
-    # (made in the scan, W and U are one-element stand-ins: the kernel reads neither)
-    w = _empty(*((1,) if wu else (Tt, H, K)), dtype=inter, device=dev)
-    u = _empty(*((1,) if wu else (Tt, H, V)), dtype=inter, device=dev)
+    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
     # the states entering each chunk only ever feed products in the operand dtype: stored in it
     h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
-    if NC > 0:
-        _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                            PREC=prec, POW=UT_POWERS, **_cfg("ut", inter, K, V, BK=BK))
-        if not wu:
-            _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
-                                DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     if N * H > 0:
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
@@ -962,7 +975,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     V = v.shape[-1]
     N = offsets.numel() - 1
     dev = q.device
-    KP, BK, BV, BVS = _tiles(K, V)
+    KP, _, _, BVS = _tiles(K, V)
     chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
     NC = chunk_indices.shape[0]
     gated = _gated(g, q.dtype)
@@ -973,17 +986,11 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     NS = B * nseg
     BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, NS * H, dev)
     c = _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP))
-    Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
-    w = _empty(Tt, H, K, dtype=inter, device=dev)
-    u = _empty(Tt, H, V, dtype=inter, device=dev)
+    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu=False)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
     h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
-    _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                        PREC=prec, POW=UT_POWERS, **_cfg("ut", inter, K, V, BK=BK))
-    _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
-                        DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
                Tm=Tm, WU=False, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731

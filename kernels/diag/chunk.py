@@ -452,10 +452,9 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 # without `--set kernels.diag.chunk.FUSED_FORWARD=True`, 2026-12-01): T = 16K, B = 2 (64 programs):
 # forward 0.467 vs 0.754 ms, fwd+bwd 2.25 vs 2.46; T = 8K, B = 4 (128 programs): forward 0.527 vs
 # 0.545, one pass without segments 0.479, fwd+bwd 2.12 / 2.06 / 2.05 (so as with a program per SM);
-# T = 32K, B = 1 (32 programs): forward 0.469,
-# fwd+bwd 2.66 (0.99 and 3.24 with 2 per SM, where two passes took 1.29 and 3.44). Two passes
-# elsewhere and off CUDA. True: wherever it can run (tests, the GPU check, the benchmark's
-# ours-fused); False: never.
+# T = 32K, B = 1 (32 programs): forward 0.469, fwd+bwd 2.66 (0.99 and 3.24 with 2 per SM, where two
+# passes took 1.29 and 3.44). Two passes elsewhere and off CUDA. True: wherever it can run (tests, the
+# GPU check, the benchmark's ours-fused); False: never.
 FUSED_FORWARD: bool | None = None
 FUSED_BV = 64   # value tile of the one-pass forward
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
