@@ -473,10 +473,11 @@ SEGMENT_PROGRAMS_PER_SM = 8
 # 2026-12-01): T = 32K, B = 1, the segments' states 0.144 → 0.133 ms (forward 0.468 → 0.458); T = 4K,
 # the two-pass state kernel of a forward + backward 0.176 → 0.173.
 STATE_BK: int | None = 64
-# Key and value tiles (BK, BV) of the backward's reverse state scan (_dstate_kernel); None: the whole
-# padded K and 64 values. At T = 32K, B = 1 it has 32 programs for 132 SMs and takes 0.85 of the
-# forward + backward's 2.66 ms: smaller tiles give it more programs. Untimed; time with `python -m
-# kernels.sweep profile --ops scalar --T 32768 --impls ours --set kernels.diag.chunk.DSTATE_TILES=(64,32)`.
+# Key and value tiles (BK, BV) of the backward's reverse state scan (_dstate_kernel, and the key-wise
+# family's); None: as before (here the whole padded K and 64 values, key-wise 64 and 64). At T = 32K,
+# B = 1 it has 32 programs for 132 SMs and takes 0.85 of the forward + backward's 2.66 ms: smaller
+# tiles give it more programs. Untimed; time with `python -m kernels.sweep profile --ops scalar,key
+# --T 32768 --impls ours --set kernels.diag.chunk.DSTATE_TILES=(64,32)`.
 DSTATE_TILES: tuple[int, int] | None = None
 
 

@@ -123,6 +123,17 @@ def test_tiles_and_masks():
     _check(_inputs(1, 67, 1, 80, 24, "bursts", seed=5))
 
 
+def test_dstate_tiles(monkeypatch, count_launches):
+    """The reverse state scan in the tiles of kernels.diag.chunk.DSTATE_TILES (K = 80: five key tiles of
+    16, V = 24: two value tiles) gives every gradient."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "DSTATE_TILES", (16, 16))
+    scans = count_launches(chunk_key, "_dstate_kernel")
+    _check(_inputs(1, 67, 1, 80, 24, "bursts", seed=5))
+    assert len(scans) == 1
+
+
 def test_strong_decays():
     """gk ≈ −20 per step: every result to 1e-5, the decay gradient included, although it is ~e^-20
     of the q·dq terms it is usually summed from."""
