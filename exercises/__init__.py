@@ -23,6 +23,7 @@ __all__ = ["EXERCISES", "check", "checks", "load", "module", "number_of"]
 EXERCISES: dict[int, str] = {
     1: "ex01_phi_scalar",
     2: "ex02_chunked_linear_attention",
+    3: "ex03_delta_segments",
 }
 
 
