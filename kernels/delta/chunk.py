@@ -411,9 +411,12 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
 
 @triton.jit
 def _segment_chain_kernel(P, dS, h0, S_in, ht, NSEG, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-                          BR: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr):
+                          BR: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
+                          REVERSE: tl.constexpr = False):
     """The states entering a sequence's segments in order: S ← P_j S + dS_j from its initial state
-    (P_j a segment's transition, dS_j its state from zero); the last one leaving it into ht.
+    (P_j a segment's transition, dS_j its state from zero); the last one leaving it into ht. REVERSE
+    (the backward): last segment first with P_jᵀ, from the final state's gradient (h0), each segment's
+    outgoing-state gradient into S_in and the initial state's into ht.
 
     In [BR, BR] × [BR, BV] blocks through S_in itself (each state is stored there anyway): a whole
     [K, K] transition in registers spilled kilobytes (ptxas sm_90)."""
@@ -422,7 +425,8 @@ def _segment_chain_kernel(P, dS, h0, S_in, ht, NSEG, H: tl.constexpr, K: tl.cons
     o_v = i_v * BV + tl.arange(0, BV)
     m_v = o_v < V
     o_r = tl.arange(0, BR)
-    first = ((i_n * NSEG) * H + i_h).to(tl.int64)
+    step = -H if REVERSE else H   # from one segment's index to the next one's in the walk
+    first = ((i_n * NSEG + (NSEG - 1 if REVERSE else 0)) * H + i_h).to(tl.int64)
     for r0 in range(0, K, BR):
         rows = r0 + o_r
         p = rows[:, None] * V + o_v[None, :]
@@ -433,7 +437,7 @@ def _segment_chain_kernel(P, dS, h0, S_in, ht, NSEG, H: tl.constexpr, K: tl.cons
         tl.store(S_in + first * K * V + p, b, mask=m)
     tl.debug_barrier()   # the next step reads every row this one stored
     for j in range(0, NSEG):
-        seg = first + j * H
+        seg = first + j * step
         for r0 in range(0, K, BR):
             rows = r0 + o_r
             p = rows[:, None] * V + o_v[None, :]
@@ -441,13 +445,16 @@ def _segment_chain_kernel(P, dS, h0, S_in, ht, NSEG, H: tl.constexpr, K: tl.cons
             acc = tl.load(dS + seg * K * V + p, mask=m, other=0.0)
             for c0 in range(0, K, BR):
                 cols = c0 + o_r
-                b_P = tl.load(P + seg * K * K + rows[:, None] * K + cols[None, :],
-                              mask=(rows < K)[:, None] & (cols < K)[None, :], other=0.0)
+                if REVERSE:
+                    p_P = cols[None, :] * K + rows[:, None]
+                else:
+                    p_P = rows[:, None] * K + cols[None, :]
+                b_P = tl.load(P + seg * K * K + p_P, mask=(rows < K)[:, None] & (cols < K)[None, :], other=0.0)
                 b_S = tl.load(S_in + seg * K * V + cols[:, None] * V + o_v[None, :],
                               mask=(cols < K)[:, None] & m_v[None, :], other=0.0)
                 # fp32 products: the chain multiplies every segment's transition
                 acc += tl.dot(b_P, b_S, input_precision="ieee")
-            tl.store(S_in + (seg + H) * K * V + p, acc, mask=m & (j + 1 < NSEG))
+            tl.store(S_in + (seg + step) * K * V + p, acc, mask=m & (j + 1 < NSEG))
             if STORE_HT:
                 tl.store(ht + i_nh.to(tl.int64) * K * V + p, acc, mask=m & (j + 1 == NSEG))
         tl.debug_barrier()
@@ -525,9 +532,10 @@ def _dvn_local_kernel(q, k, g, do, dvn, offsets, chunk_indices, scale,
 def _dstate_kernel(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offsets, MAXC, scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                    BV: tl.constexpr, GATED: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                   DT: tl.constexpr, PREC: tl.constexpr):
+                   DT: tl.constexpr, PREC: tl.constexpr, STORE: tl.constexpr = True):
     """Walk the chunks last to first: dh[c] = gradient of the state leaving chunk c; completes dVn
-    (read from dvn, written to dvno: the same buffer unless dVn is kept in bf16)."""
+    (read from dvn, written to dvno: the same buffer unless dVn is kept in bf16). Without STORE only
+    the gradient reaching the first chunk's state (into dh0: a segment's, for _backward_segments)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -538,7 +546,8 @@ def _dstate_kernel(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offse
     for i in range(0, MAXC):
         c = nc - 1 - i
         ok = c >= 0
-        tl.store(dh + ((c0 + c) * H + i_h) * K * V + p_state, b_dS, mask=m_kv & ok)
+        if STORE:
+            tl.store(dh + ((c0 + c) * H + i_h) * K * V + p_state, b_dS, mask=m_kv & ok)
         c_start = bos + c * BT
         rows = c_start + tl.arange(0, BT)
         m_t = (rows >= bos) & (rows < eos) & ok
@@ -549,7 +558,8 @@ def _dstate_kernel(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offse
         b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_kd = b_k * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
         b_dvn = tl.load(dvn + r_v + o_tv, mask=m_tv, other=0.0) + _mm(b_kd, b_dS, DT, PREC)
-        tl.store(dvno + r_v + o_tv, b_dvn.to(dvno.dtype.element_ty), mask=m_tv)
+        if STORE:
+            tl.store(dvno + r_v + o_tv, b_dvn.to(dvno.dtype.element_ty), mask=m_tv)
         b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32) * (scale * tl.exp(b_G + b_Gl))[:, None]
         b_w = tl.load(w + r_k + o_tk, mask=m_tk, other=0.0)
         b_do = tl.load(do + r_v + o_tv, mask=m_tv, other=0.0)
@@ -874,6 +884,7 @@ def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int) -> bool:
 # state from zero and its transition (a K × K matrix: the delta rule's state mixes rows, unlike a
 # decay), a short chain over the segments, then the one pass per segment from the state entering it
 # (_forward_segments). Three scans of a segment's chunks instead of one of the sequence's, in parallel.
+# The backward's reverse scan likewise, with the transitions' transposes (_dstate_segments).
 # Off (False) until timed on the GPU; True: wherever it applies (equal-length batches, K ≤ 128, the
 # one pass not switched off by FUSED_FORWARD = False).
 SEGMENTS = False
@@ -965,6 +976,20 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
 
 
+def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c) -> Tensor:
+    """Every segment's transition P [NS, H, K, K] (fp32): the state scan from I with no values (ZERO_U,
+    EYE), launched with the state scan's settings ``c``; the pointers it does not read get w."""
+    Tt, H, K = k.shape
+    KP = max(16, next_pow2(K))
+    inter, prec = _operands(k.dtype)
+    P = _empty(NS, H, K, K, dtype=torch.float32, device=k.device)
+    _state_kernel[(cdiv(K, c["BV"]), NS * H)](
+        k, w, w, g, None, None, w, P, s_offsets, s_chunk_offsets, per, H=H, K=K, V=K, BT=BT, KP=KP,
+        GATED=_gated(g, k.dtype), HAS_H0=False, STORE_HT=True, DT=_TL[inter], PREC=prec, q=w, o=w, scale=1.0,
+        OUT=False, STORE_H=False, v=w, beta=w, Tm=w, WU=False, ZERO_U=True, EYE=True, **c)
+    return P
+
+
 def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, nseg):
     """_forward over nseg segments of each sequence (see SEGMENTS): the same outputs, final state and,
     for a backward, the same per-chunk states and Vn (segments are whole chunks in order, so a
@@ -994,13 +1019,11 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
                Tm=Tm, WU=False, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
-    # each segment's own state from zero, and its transition (the same scan from I, no values)
+    # each segment's own state from zero, and its transition
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
-    P = _empty(NS, H, K, K, dtype=torch.float32, device=dev)
     _state_kernel[grid(V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=False,
                            STORE_HT=True, OUT=False, STORE_H=False, **seg)
-    _state_kernel[grid(K)](k, w, u, g, None, None, vn, P, s_offsets, s_chunk_offsets, per, V=K, HAS_H0=False,
-                           STORE_HT=True, OUT=False, STORE_H=False, ZERO_U=True, EYE=True, **seg)
+    P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c)
     # the states entering the segments, in order (and the sequences' final states)
     S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
     BVc = min(max(16, next_pow2(V)), 32)
@@ -1011,6 +1034,42 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
                            STORE_HT=False, OUT=True, STORE_H=keep, **seg)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
+
+
+def _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT, nseg):
+    """The backward's reverse scan over nseg segments of each sequence (SEGMENTS): a segment maps the
+    gradient leaving it to the one entering it by its transition's transpose Pᵀ plus what its own
+    chunks add. So: each segment's gradient reaching its start from zero, the transitions P, a reverse
+    chain over the segments from the final state's gradient, then the scan per segment from the
+    gradient leaving it (storing dh and the finished dVn as the whole-sequence scan does)."""
+    from ..diag.chunk import _segment_layout
+
+    Tt, H, K = q.shape
+    V = do.shape[-1]
+    N = offsets.numel() - 1
+    dev = q.device
+    KP, _, _, BVS = _tiles(K, V)
+    inter, prec = _operands(q.dtype)
+    dt, nw = _TL[inter], _num_warps(BT, inter)
+    B, T = offsets._dense
+    s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, dev, bt=BT)
+    NS = B * nseg
+    c = _cfg("dstate", inter, K, V, BV=BVS, num_warps=nw, num_stages=_scan_stages(inter, KP))
+    scan = dict(H=H, K=K, V=V, BT=BT, KP=KP, GATED=_gated(g, q.dtype), DT=dt, PREC=prec, **c)
+    grid = (cdiv(V, c["BV"]), NS * H)
+    d0 = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
+    _dstate_kernel[grid](q, k, w, g, do, dvn, dvno, None, None, d0, s_offsets, s_chunk_offsets, per, scale,
+                         HAS_DHT=False, STORE_DH0=True, STORE=False, **scan)
+    BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, NS * H, dev)
+    P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT,
+                     _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP)))
+    d_out = _empty(NS, H, K, V, dtype=torch.float32, device=dev)   # the gradient leaving each segment
+    BVc = min(max(16, next_pow2(V)), 32)
+    _segment_chain_kernel[(cdiv(V, BVc), N * H)](P, d0, dht, d_out, dh0, nseg, H=H, K=K, V=V, BR=min(KP, 32),
+                                                 BV=BVc, HAS_H0=dht is not None, STORE_HT=dh0 is not None,
+                                                 REVERSE=True, num_warps=4)
+    _dstate_kernel[grid](q, k, w, g, do, dvn, dvno, d_out, dh, None, s_offsets, s_chunk_offsets, per, scale,
+                         HAS_DHT=True, STORE_DH0=False, **scan)
 
 
 def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
@@ -1045,7 +1104,10 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
         _dvn_local_kernel[(cdiv(V, c["BV"]), NC, H)](
             q, k, g, do, dvn, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
             PREC=prec, **c)
-    if N * H > 0:
+    nseg = _segments(offsets, N * H, V, KP, dev, BT)
+    if N * H > 0 and nseg is not None:
+        _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT, nseg)
+    elif N * H > 0:
         c = _cfg("dstate_few" if _few(N * H, V, BVS, dev) else "dstate", inter, K, V, BV=BVS, num_warps=nw,
                  num_stages=_scan_stages(inter, KP))
         _dstate_kernel[(cdiv(V, c["BV"]), N * H)](

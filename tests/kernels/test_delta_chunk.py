@@ -511,8 +511,9 @@ SEGMENT_CASES = [   # B, T, H, K, V, chunk size, scale, h0, dht, SMs stood in (l
                          ids=[f"B{c[0]}T{c[1]}H{c[2]}K{c[3]}V{c[4]}C{c[5]}S{c[10]}" for c in SEGMENT_CASES])
 def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, h0, dht, least, nseg):
     """SEGMENTS: the forward over segments (states from zero, transitions, the chain, the pass) gives
-    the outputs, final state and, through the per-chunk states it stores, every gradient; without
-    autograd the same output and final state."""
+    the outputs and final state, and the backward's reverse scan over segments (gradients from zero,
+    the transitions' transposes, the reverse chain, the scan) every gradient; without autograd the
+    same output and final state."""
     monkeypatch.setattr(C, "SEGMENTS", True)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", least)
     offsets = C.seq_bounds(None, B, T, DEV)
@@ -522,7 +523,7 @@ def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, 
     S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
     compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
     compare_no_grad("segments_no_grad", mixer, d, S0, do, scale, cs)
-    assert len(chains) == 2
+    assert [kw.get("REVERSE", False) for _, kw in chains] == [False, True, False]   # forward, backward, forward
 
 
 def test_segments_rule(monkeypatch):
