@@ -535,7 +535,7 @@ def _dstate_kernel(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offse
                    DT: tl.constexpr, PREC: tl.constexpr, STORE: tl.constexpr = True):
     """Walk the chunks last to first: dh[c] = gradient of the state leaving chunk c; completes dVn
     (read from dvn, written to dvno: the same buffer unless dVn is kept in bf16). Without STORE only
-    the gradient reaching the first chunk's state (into dh0: a segment's, for _backward_segments)."""
+    the gradient reaching the first chunk's state (into dh0: a segment's, for _dstate_segments)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -973,7 +973,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](
             q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
             PREC=prec, **c)
-    return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
+    return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, None)
 
 
 def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c) -> Tensor:
@@ -1033,15 +1033,17 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     # each chunk's entering state and Vn)
     _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
                            STORE_HT=False, OUT=True, STORE_H=keep, **seg)
-    return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc)
+    # (the transitions too, for a backward: its reverse scan over the same segments needs them)
+    return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, P if keep else None)
 
 
-def _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT, nseg):
+def _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT, nseg, P=None):
     """The backward's reverse scan over nseg segments of each sequence (SEGMENTS): a segment maps the
     gradient leaving it to the one entering it by its transition's transpose Pᵀ plus what its own
     chunks add. So: each segment's gradient reaching its start from zero, the transitions P, a reverse
     chain over the segments from the final state's gradient, then the scan per segment from the
-    gradient leaving it (storing dh and the finished dVn as the whole-sequence scan does)."""
+    gradient leaving it (storing dh and the finished dVn as the whole-sequence scan does). ``P``: the
+    transitions a segmented forward kept, else made here."""
     from ..diag.chunk import _segment_layout
 
     Tt, H, K = q.shape
@@ -1060,9 +1062,10 @@ def _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT
     d0 = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
     _dstate_kernel[grid](q, k, w, g, do, dvn, dvno, None, None, d0, s_offsets, s_chunk_offsets, per, scale,
                          HAS_DHT=False, STORE_DH0=True, STORE=False, **scan)
-    BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, NS * H, dev)
-    P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT,
-                     _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP)))
+    if P is None or P.shape[0] != NS:
+        BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, NS * H, dev)
+        P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT,
+                         _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP)))
     d_out = _empty(NS, H, K, V, dtype=torch.float32, device=dev)   # the gradient leaving each segment
     BVc = min(max(16, next_pow2(V)), 32)
     _segment_chain_kernel[(cdiv(V, BVc), N * H)](P, d0, dht, d_out, dh0, nseg, H=H, K=K, V=V, BR=min(KP, 32),
@@ -1073,7 +1076,7 @@ def _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT
 
 
 def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
-    Tm, w, vn, h, chunk_offsets, chunk_indices, maxc = saved
+    Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, P = saved
     Tt, H, K = q.shape
     V = v.shape[-1]
     N = offsets.numel() - 1
@@ -1106,7 +1109,7 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
             PREC=prec, **c)
     nseg = _segments(offsets, N * H, V, KP, dev, BT)
     if N * H > 0 and nseg is not None:
-        _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT, nseg)
+        _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT, nseg, P)
     elif N * H > 0:
         c = _cfg("dstate_few" if _few(N * H, V, BVS, dev) else "dstate", inter, K, V, BV=BVS, num_warps=nw,
                  num_stages=_scan_stages(inter, KP))
@@ -1133,16 +1136,16 @@ class ChunkDelta(torch.autograd.Function):
     def forward(ctx, q, k, v, beta, g, h0, offsets, scale: float, chunk_size: int, store_ht: bool):
         o, ht, saved = _forward(q, k, v, beta, g, h0, offsets, scale, chunk_size, store_ht,
                                 keep=any(ctx.needs_input_grad[:6]))
-        Tm, w, vn, h, chunk_offsets, chunk_indices, maxc = saved
-        ctx.save_for_backward(q, k, v, beta, g, h0, offsets, Tm, w, vn, h, chunk_offsets, chunk_indices)
+        Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, P = saved
+        ctx.save_for_backward(q, k, v, beta, g, h0, offsets, Tm, w, vn, h, chunk_offsets, chunk_indices, P)
         ctx.maxc, ctx.scale, ctx.chunk_size = maxc, scale, chunk_size
         return o, ht
 
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dht):
-        q, k, v, beta, g, h0, offsets, Tm, w, vn, h, chunk_offsets, chunk_indices = ctx.saved_tensors
-        saved = (Tm, w, vn, h, chunk_offsets, chunk_indices, ctx.maxc)
+        q, k, v, beta, g, h0, offsets, Tm, w, vn, h, chunk_offsets, chunk_indices, P = ctx.saved_tensors
+        saved = (Tm, w, vn, h, chunk_offsets, chunk_indices, ctx.maxc, P)
         dq, dk, dv, dbeta, dg, dh0 = _backward(
             q, k, v, beta, g, h0, offsets, ctx.scale, ctx.chunk_size, saved, do.contiguous(),
             None if dht is None else dht.contiguous())

@@ -519,11 +519,13 @@ def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, 
     offsets = C.seq_bounds(None, B, T, DEV)
     assert C._segments(offsets, B * H, V, max(16, C.next_pow2(K)), DEV, cs) == nseg
     chains = count_launches(C, "_segment_chain_kernel")
+    scans = count_launches(C, "_state_kernel")
     d = inputs(mixer, B, T, H, K, V, seed=T + V)
     S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
     compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
     compare_no_grad("segments_no_grad", mixer, d, S0, do, scale, cs)
     assert [kw.get("REVERSE", False) for _, kw in chains] == [False, True, False]   # forward, backward, forward
+    assert sum(kw.get("EYE", False) for _, kw in scans) == 2   # the backward reuses the forward's transitions
 
 
 def test_segments_rule(monkeypatch):
@@ -542,3 +544,23 @@ def test_segments_rule(monkeypatch):
     assert C._segments(C.seq_bounds(None, 1, 64, "cpu"), 16, 128, 128, cuda, 64) is None     # one chunk
     monkeypatch.setattr(C, "FUSED_FORWARD", False)
     assert C._segments(dense, 16, 128, 128, cuda, 64) is None          # no one pass at all
+
+
+def test_segmented_backward_makes_its_own_transitions(monkeypatch, count_launches):
+    """A backward over segments after a forward that ran whole (SEGMENTS switched on in between) makes
+    the transitions itself, and every gradient still matches float64."""
+    d = inputs("gated_deltanet", 1, 70, 2, 16, 16, seed=11)
+    S0, do, dS = cotangents(1, 70, 2, 16, 16, 1, True, True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1000)
+    scans = count_launches(C, "_state_kernel")
+    x = {n: None if t is None else t.float().to(DEV).requires_grad_() for n, t in d.items()}
+    h0 = S0.float().to(DEV).requires_grad_()
+    o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=h0, output_final_state=True,
+                       chunk_size=16)
+    monkeypatch.setattr(C, "SEGMENTS", True)
+    torch.autograd.backward([o, S], [do.float(), dS.float()])
+    assert [kw.get("EYE", False) for _, kw in scans] == [False, True]   # the whole forward's scan, then P
+    _, _, grads_r = reference("gated_deltanet", d, S0, do, dS, None)
+    for n, t in list(x.items()) + [("h0", h0)]:
+        if t is not None:
+            check("segmented_backward:d" + n, t.grad, grads_r[n])
