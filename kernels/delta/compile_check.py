@@ -1,6 +1,7 @@
 """Compile the chunked delta kernels for a GPU without one: shared memory, registers and spills.
 
     python -m kernels.delta.compile_check [--dtype bf16,fp16,fp32] [--K 64,128,256] [--chunk 64] [--arch 90]
+                                          [--segments]
 
 The real launchers (``_forward``, ``_backward``) run on CPU tensors with every ``kernel[grid](...)``
 turned into a compilation for sm_<arch> (Triton ships ptxas), so the launch settings checked are the
@@ -27,6 +28,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
+from .._common import seq_bounds  # noqa: E402
 from . import chunk as CH  # noqa: E402
 
 SHARED_LIMIT = {90: 232448, 80: 166912}
@@ -56,8 +58,10 @@ def _signature(fn, args, kwargs):
     return sig, consts
 
 
-def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool = True) -> list[dict]:
-    """One row per kernel of a forward and backward at this shape."""
+def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool = True,
+          segments: bool = False) -> list[dict]:
+    """One row per kernel of a forward and backward at this shape; with ``segments`` those of the
+    forward and backward over segments (SEGMENTS, three segments of a chunk)."""
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     rows = []
 
@@ -82,16 +86,20 @@ def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool
     q = torch.zeros(Tt, H, K, dtype=dtype)
     v = torch.zeros(Tt, H, V, dtype=dtype)
     beta, g = torch.zeros(Tt, H), torch.zeros(Tt, H) if gated else None
-    offsets = torch.tensor([0, Tt], dtype=torch.int64)
+    # an equal-length batch (its layout known on the host) for segments, else a packed one
+    offsets = seq_bounds(None, 1, Tt, "cpu") if segments else torch.tensor([0, Tt], dtype=torch.int64)
     h0 = torch.zeros(1, H, K, V)
-    run = JITFunction.run
+    run, switches = JITFunction.run, (CH.SEGMENTS, CH.FUSED_MIN_PROGRAMS)
     JITFunction.run = compile_only
+    if segments:
+        CH.SEGMENTS, CH.FUSED_MIN_PROGRAMS = True, 10 ** 4
     try:
         _, _, saved = CH._forward(q, q, v, beta, g, h0, offsets, K ** -0.5, chunk, True)
         CH._backward(q, q, v, beta, g, h0, offsets, K ** -0.5, chunk, saved, torch.zeros_like(v),
                      torch.zeros(1, H, K, V))
     finally:
         JITFunction.run = run
+        CH.SEGMENTS, CH.FUSED_MIN_PROGRAMS = switches
     return rows
 
 
@@ -101,6 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--K", default="64,128,256", help="head dims, K = V")
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--segments", action="store_true", help="the forward and backward over segments (SEGMENTS)")
     args = ap.parse_args(argv)
     limit = SHARED_LIMIT.get(args.arch, 232448)
     over = 0
@@ -108,7 +117,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for name in args.dtype.split(","):
         for K in (int(x) for x in args.K.split(",")):
-            for r in check(_DTYPES[name], K, K, args.chunk, args.arch):
+            for r in check(_DTYPES[name], K, K, args.chunk, args.arch, segments=args.segments):
                 flag = " **over**" if r["shared"] > limit else ""
                 over += bool(flag)
                 print(f"| {name} | {K} | {r['kernel']} | {r['warps']} | {r['stages']} | "
