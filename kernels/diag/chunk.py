@@ -481,6 +481,18 @@ STATE_BK: int | None = 64
 DSTATE_TILES: tuple[int, int] | None = None
 
 
+def state_tiles(BK: int, BV: int) -> tuple[int, int]:
+    """(key, value) tiles of the state kernel from a family's own: STATE_BK splits the keys, values
+    in tiles of at most 64."""
+    return min(BK, STATE_BK or BK), min(BV, 64)
+
+
+def dstate_tiles(BK: int, BV: int) -> tuple[int, int]:
+    """(key, value) tiles of a family's reverse state scan: its own (BK, BV), or DSTATE_TILES'
+    where set (never wider than its own)."""
+    return (BK, BV) if DSTATE_TILES is None else (min(BK, DSTATE_TILES[0]), min(BV, DSTATE_TILES[1]))
+
+
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
                     auto: bool | None = None) -> int | None:
     """How the forward runs: None for the two-pass kernels, else the one-pass forward over that many
@@ -576,7 +588,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                 f32 = torch.float32
                 # each segment's own state from zero (no per-chunk states), then the scan over segments
                 dS = _empty(NS, H, K, V, dtype=f32, device=q.device)
-                BVs, BKs = min(BV, 64), min(BK, STATE_BK or BK)
+                BKs, BVs = state_tiles(BK, BV)
                 _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), NS * H)](
                     k, v, g, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec,
@@ -597,7 +609,7 @@ class ChunkScalarDecay(torch.autograd.Function):
             ctx.maxc = maxc
             return o, ht
         h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
-        BVs, BKs = min(BV, 64), min(BK, STATE_BK or BK)
+        BKs, BVs = state_tiles(BK, BV)
         _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), N * H)](
             k, v, g, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
             DECAY=decay, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec,
@@ -624,7 +636,7 @@ class ChunkScalarDecay(torch.autograd.Function):
         do = do.contiguous() if ctx.scale == 1.0 else do * ctx.scale
         dh = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
-        BKd, BVd = (BK, BVs) if DSTATE_TILES is None else (min(BK, DSTATE_TILES[0]), min(BVs, DSTATE_TILES[1]))
+        BKd, BVd = dstate_tiles(BK, BVs)
         _dstate_kernel[(cdiv(K, BKd), cdiv(V, BVd), N * H)](
             q, do, g, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
             ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BKd, BV=BVd, DECAY=decay, HAS_DHT=dht is not None,

@@ -761,9 +761,7 @@ class ChunkKeyDecay(torch.autograd.Function):
         dev = q.device
         dh = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=dev)
         dh0 = _alloc(N, H, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
-        # (the scalar module's DSTATE_TILES, when set, for this family's reverse scan too)
-        tiles = _scalar.DSTATE_TILES
-        BKd, BVd = (BK, BV) if tiles is None else (min(BK, tiles[0]), min(BV, tiles[1]))
+        BKd, BVd = _scalar.dstate_tiles(BK, BV)   # (the scalar module's DSTATE_TILES, where set)
         _dstate_kernel[(cdiv(K, BKd), cdiv(V, BVd), N * H)](
             qd, do, GL, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
             ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BKd, BV=BVd, HAS_DHT=dht is not None,
