@@ -386,7 +386,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
                     "also chunk_key, chunk_scalar, chunk_delta, titans, fused (the one-pass forwards; fused:NAME "
-                    "for one mixer's), repeat (every mixer's repeat check) and step (every mixer's decode-step check)")
+                    "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments or wu), repeat (every mixer's repeat check) and step (every mixer's decode-step check)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     args = ap.parse_args(argv)
@@ -452,7 +452,14 @@ def main(argv=None) -> int:
                 head = f"| {dB}, {dT}, {dH}, {dK}, {dV} | {mixer} | {cs} | {regime} | {ops} | {str(dtype)[6:]} |"
                 failed += not _row(lines, head, _cells(check_delta_chunk, dtype, dB, dT, dH, dK, dV, mixer, cs,
                                                        regime, half), 5)
-    fused_only = {n.split(":", 1)[1] for n in only if n.startswith("fused:")}
+    # fused:NAME, or fused:NAME/MODE (pass, segments, wu): the fused rows of one mixer, or of one mode
+    fused_only = {n.split(":", 1)[1].split("/")[0]: set() for n in only if n.startswith("fused:")}
+    for n in only:
+        if n.startswith("fused:") and "/" in n:
+            fused_only[n.split(":", 1)[1].split("/")[0]].add(n.split("/", 1)[1])
+
+    def fused_want(name: str, mode: str) -> bool:
+        return not fused_only or (name in fused_only and (not fused_only[name] or mode in fused_only[name]))
     if want("fused") or fused_only:  # the one-pass forwards, forced on (they are off by default)
         import kernels.delta.chunk as dlt
         import kernels.diag.chunk as dc
@@ -467,7 +474,7 @@ def main(argv=None) -> int:
                                       ("linear_attention", {"feature_map": "elu1", "normalize": True}, 1),
                                       ("deltanet", {}, 1), ("gated_deltanet", {}, 1),
                                       ("deltanet", {}, 10 ** 4), ("gated_deltanet", {}, 10 ** 4)):
-                if fused_only and name not in fused_only:
+                if not fused_want(name, "pass" if least == 1 else "segments"):
                     continue
                 # least = 1: one pass per sequence; 10⁴: sequences cut into segments (the delta rule's
                 # with its SEGMENTS on: transitions and a chain over the segments)
@@ -484,15 +491,16 @@ def main(argv=None) -> int:
             dc.FUSED_MIN_PROGRAMS = dlt.FUSED_MIN_PROGRAMS = 1
             dlt.SEGMENTS = False
             for mixer in ("deltanet", "gated_deltanet"):
-                if fused_only and mixer not in fused_only:
+                if not fused_want(mixer, "wu"):
                     continue
                 for dt in _pick(torch.float32, torch.bfloat16, torch.float16):
                     failed += not _row(lines, f"| {mixer} | one pass, W/U in the scan | {str(dt)[6:]} |", _with_repeat(
                         lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 8, 512, 16, 128, 128, mixer, 64, "mild"),
                         lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
                         (dlt, "WU_IN_SCAN", True)), 6)
-            if not fused_only or "gla" in fused_only:   # GLA's one pass: forwards without autograd
-                for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
+            # GLA's one pass: forwards without autograd
+            for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
+                if fused_want("gla", "pass" if least == 1 else "segments"):
                     dc.FUSED_MIN_PROGRAMS = least
                     mode = "one pass" if least == 1 else "segments"
                     for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):

@@ -885,21 +885,31 @@ def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int) -> bool:
 # decay), a short chain over the segments, then the one pass per segment from the state entering it
 # (_forward_segments). Three scans of a segment's chunks instead of one of the sequence's, in parallel.
 # The backward's reverse scan likewise, with the transitions' transposes (_dstate_segments).
-# Off (False) until timed on the GPU; True: wherever it applies (equal-length batches, K ≤ 128, the
-# one pass not switched off by FUSED_FORWARD = False).
-SEGMENTS = False
-SEGMENT_PROGRAMS_PER_SM = 2   # segments = this × SMs / the scan's programs (at most one per chunk)
+# None (default): on CUDA where the scan has at most a quarter as many programs as SMs. H200, bf16,
+# H = 16, K = V = 128 (`python -m kernels.sweep profile --ops delta,gdn --T T --impls ours` with and
+# without `--set kernels.delta.chunk.SEGMENTS=True`, 2026-12-01): T = 32K, B = 1 (32 programs),
+# forward DeltaNet 1.283 → 1.202 ms, Gated DeltaNet 1.608 → 1.277; forward + backward 4.29 → 4.28 and
+# 5.33 → 4.76; T = 16K, B = 2 (64 programs) slower: 0.970 → 1.153, 1.189 → 1.281 (forward; 4 per SM).
+# True: wherever it applies (equal-length batches, K ≤ 128, the one pass not switched off by
+# FUSED_FORWARD = False, fewer programs than SMs); False: never.
+SEGMENTS: bool | None = None
+# Segments = this × SMs / the scan's programs (at most one per chunk). At T = 32K, 2 / 3 / 4 / 8 (9 / 13
+# / 17 / 32 segments): forward DeltaNet 1.289 / 1.202 / 1.261 / 1.356 ms, Gated DeltaNet 1.486 / 1.277
+# / 1.401 / 1.408 (fwd+bwd 4.39 / 4.28 / 4.31 / 4.53 and 5.14 / 4.76 / 4.97 / 5.02).
+SEGMENT_PROGRAMS_PER_SM = 3
 
 
 def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int | None:
     """Segments per sequence of the segmented forward (SEGMENTS), None where it does not run."""
     dense = getattr(offsets, "_dense", None)
-    if not SEGMENTS or FUSED_FORWARD is False or KP > 128 or dense is None:
+    if SEGMENTS is False or FUSED_FORWARD is False or KP > 128 or dense is None:
+        return None
+    if SEGMENTS is None and torch.device(device).type != "cuda":
         return None
     least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
     programs = NH * cdiv(V, 64)
     nc = cdiv(dense[1], BT)
-    if programs >= least or nc < 2:
+    if programs >= least or nc < 2 or (SEGMENTS is None and 4 * programs > least):
         return None
     per = cdiv(nc, min(nc, cdiv(SEGMENT_PROGRAMS_PER_SM * least, programs)))
     nseg = cdiv(nc, per)

@@ -473,11 +473,16 @@ SEGMENT_PROGRAMS_PER_SM = 8
 # 2026-12-01): T = 32K, B = 1, the segments' states 0.144 → 0.133 ms (forward 0.468 → 0.458); T = 4K,
 # the two-pass state kernel of a forward + backward 0.176 → 0.173.
 STATE_BK: int | None = 64
-# Key and value tiles (BK, BV) of the backward's reverse state scan (_dstate_kernel, and the key-wise
-# family's); None: as before (here the whole padded K and 64 values, key-wise 64 and 64). At T = 32K,
-# B = 1 it has 32 programs for 132 SMs and takes 0.85 of the forward + backward's 2.66 ms: smaller
-# tiles give it more programs. Untimed; time with `python -m kernels.sweep profile --ops scalar,key
-# --T 32768 --impls ours --set kernels.diag.chunk.DSTATE_TILES=(64,32)`.
+# Key and value tiles (BK, BV) of the scalar family's backward reverse state scan (_dstate_kernel) where
+# its own tiles (the whole padded K, 64 values) would give fewer programs than SMs (long T, small B):
+# more, smaller programs, each waiting on its own chain of chunks. H200, bf16, H = 16, K = V = 128
+# (`python -m kernels.sweep profile --ops scalar --T T --impls ours`, 2026-12-01, forward + backward):
+# T = 32K, B = 1 (32 programs with its own tiles): 2.658 ms, (64, 32) 2.538, (64, 16) 2.475, (32, 32)
+# 2.425. The key-wise family keeps its own (64, 64): 4.179 ms, (64, 32) 4.154, (64, 16) 4.135, (32, 32)
+# 4.333. None: always the family's own tiles.
+DSTATE_FEW_TILES: tuple[int, int] | None = (32, 32)
+# (key, value) tiles of every reverse state scan, scalar and key-wise, overriding the above where set
+# (the tests split the scan this way; `--set kernels.diag.chunk.DSTATE_TILES=(64,32)` times a choice).
 DSTATE_TILES: tuple[int, int] | None = None
 
 
@@ -487,10 +492,15 @@ def state_tiles(BK: int, BV: int) -> tuple[int, int]:
     return min(BK, STATE_BK or BK), min(BV, 64)
 
 
-def dstate_tiles(BK: int, BV: int) -> tuple[int, int]:
-    """(key, value) tiles of a family's reverse state scan: its own (BK, BV), or DSTATE_TILES'
-    where set (never wider than its own)."""
-    return (BK, BV) if DSTATE_TILES is None else (min(BK, DSTATE_TILES[0]), min(BV, DSTATE_TILES[1]))
+def dstate_tiles(BK: int, BV: int, K: int = 0, V: int = 0, NH: int = 0, device=None) -> tuple[int, int]:
+    """(key, value) tiles of a family's reverse state scan: its own (BK, BV), DSTATE_TILES' where set
+    (never wider than its own), or, given the shapes (K, V, NH sequence-heads) and a CUDA device,
+    DSTATE_FEW_TILES' where its own would give fewer programs than SMs."""
+    tiles = DSTATE_TILES
+    if tiles is None and DSTATE_FEW_TILES is not None and device is not None \
+            and torch.device(device).type == "cuda" and cdiv(K, BK) * cdiv(V, BV) * NH < sm_count(device):
+        tiles = DSTATE_FEW_TILES
+    return (BK, BV) if tiles is None else (min(BK, tiles[0]), min(BV, tiles[1]))
 
 
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
@@ -636,7 +646,7 @@ class ChunkScalarDecay(torch.autograd.Function):
         do = do.contiguous() if ctx.scale == 1.0 else do * ctx.scale
         dh = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
-        BKd, BVd = dstate_tiles(BK, BVs)
+        BKd, BVd = dstate_tiles(BK, BVs, K, V, N * H, q.device)
         _dstate_kernel[(cdiv(K, BKd), cdiv(V, BVd), N * H)](
             q, do, g, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
             ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BKd, BV=BVd, DECAY=decay, HAS_DHT=dht is not None,

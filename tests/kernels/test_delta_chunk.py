@@ -529,19 +529,28 @@ def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, 
 
 
 def test_segments_rule(monkeypatch):
-    """Segments only when switched on, for equal-length batches whose scan has fewer programs than SMs
-    and at least two chunks, K ≤ 128; at most SEGMENT_PROGRAMS_PER_SM × SMs programs' worth."""
+    """By default (SEGMENTS = None) segments on CUDA for equal-length batches whose scan has at most a
+    quarter as many programs as SMs and at least two chunks, K ≤ 128; switched on, wherever there are
+    fewer programs than SMs; SEGMENT_PROGRAMS_PER_SM × SMs programs' worth, at most one per chunk."""
     cuda = torch.device("cuda")
     dense = C.seq_bounds(None, 1, 32768, "cpu")
+    two = C.seq_bounds(None, 2, 16384, "cpu")
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 132)
-    assert C._segments(dense, 16, 128, 128, cuda, 64) is None          # off by default
-    monkeypatch.setattr(C, "SEGMENTS", True)
-    assert C._segments(dense, 16, 128, 128, cuda, 64) == 9             # 32 programs: 9 segments of 57 chunks
-    assert C._segments(C.seq_bounds(None, 8, 4096, "cpu"), 128, 128, 128, cuda, 64) is None   # 256 programs
+    assert C.SEGMENTS is None and C.SEGMENT_PROGRAMS_PER_SM == 3
+    assert C._segments(dense, 16, 128, 128, cuda, 64) == 13            # 32 programs: 13 segments of 40 chunks
+    assert C._segments(two, 32, 128, 128, cuda, 64) is None            # 64 programs: more than a quarter
+    assert C._segments(dense, 16, 128, 128, torch.device("cpu"), 64) is None   # not off CUDA
     assert C._segments(dense, 16, 256, 256, cuda, 64) is None          # K > 128
     packed = C.seq_bounds(torch.tensor([0, 100, 32768]), 1, 32768, "cpu")
     assert C._segments(packed, 32, 128, 128, cuda, 64) is None
     assert C._segments(C.seq_bounds(None, 1, 64, "cpu"), 16, 128, 128, cuda, 64) is None     # one chunk
+    monkeypatch.setattr(C, "SEGMENTS", True)
+    assert C._segments(two, 32, 128, 128, cuda, 64) == 7               # 64 programs: 7 segments of 37 chunks
+    assert C._segments(dense, 16, 128, 128, torch.device("cpu"), 64) == 13
+    assert C._segments(C.seq_bounds(None, 8, 4096, "cpu"), 128, 128, 128, cuda, 64) is None   # 256 programs
+    monkeypatch.setattr(C, "SEGMENTS", False)
+    assert C._segments(dense, 16, 128, 128, cuda, 64) is None
+    monkeypatch.setattr(C, "SEGMENTS", None)
     monkeypatch.setattr(C, "FUSED_FORWARD", False)
     assert C._segments(dense, 16, 128, 128, cuda, 64) is None          # no one pass at all
 

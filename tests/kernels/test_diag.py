@@ -257,6 +257,25 @@ def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least):
     assert len(states) == 1
 
 
+def test_dstate_tiles_rule(monkeypatch):
+    """The scalar family's reverse scan takes DSTATE_FEW_TILES on CUDA where its own tiles would give
+    fewer programs than SMs (B·T = 32K, H = 16, K = V = 128: 32 programs at T = 32K, 256 at 4K), its
+    own elsewhere and off CUDA; DSTATE_TILES overrides both, never wider than the family's own."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "sm_count", lambda device: 132)   # stands in for the H200's
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert dc.dstate_tiles(128, 64, 128, 128, 16, cuda) == (32, 32)       # T = 32K, B = 1
+    assert dc.dstate_tiles(128, 64, 128, 128, 64, cuda) == (32, 32)       # T = 8K: 128 programs
+    assert dc.dstate_tiles(128, 64, 128, 128, 128, cuda) == (128, 64)     # T = 4K: 256 programs
+    assert dc.dstate_tiles(128, 64, 128, 128, 16, cpu) == (128, 64)
+    assert dc.dstate_tiles(64, 64) == (64, 64)                            # no shapes: the family's own
+    monkeypatch.setattr(dc, "DSTATE_FEW_TILES", None)
+    assert dc.dstate_tiles(128, 64, 128, 128, 16, cuda) == (128, 64)
+    monkeypatch.setattr(dc, "DSTATE_TILES", (64, 128))
+    assert dc.dstate_tiles(128, 64, 128, 128, 128, cuda) == dc.dstate_tiles(128, 64) == (64, 64)
+
+
 def test_fused_forward_default_rule(monkeypatch):
     """FUSED_FORWARD = None picks the one-pass forward where the H200 measured it faster: without a
     backward where there is a program per SM (132 SMs; B·T = 32K, H = 16, V = 128: 2 value tiles),

@@ -107,3 +107,24 @@ def test_an_error_row_stays_on_one_line():
     assert gpu_check._row(lines, "| deltanet | one pass | bfloat16 |", fail, 3) is False
     assert lines == ["| deltanet | one pass | bfloat16 | error: RuntimeError: CUDA error: an illegal memory "
                      "access \\| was encountered |||"]
+
+
+def test_only_one_fused_mode(tmp_path, monkeypatch):
+    """fused:NAME/MODE narrows the one-pass section to one mixer's rows of one mode (here the delta
+    rule's segments, with SEGMENTS on while they run and back to its default after)."""
+    import kernels.delta.chunk as C
+
+    _fake_checks(monkeypatch)
+    seen = []
+
+    def check(name, opts, dtype, form, *a, **kw):
+        seen.append((name, C.SEGMENTS))
+        return {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True
+    monkeypatch.setattr(gpu_check, "check", check)
+    assert gpu_check.main(["--quick", "--only", "fused:deltanet/segments,fused:gla/pass", "--dtypes", "float32",
+                           "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "gpu_check.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| deltanet |") or line.startswith("| gla (")]
+    assert [r.split(" | ")[:2] for r in rows] == [["| deltanet", "segments"]] + [
+        [f"| gla ({regime})", "one pass"] for regime in ("gla", "bursts", "strong")]
+    assert seen == [("deltanet", True)] and C.SEGMENTS is None
