@@ -474,12 +474,14 @@ SEGMENT_PROGRAMS_PER_SM = 8
 # the two-pass state kernel of a forward + backward 0.176 → 0.173.
 STATE_BK: int | None = 64
 # Key and value tiles (BK, BV) of the scalar family's backward reverse state scan (_dstate_kernel) where
-# its own tiles (the whole padded K, 64 values) would give fewer programs than SMs (long T, small B):
-# more, smaller programs, each waiting on its own chain of chunks. H200, bf16, H = 16, K = V = 128
-# (`python -m kernels.sweep profile --ops scalar --T T --impls ours`, 2026-12-01, forward + backward):
-# T = 32K, B = 1 (32 programs with its own tiles): 2.658 ms, (64, 32) 2.538, (64, 16) 2.475, (32, 32)
-# 2.425. The key-wise family keeps its own (64, 64): 4.179 ms, (64, 32) 4.154, (64, 16) 4.135, (32, 32)
-# 4.333. None: always the family's own tiles.
+# its own tiles (the whole padded K, 64 values) would give at most half as many programs as SMs (long T,
+# small B): more, smaller programs, each waiting on its own chain of chunks. H200, bf16, H = 16,
+# K = V = 128 (`python -m kernels.sweep profile --ops scalar --T T --impls ours` with and without
+# `--set kernels.diag.chunk.DSTATE_FEW_TILES=None`, 2026-12-01, forward + backward): T = 32K, B = 1 (32
+# programs with its own tiles): 2.658 ms, (64, 32) 2.538, (64, 16) 2.475, (32, 32) 2.425; T = 16K (64
+# programs): 2.233 → 2.174 with (32, 32); T = 8K (128 programs) slower: 2.033 → 2.192. The key-wise
+# family keeps its own (64, 64): at 32K 4.179 ms, (64, 32) 4.154, (64, 16) 4.135, (32, 32) 4.333. None:
+# always the family's own tiles.
 DSTATE_FEW_TILES: tuple[int, int] | None = (32, 32)
 # (key, value) tiles of every reverse state scan, scalar and key-wise, overriding the above where set
 # (the tests split the scan this way; `--set kernels.diag.chunk.DSTATE_TILES=(64,32)` times a choice).
@@ -495,10 +497,10 @@ def state_tiles(BK: int, BV: int) -> tuple[int, int]:
 def dstate_tiles(BK: int, BV: int, K: int = 0, V: int = 0, NH: int = 0, device=None) -> tuple[int, int]:
     """(key, value) tiles of a family's reverse state scan: its own (BK, BV), DSTATE_TILES' where set
     (never wider than its own), or, given the shapes (K, V, NH sequence-heads) and a CUDA device,
-    DSTATE_FEW_TILES' where its own would give fewer programs than SMs."""
+    DSTATE_FEW_TILES' where its own would give at most half as many programs as SMs."""
     tiles = DSTATE_TILES
     if tiles is None and DSTATE_FEW_TILES is not None and device is not None \
-            and torch.device(device).type == "cuda" and cdiv(K, BK) * cdiv(V, BV) * NH < sm_count(device):
+            and torch.device(device).type == "cuda" and 2 * cdiv(K, BK) * cdiv(V, BV) * NH <= sm_count(device):
         tiles = DSTATE_FEW_TILES
     return (BK, BV) if tiles is None else (min(BK, tiles[0]), min(BV, tiles[1]))
 

@@ -259,15 +259,16 @@ def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least):
 
 def test_dstate_tiles_rule(monkeypatch):
     """The scalar family's reverse scan takes DSTATE_FEW_TILES on CUDA where its own tiles would give
-    fewer programs than SMs (B·T = 32K, H = 16, K = V = 128: 32 programs at T = 32K, 256 at 4K), its
-    own elsewhere and off CUDA; DSTATE_TILES overrides both, never wider than the family's own."""
+    at most half as many programs as SMs (B·T = 32K, H = 16, K = V = 128: 32 programs at T = 32K, 64 at
+    16K, 128 at 8K), its own elsewhere and off CUDA; DSTATE_TILES overrides both, never wider than the
+    family's own."""
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "sm_count", lambda device: 132)   # stands in for the H200's
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert dc.dstate_tiles(128, 64, 128, 128, 16, cuda) == (32, 32)       # T = 32K, B = 1
-    assert dc.dstate_tiles(128, 64, 128, 128, 64, cuda) == (32, 32)       # T = 8K: 128 programs
-    assert dc.dstate_tiles(128, 64, 128, 128, 128, cuda) == (128, 64)     # T = 4K: 256 programs
+    assert dc.dstate_tiles(128, 64, 128, 128, 32, cuda) == (32, 32)       # T = 16K: 64 programs
+    assert dc.dstate_tiles(128, 64, 128, 128, 64, cuda) == (128, 64)      # T = 8K: 128 programs
     assert dc.dstate_tiles(128, 64, 128, 128, 16, cpu) == (128, 64)
     assert dc.dstate_tiles(64, 64) == (64, 64)                            # no shapes: the family's own
     monkeypatch.setattr(dc, "DSTATE_FEW_TILES", None)
