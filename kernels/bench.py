@@ -178,9 +178,30 @@ def decode_case(kind: str, B: int, device: str = "cuda"):
     return name, kernels.compile(name), torch.zeros(B, H, D, D, device=device), one
 
 
+def graph_ms(fn) -> float:
+    """GPU time of ``fn`` replayed from a CUDA graph (no Python or launch cost between replays): what a
+    decode loop captured in a graph would take per token. Warmed up on a side stream first, as
+    torch.cuda.graph asks."""
+    from triton.testing import do_bench
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return do_bench(graph.replay)
+
+
 def decode_bench(rows, bw=None):
     """One decoding token at B=64: compile().step (state updated in place), our raw step kernel, and
-    fla's fused recurrent kernel on the same fp32 state. floor = reading and writing the state once."""
+    fla's fused recurrent kernel on the same fp32 state; the raw kernel and fla's also replayed from a
+    CUDA graph, which leaves their GPU time alone (where a step is timed slower than its graph, the
+    host's Python and launch cost is what the plain timing measured). floor = reading and writing
+    the state once."""
     from triton.testing import do_bench
 
     from kernels.delta import delta_step
@@ -190,15 +211,16 @@ def decode_bench(rows, bw=None):
     s = D ** -0.5
     for kind in DECODE_MIXERS:
         name, m, state, one = decode_case(kind, B)
+        if kind == "scalar":
+            raw_fn = lambda: diag_step(state, one["q"], one["k"], one["v"], "scalar", one["g"], scale=s)  # noqa: E731
+        else:
+            raw_fn = lambda: delta_step(state, one["q"], one["k"], one["v"], one["beta"], one["g"], scale=s)  # noqa: E731
         with torch.no_grad():
             ours = do_bench(lambda: m.step(state, inplace=True, **one))
-            if kind == "scalar":
-                raw = do_bench(lambda: diag_step(state, one["q"], one["k"], one["v"], "scalar", one["g"], scale=s))
-            else:
-                raw = do_bench(lambda: delta_step(state, one["q"], one["k"], one["v"], one["beta"], one["g"],
-                                                  scale=s))
+            raw = do_bench(raw_fn)
         row = {"op": f"decode step B={B} ({name})", "ours step (compile)": ours, "ours raw kernel": raw}
         t1 = {n: x.unsqueeze(1) for n, x in one.items()}
+        fla = None
         try:
             if kind == "scalar":
                 from fla.ops.simple_gla import fused_recurrent_simple_gla
@@ -215,6 +237,12 @@ def decode_bench(rows, bw=None):
                 row["fla fused recurrent"] = do_bench(fla)
         except Exception as e:  # noqa: BLE001
             row["fla fused recurrent"] = f"error: {e}"[:80]
+        for label, fn in (("ours raw kernel (CUDA graph)", raw_fn), ("fla (CUDA graph)", fla)):
+            try:
+                with torch.no_grad():
+                    row[label] = graph_ms(fn) if fn is not None else "not run"
+            except Exception as e:  # noqa: BLE001
+                row[label] = f"error: {e}"[:80]
         if bw:
             row["state floor"] = 2 * state.numel() * 4 / bw * 1e3
         rows.append(row)
@@ -272,9 +300,10 @@ def render(paths: list[str], header: list[str], merged_csv: str | None = None) -
         lines += ["| memory floor | fwd | " + " | ".join(r["floor_ms"] if r else "—" for r in floors) + " | |", ""]
     lines += [f"[e{i + 1}] {e}" for i, e in enumerate(errors)] + ([""] if errors else [])
     if decode:
-        cols = list(decode[0])
+        # every run's columns in order of first appearance (later runs added the CUDA-graph ones)
+        cols = list(dict.fromkeys(c for r in decode for c in r))
         lines += ["## Decode step (ms)", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        lines += ["| " + " | ".join(_fmt(r[c]) for c in cols) + " |" for r in decode]
+        lines += ["| " + " | ".join(_fmt(r[c]) if c in r else "—" for c in cols) + " |" for r in decode]
     return "\n".join(lines) + "\n"
 
 
