@@ -447,7 +447,7 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 # there is a program per SM (forward 0.48 vs 0.56 ms at T = 1K–4K; with a backward storing its
 # states it was 2.06 vs 2.03 ms), and cut into segments where there are fewer programs than SMs,
 # before a backward only where at most half as many (within a quarter of a program per SM: one pass
-# before a backward, two segments without one; see _fused_segments). With 8 programs per SM over the segments
+# without segments, as with a program per SM). With 8 programs per SM over the segments
 # (SEGMENT_PROGRAMS_PER_SM; `python -m kernels.sweep profile --ops scalar --T T --impls ours` with and
 # without `--set kernels.diag.chunk.FUSED_FORWARD=True`, 2026-12-01): T = 16K, B = 2 (64 programs):
 # forward 0.467 vs 0.754 ms, fwd+bwd 2.25 vs 2.46; T = 8K, B = 4 (128 programs): forward 0.527 vs
@@ -508,9 +508,8 @@ def dstate_tiles(BK: int, BV: int, K: int = 0, V: int = 0, NH: int = 0, device=N
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
                     auto: bool | None = None) -> int | None:
     """How the forward runs: None for the two-pass kernels, else the one-pass forward over that many
-    segments per sequence. One segment where there is a program per SM already (two, without a
-    backward, where there are nearly as many); an equal-length batch with too few sequence-heads
-    (long T, small B) is cut into segments that run in parallel, joined by
+    segments per sequence. One segment where there is a program per SM already; an equal-length batch
+    with too few sequence-heads (long T, small B) is cut into segments that run in parallel, joined by
     a short scan over the segments' own states (_segment_pass_kernel); a packed batch with too few
     keeps the two-pass kernels. ``backward``: whether the forward must store states for one. ``auto``:
     whether this family's measured limits apply (default: FUSED_FORWARD is None); False gives the
@@ -524,20 +523,13 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     if least is None:
         least = sm_count(device)
     programs = N * H * cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
-    dense = getattr(offsets, "_dense", None)
-    # within a quarter of a program per SM one pass beats segments cut to SEGMENT_PROGRAMS_PER_SM,
-    # whose states from zero are a second pass over k and v (T = 8K, B = 4, 128 programs: forward
-    # 0.479 vs 0.527 ms over 9 segments) — but not two segments, where an SM runs two of the pass's
-    # programs at once (K = V = 128, bf16): the same 128 programs' forward 0.482 → 0.423 ms over 2
-    # segments (0.427 over 4, 0.536 over 3 and 0.504 over 5, whose programs take a second or third
-    # round of the SMs; `python -m kernels.sweep profile --ops scalar --T 8192 --impls ours --set
-    # kernels.diag.chunk.FUSED_MIN_PROGRAMS=200 --set kernels.diag.chunk.SEGMENT_PROGRAMS_PER_SM=P`)
+    # within a quarter of a program per SM one pass still beats segments, whose states from zero
+    # are a second pass over k and v (T = 8K, B = 4, 128 programs: forward 0.479 vs 0.527 ms)
     if 4 * programs >= 3 * least:
-        if auto and backward:
-            return None
-        return 2 if auto and programs < least and dense is not None and dense[1] > BT else 1
+        return None if auto and backward else 1
     if auto and backward and 2 * programs > least:
         return None
+    dense = getattr(offsets, "_dense", None)
     if dense is None:
         return None
     nc = cdiv(dense[1], BT)

@@ -280,8 +280,8 @@ def test_dstate_tiles_rule(monkeypatch):
 def test_fused_forward_default_rule(monkeypatch):
     """FUSED_FORWARD = None picks the one-pass forward where the H200 measured it faster: without a
     backward where there is a program per SM (132 SMs; B·T = 32K, H = 16, V = 128: 2 value tiles),
-    over two segments where there are nearly as many, cut into more where there are under three
-    quarters as many, before a backward only where at most half as many; never off CUDA."""
+    cut into segments where there are under three quarters as many, before a backward only where at
+    most half as many; never off CUDA."""
     import kernels.diag.chunk as dc
 
     assert dc.FUSED_FORWARD is None
@@ -292,10 +292,7 @@ def test_fused_forward_default_rule(monkeypatch):
         return dc._fused_segments(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, backward)
 
     assert [rule(8, 4096, False), rule(8, 4096, True)] == [1, None]
-    assert [rule(4, 8192, False), rule(4, 8192, True)] == [2, None]     # 128 programs: two segments
-    assert rule(4, 64, False) == 1                                      # (one chunk: nothing to cut)
-    assert dc._fused_segments(seq_bounds(torch.tensor([0, 4096, 8192, 12288, 16384]), 1, 16384, "cpu"),
-                              4, 16, 128, 128, cuda, False) == 1        # packed: not cut
+    assert [rule(4, 8192, False), rule(4, 8192, True)] == [1, None]     # 128 programs: one pass
     assert [rule(2, 16384, False), rule(2, 16384, True)] == [16, 16]   # 64
     assert rule(1, 32768, False) == rule(1, 32768, True) == 32   # 8 programs per SM: 16 chunks each
     assert rule(8, 4096, False, torch.device("cpu")) is None
