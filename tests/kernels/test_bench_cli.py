@@ -53,15 +53,21 @@ def test_render_merges_runs_later_cells_win(tmp_path):
         ("fla", "fwd+bwd", "1024", "error: refused"), ("ours", "fwd", "1024", "1.0")}
 
 
+def _render_decode_runs(tmp_path, runs: dict) -> str:
+    """kernel_bench.md rendered from decode CSVs, one per run: {name: (header, row)}."""
+    for name, (header, row) in runs.items():
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([header, row])
+    paths = ",".join(str(tmp_path / f"{name}.csv") for name in runs)
+    assert bench.main(["--render", paths, "--out", str(tmp_path)]) == 0
+    return (tmp_path / "kernel_bench.md").read_text()
+
+
 def test_render_lists_every_decode_run_by_name(tmp_path):
     """Decode rows are not merged: each run's rows stay, under the name of the CSV they came from."""
-    for name, ms in (("1310_decode", "0.039"), ("1815_decode", "0.102")):
-        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
-            csv.writer(f).writerows([["op", "ours step (compile)", "state floor"],
-                                     ["decode step B=64 (mamba2)", ms, "0.0316"]])
-    runs = f"{tmp_path / '1310_decode.csv'},{tmp_path / '1815_decode.csv'}"
-    assert bench.main(["--render", runs, "--out", str(tmp_path)]) == 0
-    md = (tmp_path / "kernel_bench.md").read_text()
+    header = ["op", "ours step (compile)", "state floor"]
+    md = _render_decode_runs(tmp_path, {name: (header, ["decode step B=64 (mamba2)", ms, "0.0316"])
+                                        for name, ms in (("1310_decode", "0.039"), ("1815_decode", "0.102"))})
     assert "| run | op | ours step (compile) | state floor |" in md
     assert "| 1310_decode | decode step B=64 (mamba2) | 0.0390 | 0.0316 |" in md
     assert "| 1815_decode | decode step B=64 (mamba2) | 0.1020 | 0.0316 |" in md
@@ -70,15 +76,10 @@ def test_render_lists_every_decode_run_by_name(tmp_path):
 def test_render_takes_every_decode_runs_columns(tmp_path):
     """A later run with more columns (the CUDA-graph timings) keeps them; an earlier run's rows show
     "—" under columns it did not have."""
-    for name, header, row in (
-            ("1915_decode", ["op", "ours step (compile)", "state floor"], ["decode step B=64 (mamba2)", "0.04", "0.0318"]),
-            ("2200_decode", ["op", "ours step (compile)", "ours raw kernel (CUDA graph)", "state floor"],
-             ["decode step B=64 (mamba2)", "0.07", "0.035", "0.0318"])):
-        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
-            csv.writer(f).writerows([header, row])
-    runs = f"{tmp_path / '1915_decode.csv'},{tmp_path / '2200_decode.csv'}"
-    assert bench.main(["--render", runs, "--out", str(tmp_path)]) == 0
-    md = (tmp_path / "kernel_bench.md").read_text()
+    md = _render_decode_runs(tmp_path, {
+        "1915_decode": (["op", "ours step (compile)", "state floor"], ["decode step B=64 (mamba2)", "0.04", "0.0318"]),
+        "2200_decode": (["op", "ours step (compile)", "ours raw kernel (CUDA graph)", "state floor"],
+                        ["decode step B=64 (mamba2)", "0.07", "0.035", "0.0318"])})
     assert "| run | op | ours step (compile) | state floor | ours raw kernel (CUDA graph) |" in md
     assert "| 1915_decode | decode step B=64 (mamba2) | 0.0400 | 0.0318 | — |" in md
     assert "| 2200_decode | decode step B=64 (mamba2) | 0.0700 | 0.0318 | 0.0350 |" in md
