@@ -212,9 +212,11 @@ def decode_bench(rows, bw=None):
     for kind in DECODE_MIXERS:
         name, m, state, one = decode_case(kind, B)
         if kind == "scalar":
-            raw_fn = lambda: diag_step(state, one["q"], one["k"], one["v"], "scalar", one["g"], scale=s)  # noqa: E731
+            raw_fn = lambda: diag_step(  # noqa: E731
+                state, one["q"], one["k"], one["v"], "scalar", one["g"], scale=s)
         else:
-            raw_fn = lambda: delta_step(state, one["q"], one["k"], one["v"], one["beta"], one["g"], scale=s)  # noqa: E731
+            raw_fn = lambda: delta_step(  # noqa: E731
+                state, one["q"], one["k"], one["v"], one["beta"], one["g"], scale=s)
         with torch.no_grad():
             ours = do_bench(lambda: m.step(state, inplace=True, **one))
             raw = do_bench(raw_fn)

@@ -386,7 +386,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
                     "also chunk_key, chunk_scalar, chunk_delta, titans, fused (the one-pass forwards; fused:NAME "
-                    "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments or wu), repeat (every mixer's repeat check) and step (every mixer's decode-step check)")
+                    "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments or wu), repeat (every "
+                    "mixer's repeat check) and step (every mixer's decode-step check)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     args = ap.parse_args(argv)
