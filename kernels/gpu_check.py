@@ -395,6 +395,19 @@ def main(argv=None) -> int:
     unknown = [d for d in args.dtypes.split(",") if d not in known]
     if unknown:
         ap.error(f"--dtypes: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
+    only = set(filter(None, args.only.split(",")))
+    # fused:NAME, or fused:NAME/MODE (pass, segments, wu): the fused rows of one mixer, or of one mode
+    fused_only: dict[str, set[str]] = {}
+    for n in only:
+        if n.startswith("fused:"):
+            name, _, mode = n.split(":", 1)[1].partition("/")
+            if mode and mode not in ("pass", "segments", "wu"):
+                ap.error(f"--only {n}: the mode after '/' is one of pass, segments, wu; got {mode!r}")
+            fused_only.setdefault(name, set()).update([mode] if mode else [])
+
+    def fused_want(name: str, mode: str) -> bool:
+        return not fused_only or (name in fused_only and (not fused_only[name] or mode in fused_only[name]))
+
     global DTYPES
     DTYPES = {known[d] for d in args.dtypes.split(",")}
     _poison()
@@ -406,7 +419,6 @@ def main(argv=None) -> int:
              "| mixer | options | form | dtype | o | state | worst grad | (which) | ok |",
              "|---|---|---|---|---|---|---|---|---|"]
     failed = 0
-    only = set(filter(None, args.only.split(",")))
     want = lambda name: not only or name in only  # noqa: E731
     for name, opts in MIXERS:
         if not want(name):
@@ -453,14 +465,6 @@ def main(argv=None) -> int:
                 head = f"| {dB}, {dT}, {dH}, {dK}, {dV} | {mixer} | {cs} | {regime} | {ops} | {str(dtype)[6:]} |"
                 failed += not _row(lines, head, _cells(check_delta_chunk, dtype, dB, dT, dH, dK, dV, mixer, cs,
                                                        regime, half), 5)
-    # fused:NAME, or fused:NAME/MODE (pass, segments, wu): the fused rows of one mixer, or of one mode
-    fused_only = {n.split(":", 1)[1].split("/")[0]: set() for n in only if n.startswith("fused:")}
-    for n in only:
-        if n.startswith("fused:") and "/" in n:
-            fused_only[n.split(":", 1)[1].split("/")[0]].add(n.split("/", 1)[1])
-
-    def fused_want(name: str, mode: str) -> bool:
-        return not fused_only or (name in fused_only and (not fused_only[name] or mode in fused_only[name]))
     if want("fused") or fused_only:  # the one-pass forwards, forced on (they are off by default)
         import kernels.delta.chunk as dlt
         import kernels.diag.chunk as dc

@@ -128,3 +128,9 @@ def test_only_one_fused_mode(tmp_path, monkeypatch):
     assert [r.split(" | ")[:2] for r in rows] == [["| deltanet", "segments"]] + [
         [f"| gla ({regime})", "one pass"] for regime in ("gla", "bursts", "strong")]
     assert seen == [("deltanet", True)] and C.SEGMENTS is None
+
+
+def test_an_unknown_fused_mode_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--only", "fused:deltanet/segment"])
+    assert "pass, segments, wu; got 'segment'" in capsys.readouterr().err
