@@ -4,6 +4,7 @@
     python -m kernels.sweep launch  [--ops scalar,key,delta,gdn] [--T 4096] [--kernels dqkw,...]
     python -m kernels.sweep step    [--ops scalar,gdn]
     python -m kernels.sweep profile --ops delta --set kernels.delta.chunk.UT_POWERS=False   (an A/B run)
+    python -m kernels.sweep ab      --ops scalar --T 8192 --set kernels.diag.chunk.FUSED_MIN_PROGRAMS=128
 
 ``profile`` prints, for our chunked kernels and fla-core's, the wall time of forward and
 forward + backward (``triton.testing.do_bench``) and each CUDA kernel's time from torch.profiler.
@@ -15,8 +16,11 @@ stages of ``DELTA_GRID`` (``--kernels`` picks some). ``step`` times the one-toke
 (``compile(...).step`` of Mamba-2 or Gated DeltaNet at the decode benchmark's B=64, state in place)
 under every value tile and warp count of ``STEP_GRID``. ``--set MODULE.NAME=VALUE`` (repeatable)
 sets one of the kernels' module switches (``UT_POWERS``, ``FAST_PAIRS``, ``FUSED_FORWARD``, …) for the
-run, to time both sides of a choice. Shapes are the benchmark's: bf16, H=16, K=V=128, B·T=32768;
-forwards run without autograd, as the benchmark's.
+run, to time both sides of a choice. ``ab`` is the A/B that decides one: the defaults against the
+``--set`` switches, alternating in one process for ``--rounds`` rounds, each timed as the benchmark
+times it (``bench._time``) — kernel times and separate processes can disagree with it where a path
+does more host work (kernels/results/experiments_2026-12-01_long.md §4). Shapes are the benchmark's:
+bf16, H=16, K=V=128, B·T=32768; forwards run without autograd, as the benchmark's.
 """
 
 from __future__ import annotations
@@ -79,6 +83,34 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) 
                 print(f"== {kind} {impl} {mode} T={T}: {ms:.3f} ms wall, kernels {total:.3f} ms", flush=True)
                 for name, t in sorted(times.items(), key=lambda kv: -kv[1])[:12]:
                     print(f"   {t:8.3f} ms  {name[:90]}", flush=True)
+
+
+def ab(kinds: list[str], T: int, switches: list, rounds: int = 3) -> dict:
+    """Our forward and forward + backward with the defaults ("default") and with ``switches``
+    ("set"), alternating for ``rounds`` rounds in this process, each timed by the benchmark's own
+    ``bench._time``; prints every round and the medians. Returns {(kind, mode): {side: [ms, ...]}}."""
+    import statistics
+
+    out = {}
+    for kind in kinds:
+        fn = bench._ours(kind)
+        for backward in (False, True):
+            mode = "fwd+bwd" if backward else "fwd"
+            inp = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
+            times = out[kind, mode] = {"default": [], "set": []}
+            for _ in range(rounds):
+                for side in times:
+                    with bench.switches(switches if side == "set" else []), \
+                            (contextlib.nullcontext() if backward else torch.no_grad()):
+                        ms, _ = bench._time(fn, inp, backward)
+                    times[side].append(ms if isinstance(ms, float) else float("nan"))
+                    if not isinstance(ms, float):
+                        print(f"== {kind} {mode} T={T} {side}: {ms}", flush=True)
+            med = {side: statistics.median(v) for side, v in times.items()}
+            rounds_text = "; ".join(f"{side} " + " / ".join(f"{t:.3f}" for t in v) for side, v in times.items())
+            print(f"== {kind} {mode} T={T}: default {med['default']:.3f} ms, set {med['set']:.3f} ms "
+                  f"(set/default {med['set'] / med['default']:.3f}; rounds: {rounds_text})", flush=True)
+    return out
 
 
 def parse_settings(pairs: list[str]) -> list[tuple[object, str, object]]:
@@ -238,7 +270,7 @@ def step(kinds: list[str], B: int = 64, device: str = "cuda") -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("profile", "launch", "step"))
+    ap.add_argument("what", choices=("profile", "launch", "step", "ab"))
     ap.add_argument("--ops", default="scalar,key,delta",
                     help="comma-separated kinds (scalar, key, delta, gdn)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
@@ -250,6 +282,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
                     help="set a kernels module switch for the run, e.g. kernels.delta.chunk.UT_POWERS=False "
                     "(repeatable)")
+    ap.add_argument("--rounds", type=int, default=3, help="ab: rounds of default then --set (default 3)")
     args = ap.parse_args(argv)
     try:
         switches = parse_settings(args.set)
@@ -266,9 +299,17 @@ def main(argv=None) -> int:
         known = set(DELTA_GRID) | set(scalar_mod.LAUNCH) | set(key_mod.LAUNCH)
         if set(names) - known:
             ap.error(f"--kernels: unknown {sorted(set(names) - known)}; known: {sorted(known)}")
+    if args.what == "ab" and not switches:
+        ap.error("ab: give the switches to compare with the defaults, e.g. --set "
+                 "kernels.diag.chunk.FUSED_MIN_PROGRAMS=128")
+    if args.rounds < 1:
+        ap.error(f"--rounds: at least 1, got {args.rounds}")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the kernels are timed there)")
     ops = args.ops.split(",")
+    if args.what == "ab":
+        ab(ops, args.T, switches, args.rounds)
+        return 0
     with bench.switches(switches):
         if args.what == "profile":
             profile(ops, args.T, impls)

@@ -220,3 +220,34 @@ def test_delta_sweep_sets_each_candidate_and_restores_the_module(monkeypatch, ca
     assert {o["BV"] for _, o, _ in out_runs} == set(grid["state_out"]["BV"])
     assert C.LAUNCH is before and C.LAUNCH == before_dict and C.FUSED_FORWARD is None
     assert "delta T=4096 ut" in capsys.readouterr().out
+
+
+def test_ab_alternates_the_defaults_and_the_switches_in_one_process(monkeypatch, capsys):
+    """sweep ab: default then --set, round after round, each timed by the benchmark's own _time; the
+    medians and their ratio printed; the switch back to its default afterwards."""
+    import kernels.diag.chunk as dc
+
+    seen = []
+
+    def fake_time(fn, inp, backward):
+        seen.append((dc.FUSED_MIN_PROGRAMS, backward, torch.is_grad_enabled()))
+        return (0.5 if dc.FUSED_MIN_PROGRAMS is None else 0.4) + backward, None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sweep.bench, "_ours", lambda kind: lambda **inp: None)
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(sweep.bench, "_time", fake_time)
+    assert sweep.main(["ab", "--ops", "scalar", "--T", "8192", "--rounds", "2",
+                       "--set", "kernels.diag.chunk.FUSED_MIN_PROGRAMS=128"]) == 0
+    assert seen == [(None, False, False), (128, False, False)] * 2 + [(None, True, True), (128, True, True)] * 2
+    assert dc.FUSED_MIN_PROGRAMS is None
+    out = capsys.readouterr().out
+    assert "== scalar fwd T=8192: default 0.500 ms, set 0.400 ms (set/default 0.800; rounds: default 0.500 / " \
+           "0.500; set 0.400 / 0.400)" in out
+    assert "== scalar fwd+bwd T=8192: default 1.500 ms, set 1.400 ms" in out
+
+
+def test_ab_needs_switches(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["ab", "--ops", "scalar"])
+    assert e.value.code == 2
+    assert "ab: give the switches to compare" in capsys.readouterr().err
