@@ -196,7 +196,12 @@ DELTA_GRID = {
     # forward without autograd as the default forward runs it: W and U made in it (WU_IN_SCAN), which
     # no tile narrower than 64 does (16- and 32-wide builds faulted), so those would time another kernel
     "state_out": dict(BV=(64,), num_warps=(4, 8), num_stages=(1, 2, 3)),
+    # the chain over segments (forward and reverse: both launches, one name), where segments run (T = 32K
+    # with the benchmark's batch); BR = 64 holds a [64, 64] fp32 block of P and spills
+    "chain": dict(BR=(16, 32), BV=(16, 32, 64), num_warps=(2, 4, 8), num_stages=(1, 2, 3)),
 }
+# the profiler's name of each DELTA_GRID kernel, where it is not _NAME_kernel
+DELTA_KERNEL = {"state_out": "_state_kernel", "chain": "_segment_chain_kernel"}
 
 
 def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
@@ -222,7 +227,7 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
                     (contextlib.nullcontext() if backward else torch.no_grad()):
                 try:
                     t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)
-                    res.append((t.get(f"_{name.removesuffix('_out')}_kernel", float("nan")), cfg))
+                    res.append((t.get(DELTA_KERNEL.get(name, f"_{name}_kernel"), float("nan")), cfg))
                 except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
                     res.append((float("inf"), cfg))
                     print(f"   {key} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)

@@ -837,6 +837,9 @@ LAUNCH: dict[str, dict] = {
     # one stage: with software pipelining (2 or 3 stages, Triton 3.6, H200) its dβ and dg came out
     # different from run to run (a few % at K = V = 128), not so with one (kernels.gpu_check repeats)
     "wy_bwd": dict(BK=64, BV=64, num_warps=4, num_stages=1),             # 0.58 → 0.51
+    # the chain over segments (_segment_chain_kernel, forward and reverse): not yet swept; its
+    # defaults (BV = BR = 32, 4 warps) are _chain_cfg's. `python -m kernels.sweep launch --ops delta
+    # --kernels chain --T 32768` times the candidates of kernels.sweep.DELTA_GRID["chain"].
 }
 
 
@@ -849,6 +852,15 @@ def _cfg(name: str, inter: torch.dtype, K: int, V: int, **default) -> dict:
         for tile, dim in (("BK", K), ("BV", V)):
             if tile in cfg:
                 cfg[tile] = min(cfg[tile], max(16, next_pow2(dim)))
+    return cfg
+
+
+def _chain_cfg(inter: torch.dtype, K: int, V: int) -> dict:
+    """Launch keyword arguments of _segment_chain_kernel: [BR, BR] × [BR, BV] blocks (BR never wider
+    than the padded K), LAUNCH["chain"] where set."""
+    KP = max(16, next_pow2(K))
+    cfg = _cfg("chain", inter, K, V, BR=min(KP, 32), BV=min(max(16, next_pow2(V)), 32), num_warps=4)
+    cfg["BR"] = min(cfg["BR"], KP)
     return cfg
 
 
@@ -1036,9 +1048,9 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c)
     # the states entering the segments, in order (and the sequences' final states)
     S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
-    BVc = min(max(16, next_pow2(V)), 32)
-    _segment_chain_kernel[(cdiv(V, BVc), N * H)](P, dS, h0, S_in, ht, nseg, H=H, K=K, V=V, BR=min(KP, 32), BV=BVc,
-                                                 HAS_H0=h0 is not None, STORE_HT=store_ht, num_warps=4)
+    chain = _chain_cfg(inter, K, V)
+    _segment_chain_kernel[(cdiv(V, chain["BV"]), N * H)](P, dS, h0, S_in, ht, nseg, H=H, K=K, V=V,
+                                                         HAS_H0=h0 is not None, STORE_HT=store_ht, **chain)
     # the pass: each segment from the state entering it, writing the outputs (and, for a backward,
     # each chunk's entering state and Vn)
     _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
@@ -1077,10 +1089,10 @@ def _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT
         P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT,
                          _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP)))
     d_out = _empty(NS, H, K, V, dtype=torch.float32, device=dev)   # the gradient leaving each segment
-    BVc = min(max(16, next_pow2(V)), 32)
-    _segment_chain_kernel[(cdiv(V, BVc), N * H)](P, d0, dht, d_out, dh0, nseg, H=H, K=K, V=V, BR=min(KP, 32),
-                                                 BV=BVc, HAS_H0=dht is not None, STORE_HT=dh0 is not None,
-                                                 REVERSE=True, num_warps=4)
+    chain = _chain_cfg(inter, K, V)
+    _segment_chain_kernel[(cdiv(V, chain["BV"]), N * H)](P, d0, dht, d_out, dh0, nseg, H=H, K=K, V=V,
+                                                         HAS_H0=dht is not None, STORE_HT=dh0 is not None,
+                                                         REVERSE=True, **chain)
     _dstate_kernel[grid](q, k, w, g, do, dvn, dvno, d_out, dh, None, s_offsets, s_chunk_offsets, per, scale,
                          HAS_DHT=True, STORE_DH0=False, **scan)
 

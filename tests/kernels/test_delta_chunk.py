@@ -555,6 +555,25 @@ def test_segments_rule(monkeypatch):
     assert C._segments(dense, 16, 128, 128, cuda, 64) is None          # no one pass at all
 
 
+def test_chain_blocks(monkeypatch, count_launches):
+    """The chain over segments in blocks smaller than K and V (BR = BV = 16 at K = 48, V = 40: three
+    row blocks, a masked value block), forward and reverse: every output, state and gradient still
+    matches float64. LAUNCH["chain"] reaches the launch for bf16 operands, BR never wider than the
+    padded K."""
+    monkeypatch.setattr(C, "SEGMENTS", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1000)
+    monkeypatch.setattr(C, "_chain_cfg", lambda inter, K, V: dict(BR=16, BV=16, num_warps=2))
+    chains = count_launches(C, "_segment_chain_kernel")
+    d = inputs("gated_deltanet", 1, 100, 2, 48, 40, seed=21)
+    S0, do, dS = cotangents(1, 100, 2, 48, 40, 1, True, True)
+    compare("gated_deltanet", d, S0, do, dS, chunk_size=32)
+    assert [(grid, kw["BR"], kw["BV"]) for grid, kw in chains] == [((3, 2), 16, 16)] * 2
+    monkeypatch.undo()
+    monkeypatch.setattr(C, "LAUNCH", {**C.LAUNCH, "chain": dict(BR=64, BV=64, num_warps=8, num_stages=2)})
+    assert C._chain_cfg(torch.bfloat16, 32, 128) == dict(BR=32, BV=64, num_warps=8, num_stages=2)
+    assert C._chain_cfg(torch.float32, 128, 128) == dict(BR=32, BV=32, num_warps=4)   # fp32: the defaults
+
+
 def test_segmented_backward_makes_its_own_transitions(monkeypatch, count_launches):
     """A backward over segments after a forward that ran whole (SEGMENTS switched on in between) makes
     the transitions itself, and every gradient still matches float64."""

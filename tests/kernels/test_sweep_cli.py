@@ -222,6 +222,24 @@ def test_delta_sweep_sets_each_candidate_and_restores_the_module(monkeypatch, ca
     assert "delta T=4096 ut" in capsys.readouterr().out
 
 
+def test_delta_sweep_reads_the_chain_under_its_kernel_name(monkeypatch, capsys):
+    """The chain's candidates reach _segment_chain_kernel through LAUNCH["chain"] and are ranked by
+    that kernel's profiled time."""
+    import kernels.delta.chunk as C
+
+    def fake_times(fn, inp, backward, iters):
+        cfg = C.LAUNCH["chain"]
+        return {"_segment_chain_kernel": cfg["BR"] + cfg["BV"] / 100 + cfg["num_warps"] / 1e4 + cfg["num_stages"] / 1e6}
+
+    monkeypatch.setattr(sweep, "kernel_times", fake_times)
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(C, "_few", lambda *a: True)
+    sweep.launch_delta("delta", 32768, ["chain"])
+    out = capsys.readouterr().out
+    assert "delta T=32768 chain (now defaults): 16.160 {'BR': 16, 'BV': 16, 'num_warps': 2, 'num_stages': 1}" in out
+    assert "chain" not in C.LAUNCH
+
+
 def test_ab_alternates_the_defaults_and_the_switches_in_one_process(monkeypatch, capsys):
     """sweep ab: default then --set, round after round, each timed by the benchmark's own _time; the
     medians and their ratio printed; the switch back to its default afterwards."""
