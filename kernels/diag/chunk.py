@@ -129,13 +129,16 @@ def _excl_combine(s1, p1, s2, p2):
 def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  PREC: tl.constexpr, STORE_H: tl.constexpr = True):
+                  PREC: tl.constexpr, STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False):
+    """The state leaving each chunk (h) or the sequence (ht); STORE_LOGW: also the sequence's total log
+    decay (the sum of its chunks' G_L, one value per sequence-head) into logw."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
+    b_lw = 0.0
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -150,8 +153,12 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
         _, _, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
         b_kd = (b_k * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
         b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        if STORE_LOGW:
+            b_lw += b_GL
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
+    if STORE_LOGW:
+        tl.store(logw + i_nh, b_lw, mask=(i_k == 0) & (i_v == 0))
 
 
 @triton.jit
@@ -473,6 +480,13 @@ SEGMENT_PROGRAMS_PER_SM = 8
 # 2026-12-01): T = 32K, B = 1, the segments' states 0.144 → 0.133 ms (forward 0.468 → 0.458); T = 4K,
 # the two-pass state kernel of a forward + backward 0.176 → 0.173.
 STATE_BK: int | None = 64
+# The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
+# summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
+# torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
+# path; ~0.02 ms of GPU time at T = 32K). Off until the GPU has checked and timed it: `python -m
+# kernels.gpu_check --only chunk_scalar,chunk_key` with it on, and `python -m kernels.sweep ab --ops
+# scalar,key --T 32768 --set kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True`.
+SEGMENT_DECAY_IN_SCAN = False
 # Key and value tiles (BK, BV) of the scalar family's backward reverse state scan (_dstate_kernel) where
 # its own tiles (the whole padded K, 64 values) would give at most half as many programs as SMs (long T,
 # small B): more, smaller programs, each waiting on its own chain of chunks. H200, bf16, H = 16,
@@ -601,13 +615,15 @@ class ChunkScalarDecay(torch.autograd.Function):
                 # each segment's own state from zero (no per-chunk states), then the scan over segments
                 dS = _empty(NS, H, K, V, dtype=f32, device=q.device)
                 BKs, BVs = state_tiles(BK, BV)
+                # (each segment's log decay from the same kernel, with SEGMENT_DECAY_IN_SCAN)
+                logw = _empty(NS, H, dtype=f32, device=q.device) if SEGMENT_DECAY_IN_SCAN else None
                 _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), NS * H)](
                     k, v, g, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BKs,
-                    BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec,
-                    **_launch("state", q.dtype, K, V))
-                if g is None:
+                    BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
+                    STORE_LOGW=logw is not None, **_launch("state", q.dtype, K, V))
+                if logw is None and g is None:
                     logw = torch.zeros(NS, H, dtype=f32, device=q.device)
-                else:   # segment sums of the log decay, in fp64 (a whole segment's sum)
+                elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)
                     gp = torch.nn.functional.pad(g.view(B, T, H).double(), (0, 0, 0, nseg * per * BT - T))
                     logw = gp.view(B, nseg, per * BT, H).sum(2).to(f32).reshape(NS, H)
                 S_in = segment_states(dS, logw, h0, ht, nseg)

@@ -170,10 +170,11 @@ def _gate_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
 def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
-                  STORE_H: tl.constexpr = True):
+                  STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False):
     """h[c] = state entering chunk c; walks one sequence's chunks (the only sequential forward part).
 
-    Reads K ⊙ e^{G_L − G} and G_L from _gate_kernel.
+    Reads K ⊙ e^{G_L − G} and G_L from _gate_kernel. STORE_LOGW: also the sequence's total log decay
+    per key (the sum of its chunks' G_L) into logw ([·, H, K]).
     """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -181,6 +182,7 @@ def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
+    b_lw = tl.zeros([BK], dtype=tl.float32)
     for c in range(0, MAXC):
         # chunks past a short sequence's end load nothing: e^0 keeps the state, zero keys add nothing
         ok = c < nc
@@ -194,8 +196,12 @@ def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
                       other=0.0)
         b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        if STORE_LOGW:
+            b_lw += b_GL
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
+    if STORE_LOGW:
+        tl.store(logw + i_nh.to(tl.int64) * K + o_k, b_lw, mask=m_k & (i_v == 0))
 
 
 @triton.jit
@@ -676,13 +682,16 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     # each segment's own state from zero, then the states entering the segments, then the pass;
     # segments are whole chunks in order, so a segment's chunk c0 + c is the batch's own (GL, A)
     dS = _alloc(NS, H, K, V, dtype=torch.float32, device=q.device)
+    # (each segment's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
+    logw = _alloc(NS, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN else None
     _state_kernel[(cdiv(K, BK), cdiv(V, BV), NS * H)](
         kd, v, GL, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
-        HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, **_launch("state", q.dtype, K, V))
-    nc = cdiv(T, BT)
-    # a segment's log decay per key: the sum of its chunks' G_L, in fp64
-    GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
-    logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
+        HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
+        **_launch("state", q.dtype, K, V))
+    if logw is None:   # a segment's log decay per key: the sum of its chunks' G_L, in fp64
+        nc = cdiv(T, BT)
+        GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
+        logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
     S_in = _scalar.segment_states(dS, logw, h0, ht, nseg)
     _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
                                               per, scale, HAS_H0=True, STORE_HT=False, **launch)

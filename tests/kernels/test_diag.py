@@ -207,6 +207,23 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
     (initial state included) through the states it stores for the backward. With ``least`` set above
     the batch's B·H programs, each sequence is cut into segments (one chunk each for T = 67 and 130,
     two for T = 323) joined by the scan over segment states."""
+    check_fused_forward(fused_forward, monkeypatch, decay, T, least)
+
+
+@pytest.mark.parametrize("T,least", [(130, 1000), (323, 6)])
+def test_segment_decays_in_scan(fused_forward, monkeypatch, count_launches, T, least):
+    """SEGMENT_DECAY_IN_SCAN: the segments' states-from-zero kernel also sums each segment's log decay
+    (no torch sums): the same outputs, states and gradients."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_DECAY_IN_SCAN", True)
+    states = count_launches(dc, "_state_kernel")
+    check_fused_forward(fused_forward, monkeypatch, "scalar", T, least)
+    assert [kw["STORE_LOGW"] for _, kw in states] == [True, True]   # without autograd, then with
+
+
+def check_fused_forward(fused_forward, monkeypatch, decay, T, least):
+    """The checks of test_fused_forward_matches_reference, for tests that switch more on."""
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)

@@ -343,6 +343,23 @@ def test_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime
     """With fewer programs than wanted, sequences are cut into segments of whole chunks that run in
     parallel from the states a scan over the segments gives them (key-wise decays per state row):
     output and final state vs float64, with and without an initial state."""
+    check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime)
+
+
+@pytest.mark.parametrize("T,regime", [(200, "strong"), (323, "mild")])
+def test_segment_decays_in_scan(one_pass, monkeypatch, count_launches, T, regime):
+    """SEGMENT_DECAY_IN_SCAN: the segments' states-from-zero kernel also sums each segment's log decay
+    per key (no torch sums): the same outputs and states, strong decays included."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_DECAY_IN_SCAN", True)
+    states = count_launches(chunk_key, "_state_kernel")
+    check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime)
+    assert [kw["STORE_LOGW"] for _, kw in states] == [True, True]   # with and without an initial state
+
+
+def check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime):
+    """The checks of test_one_pass_over_segments, for tests that switch more on."""
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
