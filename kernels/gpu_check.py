@@ -1,6 +1,6 @@
 """GPU correctness check of every compiled mixer at realistic shapes, in fp32, bf16 and fp16.
 
-    python -m kernels.gpu_check [--out DIR] [--quick] [--only NAME,...]
+    python -m kernels.gpu_check [--out DIR] [--quick] [--only NAME,...] [--dtypes ...] [--set MODULE.NAME=VALUE]
 
 Each kernel form (chunked, recurrent) runs on the GPU with a random initial state, odd T and a
 varlen batch; its output, final state and gradients (every input and the initial state) are compared
@@ -390,6 +390,9 @@ def main(argv=None) -> int:
                     "mixer's repeat check) and step (every mixer's decode-step check)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                    help="check with a kernels module switch set, e.g. kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True "
+                    "(repeatable; as kernels.sweep takes them)")
     args = ap.parse_args(argv)
     known = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     unknown = [d for d in args.dtypes.split(",") if d not in known]
@@ -405,17 +408,29 @@ def main(argv=None) -> int:
                 ap.error(f"--only {n}: the mode after '/' is one of pass, segments, wu; got {mode!r}")
             fused_only.setdefault(name, set()).update([mode] if mode else [])
 
+    from kernels.sweep import parse_settings
+
+    try:
+        settings = parse_settings(args.set)
+    except ValueError as e:
+        ap.error(f"--set: {e}")
+    with switches(settings):
+        return _run(args, {known[d] for d in args.dtypes.split(",")}, only, fused_only)
+
+
+def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> int:
+    """The checks main() selected, with its --set switches in force."""
     def fused_want(name: str, mode: str) -> bool:
         return not fused_only or (name in fused_only and (not fused_only[name] or mode in fused_only[name]))
 
     global DTYPES
-    DTYPES = {known[d] for d in args.dtypes.split(",")}
+    DTYPES = dtypes
     _poison()
     B, T, H, K, V = (1, 130, 2, 32, 32) if args.quick else (2, 1000, 4, 64, 64)
     lines = [f"# GPU check: {torch.cuda.get_device_name()}, torch {torch.__version__}, "
              f"triton {importlib.import_module('triton').__version__}",
              f"B={B}, T={T}, H={H}, K=V={K} (channel mixers: 16 channels a head); relative errors vs the "
-             "float64 dsf chunked form", "",
+             "float64 dsf chunked form" + (f"; switches set: {', '.join(args.set)}" if args.set else ""), "",
              "| mixer | options | form | dtype | o | state | worst grad | (which) | ok |",
              "|---|---|---|---|---|---|---|---|---|"]
     failed = 0

@@ -484,8 +484,8 @@ STATE_BK: int | None = 64
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
 # torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
 # path; ~0.02 ms of GPU time at T = 32K). Off until the GPU has checked and timed it: `python -m
-# kernels.gpu_check --only chunk_scalar,chunk_key` with it on, and `python -m kernels.sweep ab --ops
-# scalar,key --T 32768 --set kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True`.
+# kernels.gpu_check --only chunk_scalar,chunk_key,fused --set kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True`,
+# then `python -m kernels.sweep ab --ops scalar,key --T 32768 --set` the same.
 SEGMENT_DECAY_IN_SCAN = False
 # Key and value tiles (BK, BV) of the scalar family's backward reverse state scan (_dstate_kernel) where
 # its own tiles (the whole padded K, 64 values) would give at most half as many programs as SMs (long T,

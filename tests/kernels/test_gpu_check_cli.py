@@ -134,3 +134,26 @@ def test_an_unknown_fused_mode_is_refused(capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--only", "fused:deltanet/segment"])
     assert "pass, segments, wu; got 'segment'" in capsys.readouterr().err
+
+
+def test_set_switches_are_in_force_while_checking_and_named(tmp_path, monkeypatch):
+    """--set: the checks run with the switch set (and the report's header names it); afterwards the
+    module's value is back."""
+    import kernels.diag.chunk as dc
+
+    _fake_checks(monkeypatch)
+    seen = []
+    monkeypatch.setattr(gpu_check, "check_key_chunk",
+                        lambda *a, **kw: seen.append(dc.SEGMENT_DECAY_IN_SCAN) or
+                        ({"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True))
+    assert gpu_check.main(["--quick", "--only", "chunk_scalar", "--dtypes", "float32", "--out", str(tmp_path),
+                           "--set", "kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True"]) == 0
+    assert seen == [True] and dc.SEGMENT_DECAY_IN_SCAN is False
+    assert "switches set: kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_a_bad_setting_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--set", "kernels.diag.chunk.NO_SUCH_SWITCH=1"])
+    err = capsys.readouterr().err
+    assert "--set:" in err and "kernels.diag.chunk has no NO_SUCH_SWITCH" in err
