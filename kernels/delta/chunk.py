@@ -379,8 +379,11 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                           mask=m_t[:, None], other=0.0)
             b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
             b_w = _mm(b_T, b_kr.to(tl.float32) * (b_beta * tl.exp(b_G + b_Gl))[:, None], DT, PREC).to(DT)
-            b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
-            b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC).to(DT).to(tl.float32)
+            if ZERO_U:
+                b_u = tl.zeros([BT, BV], dtype=tl.float32)
+            else:
+                b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+                b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC).to(DT).to(tl.float32)
         else:
             b_w = tl.load(w + r_k + o_tk, mask=m_tk, other=0.0)
             if ZERO_U:
@@ -909,6 +912,13 @@ SEGMENTS: bool | None = None
 # / 17 / 32 segments): forward DeltaNet 1.289 / 1.202 / 1.261 / 1.356 ms, Gated DeltaNet 1.486 / 1.277
 # / 1.401 / 1.408 (fwd+bwd 4.39 / 4.28 / 4.31 / 4.53 and 5.14 / 4.76 / 4.97 / 5.02).
 SEGMENT_PROGRAMS_PER_SM = 3
+# W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
+# without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel (0.155 ms of DeltaNet's 1.21
+# ms forward at T = 32K), each scan reading T, k, v and β instead of W and U. Off until the GPU has
+# checked and timed it: `python -m kernels.gpu_check --only fused:deltanet/segments,
+# fused:gated_deltanet/segments --set kernels.delta.chunk.SEGMENTS_WU_IN_SCAN=True`, then `python -m
+# kernels.sweep ab --ops delta,gdn --T 32768 --set kernels.delta.chunk.SEGMENTS_WU_IN_SCAN=True`.
+SEGMENTS_WU_IN_SCAN = False
 
 
 def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int | None:
@@ -998,17 +1008,20 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, None)
 
 
-def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c) -> Tensor:
+def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, beta=None, Tm=None) -> Tensor:
     """Every segment's transition P [NS, H, K, K] (fp32): the state scan from I with no values (ZERO_U,
-    EYE), launched with the state scan's settings ``c``; the pointers it does not read get w."""
+    EYE), launched with the state scan's settings ``c``; the pointers it does not read get w. Given
+    ``beta`` and ``Tm``, it makes W itself (WU) instead of reading the stored one."""
     Tt, H, K = k.shape
     KP = max(16, next_pow2(K))
     inter, prec = _operands(k.dtype)
     P = _empty(NS, H, K, K, dtype=torch.float32, device=k.device)
+    wu = Tm is not None
     _state_kernel[(cdiv(K, c["BV"]), NS * H)](
         k, w, w, g, None, None, w, P, s_offsets, s_chunk_offsets, per, H=H, K=K, V=K, BT=BT, KP=KP,
         GATED=_gated(g, k.dtype), HAS_H0=False, STORE_HT=True, DT=_TL[inter], PREC=prec, q=w, o=w, scale=1.0,
-        OUT=False, STORE_H=False, v=w, beta=w, Tm=w, WU=False, ZERO_U=True, EYE=True, **c)
+        OUT=False, STORE_H=False, v=w, beta=beta if wu else w, Tm=Tm if wu else w, WU=wu, ZERO_U=True, EYE=True,
+        **c)
     return P
 
 
@@ -1033,19 +1046,24 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     NS = B * nseg
     BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, NS * H, dev)
     c = _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP))
-    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu=False)
+    # W and U made inside the three scans (SEGMENTS_WU_IN_SCAN, without a backward), on WU_IN_SCAN's
+    # terms: tiles at least 64 wide or covering V (and K, the transitions' "V"), a program per SM
+    narrow = (_few(NS * H, V, c["BV"], dev) or c["BV"] < min(64, max(16, next_pow2(V)))
+              or c["BV"] < min(64, KP))
+    wu = bool(SEGMENTS_WU_IN_SCAN) and not keep and _wu_in_scan(inter, narrow)
+    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
     h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
-               Tm=Tm, WU=False, **c)
+               Tm=Tm, WU=wu, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
     # each segment's own state from zero, and its transition
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
     _state_kernel[grid(V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=False,
                            STORE_HT=True, OUT=False, STORE_H=False, **seg)
-    P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c)
+    P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, *((beta, Tm) if wu else ()))
     # the states entering the segments, in order (and the sequences' final states)
     S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
     chain = _chain_cfg(inter, K, V)

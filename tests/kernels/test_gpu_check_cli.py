@@ -83,19 +83,22 @@ def test_report_has_a_row_per_check_and_counts_failures(tmp_path, monkeypatch, c
 
 
 def test_wu_rows_run_with_the_switch_on_and_restore_it(tmp_path, monkeypatch):
-    """The W/U-in-the-scan rows run the delta check with WU_IN_SCAN on (and the one pass forced); the
-    switch is back off afterwards."""
+    """The W/U-in-the-scan rows run the delta check with WU_IN_SCAN on (and the one pass forced), the
+    second over segments with SEGMENTS_WU_IN_SCAN on too; the switches are back afterwards."""
     import kernels.delta.chunk as C
 
     _fake_checks(monkeypatch)
     seen = []
 
     def fake_delta(*a, **kw):
-        seen.append((C.WU_IN_SCAN, C.FUSED_FORWARD))
+        seen.append((C.WU_IN_SCAN, C.FUSED_FORWARD, C.SEGMENTS, C.FUSED_MIN_PROGRAMS, C.SEGMENTS_WU_IN_SCAN))
         return {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True
     monkeypatch.setattr(gpu_check, "check_delta_chunk", fake_delta)
     assert gpu_check.main(["--quick", "--only", "fused:deltanet", "--dtypes", "float32", "--out", str(tmp_path)]) == 0
-    assert seen == [(True, True)] and C.WU_IN_SCAN is None and C.FUSED_FORWARD is None
+    assert seen == [(True, True, False, 1, False), (True, True, True, 10 ** 4, True)]
+    assert (C.WU_IN_SCAN, C.FUSED_FORWARD, C.SEGMENTS, C.FUSED_MIN_PROGRAMS, C.SEGMENTS_WU_IN_SCAN) == (
+        None, None, None, None, False)
+    assert "| deltanet | segments, W/U in the scans | float32 |" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_an_error_row_stays_on_one_line():
