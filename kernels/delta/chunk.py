@@ -750,6 +750,12 @@ UT_POWERS = True
 WU_IN_SCAN: bool | None = None
 
 
+def _narrow(few: bool, BV: int, *dims: int) -> bool:
+    """Whether a scan's value tiles rule out W and U in the scan (see WU_IN_SCAN): few programs, or a
+    tile under 64 wide that splits one of ``dims`` (its value dim; the transitions' scan also K)."""
+    return few or any(BV < min(64, max(16, next_pow2(d))) for d in dims)
+
+
 def _wu_in_scan(inter: torch.dtype, narrow: bool) -> bool:
     """Whether a one-pass forward without a backward makes W and U inside the scan (see WU_IN_SCAN);
     never with few programs or narrow value tiles (``narrow``)."""
@@ -985,8 +991,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
     # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V
     # (builds with 16- and 32-wide tiles faulted on the H200, see WU_IN_SCAN)
-    narrow = few or c_scan["BV"] < min(64, max(16, next_pow2(V)))
-    wu = fused and not keep and _wu_in_scan(inter, narrow)
+    wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V))
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
@@ -1006,6 +1011,14 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             q, k, g, h, vn, o, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
             PREC=prec, **c)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, None)
+
+
+def _segment_scan_cfg(inter: torch.dtype, K: int, V: int, BT: int, NSH: int, device) -> dict:
+    """Launch keyword arguments of the forward state scans over NSH segment-heads (states from zero,
+    transitions, the pass), the backward's transitions made again included."""
+    KP, _, _, BVS = _tiles(K, V)
+    BVF, nw_scan = _state_launch(BVS, KP, V, inter, _num_warps(BT, inter), NSH, device)
+    return _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP))
 
 
 def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, beta=None, Tm=None) -> Tensor:
@@ -1035,22 +1048,20 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     V = v.shape[-1]
     N = offsets.numel() - 1
     dev = q.device
-    KP, _, _, BVS = _tiles(K, V)
+    KP = _tiles(K, V)[0]
     chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
     NC = chunk_indices.shape[0]
     gated = _gated(g, q.dtype)
     inter, prec = _operands(q.dtype)
-    dt, nw = _TL[inter], _num_warps(BT, inter)
+    dt = _TL[inter]
     B, T = offsets._dense
     s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, dev, bt=BT)
     NS = B * nseg
-    BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, NS * H, dev)
-    c = _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP))
+    c = _segment_scan_cfg(inter, K, V, BT, NS * H, dev)
     # W and U made inside the three scans (SEGMENTS_WU_IN_SCAN, without a backward), on WU_IN_SCAN's
     # terms: tiles at least 64 wide or covering V (and K, the transitions' "V"), a program per SM
-    narrow = (_few(NS * H, V, c["BV"], dev) or c["BV"] < min(64, max(16, next_pow2(V)))
-              or c["BV"] < min(64, KP))
-    wu = bool(SEGMENTS_WU_IN_SCAN) and not keep and _wu_in_scan(inter, narrow)
+    wu = SEGMENTS_WU_IN_SCAN and not keep and _wu_in_scan(
+        inter, _narrow(_few(NS * H, V, c["BV"], dev), c["BV"], V, K))
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
     h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
@@ -1103,9 +1114,8 @@ def _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT
     _dstate_kernel[grid](q, k, w, g, do, dvn, dvno, None, None, d0, s_offsets, s_chunk_offsets, per, scale,
                          HAS_DHT=False, STORE_DH0=True, STORE=False, **scan)
     if P is None or P.shape[0] != NS:
-        BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, NS * H, dev)
         P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT,
-                         _cfg("state", inter, K, V, BV=BVF, num_warps=nw_scan, num_stages=_scan_stages(inter, KP)))
+                         _segment_scan_cfg(inter, K, V, BT, NS * H, dev))
     d_out = _empty(NS, H, K, V, dtype=torch.float32, device=dev)   # the gradient leaving each segment
     chain = _chain_cfg(inter, K, V)
     _segment_chain_kernel[(cdiv(V, chain["BV"]), N * H)](P, d0, dht, d_out, dh0, nseg, H=H, K=K, V=V,
