@@ -12,7 +12,6 @@ Writes a Markdown table and exits 1 if a tolerance is missed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import itertools
 import os
@@ -231,7 +230,7 @@ def check_repeat(name, dtype, B, T, H, K, V, seed=0, grad=True):
     runs = []
     for _ in range(2):
         leaves = _leaves(inp) if grad else inp
-        with contextlib.nullcontext() if grad else torch.no_grad():
+        with torch.set_grad_enabled(grad):
             o, S = m.chunked(output_final_state=stateful, **leaves)
         grads = _grads(o, S if stateful else None, list(leaves.values()), seed) if grad else []
         runs.append(dict(zip(["o"] + (["state"] if stateful else []) + list(leaves),

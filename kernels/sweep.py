@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import contextlib
 import importlib
 import itertools
 
@@ -66,9 +65,8 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) 
                 mode = "fwd+bwd" if backward else "fwd"
                 # the forward alone as the benchmark times it: no autograd (nothing kept for a backward)
                 inp = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
-                grad = contextlib.nullcontext() if backward else torch.no_grad()
                 try:
-                    with grad:
+                    with torch.set_grad_enabled(backward):
                         times = kernel_times(fn, inp, backward)
 
                         def run():
@@ -101,7 +99,7 @@ def ab(kinds: list[str], T: int, switches: list, rounds: int = 3) -> dict:
             for _ in range(rounds):
                 for side in times:
                     with bench.switches(switches if side == "set" else []), \
-                            (contextlib.nullcontext() if backward else torch.no_grad()):
+                            torch.set_grad_enabled(backward):
                         ms, _ = bench._time(fn, inp, backward)
                     times[side].append(ms if isinstance(ms, float) else float("nan"))
                     if not isinstance(ms, float):
@@ -170,7 +168,7 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
                 with bench.switches([(mod, "LAUNCH", {**base, name: dict(num_warps=nw, num_stages=ns)}),
                                      (scalar_mod, "FUSED_FORWARD", rule),
                                      (scalar_mod, "FUSED_BV", bv or scalar_mod.FUSED_BV)]), \
-                        (contextlib.nullcontext() if backward else torch.no_grad()):
+                        torch.set_grad_enabled(backward):
                     try:
                         t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)
                         res.append((t.get(f"_{name}_kernel", float("nan")), nw, ns, bv))
@@ -224,7 +222,7 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
             cfg = dict(zip(grid, values))
             # a candidate's settings in a LAUNCH of their own, the module's put back afterwards
             with bench.switches([(mod, "LAUNCH", {**base, key: cfg}), (mod, "FUSED_FORWARD", name == "state_out")]), \
-                    (contextlib.nullcontext() if backward else torch.no_grad()):
+                    torch.set_grad_enabled(backward):
                 try:
                     t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)
                     res.append((t.get(DELTA_KERNEL.get(name, f"_{name}_kernel"), float("nan")), cfg))

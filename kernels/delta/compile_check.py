@@ -29,6 +29,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 from .._common import seq_bounds  # noqa: E402
+from ..bench import switches  # noqa: E402
 from . import chunk as CH  # noqa: E402
 
 SHARED_LIMIT = {90: 232448, 80: 166912}
@@ -89,17 +90,13 @@ def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool
     # an equal-length batch (its layout known on the host) for segments, else a packed one
     offsets = seq_bounds(None, 1, Tt, "cpu") if segments else torch.tensor([0, Tt], dtype=torch.int64)
     h0 = torch.zeros(1, H, K, V)
-    run, switches = JITFunction.run, (CH.SEGMENTS, CH.FUSED_MIN_PROGRAMS)
-    JITFunction.run = compile_only
+    changes = [(JITFunction, "run", compile_only)]
     if segments:
-        CH.SEGMENTS, CH.FUSED_MIN_PROGRAMS = True, 10 ** 4
-    try:
+        changes += [(CH, "SEGMENTS", True), (CH, "FUSED_MIN_PROGRAMS", 10 ** 4)]
+    with switches(changes):
         _, _, saved = CH._forward(q, q, v, beta, g, h0, offsets, K ** -0.5, chunk, True)
         CH._backward(q, q, v, beta, g, h0, offsets, K ** -0.5, chunk, saved, torch.zeros_like(v),
                      torch.zeros(1, H, K, V))
-    finally:
-        JITFunction.run = run
-        CH.SEGMENTS, CH.FUSED_MIN_PROGRAMS = switches
     return rows
 
 
