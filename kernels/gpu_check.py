@@ -485,9 +485,9 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
 
         lines += ["", "| one-pass forward (FUSED_FORWARD) | mode | dtype | o | state | worst grad | (which) "
                   "| repeats | ok |", "|---|---|---|---|---|---|---|---|---|"]
-        saved = dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS, dlt.SEGMENTS
-        dc.FUSED_FORWARD = dlt.FUSED_FORWARD = True
-        try:
+        # the rows below set FUSED_MIN_PROGRAMS and SEGMENTS themselves; all back to the modules' after
+        with switches([(dc, "FUSED_FORWARD", True), (dlt, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", dc.FUSED_MIN_PROGRAMS),
+                       (dlt, "FUSED_MIN_PROGRAMS", dlt.FUSED_MIN_PROGRAMS), (dlt, "SEGMENTS", dlt.SEGMENTS)]):
             rep = (1, 130, 2, 32, 32) if args.quick else (8, 4096, 16, 128, 128)   # the repeats' shape
             for name, opts, least in (("mamba2", {}, 1), ("mamba2", {}, 10 ** 4),
                                       ("linear_attention", {"feature_map": "elu1", "normalize": True}, 1),
@@ -534,8 +534,6 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                         failed += not _row(lines, f"| gla ({regime}) | {mode} | {str(dtype)[6:]} |", _with_repeat(
                             lambda dtype=dtype, regime=regime: check_key_chunk(dtype, 2, 2048, 4, 128, 128, regime),
                             lambda dtype=dtype: check_repeat("gla", dtype, *rep, grad=False)[0]), 6)
-        finally:
-            dc.FUSED_FORWARD, dc.FUSED_MIN_PROGRAMS, dlt.FUSED_FORWARD, dlt.FUSED_MIN_PROGRAMS, dlt.SEGMENTS = saved
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K
     lines += ["", f"| repeated (B={rB}, T={rT}, H={rH}, K=V={rK}) | dtype | tensors that differ | largest "
               "difference | (which) | ok |", "|---|---|---|---|---|---|"]
