@@ -151,7 +151,10 @@ def _time(fn, inp, backward):
 
     torch.cuda.reset_peak_memory_stats()
     try:
-        ms = do_bench(run, warmup=25, rep=100)
+        # gradients set to None before each call, as a training step's zero_grad does: otherwise every
+        # call after the first adds its gradients into .grad (three bf16 adds over q, k, v, ~0.27 ms at
+        # B·T = 32K, in every implementation's fwd+bwd; runs before 2026-12-02 include them)
+        ms = do_bench(run, warmup=25, rep=100, grad_to_none=list(inp.values()) if backward else None)
     except Exception as e:  # noqa: BLE001 - a refused or failing op is a table cell
         return f"error: {type(e).__name__}: {str(e)[:60]}", None
     return ms, torch.cuda.max_memory_allocated() / 2 ** 30

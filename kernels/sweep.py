@@ -38,6 +38,8 @@ from . import bench
 def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, float]:
     """ms per call of each CUDA kernel that ``fn(**inp)`` (and its backward) launches."""
     def run():
+        for t in inp.values():   # as bench._time: no adds into .grad from the previous call
+            t.grad = None
         o = fn(**inp)
         if backward:
             o.backward(torch.ones_like(o))
@@ -73,7 +75,8 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) 
                             o = fn(**inp)
                             if backward:
                                 o.backward(torch.ones_like(o))
-                        ms = do_bench(run, warmup=25, rep=100)
+                        ms = do_bench(run, warmup=25, rep=100,
+                                      grad_to_none=list(inp.values()) if backward else None)
                 except Exception as e:  # noqa: BLE001 - a refused op is a line of the report
                     print(f"== {kind} {impl} {mode}: failed {type(e).__name__}: {str(e)[:100]}", flush=True)
                     continue
@@ -220,8 +223,11 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
         res = []
         for values in itertools.product(*grid.values()):
             cfg = dict(zip(grid, values))
-            # a candidate's settings in a LAUNCH of their own, the module's put back afterwards
-            with bench.switches([(mod, "LAUNCH", {**base, key: cfg}), (mod, "FUSED_FORWARD", name == "state_out")]), \
+            # a candidate's settings in a LAUNCH of their own, the module's put back afterwards; the
+            # one pass on for its scan, left as it is for the chain (the segments run inside it), off
+            # for the rest (they are the separate state and output kernels)
+            fused = mod.FUSED_FORWARD if name == "chain" else name == "state_out"
+            with bench.switches([(mod, "LAUNCH", {**base, key: cfg}), (mod, "FUSED_FORWARD", fused)]), \
                     torch.set_grad_enabled(backward):
                 try:
                     t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)
@@ -229,6 +235,10 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
                 except Exception as e:  # noqa: BLE001 - out of resources: not a candidate
                     res.append((float("inf"), cfg))
                     print(f"   {key} {cfg}: {type(e).__name__}: {str(e)[:160]}", flush=True)
+        if all(t != t for t, _ in res):   # every time NaN: the profiler never saw the kernel
+            print(f"{kind} T={T} {key}: {DELTA_KERNEL.get(name, f'_{name}_kernel')} did not run at this "
+                  "shape and these switches", flush=True)
+            continue
         res.sort(key=lambda r: r[0])
         best = "; ".join(f"{t:.3f} {c}" for t, c in res[:4])
         print(f"{kind} T={T} {key} (now {base.get(key, 'defaults')}): {best}; slowest {res[-1][0]:.3f}",

@@ -164,3 +164,26 @@ def test_ours_fused_delta_takes_segments_where_the_scan_has_few_programs(monkeyp
         two_pass = bench._ours("delta")(q=q, k=k, v=v, beta=beta)
     assert len(chains) == 1
     assert ((seg - two_pass).norm() / two_pass.norm()).item() < 1e-5
+
+
+@pytest.mark.parametrize("backward", [True, False])
+def test_time_resets_gradients_between_calls(monkeypatch, backward):
+    """fwd+bwd is timed with every input's gradient set to None before each call (no adds into .grad
+    from the call before, as after a training step's zero_grad); the forward alone resets nothing."""
+    import triton.testing
+
+    seen = {}
+
+    def fake_bench(run, warmup, rep, grad_to_none=None):
+        seen["grad_to_none"] = grad_to_none
+        run()
+        return 1.0
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 0)
+    inp = {"q": torch.randn(2, 3, requires_grad=backward), "k": torch.randn(2, 3, requires_grad=backward)}
+    assert bench._time(lambda q, k: q * k, inp, backward) == (1.0, 0.0)
+    if backward:
+        assert [t is inp[n] for n, t in zip(inp, seen["grad_to_none"])] == [True, True]
+    else:
+        assert seen["grad_to_none"] is None
