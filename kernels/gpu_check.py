@@ -390,7 +390,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
-                    help="check with a kernels module switch set, e.g. kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True "
+                    help="check with a kernels module switch set, e.g. kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=False "
                     "(repeatable; as kernels.sweep takes them)")
     args = ap.parse_args(argv)
     known = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -846,9 +846,11 @@ LAUNCH: dict[str, dict] = {
     # one stage: with software pipelining (2 or 3 stages, Triton 3.6, H200) its dβ and dg came out
     # different from run to run (a few % at K = V = 128), not so with one (kernels.gpu_check repeats)
     "wy_bwd": dict(BK=64, BV=64, num_warps=4, num_stages=1),             # 0.58 → 0.51
-    # the chain over segments (_segment_chain_kernel, forward and reverse): not yet swept; its
-    # defaults (BV = BR = 32, 4 warps) are _chain_cfg's. `python -m kernels.sweep launch --ops delta
-    # --kernels chain --T 32768` times the candidates of kernels.sweep.DELTA_GRID["chain"].
+    # the chain over segments (_segment_chain_kernel, forward and reverse launches together; T = 32K,
+    # `python -m kernels.sweep launch --ops delta --kernels chain --T 32768`, 54 candidates): 16-wide
+    # value blocks, twice the programs of _chain_cfg's 32 (BR = BV = 32, 4 warps, 3 stages: not among
+    # the four fastest, all ≤ 0.311 ms; slowest 1.444)
+    "chain": dict(BR=32, BV=16, num_warps=4, num_stages=3),             # → 0.263
 }
 
 
@@ -919,12 +921,13 @@ SEGMENTS: bool | None = None
 # / 1.401 / 1.408 (fwd+bwd 4.39 / 4.28 / 4.31 / 4.53 and 5.14 / 4.76 / 4.97 / 5.02).
 SEGMENT_PROGRAMS_PER_SM = 3
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
-# without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel (0.155 ms of DeltaNet's 1.21
-# ms forward at T = 32K), each scan reading T, k, v and β instead of W and U. Off until the GPU has
-# checked and timed it: `python -m kernels.gpu_check --only fused:deltanet/segments,
-# fused:gated_deltanet/segments --set kernels.delta.chunk.SEGMENTS_WU_IN_SCAN=True`, then `python -m
-# kernels.sweep ab --ops delta,gdn --T 32768 --set kernels.delta.chunk.SEGMENTS_WU_IN_SCAN=True`.
-SEGMENTS_WU_IN_SCAN = False
+# without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel, each scan reading T, k, v and
+# β instead of W and U. H200, bf16, H = 16, K = V = 128, T = 32K (`python -m kernels.sweep ab --ops
+# delta,gdn --T 32768 --set kernels.delta.chunk.SEGMENTS_WU_IN_SCAN=True`, three alternating rounds,
+# 2026-12-01): DeltaNet forward 1.210 → 1.186 ms; Gated DeltaNet 1.296 → 1.693 (its scans, holding the
+# gates too, spill: ptxas 200 / 80 / 900 B). None (default): for the ungated delta rule only; True:
+# both; False: neither. GPU-checked (`python -m kernels.gpu_check --only fused:deltanet/wu`).
+SEGMENTS_WU_IN_SCAN: bool | None = None
 
 
 def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int | None:
@@ -1060,7 +1063,8 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     c = _segment_scan_cfg(inter, K, V, BT, NS * H, dev)
     # W and U made inside the three scans (SEGMENTS_WU_IN_SCAN, without a backward), on WU_IN_SCAN's
     # terms: tiles at least 64 wide or covering V (and K, the transitions' "V"), a program per SM
-    wu = SEGMENTS_WU_IN_SCAN and not keep and _wu_in_scan(
+    wants = SEGMENTS_WU_IN_SCAN or (SEGMENTS_WU_IN_SCAN is None and g is None)
+    wu = wants and not keep and _wu_in_scan(
         inter, _narrow(_few(NS * H, V, c["BV"], dev), c["BV"], V, K))
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)

@@ -453,12 +453,17 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 # ours,ours-fused`, bf16, H = 16, K = V = 128, B·T = 32K, 2026-12-01): without a backward where
 # there is a program per SM (forward 0.48 vs 0.56 ms at T = 1K–4K; with a backward storing its
 # states it was 2.06 vs 2.03 ms), and cut into segments where there are fewer programs than SMs,
-# before a backward only where at most half as many (within a quarter of a program per SM: one pass
-# without segments, as with a program per SM). With 8 programs per SM over the segments
+# before a backward only where at most half as many, and within a quarter of a program per SM in two
+# segments, forward and before a backward. With 8 programs per SM over the segments
 # (SEGMENT_PROGRAMS_PER_SM; `python -m kernels.sweep profile --ops scalar --T T --impls ours` with and
 # without `--set kernels.diag.chunk.FUSED_FORWARD=True`, 2026-12-01): T = 16K, B = 2 (64 programs):
 # forward 0.467 vs 0.754 ms, fwd+bwd 2.25 vs 2.46; T = 8K, B = 4 (128 programs): forward 0.527 vs
-# 0.545, one pass without segments 0.479, fwd+bwd 2.12 / 2.06 / 2.05 (so as with a program per SM);
+# 0.545, one pass without segments 0.479, fwd+bwd 2.12 / 2.06 / 2.05; there, with the segments' log
+# decays summed in the scan (SEGMENT_DECAY_IN_SCAN; `python -m kernels.sweep ab --ops scalar,key --T
+# 8192 --set kernels.diag.chunk.FUSED_MIN_PROGRAMS=L --set kernels.diag.chunk.SEGMENT_PROGRAMS_PER_SM=P`,
+# 2026-12-01), two segments against one pass: forward Mamba-2 0.479 → 0.406 ms, GLA 0.630 → 0.612,
+# fwd+bwd 2.028 → 1.997 and 3.784 → 3.741; three 0.519 / 0.714, four 0.416 / 0.706, eleven 0.480 /
+# 0.682 (all slower for GLA); at T = 4K (256 programs) two segments 0.281 → 0.414, so none there;
 # T = 32K, B = 1 (32 programs): forward 0.469, fwd+bwd 2.66 (0.99 and 3.24 with 2 per SM, where two
 # passes took 1.29 and 3.44). Two passes elsewhere and off CUDA. True: wherever it can run (tests, the
 # GPU check, the benchmark's ours-fused); False: never.
@@ -483,10 +488,13 @@ STATE_BK: int | None = 64
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
 # torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
-# path; ~0.02 ms of GPU time at T = 32K). Off until the GPU has checked and timed it: `python -m
-# kernels.gpu_check --only chunk_scalar,chunk_key,fused --set kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True`,
-# then `python -m kernels.sweep ab --ops scalar,key --T 32768 --set` the same.
-SEGMENT_DECAY_IN_SCAN = False
+# path). H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar,key --T T --set
+# kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True`, three alternating rounds, 2026-12-01): T = 32K
+# forward Mamba-2 0.473 → 0.445 ms, GLA 0.697 → 0.667, fwd+bwd 2.446 → 2.419 and 4.179 → 4.146; T = 16K
+# 0.464 → 0.439, 0.679 → 0.651, 2.196 → 2.171, 3.941 → 3.915. GPU-checked (`python -m kernels.gpu_check
+# --only chunk_scalar,chunk_key,fused:mamba2/segments,fused:gla/segments --set` it, bf16 and fp32).
+# False: the torch sums (kept for A/B).
+SEGMENT_DECAY_IN_SCAN = True
 # Key and value tiles (BK, BV) of the scalar family's backward reverse state scan (_dstate_kernel) where
 # its own tiles (the whole padded K, 64 values) would give at most half as many programs as SMs (long T,
 # small B): more, smaller programs, each waiting on its own chain of chunks. H200, bf16, H = 16,
@@ -537,17 +545,18 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     if least is None:
         least = sm_count(device)
     programs = N * H * cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
-    # within a quarter of a program per SM one pass still beats segments, whose states from zero
-    # are a second pass over k and v (T = 8K, B = 4, 128 programs: forward 0.479 vs 0.527 ms)
-    if 4 * programs >= 3 * least:
-        return None if auto and backward else 1
-    if auto and backward and 2 * programs > least:
-        return None
     dense = getattr(offsets, "_dense", None)
+    band = least > programs and 4 * programs >= 3 * least
+    if programs >= least or (band and dense is None):
+        return None if auto and backward else 1
+    # within a quarter of a program per SM: two segments, forward and before a backward (2 per SM;
+    # 3 and 4 lost, see SEGMENT_PROGRAMS_PER_SM); more programs per SM only where fewer
+    if auto and backward and not band and 2 * programs > least:
+        return None
     if dense is None:
         return None
     nc = cdiv(dense[1], BT)
-    nseg = min(nc, cdiv(SEGMENT_PROGRAMS_PER_SM * least, max(programs, 1)))
+    nseg = min(nc, 2 if band else cdiv(SEGMENT_PROGRAMS_PER_SM * least, max(programs, 1)))
     per = cdiv(nc, max(nseg, 1))
     return cdiv(nc, per) if nc else 1
 

@@ -528,24 +528,27 @@ def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, 
     assert sum(kw.get("EYE", False) for _, kw in scans) == 2   # the backward reuses the forward's transitions
 
 
+@pytest.mark.parametrize("setting", [True, None])
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
-def test_segments_wu_in_scan(monkeypatch, count_launches, mixer):
+def test_segments_wu_in_scan(monkeypatch, count_launches, mixer, setting):
     """SEGMENTS_WU_IN_SCAN: a forward without autograd over segments makes W and U inside its three
-    scans (states from zero, transitions, the pass; no _wu_kernel) and matches float64; with autograd
-    W and U are stored as before, every gradient matching too."""
+    scans (states from zero, transitions, the pass; no _wu_kernel) and matches float64 — switched on,
+    for both mixers, by default for the ungated rule only; with autograd W and U are stored as
+    before, every gradient matching too."""
     monkeypatch.setattr(C, "SEGMENTS", True)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 6)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)            # any dtype (the interpreter runs fp32)
-    monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", True)
+    monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", setting)
+    in_scan = setting or mixer == "deltanet"
     wu = count_launches(C, "_wu_kernel")
     scans = count_launches(C, "_state_kernel")
     d = inputs(mixer, 1, 150, 2, 32, 32, seed=13)
     S0, do, dS = cotangents(1, 150, 2, 32, 32, 1, True, True)
     compare_no_grad("segments_wu", mixer, d, S0, do, None, 16)
-    assert len(wu) == 0 and [kw["WU"] for _, kw in scans] == [True, True, True]
+    assert len(wu) == (0 if in_scan else 1) and [kw["WU"] for _, kw in scans] == [in_scan] * 3
     assert [kw.get("ZERO_U", False) for _, kw in scans] == [False, True, False]
     compare(mixer, d, S0, do, dS, chunk_size=16)
-    assert len(wu) == 1 and not any(kw["WU"] for _, kw in scans[3:])
+    assert len(wu) == (1 if in_scan else 2) and not any(kw["WU"] for _, kw in scans[3:])
 
 
 def test_segments_rule(monkeypatch):

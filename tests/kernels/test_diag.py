@@ -210,16 +210,18 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
     check_fused_forward(fused_forward, monkeypatch, decay, T, least)
 
 
+@pytest.mark.parametrize("in_scan", [True, False])
 @pytest.mark.parametrize("T,least", [(130, 1000), (323, 6)])
-def test_segment_decays_in_scan(fused_forward, monkeypatch, count_launches, T, least):
+def test_segment_decays_in_scan(fused_forward, monkeypatch, count_launches, T, least, in_scan):
     """SEGMENT_DECAY_IN_SCAN: the segments' states-from-zero kernel also sums each segment's log decay
-    (no torch sums): the same outputs, states and gradients."""
+    (the default), or torch sums them: the same outputs, states and gradients."""
     import kernels.diag.chunk as dc
 
-    monkeypatch.setattr(dc, "SEGMENT_DECAY_IN_SCAN", True)
+    monkeypatch.setattr(dc, "SEGMENT_DECAY_IN_SCAN", in_scan)
     states = count_launches(dc, "_state_kernel")
     check_fused_forward(fused_forward, monkeypatch, "scalar", T, least)
-    assert [kw["STORE_LOGW"] for _, kw in states] == [True, True]   # without autograd, then with
+    # without autograd, then with
+    assert [kw["STORE_LOGW"] for _, kw in states] == [in_scan, in_scan]
 
 
 def check_fused_forward(fused_forward, monkeypatch, decay, T, least):
@@ -297,8 +299,8 @@ def test_dstate_tiles_rule(monkeypatch):
 def test_fused_forward_default_rule(monkeypatch):
     """FUSED_FORWARD = None picks the one-pass forward where the H200 measured it faster: without a
     backward where there is a program per SM (132 SMs; B·T = 32K, H = 16, V = 128: 2 value tiles),
-    cut into segments where there are under three quarters as many, before a backward only where at
-    most half as many; never off CUDA."""
+    cut into segments where there are fewer (two within a quarter of a program per SM, forward and
+    before a backward), before a backward otherwise only where at most half as many; never off CUDA."""
     import kernels.diag.chunk as dc
 
     assert dc.FUSED_FORWARD is None
@@ -309,7 +311,8 @@ def test_fused_forward_default_rule(monkeypatch):
         return dc._fused_segments(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, backward)
 
     assert [rule(8, 4096, False), rule(8, 4096, True)] == [1, None]
-    assert [rule(4, 8192, False), rule(4, 8192, True)] == [1, None]     # 128 programs: one pass
+    assert [rule(4, 8192, False), rule(4, 8192, True)] == [2, 2]       # 128 programs: two segments
+    assert [rule(3, 8192, False), rule(3, 8192, True)] == [11, None]   # 96: 8 per SM, not before a backward
     assert [rule(2, 16384, False), rule(2, 16384, True)] == [16, 16]   # 64
     assert rule(1, 32768, False) == rule(1, 32768, True) == 32   # 8 programs per SM: 16 chunks each
     assert rule(8, 4096, False, torch.device("cpu")) is None
@@ -317,7 +320,9 @@ def test_fused_forward_default_rule(monkeypatch):
     monkeypatch.setattr(dc, "FUSED_FORWARD", False)
     assert rule(8, 4096, False) is None and rule(1, 32768, True) is None
     monkeypatch.setattr(dc, "FUSED_FORWARD", True)
-    assert rule(8, 4096, True) == 1 and rule(2, 16384, True) == 16
+    assert rule(8, 4096, True) == 1 and rule(2, 16384, True) == 16 and rule(4, 8192, True) == 2
+    packed = seq_bounds(torch.tensor([0, 8192, 16384, 24576, 32768]), 4, 8192, "cpu")
+    assert dc._fused_segments(packed, 4, 16, 128, 128, cuda, False) == 1   # packed: one pass, no segments
 
 
 def test_fused_forward_varlen(fused_forward):

@@ -267,7 +267,7 @@ def test_one_pass_rule(monkeypatch):
 
     assert [rule(8, 4096, False), rule(8, 4096, True), rule(1, 32768, False), rule(1, 32768, True)] == [1, 1, 32, 32]
     assert rule(2, 16384, True) == 16   # 64 programs
-    assert rule(4, 8192, True) == 1     # 128 programs: one pass, no segments (the scalar family's two passes)
+    assert rule(4, 8192, True) == rule(4, 8192, False) == 2   # 128 programs: two segments (a quarter short)
     packed = chunk_key._passes(seq_bounds(torch.tensor([0, 100, 32768]), 1, 32768, "cpu"), 2, 16, 128, 128, cuda, True)
     assert packed is None
     assert rule(8, 4096, False, torch.device("cpu")) is None
@@ -346,16 +346,18 @@ def test_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime
     check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime)
 
 
+@pytest.mark.parametrize("in_scan", [True, False])
 @pytest.mark.parametrize("T,regime", [(200, "strong"), (323, "mild")])
-def test_segment_decays_in_scan(one_pass, monkeypatch, count_launches, T, regime):
+def test_segment_decays_in_scan(one_pass, monkeypatch, count_launches, T, regime, in_scan):
     """SEGMENT_DECAY_IN_SCAN: the segments' states-from-zero kernel also sums each segment's log decay
-    per key (no torch sums): the same outputs and states, strong decays included."""
+    per key (the default), or torch sums them: the same outputs and states, strong decays included."""
     import kernels.diag.chunk as dc
 
-    monkeypatch.setattr(dc, "SEGMENT_DECAY_IN_SCAN", True)
+    monkeypatch.setattr(dc, "SEGMENT_DECAY_IN_SCAN", in_scan)
     states = count_launches(chunk_key, "_state_kernel")
     check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime)
-    assert [kw["STORE_LOGW"] for _, kw in states] == [True, True]   # with and without an initial state
+    # with and without an initial state
+    assert [kw["STORE_LOGW"] for _, kw in states] == [in_scan, in_scan]
 
 
 def check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime):

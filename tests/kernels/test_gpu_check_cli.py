@@ -95,9 +95,9 @@ def test_wu_rows_run_with_the_switch_on_and_restore_it(tmp_path, monkeypatch):
         return {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True
     monkeypatch.setattr(gpu_check, "check_delta_chunk", fake_delta)
     assert gpu_check.main(["--quick", "--only", "fused:deltanet", "--dtypes", "float32", "--out", str(tmp_path)]) == 0
-    assert seen == [(True, True, False, 1, False), (True, True, True, 10 ** 4, True)]
+    assert seen == [(True, True, False, 1, None), (True, True, True, 10 ** 4, True)]
     assert (C.WU_IN_SCAN, C.FUSED_FORWARD, C.SEGMENTS, C.FUSED_MIN_PROGRAMS, C.SEGMENTS_WU_IN_SCAN) == (
-        None, None, None, None, False)
+        None, None, None, None, None)
     assert "| deltanet | segments, W/U in the scans | float32 |" in (tmp_path / "gpu_check.md").read_text()
 
 
@@ -150,9 +150,9 @@ def test_set_switches_are_in_force_while_checking_and_named(tmp_path, monkeypatc
                         lambda *a, **kw: seen.append(dc.SEGMENT_DECAY_IN_SCAN) or
                         ({"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True))
     assert gpu_check.main(["--quick", "--only", "chunk_scalar", "--dtypes", "float32", "--out", str(tmp_path),
-                           "--set", "kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True"]) == 0
-    assert seen == [True] and dc.SEGMENT_DECAY_IN_SCAN is False
-    assert "switches set: kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=True" in (tmp_path / "gpu_check.md").read_text()
+                           "--set", "kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=False"]) == 0
+    assert seen == [False] and dc.SEGMENT_DECAY_IN_SCAN is True
+    assert "switches set: kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=False" in (tmp_path / "gpu_check.md").read_text()
 
 
 def test_a_bad_setting_is_refused(capsys):
