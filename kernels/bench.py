@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import gc
 import os
 import sys
 
@@ -141,6 +142,9 @@ def _sdpa():
 
 
 def _time(fn, inp, backward):
+    """(ms, peak GiB) of ``fn(**inp)`` (and its backward): the median of do_bench, and the most memory
+    held while timing it — the inputs and what the call allocates, not what was held before (an
+    earlier row's leftovers); or (an error string, None)."""
     from triton.testing import do_bench
 
     def run():
@@ -149,6 +153,10 @@ def _time(fn, inp, backward):
             o.backward(torch.ones_like(o))
         return o
 
+    # a failed earlier row can leave its tensors in reference cycles (an exception's frames) until
+    # the collector runs; what is still held afterwards is not this call's
+    gc.collect()
+    base = torch.cuda.memory_allocated() - sum(t.numel() * t.element_size() for t in inp.values())
     torch.cuda.reset_peak_memory_stats()
     try:
         # gradients set to None before each call, as a training step's zero_grad does: otherwise every
@@ -157,7 +165,7 @@ def _time(fn, inp, backward):
         ms = do_bench(run, warmup=25, rep=100, grad_to_none=list(inp.values()) if backward else None)
     except Exception as e:  # noqa: BLE001 - a refused or failing op is a table cell
         return f"error: {type(e).__name__}: {str(e)[:60]}", None
-    return ms, torch.cuda.max_memory_allocated() / 2 ** 30
+    return ms, (torch.cuda.max_memory_allocated() - base) / 2 ** 30
 
 
 def copy_bandwidth() -> float:

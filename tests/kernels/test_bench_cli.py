@@ -180,10 +180,26 @@ def test_time_resets_gradients_between_calls(monkeypatch, backward):
         return 1.0
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
-    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 0)
     inp = {"q": torch.randn(2, 3, requires_grad=backward), "k": torch.randn(2, 3, requires_grad=backward)}
-    assert bench._time(lambda q, k: q * k, inp, backward) == (1.0, 0.0)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: 48)   # the two inputs' 48 bytes
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 48)
+    assert bench._time(lambda q, k: q * k, inp, backward) == (1.0, 48 / 2 ** 30)
     if backward:
         assert [t is inp[n] for n, t in zip(inp, seen["grad_to_none"])] == [True, True]
     else:
         assert seen["grad_to_none"] is None
+
+
+def test_peak_memory_leaves_out_what_was_held_before(monkeypatch):
+    """The peak column counts the inputs and what the call allocates, not tensors an earlier row left
+    allocated (e.g. an error's frames)."""
+    import triton.testing
+
+    held, call = 3 * 2 ** 30, 2 ** 30    # 3 GiB left from before; the call itself peaks 1 GiB above
+    inp = {"q": torch.randn(4, 8)}        # 128 bytes
+    monkeypatch.setattr(triton.testing, "do_bench", lambda run, warmup, rep, grad_to_none=None: 2.0)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: held + 128)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: held + 128 + call)
+    ms, peak = bench._time(lambda q: q, inp, False)
+    assert ms == 2.0 and peak == (128 + call) / 2 ** 30
