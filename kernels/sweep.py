@@ -116,13 +116,19 @@ def ab(kinds: list[str], T: int, switches: list, rounds: int = 3) -> dict:
 
 def parse_settings(pairs: list[str]) -> list[tuple[object, str, object]]:
     """``MODULE.NAME=VALUE`` strings as (module, name, value): a module of ``kernels``, one of its
-    existing UPPER_CASE switches, a Python literal. ValueError says what is wrong."""
+    existing UPPER_CASE switches, a Python literal. ``MODULE.NAME[KEY]=VALUE`` sets one entry of a
+    dict switch (e.g. one kernel's launch settings in LAUNCH), the rest as they are. ValueError says
+    what is wrong."""
     out = []
     for pair in pairs:
         name, eq, text = pair.partition("=")
+        key = None
+        if name.endswith("]") and "[" in name:
+            name, _, key = name[:-1].partition("[")
         modname, _, attr = name.rpartition(".")
-        if not eq or not modname.startswith("kernels.") or not attr.isupper():
-            raise ValueError(f"{pair!r}: expected MODULE.NAME=VALUE with a kernels module and an UPPER_CASE name")
+        if not eq or not modname.startswith("kernels.") or not attr.isupper() or key == "":
+            raise ValueError(f"{pair!r}: expected MODULE.NAME=VALUE (or MODULE.NAME[KEY]=VALUE) with a kernels "
+                             "module and an UPPER_CASE name")
         try:
             mod = importlib.import_module(modname)
         except ImportError as e:
@@ -133,6 +139,13 @@ def parse_settings(pairs: list[str]) -> list[tuple[object, str, object]]:
             value = ast.literal_eval(text)
         except (ValueError, SyntaxError):
             raise ValueError(f"{pair!r}: {text!r} is not a Python literal (True, 2, None, ...)") from None
+        if key is not None:
+            table = getattr(mod, attr)
+            if not isinstance(table, dict):
+                raise ValueError(f"{pair!r}: {modname}.{attr} is a {type(table).__name__}, not a dict")
+            # later entries of the same table build on earlier ones of this command line
+            table = next((v for m, a, v in reversed(out) if m is mod and a == attr), table)
+            value = {**table, key: value}
         out.append((mod, attr, value))
     return out
 
@@ -293,7 +306,8 @@ def main(argv=None) -> int:
                     help=f"launch: comma-separated kernels, delta/gdn of {sorted(DELTA_GRID)}, scalar/key of "
                     "their LAUNCH tables (e.g. fused_fwd); default all")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
-                    help="set a kernels module switch for the run, e.g. kernels.delta.chunk.UT_POWERS=False "
+                    help="set a kernels module switch for the run, e.g. kernels.delta.chunk.UT_POWERS=False, "
+                    "or one entry of a dict switch, e.g. \"kernels.delta.chunk.LAUNCH[chain]={'BV': 32}\" "
                     "(repeatable)")
     ap.add_argument("--rounds", type=int, default=3, help="ab: rounds of default then --set (default 3)")
     args = ap.parse_args(argv)

@@ -146,6 +146,8 @@ def test_step_sweep_times_every_tile_and_restores_the_default(monkeypatch, capsy
     ("kernels.delta.chunk.NOPE=1", "kernels.delta.chunk has no NOPE"),
     ("kernels.nope.X=1", "no module kernels.nope"),
     ("kernels.delta.chunk.UT_POWERS=maybe", "is not a Python literal"),
+    ("kernels.delta.chunk.UT_POWERS[x]=1", "is a bool, not a dict"),
+    ("kernels.delta.chunk.LAUNCH[]=1", "expected MODULE.NAME=VALUE"),
 ])
 def test_set_rejects_bad_switches(capsys, bad, says):
     with pytest.raises(SystemExit) as e:
@@ -273,3 +275,19 @@ def test_ab_needs_switches(capsys):
         sweep.main(["ab", "--ops", "scalar"])
     assert e.value.code == 2
     assert "ab: give the switches to compare" in capsys.readouterr().err
+
+
+def test_set_one_entry_of_a_dict_switch():
+    """MODULE.NAME[KEY]=VALUE replaces one entry of a dict switch and keeps the others; a second entry
+    of the same table builds on the first; the module's own dict is untouched."""
+    import kernels.delta.chunk as C
+
+    before = dict(C.LAUNCH)
+    got = sweep.parse_settings(["kernels.delta.chunk.LAUNCH[chain]={'BR': 16, 'BV': 32}",
+                                "kernels.delta.chunk.LAUNCH[ut]={'num_warps': 2}"])
+    assert [(m, a) for m, a, _ in got] == [(C, "LAUNCH"), (C, "LAUNCH")]
+    final = got[-1][2]
+    assert final["chain"] == {"BR": 16, "BV": 32} and final["ut"] == {"num_warps": 2}
+    assert {k: v for k, v in final.items() if k not in ("chain", "ut")} == {
+        k: v for k, v in before.items() if k not in ("chain", "ut")}
+    assert C.LAUNCH == before
