@@ -57,8 +57,6 @@ def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, flo
 
 
 def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) -> None:
-    from triton.testing import do_bench
-
     for kind in kinds:
         for impl, fn in (("ours", bench._ours(kind)), ("fla", bench._fla(kind))):
             if impl not in impls or fn is None:
@@ -70,15 +68,11 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) 
                 try:
                     with torch.set_grad_enabled(backward):
                         times = kernel_times(fn, inp, backward)
-
-                        def run():
-                            o = fn(**inp)
-                            if backward:
-                                o.backward(torch.ones_like(o))
-                        ms = do_bench(run, warmup=25, rep=100,
-                                      grad_to_none=list(inp.values()) if backward else None)
+                        ms, _ = bench._time(fn, inp, backward)   # the call as the benchmark times it
                 except Exception as e:  # noqa: BLE001 - a refused op is a line of the report
-                    print(f"== {kind} {impl} {mode}: failed {type(e).__name__}: {str(e)[:100]}", flush=True)
+                    ms = f"{type(e).__name__}: {str(e)[:100]}"
+                if isinstance(ms, str):
+                    print(f"== {kind} {impl} {mode}: failed {ms}", flush=True)
                     continue
                 total = sum(times.values())
                 print(f"== {kind} {impl} {mode} T={T}: {ms:.3f} ms wall, kernels {total:.3f} ms", flush=True)

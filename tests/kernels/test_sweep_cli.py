@@ -41,8 +41,7 @@ def test_profile_skips_the_impls_not_asked_for(monkeypatch, capsys):
     monkeypatch.setattr(sweep.bench, "_fla", lambda kind: lambda **inp: called.append("fla"))
     monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
     monkeypatch.setattr(sweep, "kernel_times", lambda fn, inp, backward: fn(**inp) or {"_k": 1.0})
-    import triton.testing
-    monkeypatch.setattr(triton.testing, "do_bench", lambda run, warmup, rep, grad_to_none=None: 1.0)
+    monkeypatch.setattr(sweep.bench, "_time", lambda fn, inp, backward: (1.0, None))
     sweep.profile(["scalar"], 4096, ("ours",))
     assert called == ["ours", "ours"]   # forward, forward + backward; fla never run
     assert "scalar ours fwd T=4096" in capsys.readouterr().out
@@ -172,8 +171,6 @@ def test_set_applies_switches_for_the_run_only(monkeypatch):
 def test_profile_times_the_forward_without_autograd(monkeypatch, capsys):
     """The forward is profiled as the benchmark times it (inputs without grad, under no_grad); the
     forward + backward with grad."""
-    import triton.testing
-
     calls = []
 
     def fake_inputs(B, T, kind, grad=True):
@@ -187,7 +184,7 @@ def test_profile_times_the_forward_without_autograd(monkeypatch, capsys):
     monkeypatch.setattr(sweep.bench, "_ours", lambda kind: lambda x: x * 2)
     monkeypatch.setattr(sweep.bench, "_fla", lambda kind: None)
     monkeypatch.setattr(sweep, "kernel_times", fake_times)
-    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: (fn(), 0.5)[1])
+    monkeypatch.setattr(sweep.bench, "_time", lambda fn, inp, backward: (fn(**inp), 0.5, None)[1:])
     sweep.profile(["scalar"], 4096)
     assert calls == [(False, False, False), (True, True, True)]
     assert "== scalar ours fwd T=4096: 0.500 ms wall" in capsys.readouterr().out
