@@ -343,14 +343,17 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                   BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
-                  v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False):
+                  v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
+                  pt=None, TRANS: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
     one-pass forward); then S and Vn are stored only with STORE_H, for a backward. With WU it makes
     each chunk's W and U itself from T, k, v and β, as _wu_kernel would store them (WU_IN_SCAN).
     ZERO_U and EYE (V = K): the chunks' transition instead, S' = (e^{G_L} I − (K ⊙ e^{G_L − G})ᵀ W) S
-    from S = I, into ht (a segment's, for _forward_segments)."""
+    from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
+    and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
+    chunk's loads of k, W (or its making) and the gates."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -359,6 +362,9 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     m_k, m_v, m_kv, p_state, b_S = state_tile(h0, i_nh, o_k, o_v, K, V, KP, BV, HAS_H0)
     if EYE:
         b_S = tl.where(o_k[:, None] == o_v[None, :], 1.0, 0.0)
+    if TRANS:   # the transition's column tile: from I, with no values (as ZERO_U and EYE)
+        o_p = i_v * BV + tl.arange(0, BV)
+        b_P = tl.where(o_k[:, None] == o_p[None, :], 1.0, 0.0)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
@@ -403,13 +409,22 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             tl.store(o + r_v + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
         # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
+        if TRANS:   # Pn = 0 − W P, rounded as the transitions' own scan rounds its Vn
+            b_pn = (-_mm(b_w, b_P, DT, PREC)).to(vn.dtype.element_ty)
         if GATED:
             b_kd = b_kr.to(tl.float32) * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
             b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
+            if TRANS:
+                b_P = b_P * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_pn, DT, PREC)
         else:
             b_S += _mm(tl.trans(b_kr), b_vn, DT, PREC)
+            if TRANS:
+                b_P += _mm(tl.trans(b_kr), b_pn, DT, PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_S, mask=m_kv)
+    if TRANS:
+        tl.store(pt + i_nh.to(tl.int64) * K * K + o_k[:, None] * K + o_p[None, :], b_P,
+                 mask=m_k[:, None] & (o_p < K)[None, :])
 
 
 @triton.jit
@@ -928,6 +943,16 @@ SEGMENT_PROGRAMS_PER_SM = 3
 # gates too, spill: ptxas 200 / 80 / 900 B). None (default): for the ungated delta rule only; True:
 # both; False: neither. GPU-checked (`python -m kernels.gpu_check --only fused:deltanet/wu`).
 SEGMENTS_WU_IN_SCAN: bool | None = None
+# The segments' states from zero and their transitions in one scan (_state_kernel's TRANS: each
+# program carries a [K, BV] tile of both, and loads each chunk's k, W — or makes W, with W/U in the
+# scan — and gates once for the two) instead of two launches that each load them. Built for the next
+# timing, off: exact under the interpreter (`test_segments_one_scan`), untimed; ptxas sm_90 (`python -m
+# kernels.delta.compile_check --dtype bf16 --K 128 --segments --set` it, gated): 556 B of spill stores
+# against 32 and 0 for the two scans it replaces. `python -m
+# kernels.gpu_check --only fused:deltanet/segments,fused:gated_deltanet/segments --set
+# kernels.delta.chunk.SEGMENT_TRANSITIONS_IN_SCAN=True`, then `python -m kernels.sweep ab --ops delta,gdn
+# --T 32768 --set` the same.
+SEGMENT_TRANSITIONS_IN_SCAN = False
 
 
 def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int | None:
@@ -1074,11 +1099,17 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
                Tm=Tm, WU=wu, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
-    # each segment's own state from zero, and its transition
+    # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
-    _state_kernel[grid(V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=False,
-                           STORE_HT=True, OUT=False, STORE_H=False, **seg)
-    P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, *((beta, Tm) if wu else ()))
+    if SEGMENT_TRANSITIONS_IN_SCAN:
+        P = _empty(NS, H, K, K, dtype=torch.float32, device=dev)
+        _state_kernel[grid(max(V, K))](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per, V=V,
+                                       HAS_H0=False, STORE_HT=True, OUT=False, STORE_H=False, pt=P, TRANS=True,
+                                       **seg)
+    else:
+        _state_kernel[grid(V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per, V=V,
+                               HAS_H0=False, STORE_HT=True, OUT=False, STORE_H=False, **seg)
+        P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, *((beta, Tm) if wu else ()))
     # the states entering the segments, in order (and the sequences' final states)
     S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
     chain = _chain_cfg(inter, K, V)

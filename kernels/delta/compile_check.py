@@ -60,9 +60,10 @@ def _signature(fn, args, kwargs):
 
 
 def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool = True,
-          segments: bool = False) -> list[dict]:
+          segments: bool = False, settings: list | None = None) -> list[dict]:
     """One row per kernel of a forward and backward at this shape; with ``segments`` those of the
-    forward and backward over segments (SEGMENTS, three segments of a chunk)."""
+    forward and backward over segments (SEGMENTS, three segments of a chunk); ``settings`` (module,
+    name, value) switches set meanwhile, as kernels.sweep.parse_settings gives them."""
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     rows = []
 
@@ -93,7 +94,7 @@ def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool
     changes = [(JITFunction, "run", compile_only)]
     if segments:
         changes += [(CH, "SEGMENTS", True), (CH, "FUSED_MIN_PROGRAMS", 10 ** 4)]
-    with switches(changes):
+    with switches(changes + list(settings or [])):
         _, _, saved = CH._forward(q, q, v, beta, g, h0, offsets, K ** -0.5, chunk, True)
         CH._backward(q, q, v, beta, g, h0, offsets, K ** -0.5, chunk, saved, torch.zeros_like(v),
                      torch.zeros(1, H, K, V))
@@ -107,14 +108,23 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--segments", action="store_true", help="the forward and backward over segments (SEGMENTS)")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                    help="compile with a kernels module switch set, e.g. "
+                    "kernels.delta.chunk.SEGMENT_TRANSITIONS_IN_SCAN=True (repeatable; as kernels.sweep takes them)")
     args = ap.parse_args(argv)
+    from ..sweep import parse_settings
+
+    try:
+        settings = parse_settings(args.set)
+    except ValueError as e:
+        ap.error(f"--set: {e}")
     limit = SHARED_LIMIT.get(args.arch, 232448)
     over = 0
     print("| dtype | K = V | kernel | warps | stages | shared KB | registers | spill stores (B) |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.dtype.split(","):
         for K in (int(x) for x in args.K.split(",")):
-            for r in check(_DTYPES[name], K, K, args.chunk, args.arch, segments=args.segments):
+            for r in check(_DTYPES[name], K, K, args.chunk, args.arch, segments=args.segments, settings=settings):
                 flag = " **over**" if r["shared"] > limit else ""
                 over += bool(flag)
                 print(f"| {name} | {K} | {r['kernel']} | {r['warps']} | {r['stages']} | "

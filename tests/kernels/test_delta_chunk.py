@@ -528,6 +528,37 @@ def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, 
     assert sum(kw.get("EYE", False) for _, kw in scans) == 2   # the backward reuses the forward's transitions
 
 
+ONE_SCAN_CASES = [   # (B, T, H, K, V, chunk size, SMs stood in), W/U made in the scans
+    ((1, 150, 2, 32, 24, 16, 6), False),     # K > V: the transition's tiles outnumber the state's
+    ((2, 100, 1, 24, 20, 32, 1000), False),  # head dims that are not powers of two
+    ((1, 150, 2, 32, 32, 16, 6), True),
+]
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("case,wu", ONE_SCAN_CASES, ids=["K>V", "odd-dims", "wu"])
+def test_segments_one_scan(monkeypatch, count_launches, mixer, case, wu):
+    """SEGMENT_TRANSITIONS_IN_SCAN: the segments' states from zero and their transitions from one scan
+    (TRANS; no scan from I of its own), with and without W/U made in it: outputs, final state and
+    every gradient (the backward's reverse scan uses those transitions) still match float64."""
+    B, T, H, K, V, cs, least = case
+    monkeypatch.setattr(C, "SEGMENTS", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(C, "SEGMENT_TRANSITIONS_IN_SCAN", True)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True if wu else None)   # any dtype (the interpreter runs fp32)
+    monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", wu)
+    scans = count_launches(C, "_state_kernel")
+    d = inputs(mixer, B, T, H, K, V, seed=T + K)
+    S0, do, dS = cotangents(B, T, H, K, V, B, True, True)
+    compare(mixer, d, S0, do, dS, chunk_size=cs)
+    compare_no_grad("segments_one_scan", mixer, d, S0, do, None, cs)
+    # with autograd, then without: the scan making both, then the pass; no scan from I
+    assert [kw.get("TRANS", False) for _, kw in scans] == [True, False, True, False]
+    assert not any(kw.get("EYE", False) for _, kw in scans)
+    assert [kw["WU"] for _, kw in scans] == [False, False, wu, wu]
+    assert [grid[0] for grid, _ in scans[:1]] == [-(-max(K, V) // scans[0][1]["BV"])]
+
+
 @pytest.mark.parametrize("setting", [True, None])
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 def test_segments_wu_in_scan(monkeypatch, count_launches, mixer, setting):

@@ -288,3 +288,19 @@ def test_set_one_entry_of_a_dict_switch():
     assert {k: v for k, v in final.items() if k not in ("chain", "ut")} == {
         k: v for k, v in before.items() if k not in ("chain", "ut")}
     assert C.LAUNCH == before
+
+
+def test_compile_check_takes_set_as_sweep_does(monkeypatch, capsys):
+    """kernels.delta.compile_check --set: parsed as sweep parses it (a bad one refused before any
+    compiling) and handed to each check."""
+    import kernels.delta.chunk as C
+    from kernels.delta import compile_check
+
+    seen = []
+    monkeypatch.setattr(compile_check, "check", lambda *a, settings=None, **kw: seen.append(settings) or [])
+    assert compile_check.main(["--dtype", "bf16", "--K", "64",
+                               "--set", "kernels.delta.chunk.SEGMENT_TRANSITIONS_IN_SCAN=True"]) == 0
+    assert seen == [[(C, "SEGMENT_TRANSITIONS_IN_SCAN", True)]]
+    with pytest.raises(SystemExit) as e:
+        compile_check.main(["--set", "kernels.delta.chunk.NOPE=1"])
+    assert e.value.code == 2 and "has no NOPE" in capsys.readouterr().err
