@@ -129,11 +129,16 @@ def _excl_combine(s1, p1, s2, p2):
 def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                  PREC: tl.constexpr, STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False):
+                  PREC: tl.constexpr, STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False,
+                  NSEG=1, SKIP_LAST: tl.constexpr = False):
     """The state leaving each chunk (h) or the sequence (ht); STORE_LOGW: also the sequence's total log
-    decay (the sum of its chunks' G_L, one value per sequence-head) into logw."""
+    decay (the sum of its chunks' G_L, one value per sequence-head) into logw. SKIP_LAST: the
+    sequences are segments, NSEG to a batch sequence, and the programs cover all but each one's last."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
+    if SKIP_LAST:
+        i_n += i_n // (NSEG - 1)
+        i_nh = i_n * H + i_h
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -255,6 +260,8 @@ def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.c
     for j in range(0, NSEG):
         i_s = (i_n * NSEG + j).to(tl.int64) * H + i_h
         tl.store(S_in + i_s * KV + o, b_S, mask=m)
+        # (after the last segment b_S is the final state: stored with STORE_HT only, so that segment's
+        # own state and decay may be left unmade without one, SEGMENT_SKIP_LAST)
         if V == 0:
             b_w = tl.load(logw + i_s)
         else:
@@ -495,6 +502,13 @@ STATE_BK: int | None = 64
 # --only chunk_scalar,chunk_key,fused:mamba2/segments,fused:gla/segments --set` it, bf16 and fp32).
 # False: the torch sums (kept for A/B).
 SEGMENT_DECAY_IN_SCAN = True
+# The states from zero of each sequence's last segment only where the final state is wanted: the
+# segments' states entering them need the others only (at T = 8K, two segments, half the programs of
+# that kernel). Built for the next timing, off: exact under the interpreter (`test_segment_skip_last`),
+# untimed. `python -m kernels.gpu_check --only chunk_scalar,chunk_key,fused:mamba2/segments,fused:gla/segments
+# --set kernels.diag.chunk.SEGMENT_SKIP_LAST=True`, then `python -m kernels.sweep ab --ops scalar,key --T
+# 8192 --set` the same (and at 16384, 32768).
+SEGMENT_SKIP_LAST = False
 # Key and value tiles (BK, BV) of the scalar family's backward reverse state scan (_dstate_kernel) where
 # its own tiles (the whole padded K, 64 values) would give at most half as many programs as SMs (long T,
 # small B): more, smaller programs, each waiting on its own chain of chunks. H200, bf16, H = 16,
@@ -626,10 +640,12 @@ class ChunkScalarDecay(torch.autograd.Function):
                 BKs, BVs = state_tiles(BK, BV)
                 # (each segment's log decay from the same kernel, with SEGMENT_DECAY_IN_SCAN)
                 logw = _empty(NS, H, dtype=f32, device=q.device) if SEGMENT_DECAY_IN_SCAN else None
-                _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), NS * H)](
+                skip = SEGMENT_SKIP_LAST and not store_ht
+                _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), (NS - B * skip) * H)](
                     k, v, g, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
-                    STORE_LOGW=logw is not None, **_launch("state", q.dtype, K, V))
+                    STORE_LOGW=logw is not None, NSEG=nseg if skip else 1, SKIP_LAST=skip,
+                    **_launch("state", q.dtype, K, V))
                 if logw is None and g is None:
                     logw = torch.zeros(NS, H, dtype=f32, device=q.device)
                 elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)

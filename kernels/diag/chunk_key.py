@@ -170,14 +170,19 @@ def _gate_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
 def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
-                  STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False):
+                  STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False,
+                  NSEG=1, SKIP_LAST: tl.constexpr = False):
     """h[c] = state entering chunk c; walks one sequence's chunks (the only sequential forward part).
 
     Reads K ⊙ e^{G_L − G} and G_L from _gate_kernel. STORE_LOGW: also the sequence's total log decay
-    per key (the sum of its chunks' G_L) into logw ([·, H, K]).
+    per key (the sum of its chunks' G_L) into logw ([·, H, K]). SKIP_LAST: the sequences are segments,
+    NSEG to a batch sequence, and the programs cover all but each one's last.
     """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
+    if SKIP_LAST:
+        i_n += i_n // (NSEG - 1)
+        i_nh = i_n * H + i_h
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = i_k * BK + tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
@@ -684,10 +689,11 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     dS = _alloc(NS, H, K, V, dtype=torch.float32, device=q.device)
     # (each segment's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
     logw = _alloc(NS, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN else None
-    _state_kernel[(cdiv(K, BK), cdiv(V, BV), NS * H)](
+    skip = _scalar.SEGMENT_SKIP_LAST and ht is None   # (the last segments' own states: only for ht)
+    _state_kernel[(cdiv(K, BK), cdiv(V, BV), (NS - B * skip) * H)](
         kd, v, GL, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
         HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
-        **_launch("state", q.dtype, K, V))
+        NSEG=nseg if skip else 1, SKIP_LAST=skip, **_launch("state", q.dtype, K, V))
     if logw is None:   # a segment's log decay per key: the sum of its chunks' G_L, in fp64
         nc = cdiv(T, BT)
         GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))

@@ -224,6 +224,42 @@ def test_segment_decays_in_scan(fused_forward, monkeypatch, count_launches, T, l
     assert [kw["STORE_LOGW"] for _, kw in states] == [in_scan, in_scan]
 
 
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("T,least,nseg", [(130, 1000, 3), (323, 6, 3)])
+def test_segment_skip_last(fused_forward, monkeypatch, count_launches, T, least, nseg, skip):
+    """SEGMENT_SKIP_LAST: with no final state asked for, the segments' states from zero run for all
+    but each sequence's last segment (which only the final state needs); outputs and every gradient
+    still match float64, without autograd and with; asked for, the final state too (all segments)."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
+    states = count_launches(dc, "_state_kernel")
+    B, H = 2, 2
+    _, inp = random_case("mamba2", {}, B=B, T=T, H=H, K=16, V=24, seed=T + 5)
+    ref_in = requires_grad({"q": inp["q"], "k": inp["k"], "v": inp["v"], "g": inp["g"],
+                            "h0": torch.randn(B, H, 16, 24, dtype=torch.float64)})
+    terms = dsf.LinearTerms(q=ref_in["q"], k=ref_in["k"], u=ref_in["v"], decay="scalar", g=ref_in["g"])
+    o_ref, S_ref = recurrent_linear(terms, ref_in["h0"])
+    do = torch.randn_like(o_ref)
+    g_ref = torch.autograd.grad((o_ref * do).sum(), list(ref_in.values()), retain_graph=True)
+    f = {n: t.detach().float() for n, t in ref_in.items()}
+    with torch.no_grad():
+        o, S = chunk_diag(f["q"], f["k"], f["v"], "scalar", f["g"], f["h0"], False)
+    assert S is None and rel_err(o, o_ref) < TOL
+    leaves = requires_grad(f)
+    o, _ = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "scalar", leaves["g"], leaves["h0"], False)
+    assert rel_err(o, o_ref) < TOL
+    for name, a, b in zip(leaves, torch.autograd.grad((o.double() * do).sum(), list(leaves.values())), g_ref):
+        assert rel_err(a, b) < TOL, f"d{name}: {rel_err(a, b):.2e}"
+    with torch.no_grad():
+        o, S = chunk_diag(f["q"], f["k"], f["v"], "scalar", f["g"], f["h0"], True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    assert [kw["SKIP_LAST"] for _, kw in states] == [skip, skip, False]
+    assert [grid[2] for grid, _ in states] == [(B * nseg - B * skip) * H] * 2 + [B * nseg * H]
+
+
 def check_fused_forward(fused_forward, monkeypatch, decay, T, least):
     """The checks of test_fused_forward_matches_reference, for tests that switch more on."""
     import kernels.diag.chunk as dc

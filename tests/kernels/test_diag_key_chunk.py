@@ -360,6 +360,20 @@ def test_segment_decays_in_scan(one_pass, monkeypatch, count_launches, T, regime
     assert [kw["STORE_LOGW"] for _, kw in states] == [in_scan, in_scan]
 
 
+@pytest.mark.parametrize("skip", [True, False])
+def test_segment_skip_last(one_pass, monkeypatch, count_launches, skip):
+    """SEGMENT_SKIP_LAST: with no final state asked for, the segments' states from zero run for all
+    but each sequence's last segment; the output still matches float64 (and, asked for, the final
+    state, every segment's state made)."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
+    states = count_launches(chunk_key, "_state_kernel")
+    check_one_pass_over_segments(one_pass, monkeypatch, count_launches, 323, "mild")
+    assert [kw["SKIP_LAST"] for _, kw in states] == [False, skip]   # final state asked for, then not
+    assert [grid[2] for grid, _ in states] == [2 * 6 * 2, (2 * 6 - 2 * skip) * 2]
+
+
 def check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime):
     """The checks of test_one_pass_over_segments, for tests that switch more on."""
     import kernels.diag.chunk as dc
