@@ -63,10 +63,13 @@ def _state_leaves(S):
 
 def _forward_errs(run, kin, o, S, o_ref, S_ref):
     """Output and state errors of a forward with autograd (o, S) and of ``run(**inputs)`` again on
-    detached inputs without it (which may take other kernels: the one pass), the worse of the two."""
+    detached inputs without it (which may take other kernels: the one pass), and once more without
+    a final state (``final=False``: segments may then leave the last one's state unmade), the worst."""
     with torch.no_grad():
-        o1, S1 = run(**{n: t.detach() for n, t in kin.items()})
-    return {"o": max(rel_err(o.double(), o_ref), rel_err(o1.double(), o_ref)),
+        detached = {n: t.detach() for n, t in kin.items()}
+        o1, S1 = run(**detached)
+        o2, _ = run(**detached, final=False)
+    return {"o": max(rel_err(o.double(), o_ref), rel_err(o1.double(), o_ref), rel_err(o2.double(), o_ref)),
             "state": max(rel_err(S.double(), S_ref), rel_err(S1.double(), S_ref))}
 
 
@@ -158,8 +161,8 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0, decay="key"):
                                   ref["S0"], chunk_size=64)
     kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
 
-    def run(q, k, v, gk, S0):
-        return chunk_diag(q, k, v, decay, gk, initial_state=S0, output_final_state=True)
+    def run(q, k, v, gk, S0, final=True):
+        return chunk_diag(q, k, v, decay, gk, initial_state=S0, output_final_state=final)
     o, S = run(**kin)
     errs = _forward_errs(run, kin, o, S, o_ref, S_ref)
     g_ref = _grads(o_ref, S_ref, list(ref.values()), seed)
@@ -200,8 +203,8 @@ def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=Tru
     old, dc.HALF_OPERANDS = dc.HALF_OPERANDS, half_operands
     try:
 
-        def run(q, k, v, beta, S0, g=None):
-            return dc.chunk_delta(q, k, v, beta, g, initial_state=S0, output_final_state=True, chunk_size=cs)
+        def run(q, k, v, beta, S0, g=None, final=True):
+            return dc.chunk_delta(q, k, v, beta, g, initial_state=S0, output_final_state=final, chunk_size=cs)
         o, S = run(**kin)
         errs = _forward_errs(run, kin, o, S, o_ref, S_ref)
         names = list(kin)
