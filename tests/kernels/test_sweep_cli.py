@@ -293,7 +293,12 @@ def test_set_one_entry_of_a_dict_switch():
 def test_compile_check_takes_set_as_sweep_does(monkeypatch, capsys):
     """kernels.delta.compile_check --set: parsed as sweep parses it (a bad one refused before any
     compiling) and handed to each check."""
+    import os
+
     import kernels.delta.chunk as C
+
+    # its import drops TRITON_INTERPRET (it compiles for the GPU): put back for the tests after this one
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))
     from kernels.delta import compile_check
 
     seen = []
