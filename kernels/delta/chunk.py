@@ -1101,14 +1101,12 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
     # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
-    if SEGMENT_TRANSITIONS_IN_SCAN:
-        P = _empty(NS, H, K, K, dtype=torch.float32, device=dev)
-        _state_kernel[grid(max(V, K))](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per, V=V,
-                                       HAS_H0=False, STORE_HT=True, OUT=False, STORE_H=False, pt=P, TRANS=True,
-                                       **seg)
-    else:
-        _state_kernel[grid(V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per, V=V,
-                               HAS_H0=False, STORE_HT=True, OUT=False, STORE_H=False, **seg)
+    trans = SEGMENT_TRANSITIONS_IN_SCAN
+    P = _empty(NS, H, K, K, dtype=torch.float32, device=dev) if trans else None
+    _state_kernel[grid(max(V, K) if trans else V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per,
+                                                   V=V, HAS_H0=False, STORE_HT=True, OUT=False, STORE_H=False,
+                                                   pt=P, TRANS=trans, **seg)
+    if not trans:
         P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, *((beta, Tm) if wu else ()))
     # the states entering the segments, in order (and the sequences' final states)
     S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
