@@ -392,9 +392,9 @@ def main(argv=None) -> int:
                     "mixer's repeat check) and step (every mixer's decode-step check)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
-    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
-                    help="check with a kernels module switch set, e.g. kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=False "
-                    "(repeatable; as kernels.sweep takes them)")
+    from kernels.sweep import add_set_option, settings_of
+
+    add_set_option(ap, "check", "kernels.diag.chunk.SEGMENT_DECAY_IN_SCAN=False")
     args = ap.parse_args(argv)
     known = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
     unknown = [d for d in args.dtypes.split(",") if d not in known]
@@ -410,13 +410,7 @@ def main(argv=None) -> int:
                 ap.error(f"--only {n}: the mode after '/' is one of pass, segments, wu; got {mode!r}")
             fused_only.setdefault(name, set()).update([mode] if mode else [])
 
-    from kernels.sweep import parse_settings
-
-    try:
-        settings = parse_settings(args.set)
-    except ValueError as e:
-        ap.error(f"--set: {e}")
-    with switches(settings):
+    with switches(settings_of(ap, args)):
         return _run(args, {known[d] for d in args.dtypes.split(",")}, only, fused_only)
 
 

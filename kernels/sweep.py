@@ -108,6 +108,22 @@ def ab(kinds: list[str], T: int, switches: list, rounds: int = 3) -> dict:
     return out
 
 
+def add_set_option(ap: argparse.ArgumentParser, what: str, example: str) -> None:
+    """The ``--set MODULE.NAME=VALUE`` option (repeatable) that sweep, gpu_check and compile_check
+    share; ``what`` says what the switches are set for, ``example`` shows one."""
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
+                    help=f"{what} with a kernels module switch set, e.g. {example}, or one entry of a dict "
+                    "switch, e.g. \"kernels.delta.chunk.LAUNCH[chain]={'BV': 32}\" (repeatable)")
+
+
+def settings_of(ap: argparse.ArgumentParser, args) -> list[tuple[object, str, object]]:
+    """``args.set`` parsed (parse_settings), or the parser's usage error naming what is wrong."""
+    try:
+        return parse_settings(args.set)
+    except ValueError as e:
+        ap.error(f"--set: {e}")
+
+
 def parse_settings(pairs: list[str]) -> list[tuple[object, str, object]]:
     """``MODULE.NAME=VALUE`` strings as (module, name, value): a module of ``kernels``, one of its
     existing UPPER_CASE switches, a Python literal. ``MODULE.NAME[KEY]=VALUE`` sets one entry of a
@@ -299,16 +315,10 @@ def main(argv=None) -> int:
     ap.add_argument("--kernels", default=None,
                     help=f"launch: comma-separated kernels, delta/gdn of {sorted(DELTA_GRID)}, scalar/key of "
                     "their LAUNCH tables (e.g. fused_fwd); default all")
-    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
-                    help="set a kernels module switch for the run, e.g. kernels.delta.chunk.UT_POWERS=False, "
-                    "or one entry of a dict switch, e.g. \"kernels.delta.chunk.LAUNCH[chain]={'BV': 32}\" "
-                    "(repeatable)")
+    add_set_option(ap, "run", "kernels.delta.chunk.UT_POWERS=False")
     ap.add_argument("--rounds", type=int, default=3, help="ab: rounds of default then --set (default 3)")
     args = ap.parse_args(argv)
-    try:
-        switches = parse_settings(args.set)
-    except ValueError as e:
-        ap.error(f"--set: {e}")
+    switches = settings_of(ap, args)
     names = None if args.kernels is None else args.kernels.split(",")
     impls = tuple(args.impls.split(","))
     if set(impls) - {"ours", "fla"}:

@@ -108,16 +108,11 @@ def main(argv=None) -> int:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--segments", action="store_true", help="the forward and backward over segments (SEGMENTS)")
-    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=VALUE",
-                    help="compile with a kernels module switch set, e.g. "
-                    "kernels.delta.chunk.SEGMENT_TRANSITIONS_IN_SCAN=True (repeatable; as kernels.sweep takes them)")
-    args = ap.parse_args(argv)
-    from ..sweep import parse_settings
+    from ..sweep import add_set_option, settings_of
 
-    try:
-        settings = parse_settings(args.set)
-    except ValueError as e:
-        ap.error(f"--set: {e}")
+    add_set_option(ap, "compile", "kernels.delta.chunk.SEGMENT_TRANSITIONS_IN_SCAN=True")
+    args = ap.parse_args(argv)
+    settings = settings_of(ap, args)
     limit = SHARED_LIMIT.get(args.arch, 232448)
     over = 0
     print("| dtype | K = V | kernel | warps | stages | shared KB | registers | spill stores (B) |")
