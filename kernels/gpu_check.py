@@ -388,7 +388,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
                     "also chunk_key, chunk_scalar, chunk_delta, titans, fused (the one-pass forwards; fused:NAME "
-                    "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments or wu), repeat (every "
+                    "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments, wu or pieces), repeat (every "
                     "mixer's repeat check) and step (every mixer's decode-step check)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
@@ -406,8 +406,8 @@ def main(argv=None) -> int:
     for n in only:
         if n.startswith("fused:"):
             name, _, mode = n.split(":", 1)[1].partition("/")
-            if mode and mode not in ("pass", "segments", "wu"):
-                ap.error(f"--only {n}: the mode after '/' is one of pass, segments, wu; got {mode!r}")
+            if mode and mode not in ("pass", "segments", "wu", "pieces"):
+                ap.error(f"--only {n}: the mode after '/' is one of pass, segments, wu, pieces; got {mode!r}")
             fused_only.setdefault(name, set()).update([mode] if mode else [])
 
     with switches(settings_of(ap, args)):
@@ -531,6 +531,22 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                         failed += not _row(lines, f"| gla ({regime}) | {mode} | {str(dtype)[6:]} |", _with_repeat(
                             lambda dtype=dtype, regime=regime: check_key_chunk(dtype, 2, 2048, 4, 128, 128, regime),
                             lambda dtype=dtype: check_repeat("gla", dtype, *rep, grad=False)[0]), 6)
+            # the segments' states from zero by pieces of 3 chunks (SEGMENT_STATE_CHUNKS): two segments a
+            # sequence by the band rule (programs within a quarter of FUSED_MIN_PROGRAMS: 8 of 10 for
+            # Mamba-2's B·H, 16 of 20 for GLA's 2 × 4 × 2 value tiles), of 8 and 16 chunks, so pieces of
+            # 3, 3, 2 and 3, …, 1; Mamba-2 with gradients, GLA's forward
+            for name, least in (("mamba2", 10), ("gla", 20)):
+                if not fused_want(name, "pieces"):
+                    continue
+                for dt in _pick(torch.float32, torch.bfloat16, torch.float16):
+                    fn = ((lambda dt=dt: check("mamba2", {}, dt, "chunked", B, T, H, K, V)) if name == "mamba2"
+                          else (lambda dt=dt: check_key_chunk(dt, 2, 2048, 4, 128, 128, "gla")))
+
+                    def run(fn=fn, least=least):
+                        with switches([(dc, "FUSED_MIN_PROGRAMS", least), (dc, "SEGMENT_STATE_CHUNKS", 3)]):
+                            errs, ok = fn()
+                        return f"{_errs(errs)} | not repeated", ok
+                    failed += not _row(lines, f"| {name} | segments, states by pieces | {str(dt)[6:]} |", run, 6)
     rB, rT, rH, rK = (1, 130, 2, 32) if args.quick else (8, 4096, 16, 128)   # the benchmark's shape at 4K
     lines += ["", f"| repeated (B={rB}, T={rT}, H={rH}, K=V={rK}) | dtype | tensors that differ | largest "
               "difference | (which) | ok |", "|---|---|---|---|---|---|"]

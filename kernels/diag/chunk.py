@@ -130,14 +130,15 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   PREC: tl.constexpr, STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False,
-                  NSEG=1, SKIP_LAST: tl.constexpr = False):
+                  NSEG=1, SKIP_LAST: tl.constexpr = False, NSKIP=1):
     """The state leaving each chunk (h) or the sequence (ht); STORE_LOGW: also the sequence's total log
     decay (the sum of its chunks' G_L, one value per sequence-head) into logw. SKIP_LAST: the
-    sequences are segments, NSEG to a batch sequence, and the programs cover all but each one's last."""
+    sequences are segments (or pieces of segments), NSEG to a batch sequence, and the programs cover
+    all but each one's last NSKIP."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     if SKIP_LAST:
-        i_n += i_n // (NSEG - 1)
+        i_n += i_n // (NSEG - NSKIP) * NSKIP
         i_nh = i_n * H + i_h
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -246,10 +247,12 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
 
 @triton.jit
 def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.constexpr, BKV: tl.constexpr,
-                         HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, V: tl.constexpr = 0):
+                         HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, V: tl.constexpr = 0, EVERY=1):
     """The states entering the segments of one sequence: S_{j+1} = e^{w_j} S_j + ΔS_j over its NSEG
     segments, ΔS_j being segment j's own state from zero and w_j its total log decay: a scalar per
-    segment and head, or with V > 0 one per key row of the [K, V] state (key-wise decays, w [.., K])."""
+    segment and head, or with V > 0 one per key row of the [K, V] state (key-wise decays, w [.., K]).
+    EVERY > 1: the NSEG are pieces, EVERY to a segment, and S_in holds the states entering the
+    segments only (every EVERY-th piece's)."""
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     o = i_t * BKV + tl.arange(0, BKV)
@@ -259,7 +262,8 @@ def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.c
         b_S += tl.load(h0 + i_nh.to(tl.int64) * KV + o, mask=m, other=0.0).to(tl.float32)
     for j in range(0, NSEG):
         i_s = (i_n * NSEG + j).to(tl.int64) * H + i_h
-        tl.store(S_in + i_s * KV + o, b_S, mask=m)
+        i_o = ((i_n * NSEG + j) // EVERY).to(tl.int64) * H + i_h
+        tl.store(S_in + i_o * KV + o, b_S, mask=m & (j % EVERY == 0))
         # (after the last segment b_S is the final state: stored with STORE_HT only, so that segment's
         # own state and decay may be left unmade without one, SEGMENT_SKIP_LAST)
         if V == 0:
@@ -504,11 +508,25 @@ STATE_BK: int | None = 64
 SEGMENT_DECAY_IN_SCAN = True
 # The states from zero of each sequence's last segment only where the final state is wanted: the
 # segments' states entering them need the others only (at T = 8K, two segments, half the programs of
-# that kernel). Built for the next timing, off: exact under the interpreter (`test_segment_skip_last`),
-# untimed. `python -m kernels.gpu_check --only chunk_scalar,chunk_key,fused:mamba2/segments,fused:gla/segments
-# --set kernels.diag.chunk.SEGMENT_SKIP_LAST=True`, then `python -m kernels.sweep ab --ops scalar,key --T
-# 8192 --set` the same (and at 16384, 32768).
-SEGMENT_SKIP_LAST = False
+# that kernel). H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar,key --T T
+# --set kernels.diag.chunk.SEGMENT_SKIP_LAST=True`, three alternating rounds, 2026-12-02): T = 8K
+# forward Mamba-2 0.406 → 0.395 ms, GLA 0.612 → 0.596, fwd+bwd 1.712 → 1.700, 3.276 → 3.261; T = 16K
+# and 32K (16 and 32 segments a sequence, one of them skipped) within 1.2%, never slower. GPU-checked
+# (`python -m kernels.gpu_check --only chunk_scalar,chunk_key,fused:mamba2/segments,fused:gla/segments
+# --set` it, bf16 and fp32). False: every segment's (kept for A/B; the tests run both).
+SEGMENT_SKIP_LAST = True
+# The segments' states from zero by pieces of at most this many chunks (each segment cut into
+# state_split(per) of them, their states joined by the scan over segments): at T = 8K a segment is 64
+# chunks, each program of the kernel walked all 64 one after another, and it took 0.121 ms of a 0.406
+# ms Mamba-2 forward (before SEGMENT_SKIP_LAST: `python -m kernels.sweep profile --ops scalar --T 8192
+# --impls ours`, 2026-12-02), the one pass 0.271; in pieces of 16, 0.069. H200, bf16, H = 16, K = V =
+# 128 (`python -m kernels.sweep ab --ops scalar,key --T 8192 --set kernels.diag.chunk.SEGMENT_STATE_CHUNKS=C`,
+# three alternating rounds, 2026-12-02), forward Mamba-2 / GLA from 0.396 / 0.596 ms: C = 32 (two
+# pieces) 0.353 / 0.576, 16 0.360 / 0.587, 8 0.373 / 0.606; fwd+bwd 1.709 → 1.665, 3.277 → 3.257 at
+# 32. At 16K and 32K segments are 16 chunks, not cut by 32; cut by 8 they lost (0.436 → 0.455, 0.650 →
+# 0.678). GPU-checked (`python -m kernels.gpu_check --only fused:mamba2/pieces,fused:gla/pieces`,
+# bf16 and fp32). None: a piece is a whole segment.
+SEGMENT_STATE_CHUNKS: int | None = 32
 # Key and value tiles (BK, BV) of the scalar family's backward reverse state scan (_dstate_kernel) where
 # its own tiles (the whole padded K, 64 values) would give at most half as many programs as SMs (long T,
 # small B): more, smaller programs, each waiting on its own chain of chunks. H200, bf16, H = 16,
@@ -575,31 +593,45 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     return cdiv(nc, per) if nc else 1
 
 
-def _segment_layout(B: int, T: int, nseg: int, device, bt: int = BT) -> tuple[Tensor, Tensor, int]:
+def _segment_layout(B: int, T: int, nseg: int, device, bt: int = BT, split: int = 1) -> tuple[Tensor, Tensor, int]:
     """Offsets and chunk offsets of the B·nseg segments (whole chunks of ``bt``, the last of a sequence
     ragged) that an equal-length batch [B, T] is cut into, and the chunks of the longest, built on the
-    host (once per shape)."""
+    host (once per shape). ``split``: each segment cut further into that many pieces of whole chunks
+    (B·nseg·split of them, in order; a short segment's last pieces may be empty)."""
     def make():
         nc = cdiv(T, bt)
         per = cdiv(nc, nseg)
-        starts = [n * T + j * per * bt for n in range(B) for j in range(nseg)]
+        sub = cdiv(per, split)
+        # first chunk of each piece of a sequence, then its end
+        firsts = [min(j * per + i * sub, (j + 1) * per, nc) for j in range(nseg) for i in range(split)] + [nc]
+        starts = [n * T + min(c * bt, T) for n in range(B) for c in firsts[:-1]]
         offsets = torch.tensor(starts + [B * T], dtype=torch.int64).to(device, non_blocking=True)
-        chunks = [min(per, nc - j * per) for _ in range(B) for j in range(nseg)]
+        chunks = [b - a for _ in range(B) for a, b in itertools.pairwise(firsts)]
         chunk_offsets = torch.tensor([0] + list(itertools.accumulate(chunks)), dtype=torch.int64)
-        return offsets, chunk_offsets.to(device, non_blocking=True), per
-    return layout_cache(("segments", B, T, nseg, bt, str(torch.device(device))), make)
+        return offsets, chunk_offsets.to(device, non_blocking=True), sub
+    return layout_cache(("segments", B, T, nseg, bt, split, str(torch.device(device))), make)
 
 
-def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int) -> Tensor:
+def state_split(per: int) -> int:
+    """Pieces per segment for the segments' states from zero (SEGMENT_STATE_CHUNKS): 1, or enough
+    that none walks more than that many of a segment's ``per`` chunks."""
+    if not SEGMENT_STATE_CHUNKS or not SEGMENT_DECAY_IN_SCAN:   # (the torch sums are per segment)
+        return 1
+    return cdiv(per, SEGMENT_STATE_CHUNKS)
+
+
+def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int,
+                   split: int = 1) -> Tensor:
     """The states entering each of the NS = N·nseg segments ([NS, H, K, V] fp32) from their own states
     from zero ``dS`` and their log decays ``logw`` ([NS, H] scalar, or [NS, H, K] per state row), by
-    _segment_pass_kernel; the sequences' final states go to ``ht`` when it is given."""
-    NS, H, K, V = dS.shape
-    S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dS.device)
+    _segment_pass_kernel; the sequences' final states go to ``ht`` when it is given. ``split``: dS and
+    logw are of the segments' pieces (NS·split of them, ``split`` to a segment)."""
+    NP, H, K, V = dS.shape
+    S_in = _empty(NP // split, H, K, V, dtype=torch.float32, device=dS.device)
     BKV = min(1024, next_pow2(K * V))
-    _segment_pass_kernel[(cdiv(K * V, BKV), NS // nseg * H)](
-        dS, logw, h0, S_in, ht, nseg, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None, STORE_HT=ht is not None,
-        V=V if logw.dim() == 3 else 0)
+    _segment_pass_kernel[(cdiv(K * V, BKV), NP // (nseg * split) * H)](
+        dS, logw, h0, S_in, ht, nseg * split, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None,
+        STORE_HT=ht is not None, V=V if logw.dim() == 3 else 0, EVERY=split)
     return S_in
 
 
@@ -635,23 +667,26 @@ class ChunkScalarDecay(torch.autograd.Function):
                 s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, q.device)
                 NS = B * nseg
                 f32 = torch.float32
-                # each segment's own state from zero (no per-chunk states), then the scan over segments
-                dS = _empty(NS, H, K, V, dtype=f32, device=q.device)
+                # each segment's own state from zero (no per-chunk states), then the scan over segments;
+                # by pieces of a segment with SEGMENT_STATE_CHUNKS (shorter chains, more programs)
+                split = state_split(per)
+                p_offsets, p_chunk_offsets, pmax = _segment_layout(B, T, nseg, q.device, split=split)
+                dS = _empty(NS * split, H, K, V, dtype=f32, device=q.device)
                 BKs, BVs = state_tiles(BK, BV)
-                # (each segment's log decay from the same kernel, with SEGMENT_DECAY_IN_SCAN)
-                logw = _empty(NS, H, dtype=f32, device=q.device) if SEGMENT_DECAY_IN_SCAN else None
+                # (each piece's log decay from the same kernel, with SEGMENT_DECAY_IN_SCAN)
+                logw = _empty(NS * split, H, dtype=f32, device=q.device) if SEGMENT_DECAY_IN_SCAN else None
                 skip = SEGMENT_SKIP_LAST and not store_ht
-                _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), (NS - B * skip) * H)](
-                    k, v, g, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BKs,
+                _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), (NS - B * skip) * split * H)](
+                    k, v, g, None, None, dS, p_offsets, p_chunk_offsets, pmax, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
-                    STORE_LOGW=logw is not None, NSEG=nseg if skip else 1, SKIP_LAST=skip,
+                    STORE_LOGW=logw is not None, NSEG=nseg * split if skip else 1, SKIP_LAST=skip, NSKIP=split,
                     **_launch("state", q.dtype, K, V))
                 if logw is None and g is None:
                     logw = torch.zeros(NS, H, dtype=f32, device=q.device)
                 elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)
                     gp = torch.nn.functional.pad(g.view(B, T, H).double(), (0, 0, 0, nseg * per * BT - T))
                     logw = gp.view(B, nseg, per * BT, H).sum(2).to(f32).reshape(NS, H)
-                S_in = segment_states(dS, logw, h0, ht, nseg)
+                S_in = segment_states(dS, logw, h0, ht, nseg, split)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
                     q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, H=H, K=K, V=V, BT=BT,

@@ -171,17 +171,18 @@ def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
                   STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False,
-                  NSEG=1, SKIP_LAST: tl.constexpr = False):
+                  NSEG=1, SKIP_LAST: tl.constexpr = False, NSKIP=1):
     """h[c] = state entering chunk c; walks one sequence's chunks (the only sequential forward part).
 
     Reads K ⊙ e^{G_L − G} and G_L from _gate_kernel. STORE_LOGW: also the sequence's total log decay
-    per key (the sum of its chunks' G_L) into logw ([·, H, K]). SKIP_LAST: the sequences are segments,
-    NSEG to a batch sequence, and the programs cover all but each one's last.
+    per key (the sum of its chunks' G_L) into logw ([·, H, K]). SKIP_LAST: the sequences are segments
+    (or pieces of segments), NSEG to a batch sequence, and the programs cover all but each one's last
+    NSKIP.
     """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     if SKIP_LAST:
-        i_n += i_n // (NSEG - 1)
+        i_n += i_n // (NSEG - NSKIP) * NSKIP
         i_nh = i_n * H + i_h
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
     o_k = i_k * BK + tl.arange(0, BK)
@@ -686,19 +687,23 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     NS = B * nseg
     # each segment's own state from zero, then the states entering the segments, then the pass;
     # segments are whole chunks in order, so a segment's chunk c0 + c is the batch's own (GL, A)
-    dS = _alloc(NS, H, K, V, dtype=torch.float32, device=q.device)
-    # (each segment's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
-    logw = _alloc(NS, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN else None
+    # (by pieces of a segment with SEGMENT_STATE_CHUNKS: shorter chains, more programs)
+    split = _scalar.state_split(per)
+    p_offsets, p_chunk_offsets, pmax = _scalar._segment_layout(B, T, nseg, q.device, split=split)
+    dS = _alloc(NS * split, H, K, V, dtype=torch.float32, device=q.device)
+    # (each piece's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
+    logw = _alloc(NS * split, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN \
+        else None
     skip = _scalar.SEGMENT_SKIP_LAST and ht is None   # (the last segments' own states: only for ht)
-    _state_kernel[(cdiv(K, BK), cdiv(V, BV), (NS - B * skip) * H)](
-        kd, v, GL, None, None, dS, s_offsets, s_chunk_offsets, per, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+    _state_kernel[(cdiv(K, BK), cdiv(V, BV), (NS - B * skip) * split * H)](
+        kd, v, GL, None, None, dS, p_offsets, p_chunk_offsets, pmax, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
         HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
-        NSEG=nseg if skip else 1, SKIP_LAST=skip, **_launch("state", q.dtype, K, V))
+        NSEG=nseg * split if skip else 1, SKIP_LAST=skip, NSKIP=split, **_launch("state", q.dtype, K, V))
     if logw is None:   # a segment's log decay per key: the sum of its chunks' G_L, in fp64
         nc = cdiv(T, BT)
         GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
         logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
-    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg)
+    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, split)
     _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
                                               per, scale, HAS_H0=True, STORE_HT=False, **launch)
     return o, saved

@@ -513,9 +513,11 @@ def test_segments(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, 
     """SEGMENTS: the forward over segments (states from zero, transitions, the chain, the pass) gives
     the outputs and final state, and the backward's reverse scan over segments (gradients from zero,
     the transitions' transposes, the reverse chain, the scan) every gradient; without autograd the
-    same output and final state."""
+    same output and final state. States from zero and transitions by two scans here (the one scan
+    of SEGMENT_TRANSITIONS_IN_SCAN, the default, is test_segments_one_scan's)."""
     monkeypatch.setattr(C, "SEGMENTS", True)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(C, "SEGMENT_TRANSITIONS_IN_SCAN", False)
     offsets = C.seq_bounds(None, B, T, DEV)
     assert C._segments(offsets, B * H, V, max(16, C.next_pow2(K)), DEV, cs) == nseg
     chains = count_launches(C, "_segment_chain_kernel")
@@ -565,9 +567,11 @@ def test_segments_wu_in_scan(monkeypatch, count_launches, mixer, setting):
     """SEGMENTS_WU_IN_SCAN: a forward without autograd over segments makes W and U inside its three
     scans (states from zero, transitions, the pass; no _wu_kernel) and matches float64 — switched on,
     for both mixers, by default for the ungated rule only; with autograd W and U are stored as
-    before, every gradient matching too."""
+    before, every gradient matching too. The three scans of SEGMENT_TRANSITIONS_IN_SCAN off (on, W/U in
+    its one scan is test_segments_one_scan's "wu" case)."""
     monkeypatch.setattr(C, "SEGMENTS", True)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 6)
+    monkeypatch.setattr(C, "SEGMENT_TRANSITIONS_IN_SCAN", False)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)            # any dtype (the interpreter runs fp32)
     monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", setting)
     in_scan = setting or mixer == "deltanet"

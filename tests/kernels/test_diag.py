@@ -224,19 +224,10 @@ def test_segment_decays_in_scan(fused_forward, monkeypatch, count_launches, T, l
     assert [kw["STORE_LOGW"] for _, kw in states] == [in_scan, in_scan]
 
 
-@pytest.mark.parametrize("skip", [True, False])
-@pytest.mark.parametrize("T,least,nseg", [(130, 1000, 3), (323, 6, 3)])
-def test_segment_skip_last(fused_forward, monkeypatch, count_launches, T, least, nseg, skip):
-    """SEGMENT_SKIP_LAST: with no final state asked for, the segments' states from zero run for all
-    but each sequence's last segment (which only the final state needs); outputs and every gradient
-    still match float64, without autograd and with; asked for, the final state too (all segments)."""
-    import kernels.diag.chunk as dc
-
-    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
-    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
-    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
-    states = count_launches(dc, "_state_kernel")
-    B, H = 2, 2
+def check_segments_against_reference(T: int, B: int = 2, H: int = 2) -> None:
+    """The scalar one pass over segments as set up by the caller: output without autograd and with,
+    every gradient (initial state included), then output and final state with a final state asked for,
+    all against float64."""
     _, inp = random_case("mamba2", {}, B=B, T=T, H=H, K=16, V=24, seed=T + 5)
     ref_in = requires_grad({"q": inp["q"], "k": inp["k"], "v": inp["v"], "g": inp["g"],
                             "h0": torch.randn(B, H, 16, 24, dtype=torch.float64)})
@@ -256,8 +247,51 @@ def test_segment_skip_last(fused_forward, monkeypatch, count_launches, T, least,
     with torch.no_grad():
         o, S = chunk_diag(f["q"], f["k"], f["v"], "scalar", f["g"], f["h0"], True)
     assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+
+
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("T,least,nseg", [(130, 1000, 3), (323, 6, 3)])
+def test_segment_skip_last(fused_forward, monkeypatch, count_launches, T, least, nseg, skip):
+    """SEGMENT_SKIP_LAST: with no final state asked for, the segments' states from zero run for all
+    but each sequence's last segment (which only the final state needs); outputs and every gradient
+    still match float64, without autograd and with; asked for, the final state too (all segments)."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
+    states = count_launches(dc, "_state_kernel")
+    B, H = 2, 2
+    check_segments_against_reference(T, B, H)
     assert [kw["SKIP_LAST"] for _, kw in states] == [skip, skip, False]
     assert [grid[2] for grid, _ in states] == [(B * nseg - B * skip) * H] * 2 + [B * nseg * H]
+
+
+# (T, FUSED_MIN_PROGRAMS, SEGMENT_STATE_CHUNKS) → segments, pieces of each: 3 segments of 2 chunks, the
+# last ragged, in pieces of 1; 2 segments of 4 and 3 chunks (the band rule) in pieces of 1 (the last
+# piece empty) or of 2 (4 = 2 + 2, 3 = 2 + 1)
+PIECES = [(323, 6, 1, 3, 2), (400, 5, 1, 2, 4), (400, 5, 3, 2, 2)]
+
+
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("T,least,chunks,nseg,split", PIECES)
+def test_segment_state_pieces(fused_forward, monkeypatch, count_launches, T, least, chunks, nseg, split, skip):
+    """SEGMENT_STATE_CHUNKS: the segments' states from zero by pieces of at most that many chunks
+    (ragged and empty pieces included), joined by the scan over segments; outputs, gradients and the
+    final state still match float64, with and without SEGMENT_SKIP_LAST."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_STATE_CHUNKS", chunks)
+    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
+    states = count_launches(dc, "_state_kernel")
+    joins = count_launches(dc, "_segment_pass_kernel")
+    B, H = 2, 2
+    check_segments_against_reference(T, B, H)
+    assert [grid[2] for grid, _ in states] == [(B * nseg - B * skip) * split * H] * 2 + [B * nseg * split * H]
+    assert [kw["NSKIP"] for _, kw in states] == [split] * 3
+    assert [kw["EVERY"] for _, kw in joins] == [split] * 3   # the scan over pieces keeps every split-th
 
 
 def check_fused_forward(fused_forward, monkeypatch, decay, T, least):
@@ -393,3 +427,17 @@ def test_fused_forward_keeps_two_passes_for_few_packed_sequences(fused_forward, 
                                                         decay="scalar", g=inp["g"][:, a:b]))[0]
                        for a, b in ((0, 70), (70, 75))], dim=1)
     assert rel_err(o, o_ref) < TOL and fused_forward == []
+
+
+def test_state_split_rule(monkeypatch):
+    """state_split: pieces of at most SEGMENT_STATE_CHUNKS chunks (two for T = 8K's 64-chunk segments,
+    none for 16K's 16), none when off or when torch sums the segments' decays (per whole segment)."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_STATE_CHUNKS", 32)
+    assert [dc.state_split(per) for per in (1, 16, 32, 33, 64, 65)] == [1, 1, 1, 2, 2, 3]
+    monkeypatch.setattr(dc, "SEGMENT_DECAY_IN_SCAN", False)
+    assert dc.state_split(64) == 1
+    monkeypatch.setattr(dc, "SEGMENT_DECAY_IN_SCAN", True)
+    monkeypatch.setattr(dc, "SEGMENT_STATE_CHUNKS", None)
+    assert dc.state_split(64) == 1

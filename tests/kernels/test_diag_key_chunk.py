@@ -374,11 +374,29 @@ def test_segment_skip_last(one_pass, monkeypatch, count_launches, skip):
     assert [grid[2] for grid, _ in states] == [2 * 6 * 2, (2 * 6 - 2 * skip) * 2]
 
 
-def check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime):
-    """The checks of test_one_pass_over_segments, for tests that switch more on."""
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("chunks,split", [(1, 4), (3, 2)])
+def test_segment_state_pieces(one_pass, monkeypatch, count_launches, chunks, split, skip):
+    """SEGMENT_STATE_CHUNKS: the segments' states from zero by pieces of at most that many chunks, the
+    per-key log decays summed by piece; T = 400 in two segments of 4 and 3 chunks (the band rule),
+    pieces of 1 (the last empty) or 2: output and final state still match float64."""
     import kernels.diag.chunk as dc
 
-    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
+    monkeypatch.setattr(dc, "SEGMENT_STATE_CHUNKS", chunks)
+    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
+    states = count_launches(chunk_key, "_state_kernel")
+    check_one_pass_over_segments(one_pass, monkeypatch, count_launches, 400, "mild", least=5, nseg=2)
+    # final state asked for (every piece), then not
+    assert [grid[2] for grid, _ in states] == [2 * 2 * split * 2, (2 * 2 - 2 * skip) * split * 2]
+    assert [kw["NSKIP"] for _, kw in states] == [split, split]
+
+
+def check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime, least=1000, nseg=None):
+    """The checks of test_one_pass_over_segments, for tests that switch more on: FUSED_MIN_PROGRAMS
+    ``least`` and the ``nseg`` segments a sequence it gives (default: one a chunk)."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
     joins = count_launches(dc, "_segment_pass_kernel")
     x = _inputs(2, T, 2, 16, 24, regime, seed=T + 1)
     o_ref, S_ref, _ = _reference(x, True)
@@ -387,7 +405,7 @@ def check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regim
     o_ref0, S_ref0, _ = _reference({n: t for n, t in x.items() if n != "S0"}, False)
     o0, _ = _forward(x, with_state=False)
     assert rel_err(o0, o_ref0) < TOL
-    segments = -(-T // chunk_key.BT)
+    segments = nseg or -(-T // chunk_key.BT)
     assert len(joins) == 2 * (segments > 1) and len(one_pass) == 2
     if joins:
         assert joins[0][0][1] == 2 * 2 and one_pass[0][0][1] == 2 * 2 * segments   # (B·H) scans, B·nseg·H passes
