@@ -274,22 +274,30 @@ def profile(kind: str, T: int = 4096) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=12)
 
 
+# Runs named from this on (their CSVs start with the date and time) timed fwd+bwd with the inputs'
+# gradients cleared before each call (_time); render marks the fwd+bwd cells of earlier runs.
+GRADS_CLEARED_SINCE = "2026-12-02_0010"
+
+
 def render(paths: list[str], header: list[str], merged_csv: str | None = None) -> str:
     """kernel_bench.md from the CSVs of one or more runs (a later run's cell replaces an earlier one),
-    and optionally the merged rows as one CSV.
+    and optionally the merged rows as one CSV. A fwd+bwd cell of a run before GRADS_CLEARED_SINCE is
+    marked † (it includes the adds into .grad).
 
     A CSV whose first column after ``op`` is not ``impl`` holds decode-step rows: every run's are
     listed, each under the name of its CSV (the step's time moves between hosts, see the notes)."""
-    cells, decode, ops = {}, [], []
+    cells, decode, ops, old = {}, [], [], set()
     for path in paths:
+        run = os.path.splitext(os.path.basename(path))[0]
         with open(path) as f:
             reader = csv.DictReader(f)
             for r in reader:
                 if "impl" not in r:
-                    decode.append({"run": os.path.splitext(os.path.basename(path))[0], **r})
+                    decode.append({"run": run, **r})
                     continue
                 key = (r["op"], r["impl"], r["mode"], int(r["T"]))
                 cells[key] = r
+                (old.add if r["mode"] == "fwd+bwd" and run < GRADS_CLEARED_SINCE else old.discard)(key)
                 if r["op"] not in ops:
                     ops.append(r["op"])
     Ts = sorted({k[3] for k in cells})
@@ -307,11 +315,17 @@ def render(paths: list[str], header: list[str], merged_csv: str | None = None) -
                 got = [cells.get((op, impl, mode, T)) for T in Ts]
                 if any(got):
                     peaks = [float(r["peak_GiB"]) for r in got if r and r["peak_GiB"] not in ("", "None")]
-                    lines.append(f"| {impl} | {mode} | " + " | ".join(
-                        _cell(r, errors) for r in got) + f" | {max(peaks, default='')} |")
+                    shown = [_cell(r, errors) + ("†" if r and (op, impl, mode, T) in old
+                                                  and not r["ms"].startswith("error") else "")
+                             for r, T in zip(got, Ts)]
+                    lines.append(f"| {impl} | {mode} | " + " | ".join(shown) + f" | {max(peaks, default='')} |")
         floors = [next((r for k, r in cells.items() if k[0] == op and k[3] == T), None) for T in Ts]
         lines += ["| memory floor | fwd | " + " | ".join(r["floor_ms"] if r else "—" for r in floors) + " | |", ""]
     lines += [f"[e{i + 1}] {e}" for i, e in enumerate(errors)] + ([""] if errors else [])
+    if old:
+        lines += [f"† a run before {GRADS_CLEARED_SINCE}: its forward + backward includes autograd's adds of "
+                  "q, k, v's gradients into the .grad the call before left (about 0.27 ms at B·T = 32K), as "
+                  "every implementation's of that run does; compare it with cells of its own kind.", ""]
     if decode:
         # every run's columns in order of first appearance (later runs added the CUDA-graph ones)
         cols = list(dict.fromkeys(c for r in decode for c in r))

@@ -53,6 +53,23 @@ def test_render_merges_runs_later_cells_win(tmp_path):
         ("fla", "fwd+bwd", "1024", "error: refused"), ("ours", "fwd", "1024", "1.0")}
 
 
+def test_render_marks_fwd_bwd_timed_before_grads_were_cleared(tmp_path):
+    """A fwd+bwd cell from a run named before GRADS_CLEARED_SINCE is marked † with a note; the same
+    cell re-timed by a later run is not, nor a forward or a failed cell of the old run."""
+    a = _write(tmp_path / "2026-12-01_1200_old.csv", [["DeltaNet", "fla", "fwd+bwd", 1024, 32, "2.9", 2.9, 0.13],
+                                                      ["DeltaNet", "fla", "fwd+bwd", 4096, 8, "3.0", 2.9, 0.13],
+                                                      ["DeltaNet", "fla", "fwd", 4096, 8, "1.0", 1.4, 0.13],
+                                                      ["DeltaNet", "ours", "fwd+bwd", 1024, 32, "error: x", "", 0.13]])
+    b = _write(tmp_path / "2026-12-02_0215_new.csv", [["DeltaNet", "fla", "fwd+bwd", 4096, 8, "2.7", 2.9, 0.13]])
+    assert bench.main(["--render", f"{a},{b}", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "kernel_bench.md").read_text()
+    assert "| fla | fwd+bwd | 2.9† | 2.7 |" in md
+    assert "| fla | fwd | — | 1.0 |" in md and "| ours | fwd+bwd | failed [e1] | — |" in md
+    assert f"† a run before {bench.GRADS_CLEARED_SINCE}" in md
+    md_new = bench.render([str(b)], [])
+    assert "†" not in md_new
+
+
 def _render_decode_runs(tmp_path, runs: dict) -> str:
     """kernel_bench.md rendered from decode CSVs, one per run: {name: (header, row)}."""
     for name, (header, row) in runs.items():
