@@ -281,8 +281,8 @@ GRADS_CLEARED_SINCE = "2026-12-02_0010"
 
 def render(paths: list[str], header: list[str], merged_csv: str | None = None) -> str:
     """kernel_bench.md from the CSVs of one or more runs (a later run's cell replaces an earlier one),
-    and optionally the merged rows as one CSV. A fwd+bwd cell of a run before GRADS_CLEARED_SINCE is
-    marked † (it includes the adds into .grad).
+    and optionally the merged rows as one CSV, each naming its run. A fwd+bwd cell of a run before
+    GRADS_CLEARED_SINCE is marked † (it includes the adds into .grad).
 
     A CSV whose first column after ``op`` is not ``impl`` holds decode-step rows: every run's are
     listed, each under the name of its CSV (the step's time moves between hosts, see the notes)."""
@@ -296,7 +296,7 @@ def render(paths: list[str], header: list[str], merged_csv: str | None = None) -
                     decode.append({"run": run, **r})
                     continue
                 key = (r["op"], r["impl"], r["mode"], int(r["T"]))
-                cells[key] = r
+                cells[key] = {**r, "run": run}   # (the merged CSV names each cell's run)
                 (old.add if r["mode"] == "fwd+bwd" and run < GRADS_CLEARED_SINCE else old.discard)(key)
                 if r["op"] not in ops:
                     ops.append(r["op"])

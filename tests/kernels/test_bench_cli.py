@@ -68,6 +68,9 @@ def test_render_marks_fwd_bwd_timed_before_grads_were_cleared(tmp_path):
     assert f"† a run before {bench.GRADS_CLEARED_SINCE}" in md
     md_new = bench.render([str(b)], [])
     assert "†" not in md_new
+    merged = {(r["T"], r["mode"], r["impl"]): r["run"] for r in csv.DictReader(open(tmp_path / "kernel_bench.csv"))}
+    assert merged[("1024", "fwd+bwd", "fla")] == "2026-12-01_1200_old"
+    assert merged[("4096", "fwd+bwd", "fla")] == "2026-12-02_0215_new"
 
 
 def _render_decode_runs(tmp_path, runs: dict) -> str:
