@@ -496,6 +496,14 @@ SEGMENT_PROGRAMS_PER_SM = 8
 # 2026-12-01): T = 32K, B = 1, the segments' states 0.144 → 0.133 ms (forward 0.468 → 0.458); T = 4K,
 # the two-pass state kernel of a forward + backward 0.176 → 0.173.
 STATE_BK: int | None = 64
+# Value tile of the state kernel (at most the family's own): with STATE_BK = None and 128, a program
+# holds the whole [128, 128] state and reads each chunk's k and v once. In [64, 64] tiles the
+# segments' states from zero read both twice, and at T = 32K they take 0.133 ms of Mamba-2's 0.44,
+# about that traffic (experiments_2026-12-02b.md §5). Built, untimed: `python -m kernels.sweep ab --ops
+# scalar --T 32768 --set kernels.diag.chunk.STATE_BK=None --set kernels.diag.chunk.STATE_BV=128 --set
+# "kernels.diag.chunk.LAUNCH[state]={'num_warps': 8, 'num_stages': 2}"` (a [128, 128] fp32 state is
+# 128 registers a thread at 4 warps).
+STATE_BV = 64
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
 # torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
@@ -543,9 +551,9 @@ DSTATE_TILES: tuple[int, int] | None = None
 
 
 def state_tiles(BK: int, BV: int) -> tuple[int, int]:
-    """(key, value) tiles of the state kernel from a family's own: STATE_BK splits the keys, values
-    in tiles of at most 64."""
-    return min(BK, STATE_BK or BK), min(BV, 64)
+    """(key, value) tiles of the state kernel from a family's own: STATE_BK splits the keys, STATE_BV
+    the values."""
+    return min(BK, STATE_BK or BK), min(BV, STATE_BV)
 
 
 def dstate_tiles(BK: int, BV: int, K: int = 0, V: int = 0, NH: int = 0, device=None) -> tuple[int, int]:

@@ -321,21 +321,26 @@ def check_fused_forward(fused_forward, monkeypatch, decay, T, least):
     assert len(fused_forward) == 2
 
 
+@pytest.mark.parametrize("tiles,V,grid", [((16, 64), 24, (3, 1)), ((None, 128), 100, (1, 1)), ((None, 64), 100, (1, 2))],
+                         ids=["key-tiles", "whole-state", "value-tiles"])
 @pytest.mark.parametrize("forced,least", [(False, None), (True, 1000)], ids=["two-pass", "segments"])
-def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least):
-    """STATE_BK splits the state kernel's keys into tiles (K = 48: three of 16 and a masked one), in
-    the two-pass forward and in the segments' states from zero, and DSTATE_TILES the backward's
-    reverse scan (V = 24: a 16-wide tile and a masked one): outputs, final state and gradients."""
+def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least, tiles, V, grid):
+    """STATE_BK and STATE_BV tile the state kernel (K = 48: three key tiles of 16, or one of 64 with the
+    last 16 masked; V = 100: one whole padded state of 64 × 128 a program, or two value tiles of 64, the
+    second part masked), in the two-pass
+    forward and in the segments' states from zero, and DSTATE_TILES the backward's reverse scan
+    (16-wide tiles, the last masked): outputs, final state and gradients."""
     import kernels.diag.chunk as dc
 
-    monkeypatch.setattr(dc, "STATE_BK", 16)
+    monkeypatch.setattr(dc, "STATE_BK", tiles[0])
+    monkeypatch.setattr(dc, "STATE_BV", tiles[1])
     monkeypatch.setattr(dc, "DSTATE_TILES", (16, 16))
     monkeypatch.setattr(dc, "FUSED_FORWARD", forced)
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
     states = count_launches(dc, "_state_kernel")
-    _, inp = random_case("mamba2", {}, B=2, T=150, H=1, K=48, V=24, seed=9)
+    _, inp = random_case("mamba2", {}, B=2, T=150, H=1, K=48, V=V, seed=9)
     ref_in = requires_grad({"q": inp["q"], "k": inp["k"], "v": inp["v"], "g": inp["g"],
-                            "h0": torch.randn(2, 1, 48, 24, dtype=torch.float64)})
+                            "h0": torch.randn(2, 1, 48, V, dtype=torch.float64)})
     o_ref, S_ref = recurrent_linear(dsf.LinearTerms(q=ref_in["q"], k=ref_in["k"], u=ref_in["v"], decay="scalar",
                                                     g=ref_in["g"]), ref_in["h0"])
     leaves = requires_grad({n: t.detach().float() for n, t in ref_in.items()})
@@ -343,7 +348,7 @@ def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least):
     assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
     for name, a, b in zip(leaves, _grads(o, S, list(leaves.values()), 4), _grads(o_ref, S_ref, list(ref_in.values()), 4)):
         assert rel_err(a, b) < TOL, f"d{name}: {rel_err(a, b):.2e}"
-    assert len(states) == 1
+    assert len(states) == 1 and states[0][0][:2] == grid
 
 
 def test_dstate_tiles_rule(monkeypatch):
