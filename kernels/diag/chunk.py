@@ -30,6 +30,7 @@ unlike the usual Σ_{s≥t} (q_s·dq_s − k_s·dk_s).
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import torch
 import triton
@@ -628,6 +629,29 @@ def state_split(per: int) -> int:
     return cdiv(per, SEGMENT_STATE_CHUNKS)
 
 
+class Pieces(NamedTuple):
+    """How the segments' states from zero run (segment_pieces): ``split`` pieces a segment, their
+    offsets and chunk offsets, the most chunks a piece has, how many pieces (per head) the state
+    kernel runs, and its keywords for the skip (SKIP_LAST, NSEG, NSKIP)."""
+    split: int
+    offsets: Tensor
+    chunk_offsets: Tensor
+    most: int
+    count: int
+    skip_kw: dict
+
+
+def segment_pieces(B: int, T: int, nseg: int, per: int, final: bool, device) -> Pieces:
+    """The segments' states from zero of both diagonal families: each of an equal-length batch's
+    nseg segments (``per`` chunks) in state_split(per) pieces (SEGMENT_STATE_CHUNKS), the last
+    segment's left out where no ``final`` state is wanted (SEGMENT_SKIP_LAST)."""
+    split = state_split(per)
+    offsets, chunk_offsets, most = _segment_layout(B, T, nseg, device, split=split)
+    skip = SEGMENT_SKIP_LAST and not final
+    return Pieces(split, offsets, chunk_offsets, most, B * (nseg - skip) * split,
+                  dict(NSEG=nseg * split if skip else 1, SKIP_LAST=skip, NSKIP=split))
+
+
 def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int,
                    split: int = 1) -> Tensor:
     """The states entering each of the NS = N·nseg segments ([NS, H, K, V] fp32) from their own states
@@ -675,26 +699,23 @@ class ChunkScalarDecay(torch.autograd.Function):
                 s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, q.device)
                 NS = B * nseg
                 f32 = torch.float32
-                # each segment's own state from zero (no per-chunk states), then the scan over segments;
-                # by pieces of a segment with SEGMENT_STATE_CHUNKS (shorter chains, more programs)
-                split = state_split(per)
-                p_offsets, p_chunk_offsets, pmax = _segment_layout(B, T, nseg, q.device, split=split)
-                dS = _empty(NS * split, H, K, V, dtype=f32, device=q.device)
+                # each segment's own state from zero (no per-chunk states), by pieces of a segment
+                # with SEGMENT_STATE_CHUNKS (shorter chains, more programs), then the scan over segments
+                pc = segment_pieces(B, T, nseg, per, store_ht, q.device)
+                dS = _empty(NS * pc.split, H, K, V, dtype=f32, device=q.device)
                 BKs, BVs = state_tiles(BK, BV)
                 # (each piece's log decay from the same kernel, with SEGMENT_DECAY_IN_SCAN)
-                logw = _empty(NS * split, H, dtype=f32, device=q.device) if SEGMENT_DECAY_IN_SCAN else None
-                skip = SEGMENT_SKIP_LAST and not store_ht
-                _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), (NS - B * skip) * split * H)](
-                    k, v, g, None, None, dS, p_offsets, p_chunk_offsets, pmax, H=H, K=K, V=V, BT=BT, BK=BKs,
+                logw = _empty(NS * pc.split, H, dtype=f32, device=q.device) if SEGMENT_DECAY_IN_SCAN else None
+                _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
+                    k, v, g, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
-                    STORE_LOGW=logw is not None, NSEG=nseg * split if skip else 1, SKIP_LAST=skip, NSKIP=split,
-                    **_launch("state", q.dtype, K, V))
+                    STORE_LOGW=logw is not None, **pc.skip_kw, **_launch("state", q.dtype, K, V))
                 if logw is None and g is None:
                     logw = torch.zeros(NS, H, dtype=f32, device=q.device)
                 elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)
                     gp = torch.nn.functional.pad(g.view(B, T, H).double(), (0, 0, 0, nseg * per * BT - T))
                     logw = gp.view(B, nseg, per * BT, H).sum(2).to(f32).reshape(NS, H)
-                S_in = segment_states(dS, logw, h0, ht, nseg, split)
+                S_in = segment_states(dS, logw, h0, ht, nseg, pc.split)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
                     q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, H=H, K=K, V=V, BT=BT,

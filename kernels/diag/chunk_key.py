@@ -687,23 +687,22 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     NS = B * nseg
     # each segment's own state from zero, then the states entering the segments, then the pass;
     # segments are whole chunks in order, so a segment's chunk c0 + c is the batch's own (GL, A)
-    # (by pieces of a segment with SEGMENT_STATE_CHUNKS: shorter chains, more programs)
-    split = _scalar.state_split(per)
-    p_offsets, p_chunk_offsets, pmax = _scalar._segment_layout(B, T, nseg, q.device, split=split)
-    dS = _alloc(NS * split, H, K, V, dtype=torch.float32, device=q.device)
+    # (by pieces of a segment with SEGMENT_STATE_CHUNKS: shorter chains, more programs; the last
+    # segments' own states only for ht)
+    pc = _scalar.segment_pieces(B, T, nseg, per, ht is not None, q.device)
+    dS = _alloc(NS * pc.split, H, K, V, dtype=torch.float32, device=q.device)
     # (each piece's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
-    logw = _alloc(NS * split, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN \
+    logw = _alloc(NS * pc.split, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN \
         else None
-    skip = _scalar.SEGMENT_SKIP_LAST and ht is None   # (the last segments' own states: only for ht)
-    _state_kernel[(cdiv(K, BK), cdiv(V, BV), (NS - B * skip) * split * H)](
-        kd, v, GL, None, None, dS, p_offsets, p_chunk_offsets, pmax, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
+    _state_kernel[(cdiv(K, BK), cdiv(V, BV), pc.count * H)](
+        kd, v, GL, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV,
         HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
-        NSEG=nseg * split if skip else 1, SKIP_LAST=skip, NSKIP=split, **_launch("state", q.dtype, K, V))
+        **pc.skip_kw, **_launch("state", q.dtype, K, V))
     if logw is None:   # a segment's log decay per key: the sum of its chunks' G_L, in fp64
         nc = cdiv(T, BT)
         GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
         logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
-    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, split)
+    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, pc.split)
     _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
                                               per, scale, HAS_H0=True, STORE_HT=False, **launch)
     return o, saved

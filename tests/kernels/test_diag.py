@@ -321,8 +321,8 @@ def check_fused_forward(fused_forward, monkeypatch, decay, T, least):
     assert len(fused_forward) == 2
 
 
-@pytest.mark.parametrize("tiles,V,grid", [((16, 64), 24, (3, 1)), ((None, 128), 100, (1, 1)), ((None, 64), 100, (1, 2))],
-                         ids=["key-tiles", "whole-state", "value-tiles"])
+@pytest.mark.parametrize("tiles,V,grid", [((16, 64), 24, (3, 1)), ((None, 128), 100, (1, 1)),
+                                          ((None, 64), 100, (1, 2))], ids=["key-tiles", "whole-state", "value-tiles"])
 @pytest.mark.parametrize("forced,least", [(False, None), (True, 1000)], ids=["two-pass", "segments"])
 def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least, tiles, V, grid):
     """STATE_BK and STATE_BV tile the state kernel (K = 48: three key tiles of 16, or one of 64 with the
