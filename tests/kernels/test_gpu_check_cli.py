@@ -136,7 +136,7 @@ def test_only_one_fused_mode(tmp_path, monkeypatch):
 def test_an_unknown_fused_mode_is_refused(capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--only", "fused:deltanet/segment"])
-    assert "pass, segments, wu; got 'segment'" in capsys.readouterr().err
+    assert "pass, segments, wu, pieces; got 'segment'" in capsys.readouterr().err
 
 
 def test_set_switches_are_in_force_while_checking_and_named(tmp_path, monkeypatch):
