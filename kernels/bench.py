@@ -297,7 +297,10 @@ def render(paths: list[str], header: list[str], merged_csv: str | None = None) -
                     continue
                 key = (r["op"], r["impl"], r["mode"], int(r["T"]))
                 cells[key] = {**r, "run": run}   # (the merged CSV names each cell's run)
-                (old.add if r["mode"] == "fwd+bwd" and run < GRADS_CLEARED_SINCE else old.discard)(key)
+                if r["mode"] == "fwd+bwd" and run < GRADS_CLEARED_SINCE:
+                    old.add(key)
+                else:   # (re-timed by a later run)
+                    old.discard(key)
                 if r["op"] not in ops:
                     ops.append(r["op"])
     Ts = sorted({k[3] for k in cells})

@@ -74,13 +74,6 @@ SAFE = {"fused_fwd": dict(num_warps=8), "gate": dict(num_warps=4), "state": dict
         "scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
         "dqk_inter": dict(num_warps=4, num_stages=2)}
-# Key and value tiles of the segments' states from zero (None: the family's own, [64, 64] at K = V =
-# 128, where each chunk's kd is read once per value tile and v once per key tile): (128, 128) gives a
-# program the whole state and reads each once. At T = 32K that kernel took 0.102 ms of GLA's 0.665 ms
-# forward (experiments_2026-12-02b.md §5). Built, untimed: `python -m kernels.sweep ab --ops key --T
-# 32768 --set "kernels.diag.chunk_key.SEGMENT_STATE_TILES=(128, 128)" --set
-# "kernels.diag.chunk_key.LAUNCH[state]={'num_warps': 8, 'num_stages': 3}"`.
-SEGMENT_STATE_TILES: tuple[int, int] | None = None
 
 
 def _launch(name: str, dtype: torch.dtype, K: int, V: int) -> dict:
@@ -701,10 +694,9 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     # (each piece's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
     logw = _alloc(NS * pc.split, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN \
         else None
-    BKs, BVs = BK, BV
-    if SEGMENT_STATE_TILES:   # (never wider than the padded head dims)
-        BKs = min(SEGMENT_STATE_TILES[0], max(16, next_pow2(K)))
-        BVs = min(SEGMENT_STATE_TILES[1], max(16, next_pow2(V)))
+    # tiles of the scalar family's rule (STATE_BK, STATE_BV) within the padded head dims: by default
+    # this family's own [64, 64], a whole [128, 128] state with STATE_BK = None, STATE_BV = 128
+    BKs, BVs = _scalar.state_tiles(max(16, next_pow2(K)), max(16, next_pow2(V)))
     _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
         kd, v, GL, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
         HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,

@@ -391,12 +391,15 @@ def test_segment_state_pieces(one_pass, monkeypatch, count_launches, chunks, spl
     assert [kw["NSKIP"] for _, kw in states] == [split, split]
 
 
-@pytest.mark.parametrize("tiles,grid", [(None, (1, 1)), ((16, 16), (1, 2)), ((128, 128), (1, 1))])
+@pytest.mark.parametrize("tiles,grid", [((64, 64), (1, 1)), ((16, 16), (1, 2)), ((None, 128), (1, 1))])
 def test_segment_state_tiles(one_pass, monkeypatch, count_launches, tiles, grid):
-    """SEGMENT_STATE_TILES: the segments' states from zero in other tiles than the family's (K = 16,
-    V = 24: two 16-wide value tiles, the second masked; wider ones clamped to the padded head dims);
-    output and final state still match float64."""
-    monkeypatch.setattr(chunk_key, "SEGMENT_STATE_TILES", tiles)
+    """The segments' states from zero take the scalar family's STATE_BK and STATE_BV (K = 16, V = 24:
+    two 16-wide value tiles, the second masked; wider ones clamped to the padded head dims); output
+    and final state still match float64."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "STATE_BK", tiles[0])
+    monkeypatch.setattr(dc, "STATE_BV", tiles[1])
     states = count_launches(chunk_key, "_state_kernel")
     check_one_pass_over_segments(one_pass, monkeypatch, count_launches, 323, "mild")
     assert [g[:2] for g, _ in states] == [grid, grid]
