@@ -184,7 +184,10 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
             if names and name not in names:
                 continue
             one_pass = name == "fused_fwd"
-            backward = not (one_pass and kind == "key")
+            # the key-wise segments' states from zero: the state kernel of a forward under the default
+            # rule (at a T long enough for segments, the only state kernel it launches)
+            kernel = "state" if name == "segment_state" else name
+            backward = not ((one_pass or name == "segment_state") and kind == "key")
             rule = True if one_pass else None if kind == "key" and name not in FOUR_KERNEL_FORWARD else False
             if backward not in inputs:
                 inputs[backward] = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
@@ -197,7 +200,7 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
                         torch.set_grad_enabled(backward):
                     try:
                         t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)
-                        res.append((t.get(f"_{name}_kernel", float("nan")), nw, ns, bv))
+                        res.append((t.get(f"_{kernel}_kernel", float("nan")), nw, ns, bv))
                     except Exception:  # noqa: BLE001 - out of resources: not a candidate
                         res.append((float("inf"), nw, ns, bv))
             res.sort(key=lambda r: r[0])

@@ -498,14 +498,13 @@ SEGMENT_PROGRAMS_PER_SM = 8
 # the two-pass state kernel of a forward + backward 0.176 → 0.173.
 STATE_BK: int | None = 64
 # Value tile of the state kernel (at most the family's own): with STATE_BK = None and 128, a program
-# holds the whole [128, 128] state and reads each chunk's k and v once. In [64, 64] tiles the
-# segments' states from zero read both twice, and at T = 32K they take 0.133 ms of Mamba-2's 0.44,
-# about that traffic, and 0.102 of GLA's 0.665 (experiments_2026-12-02b.md §5). The key-wise
-# segments' states from zero take their tiles by the same two switches. Built, untimed: `python -m
-# kernels.sweep ab --ops scalar,key --T 32768 --set kernels.diag.chunk.STATE_BK=None --set
-# kernels.diag.chunk.STATE_BV=128 --set "kernels.diag.chunk.LAUNCH[state]={'num_warps': 8, 'num_stages':
-# 2}" --set "kernels.diag.chunk_key.LAUNCH[state]={'num_warps': 8, 'num_stages': 3}"` (a [128, 128]
-# fp32 state is 128 registers a thread at 4 warps).
+# holds the whole [128, 128] state and reads each chunk's k and v once ([64, 64] tiles read both
+# twice). It lost: H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar --T T --set
+# kernels.diag.chunk.STATE_BK=None --set kernels.diag.chunk.STATE_BV=128 --set
+# "kernels.diag.chunk.LAUNCH[state]={'num_warps': 8, 'num_stages': 2}"`, three alternating rounds,
+# 2026-12-02), Mamba-2 forward T = 32K 0.440 → 0.465 ms, 16K 0.431 → 0.457, 8K 0.350 → 0.380 (a
+# quarter as many programs). The key-wise family's segments gained from it and take their own tiles
+# (kernels.diag.chunk_key.SEGMENT_STATE_TILES; experiments_2026-12-02c.md §1).
 STATE_BV = 64
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by

@@ -65,12 +65,14 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           # `--kernels gate`, later (2026-12-01): 0.268 ms (4 warps as before: 0.279 at 1 stage)
           "gate": dict(num_warps=2, num_stages=3),
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
+          "segment_state": dict(num_warps=8, num_stages=3),   # (see SEGMENT_STATE_TILES)
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),
           "dqk_inter": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory and registers up to K = V = 256.
 SAFE = {"fused_fwd": dict(num_warps=8), "gate": dict(num_warps=4), "state": dict(num_warps=4),
+        "segment_state": dict(num_warps=8),
         "scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
         "dqk_inter": dict(num_warps=4, num_stages=2)}
@@ -78,6 +80,30 @@ SAFE = {"fused_fwd": dict(num_warps=8), "gate": dict(num_warps=4), "state": dict
 
 def _launch(name: str, dtype: torch.dtype, K: int, V: int) -> dict:
     return pick_launch(LAUNCH, SAFE, name, dtype, K, V)
+
+
+# (key, value) tiles of the segments' states from zero, each at most the padded head dim: (128, 128)
+# gives a program the whole state at K = V = 128, reading each chunk's kd and v once (in [64, 64] tiles
+# both are read twice), with 8 warps (LAUNCH["segment_state"]: a [128, 128] fp32 state is 128
+# registers a thread at 4). H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops key --T T
+# --set kernels.diag.chunk.STATE_BK=None --set kernels.diag.chunk.STATE_BV=128 --set
+# "kernels.diag.chunk_key.LAUNCH[state]={'num_warps': 8, 'num_stages': 3}"`, three alternating rounds,
+# 2026-12-02, when this family followed the scalar family's switches), GLA forward / forward + backward:
+# T = 32K 0.666 → 0.648 ms / 3.634 → 3.615, 16K 0.648 → 0.629 / 3.408 → 3.389, 8K 0.575 → 0.578 /
+# 3.233 → 3.237; as built (`--set kernels.diag.chunk_key.SEGMENT_STATE_TILES=None` the old way), 32K
+# 0.647 against 0.664, 16K 0.628 against 0.647, 8K 0.578 against 0.575. The scalar family's states from
+# zero lost the same way (Mamba-2 0.440 → 0.465 at 32K) and keep [64, 64] (kernels.diag.chunk.STATE_BK,
+# STATE_BV). GPU-checked (`python -m kernels.gpu_check --only fused:gla/segments,fused:gla/pieces,
+# chunk_key`, bf16 and fp32). None: the scalar family's tiles and launch.
+SEGMENT_STATE_TILES: tuple[int, int] | None = (128, 128)
+
+
+def _segment_state_tiles(K: int, V: int, dtype: torch.dtype) -> tuple[int, int, dict]:
+    """Key tile, value tile and launch settings of the segments' states-from-zero kernel."""
+    BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))   # the padded head dims
+    if SEGMENT_STATE_TILES is None:
+        return *_scalar.state_tiles(BK, BV), _launch("state", dtype, K, V)
+    return min(BK, SEGMENT_STATE_TILES[0]), min(BV, SEGMENT_STATE_TILES[1]), _launch("segment_state", dtype, K, V)
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -694,13 +720,11 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     # (each piece's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
     logw = _alloc(NS * pc.split, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN \
         else None
-    # tiles of the scalar family's rule (STATE_BK, STATE_BV) within the padded head dims: by default
-    # this family's own [64, 64], a whole [128, 128] state with STATE_BK = None, STATE_BV = 128
-    BKs, BVs = _scalar.state_tiles(max(16, next_pow2(K)), max(16, next_pow2(V)))
+    BKs, BVs, launch_s = _segment_state_tiles(K, V, q.dtype)
     _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
         kd, v, GL, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
         HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
-        **pc.skip_kw, **_launch("state", q.dtype, K, V))
+        **pc.skip_kw, **launch_s)
     if logw is None:   # a segment's log decay per key: the sum of its chunks' G_L, in fp64
         nc = cdiv(T, BT)
         GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
