@@ -95,6 +95,29 @@ def test_key_sweep_times_its_one_pass_without_autograd(monkeypatch, capsys):
     assert "key fused_fwd" in capsys.readouterr().out
 
 
+def test_key_sweep_of_the_segments_state_launch_reads_the_state_kernel(monkeypatch, capsys):
+    """LAUNCH["segment_state"] has no kernel of its own name: its candidates reach that entry and are
+    timed by the state kernel of a forward without autograd under the default rule."""
+    import kernels.diag.chunk as dc
+    import kernels.diag.chunk_key as ck
+
+    seen = []
+
+    def fake_times(fn, inp, backward, iters):
+        seen.append((backward, dc.FUSED_FORWARD, ck.LAUNCH["segment_state"]))
+        return {"_state_kernel": ck.LAUNCH["segment_state"]["num_warps"] + ck.LAUNCH["segment_state"]["num_stages"]}
+
+    monkeypatch.setattr(sweep, "kernel_times", fake_times)
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    before = dict(ck.LAUNCH["segment_state"])
+    sweep.launch(["key"], 32768, ["segment_state"])
+    assert len(seen) == 9 and all(s[:2] == (False, None) for s in seen)
+    assert {(s[2]["num_warps"], s[2]["num_stages"]) for s in seen} == {(w, n) for w in (2, 4, 8) for n in (1, 2, 3)}
+    assert dict(ck.LAUNCH["segment_state"]) == before
+    out = capsys.readouterr().out
+    assert "key segment_state" in out and "warps 2/stages 1: 3.000" in out and "nan" not in out
+
+
 def test_step_sweep_times_every_tile_and_restores_the_default(monkeypatch, capsys):
     """Each (BV, num_warps) of STEP_GRID reaches the step kernel's launch; the block choice is
     restored afterwards. Run on the CPU with a fake timer and small shapes."""
