@@ -17,8 +17,8 @@ stages of ``DELTA_GRID`` (``--kernels`` picks some). ``step`` times the one-toke
 under every value tile and warp count of ``STEP_GRID``. ``--set MODULE.NAME=VALUE`` (repeatable)
 sets one of the kernels' module switches (``UT_POWERS``, ``FAST_PAIRS``, ``FUSED_FORWARD``, …) for the
 run, to time both sides of a choice. ``ab`` is the A/B that decides one: the defaults against the
-``--set`` switches, alternating in one process for ``--rounds`` rounds, each timed as the benchmark
-times it (``bench._time``) — kernel times and separate processes can disagree with it where a path
+``--set`` switches, alternating in one process for ``--rounds`` rounds (after one dropped), each timed
+as the benchmark times it (``bench._time``) — kernel times and separate processes can disagree with it where a path
 does more host work (kernels/results/experiments_2026-12-01_long.md §4). Shapes are the benchmark's:
 bf16, H=16, K=V=128, B·T=32768; forwards run without autograd, as the benchmark's.
 """
@@ -82,8 +82,9 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) 
 
 def ab(kinds: list[str], T: int, switches: list, rounds: int = 3) -> dict:
     """Our forward and forward + backward with the defaults ("default") and with ``switches``
-    ("set"), alternating for ``rounds`` rounds in this process, each timed by the benchmark's own
-    ``bench._time``; prints every round and the medians. Returns {(kind, mode): {side: [ms, ...]}}."""
+    ("set"), alternating for ``rounds`` rounds in this process after one round whose times are
+    dropped, each timed by the benchmark's own ``bench._time``; prints every kept round and the
+    medians. Returns {(kind, mode): {side: [ms, ...]}}."""
     import statistics
 
     out = {}
@@ -93,12 +94,15 @@ def ab(kinds: list[str], T: int, switches: list, rounds: int = 3) -> dict:
             mode = "fwd+bwd" if backward else "fwd"
             inp = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
             times = out[kind, mode] = {"default": [], "set": []}
-            for _ in range(rounds):
+            # the first round of a process has read 10-30% slow on the H200 (clocks coming up from
+            # idle: 0.490 then 0.441, 0.570 then 0.464 ms in experiments_2026-12-02c.md §5): dropped
+            for r in range(rounds + 1):
                 for side in times:
                     with bench.switches(switches if side == "set" else []), \
                             torch.set_grad_enabled(backward):
                         ms, _ = bench._time(fn, inp, backward)
-                    times[side].append(ms if isinstance(ms, float) else float("nan"))
+                    if r:
+                        times[side].append(ms if isinstance(ms, float) else float("nan"))
                     if not isinstance(ms, float):
                         print(f"== {kind} {mode} T={T} {side}: {ms}", flush=True)
             med = {side: statistics.median(v) for side, v in times.items()}
