@@ -18,8 +18,9 @@ under every value tile and warp count of ``STEP_GRID``. ``--set MODULE.NAME=VALU
 sets one of the kernels' module switches (``UT_POWERS``, ``FAST_PAIRS``, ``FUSED_FORWARD``, …) for the
 run, to time both sides of a choice. ``ab`` is the A/B that decides one: the defaults against the
 ``--set`` switches, alternating in one process for ``--rounds`` rounds (after one dropped), each timed
-as the benchmark times it (``bench._time``) — kernel times and separate processes can disagree with it where a path
-does more host work (kernels/results/experiments_2026-12-01_long.md §4). Shapes are the benchmark's:
+as the benchmark times it (``bench._time``) — kernel times and separate processes can disagree with
+it where a path does more host work (kernels/results/experiments_2026-12-01_long.md §4). Shapes are
+the benchmark's:
 bf16, H=16, K=V=128, B·T=32768; forwards run without autograd, as the benchmark's.
 """
 
