@@ -20,8 +20,7 @@ run, to time both sides of a choice. ``ab`` is the A/B that decides one: the def
 ``--set`` switches, alternating in one process for ``--rounds`` rounds (after one dropped), each timed
 as the benchmark times it (``bench._time``) — kernel times and separate processes can disagree with
 it where a path does more host work (kernels/results/experiments_2026-12-01_long.md §4). Shapes are
-the benchmark's:
-bf16, H=16, K=V=128, B·T=32768; forwards run without autograd, as the benchmark's.
+the benchmark's: bf16, H=16, K=V=128, B·T=32768; forwards run without autograd, as the benchmark's.
 """
 
 from __future__ import annotations
