@@ -90,20 +90,13 @@ def _launch(name: str, dtype: torch.dtype, K: int, V: int) -> dict:
 # "kernels.diag.chunk_key.LAUNCH[state]={'num_warps': 8, 'num_stages': 3}"`, three alternating rounds,
 # 2026-12-02, when this family followed the scalar family's switches), GLA forward / forward + backward:
 # T = 32K 0.666 → 0.648 ms / 3.634 → 3.615, 16K 0.648 → 0.629 / 3.408 → 3.389, 8K 0.575 → 0.578 /
-# 3.233 → 3.237; as built (`--set kernels.diag.chunk_key.SEGMENT_STATE_TILES=None` the old way), 32K
+# 3.233 → 3.237; as built (the old way as the set side: the scalar family's tiles and launch), 32K
 # 0.647 against 0.664, 16K 0.628 against 0.647, 8K 0.578 against 0.575. The scalar family's states from
 # zero lost the same way (Mamba-2 0.440 → 0.465 at 32K) and keep [64, 64] (kernels.diag.chunk.STATE_BK,
 # STATE_BV). GPU-checked (`python -m kernels.gpu_check --only fused:gla/segments,fused:gla/pieces,
-# chunk_key`, bf16 and fp32). None: the scalar family's tiles and launch.
-SEGMENT_STATE_TILES: tuple[int, int] | None = (128, 128)
-
-
-def _segment_state_tiles(K: int, V: int, dtype: torch.dtype) -> tuple[int, int, dict]:
-    """Key tile, value tile and launch settings of the segments' states-from-zero kernel."""
-    BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))   # the padded head dims
-    if SEGMENT_STATE_TILES is None:
-        return *_scalar.state_tiles(BK, BV), _launch("state", dtype, K, V)
-    return min(BK, SEGMENT_STATE_TILES[0]), min(BV, SEGMENT_STATE_TILES[1]), _launch("segment_state", dtype, K, V)
+# chunk_key`, bf16 and fp32). The old way: `--set kernels.diag.chunk_key.SEGMENT_STATE_TILES=(64,64)
+# --set "kernels.diag.chunk_key.LAUNCH[segment_state]={'num_warps': 4, 'num_stages': 3}"`.
+SEGMENT_STATE_TILES = (128, 128)
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -720,11 +713,12 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     # (each piece's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
     logw = _alloc(NS * pc.split, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN \
         else None
-    BKs, BVs, launch_s = _segment_state_tiles(K, V, q.dtype)
+    # (SEGMENT_STATE_TILES, each at most the padded head dim)
+    BKs, BVs = min(max(16, next_pow2(K)), SEGMENT_STATE_TILES[0]), min(max(16, next_pow2(V)), SEGMENT_STATE_TILES[1])
     _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
         kd, v, GL, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
         HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
-        **pc.skip_kw, **launch_s)
+        **pc.skip_kw, **_launch("segment_state", q.dtype, K, V))
     if logw is None:   # a segment's log decay per key: the sum of its chunks' G_L, in fp64
         nc = cdiv(T, BT)
         GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))

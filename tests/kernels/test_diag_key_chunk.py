@@ -391,23 +391,21 @@ def test_segment_state_pieces(one_pass, monkeypatch, count_launches, chunks, spl
     assert [kw["NSKIP"] for _, kw in states] == [split, split]
 
 
-@pytest.mark.parametrize("tiles,scalar_tiles,grid,warps", [
-    ((128, 128), (64, 64), (1, 1), 8), ((16, 16), (64, 64), (1, 2), 8),
-    (None, (64, 64), (1, 1), 4), (None, (16, 16), (1, 2), 4), (None, (None, 128), (1, 1), 4)])
-def test_segment_state_tiles(one_pass, monkeypatch, count_launches, tiles, scalar_tiles, grid, warps):
-    """The segments' states from zero take SEGMENT_STATE_TILES (each clamped to the padded head dim) and
-    their own launch settings, or with None the scalar family's STATE_BK, STATE_BV and "state" launch
-    (K = 16, V = 24: a 16-wide value tile gives two, the second masked); output and final state still
-    match float64."""
+@pytest.mark.parametrize("tiles,grid", [((128, 128), (1, 1)), ((16, 16), (1, 2)), ((64, 16), (1, 2))])
+def test_segment_state_tiles(one_pass, monkeypatch, count_launches, tiles, grid):
+    """The segments' states from zero take SEGMENT_STATE_TILES, each clamped to the padded head dim,
+    and their own launch settings (K = 16, V = 24: a 16-wide value tile gives two, the second masked),
+    not the scalar family's STATE_BK and STATE_BV; output and final state still match float64."""
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(chunk_key, "SEGMENT_STATE_TILES", tiles)
-    monkeypatch.setattr(dc, "STATE_BK", scalar_tiles[0])
-    monkeypatch.setattr(dc, "STATE_BV", scalar_tiles[1])
+    monkeypatch.setattr(dc, "STATE_BK", 16)
+    monkeypatch.setattr(dc, "STATE_BV", 16)
+    monkeypatch.setattr(chunk_key, "SAFE", {**chunk_key.SAFE, "segment_state": dict(num_warps=2)})
     states = count_launches(chunk_key, "_state_kernel")
     check_one_pass_over_segments(one_pass, monkeypatch, count_launches, 323, "mild")
     assert [g[:2] for g, _ in states] == [grid, grid]
-    assert [kw["num_warps"] for _, kw in states] == [warps, warps]   # fp32 operands: the SAFE settings
+    assert [kw["num_warps"] for _, kw in states] == [2, 2]   # fp32 operands: SAFE's entry
 
 
 def check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime, least=1000, nseg=None):
