@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import subprocess
 import sys
-import tempfile
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU even where tests interpret
 
@@ -25,8 +22,8 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from . import chunk as CH  # noqa: E402
 from . import recurrent as RE  # noqa: E402
 from .._common import cdiv  # noqa: E402
+from ..compile_check import SHARED_LIMIT, ptxas_report  # noqa: E402
 
-SHARED_LIMIT = {90: 232448, 80: 166912}
 _INTS = {"MAXC", "NT", "NC", "C"}
 _INDEX = {"offsets", "chunk_offsets", "chunk_indices", "bounds", "ck_off"}
 _INPUT = {"q", "k", "v", "o", "do"}           # in the inputs' dtype; every other pointer is fp32
@@ -47,15 +44,8 @@ def _compile(fn, consts, dtype, warps, stages, arch):
 
 
 def _ptxas_info(ptx: str, arch: int) -> str:
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    out = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}a" if arch >= 90 else f"--gpu-name=sm_{arch}",
-                          f.name, "-o", os.devnull], capture_output=True, text=True).stderr
-    os.unlink(f.name)
-    regs = re.search(r"Used (\d+) registers", out)
-    spill = re.search(r"(\d+) bytes spill stores", out)
-    return f"{regs.group(1) if regs else '?'} registers, {spill.group(1) if spill else '?'} B spill stores"
+    regs, spills = ptxas_report(ptx, arch)
+    return f"{regs if regs is not None else '?'} registers, {spills if spills is not None else 0} B spill stores"
 
 
 def jobs(dtype: str, K: int, BT: int):

@@ -1,0 +1,201 @@
+"""Compile the chunked kernels for a GPU without one: shared memory, registers and spills.
+
+    python -m kernels.compile_check [--family scalar,key,delta] [--dtype bf16,fp16,fp32] [--K 64,128,256]
+                                    [--chunk 64] [--arch 90] [--segments] [--set MODULE.NAME=VALUE ...]
+
+The real launchers run on CPU tensors with every ``kernel[grid](...)`` turned into a compilation for
+sm_<arch> (Triton ships ptxas), so the launch settings checked are the ones used. ``ptxas -v`` then
+reports registers and spills. A kernel over the SM's shared memory (227 KB on sm_90) would fail at
+launch; spills cost local-memory traffic. Exits 1 if one is over. Things the interpreter accepts and
+the GPU compiler does not fail here too, which is why the tests compile every family once.
+
+The diagonal families (``scalar``: Mamba-2 / simple GLA, ``key``: GLA) are compiled in each of their
+forward paths — the two-pass kernels, the one pass, and (``--segments``) the one pass over segments —
+with and without a backward to follow, and their backward; a kernel compiled the same way twice is
+listed once. ``delta`` is :mod:`kernels.delta.compile_check`'s forward and backward (with
+``--segments``, those over segments).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU even where tests interpret
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+SHARED_LIMIT = {90: 232448, 80: 166912}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+FAMILIES = ("scalar", "key", "delta")
+_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
+          torch.int32: "i32"}
+
+
+def signature(fn, args, kwargs) -> tuple[dict, dict]:
+    """Triton's (signature, constexprs) of one launch of ``fn`` with these arguments."""
+    bound = dict(zip(fn.arg_names, args))
+    bound.update(kwargs)
+    sig, consts = {}, {}
+    for p in fn.params:
+        v = bound[p.name] if p.name in bound else p.default   # a parameter left at its default
+        if p.is_constexpr or v is None:
+            sig[p.name], consts[p.name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[p.name] = "*" + _TYPES[v.dtype]
+        elif isinstance(v, bool):
+            sig[p.name] = "i1"
+        elif isinstance(v, int):
+            sig[p.name] = "i32" if abs(v) < 2 ** 31 else "i64"
+        elif isinstance(v, float):
+            sig[p.name] = "fp32"
+        else:
+            raise TypeError(f"{fn.__name__}: cannot type argument {p.name} ({type(v).__name__})")
+    return sig, consts
+
+
+def ptxas_report(ptx: str, arch: int) -> tuple[int | None, int | None]:
+    """(registers a thread, bytes of spill stores) that ``ptxas -v`` reports for this PTX."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ptx)
+    try:
+        out = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}a" if arch >= 90 else f"--gpu-name=sm_{arch}",
+                              f.name, "-o", os.devnull], capture_output=True, text=True).stderr
+    finally:
+        os.unlink(f.name)
+    regs = re.search(r"Used (\d+) registers", out)
+    spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", out)]
+    return (int(regs.group(1)) if regs else None), (max(spills) if spills else None)
+
+
+@contextlib.contextmanager
+def compiled_launches(arch: int, label: str = ""):
+    """Every Triton launch meanwhile compiles for sm_<arch> instead of running; yields the list of
+    rows (kernel, label, warps, stages, shared bytes, registers, spill stores), one per launch."""
+    rows = []
+
+    def compile_only(self, *args, grid, warmup=False, **kwargs):
+        opts = {n: kwargs.pop(n) for n in ("num_warps", "num_stages") if n in kwargs}
+        sig, consts = signature(self, args, kwargs)
+        k = triton.compile(ASTSource(self, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts)
+        regs, spills = ptxas_report(k.asm["ptx"], arch)
+        rows.append({"kernel": self.__name__, "label": label, "warps": k.metadata.num_warps,
+                     "stages": opts.get("num_stages", 3), "shared": k.metadata.shared, "regs": regs,
+                     "spill_stores": spills or 0, "key": (self.__name__, repr(sorted(consts.items())),
+                                                          tuple(sorted(sig.items())), tuple(sorted(opts.items())))})
+
+    old = JITFunction.run
+    JITFunction.run = compile_only
+    try:
+        yield rows
+    finally:
+        JITFunction.run = old
+
+
+def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segments: bool = False,
+               settings: list | None = None) -> list[dict]:
+    """One row per kernel, compiled the way it is launched, of the diagonal family ``decay`` ("scalar" or
+    "key") at this shape: each forward path (two passes, the one pass, with ``segments`` the one pass
+    over three segments), with and without a backward to follow, and the backward; ``settings``
+    (module, name, value) switches set meanwhile, as kernels.sweep.parse_settings gives them."""
+    import kernels.diag.chunk as dc
+    from kernels._common import seq_bounds
+    from kernels.bench import switches
+    from kernels.diag.chunk_key import ChunkKeyDecay
+
+    # the autograd functions themselves (chunk_diag refuses CPU tensors without the interpreter), on an
+    # equal-length batch of three chunks, the last one short
+    fn = ChunkKeyDecay if decay == "key" else dc.ChunkScalarDecay
+    T, H = 3 * dc.BT - 5, 2
+    offsets = seq_bounds(None, 1, T, "cpu")
+    paths = [("two passes", [(dc, "FUSED_FORWARD", False)]),
+             ("one pass", [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 1)])]
+    if segments:
+        paths.append(("segments", [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 10 ** 4)]))
+    seen, rows = set(), []
+    for label, changes in paths:
+        for backward in (True, False):
+            q, k = (torch.zeros(T, H, K, dtype=dtype, requires_grad=backward) for _ in range(2))
+            v = torch.zeros(T, H, V, dtype=dtype, requires_grad=backward)
+            g = torch.zeros((T, H, K) if decay == "key" else (T, H), requires_grad=backward)
+            h0 = torch.zeros(1, H, K, V, requires_grad=backward)
+            with switches(changes + list(settings or [])), torch.set_grad_enabled(backward), \
+                    compiled_launches(arch, f"{label}, {'then backward' if backward else 'alone'}") as got:
+                o, ht = fn.apply(q, k, v, g, h0, offsets, True, K ** -0.5)
+                if backward:
+                    for r in got:
+                        r["label"] = f"{label} forward"
+                    n = len(got)
+                    torch.autograd.grad((o.float().sum(), ht.sum()), (q, k, v, g, h0), allow_unused=True)
+                    for r in got[n:]:
+                        r["label"] = "backward"
+            for r in got:
+                if r["key"] not in seen:
+                    seen.add(r["key"])
+                    rows.append(r)
+    return rows
+
+
+def check(family: str, dtype: torch.dtype, K: int, V: int, arch: int, segments: bool = False,
+          settings: list | None = None, chunk: int = 64) -> list[dict]:
+    """One row per kernel of ``family`` (scalar, key or delta) as it is launched at this shape (``chunk``:
+    the delta rule's chunk size; the diagonal families' is 64)."""
+    if family == "delta":
+        from kernels.delta import compile_check as delta_check
+
+        return delta_check.check(dtype, K, V, chunk, arch, segments=segments, settings=settings)
+    return check_diag(family, dtype, K, V, arch, segments, settings)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
+    ap.add_argument("--dtype", default="bf16,fp16,fp32")
+    ap.add_argument("--K", default="64,128,256", help="head dims, K = V")
+    ap.add_argument("--chunk", type=int, default=64, choices=(16, 32, 64), help="the delta rule's chunk size")
+    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--segments", action="store_true",
+                    help="the diagonal families' forwards over segments too; the delta rule's forward and "
+                    "backward over segments instead of its others")
+    from .sweep import add_set_option, settings_of
+
+    add_set_option(ap, "compile", "kernels.diag.chunk.FUSED_BV=128")
+    args = ap.parse_args(argv)
+    settings = settings_of(ap, args)
+    families = [f for f in args.family.split(",") if f]
+    for what, given, known in (("--family", families, FAMILIES), ("--dtype", args.dtype.split(","), DTYPES)):
+        bad = [x for x in given if x not in known]
+        if bad:
+            ap.error(f"{what}: {', '.join(bad)} not one of {', '.join(known)}")
+    try:
+        dims = [int(x) for x in args.K.split(",")]
+    except ValueError:
+        ap.error(f"--K: comma-separated integers, got {args.K!r}")
+    limit = SHARED_LIMIT.get(args.arch, 232448)
+    over = 0
+    print("| family | dtype | K = V | kernel | where | warps | stages | shared KB | registers | spill stores (B) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for family in families:
+        for name in args.dtype.split(","):
+            for K in dims:
+                for r in check(family, DTYPES[name], K, K, args.arch, args.segments, settings, args.chunk):
+                    flag = " **over**" if r["shared"] > limit else ""
+                    over += bool(flag)
+                    print(f"| {family} | {name} | {K} | {r['kernel']} | {r['label']} | {r['warps']} | {r['stages']} | "
+                          f"{r['shared'] / 1024:.0f}{flag} | {r['regs']} | {r['spill_stores']} |", flush=True)
+    print(f"\n{over} kernels over the {limit // 1024} KB of shared memory of sm_{args.arch}")
+    return int(over > 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""kernels.compile_check: every chunked kernel family compiled for sm_90 on the CPU, as launched.
+
+The interpreter accepts things the GPU compiler does not, so CI compiles each family once for the
+H200's architecture (Triton ships ptxas) in a process of its own, without TRITON_INTERPRET.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+# (family, kernels its forward paths and backward must launch)
+FAMILIES = [
+    ("scalar", {"_state_kernel", "_output_kernel", "_fused_fwd_kernel", "_segment_pass_kernel", "_dstate_kernel",
+                "_dqdk_kernel", "_dv_kernel"}),
+    ("key", {"_gate_kernel", "_state_kernel", "_scores_kernel", "_output_kernel", "_fused_fwd_kernel",
+             "_segment_pass_kernel", "_dstate_kernel", "_dv_kernel", "_dqk_intra_kernel", "_dqk_inter_kernel"}),
+    ("delta", {"_ut_kernel", "_state_kernel", "_segment_chain_kernel", "_dstate_kernel", "_dqkw_kernel",
+               "_wy_bwd_kernel"}),
+]
+
+
+def _run(*args):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "kernels.compile_check", *args], capture_output=True, text=True,
+                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))), timeout=600)
+
+
+@pytest.mark.parametrize("family,kernels", FAMILIES)
+def test_every_kernel_of_a_family_compiles_for_sm90(family, kernels):
+    """bf16 at K = V = 64 with the segments: every kernel a row, none over shared memory, registers read."""
+    res = _run("--family", family, "--dtype", "bf16", "--K", "64", "--segments")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith(f"| {family} |")]
+    assert {r[3].strip() for r in rows} >= kernels, res.stdout
+    assert all(r[8].strip().isdigit() and int(r[8]) <= 255 for r in rows), res.stdout   # registers a thread
+    assert "0 kernels over the 227 KB of shared memory of sm_90" in res.stdout
+    if family != "delta":   # each forward path names itself
+        where = {r[4].strip() for r in rows}
+        assert {"two passes forward", "one pass forward", "segments forward", "backward"} <= where, where
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--family", "gla"], "--family: gla not one of scalar, key, delta"),
+    (["--dtype", "fp8"], "--dtype: fp8 not one of fp32, bf16, fp16"),
+    (["--K", "64,x"], "--K: comma-separated integers, got '64,x'"),
+    (["--set", "kernels.diag.chunk.NOPE=1"], "has no NOPE"),
+])
+def test_bad_arguments_are_refused_before_compiling(monkeypatch, capsys, args, message):
+    # its import drops TRITON_INTERPRET (it compiles for the GPU): put back for the tests after this one
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))
+    from kernels import compile_check
+
+    monkeypatch.setattr(compile_check, "check", lambda *a, **kw: pytest.fail("compiled despite a bad argument"))
+    with pytest.raises(SystemExit) as e:
+        compile_check.main(args)
+    assert e.value.code == 2 and message in capsys.readouterr().err
