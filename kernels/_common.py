@@ -14,6 +14,24 @@ __all__ = ["interpreting", "check_device", "check_head_dim", "check_cu_seqlens",
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 
+# Precision of the matrix products for fp32 inputs in the diagonal-decay and delta-rule kernels:
+# "ieee" (exact fp32, CUDA cores) or "tf32x3" (three tf32 tensor-core products, fp32-accurate to
+# ~1e-7 relative, as the Titans kernels use). "ieee" compiles to FMA code that ptxas cannot keep in
+# registers: `python -m kernels.compile_check --dtype fp32 --K 64,128` (sm_90) reports 32 registers a
+# thread and 6.6–28 KB of spill stores for 16 of the three families' kernel builds (Mamba-2's one pass
+# 21 KB at K = 128, its dv kernel 23 KB), where bf16 inputs spill at most 2.7 KB; with "tf32x3" every
+# one keeps 183–255 registers and spills at most 4.1 KB (kernels/results/experiments_2026-12-02c.md
+# §6). Built, off and untimed (no device time was left): next, `python -m
+# kernels.gpu_check --dtypes float32 --set "kernels._common.FP32_PRODUCTS='tf32x3'"` for accuracy, and
+# `python -m kernels.sweep ab --dtype fp32 --ops scalar,key,delta --T 4096 --set
+# "kernels._common.FP32_PRODUCTS='tf32x3'"` for time.
+FP32_PRODUCTS = "ieee"
+
+
+def fp32_products() -> str:
+    """The ``input_precision`` of tl.dot for fp32 inputs (FP32_PRODUCTS, read at each call)."""
+    return FP32_PRODUCTS
+
 
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1)."""

@@ -34,6 +34,8 @@ import torch
 
 from . import bench
 
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
 
 def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, float]:
     """ms per call of each CUDA kernel that ``fn(**inp)`` (and its backward) launches."""
@@ -56,7 +58,8 @@ def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, flo
     return {e.key: e.device_time_total / iters / 1e3 for e in prof.key_averages() if e.device_time_total > 0}
 
 
-def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) -> None:
+def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla"),
+            dtype: torch.dtype = torch.bfloat16) -> None:
     for kind in kinds:
         for impl, fn in (("ours", bench._ours(kind)), ("fla", bench._fla(kind))):
             if impl not in impls or fn is None:
@@ -64,7 +67,7 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) 
             for backward in (False, True):
                 mode = "fwd+bwd" if backward else "fwd"
                 # the forward alone as the benchmark times it: no autograd (nothing kept for a backward)
-                inp = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
+                inp = bench._inputs(bench.TOKENS // T, T, kind, dtype, grad=backward)
                 try:
                     with torch.set_grad_enabled(backward):
                         times = kernel_times(fn, inp, backward)
@@ -80,7 +83,7 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla")) 
                     print(f"   {t:8.3f} ms  {name[:90]}", flush=True)
 
 
-def ab(kinds: list[str], T: int, switches: list, rounds: int = 3) -> dict:
+def ab(kinds: list[str], T: int, switches: list, rounds: int = 3, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Our forward and forward + backward with the defaults ("default") and with ``switches``
     ("set"), alternating for ``rounds`` rounds in this process after one round whose times are
     dropped, each timed by the benchmark's own ``bench._time``; prints every kept round and the
@@ -92,7 +95,7 @@ def ab(kinds: list[str], T: int, switches: list, rounds: int = 3) -> dict:
         fn = bench._ours(kind)
         for backward in (False, True):
             mode = "fwd+bwd" if backward else "fwd"
-            inp = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
+            inp = bench._inputs(bench.TOKENS // T, T, kind, dtype, grad=backward)
             times = out[kind, mode] = {"default": [], "set": []}
             # the first round of a process has read 10-30% slow on the H200 (clocks coming up from
             # idle: 0.490 then 0.441, 0.570 then 0.464 ms in experiments_2026-12-02c.md §5): dropped
@@ -324,6 +327,8 @@ def main(argv=None) -> int:
                     "their LAUNCH tables (e.g. fused_fwd); default all")
     add_set_option(ap, "run", "kernels.delta.chunk.UT_POWERS=False")
     ap.add_argument("--rounds", type=int, default=3, help="ab: rounds of default then --set (default 3)")
+    ap.add_argument("--dtype", default="bf16", choices=tuple(DTYPES),
+                    help="profile and ab: dtype of q, k, v (default bf16, the benchmark's)")
     args = ap.parse_args(argv)
     switches = settings_of(ap, args)
     names = None if args.kernels is None else args.kernels.split(",")
@@ -346,11 +351,11 @@ def main(argv=None) -> int:
         ap.error("needs a CUDA GPU (the kernels are timed there)")
     ops = args.ops.split(",")
     if args.what == "ab":
-        ab(ops, args.T, switches, args.rounds)
+        ab(ops, args.T, switches, args.rounds, DTYPES[args.dtype])
         return 0
     with bench.switches(switches):
         if args.what == "profile":
-            profile(ops, args.T, impls)
+            profile(ops, args.T, impls, DTYPES[args.dtype])
         elif args.what == "step":
             step([o for o in ops if o in ("scalar", "gdn")] or ["scalar", "gdn"])
         else:

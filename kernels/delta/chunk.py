@@ -47,7 +47,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import cdiv, check_cu_seqlens, check_device, check_head_dim, next_pow2, seq_bounds, sm_count
+from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, fp32_products, next_pow2, seq_bounds,
+                       sm_count)
 from .._tl import chunk_span, state_tile, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
@@ -791,7 +792,7 @@ def _operands(dtype: torch.dtype) -> tuple[torch.dtype, str]:
     """(operand dtype of the mixed products and of W, U, Vn; precision of fp32 products)."""
     if dtype == torch.bfloat16 and HALF_OPERANDS:
         return torch.bfloat16, "tf32"
-    return torch.float32, ("ieee" if dtype == torch.float32 else "tf32")
+    return torch.float32, (fp32_products() if dtype == torch.float32 else "tf32")
 
 
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}

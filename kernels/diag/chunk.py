@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, layout_cache, next_pow2, sm_count
+from .._common import cdiv, fp32_products, layout_cache, next_pow2, sm_count
 from .._tl import chunk_span, state_tile, tile_offsets
 from .recurrent import _empty
 
@@ -435,8 +435,8 @@ def chunk_layout(offsets: Tensor, bt: int = BT) -> tuple[Tensor, Tensor, int]:
 
 
 def _prec(dtype: torch.dtype) -> str:
-    # fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative error)
-    return "ieee" if dtype == torch.float32 else "tf32"
+    # fp32 inputs get fp32-accurate products (tf32 would cost ~1e-3 relative error): see FP32_PRODUCTS
+    return fp32_products() if dtype == torch.float32 else "tf32"
 
 
 # Pair decays e^{G_i − G_j} from prefix sums (FAST in _pair_decays) instead of a column scan: None

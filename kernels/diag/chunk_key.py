@@ -71,7 +71,9 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           "dqk_inter": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory and registers up to K = V = 256.
-SAFE = {"fused_fwd": dict(num_warps=8), "gate": dict(num_warps=4), "state": dict(num_warps=4),
+# (the one pass in two pipeline stages: with kernels._common.FP32_PRODUCTS = "tf32x3", three need
+# 242 KB of shared memory at K = V = 128, over an sm_90's 227; two, 161 KB: python -m kernels.compile_check)
+SAFE = {"fused_fwd": dict(num_warps=8, num_stages=2), "gate": dict(num_warps=4), "state": dict(num_warps=4),
         "segment_state": dict(num_warps=8),
         "scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
@@ -643,9 +645,7 @@ def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets,
         tl.store(dg + p_tk, b_dg.to(dg.dtype.element_ty), mask=m_tk)
 
 
-def _prec(dtype: torch.dtype) -> str:
-    # fp32 inputs get exact fp32 products (tf32 would cost ~1e-3 relative error)
-    return "ieee" if dtype == torch.float32 else "tf32"
+_prec = _scalar._prec   # (FP32_PRODUCTS for fp32 inputs, as the scalar family)
 
 
 def _lim(dtype: torch.dtype) -> float:

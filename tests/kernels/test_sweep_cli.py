@@ -39,7 +39,7 @@ def test_profile_skips_the_impls_not_asked_for(monkeypatch, capsys):
     called = []
     monkeypatch.setattr(sweep.bench, "_ours", lambda kind: lambda **inp: called.append("ours"))
     monkeypatch.setattr(sweep.bench, "_fla", lambda kind: lambda **inp: called.append("fla"))
-    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=None, grad=True: {})
     monkeypatch.setattr(sweep, "kernel_times", lambda fn, inp, backward: fn(**inp) or {"_k": 1.0})
     monkeypatch.setattr(sweep.bench, "_time", lambda fn, inp, backward: (1.0, None))
     sweep.profile(["scalar"], 4096, ("ours",))
@@ -60,7 +60,7 @@ def test_scalar_sweep_times_the_one_pass_forward_forced_on_and_restores_the_rule
                 "_state_kernel": 1.0}
 
     monkeypatch.setattr(sweep, "kernel_times", fake_times)
-    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=None, grad=True: {})
     before = dict(dc.LAUNCH["fused_fwd"]), dc.FUSED_BV
     sweep.launch(["scalar"], 4096, ["fused_fwd", "state"])
     fused_runs = [s for s in seen if s[0] is True]
@@ -85,7 +85,7 @@ def test_key_sweep_times_its_one_pass_without_autograd(monkeypatch, capsys):
         return {"_fused_fwd_kernel": 1.0 + dc.FUSED_BV / 1000, "_gate_kernel": 1.0}
 
     monkeypatch.setattr(sweep, "kernel_times", fake_times)
-    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=None, grad=True: {})
     before = dict(ck.LAUNCH["fused_fwd"]), dc.FUSED_BV
     sweep.launch(["key"], 4096, ["fused_fwd", "gate", "scores"])
     one = [s for s in seen if s[2]]
@@ -108,7 +108,7 @@ def test_key_sweep_of_the_segments_state_launch_reads_the_state_kernel(monkeypat
         return {"_state_kernel": ck.LAUNCH["segment_state"]["num_warps"] + ck.LAUNCH["segment_state"]["num_stages"]}
 
     monkeypatch.setattr(sweep, "kernel_times", fake_times)
-    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=None, grad=True: {})
     before = dict(ck.LAUNCH["segment_state"])
     sweep.launch(["key"], 32768, ["segment_state"])
     assert len(seen) == 9 and all(s[:2] == (False, None) for s in seen)
@@ -184,7 +184,7 @@ def test_set_applies_switches_for_the_run_only(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(sweep, "profile", lambda ops, T, impls: seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
+    monkeypatch.setattr(sweep, "profile", lambda ops, T, impls, dtype=None: seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
     assert sweep.main(["profile", "--ops", "delta", "--T", "1024", "--set", "kernels.delta.chunk.UT_POWERS=False",
                        "--set", "kernels.diag.chunk.FAST_PAIRS=True"]) == 0
     assert seen == [(["delta"], 1024, False, True)]
@@ -196,7 +196,7 @@ def test_profile_times_the_forward_without_autograd(monkeypatch, capsys):
     forward + backward with grad."""
     calls = []
 
-    def fake_inputs(B, T, kind, grad=True):
+    def fake_inputs(B, T, kind, dtype=None, grad=True):
         return {"x": torch.ones(2, requires_grad=grad)}
 
     def fake_times(fn, inp, backward, iters=5):
@@ -258,7 +258,7 @@ def test_delta_sweep_reads_the_chain_under_its_kernel_name(monkeypatch, capsys):
         return {"_segment_chain_kernel": cfg["BR"] + cfg["BV"] / 100 + cfg["num_warps"] / 1e4 + cfg["num_stages"] / 1e6}
 
     monkeypatch.setattr(sweep, "kernel_times", fake_times)
-    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=None, grad=True: {})
     monkeypatch.setattr(C, "_few", lambda *a: True)
     sweep.launch_delta("delta", 32768, ["chain"])
     out = capsys.readouterr().out
@@ -280,7 +280,7 @@ def test_ab_alternates_the_defaults_and_the_switches_in_one_process(monkeypatch,
         return (0.5 if dc.FUSED_MIN_PROGRAMS is None else 0.4) + backward + 9 * first, None
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(sweep.bench, "_ours", lambda kind: lambda **inp: None)
-    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, grad: {})
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=None, grad=True: {})
     monkeypatch.setattr(sweep.bench, "_time", fake_time)
     assert sweep.main(["ab", "--ops", "scalar", "--T", "8192", "--rounds", "2",
                        "--set", "kernels.diag.chunk.FUSED_MIN_PROGRAMS=128"]) == 0
@@ -334,3 +334,19 @@ def test_compile_check_takes_set_as_sweep_does(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         compile_check.main(["--set", "kernels.delta.chunk.NOPE=1"])
     assert e.value.code == 2 and "has no NOPE" in capsys.readouterr().err
+
+
+def test_ab_and_profile_take_a_dtype(monkeypatch):
+    """--dtype fp32 reaches the inputs of ab and profile (the benchmark's bf16 otherwise)."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(sweep.bench, "_ours", lambda kind: lambda **inp: None)
+    monkeypatch.setattr(sweep.bench, "_fla", lambda kind: None)
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=torch.bfloat16, grad=True: seen.append(dtype) or {})
+    monkeypatch.setattr(sweep.bench, "_time", lambda fn, inp, backward: (1.0, None))
+    monkeypatch.setattr(sweep, "kernel_times", lambda fn, inp, backward: {"_k": 1.0})
+    assert sweep.main(["ab", "--ops", "scalar", "--T", "8192", "--rounds", "1", "--dtype", "fp32",
+                       "--set", "kernels.diag.chunk.FUSED_MIN_PROGRAMS=128"]) == 0
+    assert sweep.main(["profile", "--ops", "key", "--impls", "ours", "--dtype", "fp32"]) == 0
+    assert sweep.main(["profile", "--ops", "key", "--impls", "ours"]) == 0
+    assert seen == [torch.float32] * 4 + [torch.bfloat16] * 2
