@@ -13,6 +13,7 @@ __all__ = ["interpreting", "check_device", "check_head_dim", "check_cu_seqlens",
            "check_scale"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
 
 # Precision of the matrix products for fp32 inputs in the diagonal-decay and delta-rule kernels:
 # "ieee" (exact fp32, CUDA cores) or "tf32x3" (three tf32 tensor-core products, fp32-accurate to

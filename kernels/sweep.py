@@ -33,8 +33,7 @@ import itertools
 import torch
 
 from . import bench
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+from ._common import DTYPES
 
 
 def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, float]:

@@ -15,13 +15,12 @@ import sys
 
 os.environ.pop("TRITON_INTERPRET", None)  # compile for the GPU even where tests interpret
 
-import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from . import chunk as CH  # noqa: E402
 from . import recurrent as RE  # noqa: E402
-from .._common import cdiv  # noqa: E402
+from .._common import DTYPES, cdiv  # noqa: E402
 from ..compile_check import SHARED_LIMIT, ptxas_report  # noqa: E402
 
 _INTS = {"MAXC", "NT", "NC", "C"}
@@ -50,7 +49,7 @@ def _ptxas_info(ptx: str, arch: int) -> str:
 
 def jobs(dtype: str, K: int, BT: int):
     """(name, kernel, constexprs, warps, stages) as the launchers use them, at H = 16, K = V."""
-    prec = CH._prec({"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
+    prec = CH._prec(DTYPES[dtype])
     bl = CH._blocks(K, K, BT, prec)
     shape = dict(H=16, K=K, V=K, BT=BT, BK=bl["BK"], PREC=prec)
     gates = dict(USE_G=True, RETAINED=False)

@@ -43,7 +43,7 @@ def test_every_kernel_of_a_family_compiles_for_sm90(family, kernels):
 
 @pytest.mark.parametrize("args,message", [
     (["--family", "gla"], "--family: gla not one of scalar, key, delta"),
-    (["--dtype", "fp8"], "--dtype: fp8 not one of fp32, bf16, fp16"),
+    (["--dtype", "fp8"], "--dtype: fp8 not one of bf16, fp16, fp32"),
     (["--K", "64,x"], "--K: comma-separated integers, got '64,x'"),
     (["--set", "kernels.diag.chunk.NOPE=1"], "has no NOPE"),
 ])
