@@ -131,11 +131,9 @@ def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segmen
             g = torch.zeros((T, H, K) if decay == "key" else (T, H), requires_grad=backward)
             h0 = torch.zeros(1, H, K, V, requires_grad=backward)
             with switches(changes + list(settings or [])), torch.set_grad_enabled(backward), \
-                    compiled_launches(arch, f"{label}, {'then backward' if backward else 'alone'}") as got:
+                    compiled_launches(arch, f"{label} forward" if backward else f"{label}, alone") as got:
                 o, ht = fn.apply(q, k, v, g, h0, offsets, True, K ** -0.5)
                 if backward:
-                    for r in got:
-                        r["label"] = f"{label} forward"
                     n = len(got)
                     torch.autograd.grad((o.float().sum(), ht.sum()), (q, k, v, g, h0), allow_unused=True)
                     for r in got[n:]:
