@@ -51,7 +51,8 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096
           "dstate": dict(num_warps=4, num_stages=2), "dqdk": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
-# which stay within shared memory and registers up to K = V = 256.
+# which stay within shared memory up to K = V = 256 (`python -m kernels.compile_check`; fp32's exact
+# products spill, see kernels._common.FP32_PRODUCTS).
 SAFE = {"fused_fwd": dict(num_warps=8), "state": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4),
         "dqdk": dict(num_warps=8, num_stages=2), "dv": dict(num_warps=4, num_stages=2)}

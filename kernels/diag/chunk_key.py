@@ -70,7 +70,8 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),
           "dqk_inter": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
-# which stay within shared memory and registers up to K = V = 256.
+# which stay within shared memory up to K = V = 256 (`python -m kernels.compile_check`; fp32's exact
+# products spill, see kernels._common.FP32_PRODUCTS).
 # (the one pass in two pipeline stages: with kernels._common.FP32_PRODUCTS = "tf32x3", three need
 # 242 KB of shared memory at K = V = 128, over an sm_90's 227; two, 161 KB: python -m kernels.compile_check)
 SAFE = {"fused_fwd": dict(num_warps=8, num_stages=2), "gate": dict(num_warps=4), "state": dict(num_warps=4),
@@ -714,7 +715,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     logw = _alloc(NS * pc.split, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN \
         else None
     # (SEGMENT_STATE_TILES, each at most the padded head dim)
-    BKs, BVs = min(max(16, next_pow2(K)), SEGMENT_STATE_TILES[0]), min(max(16, next_pow2(V)), SEGMENT_STATE_TILES[1])
+    BKs, BVs = (min(d, t) for d, t in zip(_scalar._tiles(K, V), SEGMENT_STATE_TILES))
     _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
         kd, v, GL, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
         HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
