@@ -16,17 +16,16 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
 
 # Precision of the matrix products for fp32 inputs in the diagonal-decay and delta-rule kernels:
-# "ieee" (exact fp32, CUDA cores) or "tf32x3" (three tf32 tensor-core products, fp32-accurate to
-# ~1e-7 relative, as the Titans kernels use). "ieee" compiles to FMA code that ptxas cannot keep in
-# registers: `python -m kernels.compile_check --dtype fp32 --K 64,128` (sm_90) reports 32 registers a
-# thread and 6.6–28 KB of spill stores for 16 of the three families' kernel builds (Mamba-2's one pass
-# 21 KB at K = 128, its dv kernel 23 KB), where bf16 inputs spill at most 2.7 KB; with "tf32x3" every
-# one keeps 183–255 registers and spills at most 4.1 KB (kernels/results/experiments_2026-12-02c.md
-# §6). Built, off and untimed (no device time was left): next, `python -m
-# kernels.gpu_check --dtypes float32 --set "kernels._common.FP32_PRODUCTS='tf32x3'"` for accuracy, and
-# `python -m kernels.sweep ab --dtype fp32 --ops scalar,key,delta --T 4096 --set
-# "kernels._common.FP32_PRODUCTS='tf32x3'"` for time.
-FP32_PRODUCTS = "ieee"
+# "tf32x3" (three tf32 tensor-core products, fp32-accurate to ~1e-7 relative, as the Titans kernels
+# use) or "ieee" (exact fp32 on the CUDA cores). "ieee" compiles to FMA code that ptxas cannot keep in
+# registers (`python -m kernels.compile_check --dtype fp32 --K 64,128`: 32 registers a thread and
+# 6.6–28 KB of spill stores in 16 of the three families' builds; with "tf32x3" all keep 183–255
+# registers and spill at most 4.1 KB), and runs 6–17x slower on the H200 at T = 4096 (B·T = 32K,
+# H = 16, K = V = 128: Mamba-2's forward 59.0 → 3.53 ms, GLA's 45.4 → 4.92, DeltaNet's 79.3 → 10.7)
+# for the same accuracy (`python -m kernels.gpu_check --dtypes float32`: every row within 2.7e-6).
+# kernels/results/experiments_2026-12-02d.md §1. The delta rule keeps "ieee" at key dims over 128
+# (see kernels.delta.chunk._operands).
+FP32_PRODUCTS = "tf32x3"
 
 
 def fp32_products() -> str:

@@ -130,7 +130,8 @@ def check_varlen(name, dtype, H, K, V):
     return worst, worst < TOL[dtype]
 
 
-SCALAR_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "strong"), (8, 512, 16, 128, 128, "bursts")]
+SCALAR_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "strong"), (8, 512, 16, 128, 128, "bursts"),
+                 (1, 1000, 2, 256, 256, "gla"), (1, 777, 2, 100, 72, "bursts")]
 KEY_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "bursts"), (2, 2048, 4, 128, 128, "strong"),
               (1, 1000, 2, 256, 256, "gla"), (1, 777, 2, 100, 72, "bursts")]
 

@@ -788,11 +788,17 @@ def _gated(g: Tensor | None, dtype: torch.dtype) -> int:
     return 2 if fast else 1
 
 
-def _operands(dtype: torch.dtype) -> tuple[torch.dtype, str]:
+def _operands(dtype: torch.dtype, K: int) -> tuple[torch.dtype, str]:
     """(operand dtype of the mixed products and of W, U, Vn; precision of fp32 products)."""
     if dtype == torch.bfloat16 and HALF_OPERANDS:
         return torch.bfloat16, "tf32"
-    return torch.float32, (fp32_products() if dtype == torch.float32 else "tf32")
+    if dtype != torch.float32:
+        return torch.float32, "tf32"
+    # key dims over 128 keep exact products: the state scan's tf32x3 build at K = 256, chunk 64, reads
+    # out of bounds on the H200 (Triton 3.6: an illegal memory access; chunk 32 and K <= 128 pass;
+    # kernels/results/experiments_2026-12-02d.md §1)
+    prec = fp32_products()
+    return torch.float32, ("ieee" if prec == "tf32x3" and K > 128 else prec)
 
 
 _TL = {torch.float32: tl.float32, torch.bfloat16: tl.bfloat16}
@@ -982,7 +988,7 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     dev, NC = k.device, chunk_indices.shape[0]
     KP, BK, BV, BVS = _tiles(K, V)
     gated = _gated(g, k.dtype)
-    inter, prec = _operands(k.dtype)
+    inter, prec = _operands(k.dtype, K)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     # T enters the W, U products as an operand in `inter`, and the backward's fp32 products as bf16
     # values widened: stored in `inter` (as fla stores its inverse in k's dtype)
@@ -1010,7 +1016,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
     NC = chunk_indices.shape[0]
     gated = _gated(g, q.dtype)
-    inter, prec = _operands(q.dtype)
+    inter, prec = _operands(q.dtype, K)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, N * H, dev)
     few = _few(N * H, V, BVF, dev)   # fewer scan programs than SMs
@@ -1057,7 +1063,7 @@ def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, beta=None,
     ``beta`` and ``Tm``, it makes W itself (WU) instead of reading the stored one."""
     Tt, H, K = k.shape
     KP = max(16, next_pow2(K))
-    inter, prec = _operands(k.dtype)
+    inter, prec = _operands(k.dtype, K)
     P = _empty(NS, H, K, K, dtype=torch.float32, device=k.device)
     wu = Tm is not None
     _state_kernel[(cdiv(K, c["BV"]), NS * H)](
@@ -1082,7 +1088,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     chunk_offsets, chunk_indices, maxc = chunk_layout(offsets, BT)
     NC = chunk_indices.shape[0]
     gated = _gated(g, q.dtype)
-    inter, prec = _operands(q.dtype)
+    inter, prec = _operands(q.dtype, K)
     dt = _TL[inter]
     B, T = offsets._dense
     s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, dev, bt=BT)
@@ -1137,7 +1143,7 @@ def _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT
     N = offsets.numel() - 1
     dev = q.device
     KP, _, _, BVS = _tiles(K, V)
-    inter, prec = _operands(q.dtype)
+    inter, prec = _operands(q.dtype, K)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     B, T = offsets._dense
     s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, dev, bt=BT)
@@ -1169,7 +1175,7 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     dev = q.device
     KP, BK, BV, BVS = _tiles(K, V)
     gated = _gated(g, q.dtype)
-    inter, prec = _operands(q.dtype)
+    inter, prec = _operands(q.dtype, K)
     dt, nw = _TL[inter], _num_warps(BT, inter)
     c_dqkw = _cfg("dqkw", inter, K, V, BK=BK, BV=BV, num_warps=nw)
     NK = cdiv(K, c_dqkw["BK"])    # key tiles of dQ/dK/dW, each with its share of dg

@@ -52,7 +52,7 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096
           "dv": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory up to K = V = 256 (`python -m kernels.compile_check`; fp32's exact
-# products spill, see kernels._common.FP32_PRODUCTS).
+# "ieee" products spill, hence tf32x3 by default: kernels._common.FP32_PRODUCTS).
 SAFE = {"fused_fwd": dict(num_warps=8), "state": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4),
         "dqdk": dict(num_warps=8, num_stages=2), "dv": dict(num_warps=4, num_stages=2)}

@@ -71,7 +71,7 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           "dqk_inter": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory up to K = V = 256 (`python -m kernels.compile_check`; fp32's exact
-# products spill, see kernels._common.FP32_PRODUCTS).
+# "ieee" products spill, hence tf32x3 by default: kernels._common.FP32_PRODUCTS).
 # (the one pass in two pipeline stages: with kernels._common.FP32_PRODUCTS = "tf32x3", three need
 # 242 KB of shared memory at K = V = 128, over an sm_90's 227; two, 161 KB: python -m kernels.compile_check)
 SAFE = {"fused_fwd": dict(num_warps=8, num_stages=2), "gate": dict(num_warps=4), "state": dict(num_warps=4),

@@ -448,18 +448,20 @@ def test_state_split_rule(monkeypatch):
     assert dc.state_split(64) == 1
 
 
+@pytest.mark.parametrize("products", ["tf32x3", "ieee"])
 @pytest.mark.parametrize("name,module,kernel", [
     ("mamba2", "kernels.diag.chunk", "_dv_kernel"), ("gla", "kernels.diag.chunk_key", "_output_kernel"),
     ("gated_deltanet", "kernels.delta.chunk", "_ut_kernel")])
-def test_fp32_products_switch(monkeypatch, count_launches, name, module, kernel):
-    """kernels._common.FP32_PRODUCTS = "tf32x3" reaches the fp32 launches of every chunked family
-    (diagonal and delta rule) as their product precision; output, final state and gradients still
-    match float64 (the interpreter's products; the GPU check judges the tensor cores')."""
+def test_fp32_products_switch(monkeypatch, count_launches, name, module, kernel, products):
+    """kernels._common.FP32_PRODUCTS ("tf32x3" by default, or "ieee") reaches the fp32 launches of every
+    chunked family (diagonal and delta rule) as their product precision; output, final state and
+    gradients still match float64 (the interpreter's products; the GPU check judges the tensor cores')."""
     import importlib
 
     import kernels._common as kc
 
-    monkeypatch.setattr(kc, "FP32_PRODUCTS", "tf32x3")
+    assert kc.FP32_PRODUCTS == "tf32x3"
+    monkeypatch.setattr(kc, "FP32_PRODUCTS", products)
     launches = count_launches(importlib.import_module(module), kernel)
     spec, inp = random_case(name, {}, B=2, T=67, H=2, K=16, V=16, seed=11)
     ref_leaves = requires_grad(dict(inp))
@@ -470,4 +472,17 @@ def test_fp32_products_switch(monkeypatch, count_launches, name, module, kernel)
     grads = _grads(o, S, list(leaves.values()), 5), _grads(o_ref, S_ref, list(ref_leaves.values()), 5)
     for n, a, b in zip(leaves, *grads):
         assert rel_err(a, b) < TOL, f"d{n}: {rel_err(a, b):.2e}"
-    assert launches and all(kw["PREC"] == "tf32x3" for _, kw in launches)
+    assert launches and all(kw["PREC"] == products for _, kw in launches)
+
+
+def test_delta_rule_keeps_exact_fp32_products_over_128_key_dims(monkeypatch):
+    """The delta rule's fp32 products: FP32_PRODUCTS up to K = 128, "ieee" above (its tf32x3 state scan
+    faults on the H200 at K = 256); 16-bit inputs' mixed products stay tf32."""
+    import kernels._common as kc
+    import kernels.delta.chunk as dc
+
+    assert dc._operands(torch.float32, 128) == (torch.float32, "tf32x3")
+    assert dc._operands(torch.float32, 129) == (torch.float32, "ieee")
+    assert dc._operands(torch.float16, 256) == (torch.float32, "tf32")
+    monkeypatch.setattr(kc, "FP32_PRODUCTS", "ieee")
+    assert dc._operands(torch.float32, 64) == (torch.float32, "ieee")
