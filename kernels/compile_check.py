@@ -1,6 +1,6 @@
 """Compile the chunked kernels for a GPU without one: shared memory, registers and spills.
 
-    python -m kernels.compile_check [--family scalar,key,delta] [--dtype bf16,fp16,fp32] [--K 64,128,256]
+    python -m kernels.compile_check [--family scalar,key,delta,titans] [--dtype bf16,fp16,fp32] [--K 64,128,256]
                                     [--chunk 64] [--arch 90] [--segments] [--set MODULE.NAME=VALUE ...]
 
 The real launchers run on CPU tensors with every ``kernel[grid](...)`` turned into a compilation for
@@ -13,7 +13,8 @@ The diagonal families (``scalar``: Mamba-2 / simple GLA, ``key``: GLA) are compi
 forward paths — the two-pass kernels, the one pass, and (``--segments``) the one pass over segments —
 with and without a backward to follow, and their backward; a kernel compiled the same way twice is
 listed once. ``delta`` is :mod:`kernels.delta.compile_check`'s forward and backward (with
-``--segments``, those over segments).
+``--segments``, those over segments); ``titans`` is :mod:`kernels.memory.compile_check`'s (the chunked
+and the fused recurrent kernels, forward and backward).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 from ._common import DTYPES  # noqa: E402
 
 SHARED_LIMIT = {90: 232448, 80: 166912}
-FAMILIES = ("scalar", "key", "delta")
+FAMILIES = ("scalar", "key", "delta", "titans")
 _TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
           torch.int32: "i32"}
 
@@ -147,12 +148,16 @@ def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segmen
 
 def check(family: str, dtype: torch.dtype, K: int, V: int, arch: int, segments: bool = False,
           settings: list | None = None, chunk: int = 64) -> list[dict]:
-    """One row per kernel of ``family`` (scalar, key or delta) as it is launched at this shape (``chunk``:
-    the delta rule's chunk size; the diagonal families' is 64)."""
+    """One row per kernel of ``family`` (scalar, key, delta or titans) as it is launched at this shape
+    (``chunk``: the delta rule's and Titans' chunk size; the diagonal families' is 64)."""
     if family == "delta":
         from kernels.delta import compile_check as delta_check
 
         return delta_check.check(dtype, K, V, chunk, arch, segments=segments, settings=settings)
+    if family == "titans":
+        from kernels.memory import compile_check as titans_check
+
+        return titans_check.check(dtype, K, V, chunk, arch, settings=settings)
     return check_diag(family, dtype, K, V, arch, segments, settings)
 
 
@@ -161,7 +166,7 @@ def main(argv=None) -> int:
     ap.add_argument("--family", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
     ap.add_argument("--dtype", default="bf16,fp16,fp32")
     ap.add_argument("--K", default="64,128,256", help="head dims, K = V")
-    ap.add_argument("--chunk", type=int, default=64, choices=(16, 32, 64), help="the delta rule's chunk size")
+    ap.add_argument("--chunk", type=int, default=64, choices=(16, 32, 64), help="the delta rule's and Titans' chunk size")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--segments", action="store_true",
                     help="the diagonal families' forwards over segments too; the delta rule's forward and "

@@ -18,6 +18,8 @@ FAMILIES = [
              "_segment_pass_kernel", "_dstate_kernel", "_dv_kernel", "_dqk_intra_kernel", "_dqk_inter_kernel"}),
     ("delta", {"_ut_kernel", "_state_kernel", "_segment_chain_kernel", "_dstate_kernel", "_dqkw_kernel",
                "_wy_bwd_kernel"}),
+    ("titans", {"_prep_kernel", "_state_kernel", "_output_kernel", "_dstate_kernel", "_grad_kernel",
+                "_dgate_kernel", "_fwd_kernel", "_bwd_kernel"}),
 ]
 
 
@@ -36,13 +38,16 @@ def test_every_kernel_of_a_family_compiles_for_sm90(family, kernels):
     assert {r[3].strip() for r in rows} >= kernels, res.stdout
     assert all(r[8].strip().isdigit() and int(r[8]) <= 255 for r in rows), res.stdout   # registers a thread
     assert "0 kernels over the 227 KB of shared memory of sm_90" in res.stdout
-    if family != "delta":   # each forward path names itself
+    if family == "titans":   # both kernels, both directions
+        assert {r[4].strip() for r in rows} == {f"{f} {d}" for f in ("chunked", "recurrent")
+                                                for d in ("forward", "backward")}, rows
+    if family in ("scalar", "key"):   # each forward path names itself
         where = {r[4].strip() for r in rows}
         assert {"two passes forward", "one pass forward", "segments forward", "backward"} <= where, where
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--family", "gla"], "--family: gla not one of scalar, key, delta"),
+    (["--family", "gla"], "--family: gla not one of scalar, key, delta, titans"),
     (["--dtype", "fp8"], "--dtype: fp8 not one of bf16, fp16, fp32"),
     (["--K", "64,x"], "--K: comma-separated integers, got '64,x'"),
     (["--set", "kernels.diag.chunk.NOPE=1"], "has no NOPE"),
