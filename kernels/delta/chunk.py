@@ -431,7 +431,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
 @triton.jit
 def _segment_chain_kernel(P, dS, h0, S_in, ht, NSEG, H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                           BR: tl.constexpr, BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                          REVERSE: tl.constexpr = False):
+                          REVERSE: tl.constexpr = False, PREC: tl.constexpr = "ieee"):
     """The states entering a sequence's segments in order: S ← P_j S + dS_j from its initial state
     (P_j a segment's transition, dS_j its state from zero); the last one leaving it into ht. REVERSE
     (the backward): last segment first with P_jᵀ, from the final state's gradient (h0), each segment's
@@ -471,8 +471,8 @@ def _segment_chain_kernel(P, dS, h0, S_in, ht, NSEG, H: tl.constexpr, K: tl.cons
                 b_P = tl.load(P + seg * K * K + p_P, mask=(rows < K)[:, None] & (cols < K)[None, :], other=0.0)
                 b_S = tl.load(S_in + seg * K * V + cols[:, None] * V + o_v[None, :],
                               mask=(cols < K)[:, None] & m_v[None, :], other=0.0)
-                # fp32 products: the chain multiplies every segment's transition
-                acc += tl.dot(b_P, b_S, input_precision="ieee")
+                # fp32-accurate products (CHAIN_PRODUCTS): the chain multiplies every segment's transition
+                acc += tl.dot(b_P, b_S, input_precision=PREC)
             tl.store(S_in + (seg + step) * K * V + p, acc, mask=m & (j + 1 < NSEG))
             if STORE_HT:
                 tl.store(ht + i_nh.to(tl.int64) * K * V + p, acc, mask=m & (j + 1 == NSEG))
@@ -734,7 +734,7 @@ def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dko, dv, dbeta, dgp, dg, offs
 # the storage of W, U and Vn: True runs them in bf16 for bf16 inputs, as fla does (half the
 # registers and bytes); False keeps them in fp32, multiplied in tf32 (more accurate). fp16 always
 # takes fp32: its range ends at 6e-8, below which strongly decayed terms (e^G ≈ e^-20) vanish.
-# fp32 inputs always get exact fp32 products (tf32 would cost ~1e-3 relative error).
+# fp32 inputs get fp32-accurate products (tf32 would cost ~1e-3 relative error): see _operands.
 HALF_OPERANDS = True
 
 
@@ -888,13 +888,21 @@ def _cfg(name: str, inter: torch.dtype, K: int, V: int, **default) -> dict:
     return cfg
 
 
+# Precision of the chain's products (fp32 transitions and states, whatever the inputs' dtype): "ieee"
+# (exact, on the CUDA cores) or "tf32x3" (three tensor-core products, fp32-accurate to ~1e-7). The
+# chain is a walk over the segments in order, 0.15 ms of DeltaNet's 1.14 ms forward at T = 32K:
+# `python -m kernels.sweep ab --ops delta,gdn --T 32768 --set "kernels.delta.chunk.CHAIN_PRODUCTS='tf32x3'"`
+# times the other (not yet timed: built when no device time was left).
+CHAIN_PRODUCTS = "ieee"
+
+
 def _chain_cfg(inter: torch.dtype, K: int, V: int) -> dict:
     """Launch keyword arguments of _segment_chain_kernel: [BR, BR] × [BR, BV] blocks (BR never wider
-    than the padded K), LAUNCH["chain"] where set."""
+    than the padded K), LAUNCH["chain"] where set, and the products' precision (CHAIN_PRODUCTS)."""
     KP = max(16, next_pow2(K))
     cfg = _cfg("chain", inter, K, V, BR=min(KP, 32), BV=min(max(16, next_pow2(V)), 32), num_warps=4)
     cfg["BR"] = min(cfg["BR"], KP)
-    return cfg
+    return cfg | {"PREC": CHAIN_PRODUCTS}
 
 
 def _few(NH: int, V: int, BV: int, device) -> bool:

@@ -628,8 +628,22 @@ def test_chain_blocks(monkeypatch, count_launches):
     assert [(grid, kw["BR"], kw["BV"]) for grid, kw in chains] == [((3, 2), 16, 16)] * 2
     monkeypatch.undo()
     monkeypatch.setattr(C, "LAUNCH", {**C.LAUNCH, "chain": dict(BR=64, BV=64, num_warps=8, num_stages=2)})
-    assert C._chain_cfg(torch.bfloat16, 32, 128) == dict(BR=32, BV=64, num_warps=8, num_stages=2)
-    assert C._chain_cfg(torch.float32, 128, 128) == dict(BR=32, BV=32, num_warps=4)   # fp32: the defaults
+    assert C._chain_cfg(torch.bfloat16, 32, 128) == dict(BR=32, BV=64, num_warps=8, num_stages=2, PREC="ieee")
+    # fp32: the defaults
+    assert C._chain_cfg(torch.float32, 128, 128) == dict(BR=32, BV=32, num_warps=4, PREC="ieee")
+
+
+def test_chain_products_switch(monkeypatch, count_launches):
+    """CHAIN_PRODUCTS = "tf32x3" reaches both chain launches (forward and reverse) as their precision,
+    and every output, state and gradient over segments still matches float64."""
+    monkeypatch.setattr(C, "SEGMENTS", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1000)
+    monkeypatch.setattr(C, "CHAIN_PRODUCTS", "tf32x3")
+    chains = count_launches(C, "_segment_chain_kernel")
+    d = inputs("gated_deltanet", 1, 100, 2, 32, 24, seed=22)
+    S0, do, dS = cotangents(1, 100, 2, 32, 24, 1, True, True)
+    compare("gated_deltanet", d, S0, do, dS, chunk_size=32)
+    assert [kw["PREC"] for _, kw in chains] == ["tf32x3"] * 2
 
 
 def test_segmented_backward_makes_its_own_transitions(monkeypatch, count_launches):
