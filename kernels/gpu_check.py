@@ -27,6 +27,9 @@ from kernels.bench import switches
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
+# what --only takes besides mixer names (groups of rows), and the mixers of the one-pass rows (fused:NAME)
+ONLY_GROUPS = ("chunk_key", "chunk_scalar", "chunk_delta", "titans", "fused", "repeat", "step", "varlen")
+FUSED_MIXERS = ("mamba2", "linear_attention", "deltanet", "gated_deltanet", "gla")
 MIXERS = [("mamba2", {}), ("retnet", {}), ("linear_attention", {"feature_map": "elu1", "normalize": True}),
           ("gla", {}), ("s6", {}), ("qlstm", {"reversed": True}), ("deltanet", {}),
           ("gated_deltanet", {}), ("longhorn", {}), ("softmax_attention", {}),
@@ -390,7 +393,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
                     "also chunk_key, chunk_scalar, chunk_delta, titans, fused (the one-pass forwards; fused:NAME "
                     "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments, wu or pieces), repeat (every "
-                    "mixer's repeat check) and step (every mixer's decode-step check)")
+                    "mixer's repeat check), step (every mixer's decode-step check) and varlen (every "
+                    "mixer's packed-sequences check)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     from kernels.sweep import add_set_option, settings_of
@@ -402,11 +406,18 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"--dtypes: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
     only = set(filter(None, args.only.split(",")))
+    # a name that selects nothing would report "0 failing rows" having checked nothing
+    known_only = sorted({n for n, _ in MIXERS} | set(ONLY_GROUPS))
+    for n in only:
+        if not n.startswith("fused:") and n not in known_only:
+            ap.error(f"--only: unknown {n!r}; choose from {', '.join(known_only)} or fused:NAME[/MODE]")
     # fused:NAME, or fused:NAME/MODE (pass, segments, wu): the fused rows of one mixer, or of one mode
     fused_only: dict[str, set[str]] = {}
     for n in only:
         if n.startswith("fused:"):
             name, _, mode = n.split(":", 1)[1].partition("/")
+            if name not in FUSED_MIXERS:
+                ap.error(f"--only {n}: the name after 'fused:' is one of {', '.join(FUSED_MIXERS)}; got {name!r}")
             if mode and mode not in ("pass", "segments", "wu", "pieces"):
                 ap.error(f"--only {n}: the mode after '/' is one of pass, segments, wu, pieces; got {mode!r}")
             fused_only.setdefault(name, set()).update([mode] if mode else [])
@@ -568,12 +579,12 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
             failed += not _row(lines, f"| {name} | {opts or ''} | {str(dtype)[6:]} |", step, 3)
     lines += ["", "| varlen (cu_seqlens [0, 1, 1, 300, 1000]) | dtype | worst error | ok |", "|---|---|---|---|"]
     for name in ("mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention"):
-        for dtype in _pick(torch.float32, torch.bfloat16) if want(name) else ():
+        for dtype in _pick(torch.float32, torch.bfloat16) if want(name) or "varlen" in only else ():
             def varlen(name=name, dtype=dtype):
                 err, ok = check_varlen(name, dtype, H, K, V)
                 return f"{err:.1e}", ok
             failed += not _row(lines, f"| {name} | {str(dtype)[6:]} |", varlen, 2)
-    for dtype in _pick(torch.float32, torch.bfloat16) if want("titans") else ():
+    for dtype in _pick(torch.float32, torch.bfloat16) if want("titans") or "varlen" in only else ():
         def memory_varlen(dtype=dtype):
             err, ok = check_memory_varlen(dtype, H, K, V)
             return f"{err:.1e}", ok

@@ -139,6 +139,27 @@ def test_an_unknown_fused_mode_is_refused(capsys):
     assert "pass, segments, wu, pieces; got 'segment'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("only,message", [
+    ("varlens", "--only: unknown 'varlens'; choose from chunk_delta, chunk_key"),
+    ("mamba2,gated_delta", "--only: unknown 'gated_delta'"),
+    ("fused:mamba", "the name after 'fused:' is one of mamba2, linear_attention, deltanet, gated_deltanet, gla; "
+                    "got 'mamba'"),
+])
+def test_an_unknown_only_name_is_refused(only, message, capsys):
+    """A name --only does not know would select no rows and report 0 failing: refused, naming the known."""
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--only", only])
+    assert message in capsys.readouterr().err
+
+
+def test_only_varlen_runs_every_varlen_row_and_nothing_else(tmp_path, monkeypatch):
+    _fake_checks(monkeypatch)
+    assert gpu_check.main(["--quick", "--only", "varlen", "--dtypes", "float32", "--out", str(tmp_path)]) == 0
+    rows = [r for r in (tmp_path / "gpu_check.md").read_text().splitlines() if r.startswith("| ") and "float32" in r]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["mamba2", "gla", "deltanet", "gated_deltanet",
+                                                    "softmax_attention", "titans (memory='linear')"]
+
+
 def test_set_switches_are_in_force_while_checking_and_named(tmp_path, monkeypatch):
     """--set: the checks run with the switch set (and the report's header names it); afterwards the
     module's value is back."""
