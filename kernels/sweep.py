@@ -82,6 +82,9 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla"),
                     print(f"   {t:8.3f} ms  {name[:90]}", flush=True)
 
 
+KINDS = ("scalar", "key", "delta", "gdn")   # what --ops takes: bench's kinds of chunked mixer
+
+
 def ab(kinds: list[str], T: int, switches: list, rounds: int = 3, dtype: torch.dtype = torch.bfloat16) -> dict:
     """Our forward and forward + backward with the defaults ("default") and with ``switches``
     ("set"), alternating for ``rounds`` rounds in this process after one round whose times are
@@ -317,7 +320,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("profile", "launch", "step", "ab"))
     ap.add_argument("--ops", default="scalar,key,delta",
-                    help="comma-separated kinds (scalar, key, delta, gdn)")
+                    help=f"comma-separated kinds, of {', '.join(KINDS)}")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
     # an A/B of our switches need not wait for fla's autotuning each time
     ap.add_argument("--impls", default="ours,fla", help="profile: comma-separated, of ours and fla")
@@ -346,9 +349,11 @@ def main(argv=None) -> int:
                  "kernels.diag.chunk.FUSED_MIN_PROGRAMS=128")
     if args.rounds < 1:
         ap.error(f"--rounds: at least 1, got {args.rounds}")
+    ops = [o for o in args.ops.split(",") if o]
+    if not ops or set(ops) - set(KINDS):
+        ap.error(f"--ops: unknown {sorted(set(ops) - set(KINDS)) or args.ops!r}; known: {', '.join(KINDS)}")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the kernels are timed there)")
-    ops = args.ops.split(",")
     if args.what == "ab":
         ab(ops, args.T, switches, args.rounds, DTYPES[args.dtype])
         return 0

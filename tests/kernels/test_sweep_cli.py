@@ -350,3 +350,12 @@ def test_ab_and_profile_take_a_dtype(monkeypatch):
     assert sweep.main(["profile", "--ops", "key", "--impls", "ours", "--dtype", "fp32"]) == 0
     assert sweep.main(["profile", "--ops", "key", "--impls", "ours"]) == 0
     assert seen == [torch.float32] * 4 + [torch.bfloat16] * 2
+
+
+@pytest.mark.parametrize("ops,message", [("foo", "--ops: unknown ['foo']; known: scalar, key, delta, gdn"),
+                                         ("scalar,softmax", "unknown ['softmax']"), (",", "--ops: unknown ','")])
+def test_unknown_ops_are_refused_before_the_gpu(ops, message, capsys):
+    """--ops names the kinds to time; one it does not know is refused even where there is no GPU."""
+    with pytest.raises(SystemExit):
+        sweep.main(["ab", "--ops", ops, "--set", "kernels.diag.chunk.FUSED_BV=128"])
+    assert message in capsys.readouterr().err
