@@ -214,7 +214,8 @@ class MixerLayer(nn.Module):
         head_dim: K = V per head (default d_model // n_heads); for the gated RNNs and SSMs, the
             channels per head.
         backend: "reference" runs ``dsf.chunked``; "triton" runs ``kernels.compile(spec).chunked``
-            (CUDA, or TRITON_INTERPRET=1); "auto" takes the kernel when one exists and x is on CUDA.
+            (CUDA, or TRITON_INTERPRET=1); "auto" takes the kernel when one exists and x is on CUDA (and not
+            float64).
         chunk_size: chunk length of the reference form; default 64, or 8 for vector decays (see
             ``default_chunk_size``).
         state_dim: the state's extra size: N states per channel (s4d, s6), the hidden width E of
@@ -337,8 +338,10 @@ class MixerLayer(nn.Module):
                 raise RuntimeError("MixerLayer: backend='triton' needs CUDA tensors or TRITON_INTERPRET=1 "
                                    "(set before triton is imported)")
             return True
-        if not x.is_cuda or self.approximate:
-            return False  # the kernels compute the exact memory, not the mini-batch approximation
+        if not x.is_cuda or self.approximate or x.dtype == torch.float64:
+            # the kernels compute the exact memory, not the mini-batch approximation, and take
+            # fp32/bf16/fp16 only (a float64 model runs the reference forms)
+            return False
         import kernels
 
         return kernels.supports(self.spec) is not None

@@ -35,6 +35,10 @@ def prepare(op: str, q: Tensor, k: Tensor, v: Tensor, decay: str, g: Tensor | No
             raise TypeError(f"{op}: {name} must be floating-point, got {t.dtype}")
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    # (float64 ran under the interpreter but does not compile for the GPU; the dsf forms take it)
+    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{op}: q, k, v must be float32, float16 or bfloat16, got {q.dtype} "
+                        "(float64: the dsf reference forms)")
     if q.shape != k.shape:
         raise ValueError(f"{op}: k must have the shape of q {tuple(q.shape)}, got {tuple(k.shape)}")
     B, T, H, K = q.shape
@@ -94,8 +98,6 @@ def chunk_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor |
     qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
                                                            cu_seqlens)
     if decay == "key":
-        if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise TypeError(f"{op}: decay='key' runs on float32/bfloat16/float16 inputs, got {q.dtype}")
         o, ht = ChunkKeyDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
         return o.reshape(B, T, H, V), ht
     o, ht = ChunkScalarDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)

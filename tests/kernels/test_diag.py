@@ -129,6 +129,19 @@ def test_errors():
 
 
 @pytest.mark.parametrize("decay", ["none", "scalar", "key", "value"])
+@pytest.mark.parametrize("fn", [chunk_diag, fused_recurrent_diag])
+def test_float64_is_refused_by_name(fn, decay):
+    """float64 runs under the interpreter but does not compile for the GPU: refused on the CPU too,
+    pointing at the dsf forms, never a Triton compile error."""
+    q, k, v = (t.double() for t in _qkv())
+    g = {"none": None, "scalar": torch.zeros(1, 8, 2), "key": torch.zeros(1, 8, 2, 16),
+         "value": torch.zeros(1, 8, 2, 16)}[decay]
+    with pytest.raises(TypeError, match=r"q, k, v must be float32, float16 or bfloat16, got torch.float64 "
+                                        r"\(float64: the dsf reference forms\)"):
+        fn(q, k, v, decay, None if g is None else g.double())
+
+
+@pytest.mark.parametrize("decay", ["none", "scalar", "key", "value"])
 @pytest.mark.parametrize("K,V", [(16, 16), (8, 24)])
 def test_diag_step_matches_one_recurrent_step(decay, K, V):
     """The one-launch decoding step, in place and out of place, vs one step of the float64 recurrence."""

@@ -134,9 +134,11 @@ def test_memories_run_exact_or_minibatch():
         MixerLayer("titans", 16, 2, memory="linear", approximate="minibatch", backend="triton")
     # auto never sends the approximation to the (exact) kernels, even where they exist
     layer = MixerLayer("titans", 16, 2, memory="linear", approximate="minibatch")
-    cuda_like = types.SimpleNamespace(is_cuda=True)  # what _use_kernels reads of its input
+    cuda_like = types.SimpleNamespace(is_cuda=True, dtype=torch.float32)  # what _use_kernels reads of its input
     assert not layer._use_kernels(cuda_like)
     assert MixerLayer("titans", 16, 2, memory="linear")._use_kernels(cuda_like)
+    # nor a float64 model's input, which the kernels refuse
+    assert not MixerLayer("mamba2", 16, 2)._use_kernels(types.SimpleNamespace(is_cuda=True, dtype=torch.float64))
 
 
 def test_auto_uses_the_reference_on_cpu():
