@@ -39,6 +39,19 @@ class UnsupportedMixer(ValueError):
     """No kernel family can compute this mixer (its transition has no kernel yet)."""
 
 
+KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _check_dtypes(spec: MixerSpec, inputs: dict) -> None:
+    """The kernels run on fp32/bf16/fp16 inputs: a float64 one is refused by its argument's name
+    (before any lowering renames it) and pointed to the dsf forms."""
+    for name in spec.input_names:
+        x = inputs.get(name)
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"{spec.name}: {name} has dtype {x.dtype}; the kernels take float32, bfloat16 or "
+                            "float16 inputs (float64 runs in the dsf forms: dsf.chunked, dsf.recurrent)")
+
+
 def _spec(mixer: str | MixerSpec) -> MixerSpec:
     return mixer if isinstance(mixer, MixerSpec) else dsf.zoo.get(mixer)
 
@@ -160,6 +173,7 @@ class CompiledMixer:
         if set(options) - {"scale"} or isinstance(scale, bool) or not isinstance(scale, (int, float, type(None))):
             return None
         dims = resolve_inputs(spec, tensors)
+        _check_dtypes(spec, tensors)
         B, T, H, K, V = (dims[d] for d in ("B", "T", "H", "K", "V"))
         N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
         if initial_state is not None and (not isinstance(initial_state, Tensor)
@@ -243,6 +257,7 @@ class CompiledMixer:
 
     # -- lowering -------------------------------------------------------------------------------
     def _run(self, form, inputs, initial_state, output_final_state, cu_seqlens):
+        _check_dtypes(self.spec, inputs)
         spec, terms = prepare(self.spec, inputs)
         if self.family == "softmax":
             return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens)

@@ -1,4 +1,4 @@
-"""kernels.compile for the softmax family: softmax attention (cache, step) and Aaren, vs dsf float64."""
+"""kernels.compile: the softmax family (cache, step) and Aaren vs dsf float64; what every family accepts."""
 
 import pytest
 import torch
@@ -86,3 +86,18 @@ def test_every_recurrence_family_compiles():
             continue  # memories updated by a gradient step: no kernel family yet
         assert kernels.supports(spec) is not None, spec.name
         kernels.compile(spec)
+
+
+@pytest.mark.parametrize("name,opts", [("mamba2", {}), ("gla", {}), ("s6", {}), ("deltanet", {}),
+                                       ("softmax_attention", {}), ("titans", {"memory": "linear"})])
+@pytest.mark.parametrize("form", ["chunked", "recurrent"])
+def test_float64_is_refused_naming_the_argument(name, opts, form):
+    """float64 inputs: refused by the mixer's own argument names (not the lowered kernel's) and
+    pointed to the dsf forms, on every family's both forms; the diagonal kernels once compiled it
+    under the interpreter and failed to compile it for the GPU."""
+    spec = dsf.zoo.get(name, **opts)
+    inp = spec.random_inputs(1, 5, 2, 16, 16, dtype=torch.float64)
+    first = next(n for n in spec.input_names if n in inp)
+    with pytest.raises(TypeError, match=rf"{name}: {first} has dtype torch.float64; the kernels take float32, "
+                                        r"bfloat16 or float16 inputs \(float64 runs in the dsf forms"):
+        getattr(kernels.compile(spec), form)(**inp)
