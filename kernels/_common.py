@@ -124,8 +124,10 @@ def step_bounds(B: int, device) -> Tensor:
 
 def check_scale(op: str, scale) -> float:
     """The query scale as a finite Python float (the kernels take it as a number)."""
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"{op}: scale must be a finite number, got {scale!r}")
+    if not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
     return float(scale)
 
 

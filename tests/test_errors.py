@@ -117,3 +117,15 @@ def test_non_tensor_input():
     d["q"] = d["q"].tolist()
     with pytest.raises(TypeError, match="q must be a torch.Tensor, got list"):
         dsf.recurrent("gated_deltanet", **d)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "softmax_attention", "retnet"])
+@pytest.mark.parametrize("scale,error", [(float("nan"), ValueError), (float("inf"), ValueError),
+                                         ("0.5", TypeError), (True, TypeError)])
+def test_scale_must_be_a_finite_number(name, scale, error):
+    """A NaN or infinite scale would turn every output into NaN: refused by every form, as a
+    non-number is."""
+    d = dsf.random_inputs(name, B=1, T=3, H=2, K=4, V=4)
+    for form in (dsf.recurrent, dsf.chunked):
+        with pytest.raises(error, match=r"scale must be a (finite )?number"):
+            form(name, scale=scale, **d)

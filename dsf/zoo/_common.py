@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -15,8 +18,16 @@ X = Input("x", ("B", "T", "H", "V"), "input channels, V per head")
 
 
 def scale_of(scale: float | None, K: int) -> float:
-    """The query scale, K ** -0.5 unless given."""
-    return K ** -0.5 if scale is None else float(scale)
+    """The query scale, K ** -0.5 unless given; a given one must be a finite number."""
+    if scale is None:
+        return K ** -0.5
+    one_number = isinstance(scale, Tensor) and scale.numel() == 1
+    if isinstance(scale, bool) or not (isinstance(scale, numbers.Real) or one_number):
+        raise TypeError(f"scale must be a number or None, got {scale!r}")
+    s = float(scale)
+    if not math.isfinite(s):
+        raise ValueError(f"scale must be a finite number or None, got {s}")
+    return s
 
 
 def gen(seed: int | torch.Generator | None) -> torch.Generator:

@@ -47,8 +47,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, fp32_products, next_pow2, seq_bounds,
-                       sm_count)
+from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, fp32_products, next_pow2,
+                       seq_bounds, sm_count)
 from .._tl import chunk_span, state_tile, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
@@ -1295,7 +1295,7 @@ def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None 
         _need_float(op, "initial_state", initial_state)
     if isinstance(chunk_size, bool) or chunk_size not in CHUNK_SIZES:
         raise ValueError(f"{op}: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size!r}")
-    scale = K ** -0.5 if scale is None else float(scale)
+    scale = K ** -0.5 if scale is None else check_scale(op, scale)
 
     if T == 0 and cu_seqlens is None:   # every sequence empty: the state passes through
         offsets = torch.zeros(B + 1, dtype=torch.int64, device=q.device)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -52,6 +54,8 @@ def check_options(op: str, scale, window, sink_tokens, K: int) -> float:
         scale = scale.item()
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         raise TypeError(f"{op}: scale must be a float or None, got {type(scale).__name__}")
+    if not math.isfinite(scale):
+        raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
     return float(scale)
 
 

@@ -96,7 +96,7 @@ def test_step_kernels_check_the_scale():
     from kernels.diag import diag_step
 
     q = torch.randn(1, 1, 16)
-    with pytest.raises(TypeError, match="diag_step: scale must be a finite number, got nan"):
+    with pytest.raises(ValueError, match="diag_step: scale must be a finite number, got nan"):
         diag_step(torch.zeros(1, 1, 16, 16), q, q, q, scale=float("nan"))
 
 
