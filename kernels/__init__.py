@@ -27,7 +27,7 @@ from torch import Tensor
 
 import dsf
 from dsf.forms import prepare
-from dsf.spec import MixerSpec, Transition, resolve_inputs
+from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
 from dsf.terms import LinearTerms
 
 from ._common import check_cu_seqlens
@@ -144,12 +144,17 @@ class CompiledMixer:
         for inp in spec.inputs:
             if inp.name in inputs and inputs[inp.name] is not None:
                 x = inputs[inp.name]
+                if "T" in inp.dims and isinstance(x, Tensor) and x.dim() != len(inp.dims) - 1:
+                    # checked here: after the time dim is added, the spec's check would count it too
+                    dims = [d for d in inp.dims if d != "T"]
+                    raise ValueError(f"{spec.name}.step: {inp.name} must have {len(dims)} dims "
+                                     f"[{', '.join(dims)}] (one token, no time dim), got shape {tuple(x.shape)}")
                 one[inp.name] = x.unsqueeze(1) if "T" in inp.dims else x
         one.update({k: v for k, v in inputs.items() if k not in spec.input_names})
         fast = self._fast_step(one, state, inplace)
         if fast is not None:
             return fast
-        o, new = self._run("recurrent", one, state, True, None)
+        o, new = self._run("recurrent", one, state, True, None, state_arg="state")
         if inplace and isinstance(state, Tensor):
             with torch.no_grad():
                 state.copy_(new)
@@ -256,15 +261,17 @@ class CompiledMixer:
         return terms.finish(o[:, None].to(terms.u.dtype))[:, 0], new
 
     # -- lowering -------------------------------------------------------------------------------
-    def _run(self, form, inputs, initial_state, output_final_state, cu_seqlens):
+    def _run(self, form, inputs, initial_state, output_final_state, cu_seqlens, state_arg="initial_state"):
+        """The general path: the spec's lowering, then the family's kernel (``state_arg``: what the
+        caller calls the state, for the errors)."""
         _check_dtypes(self.spec, inputs)
         spec, terms = prepare(self.spec, inputs)
         if self.family == "softmax":
-            return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens)
+            return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens, state_arg)
         if self.family == "memory":
             from .memory import run_memory
 
-            return run_memory(spec.name, terms, form, initial_state, output_final_state, cu_seqlens)
+            return run_memory(spec.name, terms, form, initial_state, output_final_state, cu_seqlens, state_arg)
         assert isinstance(terms, LinearTerms)
         B, T, H, K, V = terms.shape
         N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
@@ -273,7 +280,7 @@ class CompiledMixer:
             h0 = terms.to_internal_state(initial_state)
             want = (N, H, K, V + int(terms.normalize))
             if tuple(h0.shape) != want:
-                raise ValueError(f"{spec.name}: initial_state must have shape "
+                raise ValueError(f"{spec.name}: {state_arg} must have shape "
                                  f"[{', '.join(spec.state_dims)}] with {N} rows (internal {want}), "
                                  f"got {tuple(initial_state.shape)}")
         key, val = terms.write_key(), terms.write_value()
@@ -296,7 +303,7 @@ class CompiledMixer:
         return y, (terms.to_user_state(ht) if ht is not None else None)
 
 
-def _aaren(spec, terms, state, output_final_state, cu_seqlens):
+def _aaren(spec, terms, state, output_final_state, cu_seqlens, state_arg="initial_state"):
     """Aaren through the flash kernel: its one learned query is broadcast over time.
 
     A carried state (m, c, a) acts like one extra token of logit m + log c and value a / c, so it
@@ -311,7 +318,13 @@ def _aaren(spec, terms, state, output_final_state, cu_seqlens):
     qs = q.expand(B, T, H, K)
     if state is not None:
         if cu_seqlens is not None:
-            raise ValueError(f"{spec.name}: initial_state cannot be combined with cu_seqlens")
+            raise ValueError(f"{spec.name}: {state_arg} cannot be combined with cu_seqlens")
+        # as the dsf forms check it: a wrong shape would broadcast into a silently wrong output
+        if not isinstance(state, AarenState):
+            raise TypeError(f"{spec.name}: {state_arg} must be a dsf.AarenState(m, c, a), got {type(state).__name__}")
+        V = v.shape[-1]
+        for part, want, text in (("m", (B, H), "[B, H]"), ("c", (B, H), "[B, H]"), ("a", (B, H, V), "[B, H, V]")):
+            check_state(spec.name, f"{state_arg}.{part}", getattr(state, part), want, text, v.dtype)
         m, c, a = state
         q1 = torch.cat([qs, qs.new_ones(B, T, H, 1)], -1)
         k1 = torch.cat([k, k.new_zeros(B, T, H, 1)], -1)
@@ -339,10 +352,10 @@ def _aaren(spec, terms, state, output_final_state, cu_seqlens):
     return o, AarenState(M, c_new, a_new)
 
 
-def _softmax(spec, terms, cache, output_final_state, cu_seqlens):
+def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="initial_state"):
     """Softmax attention through the flash kernels; the state is the KV cache (dsf.KVCache)."""
     if terms.shared_query:
-        return _aaren(spec, terms, cache, output_final_state, cu_seqlens)
+        return _aaren(spec, terms, cache, output_final_state, cu_seqlens, state_arg)
     from dsf.forms.recurrent import _trim_cache
     from dsf.terms import KVCache
 
@@ -356,9 +369,9 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens):
         start = 0
     else:
         if not isinstance(cache, KVCache):
-            raise TypeError(f"{spec.name}: initial_state must be a dsf.KVCache, got {type(cache).__name__}")
+            raise TypeError(f"{spec.name}: {state_arg} must be a dsf.KVCache, got {type(cache).__name__}")
         if cu_seqlens is not None:
-            raise ValueError(f"{spec.name}: initial_state cannot be combined with cu_seqlens")
+            raise ValueError(f"{spec.name}: {state_arg} cannot be combined with cu_seqlens")
         L = cache.k.shape[1]
         if L != cache.seen:
             # a trimmed cache has gaps in its positions, which the kernels' masks do not model

@@ -38,7 +38,7 @@ def compiles(spec: Any) -> bool:
 
 
 def run_memory(name: str, terms: Any, form: str, initial_state: Any, output_final_state: bool,
-               cu_seqlens: Tensor | None) -> tuple[Tensor, Any]:
+               cu_seqlens: Tensor | None, state_arg: str = "initial_state") -> tuple[Tensor, Any]:
     """Run lowered MemoryTerms through the chunked or the recurrent kernel; state as dsf.MemoryState."""
     from dsf.terms import MemoryState
 
@@ -50,7 +50,7 @@ def run_memory(name: str, terms: Any, form: str, initial_state: Any, output_fina
     if initial_state is not None:
         if not isinstance(initial_state, MemoryState) or len(initial_state.weights) != 1 \
                 or len(initial_state.momentum) != 1:
-            raise TypeError(f"{name}: initial_state must be a dsf.MemoryState((S,), (Z,)) with the memory S "
+            raise TypeError(f"{name}: {state_arg} must be a dsf.MemoryState((S,), (Z,)) with the memory S "
                             f"and the momentum Z, each [N, H, K, V]; got {type(initial_state).__name__}")
         state = (initial_state.weights[0], initial_state.momentum[0])
     fn = chunk_titans if form == "chunked" else fused_recurrent_titans

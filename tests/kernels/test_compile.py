@@ -101,3 +101,34 @@ def test_float64_is_refused_naming_the_argument(name, opts, form):
     with pytest.raises(TypeError, match=rf"{name}: {first} has dtype torch.float64; the kernels take float32, "
                                         r"bfloat16 or float16 inputs \(float64 runs in the dsf forms"):
         getattr(kernels.compile(spec), form)(**inp)
+
+
+def test_aaren_state_is_checked_like_the_dsf_forms():
+    """A state of the wrong kind or shape is refused by name; a wrong-shaped m once broadcast over the
+    batch into a silently wrong output."""
+    spec = dsf.zoo.get("aaren")
+    inp = _f32(spec.random_inputs(2, 3, 2, 16, 16))
+    m = kernels.compile(spec)
+    _, S = m.chunked(output_final_state=True, **inp)
+    with pytest.raises(TypeError, match=r"aaren: initial_state must be a dsf.AarenState\(m, c, a\), got tuple"):
+        m.chunked(initial_state=tuple(S), **inp)
+    with pytest.raises(ValueError, match=r"aaren: initial_state.m must have shape \[B, H\] = \(2, 2\), got \(1, 2\)"):
+        m.chunked(initial_state=type(S)(S.m[:1], S.c, S.a), **inp)
+    with pytest.raises(TypeError, match=r"aaren: state must be a dsf.AarenState"):   # the step's name for it
+        m.step(tuple(S), **{k: (v[:, 0] if v.dim() == 4 else v) for k, v in inp.items()})
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "softmax_attention"])
+def test_step_errors_speak_of_one_token_and_the_state(name):
+    """step takes inputs without the time dim and calls its state `state`: its errors say so."""
+    spec = dsf.zoo.get(name)
+    inp = _f32(spec.random_inputs(2, 1, 2, 16, 16))
+    m = kernels.compile(spec)
+    _, S = m.chunked(output_final_state=True, **inp)
+    one = {k: (v[:, 0] if v.dim() == 4 or (v.dim() == 3 and v.shape[1] == 1) else v) for k, v in inp.items()}
+    with pytest.raises(ValueError, match=rf"{name}.step: q must have 3 dims \[B, H, K\] \(one token, no time "
+                                         r"dim\), got shape \(2, 1, 2, 16\)"):
+        m.step(S, **{**one, "q": inp["q"]})
+    if isinstance(S, torch.Tensor):
+        with pytest.raises(ValueError, match=rf"{name}: state must have shape \[B, H, K, V\]"):
+            m.step(S[:, :, :8], **one)
