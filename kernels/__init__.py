@@ -372,7 +372,13 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
             raise TypeError(f"{spec.name}: {state_arg} must be a dsf.KVCache, got {type(cache).__name__}")
         if cu_seqlens is not None:
             raise ValueError(f"{spec.name}: {state_arg} cannot be combined with cu_seqlens")
-        L = cache.k.shape[1]
+        # as the dsf forms check it (a wrong-sized cache was a bare torch.cat error)
+        H, K, V = q.shape[2], q.shape[3], v.shape[-1]
+        L = cache.k.shape[1] if cache.k.dim() == 4 else -1
+        check_state(spec.name, f"{state_arg}.k", cache.k, (B, L, H, K), "[B, L, H, K]", v.dtype)
+        check_state(spec.name, f"{state_arg}.v", cache.v, (B, L, H, V), "[B, L, H, V]", v.dtype)
+        if tuple(cache.pos.shape) != (L,):
+            raise ValueError(f"{spec.name}: {state_arg}.pos must have shape [L] = ({L},), got {tuple(cache.pos.shape)}")
         if L != cache.seen:
             # a trimmed cache has gaps in its positions, which the kernels' masks do not model
             raise ValueError(f"{spec.name}: the kernels continue from a full KV cache only "

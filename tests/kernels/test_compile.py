@@ -132,3 +132,17 @@ def test_step_errors_speak_of_one_token_and_the_state(name):
     if isinstance(S, torch.Tensor):
         with pytest.raises(ValueError, match=rf"{name}: state must have shape \[B, H, K, V\]"):
             m.step(S[:, :, :8], **one)
+
+
+def test_a_kv_cache_of_the_wrong_size_is_refused_by_name():
+    spec = dsf.zoo.get("softmax_attention")
+    inp = _f32(spec.random_inputs(2, 3, 2, 16, 16))
+    m = kernels.compile(spec)
+    _, C = m.chunked(output_final_state=True, **inp)
+    with pytest.raises(ValueError, match=r"softmax_attention: initial_state.k must have shape \[B, L, H, K\] = "
+                                         r"\(2, 3, 2, 16\), got \(1, 3, 2, 16\)"):
+        m.chunked(initial_state=type(C)(C.k[:1], C.v[:1], C.pos, C.seen), **inp)
+    with pytest.raises(ValueError, match=r"initial_state.v must have shape \[B, L, H, V\]"):
+        m.chunked(initial_state=type(C)(C.k, C.v[..., :8], C.pos, C.seen), **inp)
+    with pytest.raises(ValueError, match=r"initial_state.pos must have shape \[L\] = \(3,\), got \(2,\)"):
+        m.chunked(initial_state=type(C)(C.k, C.v, C.pos[:2], C.seen), **inp)
