@@ -26,11 +26,11 @@ import torch
 from torch import Tensor
 
 import dsf
-from dsf.forms import prepare
-from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
+from dsf.forms import _internal_state, prepare
+from dsf.spec import MixerSpec, Transition, resolve_inputs
 from dsf.terms import LinearTerms
 
-from ._common import check_cu_seqlens
+from ._common import DTYPES, check_cu_seqlens
 
 __all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer"]
 
@@ -39,15 +39,12 @@ class UnsupportedMixer(ValueError):
     """No kernel family can compute this mixer (its transition has no kernel yet)."""
 
 
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
 def _check_dtypes(spec: MixerSpec, inputs: dict) -> None:
     """The kernels run on fp32/bf16/fp16 inputs: a float64 one is refused by its argument's name
     (before any lowering renames it) and pointed to the dsf forms."""
     for name in spec.input_names:
         x = inputs.get(name)
-        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype not in KERNEL_DTYPES:
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype not in DTYPES.values():
             raise TypeError(f"{spec.name}: {name} has dtype {x.dtype}; the kernels take float32, bfloat16 or "
                             "float16 inputs (float64 runs in the dsf forms: dsf.chunked, dsf.recurrent)")
 
@@ -319,13 +316,8 @@ def _aaren(spec, terms, state, output_final_state, cu_seqlens, state_arg="initia
     if state is not None:
         if cu_seqlens is not None:
             raise ValueError(f"{spec.name}: {state_arg} cannot be combined with cu_seqlens")
-        # as the dsf forms check it: a wrong shape would broadcast into a silently wrong output
-        if not isinstance(state, AarenState):
-            raise TypeError(f"{spec.name}: {state_arg} must be a dsf.AarenState(m, c, a), got {type(state).__name__}")
-        V = v.shape[-1]
-        for part, want, text in (("m", (B, H), "[B, H]"), ("c", (B, H), "[B, H]"), ("a", (B, H, V), "[B, H, V]")):
-            check_state(spec.name, f"{state_arg}.{part}", getattr(state, part), want, text, v.dtype)
-        m, c, a = state
+        # checked as the dsf forms check it: a wrong shape would broadcast into a silently wrong output
+        m, c, a = _internal_state(spec, terms, state, state_arg)
         q1 = torch.cat([qs, qs.new_ones(B, T, H, 1)], -1)
         k1 = torch.cat([k, k.new_zeros(B, T, H, 1)], -1)
         # an empty state (c = 0) gets logit −inf … kept finite: a very negative logit weighs 0
@@ -357,7 +349,6 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
     if terms.shared_query:
         return _aaren(spec, terms, cache, output_final_state, cu_seqlens, state_arg)
     from dsf.forms.recurrent import _trim_cache
-    from dsf.terms import KVCache
 
     from .softmax import flash_attention, flash_decode
 
@@ -368,17 +359,11 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
         o = flash_attention(q, k, v, cu_seqlens=cu_seqlens, **opts)
         start = 0
     else:
-        if not isinstance(cache, KVCache):
-            raise TypeError(f"{spec.name}: {state_arg} must be a dsf.KVCache, got {type(cache).__name__}")
         if cu_seqlens is not None:
             raise ValueError(f"{spec.name}: {state_arg} cannot be combined with cu_seqlens")
-        # as the dsf forms check it (a wrong-sized cache was a bare torch.cat error)
-        H, K, V = q.shape[2], q.shape[3], v.shape[-1]
-        L = cache.k.shape[1] if cache.k.dim() == 4 else -1
-        check_state(spec.name, f"{state_arg}.k", cache.k, (B, L, H, K), "[B, L, H, K]", v.dtype)
-        check_state(spec.name, f"{state_arg}.v", cache.v, (B, L, H, V), "[B, L, H, V]", v.dtype)
-        if tuple(cache.pos.shape) != (L,):
-            raise ValueError(f"{spec.name}: {state_arg}.pos must have shape [L] = ({L},), got {tuple(cache.pos.shape)}")
+        # checked as the dsf forms check it (a wrong-sized cache was a bare torch.cat error)
+        _internal_state(spec, terms, cache, state_arg)
+        L = cache.k.shape[1]
         if L != cache.seen:
             # a trimmed cache has gaps in its positions, which the kernels' masks do not model
             raise ValueError(f"{spec.name}: the kernels continue from a full KV cache only "

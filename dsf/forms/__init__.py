@@ -46,8 +46,9 @@ def prepare(mixer: str | MixerSpec, inputs: dict[str, Any]) -> tuple[MixerSpec, 
     return spec, spec.lower(**tensors, **options)
 
 
-def _internal_state(spec: MixerSpec, terms: Any, state: Any) -> Any:
-    """Check a user-supplied initial state and bring it to the internal layout."""
+def _internal_state(spec: MixerSpec, terms: Any, state: Any, arg: str = "initial_state") -> Any:
+    """Check a user-supplied initial state and bring it to the internal layout (``arg``: what the
+    caller calls it, for the errors; the kernels' step says "state")."""
     if state is None:
         return None
     if isinstance(terms, MemoryTerms):
@@ -55,26 +56,26 @@ def _internal_state(spec: MixerSpec, terms: Any, state: Any) -> Any:
     if isinstance(terms, LinearTerms):
         internal = torch.empty(terms.state_shape, device="meta")
         expected = tuple(terms.to_user_state(internal).shape)
-        check_state(spec.name, "initial_state", state, expected,
+        check_state(spec.name, arg, state, expected,
                     "[" + ", ".join(spec.state_dims) + "]", terms.u.dtype)
         return terms.to_internal_state(state.to(terms.u.dtype))
     B, T, H, K, V = terms.shape
     if terms.shared_query:
         if not isinstance(state, AarenState):
-            raise TypeError(f"{spec.name}: initial_state must be a dsf.AarenState(m, c, a), "
+            raise TypeError(f"{spec.name}: {arg} must be a dsf.AarenState(m, c, a), "
                             f"got {type(state).__name__}")
-        check_state(spec.name, "initial_state.m", state.m, (B, H), "[B, H]", terms.u.dtype)
-        check_state(spec.name, "initial_state.c", state.c, (B, H), "[B, H]", terms.u.dtype)
-        check_state(spec.name, "initial_state.a", state.a, (B, H, V), "[B, H, V]", terms.u.dtype)
+        check_state(spec.name, f"{arg}.m", state.m, (B, H), "[B, H]", terms.u.dtype)
+        check_state(spec.name, f"{arg}.c", state.c, (B, H), "[B, H]", terms.u.dtype)
+        check_state(spec.name, f"{arg}.a", state.a, (B, H, V), "[B, H, V]", terms.u.dtype)
         return state
     if not isinstance(state, KVCache):
-        raise TypeError(f"{spec.name}: initial_state must be a dsf.KVCache(k, v, pos, seen), "
+        raise TypeError(f"{spec.name}: {arg} must be a dsf.KVCache(k, v, pos, seen), "
                         f"got {type(state).__name__}")
     L = state.k.shape[1] if state.k.dim() == 4 else -1
-    check_state(spec.name, "initial_state.k", state.k, (B, L, H, K), "[B, L, H, K]", terms.u.dtype)
-    check_state(spec.name, "initial_state.v", state.v, (B, L, H, V), "[B, L, H, V]", terms.u.dtype)
+    check_state(spec.name, f"{arg}.k", state.k, (B, L, H, K), "[B, L, H, K]", terms.u.dtype)
+    check_state(spec.name, f"{arg}.v", state.v, (B, L, H, V), "[B, L, H, V]", terms.u.dtype)
     if tuple(state.pos.shape) != (L,):
-        raise ValueError(f"{spec.name}: initial_state.pos must have shape [L] = ({L},), "
+        raise ValueError(f"{spec.name}: {arg}.pos must have shape [L] = ({L},), "
                          f"got {tuple(state.pos.shape)}")
     return state
 

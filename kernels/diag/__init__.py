@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._common import check_cu_seqlens, check_device, check_head_dim, check_scale, seq_bounds
+from .._common import DTYPES, check_cu_seqlens, check_device, check_head_dim, check_scale, seq_bounds
 from .chunk import ChunkScalarDecay
 from .chunk_key import ChunkKeyDecay
 from .recurrent import FusedRecurrentDiag, diag_step
@@ -36,7 +36,7 @@ def prepare(op: str, q: Tensor, k: Tensor, v: Tensor, decay: str, g: Tensor | No
     if not (q.dtype == k.dtype == v.dtype):
         raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
     # (float64 ran under the interpreter but does not compile for the GPU; the dsf forms take it)
-    if q.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if q.dtype not in DTYPES.values():
         raise TypeError(f"{op}: q, k, v must be float32, float16 or bfloat16, got {q.dtype} "
                         "(float64: the dsf reference forms)")
     if q.shape != k.shape:
