@@ -1,6 +1,6 @@
 """Compile the Titans kernels for a GPU without one: shared memory, registers and spills per kernel.
 
-    python -m kernels.memory.compile_check [--dtype bf16,fp16,fp32] [--K 64,128] [--chunk 64] [--arch 90]
+    python -m kernels.memory.compile_check [--dtype bf16,fp16,fp32] [--K 64,128,256] [--chunk 64] [--arch 90]
                                            [--set MODULE.NAME=VALUE ...]
 
 The titans family of ``python -m kernels.compile_check`` (which says how): the chunked kernel's and the

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import check_device, check_head_dim, interpreting, next_pow2
+from .._common import check_device, check_head_dim, check_scale, interpreting, next_pow2
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 LOG2E = 1.4426950408889634
@@ -52,11 +50,7 @@ def check_options(op: str, scale, window, sink_tokens, K: int) -> float:
         if scale.numel() != 1:
             raise ValueError(f"{op}: scale must be a number, got a tensor of shape {tuple(scale.shape)}")
         scale = scale.item()
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"{op}: scale must be a float or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
-    return float(scale)
+    return check_scale(op, scale)
 
 
 def check_rank(op: str, name: str, t: Tensor, ranks: tuple[int, ...], layout: str) -> None:
