@@ -115,7 +115,11 @@ class CompiledMixer:
     # -- training and prefill -------------------------------------------------------------------
     def chunked(self, *, initial_state: Tensor | None = None, output_final_state: bool = False,
                 cu_seqlens: Tensor | None = None, **inputs: Any) -> tuple[Tensor, Any]:
-        """The training kernel: ``(o, final_state)``, differentiable in every input and state."""
+        """The training kernel: ``(o, final_state)``, differentiable in every input and state.
+
+        With ``cu_seqlens`` (N sequences packed along T, B = 1) the final state is each sequence's:
+        a batch of N ([N, H, K, V], or Aaren's state of N), or a list of N KV caches for softmax
+        attention, whose lengths differ."""
         if self._direct is not None:
             out = self._direct_chunked(inputs, initial_state, output_final_state, cu_seqlens)
             if out is not None:
@@ -331,9 +335,24 @@ def _aaren(spec, terms, state, output_final_state, cu_seqlens, state_arg="initia
         o = flash_attention(qs.contiguous(), k, v, scale=1.0, cu_seqlens=cu_seqlens)
     if not output_final_state:
         return o, None
-    if cu_seqlens is not None:
-        raise ValueError(f"{spec.name}: output_final_state with cu_seqlens is not supported")
+    if cu_seqlens is None:
+        return o, _aaren_state(q, k, v, state)
+    # a packed batch: each sequence's own state, stacked as a batch of N (an empty one stays empty)
+    parts = [_aaren_state(q, k[:, a:b], v[:, a:b], None) for a, b in _bounds(cu_seqlens)]
+    return o, AarenState(*(torch.cat(x) for x in zip(*parts)))
+
+
+def _aaren_state(q: Tensor, k: Tensor, v: Tensor, state) -> Any:
+    """Aaren's state (running max, denominator, numerator) after keys k and values v [B, T, H, ·],
+    from ``state`` (None: empty)."""
+    from dsf.terms import AarenState
+
     s = torch.einsum("hk,bthk->bht", q.float(), k.float())     # every logit of this call
+    if s.shape[-1] == 0:   # no tokens: the state it came with (the empty state: m = −inf, c = a = 0)
+        if state is not None:
+            return AarenState(state.m.float(), state.c.float(), state.a.float())
+        B, _, H, V = v.shape
+        return AarenState(s.new_full((B, H), float("-inf")), s.new_zeros(B, H), s.new_zeros(B, H, V))
     M = s.amax(-1) if state is None else torch.maximum(state.m.float(), s.amax(-1))
     w = torch.exp(s - M[..., None])
     c_new = w.sum(-1)
@@ -341,7 +360,13 @@ def _aaren(spec, terms, state, output_final_state, cu_seqlens, state_arg="initia
     if state is not None:
         old = torch.where(torch.isinf(state.m), torch.zeros_like(M), torch.exp(state.m.float() - M))
         c_new, a_new = c_new + old * state.c.float(), a_new + old[..., None] * state.a.float()
-    return o, AarenState(M, c_new, a_new)
+    return AarenState(M, c_new, a_new)
+
+
+def _bounds(cu_seqlens: Tensor) -> list[tuple[int, int]]:
+    """(start, end) of each packed sequence."""
+    c = cu_seqlens.tolist()
+    return list(zip(c[:-1], c[1:]))
 
 
 def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="initial_state"):
@@ -379,7 +404,9 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
     if not output_final_state:
         return o, None
     if cu_seqlens is not None:
-        return o, None  # per-sequence caches of a packed batch: slice k, v by cu_seqlens instead
+        # a packed batch: one cache per sequence (batch 1 each; their lengths differ, so a list)
+        return o, [_trim_cache(terms, k[:, a:b], v[:, a:b], torch.arange(b - a, device=k.device), b - a)
+                   for a, b in _bounds(cu_seqlens)]
     pos = torch.arange(start, start + k.shape[1], device=k.device)
     return o, _trim_cache(terms, k, v, pos, start + k.shape[1])
 

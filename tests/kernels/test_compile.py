@@ -79,6 +79,34 @@ def test_aaren_runs_on_the_flash_kernel_with_its_state():
         assert rel_err(x, y) < TOL
 
 
+@pytest.mark.parametrize("name,opts", [("softmax_attention", {}), ("softmax_attention", {"window": 5, "sink_tokens": 2}),
+                                       ("aaren", {})])
+def test_packed_batch_gives_each_sequences_state(name, opts):
+    """cu_seqlens with output_final_state: each sequence's state as if run alone (an empty sequence's
+    is empty) — a list of KV caches for softmax attention, Aaren's state as a batch of N. The caches
+    came back as None."""
+    spec = dsf.zoo.get(name, **opts)
+    cu = [0, 1, 1, 13, 30]
+    inp = spec.random_inputs(1, 30, 2, 16, 16, seed=4)
+    o, S = kernels.compile(spec).chunked(cu_seqlens=torch.tensor(cu), output_final_state=True, **_f32(inp))
+    for n, (a, b) in enumerate(zip(cu[:-1], cu[1:])):
+        part = {k: (v[:, a:b] if v.dim() == 4 else v) for k, v in inp.items()}
+        if a == b:
+            if name == "aaren":
+                assert torch.isinf(S.m[n]).all() and not S.c[n].any() and not S.a[n].any()
+            else:
+                assert S[n].k.shape == (1, 0, 2, 16) and S[n].seen == 0
+            continue
+        o_ref, S_ref = dsf.recurrent(spec, **part)
+        assert rel_err(o[:, a:b], o_ref) < TOL
+        if name == "aaren":
+            for x, y in zip(S, S_ref):
+                assert rel_err(x[n:n + 1], y) < TOL
+        else:
+            assert torch.equal(S[n].pos, S_ref.pos) and S[n].seen == S_ref.seen == b - a
+            assert rel_err(S[n].k, S_ref.k) < TOL and rel_err(S[n].v, S_ref.v) < TOL
+
+
 def test_every_recurrence_family_compiles():
     """Every mixer whose Λ_t is a decay, a delta rule or the softmax kernel has kernels."""
     for spec in dsf.zoo.specs():

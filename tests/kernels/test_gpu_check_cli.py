@@ -26,6 +26,27 @@ def test_step_check_passes_on_the_interpreter(name, opts):
     assert ok and errs["o"] < 1e-5
 
 
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "softmax_attention"])
+def test_varlen_check_passes_on_the_interpreter(name):
+    """The varlen section's check itself, run on the CPU: softmax attention's packed caches came back
+    as None and the check (mocked in the CLI tests) failed on them on the GPU."""
+    worst, ok = gpu_check.check_varlen(name, torch.float32, 1, 16, 16, device="cpu")
+    assert ok and worst < 1e-5
+
+
+def test_varlen_check_catches_a_wrong_final_state(monkeypatch):
+    import kernels
+
+    real = kernels.CompiledMixer.chunked
+
+    def off(self, **kw):   # each sequence's state but the last one's
+        o, S = real(self, **kw)
+        return o, S[:1].expand_as(S)
+    monkeypatch.setattr(kernels.CompiledMixer, "chunked", off)
+    _, ok = gpu_check.check_varlen("mamba2", torch.float32, 1, 16, 16, device="cpu")
+    assert not ok
+
+
 def test_step_check_catches_a_wrong_step(monkeypatch):
     import kernels.diag.recurrent as dr
 
