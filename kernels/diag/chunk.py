@@ -507,6 +507,14 @@ STATE_BK: int | None = 64
 # quarter as many programs). The key-wise family's segments gained from it and take their own tiles
 # (kernels.diag.chunk_key.SEGMENT_STATE_TILES; experiments_2026-12-02c.md §1).
 STATE_BV = 64
+# The segments' states from zero with the whole padded K a program ([128, 64] tiles: k read once a
+# value tile and v once, where [64, 64] tiles read v twice) where that still gives at least this many
+# programs per SM. H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar --T T --set
+# kernels.diag.chunk.STATE_BK=None`, three alternating rounds, 2026-12-02, the programs [128, 64] tiles
+# give in brackets): T = 32K (992, 7.5 per SM) forward 0.440 → 0.431 ms, fwd+bwd 2.115 → 2.098; 16K
+# (960) 0.432 → 0.421, 1.864 → 1.856; 8K (256, two pieces of each of two segments) 0.350 → 0.360,
+# 1.653 → 1.664; 4K (no segments) unchanged. None: STATE_BK's tiles always.
+SEGMENT_WHOLE_K_PER_SM: int | None = 4
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
 # torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
@@ -557,6 +565,18 @@ def state_tiles(BK: int, BV: int) -> tuple[int, int]:
     """(key, value) tiles of the state kernel from a family's own: STATE_BK splits the keys, STATE_BV
     the values."""
     return min(BK, STATE_BK or BK), min(BV, STATE_BV)
+
+
+def segment_state_tiles(BK: int, BV: int, pieces: int, V: int, device) -> tuple[int, int]:
+    """(key, value) tiles of the scalar family's segments' states from zero, ``pieces`` sequence-heads
+    of them: state_tiles', with the whole padded K (BK) on CUDA where that gives at least
+    SEGMENT_WHOLE_K_PER_SM programs per SM."""
+    BKs, BVs = state_tiles(BK, BV)
+    least = SEGMENT_WHOLE_K_PER_SM
+    if least is not None and torch.device(device).type == "cuda" \
+            and pieces * cdiv(V, BVs) >= least * sm_count(device):
+        return BK, BVs
+    return BKs, BVs
 
 
 def dstate_tiles(BK: int, BV: int, K: int = 0, V: int = 0, NH: int = 0, device=None) -> tuple[int, int]:
@@ -705,7 +725,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                 # with SEGMENT_STATE_CHUNKS (shorter chains, more programs), then the scan over segments
                 pc = segment_pieces(B, T, nseg, per, store_ht, q.device)
                 dS = _empty(NS * pc.split, H, K, V, dtype=f32, device=q.device)
-                BKs, BVs = state_tiles(BK, BV)
+                BKs, BVs = segment_state_tiles(BK, BV, pc.count * H, V, q.device)
                 # (each piece's log decay from the same kernel, with SEGMENT_DECAY_IN_SCAN)
                 logw = _empty(NS * pc.split, H, dtype=f32, device=q.device) if SEGMENT_DECAY_IN_SCAN else None
                 _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](

@@ -364,6 +364,21 @@ def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least, tile
     assert len(states) == 1 and states[0][0][:2] == grid
 
 
+def test_segment_state_tiles_rule(monkeypatch):
+    """The segments' states from zero take the whole padded K on CUDA where [K, 64] tiles still give
+    SEGMENT_WHOLE_K_PER_SM programs per SM (B·T = 32K, H = 16, K = V = 128: 31 · 16 pieces at T = 32K,
+    4 · 2 · 16 at 8K), STATE_BK's tiles elsewhere, off CUDA and when switched off."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "sm_count", lambda device: 132)   # stands in for the H200's
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert dc.segment_state_tiles(128, 128, 31 * 16, 128, cuda) == (128, 64)
+    assert dc.segment_state_tiles(128, 128, 8 * 16, 128, cuda) == (64, 64)
+    assert dc.segment_state_tiles(128, 128, 31 * 16, 128, cpu) == (64, 64)
+    monkeypatch.setattr(dc, "SEGMENT_WHOLE_K_PER_SM", None)
+    assert dc.segment_state_tiles(128, 128, 31 * 16, 128, cuda) == (64, 64)
+
+
 def test_dstate_tiles_rule(monkeypatch):
     """The scalar family's reverse scan takes DSTATE_FEW_TILES on CUDA where its own tiles would give
     at most half as many programs as SMs (B·T = 32K, H = 16, K = V = 128: 32 programs at T = 32K, 64 at
