@@ -39,7 +39,7 @@ def test_varlen_check_catches_a_wrong_final_state(monkeypatch):
 
     real = kernels.CompiledMixer.chunked
 
-    def off(self, **kw):   # each sequence's state but the last one's
+    def off(self, **kw):   # every sequence given the first one's final state
         o, S = real(self, **kw)
         return o, S[:1].expand_as(S)
     monkeypatch.setattr(kernels.CompiledMixer, "chunked", off)
