@@ -267,6 +267,9 @@ class CompiledMixer:
         caller calls the state, for the errors)."""
         _check_dtypes(self.spec, inputs)
         spec, terms = prepare(self.spec, inputs)
+        B, T, H, K, V = terms.shape
+        # checked here, by the mixer's name, for every family (not by the kernel a family lowers to)
+        N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
         if self.family == "softmax":
             return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens, state_arg)
         if self.family == "memory":
@@ -274,8 +277,6 @@ class CompiledMixer:
 
             return run_memory(spec.name, terms, form, initial_state, output_final_state, cu_seqlens, state_arg)
         assert isinstance(terms, LinearTerms)
-        B, T, H, K, V = terms.shape
-        N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
         h0 = None
         if initial_state is not None:
             h0 = terms.to_internal_state(initial_state)

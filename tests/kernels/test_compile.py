@@ -107,6 +107,20 @@ def test_packed_batch_gives_each_sequences_state(name, opts):
             assert rel_err(S[n].k, S_ref.k) < TOL and rel_err(S[n].v, S_ref.v) < TOL
 
 
+@pytest.mark.parametrize("name,opts", [("mamba2", {}), ("deltanet", {}), ("softmax_attention", {}), ("aaren", {}),
+                                       ("titans", {"memory": "linear"})])
+def test_cu_seqlens_errors_name_the_mixer(name, opts):
+    """Bad cu_seqlens are refused by the mixer's name on every family (softmax and Titans named the
+    kernel they lower to: flash_attention, chunk_titans)."""
+    spec = dsf.zoo.get(name, **opts)
+    inp = _f32(spec.random_inputs(1, 10, 2, 16, 16, seed=0))
+    m = kernels.compile(spec)
+    with pytest.raises(ValueError, match=rf"^{name}: cu_seqlens must start at 0, got 1"):
+        m.chunked(cu_seqlens=torch.tensor([1, 10]), **inp)
+    with pytest.raises(TypeError, match=rf"^{name}: cu_seqlens must be an int32/int64 tensor"):
+        m.recurrent(cu_seqlens=torch.tensor([0.0, 10.0]), **inp)
+
+
 def test_every_recurrence_family_compiles():
     """Every mixer whose Λ_t is a decay, a delta rule or the softmax kernel has kernels."""
     for spec in dsf.zoo.specs():
