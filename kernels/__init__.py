@@ -27,7 +27,7 @@ from torch import Tensor
 
 import dsf
 from dsf.forms import _internal_state, prepare
-from dsf.spec import MixerSpec, Transition, resolve_inputs
+from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
 from dsf.terms import LinearTerms
 
 from ._common import DTYPES, check_cu_seqlens
@@ -279,29 +279,36 @@ class CompiledMixer:
         assert isinstance(terms, LinearTerms)
         h0 = None
         if initial_state is not None:
-            h0 = terms.to_internal_state(initial_state)
+            # checked in the user's layout before converting it (a wrong shape failed inside the
+            # conversion, e.g. a bare reshape error for S6's [B, H, V, N] state); N rows with cu_seqlens
             want = (N, H, K, V + int(terms.normalize))
-            if tuple(h0.shape) != want:
-                raise ValueError(f"{spec.name}: {state_arg} must have shape "
-                                 f"[{', '.join(spec.state_dims)}] with {N} rows (internal {want}), "
-                                 f"got {tuple(initial_state.shape)}")
-        key, val = terms.write_key(), terms.write_value()
+            user = tuple(terms.to_user_state(torch.empty(want, device="meta")).shape)
+            dims = (["N"] if cu_seqlens is not None else []) + list(spec.state_dims[cu_seqlens is not None:])
+            check_state(spec.name, state_arg, initial_state, user, f"[{', '.join(dims)}]", terms.u.dtype)
+            h0 = terms.to_internal_state(initial_state)
+        # The kernels' read, write and value vectors share the activations' dtype. A lowering that
+        # mixes a float32 gate or projection (allowed beside 16-bit activations) into one of them, as
+        # S6's B, C or minGRU's gate can, is brought back to it (it was an error naming the kernel's q, k, v).
+        act = next((inputs[n].dtype for n in ("q", "k", "v", "x") if isinstance(inputs.get(n), Tensor)),
+                   terms.u.dtype)
+        q, key, val = (t.to(act) for t in (terms.q, terms.write_key(), terms.write_value()))
         if self.family == "delta":
             from .delta import chunk_delta, fused_recurrent_delta
 
             kw = dict(g=terms.g, initial_state=h0, output_final_state=output_final_state,
                       cu_seqlens=cu_seqlens)
+            k = terms.k.to(act)
             if form == "chunked":   # q arrives scaled by the spec's lowering
-                o, ht = chunk_delta(terms.q, terms.k, val, terms.beta, scale=1.0, **kw)
+                o, ht = chunk_delta(q, k, val, terms.beta, scale=1.0, **kw)
             else:
-                o, ht = fused_recurrent_delta(terms.q, terms.k, val, terms.beta, **kw)
+                o, ht = fused_recurrent_delta(q, k, val, terms.beta, **kw)
         else:
             from .diag import chunk_diag, fused_recurrent_diag
 
             fn = chunk_diag if form == "chunked" and self.info["chunked"] == "chunk" else fused_recurrent_diag
-            o, ht = fn(terms.q, key, val, terms.decay, terms.g, initial_state=h0,
+            o, ht = fn(q, key, val, terms.decay, terms.g, initial_state=h0,
                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
-        y = terms.finish(o.to(terms.u.dtype))
+        y = terms.finish(o.to(terms.u.dtype)).to(act)   # (a float32 skip term would promote it)
         return y, (terms.to_user_state(ht) if ht is not None else None)
 
 

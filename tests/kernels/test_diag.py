@@ -123,9 +123,44 @@ def test_errors():
         chunk_diag(q, k, v, initial_state=torch.zeros(2, 2, 16, 16))
     with pytest.raises(ValueError, match=r"decay='scalar' needs g of shape \(1, 8, 2\)"):
         chunk_diag(q, k, v, "scalar", torch.zeros(1, 8, 2, 16))
-    with pytest.raises(ValueError, match=r"initial_state must have shape \[B, H, K, V\] with 1 rows"):
+    with pytest.raises(ValueError, match=r"mamba2: initial_state must have shape \[B, H, K, V\] = \(1, 2, 16, 16\), "
+                                         r"got \(3, 2, 16, 16\)"):
         kernels.compile("mamba2").chunked(q=q, k=k, v=v, g=torch.zeros(1, 8, 2),
                                           initial_state=torch.zeros(3, 2, 16, 16))
+    # packed: a row per sequence
+    with pytest.raises(ValueError, match=r"mamba2: initial_state must have shape \[N, H, K, V\] = \(2, 2, 16, 16\)"):
+        kernels.compile("mamba2").chunked(q=q, k=k, v=v, g=torch.zeros(1, 8, 2), cu_seqlens=torch.tensor([0, 3, 8]),
+                                          initial_state=torch.zeros(1, 2, 16, 16))
+
+
+@pytest.mark.parametrize("name", ["s6", "mingru"])
+@pytest.mark.parametrize("form", ["chunked", "recurrent"])
+def test_float32_gates_beside_16_bit_activations(name, form):
+    """Gates and projections in float32 beside a bf16 x (allowed by the spec's dtype rule) run: the
+    kernels take their vectors in x's dtype and return it (a mix was an error naming the kernel's
+    q, k, v); bf16-accurate against float64."""
+    spec = dsf.zoo.get(name)
+    inp = spec.random_inputs(1, 12, 2, 16, 16, seed=0)
+    ref, _ = dsf.recurrent(spec, **inp)
+    mixed = requires_grad({k: (v.bfloat16() if k == "x" else v.float()) for k, v in inp.items()})
+    o, _ = getattr(kernels.compile(spec), form)(**mixed)
+    assert o.dtype == torch.bfloat16 and rel_err(o.double(), ref) < 1e-2
+    o.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == t.dtype for t in mixed.values())
+
+
+@pytest.mark.parametrize("name,state,message", [
+    ("s6", torch.zeros(3, 3), r"s6: initial_state must have shape \[B, H, N, V\] = \(1, 2, 16, 16\), got \(3, 3\)"),
+    ("mingru", torch.zeros(3, 3), r"mingru: initial_state must have shape \[B, H, V\] = \(1, 2, 16\), got \(3, 3\)"),
+    ("mingru", torch.zeros(1, 2, 16, dtype=torch.int64), r"mingru: initial_state must be floating-point")])
+def test_state_checked_before_its_layout_changes(name, state, message):
+    """A state in the wrong shape is refused by name on the families whose state the kernels re-lay
+    out (S6's [B, H, N, V], minGRU's [B, H, V]): it was a bare reshape or index error."""
+    spec = dsf.zoo.get(name)
+    inp = {k: v.float() for k, v in spec.random_inputs(1, 6, 2, 16, 16, seed=0).items()}
+    for form in ("chunked", "recurrent"):
+        with pytest.raises((ValueError, TypeError), match=message):
+            getattr(kernels.compile(spec), form)(initial_state=state, **inp)
 
 
 @pytest.mark.parametrize("decay", ["none", "scalar", "key", "value"])
