@@ -30,7 +30,7 @@ from dsf.forms import _internal_state, prepare
 from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
 from dsf.terms import LinearTerms
 
-from ._common import DTYPES, check_cu_seqlens
+from ._common import DTYPES, MAX_HEAD_DIM, MIN_HEAD_DIM, check_cu_seqlens
 
 __all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer"]
 
@@ -47,6 +47,18 @@ def _check_dtypes(spec: MixerSpec, inputs: dict) -> None:
         if isinstance(x, Tensor) and x.is_floating_point() and x.dtype not in DTYPES.values():
             raise TypeError(f"{spec.name}: {name} has dtype {x.dtype}; the kernels take float32, bfloat16 or "
                             "float16 inputs (float64 runs in the dsf forms: dsf.chunked, dsf.recurrent)")
+
+
+def _check_head_dims(spec: MixerSpec, K: int, V: int, extra: int) -> None:
+    """The lowered head dims against the kernels' limits, by the mixer's name; ``extra``: the value
+    columns the kernels add (a normaliser's), so that the error gives the user's V."""
+    if not MIN_HEAD_DIM <= K <= MAX_HEAD_DIM:
+        raise ValueError(f"{spec.name}: head dim K={K} is not supported by the kernels; "
+                         f"need {MIN_HEAD_DIM} <= K <= {MAX_HEAD_DIM}")
+    if not MIN_HEAD_DIM <= V <= MAX_HEAD_DIM - extra:
+        why = " (normalize=True adds a column for the normaliser)" if extra else ""
+        raise ValueError(f"{spec.name}: head dim V={V} is not supported by the kernels; "
+                         f"need {MIN_HEAD_DIM} <= V <= {MAX_HEAD_DIM - extra}{why}")
 
 
 def _spec(mixer: str | MixerSpec) -> MixerSpec:
@@ -182,6 +194,7 @@ class CompiledMixer:
         _check_dtypes(spec, tensors)
         B, T, H, K, V = (dims[d] for d in ("B", "T", "H", "K", "V"))
         N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
+        _check_head_dims(spec, K, V, 0)
         if initial_state is not None and (not isinstance(initial_state, Tensor)
                                           or tuple(initial_state.shape) != (N, H, K, V)):
             return None   # the general path words the error
@@ -270,6 +283,7 @@ class CompiledMixer:
         B, T, H, K, V = terms.shape
         # checked here, by the mixer's name, for every family (not by the kernel a family lowers to)
         N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
+        _check_head_dims(spec, K, V, int(getattr(terms, "normalize", False)))
         if self.family == "softmax":
             return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens, state_arg)
         if self.family == "memory":

@@ -121,6 +121,26 @@ def test_cu_seqlens_errors_name_the_mixer(name, opts):
         m.recurrent(cu_seqlens=torch.tensor([0.0, 10.0]), **inp)
 
 
+@pytest.mark.parametrize("name,opts,K,V,message", [
+    ("mamba2", {}, 300, 16, r"mamba2: head dim K=300 is not supported by the kernels; need 1 <= K <= 256"),
+    ("softmax_attention", {}, 16, 300, r"softmax_attention: head dim V=300 is not supported by the kernels"),
+    ("titans", {"memory": "linear"}, 300, 16, r"titans: head dim K=300"),
+    ("linear_attention", {"feature_map": "elu1", "normalize": True}, 16, 256,
+     r"linear_attention: head dim V=256 .* need 1 <= V <= 255 \(normalize=True adds a column for the normaliser\)")])
+@pytest.mark.parametrize("form", ["chunked", "recurrent", "step"])
+def test_head_dims_are_refused_by_the_mixers_name(name, opts, K, V, message, form):
+    """Head dims outside the kernels' 1 … 256, refused for the mixer on every form (the errors named
+    the kernel a family lowers to, and a normalised V = 256 was reported as V = 257)."""
+    spec = dsf.zoo.get(name, **opts)
+    inp = _f32(spec.random_inputs(1, 3, 1, K, V, seed=0))
+    m = kernels.compile(spec)
+    with pytest.raises(ValueError, match=message):
+        if form == "step":
+            m.step(None, **{k: (v[:, -1] if v.dim() >= 3 else v) for k, v in inp.items()})
+        else:
+            getattr(m, form)(**inp)
+
+
 def test_every_recurrence_family_compiles():
     """Every mixer whose Λ_t is a decay, a delta rule or the softmax kernel has kernels."""
     for spec in dsf.zoo.specs():
