@@ -294,7 +294,7 @@ class CompiledMixer:
         h0 = None
         if initial_state is not None:
             # checked in the user's layout before converting it (a wrong shape failed inside the
-            # conversion, e.g. a bare reshape error for S6's [B, H, V, N] state); N rows with cu_seqlens
+            # conversion, e.g. a bare reshape error for S6's [B, H, N, V] state); N rows with cu_seqlens
             want = (N, H, K, V + int(terms.normalize))
             user = tuple(terms.to_user_state(torch.empty(want, device="meta")).shape)
             dims = (["N"] if cu_seqlens is not None else []) + list(spec.state_dims[cu_seqlens is not None:])
