@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["interpreting", "check_device", "check_head_dim", "check_cu_seqlens", "next_pow2",
-           "ensure_contiguous", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds", "sm_count", "step_bounds",
+           "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds", "sm_count", "step_bounds",
            "check_scale"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
@@ -36,6 +36,14 @@ def fp32_products() -> str:
 def interpreting() -> bool:
     """True when Triton runs kernels on the CPU (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def interpreter_upcast(*ts: Tensor | None) -> tuple[Tensor | None, ...]:
+    """Under Triton 3.6's CPU interpreter (only), bf16 tensors as fp32: numpy has no bfloat16, and
+    the interpreter's tl.dot multiplies bf16 operands' raw bits (outputs off by ~1e9). Others pass."""
+    if not interpreting():
+        return ts
+    return tuple(t.float() if t is not None and t.dtype == torch.bfloat16 else t for t in ts)
 
 
 def check_device(op: str, **tensors: Tensor | None) -> torch.device:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._common import DTYPES, check_cu_seqlens, check_device, check_head_dim, check_scale, seq_bounds
+from .._common import (DTYPES, check_cu_seqlens, check_device, check_head_dim, check_scale, interpreter_upcast,
+                       seq_bounds)
 from .chunk import ChunkScalarDecay
 from .chunk_key import ChunkKeyDecay
 from .recurrent import FusedRecurrentDiag, diag_step
@@ -97,8 +98,7 @@ def chunk_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor |
                                     output_final_state, cu_seqlens)
     qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
                                                            cu_seqlens)
-    if decay == "key":
-        o, ht = ChunkKeyDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
-        return o.reshape(B, T, H, V), ht
-    o, ht = ChunkScalarDecay.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
-    return o.reshape(B, T, H, V), ht
+    qf, kf, vf, gf = interpreter_upcast(qf, kf, vf, gf)
+    fn = ChunkKeyDecay if decay == "key" else ChunkScalarDecay
+    o, ht = fn.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
+    return o.reshape(B, T, H, V).to(v.dtype), ht

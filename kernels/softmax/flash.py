@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, check_cu_seqlens, seq_bounds
+from .._common import cdiv, check_cu_seqlens, interpreter_upcast, seq_bounds
 from . import _utils as U
 from ._utils import key_ranges, load_rows, query_ranges, visible
 
@@ -318,20 +318,13 @@ def _backward(do, q, k, v, o, lse, bounds, max_len, scale, window, sink_tokens):
     return dq, dk, dv
 
 
-def _interp_upcast(*ts):
-    """Triton 3.6's CPU interpreter gets bf16 tl.dot wrong: there (only) bf16 runs in fp32."""
-    if U.interpreting() and ts[0].dtype == torch.bfloat16:
-        return tuple(t.float() for t in ts)
-    return ts
-
-
 class FlashAttention(torch.autograd.Function):
     """Autograd wrapper over flattened inputs q, k [TT, H, K], v [TT, H, V] and int64 bounds [N+1]."""
 
     @staticmethod
     def forward(ctx, q, k, v, bounds, max_len, scale, window, sink_tokens):
         dtype = q.dtype
-        q, k, v = _interp_upcast(q, k, v)
+        q, k, v = interpreter_upcast(q, k, v)
         o, lse = _forward(q, k, v, bounds, max_len, scale, window, sink_tokens)
         ctx.save_for_backward(q, k, v, o, lse, bounds)
         ctx.cfg = (max_len, scale, window, sink_tokens)
@@ -341,7 +334,7 @@ class FlashAttention(torch.autograd.Function):
     def backward(ctx, do):
         q, k, v, o, lse, bounds = ctx.saved_tensors
         dtype = do.dtype
-        do = _interp_upcast(do)[0].to(q.dtype).contiguous()
+        do = interpreter_upcast(do)[0].to(q.dtype).contiguous()
         dq, dk, dv = (g.to(dtype) for g in _backward(do, q, k, v, o, lse, bounds, *ctx.cfg))
         need = ctx.needs_input_grad
         return (dq if need[0] else None, dk if need[1] else None, dv if need[2] else None,

@@ -141,6 +141,25 @@ def test_head_dims_are_refused_by_the_mixers_name(name, opts, K, V, message, for
             getattr(m, form)(**inp)
 
 
+@pytest.mark.parametrize("name", ["mamba2", "gla", "deltanet", "gated_deltanet", "softmax_attention"])
+def test_bf16_on_the_interpreter(name):
+    """bf16 inputs on the CPU interpreter: bf16-accurate outputs and gradients. Triton 3.6's interpreter
+    multiplies bf16 tl.dot operands' raw bits, so the chunked diagonal and delta kernels returned
+    outputs ~1e9 off there (the GPU was right); under the interpreter they now run bf16 in fp32."""
+    spec = dsf.zoo.get(name)
+    inp = spec.random_inputs(1, 37, 2, 16, 16, seed=5)
+    ref_in = requires_grad(dict(inp))
+    o_ref, _ = dsf.recurrent(spec, **ref_in)
+    leaves = requires_grad({k: v.detach().bfloat16() for k, v in inp.items()})
+    o, _ = kernels.compile(spec).chunked(**leaves)
+    assert o.dtype == torch.bfloat16 and rel_err(o.double(), o_ref) < 1e-2
+    w = torch.randn(o_ref.shape, dtype=torch.float64)
+    g = torch.autograd.grad((o.double() * w).sum(), list(leaves.values()))
+    g_ref = torch.autograd.grad((o_ref * w).sum(), list(ref_in.values()))
+    for n, a, b in zip(leaves, g, g_ref):
+        assert a.dtype == torch.bfloat16 and rel_err(a.double(), b) < 3e-2, n
+
+
 def test_every_recurrence_family_compiles():
     """Every mixer whose Λ_t is a decay, a delta rule or the softmax kernel has kernels."""
     for spec in dsf.zoo.specs():
