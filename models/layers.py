@@ -15,6 +15,7 @@ torch.Size([2, 10, 32])
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -346,10 +347,31 @@ class MixerLayer(nn.Module):
 
         return kernels.supports(self.spec) is not None
 
+    def _reference(self, inputs: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The mixer's output by the dsf forms. Under autocast the projections hand them 16-bit
+        activations beside float32 parameters, which the forms' in-place products refuse: there
+        they run in float32 with autocast off (the output projection casts back)."""
+        amp = torch.is_autocast_enabled(x.device.type)
+        if amp:
+            inputs = {k: v.float() for k, v in inputs.items()}
+        with torch.autocast(x.device.type, enabled=False) if amp else contextlib.nullcontext():
+            if self.form == "recurrent":
+                return dsf.recurrent(self.spec, **inputs)[0]
+            # one chunk when T is shorter: the form pads a chunk to full length
+            extra = {"approximate": self.approximate} if self.approximate else {}
+            return dsf.chunked(self.spec, chunk_size=min(self.chunk_size, x.shape[1]), **extra, **inputs)[0]
+
     def forward(self, x: Tensor) -> Tensor:
         """``x [B, T, d_model]`` → ``[B, T, d_model]``."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"MixerLayer: expected x of shape [B, T, {self.d_model}], got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"MixerLayer: x must be a floating-point tensor, got dtype {x.dtype}")
+        weight = self.out.weight.dtype
+        # (under autocast the projections cast x themselves)
+        if x.dtype != weight and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"MixerLayer: x has dtype {x.dtype} but the layer's weights are {weight}; "
+                            f"cast one to the other (layer.to({x.dtype})) or run under torch.autocast")
         inputs = self.mixer_inputs(x)
         if self._use_kernels(x):
             if self._compiled is None:
@@ -357,11 +379,7 @@ class MixerLayer(nn.Module):
 
                 self._compiled = kernels.compile(self.spec)
             o, _ = self._compiled.chunked(**inputs)
-        elif self.form == "recurrent":
-            o, _ = dsf.recurrent(self.spec, **inputs)
         else:
-            # one chunk when T is shorter: the form pads a chunk to full length
-            extra = {"approximate": self.approximate} if self.approximate else {}
-            o, _ = dsf.chunked(self.spec, chunk_size=min(self.chunk_size, x.shape[1]), **extra, **inputs)
+            o = self._reference(inputs, x)
         B, T = x.shape[:2]
         return self.out(o.reshape(B, T, -1).to(x.dtype))

@@ -87,6 +87,34 @@ def test_options_pass_through_to_the_spec():
         MixerLayer("softmax_attention", 16, 2, bogus=1)
 
 
+def test_input_dtype_errors():
+    """Integer x, or x in another dtype than the layer's weights, is refused by the layer (both were
+    torch's bare 'mat1 and mat2 must have the same dtype'); under autocast the projections cast it."""
+    layer = MixerLayer("mamba2", 16, 2)
+    with pytest.raises(TypeError, match=r"MixerLayer: x must be a floating-point tensor, got dtype torch.int64"):
+        layer(torch.ones(2, 5, 16, dtype=torch.long))
+    with pytest.raises(TypeError, match=r"MixerLayer: x has dtype torch.float64 but the layer's weights are "
+                                        r"torch.float32; cast one to the other \(layer.to\(torch.float64\)\)"):
+        layer(torch.randn(2, 5, 16, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("name", ["mamba2", "deltanet", "s6"])
+def test_autocast_bf16(backend, name):
+    """Under bf16 autocast (Lightning's "bf16-mixed") the layer runs and stays within bf16 rounding
+    of its float32 self: the reference forms failed on the projections' bf16 beside float32
+    parameters (an in-place product of mixed dtypes), the kernels on the interpreter's bf16 products."""
+    torch.manual_seed(0)
+    layer = MixerLayer(name, 32, 2, backend=backend)
+    x = torch.randn(2, 9, 32)
+    ref = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and (y.float() - ref).norm() / ref.norm() < 2e-2
+    y.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters() if p.requires_grad)
+
+
 def test_unknown_mixer_lists_the_zoo():
     with pytest.raises(ValueError, match="unknown mixer 'transformer'.*softmax_attention.*gated_deltanet"):
         MixerLayer("transformer", 16, 2)
