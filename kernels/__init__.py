@@ -30,7 +30,7 @@ from dsf.forms import _internal_state, prepare
 from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
 from dsf.terms import LinearTerms
 
-from ._common import DTYPES, MAX_HEAD_DIM, MIN_HEAD_DIM, check_cu_seqlens
+from ._common import DTYPES, MAX_HEAD_DIM, check_cu_seqlens, check_head_dim
 
 __all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer"]
 
@@ -52,13 +52,9 @@ def _check_dtypes(spec: MixerSpec, inputs: dict) -> None:
 def _check_head_dims(spec: MixerSpec, K: int, V: int, extra: int) -> None:
     """The lowered head dims against the kernels' limits, by the mixer's name; ``extra``: the value
     columns the kernels add (a normaliser's), so that the error gives the user's V."""
-    if not MIN_HEAD_DIM <= K <= MAX_HEAD_DIM:
-        raise ValueError(f"{spec.name}: head dim K={K} is not supported by the kernels; "
-                         f"need {MIN_HEAD_DIM} <= K <= {MAX_HEAD_DIM}")
-    if not MIN_HEAD_DIM <= V <= MAX_HEAD_DIM - extra:
-        why = " (normalize=True adds a column for the normaliser)" if extra else ""
-        raise ValueError(f"{spec.name}: head dim V={V} is not supported by the kernels; "
-                         f"need {MIN_HEAD_DIM} <= V <= {MAX_HEAD_DIM - extra}{why}")
+    check_head_dim(spec.name, "K", K)
+    check_head_dim(spec.name, "V", V, hi=MAX_HEAD_DIM - extra,
+                   why=" (normalize=True adds a column for the normaliser)" if extra else "")
 
 
 def _spec(mixer: str | MixerSpec) -> MixerSpec:
@@ -305,7 +301,7 @@ class CompiledMixer:
         # S6's B, C or minGRU's gate can, is brought back to it (it was an error naming the kernel's q, k, v).
         act = next((inputs[n].dtype for n in ("q", "k", "v", "x") if isinstance(inputs.get(n), Tensor)),
                    terms.u.dtype)
-        q, key, val = (t.to(act) for t in (terms.q, terms.write_key(), terms.write_value()))
+        q, val = terms.q.to(act), terms.write_value().to(act)
         if self.family == "delta":
             from .delta import chunk_delta, fused_recurrent_delta
 
@@ -320,7 +316,7 @@ class CompiledMixer:
             from .diag import chunk_diag, fused_recurrent_diag
 
             fn = chunk_diag if form == "chunked" and self.info["chunked"] == "chunk" else fused_recurrent_diag
-            o, ht = fn(q, key, val, terms.decay, terms.g, initial_state=h0,
+            o, ht = fn(q, terms.write_key().to(act), val, terms.decay, terms.g, initial_state=h0,
                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         y = terms.finish(o.to(terms.u.dtype)).to(act)   # (a float32 skip term would promote it)
         return y, (terms.to_user_state(ht) if ht is not None else None)

@@ -122,8 +122,8 @@ def test_cu_seqlens_errors_name_the_mixer(name, opts):
 
 
 @pytest.mark.parametrize("name,opts,K,V,message", [
-    ("mamba2", {}, 300, 16, r"mamba2: head dim K=300 is not supported by the kernels; need 1 <= K <= 256"),
-    ("softmax_attention", {}, 16, 300, r"softmax_attention: head dim V=300 is not supported by the kernels"),
+    ("mamba2", {}, 300, 16, r"mamba2: head dim K=300 is not supported; need 1 <= K <= 256"),
+    ("softmax_attention", {}, 16, 300, r"softmax_attention: head dim V=300 is not supported; need 1 <= V <= 256"),
     ("titans", {"memory": "linear"}, 300, 16, r"titans: head dim K=300"),
     ("linear_attention", {"feature_map": "elu1", "normalize": True}, 16, 256,
      r"linear_attention: head dim V=256 .* need 1 <= V <= 255 \(normalize=True adds a column for the normaliser\)")])
