@@ -170,7 +170,7 @@ def _takes_options(fn: Callable[..., Any]) -> bool:
 
 
 _HALF = (torch.float16, torch.bfloat16)
-_MAIN = ("q", "k", "v", "x")  # the activations: these always share one dtype
+ACTIVATIONS = ("q", "k", "v", "x")  # these inputs always share one dtype
 
 
 def _fp32_beside_half(a: torch.dtype, b: torch.dtype) -> bool:
@@ -198,7 +198,7 @@ def resolve_inputs(spec: MixerSpec, tensors: Mapping[str, Any]) -> dict[str, int
             )
         if dtype is None:
             dtype, dtype_from, device = x.dtype, inp.name, x.device
-        elif x.dtype != dtype and not (inp.name not in _MAIN and _fp32_beside_half(x.dtype, dtype)):
+        elif x.dtype != dtype and not (inp.name not in ACTIVATIONS and _fp32_beside_half(x.dtype, dtype)):
             raise TypeError(
                 f"{spec.name}: {inp.name} has dtype {x.dtype} but {dtype_from} has {dtype}; "
                 "all inputs must share one dtype (gates and parameters may be float32 beside "

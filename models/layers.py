@@ -205,6 +205,16 @@ class _LowRank(nn.Sequential):
         super().__init__(nn.Linear(d_in, rank, bias=False), nn.Linear(rank, d_out))
 
 
+def _one_activation_dtype(inputs: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
+    """The kernels' inputs under autocast: q, k, v, x in its 16-bit dtype. Autocast leaves some of
+    them float32 beside the projections' 16-bit ones (on CUDA, F.normalize and the feature maps'
+    reductions run in float32), and the kernels take one activation dtype; gates may stay float32."""
+    if not torch.is_autocast_enabled(x.device.type):
+        return inputs
+    half = torch.get_autocast_dtype(x.device.type)
+    return {n: t.to(half) if n in dsf.spec.ACTIVATIONS else t for n, t in inputs.items()}
+
+
 class MixerLayer(nn.Module):
     """Project ``[B, T, d_model]`` to a zoo mixer's inputs, run it, project back to d_model.
 
@@ -378,7 +388,7 @@ class MixerLayer(nn.Module):
                 import kernels
 
                 self._compiled = kernels.compile(self.spec)
-            o, _ = self._compiled.chunked(**inputs)
+            o, _ = self._compiled.chunked(**_one_activation_dtype(inputs, x))
         else:
             o = self._reference(inputs, x)
         B, T = x.shape[:2]

@@ -115,6 +115,27 @@ def test_autocast_bf16(backend, name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("name", ["aaren", "deltanet", "mamba2"])
+def test_autocast_activations_share_a_dtype_for_the_kernels(monkeypatch, name):
+    """The kernels take q, k, v in one dtype; autocast can hand them several. On the H200 (CUDA
+    autocast runs F.normalize, exp and softplus in float32) mamba2, deltanet, gated_deltanet, longhorn
+    and aaren failed with 'k has dtype float32 but q has bfloat16'; aaren's learned query fails so on
+    the CPU too. CUDA's float32 norm and softplus are mimicked here; the layer casts the activations
+    to autocast's dtype and stays within bf16 rounding of its float32 self."""
+    import models.layers as layers
+
+    for op in ("normalize", "softplus"):
+        f = getattr(layers.F, op)
+        monkeypatch.setattr(layers.F, op, lambda t, *a, _f=f, **kw: _f(t.float(), *a, **kw))
+    torch.manual_seed(0)
+    layer = MixerLayer(name, 32, 2, backend="triton")
+    x = torch.randn(2, 9, 32)
+    ref = layer(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.bfloat16 and (y.float() - ref).norm() / ref.norm() < 2e-2
+
+
 def test_unknown_mixer_lists_the_zoo():
     with pytest.raises(ValueError, match="unknown mixer 'transformer'.*softmax_attention.*gated_deltanet"):
         MixerLayer("transformer", 16, 2)
