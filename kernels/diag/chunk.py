@@ -132,11 +132,12 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   PREC: tl.constexpr, STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False,
-                  NSEG=1, SKIP_LAST: tl.constexpr = False, NSKIP=1):
+                  NSEG=1, SKIP_LAST: tl.constexpr = False, NSKIP=1, DECAY_V: tl.constexpr = False):
     """The state leaving each chunk (h) or the sequence (ht); STORE_LOGW: also the sequence's total log
     decay (the sum of its chunks' G_L, one value per sequence-head) into logw. SKIP_LAST: the
     sequences are segments (or pieces of segments), NSEG to a batch sequence, and the programs cover
-    all but each one's last NSKIP."""
+    all but each one's last NSKIP. DECAY_V: the decays e^{G_L − G} scale the rows of v instead of k
+    (the same product; the smaller tile where BV < BK)."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     if SKIP_LAST:
@@ -155,12 +156,16 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
         t_rows = bos + c * BT + tl.arange(0, BT)
         m_t = (t_rows < eos) & ok
         b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                      other=0.0).to(tl.float32)
+                      other=0.0)
         b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                       other=0.0)
         _, _, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
-        b_kd = (b_k * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
-        b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        if DECAY_V:
+            b_vd = (b_v.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
+            b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_k.to(b_v.dtype)), b_vd, input_precision=PREC)
+        else:
+            b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
+            b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
         if STORE_LOGW:
             b_lw += b_GL
     if STORE_HT:
@@ -208,12 +213,13 @@ def _output_kernel(q, k, v, g, h, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
-                      STORE_HT: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+                      STORE_HT: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+                      DECAY_V: tl.constexpr = False):
     """The forward in one pass: a program per (sequence, head, value tile) walks the chunks with the
     state in registers, O_c = (Q ⊙ e^G) S_c + (Q Kᵀ ⊙ D) V, then S_{c+1} as in _state_kernel.
 
     The per-chunk states are written only with STORE_H (for the backward): without it the kernel
-    moves q, k, v and o alone. BK covers all of K (one tile)."""
+    moves q, k, v and o alone. BK covers all of K (one tile). DECAY_V as in _state_kernel."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -241,8 +247,12 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
                                                                                  FAST)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
         tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
-        b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
-        b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        if DECAY_V:
+            b_vd = (b_v.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
+            b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_k), b_vd, input_precision=PREC)
+        else:
+            b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
+            b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
@@ -534,6 +544,23 @@ SEGMENT_DECAY_IN_SCAN = True
 # (`python -m kernels.gpu_check --only chunk_scalar,chunk_key,fused:mamba2/segments,fused:gla/segments
 # --set` it, bf16 and fp32). False: every segment's (kept for A/B; the tests run both).
 SEGMENT_SKIP_LAST = True
+# The state update (K ⊙ e^{G_L − G})ᵀ V as Kᵀ (e^{G_L − G} ⊙ V) (the [64, 64] value tile scaled and cast
+# instead of the [64, 128] key tile) in these of the scalar family's kernels, where their value tile is
+# narrower than their key tile (decay_v): "state" the state kernel, "pass" the one pass storing states
+# for a backward, "pass_fwd" the one pass without. H200, bf16, H = 16, K = V = 128 (`python -m
+# kernels.sweep ab --ops scalar --T T --set "kernels.diag.chunk.DECAY_V=('NAME',)"`, three alternating
+# rounds against none, 2026-12-02): "pass" fwd+bwd T = 32K 2.096 → 2.048 ms, 16K 1.855 → 1.809 (4K: no one
+# pass before a backward); "pass_fwd" forward 4K 0.280 → 0.277 but 16K 0.423 → 0.429, 32K 0.429 → 0.447
+# (not kept); "state" (the segments' states from zero with whole-K tiles) forward 32K 0.429 → 0.426,
+# fwd+bwd 2.095 → 2.092. () : k scaled everywhere.
+DECAY_V: tuple[str, ...] = ("state", "pass")
+
+
+def decay_v(kernel: str, BK: int, BV: int) -> bool:
+    """Whether ``kernel``'s state update with (BK, BV) tiles scales v instead of k (DECAY_V)."""
+    return kernel in DECAY_V and BV < BK
+
+
 # The segments' states from zero by pieces of at most this many chunks (each segment cut into
 # state_split(per) of them, their states joined by the scan over segments): at T = 8K a segment is 64
 # chunks, each program of the kernel walked all 64 one after another, and it took 0.121 ms of a 0.406
@@ -714,7 +741,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                 _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
                     q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT, BK=BK,
                     BV=BVf, DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
-                    FAST=_fast(q.dtype),
+                    FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
                     **launch)
             else:
                 B, T = offsets._dense
@@ -731,7 +758,8 @@ class ChunkScalarDecay(torch.autograd.Function):
                 _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
                     k, v, g, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
-                    STORE_LOGW=logw is not None, **pc.skip_kw, **_launch("state", q.dtype, K, V))
+                    STORE_LOGW=logw is not None, DECAY_V=decay_v("state", BKs, BVs), **pc.skip_kw,
+                    **_launch("state", q.dtype, K, V))
                 if logw is None and g is None:
                     logw = torch.zeros(NS, H, dtype=f32, device=q.device)
                 elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)
@@ -742,7 +770,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
                     q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, H=H, K=K, V=V, BT=BT,
                     BK=BK, BV=BVf, DECAY=decay, HAS_H0=True, STORE_H=keep, STORE_HT=False, PREC=prec,
-                    FAST=_fast(q.dtype),
+                    FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
                     **launch)
             ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
             ctx.maxc = maxc
@@ -751,7 +779,7 @@ class ChunkScalarDecay(torch.autograd.Function):
         BKs, BVs = state_tiles(BK, BV)
         _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), N * H)](
             k, v, g, h0, h, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
-            DECAY=decay, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec,
+            DECAY=decay, HAS_H0=h0 is not None, STORE_HT=store_ht, PREC=prec, DECAY_V=decay_v("state", BKs, BVs),
             **_launch("state", q.dtype, K, V))
         o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
         _output_kernel[(cdiv(V, BVs), NC, H)](

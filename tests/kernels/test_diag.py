@@ -399,6 +399,39 @@ def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least, tile
     assert len(states) == 1 and states[0][0][:2] == grid
 
 
+@pytest.mark.parametrize("decay_v", [(), ("state", "pass", "pass_fwd")], ids=["k-scaled", "v-scaled"])
+@pytest.mark.parametrize("forced,least", [(False, None), (True, 1000)], ids=["two-pass", "segments"])
+def test_decay_on_the_values(monkeypatch, count_launches, forced, least, decay_v):
+    """DECAY_V: the state update as Kᵀ (e^{G_L − G} ⊙ V) where the value tile is the narrower (K = 48
+    in a 64-wide tile, V = 24 in a 32-wide one): the state kernel (two passes, segments' states from
+    zero) and the one pass with and without a backward give the outputs, final state and gradients of
+    the keys scaled, against float64; with () no kernel takes it."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "DECAY_V", decay_v)
+    monkeypatch.setattr(dc, "FUSED_FORWARD", forced)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
+    states, passes = count_launches(dc, "_state_kernel"), count_launches(dc, "_fused_fwd_kernel")
+    _, inp = random_case("mamba2", {}, B=2, T=150, H=1, K=48, V=24, seed=11)
+    ref_in = requires_grad({"q": inp["q"], "k": inp["k"], "v": inp["v"], "g": inp["g"],
+                            "h0": torch.randn(2, 1, 48, 24, dtype=torch.float64)})
+    o_ref, S_ref = recurrent_linear(dsf.LinearTerms(q=ref_in["q"], k=ref_in["k"], u=ref_in["v"], decay="scalar",
+                                                    g=ref_in["g"]), ref_in["h0"])
+    f = {n: t.detach().float() for n, t in ref_in.items()}
+    with torch.no_grad():
+        o, S = chunk_diag(f["q"], f["k"], f["v"], "scalar", f["g"], f["h0"], True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    leaves = requires_grad(f)
+    o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "scalar", leaves["g"], leaves["h0"], True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    for name, a, b in zip(leaves, _grads(o, S, list(leaves.values()), 4), _grads(o_ref, S_ref, list(ref_in.values()), 4)):
+        assert rel_err(a, b) < TOL, f"d{name}: {rel_err(a, b):.2e}"
+    launches = states + passes   # without autograd, then with (segments: states from zero, then the pass)
+    assert len(launches) == (4 if forced else 2)
+    assert all(kw["DECAY_V"] == bool(decay_v) for _, kw in launches)
+
+
 def test_segment_state_tiles_rule(monkeypatch):
     """The segments' states from zero take the whole padded K on CUDA where [K, 64] tiles still give
     SEGMENT_WHOLE_K_PER_SM programs per SM (B·T = 32K, H = 16, K = V = 128: 31 · 16 pieces at T = 32K,
