@@ -1,0 +1,100 @@
+"""GPU check of the layers: every zoo mixer's MixerLayer under bf16 autocast (what Lightning's
+"bf16-mixed" precision runs) against the same layer in float32, forward and backward.
+
+    python -m models.gpu_check [--out DIR] [--mixers mamba2,gla] [--backends reference,triton]
+
+Writes ``layer_check.md`` under --out (default $OUT or .) and exits 1 if a row fails. A row passes
+when the output comes back in bf16, every parameter's gradient is finite, and its relative
+difference from the float32 layer is under 2e-2 or under three times the mixer's own sensitivity to
+bf16 rounding (the float32 layer on x rounded to bf16 and back: a mixer whose dynamics amplify small
+changes, such as Moneta at its default initialisation, moves that much in any precision).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+import dsf
+
+from .layers import MixerLayer
+
+TOL = 2e-2
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def check_autocast(name: str, backend: str, device: str = "cuda", d_model: int = 256, n_heads: int = 2,
+                   B: int = 2, T: int = 300, seed: int = 0) -> dict:
+    """One row: the bf16-autocast layer against its float32 self (``err``), the float32 layer's own
+    move under bf16-rounded x (``sensitivity``), the output dtype, whether the gradients are finite,
+    and ``ok``."""
+    torch.manual_seed(seed)
+    layer = MixerLayer(name, d_model, n_heads, backend=backend).to(device)
+    x = torch.randn(B, T, d_model, device=device)
+    with torch.no_grad():
+        ref = layer(x)
+        sensitivity = rel(layer(x.bfloat16().float()), ref)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        y = layer(x)
+    y.float().square().mean().backward()
+    finite = all(p.grad is not None and bool(torch.isfinite(p.grad).all())
+                 for p in layer.parameters() if p.requires_grad)
+    err = rel(y, ref)
+    ok = y.dtype == torch.bfloat16 and finite and err < max(TOL, 3 * sensitivity)
+    return dict(err=err, sensitivity=sensitivity, dtype=str(y.dtype)[6:], finite=finite, ok=ok)
+
+
+def with_kernels(names: list[str]) -> list[str]:
+    """The mixers among ``names`` that the Triton backend compiles."""
+    import kernels
+
+    return [n for n in names if kernels.supports(dsf.zoo.get(n)) is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--mixers", default=None, help="comma-separated zoo names (default: all)")
+    ap.add_argument("--backends", default="reference,triton", help="of reference, triton")
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu with TRITON_INTERPRET=1 (slow)")
+    ap.add_argument("--T", type=int, default=300)
+    ap.add_argument("--d-model", type=int, default=256)
+    args = ap.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (or --device cpu with TRITON_INTERPRET=1)")
+    names = args.mixers.split(",") if args.mixers else dsf.zoo.names()
+    lines = [f"# Layer check: MixerLayer under bf16 autocast vs float32 ({args.device}"
+             + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "") + f", torch {torch.__version__})",
+             f"d_model = {args.d_model}, 2 heads, B = 2, T = {args.T}; err: relative difference from the float32 "
+             f"layer; sensitivity: the float32 layer's under x rounded to bf16; ok: bf16 out, finite gradients, "
+             f"err < max({TOL}, 3 × sensitivity)", "",
+             "| backend | mixer | out dtype | err | sensitivity | grads finite | ok |", "|---|---|---|---|---|---|---|"]
+    failed = 0
+    for backend in args.backends.split(","):
+        for name in with_kernels(names) if backend == "triton" else names:
+            try:
+                r = check_autocast(name, backend, args.device, args.d_model, T=args.T)
+                row = (f"| {backend} | {name} | {r['dtype']} | {r['err']:.1e} | {r['sensitivity']:.1e} | "
+                       f"{'yes' if r['finite'] else 'no'} | {'yes' if r['ok'] else '**no**'} |")
+                failed += not r["ok"]
+            except Exception as e:  # noqa: BLE001 - a crash is a failing row, reported with its message
+                row = f"| {backend} | {name} | {type(e).__name__}: {str(e)[:160]} | | | | **no** |"
+                failed += 1
+            lines.append(row)
+            print(row, flush=True)
+    lines.append(f"\n{failed} failing rows")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "layer_check.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print(f"{failed} failing rows")
+    return int(failed > 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
