@@ -596,9 +596,14 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
             err, ok = check_memory_varlen(dtype, H, K, V)
             return f"{err:.1e}", ok
         failed += not _row(lines, f"| titans (memory='linear') | {str(dtype)[6:]} |", memory_varlen, 2)
-    lines.append(f"\n{failed} failing rows")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_check.md"), "w") as f:
+    return write_report(args.out, "gpu_check.md", lines, failed)
+
+
+def write_report(out: str, name: str, lines: list[str], failed: int) -> int:
+    """Write a check's table with its count of failing rows to ``out/name``; the exit status (1 if any)."""
+    lines = [*lines, f"\n{failed} failing rows"]
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, name), "w") as f:
         f.write("\n".join(lines) + "\n")
     print(f"{failed} failing rows")
     return int(failed > 0)

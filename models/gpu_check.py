@@ -19,6 +19,7 @@ import sys
 import torch
 
 import dsf
+from kernels.gpu_check import write_report
 
 from .layers import MixerLayer
 
@@ -88,12 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 failed += 1
             lines.append(row)
             print(row, flush=True)
-    lines.append(f"\n{failed} failing rows")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "layer_check.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"{failed} failing rows")
-    return int(failed > 0)
+    return write_report(args.out, "layer_check.md", lines, failed)
 
 
 if __name__ == "__main__":
