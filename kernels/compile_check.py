@@ -87,7 +87,7 @@ def compiled_launches(arch: int, label: str = ""):
     rows = []
 
     def compile_only(self, *args, grid, warmup=False, **kwargs):
-        opts = {n: kwargs.pop(n) for n in ("num_warps", "num_stages") if n in kwargs}
+        opts = {n: kwargs.pop(n) for n in ("num_warps", "num_stages", "maxnreg") if n in kwargs}
         sig, consts = signature(self, args, kwargs)
         k = triton.compile(ASTSource(self, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts)
         regs, spills = ptxas_report(k.asm["ptx"], arch)

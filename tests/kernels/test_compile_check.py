@@ -46,6 +46,16 @@ def test_every_kernel_of_a_family_compiles_for_sm90(family, kernels):
         assert {"two passes forward", "one pass forward", "segments forward", "backward"} <= where, where
 
 
+def test_a_launchs_register_cap_reaches_the_compiler():
+    """A LAUNCH entry's maxnreg is compiled with, as the launch passes it (the report used to drop it
+    and print the uncapped build's registers)."""
+    res = _run("--family", "scalar", "--dtype", "bf16", "--K", "64", "--set",
+               "kernels.diag.chunk.LAUNCH[state]={'num_warps': 4, 'num_stages': 2, 'maxnreg': 96}")
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in res.stdout.splitlines() if "_state_kernel" in line]
+    assert rows and all(int(r[8]) <= 96 for r in rows), rows
+
+
 @pytest.mark.parametrize("args,message", [
     (["--family", "gla"], "--family: gla not one of scalar, key, delta, titans"),
     (["--dtype", "fp8"], "--dtype: fp8 not one of bf16, fp16, fp32"),
