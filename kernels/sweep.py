@@ -193,11 +193,13 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
             if names and name not in names:
                 continue
             one_pass = name == "fused_fwd"
-            # the key-wise segments' states from zero: the state kernel of a forward under the default
-            # rule (at a T long enough for segments, the only state kernel it launches)
-            kernel = "state" if name == "segment_state" else name
-            backward = not ((one_pass or name == "segment_state") and kind == "key")
-            rule = True if one_pass else None if kind == "key" and name not in FOUR_KERNEL_FORWARD else False
+            # either family's segments' states from zero: the state kernel of a forward under the
+            # default rule (at a T long enough for segments, the only state kernel it launches)
+            segments = name == "segment_state"
+            kernel = "state" if segments else name
+            backward = not ((one_pass and kind == "key") or segments)
+            rule = True if one_pass else None if segments or (kind == "key" and name not in FOUR_KERNEL_FORWARD) \
+                else False
             if backward not in inputs:
                 inputs[backward] = bench._inputs(bench.TOKENS // T, T, kind, grad=backward)
             res = []

@@ -48,12 +48,16 @@ BT = 64  # chunk length
 # 2026-12-01; dqdk 0.61 ms here vs 1.07 with the 8 warps ptxas's spill report had suggested).
 LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096 (8 warps: 0.66)
           "state": dict(num_warps=4, num_stages=2), "output": dict(num_warps=4, num_stages=3),
+          # the segments' states from zero (the state kernel of the segmented one pass), apart from the
+          # two-pass one: a register cap (maxnreg) gained here alone (experiments_2026-12-02f.md §6)
+          "segment_state": dict(num_warps=4, num_stages=2),
           "dstate": dict(num_warps=4, num_stages=2), "dqdk": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory up to K = V = 256 (`python -m kernels.compile_check`; fp32's exact
 # "ieee" products spill, hence tf32x3 by default: kernels._common.FP32_PRODUCTS).
-SAFE = {"fused_fwd": dict(num_warps=8), "state": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
+SAFE = {"fused_fwd": dict(num_warps=8), "state": dict(num_warps=4), "segment_state": dict(num_warps=4),
+        "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4),
         "dqdk": dict(num_warps=8, num_stages=2), "dv": dict(num_warps=4, num_stages=2)}
 
@@ -514,7 +518,8 @@ STATE_BK: int | None = 64
 # kernels.diag.chunk.STATE_BK=None --set kernels.diag.chunk.STATE_BV=128 --set
 # "kernels.diag.chunk.LAUNCH[state]={'num_warps': 8, 'num_stages': 2}"`, three alternating rounds,
 # 2026-12-02), Mamba-2 forward T = 32K 0.440 → 0.465 ms, 16K 0.431 → 0.457, 8K 0.350 → 0.380 (a
-# quarter as many programs). The key-wise family's segments gained from it and take their own tiles
+# quarter as many programs; LAUNCH["state"] then set the segments' launch too, since LAUNCH["segment_state"]).
+# The key-wise family's segments gained from it and take their own tiles
 # (kernels.diag.chunk_key.SEGMENT_STATE_TILES; experiments_2026-12-02c.md §1).
 STATE_BV = 64
 # The segments' states from zero with the whole padded K a program ([128, 64] tiles: k read once a
@@ -759,7 +764,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                     k, v, g, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
                     STORE_LOGW=logw is not None, DECAY_V=decay_v("state", BKs, BVs), **pc.skip_kw,
-                    **_launch("state", q.dtype, K, V))
+                    **_launch("segment_state", q.dtype, K, V))
                 if logw is None and g is None:
                     logw = torch.zeros(NS, H, dtype=f32, device=q.device)
                 elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)

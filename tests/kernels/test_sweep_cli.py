@@ -118,6 +118,30 @@ def test_key_sweep_of_the_segments_state_launch_reads_the_state_kernel(monkeypat
     assert "key segment_state" in out and "warps 2/stages 1: 3.000" in out and "nan" not in out
 
 
+def test_scalar_sweep_of_the_segments_state_launch_reads_the_state_kernel(monkeypatch, capsys):
+    """The scalar family's LAUNCH["segment_state"] (its segments' states from zero, apart from the
+    two-pass state kernel's "state") is timed, as the key-wise one's, by the state kernel of a forward
+    without autograd under the default rule; "state" by the two-pass forward before a backward."""
+    import kernels.diag.chunk as dc
+
+    seen = []
+
+    def fake_times(fn, inp, backward, iters):
+        seen.append((backward, dc.FUSED_FORWARD, dict(dc.LAUNCH["segment_state"]), dict(dc.LAUNCH["state"])))
+        return {"_state_kernel": 1.0}
+
+    monkeypatch.setattr(sweep, "kernel_times", fake_times)
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=None, grad=True: {})
+    before = dict(dc.LAUNCH["segment_state"]), dict(dc.LAUNCH["state"])
+    sweep.launch(["scalar"], 32768, ["segment_state", "state"])
+    segs, twos = [s for s in seen if not s[0]], [s for s in seen if s[0]]
+    assert len(segs) == len(twos) == 9 and all(s[:2] == (False, None) and s[3] == before[1] for s in segs)
+    assert all(s[:2] == (True, False) and s[2] == before[0] for s in twos)
+    assert {(s[2]["num_warps"], s[2]["num_stages"]) for s in segs} == {(w, n) for w in (2, 4, 8) for n in (1, 2, 3)}
+    assert (dict(dc.LAUNCH["segment_state"]), dict(dc.LAUNCH["state"])) == before
+    assert "scalar segment_state" in capsys.readouterr().out
+
+
 def test_step_sweep_times_every_tile_and_restores_the_default(monkeypatch, capsys):
     """Each (BV, num_warps) of STEP_GRID reaches the step kernel's launch; the block choice is
     restored afterwards. Run on the CPU with a fake timer and small shapes."""
