@@ -69,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (or --device cpu with TRITON_INTERPRET=1)")
+    backends = args.backends.split(",")
+    for b in backends:
+        if b not in ("reference", "triton"):
+            ap.error(f"--backends: {b!r} is not one of reference, triton")
     names = args.mixers.split(",") if args.mixers else dsf.zoo.names()
+    for n in names:
+        if n not in dsf.zoo.names():
+            ap.error(f"--mixers: {n!r} is not a zoo mixer (one of {', '.join(dsf.zoo.names())})")
     lines = [f"# Layer check: MixerLayer under bf16 autocast vs float32 ({args.device}"
              + (f", {torch.cuda.get_device_name()}" if args.device == "cuda" else "") + f", torch {torch.__version__})",
              f"d_model = {args.d_model}, 2 heads, B = 2, T = {args.T}; err: relative difference from the float32 "
@@ -77,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
              f"err < max({TOL}, 3 × sensitivity)", "",
              "| backend | mixer | out dtype | err | sensitivity | grads finite | ok |", "|---|---|---|---|---|---|---|"]
     failed = 0
-    for backend in args.backends.split(","):
+    for backend in backends:
         for name in with_kernels(names) if backend == "triton" else names:
             try:
                 r = check_autocast(name, backend, args.device, args.d_model, T=args.T)

@@ -1,5 +1,7 @@
 """models.gpu_check: the layer check runs on the CPU (TRITON_INTERPRET=1) as it does on the H200."""
 
+import pytest
+
 import models.layers as layers
 from models import gpu_check
 
@@ -26,3 +28,11 @@ def test_layer_check_reports_a_failing_layer(tmp_path, monkeypatch):
     rc, rows = _run(tmp_path, "aaren")
     assert rc == 1
     assert rows[0].endswith("| yes |") and "TypeError: aaren: k has dtype" in rows[1] and rows[1].endswith("**no** |")
+
+
+@pytest.mark.parametrize("args,message", [(["--backends", "cuda"], "--backends: 'cuda' is not one of reference, triton"),
+                                          (["--mixers", "mamba"], "--mixers: 'mamba' is not a zoo mixer")])
+def test_bad_arguments_are_refused(capsys, args, message):
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--device", "cpu", *args])
+    assert e.value.code == 2 and message in capsys.readouterr().err
