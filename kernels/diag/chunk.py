@@ -263,12 +263,14 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
 
 @triton.jit
 def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.constexpr, BKV: tl.constexpr,
-                         HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, V: tl.constexpr = 0, EVERY=1):
+                         HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, V: tl.constexpr = 0, EVERY=1,
+                         U: tl.constexpr = 1):
     """The states entering the segments of one sequence: S_{j+1} = e^{w_j} S_j + ΔS_j over its NSEG
     segments, ΔS_j being segment j's own state from zero and w_j its total log decay: a scalar per
     segment and head, or with V > 0 one per key row of the [K, V] state (key-wise decays, w [.., K]).
     EVERY > 1: the NSEG are pieces, EVERY to a segment, and S_in holds the states entering the
-    segments only (every EVERY-th piece's)."""
+    segments only (every EVERY-th piece's). U > 1: the loads of U segments at a time, issued together,
+    then their steps in order (one wait on memory per U segments instead of one each)."""
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     o = i_t * BKV + tl.arange(0, BKV)
@@ -276,17 +278,38 @@ def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.c
     b_S = tl.zeros([BKV], dtype=tl.float32)
     if HAS_H0:
         b_S += tl.load(h0 + i_nh.to(tl.int64) * KV + o, mask=m, other=0.0).to(tl.float32)
-    for j in range(0, NSEG):
-        i_s = (i_n * NSEG + j).to(tl.int64) * H + i_h
-        i_o = ((i_n * NSEG + j) // EVERY).to(tl.int64) * H + i_h
-        tl.store(S_in + i_o * KV + o, b_S, mask=m & (j % EVERY == 0))
-        # (after the last segment b_S is the final state: stored with STORE_HT only, so that segment's
-        # own state and decay may be left unmade without one, SEGMENT_SKIP_LAST)
-        if V == 0:
-            b_w = tl.load(logw + i_s)
-        else:
-            b_w = tl.load(logw + i_s * (KV // V) + o // V, mask=m, other=0.0)
-        b_S = b_S * tl.exp(b_w) + tl.load(dS + i_s * KV + o, mask=m, other=0.0)
+    if U > 1:
+        o_u = tl.arange(0, U)
+        for j0 in range(0, NSEG, U):
+            rows = j0 + o_u
+            i_r = (i_n * NSEG + rows).to(tl.int64) * H + i_h
+            m2 = (rows < NSEG)[:, None] & m[None, :]
+            b_d = tl.load(dS + i_r[:, None] * KV + o[None, :], mask=m2, other=0.0)
+            if V == 0:
+                b_w = tl.load(logw + i_r, mask=rows < NSEG, other=0.0)[:, None] + tl.zeros([U, BKV], tl.float32)
+            else:
+                b_w = tl.load(logw + i_r[:, None] * (KV // V) + (o // V)[None, :], mask=m2, other=0.0)
+            for u in tl.static_range(U):
+                j = j0 + u
+                i_o = ((i_n * NSEG + j) // EVERY).to(tl.int64) * H + i_h
+                tl.store(S_in + i_o * KV + o, b_S, mask=m & (j % EVERY == 0) & (j < NSEG))
+                # row u of the block (a select, so a row never loaded adds nothing, NaN or not)
+                pick = (o_u == u)[:, None]
+                b_step = b_S * tl.exp(tl.sum(tl.where(pick, b_w, 0.0), axis=0)) + tl.sum(tl.where(pick, b_d, 0.0),
+                                                                                          axis=0)
+                b_S = tl.where(j < NSEG, b_step, b_S)
+    else:
+        for j in range(0, NSEG):
+            i_s = (i_n * NSEG + j).to(tl.int64) * H + i_h
+            i_o = ((i_n * NSEG + j) // EVERY).to(tl.int64) * H + i_h
+            tl.store(S_in + i_o * KV + o, b_S, mask=m & (j % EVERY == 0))
+            # (after the last segment b_S is the final state: stored with STORE_HT only, so that segment's
+            # own state and decay may be left unmade without one, SEGMENT_SKIP_LAST)
+            if V == 0:
+                b_w = tl.load(logw + i_s)
+            else:
+                b_w = tl.load(logw + i_s * (KV // V) + o // V, mask=m, other=0.0)
+            b_S = b_S * tl.exp(b_w) + tl.load(dS + i_s * KV + o, mask=m, other=0.0)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * KV + o, b_S, mask=m)
 
@@ -549,6 +572,12 @@ SEGMENT_DECAY_IN_SCAN = True
 # (`python -m kernels.gpu_check --only chunk_scalar,chunk_key,fused:mamba2/segments,fused:gla/segments
 # --set` it, bf16 and fp32). False: every segment's (kept for A/B; the tests run both).
 SEGMENT_SKIP_LAST = True
+# Segments whose loads the scan over segments (_segment_pass_kernel) issues together: 1, one after
+# another, each waiting on memory (0.024 ms at T = 32K, 31 segments: about 31 memory latencies;
+# `python -m kernels.sweep profile --ops scalar --T 32768 --impls ours`, 2026-12-02); U > 1, U at a
+# time, then their steps in order. Not yet timed on the GPU (an associative scan over 32 at a time
+# lost: experiments_2026-12-02f.md §1); exact under the interpreter (test_segment_pass_rows).
+SEGMENT_PASS_ROWS = 1
 # The state update (K ⊙ e^{G_L − G})ᵀ V as Kᵀ (e^{G_L − G} ⊙ V) (the [64, 64] value tile scaled and cast
 # instead of the [64, 128] key tile) in these of the scalar family's kernels, where their value tile is
 # narrower than their key tile (decay_v): "state" the state kernel, "pass" the one pass storing states
@@ -717,7 +746,7 @@ def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | Non
     BKV = min(1024, next_pow2(K * V))
     _segment_pass_kernel[(cdiv(K * V, BKV), NP // (nseg * split) * H)](
         dS, logw, h0, S_in, ht, nseg * split, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None,
-        STORE_HT=ht is not None, V=V if logw.dim() == 3 else 0, EVERY=split)
+        STORE_HT=ht is not None, V=V if logw.dim() == 3 else 0, EVERY=split, U=SEGMENT_PASS_ROWS)
     return S_in
 
 

@@ -342,6 +342,25 @@ def test_segment_state_pieces(fused_forward, monkeypatch, count_launches, T, lea
     assert [kw["EVERY"] for _, kw in joins] == [split] * 3   # the scan over pieces keeps every split-th
 
 
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("rows", [4, 8])
+def test_segment_pass_rows(fused_forward, monkeypatch, count_launches, rows, skip):
+    """SEGMENT_PASS_ROWS: the scan over segments loads that many at a time, then steps through them in
+    order: 3 segments of 2 pieces (6 joined, a block of 4 and a part block, or one part block of 8), the
+    last segment's pieces unmade with SEGMENT_SKIP_LAST; outputs, gradients and the final state
+    against float64."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_PASS_ROWS", rows)
+    monkeypatch.setattr(dc, "SEGMENT_STATE_CHUNKS", 1)
+    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 6)
+    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
+    joins = count_launches(dc, "_segment_pass_kernel")
+    check_segments_against_reference(323)
+    assert [kw["U"] for _, kw in joins] == [rows] * 3 and [kw["EVERY"] for _, kw in joins] == [2] * 3
+
+
 def check_fused_forward(fused_forward, monkeypatch, decay, T, least):
     """The checks of test_fused_forward_matches_reference, for tests that switch more on."""
     import kernels.diag.chunk as dc

@@ -391,6 +391,21 @@ def test_segment_state_pieces(one_pass, monkeypatch, count_launches, chunks, spl
     assert [kw["NSKIP"] for _, kw in states] == [split, split]
 
 
+@pytest.mark.parametrize("skip", [True, False])
+def test_segment_pass_rows(one_pass, monkeypatch, count_launches, skip):
+    """SEGMENT_PASS_ROWS with per-key decays: the scan over 2 segments of 4 pieces each (8 joined, two
+    blocks of 4) loads each block's states and per-row log decays at once; output and final state
+    against float64."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_PASS_ROWS", 4)
+    monkeypatch.setattr(dc, "SEGMENT_STATE_CHUNKS", 1)
+    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
+    joins = count_launches(dc, "_segment_pass_kernel")
+    check_one_pass_over_segments(one_pass, monkeypatch, count_launches, 400, "mild", least=5, nseg=2)
+    assert [(kw["U"], kw["EVERY"], kw["V"]) for _, kw in joins] == [(4, 4, 24)] * 2
+
+
 @pytest.mark.parametrize("tiles,grid", [((128, 128), (1, 1)), ((16, 16), (1, 2)), ((64, 16), (1, 2))])
 def test_segment_state_tiles(one_pass, monkeypatch, count_launches, tiles, grid):
     """The segments' states from zero take SEGMENT_STATE_TILES, each clamped to the padded head dim,
