@@ -126,6 +126,17 @@ def _pair_decays(b_g, b_G, BT: tl.constexpr, DECAY: tl.constexpr, STRICT: tl.con
 
 
 @triton.jit
+def _decayed_update(b_h, b_k, b_v, b_Gs, b_GL, PREC: tl.constexpr, DECAY_V: tl.constexpr):
+    """S e^{G_L} + (K ⊙ e^{G_L − G})ᵀ V for a chunk's [BT, BK] keys and [BT, BV] values; DECAY_V: as
+    Kᵀ (e^{G_L − G} ⊙ V), the value tile scaled and cast instead of the keys."""
+    if DECAY_V:
+        b_vd = (b_v.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
+        return b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_k.to(b_v.dtype)), b_vd, input_precision=PREC)
+    b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
+    return b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+
+
+@triton.jit
 def _excl_combine(s1, p1, s2, p2):
     # (inclusive, exclusive) prefix sums in one scan: the exclusive one is never inclusive − x
     return s1 + s2, s1 + p2
@@ -140,8 +151,7 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
     """The state leaving each chunk (h) or the sequence (ht); STORE_LOGW: also the sequence's total log
     decay (the sum of its chunks' G_L, one value per sequence-head) into logw. SKIP_LAST: the
     sequences are segments (or pieces of segments), NSEG to a batch sequence, and the programs cover
-    all but each one's last NSKIP. DECAY_V: the decays e^{G_L − G} scale the rows of v instead of k
-    (the same product; the smaller tile where BV < BK)."""
+    all but each one's last NSKIP. DECAY_V: see _decayed_update."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     if SKIP_LAST:
@@ -164,12 +174,7 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
         b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                       other=0.0)
         _, _, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
-        if DECAY_V:
-            b_vd = (b_v.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
-            b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_k.to(b_v.dtype)), b_vd, input_precision=PREC)
-        else:
-            b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
-            b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = _decayed_update(b_h, b_k, b_v, b_Gs, b_GL, PREC, DECAY_V)
         if STORE_LOGW:
             b_lw += b_GL
     if STORE_HT:
@@ -223,7 +228,7 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
     state in registers, O_c = (Q ⊙ e^G) S_c + (Q Kᵀ ⊙ D) V, then S_{c+1} as in _state_kernel.
 
     The per-chunk states are written only with STORE_H (for the backward): without it the kernel
-    moves q, k, v and o alone. BK covers all of K (one tile). DECAY_V as in _state_kernel."""
+    moves q, k, v and o alone. BK covers all of K (one tile). DECAY_V: see _decayed_update."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -251,12 +256,7 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
                                                                                  FAST)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
         tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
-        if DECAY_V:
-            b_vd = (b_v.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
-            b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_k), b_vd, input_precision=PREC)
-        else:
-            b_kd = (b_k.to(tl.float32) * tl.exp(b_Gs)[:, None]).to(b_v.dtype)
-            b_h = b_h * tl.exp(b_GL) + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = _decayed_update(b_h, b_k, b_v, b_Gs, b_GL, PREC, DECAY_V)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
@@ -295,9 +295,9 @@ def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.c
                 tl.store(S_in + i_o * KV + o, b_S, mask=m & (j % EVERY == 0) & (j < NSEG))
                 # row u of the block (a select, so a row never loaded adds nothing, NaN or not)
                 pick = (o_u == u)[:, None]
-                b_step = b_S * tl.exp(tl.sum(tl.where(pick, b_w, 0.0), axis=0)) + tl.sum(tl.where(pick, b_d, 0.0),
-                                                                                          axis=0)
-                b_S = tl.where(j < NSEG, b_step, b_S)
+                b_wu = tl.sum(tl.where(pick, b_w, 0.0), axis=0)
+                b_du = tl.sum(tl.where(pick, b_d, 0.0), axis=0)
+                b_S = tl.where(j < NSEG, b_S * tl.exp(b_wu) + b_du, b_S)
     else:
         for j in range(0, NSEG):
             i_s = (i_n * NSEG + j).to(tl.int64) * H + i_h
