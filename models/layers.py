@@ -206,9 +206,10 @@ class _LowRank(nn.Sequential):
 
 
 def _one_activation_dtype(inputs: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
-    """The kernels' inputs under autocast: q, k, v, x in its 16-bit dtype. Autocast leaves some of
-    them float32 beside the projections' 16-bit ones (on CUDA, F.normalize and the feature maps'
-    reductions run in float32), and the kernels take one activation dtype; gates may stay float32."""
+    """The kernels' inputs under autocast: q, k, v, x in its 16-bit dtype. Some come out float32
+    beside the projections' 16-bit ones (CUDA autocast runs F.normalize and softplus in float32;
+    Aaren's query is a float32 parameter), and the kernels take one activation dtype; gates may stay
+    float32."""
     if not torch.is_autocast_enabled(x.device.type):
         return inputs
     half = torch.get_autocast_dtype(x.device.type)
