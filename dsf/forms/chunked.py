@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..terms import AarenState, KVCache, LinearTerms, SoftmaxTerms
+from .parallel import solve_unit_lower
 from .recurrent import _trim_cache, extend_cache
 
 __all__ = ["chunked_linear", "chunked_softmax", "chunked_aaren"]
@@ -412,8 +413,7 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
         states, v_new = _delta_scan_inplace(S.flatten(0, 1), chunks(_unit_lower_inverse(KK)), chunks(kw),
                                             chunks(beta * x), kT, d, decay_after=gated and mild)
     else:
-        WU = torch.linalg.solve_triangular(KK, torch.cat([kw, beta * x], dim=-1), upper=False,
-                                           unitriangular=True)
+        WU = solve_unit_lower(KK, torch.cat([kw, beta * x], dim=-1))
         states, v_new = _delta_scan(S.flatten(0, 1), chunks(WU[..., :K]), chunks(WU[..., K:]), kT, d,
                                     decay_after=gated and mild)
     S_in = states[:-1].flatten(0, 1)                                   # entering each chunk

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..spec import check_state
 from ..terms import LinearTerms, MemoryState, MemoryTerms
 from .chunked import _from_chunks, _masked_exp, _to_chunks, chunked_linear
-from .parallel import phi_linear
+from .parallel import phi_linear, solve_unit_lower
 
 __all__ = ["memory_forms", "recurrent_memory", "chunked_memory", "minibatch_memory", "phi_memory",
            "to_linear", "channel_heads", "read", "weight_grads", "weights_of", "initial_state",
@@ -426,7 +426,7 @@ def chunked_l2_momentum(terms: MemoryTerms, S: Tensor, Z: Tensor, C: int) -> tup
     # The errors' system; the solver reads only its strict lower triangle (unit diagonal implied).
     A = (k @ k.transpose(-1, -2)) * m * th[..., None, :]
     rhs = torch.cat([a_pt[..., None] * k, d_pt[..., None] * k, v], dim=-1)
-    sol = torch.linalg.solve_triangular(A, rhs, upper=False, unitriangular=True)
+    sol = solve_unit_lower(A, rhs)
     W, U = sol[..., :2 * K].flatten(1, 2), sol[..., 2 * K:].flatten(1, 2)                # [N, BH, C, *]
     # A chunk ends at its last real token: in the zero padding (α = η = 1) S would keep adding Z.
     N = q.shape[0]

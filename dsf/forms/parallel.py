@@ -17,6 +17,15 @@ __all__ = ["phi_linear", "phi_softmax", "apply_phi", "segsum"]
 _ROW_BLOCK = 32  # rows of a key-wise Φ built at once: bounds the [rows, T, K] temporary
 
 
+def solve_unit_lower(A: Tensor, rhs: Tensor) -> Tensor:
+    """X with (I + strict_lower(A)) X = rhs; A's diagonal and upper triangle are not read. torch has
+    no triangular solve for 16-bit dtypes: those are solved in float32 and the result rounded back."""
+    half = A.dtype in (torch.float16, torch.bfloat16)
+    X = torch.linalg.solve_triangular(A.float() if half else A, rhs.float() if half else rhs, upper=False,
+                                      unitriangular=True)
+    return X.to(A.dtype) if half else X
+
+
 def segsum(g: Tensor) -> Tensor:
     """L[..., i, j] = g_{j+1} + … + g_i for i >= j, -inf above the diagonal (g: [..., T])."""
     T = g.shape[-1]
@@ -60,9 +69,7 @@ def phi_linear(terms: LinearTerms) -> Tensor:
             T, T, dtype=q.dtype, device=q.device).tril()
         beta = terms.beta.transpose(1, 2)  # [B, H, T]
         A = (beta[..., :, None] * (k @ k.transpose(-1, -2)) * Gam).tril(-1)
-        eye = torch.eye(T, dtype=q.dtype, device=q.device)
-        X = torch.linalg.solve_triangular(eye + A, torch.diag_embed(beta), upper=False,
-                                          unitriangular=True)
+        X = solve_unit_lower(A, torch.diag_embed(beta))
         A = ((q @ k.transpose(-1, -2)) * Gam) @ X
     else:
         A = _decayed_scores(q, k, terms.decay, g)

@@ -180,3 +180,22 @@ def test_delta_chunked_with_large_chunks(name, chunk, T):
     o_c, S_c = dsf.chunked(spec, chunk_size=chunk, **inp)
     _check("chunked", o_c, o_r)
     _check("final state", S_c, S_r)
+
+
+@pytest.mark.parametrize("name", ["deltanet", "gated_deltanet", "longhorn", "ttt_linear"])
+def test_16_bit_forms_with_a_triangular_solve(name):
+    """The forms that solve a unit-lower system (the delta rule's WY/UT chunks and Φ, the linear
+    memory's chunks) take bf16 and fp16 inputs — torch has no 16-bit triangular solve, so they solve in
+    float32 — with gradients, within 16-bit rounding of float64 (a bf16 MixerLayer of deltanet failed
+    with '"triangular_solve_cpu" not implemented for BFloat16')."""
+    x64 = dsf.random_inputs(name, B=1, T=13, H=2, K=4, V=3, seed=1)
+    ref = dsf.recurrent(name, **x64)[0]
+    forms = [("chunked", dict(chunk_size=4))] + ([("parallel", {})] if has_form((name, {}), "parallel")
+                                                 else [])
+    for dtype in (torch.bfloat16, torch.float16):
+        for form, kw in forms:
+            x = requires_grad({n: t.to(dtype) for n, t in x64.items()})
+            o = dsf.parallel(name, **x) if form == "parallel" else dsf.chunked(name, **kw, **x)[0]
+            assert o.dtype == dtype and rel_err(o.double(), ref) < 3e-2, (form, dtype, rel_err(o.double(), ref))
+            o.float().square().sum().backward()
+            assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in x.values())

@@ -136,6 +136,20 @@ def test_autocast_activations_share_a_dtype_for_the_kernels(monkeypatch, name):
     assert y.dtype == torch.bfloat16 and (y.float() - ref).norm() / ref.norm() < 2e-2
 
 
+@pytest.mark.parametrize("name", ["deltanet", "ttt_linear"])
+def test_a_bf16_layer_runs_the_reference_forms(name):
+    """A layer cast to bf16 (no autocast) runs the dsf forms in bf16; their triangular solves failed
+    there ('"triangular_solve_cpu" not implemented for BFloat16') and now solve in float32."""
+    torch.manual_seed(0)
+    layer = MixerLayer(name, 32, 2, backend="reference")
+    x = torch.randn(2, 9, 32)
+    ref = layer(x)
+    y = layer.to(torch.bfloat16)(x.bfloat16())
+    assert y.dtype == torch.bfloat16 and (y.float() - ref).norm() / ref.norm() < 5e-2
+    y.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in layer.parameters() if p.grad is not None)
+
+
 def test_unknown_mixer_lists_the_zoo():
     with pytest.raises(ValueError, match="unknown mixer 'transformer'.*softmax_attention.*gated_deltanet"):
         MixerLayer("transformer", 16, 2)
