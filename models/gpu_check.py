@@ -21,15 +21,12 @@ import sys
 import torch
 
 import dsf
+from dsf.testing import rel_err
 from kernels.gpu_check import write_report
 
 from .layers import MixerLayer
 
 TOL = 2e-2
-
-
-def rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def check_autocast(name: str, backend: str, device: str = "cuda", d_model: int = 256, n_heads: int = 2,
@@ -42,13 +39,13 @@ def check_autocast(name: str, backend: str, device: str = "cuda", d_model: int =
     x = torch.randn(B, T, d_model, device=device)
     with torch.no_grad():
         ref = layer(x)
-        sensitivity = rel(layer(x.to(dtype).float()), ref)
+        sensitivity = rel_err(layer(x.to(dtype).float()), ref)
     with torch.autocast(torch.device(device).type, dtype=dtype):
         y = layer(x)
     y.float().square().mean().backward()
     finite = all(p.grad is not None and bool(torch.isfinite(p.grad).all())
                  for p in layer.parameters() if p.requires_grad)
-    err = rel(y, ref)
+    err = rel_err(y, ref)
     ok = y.dtype == dtype and finite and err < max(TOL, 3 * sensitivity)
     return dict(err=err, sensitivity=sensitivity, dtype=str(y.dtype)[6:], finite=finite, ok=ok)
 
