@@ -49,8 +49,14 @@ BT = 64  # chunk length
 LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096 (8 warps: 0.66)
           "state": dict(num_warps=4, num_stages=2), "output": dict(num_warps=4, num_stages=3),
           # the segments' states from zero (the state kernel of the segmented one pass), apart from the
-          # two-pass one: a register cap (maxnreg) gained here alone (experiments_2026-12-02f.md §6)
-          "segment_state": dict(num_warps=4, num_stages=2),
+          # two-pass one, capped at 128 registers a thread (more programs an SM): H200, bf16, H = 16,
+          # K = V = 128 (`python -m kernels.sweep ab --ops scalar --T T --set
+          # "kernels.diag.chunk.LAUNCH[segment_state]={'num_warps': 4, 'num_stages': 2, 'maxnreg': 128}"`,
+          # three alternating rounds, 2026-12-02): Mamba-2 forward 16K 0.422 → 0.401 ms, 32K 0.429 →
+          # 0.424 (rounds 0.409-0.431), 8K 0.352 → 0.352; fwd+bwd 1.812 → 1.793, 2.068 → 2.056, 1.609 →
+          # 1.612. A cap of 96: 32K unchanged (0.428). The one pass under a cap lost
+          # (experiments_2026-12-02f.md §6).
+          "segment_state": dict(num_warps=4, num_stages=2, maxnreg=128),
           "dstate": dict(num_warps=4, num_stages=2), "dqdk": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
@@ -575,9 +581,12 @@ SEGMENT_SKIP_LAST = True
 # Segments whose loads the scan over segments (_segment_pass_kernel) issues together: 1, one after
 # another, each waiting on memory (0.024 ms at T = 32K, 31 segments: about 31 memory latencies;
 # `python -m kernels.sweep profile --ops scalar --T 32768 --impls ours`, 2026-12-02); U > 1, U at a
-# time, then their steps in order. Not yet timed on the GPU (an associative scan over 32 at a time
-# lost: experiments_2026-12-02f.md §1); exact under the interpreter (test_segment_pass_rows).
-SEGMENT_PASS_ROWS = 1
+# time, then their steps in order. H200, bf16, H = 16, K = V = 128, T = 32K (`python -m kernels.sweep ab
+# --ops scalar --T 32768 --set kernels.diag.chunk.SEGMENT_PASS_ROWS=U`, three alternating rounds,
+# 2026-12-02): Mamba-2 forward 0.428 → 0.421 ms at U = 4, 0.429 → 0.421 at U = 8, fwd+bwd 2.078 → 2.071
+# and 2.079 → 2.060 (an associative scan over 32 at a time lost: experiments_2026-12-02f.md §1). The
+# key-wise family has its own (kernels.diag.chunk_key.SEGMENT_PASS_ROWS).
+SEGMENT_PASS_ROWS = 8
 # The state update (K ⊙ e^{G_L − G})ᵀ V as Kᵀ (e^{G_L − G} ⊙ V) (the [64, 64] value tile scaled and cast
 # instead of the [64, 128] key tile) in these of the scalar family's kernels, where their value tile is
 # narrower than their key tile (decay_v): "state" the state kernel, "pass" the one pass storing states
@@ -736,17 +745,18 @@ def segment_pieces(B: int, T: int, nseg: int, per: int, final: bool, device) -> 
 
 
 def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int,
-                   split: int = 1) -> Tensor:
+                   split: int = 1, rows: int | None = None) -> Tensor:
     """The states entering each of the NS = N·nseg segments ([NS, H, K, V] fp32) from their own states
     from zero ``dS`` and their log decays ``logw`` ([NS, H] scalar, or [NS, H, K] per state row), by
     _segment_pass_kernel; the sequences' final states go to ``ht`` when it is given. ``split``: dS and
-    logw are of the segments' pieces (NS·split of them, ``split`` to a segment)."""
+    logw are of the segments' pieces (NS·split of them, ``split`` to a segment). ``rows``: segments loaded
+    at once (default SEGMENT_PASS_ROWS)."""
     NP, H, K, V = dS.shape
     S_in = _empty(NP // split, H, K, V, dtype=torch.float32, device=dS.device)
     BKV = min(1024, next_pow2(K * V))
     _segment_pass_kernel[(cdiv(K * V, BKV), NP // (nseg * split) * H)](
         dS, logw, h0, S_in, ht, nseg * split, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None,
-        STORE_HT=ht is not None, V=V if logw.dim() == 3 else 0, EVERY=split, U=SEGMENT_PASS_ROWS)
+        STORE_HT=ht is not None, V=V if logw.dim() == 3 else 0, EVERY=split, U=rows or SEGMENT_PASS_ROWS)
     return S_in
 
 

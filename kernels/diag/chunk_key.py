@@ -100,6 +100,12 @@ def _launch(name: str, dtype: torch.dtype, K: int, V: int) -> dict:
 # chunk_key`, bf16 and fp32). The old way: `--set kernels.diag.chunk_key.SEGMENT_STATE_TILES=(64,64)
 # --set "kernels.diag.chunk_key.LAUNCH[segment_state]={'num_warps': 4, 'num_stages': 3}"`.
 SEGMENT_STATE_TILES = (128, 128)
+# This family's rows of the scan over segments (kernels.diag.chunk.SEGMENT_PASS_ROWS, there for the
+# scalar family): its per-row log decays make each row wider. H200, bf16, H = 16, K = V = 128, T = 32K
+# (`python -m kernels.sweep ab --ops key --T 32768 --set kernels.diag.chunk.SEGMENT_PASS_ROWS=U` when
+# the two families shared it, three alternating rounds, 2026-12-02): GLA forward 0.651 → 0.647 ms at
+# U = 4 (within the rounds' spread), 0.650 → 0.764 at U = 8 (fwd+bwd 3.669 → 3.782). Kept at 1.
+SEGMENT_PASS_ROWS = 1
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -724,7 +730,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
         nc = cdiv(T, BT)
         GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
         logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
-    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, pc.split)
+    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, pc.split, SEGMENT_PASS_ROWS)
     _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
                                               per, scale, HAS_H0=True, STORE_HT=False, **launch)
     return o, saved

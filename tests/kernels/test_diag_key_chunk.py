@@ -393,12 +393,13 @@ def test_segment_state_pieces(one_pass, monkeypatch, count_launches, chunks, spl
 
 @pytest.mark.parametrize("skip", [True, False])
 def test_segment_pass_rows(one_pass, monkeypatch, count_launches, skip):
-    """SEGMENT_PASS_ROWS with per-key decays: the scan over 2 segments of 4 pieces each (8 joined, two
-    blocks of 4) loads each block's states and per-row log decays at once; output and final state
-    against float64."""
+    """This family's SEGMENT_PASS_ROWS (not the scalar family's) with per-key decays: the scan over 2
+    segments of 4 pieces each (8 joined, two blocks of 4) loads each block's states and per-row log
+    decays at once; output and final state against float64."""
     import kernels.diag.chunk as dc
 
-    monkeypatch.setattr(dc, "SEGMENT_PASS_ROWS", 4)
+    monkeypatch.setattr(chunk_key, "SEGMENT_PASS_ROWS", 4)
+    monkeypatch.setattr(dc, "SEGMENT_PASS_ROWS", 8)
     monkeypatch.setattr(dc, "SEGMENT_STATE_CHUNKS", 1)
     monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", skip)
     joins = count_launches(dc, "_segment_pass_kernel")
