@@ -30,9 +30,9 @@ from dsf.forms import _internal_state, prepare
 from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
 from dsf.terms import LinearTerms
 
-from ._common import DTYPES, MAX_HEAD_DIM, check_cu_seqlens, check_head_dim
+from ._common import DTYPES, MAX_HEAD_DIM, UnsupportedHeadDim, check_cu_seqlens, check_head_dim
 
-__all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer"]
+__all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer", "UnsupportedHeadDim"]
 
 
 class UnsupportedMixer(ValueError):

@@ -8,9 +8,9 @@ import os
 import torch
 from torch import Tensor
 
-__all__ = ["interpreting", "check_device", "check_head_dim", "check_cu_seqlens", "next_pow2",
-           "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds", "sm_count",
-           "step_bounds", "check_scale"]
+__all__ = ["interpreting", "check_device", "check_head_dim", "UnsupportedHeadDim", "check_cu_seqlens",
+           "next_pow2", "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds",
+           "sm_count", "step_bounds", "check_scale"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
@@ -62,11 +62,16 @@ def check_device(op: str, **tensors: Tensor | None) -> torch.device:
     return device
 
 
+class UnsupportedHeadDim(ValueError):
+    """A head dim outside what the kernels take (raised before anything runs: callers that have
+    another way to compute, like MixerLayer(backend="auto"), fall back on it)."""
+
+
 def check_head_dim(op: str, name: str, size: int, lo: int = MIN_HEAD_DIM, hi: int = MAX_HEAD_DIM,
                    why: str = "") -> None:
     """A head dim within [lo, hi]; ``why`` says what narrowed the range, if something did."""
     if not lo <= size <= hi:
-        raise ValueError(f"{op}: head dim {name}={size} is not supported; need {lo} <= {name} <= {hi}{why}")
+        raise UnsupportedHeadDim(f"{op}: head dim {name}={size} is not supported; need {lo} <= {name} <= {hi}{why}")
 
 
 def check_cu_seqlens(op: str, cu_seqlens: Tensor | None, B: int, T: int) -> int:

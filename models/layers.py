@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -227,7 +228,7 @@ class MixerLayer(nn.Module):
             channels per head.
         backend: "reference" runs ``dsf.chunked``; "triton" runs ``kernels.compile(spec).chunked``
             (CUDA, or TRITON_INTERPRET=1); "auto" takes the kernel when one exists and x is on CUDA (and not
-            float64).
+            float64), and the dsf forms where the kernels refuse the head dims (over 256).
         chunk_size: chunk length of the reference form; default 64, or 8 for vector decays (see
             ``default_chunk_size``).
         state_dim: the state's extra size: N states per channel (s4d, s6), the hidden width E of
@@ -299,6 +300,7 @@ class MixerLayer(nn.Module):
             self.register_parameter(name, nn.Parameter(init((n_heads,)).float()))
         self.out = nn.Linear(n_heads * head_dim, d_model)
         self._compiled = None
+        self._kernels_refused = False
 
     # The spec holds the zoo's lambdas, which pickle cannot save: rebuild it from name and options.
     def __getstate__(self) -> dict:
@@ -350,13 +352,31 @@ class MixerLayer(nn.Module):
                 raise RuntimeError("MixerLayer: backend='triton' needs CUDA tensors or TRITON_INTERPRET=1 "
                                    "(set before triton is imported)")
             return True
-        if not x.is_cuda or self.approximate or x.dtype == torch.float64:
+        if not x.is_cuda or self.approximate or x.dtype == torch.float64 or self._kernels_refused:
             # the kernels compute the exact memory, not the mini-batch approximation, and take
             # fp32/bf16/fp16 only (a float64 model runs the reference forms)
             return False
         import kernels
 
         return kernels.supports(self.spec) is not None
+
+    def _kernels(self, inputs: dict[str, Tensor], x: Tensor) -> Tensor | None:
+        """The mixer's output by its Triton kernel; None where "auto" finds the head dims outside
+        what the kernels take (the dsf forms run instead: said once, in a warning)."""
+        import kernels
+
+        if self._compiled is None:
+            self._compiled = kernels.compile(self.spec)
+        try:
+            return self._compiled.chunked(**_one_activation_dtype(inputs, x))[0]
+        except kernels.UnsupportedHeadDim as e:
+            if self.backend != "auto":
+                raise
+            # the head dims are the layer's own, so every later call would be refused the same way
+            self._kernels_refused = True
+            warnings.warn(f"MixerLayer(backend='auto'): {e}; running the dsf reference forms instead",
+                          stacklevel=3)
+            return None
 
     def _reference(self, inputs: dict[str, Tensor], x: Tensor) -> Tensor:
         """The mixer's output by the dsf forms. Under autocast the projections hand them 16-bit
@@ -384,13 +404,8 @@ class MixerLayer(nn.Module):
             raise TypeError(f"MixerLayer: x has dtype {x.dtype} but the layer's weights are {weight}; "
                             f"cast one to the other (layer.to({x.dtype})) or run under torch.autocast")
         inputs = self.mixer_inputs(x)
-        if self._use_kernels(x):
-            if self._compiled is None:
-                import kernels
-
-                self._compiled = kernels.compile(self.spec)
-            o, _ = self._compiled.chunked(**_one_activation_dtype(inputs, x))
-        else:
+        o = self._kernels(inputs, x) if self._use_kernels(x) else None
+        if o is None:
             o = self._reference(inputs, x)
         B, T = x.shape[:2]
         return self.out(o.reshape(B, T, -1).to(x.dtype))

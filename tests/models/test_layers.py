@@ -2,6 +2,7 @@
 
 import math
 import types
+import warnings
 
 import pytest
 import torch
@@ -207,6 +208,29 @@ def test_memories_run_exact_or_minibatch():
 def test_auto_uses_the_reference_on_cpu():
     layer = MixerLayer("mamba2", 16, 2)
     assert not layer._use_kernels(torch.zeros(1, 1, 16))
+
+
+def test_auto_falls_back_where_the_kernels_refuse_the_head_dims(monkeypatch):
+    """Head dims over the kernels' 256: "auto" runs the dsf forms instead (saying so once), where
+    "triton" raises the kernels' error naming the head dim."""
+    torch.manual_seed(0)
+    ref = MixerLayer("mamba2", 300, 1, backend="reference")
+    auto = MixerLayer("mamba2", 300, 1)
+    auto.load_state_dict(ref.state_dict())
+    cuda_like = types.SimpleNamespace(is_cuda=True, dtype=torch.float32)
+    assert auto._use_kernels(cuda_like)
+    # on the CPU "auto" never tries the kernels: take its CUDA decision for the CPU input
+    monkeypatch.setattr(auto, "_use_kernels", lambda x: MixerLayer._use_kernels(auto, cuda_like))
+    x = torch.randn(1, 5, 300)
+    with pytest.warns(UserWarning, match="head dim K=300 is not supported.*dsf reference forms"):
+        out = auto(x)
+    assert torch.equal(out, ref(x))
+    assert not MixerLayer._use_kernels(auto, cuda_like)   # not tried again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(auto(x), out)
+    with pytest.raises(kernels.UnsupportedHeadDim, match="mamba2: head dim K=300 is not supported"):
+        MixerLayer("mamba2", 300, 1, backend="triton")(x)
 
 
 def test_default_chunk_size():
