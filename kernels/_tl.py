@@ -38,3 +38,13 @@ def tile_offsets(H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.const
     K = V = 128: the scalar one-pass forward spilled 796 B at 4 warps with them, 332 B without)."""
     o_t = tl.arange(0, BT)
     return o_t[:, None] * (H * K) + o_k[None, :], o_t[:, None] * (H * V) + o_v[None, :]
+
+
+@triton.jit
+def load_scaled(ptr, mask, scale, SCALE: tl.constexpr):
+    """A tile of ``ptr`` (0 where masked), with SCALE times ``scale`` and rounded back to its dtype:
+    what a torch ``x * scale`` would have handed the kernel, without that extra pass over x in memory."""
+    b = tl.load(ptr, mask=mask, other=0.0)
+    if SCALE:
+        b = (b.to(tl.float32) * scale).to(b.dtype)
+    return b

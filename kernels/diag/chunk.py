@@ -38,7 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import cdiv, fp32_products, layout_cache, next_pow2, sm_count
-from .._tl import chunk_span, state_tile, tile_offsets
+from .._tl import chunk_span, load_scaled, state_tile, tile_offsets
 from .recurrent import _empty
 
 BT = 64  # chunk length
@@ -321,11 +321,12 @@ def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.c
 
 
 @triton.jit
-def _dstate_kernel(q, do, g, dht, dh, dh0, offsets, chunk_offsets, MAXC,
+def _dstate_kernel(q, do, g, dht, dh, dh0, offsets, chunk_offsets, MAXC, do_scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, DECAY: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr,
-                   PREC: tl.constexpr):
-    """dh[c] = gradient of the state leaving chunk c; walks the chunks backwards."""
+                   PREC: tl.constexpr, SCALE_DO: tl.constexpr = False):
+    """dh[c] = gradient of the state leaving chunk c; walks the chunks backwards. SCALE_DO: dO
+    tiles times do_scale as loaded (DO_SCALE_IN_KERNELS); so in _dqdk_kernel and _dv_kernel."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -340,8 +341,8 @@ def _dstate_kernel(q, do, g, dht, dh, dh0, offsets, chunk_offsets, MAXC,
         m_t = (t_rows < eos) & (t_rows >= bos) & ok
         b_q = tl.load(q + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                       other=0.0)
-        b_do = tl.load(do + (t_rows[:, None] * H + i_h) * V + o_v[None, :],
-                       mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_do = load_scaled(do + (t_rows[:, None] * H + i_h) * V + o_v[None, :],
+                           m_t[:, None] & m_v[None, :], do_scale, SCALE_DO)
         _, b_G, _, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
         b_qd = (b_q.to(tl.float32) * tl.exp(b_G)[:, None]).to(b_do.dtype)
         b_dh = b_dh * tl.exp(b_GL) + tl.dot(tl.trans(b_qd), b_do, input_precision=PREC)
@@ -350,9 +351,10 @@ def _dstate_kernel(q, do, g, dht, dh, dh0, offsets, chunk_offsets, MAXC,
 
 
 @triton.jit
-def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, T,
+def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, T, do_scale,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, DECAY: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+                 BV: tl.constexpr, DECAY: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+                 SCALE_DO: tl.constexpr = False):
     """dQ and dK of one chunk and key block (the value dim walked in blocks of BV) and, with DG, this
     key block's share of the decay gradient (see the module docstring)."""
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -377,7 +379,7 @@ def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, T,
         m_tv = m_t[:, None] & m_v[None, :]
         p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_do = load_scaled(do + p_tv, m_tv, do_scale, SCALE_DO)
         m_kv = m_k[:, None] & m_v[None, :]
         b_h = tl.load(h + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
         b_dh = tl.load(dh + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
@@ -416,9 +418,10 @@ def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, T,
 
 
 @triton.jit
-def _dv_kernel(q, k, g, do, dh, dv, offsets, chunk_indices,
+def _dv_kernel(q, k, g, do, dh, dv, offsets, chunk_indices, do_scale,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+               BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+               SCALE_DO: tl.constexpr = False):
     """dV of one chunk and value block; the key dim is walked in blocks of BK."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -447,7 +450,7 @@ def _dv_kernel(q, k, g, do, dh, dv, offsets, chunk_indices,
         b_A += tl.dot(b_k, tl.trans(b_q), input_precision=PREC)            # Aᵀ: rows j, columns i
         b_dv += tl.dot((b_k.to(tl.float32) * e_L).to(b_k.dtype), b_dh, input_precision=PREC)
     b_A = b_A * _pair_decays(b_g, b_G, BT, DECAY, False, True, FAST)
-    b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+    b_do = load_scaled(do + p_tv, m_tv, do_scale, SCALE_DO)
     b_dv += tl.dot(b_A.to(b_do.dtype), b_do, input_precision=PREC)
     tl.store(dv + p_tv, b_dv, mask=m_tv)
 
@@ -587,6 +590,14 @@ SEGMENT_SKIP_LAST = True
 # and 2.079 → 2.060 (an associative scan over 32 at a time lost: experiments_2026-12-02f.md §1). The
 # key-wise family has its own (kernels.diag.chunk_key.SEGMENT_PASS_ROWS).
 SEGMENT_PASS_ROWS = 8
+# The output's scale (o = scale · what the kernels compute) on dO in the backward kernels, tile by
+# tile as they load it (both families), instead of a torch do * scale before them: that pass over dO
+# took 0.064 ms of Mamba-2's 2.025 ms forward + backward at T = 32K (H200, bf16, H = 16, K = V = 128;
+# `python -m kernels.sweep profile --ops scalar --T 32768 --impls ours`, 2026-12-02). The same bits
+# (fp32 product, rounded to dO's dtype); ptxas (`python -m kernels.compile_check`, sm_90): the scalar
+# dQ/dK kernel 1520 → 1592 B of spills, the key-wise dQ/dK 2484 → 2532. Not yet timed on the GPU;
+# exact under the interpreter (tests/kernels/test_diag_scale.py runs both).
+DO_SCALE_IN_KERNELS = False
 # The state update (K ⊙ e^{G_L − G})ᵀ V as Kᵀ (e^{G_L − G} ⊙ V) (the [64, 64] value tile scaled and cast
 # instead of the [64, 128] key tile) in these of the scalar family's kernels, where their value tile is
 # narrower than their key tile (decay_v): "state" the state kernel, "pass" the one pass storing states
@@ -843,15 +854,17 @@ class ChunkScalarDecay(torch.autograd.Function):
         BK, BV = _tiles(K, V)
         BVs = min(BV, 64)
         decay, prec = int(g is not None), _prec(q.dtype)
-        # o = scale · (what the kernels compute): every gradient through o carries the scale
-        do = do.contiguous() if ctx.scale == 1.0 else do * ctx.scale
+        # o = scale · (what the kernels compute): every gradient through o carries the scale: dO
+        # times it in torch, or in the kernels as they load it (DO_SCALE_IN_KERNELS)
+        sdo = DO_SCALE_IN_KERNELS and ctx.scale != 1.0
+        do = do.contiguous() if sdo or ctx.scale == 1.0 else do * ctx.scale
         dh = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device)
         dh0 = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if h0 is not None else None
         BKd, BVd = dstate_tiles(BK, BVs, K, V, N * H, q.device)
         _dstate_kernel[(cdiv(K, BKd), cdiv(V, BVd), N * H)](
             q, do, g, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
-            ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BKd, BV=BVd, DECAY=decay, HAS_DHT=dht is not None,
-            STORE_DH0=h0 is not None, PREC=prec, **_launch("dstate", q.dtype, K, V))
+            ctx.maxc, ctx.scale, H=H, K=K, V=V, BT=BT, BK=BKd, BV=BVd, DECAY=decay, HAS_DHT=dht is not None,
+            STORE_DH0=h0 is not None, PREC=prec, SCALE_DO=sdo, **_launch("dstate", q.dtype, K, V))
         dq = _empty(Tt, H, K, dtype=q.dtype, device=q.device)
         dk = _empty(Tt, H, K, dtype=k.dtype, device=q.device)
         dv = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
@@ -861,12 +874,12 @@ class ChunkScalarDecay(torch.autograd.Function):
         # one share of dg per key block, summed below
         dg = _empty(NKs, Tt, H, dtype=torch.float32, device=q.device) if want_dg else None
         _dqdk_kernel[(NKs, NC, H)](
-            q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V, BT=BT, BK=BKs,
-            BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, FAST=_fast(q.dtype),
+            q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, Tt, ctx.scale, H=H, K=K, V=V, BT=BT, BK=BKs,
+            BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo,
             **_launch("dqdk", q.dtype, K, V))
         _dv_kernel[(cdiv(V, BVs), NC, H)](
-            q, k, g, do, dh, dv, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
-            DECAY=decay, PREC=prec, FAST=_fast(q.dtype), **_launch("dv", q.dtype, K, V))
+            q, k, g, do, dh, dv, offsets, chunk_indices, ctx.scale, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
+            DECAY=decay, PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo, **_launch("dv", q.dtype, K, V))
         if want_dg:
             dg = (dg[0] if NKs == 1 else dg.sum(0)).to(g.dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dh0, None, None, None

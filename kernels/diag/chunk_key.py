@@ -50,7 +50,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import cdiv, next_pow2
-from .._tl import chunk_span, state_tile, tile_offsets
+from .._tl import chunk_span, load_scaled, state_tile, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -422,10 +422,13 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
 
 
 @triton.jit
-def _dstate_kernel(qd, do, GL, dht, dh, dh0, offsets, chunk_offsets, MAXC,
+def _dstate_kernel(qd, do, GL, dht, dh, dh0, offsets, chunk_offsets, MAXC, do_scale,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                   BV: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr):
-    """dh[c] = gradient of the state leaving chunk c; walks the chunks backwards."""
+                   BV: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
+                   SCALE_DO: tl.constexpr = False):
+    """dh[c] = gradient of the state leaving chunk c; walks the chunks backwards. SCALE_DO: dO
+    tiles times do_scale as loaded (kernels.diag.chunk.DO_SCALE_IN_KERNELS); so in _dv_kernel and
+    _dqk_inter_kernel."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -440,8 +443,8 @@ def _dstate_kernel(qd, do, GL, dht, dh, dh0, offsets, chunk_offsets, MAXC,
         m_t = (t_rows < eos) & (t_rows >= bos) & ok
         b_qd = tl.load(qd + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
                        other=0.0)
-        b_do = tl.load(do + (t_rows[:, None] * H + i_h) * V + o_v[None, :],
-                       mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_do = load_scaled(do + (t_rows[:, None] * H + i_h) * V + o_v[None, :],
+                           m_t[:, None] & m_v[None, :], do_scale, SCALE_DO)
         b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         b_dh = b_dh * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_qd.to(b_do.dtype)), b_do, input_precision=PREC)
     if STORE_DH0:
@@ -449,9 +452,9 @@ def _dstate_kernel(qd, do, GL, dht, dh, dh0, offsets, chunk_offsets, MAXC,
 
 
 @triton.jit
-def _dv_kernel(kd, v, A, do, dh, dv, dA, offsets, chunk_indices,
+def _dv_kernel(kd, v, A, do, dh, dv, dA, offsets, chunk_indices, do_scale,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, PREC: tl.constexpr):
+               BV: tl.constexpr, PREC: tl.constexpr, SCALE_DO: tl.constexpr = False):
     """dV = Aᵀ dO + (K ⊙ e^{G_L − G}) dh[c], and dA = causal(dO Vᵀ), for one chunk (all of V)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
@@ -466,7 +469,7 @@ def _dv_kernel(kd, v, A, do, dh, dv, dA, offsets, chunk_indices,
         m_v = o_v < V
         m_tv = m_t[:, None] & m_v[None, :]
         p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_do = load_scaled(do + p_tv, m_tv, do_scale, SCALE_DO)
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
         b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=PREC)
         b_dv = tl.dot(tl.trans(b_A).to(b_do.dtype), b_do, input_precision=PREC)
@@ -597,9 +600,10 @@ def _sub_block_dqk(q, k, gk, dA, dq, dk, c_start, eos, i_k, i_b, i_h, H: tl.cons
 
 
 @triton.jit
-def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
+def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices, do_scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                      BV: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+                      BV: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+                      SCALE_DO: tl.constexpr = False):
     """Completes dQ, dK (inter-chunk part and the diagonal pairs) and, with DG, the decay gradient
 
     dg_t = e^{G_L} Σ_v S_c ⊙ dh_c + Σ_{i≥t} q_i ⊙ dq_i^inter + Σ_{j<t} k_j ⊙ dk_j^inter
@@ -626,7 +630,7 @@ def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets,
         m_tv = m_t[:, None] & m_v[None, :]
         p_tv = (t_rows[:, None] * H + i_h) * V + o_v[None, :]
         b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
-        b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
+        b_do = load_scaled(do + p_tv, m_tv, do_scale, SCALE_DO)
         m_kv = m_k[:, None] & m_v[None, :]
         b_h = tl.load(h + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
         b_dh = tl.load(dh + p_state + o_k[:, None] * V + o_v[None, :], mask=m_kv, other=0.0)
@@ -803,16 +807,18 @@ class ChunkKeyDecay(torch.autograd.Function):
         NK, NV = cdiv(K, BK), cdiv(V, BV)
         prec, lim = _prec(q.dtype), _lim(q.dtype)
         want_dg = ctx.needs_input_grad[3]
-        # o = scale · (what the kernels compute): every gradient through o carries the scale
-        do = do.contiguous() if ctx.scale == 1.0 else do * ctx.scale
+        # o = scale · (what the kernels compute): every gradient through o carries the scale: dO
+        # times it in torch, or in the kernels as they load it (kernels.diag.chunk.DO_SCALE_IN_KERNELS)
+        sdo = _scalar.DO_SCALE_IN_KERNELS and ctx.scale != 1.0
+        do = do.contiguous() if sdo or ctx.scale == 1.0 else do * ctx.scale
         dev = q.device
         dh = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=dev)
         dh0 = _alloc(N, H, K, V, dtype=torch.float32, device=dev) if h0 is not None else None
         BKd, BVd = _scalar.dstate_tiles(BK, BV)   # (the scalar module's DSTATE_TILES, where set)
         _dstate_kernel[(cdiv(K, BKd), cdiv(V, BVd), N * H)](
             qd, do, GL, dht.contiguous() if dht is not None else None, dh, dh0, offsets, chunk_offsets,
-            ctx.maxc, H=H, K=K, V=V, BT=BT, BK=BKd, BV=BVd, HAS_DHT=dht is not None,
-            STORE_DH0=h0 is not None, PREC=prec, **_launch("dstate", q.dtype, K, V))
+            ctx.maxc, ctx.scale, H=H, K=K, V=V, BT=BT, BK=BKd, BV=BVd, HAS_DHT=dht is not None,
+            STORE_DH0=h0 is not None, PREC=prec, SCALE_DO=sdo, **_launch("dstate", q.dtype, K, V))
         dq = _alloc(Tt, H, K, dtype=torch.float32, device=dev)
         dk = _alloc(Tt, H, K, dtype=torch.float32, device=dev)
         dv = _alloc(Tt, H, V, dtype=v.dtype, device=dev)   # written once: in v's dtype
@@ -820,13 +826,14 @@ class ChunkKeyDecay(torch.autograd.Function):
         dqo, dko = _alloc(Tt, H, K, dtype=q.dtype, device=dev), _alloc(Tt, H, K, dtype=k.dtype, device=dev)
         dg = _alloc(Tt, H, K, dtype=gk.dtype, device=dev) if want_dg else None
         if NC:
-            _dv_kernel[(NC, H)](kd, v, A, do, dh, dv, dA, offsets, chunk_indices, H=H, K=K, V=V, BT=BT,
-                                BK=BK, BV=BV, PREC=prec, **_launch("dv", q.dtype, K, V))
+            _dv_kernel[(NC, H)](kd, v, A, do, dh, dv, dA, offsets, chunk_indices, ctx.scale, H=H, K=K, V=V, BT=BT,
+                                BK=BK, BV=BV, PREC=prec, SCALE_DO=sdo, **_launch("dv", q.dtype, K, V))
             NB = BT // BC
             _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
                                                 H=H, K=K, BT=BT, BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec,
                                                 FAST=_fast(q.dtype), **_launch("dqk_intra", q.dtype, K, V))
             _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
-                                           H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
-                                           FAST=_fast(q.dtype), **_launch("dqk_inter", q.dtype, K, V))
+                                           ctx.scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
+                                           FAST=_fast(q.dtype), SCALE_DO=sdo,
+                                           **_launch("dqk_inter", q.dtype, K, V))
         return dqo, dko, dv, dg, dh0, None, None, None

@@ -15,6 +15,22 @@ def test_scale_matches_prescaled_queries(decay, T, varlen):
     _compare(decay, T, varlen)
 
 
+@pytest.mark.parametrize("decay", ["scalar", "key"])
+def test_scale_on_do_in_the_backward_kernels(decay, monkeypatch, count_launches):
+    """DO_SCALE_IN_KERNELS: the backward kernels scale each dO tile as they load it (no torch
+    do * scale); the same gradients, initial state's included, as pre-scaled queries."""
+    import kernels.diag.chunk as dc
+    import kernels.diag.chunk_key as ck
+
+    monkeypatch.setattr(dc, "DO_SCALE_IN_KERNELS", True)
+    mod, names = (dc, ("_dstate_kernel", "_dqdk_kernel", "_dv_kernel")) if decay == "scalar" else (
+        ck, ("_dstate_kernel", "_dv_kernel", "_dqk_inter_kernel"))
+    seen = [count_launches(mod, n) for n in names]
+    _compare(decay, 70, True)
+    # the run with scale = 0.37 sets it, the pre-scaled run (scale 1) does not
+    assert [[kw["SCALE_DO"] for _, kw in s] for s in seen] == [[True, False]] * 3
+
+
 @pytest.mark.parametrize("least", [None, 1000])
 def test_scale_in_the_one_pass_forward(least, monkeypatch, count_launches):
     """The same with the scalar family's one-pass forward forced on, whole and cut into segments."""
