@@ -192,12 +192,13 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
         for name in base:
             if names and name not in names:
                 continue
-            one_pass = name == "fused_fwd"
+            one_pass = name in ("fused_fwd", "fused_fwd_only")
             # either family's segments' states from zero: the state kernel of a forward under the
             # default rule (at a T long enough for segments, the only state kernel it launches)
             segments = name == "segment_state"
-            kernel = "state" if segments else name
-            backward = not ((one_pass and kind == "key") or segments)
+            kernel = "state" if segments else "fused_fwd" if one_pass else name
+            # (the scalar one pass before a backward, "fused_fwd", and without one, "fused_fwd_only")
+            backward = not ((one_pass and kind == "key") or segments or name == "fused_fwd_only")
             rule = True if one_pass else None if segments or (kind == "key" and name not in FOUR_KERNEL_FORWARD) \
                 else False
             if backward not in inputs:

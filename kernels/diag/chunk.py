@@ -47,6 +47,9 @@ BT = 64  # chunk length
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01; dqdk 0.61 ms here vs 1.07 with the 8 warps ptxas's spill report had suggested).
 LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096 (8 warps: 0.66)
+          # the one pass of a forward without autograd (no states kept: FUSED_SUB applies), apart
+          # from the one before a backward, for a register cap of its own
+          "fused_fwd_only": dict(num_warps=4, num_stages=2),
           "state": dict(num_warps=4, num_stages=2), "output": dict(num_warps=4, num_stages=3),
           # the segments' states from zero (the state kernel of the segmented one pass), apart from the
           # two-pass one, capped at 128 registers a thread (more programs an SM): H200, bf16, H = 16,
@@ -62,7 +65,8 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory up to K = V = 256 (`python -m kernels.compile_check`; fp32's exact
 # "ieee" products spill, hence tf32x3 by default: kernels._common.FP32_PRODUCTS).
-SAFE = {"fused_fwd": dict(num_warps=8), "state": dict(num_warps=4), "segment_state": dict(num_warps=4),
+SAFE = {"fused_fwd": dict(num_warps=8), "fused_fwd_only": dict(num_warps=8), "state": dict(num_warps=4),
+        "segment_state": dict(num_warps=4),
         "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4),
         "dqdk": dict(num_warps=8, num_stages=2), "dv": dict(num_warps=4, num_stages=2)}
@@ -229,15 +233,17 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-                      DECAY_V: tl.constexpr = False):
+                      DECAY_V: tl.constexpr = False, SUB: tl.constexpr = 1):
     """The forward in one pass: a program per (sequence, head, value tile) walks the chunks with the
     state in registers, O_c = (Q ⊙ e^G) S_c + (Q Kᵀ ⊙ D) V, then S_{c+1} as in _state_kernel.
 
     The per-chunk states are written only with STORE_H (for the backward): without it the kernel
-    moves q, k, v and o alone. BK covers all of K (one tile). DECAY_V: see _decayed_update."""
+    moves q, k, v and o alone. BK covers all of K (one tile). DECAY_V: see _decayed_update. SUB > 1
+    (not with STORE_H): the layout's chunks walked in SUB pieces of BT each (FUSED_SUB)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
+    nc = nc * SUB   # (a last piece past eos is all masked: it loads and stores nothing, decays by e^0)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
@@ -528,6 +534,16 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 # GPU check, the benchmark's ours-fused); False: never.
 FUSED_FORWARD: bool | None = None
 FUSED_BV = 64   # value tile of the one-pass forward
+# The forward-only one pass (no states kept for a backward) walks each 64-token chunk in this many
+# pieces of 64 / FUSED_SUB tokens: smaller q, k and score tiles (fewer registers a program, 255 with
+# spills at 64; `python -m kernels.compile_check --family scalar --dtype bf16 --K 128 --set
+# kernels.diag.chunk.FUSED_SUB=2`), less work on the scores (2·BT·(K + V) a token) for twice the steps
+# in each chain, and 32-row products, below the 64 rows of Hopper's warpgroup MMA. ptxas (sm_90, bf16,
+# K = V = 128, 4 warps, the forward-only pass whole / over segments): 1: 656 / 344 B of spills at 255
+# registers, 56 KB of shared memory; 2: 248 / 16 B, 32 KB; 4: 76 / 0 B (240 registers). Under a cap of
+# 168 (three programs an SM; LAUNCH["fused_fwd_only"]): 2: 916 / 492 B, 4: 492 / 72 B. Not yet timed on
+# the GPU; exact under the interpreter (test_fused_sub). 1: whole chunks.
+FUSED_SUB = 1
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 # Programs per SM that the segmented one pass aims for (segments = this × SMs / programs, at most one
 # per chunk): a program waits on its own chain of chunks and others fill the gaps. More segments
@@ -791,11 +807,14 @@ class ChunkScalarDecay(torch.autograd.Function):
             h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
             o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
             BVf = min(FUSED_BV, BV)
-            launch = _launch("fused_fwd", q.dtype, K, V)
+            launch = _launch("fused_fwd" if keep else "fused_fwd_only", q.dtype, K, V)
+            sub = 1 if keep else FUSED_SUB   # (the states kept for a backward are per 64-token chunk)
+            if sub not in (1, 2, 4):
+                raise ValueError(f"kernels.diag.chunk.FUSED_SUB must be 1, 2 or 4, got {sub!r}")
             if nseg == 1:
                 _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
-                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT, BK=BK,
-                    BV=BVf, DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
+                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc * sub, scale, H=H, K=K, V=V,
+                    BT=BT // sub, SUB=sub, BK=BK, BV=BVf, DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
                     FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
                     **launch)
             else:
@@ -823,8 +842,8 @@ class ChunkScalarDecay(torch.autograd.Function):
                 S_in = segment_states(dS, logw, h0, ht, nseg, pc.split)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
-                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, H=H, K=K, V=V, BT=BT,
-                    BK=BK, BV=BVf, DECAY=decay, HAS_H0=True, STORE_H=keep, STORE_HT=False, PREC=prec,
+                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per * sub, scale, H=H, K=K, V=V,
+                    BT=BT // sub, SUB=sub, BK=BK, BV=BVf, DECAY=decay, HAS_H0=True, STORE_H=keep, STORE_HT=False, PREC=prec,
                     FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
                     **launch)
             ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)

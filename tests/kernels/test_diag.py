@@ -258,6 +258,33 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
     check_fused_forward(fused_forward, monkeypatch, decay, T, least)
 
 
+@pytest.mark.parametrize("sub", [2, 4])
+@pytest.mark.parametrize("decay,T,least", [("scalar", 1, None), ("scalar", 67, None), ("none", 130, None),
+                                           ("scalar", 323, 6)])
+def test_fused_sub(fused_forward, monkeypatch, decay, T, least, sub):
+    """FUSED_SUB: the forward-only one pass walks each chunk in ``sub`` pieces (whole sequences, then
+    over segments; T = 67 leaves a last chunk of 3 tokens, so pieces past the end): output and final
+    state against float64; the pass before a backward keeps whole chunks (its stored states are per
+    chunk), its gradients checked too."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FUSED_SUB", sub)
+    # (fp32 inputs take SAFE's settings: the forward-only pass its own entry)
+    monkeypatch.setattr(dc, "SAFE", {**dc.SAFE, "fused_fwd_only": dict(num_warps=2)})
+    check_fused_forward(fused_forward, monkeypatch, decay, T, least)
+    assert [(kw["BT"], kw["SUB"], kw["STORE_H"], kw["num_warps"]) for _, kw in fused_forward] == [
+        (64 // sub, sub, False, 2), (64, 1, True, dc.SAFE["fused_fwd"]["num_warps"])]
+
+
+def test_fused_sub_is_checked(fused_forward, monkeypatch):
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FUSED_SUB", 3)
+    x = torch.randn(1, 5, 1, 16)
+    with pytest.raises(ValueError, match="FUSED_SUB must be 1, 2 or 4, got 3"), torch.no_grad():
+        chunk_diag(x, x, x, "scalar", torch.zeros(1, 5, 1))
+
+
 @pytest.mark.parametrize("in_scan", [True, False])
 @pytest.mark.parametrize("T,least", [(130, 1000), (323, 6)])
 def test_segment_decays_in_scan(fused_forward, monkeypatch, count_launches, T, least, in_scan):

@@ -383,3 +383,26 @@ def test_unknown_ops_are_refused_before_the_gpu(ops, message, capsys):
     with pytest.raises(SystemExit):
         sweep.main(["ab", "--ops", ops, "--set", "kernels.diag.chunk.FUSED_BV=128"])
     assert message in capsys.readouterr().err
+
+
+def test_scalar_sweep_of_the_forward_only_pass(monkeypatch, capsys):
+    """LAUNCH["fused_fwd_only"] (the scalar one pass without a backward) is timed by the one-pass
+    kernel in a forward without autograd, forced on, its candidates reaching that entry alone."""
+    import kernels.diag.chunk as dc
+
+    seen = []
+
+    def fake_times(fn, inp, backward, iters):
+        seen.append((backward, torch.is_grad_enabled(), dc.FUSED_FORWARD, dict(dc.LAUNCH["fused_fwd_only"]),
+                     dict(dc.LAUNCH["fused_fwd"])))
+        return {"_fused_fwd_kernel": dc.LAUNCH["fused_fwd_only"]["num_warps"] + dc.FUSED_BV / 1000}
+
+    monkeypatch.setattr(sweep, "kernel_times", fake_times)
+    monkeypatch.setattr(sweep.bench, "_inputs", lambda B, T, kind, dtype=None, grad=True: {})
+    before = dict(dc.LAUNCH["fused_fwd_only"]), dict(dc.LAUNCH["fused_fwd"])
+    sweep.launch(["scalar"], 4096, ["fused_fwd_only"])
+    assert len(seen) == 36 and all(s[:3] == (False, False, True) for s in seen)
+    assert {(s[3]["num_warps"], s[3]["num_stages"]) for s in seen} == {(w, n) for w in (2, 4, 8) for n in (1, 2, 3)}
+    assert all(s[4] == before[1] for s in seen)
+    assert (dict(dc.LAUNCH["fused_fwd_only"]), dict(dc.LAUNCH["fused_fwd"])) == before
+    assert "scalar fused_fwd_only" in capsys.readouterr().out
