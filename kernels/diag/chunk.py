@@ -811,12 +811,14 @@ class ChunkScalarDecay(torch.autograd.Function):
             sub = 1 if keep else FUSED_SUB   # (the states kept for a backward are per 64-token chunk)
             if sub not in (1, 2, 4):
                 raise ValueError(f"kernels.diag.chunk.FUSED_SUB must be 1, 2 or 4, got {sub!r}")
+            # the one pass's settings, whole sequences or segments
+            pass_kw = dict(H=H, K=K, V=V, BT=BT // sub, SUB=sub, BK=BK, BV=BVf, DECAY=decay, STORE_H=keep,
+                           PREC=prec, FAST=_fast(q.dtype),
+                           DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf), **launch)
             if nseg == 1:
                 _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
-                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc * sub, scale, H=H, K=K, V=V,
-                    BT=BT // sub, SUB=sub, BK=BK, BV=BVf, DECAY=decay, HAS_H0=h0 is not None, STORE_H=keep, STORE_HT=store_ht, PREC=prec,
-                    FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
-                    **launch)
+                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc * sub, scale, HAS_H0=h0 is not None,
+                    STORE_HT=store_ht, **pass_kw)
             else:
                 B, T = offsets._dense
                 s_offsets, s_chunk_offsets, per = _segment_layout(B, T, nseg, q.device)
@@ -842,10 +844,8 @@ class ChunkScalarDecay(torch.autograd.Function):
                 S_in = segment_states(dS, logw, h0, ht, nseg, pc.split)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
-                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per * sub, scale, H=H, K=K, V=V,
-                    BT=BT // sub, SUB=sub, BK=BK, BV=BVf, DECAY=decay, HAS_H0=True, STORE_H=keep, STORE_HT=False, PREC=prec,
-                    FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
-                    **launch)
+                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per * sub, scale, HAS_H0=True,
+                    STORE_HT=False, **pass_kw)
             ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
             ctx.maxc = maxc
             return o, ht
