@@ -10,7 +10,7 @@ from torch import Tensor
 
 __all__ = ["interpreting", "check_device", "check_head_dim", "UnsupportedHeadDim", "check_cu_seqlens",
            "next_pow2", "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds",
-           "sm_count", "step_bounds", "check_scale"]
+           "sm_count", "step_bounds", "check_scale", "tma_ready"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
@@ -164,3 +164,14 @@ def next_pow2(n: int) -> int:
 
 def ensure_contiguous(*ts: Tensor | None):
     return tuple(None if t is None else t.contiguous() for t in ts)
+
+
+def tma_ready(offsets: Tensor, *tensors: Tensor) -> bool:
+    """Whether a kernel may move these [B·T, H, D] tensors through tensor descriptors of [B, T, H, D]:
+    an equal-length batch with T ≥ 1 (offsets from seq_bounds), contiguous, with rows of 16-byte
+    multiples starting 16-byte aligned (the copy engine's rule)."""
+    dense = getattr(offsets, "_dense", None)
+    if dense is None or dense[1] < 1:
+        return False
+    return all(x.is_contiguous() and not x.data_ptr() % 16 and not (x.shape[-1] * x.element_size()) % 16
+               for x in tensors)

@@ -34,6 +34,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
+from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 from ._common import DTYPES  # noqa: E402
 
@@ -60,6 +61,8 @@ def signature(fn, args, kwargs) -> tuple[dict, dict]:
             sig[p.name] = "i32" if abs(v) < 2 ** 31 else "i64"
         elif isinstance(v, float):
             sig[p.name] = "fp32"
+        elif isinstance(v, TensorDescriptor):
+            sig[p.name] = f"tensordesc<{_TYPES[v.base.dtype]}{list(v.block_shape)}>"
         else:
             raise TypeError(f"{fn.__name__}: cannot type argument {p.name} ({type(v).__name__})")
     return sig, consts

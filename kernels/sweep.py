@@ -195,7 +195,7 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
             one_pass = name in ("fused_fwd", "fused_fwd_only")
             # either family's segments' states from zero: the state kernel of a forward under the
             # default rule (at a T long enough for segments, the only state kernel it launches)
-            segments = name == "segment_state"
+            segments = name in ("segment_state", "segment_state_whole")
             kernel = "state" if segments else "fused_fwd" if one_pass else name
             # (the scalar one pass before a backward, "fused_fwd", and without one, "fused_fwd_only")
             backward = not ((one_pass and kind == "key") or segments or name == "fused_fwd_only")

@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, fp32_products, layout_cache, next_pow2, sm_count
+from .._common import cdiv, fp32_products, layout_cache, next_pow2, sm_count, tma_ready
 from .._tl import chunk_span, load_scaled, state_tile, tile_offsets
 from .recurrent import _empty
 
@@ -47,8 +47,8 @@ BT = 64  # chunk length
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01; dqdk 0.61 ms here vs 1.07 with the 8 warps ptxas's spill report had suggested).
 LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096 (8 warps: 0.66)
-          # the one pass of a forward without autograd (no states kept: FUSED_SUB applies), apart
-          # from the one before a backward, for a register cap of its own
+          # the one pass of a forward without autograd (no states kept), apart from the one before
+          # a backward, for settings of its own
           "fused_fwd_only": dict(num_warps=4, num_stages=2),
           "state": dict(num_warps=4, num_stages=2), "output": dict(num_warps=4, num_stages=3),
           # the segments' states from zero (the state kernel of the segmented one pass), apart from the
@@ -60,13 +60,15 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=2),   # 0.485 ms at T = 4096
           # 1.612. A cap of 96: 32K unchanged (0.428). The one pass under a cap lost
           # (experiments_2026-12-02f.md §6).
           "segment_state": dict(num_warps=4, num_stages=2, maxnreg=128),
+          # the same with a whole state a program (SEGMENT_WHOLE_STATE)
+          "segment_state_whole": dict(num_warps=8, num_stages=2, maxnreg=128),
           "dstate": dict(num_warps=4, num_stages=2), "dqdk": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=3)}
 # Elsewhere (fp32 operands, or head dims over 128: larger tiles) the settings they were verified with,
 # which stay within shared memory up to K = V = 256 (`python -m kernels.compile_check`; fp32's exact
 # "ieee" products spill, hence tf32x3 by default: kernels._common.FP32_PRODUCTS).
 SAFE = {"fused_fwd": dict(num_warps=8), "fused_fwd_only": dict(num_warps=8), "state": dict(num_warps=4),
-        "segment_state": dict(num_warps=4),
+        "segment_state": dict(num_warps=4), "segment_state_whole": dict(num_warps=8),
         "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4),
         "dqdk": dict(num_warps=8, num_stages=2), "dv": dict(num_warps=4, num_stages=2)}
@@ -233,22 +235,30 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-                      DECAY_V: tl.constexpr = False, SUB: tl.constexpr = 1):
+                      DECAY_V: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
+                      o_d=None, T_seq=1):
     """The forward in one pass: a program per (sequence, head, value tile) walks the chunks with the
     state in registers, O_c = (Q ⊙ e^G) S_c + (Q Kᵀ ⊙ D) V, then S_{c+1} as in _state_kernel.
 
     The per-chunk states are written only with STORE_H (for the backward): without it the kernel
-    moves q, k, v and o alone. BK covers all of K (one tile). DECAY_V: see _decayed_update. SUB > 1
-    (not with STORE_H): the layout's chunks walked in SUB pieces of BT each (FUSED_SUB)."""
+    moves q, k, v and o alone. BK covers all of K (one tile). DECAY_V: see _decayed_update. TMA: q, k,
+    v and o move through the tensor descriptors q_d … o_d of an equal-length batch [B, T_seq, H, ·]
+    (the copy engine fills rows past a sequence's end with zeros and writes none there; the
+    program's rows may be a segment of a sequence; FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
-    nc = nc * SUB   # (a last piece past eos is all masked: it loads and stores nothing, decays by e^0)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     o_t = tl.arange(0, BT)
-    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
+    if TMA:
+        # the batch sequence the rows are of, and where in it they start
+        i_b = bos // T_seq
+        t0 = (bos - i_b * T_seq).to(tl.int32)
+        i_b = i_b.to(tl.int32)
+    else:
+        o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     for c in range(0, MAXC):
         ok = c < nc
         if STORE_H:
@@ -256,18 +266,26 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
         c_start = bos + c * BT
         t_rows = c_start + o_t
         m_t = (t_rows < eos) & ok
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        b_q = tl.load(q + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-        b_k = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-        b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0)
+        if TMA:
+            b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
+            b_k = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
+            b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV)
+        else:
+            m_tk = m_t[:, None] & m_k[None, :]
+            b_q = tl.load(q + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+            b_k = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+            b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_g, b_G, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC) * tl.exp(b_G)[:, None]
         b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * _pair_decays(b_g, b_G, BT, DECAY, False, False,
                                                                                  FAST)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+        if TMA:
+            o_d.store([i_b, t0 + c * BT, i_h, i_v * BV], (b_o * scale).to(o.dtype.element_ty).reshape(1, BT, 1, BV))
+        else:
+            tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty),
+                     mask=m_t[:, None] & m_v[None, :])
         b_h = _decayed_update(b_h, b_k, b_v, b_Gs, b_GL, PREC, DECAY_V)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
@@ -534,16 +552,23 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 # GPU check, the benchmark's ours-fused); False: never.
 FUSED_FORWARD: bool | None = None
 FUSED_BV = 64   # value tile of the one-pass forward
-# The forward-only one pass (no states kept for a backward) walks each 64-token chunk in this many
-# pieces of 64 / FUSED_SUB tokens: smaller q, k and score tiles (fewer registers a program, 255 with
-# spills at 64; `python -m kernels.compile_check --family scalar --dtype bf16 --K 128 --set
-# kernels.diag.chunk.FUSED_SUB=2`), less work on the scores (2·BT·(K + V) a token) for twice the steps
-# in each chain, and 32-row products, below the 64 rows of Hopper's warpgroup MMA. ptxas (sm_90, bf16,
-# K = V = 128, 4 warps, the forward-only pass whole / over segments): 1: 656 / 344 B of spills at 255
-# registers, 56 KB of shared memory; 2: 248 / 16 B, 32 KB; 4: 76 / 0 B (240 registers). Under a cap of
-# 168 (three programs an SM; LAUNCH["fused_fwd_only"]): 2: 916 / 492 B, 4: 492 / 72 B. Not yet timed on
-# the GPU; exact under the interpreter (test_fused_sub). 1: whole chunks.
-FUSED_SUB = 1
+# The forward-only one pass (no states kept for a backward) moves q, k, v and o through the copy
+# engine (host-made tensor descriptors of the batch as [B, T, H, ·]) instead of tiles of pointers: the
+# address tiles a program held across its loop go ([64, 128] 32-bit offsets are 64 registers a thread
+# at 4 warps) and the loads land in shared memory as the products want them. ptxas (`python -m
+# kernels.compile_check --family scalar --dtype bf16 --K 128 --segments`, sm_90): spills 656 → 220 B
+# whole, 344 → 0 over segments, shared memory 56 → 73 KB. H200, bf16, H = 16, K = V = 128 (`python -m
+# kernels.sweep ab --ops scalar --T T --set kernels.diag.chunk.FUSED_TMA=True`, three alternating
+# rounds, 2026-12-02): Mamba-2 forward 4K 0.282 → 0.263 ms, 16K 0.396 → 0.385, 32K 0.402 → 0.418
+# (rounds 0.396 / 0.483 / 0.418); the pass before a backward lost with it (fwd+bwd 16K 1.784 → 1.805,
+# 32K 2.022 → 2.039) and keeps its pointers. Descriptors made on the GPU, one a sequence (packed
+# batches too), timed noisily (4K 0.362 → 0.392 ms, rounds 0.261–0.436) and need a Triton allocator:
+# not kept. Only for equal-length batches (tma_ready) of TMA_DTYPES. False: pointer tiles everywhere.
+FUSED_TMA = True
+# Input dtypes the descriptors serve: fp32 tiles staged in shared memory did not fit (with descriptors
+# made on the GPU the GPU check's fp32 rows wanted 241 KB of the H200's 227 and failed to launch); the
+# tests add fp32 to run the path under the interpreter.
+TMA_DTYPES = (torch.bfloat16, torch.float16)
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 # Programs per SM that the segmented one pass aims for (segments = this × SMs / programs, at most one
 # per chunk): a program waits on its own chain of chunks and others fill the gaps. More segments
@@ -578,6 +603,17 @@ STATE_BV = 64
 # (960) 0.432 → 0.421, 1.864 → 1.856; 8K (256, two pieces of each of two segments) 0.350 → 0.360,
 # 1.653 → 1.664; 4K (no segments) unchanged. None: STATE_BK's tiles always.
 SEGMENT_WHOLE_K_PER_SM: int | None = 4
+# Where the rule above gives the whole padded K, the whole padded V too: a program holds the whole
+# state and reads each chunk's k and v once (k was read once a value tile), under its own launch
+# entry (LAUNCH["segment_state_whole"]: 8 warps capped at 128 registers, two programs an SM; uncapped,
+# 234 registers and one). H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar
+# --T T --set "kernels.diag.chunk.SEGMENT_STATE_TILES=(128,128)" --set
+# "kernels.diag.chunk.LAUNCH[segment_state]={'num_warps': 8, 'num_stages': 2, 'maxnreg': 128}"`, a
+# switch since replaced by this one, three alternating rounds, 2026-12-02): Mamba-2 forward 16K 0.397
+# → 0.390 ms, 32K 0.397 → 0.394 (fwd+bwd 1.790 → 1.784, 2.017 → 2.014); 8K, where the rule gives
+# [64, 64] tiles, lost with whole states (0.351 → 0.361) and keeps its tiles; 3 stages lost (32K
+# 0.398 → 0.413). Uncapped it had lost (experiments_2026-12-02c.md §1).
+SEGMENT_WHOLE_STATE = True
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
 # torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
@@ -606,13 +642,15 @@ SEGMENT_SKIP_LAST = True
 # and 2.079 → 2.060 (an associative scan over 32 at a time lost: experiments_2026-12-02f.md §1). The
 # key-wise family has its own (kernels.diag.chunk_key.SEGMENT_PASS_ROWS).
 SEGMENT_PASS_ROWS = 8
-# The output's scale (o = scale · what the kernels compute) on dO in the backward kernels, tile by
-# tile as they load it (both families), instead of a torch do * scale before them: that pass over dO
-# took 0.064 ms of Mamba-2's 2.025 ms forward + backward at T = 32K (H200, bf16, H = 16, K = V = 128;
+# The output's scale (o = scale · what the kernels compute) on dO in this family's backward kernels,
+# tile by tile as they load it, instead of a torch do * scale before them: that pass over dO took
+# 0.064 ms of Mamba-2's 2.025 ms forward + backward at T = 32K (H200, bf16, H = 16, K = V = 128;
 # `python -m kernels.sweep profile --ops scalar --T 32768 --impls ours`, 2026-12-02). The same bits
-# (fp32 product, rounded to dO's dtype); ptxas (`python -m kernels.compile_check`, sm_90): the scalar
-# dQ/dK kernel 1520 → 1592 B of spills, the key-wise dQ/dK 2484 → 2532. Not yet timed on the GPU;
-# exact under the interpreter (tests/kernels/test_diag_scale.py runs both).
+# (fp32 product, rounded to dO's dtype); ptxas (`python -m kernels.compile_check`, sm_90): the dQ/dK
+# kernel 1520 → 1592 B of spills. Timed (`python -m kernels.sweep ab --ops scalar --T T --set
+# kernels.diag.chunk.DO_SCALE_IN_KERNELS=True`, three alternating rounds, 2026-12-02): Mamba-2 forward
+# + backward 4K 1.598 → 1.583 ms, 32K 2.042 → 2.075 (each round within 0.002), so off; the key-wise
+# family gained at both and has it on (kernels.diag.chunk_key.DO_SCALE_IN_KERNELS).
 DO_SCALE_IN_KERNELS = False
 # The state update (K ⊙ e^{G_L − G})ᵀ V as Kᵀ (e^{G_L − G} ⊙ V) (the [64, 64] value tile scaled and cast
 # instead of the [64, 128] key tile) in these of the scalar family's kernels, where their value tile is
@@ -667,13 +705,28 @@ def state_tiles(BK: int, BV: int) -> tuple[int, int]:
 def segment_state_tiles(BK: int, BV: int, pieces: int, V: int, device) -> tuple[int, int]:
     """(key, value) tiles of the scalar family's segments' states from zero, ``pieces`` sequence-heads
     of them: state_tiles', with the whole padded K (BK) on CUDA where that gives at least
-    SEGMENT_WHOLE_K_PER_SM programs per SM."""
+    SEGMENT_WHOLE_K_PER_SM programs per SM, and then the whole padded V with SEGMENT_WHOLE_STATE."""
     BKs, BVs = state_tiles(BK, BV)
     least = SEGMENT_WHOLE_K_PER_SM
     if least is not None and torch.device(device).type == "cuda" \
             and pieces * cdiv(V, BVs) >= least * sm_count(device):
-        return BK, BVs
+        return BK, BV if SEGMENT_WHOLE_STATE and BV <= 128 else BVs
     return BKs, BVs
+
+
+def _descriptors(offsets: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, BK: int, BV: int) -> dict:
+    """The one pass's tensor-descriptor keywords where FUSED_TMA holds for these inputs (TMA_DTYPES,
+    tma_ready), else TMA=False."""
+    if not (FUSED_TMA and q.dtype in TMA_DTYPES and tma_ready(offsets, q, k, v, o)):
+        return dict(TMA=False)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, T = offsets._dense
+    H, K, V = q.shape[1], q.shape[2], v.shape[2]
+
+    def desc(x, D, block):
+        return TensorDescriptor(x, [B, T, H, D], [T * H * D, H * D, D, 1], [1, BT, 1, block])
+    return dict(TMA=True, q_d=desc(q, K, BK), k_d=desc(k, K, BK), v_d=desc(v, V, BV), o_d=desc(o, V, BV), T_seq=T)
 
 
 def dstate_tiles(BK: int, BV: int, K: int = 0, V: int = 0, NH: int = 0, device=None) -> tuple[int, int]:
@@ -808,16 +861,14 @@ class ChunkScalarDecay(torch.autograd.Function):
             o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)
             BVf = min(FUSED_BV, BV)
             launch = _launch("fused_fwd" if keep else "fused_fwd_only", q.dtype, K, V)
-            sub = 1 if keep else FUSED_SUB   # (the states kept for a backward are per 64-token chunk)
-            if sub not in (1, 2, 4):
-                raise ValueError(f"kernels.diag.chunk.FUSED_SUB must be 1, 2 or 4, got {sub!r}")
             # the one pass's settings, whole sequences or segments
-            pass_kw = dict(H=H, K=K, V=V, BT=BT // sub, SUB=sub, BK=BK, BV=BVf, DECAY=decay, STORE_H=keep,
-                           PREC=prec, FAST=_fast(q.dtype),
-                           DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf), **launch)
+            pass_kw = dict(H=H, K=K, V=V, BT=BT, BK=BK, BV=BVf, DECAY=decay, STORE_H=keep, PREC=prec,
+                           FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
+                           **(_descriptors(offsets, q, k, v, o, BK, BVf) if not keep else dict(TMA=False)),
+                           **launch)
             if nseg == 1:
                 _fused_fwd_kernel[(cdiv(V, BVf), N * H)](
-                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc * sub, scale, HAS_H0=h0 is not None,
+                    q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, maxc, scale, HAS_H0=h0 is not None,
                     STORE_HT=store_ht, **pass_kw)
             else:
                 B, T = offsets._dense
@@ -835,7 +886,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                     k, v, g, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
                     STORE_LOGW=logw is not None, DECAY_V=decay_v("state", BKs, BVs), **pc.skip_kw,
-                    **_launch("segment_state", q.dtype, K, V))
+                    **_launch("segment_state_whole" if BKs * BVs > 128 * 64 else "segment_state", q.dtype, K, V))
                 if logw is None and g is None:
                     logw = torch.zeros(NS, H, dtype=f32, device=q.device)
                 elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)
@@ -844,7 +895,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                 S_in = segment_states(dS, logw, h0, ht, nseg, pc.split)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
-                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per * sub, scale, HAS_H0=True,
+                    q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, HAS_H0=True,
                     STORE_HT=False, **pass_kw)
             ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
             ctx.maxc = maxc

@@ -95,11 +95,21 @@ def _launch(name: str, dtype: torch.dtype, K: int, V: int) -> dict:
 # T = 32K 0.666 → 0.648 ms / 3.634 → 3.615, 16K 0.648 → 0.629 / 3.408 → 3.389, 8K 0.575 → 0.578 /
 # 3.233 → 3.237; as built (the old way as the set side: the scalar family's tiles and launch), 32K
 # 0.647 against 0.664, 16K 0.628 against 0.647, 8K 0.578 against 0.575. The scalar family's states from
-# zero lost the same way (Mamba-2 0.440 → 0.465 at 32K) and keep [64, 64] (kernels.diag.chunk.STATE_BK,
-# STATE_BV). GPU-checked (`python -m kernels.gpu_check --only fused:gla/segments,fused:gla/pieces,
+# zero lost that way uncapped (Mamba-2 0.440 → 0.465 at 32K) and gained under a register cap of 128
+# (kernels.diag.chunk.SEGMENT_WHOLE_STATE); this family's gained nothing more capped (32K 0.649 → 0.647,
+# 16K unchanged; experiments_2026-12-02h.md §3). GPU-checked (`python -m kernels.gpu_check --only fused:gla/segments,fused:gla/pieces,
 # chunk_key`, bf16 and fp32). The old way: `--set kernels.diag.chunk_key.SEGMENT_STATE_TILES=(64,64)
 # --set "kernels.diag.chunk_key.LAUNCH[segment_state]={'num_warps': 4, 'num_stages': 3}"`.
 SEGMENT_STATE_TILES = (128, 128)
+# The output's scale on dO in this family's backward kernels, tile by tile as they load them, instead
+# of a torch do * scale before them (kernels.diag.chunk.DO_SCALE_IN_KERNELS is the scalar family's).
+# H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar,key --T T --set
+# kernels.diag.chunk.DO_SCALE_IN_KERNELS=True` when both families followed that one, three alternating
+# rounds, 2026-12-02): GLA forward + backward 4K 3.155 → 3.097 ms, 32K 3.655 → 3.624 (each round within
+# 0.003); Mamba-2 gained at 4K (1.598 → 1.583) and lost at 32K (2.042 → 2.075), so it keeps torch's.
+# The same bits; ptxas (sm_90): the dQ/dK kernel 2484 → 2532 B of spills. GPU-checked (`python -m
+# kernels.gpu_check --only chunk_key,gla,fused:gla --dtypes bfloat16,float32`).
+DO_SCALE_IN_KERNELS = True
 # This family's rows of the scan over segments (kernels.diag.chunk.SEGMENT_PASS_ROWS, there for the
 # scalar family): its per-row log decays make each row wider. H200, bf16, H = 16, K = V = 128, T = 32K
 # (`python -m kernels.sweep ab --ops key --T 32768 --set kernels.diag.chunk.SEGMENT_PASS_ROWS=U` when
@@ -427,7 +437,7 @@ def _dstate_kernel(qd, do, GL, dht, dh, dh0, offsets, chunk_offsets, MAXC, do_sc
                    BV: tl.constexpr, HAS_DHT: tl.constexpr, STORE_DH0: tl.constexpr, PREC: tl.constexpr,
                    SCALE_DO: tl.constexpr = False):
     """dh[c] = gradient of the state leaving chunk c; walks the chunks backwards. SCALE_DO: dO
-    tiles times do_scale as loaded (kernels.diag.chunk.DO_SCALE_IN_KERNELS); so in _dv_kernel and
+    tiles times do_scale as loaded (DO_SCALE_IN_KERNELS); so in _dv_kernel and
     _dqk_inter_kernel."""
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -808,8 +818,8 @@ class ChunkKeyDecay(torch.autograd.Function):
         prec, lim = _prec(q.dtype), _lim(q.dtype)
         want_dg = ctx.needs_input_grad[3]
         # o = scale · (what the kernels compute): every gradient through o carries the scale: dO
-        # times it in torch, or in the kernels as they load it (kernels.diag.chunk.DO_SCALE_IN_KERNELS)
-        sdo = _scalar.DO_SCALE_IN_KERNELS and ctx.scale != 1.0
+        # times it in torch, or in the kernels as they load it (DO_SCALE_IN_KERNELS)
+        sdo = DO_SCALE_IN_KERNELS and ctx.scale != 1.0
         do = do.contiguous() if sdo or ctx.scale == 1.0 else do * ctx.scale
         dev = q.device
         dh = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=dev)

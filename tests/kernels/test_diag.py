@@ -258,31 +258,46 @@ def test_fused_forward_matches_reference(fused_forward, monkeypatch, decay, T, l
     check_fused_forward(fused_forward, monkeypatch, decay, T, least)
 
 
-@pytest.mark.parametrize("sub", [2, 4])
 @pytest.mark.parametrize("decay,T,least", [("scalar", 1, None), ("scalar", 67, None), ("none", 130, None),
-                                           ("scalar", 323, 6)])
-def test_fused_sub(fused_forward, monkeypatch, decay, T, least, sub):
-    """FUSED_SUB: the forward-only one pass walks each chunk in ``sub`` pieces (whole sequences, then
-    over segments; T = 67 leaves a last chunk of 3 tokens, so pieces past the end): output and final
-    state against float64; the pass before a backward keeps whole chunks (its stored states are per
-    chunk), its gradients checked too."""
+                                           ("scalar", 323, 12)])   # (12: three segments of 8 programs)
+def test_fused_tma(fused_forward, monkeypatch, decay, T, least):
+    """FUSED_TMA: the one pass moves q, k, v and o through tensor descriptors (whole sequences, then
+    over segments; T = 67 leaves a last chunk of 3 tokens whose rows past the end the descriptors
+    fill with zeros and do not write; two value tiles): outputs and final state against float64; the
+    pass before a backward and a packed batch keep the pointer tiles, and so does fp32 by default."""
     import kernels.diag.chunk as dc
 
-    monkeypatch.setattr(dc, "FUSED_SUB", sub)
-    # (fp32 inputs take SAFE's settings: the forward-only pass its own entry)
-    monkeypatch.setattr(dc, "SAFE", {**dc.SAFE, "fused_fwd_only": dict(num_warps=2)})
+    monkeypatch.setattr(dc, "FUSED_TMA", True)
+    monkeypatch.setattr(dc, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
+    monkeypatch.setattr(dc, "FUSED_BV", 16)   # V = 24: two value tiles, the second half past V
     check_fused_forward(fused_forward, monkeypatch, decay, T, least)
-    assert [(kw["BT"], kw["SUB"], kw["STORE_H"], kw["num_warps"]) for _, kw in fused_forward] == [
-        (64 // sub, sub, False, 2), (64, 1, True, dc.SAFE["fused_fwd"]["num_warps"])]
+    # without autograd, then before the backward (which keeps its pointers)
+    assert [kw["TMA"] for _, kw in fused_forward] == [True, False]
+    fused_forward.clear()
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1)   # (a packed batch is never cut into segments)
+    x = torch.randn(1, 9, 2, 16)
+    o, _ = chunk_diag(x, x, x, "scalar", torch.zeros(1, 9, 2), cu_seqlens=torch.tensor([0, 4, 9]))
+    assert [kw["TMA"] for _, kw in fused_forward] == [False]
+    fused_forward.clear()
+    monkeypatch.setattr(dc, "TMA_DTYPES", (torch.bfloat16, torch.float16))
+    with torch.no_grad():
+        chunk_diag(x, x, x, "scalar", torch.zeros(1, 9, 2))
+    assert [kw["TMA"] for _, kw in fused_forward] == [False]
 
 
-def test_fused_sub_is_checked(fused_forward, monkeypatch):
-    import kernels.diag.chunk as dc
+def test_tma_ready():
+    """Descriptors only for an equal-length batch of 16-byte rows that start 16-byte aligned."""
+    from kernels._common import seq_bounds, tma_ready
 
-    monkeypatch.setattr(dc, "FUSED_SUB", 3)
-    x = torch.randn(1, 5, 1, 16)
-    with pytest.raises(ValueError, match="FUSED_SUB must be 1, 2 or 4, got 3"), torch.no_grad():
-        chunk_diag(x, x, x, "scalar", torch.zeros(1, 5, 1))
+    dense, packed = seq_bounds(None, 2, 8, "cpu"), seq_bounds(torch.tensor([0, 3, 8]), 1, 8, "cpu")
+    x = torch.randn(16, 2, 16)
+    assert tma_ready(dense, x, x) and not tma_ready(packed, x, x)
+    empty = torch.zeros(3, dtype=torch.int64)
+    empty._dense = (2, 0)                                                  # as seq_bounds marks a T = 0 batch
+    assert not tma_ready(empty, x[:0])
+    assert not tma_ready(dense, torch.randn(16, 2, 6))                      # 24-byte rows
+    assert not tma_ready(dense, torch.randn(16 * 2 * 16 + 1)[1:].view(16, 2, 16))   # 4 bytes off
+    assert not tma_ready(dense, torch.randn(16, 16, 2).transpose(1, 2))      # not contiguous
 
 
 @pytest.mark.parametrize("in_scan", [True, False])
@@ -481,16 +496,40 @@ def test_decay_on_the_values(monkeypatch, count_launches, forced, least, decay_v
 def test_segment_state_tiles_rule(monkeypatch):
     """The segments' states from zero take the whole padded K on CUDA where [K, 64] tiles still give
     SEGMENT_WHOLE_K_PER_SM programs per SM (B·T = 32K, H = 16, K = V = 128: 31 · 16 pieces at T = 32K,
-    4 · 2 · 16 at 8K), STATE_BK's tiles elsewhere, off CUDA and when switched off."""
+    4 · 2 · 16 at 8K), and then the whole padded V (SEGMENT_WHOLE_STATE, up to 128), STATE_BK's tiles
+    elsewhere, off CUDA and when switched off."""
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "sm_count", lambda device: 132)   # stands in for the H200's
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert dc.segment_state_tiles(128, 128, 31 * 16, 128, cuda) == (128, 64)
+    assert dc.segment_state_tiles(128, 128, 31 * 16, 128, cuda) == (128, 128)
     assert dc.segment_state_tiles(128, 128, 8 * 16, 128, cuda) == (64, 64)
     assert dc.segment_state_tiles(128, 128, 31 * 16, 128, cpu) == (64, 64)
+    assert dc.segment_state_tiles(128, 256, 31 * 16, 256, cuda) == (128, 64)   # (no [128, 256] state)
+    monkeypatch.setattr(dc, "SEGMENT_WHOLE_STATE", False)
+    assert dc.segment_state_tiles(128, 128, 31 * 16, 128, cuda) == (128, 64)
     monkeypatch.setattr(dc, "SEGMENT_WHOLE_K_PER_SM", None)
     assert dc.segment_state_tiles(128, 128, 31 * 16, 128, cuda) == (64, 64)
+
+
+def test_whole_state_segments(fused_forward, monkeypatch, count_launches):
+    """Segments' states from zero with a whole [128, 128] state a program (as SEGMENT_WHOLE_STATE
+    gives on the GPU) run under their own launch entry and give the float64 output and final state."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
+    monkeypatch.setattr(dc, "segment_state_tiles", lambda BK, BV, pieces, V, device: (BK, BV))
+    monkeypatch.setattr(dc, "SAFE", {**dc.SAFE, "segment_state_whole": dict(num_warps=2)})
+    states = count_launches(dc, "_state_kernel")
+    _, inp = random_case("mamba2", {}, B=1, T=150, H=1, K=128, V=100, seed=5)
+    h0 = torch.randn(1, 1, 128, 100, dtype=torch.float64)
+    o_ref, S_ref = recurrent_linear(dsf.LinearTerms(q=inp["q"], k=inp["k"], u=inp["v"], decay="scalar",
+                                                    g=inp["g"]), h0)
+    f = {n: inp[n].float() for n in ("q", "k", "v", "g")}
+    with torch.no_grad():
+        o, S = chunk_diag(f["q"], f["k"], f["v"], "scalar", f["g"], h0.float(), True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    assert [(kw["BK"], kw["BV"], kw["num_warps"]) for _, kw in states] == [(128, 128, 2)]
 
 
 def test_dstate_tiles_rule(monkeypatch):

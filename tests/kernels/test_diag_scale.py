@@ -17,18 +17,25 @@ def test_scale_matches_prescaled_queries(decay, T, varlen):
 
 @pytest.mark.parametrize("decay", ["scalar", "key"])
 def test_scale_on_do_in_the_backward_kernels(decay, monkeypatch, count_launches):
-    """DO_SCALE_IN_KERNELS: the backward kernels scale each dO tile as they load it (no torch
-    do * scale); the same gradients, initial state's included, as pre-scaled queries."""
+    """DO_SCALE_IN_KERNELS (each family its own): the backward kernels scale each dO tile as they
+    load it (no torch do * scale); the same gradients, initial state's included, as pre-scaled
+    queries. The other family's switch, set the other way, does not reach them."""
     import kernels.diag.chunk as dc
     import kernels.diag.chunk_key as ck
 
-    monkeypatch.setattr(dc, "DO_SCALE_IN_KERNELS", True)
-    mod, names = (dc, ("_dstate_kernel", "_dqdk_kernel", "_dv_kernel")) if decay == "scalar" else (
-        ck, ("_dstate_kernel", "_dv_kernel", "_dqk_inter_kernel"))
+    mod, other, names = (dc, ck, ("_dstate_kernel", "_dqdk_kernel", "_dv_kernel")) if decay == "scalar" else (
+        ck, dc, ("_dstate_kernel", "_dv_kernel", "_dqk_inter_kernel"))
+    monkeypatch.setattr(mod, "DO_SCALE_IN_KERNELS", True)
+    monkeypatch.setattr(other, "DO_SCALE_IN_KERNELS", False)
     seen = [count_launches(mod, n) for n in names]
     _compare(decay, 70, True)
     # the run with scale = 0.37 sets it, the pre-scaled run (scale 1) does not
     assert [[kw["SCALE_DO"] for _, kw in s] for s in seen] == [[True, False]] * 3
+    monkeypatch.setattr(mod, "DO_SCALE_IN_KERNELS", False)
+    monkeypatch.setattr(other, "DO_SCALE_IN_KERNELS", True)
+    seen = [count_launches(mod, n) for n in names]
+    _compare(decay, 70, True)
+    assert [[kw["SCALE_DO"] for _, kw in s] for s in seen] == [[False, False]] * 3
 
 
 @pytest.mark.parametrize("least", [None, 1000])
