@@ -714,10 +714,11 @@ def segment_state_tiles(BK: int, BV: int, pieces: int, V: int, device) -> tuple[
     return BKs, BVs
 
 
-def _descriptors(offsets: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, BK: int, BV: int) -> dict:
-    """The one pass's tensor-descriptor keywords where FUSED_TMA holds for these inputs (TMA_DTYPES,
-    tma_ready), else TMA=False."""
-    if not (FUSED_TMA and q.dtype in TMA_DTYPES and tma_ready(offsets, q, k, v, o)):
+def _descriptors(on: bool, offsets: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, BK: int,
+                 BV: int) -> dict:
+    """A one pass's tensor-descriptor keywords where it is ``on`` (a family's FUSED_TMA) and these
+    inputs allow (TMA_DTYPES, tma_ready), else TMA=False."""
+    if not (on and q.dtype in TMA_DTYPES and tma_ready(offsets, q, k, v, o)):
         return dict(TMA=False)
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -864,7 +865,7 @@ class ChunkScalarDecay(torch.autograd.Function):
             # the one pass's settings, whole sequences or segments
             pass_kw = dict(H=H, K=K, V=V, BT=BT, BK=BK, BV=BVf, DECAY=decay, STORE_H=keep, PREC=prec,
                            FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
-                           **(_descriptors(offsets, q, k, v, o, BK, BVf) if not keep else dict(TMA=False)),
+                           **(_descriptors(FUSED_TMA, offsets, q, k, v, o, BK, BVf) if not keep else dict(TMA=False)),
                            **launch)
             if nseg == 1:
                 _fused_fwd_kernel[(cdiv(V, BVf), N * H)](

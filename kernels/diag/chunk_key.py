@@ -110,6 +110,12 @@ SEGMENT_STATE_TILES = (128, 128)
 # The same bits; ptxas (sm_90): the dQ/dK kernel 2484 → 2532 B of spills. GPU-checked (`python -m
 # kernels.gpu_check --only chunk_key,gla,fused:gla --dtypes bfloat16,float32`).
 DO_SCALE_IN_KERNELS = True
+# This family's forward-only one pass through tensor descriptors of qd, kd, v and o (as
+# kernels.diag.chunk.FUSED_TMA, same rules: TMA_DTYPES, equal-length batches). ptxas (sm_90, bf16,
+# K = V = 128, `python -m kernels.compile_check --family key --dtype bf16 --K 128 --segments --set
+# kernels.diag.chunk_key.FUSED_TMA=True`): see experiments_2026-12-02h.md §6. Not yet timed on the GPU;
+# exact under the interpreter (test_key_fused_tma).
+FUSED_TMA = False
 # This family's rows of the scan over segments (kernels.diag.chunk.SEGMENT_PASS_ROWS, there for the
 # scalar family): its per-row log decays make each row wider. H200, bf16, H = 16, K = V = 128, T = 32K
 # (`python -m kernels.sweep ab --ops key --T 32768 --set kernels.diag.chunk.SEGMENT_PASS_ROWS=U` when
@@ -381,7 +387,8 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr):
+                      PREC: tl.constexpr, STORE: tl.constexpr, TMA: tl.constexpr = False, q_d=None, k_d=None,
+                      v_d=None, o_d=None, T_seq=1):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -389,7 +396,9 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     all of K. (Gates and sub-block scores stay in their own kernels: formed here too, they took more
     registers than the SM has, and the spills made the pass slower than the four kernels.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
-    mild chunks' scores into A, as the state and scores kernels would."""
+    mild chunks' scores into A, as the state and scores kernels would. TMA: qd, kd, v and o through
+    the descriptors q_d, k_d, v_d, o_d of an equal-length batch, as the scalar family's one pass does
+    (FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -397,7 +406,13 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     o_v = i_v * BV + tl.arange(0, BV)
     o_t = tl.arange(0, BT)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
-    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
+    if TMA:
+        # the batch sequence the rows are of, and where in it they start
+        i_b = bos // T_seq
+        t0 = (bos - i_b * T_seq).to(tl.int32)
+        i_b = i_b.to(tl.int32)
+    else:
+        o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     o_tt = o_t[:, None] * (H * BT) + o_t[None, :]
     for c in range(0, MAXC):
         ok = c < nc
@@ -405,11 +420,15 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         c_start = bos + c * BT
         m_t = (c_start + o_t < eos) & ok
-        m_tk = m_t[:, None] & m_k[None, :]
-        m_tv = m_t[:, None] & m_v[None, :]
-        b_qd = tl.load(qd + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-        b_kd = tl.load(kd + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-        b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_tv, other=0.0)
+        if TMA:
+            b_qd = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
+            b_kd = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
+            b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV)
+        else:
+            m_tk = m_t[:, None] & m_k[None, :]
+            b_qd = tl.load(qd + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+            b_kd = tl.load(kd + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+            b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_t[:, None] & m_v[None, :], other=0.0)
         b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
@@ -425,7 +444,12 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+        if TMA:
+            o_d.store([i_b, t0 + c * BT, i_h, i_v * BV],
+                      (b_o * scale).to(o.dtype.element_ty).reshape(1, BT, 1, BV))
+        else:
+            tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty),
+                     mask=m_t[:, None] & m_v[None, :])
         b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
@@ -716,7 +740,9 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     h = _alloc(chunk_indices.shape[0], H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
     saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
-    launch = dict(H=H, K=K, V=V, BT=BT, BK=max(16, next_pow2(K)), BV=BVf, LIM=lim, PREC=prec, STORE=keep,
+    BKf = max(16, next_pow2(K))
+    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep,
+                  **_scalar._descriptors(FUSED_TMA and not keep, offsets, qd, kd, v, o, BKf, BVf),
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
