@@ -10,7 +10,8 @@ from torch import Tensor
 
 __all__ = ["interpreting", "check_device", "check_head_dim", "UnsupportedHeadDim", "check_cu_seqlens",
            "next_pow2", "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds",
-           "sm_count", "step_bounds", "check_scale", "tma_ready"]
+           "sm_count", "step_bounds", "check_scale", "tma_ready",
+           "tensor_descriptors", "TMA_DTYPES"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
@@ -175,3 +176,27 @@ def tma_ready(offsets: Tensor, *tensors: Tensor) -> bool:
         return False
     return all(x.is_contiguous() and not x.data_ptr() % 16 and not (x.shape[-1] * x.element_size()) % 16
                for x in tensors)
+
+
+# Input dtypes that tensor descriptors serve: fp32 tiles staged in shared memory did not fit the one
+# passes (with descriptors made on the GPU, the GPU check's fp32 rows of the scalar one pass wanted
+# 241 KB of the H200's 227 and failed to launch); the tests add fp32 to run the path under the
+# interpreter.
+TMA_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def tensor_descriptors(on: bool, offsets: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, BT: int, BK: int,
+                       BV: int) -> dict:
+    """A one-pass kernel's keywords TMA, q_d, k_d, v_d, o_d, T_seq: host-made descriptors of q, k, v
+    and o as [B, T, H, ·] with [1, BT, 1, BK or BV] blocks where ``on`` (a family's switch) and these
+    inputs allow it (TMA_DTYPES, tma_ready), else TMA=False."""
+    if not (on and q.dtype in TMA_DTYPES and tma_ready(offsets, q, k, v, o)):
+        return dict(TMA=False)
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    B, T = offsets._dense
+    H, K, V = q.shape[1], q.shape[2], v.shape[2]
+
+    def desc(x, D, block):
+        return TensorDescriptor(x, [B, T, H, D], [T * H * D, H * D, D, 1], [1, BT, 1, block])
+    return dict(TMA=True, q_d=desc(q, K, BK), k_d=desc(k, K, BK), v_d=desc(v, V, BV), o_d=desc(o, V, BV), T_seq=T)

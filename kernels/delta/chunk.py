@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, fp32_products,
-                       interpreter_upcast, next_pow2, seq_bounds, sm_count)
+                       interpreter_upcast, next_pow2, seq_bounds, sm_count, tensor_descriptors)
 from .._tl import chunk_span, state_tile, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
@@ -345,7 +345,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
-                  pt=None, TRANS: tl.constexpr = False):
+                  pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
+                  o_d=None, T_seq=1):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -354,7 +355,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     ZERO_U and EYE (V = K): the chunks' transition instead, S' = (e^{G_L} I − (K ⊙ e^{G_L − G})ᵀ W) S
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
-    chunk's loads of k, W (or its making) and the gates."""
+    chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
+    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -367,6 +369,11 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         o_p = i_v * BV + tl.arange(0, BV)
         b_P = tl.where(o_k[:, None] == o_p[None, :], 1.0, 0.0)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
+    if TMA:
+        # the batch sequence the rows are of, and where in it they start
+        i_b = bos // T_seq
+        t0 = (bos - i_b * T_seq).to(tl.int32)
+        i_b = i_b.to(tl.int32)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -378,7 +385,10 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         r_k, r_v = (c_start * H + i_h) * K, (c_start * H + i_h) * V   # the chunk's first row
-        b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
+        if TMA:
+            b_kr = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
+        else:
+            b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if WU:   # W = T diag(β e^G) K, U = T diag(β) V, rounded as the stored ones would be
             o_tt = tl.arange(0, BT)
@@ -389,7 +399,10 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             if ZERO_U:
                 b_u = tl.zeros([BT, BV], dtype=tl.float32)
             else:
-                b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+                if TMA:
+                    b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV).to(tl.float32)
+                else:
+                    b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
                 b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC).to(DT).to(tl.float32)
         else:
             b_w = tl.load(w + r_k + o_tk, mask=m_tk, other=0.0)
@@ -401,13 +414,20 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         if STORE_H:
             tl.store(vn + r_v + o_tv, b_vn, mask=m_tv)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
-            b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
+            if TMA:
+                b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
+            else:
+                b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
             b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
             b_o = _mm(b_q, b_S, DT, PREC)
             if GATED:
                 b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
             b_o += _mm(b_A, b_vn, DT, PREC)
-            tl.store(o + r_v + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+            if TMA:
+                o_d.store([i_b, t0 + c * BT, i_h, i_v * BV],
+                          (b_o * scale).to(o.dtype.element_ty).reshape(1, BT, 1, BV))
+            else:
+                tl.store(o + r_v + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
         # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
         # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
         if TRANS:   # Pn = 0 − W P, rounded as the transitions' own scan rounds its Vn
@@ -919,6 +939,12 @@ def _few(NH: int, V: int, BV: int, device) -> bool:
 # pass lost (1.00 vs 0.97), so those keep two passes, as does everything off CUDA. True: wherever it
 # can run (tests, the GPU check, the benchmark's ours-fused); False: never.
 FUSED_FORWARD: bool | None = None
+# The forward-only one pass (the scan that writes the outputs, no states kept for a backward; whole
+# sequences and over segments) loads k, q and v and stores o through tensor descriptors of the batch,
+# as kernels.diag.chunk.FUSED_TMA does for the scalar family (same rules: kernels._common.TMA_DTYPES,
+# equal-length batches). ptxas: experiments_2026-12-02h.md §7. Not yet timed on the GPU; exact under
+# the interpreter (test_delta_fused_tma).
+FUSED_TMA = False
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
@@ -1048,7 +1074,9 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, **c_scan)
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu,
+            **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, q, k, v, o, BT, KP, c_scan["BV"]),
+            **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](
@@ -1132,7 +1160,9 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     # the pass: each segment from the state entering it, writing the outputs (and, for a backward,
     # each chunk's entering state and Vn)
     _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
-                           STORE_HT=False, OUT=True, STORE_H=keep, **seg)
+                           STORE_HT=False, OUT=True, STORE_H=keep,
+                           **tensor_descriptors(FUSED_TMA and not keep, offsets, q, k, v, o, BT, seg["KP"],
+                                                seg["BV"]), **seg)
     # (the transitions too, for a backward: its reverse scan over the same segments needs them)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, P if keep else None)
 

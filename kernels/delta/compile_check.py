@@ -24,7 +24,8 @@ from . import chunk as CH
 
 def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool = True,
           segments: bool = False, settings: list | None = None) -> list[dict]:
-    """One row per kernel of a forward and backward at this shape; with ``segments`` those of the
+    """One row per kernel of a forward and backward at this shape, then of the one-pass forward
+    without autograd of an equal-length batch ("forward, alone"); with ``segments`` those of the
     forward and backward over segments (SEGMENTS, three segments of a chunk); ``settings`` (module,
     name, value) switches set meanwhile, as kernels.sweep.parse_settings gives them."""
     Tt, H = 2 * chunk + 3, 2
@@ -40,8 +41,12 @@ def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool
         n = len(rows)
         CH._backward(q, q, v, beta, g, h0, offsets, K ** -0.5, chunk, saved, torch.zeros_like(v),
                      torch.zeros(1, H, K, V))
+        m = len(rows)
+        with switches([(CH, "FUSED_FORWARD", True)] + ([] if segments else [(CH, "FUSED_MIN_PROGRAMS", 1)])):
+            CH._forward(q, q, v, beta, g, h0, seq_bounds(None, 1, Tt, "cpu"), K ** -0.5, chunk, True, keep=False)
     for i, r in enumerate(rows):
-        r["label"] = ("segments " if segments else "") + ("forward" if i < n else "backward")
+        r["label"] = ("segments " if segments else "") + ("forward" if i < n else "backward" if i < m
+                                                          else "forward, alone")
     return rows
 
 

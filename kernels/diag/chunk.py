@@ -37,7 +37,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, fp32_products, layout_cache, next_pow2, sm_count, tma_ready
+from .._common import cdiv, fp32_products, layout_cache, next_pow2, sm_count, tensor_descriptors
 from .._tl import chunk_span, load_scaled, state_tile, tile_offsets
 from .recurrent import _empty
 
@@ -563,12 +563,9 @@ FUSED_BV = 64   # value tile of the one-pass forward
 # (rounds 0.396 / 0.483 / 0.418); the pass before a backward lost with it (fwd+bwd 16K 1.784 → 1.805,
 # 32K 2.022 → 2.039) and keeps its pointers. Descriptors made on the GPU, one a sequence (packed
 # batches too), timed noisily (4K 0.362 → 0.392 ms, rounds 0.261–0.436) and need a Triton allocator:
-# not kept. Only for equal-length batches (tma_ready) of TMA_DTYPES. False: pointer tiles everywhere.
+# not kept. Only for equal-length batches of kernels._common.TMA_DTYPES (tensor_descriptors). False:
+# pointer tiles everywhere.
 FUSED_TMA = True
-# Input dtypes the descriptors serve: fp32 tiles staged in shared memory did not fit (with descriptors
-# made on the GPU the GPU check's fp32 rows wanted 241 KB of the H200's 227 and failed to launch); the
-# tests add fp32 to run the path under the interpreter.
-TMA_DTYPES = (torch.bfloat16, torch.float16)
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 # Programs per SM that the segmented one pass aims for (segments = this × SMs / programs, at most one
 # per chunk): a program waits on its own chain of chunks and others fill the gaps. More segments
@@ -716,18 +713,8 @@ def segment_state_tiles(BK: int, BV: int, pieces: int, V: int, device) -> tuple[
 
 def _descriptors(on: bool, offsets: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, BK: int,
                  BV: int) -> dict:
-    """A one pass's tensor-descriptor keywords where it is ``on`` (a family's FUSED_TMA) and these
-    inputs allow (TMA_DTYPES, tma_ready), else TMA=False."""
-    if not (on and q.dtype in TMA_DTYPES and tma_ready(offsets, q, k, v, o)):
-        return dict(TMA=False)
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
-    B, T = offsets._dense
-    H, K, V = q.shape[1], q.shape[2], v.shape[2]
-
-    def desc(x, D, block):
-        return TensorDescriptor(x, [B, T, H, D], [T * H * D, H * D, D, 1], [1, BT, 1, block])
-    return dict(TMA=True, q_d=desc(q, K, BK), k_d=desc(k, K, BK), v_d=desc(v, V, BV), o_d=desc(o, V, BV), T_seq=T)
+    """A one pass's tensor-descriptor keywords (tensor_descriptors, this family's 64-row chunks)."""
+    return tensor_descriptors(on, offsets, q, k, v, o, BT, BK, BV)
 
 
 def dstate_tiles(BK: int, BV: int, K: int = 0, V: int = 0, NH: int = 0, device=None) -> tuple[int, int]:

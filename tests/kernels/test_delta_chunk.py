@@ -498,6 +498,64 @@ def test_wu_in_scan(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale
     assert len(wu) == 2
 
 
+TMA_CASES = [   # B, T, H, K, V, chunk size, W/U made in the scan, segments (SMs stood in)
+    (2, 33, 1, 16, 16, 16, False, None),    # three chunks, the last one ragged
+    (1, 70, 1, 24, 20, 64, True, None),     # head dims that are not powers of two, a ragged chunk of 64
+    (1, 150, 2, 32, 24, 16, True, 6),       # over segments
+    (2, 100, 1, 24, 20, 32, False, 1000),   # over segments, a chunk each
+]
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("B,T,H,K,V,cs,wu,least", TMA_CASES, ids=[f"T{c[1]}K{c[3]}V{c[4]}C{c[5]}" for c in TMA_CASES])
+def test_delta_fused_tma(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, wu, least):
+    """FUSED_TMA: the forward-only one pass (whole sequences, then over segments) loads k, q and v and
+    stores o through tensor descriptors: output and final state vs float64; its launches take them,
+    the other scans (states from zero, transitions) and the pass before a backward keep pointers."""
+    import kernels._common
+
+    monkeypatch.setattr(C, "FUSED_TMA", True)
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "WU_IN_SCAN", wu)
+    monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", wu)
+    monkeypatch.setattr(C, "SEGMENTS", least is not None)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", least or 1)
+    scans = count_launches(C, "_state_kernel")
+    d = inputs(mixer, B, T, H, K, V, seed=T + 11)
+    S0, do, dS = cotangents(B, T, H, K, V, B, True, False)
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    with torch.no_grad():
+        o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=cs,
+                           initial_state=S0.float().to(DEV), output_final_state=True)
+    o_r, S_r, _ = reference(mixer, d, S0, do, None, None)
+    check("tma:o", o, o_r)
+    check("tma:final_state", S, S_r)
+    assert [kw.get("TMA", False) for _, kw in scans if kw["OUT"]] == [True]
+    assert not any(kw.get("TMA", False) for _, kw in scans if not kw["OUT"])
+    compare(mixer, d, S0, do, dS, chunk_size=cs)   # with autograd: pointers
+    assert [kw.get("TMA", False) for _, kw in scans if kw["OUT"]] == [True, False]
+
+
+def test_delta_fused_tma_value_tiles(monkeypatch, count_launches):
+    """The same with the scan's values in 16-wide tiles (V = 24: two, the second half past V)."""
+    import kernels._common
+
+    monkeypatch.setattr(C, "FUSED_TMA", True)
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(C, "_state_launch", lambda BVS, KP, V, inter, nw, NH, device: (16, nw))
+    scans = count_launches(C, "_state_kernel")
+    d = inputs("gated_deltanet", 2, 37, 1, 16, 24, seed=4)
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    with torch.no_grad():
+        o, _ = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=16)
+    o_r, _ = dsf.recurrent("gated_deltanet", **{n: t.double() for n, t in d.items() if t is not None})
+    check("tma_tiles:o", o, o_r)
+    assert [(kw["TMA"], kw["BV"]) for _, kw in scans] == [(True, 16)]
+
+
 SEGMENT_CASES = [   # B, T, H, K, V, chunk size, scale, h0, dht, SMs stood in (least), segments expected
     (2, 33, 1, 16, 16, 16, None, True, True, 1000, 3),     # a chunk a segment, the last ragged
     (1, 70, 1, 16, 16, 64, None, True, True, 1000, 2),     # the benchmark's chunk length

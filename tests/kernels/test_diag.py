@@ -268,7 +268,7 @@ def test_fused_tma(fused_forward, monkeypatch, decay, T, least):
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "FUSED_TMA", True)
-    monkeypatch.setattr(dc, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
     monkeypatch.setattr(dc, "FUSED_BV", 16)   # V = 24: two value tiles, the second half past V
     check_fused_forward(fused_forward, monkeypatch, decay, T, least)
     # without autograd, then before the backward (which keeps its pointers)
@@ -279,7 +279,7 @@ def test_fused_tma(fused_forward, monkeypatch, decay, T, least):
     o, _ = chunk_diag(x, x, x, "scalar", torch.zeros(1, 9, 2), cu_seqlens=torch.tensor([0, 4, 9]))
     assert [kw["TMA"] for _, kw in fused_forward] == [False]
     fused_forward.clear()
-    monkeypatch.setattr(dc, "TMA_DTYPES", (torch.bfloat16, torch.float16))
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.bfloat16, torch.float16))
     with torch.no_grad():
         chunk_diag(x, x, x, "scalar", torch.zeros(1, 9, 2))
     assert [kw["TMA"] for _, kw in fused_forward] == [False]

@@ -434,7 +434,7 @@ def test_key_fused_tma(one_pass, monkeypatch, count_launches, T, regime, segment
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(chunk_key, "FUSED_TMA", True)
-    monkeypatch.setattr(dc, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
     monkeypatch.setattr(dc, "FUSED_BV", 16)                   # V = 24: two value tiles
     if segments:
         check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime)
