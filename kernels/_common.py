@@ -185,18 +185,18 @@ def tma_ready(offsets: Tensor, *tensors: Tensor) -> bool:
 TMA_DTYPES = (torch.bfloat16, torch.float16)
 
 
-def tensor_descriptors(on: bool, offsets: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, BT: int, BK: int,
-                       BV: int) -> dict:
-    """A one-pass kernel's keywords TMA, q_d, k_d, v_d, o_d, T_seq: host-made descriptors of q, k, v
-    and o as [B, T, H, ·] with [1, BT, 1, BK or BV] blocks where ``on`` (a family's switch) and these
-    inputs allow it (TMA_DTYPES, tma_ready), else TMA=False."""
-    if not (on and q.dtype in TMA_DTYPES and tma_ready(offsets, q, k, v, o)):
+def tensor_descriptors(on: bool, offsets: Tensor, BT: int, **tiles: tuple[Tensor, int]) -> dict:
+    """A kernel's keywords TMA, NAME_d for each NAME=(x, block) of ``tiles`` and T_seq: host-made
+    descriptors of each [B·T, H, D] tensor x as [B, T, H, D] with [1, BT, 1, block] blocks, where ``on``
+    (a family's switch) and the tensors allow it (TMA_DTYPES of the first, tma_ready), else TMA=False."""
+    xs = [x for x, _ in tiles.values()]
+    if not (on and xs and xs[0].dtype in TMA_DTYPES and tma_ready(offsets, *xs)):
         return dict(TMA=False)
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     B, T = offsets._dense
-    H, K, V = q.shape[1], q.shape[2], v.shape[2]
-
-    def desc(x, D, block):
-        return TensorDescriptor(x, [B, T, H, D], [T * H * D, H * D, D, 1], [1, BT, 1, block])
-    return dict(TMA=True, q_d=desc(q, K, BK), k_d=desc(k, K, BK), v_d=desc(v, V, BV), o_d=desc(o, V, BV), T_seq=T)
+    out = dict(TMA=True, T_seq=T)
+    for name, (x, block) in tiles.items():
+        H, D = x.shape[1], x.shape[2]
+        out[f"{name}_d"] = TensorDescriptor(x, [B, T, H, D], [T * H * D, H * D, D, 1], [1, BT, 1, block])
+    return out

@@ -1075,7 +1075,8 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
             OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu,
-            **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, q, k, v, o, BT, KP, c_scan["BV"]),
+            **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
+                                 v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
             **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
@@ -1161,8 +1162,8 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     # each chunk's entering state and Vn)
     _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
                            STORE_HT=False, OUT=True, STORE_H=keep,
-                           **tensor_descriptors(FUSED_TMA and not keep, offsets, q, k, v, o, BT, seg["KP"],
-                                                seg["BV"]), **seg)
+                           **tensor_descriptors(FUSED_TMA and not keep, offsets, BT, q=(q, KP), k=(k, KP),
+                                                v=(v, seg["BV"]), o=(o, seg["BV"])), **seg)
     # (the transitions too, for a backward: its reverse scan over the same segments needs them)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, P if keep else None)
 

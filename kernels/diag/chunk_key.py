@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, next_pow2
+from .._common import cdiv, next_pow2, tensor_descriptors
 from .._tl import chunk_span, load_scaled, state_tile, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
@@ -97,9 +97,10 @@ def _launch(name: str, dtype: torch.dtype, K: int, V: int) -> dict:
 # 0.647 against 0.664, 16K 0.628 against 0.647, 8K 0.578 against 0.575. The scalar family's states from
 # zero lost that way uncapped (Mamba-2 0.440 → 0.465 at 32K) and gained under a register cap of 128
 # (kernels.diag.chunk.SEGMENT_WHOLE_STATE); this family's gained nothing more capped (32K 0.649 → 0.647,
-# 16K unchanged; experiments_2026-12-02h.md §3). GPU-checked (`python -m kernels.gpu_check --only fused:gla/segments,fused:gla/pieces,
-# chunk_key`, bf16 and fp32). The old way: `--set kernels.diag.chunk_key.SEGMENT_STATE_TILES=(64,64)
-# --set "kernels.diag.chunk_key.LAUNCH[segment_state]={'num_warps': 4, 'num_stages': 3}"`.
+# 16K unchanged; experiments_2026-12-02h.md §3). GPU-checked (`python -m kernels.gpu_check --only
+# fused:gla/segments,fused:gla/pieces,chunk_key`, bf16 and fp32). The old way: `--set
+# kernels.diag.chunk_key.SEGMENT_STATE_TILES=(64,64) --set
+# "kernels.diag.chunk_key.LAUNCH[segment_state]={'num_warps': 4, 'num_stages': 3}"`.
 SEGMENT_STATE_TILES = (128, 128)
 # The output's scale on dO in this family's backward kernels, tile by tile as they load them, instead
 # of a torch do * scale before them (kernels.diag.chunk.DO_SCALE_IN_KERNELS is the scalar family's).
@@ -742,7 +743,8 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
     launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep,
-                  **_scalar._descriptors(FUSED_TMA and not keep, offsets, qd, kd, v, o, BKf, BVf),
+                  **tensor_descriptors(FUSED_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf),
+                                       v=(v, BVf), o=(o, BVf)),
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
