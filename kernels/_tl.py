@@ -48,3 +48,40 @@ def load_scaled(ptr, mask, scale, SCALE: tl.constexpr):
     if SCALE:
         b = (b.to(tl.float32) * scale).to(b.dtype)
     return b
+
+
+@triton.jit
+def batch_place(bos, T_seq):
+    """Where row ``bos`` of an equal-length batch [B, T_seq] lies: its sequence and its row in it, as
+    the int32 coordinates a tensor descriptor takes."""
+    i_b = bos // T_seq
+    return i_b.to(tl.int32), (bos - i_b * T_seq).to(tl.int32)
+
+
+@triton.jit
+def chunk_qkv(q, k, v, q_d, k_d, v_d, TMA: tl.constexpr, i_b, t0, c, c_start, i_h, i_v, m_t, m_k, m_v, o_tk, o_tv,
+              H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
+              BV: tl.constexpr):
+    """Chunk c's [BT, BK] q and k tiles and [BT, BV] v tile (value tile i_v; the chunk starts at row
+    c_start, t0 + c·BT of sequence i_b): through the descriptors q_d, k_d, v_d with TMA, else through
+    the pointer offsets o_tk, o_tv (0 where masked)."""
+    if TMA:
+        b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
+        b_k = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
+        b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV)
+    else:
+        m_tk = m_t[:, None] & m_k[None, :]
+        b_q = tl.load(q + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        b_k = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
+        b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_t[:, None] & m_v[None, :], other=0.0)
+    return b_q, b_k, b_v
+
+
+@triton.jit
+def store_chunk(o, o_d, b_o, TMA: tl.constexpr, i_b, t0, c, c_start, i_h, i_v, m_t, m_v, o_tv, H: tl.constexpr,
+                V: tl.constexpr, BT: tl.constexpr, BV: tl.constexpr):
+    """Chunk c's [BT, BV] output tile b_o (already in o's dtype) into o, as chunk_qkv reads."""
+    if TMA:
+        o_d.store([i_b, t0 + c * BT, i_h, i_v * BV], b_o.reshape(1, BT, 1, BV))
+    else:
+        tl.store(o + (c_start * H + i_h) * V + o_tv, b_o, mask=m_t[:, None] & m_v[None, :])

@@ -49,7 +49,7 @@ from torch.autograd.function import once_differentiable
 
 from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, fp32_products,
                        interpreter_upcast, next_pow2, seq_bounds, sm_count, tensor_descriptors)
-from .._tl import chunk_span, state_tile, tile_offsets
+from .._tl import batch_place, chunk_span, state_tile, store_chunk, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
 
@@ -369,11 +369,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         o_p = i_v * BV + tl.arange(0, BV)
         b_P = tl.where(o_k[:, None] == o_p[None, :], 1.0, 0.0)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
-    if TMA:
-        # the batch sequence the rows are of, and where in it they start
-        i_b = bos // T_seq
-        t0 = (bos - i_b * T_seq).to(tl.int32)
-        i_b = i_b.to(tl.int32)
+    i_b, t0 = batch_place(bos, T_seq)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -423,11 +419,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             if GATED:
                 b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
             b_o += _mm(b_A, b_vn, DT, PREC)
-            if TMA:
-                o_d.store([i_b, t0 + c * BT, i_h, i_v * BV],
-                          (b_o * scale).to(o.dtype.element_ty).reshape(1, BT, 1, BV))
-            else:
-                tl.store(o + r_v + o_tv, (b_o * scale).to(o.dtype.element_ty), mask=m_tv)
+            store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t,
+                        m_v, o_tv, H, V, BT, BV)
         # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
         # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
         if TRANS:   # Pn = 0 − W P, rounded as the transitions' own scan rounds its Vn

@@ -38,7 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import cdiv, fp32_products, layout_cache, next_pow2, sm_count, tensor_descriptors
-from .._tl import chunk_span, load_scaled, state_tile, tile_offsets
+from .._tl import batch_place, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
 from .recurrent import _empty
 
 BT = 64  # chunk length
@@ -177,11 +177,7 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     b_lw = 0.0
-    if TMA:
-        # the batch sequence the rows are of, and where in it they start
-        i_b = bos // T_seq
-        t0 = (bos - i_b * T_seq).to(tl.int32)
-        i_b = i_b.to(tl.int32)
+    i_b, t0 = batch_place(bos, T_seq)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -264,13 +260,8 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     o_t = tl.arange(0, BT)
-    if TMA:
-        # the batch sequence the rows are of, and where in it they start
-        i_b = bos // T_seq
-        t0 = (bos - i_b * T_seq).to(tl.int32)
-        i_b = i_b.to(tl.int32)
-    else:
-        o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
+    i_b, t0 = batch_place(bos, T_seq)
+    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)   # (unused with TMA)
     for c in range(0, MAXC):
         ok = c < nc
         if STORE_H:
@@ -278,26 +269,16 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
         c_start = bos + c * BT
         t_rows = c_start + o_t
         m_t = (t_rows < eos) & ok
-        if TMA:
-            b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
-            b_k = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
-            b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV)
-        else:
-            m_tk = m_t[:, None] & m_k[None, :]
-            b_q = tl.load(q + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-            b_k = tl.load(k + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-            b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_q, b_k, b_v = chunk_qkv(q, k, v, q_d, k_d, v_d, TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_k, m_v, o_tk,
+                                  o_tv, H, K, V, BT, BK, BV)
         b_g, b_G, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC) * tl.exp(b_G)[:, None]
         b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * _pair_decays(b_g, b_G, BT, DECAY, False, False,
                                                                                  FAST)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        if TMA:
-            o_d.store([i_b, t0 + c * BT, i_h, i_v * BV], (b_o * scale).to(o.dtype.element_ty).reshape(1, BT, 1, BV))
-        else:
-            tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty),
-                     mask=m_t[:, None] & m_v[None, :])
+        store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_v,
+                    o_tv, H, V, BT, BV)
         b_h = _decayed_update(b_h, b_k, b_v, b_Gs, b_GL, PREC, DECAY_V)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)

@@ -50,7 +50,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import cdiv, next_pow2, tensor_descriptors
-from .._tl import chunk_span, load_scaled, state_tile, tile_offsets
+from .._tl import batch_place, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -407,13 +407,8 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     o_v = i_v * BV + tl.arange(0, BV)
     o_t = tl.arange(0, BT)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
-    if TMA:
-        # the batch sequence the rows are of, and where in it they start
-        i_b = bos // T_seq
-        t0 = (bos - i_b * T_seq).to(tl.int32)
-        i_b = i_b.to(tl.int32)
-    else:
-        o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
+    i_b, t0 = batch_place(bos, T_seq)
+    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)   # (unused with TMA)
     o_tt = o_t[:, None] * (H * BT) + o_t[None, :]
     for c in range(0, MAXC):
         ok = c < nc
@@ -421,15 +416,8 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         c_start = bos + c * BT
         m_t = (c_start + o_t < eos) & ok
-        if TMA:
-            b_qd = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
-            b_kd = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BK)
-            b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV)
-        else:
-            m_tk = m_t[:, None] & m_k[None, :]
-            b_qd = tl.load(qd + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-            b_kd = tl.load(kd + (c_start * H + i_h) * K + o_tk, mask=m_tk, other=0.0)
-            b_v = tl.load(v + (c_start * H + i_h) * V + o_tv, mask=m_t[:, None] & m_v[None, :], other=0.0)
+        b_qd, b_kd, b_v = chunk_qkv(qd, kd, v, q_d, k_d, v_d, TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_k, m_v,
+                                    o_tk, o_tv, H, K, V, BT, BK, BV)
         b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
@@ -445,12 +433,8 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        if TMA:
-            o_d.store([i_b, t0 + c * BT, i_h, i_v * BV],
-                      (b_o * scale).to(o.dtype.element_ty).reshape(1, BT, 1, BV))
-        else:
-            tl.store(o + (c_start * H + i_h) * V + o_tv, (b_o * scale).to(o.dtype.element_ty),
-                     mask=m_t[:, None] & m_v[None, :])
+        store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_v,
+                    o_tv, H, V, BT, BV)
         b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
