@@ -10,8 +10,7 @@ from torch import Tensor
 
 __all__ = ["interpreting", "check_device", "check_head_dim", "UnsupportedHeadDim", "check_cu_seqlens",
            "next_pow2", "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds",
-           "sm_count", "step_bounds", "check_scale", "tma_ready",
-           "tensor_descriptors", "TMA_DTYPES"]
+           "sm_count", "step_bounds", "check_scale", "tma_ready", "tensor_descriptors", "TMA_DTYPES"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
