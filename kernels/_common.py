@@ -10,7 +10,8 @@ from torch import Tensor
 
 __all__ = ["interpreting", "check_device", "check_head_dim", "UnsupportedHeadDim", "check_cu_seqlens",
            "next_pow2", "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds",
-           "sm_count", "step_bounds", "check_scale", "tma_ready", "tensor_descriptors", "TMA_DTYPES"]
+           "sm_count", "step_bounds", "check_scale", "tma_ready", "tensor_descriptors", "TMA_DTYPES",
+           "dependent_launch"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
@@ -144,6 +145,37 @@ def check_scale(op: str, scale) -> float:
     if not math.isfinite(scale):
         raise ValueError(f"{op}: scale must be a finite number, got {scale!r}")
     return float(scale)
+
+
+# The architecture kernels.compile_check compiles for while it runs the launchers on the CPU (None
+# otherwise): dependent launches are then compiled in as they would be on that GPU.
+COMPILE_ARCH: int | None = None
+
+
+def _major(device: torch.device) -> int:
+    """Compute capability major of a CUDA device (0 elsewhere or under the interpreter), cached: it is
+    asked at every launch of a chain."""
+    if device.type != "cuda" or interpreting():
+        return 0
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index not in _MAJORS:
+        _MAJORS[index] = torch.cuda.get_device_capability(index)[0]
+    return _MAJORS[index]
+
+
+_MAJORS: dict[int, int] = {}
+
+
+def dependent_launch(on: bool, device, first: bool = False) -> dict:
+    """A chained kernel's keywords for programmatic dependent launch (Hopper on): PDL=True, so the
+    kernel waits (gdc_wait) for the one before it before reading its results or writing anything and
+    lets the next one start early (gdc_launch_dependents), and launch_pdl=True unless it is the
+    chain's ``first`` (whose predecessor, someone else's kernel, never lets it start early). Where
+    ``on`` (a family's switch) is off or the device lacks it: PDL=False, a plain launch."""
+    major = COMPILE_ARCH // 10 if COMPILE_ARCH is not None else _major(torch.device(device))
+    if not (on and major >= 9):
+        return dict(PDL=False)
+    return dict(PDL=True) if first else dict(PDL=True, launch_pdl=True)
 
 
 def sm_count(device) -> int:

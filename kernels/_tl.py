@@ -16,6 +16,18 @@ def chunk_span(offsets, chunk_offsets, i_n):
 
 
 @triton.jit
+def chain_link(PDL: tl.constexpr):
+    """A kernel's place in a chain of dependent launches (PDL: launched with launch_pdl, Hopper on,
+    kernels._common.dependent_launch): wait until the kernel before it has finished and its writes are
+    visible, then let the next one's programs start on the SMs this one's last wave leaves free. Called
+    before a program reads what the previous kernel wrote or writes anything (memory the allocator
+    handed on may still be read before the wait)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def state_tile(init, i_nh, o_k, o_v, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
                HAS_INIT: tl.constexpr):
     """Rows o_k and columns o_v ([BK], [BV]) of a [K, V] state: their masks, the tile's offsets in the

@@ -90,21 +90,25 @@ def compiled_launches(arch: int, label: str = ""):
     rows = []
 
     def compile_only(self, *args, grid, warmup=False, **kwargs):
-        opts = {n: kwargs.pop(n) for n in ("num_warps", "num_stages", "maxnreg") if n in kwargs}
+        opts = {n: kwargs.pop(n) for n in ("num_warps", "num_stages", "maxnreg", "launch_pdl") if n in kwargs}
         sig, consts = signature(self, args, kwargs)
         k = triton.compile(ASTSource(self, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts)
         regs, spills = ptxas_report(k.asm["ptx"], arch)
         rows.append({"kernel": self.__name__, "label": label, "warps": k.metadata.num_warps,
                      "stages": opts.get("num_stages", 3), "shared": k.metadata.shared, "regs": regs,
-                     "spill_stores": spills or 0, "key": (self.__name__, repr(sorted(consts.items())),
+                     "spill_stores": spills or 0,
+                     # a link of a chain of dependent launches: its wait and its signal to the next
+                     "pdl": "griddepcontrol.wait" in k.asm["ptx"], "key": (self.__name__, repr(sorted(consts.items())),
                                                           tuple(sorted(sig.items())), tuple(sorted(opts.items())))})
 
-    old = JITFunction.run
-    JITFunction.run = compile_only
+    import kernels._common as common
+
+    old, old_arch = JITFunction.run, common.COMPILE_ARCH
+    JITFunction.run, common.COMPILE_ARCH = compile_only, arch   # (dependent launches as on that GPU)
     try:
         yield rows
     finally:
-        JITFunction.run = old
+        JITFunction.run, common.COMPILE_ARCH = old, old_arch
 
 
 def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segments: bool = False,

@@ -5,6 +5,7 @@
     python -m kernels.sweep step    [--ops scalar,gdn]
     python -m kernels.sweep profile --ops delta --set kernels.delta.chunk.UT_POWERS=False   (an A/B run)
     python -m kernels.sweep ab      --ops scalar --T 8192 --set kernels.diag.chunk.FUSED_MIN_PROGRAMS=128
+    python -m kernels.sweep host    --ops scalar --T 32768
 
 ``profile`` prints, for our chunked kernels and fla-core's, the wall time of forward and
 forward + backward (``triton.testing.do_bench``) and each CUDA kernel's time from torch.profiler.
@@ -19,7 +20,9 @@ sets one of the kernels' module switches (``UT_POWERS``, ``FAST_PAIRS``, ``FUSED
 run, to time both sides of a choice. ``ab`` is the A/B that decides one: the defaults against the
 ``--set`` switches, alternating in one process for ``--rounds`` rounds (after one dropped), each timed
 as the benchmark times it (``bench._time``) — kernel times and separate processes can disagree with
-it where a path does more host work (kernels/results/experiments_2026-12-01_long.md §4). Shapes are
+it where a path does more host work (kernels/results/experiments_2026-12-01_long.md §4). ``host``
+measures that host work: ms of Python and launches a call with the GPU held busy, beside the kernels'
+time and the wall time, and cProfile's slowest functions. Shapes are
 the benchmark's: bf16, H=16, K=V=128, B·T=32768; forwards run without autograd, as the benchmark's.
 """
 
@@ -114,6 +117,61 @@ def ab(kinds: list[str], T: int, switches: list, rounds: int = 3, dtype: torch.d
             rounds_text = "; ".join(f"{side} " + " / ".join(f"{t:.3f}" for t in v) for side, v in times.items())
             print(f"== {kind} {mode} T={T}: default {med['default']:.3f} ms, set {med['set']:.3f} ms "
                   f"(set/default {med['set'] / med['default']:.3f}; rounds: {rounds_text})", flush=True)
+    return out
+
+
+def host(kinds: list[str], T: int, dtype: torch.dtype = torch.bfloat16, calls: int = 20, top: int = 14) -> dict:
+    """Host time of our forward and forward + backward: ms of Python and launches per call, measured
+    while the GPU is held busy (``torch.cuda._sleep``) so that the host never waits on it, beside the
+    kernels' own time (torch.profiler) and the benchmark's wall time. Where the host time comes near
+    the kernels' time the GPU idles between launches and the wall time is the host's. Prints cProfile's
+    slowest functions of those calls too. Returns {(kind, mode): (host ms, kernels ms, wall ms)}."""
+    import cProfile
+    import pstats
+    import time
+
+    out = {}
+    for kind in kinds:
+        fn = bench._ours(kind)
+        for backward in (False, True):
+            mode = "fwd+bwd" if backward else "fwd"
+            inp = bench._inputs(bench.TOKENS // T, T, kind, dtype, grad=backward)
+
+            def run():
+                for t in inp.values():
+                    t.grad = None
+                o = fn(**inp)
+                if backward:
+                    o.backward(torch.ones_like(o))
+
+            with torch.set_grad_enabled(backward):
+                for _ in range(3):
+                    run()
+                kernels_ms = sum(kernel_times(fn, inp, backward).values())
+                wall, _ = bench._time(fn, inp, backward)
+                torch.cuda.synchronize()
+                # ~1 s of GPU sleep ahead of the calls: the launch queue never fills, the host never waits
+                torch.cuda._sleep(2_000_000_000)
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    run()
+                host_ms = (time.perf_counter() - t0) * 1e3 / calls
+                torch.cuda.synchronize()
+                torch.cuda._sleep(2_000_000_000)
+                prof = cProfile.Profile()
+                prof.enable()
+                for _ in range(calls):
+                    run()
+                prof.disable()
+                torch.cuda.synchronize()
+            out[kind, mode] = (host_ms, kernels_ms, wall)
+            print(f"== {kind} {mode} T={T}: host {host_ms:.3f} ms a call, kernels {kernels_ms:.3f} ms, "
+                  f"wall {wall if isinstance(wall, str) else f'{wall:.3f}'} ms", flush=True)
+            stats = pstats.Stats(prof)
+            rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]   # by own time
+            for (file, line, name), (_, calls_n, own, cum, _) in rows:
+                print(f"   own {own * 1e3 / calls:7.4f} ms  cum {cum * 1e3 / calls:7.4f} ms  "
+                      f"{calls_n // calls:4d}x  {name} ({file.rsplit('/', 2)[-1]}:{line})", flush=True)
     return out
 
 
@@ -321,7 +379,7 @@ def step(kinds: list[str], B: int = 64, device: str = "cuda") -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=("profile", "launch", "step", "ab"))
+    ap.add_argument("what", choices=("profile", "launch", "step", "ab", "host"))
     ap.add_argument("--ops", default="scalar,key,delta",
                     help=f"comma-separated kinds, of {', '.join(KINDS)}")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
@@ -361,7 +419,9 @@ def main(argv=None) -> int:
         ab(ops, args.T, switches, args.rounds, DTYPES[args.dtype])
         return 0
     with bench.switches(switches):
-        if args.what == "profile":
+        if args.what == "host":
+            host(ops, args.T, DTYPES[args.dtype])
+        elif args.what == "profile":
             profile(ops, args.T, impls, DTYPES[args.dtype])
         elif args.what == "step":
             step([o for o in ops if o in ("scalar", "gdn")] or ["scalar", "gdn"])

@@ -932,12 +932,17 @@ def _few(NH: int, V: int, BV: int, device) -> bool:
 # pass lost (1.00 vs 0.97), so those keep two passes, as does everything off CUDA. True: wherever it
 # can run (tests, the GPU check, the benchmark's ours-fused); False: never.
 FUSED_FORWARD: bool | None = None
-# The forward-only one pass (the scan that writes the outputs, no states kept for a backward; whole
-# sequences and over segments) loads k, q and v and stores o through tensor descriptors of the batch,
-# as kernels.diag.chunk.FUSED_TMA does for the scalar family (same rules: kernels._common.TMA_DTYPES,
-# equal-length batches). ptxas: experiments_2026-12-02h.md §7. Not yet timed on the GPU; exact under
-# the interpreter (test_delta_fused_tma).
+# The forward-only one pass (the scan that writes the outputs, no states kept for a backward) loads
+# k, q and v and stores o through tensor descriptors of the batch, as kernels.diag.chunk.FUSED_TMA
+# does for the scalar family (same rules: kernels._common.TMA_DTYPES, equal-length batches): FUSED_TMA
+# on whole sequences, SEGMENTS_TMA in the pass over segments. ptxas: experiments_2026-12-02h.md §7.
+# H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops delta,gdn --T T --set
+# kernels.delta.chunk.FUSED_TMA=True`, both switches at once, three alternating rounds, 2026-12-02):
+# whole sequences (4K / 8K) Gated DeltaNet's forward 0.646 → 0.618 / 0.967 → 0.921 ms, DeltaNet's
+# 0.497 → 0.508 (rounds 0.499–0.534) / 0.703 → 0.701; over segments (32K) DeltaNet 1.126 → 1.112 but
+# Gated DeltaNet 1.235 → 1.306 (experiments_2026-12-02i.md §1).
 FUSED_TMA = False
+SEGMENTS_TMA = False
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
@@ -1155,7 +1160,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     # each chunk's entering state and Vn)
     _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
                            STORE_HT=False, OUT=True, STORE_H=keep,
-                           **tensor_descriptors(FUSED_TMA and not keep, offsets, BT, q=(q, KP), k=(k, KP),
+                           **tensor_descriptors(SEGMENTS_TMA and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                                 v=(v, seg["BV"]), o=(o, seg["BV"])), **seg)
     # (the transitions too, for a backward: its reverse scan over the same segments needs them)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, P if keep else None)

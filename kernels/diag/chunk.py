@@ -37,8 +37,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, fp32_products, layout_cache, next_pow2, sm_count, tensor_descriptors
-from .._tl import batch_place, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
+from .._common import (cdiv, dependent_launch, fp32_products, layout_cache, next_pow2, sm_count,
+                       tensor_descriptors)
+from .._tl import batch_place, chain_link, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
 from .recurrent import _empty
 
 BT = 64  # chunk length
@@ -160,13 +161,15 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
                   BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   PREC: tl.constexpr, STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False,
                   NSEG=1, SKIP_LAST: tl.constexpr = False, NSKIP=1, DECAY_V: tl.constexpr = False,
-                  TMA: tl.constexpr = False, k_d=None, v_d=None, T_seq=1):
+                  TMA: tl.constexpr = False, k_d=None, v_d=None, T_seq=1, PDL: tl.constexpr = False):
     """The state leaving each chunk (h) or the sequence (ht); STORE_LOGW: also the sequence's total log
     decay (the sum of its chunks' G_L, one value per sequence-head) into logw. SKIP_LAST: the
     sequences are segments (or pieces of segments), NSEG to a batch sequence, and the programs cover
     all but each one's last NSKIP. DECAY_V: see _decayed_update. TMA: k and v through the descriptors
     k_d, v_d of an equal-length batch [B, T_seq, H, ·] (the rows may be a piece of a sequence: rows
-    past the piece's chunks, which the copy engine still loads inside the sequence, are zeroed)."""
+    past the piece's chunks, which the copy engine still loads inside the sequence, are zeroed). PDL:
+    first of a chain of dependent launches (chain_link)."""
+    chain_link(PDL)
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
     if SKIP_LAST:
@@ -244,7 +247,7 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
                       BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
                       DECAY_V: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                      o_d=None, T_seq=1):
+                      o_d=None, T_seq=1, PDL: tl.constexpr = False):
     """The forward in one pass: a program per (sequence, head, value tile) walks the chunks with the
     state in registers, O_c = (Q ⊙ e^G) S_c + (Q Kᵀ ⊙ D) V, then S_{c+1} as in _state_kernel.
 
@@ -252,7 +255,9 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
     moves q, k, v and o alone. BK covers all of K (one tile). DECAY_V: see _decayed_update. TMA: q, k,
     v and o move through the tensor descriptors q_d … o_d of an equal-length batch [B, T_seq, H, ·]
     (the copy engine fills rows past a sequence's end with zeros and writes none there; the
-    program's rows may be a segment of a sequence; FUSED_TMA)."""
+    program's rows may be a segment of a sequence; FUSED_TMA). PDL: last of a chain of dependent
+    launches, after the scan that makes h0 (chain_link)."""
+    chain_link(PDL)
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -287,13 +292,15 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
 @triton.jit
 def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.constexpr, BKV: tl.constexpr,
                          HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, V: tl.constexpr = 0, EVERY=1,
-                         U: tl.constexpr = 1):
+                         U: tl.constexpr = 1, PDL: tl.constexpr = False):
     """The states entering the segments of one sequence: S_{j+1} = e^{w_j} S_j + ΔS_j over its NSEG
     segments, ΔS_j being segment j's own state from zero and w_j its total log decay: a scalar per
     segment and head, or with V > 0 one per key row of the [K, V] state (key-wise decays, w [.., K]).
     EVERY > 1: the NSEG are pieces, EVERY to a segment, and S_in holds the states entering the
     segments only (every EVERY-th piece's). U > 1: the loads of U segments at a time, issued together,
-    then their steps in order (one wait on memory per U segments instead of one each)."""
+    then their steps in order (one wait on memory per U segments instead of one each). PDL: in a chain
+    of dependent launches, after the kernel that makes dS (chain_link)."""
+    chain_link(PDL)
     i_t, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     o = i_t * BKV + tl.arange(0, BKV)
@@ -609,6 +616,12 @@ SEGMENT_WHOLE_STATE = True
 # segments always are). Not yet timed on the GPU; exact under the interpreter
 # (test_segment_states_through_descriptors); ptxas in experiments_2026-12-02h.md §8.
 SEGMENT_STATE_TMA = False
+# The three kernels of a forward over segments (states from zero, the scan over segments, the one
+# pass) as a chain of programmatic dependent launches (Hopper on; kernels._common.dependent_launch):
+# each next kernel's programs are launched while the one before finishes its last wave and wait on
+# the GPU (gdc_wait) for its results, instead of starting after it has drained and been launched.
+# Not yet timed.
+SEGMENT_PDL = False
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
 # torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
@@ -805,18 +818,20 @@ def segment_pieces(B: int, T: int, nseg: int, per: int, final: bool, device) -> 
 
 
 def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int,
-                   split: int = 1, rows: int | None = None) -> Tensor:
+                   split: int = 1, rows: int | None = None, pdl: bool = False) -> Tensor:
     """The states entering each of the NS = N·nseg segments ([NS, H, K, V] fp32) from their own states
     from zero ``dS`` and their log decays ``logw`` ([NS, H] scalar, or [NS, H, K] per state row), by
     _segment_pass_kernel; the sequences' final states go to ``ht`` when it is given. ``split``: dS and
     logw are of the segments' pieces (NS·split of them, ``split`` to a segment). ``rows``: segments loaded
-    at once (default SEGMENT_PASS_ROWS)."""
+    at once (default SEGMENT_PASS_ROWS). ``pdl``: launched as a link of a chain of dependent launches
+    (kernels._common.dependent_launch), after the kernel that makes dS."""
     NP, H, K, V = dS.shape
     S_in = _empty(NP // split, H, K, V, dtype=torch.float32, device=dS.device)
     BKV = min(1024, next_pow2(K * V))
     _segment_pass_kernel[(cdiv(K * V, BKV), NP // (nseg * split) * H)](
         dS, logw, h0, S_in, ht, nseg * split, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None,
-        STORE_HT=ht is not None, V=V if logw.dim() == 3 else 0, EVERY=split, U=rows or SEGMENT_PASS_ROWS)
+        STORE_HT=ht is not None, V=V if logw.dim() == 3 else 0, EVERY=split, U=rows or SEGMENT_PASS_ROWS,
+        **dependent_launch(pdl, dS.device))
     return S_in
 
 
@@ -868,6 +883,7 @@ class ChunkScalarDecay(torch.autograd.Function):
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
                     STORE_LOGW=logw is not None, DECAY_V=decay_v("state", BKs, BVs), **pc.skip_kw,
                     **tensor_descriptors(SEGMENT_STATE_TMA, offsets, BT, k=(k, BKs), v=(v, BVs)),
+                    **dependent_launch(SEGMENT_PDL, q.device, first=True),
                     # (tiles wider than [128, 64] are SEGMENT_WHOLE_STATE's)
                     **_launch("segment_state_whole" if BKs * BVs > 128 * 64 else "segment_state", q.dtype, K, V))
                 if logw is None and g is None:
@@ -875,11 +891,11 @@ class ChunkScalarDecay(torch.autograd.Function):
                 elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)
                     gp = torch.nn.functional.pad(g.view(B, T, H).double(), (0, 0, 0, nseg * per * BT - T))
                     logw = gp.view(B, nseg, per * BT, H).sum(2).to(f32).reshape(NS, H)
-                S_in = segment_states(dS, logw, h0, ht, nseg, pc.split)
+                S_in = segment_states(dS, logw, h0, ht, nseg, pc.split, pdl=SEGMENT_PDL)
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
                     q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, HAS_H0=True,
-                    STORE_HT=False, **pass_kw)
+                    STORE_HT=False, **pass_kw, **dependent_launch(SEGMENT_PDL, q.device))
             ctx.save_for_backward(q, k, v, g, h0, offsets, h, chunk_offsets, chunk_indices)
             ctx.maxc = maxc
             return o, ht

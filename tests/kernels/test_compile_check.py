@@ -71,3 +71,25 @@ def test_bad_arguments_are_refused_before_compiling(monkeypatch, capsys, args, m
     with pytest.raises(SystemExit) as e:
         compile_check.main(args)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+_PDL_ROWS = """
+import torch, kernels.compile_check as cc, kernels.diag.chunk as dc
+for on in (False, True):
+    for r in cc.check_diag("scalar", torch.bfloat16, 64, 64, 90, True, [(dc, "SEGMENT_PDL", on)]):
+        print(on, r["kernel"], r["label"].replace(" ", "_"), r["pdl"])
+"""
+
+
+def test_segments_chain_their_launches_with_the_switch():
+    """SEGMENT_PDL: the forward over segments' three kernels are built as links of a dependent-launch
+    chain (their wait in the PTX), and no other kernel; without it none is."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _PDL_ROWS], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line.split() for line in res.stdout.splitlines()]
+    assert not [r for r in rows if r[0] == "False" and r[3] == "True"], rows
+    chained = {(r[1], r[2]) for r in rows if r[0] == "True" and r[3] == "True"}
+    assert chained == {("_state_kernel", "segments_forward"), ("_segment_pass_kernel", "segments_forward"),
+                       ("_fused_fwd_kernel", "segments_forward"), ("_fused_fwd_kernel", "segments,_alone")}, rows

@@ -509,12 +509,13 @@ TMA_CASES = [   # B, T, H, K, V, chunk size, W/U made in the scan, segments (SMs
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 @pytest.mark.parametrize("B,T,H,K,V,cs,wu,least", TMA_CASES, ids=[f"T{c[1]}K{c[3]}V{c[4]}C{c[5]}" for c in TMA_CASES])
 def test_delta_fused_tma(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, wu, least):
-    """FUSED_TMA: the forward-only one pass (whole sequences, then over segments) loads k, q and v and
+    """FUSED_TMA, SEGMENTS_TMA: the forward-only one pass (whole sequences, over segments) loads k, q and v and
     stores o through tensor descriptors: output and final state vs float64; its launches take them,
     the other scans (states from zero, transitions) and the pass before a backward keep pointers."""
     import kernels._common
 
     monkeypatch.setattr(C, "FUSED_TMA", True)
+    monkeypatch.setattr(C, "SEGMENTS_TMA", True)
     monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
     monkeypatch.setattr(C, "FUSED_FORWARD", True)
     monkeypatch.setattr(C, "WU_IN_SCAN", wu)

@@ -300,6 +300,21 @@ def test_tma_ready():
     assert not tma_ready(dense, torch.randn(16, 16, 2).transpose(1, 2))      # not contiguous
 
 
+
+def test_dependent_launch_keywords(monkeypatch):
+    """Chained launches only where the switch is on and the target is Hopper or later: the chain's
+    first kernel waits on nothing launched early (no launch_pdl), the others are; on the CPU (the
+    interpreter) and on an sm_80 target, plain launches."""
+    import kernels._common as common
+
+    assert common.dependent_launch(True, "cpu") == {"PDL": False}
+    monkeypatch.setattr(common, "COMPILE_ARCH", 90)
+    assert common.dependent_launch(True, "cpu") == {"PDL": True, "launch_pdl": True}
+    assert common.dependent_launch(True, "cpu", first=True) == {"PDL": True}
+    assert common.dependent_launch(False, "cpu") == {"PDL": False}
+    monkeypatch.setattr(common, "COMPILE_ARCH", 80)
+    assert common.dependent_launch(True, "cpu") == {"PDL": False}
+
 @pytest.mark.parametrize("in_scan", [True, False])
 @pytest.mark.parametrize("T,least", [(130, 1000), (323, 6)])
 def test_segment_decays_in_scan(fused_forward, monkeypatch, count_launches, T, least, in_scan):
