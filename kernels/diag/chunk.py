@@ -161,14 +161,12 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
                   BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                   PREC: tl.constexpr, STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False,
                   NSEG=1, SKIP_LAST: tl.constexpr = False, NSKIP=1, DECAY_V: tl.constexpr = False,
-                  TMA: tl.constexpr = False, k_d=None, v_d=None, T_seq=1, PDL: tl.constexpr = False):
+                  PDL: tl.constexpr = False):
     """The state leaving each chunk (h) or the sequence (ht); STORE_LOGW: also the sequence's total log
     decay (the sum of its chunks' G_L, one value per sequence-head) into logw. SKIP_LAST: the
     sequences are segments (or pieces of segments), NSEG to a batch sequence, and the programs cover
-    all but each one's last NSKIP. DECAY_V: see _decayed_update. TMA: k and v through the descriptors
-    k_d, v_d of an equal-length batch [B, T_seq, H, ·] (the rows may be a piece of a sequence: rows
-    past the piece's chunks, which the copy engine still loads inside the sequence, are zeroed). PDL:
-    first of a chain of dependent launches (chain_link)."""
+    all but each one's last NSKIP. DECAY_V: see _decayed_update. PDL: first of a chain of dependent
+    launches (chain_link)."""
     chain_link(PDL)
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -180,7 +178,6 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     b_lw = 0.0
-    i_b, t0 = batch_place(bos, T_seq)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -188,14 +185,10 @@ def _state_kernel(k, v, g, h0, h, ht, offsets, chunk_offsets, MAXC,
             tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         t_rows = bos + c * BT + tl.arange(0, BT)
         m_t = (t_rows < eos) & ok
-        if TMA:
-            b_k = k_d.load([i_b, t0 + c * BT, i_h, i_k * BK]).reshape(BT, BK)
-            b_v = tl.where(m_t[:, None], v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV), 0.0)
-        else:
-            b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                          other=0.0)
-            b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
-                          other=0.0)
+        b_k = tl.load(k + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
+                      other=0.0)
+        b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
+                      other=0.0)
         _, _, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
         b_h = _decayed_update(b_h, b_k, b_v, b_Gs, b_GL, PREC, DECAY_V)
         if STORE_LOGW:
@@ -611,11 +604,11 @@ SEGMENT_WHOLE_K_PER_SM: int | None = 4
 # [64, 64] tiles, lost with whole states (0.351 → 0.361) and keeps its tiles; 3 stages lost (32K
 # 0.398 → 0.413). Uncapped it had lost (experiments_2026-12-02c.md §1).
 SEGMENT_WHOLE_STATE = True
-# The segments' states from zero load k and v through tensor descriptors of the batch (as FUSED_TMA
-# does for the one pass; same rules: kernels._common.TMA_DTYPES, equal-length batches, which the
-# segments always are). Not yet timed on the GPU; exact under the interpreter
-# (test_segment_states_through_descriptors); ptxas in experiments_2026-12-02h.md §8.
-SEGMENT_STATE_TMA = False
+# (The segments' states from zero through tensor descriptors of k and v, as FUSED_TMA for the one
+# pass, lost though ptxas had their spills 416 → 0 B: H200, bf16, H = 16, K = V = 128, `python -m
+# kernels.sweep ab --ops scalar --T T --set kernels.diag.chunk.SEGMENT_STATE_TMA=True`, three
+# alternating rounds, 2026-12-02: Mamba-2 forward 16K 0.380 → 0.385 ms, 32K 0.382 → 0.390; removed,
+# experiments_2026-12-02i.md §1.)
 # The three kernels of a forward over segments (states from zero, the scan over segments, the one
 # pass) as a chain of programmatic dependent launches (Hopper on; kernels._common.dependent_launch):
 # each next kernel's programs are launched while the one before finishes its last wave and wait on
@@ -882,7 +875,6 @@ class ChunkScalarDecay(torch.autograd.Function):
                     k, v, g, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs,
                     BV=BVs, DECAY=decay, HAS_H0=False, STORE_HT=True, STORE_H=False, PREC=prec, logw=logw,
                     STORE_LOGW=logw is not None, DECAY_V=decay_v("state", BKs, BVs), **pc.skip_kw,
-                    **tensor_descriptors(SEGMENT_STATE_TMA, offsets, BT, k=(k, BKs), v=(v, BVs)),
                     **dependent_launch(SEGMENT_PDL, q.device, first=True),
                     # (tiles wider than [128, 64] are SEGMENT_WHOLE_STATE's)
                     **_launch("segment_state_whole" if BKs * BVs > 128 * 64 else "segment_state", q.dtype, K, V))

@@ -49,8 +49,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, next_pow2, tensor_descriptors
-from .._tl import batch_place, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
+from .._common import cdiv, next_pow2
+from .._tl import chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -111,12 +111,11 @@ SEGMENT_STATE_TILES = (128, 128)
 # The same bits; ptxas (sm_90): the dQ/dK kernel 2484 → 2532 B of spills. GPU-checked (`python -m
 # kernels.gpu_check --only chunk_key,gla,fused:gla --dtypes bfloat16,float32`).
 DO_SCALE_IN_KERNELS = True
-# This family's forward-only one pass through tensor descriptors of qd, kd, v and o (as
-# kernels.diag.chunk.FUSED_TMA, same rules: TMA_DTYPES, equal-length batches). ptxas (sm_90, bf16,
-# K = V = 128, `python -m kernels.compile_check --family key --dtype bf16 --K 128 --segments --set
-# kernels.diag.chunk_key.FUSED_TMA=True`): see experiments_2026-12-02h.md §6. Not yet timed on the GPU;
-# exact under the interpreter (test_key_fused_tma).
-FUSED_TMA = False
+# (This family's forward-only one pass through tensor descriptors of qd, kd, v and o, as
+# kernels.diag.chunk.FUSED_TMA, lost: H200, bf16, H = 16, K = V = 128, `python -m kernels.sweep ab
+# --ops key --T T --set kernels.diag.chunk_key.FUSED_TMA=True`, three alternating rounds, 2026-12-02:
+# GLA forward 4K 0.512 → 0.551 ms, 16K 0.628 → 0.683, 32K 0.648 → 0.699, fwd+bwd unchanged, though
+# ptxas had its spills 920 → 80 B; removed, experiments_2026-12-02i.md §1.)
 # This family's rows of the scan over segments (kernels.diag.chunk.SEGMENT_PASS_ROWS, there for the
 # scalar family): its per-row log decays make each row wider. H200, bf16, H = 16, K = V = 128, T = 32K
 # (`python -m kernels.sweep ab --ops key --T 32768 --set kernels.diag.chunk.SEGMENT_PASS_ROWS=U` when
@@ -388,8 +387,7 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr, TMA: tl.constexpr = False, q_d=None, k_d=None,
-                      v_d=None, o_d=None, T_seq=1):
+                      PREC: tl.constexpr, STORE: tl.constexpr):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -397,9 +395,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     all of K. (Gates and sub-block scores stay in their own kernels: formed here too, they took more
     registers than the SM has, and the spills made the pass slower than the four kernels.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
-    mild chunks' scores into A, as the state and scores kernels would. TMA: qd, kd, v and o through
-    the descriptors q_d, k_d, v_d, o_d of an equal-length batch, as the scalar family's one pass does
-    (FUSED_TMA)."""
+    mild chunks' scores into A, as the state and scores kernels would."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -407,8 +403,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     o_v = i_v * BV + tl.arange(0, BV)
     o_t = tl.arange(0, BT)
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
-    i_b, t0 = batch_place(bos, T_seq)
-    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)   # (unused with TMA)
+    o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     o_tt = o_t[:, None] * (H * BT) + o_t[None, :]
     for c in range(0, MAXC):
         ok = c < nc
@@ -416,8 +411,8 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         c_start = bos + c * BT
         m_t = (c_start + o_t < eos) & ok
-        b_qd, b_kd, b_v = chunk_qkv(qd, kd, v, q_d, k_d, v_d, TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_k, m_v,
-                                    o_tk, o_tv, H, K, V, BT, BK, BV)
+        b_qd, b_kd, b_v = chunk_qkv(qd, kd, v, None, None, None, False, 0, 0, c, c_start, i_h, i_v, m_t, m_k,
+                                    m_v, o_tk, o_tv, H, K, V, BT, BK, BV)
         b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
@@ -433,7 +428,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_v,
+        store_chunk(o, None, (b_o * scale).to(o.dtype.element_ty), False, 0, 0, c, c_start, i_h, i_v, m_t, m_v,
                     o_tv, H, V, BT, BV)
         b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
@@ -727,8 +722,6 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
     launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep,
-                  **tensor_descriptors(FUSED_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf),
-                                       v=(v, BVf), o=(o, BVf)),
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,

@@ -399,29 +399,6 @@ def test_segment_state_pieces(fused_forward, monkeypatch, count_launches, T, lea
     assert [kw["EVERY"] for _, kw in joins] == [split] * 3   # the scan over pieces keeps every split-th
 
 
-@pytest.mark.parametrize("T,least,chunks,nseg,split", PIECES[1:])
-def test_segment_states_through_descriptors(fused_forward, monkeypatch, count_launches, T, least, chunks, nseg,
-                                            split):
-    """SEGMENT_STATE_TMA: the segments' states from zero load k and v through descriptors, by pieces
-    (an empty one, a piece of 1 chunk where its neighbour's rows follow), key tiles of 16 (K = 16 in
-    one, with STATE_BK) and value tiles of 16 (two: V = 24): outputs, gradients and the final state
-    against float64, with and without autograd (the two-pass state kernel keeps its pointers)."""
-    import kernels._common
-    import kernels.diag.chunk as dc
-
-    monkeypatch.setattr(dc, "SEGMENT_STATE_TMA", True)
-    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
-    monkeypatch.setattr(dc, "STATE_BV", 16)
-    monkeypatch.setattr(dc, "SEGMENT_STATE_CHUNKS", chunks)
-    monkeypatch.setattr(dc, "SEGMENT_SKIP_LAST", False)
-    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
-    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
-    states = count_launches(dc, "_state_kernel")
-    check_segments_against_reference(T, 2, 2)
-    assert [(kw["TMA"], grid[1]) for grid, kw in states] == [(True, 2)] * 3
-    assert len(states) == 3 and states[0][1]["BV"] == 16
-
-
 @pytest.mark.parametrize("skip", [True, False])
 @pytest.mark.parametrize("rows", [4, 8])
 def test_segment_pass_rows(fused_forward, monkeypatch, count_launches, rows, skip):
@@ -475,14 +452,10 @@ def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least, tile
     """STATE_BK and STATE_BV tile the state kernel (K = 48: three key tiles of 16, or one of 64 with the
     last 16 masked; V = 100: one whole padded state of 64 × 128 a program, or two value tiles of 64, the
     second part masked), in the two-pass
-    forward and in the segments' states from zero (those through descriptors, SEGMENT_STATE_TMA), and
-    DSTATE_TILES the backward's reverse scan (16-wide tiles, the last masked): outputs, final state and
+    forward and in the segments' states from zero, and DSTATE_TILES the backward's reverse scan (16-wide tiles, the last masked): outputs, final state and
     gradients."""
-    import kernels._common
     import kernels.diag.chunk as dc
 
-    monkeypatch.setattr(dc, "SEGMENT_STATE_TMA", True)
-    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
     monkeypatch.setattr(dc, "STATE_BK", tiles[0])
     monkeypatch.setattr(dc, "STATE_BV", tiles[1])
     monkeypatch.setattr(dc, "DSTATE_TILES", (16, 16))
@@ -499,7 +472,7 @@ def test_state_kernel_key_tiles(monkeypatch, count_launches, forced, least, tile
     assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
     for name, a, b in zip(leaves, _grads(o, S, list(leaves.values()), 4), _grads(o_ref, S_ref, list(ref_in.values()), 4)):
         assert rel_err(a, b) < TOL, f"d{name}: {rel_err(a, b):.2e}"
-    assert len(states) == 1 and states[0][0][:2] == grid and states[0][1].get("TMA", False) == forced
+    assert len(states) == 1 and states[0][0][:2] == grid
 
 
 @pytest.mark.parametrize("decay_v", [(), ("state", "pass", "pass_fwd")], ids=["k-scaled", "v-scaled"])

@@ -424,30 +424,6 @@ def test_segment_state_tiles(one_pass, monkeypatch, count_launches, tiles, grid)
     assert [kw["num_warps"] for _, kw in states] == [2, 2]   # fp32 operands: SAFE's entry
 
 
-@pytest.mark.parametrize("T,regime,segments", [(67, "bursts", False), (1, "strong", False), (150, "strong", False),
-                                                (323, "mild", True)])
-def test_key_fused_tma(one_pass, monkeypatch, count_launches, T, regime, segments):
-    """FUSED_TMA (this family's): the forward-only one pass moves qd, kd, v and o through tensor
-    descriptors (two value tiles, a last chunk short of 64, strong chunks read from A; whole sequences,
-    then over segments): output and final state against float64; the pass before a backward keeps its
-    pointers and its gradients."""
-    import kernels.diag.chunk as dc
-
-    monkeypatch.setattr(chunk_key, "FUSED_TMA", True)
-    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
-    monkeypatch.setattr(dc, "FUSED_BV", 16)                   # V = 24: two value tiles
-    if segments:
-        check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime)
-        assert [kw["TMA"] for _, kw in one_pass] == [True, True]
-        return
-    x = _inputs(2, T, 2, 16, 24, regime, seed=T + 3)
-    o_ref, S_ref, _ = _reference(x, True)
-    o, S = _forward(x)
-    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
-    _check(x)
-    assert [kw["TMA"] for _, kw in one_pass] == [True, False]
-
-
 def check_one_pass_over_segments(one_pass, monkeypatch, count_launches, T, regime, least=1000, nseg=None):
     """The checks of test_one_pass_over_segments, for tests that switch more on: FUSED_MIN_PROGRAMS
     ``least`` and the ``nseg`` segments a sequence it gives (default: one a chunk)."""
