@@ -315,7 +315,8 @@ def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.c
             for u in tl.static_range(U):
                 j = j0 + u
                 i_o = ((i_n * NSEG + j) // EVERY).to(tl.int64) * H + i_h
-                tl.store(S_in + i_o * KV + o, b_S, mask=m & (j % EVERY == 0) & (j < NSEG))
+                tl.store(S_in + i_o * KV + o, b_S.to(S_in.dtype.element_ty),
+                         mask=m & (j % EVERY == 0) & (j < NSEG))
                 # row u of the block (a select, so a row never loaded adds nothing, NaN or not)
                 pick = (o_u == u)[:, None]
                 b_wu = tl.sum(tl.where(pick, b_w, 0.0), axis=0)
@@ -325,7 +326,7 @@ def _segment_pass_kernel(dS, logw, h0, S_in, ht, NSEG, H: tl.constexpr, KV: tl.c
         for j in range(0, NSEG):
             i_s = (i_n * NSEG + j).to(tl.int64) * H + i_h
             i_o = ((i_n * NSEG + j) // EVERY).to(tl.int64) * H + i_h
-            tl.store(S_in + i_o * KV + o, b_S, mask=m & (j % EVERY == 0))
+            tl.store(S_in + i_o * KV + o, b_S.to(S_in.dtype.element_ty), mask=m & (j % EVERY == 0))
             # (after the last segment b_S is the final state: stored with STORE_HT only, so that segment's
             # own state and decay may be left unmade without one, SEGMENT_SKIP_LAST)
             if V == 0:
@@ -615,6 +616,18 @@ SEGMENT_WHOLE_STATE = True
 # the GPU (gdc_wait) for its results, instead of starting after it has drained and been launched.
 # Not yet timed.
 SEGMENT_PDL = False
+# The states entering the segments, which the scan over segments writes and the forward-only pass over
+# segments reads (fp32: 36 MB each way for Mamba-2 at 16K, a fifth of q, k, v and o's bytes), stored
+# in _state_dtype (bf16 for bf16 inputs) as the two-pass path stores its per-chunk states. The pass
+# starts its fp32 running state from the rounded one: its first chunk's product used that rounding
+# already, later chunks carry it decayed (an error of the order of the per-chunk rounding of the
+# two-pass path); the scan, the final state and the pass before a backward stay fp32. Not yet timed.
+SEGMENT_ENTRY_16BIT = False
+
+
+def _entry_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the states entering the segments of a forward-only pass (SEGMENT_ENTRY_16BIT)."""
+    return _state_dtype(dtype) if SEGMENT_ENTRY_16BIT else torch.float32
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
 # torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
@@ -811,15 +824,17 @@ def segment_pieces(B: int, T: int, nseg: int, per: int, final: bool, device) -> 
 
 
 def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int,
-                   split: int = 1, rows: int | None = None, pdl: bool = False) -> Tensor:
+                   split: int = 1, rows: int | None = None, pdl: bool = False,
+                   dtype: torch.dtype = torch.float32) -> Tensor:
     """The states entering each of the NS = N·nseg segments ([NS, H, K, V] fp32) from their own states
     from zero ``dS`` and their log decays ``logw`` ([NS, H] scalar, or [NS, H, K] per state row), by
     _segment_pass_kernel; the sequences' final states go to ``ht`` when it is given. ``split``: dS and
     logw are of the segments' pieces (NS·split of them, ``split`` to a segment). ``rows``: segments loaded
     at once (default SEGMENT_PASS_ROWS). ``pdl``: launched as a link of a chain of dependent launches
-    (kernels._common.dependent_launch), after the kernel that makes dS."""
+    (kernels._common.dependent_launch), after the kernel that makes dS. ``dtype``: of the states
+    entering the segments (the scan runs in fp32; ``ht`` stays fp32)."""
     NP, H, K, V = dS.shape
-    S_in = _empty(NP // split, H, K, V, dtype=torch.float32, device=dS.device)
+    S_in = _empty(NP // split, H, K, V, dtype=dtype, device=dS.device)
     BKV = min(1024, next_pow2(K * V))
     _segment_pass_kernel[(cdiv(K * V, BKV), NP // (nseg * split) * H)](
         dS, logw, h0, S_in, ht, nseg * split, H=H, KV=K * V, BKV=BKV, HAS_H0=h0 is not None,
@@ -883,7 +898,8 @@ class ChunkScalarDecay(torch.autograd.Function):
                 elif logw is None:   # segment sums of the log decay, in fp64 (a whole segment's sum)
                     gp = torch.nn.functional.pad(g.view(B, T, H).double(), (0, 0, 0, nseg * per * BT - T))
                     logw = gp.view(B, nseg, per * BT, H).sum(2).to(f32).reshape(NS, H)
-                S_in = segment_states(dS, logw, h0, ht, nseg, pc.split, pdl=SEGMENT_PDL)
+                S_in = segment_states(dS, logw, h0, ht, nseg, pc.split, pdl=SEGMENT_PDL,
+                                      dtype=f32 if keep else _entry_dtype(q.dtype))
                 # segments are whole chunks in order, so their chunk c0 + c is the batch's own
                 _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](
                     q, k, v, g, S_in, h, o, None, s_offsets, s_chunk_offsets, per, scale, HAS_H0=True,

@@ -682,3 +682,44 @@ def test_delta_rule_keeps_exact_fp32_products_over_128_key_dims(monkeypatch):
     assert dc._operands(torch.float16, 256) == (torch.float32, "tf32")
     monkeypatch.setattr(kc, "FP32_PRODUCTS", "ieee")
     assert dc._operands(torch.float32, 64) == (torch.float32, "ieee")
+
+
+@pytest.mark.parametrize("T,least", [(130, 1000), (323, 6)])
+def test_segment_entry_states_16bit(fused_forward, monkeypatch, T, least):
+    """SEGMENT_ENTRY_16BIT: the forward-only pass over segments starts each segment from its entering
+    state stored in _state_dtype (bf16 here for fp32 inputs, by a stand-in): the output within that
+    rounding of float64, the final state (the scan's, fp32) as exact as without; with autograd the
+    entering states stay fp32."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_ENTRY_16BIT", True)
+    monkeypatch.setattr(dc, "_state_dtype", lambda dtype: torch.bfloat16)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
+    entering, real = [], dc.segment_states
+    monkeypatch.setattr(dc, "segment_states", lambda *a, **kw: entering.append(real(*a, **kw)) or entering[-1])
+    _, inp = random_case("mamba2", {}, B=2, T=T, H=2, K=16, V=24, seed=T + 7)
+    ref_in = {"q": inp["q"], "k": inp["k"], "v": inp["v"], "g": inp["g"],
+              "h0": torch.randn(2, 2, 16, 24, dtype=torch.float64)}
+    o_ref, S_ref = recurrent_linear(dsf.LinearTerms(q=ref_in["q"], k=ref_in["k"], u=ref_in["v"], decay="scalar",
+                                                    g=ref_in["g"]), ref_in["h0"])
+    f = {n: t.float() for n, t in ref_in.items()}
+    with torch.no_grad():
+        o, S = chunk_diag(f["q"], f["k"], f["v"], "scalar", f["g"], f["h0"], True)
+    assert [s.dtype for s in entering] == [torch.bfloat16]
+    assert rel_err(o, o_ref) < 1e-2 and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
+    leaves = requires_grad(f)
+    chunk_diag(leaves["q"], leaves["k"], leaves["v"], "scalar", leaves["g"], leaves["h0"], True)
+    assert [s.dtype for s in entering] == [torch.bfloat16, torch.float32]
+
+
+def test_segment_entry_dtype(monkeypatch):
+    """The entering states' dtype: the per-chunk states' (bf16 for bf16, fp32 for fp16 and fp32 inputs)
+    with SEGMENT_ENTRY_16BIT, fp32 without."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_ENTRY_16BIT", True)
+    assert [dc._entry_dtype(d) for d in (torch.bfloat16, torch.float16, torch.float32)] == [
+        torch.bfloat16, torch.float32, torch.float32]
+    monkeypatch.setattr(dc, "SEGMENT_ENTRY_16BIT", False)
+    assert dc._entry_dtype(torch.bfloat16) == torch.float32
