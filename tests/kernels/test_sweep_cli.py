@@ -406,3 +406,37 @@ def test_scalar_sweep_of_the_forward_only_pass(monkeypatch, capsys):
     assert all(s[4] == before[1] for s in seen)
     assert (dict(dc.LAUNCH["fused_fwd_only"]), dict(dc.LAUNCH["fused_fwd"])) == before
     assert "scalar fused_fwd_only" in capsys.readouterr().out
+
+
+def test_host_times_the_calls_while_the_gpu_is_held(monkeypatch, capsys):
+    """sweep host: each mode's calls are timed (and profiled) after a GPU sleep is queued, so that
+    the host never waits; the line gives host, kernel and wall ms, then the profile's slowest
+    functions; the forward runs without autograd and the forward + backward with it."""
+    events = []
+
+    def fake_inputs(B, T, kind, dtype=None, grad=True):
+        return {"x": torch.ones(3, requires_grad=grad)}
+
+    def op(x):
+        events.append(("call", torch.is_grad_enabled()))
+        return x * 2
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: events.append(("sleep", cycles)))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: events.append(("sync",)))
+    monkeypatch.setattr(sweep.bench, "_inputs", fake_inputs)
+    monkeypatch.setattr(sweep.bench, "_ours", lambda kind: op)
+    monkeypatch.setattr(sweep, "kernel_times", lambda fn, inp, backward: {"_a": 0.25, "_b": 0.5})
+    monkeypatch.setattr(sweep.bench, "_time", lambda fn, inp, backward: (0.8, None))
+    out = sweep.host(["scalar"], 4096, calls=4)
+    assert set(out) == {("scalar", "fwd"), ("scalar", "fwd+bwd")}
+    assert all(k == 0.75 and w == 0.8 and h > 0 for h, k, w in out.values())
+    want = ["call"] * 3 + ["sync", "sleep"] + ["call"] * 4 + ["sync", "sleep"] + ["call"] * 4 + ["sync"]
+    for mode in (False, True):   # per mode: warm-up calls, then timed and profiled calls each behind a sleep
+        seq, events[:] = events[:len(want)], events[len(want):]
+        assert [e[0] for e in seq] == want, seq
+        assert all(e[1] == mode for e in seq if e[0] == "call")
+    assert not events
+    text = capsys.readouterr().out
+    assert "== scalar fwd T=4096: host " in text and "kernels 0.750 ms, wall 0.800 ms" in text
+    assert "4x  op (test_sweep_cli.py" not in text and "1x  op (test_sweep_cli.py" in text   # per call
