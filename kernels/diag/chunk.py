@@ -614,15 +614,26 @@ SEGMENT_WHOLE_STATE = True
 # pass) as a chain of programmatic dependent launches (Hopper on; kernels._common.dependent_launch):
 # each next kernel's programs are launched while the one before finishes its last wave and wait on
 # the GPU (gdc_wait) for its results, instead of starting after it has drained and been launched.
-# Not yet timed.
-SEGMENT_PDL = False
+# H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar --T T --set
+# kernels.diag.chunk.SEGMENT_PDL=B`, 2026-12-02/03; experiments_2026-12-02i.md §3): Mamba-2 forward
+# 16K 0.384 → 0.379 ms (three rounds, entering states fp32); with them bf16, five rounds, 8K 0.340 →
+# 0.343 and 32K 0.374 → 0.377 in the fast rounds, but at 16K the chain's rounds stayed fast (0.370–
+# 0.390) where the plain launches' went slow (0.407–0.567). fwd+bwd 8K / 16K 1.607 → 1.604, 1.782 →
+# 1.779. A wash in the fast mode; on, as the benchmark ran. GPU-checked (`python -m kernels.gpu_check
+# --only fused:mamba2,chunk_scalar,mamba2 --dtypes bfloat16,float32 --set
+# kernels.diag.chunk.SEGMENT_WHOLE_K_PER_SM=0`).
+SEGMENT_PDL = True
 # The states entering the segments, which the scan over segments writes and the forward-only pass over
 # segments reads (fp32: 36 MB each way for Mamba-2 at 16K, a fifth of q, k, v and o's bytes), stored
 # in _state_dtype (bf16 for bf16 inputs) as the two-pass path stores its per-chunk states. The pass
 # starts its fp32 running state from the rounded one: its first chunk's product used that rounding
 # already, later chunks carry it decayed (an error of the order of the per-chunk rounding of the
-# two-pass path); the scan, the final state and the pass before a backward stay fp32. Not yet timed.
-SEGMENT_ENTRY_16BIT = False
+# two-pass path); the scan, the final state and the pass before a backward stay fp32. H200, bf16,
+# H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar --T T --rounds 5 --set
+# kernels.diag.chunk.SEGMENT_ENTRY_16BIT=False`, 2026-12-03; experiments_2026-12-02i.md §3): Mamba-2
+# forward 16K 0.380 → 0.373 ms, 32K 0.387 → 0.377 (every round); fwd+bwd unchanged. GPU-checked with
+# SEGMENT_PDL (bf16 o errors as before, 3.7e-3).
+SEGMENT_ENTRY_16BIT = True
 
 
 def _entry_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -76,7 +76,8 @@ def test_bad_arguments_are_refused_before_compiling(monkeypatch, capsys, args, m
 _PDL_ROWS = """
 import torch, kernels.compile_check as cc, kernels.diag.chunk as dc
 for on in (False, True):
-    for r in cc.check_diag("scalar", torch.bfloat16, 64, 64, 90, True, [(dc, "SEGMENT_PDL", on)]):
+    for r in cc.check_diag("scalar", torch.bfloat16, 64, 64, 90, True,
+                           [(dc, "SEGMENT_PDL", on), (dc, "SEGMENT_ENTRY_16BIT", True)]):
         print(on, r["kernel"], r["label"].replace(" ", "_"), r["pdl"])
 """
 
@@ -91,5 +92,7 @@ def test_segments_chain_their_launches_with_the_switch():
     rows = [line.split() for line in res.stdout.splitlines()]
     assert not [r for r in rows if r[0] == "False" and r[3] == "True"], rows
     chained = {(r[1], r[2]) for r in rows if r[0] == "True" and r[3] == "True"}
+    # (the scan again alone: its entering states in bf16 there, SEGMENT_ENTRY_16BIT)
     assert chained == {("_state_kernel", "segments_forward"), ("_segment_pass_kernel", "segments_forward"),
-                       ("_fused_fwd_kernel", "segments_forward"), ("_fused_fwd_kernel", "segments,_alone")}, rows
+                       ("_segment_pass_kernel", "segments,_alone"), ("_fused_fwd_kernel", "segments_forward"),
+                       ("_fused_fwd_kernel", "segments,_alone")}, rows
