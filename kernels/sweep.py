@@ -39,14 +39,31 @@ from . import bench
 from ._common import DTYPES
 
 
-def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, float]:
-    """ms per call of each CUDA kernel that ``fn(**inp)`` (and its backward) launches."""
+def one_call(fn, inp: dict, backward: bool):
+    """A call as the benchmark times it: ``fn(**inp)`` and, with ``backward``, its backward, the inputs'
+    gradients cleared first (as bench._time: no adds into .grad from the previous call)."""
     def run():
-        for t in inp.values():   # as bench._time: no adds into .grad from the previous call
+        for t in inp.values():
             t.grad = None
         o = fn(**inp)
         if backward:
             o.backward(torch.ones_like(o))
+    return run
+
+
+def our_cases(kinds: list[str], T: int, dtype: torch.dtype):
+    """(kind, our op, backward, mode, the benchmark's inputs at T) for each kind's forward and forward +
+    backward, the inputs made as each case is reached."""
+    for kind in kinds:
+        fn = bench._ours(kind)
+        for backward in (False, True):
+            yield kind, fn, backward, "fwd+bwd" if backward else "fwd", \
+                bench._inputs(bench.TOKENS // T, T, kind, dtype, grad=backward)
+
+
+def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, float]:
+    """ms per call of each CUDA kernel that ``fn(**inp)`` (and its backward) launches."""
+    run = one_call(fn, inp, backward)
 
     for _ in range(2):
         run()
@@ -96,27 +113,23 @@ def ab(kinds: list[str], T: int, switches: list, rounds: int = 3, dtype: torch.d
     import statistics
 
     out = {}
-    for kind in kinds:
-        fn = bench._ours(kind)
-        for backward in (False, True):
-            mode = "fwd+bwd" if backward else "fwd"
-            inp = bench._inputs(bench.TOKENS // T, T, kind, dtype, grad=backward)
-            times = out[kind, mode] = {"default": [], "set": []}
-            # the first round of a process has read 10-30% slow on the H200 (clocks coming up from
-            # idle: 0.490 then 0.441, 0.570 then 0.464 ms in experiments_2026-12-02c.md §5): dropped
-            for r in range(rounds + 1):
-                for side in times:
-                    with bench.switches(switches if side == "set" else []), \
-                            torch.set_grad_enabled(backward):
-                        ms, _ = bench._time(fn, inp, backward)
-                    if r:
-                        times[side].append(ms if isinstance(ms, float) else float("nan"))
-                    if not isinstance(ms, float):
-                        print(f"== {kind} {mode} T={T} {side}: {ms}", flush=True)
-            med = {side: statistics.median(v) for side, v in times.items()}
-            rounds_text = "; ".join(f"{side} " + " / ".join(f"{t:.3f}" for t in v) for side, v in times.items())
-            print(f"== {kind} {mode} T={T}: default {med['default']:.3f} ms, set {med['set']:.3f} ms "
-                  f"(set/default {med['set'] / med['default']:.3f}; rounds: {rounds_text})", flush=True)
+    for kind, fn, backward, mode, inp in our_cases(kinds, T, dtype):
+        times = out[kind, mode] = {"default": [], "set": []}
+        # the first round of a process has read 10-30% slow on the H200 (clocks coming up from
+        # idle: 0.490 then 0.441, 0.570 then 0.464 ms in experiments_2026-12-02c.md §5): dropped
+        for r in range(rounds + 1):
+            for side in times:
+                with bench.switches(switches if side == "set" else []), \
+                        torch.set_grad_enabled(backward):
+                    ms, _ = bench._time(fn, inp, backward)
+                if r:
+                    times[side].append(ms if isinstance(ms, float) else float("nan"))
+                if not isinstance(ms, float):
+                    print(f"== {kind} {mode} T={T} {side}: {ms}", flush=True)
+        med = {side: statistics.median(v) for side, v in times.items()}
+        rounds_text = "; ".join(f"{side} " + " / ".join(f"{t:.3f}" for t in v) for side, v in times.items())
+        print(f"== {kind} {mode} T={T}: default {med['default']:.3f} ms, set {med['set']:.3f} ms "
+              f"(set/default {med['set'] / med['default']:.3f}; rounds: {rounds_text})", flush=True)
     return out
 
 
@@ -131,47 +144,36 @@ def host(kinds: list[str], T: int, dtype: torch.dtype = torch.bfloat16, calls: i
     import time
 
     out = {}
-    for kind in kinds:
-        fn = bench._ours(kind)
-        for backward in (False, True):
-            mode = "fwd+bwd" if backward else "fwd"
-            inp = bench._inputs(bench.TOKENS // T, T, kind, dtype, grad=backward)
-
-            def run():
-                for t in inp.values():
-                    t.grad = None
-                o = fn(**inp)
-                if backward:
-                    o.backward(torch.ones_like(o))
-
-            with torch.set_grad_enabled(backward):
-                for _ in range(3):
-                    run()
-                kernels_ms = sum(kernel_times(fn, inp, backward).values())
-                wall, _ = bench._time(fn, inp, backward)
-                torch.cuda.synchronize()
-                # ~1 s of GPU sleep ahead of the calls: the launch queue never fills, the host never waits
-                torch.cuda._sleep(2_000_000_000)
-                t0 = time.perf_counter()
-                for _ in range(calls):
-                    run()
-                host_ms = (time.perf_counter() - t0) * 1e3 / calls
-                torch.cuda.synchronize()
-                torch.cuda._sleep(2_000_000_000)
-                prof = cProfile.Profile()
-                prof.enable()
-                for _ in range(calls):
-                    run()
-                prof.disable()
-                torch.cuda.synchronize()
-            out[kind, mode] = (host_ms, kernels_ms, wall)
-            print(f"== {kind} {mode} T={T}: host {host_ms:.3f} ms a call, kernels {kernels_ms:.3f} ms, "
-                  f"wall {wall if isinstance(wall, str) else f'{wall:.3f}'} ms", flush=True)
-            stats = pstats.Stats(prof)
-            rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]   # by own time
-            for (file, line, name), (_, calls_n, own, cum, _) in rows:
-                print(f"   own {own * 1e3 / calls:7.4f} ms  cum {cum * 1e3 / calls:7.4f} ms  "
-                      f"{calls_n // calls:4d}x  {name} ({file.rsplit('/', 2)[-1]}:{line})", flush=True)
+    for kind, fn, backward, mode, inp in our_cases(kinds, T, dtype):
+        run = one_call(fn, inp, backward)
+        with torch.set_grad_enabled(backward):
+            for _ in range(3):
+                run()
+            kernels_ms = sum(kernel_times(fn, inp, backward).values())
+            wall, _ = bench._time(fn, inp, backward)
+            torch.cuda.synchronize()
+            # ~1 s of GPU sleep ahead of the calls: the launch queue never fills, the host never waits
+            torch.cuda._sleep(2_000_000_000)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                run()
+            host_ms = (time.perf_counter() - t0) * 1e3 / calls
+            torch.cuda.synchronize()
+            torch.cuda._sleep(2_000_000_000)
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(calls):
+                run()
+            prof.disable()
+            torch.cuda.synchronize()
+        out[kind, mode] = (host_ms, kernels_ms, wall)
+        print(f"== {kind} {mode} T={T}: host {host_ms:.3f} ms a call, kernels {kernels_ms:.3f} ms, "
+              f"wall {wall if isinstance(wall, str) else f'{wall:.3f}'} ms", flush=True)
+        stats = pstats.Stats(prof)
+        rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]   # by own time
+        for (file, line, name), (_, calls_n, own, cum, _) in rows:
+            print(f"   own {own * 1e3 / calls:7.4f} ms  cum {cum * 1e3 / calls:7.4f} ms  "
+                  f"{calls_n // calls:4d}x  {name} ({file.rsplit('/', 2)[-1]}:{line})", flush=True)
     return out
 
 
