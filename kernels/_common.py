@@ -152,6 +152,9 @@ def check_scale(op: str, scale) -> float:
 COMPILE_ARCH: int | None = None
 
 
+_MAJORS: dict[int, int] = {}   # compute capability major by device index
+
+
 def _major(device: torch.device) -> int:
     """Compute capability major of a CUDA device (0 elsewhere or under the interpreter), cached: it is
     asked at every launch of a chain."""
@@ -161,9 +164,6 @@ def _major(device: torch.device) -> int:
     if index not in _MAJORS:
         _MAJORS[index] = torch.cuda.get_device_capability(index)[0]
     return _MAJORS[index]
-
-
-_MAJORS: dict[int, int] = {}
 
 
 def dependent_launch(on: bool, device, first: bool = False) -> dict:

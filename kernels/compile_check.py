@@ -97,9 +97,10 @@ def compiled_launches(arch: int, label: str = ""):
         rows.append({"kernel": self.__name__, "label": label, "warps": k.metadata.num_warps,
                      "stages": opts.get("num_stages", 3), "shared": k.metadata.shared, "regs": regs,
                      "spill_stores": spills or 0,
-                     # a link of a chain of dependent launches: its wait and its signal to the next
-                     "pdl": "griddepcontrol.wait" in k.asm["ptx"], "key": (self.__name__, repr(sorted(consts.items())),
-                                                          tuple(sorted(sig.items())), tuple(sorted(opts.items())))})
+                     # a link of a chain of dependent launches (chain_link): its wait is in the PTX
+                     "pdl": "griddepcontrol.wait" in k.asm["ptx"],
+                     "key": (self.__name__, repr(sorted(consts.items())), tuple(sorted(sig.items())),
+                             tuple(sorted(opts.items())))})
 
     import kernels._common as common
 
