@@ -521,6 +521,11 @@ def _state_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
 
 
+def _entry_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the states entering the segments of a forward-only pass (SEGMENT_ENTRY_16BIT)."""
+    return _state_dtype(dtype) if SEGMENT_ENTRY_16BIT else torch.float32
+
+
 def _tiles(K: int, V: int) -> tuple[int, int]:
     return max(16, next_pow2(K)), max(16, next_pow2(V))
 
@@ -634,11 +639,6 @@ SEGMENT_PDL = True
 # forward 16K 0.380 → 0.373 ms, 32K 0.387 → 0.377 (every round); fwd+bwd unchanged. GPU-checked with
 # SEGMENT_PDL (bf16 o errors as before, 3.7e-3).
 SEGMENT_ENTRY_16BIT = True
-
-
-def _entry_dtype(dtype: torch.dtype) -> torch.dtype:
-    """dtype of the states entering the segments of a forward-only pass (SEGMENT_ENTRY_16BIT)."""
-    return _state_dtype(dtype) if SEGMENT_ENTRY_16BIT else torch.float32
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by
 # torch in fp64 (cast, pad, sum, cast: four small launches and their host work, on the forward's
@@ -837,13 +837,13 @@ def segment_pieces(B: int, T: int, nseg: int, per: int, final: bool, device) -> 
 def segment_states(dS: Tensor, logw: Tensor, h0: Tensor | None, ht: Tensor | None, nseg: int,
                    split: int = 1, rows: int | None = None, pdl: bool = False,
                    dtype: torch.dtype = torch.float32) -> Tensor:
-    """The states entering each of the NS = N·nseg segments ([NS, H, K, V] fp32) from their own states
-    from zero ``dS`` and their log decays ``logw`` ([NS, H] scalar, or [NS, H, K] per state row), by
-    _segment_pass_kernel; the sequences' final states go to ``ht`` when it is given. ``split``: dS and
-    logw are of the segments' pieces (NS·split of them, ``split`` to a segment). ``rows``: segments loaded
-    at once (default SEGMENT_PASS_ROWS). ``pdl``: launched as a link of a chain of dependent launches
-    (kernels._common.dependent_launch), after the kernel that makes dS. ``dtype``: of the states
-    entering the segments (the scan runs in fp32; ``ht`` stays fp32)."""
+    """The states entering each of the NS = N·nseg segments ([NS, H, K, V] in ``dtype``; the scan runs
+    in fp32) from their own states from zero ``dS`` and their log decays ``logw`` ([NS, H] scalar, or
+    [NS, H, K] per state row), by _segment_pass_kernel; the sequences' final states go to ``ht`` (fp32)
+    when it is given. ``split``: dS and logw are of the segments' pieces (NS·split of them, ``split`` to
+    a segment). ``rows``: segments loaded at once (default SEGMENT_PASS_ROWS). ``pdl``: launched as a
+    link of a chain of dependent launches (kernels._common.dependent_launch), after the kernel that
+    makes dS."""
     NP, H, K, V = dS.shape
     S_in = _empty(NP // split, H, K, V, dtype=dtype, device=dS.device)
     BKV = min(1024, next_pow2(K * V))
