@@ -940,8 +940,11 @@ FUSED_FORWARD: bool | None = None
 # kernels.delta.chunk.FUSED_TMA=True`, both switches at once, three alternating rounds, 2026-12-02):
 # whole sequences (4K / 8K) Gated DeltaNet's forward 0.646 → 0.618 / 0.967 → 0.921 ms, DeltaNet's
 # 0.497 → 0.508 (rounds 0.499–0.534) / 0.703 → 0.701; over segments (32K) DeltaNet 1.126 → 1.112 but
-# Gated DeltaNet 1.235 → 1.306 (experiments_2026-12-02i.md §1).
-FUSED_TMA = False
+# Gated DeltaNet 1.235 → 1.306 (experiments_2026-12-02i.md §1). Whole sequences on since the GPU check
+# held (gpu_check.md, twenty-first session) and `kernels.bench --ops delta,gdn --impls ours` (run
+# 2026-12-03_0640_delta-fused-tma) gave Gated DeltaNet 0.651 → 0.636 / 0.623 / 0.914 ms at 1K / 4K / 8K,
+# DeltaNet 0.508 → 0.504 / 0.493 / 0.698; segments stay on pointers.
+FUSED_TMA = True
 SEGMENTS_TMA = False
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
