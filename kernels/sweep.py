@@ -239,7 +239,7 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
     while they are timed (both families follow the scalar module's FUSED_FORWARD), the key-wise one in
     a forward without autograd. The scalar family's other kernels run with the one pass off (its
     default before a backward); the key-wise gate and backward kernels under the default rule, as
-    they run (the pass, whose gate kernel also makes the strong chunks' scores), and only its
+    they run (the pass, after the gate kernel and the strong chunks' scores), and only its
     four-kernel forward's own kernels (state, scores, output) with the pass off."""
     import kernels.diag.chunk as scalar_mod
     import kernels.diag.chunk_key as key_mod

@@ -637,7 +637,9 @@ SEGMENT_PDL = True
 # H = 16, K = V = 128 (`python -m kernels.sweep ab --ops scalar --T T --rounds 5 --set
 # kernels.diag.chunk.SEGMENT_ENTRY_16BIT=False`, 2026-12-03; experiments_2026-12-02i.md §3): Mamba-2
 # forward 16K 0.380 → 0.373 ms, 32K 0.387 → 0.377 (every round); fwd+bwd unchanged. GPU-checked with
-# SEGMENT_PDL (bf16 o errors as before, 3.7e-3).
+# SEGMENT_PDL (bf16 o errors as before, 3.7e-3). The key-wise family's pass over segments follows it
+# (`--ops key`, 2026-12-03; experiments_2026-12-03.md §3): GLA forward 16K 0.629 → 0.616, 32K 0.646 →
+# 0.623.
 SEGMENT_ENTRY_16BIT = True
 # The segments' log decays (a segment's sum of g, or per state row of gk for the key-wise family)
 # summed by the states-from-zero kernel as it walks the segment (fp32, by chunk totals) instead of by

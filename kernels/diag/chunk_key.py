@@ -62,8 +62,10 @@ BC = 16   # sub-block length of the intra-chunk scores
 # {1, 2, 3} for each kernel at bf16, K = V = 128, T = 4096 on the H200 (`python -m kernels.sweep launch`,
 # 2026-12-01).
 LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096 (2 stages 0.274, 1: 0.340)
-          # `--kernels gate`, later (2026-12-01): 0.268 ms (4 warps as before: 0.279 at 1 stage)
-          "gate": dict(num_warps=2, num_stages=3),
+          # `--kernels gate`, later (2026-12-01): 0.268 ms (4 warps as before: 0.279 at 1 stage); with
+          # GATE_SCORES_APART (2026-12-03): 0.222 at 4 warps / 2 stages (3: 0.223, 1: 0.223; 8 warps /
+          # 3 stages 0.241; the slowest 0.254)
+          "gate": dict(num_warps=4, num_stages=2),
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "segment_state": dict(num_warps=8, num_stages=3),   # (see SEGMENT_STATE_TILES)
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
@@ -122,6 +124,18 @@ DO_SCALE_IN_KERNELS = True
 # the two families shared it, three alternating rounds, 2026-12-02): GLA forward 0.651 → 0.647 ms at
 # U = 4 (within the rounds' spread), 0.650 → 0.764 at U = 8 (fwd+bwd 3.669 → 3.782). Kept at 1.
 SEGMENT_PASS_ROWS = 1
+# The strong chunks' sub-block scores of the one pass in a kernel of their own (_scores_kernel with
+# STRONG_ONLY: a program per chunk that reads the chunk's G_L and does nothing unless it decays by LIM
+# or more) instead of in the gate kernel: that rare path's registers then stop limiting the gate
+# kernel's occupancy on every chunk (ptxas sm_90, bf16, K = 128: 255 registers and 104 B of spills at
+# 2 warps with it, 255 and none without; at 4 warps 168 and none). The gate kernel runs as the
+# two-pass forward's, a program per chunk and key block. H200, bf16, H = 16, K = V = 128, T = 4096
+# (`python -m kernels.sweep ab --ops key --T 4096 --set kernels.diag.chunk_key.GATE_SCORES_APART=True
+# --set "kernels.diag.chunk_key.LAUNCH[gate]={'num_warps': 4, 'num_stages': 3}"`, three alternating
+# rounds, 2026-12-03): GLA forward 0.511 → 0.488 ms, fwd+bwd 3.074 → 3.051 (every round); at the old
+# gate launch (2 warps) 0.513 → 0.522 (gate kernel 0.267 → 0.253, the scores kernel 0.021 with no
+# strong chunk). experiments_2026-12-03.md §1.
+GATE_SCORES_APART = True
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -181,7 +195,7 @@ def _gate_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
     Every later kernel reads these instead of summing the decays again; the sequential state
     kernels then do no more per chunk than the scalar-decay ones. SCORES (for the one pass): a
     program per chunk does every key block and then, if the chunk decays by LIM or more, its
-    sub-block scores into A (the one pass makes the others' in registers).
+    sub-block scores into A (the one pass makes the others' in registers; GATE_SCORES_APART = False).
     """
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
@@ -268,18 +282,25 @@ def _chunk_span(p_GL, K: tl.constexpr, BK: tl.constexpr):
 @triton.jit
 def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                   LIM: tl.constexpr, PREC: tl.constexpr):
+                   LIM: tl.constexpr, PREC: tl.constexpr, STRONG_ONLY: tl.constexpr = False):
     """Rows of sub-block b of A (causal, zero above the diagonal): [BC, BT] per program.
 
     When the whole chunk decays by less than LIM in every key channel, the first program of the chunk
     computes all of A as one matmul, (Q ⊙ e^{G} ⊙ e^{−G_L}) (K ⊙ e^{G_L − G})ᵀ, each factor ≤ e^{LIM},
-    and the others have nothing to do.
+    and the others have nothing to do. STRONG_ONLY (for the one pass, GATE_SCORES_APART): a program
+    per chunk, which writes every sub-block of a chunk decaying by LIM or more and nothing for the
+    others (the one pass makes those in registers).
     """
     i_b, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
-    if _chunk_span(p_GL, K, BK) < LIM:
+    if STRONG_ONLY:
+        if _chunk_span(p_GL, K, BK) >= LIM:
+            for j_b in range(0, BT // BC):
+                # (in key blocks of BC, as the gate kernel does them)
+                _sub_block_scores(q, k, gk, A, c_start, eos, j_b, i_h, H, K, BT, BC, BC, LIM, PREC)
+    elif _chunk_span(p_GL, K, BK) < LIM:
         if i_b == 0:
             _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H, K, BT, BK, PREC)
     else:
@@ -391,7 +412,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
-    more, read from A, where _gate_kernel (SCORES) put those chunks' sub-block scores. BK covers
+    more, read from A, where _scores_kernel (STRONG_ONLY) put those chunks' sub-block scores. BK covers
     all of K. (Gates and sub-block scores stay in their own kernels: formed here too, they took more
     registers than the SM has, and the spills made the pass slower than the four kernels.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
@@ -690,7 +711,7 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
 def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor, BK: int,
            A: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32); with A,
-    also the scores of the strongly decaying chunks (the one pass's)."""
+    also the scores of the strongly decaying chunks (the one pass's, GATE_SCORES_APART = False)."""
     Tt, H, K = q.shape
     NC = chunk_indices.shape[0]
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
@@ -716,7 +737,12 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     prec, lim = _prec(q.dtype), _lim(q.dtype)
     o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
-    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, A)
+    apart = GATE_SCORES_APART
+    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, None if apart else A)
+    if apart and chunk_indices.shape[0]:
+        _scores_kernel[(1, chunk_indices.shape[0], H)](
+            q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT, BC=BC, BK=BK, LIM=lim, PREC=prec,
+            STRONG_ONLY=True, **_launch("scores", q.dtype, K, V))
     h = _alloc(chunk_indices.shape[0], H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
     saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
@@ -749,7 +775,9 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
         nc = cdiv(T, BT)
         GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
         logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
-    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, pc.split, SEGMENT_PASS_ROWS)
+    # (in bf16 for bf16 inputs without a backward: kernels.diag.chunk.SEGMENT_ENTRY_16BIT)
+    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, pc.split, SEGMENT_PASS_ROWS,
+                                  dtype=torch.float32 if keep else _scalar._entry_dtype(q.dtype))
     _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
                                               per, scale, HAS_H0=True, STORE_HT=False, **launch)
     return o, saved

@@ -283,8 +283,9 @@ def test_one_pass_rule(monkeypatch):
                                             (200, "bursts", 1000)])
 def test_one_pass_before_a_backward(one_pass, monkeypatch, count_launches, T, regime, least):
     """Forced, the pass also stores the states and mild chunks' scores the backward reads: every
-    gradient (decay and initial state included) vs float64, and the state, scores and output kernels
-    never run; over segments too (least = 1000)."""
+    gradient (decay and initial state included) vs float64, and the state and output kernels never
+    run, the scores kernel only for the strong chunks (GATE_SCORES_APART); over segments too
+    (least = 1000)."""
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
@@ -293,7 +294,7 @@ def test_one_pass_before_a_backward(one_pass, monkeypatch, count_launches, T, re
     _check(x)
     _check(x, with_state=False)
     assert len(one_pass) == 2
-    assert not others[1] and not others[2]
+    assert all(kw["STRONG_ONLY"] for _, kw in others[1]) and not others[2]
     assert len(others[0]) == (2 if least > 1 and T > chunk_key.BT else 0)   # the segments' own states
 
 
@@ -459,3 +460,57 @@ def test_segments_only_when_forced(monkeypatch, count_launches):
     o, S = _forward(x)
     o_ref, S_ref, _ = _reference(x, True)
     assert len(seen) == 1 and rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+
+
+def _strong_in_last_keys(x, first):
+    """Bursts of −20 only in key channels ``first`` on (mild elsewhere): a chunk decays by LIM or more
+    through those keys alone."""
+    gk = x["gk"].clone()
+    gk[..., :first] = -0.05 * gk[..., :first].abs()
+    return {**x, "gk": gk}
+
+
+@pytest.mark.parametrize("apart", [True, False])
+@pytest.mark.parametrize("T,K,regime", [(67, 80, "bursts"), (150, 16, "strong"), (67, 32, "mild"), (1, 16, "strong")])
+def test_gate_scores_apart(one_pass, monkeypatch, count_launches, apart, T, K, regime):
+    """GATE_SCORES_APART: the one pass's strong chunks' sub-block scores from a kernel of their own (a
+    program per chunk, nothing done for a mild one) after a gate kernel a program per chunk and key
+    block — or from the gate kernel walking every key block: output and final state vs float64, and
+    every gradient (initial state included) through the pass before a backward. The bursts decay
+    through the last key block alone (K = 80: blocks of 64 and 16), so the chunk's decay over all keys
+    decides."""
+    monkeypatch.setattr(chunk_key, "GATE_SCORES_APART", apart)
+    gates, scores = count_launches(chunk_key, "_gate_kernel"), count_launches(chunk_key, "_scores_kernel")
+    x = _inputs(2, T, 2, K, 24, regime, seed=T + K + 3)
+    if regime == "bursts":
+        x = _strong_in_last_keys(x, 64)
+        assert (_chunk_spans(x["gk"]) >= LIM).any() and (_chunk_spans(x["gk"][..., :64]) < LIM).all()
+    o_ref, S_ref, _ = _reference(x, True)
+    o, S = _forward(x)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
+    _check(x)
+    n_chunks = 2 * -(-T // chunk_key.BT)
+    assert [(g, kw["SCORES"]) for g, kw in gates] == [((-(-K // 64) if apart else 1, n_chunks, 2), not apart)] * 2
+    assert [(g, kw["STRONG_ONLY"]) for g, kw in scores] == ([((1, n_chunks, 2), True)] * 2 if apart else [])
+
+
+@pytest.mark.parametrize("T,regime", [(200, "strong"), (323, "bursts")])
+def test_segment_entry_states_16bit(one_pass, monkeypatch, count_launches, T, regime):
+    """kernels.diag.chunk.SEGMENT_ENTRY_16BIT for this family: the forward-only pass over segments starts
+    each segment from its entering state stored in the per-chunk states' dtype (bf16 here for fp32
+    inputs, by a stand-in): the output within that rounding of float64, the final state (the scan's,
+    fp32) as exact as without; before a backward the entering states stay fp32."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "SEGMENT_ENTRY_16BIT", True)
+    monkeypatch.setattr(dc, "_state_dtype", lambda dtype: torch.bfloat16)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
+    entering, real = [], dc.segment_states
+    monkeypatch.setattr(dc, "segment_states", lambda *a, **kw: entering.append(real(*a, **kw)) or entering[-1])
+    x = _inputs(2, T, 2, 16, 24, regime, seed=T + 9)
+    o_ref, S_ref, _ = _reference(x, True)
+    o, S = _forward(x)
+    assert [s.dtype for s in entering] == [torch.bfloat16]
+    assert rel_err(o, o_ref) < 1e-2 and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
+    _check(x)
+    assert [s.dtype for s in entering] == [torch.bfloat16, torch.float32]
