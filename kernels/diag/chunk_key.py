@@ -67,6 +67,7 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           # 3 stages 0.241; the slowest 0.254)
           "gate": dict(num_warps=4, num_stages=2),
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
+          "strong_scores": dict(num_warps=4, num_stages=1),   # (as "scores")
           "segment_state": dict(num_warps=8, num_stages=3),   # (see SEGMENT_STATE_TILES)
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),
@@ -78,7 +79,7 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
 # 242 KB of shared memory at K = V = 128, over an sm_90's 227; two, 161 KB: python -m kernels.compile_check)
 SAFE = {"fused_fwd": dict(num_warps=8, num_stages=2), "gate": dict(num_warps=4), "state": dict(num_warps=4),
         "segment_state": dict(num_warps=8),
-        "scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
+        "scores": dict(num_warps=4), "strong_scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
         "dqk_inter": dict(num_warps=4, num_stages=2)}
 
@@ -124,9 +125,9 @@ DO_SCALE_IN_KERNELS = True
 # the two families shared it, three alternating rounds, 2026-12-02): GLA forward 0.651 → 0.647 ms at
 # U = 4 (within the rounds' spread), 0.650 → 0.764 at U = 8 (fwd+bwd 3.669 → 3.782). Kept at 1.
 SEGMENT_PASS_ROWS = 1
-# The strong chunks' sub-block scores of the one pass in a kernel of their own (_scores_kernel with
-# STRONG_ONLY: a program per chunk that reads the chunk's G_L and does nothing unless it decays by LIM
-# or more) instead of in the gate kernel: that rare path's registers then stop limiting the gate
+# The strong chunks' sub-block scores of the one pass in a kernel of their own (_strong_scores_kernel:
+# a program reads its chunks' G_L and does nothing for those decaying by less than LIM) instead of in
+# the gate kernel: that rare path's registers then stop limiting the gate
 # kernel's occupancy on every chunk (ptxas sm_90, bf16, K = 128: 255 registers and 104 B of spills at
 # 2 warps with it, 255 and none without; at 4 warps 168 and none). The gate kernel runs as the
 # two-pass forward's, a program per chunk and key block. H200, bf16, H = 16, K = V = 128, T = 4096
@@ -136,6 +137,11 @@ SEGMENT_PASS_ROWS = 1
 # gate launch (2 warps) 0.513 → 0.522 (gate kernel 0.267 → 0.253, the scores kernel 0.021 with no
 # strong chunk). experiments_2026-12-03.md §1.
 GATE_SCORES_APART = True
+# Chunks a program of _strong_scores_kernel (a power of two): with the benchmark's mild gates it only
+# reads G_L, so one chunk a program is mostly launch (0.021 ms at T = 4096 for 8192 programs). H200
+# (`python -m kernels.sweep ab --ops key --T 4096 --set kernels.diag.chunk_key.STRONG_SCORES_CHUNKS=1`,
+# three rounds, 2026-12-03): GLA forward 0.479 ms at 8 against 0.482 at 1 (fwd+bwd 3.069 / 3.073).
+STRONG_SCORES_CHUNKS = 8
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -282,29 +288,45 @@ def _chunk_span(p_GL, K: tl.constexpr, BK: tl.constexpr):
 @triton.jit
 def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
                    H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                   LIM: tl.constexpr, PREC: tl.constexpr, STRONG_ONLY: tl.constexpr = False):
+                   LIM: tl.constexpr, PREC: tl.constexpr):
     """Rows of sub-block b of A (causal, zero above the diagonal): [BC, BT] per program.
 
     When the whole chunk decays by less than LIM in every key channel, the first program of the chunk
     computes all of A as one matmul, (Q ⊙ e^{G} ⊙ e^{−G_L}) (K ⊙ e^{G_L − G})ᵀ, each factor ≤ e^{LIM},
-    and the others have nothing to do. STRONG_ONLY (for the one pass, GATE_SCORES_APART): a program
-    per chunk, which writes every sub-block of a chunk decaying by LIM or more and nothing for the
-    others (the one pass makes those in registers).
+    and the others have nothing to do.
     """
     i_b, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     p_GL = GL + (i_c.to(tl.int64) * H + i_h) * K
-    if STRONG_ONLY:
-        if _chunk_span(p_GL, K, BK) >= LIM:
-            for j_b in range(0, BT // BC):
-                # (in key blocks of BC, as the gate kernel does them)
-                _sub_block_scores(q, k, gk, A, c_start, eos, j_b, i_h, H, K, BT, BC, BC, LIM, PREC)
-    elif _chunk_span(p_GL, K, BK) < LIM:
+    if _chunk_span(p_GL, K, BK) < LIM:
         if i_b == 0:
             _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H, K, BT, BK, PREC)
     else:
         _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H, K, BT, BC, BK, LIM, PREC)
+
+
+@triton.jit
+def _strong_scores_kernel(q, k, gk, GL, A, offsets, chunk_indices, NC,
+                          H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BKP: tl.constexpr,
+                          CPP: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
+    """The one pass's sub-block scores of the chunks decaying by LIM or more (GATE_SCORES_APART), CPP
+    chunks a program: their G_L read at once ([CPP, K]), then each strong one's sub-blocks into A. The
+    other chunks' rows are left alone (the one pass makes their scores in registers). BKP: K padded."""
+    i_g, i_h = tl.program_id(0), tl.program_id(1)
+    o_j = tl.arange(0, CPP)
+    o_k = tl.arange(0, BKP)
+    i_cs = i_g * CPP + o_j
+    m_c = i_cs < NC
+    b_GL = tl.load(GL + (i_cs.to(tl.int64)[:, None] * H + i_h) * K + o_k[None, :],
+                   mask=m_c[:, None] & (o_k < K)[None, :], other=0.0)
+    spans = -tl.min(b_GL, axis=1)   # the chunks' decay over all keys (0 past the last chunk)
+    for j in range(0, CPP):
+        if tl.sum(tl.where(o_j == j, spans, 0.0), axis=0) >= LIM:
+            c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_g * CPP + j)
+            for i_b in range(0, BT // BC):
+                # (in key blocks of BC, as the gate kernel does them)
+                _sub_block_scores(q, k, gk, A, bos + c * BT, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
 
 
 @triton.jit
@@ -412,7 +434,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
-    more, read from A, where _scores_kernel (STRONG_ONLY) put those chunks' sub-block scores. BK covers
+    more, read from A, where _strong_scores_kernel put those chunks' sub-block scores. BK covers
     all of K. (Gates and sub-block scores stay in their own kernels: formed here too, they took more
     registers than the SM has, and the spills made the pass slower than the four kernels.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
@@ -739,10 +761,12 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
     apart = GATE_SCORES_APART
     qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, None if apart else A)
-    if apart and chunk_indices.shape[0]:
-        _scores_kernel[(1, chunk_indices.shape[0], H)](
-            q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT, BC=BC, BK=BK, LIM=lim, PREC=prec,
-            STRONG_ONLY=True, **_launch("scores", q.dtype, K, V))
+    NC = chunk_indices.shape[0]
+    if apart and NC:
+        cpp = STRONG_SCORES_CHUNKS
+        _strong_scores_kernel[(cdiv(NC, cpp), H)](
+            q, k, gk, GL, A, offsets, chunk_indices, NC, H=H, K=K, BT=BT, BC=BC, BKP=max(16, next_pow2(K)),
+            CPP=cpp, LIM=lim, PREC=prec, **_launch("strong_scores", q.dtype, K, V))
     h = _alloc(chunk_indices.shape[0], H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
     saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))

@@ -15,6 +15,7 @@ FAMILIES = [
     ("scalar", {"_state_kernel", "_output_kernel", "_fused_fwd_kernel", "_segment_pass_kernel", "_dstate_kernel",
                 "_dqdk_kernel", "_dv_kernel"}),
     ("key", {"_gate_kernel", "_state_kernel", "_scores_kernel", "_output_kernel", "_fused_fwd_kernel",
+             "_strong_scores_kernel",
              "_segment_pass_kernel", "_dstate_kernel", "_dv_kernel", "_dqk_intra_kernel", "_dqk_inter_kernel"}),
     ("delta", {"_ut_kernel", "_state_kernel", "_segment_chain_kernel", "_dstate_kernel", "_dqkw_kernel",
                "_wy_bwd_kernel"}),

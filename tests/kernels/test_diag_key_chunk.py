@@ -283,9 +283,8 @@ def test_one_pass_rule(monkeypatch):
                                             (200, "bursts", 1000)])
 def test_one_pass_before_a_backward(one_pass, monkeypatch, count_launches, T, regime, least):
     """Forced, the pass also stores the states and mild chunks' scores the backward reads: every
-    gradient (decay and initial state included) vs float64, and the state and output kernels never
-    run, the scores kernel only for the strong chunks (GATE_SCORES_APART); over segments too
-    (least = 1000)."""
+    gradient (decay and initial state included) vs float64, and the state, scores and output kernels
+    never run; over segments too (least = 1000)."""
     import kernels.diag.chunk as dc
 
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
@@ -294,7 +293,7 @@ def test_one_pass_before_a_backward(one_pass, monkeypatch, count_launches, T, re
     _check(x)
     _check(x, with_state=False)
     assert len(one_pass) == 2
-    assert all(kw["STRONG_ONLY"] for _, kw in others[1]) and not others[2]
+    assert not others[1] and not others[2]
     assert len(others[0]) == (2 if least > 1 and T > chunk_key.BT else 0)   # the segments' own states
 
 
@@ -471,16 +470,18 @@ def _strong_in_last_keys(x, first):
 
 
 @pytest.mark.parametrize("apart", [True, False])
-@pytest.mark.parametrize("T,K,regime", [(67, 80, "bursts"), (150, 16, "strong"), (67, 32, "mild"), (1, 16, "strong")])
-def test_gate_scores_apart(one_pass, monkeypatch, count_launches, apart, T, K, regime):
-    """GATE_SCORES_APART: the one pass's strong chunks' sub-block scores from a kernel of their own (a
-    program per chunk, nothing done for a mild one) after a gate kernel a program per chunk and key
-    block — or from the gate kernel walking every key block: output and final state vs float64, and
-    every gradient (initial state included) through the pass before a backward. The bursts decay
-    through the last key block alone (K = 80: blocks of 64 and 16), so the chunk's decay over all keys
-    decides."""
+@pytest.mark.parametrize("T,K,regime,cpp", [(67, 80, "bursts", 1), (150, 16, "strong", 4), (67, 32, "mild", 8),
+                                            (1, 16, "strong", 2)])
+def test_gate_scores_apart(one_pass, monkeypatch, count_launches, apart, T, K, regime, cpp):
+    """GATE_SCORES_APART: the one pass's strong chunks' sub-block scores from a kernel of their own
+    (STRONG_SCORES_CHUNKS chunks a program, the last program's partly past the last chunk; nothing done
+    for a mild one) after a gate kernel a program per chunk and key block — or from the gate kernel
+    walking every key block: output and final state vs float64, and every gradient (initial state
+    included) through the pass before a backward. The bursts decay through the last key block alone
+    (K = 80: blocks of 64 and 16), so the chunk's decay over all keys decides."""
     monkeypatch.setattr(chunk_key, "GATE_SCORES_APART", apart)
-    gates, scores = count_launches(chunk_key, "_gate_kernel"), count_launches(chunk_key, "_scores_kernel")
+    monkeypatch.setattr(chunk_key, "STRONG_SCORES_CHUNKS", cpp)
+    gates, scores = count_launches(chunk_key, "_gate_kernel"), count_launches(chunk_key, "_strong_scores_kernel")
     x = _inputs(2, T, 2, K, 24, regime, seed=T + K + 3)
     if regime == "bursts":
         x = _strong_in_last_keys(x, 64)
@@ -491,7 +492,7 @@ def test_gate_scores_apart(one_pass, monkeypatch, count_launches, apart, T, K, r
     _check(x)
     n_chunks = 2 * -(-T // chunk_key.BT)
     assert [(g, kw["SCORES"]) for g, kw in gates] == [((-(-K // 64) if apart else 1, n_chunks, 2), not apart)] * 2
-    assert [(g, kw["STRONG_ONLY"]) for g, kw in scores] == ([((1, n_chunks, 2), True)] * 2 if apart else [])
+    assert [(g, kw["CPP"]) for g, kw in scores] == ([((-(-n_chunks // cpp), 2), cpp)] * 2 if apart else [])
 
 
 @pytest.mark.parametrize("T,regime", [(200, "strong"), (323, "bursts")])
