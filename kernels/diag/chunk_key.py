@@ -63,7 +63,7 @@ BC = 16   # sub-block length of the intra-chunk scores
 # 2026-12-01).
 LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096 (2 stages 0.274, 1: 0.340)
           # `--kernels gate`, later (2026-12-01): 0.268 ms (4 warps as before: 0.279 at 1 stage); with
-          # GATE_SCORES_APART (2026-12-03): 0.222 at 4 warps / 2 stages (3: 0.223, 1: 0.223; 8 warps /
+          # the scores apart (2026-12-03): 0.222 at 4 warps / 2 stages (3: 0.223, 1: 0.223; 8 warps /
           # 3 stages 0.241; the slowest 0.254)
           "gate": dict(num_warps=4, num_stages=2),
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
@@ -125,18 +125,17 @@ DO_SCALE_IN_KERNELS = True
 # the two families shared it, three alternating rounds, 2026-12-02): GLA forward 0.651 → 0.647 ms at
 # U = 4 (within the rounds' spread), 0.650 → 0.764 at U = 8 (fwd+bwd 3.669 → 3.782). Kept at 1.
 SEGMENT_PASS_ROWS = 1
-# The strong chunks' sub-block scores of the one pass in a kernel of their own (_strong_scores_kernel:
-# a program reads its chunks' G_L and does nothing for those decaying by less than LIM) instead of in
-# the gate kernel: that rare path's registers then stop limiting the gate
-# kernel's occupancy on every chunk (ptxas sm_90, bf16, K = 128: 255 registers and 104 B of spills at
-# 2 warps with it, 255 and none without; at 4 warps 168 and none). The gate kernel runs as the
-# two-pass forward's, a program per chunk and key block. H200, bf16, H = 16, K = V = 128, T = 4096
-# (`python -m kernels.sweep ab --ops key --T 4096 --set kernels.diag.chunk_key.GATE_SCORES_APART=True
-# --set "kernels.diag.chunk_key.LAUNCH[gate]={'num_warps': 4, 'num_stages': 3}"`, three alternating
-# rounds, 2026-12-03): GLA forward 0.511 → 0.488 ms, fwd+bwd 3.074 → 3.051 (every round); at the old
-# gate launch (2 warps) 0.513 → 0.522 (gate kernel 0.267 → 0.253, the scores kernel 0.021 with no
-# strong chunk). experiments_2026-12-03.md §1.
-GATE_SCORES_APART = True
+# The strong chunks' sub-block scores of the one pass come from a kernel of their own
+# (_strong_scores_kernel: a program reads its chunks' G_L and does nothing for those decaying by less
+# than LIM), no longer from the gate kernel, whose programs then walked every key block of a chunk:
+# that rare path's registers limited the gate kernel's occupancy on every chunk (ptxas sm_90, bf16,
+# K = 128: 255 registers and 104 B of spills at 2 warps with it, 255 and none without; at 4 warps 168
+# and none). H200, bf16, H = 16, K = V = 128, T = 4096 (`python -m kernels.sweep ab --ops key --T 4096
+# --set kernels.diag.chunk_key.GATE_SCORES_APART=True --set "kernels.diag.chunk_key.LAUNCH[gate]=
+# {'num_warps': 4, 'num_stages': 3}"`, the switch this replaced, three alternating rounds, 2026-12-03):
+# GLA forward 0.511 → 0.488 ms, fwd+bwd 3.074 → 3.051 (every round); at the old gate launch (2 warps)
+# 0.513 → 0.522 (gate kernel 0.267 → 0.253, the scores kernel 0.021 with no strong chunk); the old way
+# removed (experiments_2026-12-03.md §1).
 # Chunks a program of _strong_scores_kernel (a power of two): with the benchmark's mild gates it only
 # reads G_L, so one chunk a program is mostly launch (0.021 ms at T = 4096 for 8192 programs). H200
 # (`python -m kernels.sweep ab --ops key --T 4096 --set kernels.diag.chunk_key.STRONG_SCORES_CHUNKS=1`,
@@ -193,41 +192,30 @@ def _excl_combine(s1, p1, s2, p2):
 
 
 @triton.jit
-def _gate_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
-                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                 LIM: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr, SCORES: tl.constexpr):
+def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
+                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
-    kernels then do no more per chunk than the scalar-decay ones. SCORES (for the one pass): a
-    program per chunk does every key block and then, if the chunk decays by LIM or more, its
-    sub-block scores into A (the one pass makes the others' in registers; GATE_SCORES_APART = False).
+    kernels then do no more per chunk than the scalar-decay ones. (The strong chunks' sub-block
+    scores are _strong_scores_kernel's: made here, their registers halved this kernel's programs.)
     """
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     t_rows = c_start + tl.arange(0, BT)
     m_t = t_rows < eos
-    span = 0.0
-    for kb in range(0, tl.cdiv(K, BK) if SCORES else 1):
-        o_k = (kb if SCORES else i_k) * BK + tl.arange(0, BK)
-        m_k = o_k < K
-        m_tk = m_t[:, None] & m_k[None, :]
-        r_k = (c_start * H + i_h) * K                                       # the chunk's first row
-        o_tk = tl.arange(0, BT)[:, None] * (H * K) + o_k[None, :]
-        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
-        b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
-        b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
-        tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
-        tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
-        tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
-        if SCORES:
-            span = tl.maximum(span, -tl.min(b_GL, axis=0))
-    if SCORES:
-        if span >= LIM:
-            for i_b in range(0, BT // BC):
-                # (in key blocks of BC: this rare path must not take the common one's registers)
-                _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
+    o_k = i_k * BK + tl.arange(0, BK)
+    m_k = o_k < K
+    m_tk = m_t[:, None] & m_k[None, :]
+    r_k = (c_start * H + i_h) * K                                       # the chunk's first row
+    o_tk = tl.arange(0, BT)[:, None] * (H * K) + o_k[None, :]
+    b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
+    b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
+    b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
+    tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
+    tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
+    tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
 
 
 @triton.jit
@@ -310,7 +298,7 @@ def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
 def _strong_scores_kernel(q, k, gk, GL, A, offsets, chunk_indices, NC,
                           H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BKP: tl.constexpr,
                           CPP: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
-    """The one pass's sub-block scores of the chunks decaying by LIM or more (GATE_SCORES_APART), CPP
+    """The one pass's sub-block scores of the chunks decaying by LIM or more, CPP
     chunks a program: their G_L read at once ([CPP, K]), then each strong one's sub-blocks into A. The
     other chunks' rows are left alone (the one pass makes their scores in registers). BKP: K padded."""
     i_g, i_h = tl.program_id(0), tl.program_id(1)
@@ -730,26 +718,23 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
     return max(16, min(64, next_pow2(K))), max(16, min(64, next_pow2(V)))
 
 
-def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor, BK: int,
-           A: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32); with A,
-    also the scores of the strongly decaying chunks (the one pass's, GATE_SCORES_APART = False)."""
+def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor,
+           BK: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32)."""
     Tt, H, K = q.shape
     NC = chunk_indices.shape[0]
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
-        _gate_kernel[(1 if A is not None else cdiv(K, BK), NC, H)](
-            q, k, gk, qd, kd, GL, A, offsets, chunk_indices, H=H, K=K, BT=BT, BC=BC, BK=BK, LIM=_lim(q.dtype),
-            PREC=_prec(q.dtype), FAST=_fast(q.dtype), SCORES=A is not None,
-            **_launch("gate", q.dtype, K, K))   # no value tile
+        _gate_kernel[(cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
+                                           FAST=_fast(q.dtype), **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 
 def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: int, nseg: int, scale: float,
               keep: bool) -> tuple[Tensor, tuple | None]:
-    """The forward in two kernels: the gate kernel (with the strong chunks' scores), then the one
-    pass over whole sequences (nseg = 1), or over nseg segments of each (an equal-length batch) that run
+    """The forward in two kernels: the gate kernel (and the strong chunks' scores, a kernel that
+    returns at once where none is), then the one pass over whole sequences (nseg = 1), or over nseg segments of each (an equal-length batch) that run
     in parallel, each from the state its segment pass gives it. Writes the final state into ht. With
     ``keep``, also what the backward reads — (h, A, qd, kd, GL) — else None."""
     Tt, H, K = q.shape
@@ -759,15 +744,14 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     prec, lim = _prec(q.dtype), _lim(q.dtype)
     o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
-    apart = GATE_SCORES_APART
-    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, None if apart else A)
+    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
     NC = chunk_indices.shape[0]
-    if apart and NC:
+    if NC:
         cpp = STRONG_SCORES_CHUNKS
         _strong_scores_kernel[(cdiv(NC, cpp), H)](
             q, k, gk, GL, A, offsets, chunk_indices, NC, H=H, K=K, BT=BT, BC=BC, BKP=max(16, next_pow2(K)),
             CPP=cpp, LIM=lim, PREC=prec, **_launch("strong_scores", q.dtype, K, V))
-    h = _alloc(chunk_indices.shape[0], H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
+    h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
     saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))

@@ -469,17 +469,15 @@ def _strong_in_last_keys(x, first):
     return {**x, "gk": gk}
 
 
-@pytest.mark.parametrize("apart", [True, False])
-@pytest.mark.parametrize("T,K,regime,cpp", [(67, 80, "bursts", 1), (150, 16, "strong", 4), (67, 32, "mild", 8),
-                                            (1, 16, "strong", 2)])
-def test_gate_scores_apart(one_pass, monkeypatch, count_launches, apart, T, K, regime, cpp):
-    """GATE_SCORES_APART: the one pass's strong chunks' sub-block scores from a kernel of their own
+@pytest.mark.parametrize("T,K,regime,cpp", [(67, 80, "bursts", 1), (67, 80, "bursts", 4), (150, 16, "strong", 4),
+                                            (67, 32, "mild", 8), (1, 16, "strong", 2)])
+def test_strong_chunks_scores(one_pass, monkeypatch, count_launches, T, K, regime, cpp):
+    """The one pass's strong chunks' sub-block scores from a kernel of their own
     (STRONG_SCORES_CHUNKS chunks a program, the last program's partly past the last chunk; nothing done
-    for a mild one) after a gate kernel a program per chunk and key block — or from the gate kernel
-    walking every key block: output and final state vs float64, and every gradient (initial state
-    included) through the pass before a backward. The bursts decay through the last key block alone
-    (K = 80: blocks of 64 and 16), so the chunk's decay over all keys decides."""
-    monkeypatch.setattr(chunk_key, "GATE_SCORES_APART", apart)
+    for a mild one) after a gate kernel a program per chunk and key block: output and final state vs
+    float64, and every gradient (initial state included) through the pass before a backward. The
+    bursts decay through the last key block alone (K = 80: blocks of 64 and 16), so the chunk's decay
+    over all keys decides."""
     monkeypatch.setattr(chunk_key, "STRONG_SCORES_CHUNKS", cpp)
     gates, scores = count_launches(chunk_key, "_gate_kernel"), count_launches(chunk_key, "_strong_scores_kernel")
     x = _inputs(2, T, 2, K, 24, regime, seed=T + K + 3)
@@ -491,8 +489,8 @@ def test_gate_scores_apart(one_pass, monkeypatch, count_launches, apart, T, K, r
     assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
     _check(x)
     n_chunks = 2 * -(-T // chunk_key.BT)
-    assert [(g, kw["SCORES"]) for g, kw in gates] == [((-(-K // 64) if apart else 1, n_chunks, 2), not apart)] * 2
-    assert [(g, kw["CPP"]) for g, kw in scores] == ([((-(-n_chunks // cpp), 2), cpp)] * 2 if apart else [])
+    assert [g for g, _ in gates] == [(-(-K // 64), n_chunks, 2)] * 2
+    assert [(g, kw["CPP"]) for g, kw in scores] == [((-(-n_chunks // cpp), 2), cpp)] * 2
 
 
 @pytest.mark.parametrize("T,regime", [(200, "strong"), (323, "bursts")])
