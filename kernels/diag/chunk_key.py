@@ -298,9 +298,9 @@ def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
 def _strong_scores_kernel(q, k, gk, GL, A, offsets, chunk_indices, NC,
                           H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BKP: tl.constexpr,
                           CPP: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
-    """The one pass's sub-block scores of the chunks decaying by LIM or more, CPP
-    chunks a program: their G_L read at once ([CPP, K]), then each strong one's sub-blocks into A. The
-    other chunks' rows are left alone (the one pass makes their scores in registers). BKP: K padded."""
+    """The one pass's sub-block scores of the chunks decaying by LIM or more, CPP chunks a program:
+    their G_L read at once ([CPP, K]), then each strong one's sub-blocks into A. The other chunks'
+    rows are left alone (the one pass makes their scores in registers). BKP: K padded."""
     i_g, i_h = tl.program_id(0), tl.program_id(1)
     o_j = tl.arange(0, CPP)
     o_k = tl.arange(0, BKP)
@@ -734,9 +734,10 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
 def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: int, nseg: int, scale: float,
               keep: bool) -> tuple[Tensor, tuple | None]:
     """The forward in two kernels: the gate kernel (and the strong chunks' scores, a kernel that
-    returns at once where none is), then the one pass over whole sequences (nseg = 1), or over nseg segments of each (an equal-length batch) that run
-    in parallel, each from the state its segment pass gives it. Writes the final state into ht. With
-    ``keep``, also what the backward reads — (h, A, qd, kd, GL) — else None."""
+    returns at once where none is), then the one pass over whole sequences (nseg = 1), or over nseg
+    segments of each (an equal-length batch) that run in parallel, each from the state its segment
+    pass gives it. Writes the final state into ht. With ``keep``, also what the backward reads —
+    (h, A, qd, kd, GL) — else None."""
     Tt, H, K = q.shape
     V = v.shape[-1]
     N = offsets.numel() - 1
