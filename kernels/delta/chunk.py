@@ -202,6 +202,36 @@ def _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.co
         b_kb = tl.load(k + (r_b[:, None] * H + i_h) * K + o_k[None, :], mask=m_b[:, None] & m_k[None, :],
                        other=0.0)
         acc += tl.dot(b_ka, tl.trans(b_kb), input_precision=PREC)
+    return _gram_finish(acc, beta, r_a, m_a, G_a, Gl_a, G_b, Gl_b, i_h, H, N, DIAG, GATED)
+
+
+@triton.jit
+def _key_rows(k, r, m, i_h, H: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, ONCE: tl.constexpr):
+    """Rows r of k as one [N, KP] tile (ONCE; KP: K padded), else nothing (0)."""
+    if ONCE:
+        o_k = tl.arange(0, KP)
+        return tl.load(k + (r[:, None] * H + i_h) * K + o_k[None, :], mask=m[:, None] & (o_k < K)[None, :],
+                       other=0.0)
+    else:
+        return 0
+
+
+@triton.jit
+def _gram(k, b_ka, b_kb, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.constexpr, K: tl.constexpr,
+          BK: tl.constexpr, N: tl.constexpr, DIAG: tl.constexpr, PREC: tl.constexpr, GATED: tl.constexpr,
+          ONCE: tl.constexpr):
+    """_gram_block, from the key rows already loaded (b_ka, b_kb from _key_rows) with ONCE."""
+    if ONCE:
+        acc = tl.dot(b_ka, tl.trans(b_kb), input_precision=PREC)
+        return _gram_finish(acc, beta, r_a, m_a, G_a, Gl_a, G_b, Gl_b, i_h, H, N, DIAG, GATED)
+    else:
+        return _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H, K, BK, N, DIAG, PREC, GATED)
+
+
+@triton.jit
+def _gram_finish(acc, beta, r_a, m_a, G_a, Gl_a, G_b, Gl_b, i_h, H: tl.constexpr, N: tl.constexpr,
+                 DIAG: tl.constexpr, GATED: tl.constexpr):
+    """K Kᵀ's block ``acc`` times β of its rows and Γ, strictly lower on a diagonal block."""
     b_beta = tl.load(beta + r_a * H + i_h, mask=m_a, other=0.0).to(tl.float32)
     o = tl.arange(0, N)
     if GATED:
@@ -235,12 +265,15 @@ def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 @triton.jit
 def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr):
+               GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr = 16,
+               ONCE: tl.constexpr = False):
     """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] fp32.
 
     The chunk is cut into NB = BT / 16 row blocks; with T_aa = (I + A_aa)⁻¹ (POW: a product of
     powers, else forward substitution) the blocks below the diagonal are
-    T_ab = −T_aa Σ_{b ≤ c < a} A_ac T_cb (block forward substitution).
+    T_ab = −T_aa Σ_{b ≤ c < a} A_ac T_cb (block forward substitution). ONCE: each row block's keys
+    loaded once, as a [16, KP] tile (KP: K padded), for all the products A_ab it enters; else every
+    block product loads its two blocks' keys again, BK columns at a time.
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -253,16 +286,18 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
 
     r0 = t0 + o
     m0 = r0 < eos
+    k0 = _key_rows(k, r0, m0, i_h, H, K, KP, ONCE)
     G0, L0, s0 = _cum_gates(g, r0, m0, i_h, 0.0, H, GATED)
-    A00 = _gram_block(k, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC, GATED)
+    A00 = _gram(k, k0, k0, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
     T00 = _inv_block(A00, BC, PREC, POW)
     _store_block(Tm, T00, r0, m0, 0, i_h, H, BT, BC)
     if BT >= 32:
         r1 = r0 + BC
         m1 = r1 < eos
+        k1 = _key_rows(k, r1, m1, i_h, H, K, KP, ONCE)
         G1, L1, s1 = _cum_gates(g, r1, m1, i_h, s0, H, GATED)
-        A10 = _gram_block(k, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED)
-        A11 = _gram_block(k, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC, GATED)
+        A10 = _gram(k, k1, k0, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
+        A11 = _gram(k, k1, k1, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
         T11 = _inv_block(A11, BC, PREC, POW)
         T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
         _store_block(Tm, zero, r0, m0, BC, i_h, H, BT, BC)
@@ -273,15 +308,17 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         r3 = r0 + 3 * BC
         m2 = r2 < eos
         m3 = r3 < eos
+        k2 = _key_rows(k, r2, m2, i_h, H, K, KP, ONCE)
+        k3 = _key_rows(k, r3, m3, i_h, H, K, KP, ONCE)
         G2, L2, s2 = _cum_gates(g, r2, m2, i_h, s1, H, GATED)
         G3, L3, s3 = _cum_gates(g, r3, m3, i_h, s2, H, GATED)
-        A20 = _gram_block(k, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED)
-        A21 = _gram_block(k, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED)
-        A22 = _gram_block(k, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC, GATED)
-        A30 = _gram_block(k, beta, r3, m3, G3, L3, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED)
-        A31 = _gram_block(k, beta, r3, m3, G3, L3, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED)
-        A32 = _gram_block(k, beta, r3, m3, G3, L3, r2, m2, G2, L2, i_h, H, K, BK, BC, False, PREC, GATED)
-        A33 = _gram_block(k, beta, r3, m3, G3, L3, r3, m3, G3, L3, i_h, H, K, BK, BC, True, PREC, GATED)
+        A20 = _gram(k, k2, k0, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
+        A21 = _gram(k, k2, k1, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
+        A22 = _gram(k, k2, k2, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
+        A30 = _gram(k, k3, k0, beta, r3, m3, G3, L3, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
+        A31 = _gram(k, k3, k1, beta, r3, m3, G3, L3, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
+        A32 = _gram(k, k3, k2, beta, r3, m3, G3, L3, r2, m2, G2, L2, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
+        A33 = _gram(k, k3, k3, beta, r3, m3, G3, L3, r3, m3, G3, L3, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
         T22 = _inv_block(A22, BC, PREC, POW)
         T33 = _inv_block(A33, BC, PREC, POW)
         T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
@@ -762,6 +799,24 @@ FAST_GATES: bool | None = None
 # DeltaNet, 0.250 → 0.202 for Gated DeltaNet. Tried with it and not kept: W and U made inside the UT
 # kernel from T in registers (no _wu_kernel): 0.367 ms against 0.188 + 0.154 apart.
 UT_POWERS = True
+# The UT kernel loads each 16-row block of a chunk's keys once, whole ([16, K]), and takes the ten
+# blocks of A = β K Kᵀ ⊙ Γ from those tiles, instead of loading two blocks' keys again for every one
+# (40 tile loads of [16, 64] a chunk at K = 128). H200, bf16, H = 16, K = V = 128, T = 4K (`python -m
+# kernels.sweep ab --ops delta,gdn --T 4096 --set kernels.delta.chunk.UT_KEYS_ONCE=True`, three
+# alternating rounds, 2026-12-03): DeltaNet forward 0.484 → 0.441 ms, Gated DeltaNet 0.612 → 0.591
+# (every round), fwd+bwd 2.588 → 2.545 and 3.234 → 3.202; the UT kernel (`sweep launch --ops gdn
+# --kernels ut`) 0.202 → 0.174 ms at 2 warps (any stages; 4 warps 0.306). ptxas sm_90: 255 registers
+# either way at 2 warps, 56 B of spills against none. GPU-checked (gpu_check.md, twenty-second
+# session). None (default): 16-bit keys with K ≤ 128; True: fp32 keys up to K = 128 too (untimed:
+# their tiles are twice the registers); False: never.
+UT_KEYS_ONCE: bool | None = None
+
+
+def _ut_once(dtype: torch.dtype, KP: int) -> bool:
+    """Whether the UT kernel loads each row block's keys once (UT_KEYS_ONCE)."""
+    if UT_KEYS_ONCE is False or KP > 128:
+        return False
+    return UT_KEYS_ONCE is True or dtype != torch.float32
 
 # A forward without a backward that runs in one pass (FUSED_FORWARD) makes each chunk's W and U inside
 # the scan from T, k, v and β instead of storing and reading them (_wu_kernel: 0.15 ms at T = 4K, at its
@@ -869,7 +924,12 @@ def _state_launch(BVS: int, KP: int, V: int, inter: torch.dtype, nw: int, NH: in
 # 2026-12-01; T = 4096, and T = 32768 for the "_few" keys). "state_few"/"dstate_few" apply to the
 # scans when their programs are fewer than the GPU's SMs (long sequences, small batch).
 LAUNCH: dict[str, dict] = {
-    "ut": dict(num_warps=2, num_stages=2),                               # 0.42 → 0.25 ms
+    # (one stage since 2026-12-03: `python -m kernels.sweep launch --ops gdn --kernels ut --T 4096` gave
+    # it 0.195 ms against 0.202 at two; `python -m kernels.sweep ab --ops delta,gdn --T 4096 --set
+    # "kernels.delta.chunk.LAUNCH[ut]={'num_warps': 2, 'num_stages': 1}"`, three alternating rounds:
+    # DeltaNet forward 0.489 → 0.483 ms, Gated DeltaNet 0.622 → 0.612, every round; fwd+bwd 2.591 →
+    # 2.585 and 3.249 → 3.241)
+    "ut": dict(num_warps=2, num_stages=1),                               # 0.42 → 0.25 ms
     "wu": dict(BK=128, BV=128, num_warps=4, num_stages=1),               # 0.17 → 0.16
     "state": dict(BV=64, num_warps=4, num_stages=2),                     # 0.27 → 0.24
     "state_few": dict(BV=16, num_warps=4, num_stages=2),                 # 1.08 → 0.82 (T = 32K)
@@ -1032,7 +1092,8 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     u = _empty(*((1,) if wu else (Tt, H, V)), dtype=inter, device=dev)
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                            PREC=prec, POW=UT_POWERS, **_cfg("ut", inter, K, V, BK=BK))
+                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
+                            **_cfg("ut", inter, K, V, BK=BK))
         if not wu:
             _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
                                 DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
