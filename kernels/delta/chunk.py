@@ -267,7 +267,8 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr = 16,
                ONCE: tl.constexpr = False):
-    """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] fp32.
+    """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] in Tm's
+    dtype (the operand dtype, see _wy).
 
     The chunk is cut into NB = BT / 16 row blocks; with T_aa = (I + A_aa)⁻¹ (POW: a product of
     powers, else forward substitution) the blocks below the diagonal are
@@ -817,6 +818,7 @@ def _ut_once(dtype: torch.dtype, KP: int) -> bool:
     if UT_KEYS_ONCE is False or KP > 128:
         return False
     return UT_KEYS_ONCE is True or dtype != torch.float32
+
 
 # A forward without a backward that runs in one pass (FUSED_FORWARD) makes each chunk's W and U inside
 # the scan from T, k, v and β instead of storing and reading them (_wu_kernel: 0.15 ms at T = 4K, at its
