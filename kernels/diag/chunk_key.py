@@ -313,7 +313,7 @@ def _strong_scores_kernel(q, k, gk, GL, A, offsets, chunk_indices, NC,
         if tl.sum(tl.where(o_j == j, spans, 0.0), axis=0) >= LIM:
             c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_g * CPP + j)
             for i_b in range(0, BT // BC):
-                # (in key blocks of BC, as the gate kernel does them)
+                # (in key blocks of BC: this rare path keeps the kernel's registers few)
                 _sub_block_scores(q, k, gk, A, bos + c * BT, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
 
 
@@ -423,8 +423,9 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
     more, read from A, where _strong_scores_kernel put those chunks' sub-block scores. BK covers
-    all of K. (Gates and sub-block scores stay in their own kernels: formed here too, they took more
-    registers than the SM has, and the spills made the pass slower than the four kernels.) STORE (for
+    all of K. (Gates and sub-block scores stay in their own kernels: formed here, in the middle of
+    the sequential walk, the gate work alone made the pass 4.7x slower, whatever its spills;
+    kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
