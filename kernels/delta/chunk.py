@@ -266,26 +266,9 @@ def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr = 16,
-               ONCE: tl.constexpr = False, PERSIST: tl.constexpr = False, NW=1):
-    """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of every chunk (_ut_chunk): a program per (chunk, head), or
-    with PERSIST a fixed grid whose programs take the NW (chunk, head) items in turns, chunk-major
-    (UT_PERSISTENT; the launch's num_stages then pipelines that loop's loads)."""
-    if PERSIST:
-        for w in tl.range(tl.program_id(0), NW, tl.num_programs(0)):
-            _ut_chunk(k, beta, g, Tm, offsets, chunk_indices, w // H, w % H, H, K, BT, BK, GATED, PREC, POW,
-                      KP, ONCE)
-    else:
-        _ut_chunk(k, beta, g, Tm, offsets, chunk_indices, tl.program_id(0), tl.program_id(1), H, K, BT, BK,
-                  GATED, PREC, POW, KP, ONCE)
-
-
-@triton.jit
-def _ut_chunk(k, beta, g, Tm, offsets, chunk_indices, i_c, i_h,
-              H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-              GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr,
-              ONCE: tl.constexpr):
-    """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of chunk i_c, head i_h, stored row by row as [T_total, H,
-    BT] in Tm's dtype (the operand dtype, see _wy).
+               ONCE: tl.constexpr = False):
+    """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] in Tm's
+    dtype (the operand dtype, see _wy).
 
     The chunk is cut into NB = BT / 16 row blocks; with T_aa = (I + A_aa)⁻¹ (POW: a product of
     powers, else forward substitution) the blocks below the diagonal are
@@ -293,6 +276,7 @@ def _ut_chunk(k, beta, g, Tm, offsets, chunk_indices, i_c, i_h,
     loaded once, as a [16, KP] tile (KP: K padded), for all the products A_ab it enters; else every
     block product loads its two blocks' keys again, BK columns at a time.
     """
+    i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -829,22 +813,6 @@ UT_POWERS = True
 UT_KEYS_ONCE: bool | None = None
 
 
-# The UT kernel as a fixed grid of UT_PERSISTENT programs per SM that take the (chunk, head) items in
-# turns (the launch's num_stages pipelining the next item's loads under this one's products), instead
-# of a program each: the kernel is latency-bound (0.17 ms at T = 4K for ~0.04 ms of bytes), four
-# programs an SM at its 255 registers. None (default): off (untimed); on the CPU a program per SM
-# counts one SM.
-UT_PERSISTENT: int | None = None
-
-
-def _ut_grid(NC: int, H: int, device) -> tuple[tuple[int, ...], dict]:
-    """The UT kernel's grid and its PERSIST / NW keywords (UT_PERSISTENT)."""
-    if not UT_PERSISTENT:
-        return (NC, H), dict(PERSIST=False, NW=1)
-    programs = min(NC * H, UT_PERSISTENT * max(sm_count(device), 1))
-    return (programs,), dict(PERSIST=True, NW=NC * H)
-
-
 def _ut_once(dtype: torch.dtype, KP: int) -> bool:
     """Whether the UT kernel loads each row block's keys once (UT_KEYS_ONCE)."""
     if UT_KEYS_ONCE is False or KP > 128:
@@ -1125,10 +1093,9 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     w = _empty(*((1,) if wu else (Tt, H, K)), dtype=inter, device=dev)
     u = _empty(*((1,) if wu else (Tt, H, V)), dtype=inter, device=dev)
     if NC > 0:
-        grid, persist = _ut_grid(NC, H, dev)
-        _ut_kernel[grid](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                         PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP), **persist,
-                         **_cfg("ut", inter, K, V, BK=BK))
+        _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
+                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
+                            **_cfg("ut", inter, K, V, BK=BK))
         if not wu:
             _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
                                 DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))

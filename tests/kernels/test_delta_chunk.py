@@ -198,36 +198,6 @@ def test_ut_keys_once(monkeypatch, count_launches, mixer, case):
     assert C._ut_once(torch.float32, 128) is False and C._ut_once(torch.bfloat16, 128) is True
 
 
-@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
-@pytest.mark.parametrize("case", [(2, 40, 3, 16, 16, 16, None, True, True), (1, 70, 1, 24, 16, 64, 0.5, False, True)],
-                         ids=lambda c: f"B{c[0]}T{c[1]}H{c[2]}C{c[5]}")
-def test_ut_persistent(monkeypatch, count_launches, mixer, case):
-    """The UT kernel as a fixed grid whose programs take the (chunk, head) items in turns
-    (UT_PERSISTENT = 4: four programs on the CPU, so some take two or more items, some none):
-    forward and every gradient vs float64, and the same bits as a program per item; packed
-    sequences of uneven lengths too."""
-    B, T, H, K, V, cs, scale, h0, dht = case
-    d = inputs(mixer, B, T, H, K, V, seed=T + K)
-    S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
-    plain = run_kernel(d, S0, do, dS, scale=scale, chunk_size=cs)
-    monkeypatch.setattr(C, "UT_PERSISTENT", 4)
-    seen = count_launches(C, "_ut_kernel")
-    compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
-    items = B * -(-T // cs) * H
-    assert seen[0][0] == (min(4, items),) and seen[0][1]["PERSIST"] and seen[0][1]["NW"] == items
-    turns = run_kernel(d, S0, do, dS, scale=scale, chunk_size=cs)
-    assert torch.equal(turns[0], plain[0]) and all(torch.equal(turns[2][n], plain[2][n]) for n in plain[2])
-    cu = torch.tensor([0, 5, 5, 17, 40], device=DEV)
-    x = inputs(mixer, 1, 40, H, K, V, seed=9)
-    x = {n: None if t is None else t.to(DEV, torch.float32) for n, t in x.items()}
-    outs = []
-    for persist in (None, 4):
-        monkeypatch.setattr(C, "UT_PERSISTENT", persist)
-        outs.append(chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], cu_seqlens=cu, chunk_size=16,
-                                output_final_state=True))
-    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
-
-
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("strong,tol", [(False, TOL), (True, 2e-4)])
 def test_fast_gates(monkeypatch, strong, tol, fused):
