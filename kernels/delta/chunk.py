@@ -132,16 +132,6 @@ def _chunk_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
 
 
 @triton.jit
-def _stored_gates(Gs, rows, m, ok, last, i_h, H: tl.constexpr):
-    """(G, 0, G_L, 0) of a chunk from the fp32 cumulative gates the UT kernel stored (STORED_GATES):
-    rows past the sequence's end take G_L, as the cumsum over masked rows gives them; a chunk past a
-    short sequence's end (not ``ok``) all zeros. ``last``: the chunk's last row in the sequence."""
-    b_L = tl.load(Gs + last * H + i_h, mask=ok, other=0.0)
-    b_G = tl.where(m, tl.load(Gs + rows * H + i_h, mask=m, other=0.0), b_L)
-    return b_G, b_G * 0.0, b_L, b_L * 0.0
-
-
-@triton.jit
 def _excl_cumsum(r, N: tl.constexpr):
     """Σ_{b<j} r_b for every j, summing only those terms (an inclusive cumsum minus r_j cancels)."""
     o = tl.arange(0, N)
@@ -276,10 +266,9 @@ def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr = 16,
-               ONCE: tl.constexpr = False, Gs=None, STORE_G: tl.constexpr = False):
+               ONCE: tl.constexpr = False):
     """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] in Tm's
-    dtype (the operand dtype, see _wy). STORE_G (GATED = 2): also the chunk's cumulative gates, fp32
-    [T_total, H], into Gs, for the scans (STORED_GATES).
+    dtype (the operand dtype, see _wy).
 
     The chunk is cut into NB = BT / 16 row blocks; with T_aa = (I + A_aa)⁻¹ (POW: a product of
     powers, else forward substitution) the blocks below the diagonal are
@@ -300,8 +289,6 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
     m0 = r0 < eos
     k0 = _key_rows(k, r0, m0, i_h, H, K, KP, ONCE)
     G0, L0, s0 = _cum_gates(g, r0, m0, i_h, 0.0, H, GATED)
-    if STORE_G:
-        tl.store(Gs + r0 * H + i_h, G0, mask=m0)
     A00 = _gram(k, k0, k0, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
     T00 = _inv_block(A00, BC, PREC, POW)
     _store_block(Tm, T00, r0, m0, 0, i_h, H, BT, BC)
@@ -310,8 +297,6 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         m1 = r1 < eos
         k1 = _key_rows(k, r1, m1, i_h, H, K, KP, ONCE)
         G1, L1, s1 = _cum_gates(g, r1, m1, i_h, s0, H, GATED)
-        if STORE_G:
-            tl.store(Gs + r1 * H + i_h, G1, mask=m1)
         A10 = _gram(k, k1, k0, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
         A11 = _gram(k, k1, k1, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
         T11 = _inv_block(A11, BC, PREC, POW)
@@ -328,9 +313,6 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         k3 = _key_rows(k, r3, m3, i_h, H, K, KP, ONCE)
         G2, L2, s2 = _cum_gates(g, r2, m2, i_h, s1, H, GATED)
         G3, L3, s3 = _cum_gates(g, r3, m3, i_h, s2, H, GATED)
-        if STORE_G:
-            tl.store(Gs + r2 * H + i_h, G2, mask=m2)
-            tl.store(Gs + r3 * H + i_h, G3, mask=m3)
         A20 = _gram(k, k2, k0, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
         A21 = _gram(k, k2, k1, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
         A22 = _gram(k, k2, k2, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
@@ -402,7 +384,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, Gs=None, GS: tl.constexpr = False):
+                  o_d=None, T_seq=1):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -412,9 +394,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
-    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA).
-    GS: each chunk's cumulative gates read from Gs, where the UT kernel stored them, instead of summed
-    again (STORED_GATES)."""
+    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -443,10 +423,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_kr = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
         else:
             b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
-        if GS:
-            b_G, b_Gl, b_L, b_Ll = _stored_gates(Gs, rows, m_t, ok, tl.minimum(c_start + BT, eos) - 1, i_h, H)
-        else:
-            b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+        b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if WU:   # W = T diag(β e^G) K, U = T diag(β) V, rounded as the stored ones would be
             o_tt = tl.arange(0, BT)
             b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
@@ -873,18 +850,6 @@ def _wu_in_scan(inter: torch.dtype, narrow: bool) -> bool:
     return WU_IN_SCAN is True or inter == torch.bfloat16
 
 
-# The forward's state scans read each chunk's cumulative gates where the UT kernel stored them (fp32,
-# [T, H]: 4 bytes a row and head) instead of summing g again on their sequential walk, chunk by
-# chunk. Only fp32 gates (GATED = 2, 16-bit inputs); fp64 ones (fp32 inputs) keep their (hi, lo)
-# sums. None (default): on for fp32 gates; False: never.
-STORED_GATES: bool | None = None
-
-
-def _stored_gates_on(gated: int) -> bool:
-    """Whether the UT kernel stores the cumulative gates for the forward scans (STORED_GATES)."""
-    return gated == 2 and STORED_GATES is not False
-
-
 def _gated(g: Tensor | None, dtype: torch.dtype) -> int:
     """The kernels' GATED: 0 without a gate, 1 for exact (fp64) cumulative gates, 2 for fp32 ones."""
     if g is None:
@@ -1112,10 +1077,9 @@ def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int
     return nseg if nseg > 1 else None
 
 
-def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, Gs=None):
+def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     """T = (I + A)⁻¹ of every chunk (_ut_kernel) and, unless the scan makes them itself (``wu``), W and U
-    (_wu_kernel); (made in the scan, W and U are one-element stand-ins: the scan reads neither).
-    ``Gs``: where the UT kernel also stores the cumulative gates (STORED_GATES)."""
+    (_wu_kernel); (made in the scan, W and U are one-element stand-ins: the scan reads neither)."""
     Tt, H, K = k.shape
     V = v.shape[-1]
     dev, NC = k.device, chunk_indices.shape[0]
@@ -1130,8 +1094,8 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, Gs=None):
     u = _empty(*((1,) if wu else (Tt, H, V)), dtype=inter, device=dev)
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP), Gs=Gs,
-                            STORE_G=Gs is not None, **_cfg("ut", inter, K, V, BK=BK))
+                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
+                            **_cfg("ut", inter, K, V, BK=BK))
         if not wu:
             _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
                                 DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
@@ -1163,8 +1127,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     # (builds with 16- and 32-wide tiles faulted on the H200, see WU_IN_SCAN)
     wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V))
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
-    Gs = _empty(Tt, H, dtype=torch.float32, device=dev) if _stored_gates_on(gated) else None
-    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, Gs)
+    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
     # the states entering each chunk only ever feed products in the operand dtype: stored in it
@@ -1175,7 +1138,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, Gs=Gs, GS=Gs is not None,
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu,
             **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
             **c_scan)
@@ -1237,14 +1200,13 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     wants = SEGMENTS_WU_IN_SCAN or (SEGMENTS_WU_IN_SCAN is None and g is None)
     wu = wants and not keep and _wu_in_scan(
         inter, _narrow(_few(NS * H, V, c["BV"], dev), c["BV"], V, K))
-    Gs = _empty(Tt, H, dtype=torch.float32, device=dev) if _stored_gates_on(gated) else None
-    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, Gs)
+    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
     h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
-               Tm=Tm, WU=wu, Gs=Gs, GS=Gs is not None, **c)
+               Tm=Tm, WU=wu, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
     # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)

@@ -198,18 +198,14 @@ def test_ut_keys_once(monkeypatch, count_launches, mixer, case):
     assert C._ut_once(torch.float32, 128) is False and C._ut_once(torch.bfloat16, 128) is True
 
 
-@pytest.mark.parametrize("stored", [None, False], ids=["stored", "summed"])
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("strong,tol", [(False, TOL), (True, 2e-4)])
-def test_fast_gates(monkeypatch, count_launches, strong, tol, fused, stored):
+def test_fast_gates(monkeypatch, strong, tol, fused):
     """fp32 cumulative gates (what 16-bit inputs get, forced here in fp32), two-pass and one-pass
-    forward, the scan reading the UT kernel's stored gates (STORED_GATES, default) or summing its own:
-    exact to fp32 under the usual gates; with G reaching −1000 inside a chunk, within 2e-4
+    forward: exact to fp32 under the usual gates; with G reaching −1000 inside a chunk, within 2e-4
     (measured: 6e-5; bf16 is held to 1e-2) for every output and gradient, where the fp64 gates are
     within 1e-5."""
     monkeypatch.setattr(C, "FAST_GATES", True)
-    monkeypatch.setattr(C, "STORED_GATES", stored)
-    scans = count_launches(C, "_state_kernel")
     monkeypatch.setattr(C, "FUSED_FORWARD", fused)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
     B, T, H, K, V = 1, 100, 1, 32, 16
@@ -218,23 +214,6 @@ def test_fast_gates(monkeypatch, count_launches, strong, tol, fused, stored):
         d["g"] = -5 - 15 * torch.rand(B, T, H, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
     S0, do, dS = cotangents(B, T, H, K, V, B, True, True, seed=5)
     compare("gated_deltanet", d, S0, do, dS, chunk_size=64, tol=tol)
-    assert scans[0][1]["GS"] is (stored is None)
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["two-pass", "one-pass"])
-def test_stored_gates_varlen_segments(monkeypatch, count_launches, fused):
-    """STORED_GATES with fp32 gates (forced on fp32 inputs): packed sequences of uneven lengths (a short
-    sequence's walk past its last chunk must leave its state alone) and, in the one-pass case, the
-    scans over segments (states from zero with transitions, then the pass, W/U in them) vs float64."""
-    monkeypatch.setattr(C, "FAST_GATES", True)
-    monkeypatch.setattr(C, "FUSED_FORWARD", fused)
-    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
-    scans = count_launches(C, "_state_kernel")
-    test_varlen("gated_deltanet")
-    assert scans and all(kw["GS"] for _, kw in scans)
-    if fused:
-        test_segments_one_scan(monkeypatch, count_launches, "gated_deltanet", *ONE_SCAN_CASES[2])
-        assert all(kw["GS"] for _, kw in scans)
 
 
 def test_fast_gates_rule_and_effect(monkeypatch):
@@ -247,7 +226,6 @@ def test_fast_gates_rule_and_effect(monkeypatch):
     d["g"] = -5 - 15 * torch.rand(B, T, H, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
     S0, do, dS = cotangents(B, T, H, K, V, B, True, True, seed=5)
     runs = []
-    monkeypatch.setattr(C, "STORED_GATES", False)   # the scan's own fp32 sums over 64 rows
     for fast in (False, True):
         monkeypatch.setattr(C, "FAST_GATES", fast)
         runs.append(run_kernel(d, S0, do, dS, chunk_size=64))
