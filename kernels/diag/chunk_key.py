@@ -141,6 +141,9 @@ SEGMENT_PASS_ROWS = 1
 # (`python -m kernels.sweep ab --ops key --T 4096 --set kernels.diag.chunk_key.STRONG_SCORES_CHUNKS=1`,
 # three rounds, 2026-12-03): GLA forward 0.479 ms at 8 against 0.482 at 1 (fwd+bwd 3.069 / 3.073).
 STRONG_SCORES_CHUNKS = 8
+# The one pass loads each chunk's G_L (a [K] vector) during the chunk before it, as the scalar
+# family's does its decays (kernels.diag.chunk.PASS_AHEAD). (untimed) False: at the chunk's start.
+PASS_AHEAD = True
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -418,7 +421,7 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr):
+                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -427,7 +430,8 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     the sequential walk, the gate work alone made the pass 4.7x slower, whatever its spills;
     kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
-    mild chunks' scores into A, as the state and scores kernels would."""
+    mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
+    during the chunk before it (PASS_AHEAD)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -437,6 +441,8 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     o_tt = o_t[:, None] * (H * BT) + o_t[None, :]
+    if AHEAD:   # chunk 0's G_L before the walk; each step loads the next chunk's
+        n_GL = tl.load(GL + (c0 * H + i_h) * K + o_k, mask=m_k & (0 < nc), other=0.0)
     for c in range(0, MAXC):
         ok = c < nc
         if STORE:
@@ -445,7 +451,11 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
         m_t = (c_start + o_t < eos) & ok
         b_qd, b_kd, b_v = chunk_qkv(qd, kd, v, None, None, None, False, 0, 0, c, c_start, i_h, i_v, m_t, m_k,
                                     m_v, o_tk, o_tv, H, K, V, BT, BK, BV)
-        b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+        if AHEAD:
+            b_GL = n_GL
+            n_GL = tl.load(GL + ((c0 + c + 1) * H + i_h) * K + o_k, mask=m_k & (c + 1 < nc), other=0.0)
+        else:
+            b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
         if -tl.min(b_GL, axis=0) < LIM:
@@ -757,7 +767,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
-    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep,
+    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,

@@ -252,6 +252,28 @@ def test_one_pass_varlen_no_state(one_pass):
     assert len(one_pass) == 2
 
 
+@pytest.mark.parametrize("case", ["whole", "segments", "packed"])
+def test_pass_ahead(one_pass, monkeypatch, case):
+    """chunk_key.PASS_AHEAD (each chunk's G_L loaded a step early, the default the tests above check
+    against float64) gives the same bits as loading it at the chunk's start: whole sequences (mild and
+    strong chunks), over two segments of two chunks, packed (an empty and a one-token sequence)."""
+    import kernels.diag.chunk as dc
+
+    cu = torch.tensor([0, 7, 7, 8, 75]) if case == "packed" else None
+    if case == "segments":   # two segments of two chunks
+        monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 6)
+        monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
+    x = _inputs(1 if cu is not None else 2, 75 if cu is not None else 200, 2, 16, 16, "bursts", seed=3)
+    if cu is not None:
+        x["S0"] = torch.randn(4, 2, 16, 16, dtype=torch.float64)
+    runs = []
+    for ahead in (False, True):
+        monkeypatch.setattr(chunk_key, "PASS_AHEAD", ahead)
+        runs.append(_forward(x, cu_seqlens=cu))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert [kw["AHEAD"] for _, kw in one_pass] == [False, True]
+
+
 def test_one_pass_rule(monkeypatch):
     """By default on CUDA the one pass, before a backward too, over segments where a batch has too few
     sequence-heads for the SMs (132 stands in for the H200's), a packed one excepted; forced, on the CPU
