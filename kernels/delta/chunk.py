@@ -79,24 +79,17 @@ def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr):
     accurate to fp32 relative error. GATED = 2 (16-bit inputs, whose own rounding is 4e-3): an fp32
     cumsum and lo = 0. GATED = 0: zeros, nothing loaded or summed.
     """
-    if GATED:
-        return _cum_of(tl.load(g + rows * H + i_h, mask=m, other=0.0), off, GATED)
-    else:
-        zero = tl.zeros([rows.shape[0]], dtype=tl.float32)
-        return zero, zero, off + tl.sum(zero, axis=0)
-
-
-@triton.jit
-def _cum_of(b_g, off, GATED: tl.constexpr):
-    """_cum_gates of log decays already loaded (masked rows 0; GATED 1 or 2)."""
     if GATED == 1:
-        b_g = b_g.to(tl.float64)
+        b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float64)
         G = tl.cumsum(b_g, axis=0) + off
         hi = G.to(tl.float32)
         return hi, (G - hi.to(tl.float64)).to(tl.float32), off + tl.sum(b_g, axis=0)
-    else:
-        b_g = b_g.to(tl.float32)
+    elif GATED == 2:
+        b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float32)
         return tl.cumsum(b_g, axis=0) + off, tl.zeros_like(b_g), off + tl.sum(b_g, axis=0)
+    else:
+        zero = tl.zeros([rows.shape[0]], dtype=tl.float32)
+        return zero, zero, off + tl.sum(zero, axis=0)
 
 
 @triton.jit
@@ -131,12 +124,6 @@ def _gdiff(a_hi, a_lo, b_hi, b_lo):
 def _chunk_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
     """(G, G_lo, G_L, G_L_lo): a chunk's cumulative log decay and its total, as (hi, lo) pairs."""
     b_G, b_Gl, tot = _cum_gates(g, rows, m, i_h, 0.0, H, GATED)
-    return _chunk_pairs(b_G, b_Gl, tot, GATED)
-
-
-@triton.jit
-def _chunk_pairs(b_G, b_Gl, tot, GATED: tl.constexpr):
-    """_chunk_gates' result from a chunk's cumulative gates (hi, lo) and their total."""
     if GATED == 1:
         b_L, b_Ll = _hilo(tot)
     else:
@@ -397,7 +384,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, AHEAD: tl.constexpr = False):
+                  o_d=None, T_seq=1):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -407,18 +394,10 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
-    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA).
-    AHEAD: each chunk's per-row gates and β loaded during the chunk before it (SCAN_AHEAD)."""
+    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
-    if AHEAD:   # chunk 0's rows, loaded before the walk; each step loads the next chunk's
-        n_rows = bos + tl.arange(0, BT)
-        n_m = (n_rows < eos) & (0 < nc)
-        if GATED:
-            n_g = tl.load(g + n_rows * H + i_h, mask=n_m, other=0.0)
-        if WU:
-            n_beta = tl.load(beta + n_rows * H + i_h, mask=n_m, other=0.0)
     o_k = tl.arange(0, KP)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k, m_v, m_kv, p_state, b_S = state_tile(h0, i_nh, o_k, o_v, K, V, KP, BV, HAS_H0)
@@ -444,26 +423,12 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_kr = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
         else:
             b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
-        if AHEAD:   # this chunk's rows as loaded a step ago, and the next chunk's issued now
-            n_rows = rows + BT
-            n_m = (n_rows < eos) & (c + 1 < nc)
-            if GATED:
-                b_G, b_Gl, tot = _cum_of(n_g, 0.0, GATED)
-                b_G, b_Gl, b_L, b_Ll = _chunk_pairs(b_G, b_Gl, tot, GATED)
-                n_g = tl.load(g + n_rows * H + i_h, mask=n_m, other=0.0)
-            else:
-                b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-        else:
-            b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+        b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if WU:   # W = T diag(β e^G) K, U = T diag(β) V, rounded as the stored ones would be
             o_tt = tl.arange(0, BT)
             b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
                           mask=m_t[:, None], other=0.0)
-            if AHEAD:
-                b_beta = n_beta.to(tl.float32)
-                n_beta = tl.load(beta + n_rows * H + i_h, mask=n_m, other=0.0)
-            else:
-                b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+            b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
             b_w = _mm(b_T, b_kr.to(tl.float32) * (b_beta * tl.exp(b_G + b_Gl))[:, None], DT, PREC).to(DT)
             if ZERO_U:
                 b_u = tl.zeros([BT, BV], dtype=tl.float32)
@@ -885,13 +850,6 @@ def _wu_in_scan(inter: torch.dtype, narrow: bool) -> bool:
     return WU_IN_SCAN is True or inter == torch.bfloat16
 
 
-# The forward's state scans load each chunk's per-row log decays and β (64-element vectors) during the
-# chunk before it, carried in registers, instead of at the chunk's start: those small loads are not
-# software-pipelined as the tiles are, so each one stalls the walk for a memory latency every chunk.
-# (untimed) False: at the chunk's start, as before.
-SCAN_AHEAD = True
-
-
 def _gated(g: Tensor | None, dtype: torch.dtype) -> int:
     """The kernels' GATED: 0 without a gate, 1 for exact (fp64) cumulative gates, 2 for fp32 ones."""
     if g is None:
@@ -1180,7 +1138,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, AHEAD=SCAN_AHEAD,
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu,
             **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
             **c_scan)
@@ -1248,7 +1206,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
-               Tm=Tm, WU=wu, AHEAD=SCAN_AHEAD, **c)
+               Tm=Tm, WU=wu, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
     # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)

@@ -198,39 +198,6 @@ def test_ut_keys_once(monkeypatch, count_launches, mixer, case):
     assert C._ut_once(torch.float32, 128) is False and C._ut_once(torch.bfloat16, 128) is True
 
 
-@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
-@pytest.mark.parametrize("path", ["two-pass", "one-pass", "wu", "segments"])
-def test_scan_ahead(monkeypatch, count_launches, mixer, path):
-    """SCAN_AHEAD (the forward scans loading the next chunk's gates and β a step early) gives the same
-    bits as loading them at each chunk's start: packed sequences of lengths 5, 0, 12, 23 (the short
-    ones' walks run past their last chunk), every forward path; the tests above run it on."""
-    monkeypatch.setattr(C, "FUSED_FORWARD", path != "two-pass")
-    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 10 ** 4 if path == "segments" else 1)
-    monkeypatch.setattr(C, "WU_IN_SCAN", True if path in ("wu", "segments") else None)
-    monkeypatch.setattr(C, "SEGMENTS", path == "segments")
-    monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", path == "segments")
-    scans = count_launches(C, "_state_kernel")
-    cs = 16
-    if path == "segments":   # equal lengths: 2 × 75
-        B, T, cu = 2, 75, None
-    else:
-        B, T, cu = 1, 40, torch.tensor([0, 5, 5, 17, 40], device=DEV)
-    x = {n: None if t is None else t.float().to(DEV) for n, t in inputs(mixer, B, T, 2, 16, 24, seed=4).items()}
-    runs = []
-    for ahead in (False, True):
-        monkeypatch.setattr(C, "SCAN_AHEAD", ahead)
-        with torch.no_grad():
-            runs.append(chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], cu_seqlens=cu, chunk_size=cs,
-                                    output_final_state=True))
-    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
-    assert {kw["AHEAD"] for _, kw in scans if "AHEAD" in kw} == {False, True}
-    assert path != "wu" or all(kw["WU"] for _, kw in scans)
-    if cu is None:   # (the packed runs' reference is test_varlen's, run with it on)
-        o_r, S_r = dsf.recurrent(mixer, **{n: t.double().cpu() for n, t in x.items() if t is not None})
-        check("ahead:o", runs[1][0], o_r)
-        check("ahead:final_state", runs[1][1], S_r)
-
-
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("strong,tol", [(False, TOL), (True, 2e-4)])
 def test_fast_gates(monkeypatch, strong, tol, fused):
