@@ -91,13 +91,6 @@ def _decays(g, t_rows, m_t, eos, H: tl.constexpr, i_h, BT: tl.constexpr, DECAY: 
 
     Gs is a reverse cumulative sum of the next rows' g, not G_L − G_t.
     """
-    b_g, b_gn = _decay_rows(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
-    return _decays_of(b_g, b_gn)
-
-
-@triton.jit
-def _decay_rows(g, t_rows, m_t, eos, H: tl.constexpr, i_h, BT: tl.constexpr, DECAY: tl.constexpr):
-    """A chunk's log decays g_t and g_{t+1} (the next row's, 0 past the chunk or the sequence), fp32."""
     if DECAY == 1:
         b_g = tl.load(g + t_rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
         m_n = m_t & (t_rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT)
@@ -105,12 +98,6 @@ def _decay_rows(g, t_rows, m_t, eos, H: tl.constexpr, i_h, BT: tl.constexpr, DEC
     else:
         b_g = tl.zeros([BT], dtype=tl.float32)
         b_gn = b_g
-    return b_g, b_gn
-
-
-@triton.jit
-def _decays_of(b_g, b_gn):
-    """_decays from the rows _decay_rows loaded."""
     return b_g, tl.cumsum(b_g, axis=0), tl.cumsum(b_gn, axis=0, reverse=True), tl.sum(b_g, axis=0)
 
 
@@ -253,7 +240,7 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
                       BV: tl.constexpr, DECAY: tl.constexpr, HAS_H0: tl.constexpr, STORE_H: tl.constexpr,
                       STORE_HT: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
                       DECAY_V: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                      o_d=None, T_seq=1, PDL: tl.constexpr = False, AHEAD: tl.constexpr = False):
+                      o_d=None, T_seq=1, PDL: tl.constexpr = False):
     """The forward in one pass: a program per (sequence, head, value tile) walks the chunks with the
     state in registers, O_c = (Q ⊙ e^G) S_c + (Q Kᵀ ⊙ D) V, then S_{c+1} as in _state_kernel.
 
@@ -262,8 +249,7 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
     v and o move through the tensor descriptors q_d … o_d of an equal-length batch [B, T_seq, H, ·]
     (the copy engine fills rows past a sequence's end with zeros and writes none there; the
     program's rows may be a segment of a sequence; FUSED_TMA). PDL: last of a chain of dependent
-    launches, after the scan that makes h0 (chain_link). AHEAD: each chunk's log decays loaded during
-    the chunk before it (PASS_AHEAD)."""
+    launches, after the scan that makes h0 (chain_link)."""
     chain_link(PDL)
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
@@ -274,8 +260,6 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
     o_t = tl.arange(0, BT)
     i_b, t0 = batch_place(bos, T_seq)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)   # (unused with TMA)
-    if AHEAD:   # chunk 0's decays before the walk; each step loads the next chunk's
-        n_g, n_gn = _decay_rows(g, bos + o_t, (bos + o_t < eos) & (0 < nc), eos, H, i_h, BT, DECAY)
     for c in range(0, MAXC):
         ok = c < nc
         if STORE_H:
@@ -285,11 +269,7 @@ def _fused_fwd_kernel(q, k, v, g, h0, h, o, ht, offsets, chunk_offsets, MAXC, sc
         m_t = (t_rows < eos) & ok
         b_q, b_k, b_v = chunk_qkv(q, k, v, q_d, k_d, v_d, TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_k, m_v, o_tk,
                                   o_tv, H, K, V, BT, BK, BV)
-        if AHEAD:
-            b_g, b_G, b_Gs, b_GL = _decays_of(n_g, n_gn)
-            n_g, n_gn = _decay_rows(g, t_rows + BT, (t_rows + BT < eos) & (c + 1 < nc), eos, H, i_h, BT, DECAY)
-        else:
-            b_g, b_G, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
+        b_g, b_G, b_Gs, b_GL = _decays(g, t_rows, m_t, eos, H, i_h, BT, DECAY)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_q, b_h.to(b_q.dtype), input_precision=PREC) * tl.exp(b_G)[:, None]
         b_A = tl.dot(b_q, tl.trans(b_k), input_precision=PREC) * _pair_decays(b_g, b_G, BT, DECAY, False, False,
@@ -648,11 +628,6 @@ SEGMENT_WHOLE_STATE = True
 # --only fused:mamba2,chunk_scalar,mamba2 --dtypes bfloat16,float32 --set
 # kernels.diag.chunk.SEGMENT_WHOLE_K_PER_SM=0`).
 SEGMENT_PDL = True
-# The one pass loads each chunk's log decays (two 64-element vectors: g_t and g_{t+1}) during the
-# chunk before it, carried in registers, instead of at the chunk's start: loads that small are not
-# software-pipelined as the q, k, v tiles are, so each stalls the walk for a memory latency every
-# chunk. (untimed) False: at the chunk's start.
-PASS_AHEAD = True
 # The states entering the segments, which the scan over segments writes and the forward-only pass over
 # segments reads (fp32: 36 MB each way for Mamba-2 at 16K, a fifth of q, k, v and o's bytes), stored
 # in _state_dtype (bf16 for bf16 inputs) as the two-pass path stores its per-chunk states. The pass
@@ -904,7 +879,7 @@ class ChunkScalarDecay(torch.autograd.Function):
             launch = _launch("fused_fwd" if keep else "fused_fwd_only", q.dtype, K, V)
             # the one pass's settings, whole sequences or segments
             pass_kw = dict(H=H, K=K, V=V, BT=BT, BK=BK, BV=BVf, DECAY=decay, STORE_H=keep, PREC=prec,
-                           AHEAD=PASS_AHEAD, FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
+                           FAST=_fast(q.dtype), DECAY_V=decay_v("pass" if keep else "pass_fwd", BK, BVf),
                            **tensor_descriptors(FUSED_TMA and not keep, offsets, BT, q=(q, BK), k=(k, BK),
                                                 v=(v, BVf), o=(o, BVf)),
                            **launch)

@@ -141,8 +141,14 @@ SEGMENT_PASS_ROWS = 1
 # (`python -m kernels.sweep ab --ops key --T 4096 --set kernels.diag.chunk_key.STRONG_SCORES_CHUNKS=1`,
 # three rounds, 2026-12-03): GLA forward 0.479 ms at 8 against 0.482 at 1 (fwd+bwd 3.069 / 3.073).
 STRONG_SCORES_CHUNKS = 8
-# The one pass loads each chunk's G_L (a [K] vector) during the chunk before it, as the scalar
-# family's does its decays (kernels.diag.chunk.PASS_AHEAD). (untimed) False: at the chunk's start.
+# The one pass loads each chunk's G_L (a [K] fp32 vector) during the chunk before it, carried in
+# registers, instead of at the chunk's start (where Triton's pipelining staged it through shared
+# memory with the tiles): the walk's first use of it, the decision between the mild and strong
+# scores, no longer waits on that copy. H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab
+# --ops key --T T --set kernels.diag.chunk_key.PASS_AHEAD=False`, three alternating rounds,
+# 2026-12-03): GLA forward 0.436 against 0.476 ms at 4K, 0.550 against 0.586 at 32K, every round;
+# fwd+bwd unchanged (3.048 / 3.050). The same for the scalar family's two decay vectors and the delta
+# rule's gates and β lost (experiments_2026-12-03c.md §3). False: at the chunk's start.
 PASS_AHEAD = True
 
 

@@ -596,35 +596,6 @@ def test_fused_forward_default_rule(monkeypatch):
     assert dc._fused_segments(packed, 4, 16, 128, 128, cuda, False) == 1   # packed: one pass, no segments
 
 
-@pytest.mark.parametrize("T,least,cu", [(67, None, None), (323, 6, None), (75, None, [0, 5, 5, 6, 75])],
-                         ids=["whole", "segments", "packed"])
-def test_pass_ahead(fused_forward, monkeypatch, T, least, cu):
-    """PASS_AHEAD (the one pass loading the next chunk's log decays a step early, the default the tests
-    above check against float64) gives the same bits as loading them at each chunk's start: whole
-    sequences, over segments (three of two chunks), packed (an empty and a one-token sequence, whose
-    walks run past their last chunk); with autograd too."""
-    import kernels.diag.chunk as dc
-
-    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", least)
-    monkeypatch.setattr(dc, "SEGMENT_PROGRAMS_PER_SM", 2)
-    B = 2 if cu is None else 1
-    _, inp = random_case("mamba2", {}, B=B, T=T, H=2, K=16, V=24, seed=T + 1)
-    f = {n: t.float() for n, t in inp.items()}
-    h0 = torch.randn(B if cu is None else len(cu) - 1, 2, 16, 24)
-    cu = None if cu is None else torch.tensor(cu)
-    runs = []
-    for ahead in (False, True):
-        monkeypatch.setattr(dc, "PASS_AHEAD", ahead)
-        with torch.no_grad():
-            runs.append(chunk_diag(f["q"], f["k"], f["v"], "scalar", f["g"], h0, True, cu))
-        leaves = requires_grad(f)
-        o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "scalar", leaves["g"], h0, True, cu)
-        runs.append((o, S, *torch.autograd.grad((o * o).sum() + S.sum(), list(leaves.values()))))
-    for a, b in zip(runs[:2], runs[2:]):
-        assert all(torch.equal(x, y) for x, y in zip(a, b))
-    assert [kw["AHEAD"] for _, kw in fused_forward][-1] is True and len(fused_forward) >= 4
-
-
 def test_fused_forward_varlen(fused_forward):
     """Packed sequences (an empty and a one-token one) through the one-pass forward."""
     cu = torch.tensor([0, 5, 5, 6, 75])
