@@ -143,12 +143,13 @@ SEGMENT_PASS_ROWS = 1
 STRONG_SCORES_CHUNKS = 8
 # The one pass loads each chunk's G_L (a [K] fp32 vector) during the chunk before it, carried in
 # registers, instead of at the chunk's start (where Triton's pipelining staged it through shared
-# memory with the tiles): the walk's first use of it, the decision between the mild and strong
-# scores, no longer waits on that copy. H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab
-# --ops key --T T --set kernels.diag.chunk_key.PASS_AHEAD=False`, three alternating rounds,
-# 2026-12-03): GLA forward 0.436 against 0.476 ms at 4K, 0.550 against 0.586 at 32K, every round;
-# fwd+bwd unchanged (3.048 / 3.050). The same for the scalar family's two decay vectors and the delta
-# rule's gates and β lost (experiments_2026-12-03c.md §3). False: at the chunk's start.
+# memory with the tiles). Why it pays is our reading, not profiled: the walk's first use of it, the
+# choice between the mild and strong scores, comes before any product, so it waited on that copy.
+# H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops key --T T --set
+# kernels.diag.chunk_key.PASS_AHEAD=False`, three alternating rounds, 2026-12-03): GLA forward 0.436
+# against 0.476 ms at 4K, 0.550 against 0.586 at 32K, every round; fwd+bwd unchanged (3.048 / 3.050).
+# The same for the scalar family's two decay vectors and the delta rule's gates and β lost
+# (experiments_2026-12-03c.md §3). False: at the chunk's start.
 PASS_AHEAD = True
 
 
