@@ -151,12 +151,6 @@ STRONG_SCORES_CHUNKS = 8
 # The same for the scalar family's two decay vectors and the delta rule's gates and β lost
 # (experiments_2026-12-03c.md §3). False: at the chunk's start.
 PASS_AHEAD = True
-# The forward-only pass reads the queries scaled to their chunk's end, Q ⊙ e^{G − G_L}, in every key
-# whose chunk decays by less than LIM (the gate kernel writes them so, QEND): a mild chunk's scores
-# are then that qd times kdᵀ as loaded, where the pass scaled each chunk's [64, K] queries by e^{−G_L}
-# first, and the state enters the output decayed, as it enters the next chunk. Keys decaying by LIM
-# or more keep Q ⊙ e^{G} and the state as it was. False: Q ⊙ e^{G} everywhere (the backward's always).
-Q_AT_END = False
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -209,15 +203,12 @@ def _excl_combine(s1, p1, s2, p2):
 
 @triton.jit
 def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
-                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
-                 QEND: tl.constexpr = False, LIM: tl.constexpr = 0.0):
+                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
     kernels then do no more per chunk than the scalar-decay ones. (The strong chunks' sub-block
     scores are _strong_scores_kernel's: made here, their registers halved this kernel's programs.)
-    QEND (Q_AT_END, for the forward-only pass): the queries as Q ⊙ e^{G − G_L} instead, in each key
-    whose chunk decay −G_L is under LIM (e^{G − G_L} ≤ e^{LIM}); the others keep Q ⊙ e^{G}.
     """
     i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
@@ -232,8 +223,6 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
     b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
     b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
-    if QEND:   # G − G_L = −Gs
-        b_G = tl.where((-b_GL < LIM)[None, :], -b_Gs, b_G)
     tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
     tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
     tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
@@ -439,8 +428,7 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False,
-                      QEND: tl.constexpr = False):
+                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -450,9 +438,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
-    during the chunk before it (PASS_AHEAD). QEND (not with STORE): qd holds the queries scaled to
-    the chunk's end in its mildly decaying keys (_gate_kernel's QEND, Q_AT_END), so a mild chunk's
-    scores are qd kdᵀ as loaded, and the state enters the output decayed in those keys."""
+    during the chunk before it (PASS_AHEAD)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -478,17 +464,10 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
         else:
             b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
-        if QEND:   # decayed to the chunk's end in the keys where qd was scaled to it
-            b_hd = b_h * tl.exp(b_GL)[:, None]
-            b_o = tl.dot(b_qd, tl.where((-b_GL < LIM)[:, None], b_hd, b_h).to(b_qd.dtype), input_precision=PREC)
-        else:
-            b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
+        b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
         if -tl.min(b_GL, axis=0) < LIM:
-            if QEND:
-                b_A = tl.dot(b_qd, tl.trans(b_kd), input_precision=PREC)
-            else:
-                b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
-                b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
+            b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
+            b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
             if STORE:
                 if i_v == 0:
                     tl.store(A + (c_start * H + i_h) * BT + o_tt,
@@ -500,10 +479,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
         store_chunk(o, None, (b_o * scale).to(o.dtype.element_ty), False, 0, 0, c, c_start, i_h, i_v, m_t, m_v,
                     o_tv, H, V, BT, BV)
-        if QEND:
-            b_h = b_hd + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
-        else:
-            b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
@@ -761,17 +737,15 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
 
 
 def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor,
-           BK: int, qend: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32); with
-    ``qend``, the queries scaled to their chunk's end where it decays mildly (_gate_kernel's QEND)."""
+           BK: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32)."""
     Tt, H, K = q.shape
     NC = chunk_indices.shape[0]
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
         _gate_kernel[(cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
-                                           FAST=_fast(q.dtype), QEND=qend, LIM=_lim(q.dtype),
-                                           **_launch("gate", q.dtype, K, K))   # no value tile
+                                           FAST=_fast(q.dtype), **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 
@@ -789,8 +763,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     prec, lim = _prec(q.dtype), _lim(q.dtype)
     o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
-    qend = Q_AT_END and not keep   # (the backward reads Q ⊙ e^{G})
-    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, qend)
+    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
     NC = chunk_indices.shape[0]
     if NC:
         cpp = STRONG_SCORES_CHUNKS
@@ -802,7 +775,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
     launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
-                  QEND=qend, **_launch("fused_fwd", q.dtype, K, V))
+                  **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
                                                  scale, HAS_H0=h0 is not None, STORE_HT=ht is not None, **launch)
