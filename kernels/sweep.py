@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import importlib
 import itertools
+import time
 
 import torch
 
@@ -133,15 +135,49 @@ def ab(kinds: list[str], T: int, switches: list, rounds: int = 3, dtype: torch.d
     return out
 
 
-def host(kinds: list[str], T: int, dtype: torch.dtype = torch.bfloat16, calls: int = 20, top: int = 14) -> dict:
+@contextlib.contextmanager
+def launch_timers():
+    """Seconds spent in Triton's launch path while active: ``run`` (all of JITFunction.run: binding
+    the arguments, the cache lookup, the launch) and ``launcher`` (the compiled kernel's launcher
+    alone), and the count of ``launches``."""
+    from triton.backends.nvidia.driver import CudaLauncher
+    from triton.runtime.jit import JITFunction
+
+    acc = {"run": 0.0, "launcher": 0.0, "launches": 0}
+    run0, call0 = JITFunction.run, CudaLauncher.__call__
+
+    def run(self, *args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return run0(self, *args, **kw)
+        finally:
+            acc["run"] += time.perf_counter() - t0
+
+    def call(self, *args, **kw):
+        t0 = time.perf_counter()
+        try:
+            return call0(self, *args, **kw)
+        finally:
+            acc["launcher"] += time.perf_counter() - t0
+            acc["launches"] += 1
+
+    JITFunction.run, CudaLauncher.__call__ = run, call
+    try:
+        yield acc
+    finally:
+        JITFunction.run, CudaLauncher.__call__ = run0, call0
+
+
+def host(kinds: list[str], T: int, dtype: torch.dtype = torch.bfloat16, calls: int = 20, top: int = 14,
+         dump: str | None = None) -> dict:
     """Host time of our forward and forward + backward: ms of Python and launches per call, measured
     while the GPU is held busy (``torch.cuda._sleep``) so that the host never waits on it, beside the
     kernels' own time (torch.profiler) and the benchmark's wall time. Where the host time comes near
     the kernels' time the GPU idles between launches and the wall time is the host's. Prints cProfile's
-    slowest functions of those calls too. Returns {(kind, mode): (host ms, kernels ms, wall ms)}."""
+    slowest functions of those calls too (the whole profiles into ``dump``, a folder, if given). Returns
+    {(kind, mode): (host ms, kernels ms, wall ms)}."""
     import cProfile
     import pstats
-    import time
 
     out = {}
     for kind, fn, backward, mode, inp in our_cases(kinds, T, dtype):
@@ -160,6 +196,11 @@ def host(kinds: list[str], T: int, dtype: torch.dtype = torch.bfloat16, calls: i
             host_ms = (time.perf_counter() - t0) * 1e3 / calls
             torch.cuda.synchronize()
             torch.cuda._sleep(2_000_000_000)
+            with launch_timers() as acc:
+                for _ in range(calls):
+                    run()
+            torch.cuda.synchronize()
+            torch.cuda._sleep(2_000_000_000)
             prof = cProfile.Profile()
             prof.enable()
             for _ in range(calls):
@@ -169,6 +210,12 @@ def host(kinds: list[str], T: int, dtype: torch.dtype = torch.bfloat16, calls: i
         out[kind, mode] = (host_ms, kernels_ms, wall)
         print(f"== {kind} {mode} T={T}: host {host_ms:.3f} ms a call, kernels {kernels_ms:.3f} ms, "
               f"wall {wall if isinstance(wall, str) else f'{wall:.3f}'} ms", flush=True)
+        n = acc["launches"] / calls
+        print(f"   launches {n:.0f} a call: Triton's run {acc['run'] * 1e3 / calls:.3f} ms, of it the "
+              f"launcher {acc['launcher'] * 1e3 / calls:.3f}; outside run {host_ms - acc['run'] * 1e3 / calls:.3f} "
+              "(timers on: a little slower than the host figure)", flush=True)
+        if dump:   # the whole profile, for pstats elsewhere
+            prof.dump_stats(f"{dump}/host_{kind}_{mode.replace('+', '_')}_T{T}.prof")
         stats = pstats.Stats(prof)
         rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]   # by own time
         for (file, line, name), (_, calls_n, own, cum, _) in rows:
@@ -391,6 +438,8 @@ def main(argv=None) -> int:
                     help=f"launch: comma-separated kernels, delta/gdn of {sorted(DELTA_GRID)}, scalar/key of "
                     "their LAUNCH tables (e.g. fused_fwd); default all")
     add_set_option(ap, "run", "kernels.delta.chunk.UT_POWERS=False")
+    ap.add_argument("--dump", default=None, metavar="DIR",
+                    help="host: write each case's cProfile stats into DIR (for pstats)")
     ap.add_argument("--rounds", type=int, default=3, help="ab: rounds of default then --set (default 3)")
     ap.add_argument("--dtype", default="bf16", choices=tuple(DTYPES),
                     help="profile and ab: dtype of q, k, v (default bf16, the benchmark's)")
@@ -422,7 +471,7 @@ def main(argv=None) -> int:
         return 0
     with bench.switches(switches):
         if args.what == "host":
-            host(ops, args.T, DTYPES[args.dtype])
+            host(ops, args.T, DTYPES[args.dtype], dump=args.dump)
         elif args.what == "profile":
             profile(ops, args.T, impls, DTYPES[args.dtype])
         elif args.what == "step":
