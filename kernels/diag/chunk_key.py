@@ -65,7 +65,11 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           # `--kernels gate`, later (2026-12-01): 0.268 ms (4 warps as before: 0.279 at 1 stage); with
           # the scores apart (2026-12-03): 0.222 at 4 warps / 2 stages (3: 0.223, 1: 0.223; 8 warps /
           # 3 stages 0.241; the slowest 0.254)
-          "gate": dict(num_warps=4, num_stages=2),
+          # a register cap of 128 (ptxas: 168 → 128 registers, 24 B of spills) lets four programs share
+          # an SM instead of three: GLA forward 0.421 → 0.417 ms at 4K, fwd+bwd 3.035 → 3.031, every
+          # round (`sweep ab --ops key --T 4096 --set "kernels.diag.chunk_key.LAUNCH[gate]={'num_warps': 4,
+          # 'num_stages': 2, 'maxnreg': 128}"`, against it uncapped, 2026-12-03)
+          "gate": dict(num_warps=4, num_stages=2, maxnreg=128),
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "strong_scores": dict(num_warps=4, num_stages=1),   # (as "scores")
           "segment_state": dict(num_warps=8, num_stages=3),   # (see SEGMENT_STATE_TILES)
@@ -151,6 +155,15 @@ STRONG_SCORES_CHUNKS = 8
 # The same for the scalar family's two decay vectors and the delta rule's gates and β lost
 # (experiments_2026-12-03c.md §3). False: at the chunk's start.
 PASS_AHEAD = True
+# The gate kernel's grid with the heads inside the chunks, (key blocks, heads, chunks): programs
+# launched together then cover whole [H, K] rows of a few chunks rather than one head's column of
+# many. H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops key --T T --set
+# kernels.diag.chunk_key.GATE_HEADS_INNER=False`, three alternating rounds, 2026-12-03): GLA forward
+# 0.422 against 0.435 ms at 4K, 0.536 against 0.551 at 32K, fwd+bwd 3.033 / 3.047 and 3.536 / 3.551,
+# every round (the gate kernel 0.222 → 0.209 ms, `sweep profile`). The same order for the delta rule's
+# UT kernel, (heads, chunks), lost a little: DeltaNet forward 0.441 → 0.444 ms at 4K, Gated DeltaNet
+# 0.590 → 0.595 (experiments_2026-12-03d.md §3). False: (key blocks, chunks, heads).
+GATE_HEADS_INNER = True
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -203,14 +216,20 @@ def _excl_combine(s1, p1, s2, p2):
 
 @triton.jit
 def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
-                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr):
+                 H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
+                 HEADS_INNER: tl.constexpr = False):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
     kernels then do no more per chunk than the scalar-decay ones. (The strong chunks' sub-block
     scores are _strong_scores_kernel's: made here, their registers halved this kernel's programs.)
+    HEADS_INNER: the grid is (key blocks, heads, chunks), so that programs launched together read
+    whole rows (GATE_HEADS_INNER); else (key blocks, chunks, heads).
     """
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if HEADS_INNER:
+        i_k, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    else:
+        i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     t_rows = c_start + tl.arange(0, BT)
@@ -744,8 +763,10 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
-        _gate_kernel[(cdiv(K, BK), NC, H)](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
-                                           FAST=_fast(q.dtype), **_launch("gate", q.dtype, K, K))   # no value tile
+        grid = (cdiv(K, BK), H, NC) if GATE_HEADS_INNER else (cdiv(K, BK), NC, H)
+        _gate_kernel[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
+                           FAST=_fast(q.dtype), HEADS_INNER=GATE_HEADS_INNER,
+                           **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 

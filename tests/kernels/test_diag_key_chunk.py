@@ -274,6 +274,27 @@ def test_pass_ahead(one_pass, monkeypatch, case):
     assert [kw["AHEAD"] for _, kw in one_pass] == [False, True]
 
 
+@pytest.mark.parametrize("backward", [False, True])
+def test_gate_heads_inner(one_pass, monkeypatch, count_launches, backward):
+    """chunk_key.GATE_HEADS_INNER (the gate kernel's grid as (key blocks, heads, chunks), the default the
+    tests above check against float64) gives the same bits as (key blocks, chunks, heads): the one pass
+    over mild and strong chunks of two sequences (K = 80: a partial key block), then with a backward."""
+    gates = count_launches(chunk_key, "_gate_kernel")
+    x = _inputs(2, 150, 3, 80, 16, "bursts", seed=12)
+    runs = []
+    for inner in (False, True):
+        monkeypatch.setattr(chunk_key, "GATE_HEADS_INNER", inner)
+        if backward:
+            leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
+            o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"],
+                              initial_state=leaves["S0"], output_final_state=True)
+            runs.append([o, S, *torch.autograd.grad(_loss(o, S, 1), list(leaves.values()))])
+        else:
+            runs.append(list(_forward(x)))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert [(g, kw["HEADS_INNER"]) for g, kw in gates] == [((2, 6, 3), False), ((2, 3, 6), True)]
+
+
 def test_one_pass_rule(monkeypatch):
     """By default on CUDA the one pass, before a backward too, over segments where a batch has too few
     sequence-heads for the SMs (132 stands in for the H200's), a packed one excepted; forced, on the CPU
@@ -511,7 +532,7 @@ def test_strong_chunks_scores(one_pass, monkeypatch, count_launches, T, K, regim
     assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
     _check(x)
     n_chunks = 2 * -(-T // chunk_key.BT)
-    assert [g for g, _ in gates] == [(-(-K // 64), n_chunks, 2)] * 2
+    assert [g for g, _ in gates] == [(-(-K // 64), 2, n_chunks)] * 2   # (GATE_HEADS_INNER)
     assert [(g, kw["CPP"]) for g, kw in scores] == [((-(-n_chunks // cpp), 2), cpp)] * 2
 
 
