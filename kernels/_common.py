@@ -11,7 +11,7 @@ from torch import Tensor
 __all__ = ["interpreting", "check_device", "check_head_dim", "UnsupportedHeadDim", "check_cu_seqlens",
            "next_pow2", "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds",
            "sm_count", "step_bounds", "check_scale", "tma_ready", "tensor_descriptors", "TMA_DTYPES",
-           "dependent_launch"]
+           "dependent_launch", "chunk_grid"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
@@ -176,6 +176,20 @@ def dependent_launch(on: bool, device, first: bool = False) -> dict:
     if not (on and major >= 9):
         return dict(PDL=False)
     return dict(PDL=True) if first else dict(PDL=True, launch_pdl=True)
+
+
+# The chunk-parallel kernels of the backward passes (and the delta rule's W, U before one) launched
+# with the heads inside the chunks, (…, heads, chunks), as GLA's gate kernel
+# (kernels.diag.chunk_key.GATE_HEADS_INNER): programs launched together then read whole [H, ·] rows
+# of a few chunks rather than one head's column of many. False: (…, chunks, heads).
+BACKWARD_HEADS_INNER = True
+
+
+def chunk_grid(lead: tuple, NC: int, H: int) -> tuple[tuple, bool]:
+    """A chunk-parallel kernel's grid and its HEADS_INNER (kernels._tl.chunk_head): (*lead, H, NC) where
+    BACKWARD_HEADS_INNER is on and NC fits a grid's second or third axis (65535), else (*lead, NC, H)."""
+    inner = BACKWARD_HEADS_INNER and NC < 65536
+    return ((*lead, H, NC) if inner else (*lead, NC, H)), inner
 
 
 def sm_count(device) -> int:

@@ -97,3 +97,13 @@ def store_chunk(o, o_d, b_o, TMA: tl.constexpr, i_b, t0, c, c_start, i_h, i_v, m
         o_d.store([i_b, t0 + c * BT, i_h, i_v * BV], b_o.reshape(1, BT, 1, BV))
     else:
         tl.store(o + (c_start * H + i_h) * V + o_tv, b_o, mask=m_t[:, None] & m_v[None, :])
+
+
+@triton.jit
+def chunk_head(AXIS: tl.constexpr, HEADS_INNER: tl.constexpr):
+    """(chunk, head) of a chunk-parallel program: the chunk on grid axis AXIS and the head on AXIS + 1,
+    or with HEADS_INNER the head on AXIS and the chunk on AXIS + 1 (kernels._common.chunk_grid)."""
+    if HEADS_INNER:
+        return tl.program_id(AXIS + 1), tl.program_id(AXIS)
+    else:
+        return tl.program_id(AXIS), tl.program_id(AXIS + 1)

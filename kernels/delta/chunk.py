@@ -47,9 +47,9 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, fp32_products,
+from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, chunk_grid, fp32_products,
                        interpreter_upcast, next_pow2, seq_bounds, sm_count, tensor_descriptors)
-from .._tl import batch_place, chunk_span, state_tile, store_chunk, tile_offsets
+from .._tl import batch_place, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
 
@@ -347,9 +347,10 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
 @triton.jit
 def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+               BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+               HEADS_INNER: tl.constexpr = False):
     """W = T diag(β e^G) K and U = T diag(β) V of one chunk."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_c, i_h = chunk_head(0, HEADS_INNER)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -573,9 +574,10 @@ def _output_kernel(q, k, g, h, vn, o, offsets, chunk_indices, scale,
 def _dvn_local_kernel(q, k, g, do, dvn, offsets, chunk_indices, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                       BK: tl.constexpr, BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr,
-                      PREC: tl.constexpr):
+                      PREC: tl.constexpr, HEADS_INNER: tl.constexpr = False):
     """The chunk-local part of dVn: s (Q Kᵀ ⊙ Γ)ᵀ dO (the state part is added by _dstate_kernel)."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_v = tl.program_id(0)
+    i_c, i_h = chunk_head(1, HEADS_INNER)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -641,7 +643,8 @@ def _dstate_kernel(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offse
 @triton.jit
 def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_indices, scale, NT,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+                 BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                 HEADS_INNER: tl.constexpr = False):
     """dQ, the output and state parts of dK, dW = −dVn Sᵀ, and this key tile's share of dg.
 
     dg_j from the output and the state leaving the chunk: Σ_{i ≥ j} of the e^{G_i} S terms,
@@ -650,7 +653,8 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
     q·dq − k·dk and one reverse cumsum is exact too, but cancels O(1) terms down to a dg that
     strong decays make ~1e-4, which costs fp32 three digits.
     """
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k = tl.program_id(0)
+    i_c, i_h = chunk_head(1, HEADS_INNER)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -709,9 +713,9 @@ def _dqkw_kernel(q, k, g, h, dh, do, vn, dvn, dq, dk, dw, dgp, offsets, chunk_in
 def _wy_bwd_kernel(k, v, beta, g, Tm, dvn, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, NT,
                    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                    BV: tl.constexpr, NK: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr,
-                   PREC: tl.constexpr):
+                   PREC: tl.constexpr, HEADS_INNER: tl.constexpr = False):
     """Through U = T βV, W = T β e^G K and T = (I + A)⁻¹: dV, dβ, the rest of dK, and dg."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_c, i_h = chunk_head(0, HEADS_INNER)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -1097,8 +1101,9 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
                             PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
                             **_cfg("ut", inter, K, V, BK=BK))
         if not wu:
-            _wu_kernel[(NC, H)](k, v, beta, g, Tm, w, u, offsets, chunk_indices, H=H, K=K, V=V, BT=BT, GATED=gated,
-                                DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
+            grid, inner = chunk_grid((), NC, H)
+            _wu_kernel[grid](k, v, beta, g, Tm, w, u, offsets, chunk_indices, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT,
+                             GATED=gated, DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     return Tm, w, u
 
 
@@ -1298,8 +1303,10 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
     dg = _empty(Tt, H, dtype=g.dtype, device=dev) if gated else None
     if NC > 0:
         c = _cfg("dvn_local", inter, K, V, BK=BK, BV=BV, num_warps=nw)
-        _dvn_local_kernel[(cdiv(V, c["BV"]), NC, H)](
-            q, k, g, do, dvn, offsets, chunk_indices, scale, H=H, K=K, V=V, BT=BT, GATED=gated, DT=dt,
+        grid, inner = chunk_grid((cdiv(V, c["BV"]),), NC, H)
+        _dvn_local_kernel[grid](
+            q, k, g, do, dvn, offsets, chunk_indices, scale, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT, GATED=gated,
+            DT=dt,
             PREC=prec, **c)
     nseg = _segments(offsets, N * H, V, KP, dev, BT)
     if N * H > 0 and nseg is not None:
@@ -1311,13 +1318,17 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
             q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, chunk_offsets, maxc, scale, H=H, K=K, V=V, BT=BT,
             KP=KP, GATED=gated, HAS_DHT=dht is not None, STORE_DH0=h0 is not None, DT=dt, PREC=prec, **c)
     if NC > 0:
-        _dqkw_kernel[(NK, NC, H)](
-            q, k, g, h, dh, do, vn, dvno, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, H=H, K=K, V=V,
+        grid, inner = chunk_grid((NK,), NC, H)
+        _dqkw_kernel[grid](
+            q, k, g, h, dh, do, vn, dvno, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, HEADS_INNER=inner, H=H,
+            K=K, V=V,
             BT=BT, GATED=gated, DT=dt, PREC=prec, **c_dqkw)
         # 32-wide tiles by default (five C × C fp32 tiles are live; LAUNCH's measured 64 is faster for
         # bf16 operands); one pipelining stage always: see LAUNCH["wy_bwd"]
-        _wy_bwd_kernel[(NC, H)](
-            k, v, beta, g, Tm, dvno, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, H=H, K=K, V=V,
+        grid, inner = chunk_grid((), NC, H)
+        _wy_bwd_kernel[grid](
+            k, v, beta, g, Tm, dvno, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, HEADS_INNER=inner,
+            H=H, K=K, V=V,
             BT=BT, NK=NK, GATED=gated, DT=dt, PREC=prec,
             **_cfg("wy_bwd", inter, K, V, BK=min(BK, 32), BV=min(BV, 32), num_warps=nw, num_stages=1))
     return dq, dko, dv, dbeta, dg, dh0

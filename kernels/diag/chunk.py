@@ -37,9 +37,10 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import (cdiv, dependent_launch, fp32_products, layout_cache, next_pow2, sm_count,
+from .._common import (cdiv, chunk_grid, dependent_launch, fp32_products, layout_cache, next_pow2, sm_count,
                        tensor_descriptors)
-from .._tl import batch_place, chain_link, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
+from .._tl import (batch_place, chain_link, chunk_head, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk,
+                   tile_offsets)
 from .recurrent import _empty
 
 BT = 64  # chunk length
@@ -372,10 +373,11 @@ def _dstate_kernel(q, do, g, dht, dh, dh0, offsets, chunk_offsets, MAXC, do_scal
 def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, T, do_scale,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                  BV: tl.constexpr, DECAY: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-                 SCALE_DO: tl.constexpr = False):
+                 SCALE_DO: tl.constexpr = False, HEADS_INNER: tl.constexpr = False):
     """dQ and dK of one chunk and key block (the value dim walked in blocks of BV) and, with DG, this
     key block's share of the decay gradient (see the module docstring)."""
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k = tl.program_id(0)
+    i_c, i_h = chunk_head(1, HEADS_INNER)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -439,9 +441,10 @@ def _dqdk_kernel(q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, T, d
 def _dv_kernel(q, k, g, do, dh, dv, offsets, chunk_indices, do_scale,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, DECAY: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-               SCALE_DO: tl.constexpr = False):
+               SCALE_DO: tl.constexpr = False, HEADS_INNER: tl.constexpr = False):
     """dV of one chunk and value block; the key dim is walked in blocks of BK."""
-    i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_v = tl.program_id(0)
+    i_c, i_h = chunk_head(1, HEADS_INNER)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
     bos = tl.load(offsets + i_n).to(tl.int64)
@@ -963,12 +966,16 @@ class ChunkScalarDecay(torch.autograd.Function):
         want_dg = g is not None and ctx.needs_input_grad[3]
         # one share of dg per key block, summed below
         dg = _empty(NKs, Tt, H, dtype=torch.float32, device=q.device) if want_dg else None
-        _dqdk_kernel[(NKs, NC, H)](
-            q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, Tt, ctx.scale, H=H, K=K, V=V, BT=BT, BK=BKs,
+        grid, inner = chunk_grid((NKs,), NC, H)
+        _dqdk_kernel[grid](
+            q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, Tt, ctx.scale, HEADS_INNER=inner, H=H, K=K,
+            V=V, BT=BT, BK=BKs,
             BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo,
             **_launch("dqdk", q.dtype, K, V))
-        _dv_kernel[(cdiv(V, BVs), NC, H)](
-            q, k, g, do, dh, dv, offsets, chunk_indices, ctx.scale, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
+        grid, inner = chunk_grid((cdiv(V, BVs),), NC, H)
+        _dv_kernel[grid](
+            q, k, g, do, dh, dv, offsets, chunk_indices, ctx.scale, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT, BK=BKs,
+            BV=BVs,
             DECAY=decay, PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo, **_launch("dv", q.dtype, K, V))
         if want_dg:
             dg = (dg[0] if NKs == 1 else dg.sum(0)).to(g.dtype)

@@ -49,8 +49,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, next_pow2
-from .._tl import chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
+from .._common import cdiv, chunk_grid, next_pow2
+from .._tl import chunk_head, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -536,9 +536,10 @@ def _dstate_kernel(qd, do, GL, dht, dh, dh0, offsets, chunk_offsets, MAXC, do_sc
 @triton.jit
 def _dv_kernel(kd, v, A, do, dh, dv, dA, offsets, chunk_indices, do_scale,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-               BV: tl.constexpr, PREC: tl.constexpr, SCALE_DO: tl.constexpr = False):
+               BV: tl.constexpr, PREC: tl.constexpr, SCALE_DO: tl.constexpr = False,
+               HEADS_INNER: tl.constexpr = False):
     """dV = Aᵀ dO + (K ⊙ e^{G_L − G}) dh[c], and dA = causal(dO Vᵀ), for one chunk (all of V)."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
+    i_c, i_h = chunk_head(0, HEADS_INNER)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     t_rows = bos + c * BT + tl.arange(0, BT)
     m_t = t_rows < eos
@@ -571,7 +572,8 @@ def _dv_kernel(kd, v, A, do, dh, dv, dA, offsets, chunk_indices, do_scale,
 @triton.jit
 def _dqk_intra_kernel(q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
                       H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-                      NB: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr):
+                      NB: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
+                      HEADS_INNER: tl.constexpr = False):
     """Strictly intra-chunk dQ and dK (pairs i > j) of the rows of sub-block b.
 
     dq_i = Σ_{j<i} dA_ij k_j e^{G_i − G_j}  (factored about r, the row before b),
@@ -579,7 +581,8 @@ def _dqk_intra_kernel(q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
     The diagonal pairs and the inter-chunk parts are added by _dqk_inter_kernel. A chunk whose whole
     decay is mild is done by its first program at once, factored about the chunk's end.
     """
-    i_kb, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_kb = tl.program_id(0)
+    i_c, i_h = chunk_head(1, HEADS_INNER)
     i_k, i_b = i_kb // NB, i_kb % NB
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
@@ -685,7 +688,7 @@ def _sub_block_dqk(q, k, gk, dA, dq, dk, c_start, eos, i_k, i_b, i_h, H: tl.cons
 def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices, do_scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, DG: tl.constexpr, PREC: tl.constexpr, FAST: tl.constexpr,
-                      SCALE_DO: tl.constexpr = False):
+                      SCALE_DO: tl.constexpr = False, HEADS_INNER: tl.constexpr = False):
     """Completes dQ, dK (inter-chunk part and the diagonal pairs) and, with DG, the decay gradient
 
     dg_t = e^{G_L} Σ_v S_c ⊙ dh_c + Σ_{i≥t} q_i ⊙ dq_i^inter + Σ_{j<t} k_j ⊙ dk_j^inter
@@ -694,7 +697,8 @@ def _dqk_inter_kernel(q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets,
     where the last sum equals Σ_{i≥t>j} of the intra-chunk pair terms (the pairs on both sides of t
     cancel); the diagonal pairs, by far the largest under strong decay, never enter it.
     """
-    i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k = tl.program_id(0)
+    i_c, i_h = chunk_head(1, HEADS_INNER)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     t_rows = bos + c * BT + tl.arange(0, BT)
     m_t = t_rows < eos
@@ -917,14 +921,17 @@ class ChunkKeyDecay(torch.autograd.Function):
         dqo, dko = _alloc(Tt, H, K, dtype=q.dtype, device=dev), _alloc(Tt, H, K, dtype=k.dtype, device=dev)
         dg = _alloc(Tt, H, K, dtype=gk.dtype, device=dev) if want_dg else None
         if NC:
-            _dv_kernel[(NC, H)](kd, v, A, do, dh, dv, dA, offsets, chunk_indices, ctx.scale, H=H, K=K, V=V, BT=BT,
-                                BK=BK, BV=BV, PREC=prec, SCALE_DO=sdo, **_launch("dv", q.dtype, K, V))
+            grid, inner = chunk_grid((), NC, H)
+            _dv_kernel[grid](kd, v, A, do, dh, dv, dA, offsets, chunk_indices, ctx.scale, HEADS_INNER=inner, H=H, K=K,
+                             V=V, BT=BT, BK=BK, BV=BV, PREC=prec, SCALE_DO=sdo, **_launch("dv", q.dtype, K, V))
             NB = BT // BC
-            _dqk_intra_kernel[(NK * NB, NC, H)](q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices,
-                                                H=H, K=K, BT=BT, BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec,
-                                                FAST=_fast(q.dtype), **_launch("dqk_intra", q.dtype, K, V))
-            _dqk_inter_kernel[(NK, NC, H)](q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
-                                           ctx.scale, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg, PREC=prec,
-                                           FAST=_fast(q.dtype), SCALE_DO=sdo,
-                                           **_launch("dqk_inter", q.dtype, K, V))
+            grid, inner = chunk_grid((NK * NB,), NC, H)
+            _dqk_intra_kernel[grid](q, k, gk, qd, kd, GL, dA, dq, dk, offsets, chunk_indices, HEADS_INNER=inner,
+                                    H=H, K=K, BT=BT, BC=BC, BK=BK, NB=NB, LIM=lim, PREC=prec,
+                                    FAST=_fast(q.dtype), **_launch("dqk_intra", q.dtype, K, V))
+            grid, inner = chunk_grid((NK,), NC, H)
+            _dqk_inter_kernel[grid](q, k, v, gk, h, do, dh, dA, dq, dk, dqo, dko, dg, offsets, chunk_indices,
+                                    ctx.scale, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, DG=want_dg,
+                                    PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo,
+                                    **_launch("dqk_inter", q.dtype, K, V))
         return dqo, dko, dv, dg, dh0, None, None, None

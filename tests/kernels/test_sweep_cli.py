@@ -408,10 +408,11 @@ def test_scalar_sweep_of_the_forward_only_pass(monkeypatch, capsys):
     assert "scalar fused_fwd_only" in capsys.readouterr().out
 
 
-def test_host_times_the_calls_while_the_gpu_is_held(monkeypatch, capsys):
-    """sweep host: each mode's calls are timed (and profiled) after a GPU sleep is queued, so that
-    the host never waits; the line gives host, kernel and wall ms, then the profile's slowest
-    functions; the forward runs without autograd and the forward + backward with it."""
+def test_host_times_the_calls_while_the_gpu_is_held(monkeypatch, capsys, tmp_path):
+    """sweep host: each mode's calls are timed (then timed with Triton's launch path apart, then
+    profiled) after a GPU sleep is queued, so that the host never waits; the line gives host, kernel
+    and wall ms, the next the launch path's share, then the profile's slowest functions, whose whole
+    stats go into the dump folder; the forward runs without autograd and the forward + backward with it."""
     events = []
 
     def fake_inputs(B, T, kind, dtype=None, grad=True):
@@ -428,10 +429,10 @@ def test_host_times_the_calls_while_the_gpu_is_held(monkeypatch, capsys):
     monkeypatch.setattr(sweep.bench, "_ours", lambda kind: op)
     monkeypatch.setattr(sweep, "kernel_times", lambda fn, inp, backward: {"_a": 0.25, "_b": 0.5})
     monkeypatch.setattr(sweep.bench, "_time", lambda fn, inp, backward: (0.8, None))
-    out = sweep.host(["scalar"], 4096, calls=4)
+    out = sweep.host(["scalar"], 4096, calls=4, dump=str(tmp_path))
     assert set(out) == {("scalar", "fwd"), ("scalar", "fwd+bwd")}
     assert all(k == 0.75 and w == 0.8 and h > 0 for h, k, w in out.values())
-    want = ["call"] * 3 + ["sync", "sleep"] + ["call"] * 4 + ["sync", "sleep"] + ["call"] * 4 + ["sync"]
+    want = ["call"] * 3 + (["sync", "sleep"] + ["call"] * 4) * 3 + ["sync"]
     for mode in (False, True):   # per mode: warm-up calls, then timed and profiled calls each behind a sleep
         seq, events[:] = events[:len(want)], events[len(want):]
         assert [e[0] for e in seq] == want, seq
@@ -440,3 +441,24 @@ def test_host_times_the_calls_while_the_gpu_is_held(monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "== scalar fwd T=4096: host " in text and "kernels 0.750 ms, wall 0.800 ms" in text
     assert "4x  op (test_sweep_cli.py" not in text and "1x  op (test_sweep_cli.py" in text   # per call
+    assert text.count("   launches 0 a call: Triton's run 0.000 ms, of it the launcher 0.000") == 2   # none here
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["host_scalar_fwd_T4096.prof",
+                                                          "host_scalar_fwd_bwd_T4096.prof"]
+
+
+def test_launch_timers(monkeypatch):
+    """sweep.launch_timers adds up the time in Triton's JITFunction.run and, inside it, in the compiled
+    kernel's launcher, counts the launches, and puts both methods back afterwards."""
+    import time
+
+    from triton.backends.nvidia.driver import CudaLauncher
+    from triton.runtime.jit import JITFunction
+
+    monkeypatch.setattr(JITFunction, "run", lambda self: time.sleep(0.01) or CudaLauncher.__call__(None))
+    monkeypatch.setattr(CudaLauncher, "__call__", lambda self: time.sleep(0.02))
+    run, call = JITFunction.run, CudaLauncher.__call__
+    with sweep.launch_timers() as acc:
+        JITFunction.run(None)
+        JITFunction.run(None)
+    assert acc["launches"] == 2 and acc["run"] >= acc["launcher"] + 0.02 and acc["launcher"] >= 0.04
+    assert (JITFunction.run, CudaLauncher.__call__) == (run, call)
