@@ -181,7 +181,12 @@ def dependent_launch(on: bool, device, first: bool = False) -> dict:
 # The chunk-parallel kernels of the backward passes (and the delta rule's W, U before one) launched
 # with the heads inside the chunks, (…, heads, chunks), as GLA's gate kernel
 # (kernels.diag.chunk_key.GATE_HEADS_INNER): programs launched together then read whole [H, ·] rows
-# of a few chunks rather than one head's column of many. False: (…, chunks, heads).
+# of a few chunks rather than one head's column of many. H200, bf16, H = 16, K = V = 128 (`python -m
+# kernels.sweep ab --ops scalar,key,delta,gdn --T T --set kernels._common.BACKWARD_HEADS_INNER=False`,
+# three alternating rounds, 2026-12-03), fwd+bwd with it against without: Mamba-2 1.545 / 1.602 ms at
+# 4K, 1.984 / 2.040 at 32K; GLA 2.996 / 3.050, 3.514 / 3.572; DeltaNet 2.469 / 2.566, 3.699 / 3.794;
+# Gated DeltaNet 3.132 / 3.235, 4.218 / 4.313, every round (experiments_2026-12-03d.md §3). The same
+# bits either way. False: (…, chunks, heads).
 BACKWARD_HEADS_INNER = True
 
 
