@@ -197,10 +197,19 @@ def chunk_grid(lead: tuple, NC: int, H: int) -> tuple[tuple, bool]:
     return ((*lead, H, NC) if inner else (*lead, NC, H)), inner
 
 
+_SMS: dict[int, int] = {}   # streaming multiprocessors by device index
+
+
 def sm_count(device) -> int:
-    """Streaming multiprocessors of a CUDA device (0 elsewhere, e.g. under the CPU interpreter)."""
+    """Streaming multiprocessors of a CUDA device (0 elsewhere, e.g. under the CPU interpreter), cached:
+    a delta-rule forward asks four times a call (kernels/results/experiments_2026-12-03d.md §1)."""
     device = torch.device(device)
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 0
+    if device.type != "cuda":
+        return 0
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
 
 
 def cdiv(a: int, b: int) -> int:

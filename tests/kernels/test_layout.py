@@ -1,4 +1,5 @@
-"""The chunk layout built on the host for equal-length batches matches the general one."""
+"""Host-side helpers: the chunk layout built on the host for equal-length batches matches the general
+one, and the SM count is asked once per device."""
 
 import pytest
 import torch
@@ -44,3 +45,20 @@ def test_dense_layouts_are_made_once_per_shape():
     other = chunk_layout(seq_bounds(None, 3, 130, "cpu"), 32)
     assert other[2] == 5 and other[1] is not first[1][1] and first[1][2] == 3
     assert seq_bounds(None, 2, 130, "cpu") is not first[0]
+
+
+def test_sm_count_is_asked_once_per_device(monkeypatch):
+    """kernels._common.sm_count: 0 off CUDA; on CUDA the device's count, asked of torch once per device
+    index (a plain "cuda" is the current device)."""
+    from types import SimpleNamespace
+
+    from kernels import _common
+
+    asked = []
+    monkeypatch.setattr(_common, "_SMS", {})
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: asked.append(i) or SimpleNamespace(multi_processor_count=100 + i))
+    assert _common.sm_count("cpu") == 0
+    assert [_common.sm_count(d) for d in ("cuda", "cuda:1", "cuda:0", "cuda", "cuda:0")] == [101, 101, 100, 101, 100]
+    assert asked == [1, 0]
