@@ -146,22 +146,17 @@ def launch_timers():
     acc = {"run": 0.0, "launcher": 0.0, "launches": 0}
     run0, call0 = JITFunction.run, CudaLauncher.__call__
 
-    def run(self, *args, **kw):
-        t0 = time.perf_counter()
-        try:
-            return run0(self, *args, **kw)
-        finally:
-            acc["run"] += time.perf_counter() - t0
+    def timed(method, key: str, launches: int):
+        def wrapper(self, *args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return method(self, *args, **kw)
+            finally:
+                acc[key] += time.perf_counter() - t0
+                acc["launches"] += launches
+        return wrapper
 
-    def call(self, *args, **kw):
-        t0 = time.perf_counter()
-        try:
-            return call0(self, *args, **kw)
-        finally:
-            acc["launcher"] += time.perf_counter() - t0
-            acc["launches"] += 1
-
-    JITFunction.run, CudaLauncher.__call__ = run, call
+    JITFunction.run, CudaLauncher.__call__ = timed(run0, "run", 0), timed(call0, "launcher", 1)
     try:
         yield acc
     finally:

@@ -226,10 +226,8 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     HEADS_INNER: the grid is (key blocks, heads, chunks), so that programs launched together read
     whole rows (GATE_HEADS_INNER); else (key blocks, chunks, heads).
     """
-    if HEADS_INNER:
-        i_k, i_h, i_c = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    else:
-        i_k, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_k = tl.program_id(0)
+    i_c, i_h = chunk_head(1, HEADS_INNER)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
     c_start = bos + c * BT
     t_rows = c_start + tl.arange(0, BT)
