@@ -22,8 +22,9 @@ run, to time both sides of a choice. ``ab`` is the A/B that decides one: the def
 as the benchmark times it (``bench._time``) — kernel times and separate processes can disagree with
 it where a path does more host work (kernels/results/experiments_2026-12-01_long.md §4). ``host``
 measures that host work: ms of Python and launches a call with the GPU held busy, beside the kernels'
-time and the wall time, and cProfile's slowest functions. Shapes are
-the benchmark's: bf16, H=16, K=V=128, B·T=32768; forwards run without autograd, as the benchmark's.
+time and the wall time, Triton's launch path apart (``launch_timers``), and cProfile's slowest
+functions (``--dump DIR`` keeps each case's whole stats). Shapes are the benchmark's: bf16, H=16,
+K=V=128, B·T=32768; forwards run without autograd, as the benchmark's.
 """
 
 from __future__ import annotations
