@@ -190,10 +190,11 @@ def dependent_launch(on: bool, device, first: bool = False) -> dict:
 BACKWARD_HEADS_INNER = True
 
 
-def chunk_grid(lead: tuple, NC: int, H: int) -> tuple[tuple, bool]:
+def chunk_grid(lead: tuple, NC: int, H: int, on: bool | None = None) -> tuple[tuple, bool]:
     """A chunk-parallel kernel's grid and its HEADS_INNER (kernels._tl.chunk_head): (*lead, H, NC) where
-    BACKWARD_HEADS_INNER is on and NC fits a grid's second or third axis (65535), else (*lead, NC, H)."""
-    inner = BACKWARD_HEADS_INNER and NC < 65536
+    ``on`` (a kernel's own switch; None: BACKWARD_HEADS_INNER) is true and NC fits a grid's second or
+    third axis (65535), else (*lead, NC, H)."""
+    inner = (BACKWARD_HEADS_INNER if on is None else on) and NC < 65536
     return ((*lead, H, NC) if inner else (*lead, NC, H)), inner
 
 

@@ -1306,8 +1306,7 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
         grid, inner = chunk_grid((cdiv(V, c["BV"]),), NC, H)
         _dvn_local_kernel[grid](
             q, k, g, do, dvn, offsets, chunk_indices, scale, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT, GATED=gated,
-            DT=dt,
-            PREC=prec, **c)
+            DT=dt, PREC=prec, **c)
     nseg = _segments(offsets, N * H, V, KP, dev, BT)
     if N * H > 0 and nseg is not None:
         _dstate_segments(q, k, w, g, do, dvn, dvno, dht, dh, dh0, offsets, scale, BT, nseg, P)
@@ -1321,15 +1320,13 @@ def _backward(q, k, v, beta, g, h0, offsets, scale, BT, saved, do, dht):
         grid, inner = chunk_grid((NK,), NC, H)
         _dqkw_kernel[grid](
             q, k, g, h, dh, do, vn, dvno, dq, dk, dw, dgp, offsets, chunk_indices, scale, Tt, HEADS_INNER=inner, H=H,
-            K=K, V=V,
-            BT=BT, GATED=gated, DT=dt, PREC=prec, **c_dqkw)
+            K=K, V=V, BT=BT, GATED=gated, DT=dt, PREC=prec, **c_dqkw)
         # 32-wide tiles by default (five C × C fp32 tiles are live; LAUNCH's measured 64 is faster for
         # bf16 operands); one pipelining stage always: see LAUNCH["wy_bwd"]
         grid, inner = chunk_grid((), NC, H)
         _wy_bwd_kernel[grid](
             k, v, beta, g, Tm, dvno, dw, dk, dko, dv, dbeta, dgp, dg, offsets, chunk_indices, Tt, HEADS_INNER=inner,
-            H=H, K=K, V=V,
-            BT=BT, NK=NK, GATED=gated, DT=dt, PREC=prec,
+            H=H, K=K, V=V, BT=BT, NK=NK, GATED=gated, DT=dt, PREC=prec,
             **_cfg("wy_bwd", inter, K, V, BK=min(BK, 32), BV=min(BV, 32), num_warps=nw, num_stages=1))
     return dq, dko, dv, dbeta, dg, dh0
 

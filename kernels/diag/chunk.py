@@ -969,14 +969,12 @@ class ChunkScalarDecay(torch.autograd.Function):
         grid, inner = chunk_grid((NKs,), NC, H)
         _dqdk_kernel[grid](
             q, k, v, g, h, do, dh, dq, dk, dg, offsets, chunk_indices, Tt, ctx.scale, HEADS_INNER=inner, H=H, K=K,
-            V=V, BT=BT, BK=BKs,
-            BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo,
+            V=V, BT=BT, BK=BKs, BV=BVs, DECAY=decay, DG=want_dg, PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo,
             **_launch("dqdk", q.dtype, K, V))
         grid, inner = chunk_grid((cdiv(V, BVs),), NC, H)
         _dv_kernel[grid](
             q, k, g, do, dh, dv, offsets, chunk_indices, ctx.scale, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT, BK=BKs,
-            BV=BVs,
-            DECAY=decay, PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo, **_launch("dv", q.dtype, K, V))
+            BV=BVs, DECAY=decay, PREC=prec, FAST=_fast(q.dtype), SCALE_DO=sdo, **_launch("dv", q.dtype, K, V))
         if want_dg:
             dg = (dg[0] if NKs == 1 else dg.sum(0)).to(g.dtype)
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), dg, dh0, None, None, None

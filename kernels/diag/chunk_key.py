@@ -765,10 +765,9 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
-        grid = (cdiv(K, BK), H, NC) if GATE_HEADS_INNER else (cdiv(K, BK), NC, H)
+        grid, inner = chunk_grid((cdiv(K, BK),), NC, H, on=GATE_HEADS_INNER)
         _gate_kernel[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
-                           FAST=_fast(q.dtype), HEADS_INNER=GATE_HEADS_INNER,
-                           **_launch("gate", q.dtype, K, K))   # no value tile
+                           FAST=_fast(q.dtype), HEADS_INNER=inner, **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 

@@ -65,9 +65,12 @@ def test_backward_heads_inner(monkeypatch, count_launches, kind):
 
 
 def test_chunk_grid(monkeypatch):
-    """Heads inside the chunks where the switch is on and the chunks fit a grid axis (65535)."""
+    """Heads inside the chunks where the switch (BACKWARD_HEADS_INNER, or a kernel's own) is on and the
+    chunks fit a grid axis (65535)."""
     assert _common.chunk_grid((4,), 10, 3) == ((4, 3, 10), True)
     assert _common.chunk_grid((), 65535, 2) == ((2, 65535), True)
     assert _common.chunk_grid((), 65536, 2) == ((65536, 2), False)
     monkeypatch.setattr(_common, "BACKWARD_HEADS_INNER", False)
     assert _common.chunk_grid((4,), 10, 3) == ((4, 10, 3), False)
+    assert _common.chunk_grid((4,), 10, 3, on=True) == ((4, 3, 10), True)   # a kernel's own switch
+    assert _common.chunk_grid((4,), 10, 3, on=False) == _common.chunk_grid((4,), 10, 3)
