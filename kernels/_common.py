@@ -47,6 +47,32 @@ def interpreter_upcast(*ts: Tensor | None) -> tuple[Tensor | None, ...]:
     return tuple(t.float() if t is not None and t.dtype == torch.bfloat16 else t for t in ts)
 
 
+class _NoGradCtx:
+    """What a Function's forward sees of autograd's ctx when no backward can follow: no input needs a
+    gradient, nothing is saved."""
+
+    def __init__(self, n: int):
+        self.needs_input_grad = (False,) * n
+
+    def save_for_backward(self, *tensors) -> None:
+        pass
+
+
+# Forwards no gradient can follow call the Function's forward without autograd's apply (apply below);
+# False: always through apply (for A/Bs: python -m kernels.sweep host --set kernels._common.PLAIN_FORWARD=False).
+PLAIN_FORWARD = True
+
+
+def apply(fn: type[torch.autograd.Function], *args):
+    """``fn.apply(*args)``, or where no gradient can follow (grad mode off, or no input tensor needing
+    one) ``fn.forward`` called as a plain function: autograd's apply costs ~25 µs of host time a
+    call, a tenth of a Mamba-2 forward's (experiments_2026-12-03e.md)."""
+    if not PLAIN_FORWARD or (torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad
+                                                             for a in args)):
+        return fn.apply(*args)
+    return fn.forward(_NoGradCtx(len(args)), *args)
+
+
 def check_device(op: str, **tensors: Tensor | None) -> torch.device:
     """All tensors on one device, CUDA (or CPU under the Triton interpreter)."""
     device, first = None, None
@@ -232,9 +258,9 @@ def tma_ready(offsets: Tensor, *tensors: Tensor) -> bool:
     an equal-length batch with T ≥ 1 (offsets from seq_bounds), contiguous, with rows of 16-byte
     multiples starting 16-byte aligned (the copy engine's rule)."""
     dense = getattr(offsets, "_dense", None)
-    if dense is None or dense[1] < 1:
+    if dense is None or min(dense) < 1:
         return False
-    return all(x.is_contiguous() and not x.data_ptr() % 16 and not (x.shape[-1] * x.element_size()) % 16
+    return all(x.numel() and x.is_contiguous() and not x.data_ptr() % 16 and not (x.shape[-1] * x.element_size()) % 16
                for x in tensors)
 
 
@@ -252,11 +278,30 @@ def tensor_descriptors(on: bool, offsets: Tensor, BT: int, **tiles: tuple[Tensor
     xs = [x for x, _ in tiles.values()]
     if not (on and xs and xs[0].dtype in TMA_DTYPES and tma_ready(offsets, *xs)):
         return dict(TMA=False)
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
     B, T = offsets._dense
     out = dict(TMA=True, T_seq=T)
     for name, (x, block) in tiles.items():
         H, D = x.shape[1], x.shape[2]
-        out[f"{name}_d"] = TensorDescriptor(x, [B, T, H, D], [T * H * D, H * D, D, 1], [1, BT, 1, block])
+        out[f"{name}_d"] = descriptor(x, [B, T, H, D], [T * H * D, H * D, D, 1], [1, BT, 1, block])
     return out
+
+
+_BLOCKS_SEEN: set[tuple] = set()
+DESCRIPTOR_CHECKS_ONCE = True   # False: Triton's checks on every descriptor (for A/Bs)
+
+
+def descriptor(x: Tensor, shape: list, strides: list, block: list):
+    """Triton's host TensorDescriptor of x, its checks run once per (block, rank) only: they cost ~6 µs
+    a descriptor, and a one pass takes four a call. What they check of x itself (16-byte base, rows
+    and strides, contiguous last dim, shape > 0) tma_ready has checked; the block shape (powers of 2,
+    size) is checked the first time it is seen."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    key = (tuple(block), len(shape))
+    if key not in _BLOCKS_SEEN or not DESCRIPTOR_CHECKS_ONCE:
+        d = TensorDescriptor(x, shape, strides, block)   # the full checks, raising on a bad block
+        _BLOCKS_SEEN.add(key)
+        return d
+    d = object.__new__(TensorDescriptor)
+    d.base, d.shape, d.strides, d.block_shape, d.padding = x, shape, strides, block, "zero"
+    return d

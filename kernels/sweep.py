@@ -34,6 +34,7 @@ import ast
 import contextlib
 import importlib
 import itertools
+import os
 import time
 
 import torch
@@ -211,6 +212,7 @@ def host(kinds: list[str], T: int, dtype: torch.dtype = torch.bfloat16, calls: i
               f"launcher {acc['launcher'] * 1e3 / calls:.3f}; outside run {host_ms - acc['run'] * 1e3 / calls:.3f} "
               "(timers on: a little slower than the host figure)", flush=True)
         if dump:   # the whole profile, for pstats elsewhere
+            os.makedirs(dump, exist_ok=True)
             prof.dump_stats(f"{dump}/host_{kind}_{mode.replace('+', '_')}_T{T}.prof")
         stats = pstats.Stats(prof)
         rows = sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]   # by own time

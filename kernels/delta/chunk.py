@@ -47,8 +47,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, chunk_grid, fp32_products,
-                       interpreter_upcast, next_pow2, seq_bounds, sm_count, tensor_descriptors)
+from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, chunk_grid,
+                       fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, tensor_descriptors)
 from .._tl import batch_place, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
@@ -1407,5 +1407,5 @@ def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None 
     flat = lambda t: None if t is None else t.reshape(B * T, *t.shape[2:]).contiguous()  # noqa: E731
     h0 = None if initial_state is None else initial_state.contiguous()
     qf, kf, vf, bf = interpreter_upcast(flat(q), flat(k), flat(v), flat(beta))
-    o, ht = ChunkDelta.apply(qf, kf, vf, bf, flat(g), h0, offsets, scale, chunk_size, bool(output_final_state))
+    o, ht = apply(ChunkDelta, qf, kf, vf, bf, flat(g), h0, offsets, scale, chunk_size, bool(output_final_state))
     return o.reshape(B, T, H, V).to(v.dtype), ht

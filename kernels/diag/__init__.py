@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._common import (DTYPES, check_cu_seqlens, check_device, check_head_dim, check_scale, interpreter_upcast,
+from .._common import (DTYPES, apply, check_cu_seqlens, check_device, check_head_dim, check_scale, interpreter_upcast,
                        seq_bounds)
 from .chunk import ChunkScalarDecay
 from .chunk_key import ChunkKeyDecay
@@ -77,7 +77,7 @@ def fused_recurrent_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g
     op = "fused_recurrent_diag"
     qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
                                                            cu_seqlens)
-    o, ht = FusedRecurrentDiag.apply(qf, kf, vf, gf, h0, offsets, decay, bool(output_final_state))
+    o, ht = apply(FusedRecurrentDiag, qf, kf, vf, gf, h0, offsets, decay, bool(output_final_state))
     return o.reshape(B, T, H, V), ht
 
 
@@ -100,5 +100,5 @@ def chunk_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor |
                                                            cu_seqlens)
     qf, kf, vf, gf = interpreter_upcast(qf, kf, vf, gf)
     fn = ChunkKeyDecay if decay == "key" else ChunkScalarDecay
-    o, ht = fn.apply(qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
+    o, ht = apply(fn, qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
     return o.reshape(B, T, H, V).to(v.dtype), ht

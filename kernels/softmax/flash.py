@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, check_cu_seqlens, interpreter_upcast, seq_bounds
+from .._common import apply, cdiv, check_cu_seqlens, interpreter_upcast, seq_bounds
 from . import _utils as U
 from ._utils import key_ranges, load_rows, query_ranges, visible
 
@@ -393,5 +393,5 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None,
     scale, max_len, bounds, (B, T, H, K, Vd) = _prepare(op, q, k, v, scale, window, sink_tokens,
                                                         cu_seqlens)
     flat = lambda t: t.reshape(B * T, H, t.shape[-1]).contiguous()  # noqa: E731
-    o = FlashAttention.apply(flat(q), flat(k), flat(v), bounds, max_len, scale, window, sink_tokens)
+    o = apply(FlashAttention, flat(q), flat(k), flat(v), bounds, max_len, scale, window, sink_tokens)
     return o.reshape(B, T, H, Vd)

@@ -298,6 +298,80 @@ def test_tma_ready():
     assert not tma_ready(dense, torch.randn(16, 2, 6))                      # 24-byte rows
     assert not tma_ready(dense, torch.randn(16 * 2 * 16 + 1)[1:].view(16, 2, 16))   # 4 bytes off
     assert not tma_ready(dense, torch.randn(16, 16, 2).transpose(1, 2))      # not contiguous
+    assert not tma_ready(seq_bounds(None, 2, 8, "cpu"), torch.randn(16, 0, 16))   # no heads
+    no_batch = torch.zeros(1, dtype=torch.int64)
+    no_batch._dense = (0, 8)
+    assert not tma_ready(no_batch, x[:0])
+
+
+def test_descriptor_checks_each_block_once(monkeypatch):
+    """kernels._common.descriptor: Triton's TensorDescriptor with the same fields as its checked
+    constructor gives; the checks run the first time a block shape is seen (a bad one raises then,
+    every time), later ones are built without them. Triton's descriptor must still have exactly the
+    fields the fast path sets."""
+    import dataclasses
+
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    import kernels._common as common
+
+    assert [f.name for f in dataclasses.fields(TensorDescriptor)] == ["base", "shape", "strides", "block_shape",
+                                                                     "padding"]
+    monkeypatch.setattr(common, "_BLOCKS_SEEN", set())
+    checks = []
+    monkeypatch.setattr(TensorDescriptor, "__post_init__",
+                        lambda self, real=TensorDescriptor.__post_init__: (checks.append(1), real(self)))
+    x = torch.randn(2, 8, 3, 16)
+    args = (x, [2, 8, 3, 16], [384, 48, 16, 1], [1, 8, 1, 16])
+    first, second = common.descriptor(*args), common.descriptor(*args)
+    assert len(checks) == 1
+    want = TensorDescriptor(*args)
+    for d in (first, second):
+        assert type(d) is TensorDescriptor and d.base is x and d.padding == "zero"
+        assert (d.shape, d.strides, d.block_shape) == (want.shape, want.strides, want.block_shape)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="power of 2"):
+            common.descriptor(x, [2, 8, 3, 16], [384, 48, 16, 1], [1, 8, 1, 12])
+    assert len(checks) == 4   # one each time above, the bad block never cached
+
+
+def test_apply_runs_forward_alone_without_grad():
+    """kernels._common.apply: through autograd where a gradient can follow; else the Function's forward
+    as a plain call, on a ctx where no input needs a gradient, with the same outputs."""
+    from kernels._common import apply
+
+    seen = []
+
+    class Twice(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, factor):
+            seen.append((type(ctx).__name__, tuple(ctx.needs_input_grad)))
+            ctx.save_for_backward(x)
+            return x * factor
+
+        @staticmethod
+        def backward(ctx, dy):
+            return dy * 2, None
+
+    x = torch.randn(3, requires_grad=True)
+    y = apply(Twice, x, 2.0)
+    assert y.grad_fn is not None and seen[-1][1] == (True, False)
+    y.sum().backward()
+    assert torch.equal(x.grad, torch.full((3,), 2.0))
+    with torch.no_grad():
+        z = apply(Twice, x, 2.0)
+    assert seen[-1] == ("_NoGradCtx", (False, False)) and z.grad_fn is None and torch.equal(z, y)
+    w = apply(Twice, x.detach(), 2.0)   # grad mode on, but no input needs a gradient
+    assert seen[-1] == ("_NoGradCtx", (False, False)) and torch.equal(w, y)
+    import kernels._common as common
+
+    common.PLAIN_FORWARD = False   # the A/B switch: always through autograd
+    try:
+        with torch.no_grad():
+            apply(Twice, x, 2.0)
+    finally:
+        common.PLAIN_FORWARD = True
+    assert seen[-1][0] == "TwiceBackward"   # autograd's ctx
 
 
 

@@ -429,7 +429,7 @@ def test_host_times_the_calls_while_the_gpu_is_held(monkeypatch, capsys, tmp_pat
     monkeypatch.setattr(sweep.bench, "_ours", lambda kind: op)
     monkeypatch.setattr(sweep, "kernel_times", lambda fn, inp, backward: {"_a": 0.25, "_b": 0.5})
     monkeypatch.setattr(sweep.bench, "_time", lambda fn, inp, backward: (0.8, None))
-    out = sweep.host(["scalar"], 4096, calls=4, dump=str(tmp_path))
+    out = sweep.host(["scalar"], 4096, calls=4, dump=str(tmp_path / "prof"))   # made if missing
     assert set(out) == {("scalar", "fwd"), ("scalar", "fwd+bwd")}
     assert all(k == 0.75 and w == 0.8 and h > 0 for h, k, w in out.values())
     want = ["call"] * 3 + (["sync", "sleep"] + ["call"] * 4) * 3 + ["sync"]
@@ -442,7 +442,7 @@ def test_host_times_the_calls_while_the_gpu_is_held(monkeypatch, capsys, tmp_pat
     assert "== scalar fwd T=4096: host " in text and "kernels 0.750 ms, wall 0.800 ms" in text
     assert "4x  op (test_sweep_cli.py" not in text and "1x  op (test_sweep_cli.py" in text   # per call
     assert text.count("   launches 0 a call: Triton's run 0.000 ms, of it the launcher 0.000") == 2   # none here
-    assert sorted(f.name for f in tmp_path.iterdir()) == ["host_scalar_fwd_T4096.prof",
+    assert sorted(f.name for f in (tmp_path / "prof").iterdir()) == ["host_scalar_fwd_T4096.prof",
                                                           "host_scalar_fwd_bwd_T4096.prof"]
 
 
