@@ -260,8 +260,8 @@ def tma_ready(offsets: Tensor, *tensors: Tensor) -> bool:
     dense = getattr(offsets, "_dense", None)
     if dense is None or min(dense) < 1:
         return False
-    return all(x.numel() and x.is_contiguous() and not x.data_ptr() % 16 and not (x.shape[-1] * x.element_size()) % 16
-               for x in tensors)
+    return all(x.numel() and x.is_contiguous() and not x.data_ptr() % 16
+               and not (x.shape[-1] * x.element_size()) % 16 for x in tensors)
 
 
 # Input dtypes that tensor descriptors serve: fp32 tiles staged in shared memory did not fit the one

@@ -38,7 +38,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, next_pow2,
+from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, next_pow2,
                        seq_bounds, step_bounds)
 
 __all__ = ["fused_recurrent_delta", "delta_step", "CHECKPOINT_INTERVAL"]
@@ -388,7 +388,7 @@ def fused_recurrent_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
     h0 = None if initial_state is None else initial_state.contiguous()
     ins = [t for t in (q, k, v, beta, g, h0) if t is not None]
     if torch.is_grad_enabled() and any(t.requires_grad for t in ins):
-        return apply(_FusedRecurrentDelta, q, k, v, beta, g, h0, bounds, N, bool(output_final_state),
+        return _FusedRecurrentDelta.apply(q, k, v, beta, g, h0, bounds, N, bool(output_final_state),
                                           checkpoint_interval)
     o, ht, _, _ = _fwd(q, k, v, beta, g, h0, bounds, N, bool(output_final_state), False,
                        checkpoint_interval)

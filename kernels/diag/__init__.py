@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._common import (DTYPES, apply, check_cu_seqlens, check_device, check_head_dim, check_scale, interpreter_upcast,
-                       seq_bounds)
+from .._common import (DTYPES, apply, check_cu_seqlens, check_device, check_head_dim, check_scale,
+                       interpreter_upcast, seq_bounds)
 from .chunk import ChunkScalarDecay
 from .chunk_key import ChunkKeyDecay
 from .recurrent import FusedRecurrentDiag, diag_step

@@ -104,7 +104,7 @@ def fused_recurrent_titans(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, th
                                                              initial_state, cu_seqlens, grad_at)
     retained = grad_at == "retained"
     if _needs_grad(q, k, v, g, theta, log_eta, s0, z0):
-        o, st, zt = apply(FusedRecurrentTitans, q, k, v, theta, g, log_eta, s0, z0, bounds, N, retained,
+        o, st, zt = FusedRecurrentTitans.apply(q, k, v, theta, g, log_eta, s0, z0, bounds, N, retained,
                                                bool(output_final_state), C)
     else:
         o, st, zt, _, _ = recurrent_fwd(q, k, v, theta, g, log_eta, s0, z0, bounds, N, retained,
@@ -131,5 +131,5 @@ def chunk_titans(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, theta: Tenso
     V = v.shape[-1]
     flat = lambda t: None if t is None else t.reshape(B * T, *t.shape[2:])  # noqa: E731
     o, st, zt = apply(ChunkTitans, flat(q), flat(k), flat(v), flat(theta), flat(g), flat(log_eta), s0, z0,
-                                  bounds, grad_at == "retained", bool(output_final_state), chunk_size)
+                      bounds, grad_at == "retained", bool(output_final_state), chunk_size)
     return o.reshape(B, T, H, V), ((st, zt) if output_final_state else None)
