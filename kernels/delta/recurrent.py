@@ -38,7 +38,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import (cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, next_pow2,
+from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, next_pow2,
                        seq_bounds, step_bounds)
 
 __all__ = ["fused_recurrent_delta", "delta_step", "CHECKPOINT_INTERVAL"]
@@ -293,7 +293,9 @@ def _bwd(q, k, v, beta, g, h0, do, dht, ckpt, ck_off, bounds, N, C):
 class _FusedRecurrentDelta(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, beta, g, h0, bounds, N, output_final_state, C):
-        o, ht, ckpt, ck_off = _fwd(q, k, v, beta, g, h0, bounds, N, output_final_state, True, C)
+        # checkpoints of the state only for a backward to come
+        o, ht, ckpt, ck_off = _fwd(q, k, v, beta, g, h0, bounds, N, output_final_state,
+                                   any(ctx.needs_input_grad[:6]), C)
         ctx.save_for_backward(q, k, v, beta, g, h0, ckpt, ck_off, bounds)
         ctx.N, ctx.C = N, C
         return o, ht
@@ -386,13 +388,8 @@ def fused_recurrent_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
     q, k, v, beta = (t.contiguous() for t in (q, k, v, beta))
     g = None if g is None else g.contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()
-    ins = [t for t in (q, k, v, beta, g, h0) if t is not None]
-    if torch.is_grad_enabled() and any(t.requires_grad for t in ins):
-        return _FusedRecurrentDelta.apply(q, k, v, beta, g, h0, bounds, N, bool(output_final_state),
-                                          checkpoint_interval)
-    o, ht, _, _ = _fwd(q, k, v, beta, g, h0, bounds, N, bool(output_final_state), False,
-                       checkpoint_interval)
-    return o, ht
+    return apply(_FusedRecurrentDelta, q, k, v, beta, g, h0, bounds, N, bool(output_final_state),
+                 checkpoint_interval)
 
 
 def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,

@@ -307,8 +307,9 @@ class FusedRecurrentTitans(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, theta, g, eta, s0, z0, bounds, N, retained, output_final_state, C):
+        # checkpoints of the state only for a backward to come
         o, st, zt, ckpt, ck_off = recurrent_fwd(q, k, v, theta, g, eta, s0, z0, bounds, N, retained,
-                                                output_final_state, True, C)
+                                                output_final_state, any(ctx.needs_input_grad[:8]), C)
         ctx.save_for_backward(q, k, v, theta, g, eta, ckpt, ck_off, bounds)
         ctx.N, ctx.C, ctx.retained, ctx.has_h0 = N, C, retained, s0 is not None
         ctx.dtypes = (q.dtype, k.dtype, theta.dtype, None if g is None else g.dtype, eta.dtype)

@@ -72,10 +72,6 @@ def _prepare(op, q, k, v, g, theta, log_eta, initial_state, cu_seqlens, grad_at)
     return q, k, v, g, theta, log_eta, s0, z0, bounds, N
 
 
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
-
-
 def fused_recurrent_titans(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, theta: Tensor,
                            log_eta: Tensor, initial_state: tuple[Tensor, Tensor] | None = None,
                            output_final_state: bool = False, cu_seqlens: Tensor | None = None,
@@ -94,7 +90,7 @@ def fused_recurrent_titans(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, th
     Returns:
         o [B, T, H, V] in v's dtype and (S_T, Z_T) in fp32 (None unless ``output_final_state``).
     """
-    from .recurrent import CHECKPOINT_INTERVAL, FusedRecurrentTitans, recurrent_fwd
+    from .recurrent import CHECKPOINT_INTERVAL, FusedRecurrentTitans
 
     op = "fused_recurrent_titans"
     C = CHECKPOINT_INTERVAL if checkpoint_interval is None else checkpoint_interval
@@ -103,12 +99,8 @@ def fused_recurrent_titans(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, th
     q, k, v, g, theta, log_eta, s0, z0, bounds, N = _prepare(op, q, k, v, g, theta, log_eta,
                                                              initial_state, cu_seqlens, grad_at)
     retained = grad_at == "retained"
-    if _needs_grad(q, k, v, g, theta, log_eta, s0, z0):
-        o, st, zt = FusedRecurrentTitans.apply(q, k, v, theta, g, log_eta, s0, z0, bounds, N, retained,
-                                               bool(output_final_state), C)
-    else:
-        o, st, zt, _, _ = recurrent_fwd(q, k, v, theta, g, log_eta, s0, z0, bounds, N, retained,
-                                        bool(output_final_state), False, C)
+    o, st, zt = apply(FusedRecurrentTitans, q, k, v, theta, g, log_eta, s0, z0, bounds, N, retained,
+                      bool(output_final_state), C)
     return o, ((st, zt) if output_final_state else None)
 
 
