@@ -11,7 +11,7 @@ from torch import Tensor
 __all__ = ["interpreting", "check_device", "check_head_dim", "UnsupportedHeadDim", "check_cu_seqlens",
            "next_pow2", "ensure_contiguous", "interpreter_upcast", "MIN_HEAD_DIM", "MAX_HEAD_DIM", "seq_bounds",
            "sm_count", "step_bounds", "check_scale", "tma_ready", "tensor_descriptors", "TMA_DTYPES",
-           "dependent_launch", "chunk_grid"]
+           "dependent_launch", "chunk_grid", "apply", "descriptor"]
 
 MIN_HEAD_DIM, MAX_HEAD_DIM = 1, 256
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}   # as the tools' --dtype names them
@@ -178,7 +178,17 @@ def check_scale(op: str, scale) -> float:
 COMPILE_ARCH: int | None = None
 
 
-_MAJORS: dict[int, int] = {}   # compute capability major by device index
+_PER_DEVICE: dict[tuple[str, int], int] = {}   # (what, CUDA device index) → value, asked of torch once
+
+
+def _per_device(what: str, device: torch.device, ask) -> int:
+    """``ask(index)`` for a CUDA device, once per device index: torch's device queries cost host time
+    at every launch that needs them."""
+    index = torch.cuda.current_device() if device.index is None else device.index
+    key = (what, index)
+    if key not in _PER_DEVICE:
+        _PER_DEVICE[key] = ask(index)
+    return _PER_DEVICE[key]
 
 
 def _major(device: torch.device) -> int:
@@ -186,10 +196,7 @@ def _major(device: torch.device) -> int:
     asked at every launch of a chain."""
     if device.type != "cuda" or interpreting():
         return 0
-    index = torch.cuda.current_device() if device.index is None else device.index
-    if index not in _MAJORS:
-        _MAJORS[index] = torch.cuda.get_device_capability(index)[0]
-    return _MAJORS[index]
+    return _per_device("major", device, lambda i: torch.cuda.get_device_capability(i)[0])
 
 
 def dependent_launch(on: bool, device, first: bool = False) -> dict:
@@ -224,19 +231,13 @@ def chunk_grid(lead: tuple, NC: int, H: int, on: bool | None = None) -> tuple[tu
     return ((*lead, H, NC) if inner else (*lead, NC, H)), inner
 
 
-_SMS: dict[int, int] = {}   # streaming multiprocessors by device index
-
-
 def sm_count(device) -> int:
     """Streaming multiprocessors of a CUDA device (0 elsewhere, e.g. under the CPU interpreter), cached:
     a delta-rule forward asks four times a call (kernels/results/experiments_2026-12-03d.md §1)."""
     device = torch.device(device)
     if device.type != "cuda":
         return 0
-    index = torch.cuda.current_device() if device.index is None else device.index
-    if index not in _SMS:
-        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return _SMS[index]
+    return _per_device("sms", device, lambda i: torch.cuda.get_device_properties(i).multi_processor_count)
 
 
 def cdiv(a: int, b: int) -> int:

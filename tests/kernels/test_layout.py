@@ -55,7 +55,7 @@ def test_sm_count_is_asked_once_per_device(monkeypatch):
     from kernels import _common
 
     asked = []
-    monkeypatch.setattr(_common, "_SMS", {})
+    monkeypatch.setattr(_common, "_PER_DEVICE", {})
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda i: asked.append(i) or SimpleNamespace(multi_processor_count=100 + i))
