@@ -336,7 +336,6 @@ DELTA_GRID = {
     "output": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
     "wu": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
     "ut": dict(num_warps=(2, 4, 8), num_stages=(1, 2, 3)),
-    "ut_dense": dict(num_warps=(4, 8), num_stages=(1, 2), maxnreg=(None, 128, 168)),   # (timed with UT_DENSE on)
     # the state scan that also writes the outputs (FUSED_FORWARD, switched on while it is timed), in a
     # forward without autograd as the default forward runs it: W and U made in it (WU_IN_SCAN), which
     # no tile narrower than 64 does (16- and 32-wide builds faulted), so those would time another kernel
@@ -371,9 +370,7 @@ def launch_delta(kind: str, T: int, names: list[str] | None) -> None:
             # one pass on for its scan, left as it is for the chain (the segments run inside it), off
             # for the rest (they are the separate state and output kernels)
             fused = mod.FUSED_FORWARD if name == "chain" else name == "state_out"
-            dense = {"ut": False, "ut_dense": True}.get(name, mod.UT_DENSE)
-            with bench.switches([(mod, "LAUNCH", {**base, key: cfg}), (mod, "FUSED_FORWARD", fused),
-                                 (mod, "UT_DENSE", dense)]), \
+            with bench.switches([(mod, "LAUNCH", {**base, key: cfg}), (mod, "FUSED_FORWARD", fused)]), \
                     torch.set_grad_enabled(backward):
                 try:
                     t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)

@@ -345,49 +345,6 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
 
 
 @triton.jit
-def _ut_dense_kernel(k, beta, g, Tm, offsets, chunk_indices, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-                     KP: tl.constexpr, GATED: tl.constexpr, PREC: tl.constexpr):
-    """_ut_kernel's T = (I + A)⁻¹ of one chunk from whole [BT, BT] products (UT_DENSE).
-
-    A = strict_lower(β K Kᵀ ⊙ Γ) is one product of the chunk's [BT, KP] keys, split as D + E: D its
-    16 × 16 diagonal blocks, E the blocks below them. Then I + A = (I + D)(I + F) with X = (I + D)⁻¹ and
-    F = X E, so T = (I + F)⁻¹ X. D¹⁶ = 0 gives X = (I − D)(I + D²)(I + D⁴)(I + D⁸) (each diagonal block
-    as _inv_unit_lower_pow makes it); F is strictly lower by blocks, F^{BT/16} = 0, so (I + F)⁻¹ is
-    I − F (BT = 32) or (I − F)(I + F²) (BT = 64): ten dependent products at BT = 64 instead of the block
-    substitution's chain of thirty-odd 16 × 16 ones."""
-    i_c, i_h = tl.program_id(0), tl.program_id(1)
-    i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
-    c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
-    bos = tl.load(offsets + i_n).to(tl.int64)
-    eos = tl.load(offsets + i_n + 1).to(tl.int64)
-    o = tl.arange(0, BT)
-    rows = bos + c * BT + o
-    m = rows < eos
-    o_k = tl.arange(0, KP)
-    b_k = tl.load(k + (rows[:, None] * H + i_h) * K + o_k[None, :], mask=m[:, None] & (o_k < K)[None, :],
-                  other=0.0)
-    b_G, b_Gl, _ = _cum_gates(g, rows, m, i_h, 0.0, H, GATED)
-    A = _gram_finish(tl.dot(b_k, tl.trans(b_k), input_precision=PREC), beta, rows, m, b_G, b_Gl, b_G, b_Gl,
-                     i_h, H, BT, True, GATED)
-    eye = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
-    D = tl.where(o[:, None] // BC == o[None, :] // BC, A, 0.0)
-    X = eye - D
-    D2 = tl.dot(D, D, input_precision=PREC)
-    X += tl.dot(X, D2, input_precision=PREC)
-    D4 = tl.dot(D2, D2, input_precision=PREC)
-    X += tl.dot(X, D4, input_precision=PREC)
-    D8 = tl.dot(D4, D4, input_precision=PREC)
-    X += tl.dot(X, D8, input_precision=PREC)
-    if BT > BC:
-        F = tl.dot(X, A - D, input_precision=PREC)
-        Y = eye - F
-        if BT > 2 * BC:
-            Y += tl.dot(Y, tl.dot(F, F, input_precision=PREC), input_precision=PREC)
-        X = tl.dot(Y, X, input_precision=PREC)
-    tl.store(Tm + (rows[:, None] * H + i_h) * BT + o[None, :], X.to(Tm.dtype.element_ty), mask=m[:, None])
-
-
-@triton.jit
 def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
@@ -860,11 +817,6 @@ UT_POWERS = True
 UT_KEYS_ONCE: bool | None = None
 
 
-# The UT kernel as whole-chunk products (_ut_dense_kernel) instead of 16 × 16 blocks (_ut_kernel). Not yet
-# timed: False until the H200 says which is faster.
-UT_DENSE = False
-
-
 def _ut_once(dtype: torch.dtype, KP: int) -> bool:
     """Whether the UT kernel loads each row block's keys once (UT_KEYS_ONCE)."""
     if UT_KEYS_ONCE is False or KP > 128:
@@ -1145,13 +1097,9 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     w = _empty(*((1,) if wu else (Tt, H, K)), dtype=inter, device=dev)
     u = _empty(*((1,) if wu else (Tt, H, V)), dtype=inter, device=dev)
     if NC > 0:
-        if UT_DENSE:
-            _ut_dense_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, KP=KP, GATED=gated,
-                                      PREC=prec, **_cfg("ut_dense", inter, K, V, num_warps=4))
-        else:
-            _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                                PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
-                                **_cfg("ut", inter, K, V, BK=BK))
+        _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
+                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
+                            **_cfg("ut", inter, K, V, BK=BK))
         if not wu:
             grid, inner = chunk_grid((), NC, H)
             _wu_kernel[grid](k, v, beta, g, Tm, w, u, offsets, chunk_indices, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT,
