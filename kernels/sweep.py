@@ -335,7 +335,7 @@ DELTA_GRID = {
     "state": dict(BV=(16, 32, 64), num_warps=(4, 8), num_stages=(2, 3)),
     "output": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
     "wu": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
-    "ut": dict(num_warps=(2, 4, 8), num_stages=(1, 2, 3)),
+    "ut": dict(num_warps=(1, 2, 4), num_stages=(1, 2, 3)),
     # the state scan that also writes the outputs (FUSED_FORWARD, switched on while it is timed), in a
     # forward without autograd as the default forward runs it: W and U made in it (WU_IN_SCAN), which
     # no tile narrower than 64 does (16- and 32-wide builds faulted), so those would time another kernel

@@ -930,12 +930,18 @@ def _state_launch(BVS: int, KP: int, V: int, inter: torch.dtype, nw: int, NH: in
 # 2026-12-01; T = 4096, and T = 32768 for the "_few" keys). "state_few"/"dstate_few" apply to the
 # scans when their programs are fewer than the GPU's SMs (long sequences, small batch).
 LAUNCH: dict[str, dict] = {
-    # (one stage since 2026-12-03: `python -m kernels.sweep launch --ops gdn --kernels ut --T 4096` gave
-    # it 0.195 ms against 0.202 at two; `python -m kernels.sweep ab --ops delta,gdn --T 4096 --set
-    # "kernels.delta.chunk.LAUNCH[ut]={'num_warps': 2, 'num_stages': 1}"`, three alternating rounds:
-    # DeltaNet forward 0.489 → 0.483 ms, Gated DeltaNet 0.622 → 0.612, every round; fwd+bwd 2.591 →
-    # 2.585 and 3.249 → 3.241)
-    "ut": dict(num_warps=2, num_stages=1),                               # 0.42 → 0.25 ms
+    # One warp a program since 2026-12-03 (the grid never offered fewer than two before): the kernel is a
+    # chain of small dependent 16 × 16 products, which one warp does without splitting each across warps,
+    # and at 255 registers eight one-warp programs share an SM against four two-warp ones.
+    # `python -m kernels.sweep launch --ops delta,gdn --kernels ut --T 4096`: 0.086 ms (DeltaNet) and
+    # 0.106 (Gated DeltaNet) at 1 warp, any stages, against 0.142 / 0.174 at 2 warps (4: 0.255 / 0.306);
+    # `python -m kernels.sweep ab --ops delta,gdn --T T --set "kernels.delta.chunk.LAUNCH[ut]={'num_warps':
+    # 2, 'num_stages': 1}"` (the old setting as the set side), three alternating rounds: forward at 4K
+    # 0.389 against 0.444 ms (DeltaNet), 0.527 against 0.591 (Gated DeltaNet), at 32K 1.032 against
+    # 1.083 and 1.127 against 1.192; fwd+bwd 2.402 / 2.455 and 3.053 / 3.118 at 4K. At one warp the
+    # keys loaded once (UT_KEYS_ONCE) and the powers (UT_POWERS) still win (off: DeltaNet 0.437, 0.429),
+    # and a register cap of 128 loses (0.466: spills).
+    "ut": dict(num_warps=1, num_stages=1),                               # 0.42 → 0.086 ms
     "wu": dict(BK=128, BV=128, num_warps=4, num_stages=1),               # 0.17 → 0.16
     "state": dict(BV=64, num_warps=4, num_stages=2),                     # 0.27 → 0.24
     "state_few": dict(BV=16, num_warps=4, num_stages=2),                 # 1.08 → 0.82 (T = 32K)
