@@ -258,28 +258,6 @@ def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
     return tl.dot(a.to(DT), b.to(DT), input_precision=PREC)
 
 
-@triton.jit
-def _wu_factors(b_T, b_beta, b_G, b_Gl, DT: tl.constexpr, GATED: tl.constexpr, ON_T: tl.constexpr):
-    """The chunk's factors for W = T diag(β e^G) K and U = T diag(β) V: with ON_T the scaled T's,
-    (T diag(β e^G), T diag(β)) in DT, for products with K and V as loaded; else (T, β e^G, β), the
-    scales then applied to K's and V's rows (a [C, K] and a [C, V] tile against one or two [C, C])."""
-    if ON_T:
-        b_Tf = b_T.to(tl.float32)
-        b_tu = (b_Tf * b_beta[None, :]).to(DT)
-        if GATED:
-            return (b_Tf * (b_beta * tl.exp(b_G + b_Gl))[None, :]).to(DT), b_tu, b_beta, b_beta
-        return b_tu, b_tu, b_beta, b_beta
-    return b_T, b_T, b_beta * tl.exp(b_G + b_Gl), b_beta
-
-
-@triton.jit
-def _wu_product(b_t, x, s, DT: tl.constexpr, PREC: tl.constexpr, ON_T: tl.constexpr):
-    """One of W, U from _wu_factors': b_t times the rows x (K or V), scaled by s unless ON_T."""
-    if ON_T:
-        return _mm(b_t, x, DT, PREC)
-    return _mm(b_t, x.to(tl.float32) * s[:, None], DT, PREC)
-
-
 # --------------------------------------------------------------------------------------------
 # forward kernels
 # --------------------------------------------------------------------------------------------
@@ -370,8 +348,8 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
 def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-               HEADS_INNER: tl.constexpr = False, ON_T: tl.constexpr = False):
-    """W = T diag(β e^G) K and U = T diag(β) V of one chunk (ON_T: the scales on T, see WU_SCALES_T)."""
+               HEADS_INNER: tl.constexpr = False):
+    """W = T diag(β e^G) K and U = T diag(β) V of one chunk."""
     i_c, i_h = chunk_head(0, HEADS_INNER)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
@@ -383,18 +361,20 @@ def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
                   other=0.0)
     b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
     b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-    b_tw, b_tu, s_w, s_u = _wu_factors(b_T, b_beta, b_G, b_Gl, DT, GATED, ON_T)
+    b_xs = b_beta * tl.exp(b_G + b_Gl)
     for i_k in range(0, tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         m = m_t[:, None] & (o_k < K)[None, :]
         p = (rows[:, None] * H + i_h) * K + o_k[None, :]
-        b_w = _wu_product(b_tw, tl.load(k + p, mask=m, other=0.0), s_w, DT, PREC, ON_T)
+        b_k = tl.load(k + p, mask=m, other=0.0).to(tl.float32)
+        b_w = _mm(b_T, b_k * b_xs[:, None], DT, PREC)
         tl.store(w + p, b_w.to(w.dtype.element_ty), mask=m)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         m = m_t[:, None] & (o_v < V)[None, :]
         p = (rows[:, None] * H + i_h) * V + o_v[None, :]
-        b_u = _wu_product(b_tu, tl.load(v + p, mask=m, other=0.0), s_u, DT, PREC, ON_T)
+        b_v = tl.load(v + p, mask=m, other=0.0).to(tl.float32)
+        b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC)
         tl.store(u + p, b_u.to(u.dtype.element_ty), mask=m)
 
 
@@ -405,13 +385,12 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, ON_T: tl.constexpr = False):
+                  o_d=None, T_seq=1):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
     one-pass forward); then S and Vn are stored only with STORE_H, for a backward. With WU it makes
-    each chunk's W and U itself from T, k, v and β, as _wu_kernel would store them (WU_IN_SCAN; ON_T as
-    there).
+    each chunk's W and U itself from T, k, v and β, as _wu_kernel would store them (WU_IN_SCAN).
     ZERO_U and EYE (V = K): the chunks' transition instead, S' = (e^{G_L} I − (K ⊙ e^{G_L − G})ᵀ W) S
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
@@ -451,16 +430,15 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
                           mask=m_t[:, None], other=0.0)
             b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-            b_tw, b_tu, s_w, s_u = _wu_factors(b_T, b_beta, b_G, b_Gl, DT, GATED, ON_T)
-            b_w = _wu_product(b_tw, b_kr, s_w, DT, PREC, ON_T).to(DT)
+            b_w = _mm(b_T, b_kr.to(tl.float32) * (b_beta * tl.exp(b_G + b_Gl))[:, None], DT, PREC).to(DT)
             if ZERO_U:
                 b_u = tl.zeros([BT, BV], dtype=tl.float32)
             else:
                 if TMA:
-                    b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV)
+                    b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV).to(tl.float32)
                 else:
-                    b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0)
-                b_u = _wu_product(b_tu, b_v, s_u, DT, PREC, ON_T).to(DT).to(tl.float32)
+                    b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+                b_u = _mm(b_T, b_v * b_beta[:, None], DT, PREC).to(DT).to(tl.float32)
         else:
             b_w = tl.load(w + r_k + o_tk, mask=m_tk, other=0.0)
             if ZERO_U:
@@ -862,13 +840,6 @@ def _ut_once(dtype: torch.dtype, KP: int) -> bool:
 WU_IN_SCAN: bool | None = None
 
 
-# W = T diag(β e^G) K and U = T diag(β) V with the scales on T's columns (a [C, C] tile, once per chunk
-# for DeltaNet, twice gated) instead of on the rows of K and V ([C, K] and [C, V] tiles widened to fp32),
-# wherever W and U are made (_wu_kernel and the scans with W and U in them). The same products, each
-# rounded once to the operand dtype on the other side. Slower: DeltaNet forward 0.392 → 0.542 ms at 4K.
-WU_SCALES_T = True
-
-
 def _narrow(few: bool, BV: int, *dims: int) -> bool:
     """Whether a scan's value tiles rule out W and U in the scan (see WU_IN_SCAN): few programs, or a
     tile under 64 wide that splits one of ``dims`` (its value dim; the transitions' scan also K)."""
@@ -1138,8 +1109,7 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
         if not wu:
             grid, inner = chunk_grid((), NC, H)
             _wu_kernel[grid](k, v, beta, g, Tm, w, u, offsets, chunk_indices, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT,
-                             GATED=gated, DT=dt, PREC=prec, ON_T=WU_SCALES_T,
-                             **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
+                             GATED=gated, DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     return Tm, w, u
 
 
@@ -1179,7 +1149,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, ON_T=WU_SCALES_T,
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu,
             **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
             **c_scan)
@@ -1212,7 +1182,7 @@ def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, beta=None,
         k, w, w, g, None, None, w, P, s_offsets, s_chunk_offsets, per, H=H, K=K, V=K, BT=BT, KP=KP,
         GATED=_gated(g, k.dtype), HAS_H0=False, STORE_HT=True, DT=_TL[inter], PREC=prec, q=w, o=w, scale=1.0,
         OUT=False, STORE_H=False, v=w, beta=beta if wu else w, Tm=Tm if wu else w, WU=wu, ZERO_U=True, EYE=True,
-        ON_T=WU_SCALES_T, **c)
+        **c)
     return P
 
 
@@ -1247,7 +1217,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
-               Tm=Tm, WU=wu, ON_T=WU_SCALES_T, **c)
+               Tm=Tm, WU=wu, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
     # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
