@@ -817,6 +817,15 @@ UT_POWERS = True
 UT_KEYS_ONCE: bool | None = None
 
 
+# Warps a program of the UT kernel where LAUNCH["ut"] does not apply (fp16 and fp32 inputs, head dims
+# over 128; Triton's default was 4): one, as LAUNCH["ut"] for bf16. H200, H = 16, K = V = 128, T = 4K
+# (`python -m kernels.sweep ab --ops gdn --T 4096 --dtype DTYPE --set kernels.delta.chunk.UT_WARPS=4`,
+# three alternating rounds, 2026-12-03): Gated DeltaNet forward fp16 2.518 → 2.325 ms, fp32 8.114 →
+# 7.270; fwd+bwd 8.962 → 8.786 and 32.426 → 31.570. ptxas sm_90: fp32 keys spill 1300 B at one warp
+# (408 at four) and still gain; K = 256 untimed (no spills at one warp in fp16).
+UT_WARPS = 1
+
+
 def _ut_once(dtype: torch.dtype, KP: int) -> bool:
     """Whether the UT kernel loads each row block's keys once (UT_KEYS_ONCE)."""
     if UT_KEYS_ONCE is False or KP > 128:
@@ -1105,7 +1114,7 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
                             PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
-                            **_cfg("ut", inter, K, V, BK=BK))
+                            **_cfg("ut", inter, K, V, BK=BK, num_warps=UT_WARPS))
         if not wu:
             grid, inner = chunk_grid((), NC, H)
             _wu_kernel[grid](k, v, beta, g, Tm, w, u, offsets, chunk_indices, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT,

@@ -198,6 +198,22 @@ def test_ut_keys_once(monkeypatch, count_launches, mixer, case):
     assert C._ut_once(torch.float32, 128) is False and C._ut_once(torch.bfloat16, 128) is True
 
 
+def test_ut_launch_warps(monkeypatch, count_launches):
+    """The UT kernel's warps: LAUNCH["ut"] for bf16 up to K = V = 128, UT_WARPS elsewhere (the fp32
+    launch here, and fp16 / K = 256 by the rule), never Triton's default of four; both one."""
+    assert C.LAUNCH["ut"]["num_warps"] == 1 and C.UT_WARPS == 1
+    monkeypatch.setattr(C, "UT_WARPS", 2)
+    seen = count_launches(C, "_ut_kernel")
+    d = inputs("deltanet", 1, 20, 1, 16, 16)
+    chunk_delta(*(d[n].float().to(DEV) for n in ("q", "k", "v", "beta")), chunk_size=16)
+    assert [kw["num_warps"] for _, kw in seen] == [2]
+    bf16, fp16 = torch.bfloat16, torch.float16
+
+    def warps(dtype, K):
+        return C._cfg("ut", C._operands(dtype, K)[0], K, K, num_warps=C.UT_WARPS)["num_warps"]
+    assert [warps(bf16, 128), warps(bf16, 256), warps(fp16, 128), warps(torch.float32, 64)] == [1, 2, 2, 2]
+
+
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("strong,tol", [(False, TOL), (True, 2e-4)])
 def test_fast_gates(monkeypatch, strong, tol, fused):
