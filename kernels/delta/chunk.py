@@ -818,12 +818,14 @@ UT_KEYS_ONCE: bool | None = None
 
 
 # Warps a program of the UT kernel where LAUNCH["ut"] does not apply (fp16 and fp32 inputs, head dims
-# over 128; Triton's default was 4): one, as LAUNCH["ut"] for bf16. H200, H = 16, K = V = 128, T = 4K
-# (`python -m kernels.sweep ab --ops gdn --T 4096 --dtype DTYPE --set kernels.delta.chunk.UT_WARPS=4`,
-# three alternating rounds, 2026-12-03): Gated DeltaNet forward fp16 2.518 → 2.325 ms, fp32 8.114 →
-# 7.270; fwd+bwd 8.962 → 8.786 and 32.426 → 31.570. ptxas sm_90: fp32 keys spill 1300 B at one warp
-# (408 at four) and still gain; K = 256 untimed (no spills at one warp in fp16).
-UT_WARPS = 1
+# over 128): four, Triton's default, though one was faster there too. H200, H = 16, K = V = 128, T = 4K
+# (`python -m kernels.sweep ab --ops gdn --T 4096 --dtype DTYPE --set kernels.delta.chunk.UT_WARPS=4`
+# against one, three alternating rounds, 2026-12-03): Gated DeltaNet forward fp16 2.518 → 2.325 ms,
+# fp32 8.114 → 7.270; fwd+bwd 8.962 → 8.786 and 32.426 → 31.570. ptxas sm_90: fp32 keys spill 1300 B
+# at one warp (408 at four). Left at four until `python -m kernels.gpu_check --only
+# deltanet,gated_deltanet,fused:deltanet,fused:gated_deltanet --dtypes float16,float32 --set
+# kernels.delta.chunk.UT_WARPS=1` has passed on the H200 (no device time was left to run it).
+UT_WARPS = 4
 
 
 def _ut_once(dtype: torch.dtype, KP: int) -> bool:
