@@ -941,9 +941,10 @@ def _state_launch(BVS: int, KP: int, V: int, inter: torch.dtype, nw: int, NH: in
 # 2026-12-01; T = 4096, and T = 32768 for the "_few" keys). "state_few"/"dstate_few" apply to the
 # scans when their programs are fewer than the GPU's SMs (long sequences, small batch).
 LAUNCH: dict[str, dict] = {
-    # One warp a program since 2026-12-03 (the grid never offered fewer than two before): the kernel is a
-    # chain of small dependent 16 × 16 products, which one warp does without splitting each across warps,
-    # and at 255 registers eight one-warp programs share an SM against four two-warp ones.
+    # One warp a program since 2026-12-03 (the grid never offered fewer than two before). Why it pays is
+    # our reading, not profiled: the kernel is a chain of small dependent 16 × 16 products, which one
+    # warp does without splitting each across warps, and at 255 registers eight one-warp programs share
+    # an SM against four two-warp ones.
     # `python -m kernels.sweep launch --ops delta,gdn --kernels ut --T 4096`: 0.086 ms (DeltaNet) and
     # 0.106 (Gated DeltaNet) at 1 warp, any stages, against 0.142 / 0.174 at 2 warps (4: 0.255 / 0.306);
     # `python -m kernels.sweep ab --ops delta,gdn --T T --set "kernels.delta.chunk.LAUNCH[ut]={'num_warps':
