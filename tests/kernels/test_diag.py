@@ -335,7 +335,7 @@ def test_descriptor_checks_each_block_once(monkeypatch):
     assert len(checks) == 4   # one each time above, the bad block never cached
 
 
-def test_apply_runs_forward_alone_without_grad():
+def test_apply_runs_forward_alone_without_grad(monkeypatch):
     """kernels._common.apply: through autograd where a gradient can follow; else the Function's forward
     as a plain call, on a ctx where no input needs a gradient, with the same outputs."""
     from kernels._common import apply
@@ -365,12 +365,9 @@ def test_apply_runs_forward_alone_without_grad():
     assert seen[-1] == ("_NoGradCtx", (False, False)) and torch.equal(w, y)
     import kernels._common as common
 
-    common.PLAIN_FORWARD = False   # the A/B switch: always through autograd
-    try:
-        with torch.no_grad():
-            apply(Twice, x, 2.0)
-    finally:
-        common.PLAIN_FORWARD = True
+    monkeypatch.setattr(common, "PLAIN_FORWARD", False)   # the A/B switch: always through autograd
+    with torch.no_grad():
+        apply(Twice, x, 2.0)
     assert seen[-1][0] == "TwiceBackward"   # autograd's ctx
 
 

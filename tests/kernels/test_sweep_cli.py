@@ -443,7 +443,7 @@ def test_host_times_the_calls_while_the_gpu_is_held(monkeypatch, capsys, tmp_pat
     assert "4x  op (test_sweep_cli.py" not in text and "1x  op (test_sweep_cli.py" in text   # per call
     assert text.count("   launches 0 a call: Triton's run 0.000 ms, of it the launcher 0.000") == 2   # none here
     assert sorted(f.name for f in (tmp_path / "prof").iterdir()) == ["host_scalar_fwd_T4096.prof",
-                                                          "host_scalar_fwd_bwd_T4096.prof"]
+                                                                    "host_scalar_fwd_bwd_T4096.prof"]
 
 
 def test_launch_timers(monkeypatch):
