@@ -503,16 +503,20 @@ def test_wu_in_scan_not_with_narrow_tiles(monkeypatch, count_launches):
     check("narrow:o", o, o_r)
 
 
+@pytest.mark.parametrize("ks", [True, False], ids=["vn-from-ks", "w-and-u"])
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 @pytest.mark.parametrize("B,T,H,K,V,cs,scale,h0,dht", [CASES[i] for i in (0, 2, 4, 5)],
                          ids=[f"B{c[0]}T{c[1]}K{c[3]}V{c[4]}C{c[5]}" for c in (CASES[i] for i in (0, 2, 4, 5))])
-def test_wu_in_scan(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, h0, dht):
-    """WU_IN_SCAN: the one-pass forward without autograd makes W and U inside the scan (no _wu_kernel):
-    output and final state vs float64 and vs the stored W, U (the same up to the order of the sums);
-    with autograd the backward's W is stored as before."""
+def test_wu_in_scan(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale, h0, dht, ks):
+    """WU_IN_SCAN: the one-pass forward without autograd makes W and U inside the scan (no _wu_kernel),
+    or with VN_FROM_KS Vn = T diag(β) (V − diag(e^G) K S) without them: output and final state vs
+    float64 and vs the stored W, U (the same up to rounding); with autograd the backward's W is
+    stored as before."""
     monkeypatch.setattr(C, "FUSED_FORWARD", True)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(C, "VN_FROM_KS", ks)
     wu = count_launches(C, "_wu_kernel")
+    scans = count_launches(C, "_state_kernel")
     d = inputs(mixer, B, T, H, K, V, seed=T + 3)
     S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
     x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
@@ -526,6 +530,7 @@ def test_wu_in_scan(monkeypatch, count_launches, mixer, B, T, H, K, V, cs, scale
     monkeypatch.setattr(C, "WU_IN_SCAN", True)
     o, S = forward()
     assert len(wu) == 1                                   # not launched this time
+    assert scans[-1][1]["WU"] and scans[-1][1]["KS"] == ks
     o_r, S_r, _ = reference(mixer, d, S0, do, None, scale)
     check("wu_in_scan:o", o, o_r)
     check("wu_in_scan:final_state", S, S_r)
