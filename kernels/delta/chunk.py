@@ -868,9 +868,6 @@ WU_IN_SCAN: bool | None = None
 # [BT, BV] tile, in place of W = T diag(β e^G) K ([BT, K], made by every value-tile program), U and W S.
 # A third fewer multiply-adds in the scan, one more product on each chunk's dependent chain.
 VN_FROM_KS = True
-# ... also where the scan has fewer programs than SMs or narrow value tiles, which rule out W and U in
-# the scan (WU_IN_SCAN): without W no program makes a [BT, K] product for a few columns.
-VN_NARROW = True
 
 
 def _narrow(few: bool, BV: int, *dims: int) -> bool:
@@ -879,11 +876,10 @@ def _narrow(few: bool, BV: int, *dims: int) -> bool:
     return few or any(BV < min(64, max(16, next_pow2(d))) for d in dims)
 
 
-def _wu_in_scan(inter: torch.dtype, narrow: bool, ks: bool = False) -> bool:
+def _wu_in_scan(inter: torch.dtype, narrow: bool) -> bool:
     """Whether a one-pass forward without a backward makes W and U inside the scan (see WU_IN_SCAN);
-    never with few programs or narrow value tiles (``narrow``), unless the scan forms Vn from K S
-    (``ks``, where nothing else needs W: VN_FROM_KS) and VN_NARROW allows it."""
-    if WU_IN_SCAN is False or (narrow and not (ks and VN_FROM_KS and VN_NARROW)):
+    never with few programs or narrow value tiles (``narrow``)."""
+    if narrow or WU_IN_SCAN is False:
         return False
     return WU_IN_SCAN is True or inter == torch.bfloat16
 
@@ -1171,7 +1167,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
     # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V
     # (builds with 16- and 32-wide tiles faulted on the H200, see WU_IN_SCAN)
-    wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V), ks=True)
+    wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V))
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
