@@ -831,15 +831,19 @@ UT_POWERS = True
 UT_KEYS_ONCE: bool | None = None
 
 
-# Warps a program of the UT kernel where LAUNCH["ut"] does not apply (fp16 and fp32 inputs, head dims
-# over 128): four, Triton's default, though one was faster there too. H200, H = 16, K = V = 128, T = 4K
-# (`python -m kernels.sweep ab --ops gdn --T 4096 --dtype DTYPE --set kernels.delta.chunk.UT_WARPS=4`
-# against one, three alternating rounds, 2026-12-03): Gated DeltaNet forward fp16 2.518 → 2.325 ms,
-# fp32 8.114 → 7.270; fwd+bwd 8.962 → 8.786 and 32.426 → 31.570. ptxas sm_90: fp32 keys spill 1300 B
-# at one warp (408 at four). Left at four until `python -m kernels.gpu_check --only
-# deltanet,gated_deltanet,fused:deltanet,fused:gated_deltanet --dtypes float16,float32 --set
-# kernels.delta.chunk.UT_WARPS=1` has passed on the H200 (no device time was left to run it).
-UT_WARPS = 4
+# Warps a program of the UT kernel where LAUNCH["ut"] does not apply, at K ≤ 128 (fp16 and fp32
+# inputs, whose products run in fp32): one, as for bf16. H200, H = 16, K = V = 128, T = 4K (`python -m
+# kernels.sweep ab --ops gdn --T 4096 --dtype DTYPE --set kernels.delta.chunk.UT_WARPS=4` against one,
+# three alternating rounds, 2026-12-03): Gated DeltaNet forward fp16 2.518 → 2.325 ms, fp32 8.114 →
+# 7.270; fwd+bwd 8.962 → 8.786 and 32.426 → 31.570. ptxas sm_90: fp32 keys spill 1300 B at one warp
+# (408 at four). GPU-checked at one warp in fp16 and fp32 (gpu_check.md, twenty-seventh session).
+# Head dims over 128 keep Triton's default of four (untimed at one: their key tiles are twice as wide).
+UT_WARPS = 1
+
+
+def _ut_warps(KP: int) -> int:
+    """The UT kernel's warps where LAUNCH["ut"] does not apply: UT_WARPS up to K = 128, else four."""
+    return UT_WARPS if KP <= 128 else 4
 
 
 def _ut_once(dtype: torch.dtype, KP: int) -> bool:
@@ -1136,7 +1140,7 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
                             PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
-                            **_cfg("ut", inter, K, V, BK=BK, num_warps=UT_WARPS))
+                            **_cfg("ut", inter, K, V, BK=BK, num_warps=_ut_warps(KP)))
         if not wu:
             grid, inner = chunk_grid((), NC, H)
             _wu_kernel[grid](k, v, beta, g, Tm, w, u, offsets, chunk_indices, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT,

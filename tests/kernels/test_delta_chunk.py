@@ -199,9 +199,9 @@ def test_ut_keys_once(monkeypatch, count_launches, mixer, case):
 
 
 def test_ut_launch_warps(monkeypatch, count_launches):
-    """The UT kernel's warps: LAUNCH["ut"] (one) for bf16 up to K = V = 128, UT_WARPS elsewhere (the
-    fp32 launch here, and fp16 / K = 256 by the rule)."""
-    assert C.LAUNCH["ut"]["num_warps"] == 1
+    """The UT kernel's warps: LAUNCH["ut"] (one) for bf16 up to K = V = 128, UT_WARPS (one) for fp16 /
+    fp32 up to K = 128 (the fp32 launch here, fp16 by the rule), four over K = 128."""
+    assert C.LAUNCH["ut"]["num_warps"] == 1 and C.UT_WARPS == 1
     monkeypatch.setattr(C, "UT_WARPS", 2)
     seen = count_launches(C, "_ut_kernel")
     d = inputs("deltanet", 1, 20, 1, 16, 16)
@@ -210,9 +210,11 @@ def test_ut_launch_warps(monkeypatch, count_launches):
     bf16, fp16 = torch.bfloat16, torch.float16
 
     def warps(dtype, K):
-        return C._cfg("ut", C._operands(dtype, K)[0], K, K, num_warps=C.UT_WARPS)["num_warps"]
+        KP = C._tiles(K, K)[0]
+        return C._cfg("ut", C._operands(dtype, K)[0], K, K, num_warps=C._ut_warps(KP))["num_warps"]
 
-    assert [warps(bf16, 128), warps(bf16, 256), warps(fp16, 128), warps(torch.float32, 64)] == [1, 2, 2, 2]
+    assert [warps(bf16, 128), warps(bf16, 256), warps(fp16, 128), warps(torch.float32, 64),
+            warps(torch.float32, 256)] == [1, 4, 2, 2, 4]
 
 
 @pytest.mark.parametrize("fused", [False, True])
