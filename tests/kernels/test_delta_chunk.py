@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import dsf
 import kernels
@@ -475,6 +477,31 @@ def test_one_pass_default_rule(monkeypatch):
 def test_one_pass_forward_varlen(one_pass, mixer):
     test_varlen(mixer)
     assert one_pass == []
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(B=st.integers(1, 2), T=st.integers(1, 90), K=st.sampled_from([16, 24, 32]), V=st.sampled_from([16, 20, 32]),
+       cs=st.sampled_from(C.CHUNK_SIZES), gated=st.booleans(), h0=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_vn_from_ks_random_shapes(monkeypatch, count_launches, B, T, K, V, cs, gated, h0, seed):
+    """VN_FROM_KS on random shapes (T = 1, odd, not a multiple of the chunk; head dims that are not
+    powers of two): the forward-only one pass forming Vn = T diag(β) (V − diag(e^G) K S) gives the
+    float64 recurrence's output and final state, from a given initial state or none."""
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)              # any dtype (the interpreter runs fp32)
+    monkeypatch.setattr(C, "VN_FROM_KS", True)
+    scans = count_launches(C, "_state_kernel")
+    mixer = "gated_deltanet" if gated else "deltanet"
+    d = inputs(mixer, B, T, 1, K, V, seed=seed)
+    S0 = torch.randn(B, 1, K, V, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) if h0 else None
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    with torch.no_grad():
+        o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=cs, output_final_state=True,
+                           initial_state=None if S0 is None else S0.float().to(DEV))
+    assert [(kw["WU"], kw["KS"], kw["OUT"]) for _, kw in scans] == [(True, True, True)]
+    o_r, S_r = dsf.recurrent(mixer, initial_state=S0, **{n: t for n, t in d.items() if t is not None})
+    check("vn_from_ks:o", o, o_r)
+    check("vn_from_ks:final_state", S, S_r)
 
 
 def test_wu_in_scan_rule(monkeypatch):
