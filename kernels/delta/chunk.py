@@ -385,13 +385,14 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, KS: tl.constexpr = False):
+                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
     one-pass forward); then S and Vn are stored only with STORE_H, for a backward. With WU it makes
     each chunk's W and U itself from T, k, v and β, as _wu_kernel would store them (WU_IN_SCAN); with
-    KS too, outside the transitions' scans, Vn = T diag(β) (V − diag(e^G) K S) without them (VN_FROM_KS).
+    KS too, outside the transitions' scans, Vn = T diag(β) (V − diag(e^G) K S) without them (VN_FROM_KS);
+    with KS_TRANS in those scans as well, and Pn = −T diag(β e^G) K P (TRANS_FROM_KS).
     ZERO_U and EYE (V = K): the chunks' transition instead, S' = (e^{G_L} I − (K ⊙ e^{G_L − G})ᵀ W) S
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
@@ -426,19 +427,29 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         else:
             b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-        if WU and KS and not TRANS and not ZERO_U:   # Vn = T diag(β) (V − diag(e^G) K S) (VN_FROM_KS)
+        if WU and KS and (KS_TRANS or not (TRANS or ZERO_U)):
+            # Vn = T diag(β) (V − diag(e^G) K S) (VN_FROM_KS); Pn = −T diag(β e^G) K P (TRANS_FROM_KS)
             o_tt = tl.arange(0, BT)
             b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
                           mask=m_t[:, None], other=0.0)
             b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-            if TMA:
-                b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV).to(tl.float32)
-            else:
-                b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
             b_ks = _mm(b_kr, b_S, DT, PREC)
             if GATED:
                 b_ks = b_ks * tl.exp(b_G + b_Gl)[:, None]
-            b_vn = _mm(b_T, (b_v - b_ks) * b_beta[:, None], DT, PREC).to(vn.dtype.element_ty)
+            if ZERO_U:
+                b_x = -b_ks
+            else:
+                if TMA:
+                    b_v = v_d.load([i_b, t0 + c * BT, i_h, i_v * BV]).reshape(BT, BV).to(tl.float32)
+                else:
+                    b_v = tl.load(v + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
+                b_x = b_v - b_ks
+            b_vn = _mm(b_T, b_x * b_beta[:, None], DT, PREC).to(vn.dtype.element_ty)
+            if TRANS:
+                b_kp = _mm(b_kr, b_P, DT, PREC) * b_beta[:, None]
+                if GATED:
+                    b_kp = b_kp * tl.exp(b_G + b_Gl)[:, None]
+                b_pn = (-_mm(b_T, b_kp, DT, PREC)).to(vn.dtype.element_ty)
         elif WU:   # W = T diag(β e^G) K, U = T diag(β) V, rounded as the stored ones would be
             o_tt = tl.arange(0, BT)
             b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
@@ -459,8 +470,10 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                 b_u = tl.zeros([BT, BV], dtype=tl.float32)
             else:
                 b_u = tl.load(u + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
-        if not (WU and KS and not TRANS and not ZERO_U):
+        if not (WU and KS and (KS_TRANS or not (TRANS or ZERO_U))):
             b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
+            if TRANS:   # Pn = 0 − W P, rounded as the transitions' own scan rounds its Vn
+                b_pn = (-_mm(b_w, b_P, DT, PREC)).to(vn.dtype.element_ty)
         if STORE_H:
             tl.store(vn + r_v + o_tv, b_vn, mask=m_tv)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
@@ -477,8 +490,6 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                         m_v, o_tv, H, V, BT, BV)
         # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
         # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
-        if TRANS:   # Pn = 0 − W P, rounded as the transitions' own scan rounds its Vn
-            b_pn = (-_mm(b_w, b_P, DT, PREC)).to(vn.dtype.element_ty)
         if GATED:
             b_kd = b_kr.to(tl.float32) * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
             b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
@@ -877,6 +888,12 @@ WU_IN_SCAN: bool | None = None
 # 2026-12-03): forward at 4K DeltaNet 0.389 → 0.334 ms, Gated DeltaNet 0.525 → 0.442; at 32K (over
 # segments) DeltaNet 1.030 → 0.977. GPU-checked (gpu_check.md, twenty-seventh session).
 VN_FROM_KS = True
+# The same in the segments' scans that make transitions (states from zero and transitions in one scan,
+# or the transitions' own): Vn as above and Pn = −W P = −T diag(β e^G) K P, no W. Untimed; off until an
+# A/B on the H200 (`python -m kernels.sweep ab --ops delta,gdn --T 32768 --set
+# kernels.delta.chunk.TRANS_FROM_KS=True`, and for Gated DeltaNet with SEGMENTS_WU_IN_SCAN=True, which
+# it needs) has measured it.
+TRANS_FROM_KS = False
 
 
 def _narrow(few: bool, BV: int, *dims: int) -> bool:
@@ -1222,7 +1239,7 @@ def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, beta=None,
         k, w, w, g, None, None, w, P, s_offsets, s_chunk_offsets, per, H=H, K=K, V=K, BT=BT, KP=KP,
         GATED=_gated(g, k.dtype), HAS_H0=False, STORE_HT=True, DT=_TL[inter], PREC=prec, q=w, o=w, scale=1.0,
         OUT=False, STORE_H=False, v=w, beta=beta if wu else w, Tm=Tm if wu else w, WU=wu, ZERO_U=True, EYE=True,
-        **c)
+        KS=VN_FROM_KS, KS_TRANS=TRANS_FROM_KS, **c)
     return P
 
 
@@ -1257,7 +1274,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
-               Tm=Tm, WU=wu, KS=VN_FROM_KS, **c)
+               Tm=Tm, WU=wu, KS=VN_FROM_KS, KS_TRANS=TRANS_FROM_KS, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
     # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)

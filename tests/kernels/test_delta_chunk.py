@@ -690,6 +690,30 @@ def test_segments_one_scan(monkeypatch, count_launches, mixer, case, wu):
     assert [grid[0] for grid, _ in scans[:1]] == [-(-max(K, V) // scans[0][1]["BV"])]
 
 
+@pytest.mark.parametrize("one_scan", [True, False], ids=["one-scan", "own-scan"])
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("B,T,H,K,V,cs,least", [(1, 150, 2, 32, 24, 16, 6), (2, 100, 1, 24, 20, 32, 1000)],
+                         ids=["K>V", "odd-dims"])
+def test_transitions_from_ks(monkeypatch, count_launches, mixer, one_scan, B, T, H, K, V, cs, least):
+    """TRANS_FROM_KS: the segments' scans that make transitions (with the states from zero, or their own
+    scan from I) form Vn and Pn = −T diag(β e^G) K P without W: output and final state of a forward
+    without autograd still match float64, and every scan got the switch."""
+    monkeypatch.setattr(C, "SEGMENTS", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", least)
+    monkeypatch.setattr(C, "SEGMENT_TRANSITIONS_IN_SCAN", one_scan)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)            # any dtype (the interpreter runs fp32)
+    monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", True)
+    monkeypatch.setattr(C, "TRANS_FROM_KS", True)
+    wu = count_launches(C, "_wu_kernel")
+    scans = count_launches(C, "_state_kernel")
+    d = inputs(mixer, B, T, H, K, V, seed=T + K + 1)
+    S0, do, _ = cotangents(B, T, H, K, V, B, True, False)
+    compare_no_grad("transitions_from_ks", mixer, d, S0, do, None, cs)
+    assert wu == [] and [kw["WU"] and kw["KS"] and kw["KS_TRANS"] for _, kw in scans] == [True] * len(scans)
+    assert [kw.get("TRANS", False) or kw.get("ZERO_U", False) for _, kw in scans] == (
+        [True, False] if one_scan else [False, True, False])
+
+
 @pytest.mark.parametrize("setting", [True, None])
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 def test_segments_wu_in_scan(monkeypatch, count_launches, mixer, setting):
