@@ -541,6 +541,13 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                         lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
                         (dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
                         (dlt, "SEGMENTS_WU_IN_SCAN", True)), 6)
+                    # and with the transitions' scan forming Pn = −T diag(β e^G) K P, no W (TRANS_FROM_KS)
+                    failed += not _row(lines, f"| {mixer} | segments, transitions from K P | {str(dt)[6:]} |",
+                                       _with_repeat(
+                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 4, 128, 128, mixer, 64, "mild"),
+                        lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
+                        (dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
+                        (dlt, "SEGMENTS_WU_IN_SCAN", True), (dlt, "TRANS_FROM_KS", True)), 6)
             # GLA's one pass: forwards without autograd
             for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
                 if fused_want("gla", "pass" if least == 1 else "segments"):
