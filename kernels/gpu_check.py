@@ -534,20 +534,16 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                         lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
                         (dlt, "WU_IN_SCAN", True)), 6)
                     # and in the three scans over segments (SEGMENTS_WU_IN_SCAN; 64-wide tiles, 2 × 64 × 4
-                    # sequence-heads' worth of programs)
-                    failed += not _row(lines, f"| {mixer} | segments, W/U in the scans | {str(dt)[6:]} |",
-                                       _with_repeat(
-                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 4, 128, 128, mixer, 64, "mild"),
-                        lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
-                        (dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
-                        (dlt, "SEGMENTS_WU_IN_SCAN", True)), 6)
-                    # and with the transitions' scan forming Pn = −T diag(β e^G) K P, no W (TRANS_FROM_KS)
-                    failed += not _row(lines, f"| {mixer} | segments, transitions from K P | {str(dt)[6:]} |",
-                                       _with_repeat(
-                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 4, 128, 128, mixer, 64, "mild"),
-                        lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
-                        (dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
-                        (dlt, "SEGMENTS_WU_IN_SCAN", True), (dlt, "TRANS_FROM_KS", True)), 6)
+                    # sequence-heads' worth of programs), then with the transitions' scan forming
+                    # Pn = −T diag(β e^G) K P without W as well (TRANS_FROM_KS)
+                    seg_wu = ((dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
+                              (dlt, "SEGMENTS_WU_IN_SCAN", True))
+                    for mode, extra in (("segments, W/U in the scans", ()),
+                                        ("segments, transitions from K P", ((dlt, "TRANS_FROM_KS", True),))):
+                        failed += not _row(lines, f"| {mixer} | {mode} | {str(dt)[6:]} |", _with_repeat(
+                            lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 4, 128, 128, mixer, 64, "mild"),
+                            lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
+                            *seg_wu, *extra), 6)
             # GLA's one pass: forwards without autograd
             for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
                 if fused_want("gla", "pass" if least == 1 else "segments"):

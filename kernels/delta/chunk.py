@@ -411,6 +411,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         b_P = tl.where(o_k[:, None] == o_p[None, :], 1.0, 0.0)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     i_b, t0 = batch_place(bos, T_seq)
+    # Vn (and Pn) from K S (and K P), without W and U: VN_FROM_KS, TRANS_FROM_KS
+    FROM_KS: tl.constexpr = WU and KS and (KS_TRANS or not (TRANS or ZERO_U))
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -427,7 +429,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         else:
             b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
         b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-        if WU and KS and (KS_TRANS or not (TRANS or ZERO_U)):
+        if FROM_KS:
             # Vn = T diag(β) (V − diag(e^G) K S) (VN_FROM_KS); Pn = −T diag(β e^G) K P (TRANS_FROM_KS)
             o_tt = tl.arange(0, BT)
             b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
@@ -470,7 +472,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                 b_u = tl.zeros([BT, BV], dtype=tl.float32)
             else:
                 b_u = tl.load(u + r_v + o_tv, mask=m_tv, other=0.0).to(tl.float32)
-        if not (WU and KS and (KS_TRANS or not (TRANS or ZERO_U))):
+        if not FROM_KS:
             b_vn = (b_u - _mm(b_w, b_S, DT, PREC)).to(vn.dtype.element_ty)
             if TRANS:   # Pn = 0 − W P, rounded as the transitions' own scan rounds its Vn
                 b_pn = (-_mm(b_w, b_P, DT, PREC)).to(vn.dtype.element_ty)
