@@ -544,6 +544,13 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                             lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 4, 128, 128, mixer, 64, "mild"),
                             lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
                             *seg_wu, *extra), 6)
+                    # and where the scan has fewer programs than SMs (16-wide value tiles), Vn from K S
+                    # (VN_FROM_KS, VN_NARROW): 16 and 64 sequence-heads, whole sequences
+                    failed += not _row(lines, f"| {mixer} | one pass, few programs, Vn from K S | {str(dt)[6:]} |",
+                                       _with_repeat(
+                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 1, 4096, 16, 128, 128, mixer, 64, "mild"),
+                        lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, 4, 8192, 16, 128, 128, grad=False)[0],
+                        (dlt, "WU_IN_SCAN", True), (dlt, "VN_FROM_KS", True), (dlt, "VN_NARROW", True)), 6)
             # GLA's one pass: forwards without autograd
             for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
                 if fused_want("gla", "pass" if least == 1 else "segments"):

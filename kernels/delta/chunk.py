@@ -896,6 +896,12 @@ VN_FROM_KS = True
 # kernels.delta.chunk.TRANS_FROM_KS=True`, and for Gated DeltaNet with SEGMENTS_WU_IN_SCAN=True, which
 # it needs) has measured it.
 TRANS_FROM_KS = False
+# ... and where the scan has fewer programs than SMs or value tiles under 64 wide, which rule out W and
+# U in the scan (WU_IN_SCAN): without W no program makes a [BT, K] product for a few columns. Off: at the
+# benchmark's shapes it runs only where the launch is changed too (8K with 32-wide tiles, 16K as one
+# pass); timed there by `python -m kernels.sweep ab --ops delta,gdn --T 8192 --set
+# kernels.delta.chunk.VN_NARROW=True --set "kernels.delta.chunk.LAUNCH[state_out]={'BV': 32}"`.
+VN_NARROW = False
 
 
 def _narrow(few: bool, BV: int, *dims: int) -> bool:
@@ -904,10 +910,11 @@ def _narrow(few: bool, BV: int, *dims: int) -> bool:
     return few or any(BV < min(64, max(16, next_pow2(d))) for d in dims)
 
 
-def _wu_in_scan(inter: torch.dtype, narrow: bool) -> bool:
+def _wu_in_scan(inter: torch.dtype, narrow: bool, ks: bool = False) -> bool:
     """Whether a one-pass forward without a backward makes W and U inside the scan (see WU_IN_SCAN);
-    never with few programs or narrow value tiles (``narrow``)."""
-    if narrow or WU_IN_SCAN is False:
+    never with few programs or narrow value tiles (``narrow``), unless the scan forms Vn from K S
+    (``ks``, where nothing else needs W: VN_FROM_KS) and VN_NARROW allows it."""
+    if WU_IN_SCAN is False or (narrow and not (ks and VN_FROM_KS and VN_NARROW)):
         return False
     return WU_IN_SCAN is True or inter == torch.bfloat16
 
@@ -1195,7 +1202,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
     # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V
     # (builds with 16- and 32-wide tiles faulted on the H200, see WU_IN_SCAN)
-    wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V))
+    wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V), ks=True)
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)

@@ -515,21 +515,30 @@ def test_wu_in_scan_rule(monkeypatch):
     assert C._wu_in_scan(bf, False) is False
 
 
-def test_wu_in_scan_not_with_narrow_tiles(monkeypatch, count_launches):
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("ks,narrow", [(True, True), (True, False), (False, True)])
+def test_wu_in_scan_with_narrow_tiles(monkeypatch, count_launches, mixer, ks, narrow):
     """A scan whose value tiles split V into 32-wide pieces keeps the stored W, U even where WU_IN_SCAN
-    is forced (builds of such tiles faulted on the H200), and still matches float64."""
+    is forced (builds of such tiles faulted on the H200), unless it forms Vn from K S (VN_FROM_KS) with
+    VN_NARROW on: then no _wu_kernel. Either way it matches float64."""
     monkeypatch.setattr(C, "FUSED_FORWARD", True)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)
+    monkeypatch.setattr(C, "VN_FROM_KS", ks)
+    monkeypatch.setattr(C, "VN_NARROW", narrow)
     monkeypatch.setattr(C, "_state_launch", lambda BVS, KP, V, inter, nw, NH, device: (32, nw))
+    assert C._wu_in_scan(torch.bfloat16, True, ks=True) == (ks and narrow)
     wu = count_launches(C, "_wu_kernel")
-    d = inputs("deltanet", 1, 20, 1, 16, 64, seed=5)
+    scans = count_launches(C, "_state_kernel")
+    d = inputs(mixer, 1, 20, 1, 16, 64, seed=5)
     x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
     with torch.no_grad():
-        o, _ = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=16)
-    assert len(wu) == 1
-    o_r, _ = dsf.recurrent("deltanet", **{n: t.double() for n, t in d.items() if t is not None})
+        o, S = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=16, output_final_state=True)
+    assert len(wu) == (0 if ks and narrow else 1)
+    assert scans[0][1]["BV"] == 32 and scans[0][1]["WU"] == (ks and narrow)
+    o_r, S_r = dsf.recurrent(mixer, **{n: t.double() for n, t in d.items() if t is not None})
     check("narrow:o", o, o_r)
+    check("narrow:final_state", S, S_r)
 
 
 @pytest.mark.parametrize("ks", [True, False], ids=["vn-from-ks", "w-and-u"])
