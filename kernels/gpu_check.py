@@ -538,19 +538,21 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                     # Pn = −T diag(β e^G) K P without W as well (TRANS_FROM_KS)
                     seg_wu = ((dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
                               (dlt, "SEGMENTS_WU_IN_SCAN", True))
-                    for mode, extra in (("segments, W/U in the scans", ()),
+                    for mode, extra in (("segments, W/U in the scans", ((dlt, "TRANS_FROM_KS", False),)),
                                         ("segments, transitions from K P", ((dlt, "TRANS_FROM_KS", True),))):
                         failed += not _row(lines, f"| {mixer} | {mode} | {str(dt)[6:]} |", _with_repeat(
                             lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 4, 128, 128, mixer, 64, "mild"),
                             lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
                             *seg_wu, *extra), 6)
-                    # and where the scan has fewer programs than SMs (16-wide value tiles), Vn from K S
-                    # (VN_FROM_KS, VN_NARROW): 16 and 64 sequence-heads, whole sequences
-                    failed += not _row(lines, f"| {mixer} | one pass, few programs, Vn from K S | {str(dt)[6:]} |",
+                    # and where 64-wide value tiles would leave SMs idle, the forward-only pass's narrower
+                    # ones (VN_NARROW, at the GPU's SM count): 2 × 16 sequence-heads (16-wide tiles, the
+                    # benchmark's 16K), repeated at 4 × 16 (32-wide, its 8K)
+                    failed += not _row(lines, f"| {mixer} | one pass, narrow tiles, Vn from K S | {str(dt)[6:]} |",
                                        _with_repeat(
-                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 1, 4096, 16, 128, 128, mixer, 64, "mild"),
+                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 16, 128, 128, mixer, 64, "mild"),
                         lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, 4, 8192, 16, 128, 128, grad=False)[0],
-                        (dlt, "WU_IN_SCAN", True), (dlt, "VN_FROM_KS", True), (dlt, "VN_NARROW", True)), 6)
+                        (dlt, "WU_IN_SCAN", True), (dlt, "VN_FROM_KS", True), (dlt, "VN_NARROW", True),
+                        (dlt, "FUSED_MIN_PROGRAMS", None)), 6)
             # GLA's one pass: forwards without autograd
             for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
                 if fused_want("gla", "pass" if least == 1 else "segments"):

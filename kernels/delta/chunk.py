@@ -891,17 +891,36 @@ WU_IN_SCAN: bool | None = None
 # segments) DeltaNet 1.030 → 0.977. GPU-checked (gpu_check.md, twenty-seventh session).
 VN_FROM_KS = True
 # The same in the segments' scans that make transitions (states from zero and transitions in one scan,
-# or the transitions' own): Vn as above and Pn = −W P = −T diag(β e^G) K P, no W. Untimed; off until an
-# A/B on the H200 (`python -m kernels.sweep ab --ops delta,gdn --T 32768 --set
-# kernels.delta.chunk.TRANS_FROM_KS=True`, and for Gated DeltaNet with SEGMENTS_WU_IN_SCAN=True, which
-# it needs) has measured it.
-TRANS_FROM_KS = False
-# ... and where the scan has fewer programs than SMs or value tiles under 64 wide, which rule out W and
-# U in the scan (WU_IN_SCAN): without W no program makes a [BT, K] product for a few columns. Off: at the
-# benchmark's shapes it runs only where the launch is changed too (8K with 32-wide tiles, 16K as one
-# pass); timed there by `python -m kernels.sweep ab --ops delta,gdn --T 8192 --set
-# kernels.delta.chunk.VN_NARROW=True --set "kernels.delta.chunk.LAUNCH[state_out]={'BV': 32}"`.
-VN_NARROW = False
+# or the transitions' own): Vn as above and Pn = −W P = −T diag(β e^G) K P, no W. H200, bf16, H = 16,
+# K = V = 128, T = 32K, three alternating rounds (2026-12-03, `python -m kernels.sweep ab --ops delta
+# --T 32768 --set kernels.delta.chunk.TRANS_FROM_KS=True`): DeltaNet forward 0.963 → 0.817 ms; Gated
+# DeltaNet, with W and U in its segments' scans too (SEGMENTS_WU_IN_SCAN, which it needs): 1.124 →
+# 1.029 (fwd+bwd unchanged: 3.621 / 3.620, 4.139 / 4.140).
+TRANS_FROM_KS = True
+# A forward without a backward that forms Vn from K S makes no W in any program, so value tiles under 64
+# wide cost it no [BT, K] product per tile: where 64-wide tiles would leave SMs idle, its one pass takes
+# the widest of 64, 32, 16 that gives a program per SM (_pass_tile), and runs with W, U in the scan
+# there too (WU_IN_SCAN refuses narrow tiles otherwise). At the benchmark's shapes: 8K (64
+# sequence-heads) 32-wide tiles, 256 programs, in place of 64-wide ones, 128; 16K (32) one pass at
+# 16-wide, 256 programs, in place of two passes. Forwards with a backward keep their launch (its one
+# pass stores S and Vn per chunk; narrow tiles there were slower: DeltaNet fwd+bwd at 8K 2.395 → 2.585
+# ms). H200, bf16, H = 16, K = V = 128, three alternating rounds (2026-12-03, `python -m kernels.sweep ab
+# --ops delta,gdn --T T --set kernels.delta.chunk.VN_NARROW=True` plus, at 8K, `--set
+# "kernels.delta.chunk.LAUNCH[state_out]={'BV': 32, 'num_warps': 4, 'num_stages': 2}"`, at 16K `--set
+# kernels.delta.chunk.FUSED_MIN_PROGRAMS=128`): forward at 8K DeltaNet 0.482 → 0.449 ms, Gated
+# DeltaNet 0.647 → 0.614; at 16K 0.864 → 0.694 and 1.083 → 1.039 (32-wide tiles there, 128 programs:
+# 0.728, 1.034). False: the launch of a forward with a backward, narrow tiles with the stored W, U.
+VN_NARROW = True
+
+
+def _pass_tile(NH: int, V: int, widest: int, device) -> int:
+    """Value tile of a forward-only one pass that forms Vn from K S (VN_NARROW): the widest of ``widest``
+    and its halves down to 16 (none wider than V needs) that gives a program per SM, else 16."""
+    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
+    bv = min(widest, max(16, next_pow2(V)))
+    while bv > 16 and NH * cdiv(V, bv) < least:
+        bv //= 2
+    return bv
 
 
 def _narrow(few: bool, BV: int, *dims: int) -> bool:
@@ -1120,8 +1139,9 @@ SEGMENT_PROGRAMS_PER_SM = 3
 # β instead of W and U. H200, bf16, H = 16, K = V = 128, T = 32K (`python -m kernels.sweep ab --ops
 # delta,gdn --T 32768 --set kernels.delta.chunk.SEGMENTS_WU_IN_SCAN=True`, three alternating rounds,
 # 2026-12-01): DeltaNet forward 1.210 → 1.186 ms; Gated DeltaNet 1.296 → 1.693 (its scans, holding the
-# gates too, spill: ptxas 200 / 80 / 900 B). None (default): for the ungated delta rule only; True:
-# both; False: neither. GPU-checked (`python -m kernels.gpu_check --only fused:deltanet/wu`).
+# gates too, spill: ptxas 200 / 80 / 900 B). None (default): for the ungated delta rule, and for the
+# gated one where its transitions come from K P without W (TRANS_FROM_KS: then 1.124 → 1.029, 2026-12-03);
+# True: both; False: neither. GPU-checked (`python -m kernels.gpu_check --only fused:deltanet/wu`).
 SEGMENTS_WU_IN_SCAN: bool | None = None
 # The segments' states from zero and their transitions in one scan (_state_kernel's TRANS: each
 # program carries a [K, BV] tile of both, and loads each chunk's k, W — or makes W, with W/U in the
@@ -1198,10 +1218,18 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     fused = _one_pass(N * H, V, BVF, KP, dev, gated)
     c_scan = _cfg("state_few" if few else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
                   num_stages=_scan_stages(inter, KP))
+    if not keep and _wu_in_scan(inter, True, ks=True):
+        # a forward-only pass forming Vn from K S: tiles as narrow as a program per SM needs (VN_NARROW)
+        # (fp32 operands keep the state kernels' tile BVS at most: [K, BV] fp32 operand tiles)
+        BVP = _pass_tile(N * H, V, 64 if inter == torch.bfloat16 else BVS, dev)
+        fused = _one_pass(N * H, V, BVP, KP, dev, gated)
+        if fused:
+            c_scan = c_scan | {"BV": BVP}
     if fused:
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
     # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V
-    # (builds with 16- and 32-wide tiles faulted on the H200, see WU_IN_SCAN)
+    # (builds with 16- and 32-wide tiles faulted on the H200, see WU_IN_SCAN) unless no W is made there
+    # (VN_NARROW)
     wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V), ks=True)
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
@@ -1274,7 +1302,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     c = _segment_scan_cfg(inter, K, V, BT, NS * H, dev)
     # W and U made inside the three scans (SEGMENTS_WU_IN_SCAN, without a backward), on WU_IN_SCAN's
     # terms: tiles at least 64 wide or covering V (and K, the transitions' "V"), a program per SM
-    wants = SEGMENTS_WU_IN_SCAN or (SEGMENTS_WU_IN_SCAN is None and g is None)
+    wants = SEGMENTS_WU_IN_SCAN or (SEGMENTS_WU_IN_SCAN is None and (g is None or TRANS_FROM_KS))
     wu = wants and not keep and _wu_in_scan(
         inter, _narrow(_few(NS * H, V, c["BV"], dev), c["BV"], V, K))
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)

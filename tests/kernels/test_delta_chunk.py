@@ -527,6 +527,7 @@ def test_wu_in_scan_with_narrow_tiles(monkeypatch, count_launches, mixer, ks, na
     monkeypatch.setattr(C, "VN_FROM_KS", ks)
     monkeypatch.setattr(C, "VN_NARROW", narrow)
     monkeypatch.setattr(C, "_state_launch", lambda BVS, KP, V, inter, nw, NH, device: (32, nw))
+    monkeypatch.setattr(C, "_pass_tile", lambda NH, V, widest, device: 32)
     assert C._wu_in_scan(torch.bfloat16, True, ks=True) == (ks and narrow)
     wu = count_launches(C, "_wu_kernel")
     scans = count_launches(C, "_state_kernel")
@@ -539,6 +540,41 @@ def test_wu_in_scan_with_narrow_tiles(monkeypatch, count_launches, mixer, ks, na
     o_r, S_r = dsf.recurrent(mixer, **{n: t.double() for n, t in d.items() if t is not None})
     check("narrow:o", o, o_r)
     check("narrow:final_state", S, S_r)
+
+
+def test_pass_tile_rule(monkeypatch):
+    """VN_NARROW's value tile: the widest of 64, 32, 16 (at most ``widest``, no wider than V needs) that
+    gives a program per SM (132 stood in for the H200's): the benchmark's 4K / 8K / 16K at 64 / 32 / 16,
+    and 16 where none does."""
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 132)
+    cuda = torch.device("cuda")
+    assert [C._pass_tile(nh, 128, 64, cuda) for nh in (128, 64, 32, 16)] == [64, 32, 16, 16]
+    assert C._pass_tile(128, 128, 32, cuda) == 32          # fp32 operands: the state tile at most
+    assert C._pass_tile(300, 20, 64, cuda) == 32           # V = 20: a 32-wide tile covers it
+    assert C._pass_tile(100, 20, 64, cuda) == 16
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+def test_narrow_pass_only_without_backward(monkeypatch, count_launches, mixer):
+    """With few sequence-heads (one; 4 stood in for the SMs) a forward without autograd runs one pass
+    at 16-wide tiles forming Vn from K S (VN_NARROW), where 64-wide ones would leave SMs idle; with
+    autograd it keeps two passes (the output kernel). Both match float64."""
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 4)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)              # any dtype (the interpreter runs fp32)
+    out = count_launches(C, "_output_kernel")
+    scans = count_launches(C, "_state_kernel")
+    wu = count_launches(C, "_wu_kernel")
+    d = inputs(mixer, 1, 70, 1, 16, 64, seed=8)
+    S0, do, dS = cotangents(1, 70, 1, 16, 64, 1, True, True)
+    compare_no_grad("narrow_pass", mixer, d, S0, do, None, 16)
+    assert [(kw["OUT"], kw["BV"], kw["WU"], kw["KS"]) for _, kw in scans] == [(True, 16, True, True)]
+    assert out == [] and wu == []
+    compare(mixer, d, S0, do, dS, chunk_size=16)
+    assert len(out) == 1 and not any(kw["OUT"] for _, kw in scans[1:2])
+    monkeypatch.setattr(C, "VN_NARROW", False)              # switched off: two passes without autograd too
+    compare_no_grad("narrow_pass_off", mixer, d, S0, do, None, 16)
+    assert len(out) == 2
 
 
 @pytest.mark.parametrize("ks", [True, False], ids=["vn-from-ks", "w-and-u"])
@@ -723,20 +759,23 @@ def test_transitions_from_ks(monkeypatch, count_launches, mixer, one_scan, B, T,
         [True, False] if one_scan else [False, True, False])
 
 
-@pytest.mark.parametrize("setting", [True, None])
+@pytest.mark.parametrize("setting,trans", [(True, False), (None, False), (None, True)],
+                         ids=["on", "default-w", "default-from-kp"])
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
-def test_segments_wu_in_scan(monkeypatch, count_launches, mixer, setting):
+def test_segments_wu_in_scan(monkeypatch, count_launches, mixer, setting, trans):
     """SEGMENTS_WU_IN_SCAN: a forward without autograd over segments makes W and U inside its three
     scans (states from zero, transitions, the pass; no _wu_kernel) and matches float64 — switched on,
-    for both mixers, by default for the ungated rule only; with autograd W and U are stored as
-    before, every gradient matching too. The three scans of SEGMENT_TRANSITIONS_IN_SCAN off (on, W/U in
-    its one scan is test_segments_one_scan's "wu" case)."""
+    for both mixers, by default for the ungated rule, and for the gated one where its transitions come
+    from K P (TRANS_FROM_KS); with autograd W and U are stored as before, every gradient matching too.
+    The three scans of SEGMENT_TRANSITIONS_IN_SCAN off (on, W/U in its one scan is
+    test_segments_one_scan's "wu" case)."""
     monkeypatch.setattr(C, "SEGMENTS", True)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 6)
     monkeypatch.setattr(C, "SEGMENT_TRANSITIONS_IN_SCAN", False)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)            # any dtype (the interpreter runs fp32)
     monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", setting)
-    in_scan = setting or mixer == "deltanet"
+    monkeypatch.setattr(C, "TRANS_FROM_KS", trans)
+    in_scan = setting or mixer == "deltanet" or trans
     wu = count_launches(C, "_wu_kernel")
     scans = count_launches(C, "_state_kernel")
     d = inputs(mixer, 1, 150, 2, 32, 32, seed=13)

@@ -105,8 +105,8 @@ def test_report_has_a_row_per_check_and_counts_failures(tmp_path, monkeypatch, c
 
 def test_wu_rows_run_with_the_switch_on_and_restore_it(tmp_path, monkeypatch):
     """The W/U-in-the-scan rows run the delta check with WU_IN_SCAN on (and the one pass forced), the
-    second over segments with SEGMENTS_WU_IN_SCAN on too, the third with TRANS_FROM_KS as well, the fourth
-    at 16 sequence-heads (few programs) with VN_NARROW; the switches are back afterwards."""
+    second and third over segments with SEGMENTS_WU_IN_SCAN on too, TRANS_FROM_KS off then on, the fourth
+    at 2 × 16 sequence-heads with VN_NARROW at the GPU's SM count; the switches are back afterwards."""
     import kernels.delta.chunk as C
 
     _fake_checks(monkeypatch)
@@ -119,12 +119,12 @@ def test_wu_rows_run_with_the_switch_on_and_restore_it(tmp_path, monkeypatch):
         return {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True
     monkeypatch.setattr(gpu_check, "check_delta_chunk", fake_delta)
     assert gpu_check.main(["--quick", "--only", "fused:deltanet", "--dtypes", "float32", "--out", str(tmp_path)]) == 0
-    assert seen == [(True, True, False, 1, None, False, False, (8, 512)),
+    assert seen == [(True, True, False, 1, None, True, False, (8, 512)),
                     (True, True, True, 10 ** 4, True, False, False, (2, 4096)),
                     (True, True, True, 10 ** 4, True, True, False, (2, 4096)),
-                    (True, True, False, 1, None, False, True, (1, 4096))]
+                    (True, True, False, None, None, True, True, (2, 4096))]
     assert (C.WU_IN_SCAN, C.FUSED_FORWARD, C.SEGMENTS, C.FUSED_MIN_PROGRAMS, C.SEGMENTS_WU_IN_SCAN,
-            C.TRANS_FROM_KS, C.VN_NARROW) == (None, None, None, None, None, False, False)
+            C.TRANS_FROM_KS, C.VN_NARROW) == (None, None, None, None, None, True, False)
     assert "| deltanet | segments, W/U in the scans | float32 |" in (tmp_path / "gpu_check.md").read_text()
 
 
