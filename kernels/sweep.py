@@ -337,9 +337,10 @@ DELTA_GRID = {
     "wu": dict(BK=(64, 128), BV=(64, 128), num_warps=(4, 8), num_stages=(1, 2, 3)),
     "ut": dict(num_warps=(1, 2, 4), num_stages=(1, 2, 3)),
     # the state scan that also writes the outputs (FUSED_FORWARD, switched on while it is timed), in a
-    # forward without autograd as the default forward runs it: W and U made in it (WU_IN_SCAN), which
-    # no tile narrower than 64 does (16- and 32-wide builds faulted), so those would time another kernel
-    "state_out": dict(BV=(64,), num_warps=(4, 8), num_stages=(1, 2, 3)),
+    # forward without autograd as the default forward runs it: W and U made in it (WU_IN_SCAN), at
+    # tiles under 64 wide too since it forms Vn from K S there (VN_NARROW; with W, 16- and 32-wide
+    # builds faulted)
+    "state_out": dict(BV=(16, 32, 64), num_warps=(4, 8), num_stages=(1, 2, 3)),
     # the chain over segments (forward and reverse: both launches, one name), where segments run (T = 32K
     # with the benchmark's batch); BR = 64 holds a [64, 64] fp32 block of P and spills
     "chain": dict(BR=(16, 32), BV=(16, 32, 64), num_warps=(2, 4, 8), num_stages=(1, 2, 3)),

@@ -902,9 +902,9 @@ TRANS_FROM_KS = True
 # the widest of 64, 32, 16 that gives a program per SM (_pass_tile), and runs with W, U in the scan
 # there too (WU_IN_SCAN refuses narrow tiles otherwise). At the benchmark's shapes: 8K (64
 # sequence-heads) 32-wide tiles, 256 programs, in place of 64-wide ones, 128; 16K (32) one pass at
-# 16-wide, 256 programs, in place of two passes. Forwards with a backward keep their launch (its one
-# pass stores S and Vn per chunk; narrow tiles there were slower: DeltaNet fwd+bwd at 8K 2.395 → 2.585
-# ms). H200, bf16, H = 16, K = V = 128, three alternating rounds (2026-12-03, `python -m kernels.sweep ab
+# 16-wide, 256 programs, in place of two passes (warps and stages: LAUNCH["state_narrow"]). Forwards
+# with a backward keep their launch (its one pass stores S and Vn per chunk; narrow tiles there were
+# slower: DeltaNet fwd+bwd at 8K 2.395 → 2.585 ms). H200, bf16, H = 16, K = V = 128, three alternating rounds (2026-12-03, `python -m kernels.sweep ab
 # --ops delta,gdn --T T --set kernels.delta.chunk.VN_NARROW=True` plus, at 8K, `--set
 # "kernels.delta.chunk.LAUNCH[state_out]={'BV': 32, 'num_warps': 4, 'num_stages': 2}"`, at 16K `--set
 # kernels.delta.chunk.FUSED_MIN_PROGRAMS=128`): forward at 8K DeltaNet 0.482 → 0.449 ms, Gated
@@ -1030,6 +1030,11 @@ LAUNCH: dict[str, dict] = {
     "wu": dict(BK=128, BV=128, num_warps=4, num_stages=1),               # 0.17 → 0.16
     "state": dict(BV=64, num_warps=4, num_stages=2),                     # 0.27 → 0.24
     "state_few": dict(BV=16, num_warps=4, num_stages=2),                 # 1.08 → 0.82 (T = 32K)
+    # the forward-only pass at tiles narrower than the scan's (VN_NARROW; the tile is _pass_tile's):
+    # `python -m kernels.sweep launch --ops delta,gdn --kernels state_out --T T` (2026-12-03), fastest
+    # at 8K BV = 32, 4 warps, 3 stages: 0.304 ms against 0.350 at 2 stages (Gated DeltaNet 0.465 /
+    # 0.501); at 16K BV = 16, 3 stages: 0.515 / 0.610 (Gated 0.826 / 0.925)
+    "state_narrow": dict(num_warps=4, num_stages=3),
     "output": dict(BK=64, BV=128, num_warps=8, num_stages=3),            # 0.26 → 0.23
     "dvn_local": dict(BK=64, BV=128, num_warps=8, num_stages=2),         # 0.22 → 0.20
     "dstate": dict(BV=64, num_warps=4, num_stages=2),                    # 0.49 → 0.36
@@ -1221,10 +1226,13 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     if not keep and _wu_in_scan(inter, True, ks=True):
         # a forward-only pass forming Vn from K S: tiles as narrow as a program per SM needs (VN_NARROW)
         # (fp32 operands keep the state kernels' tile BVS at most: [K, BV] fp32 operand tiles)
-        BVP = _pass_tile(N * H, V, 64 if inter == torch.bfloat16 else BVS, dev)
+        widest = min(64 if inter == torch.bfloat16 else BVS, max(16, next_pow2(V)))
+        BVP = _pass_tile(N * H, V, widest, dev)
         fused = _one_pass(N * H, V, BVP, KP, dev, gated)
         if fused:
             c_scan = c_scan | {"BV": BVP}
+        if fused and BVP < widest:
+            c_scan = _cfg("state_narrow", inter, K, V, **c_scan)
     if fused:
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
     # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V
