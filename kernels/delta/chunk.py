@@ -880,6 +880,7 @@ def _ut_once(dtype: torch.dtype, KP: int) -> bool:
 # on the H200 while the 64-wide tiles were bit-exact (kernels/results/experiments_2026-12-01_wu.md).
 # Nor with any value tile under 64 that splits V: 32-wide tiles with a program per SM faulted too
 # (`python -m kernels.sweep launch --ops delta --kernels state_out`, 2026-12-01, every warps/stages).
+# Both refusals are lifted where the scan makes no W (Vn from K S, VN_NARROW below).
 WU_IN_SCAN: bool | None = None
 # Where the scan makes W and U itself and needs neither for anything else (outputs and states, no
 # transition), it forms Vn = U − W S = T diag(β) (V − diag(e^G) K S) instead: K S and then T times a
@@ -900,16 +901,18 @@ TRANS_FROM_KS = True
 # A forward without a backward that forms Vn from K S makes no W in any program, so value tiles under 64
 # wide cost it no [BT, K] product per tile: where 64-wide tiles would leave SMs idle, its one pass takes
 # the widest of 64, 32, 16 that gives a program per SM (_pass_tile), and runs with W, U in the scan
-# there too (WU_IN_SCAN refuses narrow tiles otherwise). At the benchmark's shapes: 8K (64
-# sequence-heads) 32-wide tiles, 256 programs, in place of 64-wide ones, 128; 16K (32) one pass at
-# 16-wide, 256 programs, in place of two passes (warps and stages: LAUNCH["state_narrow"]). Forwards
-# with a backward keep their launch (its one pass stores S and Vn per chunk; narrow tiles there were
-# slower: DeltaNet fwd+bwd at 8K 2.395 → 2.585 ms). H200, bf16, H = 16, K = V = 128, three alternating rounds (2026-12-03, `python -m kernels.sweep ab
-# --ops delta,gdn --T T --set kernels.delta.chunk.VN_NARROW=True` plus, at 8K, `--set
-# "kernels.delta.chunk.LAUNCH[state_out]={'BV': 32, 'num_warps': 4, 'num_stages': 2}"`, at 16K `--set
-# kernels.delta.chunk.FUSED_MIN_PROGRAMS=128`): forward at 8K DeltaNet 0.482 → 0.449 ms, Gated
-# DeltaNet 0.647 → 0.614; at 16K 0.864 → 0.694 and 1.083 → 1.039 (32-wide tiles there, 128 programs:
-# 0.728, 1.034). False: the launch of a forward with a backward, narrow tiles with the stored W, U.
+# there too (WU_IN_SCAN refuses narrow tiles otherwise), at LAUNCH["state_narrow"]'s warps and stages.
+# At the benchmark's shapes: 8K (64 sequence-heads) 32-wide tiles, 256 programs, in place of 64-wide
+# ones, 128; 16K (32) one pass at 16-wide, 256 programs, in place of two passes. Forwards with a
+# backward keep their launch (their pass stores S and Vn per chunk; narrow tiles there were slower:
+# DeltaNet fwd+bwd at 8K 2.395 → 2.585 ms). H200, bf16, H = 16, K = V = 128, three alternating rounds
+# (2026-12-03, `python -m kernels.sweep ab --ops delta,gdn --T T --set kernels.delta.chunk.VN_NARROW=True`
+# plus, at 8K, `--set "kernels.delta.chunk.LAUNCH[state_out]={'BV': 32, 'num_warps': 4, 'num_stages':
+# 2}"`, at 16K `--set kernels.delta.chunk.FUSED_MIN_PROGRAMS=128`, before the rule): forward at 8K
+# DeltaNet 0.482 → 0.449 ms, Gated DeltaNet 0.647 → 0.614; at 16K 0.864 → 0.694 and 1.083 → 1.039
+# (32-wide tiles there, 128 programs: 0.728, 1.034); with three stages since, 0.399 / 0.587 at 8K and
+# 0.603 / 0.933 at 16K (experiments_2026-12-03h.md §3–4). GPU-checked (gpu_check.md, twenty-eighth
+# session). False: forwards without a backward launch as those with one.
 VN_NARROW = True
 
 
