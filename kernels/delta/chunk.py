@@ -1223,7 +1223,6 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     dt, nw = _TL[inter], _num_warps(BT, inter)
     BVF, nw_scan = _state_launch(BVS, KP, V, inter, nw, N * H, dev)
     few = _few(N * H, V, BVF, dev)   # fewer scan programs than SMs
-    fused = _one_pass(N * H, V, BVF, KP, dev, gated)
     c_scan = _cfg("state_few" if few else "state", inter, K, V, BV=BVF, num_warps=nw_scan,
                   num_stages=_scan_stages(inter, KP))
     if not keep and _wu_in_scan(inter, True, ks=True):
@@ -1234,8 +1233,10 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         fused = _one_pass(N * H, V, BVP, KP, dev, gated)
         if fused:
             c_scan = c_scan | {"BV": BVP}
-        if fused and BVP < widest:
-            c_scan = _cfg("state_narrow", inter, K, V, **c_scan)
+            if BVP < widest:
+                c_scan = _cfg("state_narrow", inter, K, V, **c_scan)
+    else:
+        fused = _one_pass(N * H, V, BVF, KP, dev, gated)
     if fused:
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
     # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V
