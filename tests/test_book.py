@@ -16,6 +16,9 @@ import pytest
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
+# One build serves every test here: under pytest-xdist (`make test`) they run on one worker
+pytestmark = pytest.mark.xdist_group("book")
+
 
 def _jupyter_book() -> str:
     beside = Path(sys.executable).with_name("jupyter-book")   # the venv's own, first

@@ -279,11 +279,11 @@ def test_gate_heads_inner(one_pass, monkeypatch, count_launches, backward):
     """chunk_key.GATE_HEADS_INNER (the gate kernel's grid as (key blocks, heads, chunks), the default the
     tests above check against float64) gives the same bits as (key blocks, chunks, heads): the one pass
     over mild and strong chunks of two sequences (K = 80: a partial key block), then with a backward
-    (shorter, for the interpreter's time)."""
+    (one shorter sequence, for the interpreter's time)."""
     gates = count_launches(chunk_key, "_gate_kernel")
-    T, H = (70, 2) if backward else (150, 2)
-    nc = 2 * -(-T // chunk_key.BT)
-    x = _inputs(2, T, H, 80, 16, "bursts", seed=12)
+    B, T, H = (1, 70, 2) if backward else (2, 150, 2)
+    nc = B * -(-T // chunk_key.BT)
+    x = _inputs(B, T, H, 80, 16, "bursts", seed=12)
     runs = []
     for inner in (False, True):
         monkeypatch.setattr(chunk_key, "GATE_HEADS_INNER", inner)
@@ -539,7 +539,7 @@ def test_strong_chunks_scores(one_pass, monkeypatch, count_launches, T, K, regim
     assert [(g, kw["CPP"]) for g, kw in scores] == [((-(-n_chunks // cpp), 2), cpp)] * 2
 
 
-@pytest.mark.parametrize("T,regime", [(200, "strong"), (323, "bursts")])
+@pytest.mark.parametrize("T,regime", [(200, "strong"), (259, "bursts")])
 def test_segment_entry_states_16bit(one_pass, monkeypatch, count_launches, T, regime):
     """kernels.diag.chunk.SEGMENT_ENTRY_16BIT for this family: the forward-only pass over segments starts
     each segment from its entering state stored in the per-chunk states' dtype (bf16 here for fp32
