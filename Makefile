@@ -25,10 +25,10 @@ demo: $(STAMP)
 	$(BIN)/dsf phi all --out results/phi
 	@echo "results written under results/: zoo.txt, check.txt, phi/*.png"
 
-## test: the whole suite (hypothesis profile "ci"), the exercises and the book build, one pytest-xdist
-## worker per core (the book's tests share one build: their xdist_group keeps them on one worker)
+## test: the whole suite (hypothesis profile "ci"), the exercises and the book build, on one pytest-xdist
+## worker per core
 test: $(STAMP)
-	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q -n auto --dist loadgroup
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q -n auto
 
 ## book: build the Jupyter Book with every page executed, warnings as errors
 book: $(STAMP)

@@ -1,11 +1,14 @@
 """The book builds offline with every page executed and no warnings (``make book``'s command).
 
-The build goes to a temporary ``--path-output``, so the repository's ``book/_build`` is untouched.
+The build goes to a temporary ``--path-output`` (once per run, shared by pytest-xdist workers), so the
+repository's ``book/_build`` is untouched.
 Run it alone with ``pytest -m book``.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 import subprocess
@@ -16,10 +19,6 @@ import pytest
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
-# One build serves every test here: under pytest-xdist (`make test`) they run on one worker
-pytestmark = pytest.mark.xdist_group("book")
-
-
 def _jupyter_book() -> str:
     beside = Path(sys.executable).with_name("jupyter-book")   # the venv's own, first
     found = str(beside) if beside.exists() else shutil.which("jupyter-book")
@@ -28,15 +27,28 @@ def _jupyter_book() -> str:
     return found
 
 
-@pytest.fixture(scope="module")
-def html(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("book")
+def _build(out: Path) -> Path:
     cmd = [_jupyter_book(), "build", str(BOOK), "-W", "-n", "--keep-going", "--path-output", str(out)]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     log = (run.stdout + run.stderr)[-6000:]
     assert run.returncode == 0, f"jupyter-book build failed (exit {run.returncode}):\n{log}"
     assert "WARNING:" not in run.stdout + run.stderr, log   # Sphinx's warnings (-W fails on them too)
     return out / "_build" / "html"
+
+
+@pytest.fixture(scope="session")
+def html(tmp_path_factory) -> Path:
+    """The book built once per test run: under pytest-xdist (`make test`) the first worker to ask builds
+    it into the run's shared temporary folder and the others wait on a lock, then read that build."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return _build(tmp_path_factory.mktemp("book"))
+    shared = tmp_path_factory.getbasetemp().parent          # this run's, shared by its workers
+    done = shared / "book" / "_build" / "html" / "index.html"
+    with open(shared / "book.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.is_file():
+            _build(shared / "book")
+    return done.parent
 
 
 @pytest.mark.book
