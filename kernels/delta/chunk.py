@@ -385,8 +385,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False,
-                  DVN: tl.constexpr = False):
+                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -398,8 +397,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
-    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA).
-    DVN: a gate's decays e^{G_L − G} scale Vn's rows in the state's update, not K's (DECAY_ON_VN)."""
+    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -492,14 +490,9 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_o += _mm(b_A, b_vn, DT, PREC)
             store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t,
                         m_v, o_tv, H, V, BT, BV)
-        # the state moves on with the stored (rounded) Vn: what the outputs see. The keys enter as
-        # loaded; with a gate the decays e^{G_L − G} scale Vn's rows instead of K's (DECAY_ON_VN)
-        if GATED and DVN:
-            b_f = tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
-            b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kr), b_vn.to(tl.float32) * b_f, DT, PREC)
-            if TRANS:
-                b_P = b_P * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kr), b_pn.to(tl.float32) * b_f, DT, PREC)
-        elif GATED:
+        # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
+        # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
+        if GATED:
             b_kd = b_kr.to(tl.float32) * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
             b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
             if TRANS:
@@ -921,11 +914,6 @@ TRANS_FROM_KS = True
 # 0.603 / 0.933 at 16K (experiments_2026-12-03h.md §3–4). GPU-checked (gpu_check.md, twenty-eighth
 # session). False: forwards without a backward launch as those with one.
 VN_NARROW = True
-# The gated state update S' = e^{G_L} S + Kᵀ diag(e^{G_L − G}) Vn with the decays on Vn's rows ([BT, BV])
-# instead of K's ([BT, K]: an fp32 copy of the key tile, scaled, then cast back for the product): fewer
-# registers and multiplies on each chunk's chain; the rounding moves from the scaled keys to the scaled
-# Vn. False: on the keys, as before.
-DECAY_ON_VN = True
 
 
 def _pass_tile(NH: int, V: int, widest: int, device) -> int:
@@ -1267,7 +1255,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, DVN=DECAY_ON_VN,
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS,
             **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
             **c_scan)
@@ -1300,7 +1288,7 @@ def _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, beta=None,
         k, w, w, g, None, None, w, P, s_offsets, s_chunk_offsets, per, H=H, K=K, V=K, BT=BT, KP=KP,
         GATED=_gated(g, k.dtype), HAS_H0=False, STORE_HT=True, DT=_TL[inter], PREC=prec, q=w, o=w, scale=1.0,
         OUT=False, STORE_H=False, v=w, beta=beta if wu else w, Tm=Tm if wu else w, WU=wu, ZERO_U=True, EYE=True,
-        KS=VN_FROM_KS, KS_TRANS=TRANS_FROM_KS, DVN=DECAY_ON_VN, **c)
+        KS=VN_FROM_KS, KS_TRANS=TRANS_FROM_KS, **c)
     return P
 
 
@@ -1335,7 +1323,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
-               Tm=Tm, WU=wu, KS=VN_FROM_KS, KS_TRANS=TRANS_FROM_KS, DVN=DECAY_ON_VN, **c)
+               Tm=Tm, WU=wu, KS=VN_FROM_KS, KS_TRANS=TRANS_FROM_KS, **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
     # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
