@@ -139,6 +139,13 @@ def layout_cache(key: tuple, make):
     return hit
 
 
+def stand_in(dtype: torch.dtype, device) -> Tensor:
+    """A one-element tensor passed where a kernel takes a buffer it never reads or writes on this call
+    (or reads only the dtype of), made once per (dtype, device): an allocation costs a few µs of host
+    time a call. Shared: nothing may write to it."""
+    return layout_cache(("stand_in", dtype, device), lambda: torch.empty(1, dtype=dtype, device=device))
+
+
 def _dense_offsets(B: int, T: int, device) -> Tensor:
     offsets = torch.arange(0, (B + 1) * T, T, dtype=torch.int64, device=device)
     offsets._dense = (B, T)

@@ -47,7 +47,8 @@ def _inputs(B, T, kind, dtype=torch.bfloat16, grad=True):
                  log_eta=F.logsigmoid(2 + r(B, T, H)))
     out = {}
     for n, x in d.items():
-        x = x.to(dtype if n in ("q", "k", "v") else torch.float32)
+        # β in the activations' dtype, as a layer's sigmoid makes it; log decays and Titans' rates fp32
+        x = x.to(dtype if n in ("q", "k", "v", "beta") else torch.float32)
         out[n] = x.requires_grad_(grad)
     return out
 
@@ -62,9 +63,9 @@ def _ours(kind):
     if kind == "key":
         return lambda q, k, v, gk: chunk_diag(q, k, v, "key", gk, scale=s)[0]
     if kind == "delta":
-        return lambda q, k, v, beta: chunk_delta(q, k, v, beta.to(q.dtype), scale=s)[0]
+        return lambda q, k, v, beta: chunk_delta(q, k, v, beta, scale=s)[0]
     if kind == "gdn":
-        return lambda q, k, v, g, beta: chunk_delta(q, k, v, beta.to(q.dtype), scale=s, g=g)[0]
+        return lambda q, k, v, g, beta: chunk_delta(q, k, v, beta, scale=s, g=g)[0]
     if kind == "titans":
         from kernels.memory import chunk_titans
 
@@ -121,8 +122,8 @@ def _fla(kind):
         return None
     return {"scalar": lambda q, k, v, g: chunk_simple_gla(q, k, v, g=g)[0],
             "key": lambda q, k, v, gk: chunk_gla(q, k, v, gk)[0],
-            "delta": lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta.to(q.dtype))[0],
-            "gdn": lambda q, k, v, g, beta: chunk_gated_delta_rule(q, k, v, g, beta.to(q.dtype))[0],
+            "delta": lambda q, k, v, beta: chunk_delta_rule(q, k, v, beta)[0],
+            "gdn": lambda q, k, v, g, beta: chunk_gated_delta_rule(q, k, v, g, beta)[0],
             }.get(kind)
 
 

@@ -48,7 +48,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, chunk_grid,
-                       fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, tensor_descriptors)
+                       fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
+                       tensor_descriptors)
 from .._tl import batch_place, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
@@ -1194,8 +1195,8 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     # T enters the W, U products as an operand in `inter`, and the backward's fp32 products as bf16
     # values widened: stored in `inter` (as fla stores its inverse in k's dtype)
     Tm = _empty(Tt, H, BT, dtype=inter, device=dev)
-    w = _empty(*((1,) if wu else (Tt, H, K)), dtype=inter, device=dev)
-    u = _empty(*((1,) if wu else (Tt, H, V)), dtype=inter, device=dev)
+    w = stand_in(inter, dev) if wu else _empty(Tt, H, K, dtype=inter, device=dev)
+    u = stand_in(inter, dev) if wu else _empty(Tt, H, V, dtype=inter, device=dev)
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
                             PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
@@ -1246,7 +1247,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
-    vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
+    vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else stand_in(inter, dev)
     # the states entering each chunk only ever feed products in the operand dtype: stored in it
     h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
@@ -1318,7 +1319,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     wu = wants and not keep and _wu_in_scan(
         inter, _narrow(_few(NS * H, V, c["BV"], dev), c["BV"], V, K))
     Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
-    vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else _empty(1, dtype=inter, device=dev)
+    vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else stand_in(inter, dev)
     h = _empty(NC, H, K, V, dtype=inter, device=dev) if keep else None
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None

@@ -577,6 +577,26 @@ def test_narrow_pass_only_without_backward(monkeypatch, count_launches, mixer):
     assert len(out) == 2
 
 
+def test_forward_only_pass_allocates_no_stand_ins(monkeypatch):
+    """A forward-only one pass making W and U in its scan allocates T, the output and the final state
+    only: W, U and Vn, which it never reads, are kernels._common.stand_in's shared one-element tensor
+    (one per dtype and device); the output still matches float64."""
+    from kernels._common import stand_in
+
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)              # any dtype (the interpreter runs fp32)
+    made, poisoned = [], C._empty
+    monkeypatch.setattr(C, "_empty", lambda *shape, **kw: made.append(shape) or poisoned(*shape, **kw))
+    d = inputs("gated_deltanet", 2, 37, 2, 16, 24, seed=5)
+    S0, do, _ = cotangents(2, 37, 2, 16, 24, 2, True, False)
+    compare_no_grad("stand_ins", "gated_deltanet", d, S0, do, None, 16)
+    assert made == [(74, 2, 16), (74, 2, 24), (2, 2, 16, 24)]
+    one = stand_in(torch.float32, torch.device(DEV))
+    assert one.numel() == 1 and one is stand_in(torch.float32, torch.device(DEV))
+    assert stand_in(torch.float64, torch.device(DEV)).dtype == torch.float64
+
+
 @pytest.mark.parametrize("ks", [True, False], ids=["vn-from-ks", "w-and-u"])
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 @pytest.mark.parametrize("B,T,H,K,V,cs,scale,h0,dht", [CASES[i] for i in (0, 2, 4, 5)],
