@@ -191,11 +191,12 @@ DELTA_SHAPES = [(2, 2048, 4, 128, 128, "gated_deltanet", 64, "mild"), (2, 2048, 
                 (1, 777, 2, 100, 72, "gated_deltanet", 32, "mild"), (2, 1000, 4, 64, 64, "deltanet", 16, "mild")]
 
 
-def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=True, seed=0):
+def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=True, seed=0,
+                      beta_dtype=torch.float32):
     """chunk_delta, the chunked WY/UT kernel, vs the float64 dsf chunked form (scale K^-0.5).
 
     ``half_operands=False`` runs the products that mix fp32 quantities with bf16 inputs in tf32 (fp16
-    always does).
+    always does). β in ``beta_dtype`` (the gates fp32).
     """
     import kernels.delta.chunk as dc
 
@@ -210,7 +211,8 @@ def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=Tru
     ref = _leaves(x)
     S0_ref = ref.pop("S0")
     o_ref, S_ref = dsf.chunked(mixer, chunk_size=64, initial_state=S0_ref, **ref)
-    kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
+    kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else beta_dtype if n == "beta" else torch.float32)
+                   for n, t in x.items()})
     old, dc.HALF_OPERANDS = dc.HALF_OPERANDS, half_operands
     try:
 
@@ -385,6 +387,32 @@ def _with_repeat(check_fn, repeat_fn, *changes):
     return run
 
 
+def _wu_rows(lines: list[str], mixer: str, dt, bdt, rep) -> int:
+    """The delta rule's one-pass rows that make W and U in the scan (WU_IN_SCAN, no autograd; a program
+    per SM): whole sequences (8 × 16 sequence-heads, 64-wide value tiles); over segments
+    (SEGMENTS_WU_IN_SCAN; 2 × 4 sequence-heads) with the transitions' scan using W, then forming
+    Pn = −T diag(β e^G) K P without it (TRANS_FROM_KS); and, where 64-wide tiles would leave SMs idle, the
+    forward-only pass's narrower ones (VN_NARROW, at the GPU's SM count: 2 × 16 sequence-heads, 16-wide
+    tiles, the benchmark's 16K; repeated at 4 × 16, 32-wide, its 8K). β in ``bdt``. Returns the failures."""
+    import kernels.delta.chunk as dlt
+
+    beta = "" if bdt == torch.float32 else f", β in {str(bdt)[6:]}"
+    seg_wu = ((dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
+              (dlt, "SEGMENTS_WU_IN_SCAN", True))
+    narrow = ((dlt, "WU_IN_SCAN", True), (dlt, "VN_FROM_KS", True), (dlt, "VN_NARROW", True),
+              (dlt, "FUSED_MIN_PROGRAMS", None))
+    modes = (("one pass, W/U in the scan", (8, 512, 16), rep, ((dlt, "WU_IN_SCAN", True),)),
+             ("segments, W/U in the scans", (2, 4096, 4), rep, (*seg_wu, (dlt, "TRANS_FROM_KS", False))),
+             ("segments, transitions from K P", (2, 4096, 4), rep, (*seg_wu, (dlt, "TRANS_FROM_KS", True))),
+             ("one pass, narrow tiles, Vn from K S", (2, 4096, 16), (4, 8192, 16, 128, 128), narrow))
+    failed = 0
+    for mode, (B, T, H), rep_shape, changes in modes:
+        failed += not _row(lines, f"| {mixer} | {mode}{beta} | {str(dt)[6:]} |", _with_repeat(
+            lambda B=B, T=T, H=H: check_delta_chunk(dt, B, T, H, 128, 128, mixer, 64, "mild", beta_dtype=bdt),
+            lambda rep_shape=rep_shape: check_repeat(mixer, dt, *rep_shape, grad=False)[0], *changes), 6)
+    return failed
+
+
 DTYPES = {torch.float32, torch.bfloat16, torch.float16}   # narrowed by --dtypes
 
 
@@ -529,30 +557,10 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                 if not fused_want(mixer, "wu"):
                     continue
                 for dt in _pick(torch.float32, torch.bfloat16, torch.float16):
-                    failed += not _row(lines, f"| {mixer} | one pass, W/U in the scan | {str(dt)[6:]} |", _with_repeat(
-                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 8, 512, 16, 128, 128, mixer, 64, "mild"),
-                        lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
-                        (dlt, "WU_IN_SCAN", True)), 6)
-                    # and in the three scans over segments (SEGMENTS_WU_IN_SCAN; 64-wide tiles, 2 × 64 × 4
-                    # sequence-heads' worth of programs), then with the transitions' scan forming
-                    # Pn = −T diag(β e^G) K P without W as well (TRANS_FROM_KS)
-                    seg_wu = ((dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
-                              (dlt, "SEGMENTS_WU_IN_SCAN", True))
-                    for mode, extra in (("segments, W/U in the scans", ((dlt, "TRANS_FROM_KS", False),)),
-                                        ("segments, transitions from K P", ((dlt, "TRANS_FROM_KS", True),))):
-                        failed += not _row(lines, f"| {mixer} | {mode} | {str(dt)[6:]} |", _with_repeat(
-                            lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 4, 128, 128, mixer, 64, "mild"),
-                            lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, *rep, grad=False)[0],
-                            *seg_wu, *extra), 6)
-                    # and where 64-wide value tiles would leave SMs idle, the forward-only pass's narrower
-                    # ones (VN_NARROW, at the GPU's SM count): 2 × 16 sequence-heads (16-wide tiles, the
-                    # benchmark's 16K), repeated at 4 × 16 (32-wide, its 8K)
-                    failed += not _row(lines, f"| {mixer} | one pass, narrow tiles, Vn from K S | {str(dt)[6:]} |",
-                                       _with_repeat(
-                        lambda mixer=mixer, dt=dt: check_delta_chunk(dt, 2, 4096, 16, 128, 128, mixer, 64, "mild"),
-                        lambda mixer=mixer, dt=dt: check_repeat(mixer, dt, 4, 8192, 16, 128, 128, grad=False)[0],
-                        (dlt, "WU_IN_SCAN", True), (dlt, "VN_FROM_KS", True), (dlt, "VN_NARROW", True),
-                        (dlt, "FUSED_MIN_PROGRAMS", None)), 6)
+                    # each mode with β in fp32 (as the chunk_delta rows) and, for 16-bit inputs, in the
+                    # inputs' dtype too, as a layer's sigmoid makes it and the benchmark passes it
+                    for bdt in (torch.float32,) if dt == torch.float32 else (torch.float32, dt):
+                        failed += _wu_rows(lines, mixer, dt, bdt, rep)
             # GLA's one pass: forwards without autograd
             for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
                 if fused_want("gla", "pass" if least == 1 else "segments"):

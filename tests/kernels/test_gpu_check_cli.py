@@ -128,6 +128,26 @@ def test_wu_rows_run_with_the_switch_on_and_restore_it(tmp_path, monkeypatch):
     assert "| deltanet | segments, W/U in the scans | float32 |" in (tmp_path / "gpu_check.md").read_text()
 
 
+def test_wu_rows_with_beta_in_the_inputs_dtype(tmp_path, monkeypatch):
+    """For 16-bit inputs every W/U-in-the-scan row runs twice: β in fp32, then in the inputs' dtype (as
+    the benchmark passes it), each labelled; fp32 inputs once."""
+    _fake_checks(monkeypatch)
+    betas = []
+
+    def fake_delta(*a, beta_dtype=torch.float32, **kw):
+        betas.append((a[0], beta_dtype))
+        return {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True
+    monkeypatch.setattr(gpu_check, "check_delta_chunk", fake_delta)
+    argv = ["--quick", "--only", "fused:gated_deltanet/wu", "--dtypes", "float32,bfloat16", "--out", str(tmp_path)]
+    assert gpu_check.main(argv) == 0
+    fp32, bf16 = torch.float32, torch.bfloat16
+    assert betas == [(fp32, fp32)] * 4 + [(bf16, fp32)] * 4 + [(bf16, bf16)] * 4
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| gated_deltanet | one pass, narrow tiles, Vn from K S, β in bfloat16 | bfloat16 |" in md
+    assert "| gated_deltanet | segments, transitions from K P, β in bfloat16 | bfloat16 |" in md
+    assert "β in float32" not in md and "β in bfloat16 | float32" not in md
+
+
 def test_an_error_row_stays_on_one_line():
     """A raised error becomes one table row (its message's first line, pipes escaped), not a crash."""
     lines = []
