@@ -19,6 +19,7 @@ import pytest
 
 BOOK = Path(__file__).resolve().parents[1] / "book"
 
+
 def _jupyter_book() -> str:
     beside = Path(sys.executable).with_name("jupyter-book")   # the venv's own, first
     found = str(beside) if beside.exists() else shutil.which("jupyter-book")
@@ -40,15 +41,23 @@ def _build(out: Path) -> Path:
 def html(tmp_path_factory) -> Path:
     """The book built once per test run: under pytest-xdist (`make test`) the first worker to ask builds
     it into the run's shared temporary folder and the others wait on a lock, then read that build."""
+    _jupyter_book()                                         # skips every worker's tests where it is missing
     if "PYTEST_XDIST_WORKER" not in os.environ:
         return _build(tmp_path_factory.mktemp("book"))
     shared = tmp_path_factory.getbasetemp().parent          # this run's, shared by its workers
-    done = shared / "book" / "_build" / "html" / "index.html"
+    status = shared / "book.status"                         # "ok", or why the build failed
     with open(shared / "book.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not done.is_file():
-            _build(shared / "book")
-    return done.parent
+        if not status.is_file():
+            try:
+                _build(shared / "book")
+                status.write_text("ok")
+            except BaseException as e:   # the other workers fail with the same message, not a rebuild
+                status.write_text(str(e) or type(e).__name__)
+                raise
+    if status.read_text() != "ok":
+        pytest.fail(status.read_text(), pytrace=False)
+    return shared / "book" / "_build" / "html"
 
 
 @pytest.mark.book
