@@ -245,7 +245,7 @@ def decode_bench(rows, bw=None):
                 from fla.ops.gated_delta_rule import fused_recurrent_gated_delta_rule
 
                 fla = lambda: fused_recurrent_gated_delta_rule(  # noqa: E731
-                    t1["q"], t1["k"], t1["v"], g=t1["g"], beta=t1["beta"].to(t1["q"].dtype),
+                    t1["q"], t1["k"], t1["v"], g=t1["g"], beta=t1["beta"],
                     initial_state=state, output_final_state=True)
             with torch.no_grad():
                 row["fla fused recurrent"] = do_bench(fla)
