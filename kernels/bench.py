@@ -47,8 +47,9 @@ def _inputs(B, T, kind, dtype=torch.bfloat16, grad=True):
                  log_eta=F.logsigmoid(2 + r(B, T, H)))
     out = {}
     for n, x in d.items():
-        # β in the activations' dtype, as a layer's sigmoid makes it; log decays and Titans' rates fp32
-        x = x.to(dtype if n in ("q", "k", "v", "beta") else torch.float32)
+        # β and GLA's key-wise log decays in the activations' dtype, as a layer's projections make them
+        # (and as fla's own GLA benchmark draws them); per-head log decays and Titans' rates fp32
+        x = x.to(dtype if n in ("q", "k", "v", "beta", "gk") else torch.float32)
         out[n] = x.requires_grad_(grad)
     return out
 

@@ -146,12 +146,13 @@ KEY_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "bursts"), (
               (1, 1000, 2, 256, 256, "gla"), (1, 777, 2, 100, 72, "bursts")]
 
 
-def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0, decay="key"):
+def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0, decay="key", gate_dtype=torch.float32):
     """chunk_diag(decay="key"), the chunked GLA kernel, vs the float64 dsf chunked form; with
     ``decay="scalar"`` the scalar one (Mamba-2's), a log decay per head and step.
 
     Regimes: "gla" (logsigmoid(x)/16), "bursts" (mild, with resets of −20 at 5% of the steps),
-    "strong" (−5 … −20 every step); gates in fp32 as in fla, q, k, v in ``dtype``.
+    "strong" (−5 … −20 every step); q, k, v in ``dtype``, the gates in ``gate_dtype`` (fp32 as in fla's
+    tests; a layer's projection under autocast makes them 16-bit, as the benchmark draws them).
     """
     from dsf.forms.chunked import chunked_linear
     from kernels.diag import chunk_diag
@@ -170,7 +171,8 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0, decay="key"):
     ref = _leaves(x)
     o_ref, S_ref = chunked_linear(dsf.LinearTerms(q=ref["q"], k=ref["k"], u=ref["v"], decay=decay, g=ref["gk"]),
                                   ref["S0"], chunk_size=64)
-    kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else torch.float32) for n, t in x.items()})
+    kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else gate_dtype if n == "gk" else torch.float32)
+                   for n, t in x.items()})
 
     def run(q, k, v, gk, S0, final=True):
         return chunk_diag(q, k, v, decay, gk, initial_state=S0, output_final_state=final)
@@ -387,6 +389,18 @@ def _with_repeat(check_fn, repeat_fn, *changes):
     return run
 
 
+def _gate_dtypes() -> list[tuple[torch.dtype, torch.dtype]]:
+    """(inputs' dtype, key-wise gates' dtype) of the GLA rows: gates in fp32 (as fla's tests pass them)
+    and, for 16-bit inputs, in the inputs' dtype too (as a layer's projection makes them and the
+    benchmark draws them)."""
+    return [(d, g) for d in _pick(torch.float32, torch.bfloat16, torch.float16)
+            for g in ((torch.float32,) if d == torch.float32 else (torch.float32, d))]
+
+
+def _gates_in(gdt: torch.dtype) -> str:
+    return "" if gdt == torch.float32 else f", gates in {str(gdt)[6:]}"
+
+
 def _wu_rows(lines: list[str], mixer: str, dt, bdt, rep) -> int:
     """The delta rule's one-pass rows that make W and U in the scan (WU_IN_SCAN, no autograd; a program
     per SM): whole sequences (8 × 16 sequence-heads, 64-wide value tiles); over segments
@@ -496,9 +510,10 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
         lines += ["", "| chunk_diag(decay='key') B, T, H, K, V | decays | dtype | o | state | worst grad | (which) "
                   "| ok |", "|---|---|---|---|---|---|---|---|"]
         for kB, kT, kH, kK, kV, regime in [(1, 130, 2, 32, 32, "bursts")] if args.quick else KEY_SHAPES:
-            for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-                head = f"| {kB}, {kT}, {kH}, {kK}, {kV} | {regime} | {str(dtype)[6:]} |"
-                failed += not _row(lines, head, _cells(check_key_chunk, dtype, kB, kT, kH, kK, kV, regime), 5)
+            for dtype, gdt in _gate_dtypes():
+                head = f"| {kB}, {kT}, {kH}, {kK}, {kV} | {regime}{_gates_in(gdt)} | {str(dtype)[6:]} |"
+                failed += not _row(lines, head, _cells(lambda *a, gdt=gdt: check_key_chunk(*a, gate_dtype=gdt),
+                                                       dtype, kB, kT, kH, kK, kV, regime), 5)
     if want("chunk_scalar"):  # the scalar kernel alone at the benchmark's head dims, by its default rule:
         # 8 sequence-heads: segments (with and without autograd); 256: two passes before a backward, one
         # pass without (the forward run again without autograd)
@@ -566,10 +581,11 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                 if fused_want("gla", "pass" if least == 1 else "segments"):
                     dc.FUSED_MIN_PROGRAMS = least
                     mode = "one pass" if least == 1 else "segments"
-                    for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-                        failed += not _row(lines, f"| gla ({regime}) | {mode} | {str(dtype)[6:]} |", _with_repeat(
-                            lambda dtype=dtype, regime=regime: check_key_chunk(dtype, 2, 2048, 4, 128, 128, regime),
-                            lambda dtype=dtype: check_repeat("gla", dtype, *rep, grad=False)[0]), 6)
+                    for dtype, gdt in _gate_dtypes():
+                        failed += not _row(lines, f"| gla ({regime}{_gates_in(gdt)}) | {mode} | {str(dtype)[6:]} |",
+                                           _with_repeat(lambda dtype=dtype, regime=regime, gdt=gdt: check_key_chunk(
+                                               dtype, 2, 2048, 4, 128, 128, regime, gate_dtype=gdt),
+                                               lambda dtype=dtype: check_repeat("gla", dtype, *rep, grad=False)[0]), 6)
             # the segments' states from zero by pieces of 3 chunks (SEGMENT_STATE_CHUNKS): two segments a
             # sequence by the band rule (programs within a quarter of FUSED_MIN_PROGRAMS: 8 of 10 for
             # Mamba-2's B·H, 16 of 20 for GLA's 2 × 4 × 2 value tiles), of 8 and 16 chunks, so pieces of

@@ -114,6 +114,23 @@ def test_mild_and_strong_chunks_in_one_call():
     _check(x)
 
 
+def test_gates_in_another_dtype():
+    """Key-wise gates in fp16 beside fp32 q, k, v (the kernels load them as they come): output and
+    state as exact as with fp32 gates against the recurrence on the same rounded gates, and the
+    gates' gradient comes back in their dtype."""
+    x = _inputs(2, 67, 2, 16, 16, "bursts", seed=5)
+    x["gk"] = x["gk"].half().double()
+    o_ref, S_ref, ref = _reference(x, True)
+    leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
+    leaves["gk"] = x["gk"].half().requires_grad_()
+    o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"], initial_state=leaves["S0"],
+                      output_final_state=True)
+    assert o.dtype == torch.float32 and rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    (dg,) = torch.autograd.grad(_loss(o, S, 1), [leaves["gk"]])
+    (dg_ref,) = torch.autograd.grad(_loss(o_ref, S_ref, 1), [ref["gk"]])
+    assert dg.dtype == torch.float16 and rel_err(dg, dg_ref) < 1e-3     # fp16's own rounding: 5e-4
+
+
 def test_no_state():
     _check(_inputs(1, 67, 2, 16, 16, "bursts", seed=4), with_state=False)
 

@@ -148,6 +148,28 @@ def test_wu_rows_with_beta_in_the_inputs_dtype(tmp_path, monkeypatch):
     assert "β in float32" not in md and "β in bfloat16 | float32" not in md
 
 
+def test_gla_rows_with_gates_in_the_inputs_dtype(tmp_path, monkeypatch):
+    """For 16-bit inputs the key-wise rows (the chunked kernel and GLA's one pass) run twice: gates in
+    fp32, then in the inputs' dtype (as the benchmark draws them), each labelled; fp32 inputs once."""
+    _fake_checks(monkeypatch)
+    seen = []
+
+    def fake_key(dtype, *a, gate_dtype=torch.float32, **kw):
+        seen.append((dtype, gate_dtype))
+        return {"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True
+    monkeypatch.setattr(gpu_check, "check_key_chunk", fake_key)
+    argv = ["--quick", "--only", "chunk_key,fused:gla/pass", "--dtypes", "float32,float16", "--out", str(tmp_path)]
+    assert gpu_check.main(argv) == 0
+    fp32, fp16 = torch.float32, torch.float16
+    # one chunk_key shape under --quick, then GLA's three regimes in one pass
+    assert seen == [(fp32, fp32), (fp16, fp32), (fp16, fp16)] * 4
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| 1, 130, 2, 32, 32 | bursts, gates in float16 | float16 |" in md
+    assert "| gla (strong, gates in float16) | one pass | float16 |" in md
+    assert "| gla (strong) | one pass | float16 |" in md
+    assert "gates in float32" not in md and "gates in float16) | one pass | float32" not in md
+
+
 def test_an_error_row_stays_on_one_line():
     """A raised error becomes one table row (its message's first line, pipes escaped), not a crash."""
     lines = []
