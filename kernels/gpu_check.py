@@ -389,15 +389,16 @@ def _with_repeat(check_fn, repeat_fn, *changes):
     return run
 
 
-def _gate_dtypes() -> list[tuple[torch.dtype, torch.dtype]]:
-    """(inputs' dtype, key-wise gates' dtype) of the GLA rows: gates in fp32 (as fla's tests pass them)
-    and, for 16-bit inputs, in the inputs' dtype too (as a layer's projection makes them and the
-    benchmark draws them)."""
+def _side_dtypes() -> list[tuple[torch.dtype, torch.dtype]]:
+    """(inputs' dtype, dtype of a side input: β, key-wise gates) of rows that run both ways: the side
+    input in fp32 (as fla's tests pass it) and, for 16-bit inputs, in the inputs' dtype too (as a
+    layer's projections make it and the benchmark draws it)."""
     return [(d, g) for d in _pick(torch.float32, torch.bfloat16, torch.float16)
             for g in ((torch.float32,) if d == torch.float32 else (torch.float32, d))]
 
 
 def _gates_in(gdt: torch.dtype) -> str:
+    """A GLA row's label for its gates' dtype (none for fp32)."""
     return "" if gdt == torch.float32 else f", gates in {str(gdt)[6:]}"
 
 
@@ -510,7 +511,7 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
         lines += ["", "| chunk_diag(decay='key') B, T, H, K, V | decays | dtype | o | state | worst grad | (which) "
                   "| ok |", "|---|---|---|---|---|---|---|---|"]
         for kB, kT, kH, kK, kV, regime in [(1, 130, 2, 32, 32, "bursts")] if args.quick else KEY_SHAPES:
-            for dtype, gdt in _gate_dtypes():
+            for dtype, gdt in _side_dtypes():
                 head = f"| {kB}, {kT}, {kH}, {kK}, {kV} | {regime}{_gates_in(gdt)} | {str(dtype)[6:]} |"
                 failed += not _row(lines, head, _cells(lambda *a, gdt=gdt: check_key_chunk(*a, gate_dtype=gdt),
                                                        dtype, kB, kT, kH, kK, kV, regime), 5)
@@ -571,17 +572,16 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
             for mixer in ("deltanet", "gated_deltanet"):
                 if not fused_want(mixer, "wu"):
                     continue
-                for dt in _pick(torch.float32, torch.bfloat16, torch.float16):
-                    # each mode with β in fp32 (as the chunk_delta rows) and, for 16-bit inputs, in the
-                    # inputs' dtype too, as a layer's sigmoid makes it and the benchmark passes it
-                    for bdt in (torch.float32,) if dt == torch.float32 else (torch.float32, dt):
-                        failed += _wu_rows(lines, mixer, dt, bdt, rep)
+                # each mode with β in fp32 (as the chunk_delta rows) and, for 16-bit inputs, in the
+                # inputs' dtype too, as a layer's sigmoid makes it and the benchmark passes it
+                for dt, bdt in _side_dtypes():
+                    failed += _wu_rows(lines, mixer, dt, bdt, rep)
             # GLA's one pass: forwards without autograd
             for least, regime in itertools.product((1, 10 ** 4), ("gla", "bursts", "strong")):
                 if fused_want("gla", "pass" if least == 1 else "segments"):
                     dc.FUSED_MIN_PROGRAMS = least
                     mode = "one pass" if least == 1 else "segments"
-                    for dtype, gdt in _gate_dtypes():
+                    for dtype, gdt in _side_dtypes():
                         failed += not _row(lines, f"| gla ({regime}{_gates_in(gdt)}) | {mode} | {str(dtype)[6:]} |",
                                            _with_repeat(lambda dtype=dtype, regime=regime, gdt=gdt: check_key_chunk(
                                                dtype, 2, 2048, 4, 128, 128, regime, gate_dtype=gdt),
