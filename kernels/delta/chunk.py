@@ -109,22 +109,6 @@ def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexp
 
 
 @triton.jit
-def _gamma_out(b_G, b_Gl, BT: tl.constexpr, GATED: tl.constexpr, GF: tl.constexpr):
-    """Γ of a chunk's output scores (i ≥ j). GF with fp32 cumulative gates (GATED = 2, 16-bit inputs):
-    as e^{G_i} · e^{−G_j}, 2·BT exps instead of BT² (GAMMA_FACTORED), in chunks whose every |G| is under
-    60 (each factor stays well inside fp32's range); else as _gamma."""
-    if GF and GATED == 2:
-        if tl.max(tl.abs(b_G), axis=0) < 60.0:
-            o = tl.arange(0, BT)
-            gam = tl.where(o[:, None] >= o[None, :], tl.exp(b_G)[:, None] * tl.exp(-b_G)[None, :], 0.0)
-        else:
-            gam = _gamma(b_G, b_Gl, BT, False, GATED)
-    else:
-        gam = _gamma(b_G, b_Gl, BT, False, GATED)
-    return gam
-
-
-@triton.jit
 def _hilo(x):
     """An fp64 value as an fp32 pair (hi, lo)."""
     hi = x.to(tl.float32)
@@ -402,8 +386,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False,
-                  GF: tl.constexpr = False):
+                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -415,8 +398,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
-    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA).
-    GF: the outputs' Γ from factors (GAMMA_FACTORED, _gamma_out)."""
+    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -502,7 +484,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                 b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
             else:
                 b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
-            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma_out(b_G, b_Gl, BT, GATED, GF)
+            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
             b_o = _mm(b_q, b_S, DT, PREC)
             if GATED:
                 b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
@@ -1130,11 +1112,6 @@ FUSED_FORWARD: bool | None = None
 # DeltaNet 0.508 → 0.504 / 0.493 / 0.698; segments stay on pointers.
 FUSED_TMA = True
 SEGMENTS_TMA = False
-# The one pass's output scores (Q Kᵀ ⊙ Γ) with Γ_ij = e^{G_i} · e^{−G_j} instead of e^{G_i − G_j}:
-# 2 · 64 exps a chunk in every value-tile program instead of 64², where the chunk's cumulative log
-# decays all lie within ±60 (Gated DeltaNet's usual gates; stronger chunks keep the exact form, as do
-# fp32 inputs, whose gates are summed in fp64). Each factor is exact to rounding, so is the product.
-GAMMA_FACTORED = False
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
@@ -1279,7 +1256,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, GF=GAMMA_FACTORED,
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS,
             **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
             **c_scan)
@@ -1366,7 +1343,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     # the pass: each segment from the state entering it, writing the outputs (and, for a backward,
     # each chunk's entering state and Vn)
     _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
-                           STORE_HT=False, OUT=True, STORE_H=keep, GF=GAMMA_FACTORED,
+                           STORE_HT=False, OUT=True, STORE_H=keep,
                            **tensor_descriptors(SEGMENTS_TMA and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                                 v=(v, seg["BV"]), o=(o, seg["BV"])), **seg)
     # (the transitions too, for a backward: its reverse scan over the same segments needs them)

@@ -885,32 +885,3 @@ def test_segmented_backward_makes_its_own_transitions(monkeypatch, count_launche
     for n, t in list(x.items()) + [("h0", h0)]:
         if t is not None:
             check("segmented_backward:d" + n, t.grad, grads_r[n])
-
-
-@pytest.mark.parametrize("segments", [False, True], ids=["one-pass", "segments"])
-def test_gamma_factored(monkeypatch, count_launches, segments):
-    """GAMMA_FACTORED: the one pass's output scores with Γ_ij = e^{G_i} · e^{−G_j} (fp32 cumulative
-    gates, as 16-bit inputs take them), over whole sequences and over segments, with and without
-    autograd; a chunk decaying by 100 nats keeps the exact form in the same call. Outputs, final state
-    and every gradient vs float64, and the output off the exact form's by rounding only (so the
-    factored form ran)."""
-    monkeypatch.setattr(C, "FAST_GATES", True)
-    monkeypatch.setattr(C, "FUSED_FORWARD", True)
-    monkeypatch.setattr(C, "SEGMENTS", segments)
-    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1000 if segments else 1)
-    chains = count_launches(C, "_segment_chain_kernel")
-    B, T, H, K, V = 2, 150, 1, 32, 16
-    d = inputs("gated_deltanet", B, T, H, K, V, seed=21)
-    d["g"][0, 70:80] = -10.0          # sequence 0's second chunk: past the factored form's ±60
-    S0, do, dS = cotangents(B, T, H, K, V, B, True, True)
-    x = {n: t.float().to(DEV) for n, t in d.items()}
-    outs = []
-    for factored in (False, True):
-        monkeypatch.setattr(C, "GAMMA_FACTORED", factored)
-        with torch.no_grad():
-            outs.append(chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=S0.float().to(DEV),
-                                    output_final_state=True)[0])
-    assert 0 < rel(outs[1], outs[0]) < 1e-6
-    compare("gated_deltanet", d, S0, do, dS)
-    compare_no_grad("gamma_factored", "gated_deltanet", d, S0, do, None, 64)
-    assert (len(chains) > 0) == segments
