@@ -58,6 +58,12 @@ def _leaves(d):
     return {k: v.detach().clone().requires_grad_(True) for k, v in d.items()}
 
 
+def _kernel_leaves(x: dict, dtype, **side) -> dict:
+    """The kernels' inputs from the float64 ones: q, k, v in ``dtype``, each ``side`` input (β, gk) in
+    the dtype given for it, the rest (gates, initial state) in fp32."""
+    return _leaves({n: t.to(dtype if n in ("q", "k", "v") else side.get(n, torch.float32)) for n, t in x.items()})
+
+
 def _state_leaves(S):
     if isinstance(S, torch.Tensor):
         return S.detach().clone().requires_grad_(True)
@@ -171,8 +177,7 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0, decay="key", gate_dtyp
     ref = _leaves(x)
     o_ref, S_ref = chunked_linear(dsf.LinearTerms(q=ref["q"], k=ref["k"], u=ref["v"], decay=decay, g=ref["gk"]),
                                   ref["S0"], chunk_size=64)
-    kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else gate_dtype if n == "gk" else torch.float32)
-                   for n, t in x.items()})
+    kin = _kernel_leaves(x, dtype, gk=gate_dtype)
 
     def run(q, k, v, gk, S0, final=True):
         return chunk_diag(q, k, v, decay, gk, initial_state=S0, output_final_state=final)
@@ -213,8 +218,7 @@ def check_delta_chunk(dtype, B, T, H, K, V, mixer, cs, regime, half_operands=Tru
     ref = _leaves(x)
     S0_ref = ref.pop("S0")
     o_ref, S_ref = dsf.chunked(mixer, chunk_size=64, initial_state=S0_ref, **ref)
-    kin = _leaves({n: t.to(dtype if n in ("q", "k", "v") else beta_dtype if n == "beta" else torch.float32)
-                   for n, t in x.items()})
+    kin = _kernel_leaves(x, dtype, beta=beta_dtype)
     old, dc.HALF_OPERANDS = dc.HALF_OPERANDS, half_operands
     try:
 
@@ -397,9 +401,9 @@ def _side_dtypes() -> list[tuple[torch.dtype, torch.dtype]]:
             for g in ((torch.float32,) if d == torch.float32 else (torch.float32, d))]
 
 
-def _gates_in(gdt: torch.dtype) -> str:
-    """A GLA row's label for its gates' dtype (none for fp32)."""
-    return "" if gdt == torch.float32 else f", gates in {str(gdt)[6:]}"
+def _side_label(name: str, dt: torch.dtype) -> str:
+    """A row's label for a side input's dtype (none for fp32): ", β in bfloat16"."""
+    return "" if dt == torch.float32 else f", {name} in {str(dt)[6:]}"
 
 
 def _wu_rows(lines: list[str], mixer: str, dt, bdt, rep) -> int:
@@ -411,7 +415,6 @@ def _wu_rows(lines: list[str], mixer: str, dt, bdt, rep) -> int:
     tiles, the benchmark's 16K; repeated at 4 × 16, 32-wide, its 8K). β in ``bdt``. Returns the failures."""
     import kernels.delta.chunk as dlt
 
-    beta = "" if bdt == torch.float32 else f", β in {str(bdt)[6:]}"
     seg_wu = ((dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
               (dlt, "SEGMENTS_WU_IN_SCAN", True))
     narrow = ((dlt, "WU_IN_SCAN", True), (dlt, "VN_FROM_KS", True), (dlt, "VN_NARROW", True),
@@ -422,7 +425,7 @@ def _wu_rows(lines: list[str], mixer: str, dt, bdt, rep) -> int:
              ("one pass, narrow tiles, Vn from K S", (2, 4096, 16), (4, 8192, 16, 128, 128), narrow))
     failed = 0
     for mode, (B, T, H), rep_shape, changes in modes:
-        failed += not _row(lines, f"| {mixer} | {mode}{beta} | {str(dt)[6:]} |", _with_repeat(
+        failed += not _row(lines, f"| {mixer} | {mode}{_side_label('β', bdt)} | {str(dt)[6:]} |", _with_repeat(
             lambda B=B, T=T, H=H: check_delta_chunk(dt, B, T, H, 128, 128, mixer, 64, "mild", beta_dtype=bdt),
             lambda rep_shape=rep_shape: check_repeat(mixer, dt, *rep_shape, grad=False)[0], *changes), 6)
     return failed
@@ -512,7 +515,7 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                   "| ok |", "|---|---|---|---|---|---|---|---|"]
         for kB, kT, kH, kK, kV, regime in [(1, 130, 2, 32, 32, "bursts")] if args.quick else KEY_SHAPES:
             for dtype, gdt in _side_dtypes():
-                head = f"| {kB}, {kT}, {kH}, {kK}, {kV} | {regime}{_gates_in(gdt)} | {str(dtype)[6:]} |"
+                head = f"| {kB}, {kT}, {kH}, {kK}, {kV} | {regime}{_side_label('gates', gdt)} | {str(dtype)[6:]} |"
                 failed += not _row(lines, head, _cells(lambda *a, gdt=gdt: check_key_chunk(*a, gate_dtype=gdt),
                                                        dtype, kB, kT, kH, kK, kV, regime), 5)
     if want("chunk_scalar"):  # the scalar kernel alone at the benchmark's head dims, by its default rule:
@@ -582,10 +585,11 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                     dc.FUSED_MIN_PROGRAMS = least
                     mode = "one pass" if least == 1 else "segments"
                     for dtype, gdt in _side_dtypes():
-                        failed += not _row(lines, f"| gla ({regime}{_gates_in(gdt)}) | {mode} | {str(dtype)[6:]} |",
-                                           _with_repeat(lambda dtype=dtype, regime=regime, gdt=gdt: check_key_chunk(
-                                               dtype, 2, 2048, 4, 128, 128, regime, gate_dtype=gdt),
-                                               lambda dtype=dtype: check_repeat("gla", dtype, *rep, grad=False)[0]), 6)
+                        head = f"| gla ({regime}{_side_label('gates', gdt)}) | {mode} | {str(dtype)[6:]} |"
+                        failed += not _row(lines, head, _with_repeat(
+                            lambda dtype=dtype, regime=regime, gdt=gdt: check_key_chunk(
+                                dtype, 2, 2048, 4, 128, 128, regime, gate_dtype=gdt),
+                            lambda dtype=dtype: check_repeat("gla", dtype, *rep, grad=False)[0]), 6)
             # the segments' states from zero by pieces of 3 chunks (SEGMENT_STATE_CHUNKS): two segments a
             # sequence by the band rule (programs within a quarter of FUSED_MIN_PROGRAMS: 8 of 10 for
             # Mamba-2's B·H, 16 of 20 for GLA's 2 × 4 × 2 value tiles), of 8 and 16 chunks, so pieces of

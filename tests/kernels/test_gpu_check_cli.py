@@ -170,6 +170,17 @@ def test_gla_rows_with_gates_in_the_inputs_dtype(tmp_path, monkeypatch):
     assert "gates in float32" not in md and "gates in float16) | one pass | float32" not in md
 
 
+def test_kernel_leaves_take_each_side_inputs_dtype():
+    """The checks' kernel inputs: q, k, v in the row's dtype, a named side input in its own, the rest
+    fp32; fresh leaves that need gradients."""
+    x = {n: torch.zeros(2, dtype=torch.float64) for n in ("q", "k", "v", "beta", "g", "S0")}
+    kin = gpu_check._kernel_leaves(x, torch.bfloat16, beta=torch.float16)
+    assert {n: t.dtype for n, t in kin.items()} == {
+        "q": torch.bfloat16, "k": torch.bfloat16, "v": torch.bfloat16, "beta": torch.float16,
+        "g": torch.float32, "S0": torch.float32}
+    assert all(t.requires_grad and t.is_leaf for t in kin.values())
+
+
 def test_an_error_row_stays_on_one_line():
     """A raised error becomes one table row (its message's first line, pipes escaped), not a crash."""
     lines = []
