@@ -164,6 +164,9 @@ PASS_AHEAD = True
 # UT kernel, (heads, chunks), lost a little: DeltaNet forward 0.441 → 0.444 ms at 4K, Gated DeltaNet
 # 0.590 → 0.595 (experiments_2026-12-03d.md §3). False: (key blocks, chunks, heads).
 GATE_HEADS_INNER = True
+# (trial) the gate kernel's q and k loads issued before the decays' sums; its key block (None: _blocks')
+GATE_LOADS_FIRST = False
+GATE_BK = None
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -217,7 +220,7 @@ def _excl_combine(s1, p1, s2, p2):
 @triton.jit
 def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
                  H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
-                 HEADS_INNER: tl.constexpr = False):
+                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
@@ -237,9 +240,15 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     m_tk = m_t[:, None] & m_k[None, :]
     r_k = (c_start * H + i_h) * K                                       # the chunk's first row
     o_tk = tl.arange(0, BT)[:, None] * (H * K) + o_k[None, :]
-    b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
-    b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
-    b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
+    if LOADS_FIRST:   # q and k in flight while the decays' sums wait on gk
+        b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
+        b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
+        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
+        b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
+    else:
+        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
+        b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
+        b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
     tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
     tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
     tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
@@ -765,9 +774,11 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
+        BK = GATE_BK or BK
         grid, inner = chunk_grid((cdiv(K, BK),), NC, H, on=GATE_HEADS_INNER)
         _gate_kernel[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
-                           FAST=_fast(q.dtype), HEADS_INNER=inner, **_launch("gate", q.dtype, K, K))   # no value tile
+                           FAST=_fast(q.dtype), HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST,
+                           **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 

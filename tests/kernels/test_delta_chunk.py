@@ -885,3 +885,50 @@ def test_segmented_backward_makes_its_own_transitions(monkeypatch, count_launche
     for n, t in list(x.items()) + [("h0", h0)]:
         if t is not None:
             check("segmented_backward:d" + n, t.grad, grads_r[n])
+
+
+@pytest.mark.parametrize("strong,tol", [(False, TOL), (True, 2e-4)])
+@pytest.mark.parametrize("cs", [16, 32, 64])
+def test_pass_gates_stored(monkeypatch, count_launches, cs, strong, tol):
+    """PASS_GATES_STORED: the forward-only one pass of the gated rule with fp32 cumulative gates (what
+    16-bit inputs get, forced here in fp32) reads G as _ut_kernel stored it, on packed sequences of
+    lengths 5, 0, 37 and 70 (ragged chunks, an empty one): output and final states vs float64, and
+    vs the pass that sums g itself (the same to rounding)."""
+    monkeypatch.setattr(C, "FAST_GATES", True)
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    ut, scans = count_launches(C, "_ut_kernel"), count_launches(C, "_state_kernel")
+    cu = [0, 5, 5, 42, 112]
+    T, H, K, V, N = cu[-1], 2, 16, 24, len(cu) - 1
+    d = inputs("gated_deltanet", 1, T, H, K, V, seed=cs)
+    if strong:
+        d["g"] = -5 - 15 * torch.rand(1, T, H, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    S0, do, _ = cotangents(1, T, H, K, V, N, True, False, seed=3)
+    x = {n: t.float().to(DEV) for n, t in d.items()}
+
+    def forward():
+        with torch.no_grad():
+            return chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=1.0, chunk_size=cs,
+                               initial_state=S0.float().to(DEV), output_final_state=True,
+                               cu_seqlens=torch.tensor(cu, dtype=torch.int32, device=DEV))
+    o_summed, S_summed = forward()
+    assert not ut[-1][1]["STORE_G"] and not scans[-1][1]["G_STORED"]
+    monkeypatch.setattr(C, "PASS_GATES_STORED", True)
+    o, S = forward()
+    assert ut[-1][1]["STORE_G"] and scans[-1][1]["G_STORED"] and scans[-1][1]["OUT"]
+    outs, states = [], []
+    for n, (a, b) in enumerate(zip(cu, cu[1:])):
+        if a == b:   # an empty sequence keeps its state
+            states.append(S0[n:n + 1])
+            continue
+        o_n, S_n = dsf.recurrent("gated_deltanet", **{k: t[:, a:b] for k, t in d.items() if t is not None},
+                                 initial_state=S0[n:n + 1], scale=1.0)
+        outs.append(o_n)
+        states.append(S_n)
+    check("gates_stored:o", o, torch.cat(outs, 1), tol)
+    check("gates_stored:final_state", S, torch.cat(states, 0), tol)
+    check("gates_stored:o_vs_summed", o, o_summed, tol=1e-6)
+    # with autograd the pass keeps its states for the backward and sums g itself
+    compare("gated_deltanet", inputs("gated_deltanet", 1, 40, 1, 16, 16, seed=1), None,
+            *cotangents(1, 40, 1, 16, 16, 1, False, False)[1:], chunk_size=cs, tol=tol)
+    assert not scans[-1][1]["G_STORED"]
