@@ -133,20 +133,6 @@ def _chunk_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
 
 
 @triton.jit
-def _stored_gates(Gc, rows, c_start, eos, ok, i_h, H: tl.constexpr, BT: tl.constexpr):
-    """(G, 0, G_L, 0, G as a row [1, BT]) of a chunk from the cumulative log decays _ut_kernel stored.
-
-    Rows past the sequence's end repeat its last row's G (as _cum_gates' masked zeros make them). G is
-    loaded twice, as a column and as a row, so that each use of it (row scalings; Γ's columns) gets it
-    in its own layout from memory rather than through a conversion in shared memory."""
-    r = tl.minimum(rows, eos - 1)
-    b_G = tl.load(Gc + r * H + i_h, mask=ok, other=0.0)
-    b_Gr = tl.load(Gc + r[None, :] * H + i_h, mask=ok, other=0.0)
-    b_L = tl.load(Gc + (tl.minimum(c_start + BT, eos) - 1) * H + i_h, mask=ok, other=0.0)
-    return b_G, b_G * 0.0, b_L, b_L * 0.0, b_Gr
-
-
-@triton.jit
 def _excl_cumsum(r, N: tl.constexpr):
     """Σ_{b<j} r_b for every j, summing only those terms (an inclusive cumsum minus r_j cancels)."""
     o = tl.arange(0, N)
@@ -281,7 +267,7 @@ def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr = 16,
-               ONCE: tl.constexpr = False, Gc=None, STORE_G: tl.constexpr = False):
+               ONCE: tl.constexpr = False):
     """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] in Tm's
     dtype (the operand dtype, see _wy).
 
@@ -289,8 +275,7 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
     powers, else forward substitution) the blocks below the diagonal are
     T_ab = −T_aa Σ_{b ≤ c < a} A_ac T_cb (block forward substitution). ONCE: each row block's keys
     loaded once, as a [16, KP] tile (KP: K padded), for all the products A_ab it enters; else every
-    block product loads its two blocks' keys again, BK columns at a time. STORE_G: the chunk's
-    cumulative log decays (their hi part) into Gc [T_total, H] too, for the one pass (PASS_GATES_STORED).
+    block product loads its two blocks' keys again, BK columns at a time.
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -305,8 +290,6 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
     m0 = r0 < eos
     k0 = _key_rows(k, r0, m0, i_h, H, K, KP, ONCE)
     G0, L0, s0 = _cum_gates(g, r0, m0, i_h, 0.0, H, GATED)
-    if STORE_G:
-        tl.store(Gc + r0 * H + i_h, G0, mask=m0)
     A00 = _gram(k, k0, k0, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
     T00 = _inv_block(A00, BC, PREC, POW)
     _store_block(Tm, T00, r0, m0, 0, i_h, H, BT, BC)
@@ -315,8 +298,6 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         m1 = r1 < eos
         k1 = _key_rows(k, r1, m1, i_h, H, K, KP, ONCE)
         G1, L1, s1 = _cum_gates(g, r1, m1, i_h, s0, H, GATED)
-        if STORE_G:
-            tl.store(Gc + r1 * H + i_h, G1, mask=m1)
         A10 = _gram(k, k1, k0, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
         A11 = _gram(k, k1, k1, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
         T11 = _inv_block(A11, BC, PREC, POW)
@@ -333,9 +314,6 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         k3 = _key_rows(k, r3, m3, i_h, H, K, KP, ONCE)
         G2, L2, s2 = _cum_gates(g, r2, m2, i_h, s1, H, GATED)
         G3, L3, s3 = _cum_gates(g, r3, m3, i_h, s2, H, GATED)
-        if STORE_G:
-            tl.store(Gc + r2 * H + i_h, G2, mask=m2)
-            tl.store(Gc + r3 * H + i_h, G3, mask=m3)
         A20 = _gram(k, k2, k0, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
         A21 = _gram(k, k2, k1, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
         A22 = _gram(k, k2, k2, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
@@ -408,8 +386,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False, Gc=None,
-                  G_STORED: tl.constexpr = False):
+                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -421,8 +398,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
-    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA).
-    G_STORED (GATED = 2): the gates' cumulative sums from Gc, as _ut_kernel stored them (PASS_GATES_STORED)."""
+    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -453,10 +429,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_kr = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
         else:
             b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
-        if G_STORED:
-            b_G, b_Gl, b_L, b_Ll, b_Gr = _stored_gates(Gc, rows, c_start, eos, ok, i_h, H, BT)
-        else:
-            b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+        b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if FROM_KS:
             # Vn = T diag(β) (V − diag(e^G) K S) (VN_FROM_KS); Pn = −T diag(β e^G) K P (TRANS_FROM_KS)
             o_tt = tl.arange(0, BT)
@@ -511,12 +484,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                 b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
             else:
                 b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
-            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC)
-            if G_STORED:
-                o_g = tl.arange(0, BT)
-                b_A *= tl.exp(tl.where(o_g[:, None] >= o_g[None, :], b_G[:, None] - b_Gr, float("-inf")))
-            else:
-                b_A *= _gamma(b_G, b_Gl, BT, False, GATED)
+            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
             b_o = _mm(b_q, b_S, DT, PREC)
             if GATED:
                 b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
@@ -947,11 +915,6 @@ TRANS_FROM_KS = True
 # 0.603 / 0.933 at 16K (experiments_2026-12-03h.md §3–4). GPU-checked (gpu_check.md, twenty-eighth
 # session). False: forwards without a backward launch as those with one.
 VN_NARROW = True
-# (trial) the forward-only one pass of the gated rule with 16-bit inputs (fp32 gates, GATED = 2) loads
-# each chunk's cumulative log decays, stored by _ut_kernel (which sums them anyway), instead of summing
-# g itself: no scan and no layout conversions of G in the walk (ptxas / TTGIR: 28 barriers against
-# DeltaNet's 18).
-PASS_GATES_STORED = False
 
 
 def _pass_tile(NH: int, V: int, widest: int, device) -> int:
@@ -1219,10 +1182,9 @@ def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int
     return nseg if nseg > 1 else None
 
 
-def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, Gc=None):
+def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     """T = (I + A)⁻¹ of every chunk (_ut_kernel) and, unless the scan makes them itself (``wu``), W and U
-    (_wu_kernel); (made in the scan, W and U are one-element stand-ins: the scan reads neither). Gc: where
-    to store the chunks' cumulative log decays as well (PASS_GATES_STORED)."""
+    (_wu_kernel); (made in the scan, W and U are one-element stand-ins: the scan reads neither)."""
     Tt, H, K = k.shape
     V = v.shape[-1]
     dev, NC = k.device, chunk_indices.shape[0]
@@ -1237,8 +1199,8 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, Gc=None):
     u = stand_in(inter, dev) if wu else _empty(Tt, H, V, dtype=inter, device=dev)
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP), Gc=Gc,
-                            STORE_G=Gc is not None, **_cfg("ut", inter, K, V, BK=BK, num_warps=_ut_warps(KP)))
+                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
+                            **_cfg("ut", inter, K, V, BK=BK, num_warps=_ut_warps(KP)))
         if not wu:
             grid, inner = chunk_grid((), NC, H)
             _wu_kernel[grid](k, v, beta, g, Tm, w, u, offsets, chunk_indices, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT,
@@ -1283,9 +1245,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     # (VN_NARROW)
     wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V), ks=True)
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
-    gs = PASS_GATES_STORED and fused and not keep and gated == 2
-    Gc = _empty(Tt, H, dtype=torch.float32, device=dev) if gs else None
-    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, Gc)
+    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else stand_in(inter, dev)
     # the states entering each chunk only ever feed products in the operand dtype: stored in it
@@ -1296,7 +1256,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, Gc=Gc, G_STORED=gs,
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS,
             **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
             **c_scan)
