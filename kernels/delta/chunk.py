@@ -267,7 +267,7 @@ def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr = 16,
-               ONCE: tl.constexpr = False, FIRST: tl.constexpr = False):
+               ONCE: tl.constexpr = False):
     """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] in Tm's
     dtype (the operand dtype, see _wy).
 
@@ -275,8 +275,7 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
     powers, else forward substitution) the blocks below the diagonal are
     T_ab = −T_aa Σ_{b ≤ c < a} A_ac T_cb (block forward substitution). ONCE: each row block's keys
     loaded once, as a [16, KP] tile (KP: K padded), for all the products A_ab it enters; else every
-    block product loads its two blocks' keys again, BK columns at a time. FIRST (with ONCE): every row
-    block's keys loaded at the start, all in flight at once (UT_LOADS_FIRST).
+    block product loads its two blocks' keys again, BK columns at a time.
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -289,25 +288,15 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
 
     r0 = t0 + o
     m0 = r0 < eos
-    EARLY: tl.constexpr = FIRST and ONCE
-    if EARLY:
-        r1, r2, r3 = r0 + BC, r0 + 2 * BC, r0 + 3 * BC
-        m1, m2, m3 = (r1 < eos) & (BT >= 32), (r2 < eos) & (BT == 64), (r3 < eos) & (BT == 64)
-        k0 = _key_rows(k, r0, m0, i_h, H, K, KP, ONCE)
-        k1 = _key_rows(k, r1, m1, i_h, H, K, KP, ONCE)
-        k2 = _key_rows(k, r2, m2, i_h, H, K, KP, ONCE)
-        k3 = _key_rows(k, r3, m3, i_h, H, K, KP, ONCE)
-    else:
-        k0 = _key_rows(k, r0, m0, i_h, H, K, KP, ONCE)
+    k0 = _key_rows(k, r0, m0, i_h, H, K, KP, ONCE)
     G0, L0, s0 = _cum_gates(g, r0, m0, i_h, 0.0, H, GATED)
     A00 = _gram(k, k0, k0, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
     T00 = _inv_block(A00, BC, PREC, POW)
     _store_block(Tm, T00, r0, m0, 0, i_h, H, BT, BC)
     if BT >= 32:
-        if not EARLY:
-            r1 = r0 + BC
-            m1 = r1 < eos
-            k1 = _key_rows(k, r1, m1, i_h, H, K, KP, ONCE)
+        r1 = r0 + BC
+        m1 = r1 < eos
+        k1 = _key_rows(k, r1, m1, i_h, H, K, KP, ONCE)
         G1, L1, s1 = _cum_gates(g, r1, m1, i_h, s0, H, GATED)
         A10 = _gram(k, k1, k0, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
         A11 = _gram(k, k1, k1, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
@@ -317,13 +306,12 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         _store_block(Tm, T10, r1, m1, 0, i_h, H, BT, BC)
         _store_block(Tm, T11, r1, m1, BC, i_h, H, BT, BC)
     if BT == 64:
-        if not EARLY:
-            r2 = r0 + 2 * BC
-            r3 = r0 + 3 * BC
-            m2 = r2 < eos
-            m3 = r3 < eos
-            k2 = _key_rows(k, r2, m2, i_h, H, K, KP, ONCE)
-            k3 = _key_rows(k, r3, m3, i_h, H, K, KP, ONCE)
+        r2 = r0 + 2 * BC
+        r3 = r0 + 3 * BC
+        m2 = r2 < eos
+        m3 = r3 < eos
+        k2 = _key_rows(k, r2, m2, i_h, H, K, KP, ONCE)
+        k3 = _key_rows(k, r3, m3, i_h, H, K, KP, ONCE)
         G2, L2, s2 = _cum_gates(g, r2, m2, i_h, s1, H, GATED)
         G3, L3, s3 = _cum_gates(g, r3, m3, i_h, s2, H, GATED)
         A20 = _gram(k, k2, k0, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
@@ -856,8 +844,6 @@ UT_POWERS = True
 # session). None (default): 16-bit keys with K ≤ 128; True: fp32 keys up to K = 128 too (untimed:
 # their tiles are twice the registers); False: never.
 UT_KEYS_ONCE: bool | None = None
-# (trial) with the keys loaded once, every row block's keys loaded at the kernel's start
-UT_LOADS_FIRST = False
 
 
 # Warps a program of the UT kernel where LAUNCH["ut"] does not apply, at K ≤ 128 (fp16 and fp32
@@ -1213,7 +1199,7 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     u = stand_in(inter, dev) if wu else _empty(Tt, H, V, dtype=inter, device=dev)
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP), FIRST=UT_LOADS_FIRST,
+                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
                             **_cfg("ut", inter, K, V, BK=BK, num_warps=_ut_warps(KP)))
         if not wu:
             grid, inner = chunk_grid((), NC, H)

@@ -181,24 +181,20 @@ def test_ut_by_substitution(monkeypatch, case):
     compare("gated_deltanet", d, S0, do, dS, scale=scale, chunk_size=cs)
 
 
-@pytest.mark.parametrize("first", [False, True], ids=["in-turn", "loads-first"])
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
 @pytest.mark.parametrize("case", [c for c in CASES if c[1] > 1] + [(1, 70, 1, 100, 16, 64, None, True, True)],
                          ids=lambda c: f"T{c[1]}K{c[3]}C{c[5]}")
-def test_ut_keys_once(monkeypatch, count_launches, mixer, case, first):
+def test_ut_keys_once(monkeypatch, count_launches, mixer, case):
     """The UT kernel's blocks of A from each row block's keys loaded once (UT_KEYS_ONCE, forced on for
-    fp32 here), each block's as it comes or all at the start (UT_LOADS_FIRST): chunk sizes 16, 32 and
-    64, ragged chunks, K = 24 and 100 (padded to 32 and 128), forward and every gradient vs float64;
-    and off where K pads past 128."""
+    fp32 here): chunk sizes 16, 32 and 64, ragged chunks, K = 24 and 100 (padded to 32 and 128),
+    forward and every gradient vs float64; and off where K pads past 128."""
     monkeypatch.setattr(C, "UT_KEYS_ONCE", True)
-    monkeypatch.setattr(C, "UT_LOADS_FIRST", first)
     seen = count_launches(C, "_ut_kernel")
     B, T, H, K, V, cs, scale, h0, dht = case
     d = inputs(mixer, B, T, H, K, V, seed=T + K)
     S0, do, dS = cotangents(B, T, H, K, V, B, h0, dht)
     compare(mixer, d, S0, do, dS, scale=scale, chunk_size=cs)
     assert {kw["ONCE"] for _, kw in seen} == {True} and seen[0][1]["KP"] == C.next_pow2(max(16, K))
-    assert {kw["FIRST"] for _, kw in seen} == {first}
     assert C._ut_once(torch.float32, 256) is False and C._ut_once(torch.bfloat16, 128) is True
     monkeypatch.setattr(C, "UT_KEYS_ONCE", None)
     assert C._ut_once(torch.float32, 128) is False and C._ut_once(torch.bfloat16, 128) is True
