@@ -49,8 +49,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, chunk_grid, next_pow2
-from .._tl import chunk_head, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
+from .._common import cdiv, chunk_grid, dependent_launch, next_pow2
+from .._tl import chain_link, chunk_head, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -165,7 +165,14 @@ PASS_AHEAD = True
 # 0.590 → 0.595 (experiments_2026-12-03d.md §3). False: (key blocks, chunks, heads).
 GATE_HEADS_INNER = True
 # (trial) the gate kernel's q and k loads issued before the decays' sums; its key block (None: _blocks')
-GATE_LOADS_FIRST = False
+GATE_LOADS_FIRST = True
+# (trial) the one pass's three kernels (gate, strong scores, pass) as a chain of dependent launches
+PASS_PDL = False
+# (trial) in a forward without a backward over whole sequences, the gate kernel stores a key column that
+# decays by less than LIM across its chunk as K ⊙ e^{−G} rather than K ⊙ e^{G_L − G}: the pass's scores
+# of a mild chunk are then Qd Kdᵀ as loaded (no Qd ⊙ e^{−G_L} made per chunk), e^{G_L} moving onto
+# the state's new term
+PASS_KD_MILD = False
 GATE_BK = None
 
 
@@ -220,7 +227,8 @@ def _excl_combine(s1, p1, s2, p2):
 @triton.jit
 def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
                  H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
-                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False):
+                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False, PDL: tl.constexpr = False,
+                 MILD: tl.constexpr = False, LIM: tl.constexpr = 20.0):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
@@ -229,6 +237,7 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     HEADS_INNER: the grid is (key blocks, heads, chunks), so that programs launched together read
     whole rows (GATE_HEADS_INNER); else (key blocks, chunks, heads).
     """
+    chain_link(PDL)
     i_k = tl.program_id(0)
     i_c, i_h = chunk_head(1, HEADS_INNER)
     c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
@@ -249,6 +258,8 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
         b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
         b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
+    if MILD:   # a key column decaying by less than LIM across the chunk: K ⊙ e^{−G} (PASS_KD_MILD)
+        b_Gs = tl.where(-b_GL[None, :] < LIM, -b_G, b_Gs)
     tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
     tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
     tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
@@ -333,10 +344,11 @@ def _scores_kernel(q, k, gk, qd, kd, GL, A, offsets, chunk_indices,
 @triton.jit
 def _strong_scores_kernel(q, k, gk, GL, A, offsets, chunk_indices, NC,
                           H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr, BKP: tl.constexpr,
-                          CPP: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
+                          CPP: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr, PDL: tl.constexpr = False):
     """The one pass's sub-block scores of the chunks decaying by LIM or more, CPP chunks a program:
     their G_L read at once ([CPP, K]), then each strong one's sub-blocks into A. The other chunks'
     rows are left alone (the one pass makes their scores in registers). BKP: K padded."""
+    chain_link(PDL)
     i_g, i_h = tl.program_id(0), tl.program_id(1)
     o_j = tl.arange(0, CPP)
     o_k = tl.arange(0, BKP)
@@ -454,7 +466,8 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False):
+                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False,
+                      KD_MILD: tl.constexpr = False):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -474,6 +487,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     o_tt = o_t[:, None] * (H * BT) + o_t[None, :]
+    chain_link(PDL)   # (the state entering was read: the caller's, not the chain's)
     if AHEAD:   # chunk 0's G_L before the walk; each step loads the next chunk's
         n_GL = tl.load(GL + (c0 * H + i_h) * K + o_k, mask=m_k & (0 < nc), other=0.0)
     for c in range(0, MAXC):
@@ -491,9 +505,13 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
-        if -tl.min(b_GL, axis=0) < LIM:
-            b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
-            b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
+        mild = -tl.min(b_GL, axis=0) < LIM
+        if mild:
+            if KD_MILD:   # Kd's columns already K ⊙ e^{−G}
+                b_A = tl.dot(b_qd, tl.trans(b_kd), input_precision=PREC)
+            else:
+                b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
+                b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
             if STORE:
                 if i_v == 0:
                     tl.store(A + (c_start * H + i_h) * BT + o_tt,
@@ -505,7 +523,14 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
         store_chunk(o, None, (b_o * scale).to(o.dtype.element_ty), False, 0, 0, c, c_start, i_h, i_v, m_t, m_v,
                     o_tv, H, V, BT, BV)
-        b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        if KD_MILD:   # e^{G_L} onto the new term's rows whose Kd column is K ⊙ e^{−G}
+            if mild:
+                b_h = tl.dot(tl.trans(b_kd), b_v, b_h, input_precision=PREC) * tl.exp(b_GL)[:, None]
+            else:
+                b_c = tl.where(-b_GL < LIM, tl.exp(b_GL), 1.0)
+                b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC) * b_c[:, None]
+        else:
+            b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
@@ -767,7 +792,7 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
 
 
 def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor,
-           BK: int) -> tuple[Tensor, Tensor, Tensor]:
+           BK: int, pdl: bool = False, mild: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32)."""
     Tt, H, K = q.shape
     NC = chunk_indices.shape[0]
@@ -778,6 +803,7 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
         grid, inner = chunk_grid((cdiv(K, BK),), NC, H, on=GATE_HEADS_INNER)
         _gate_kernel[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
                            FAST=_fast(q.dtype), HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST,
+                           MILD=mild, LIM=_lim(q.dtype), **dependent_launch(pdl, q.device, first=True),
                            **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
@@ -796,22 +822,26 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     prec, lim = _prec(q.dtype), _lim(q.dtype)
     o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
-    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK)
+    pdl = PASS_PDL and nseg == 1
+    mild = PASS_KD_MILD and nseg == 1 and not keep
+    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, pdl, mild)
     NC = chunk_indices.shape[0]
     if NC:
         cpp = STRONG_SCORES_CHUNKS
         _strong_scores_kernel[(cdiv(NC, cpp), H)](
             q, k, gk, GL, A, offsets, chunk_indices, NC, H=H, K=K, BT=BT, BC=BC, BKP=max(16, next_pow2(K)),
-            CPP=cpp, LIM=lim, PREC=prec, **_launch("strong_scores", q.dtype, K, V))
+            CPP=cpp, LIM=lim, PREC=prec, **dependent_launch(pdl, q.device),
+            **_launch("strong_scores", q.dtype, K, V))
     h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
     saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
-    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
+    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD, KD_MILD=mild,
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
-                                                 scale, HAS_H0=h0 is not None, STORE_HT=ht is not None, **launch)
+                                                 scale, HAS_H0=h0 is not None, STORE_HT=ht is not None,
+                                                 **dependent_launch(pdl and NC > 0, q.device), **launch)
         return o, saved
     B, T = offsets._dense
     s_offsets, s_chunk_offsets, per = _scalar._segment_layout(B, T, nseg, q.device)
