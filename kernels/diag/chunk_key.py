@@ -164,16 +164,22 @@ PASS_AHEAD = True
 # UT kernel, (heads, chunks), lost a little: DeltaNet forward 0.441 → 0.444 ms at 4K, Gated DeltaNet
 # 0.590 → 0.595 (experiments_2026-12-03d.md §3). False: (key blocks, chunks, heads).
 GATE_HEADS_INNER = True
-# (trial) the gate kernel's q and k loads issued before the decays' sums; its key block (None: _blocks')
+# The gate kernel issues its loads of q and k before it sums the decays (whose scan waits on gk's
+# load), so that all three reads are in flight at once. ptxas sm_90 (bf16, K = 128, 128 registers):
+# spill stores 24 → 52 B. H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops key --T T
+# --set kernels.diag.chunk_key.GATE_LOADS_FIRST=True`, three alternating rounds, 2026-12-04): GLA forward
+# 0.403 → 0.388 ms at 4K, 0.517 → 0.503 at 32K, fwd+bwd 2.914 → 2.900, every round; the gate kernel
+# alone 0.189 → 0.176 ms (`sweep launch --kernels gate`: 4 warps, 2 stages stay the fastest; uncapped
+# registers 0.388 against 0.389, a cap of 168 0.403, 8 warps 0.461). GPU-checked (gpu_check.md,
+# thirty-first session). (A [64, 128] key block, 8 warps, lost: 0.404 → 0.463; experiments_2026-12-04c.md.)
 GATE_LOADS_FIRST = True
-# (trial) the one pass's three kernels (gate, strong scores, pass) as a chain of dependent launches
-PASS_PDL = False
-# (trial) in a forward without a backward over whole sequences, the gate kernel stores a key column that
-# decays by less than LIM across its chunk as K ⊙ e^{−G} rather than K ⊙ e^{G_L − G}: the pass's scores
-# of a mild chunk are then Qd Kdᵀ as loaded (no Qd ⊙ e^{−G_L} made per chunk), e^{G_L} moving onto
-# the state's new term
-PASS_KD_MILD = False
-GATE_BK = None
+# GLA's one pass over whole sequences as a chain of programmatic dependent launches (Hopper on;
+# kernels._common.dependent_launch): the strong chunks' scores kernel and the pass each launched while
+# the kernel before them drains, waiting in their programs (chain_link) for its writes. H200, bf16,
+# H = 16, K = V = 128 (`python -m kernels.sweep ab --ops key --T T --set
+# kernels.diag.chunk_key.PASS_PDL=True`, three alternating rounds, 2026-12-04): forward 0.390 → 0.386 ms
+# at 4K, 0.390 → 0.389 at 1K (fwd+bwd 2.878 → 2.869, 2.858 → 2.852). False: plain launches.
+PASS_PDL = True
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -227,8 +233,7 @@ def _excl_combine(s1, p1, s2, p2):
 @triton.jit
 def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
                  H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
-                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False, PDL: tl.constexpr = False,
-                 MILD: tl.constexpr = False, LIM: tl.constexpr = 20.0):
+                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False, PDL: tl.constexpr = False):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
@@ -258,8 +263,6 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
         b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
         b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
-    if MILD:   # a key column decaying by less than LIM across the chunk: K ⊙ e^{−G} (PASS_KD_MILD)
-        b_Gs = tl.where(-b_GL[None, :] < LIM, -b_G, b_Gs)
     tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
     tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
     tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
@@ -466,8 +469,7 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False,
-                      KD_MILD: tl.constexpr = False):
+                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -505,13 +507,9 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
-        mild = -tl.min(b_GL, axis=0) < LIM
-        if mild:
-            if KD_MILD:   # Kd's columns already K ⊙ e^{−G}
-                b_A = tl.dot(b_qd, tl.trans(b_kd), input_precision=PREC)
-            else:
-                b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
-                b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
+        if -tl.min(b_GL, axis=0) < LIM:
+            b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
+            b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
             if STORE:
                 if i_v == 0:
                     tl.store(A + (c_start * H + i_h) * BT + o_tt,
@@ -523,14 +521,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
         store_chunk(o, None, (b_o * scale).to(o.dtype.element_ty), False, 0, 0, c, c_start, i_h, i_v, m_t, m_v,
                     o_tv, H, V, BT, BV)
-        if KD_MILD:   # e^{G_L} onto the new term's rows whose Kd column is K ⊙ e^{−G}
-            if mild:
-                b_h = tl.dot(tl.trans(b_kd), b_v, b_h, input_precision=PREC) * tl.exp(b_GL)[:, None]
-            else:
-                b_c = tl.where(-b_GL < LIM, tl.exp(b_GL), 1.0)
-                b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC) * b_c[:, None]
-        else:
-            b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
@@ -792,18 +783,17 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
 
 
 def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor,
-           BK: int, pdl: bool = False, mild: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+           BK: int, pdl: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32)."""
     Tt, H, K = q.shape
     NC = chunk_indices.shape[0]
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
-        BK = GATE_BK or BK
         grid, inner = chunk_grid((cdiv(K, BK),), NC, H, on=GATE_HEADS_INNER)
         _gate_kernel[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
                            FAST=_fast(q.dtype), HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST,
-                           MILD=mild, LIM=_lim(q.dtype), **dependent_launch(pdl, q.device, first=True),
+                           **dependent_launch(pdl, q.device, first=True),
                            **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
@@ -823,8 +813,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
     pdl = PASS_PDL and nseg == 1
-    mild = PASS_KD_MILD and nseg == 1 and not keep
-    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, pdl, mild)
+    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, pdl)
     NC = chunk_indices.shape[0]
     if NC:
         cpp = STRONG_SCORES_CHUNKS
@@ -836,7 +825,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
-    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD, KD_MILD=mild,
+    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,

@@ -97,3 +97,26 @@ def test_segments_chain_their_launches_with_the_switch():
     assert chained == {("_state_kernel", "segments_forward"), ("_segment_pass_kernel", "segments_forward"),
                        ("_segment_pass_kernel", "segments,_alone"), ("_fused_fwd_kernel", "segments_forward"),
                        ("_fused_fwd_kernel", "segments,_alone")}, rows
+
+
+_KEY_PDL_ROWS = """
+import torch, kernels.compile_check as cc, kernels.diag.chunk_key as ck
+for on in (False, True):
+    for r in cc.check_diag("key", torch.bfloat16, 64, 64, 90, False, [(ck, "PASS_PDL", on)]):
+        print(on, r["kernel"], r["label"].replace(" ", "_"), r["pdl"])
+"""
+
+
+def test_gla_one_pass_chains_its_launches_with_the_switch():
+    """chunk_key.PASS_PDL: GLA's one pass over whole sequences (gate kernel, strong chunks' scores, the
+    pass) is built as a dependent-launch chain, with and without a backward to follow, and no other
+    kernel (two passes, backward); without it none is."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _KEY_PDL_ROWS], capture_output=True, text=True, env=env,
+                         timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line.split() for line in res.stdout.splitlines()]
+    assert not [r for r in rows if r[0] == "False" and r[3] == "True"], rows
+    chained = {(r[1], r[2]) for r in rows if r[0] == "True" and r[3] == "True"}
+    assert chained == {("_gate_kernel", "one_pass_forward"), ("_strong_scores_kernel", "one_pass_forward"),
+                       ("_fused_fwd_kernel", "one_pass_forward"), ("_fused_fwd_kernel", "one_pass,_alone")}, rows

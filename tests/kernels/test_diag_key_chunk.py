@@ -576,31 +576,3 @@ def test_segment_entry_states_16bit(one_pass, monkeypatch, count_launches, T, re
     assert rel_err(o, o_ref) < 1e-2 and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
     _check(x)
     assert [s.dtype for s in entering] == [torch.bfloat16, torch.float32]
-
-
-@pytest.mark.parametrize("regime,K,cu", [("mild", 16, None), ("bursts", 80, None), ("strong", 16, None),
-                                         ("bursts", 16, [0, 7, 7, 8, 75])])
-def test_pass_kd_mild(one_pass, monkeypatch, count_launches, regime, K, cu):
-    """chunk_key.PASS_KD_MILD: the forward-only pass reads the mild key columns as K ⊙ e^{−G}: output and
-    final state vs float64 and vs the usual Kd (the same to rounding), in mild chunks, strong ones
-    (every column strong), chunks mixing both kinds of column (bursts; K = 80: a partial key block) and
-    packed sequences (an empty and a one-token one); with a backward to follow the usual Kd."""
-    gates = count_launches(chunk_key, "_gate_kernel")
-    cu_t = None if cu is None else torch.tensor(cu)
-    x = _inputs(1 if cu else 2, 75 if cu else 150, 2, K, 16, regime, seed=K + len(regime))
-    if cu:
-        x["S0"] = torch.randn(4, 2, K, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    o_usual, S_usual = _forward(x, cu_seqlens=cu_t)
-    monkeypatch.setattr(chunk_key, "PASS_KD_MILD", True)
-    o, S = _forward(x, cu_seqlens=cu_t)
-    assert [kw["KD_MILD"] for _, kw in one_pass] == [False, True] and gates[-1][1]["MILD"]
-    assert rel_err(o, o_usual) < 1e-6 and rel_err(S, S_usual) < 1e-6
-    if cu is None:
-        o_ref, S_ref, _ = _reference(x, True)
-        assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
-    if regime == "bursts":   # chunks with mild and strong columns at once
-        spans = -torch.cat([x["gk"], x["gk"].new_zeros(1 if cu else 2, 192 - x["gk"].shape[1], 2, K)], 1)
-        spans = spans[:, :192].reshape(spans.shape[0], 3, 64, 2, K).sum(2)
-        assert ((spans >= LIM).any(-1) & (spans < LIM).any(-1)).any()
-    _check(_inputs(1, 67, 2, 16, 16, "bursts", seed=5))   # with autograd: the usual Kd for the backward
-    assert not one_pass[-1][1]["KD_MILD"] and not gates[-1][1]["MILD"]
