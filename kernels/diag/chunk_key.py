@@ -240,7 +240,9 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     kernels then do no more per chunk than the scalar-decay ones. (The strong chunks' sub-block
     scores are _strong_scores_kernel's: made here, their registers halved this kernel's programs.)
     HEADS_INNER: the grid is (key blocks, heads, chunks), so that programs launched together read
-    whole rows (GATE_HEADS_INNER); else (key blocks, chunks, heads).
+    whole rows (GATE_HEADS_INNER); else (key blocks, chunks, heads). LOADS_FIRST: q and k loaded
+    before the decays are summed (GATE_LOADS_FIRST). PDL: the first link of the one pass's chain of
+    dependent launches (PASS_PDL).
     """
     chain_link(PDL)
     i_k = tl.program_id(0)

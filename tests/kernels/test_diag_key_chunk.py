@@ -576,3 +576,25 @@ def test_segment_entry_states_16bit(one_pass, monkeypatch, count_launches, T, re
     assert rel_err(o, o_ref) < 1e-2 and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
     _check(x)
     assert [s.dtype for s in entering] == [torch.bfloat16, torch.float32]
+
+
+@pytest.mark.parametrize("backward", [False, True])
+def test_gate_loads_first(one_pass, monkeypatch, count_launches, backward):
+    """chunk_key.GATE_LOADS_FIRST (the gate kernel's loads of q and k before its decay sums, the default
+    the tests above check against float64) gives the same bits as loading them after: the one pass
+    over mild and strong chunks of two sequences (K = 80: a partial key block), and with a backward."""
+    gates = count_launches(chunk_key, "_gate_kernel")
+    x = _inputs(2, 150 if not backward else 67, 2, 80 if not backward else 16, 16, "bursts", seed=4)
+    runs = []
+    for first in (False, True):
+        monkeypatch.setattr(chunk_key, "GATE_LOADS_FIRST", first)
+        if backward:
+            leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
+            o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"],
+                              initial_state=leaves["S0"], output_final_state=True)
+            grads = torch.autograd.grad(_loss(o, S, 3), list(leaves.values()))
+            runs.append((o, S, *grads))
+        else:
+            runs.append(_forward(x))
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    assert [kw["LOADS_FIRST"] for _, kw in gates] == [False, True]
