@@ -291,6 +291,21 @@ def test_pass_ahead(one_pass, monkeypatch, case):
     assert [kw["AHEAD"] for _, kw in one_pass] == [False, True]
 
 
+def _same_bits_either_way(monkeypatch, switch, x, backward):
+    """The forward (and with ``backward`` every gradient) with chunk_key.<switch> off, then on: the same bits."""
+    runs = []
+    for on in (False, True):
+        monkeypatch.setattr(chunk_key, switch, on)
+        if backward:
+            leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
+            o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"],
+                              initial_state=leaves["S0"], output_final_state=True)
+            runs.append([o, S, *torch.autograd.grad(_loss(o, S, 1), list(leaves.values()))])
+        else:
+            runs.append(list(_forward(x)))
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), switch
+
+
 @pytest.mark.parametrize("backward", [False, True])
 def test_gate_heads_inner(one_pass, monkeypatch, count_launches, backward):
     """chunk_key.GATE_HEADS_INNER (the gate kernel's grid as (key blocks, heads, chunks), the default the
@@ -301,17 +316,7 @@ def test_gate_heads_inner(one_pass, monkeypatch, count_launches, backward):
     B, T, H = (1, 40, 2) if backward else (2, 150, 2)   # (chunks ≠ heads: the grids differ in shape)
     nc = B * -(-T // chunk_key.BT)
     x = _inputs(B, T, H, 80, 16, "bursts", seed=12)
-    runs = []
-    for inner in (False, True):
-        monkeypatch.setattr(chunk_key, "GATE_HEADS_INNER", inner)
-        if backward:
-            leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
-            o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"],
-                              initial_state=leaves["S0"], output_final_state=True)
-            runs.append([o, S, *torch.autograd.grad(_loss(o, S, 1), list(leaves.values()))])
-        else:
-            runs.append(list(_forward(x)))
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    _same_bits_either_way(monkeypatch, "GATE_HEADS_INNER", x, backward)
     assert [(g, kw["HEADS_INNER"]) for g, kw in gates] == [((2, nc, H), False), ((2, H, nc), True)]
 
 
@@ -585,16 +590,5 @@ def test_gate_loads_first(one_pass, monkeypatch, count_launches, backward):
     over mild and strong chunks of two sequences (K = 80: a partial key block), and with a backward."""
     gates = count_launches(chunk_key, "_gate_kernel")
     x = _inputs(2, 150 if not backward else 67, 2, 80 if not backward else 16, 16, "bursts", seed=4)
-    runs = []
-    for first in (False, True):
-        monkeypatch.setattr(chunk_key, "GATE_LOADS_FIRST", first)
-        if backward:
-            leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
-            o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"],
-                              initial_state=leaves["S0"], output_final_state=True)
-            grads = torch.autograd.grad(_loss(o, S, 3), list(leaves.values()))
-            runs.append((o, S, *grads))
-        else:
-            runs.append(_forward(x))
-    assert all(torch.equal(a, b) for a, b in zip(*runs))
+    _same_bits_either_way(monkeypatch, "GATE_LOADS_FIRST", x, backward)
     assert [kw["LOADS_FIRST"] for _, kw in gates] == [False, True]
