@@ -74,6 +74,18 @@ def test_bad_arguments_are_refused_before_compiling(monkeypatch, capsys, args, m
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+def _chained_rows(script: str) -> tuple[list, set]:
+    """Run a script printing (switch on, kernel, label, built as a chain link) rows, outside the
+    interpreter: its rows, and the (kernel, label) chained with the switch on; none may be without it."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = [line.split() for line in res.stdout.splitlines()]
+    assert not [r for r in rows if r[0] == "False" and r[3] == "True"], rows
+    return rows, {(r[1], r[2]) for r in rows if r[0] == "True" and r[3] == "True"}
+
+
 _PDL_ROWS = """
 import torch, kernels.compile_check as cc, kernels.diag.chunk as dc
 for on in (False, True):
@@ -86,13 +98,7 @@ for on in (False, True):
 def test_segments_chain_their_launches_with_the_switch():
     """SEGMENT_PDL: the forward over segments' three kernels are built as links of a dependent-launch
     chain (their wait in the PTX), and no other kernel; without it none is."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _PDL_ROWS], capture_output=True, text=True, env=env, timeout=600,
-                         cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = [line.split() for line in res.stdout.splitlines()]
-    assert not [r for r in rows if r[0] == "False" and r[3] == "True"], rows
-    chained = {(r[1], r[2]) for r in rows if r[0] == "True" and r[3] == "True"}
+    rows, chained = _chained_rows(_PDL_ROWS)
     # (the scan again alone: its entering states in bf16 there, SEGMENT_ENTRY_16BIT)
     assert chained == {("_state_kernel", "segments_forward"), ("_segment_pass_kernel", "segments_forward"),
                        ("_segment_pass_kernel", "segments,_alone"), ("_fused_fwd_kernel", "segments_forward"),
@@ -111,12 +117,6 @@ def test_gla_one_pass_chains_its_launches_with_the_switch():
     """chunk_key.PASS_PDL: GLA's one pass over whole sequences (gate kernel, strong chunks' scores, the
     pass) is built as a dependent-launch chain, with and without a backward to follow, and no other
     kernel (two passes, backward); without it none is."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _KEY_PDL_ROWS], capture_output=True, text=True, env=env,
-                         timeout=600, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
-    assert res.returncode == 0, res.stderr[-3000:]
-    rows = [line.split() for line in res.stdout.splitlines()]
-    assert not [r for r in rows if r[0] == "False" and r[3] == "True"], rows
-    chained = {(r[1], r[2]) for r in rows if r[0] == "True" and r[3] == "True"}
+    rows, chained = _chained_rows(_KEY_PDL_ROWS)
     assert chained == {("_gate_kernel", "one_pass_forward"), ("_strong_scores_kernel", "one_pass_forward"),
                        ("_fused_fwd_kernel", "one_pass_forward"), ("_fused_fwd_kernel", "one_pass,_alone")}, rows
