@@ -48,9 +48,9 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, chunk_grid,
-                       dependent_launch, fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
+                       fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
                        tensor_descriptors)
-from .._tl import batch_place, chain_link, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
+from .._tl import batch_place, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
 
@@ -267,7 +267,7 @@ def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr = 16,
-               ONCE: tl.constexpr = False, PDL: tl.constexpr = False):
+               ONCE: tl.constexpr = False):
     """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] in Tm's
     dtype (the operand dtype, see _wy).
 
@@ -275,10 +275,8 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
     powers, else forward substitution) the blocks below the diagonal are
     T_ab = −T_aa Σ_{b ≤ c < a} A_ac T_cb (block forward substitution). ONCE: each row block's keys
     loaded once, as a [16, KP] tile (KP: K padded), for all the products A_ab it enters; else every
-    block product loads its two blocks' keys again, BK columns at a time. PDL: the first link of the
-    one pass's chain of dependent launches (PASS_PDL).
+    block product loads its two blocks' keys again, BK columns at a time.
     """
-    chain_link(PDL)
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
@@ -351,9 +349,8 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
 def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                BV: tl.constexpr, GATED: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-               HEADS_INNER: tl.constexpr = False, PDL: tl.constexpr = False):
-    """W = T diag(β e^G) K and U = T diag(β) V of one chunk (PDL: a link of PASS_PDL's chain)."""
-    chain_link(PDL)
+               HEADS_INNER: tl.constexpr = False):
+    """W = T diag(β e^G) K and U = T diag(β) V of one chunk."""
     i_c, i_h = chunk_head(0, HEADS_INNER)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
     c = tl.load(chunk_indices + i_c * 2 + 1).to(tl.int64)
@@ -389,8 +386,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False,
-                  PDL: tl.constexpr = False):
+                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -402,9 +398,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
-    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA).
-    PDL: the last link of the one pass's chain of dependent launches (PASS_PDL)."""
-    chain_link(PDL)
+    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -1149,11 +1143,6 @@ SEGMENTS: bool | None = None
 # / 17 / 32 segments): forward DeltaNet 1.289 / 1.202 / 1.261 / 1.356 ms, Gated DeltaNet 1.486 / 1.277
 # / 1.401 / 1.408 (fwd+bwd 4.39 / 4.28 / 4.31 / 4.53 and 5.14 / 4.76 / 4.97 / 5.02).
 SEGMENT_PROGRAMS_PER_SM = 3
-# The one pass over whole sequences as a chain of programmatic dependent launches (Hopper on,
-# kernels._common.dependent_launch, as kernels.diag.chunk_key.PASS_PDL): the UT kernel (W, U's kernel
-# where it runs) and the pass each launched while the kernel before drains, waiting in their programs
-# (chain_link) for its writes. False: plain launches.
-PASS_PDL = True
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
 # without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel, each scan reading T, k, v and
 # β instead of W and U. H200, bf16, H = 16, K = V = 128, T = 32K (`python -m kernels.sweep ab --ops
@@ -1193,10 +1182,9 @@ def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int
     return nseg if nseg > 1 else None
 
 
-def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, pdl=False):
+def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     """T = (I + A)⁻¹ of every chunk (_ut_kernel) and, unless the scan makes them itself (``wu``), W and U
-    (_wu_kernel); (made in the scan, W and U are one-element stand-ins: the scan reads neither). ``pdl``:
-    the two kernels begin a chain of dependent launches (PASS_PDL)."""
+    (_wu_kernel); (made in the scan, W and U are one-element stand-ins: the scan reads neither)."""
     Tt, H, K = k.shape
     V = v.shape[-1]
     dev, NC = k.device, chunk_indices.shape[0]
@@ -1212,13 +1200,11 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, pdl=False):
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
                             PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
-                            **dependent_launch(pdl, dev, first=True),
                             **_cfg("ut", inter, K, V, BK=BK, num_warps=_ut_warps(KP)))
         if not wu:
             grid, inner = chunk_grid((), NC, H)
             _wu_kernel[grid](k, v, beta, g, Tm, w, u, offsets, chunk_indices, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT,
-                             GATED=gated, DT=dt, PREC=prec, **dependent_launch(pdl, dev),
-                             **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
+                             GATED=gated, DT=dt, PREC=prec, **_cfg("wu", inter, K, V, BK=BK, BV=BV, num_warps=nw))
     return Tm, w, u
 
 
@@ -1259,8 +1245,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     # (VN_NARROW)
     wu = fused and not keep and _wu_in_scan(inter, _narrow(few, c_scan["BV"], V), ks=True)
     keep = keep or not fused        # the two-pass output kernel reads the stored S and Vn
-    pdl = dependent_launch(PASS_PDL and fused, dev)
-    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu, pdl["PDL"])
+    Tm, w, u = _wy(k, v, beta, g, offsets, chunk_indices, BT, wu)
     # (unkept, Vn is a one-element stand-in: the kernel reads only its dtype)
     vn = _empty(Tt, H, V, dtype=inter, device=dev) if keep else stand_in(inter, dev)
     # the states entering each chunk only ever feed products in the operand dtype: stored in it
@@ -1274,7 +1259,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS,
             **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
-            **pdl, **c_scan)
+            **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](

@@ -120,26 +120,3 @@ def test_gla_one_pass_chains_its_launches_with_the_switch():
     rows, chained = _chained_rows(_KEY_PDL_ROWS)
     assert chained == {("_gate_kernel", "one_pass_forward"), ("_strong_scores_kernel", "one_pass_forward"),
                        ("_fused_fwd_kernel", "one_pass_forward"), ("_fused_fwd_kernel", "one_pass,_alone")}, rows
-
-
-_DELTA_PDL_ROWS = """
-import torch, kernels.delta.chunk as CH
-from kernels.delta.compile_check import check
-for on in (False, True):
-    for fused in (False, True):   # the forward before a backward: two passes, or the one pass
-        one = [(CH, "FUSED_FORWARD", True), (CH, "FUSED_MIN_PROGRAMS", 1)] if fused else []
-        for r in check(torch.bfloat16, 64, 64, 64, 90, True, False, [(CH, "PASS_PDL", on)] + one):
-            label = ("one_pass_" if fused else "") + r["label"].replace(" ", "_")
-            print(on, r["kernel"], label, r["pdl"])
-"""
-
-
-def test_delta_one_pass_chains_its_launches_with_the_switch():
-    """delta.chunk.PASS_PDL: the delta rule's one pass over whole sequences (UT kernel, W and U's where it
-    runs, the pass) is built as a dependent-launch chain, with and without a backward to follow, and no
-    other kernel (two passes, backward); without it none is."""
-    rows, chained = _chained_rows(_DELTA_PDL_ROWS)
-    assert chained == {("_ut_kernel", "one_pass_forward"), ("_wu_kernel", "one_pass_forward"),
-                       ("_state_kernel", "one_pass_forward"), ("_ut_kernel", "forward,_alone"),
-                       ("_state_kernel", "forward,_alone"), ("_ut_kernel", "one_pass_forward,_alone"),
-                       ("_state_kernel", "one_pass_forward,_alone")}, rows
