@@ -71,26 +71,40 @@ def _empty(*shape, dtype, device) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 @triton.jit
-def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr):
-    """Cumulative log decay ``off`` + Σ g over ``rows`` (masked rows add 0; zeros without a gate).
+def _load_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
+    """A chunk's log decays g over ``rows`` as stored (masked rows 0); zeros, nothing loaded, without a gate."""
+    if GATED:
+        return tl.load(g + rows * H + i_h, mask=m, other=0.0)
+    else:
+        return tl.zeros([rows.shape[0]], dtype=tl.float32)
 
-    Returned as an fp32 pair (hi, lo) whose sum is the cumsum, plus the running total. GATED = 1
-    (fp32 inputs): the cumsum in fp64 — with strong decays G reaches −1000 inside a chunk, where fp32
-    keeps only ~1e-4 of absolute precision; the pair keeps differences G_i − G_j (see _gdiff)
+
+@triton.jit
+def _sum_gates(b_g, off, GATED: tl.constexpr):
+    """Cumulative log decay ``off`` + Σ b_g (loaded by _load_gates) as an fp32 pair (hi, lo), and the total.
+
+    GATED = 1 (fp32 inputs): the cumsum in fp64 — with strong decays G reaches −1000 inside a chunk, where
+    fp32 keeps only ~1e-4 of absolute precision; the pair keeps differences G_i − G_j (see _gdiff)
     accurate to fp32 relative error. GATED = 2 (16-bit inputs, whose own rounding is 4e-3): an fp32
-    cumsum and lo = 0. GATED = 0: zeros, nothing loaded or summed.
+    cumsum and lo = 0. GATED = 0: zeros, nothing summed.
     """
     if GATED == 1:
-        b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float64)
+        b_g = b_g.to(tl.float64)
         G = tl.cumsum(b_g, axis=0) + off
         hi = G.to(tl.float32)
         return hi, (G - hi.to(tl.float64)).to(tl.float32), off + tl.sum(b_g, axis=0)
     elif GATED == 2:
-        b_g = tl.load(g + rows * H + i_h, mask=m, other=0.0).to(tl.float32)
+        b_g = b_g.to(tl.float32)
         return tl.cumsum(b_g, axis=0) + off, tl.zeros_like(b_g), off + tl.sum(b_g, axis=0)
     else:
-        zero = tl.zeros([rows.shape[0]], dtype=tl.float32)
-        return zero, zero, off + tl.sum(zero, axis=0)
+        return b_g, b_g, off + tl.sum(b_g, axis=0)
+
+
+@triton.jit
+def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr):
+    """Cumulative log decay ``off`` + Σ g over ``rows`` (masked rows add 0; zeros without a gate), as
+    _sum_gates gives it."""
+    return _sum_gates(_load_gates(g, rows, m, i_h, H, GATED), off, GATED)
 
 
 @triton.jit
@@ -124,7 +138,13 @@ def _gdiff(a_hi, a_lo, b_hi, b_lo):
 @triton.jit
 def _chunk_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
     """(G, G_lo, G_L, G_L_lo): a chunk's cumulative log decay and its total, as (hi, lo) pairs."""
-    b_G, b_Gl, tot = _cum_gates(g, rows, m, i_h, 0.0, H, GATED)
+    return _gates_of(_load_gates(g, rows, m, i_h, H, GATED), GATED)
+
+
+@triton.jit
+def _gates_of(b_g, GATED: tl.constexpr):
+    """_chunk_gates from the chunk's log decays as _load_gates loaded them."""
+    b_G, b_Gl, tot = _sum_gates(b_g, 0.0, GATED)
     if GATED == 1:
         b_L, b_Ll = _hilo(tot)
     else:
@@ -386,7 +406,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   DT: tl.constexpr, PREC: tl.constexpr, q, o, scale, OUT: tl.constexpr, STORE_H: tl.constexpr,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
-                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False):
+                  o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False,
+                  t_d=None, T_TMA: tl.constexpr = False, AHEAD: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -398,7 +419,9 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     from S = I, into ht (a segment's, for _forward_segments). TRANS: both at once — the state into ht
     and, in a second [K, BV] tile (columns i_v·BV… of K), the transition into ``pt``, sharing each
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
-    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA)."""
+    through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA);
+    T_TMA (with TMA): T through t_d too (PASS_T_TMA). AHEAD (with W, U from K S): each chunk's β and
+    gates loaded a chunk ahead (PASS_AHEAD)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -414,6 +437,11 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     i_b, t0 = batch_place(bos, T_seq)
     # Vn (and Pn) from K S (and K P), without W and U: VN_FROM_KS, TRANS_FROM_KS
     FROM_KS: tl.constexpr = WU and KS and (KS_TRANS or not (TRANS or ZERO_U))
+    if AHEAD:   # chunk 0's β and gates (the loop loads each next chunk's: small loads it cannot pipeline)
+        rows = bos + tl.arange(0, BT)
+        m_t = (rows < eos) & (nc > 0)
+        b_beta_next = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0)
+        b_g_next = _load_gates(g, rows, m_t, i_h, H, GATED)
     # chunks past a short sequence's end are masked no-ops (loop bounds must be plain ints)
     for c in range(0, MAXC):
         ok = c < nc
@@ -425,17 +453,31 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         m_tk = m_t[:, None] & m_k[None, :]
         m_tv = m_t[:, None] & m_v[None, :]
         r_k, r_v = (c_start * H + i_h) * K, (c_start * H + i_h) * V   # the chunk's first row
+        if AHEAD:
+            b_beta_here, b_g_here = b_beta_next, b_g_next
+            m_next = (rows + BT < eos) & (c + 1 < nc)
+            b_beta_next = tl.load(beta + (rows + BT) * H + i_h, mask=m_next, other=0.0)
+            b_g_next = _load_gates(g, rows + BT, m_next, i_h, H, GATED)
         if TMA:
             b_kr = k_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
         else:
             b_kr = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
-        b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+        if AHEAD:
+            b_G, b_Gl, b_L, b_Ll = _gates_of(b_g_here, GATED)
+        else:
+            b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if FROM_KS:
             # Vn = T diag(β) (V − diag(e^G) K S) (VN_FROM_KS); Pn = −T diag(β e^G) K P (TRANS_FROM_KS)
             o_tt = tl.arange(0, BT)
-            b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
-                          mask=m_t[:, None], other=0.0)
-            b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+            if T_TMA:
+                b_T = t_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, BT)
+            else:
+                b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
+                              mask=m_t[:, None], other=0.0)
+            if AHEAD:
+                b_beta = b_beta_here.to(tl.float32)
+            else:
+                b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
             b_ks = _mm(b_kr, b_S, DT, PREC)
             if GATED:
                 b_ks = b_ks * tl.exp(b_G + b_Gl)[:, None]
@@ -1143,6 +1185,13 @@ SEGMENTS: bool | None = None
 # / 17 / 32 segments): forward DeltaNet 1.289 / 1.202 / 1.261 / 1.356 ms, Gated DeltaNet 1.486 / 1.277
 # / 1.401 / 1.408 (fwd+bwd 4.39 / 4.28 / 4.31 / 4.53 and 5.14 / 4.76 / 4.97 / 5.02).
 SEGMENT_PROGRAMS_PER_SM = 3
+# The one pass that forms Vn from K S (forward only, whole sequences) reads each chunk's T, β and gates
+# besides its k, q, v tiles. Triton pipelines the tiles' loads (through descriptors, FUSED_TMA) but not
+# those: T's (a masked pointer load beside descriptor loads) nor the one-element-a-thread β and gates,
+# so each chunk began with a round trip to memory. PASS_T_TMA: T through a descriptor too, pipelined
+# with the tiles; PASS_AHEAD: β and the gates loaded one chunk ahead, into registers.
+PASS_T_TMA = True
+PASS_AHEAD = True
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
 # without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel, each scan reading T, k, v and
 # β instead of W and U. H200, bf16, H = 16, K = V = 128, T = 32K (`python -m kernels.sweep ab --ops
@@ -1253,13 +1302,15 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     if N * H > 0:
+        from_ks = wu and VN_FROM_KS    # the pass reads T, β (and the gates) every chunk
+        desc = tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
+                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"]),
+                                  **(dict(t=(Tm, BT)) if PASS_T_TMA and from_ks else {}))
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
-            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS,
-            **tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
-                                 v=(v, c_scan["BV"]), o=(o, c_scan["BV"])),
-            **c_scan)
+            OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, T_TMA="t_d" in desc,
+            AHEAD=PASS_AHEAD and from_ks, **desc, **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](

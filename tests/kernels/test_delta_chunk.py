@@ -692,6 +692,51 @@ def test_delta_fused_tma_value_tiles(monkeypatch, count_launches):
     assert [(kw["TMA"], kw["BV"]) for _, kw in scans] == [(True, 16)]
 
 
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("tma", [True, False], ids=["descriptors", "pointers"])
+def test_pass_reads_t_and_gates_ahead(monkeypatch, count_launches, mixer, tma):
+    """PASS_T_TMA, PASS_AHEAD: the forward-only one pass that forms Vn from K S reads T through a descriptor
+    (with the tiles') and each chunk's β and gates a chunk ahead — the same bits as without, vs float64
+    too; for a packed batch (pointers only) the chunks ahead stop at each sequence's end."""
+    import kernels._common
+
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
+    monkeypatch.setattr(C, "FUSED_TMA", tma)
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)
+    scans = count_launches(C, "_state_kernel")
+    B, T, H, K, V, cs = 2, 75, 2, 24, 20, 16     # five chunks a sequence, the last ragged
+    d = inputs(mixer, B, T, H, K, V, seed=9)
+    S0 = cotangents(B, T, H, K, V, B, True, False)[0]
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    # the same tokens as one packed batch of three sequences (lengths 75, 40, 35)
+    cu = torch.tensor([0, 75, 115, 150], device=DEV)
+    S0p = torch.cat([S0, S0[:1]]).float().to(DEV)
+
+    def forward(on):
+        monkeypatch.setattr(C, "PASS_T_TMA", on)
+        monkeypatch.setattr(C, "PASS_AHEAD", on)
+        flat = {n: None if t is None else t.reshape(1, B * T, *t.shape[2:]) for n, t in x.items()}
+        with torch.no_grad():
+            dense = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=cs,
+                                initial_state=S0.float().to(DEV), output_final_state=True)
+            packed = chunk_delta(flat["q"], flat["k"], flat["v"], flat["beta"], flat["g"], chunk_size=cs,
+                                 initial_state=S0p, output_final_state=True, cu_seqlens=cu)
+        return dense, packed
+
+    (o, S), (op, Sp) = forward(True)
+    assert [(kw["T_TMA"], kw["AHEAD"]) for _, kw in scans] == [(tma, True), (False, True)]
+    (o0, S0_), (op0, Sp0) = forward(False)
+    assert [(kw["T_TMA"], kw["AHEAD"]) for _, kw in scans[2:]] == [(False, False)] * 2
+    for a, b in ((o, o0), (S, S0_), (op, op0), (Sp, Sp0)):
+        assert torch.equal(a, b)
+    o_r, S_r, _ = reference(mixer, d, S0, torch.zeros(B, T, H, V), None, None)
+    check("ahead:o", o, o_r)
+    check("ahead:final_state", S, S_r)
+
+
 SEGMENT_CASES = [   # B, T, H, K, V, chunk size, scale, h0, dht, SMs stood in (least), segments expected
     (2, 33, 1, 16, 16, 16, None, True, True, 1000, 3),     # a chunk a segment, the last ragged
     (1, 70, 1, 16, 16, 64, None, True, True, 1000, 2),     # the benchmark's chunk length
