@@ -47,6 +47,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from .. import _common
 from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, chunk_grid,
                        fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
                        tensor_descriptors)
@@ -1303,9 +1304,10 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     if N * H > 0:
         from_ks = wu and VN_FROM_KS    # the pass reads T, β (and the gates) every chunk
+        # (T in the operand dtype: fp32 for fp16 inputs, which descriptors do not serve, see TMA_DTYPES)
+        t_tma = PASS_T_TMA and from_ks and Tm.dtype in _common.TMA_DTYPES
         desc = tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
-                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"]),
-                                  **(dict(t=(Tm, BT)) if PASS_T_TMA and from_ks else {}))
+                                  v=(v, c_scan["BV"]), o=(o, c_scan["BV"]), **(dict(t=(Tm, BT)) if t_tma else {}))
         _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
