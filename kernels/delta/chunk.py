@@ -958,6 +958,11 @@ TRANS_FROM_KS = True
 # 0.603 / 0.933 at 16K (experiments_2026-12-03h.md §3–4). GPU-checked (gpu_check.md, twenty-eighth
 # session). False: forwards without a backward launch as those with one.
 VN_NARROW = True
+# The operand dtypes VN_NARROW serves: bf16. fp32 operands (fp16 inputs, with W and U forced into the
+# scan) faulted at narrow tiles on the H200, an illegal memory access (`python -m kernels.gpu_check
+# --only fused:deltanet/wu --dtypes float16`, 2026-12-04, experiments_2026-12-04d.md §2); the tests add
+# fp32 to run the path under the interpreter.
+VN_NARROW_OPERANDS = (torch.bfloat16,)
 
 
 def _pass_tile(NH: int, V: int, widest: int, device) -> int:
@@ -979,8 +984,10 @@ def _narrow(few: bool, BV: int, *dims: int) -> bool:
 def _wu_in_scan(inter: torch.dtype, narrow: bool, ks: bool = False) -> bool:
     """Whether a one-pass forward without a backward makes W and U inside the scan (see WU_IN_SCAN);
     never with few programs or narrow value tiles (``narrow``), unless the scan forms Vn from K S
-    (``ks``, where nothing else needs W: VN_FROM_KS) and VN_NARROW allows it."""
-    if WU_IN_SCAN is False or (narrow and not (ks and VN_FROM_KS and VN_NARROW)):
+    (``ks``, where nothing else needs W: VN_FROM_KS) and VN_NARROW allows it for these operands
+    (VN_NARROW_OPERANDS)."""
+    lifted = ks and VN_FROM_KS and VN_NARROW and inter in VN_NARROW_OPERANDS
+    if WU_IN_SCAN is False or (narrow and not lifted):
         return False
     return WU_IN_SCAN is True or inter == torch.bfloat16
 

@@ -487,6 +487,7 @@ def test_vn_from_ks_random_shapes(monkeypatch, count_launches, B, T, K, V, cs, g
     powers of two): the forward-only one pass forming Vn = T diag(β) (V − diag(e^G) K S) gives the
     float64 recurrence's output and final state, from a given initial state or none."""
     monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "VN_NARROW_OPERANDS", (torch.bfloat16, torch.float32))   # (the interpreter's)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)              # any dtype (the interpreter runs fp32)
     monkeypatch.setattr(C, "VN_FROM_KS", True)
@@ -511,6 +512,8 @@ def test_wu_in_scan_rule(monkeypatch):
     assert [C._wu_in_scan(bf, False), C._wu_in_scan(f32, False), C._wu_in_scan(bf, True)] == [True, False, False]
     monkeypatch.setattr(C, "WU_IN_SCAN", True)
     assert [C._wu_in_scan(f32, False), C._wu_in_scan(bf, True)] == [True, False]
+    # narrow tiles that form Vn from K S (VN_NARROW): the operands of VN_NARROW_OPERANDS (bf16) only
+    assert [C._wu_in_scan(bf, True, ks=True), C._wu_in_scan(f32, True, ks=True)] == [True, False]
     monkeypatch.setattr(C, "WU_IN_SCAN", False)
     assert C._wu_in_scan(bf, False) is False
 
@@ -522,6 +525,7 @@ def test_wu_in_scan_with_narrow_tiles(monkeypatch, count_launches, mixer, ks, na
     is forced (builds of such tiles faulted on the H200), unless it forms Vn from K S (VN_FROM_KS) with
     VN_NARROW on: then no _wu_kernel. Either way it matches float64."""
     monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "VN_NARROW_OPERANDS", (torch.bfloat16, torch.float32))   # (the interpreter's)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)
     monkeypatch.setattr(C, "VN_FROM_KS", ks)
@@ -560,6 +564,7 @@ def test_narrow_pass_only_without_backward(monkeypatch, count_launches, mixer):
     at 16-wide tiles forming Vn from K S (VN_NARROW), where 64-wide ones would leave SMs idle; with
     autograd it keeps two passes (the output kernel). Both match float64."""
     monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "VN_NARROW_OPERANDS", (torch.bfloat16, torch.float32))   # (the interpreter's)
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 4)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)              # any dtype (the interpreter runs fp32)
     out = count_launches(C, "_output_kernel")
