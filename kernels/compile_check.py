@@ -34,38 +34,26 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
-from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: E402
 
 from ._common import DTYPES  # noqa: E402
 
 SHARED_LIMIT = {90: 232448, 80: 166912}
 FAMILIES = ("scalar", "key", "delta", "titans")
-_TYPES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16", torch.int64: "i64",
-          torch.int32: "i32"}
 
 
-def signature(fn, args, kwargs) -> tuple[dict, dict]:
-    """Triton's (signature, constexprs) of one launch of ``fn`` with these arguments."""
-    bound = dict(zip(fn.arg_names, args))
-    bound.update(kwargs)
-    sig, consts = {}, {}
-    for p in fn.params:
-        v = bound[p.name] if p.name in bound else p.default   # a parameter left at its default
-        if p.is_constexpr or v is None:
-            sig[p.name], consts[p.name] = "constexpr", v
-        elif isinstance(v, torch.Tensor):
-            sig[p.name] = "*" + _TYPES[v.dtype]
-        elif isinstance(v, bool):
-            sig[p.name] = "i1"
-        elif isinstance(v, int):
-            sig[p.name] = "i32" if abs(v) < 2 ** 31 else "i64"
-        elif isinstance(v, float):
-            sig[p.name] = "fp32"
-        elif isinstance(v, TensorDescriptor):
-            sig[p.name] = f"tensordesc<{_TYPES[v.base.dtype]}{list(v.block_shape)}>"
-        else:
-            raise TypeError(f"{fn.__name__}: cannot type argument {p.name} ({type(v).__name__})")
-    return sig, consts
+def specialized(fn, args, kwargs, arch: int) -> tuple[dict, dict, dict]:
+    """Triton's (signature, constexprs, attributes) of one launch of ``fn`` with these arguments, made
+    by Triton's own argument binder as a launch on the GPU makes them: tensors 16-byte aligned and
+    integers that are multiples of 16 marked divisible (``tt.divisibility``), integers equal to 1 made
+    constants. Without those marks loads are not vectorised, so neither copied asynchronously nor
+    pipelined, and the registers and spills read differ from the launched build's."""
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", arch, 32))
+    bound, spec, _ = create_function_from_signature(fn.signature, fn.params, backend)(*args, **kwargs)
+    _, sig, consts, attrs = fn._pack_args(backend, kwargs, bound, spec, {})
+    return sig, consts, attrs
 
 
 def ptxas_report(ptx: str, arch: int) -> tuple[int | None, int | None]:
@@ -91,15 +79,15 @@ def compiled_launches(arch: int, label: str = ""):
 
     def compile_only(self, *args, grid, warmup=False, **kwargs):
         opts = {n: kwargs.pop(n) for n in ("num_warps", "num_stages", "maxnreg", "launch_pdl") if n in kwargs}
-        sig, consts = signature(self, args, kwargs)
-        k = triton.compile(ASTSource(self, sig, consts), target=GPUTarget("cuda", arch, 32), options=opts)
+        sig, consts, attrs = specialized(self, args, kwargs, arch)
+        k = triton.compile(ASTSource(self, sig, consts, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
         regs, spills = ptxas_report(k.asm["ptx"], arch)
         rows.append({"kernel": self.__name__, "label": label, "warps": k.metadata.num_warps,
                      "stages": opts.get("num_stages", 3), "shared": k.metadata.shared, "regs": regs,
                      "spill_stores": spills or 0,
                      # a link of a chain of dependent launches (chain_link): its wait is in the PTX
                      "pdl": "griddepcontrol.wait" in k.asm["ptx"],
-                     "key": (self.__name__, repr(sorted(consts.items())), tuple(sorted(sig.items())),
+                     "key": (self.__name__, repr(sorted(consts.items())), tuple(sorted(sig.items())), repr(attrs),
                              tuple(sorted(opts.items())))})
 
     import kernels._common as common
