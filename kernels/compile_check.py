@@ -4,8 +4,12 @@
                                     [--chunk 64] [--arch 90] [--segments] [--set MODULE.NAME=VALUE ...]
 
 The real launchers run on CPU tensors with every ``kernel[grid](...)`` turned into a compilation for
-sm_<arch> (Triton ships ptxas), so the launch settings checked are the ones used. ``ptxas -v`` then
-reports registers and spills. A kernel over the SM's shared memory (227 KB on sm_90) would fail at
+sm_<arch> (Triton ships ptxas), so the launch settings checked are the ones used, and specialised by
+Triton's own binder as a launch on the GPU is (16-byte-aligned tensors and integers that are multiples
+of 16 marked divisible: without the marks no load is vectorised or pipelined). ``ptxas -v`` then
+reports registers and spills; "async copies" counts the PTX's asynchronous copies to shared memory
+(cp.async, and the copy engine's for tensor descriptors), the loads that software pipelining issues
+ahead. A kernel over the SM's shared memory (227 KB on sm_90) would fail at
 launch; spills cost local-memory traffic. Exits 1 if one is over. Things the interpreter accepts and
 the GPU compiler does not fail here too, which is why the tests compile every family once.
 
@@ -87,6 +91,9 @@ def compiled_launches(arch: int, label: str = ""):
                      "spill_stores": spills or 0,
                      # a link of a chain of dependent launches (chain_link): its wait is in the PTX
                      "pdl": "griddepcontrol.wait" in k.asm["ptx"],
+                     # loads copied to shared memory asynchronously (cp.async, or the copy engine's
+                     # cp.async.bulk): what software pipelining issues a chunk or more ahead
+                     "async": len(re.findall(r"\bcp\.async\.(?:ca|cg|bulk\.tensor)\.", k.asm["ptx"])),
                      "key": (self.__name__, repr(sorted(consts.items())), tuple(sorted(sig.items())), repr(attrs),
                              tuple(sorted(opts.items())))})
 
@@ -183,8 +190,9 @@ def main(argv=None) -> int:
         ap.error(f"--K: comma-separated integers, got {args.K!r}")
     limit = SHARED_LIMIT.get(args.arch, 232448)
     over = 0
-    print("| family | dtype | K = V | kernel | where | warps | stages | shared KB | registers | spill stores (B) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| family | dtype | K = V | kernel | where | warps | stages | shared KB | registers | spill stores (B) "
+          "| async copies |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for family in families:
         for name in args.dtype.split(","):
             for K in dims:
@@ -192,7 +200,8 @@ def main(argv=None) -> int:
                     flag = " **over**" if r["shared"] > limit else ""
                     over += bool(flag)
                     print(f"| {family} | {name} | {K} | {r['kernel']} | {r['label']} | {r['warps']} | {r['stages']} | "
-                          f"{r['shared'] / 1024:.0f}{flag} | {r['regs']} | {r['spill_stores']} |", flush=True)
+                          f"{r['shared'] / 1024:.0f}{flag} | {r['regs']} | {r['spill_stores']} | {r['async']} |",
+                          flush=True)
     print(f"\n{over} kernels over the {limit // 1024} KB of shared memory of sm_{args.arch}")
     return int(over > 0)
 

@@ -31,7 +31,8 @@ def check(dtype: torch.dtype, K: int, V: int, chunk: int, arch: int, gated: bool
     Tt, H = 2 * chunk + 3, 2
     q = torch.zeros(Tt, H, K, dtype=dtype)
     v = torch.zeros(Tt, H, V, dtype=dtype)
-    beta, g = torch.zeros(Tt, H), torch.zeros(Tt, H) if gated else None
+    # β in the inputs' dtype and fp32 gates, as a layer makes them and the benchmark passes them
+    beta, g = torch.zeros(Tt, H, dtype=dtype), torch.zeros(Tt, H) if gated else None
     # an equal-length batch (its layout known on the host) for segments, else a packed one
     offsets = seq_bounds(None, 1, Tt, "cpu") if segments else torch.tensor([0, Tt], dtype=torch.int64)
     h0 = torch.zeros(1, H, K, V)
