@@ -1194,15 +1194,16 @@ SEGMENTS: bool | None = None
 # / 1.401 / 1.408 (fwd+bwd 4.39 / 4.28 / 4.31 / 4.53 and 5.14 / 4.76 / 4.97 / 5.02).
 SEGMENT_PROGRAMS_PER_SM = 3
 # The one pass that forms Vn from K S (forward only, whole sequences) reads each chunk's T, β and gates
-# besides its k, q, v tiles. Triton pipelines the tiles' loads (through descriptors, FUSED_TMA) but not
-# those: T's (a masked pointer load beside descriptor loads) nor the one-element-a-thread β and gates,
-# so each chunk began with a round trip to memory. PASS_T_TMA: T through a descriptor too (16-bit T),
-# pipelined with the tiles; PASS_AHEAD: β and the gates loaded one chunk ahead, into registers. H200,
+# besides its k, q, v tiles (descriptors, FUSED_TMA). Triton's pipeliner copies T and fp32 gates ahead
+# (cp.async) but cannot copy bf16 β, one 2-byte value a thread (an asynchronous copy moves 4 bytes at
+# least), so each chunk waited on a round trip to memory for it. PASS_AHEAD: β and the gates loaded
+# one chunk ahead, into registers; PASS_T_TMA: T through a descriptor (16-bit T), as the tiles. H200,
 # bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops delta,gdn --T T --set
 # kernels.delta.chunk.PASS_T_TMA=False --set kernels.delta.chunk.PASS_AHEAD=False`, three alternating
 # rounds, 2026-12-04): forward at 8K DeltaNet 0.399 → 0.373 ms, Gated DeltaNet 0.586 → 0.538; 16K 0.603
-# → 0.566, 0.937 → 0.892; 4K 0.322 → 0.314, 0.437 → 0.421 (experiments_2026-12-04d.md §2). GPU-checked.
-# False: the pointer load of T / β and gates loaded in their chunk.
+# → 0.566, 0.937 → 0.892; 4K 0.322 → 0.314, 0.437 → 0.421 (experiments_2026-12-04d.md §2; both switches
+# set together, neither timed alone). GPU-checked. False: the pointer load of T / β and gates loaded in
+# their chunk.
 PASS_T_TMA = True
 PASS_AHEAD = True
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
