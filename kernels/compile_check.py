@@ -9,7 +9,8 @@ Triton's own binder as a launch on the GPU is (16-byte-aligned tensors and integ
 of 16 marked divisible: without the marks no load is vectorised or pipelined). ``ptxas -v`` then
 reports registers and spills; "async copies" counts the PTX's asynchronous copies to shared memory
 (cp.async, and the copy engine's for tensor descriptors), the loads that software pipelining issues
-ahead. A kernel over the SM's shared memory (227 KB on sm_90) would fail at
+ahead, and "loads left in loops" names the loads a loop still issues itself (too narrow to copy
+ahead, or left out by the pipeliner), each waited for where its value is first used. A kernel over the SM's shared memory (227 KB on sm_90) would fail at
 launch; spills cost local-memory traffic. Exits 1 if one is over. Things the interpreter accepts and
 the GPU compiler does not fail here too, which is why the tests compile every family once.
 
@@ -60,6 +61,24 @@ def specialized(fn, args, kwargs, arch: int) -> tuple[dict, dict, dict]:
     return sig, consts, attrs
 
 
+def loads_in_loops(ttgir: str) -> list[str]:
+    """The loads a kernel's TTGIR still issues inside its loops (``tt.load`` in an ``scf.for`` body), named
+    by the variable they load into: after software pipelining, those it did not turn into asynchronous
+    copies (too narrow to copy, or left out). Each is waited for where its value is first used: in the
+    same iteration, unless the kernel itself loads a chunk ahead (a ``…_next`` value)."""
+    names, loops, depth = [], [], 0
+    for line in ttgir.splitlines():
+        if re.search(r"\bscf\.for\b.*\{\s*(loc\(.*\))?$", line):
+            loops.append(depth)
+        m = re.search(r"%([A-Za-z_][\w]*?)(?:_\d+)?(?::\d+)? = tt\.load\b", line)
+        if loops and m:
+            names.append(m.group(1))
+        depth += line.count("{") - line.count("}")
+        while loops and depth <= loops[-1]:
+            loops.pop()
+    return names
+
+
 def ptxas_report(ptx: str, arch: int) -> tuple[int | None, int | None]:
     """(registers a thread, bytes of spill stores) that ``ptxas -v`` reports for this PTX."""
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -94,6 +113,7 @@ def compiled_launches(arch: int, label: str = ""):
                      # loads copied to shared memory asynchronously (cp.async, or the copy engine's
                      # cp.async.bulk): what software pipelining issues a chunk or more ahead
                      "async": len(re.findall(r"\bcp\.async\.(?:ca|cg|bulk\.tensor)\.", k.asm["ptx"])),
+                     "loop_loads": loads_in_loops(k.asm["ttgir"]),
                      "key": (self.__name__, repr(sorted(consts.items())), tuple(sorted(sig.items())), repr(attrs),
                              tuple(sorted(opts.items())))})
 
@@ -191,8 +211,8 @@ def main(argv=None) -> int:
     limit = SHARED_LIMIT.get(args.arch, 232448)
     over = 0
     print("| family | dtype | K = V | kernel | where | warps | stages | shared KB | registers | spill stores (B) "
-          "| async copies |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| async copies | loads left in loops |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for family in families:
         for name in args.dtype.split(","):
             for K in dims:
@@ -200,8 +220,8 @@ def main(argv=None) -> int:
                     flag = " **over**" if r["shared"] > limit else ""
                     over += bool(flag)
                     print(f"| {family} | {name} | {K} | {r['kernel']} | {r['label']} | {r['warps']} | {r['stages']} | "
-                          f"{r['shared'] / 1024:.0f}{flag} | {r['regs']} | {r['spill_stores']} | {r['async']} |",
-                          flush=True)
+                          f"{r['shared'] / 1024:.0f}{flag} | {r['regs']} | {r['spill_stores']} | {r['async']} | "
+                          f"{', '.join(r['loop_loads']) or '-'} |", flush=True)
     print(f"\n{over} kernels over the {limit // 1024} KB of shared memory of sm_{args.arch}")
     return int(over > 0)
 

@@ -133,3 +133,31 @@ def test_gla_one_pass_chains_its_launches_with_the_switch():
     rows, chained = _chained_rows(_KEY_PDL_ROWS)
     assert chained == {("_gate_kernel", "one_pass_forward"), ("_strong_scores_kernel", "one_pass_forward"),
                        ("_fused_fwd_kernel", "one_pass_forward"), ("_fused_fwd_kernel", "one_pass,_alone")}, rows
+
+
+_TTGIR = """
+  tt.func public @k(%p: !tt.ptr<f32>) {
+    %bos_3 = tt.load %p : !tt.ptr<f32>
+    %b_h:2 = scf.for %c = %c0_i32 to %n step %c1_i32 iter_args(%a = %x) -> (tensor<64xf32>) : i32 {
+      %b_beta_next_151 = tt.load %q, %m, %o : tensor<64x!tt.ptr<bf16>, #blocked>
+      %b_k_7 = ttg.async_copy_global_to_local %r, %buf : tensor<64x64x!tt.ptr<bf16>, #blocked>
+      %0 = scf.if %strong -> (tensor<64x64xf32>) {
+        %b_A_9 = tt.load %s, %m2 : tensor<64x64x!tt.ptr<bf16>, #blocked1>
+        scf.yield %b_A_9 : tensor<64x64xf32>
+      }
+      scf.yield %a : tensor<64xf32>
+    } loc(#loc12)
+    %after_5 = tt.load %w : !tt.ptr<f32>
+    tt.return
+  }
+"""
+
+
+def test_loads_left_in_loops_are_named(monkeypatch):
+    """The report's last column: loads a loop body still issues itself (a branch's included), named by
+    their variable; none outside loops, none copied asynchronously."""
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))
+    from kernels.compile_check import loads_in_loops
+
+    assert loads_in_loops(_TTGIR) == ["b_beta_next", "b_A"]
+    assert loads_in_loops(_TTGIR.split("%b_h:2")[0]) == []   # the kernel's start: no loop yet
