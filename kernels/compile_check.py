@@ -10,9 +10,10 @@ of 16 marked divisible: without the marks no load is vectorised or pipelined). `
 reports registers and spills; "async copies" counts the PTX's asynchronous copies to shared memory
 (cp.async, and the copy engine's for tensor descriptors), the loads that software pipelining issues
 ahead, and "loads left in loops" names the loads a loop still issues itself (too narrow to copy
-ahead, or left out by the pipeliner), each waited for where its value is first used. A kernel over the SM's shared memory (227 KB on sm_90) would fail at
-launch; spills cost local-memory traffic. Exits 1 if one is over. Things the interpreter accepts and
-the GPU compiler does not fail here too, which is why the tests compile every family once.
+ahead, or left out by the pipeliner), each waited for where its value is first used. A kernel over
+the SM's shared memory (227 KB on sm_90) would fail at launch; spills cost local-memory traffic.
+Exits 1 if one is over. Things the interpreter accepts and the GPU compiler does not fail here too,
+which is why the tests compile every family once.
 
 The diagonal families (``scalar``: Mamba-2 / simple GLA, ``key``: GLA) are compiled in each of their
 forward paths — the two-pass kernels, the one pass, and (``--segments``) the one pass over segments —

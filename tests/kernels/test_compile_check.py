@@ -57,7 +57,6 @@ def test_a_launchs_register_cap_reaches_the_compiler():
     assert rows and all(int(r[8]) <= 96 for r in rows), rows
 
 
-
 def test_launches_are_specialised_as_on_the_gpu():
     """Each launch is compiled with the alignment marks Triton's launcher gives it on the GPU, so the
     pointer loads of the delta rule's scans are vectorised and pipelined (asynchronous copies in the PTX;
@@ -69,6 +68,7 @@ def test_launches_are_specialised_as_on_the_gpu():
     # (unmarked, both builds had none)
     assert int(rows[("_output_kernel", "forward")][10]) > 0, res.stdout
     assert int(rows[("_dqkw_kernel", "backward")][10]) > 0, res.stdout
+
 
 @pytest.mark.parametrize("args,message", [
     (["--family", "gla"], "--family: gla not one of scalar, key, delta, titans"),
