@@ -180,13 +180,6 @@ GATE_LOADS_FIRST = True
 # kernels.diag.chunk_key.PASS_PDL=True`, three alternating rounds, 2026-12-04): forward 0.390 → 0.386 ms
 # at 4K, 0.390 → 0.389 at 1K (fwd+bwd 2.878 → 2.869, 2.858 → 2.852). False: plain launches.
 PASS_PDL = True
-# The forward-only pass's queries stored by the gate kernel as Q ⊙ e^{G − s}, s = max(G_L, −LIM) per
-# key (G − s ≤ LIM), and the pass's output product taken against the state scaled by e^{s}: in a
-# chunk decaying by less than LIM, s = G_L, so that scaled state is the decayed one the state update
-# makes anyway, and the scores (Q ⊙ e^{G − G_L})(K ⊙ e^{G_L − G})ᵀ take the stored queries as they
-# are — no rescaled copy of the queries a chunk. The backward reads Q ⊙ e^{G}: a forward before one
-# stores that. False: Q ⊙ e^{G}, rescaled by e^{−G_L} in the pass for the scores.
-PASS_SHIFTED_QUERIES = True
 
 
 def _alloc(*shape, **kw) -> Tensor:
@@ -240,8 +233,7 @@ def _excl_combine(s1, p1, s2, p2):
 @triton.jit
 def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
                  H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
-                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False, PDL: tl.constexpr = False,
-                 SHIFT: tl.constexpr = False, LIM: tl.constexpr = 0.0):
+                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False, PDL: tl.constexpr = False):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
@@ -250,8 +242,7 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     HEADS_INNER: the grid is (key blocks, heads, chunks), so that programs launched together read
     whole rows (GATE_HEADS_INNER); else (key blocks, chunks, heads). LOADS_FIRST: q and k loaded
     before the decays are summed (GATE_LOADS_FIRST). PDL: the first link of the one pass's chain of
-    dependent launches (PASS_PDL). SHIFT: the queries as Q ⊙ e^{G − max(G_L, −LIM)} instead
-    (PASS_SHIFTED_QUERIES).
+    dependent launches (PASS_PDL).
     """
     chain_link(PDL)
     i_k = tl.program_id(0)
@@ -274,8 +265,6 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
         b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
         b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
-    if SHIFT:
-        b_G = b_G - tl.maximum(b_GL, -LIM)[None, :]
     tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
     tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
     tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
@@ -482,8 +471,7 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False,
-                      SHIFTED: tl.constexpr = False):
+                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -493,8 +481,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
-    during the chunk before it (PASS_AHEAD). SHIFTED: qd holds Q ⊙ e^{G − max(G_L, −LIM)}
-    (PASS_SHIFTED_QUERIES; not with STORE)."""
+    during the chunk before it (PASS_AHEAD)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -520,22 +507,10 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             n_GL = tl.load(GL + ((c0 + c + 1) * H + i_h) * K + o_k, mask=m_k & (c + 1 < nc), other=0.0)
         else:
             b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
-        mild = -tl.min(b_GL, axis=0) < LIM
-        if SHIFTED:   # the state decayed through the chunk, and scaled to the queries' e^{−s}
-            b_hd = b_h * tl.exp(b_GL)[:, None]
-            if mild:
-                b_hs = b_hd
-            else:
-                b_hs = b_h * tl.exp(tl.maximum(b_GL, -LIM))[:, None]
-            b_o = tl.dot(b_qd, b_hs.to(b_qd.dtype), input_precision=PREC)
-        else:
-            # the state enters the product in the input dtype, as the stored states of the two-pass path
-            b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
-        if mild:
-            if SHIFTED:
-                b_qs = b_qd
-            else:
-                b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
+        # the state enters the product in the input dtype, as the stored states of the two-pass path
+        b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
+        if -tl.min(b_GL, axis=0) < LIM:
+            b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
             b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
             if STORE:
                 if i_v == 0:
@@ -548,10 +523,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
         store_chunk(o, None, (b_o * scale).to(o.dtype.element_ty), False, 0, 0, c, c_start, i_h, i_v, m_t, m_v,
                     o_tv, H, V, BT, BV)
-        if SHIFTED:
-            b_h = b_hd + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
-        else:
-            b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
 
@@ -813,9 +785,8 @@ def _blocks(K: int, V: int) -> tuple[int, int]:
 
 
 def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Tensor,
-           BK: int, pdl: bool = False, shift: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """Q ⊙ e^{G} (with ``shift``, Q ⊙ e^{G − max(G_L, −LIM)}), K ⊙ e^{G_L − G} ([T, H, K], the inputs'
-    dtype) and G_L ([NC, H, K], fp32)."""
+           BK: int, pdl: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} ([T, H, K], the inputs' dtype) and G_L ([NC, H, K], fp32)."""
     Tt, H, K = q.shape
     NC = chunk_indices.shape[0]
     qd, kd = _alloc(Tt, H, K, dtype=q.dtype, device=q.device), _alloc(Tt, H, K, dtype=k.dtype, device=q.device)
@@ -824,7 +795,6 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
         grid, inner = chunk_grid((cdiv(K, BK),), NC, H, on=GATE_HEADS_INNER)
         _gate_kernel[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
                            FAST=_fast(q.dtype), HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST,
-                           SHIFT=shift, LIM=_lim(q.dtype),
                            **dependent_launch(pdl, q.device, first=True),
                            **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
@@ -845,8 +815,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
     pdl = PASS_PDL and nseg == 1
-    shifted = PASS_SHIFTED_QUERIES and not keep   # (the backward reads Q ⊙ e^{G})
-    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, pdl, shifted)
+    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, pdl)
     NC = chunk_indices.shape[0]
     if NC:
         cpp = STRONG_SCORES_CHUNKS
@@ -859,7 +828,6 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
     launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
-                  SHIFTED=shifted,
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,

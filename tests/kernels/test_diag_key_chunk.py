@@ -592,21 +592,3 @@ def test_gate_loads_first(one_pass, monkeypatch, count_launches, backward):
     x = _inputs(2, 150 if not backward else 67, 2, 80 if not backward else 16, 16, "bursts", seed=4)
     _same_bits_either_way(monkeypatch, "GATE_LOADS_FIRST", x, backward)
     assert [kw["LOADS_FIRST"] for _, kw in gates] == [False, True]
-
-
-@pytest.mark.parametrize("regime", ["mild", "bursts", "strong"])
-def test_shifted_queries(one_pass, monkeypatch, count_launches, regime):
-    """chunk_key.PASS_SHIFTED_QUERIES (queries stored as Q ⊙ e^{G − max(G_L, −LIM)}, the default the
-    tests above check): on and off, the forward-only pass matches float64 over mild chunks, strong ones
-    (where the shift is capped at LIM) and both (K = 80: a partial key block; T ragged); a forward
-    before a backward stores Q ⊙ e^{G}, as the backward reads."""
-    gates = count_launches(chunk_key, "_gate_kernel")
-    x = _inputs(2, 150, 2, 80, 16, regime, seed=21)
-    o_ref, S_ref, _ = _reference(x, True)
-    for on in (False, True):
-        monkeypatch.setattr(chunk_key, "PASS_SHIFTED_QUERIES", on)
-        o, S = _forward(x)
-        assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (on, rel_err(o, o_ref), rel_err(S, S_ref))
-    _check(_inputs(1, 67, 2, 16, 16, regime, seed=22))
-    assert [kw["SHIFT"] for _, kw in gates] == [False, True, False]
-    assert [kw["SHIFTED"] for _, kw in one_pass] == [False, True, False]
