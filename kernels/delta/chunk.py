@@ -408,7 +408,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
                   o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False,
-                  t_d=None, T_TMA: tl.constexpr = False, AHEAD: tl.constexpr = False, EARLY: tl.constexpr = False):
+                  t_d=None, T_TMA: tl.constexpr = False, AHEAD: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -422,9 +422,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
     through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA);
     T_TMA (with TMA): T through t_d too (PASS_T_TMA). AHEAD (with W, U from K S): each chunk's β and
-    gates loaded a chunk ahead (PASS_AHEAD). EARLY (with W, U from K S and OUT, without STORE_H, TRANS
-    or ZERO_U): the products that do not wait on Vn issued with K S, and the state's update before
-    the outputs are finished (PASS_EARLY)."""
+    gates loaded a chunk ahead (PASS_AHEAD)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -482,15 +480,6 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             else:
                 b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
             b_ks = _mm(b_kr, b_S, DT, PREC)
-            if EARLY:   # the products that need no Vn, issued beside K S (the same operand tile S)
-                if TMA:
-                    b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
-                else:
-                    b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
-                b_o = _mm(b_q, b_S, DT, PREC)
-                b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC)
-                if GATED:   # the decayed keys, off the chain S → K S → Vn → S'
-                    b_kd = (b_kr.to(tl.float32) * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]).to(DT)
             if GATED:
                 b_ks = b_ks * tl.exp(b_G + b_Gl)[:, None]
             if ZERO_U:
@@ -533,19 +522,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                 b_pn = (-_mm(b_w, b_P, DT, PREC)).to(vn.dtype.element_ty)
         if STORE_H:
             tl.store(vn + r_v + o_tv, b_vn, mask=m_tv)
-        if EARLY:
-            # the state moves on first: its product runs while the outputs are finished
-            if GATED:
-                b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
-            else:
-                b_S += _mm(tl.trans(b_kr), b_vn, DT, PREC)
-            b_A = b_A * _gamma(b_G, b_Gl, BT, False, GATED)
-            if GATED:
-                b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
-            b_o += _mm(b_A, b_vn, DT, PREC)
-            store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t,
-                        m_v, o_tv, H, V, BT, BV)
-        elif OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
+        if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
             if TMA:
                 b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
             else:
@@ -559,9 +536,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                         m_v, o_tv, H, V, BT, BV)
         # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
         # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
-        if EARLY:
-            pass
-        elif GATED:
+        if GATED:
             b_kd = b_kr.to(tl.float32) * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
             b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
             if TRANS:
@@ -1231,7 +1206,6 @@ SEGMENT_PROGRAMS_PER_SM = 3
 # their chunk.
 PASS_T_TMA = True
 PASS_AHEAD = True
-PASS_EARLY = True
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
 # without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel, each scan reading T, k, v and
 # β instead of W and U. H200, bf16, H = 16, K = V = 128, T = 32K (`python -m kernels.sweep ab --ops
@@ -1351,7 +1325,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
             OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, T_TMA="t_d" in desc,
-            AHEAD=PASS_AHEAD and from_ks, EARLY=PASS_EARLY and from_ks and not keep, **desc, **c_scan)
+            AHEAD=PASS_AHEAD and from_ks, **desc, **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](

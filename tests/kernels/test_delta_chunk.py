@@ -742,41 +742,6 @@ def test_pass_reads_t_and_gates_ahead(monkeypatch, count_launches, mixer, tma):
     check("ahead:final_state", S, S_r)
 
 
-@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
-@pytest.mark.parametrize("tma", [True, False], ids=["descriptors", "pointers"])
-def test_pass_issues_early(monkeypatch, count_launches, mixer, tma):
-    """PASS_EARLY: the forward-only one pass that forms Vn from K S issues Q S and Q Kᵀ beside K S and
-    updates the state before it finishes the outputs — the same operations in another order: the same
-    bits as without, dense and packed (three sequences, the last chunks ragged), and vs float64."""
-    import kernels._common
-
-    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
-    for name, value in (("FUSED_TMA", tma), ("FUSED_FORWARD", True), ("FUSED_MIN_PROGRAMS", 1), ("WU_IN_SCAN", True)):
-        monkeypatch.setattr(C, name, value)
-    scans = count_launches(C, "_state_kernel")
-    B, T, H, K, V, cs = 2, 75, 2, 24, 20, 16
-    d = inputs(mixer, B, T, H, K, V, seed=10)
-    S0 = cotangents(B, T, H, K, V, B, True, False)[0].float().to(DEV)
-    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
-    flat = {n: None if t is None else t.reshape(1, B * T, *t.shape[2:]) for n, t in x.items()}
-    cu = torch.tensor([0, 75, 115, 150], device=DEV)
-
-    def forward(on):
-        monkeypatch.setattr(C, "PASS_EARLY", on)
-        with torch.no_grad():
-            return [*chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=cs, initial_state=S0,
-                                 output_final_state=True),
-                    *chunk_delta(flat["q"], flat["k"], flat["v"], flat["beta"], flat["g"], chunk_size=cs,
-                                 initial_state=torch.cat([S0, S0[:1]]), output_final_state=True, cu_seqlens=cu)]
-
-    early, late = forward(True), forward(False)
-    assert [kw["EARLY"] for _, kw in scans] == [True, True, False, False]
-    assert all(torch.equal(a, b) for a, b in zip(early, late))
-    o_r, S_r, _ = reference(mixer, d, S0.cpu().double(), torch.zeros(B, T, H, V), None, None)
-    check("early:o", early[0], o_r)
-    check("early:final_state", early[1], S_r)
-
-
 SEGMENT_CASES = [   # B, T, H, K, V, chunk size, scale, h0, dht, SMs stood in (least), segments expected
     (2, 33, 1, 16, 16, 16, None, True, True, 1000, 3),     # a chunk a segment, the last ragged
     (1, 70, 1, 16, 16, 64, None, True, True, 1000, 2),     # the benchmark's chunk length
