@@ -1201,9 +1201,14 @@ SEGMENT_PROGRAMS_PER_SM = 3
 # bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops delta,gdn --T T --set
 # kernels.delta.chunk.PASS_T_TMA=False --set kernels.delta.chunk.PASS_AHEAD=False`, three alternating
 # rounds, 2026-12-04): forward at 8K DeltaNet 0.399 → 0.373 ms, Gated DeltaNet 0.586 → 0.538; 16K 0.603
-# → 0.566, 0.937 → 0.892; 4K 0.322 → 0.314, 0.437 → 0.421 (experiments_2026-12-04d.md §2; both switches
-# set together, neither timed alone). GPU-checked. False: the pointer load of T / β and gates loaded in
-# their chunk.
+# → 0.566, 0.937 → 0.892; 4K 0.322 → 0.314, 0.437 → 0.421 (experiments_2026-12-04d.md §2, both switches
+# set together). Apart, at 8K (2026-12-04, experiments_2026-12-04e.md §2): PASS_AHEAD off alone 0.370
+# → 0.378 (Gated 0.534 → 0.572), PASS_T_TMA off alone 0.371 → 0.385 (0.537 → 0.559). GPU-checked.
+# False: the pointer load of T / β and gates loaded in their chunk.
+# (Tried and removed: this pass issuing Q S and Q Kᵀ beside K S and updating the state before the
+# outputs, the same bits — Triton waits on each of the loop's warp-group products as soon as it is
+# issued, so the order overlaps nothing, and at 64-wide tiles it spilled: DeltaNet 0.313 → 0.361 ms at
+# 4K, Gated DeltaNet 0.417 → 0.536; experiments_2026-12-04e.md §3.)
 PASS_T_TMA = True
 PASS_AHEAD = True
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward

@@ -180,6 +180,10 @@ GATE_LOADS_FIRST = True
 # kernels.diag.chunk_key.PASS_PDL=True`, three alternating rounds, 2026-12-04): forward 0.390 → 0.386 ms
 # at 4K, 0.390 → 0.389 at 1K (fwd+bwd 2.878 → 2.869, 2.858 → 2.852). False: plain launches.
 PASS_PDL = True
+# (Tried and removed, 2026-12-04: the forward-only pass's queries stored as Q ⊙ e^{G − max(G_L, −LIM)},
+# so that no chunk rescales its query tile for the scores (`PASS_SHIFTED_QUERIES`): the pass then asked
+# for 120 KB of shared memory instead of 104, one program an SM; GLA forward 0.376 → 0.452 ms at 4K,
+# and at two stages still 0.378 → 0.387; experiments_2026-12-04e.md §1.)
 
 
 def _alloc(*shape, **kw) -> Tensor:
