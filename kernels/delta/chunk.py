@@ -41,6 +41,8 @@ states and gradients are fp32.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -944,7 +946,8 @@ VN_FROM_KS = True
 TRANS_FROM_KS = True
 # A forward without a backward that forms Vn from K S makes no W in any program, so value tiles under 64
 # wide cost it no [BT, K] product per tile: where 64-wide tiles would leave SMs idle, its one pass takes
-# the widest of 64, 32, 16 that gives a program per SM (_pass_tile), and runs with W, U in the scan
+# the widest of 64, 32, 16 that gives a program per SM (_pass_tile; since 2026-12-04 one for
+# PASS_SM_SHARE of them), and runs with W, U in the scan
 # there too (WU_IN_SCAN refuses narrow tiles otherwise), at LAUNCH["state_narrow"]'s warps and stages.
 # At the benchmark's shapes: 8K (64 sequence-heads) 32-wide tiles, 256 programs, in place of 64-wide
 # ones, 128; 16K (32) one pass at 16-wide, 256 programs, in place of two passes. Forwards with a
@@ -965,14 +968,51 @@ VN_NARROW = True
 VN_NARROW_OPERANDS = (torch.bfloat16,)
 
 
-def _pass_tile(NH: int, V: int, widest: int, device) -> int:
+# The programs VN_NARROW's value tile must give: PASS_SM_SHARE of the SMs, not all of them — a tile
+# twice as wide with all but a few SMs busy (128 programs for 132 SMs) beat the narrower one with two
+# programs an SM, except Gated DeltaNet's 64-wide tile (80 B of spills at 255 registers), which keeps
+# the whole-SM rule. H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep launch --ops delta,gdn
+# --kernels state_out --T T`, 2026-12-04): the pass at 8K, DeltaNet 64-wide 0.269 ms against 32-wide
+# 0.285, Gated DeltaNet 0.479 against 0.428; at 16K 32-wide against 16-wide 0.404 / 0.475 and 0.710 /
+# 0.778 (all at three stages, LONE_STAGES). The forward, `python -m kernels.sweep ab --ops delta,gdn
+# --T T --set "kernels.delta.chunk.LAUNCH[state_out]={'BV': …, 'num_warps': 4, 'num_stages': 3}"`:
+# DeltaNet 8K 0.369 → 0.360 ms, 16K 0.563 → 0.496, Gated DeltaNet 16K 0.892 → 0.823
+# (experiments_2026-12-04e.md §4). 1.0: a program per SM.
+PASS_SM_SHARE = 0.95
+
+
+def _pass_tile(NH: int, V: int, widest: int, device, gated: int = 0) -> int:
     """Value tile of a forward-only one pass that forms Vn from K S (VN_NARROW): the widest of ``widest``
-    and its halves down to 16 (none wider than V needs) that gives a program per SM, else 16."""
-    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
+    and its halves down to 16 (none wider than V needs) that gives _pass_least programs, else 16."""
     bv = min(widest, max(16, next_pow2(V)))
-    while bv > 16 and NH * cdiv(V, bv) < least:
+    while bv > 16 and NH * cdiv(V, bv) < _pass_least(bv, device, gated):
         bv //= 2
     return bv
+
+
+def _pass_least(BV: int, device, gated: int) -> int:
+    """The programs a forward-only pass's value tile BV must give (PASS_SM_SHARE): all but a few SMs'
+    worth, or, for a gated 64-wide tile, a program per SM."""
+    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
+    return least if gated and BV >= 64 else math.ceil(PASS_SM_SHARE * least)
+
+
+# Three pipelining stages for a one pass whose programs are no more than the SMs (one an SM: its
+# shared memory to itself) — where the forward-only pass's tile is as wide as the scan's (narrower ones
+# take LAUNCH["state_narrow"], three stages already), and before a backward for DeltaNet. H200, bf16,
+# H = 16, K = V = 128, T = 8K (128 programs of 64-wide tiles; `python -m kernels.sweep launch --ops delta
+# --kernels state_out --T 8192`, 2026-12-04): DeltaNet's forward-only pass 0.269 ms at three stages
+# against 0.338 at two; `python -m kernels.sweep ab --ops delta,gdn --T 8192 --set
+# "kernels.delta.chunk.LAUNCH[state]={'BV': 64, 'num_warps': 4, 'num_stages': 3}"` (the pass before a
+# backward): DeltaNet fwd+bwd 2.401 → 2.338 ms, Gated DeltaNet 3.176 → 3.257 (so not for a gate).
+# False: the scan's stages.
+LONE_STAGES = True
+
+
+def _lone(NH: int, V: int, BV: int, device) -> bool:
+    """Whether a scan over NH sequence-heads with value tile BV has at most a program per SM."""
+    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
+    return NH * cdiv(V, BV) <= least
 
 
 def _narrow(few: bool, BV: int, *dims: int) -> bool:
@@ -1165,15 +1205,15 @@ SEGMENTS_TMA = False
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
-def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int) -> bool:
+def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int, narrow: bool = False) -> bool:
     """Whether the forward runs as one pass: FUSED_FORWARD (None: on CUDA, not with fp64 gates, see
-    _gated), K ≤ 128, and a program per SM."""
+    _gated), K ≤ 128, and a program per SM (``narrow``: VN_NARROW's tile, _pass_least's programs)."""
     if FUSED_FORWARD is False or KP > 128:
         return False
     if FUSED_FORWARD is None and (gated == 1 or torch.device(device).type != "cuda"):
         return False
     least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
-    return NH * cdiv(V, BV) >= least
+    return NH * cdiv(V, BV) >= (_pass_least(BV, device, gated) if narrow else least)
 
 
 # The forward over segments where the scan has fewer programs than SMs (long T, small B): each segment's
@@ -1298,14 +1338,17 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         # a forward-only pass forming Vn from K S: tiles as narrow as a program per SM needs (VN_NARROW)
         # (fp32 operands keep the state kernels' tile BVS at most: [K, BV] fp32 operand tiles)
         widest = min(64 if inter == torch.bfloat16 else BVS, max(16, next_pow2(V)))
-        BVP = _pass_tile(N * H, V, widest, dev)
-        fused = _one_pass(N * H, V, BVP, KP, dev, gated)
+        BVP = _pass_tile(N * H, V, widest, dev, gated)
+        fused = _one_pass(N * H, V, BVP, KP, dev, gated, narrow=True)
         if fused:
             c_scan = c_scan | {"BV": BVP}
-            if BVP < widest:
+            if BVP < widest or (LONE_STAGES and _lone(N * H, V, BVP, dev)):
                 c_scan = _cfg("state_narrow", inter, K, V, **c_scan)
     else:
         fused = _one_pass(N * H, V, BVF, KP, dev, gated)
+        if fused and LONE_STAGES and not gated and inter == torch.bfloat16 and max(K, V) <= 128 \
+                and _lone(N * H, V, c_scan["BV"], dev):   # (before a backward: ungated only)
+            c_scan = c_scan | {"num_stages": 3}
     if fused:
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
     # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V

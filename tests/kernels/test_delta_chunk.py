@@ -531,7 +531,7 @@ def test_wu_in_scan_with_narrow_tiles(monkeypatch, count_launches, mixer, ks, na
     monkeypatch.setattr(C, "VN_FROM_KS", ks)
     monkeypatch.setattr(C, "VN_NARROW", narrow)
     monkeypatch.setattr(C, "_state_launch", lambda BVS, KP, V, inter, nw, NH, device: (32, nw))
-    monkeypatch.setattr(C, "_pass_tile", lambda NH, V, widest, device: 32)
+    monkeypatch.setattr(C, "_pass_tile", lambda NH, V, widest, device, gated=0: 32)
     assert C._wu_in_scan(torch.bfloat16, True, ks=True) == (ks and narrow)
     wu = count_launches(C, "_wu_kernel")
     scans = count_launches(C, "_state_kernel")
@@ -548,14 +548,25 @@ def test_wu_in_scan_with_narrow_tiles(monkeypatch, count_launches, mixer, ks, na
 
 def test_pass_tile_rule(monkeypatch):
     """VN_NARROW's value tile: the widest of 64, 32, 16 (at most ``widest``, no wider than V needs) that
-    gives a program per SM (132 stood in for the H200's): the benchmark's 4K / 8K / 16K at 64 / 32 / 16,
-    and 16 where none does."""
+    gives a program to 95% of the SMs (PASS_SM_SHARE; 132 stood in for the H200's), to every SM for a
+    gated 64-wide tile: the benchmark's 4K / 8K / 16K at 64 / 64 / 32 for DeltaNet, 64 / 32 / 32 for
+    Gated DeltaNet, and 16 where none does; the one pass runs at that tile. Three stages where the
+    programs are no more than the SMs (LONE_STAGES)."""
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 132)
     cuda = torch.device("cuda")
-    assert [C._pass_tile(nh, 128, 64, cuda) for nh in (128, 64, 32, 16)] == [64, 32, 16, 16]
+    gated = C._gated(torch.ones(1), torch.bfloat16)
+    assert [C._pass_tile(nh, 128, 64, cuda) for nh in (128, 64, 32, 16, 8)] == [64, 64, 32, 16, 16]
+    assert [C._pass_tile(nh, 128, 64, cuda, gated) for nh in (128, 64, 32, 16, 8)] == [64, 32, 32, 16, 16]
     assert C._pass_tile(128, 128, 32, cuda) == 32          # fp32 operands: the state tile at most
     assert C._pass_tile(300, 20, 64, cuda) == 32           # V = 20: a 32-wide tile covers it
     assert C._pass_tile(100, 20, 64, cuda) == 16
+    # the one pass at such a tile: 128 programs for 132 SMs (64 sequence-heads, 64-wide), not 120
+    assert C._one_pass(64, 128, 64, 128, cuda, 0, narrow=True) and not C._one_pass(64, 128, 64, 128, cuda, 0)
+    assert not C._one_pass(60, 128, 64, 128, cuda, 0, narrow=True)
+    assert not C._one_pass(64, 128, 64, 128, cuda, gated, narrow=True)
+    assert [C._lone(nh, 128, 64, cuda) for nh in (64, 66, 67)] == [True, True, False]
+    monkeypatch.setattr(C, "PASS_SM_SHARE", 1.0)           # the old rule: a program per SM
+    assert [C._pass_tile(nh, 128, 64, cuda) for nh in (128, 64, 32, 16)] == [64, 32, 16, 16]
 
 
 @pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
@@ -580,6 +591,25 @@ def test_narrow_pass_only_without_backward(monkeypatch, count_launches, mixer):
     monkeypatch.setattr(C, "VN_NARROW", False)              # switched off: two passes without autograd too
     compare_no_grad("narrow_pass_off", mixer, d, S0, do, None, 16)
     assert len(out) == 2
+
+
+def test_narrow_pass_on_most_sms(monkeypatch, count_launches):
+    """The forward-only pass at VN_NARROW's tile runs as one pass where its programs cover 95% of the SMs
+    (PASS_SM_SHARE; 42 stood in for the SMs: ten sequence-heads at 16-wide tiles, 40 programs), where
+    a program per SM would have sent it to two passes; it matches float64 either way."""
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "VN_NARROW_OPERANDS", (torch.bfloat16, torch.float32))   # (the interpreter's)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 42)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)
+    out = count_launches(C, "_output_kernel")
+    scans = count_launches(C, "_state_kernel")
+    d = inputs("deltanet", 5, 20, 2, 16, 64, seed=6)
+    S0, do, _ = cotangents(5, 20, 2, 16, 64, 5, True, False)
+    compare_no_grad("most_sms", "deltanet", d, S0, do, None, 16)
+    assert len(out) == 0 and [(kw["OUT"], kw["BV"]) for _, kw in scans] == [(True, 16)]
+    monkeypatch.setattr(C, "PASS_SM_SHARE", 1.0)
+    compare_no_grad("most_sms_off", "deltanet", d, S0, do, None, 16)
+    assert len(out) == 1
 
 
 def test_forward_only_pass_allocates_no_stand_ins(monkeypatch):
