@@ -411,8 +411,9 @@ def _wu_rows(lines: list[str], mixer: str, dt, bdt, rep) -> int:
     per SM): whole sequences (8 × 16 sequence-heads, 64-wide value tiles); over segments
     (SEGMENTS_WU_IN_SCAN; 2 × 4 sequence-heads) with the transitions' scan using W, then forming
     Pn = −T diag(β e^G) K P without it (TRANS_FROM_KS); and, where 64-wide tiles would leave SMs idle, the
-    forward-only pass's narrower ones (VN_NARROW, at the GPU's SM count: 2 × 16 sequence-heads, 16-wide
-    tiles, the benchmark's 16K; repeated at 4 × 16, 32-wide, its 8K). β in ``bdt``. Returns the failures."""
+    forward-only pass's narrower ones (VN_NARROW, at the GPU's SM count: 2 × 16 sequence-heads, the
+    benchmark's 16K, 32-wide tiles, 128 programs on the H200; repeated at 4 × 16, its 8K: DeltaNet 64-wide,
+    one program an SM, Gated DeltaNet 32-wide). β in ``bdt``. Returns the failures."""
     import kernels.delta.chunk as dlt
 
     seg_wu = ((dlt, "WU_IN_SCAN", True), (dlt, "SEGMENTS", True), (dlt, "FUSED_MIN_PROGRAMS", 10 ** 4),
