@@ -1231,7 +1231,10 @@ def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int, narrow: boo
 SEGMENTS: bool | None = None
 # Segments = this × SMs / the scan's programs (at most one per chunk). At T = 32K, 2 / 3 / 4 / 8 (9 / 13
 # / 17 / 32 segments): forward DeltaNet 1.289 / 1.202 / 1.261 / 1.356 ms, Gated DeltaNet 1.486 / 1.277
-# / 1.401 / 1.408 (fwd+bwd 4.39 / 4.28 / 4.31 / 4.53 and 5.14 / 4.76 / 4.97 / 5.02).
+# / 1.401 / 1.408 (fwd+bwd 4.39 / 4.28 / 4.31 / 4.53 and 5.14 / 4.76 / 4.97 / 5.02). Re-timed
+# 2026-12-04 (`python -m kernels.sweep ab --ops delta,gdn --T 32768 --set
+# kernels.delta.chunk.SEGMENT_PROGRAMS_PER_SM=S`): 3 against 1 / 2, DeltaNet forward 0.813 against
+# 0.846 / 0.932, Gated DeltaNet 1.027 against 1.136 / 1.198 (experiments_2026-12-04e.md §5).
 SEGMENT_PROGRAMS_PER_SM = 3
 # The one pass that forms Vn from K S (forward only, whole sequences) reads each chunk's T, β and gates
 # besides its k, q, v tiles (descriptors, FUSED_TMA). Triton's pipeliner copies T and fp32 gates ahead
