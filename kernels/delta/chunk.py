@@ -950,7 +950,8 @@ TRANS_FROM_KS = True
 # PASS_SM_SHARE of them), and runs with W, U in the scan
 # there too (WU_IN_SCAN refuses narrow tiles otherwise), at LAUNCH["state_narrow"]'s warps and stages.
 # At the benchmark's shapes: 8K (64 sequence-heads) 32-wide tiles, 256 programs, in place of 64-wide
-# ones, 128; 16K (32) one pass at 16-wide, 256 programs, in place of two passes. Forwards with a
+# ones, 128; 16K (32) one pass at 16-wide, 256 programs, in place of two passes (before PASS_SM_SHARE:
+# since, 64-wide at 8K for DeltaNet and 32-wide at 16K, 128 programs each). Forwards with a
 # backward keep their launch (their pass stores S and Vn per chunk; narrow tiles there were slower:
 # DeltaNet fwd+bwd at 8K 2.395 → 2.585 ms). H200, bf16, H = 16, K = V = 128, three alternating rounds
 # (2026-12-03, `python -m kernels.sweep ab --ops delta,gdn --T T --set kernels.delta.chunk.VN_NARROW=True`
@@ -993,13 +994,11 @@ def _pass_tile(NH: int, V: int, widest: int, device, gated: int = 0) -> int:
 def _pass_least(BV: int, device, gated: int) -> int:
     """The programs a forward-only pass's value tile BV must give (PASS_SM_SHARE): all but a few SMs'
     worth, or, for a gated 64-wide tile, a program per SM."""
-    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
-    return least if gated and BV >= 64 else math.ceil(PASS_SM_SHARE * least)
+    return _least(device) if gated and BV >= 64 else math.ceil(PASS_SM_SHARE * _least(device))
 
 
-# Three pipelining stages for a one pass whose programs are no more than the SMs (one an SM: its
-# shared memory to itself) — where the forward-only pass's tile is as wide as the scan's (narrower ones
-# take LAUNCH["state_narrow"], three stages already), and before a backward for DeltaNet. H200, bf16,
+# Three pipelining stages (LAUNCH["state_lone"]) for a one pass whose programs are no more than the SMs
+# (one an SM: its shared memory to itself): the forward-only pass, and before a backward DeltaNet's. H200, bf16,
 # H = 16, K = V = 128, T = 8K (128 programs of 64-wide tiles; `python -m kernels.sweep launch --ops delta
 # --kernels state_out --T 8192`, 2026-12-04): DeltaNet's forward-only pass 0.269 ms at three stages
 # against 0.338 at two; `python -m kernels.sweep ab --ops delta,gdn --T 8192 --set
@@ -1011,8 +1010,7 @@ LONE_STAGES = True
 
 def _lone(NH: int, V: int, BV: int, device) -> bool:
     """Whether a scan over NH sequence-heads with value tile BV has at most a program per SM."""
-    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
-    return NH * cdiv(V, BV) <= least
+    return NH * cdiv(V, BV) <= _least(device)
 
 
 def _narrow(few: bool, BV: int, *dims: int) -> bool:
@@ -1129,6 +1127,8 @@ LAUNCH: dict[str, dict] = {
     # at 8K BV = 32, 4 warps, 3 stages: 0.304 ms against 0.350 at 2 stages (Gated DeltaNet 0.465 /
     # 0.501); at 16K BV = 16, 3 stages: 0.515 / 0.610 (Gated 0.826 / 0.925)
     "state_narrow": dict(num_warps=4, num_stages=3),
+    # a one pass with no more programs than SMs, each alone on its SM (LONE_STAGES)
+    "state_lone": dict(num_stages=3),
     "output": dict(BK=64, BV=128, num_warps=8, num_stages=3),            # 0.26 → 0.23
     "dvn_local": dict(BK=64, BV=128, num_warps=8, num_stages=2),         # 0.22 → 0.20
     "dstate": dict(BV=64, num_warps=4, num_stages=2),                    # 0.49 → 0.36
@@ -1205,6 +1205,11 @@ SEGMENTS_TMA = False
 FUSED_MIN_PROGRAMS: int | None = None   # None: the GPU's SM count (the GPU check sets 1 to force it)
 
 
+def _least(device) -> int:
+    """The programs that count as a program per SM: FUSED_MIN_PROGRAMS, or the device's SM count."""
+    return sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
+
+
 def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int, narrow: bool = False) -> bool:
     """Whether the forward runs as one pass: FUSED_FORWARD (None: on CUDA, not with fp64 gates, see
     _gated), K ≤ 128, and a program per SM (``narrow``: VN_NARROW's tile, _pass_least's programs)."""
@@ -1212,8 +1217,7 @@ def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int, narrow: boo
         return False
     if FUSED_FORWARD is None and (gated == 1 or torch.device(device).type != "cuda"):
         return False
-    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
-    return NH * cdiv(V, BV) >= (_pass_least(BV, device, gated) if narrow else least)
+    return NH * cdiv(V, BV) >= (_pass_least(BV, device, gated) if narrow else _least(device))
 
 
 # The forward over segments where the scan has fewer programs than SMs (long T, small B): each segment's
@@ -1283,7 +1287,7 @@ def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int
         return None
     if SEGMENTS is None and torch.device(device).type != "cuda":
         return None
-    least = sm_count(device) if FUSED_MIN_PROGRAMS is None else FUSED_MIN_PROGRAMS
+    least = _least(device)
     programs = NH * cdiv(V, 64)
     nc = cdiv(dense[1], BT)
     if programs >= least or nc < 2 or (SEGMENTS is None and 4 * programs > least):
@@ -1345,13 +1349,14 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         fused = _one_pass(N * H, V, BVP, KP, dev, gated, narrow=True)
         if fused:
             c_scan = c_scan | {"BV": BVP}
-            if BVP < widest or (LONE_STAGES and _lone(N * H, V, BVP, dev)):
+            if BVP < widest:
                 c_scan = _cfg("state_narrow", inter, K, V, **c_scan)
+            if LONE_STAGES and _lone(N * H, V, BVP, dev):
+                c_scan = _cfg("state_lone", inter, K, V, **c_scan)
     else:
         fused = _one_pass(N * H, V, BVF, KP, dev, gated)
-        if fused and LONE_STAGES and not gated and inter == torch.bfloat16 and max(K, V) <= 128 \
-                and _lone(N * H, V, c_scan["BV"], dev):   # (before a backward: ungated only)
-            c_scan = c_scan | {"num_stages": 3}
+        if fused and LONE_STAGES and not gated and _lone(N * H, V, c_scan["BV"], dev):   # (ungated only)
+            c_scan = _cfg("state_lone", inter, K, V, **c_scan)
     if fused:
         c_scan = _cfg("state_out", inter, K, V, **c_scan)
     # W and U made inside the scan, never stored; not by value tiles narrower than 64 that split V

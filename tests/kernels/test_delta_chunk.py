@@ -612,6 +612,32 @@ def test_narrow_pass_on_most_sms(monkeypatch, count_launches):
     assert len(out) == 1
 
 
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+def test_lone_stages(monkeypatch, mixer):
+    """LONE_STAGES: a one pass with no more programs than SMs (2 stood in: one sequence, two heads, one
+    value tile each) takes LAUNCH["state_lone"] — without a backward for both rules, before one for
+    DeltaNet only; with it off, never. Forward and gradients match float64 either way."""
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "VN_NARROW_OPERANDS", (torch.bfloat16, torch.float32))   # (the interpreter's)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 2)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)
+    asked, real = [], C._cfg
+    monkeypatch.setattr(C, "_cfg", lambda name, *a, **kw: asked.append(name) or real(name, *a, **kw))
+    d = inputs(mixer, 1, 20, 2, 16, 64, seed=7)
+    S0, do, dS = cotangents(1, 20, 2, 16, 64, 1, True, True)
+    lone = []
+    for on in (True, False):
+        monkeypatch.setattr(C, "LONE_STAGES", on)
+        for grad in (False, True):
+            asked.clear()
+            if grad:
+                compare(mixer, d, S0, do, dS, chunk_size=16)
+            else:
+                compare_no_grad("lone", mixer, d, S0, do, None, 16)
+            lone.append("state_lone" in asked)
+    assert lone == [True, mixer == "deltanet", False, False]
+
+
 def test_forward_only_pass_allocates_no_stand_ins(monkeypatch):
     """A forward-only one pass making W and U in its scan allocates T, the output and the final state
     only: W, U and Vn, which it never reads, are kernels._common.stand_in's shared one-element tensor
