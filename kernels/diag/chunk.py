@@ -551,7 +551,10 @@ def _tiles(K: int, V: int) -> tuple[int, int]:
 # 0.682 (all slower for GLA); at T = 4K (256 programs) two segments 0.281 → 0.414, so none there;
 # T = 32K, B = 1 (32 programs): forward 0.469, fwd+bwd 2.66 (0.99 and 3.24 with 2 per SM, where two
 # passes took 1.29 and 3.44). Two passes elsewhere and off CUDA. True: wherever it can run (tests, the
-# GPU check, the benchmark's ours-fused); False: never.
+# GPU check, the benchmark's ours-fused); False: never. (Re-timed 2026-12-04, when the delta rule's
+# pass gained from 128 programs for 132 SMs: `--set kernels.diag.chunk.FUSED_MIN_PROGRAMS=128` at 8K,
+# one pass against the two segments, forward GLA 0.451 → 0.584 ms, Mamba-2 0.347 → 0.460, fwd+bwd
+# 3.013 → 3.186, 1.562 → 1.702: the segments stay; experiments_2026-12-04e.md §7.)
 FUSED_FORWARD: bool | None = None
 FUSED_BV = 64   # value tile of the one-pass forward
 # The forward-only one pass (no states kept for a backward) moves q, k, v and o through the copy
