@@ -985,21 +985,22 @@ PASS_SM_SHARE = 0.95
 def _pass_tile(NH: int, V: int, widest: int, device, gated: int = 0) -> int:
     """Value tile of a forward-only one pass that forms Vn from K S (VN_NARROW): the widest of ``widest``
     and its halves down to 16 (none wider than V needs) that gives _pass_least programs, else 16."""
+    least = _least(device)   # (looked up once: the launcher's host time counts at short T)
     bv = min(widest, max(16, next_pow2(V)))
-    while bv > 16 and NH * cdiv(V, bv) < _pass_least(bv, device, gated):
+    while bv > 16 and NH * cdiv(V, bv) < _pass_least(bv, least, gated):
         bv //= 2
     return bv
 
 
-def _pass_least(BV: int, device, gated: int) -> int:
-    """The programs a forward-only pass's value tile BV must give (PASS_SM_SHARE): all but a few SMs'
-    worth, or, for a gated 64-wide tile, a program per SM."""
-    return _least(device) if gated and BV >= 64 else math.ceil(PASS_SM_SHARE * _least(device))
+def _pass_least(BV: int, least: int, gated: int) -> int:
+    """The programs a forward-only pass's value tile BV must give (PASS_SM_SHARE), of ``least`` (_least's
+    program per SM): all but a few SMs' worth, or, for a gated 64-wide tile, a program per SM."""
+    return least if gated and BV >= 64 else math.ceil(PASS_SM_SHARE * least)
 
 
 # Three pipelining stages (LAUNCH["state_lone"]) for a one pass whose programs are no more than the SMs
-# (one an SM: its shared memory to itself): the forward-only pass, and before a backward DeltaNet's. H200, bf16,
-# H = 16, K = V = 128, T = 8K (128 programs of 64-wide tiles; `python -m kernels.sweep launch --ops delta
+# (one an SM: its shared memory to itself): the forward-only pass, and before a backward DeltaNet's.
+# H200, bf16, H = 16, K = V = 128, T = 8K (128 programs of 64-wide tiles; `python -m kernels.sweep launch --ops delta
 # --kernels state_out --T 8192`, 2026-12-04): DeltaNet's forward-only pass 0.269 ms at three stages
 # against 0.338 at two; `python -m kernels.sweep ab --ops delta,gdn --T 8192 --set
 # "kernels.delta.chunk.LAUNCH[state]={'BV': 64, 'num_warps': 4, 'num_stages': 3}"` (the pass before a
@@ -1217,7 +1218,8 @@ def _one_pass(NH: int, V: int, BV: int, KP: int, device, gated: int, narrow: boo
         return False
     if FUSED_FORWARD is None and (gated == 1 or torch.device(device).type != "cuda"):
         return False
-    return NH * cdiv(V, BV) >= (_pass_least(BV, device, gated) if narrow else _least(device))
+    least = _least(device)
+    return NH * cdiv(V, BV) >= (_pass_least(BV, least, gated) if narrow else least)
 
 
 # The forward over segments where the scan has fewer programs than SMs (long T, small B): each segment's
