@@ -550,8 +550,8 @@ def test_pass_tile_rule(monkeypatch):
     """VN_NARROW's value tile: the widest of 64, 32, 16 (at most ``widest``, no wider than V needs) that
     gives a program to 95% of the SMs (PASS_SM_SHARE; 132 stood in for the H200's), to every SM for a
     gated 64-wide tile: the benchmark's 4K / 8K / 16K at 64 / 64 / 32 for DeltaNet, 64 / 32 / 32 for
-    Gated DeltaNet, and 16 where none does; the one pass runs at that tile. Three stages where the
-    programs are no more than the SMs (LONE_STAGES)."""
+    Gated DeltaNet, and 16 where none does; the one pass runs at that tile. And _lone, where LONE_STAGES
+    applies (test_lone_stages checks the launches that take it)."""
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 132)
     cuda = torch.device("cuda")
     gated = C._gated(torch.ones(1), torch.bfloat16)
