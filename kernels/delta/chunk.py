@@ -111,18 +111,31 @@ def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr):
 
 
 @triton.jit
-def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexpr):
-    """Γ_ij = e^{G_i − G_j} for i ≥ j (i > j if STRICT), 0 elsewhere; without a gate, the mask alone."""
+def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexpr, EX2: tl.constexpr = False):
+    """Γ_ij = e^{G_i − G_j} for i ≥ j (i > j if STRICT), 0 elsewhere; without a gate, the mask alone.
+    EX2: G in log2 units, Γ_ij = 2^{G_i − G_j} (see _exp)."""
     o = tl.arange(0, BT)
     if STRICT:
         keep = o[:, None] > o[None, :]
     else:
         keep = o[:, None] >= o[None, :]
     if GATED:
-        return tl.exp(tl.where(keep, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
-                               float("-inf")))
+        return _exp(tl.where(keep, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
+                             float("-inf")), EX2)
     else:
         return tl.where(keep, 1.0, 0.0)
+
+
+@triton.jit
+def _exp(x, EX2: tl.constexpr):
+    """e^x of fp32 values; EX2: 2^x of x in log2 units, one ex2.approx.ftz instruction (results under
+    2^-126 flushed to 0), where tl.exp takes a multiply by log2 e and, to keep subnormals, a compare
+    and two predicated multiplies more. Inline PTX: compiled kernels only (not the interpreter)."""
+    if EX2:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.exp(x)
 
 
 @triton.jit
@@ -410,7 +423,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
                   o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False,
-                  t_d=None, T_TMA: tl.constexpr = False, AHEAD: tl.constexpr = False):
+                  t_d=None, T_TMA: tl.constexpr = False, AHEAD: tl.constexpr = False, EX2: tl.constexpr = False,
+                  KD16: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -424,7 +438,9 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
     through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA);
     T_TMA (with TMA): T through t_d too (PASS_T_TMA). AHEAD (with W, U from K S): each chunk's β and
-    gates loaded a chunk ahead (PASS_AHEAD)."""
+    gates loaded a chunk ahead (PASS_AHEAD). EX2 (16-bit inputs' gates, fp32 sums without lo parts): the
+    chunk's log decays in log2 units and each exp one instruction (_exp); KD16 (bf16 inputs, with EX2):
+    the decayed keys K ⊙ e^{G_L − G} a bf16 product (PASS_EX2)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -469,6 +485,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_G, b_Gl, b_L, b_Ll = _gates_of(b_g_here, GATED)
         else:
             b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
+        if EX2:   # log decays in log2 units, for _exp (16-bit inputs: no lo parts to scale)
+            b_G, b_L = b_G * 1.4426950408889634, b_L * 1.4426950408889634
         if FROM_KS:
             # Vn = T diag(β) (V − diag(e^G) K S) (VN_FROM_KS); Pn = −T diag(β e^G) K P (TRANS_FROM_KS)
             o_tt = tl.arange(0, BT)
@@ -483,7 +501,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                 b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
             b_ks = _mm(b_kr, b_S, DT, PREC)
             if GATED:
-                b_ks = b_ks * tl.exp(b_G + b_Gl)[:, None]
+                b_ks = b_ks * _exp(b_G + b_Gl, EX2)[:, None]
             if ZERO_U:
                 b_x = -b_ks
             else:
@@ -529,20 +547,23 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                 b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
             else:
                 b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
-            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED)
+            b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED, EX2)
             b_o = _mm(b_q, b_S, DT, PREC)
             if GATED:
-                b_o = b_o * tl.exp(b_G + b_Gl)[:, None]
+                b_o = b_o * _exp(b_G + b_Gl, EX2)[:, None]
             b_o += _mm(b_A, b_vn, DT, PREC)
             store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t,
                         m_v, o_tv, H, V, BT, BV)
         # the state moves on with the stored (rounded) Vn: what the outputs see. Without a gate the
         # keys enter as loaded (the decay factors are all 1: no fp32 copy of the tile, no exp)
         if GATED:
-            b_kd = b_kr.to(tl.float32) * tl.exp(_gdiff(b_L, b_Ll, b_G, b_Gl))[:, None]
-            b_S = b_S * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
+            if KD16:   # the factor rounded to bf16 (fp32's exponent range), then a packed bf16 multiply
+                b_kd = b_kr * _exp(_gdiff(b_L, b_Ll, b_G, b_Gl), EX2)[:, None].to(tl.bfloat16)
+            else:
+                b_kd = b_kr.to(tl.float32) * _exp(_gdiff(b_L, b_Ll, b_G, b_Gl), EX2)[:, None]
+            b_S = b_S * _exp(b_L + b_Ll, EX2) + _mm(tl.trans(b_kd), b_vn, DT, PREC)
             if TRANS:
-                b_P = b_P * tl.exp(b_L + b_Ll) + _mm(tl.trans(b_kd), b_pn, DT, PREC)
+                b_P = b_P * _exp(b_L + b_Ll, EX2) + _mm(tl.trans(b_kd), b_pn, DT, PREC)
         else:
             b_S += _mm(tl.trans(b_kr), b_vn, DT, PREC)
             if TRANS:
@@ -1260,6 +1281,11 @@ SEGMENT_PROGRAMS_PER_SM = 3
 # 4K, Gated DeltaNet 0.417 → 0.536; experiments_2026-12-04e.md §3.)
 PASS_T_TMA = True
 PASS_AHEAD = True
+# The forward-only pass of 16-bit inputs with gates: each chunk's exps (Γ's 64², the rows' factors)
+# one ex2.approx.ftz of log decays in log2 units, and for bf16 the decayed key tile a bf16 product (no
+# fp32 copy). ptxas sm_90 (bf16, K = V = 128), instructions in the chunk loop: 1513 → 1195 at 64-wide
+# tiles, 1208 → 931 at 32-wide (DeltaNet's: 665, 476); see experiments_2026-12-04f.md.
+PASS_EX2 = True
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
 # without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel, each scan reading T, k, v and
 # β instead of W and U. H200, bf16, H = 16, K = V = 128, T = 32K (`python -m kernels.sweep ab --ops
@@ -1375,6 +1401,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     if N * H > 0:
         from_ks = wu and VN_FROM_KS    # the pass reads T, β (and the gates) every chunk
+        ex2 = PASS_EX2 and from_ks and gated == 2 and not _common.interpreting()
         # (T in the operand dtype: fp32 for fp16 inputs, which descriptors do not serve, see TMA_DTYPES)
         t_tma = PASS_T_TMA and from_ks and Tm.dtype in _common.TMA_DTYPES
         desc = tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
@@ -1383,7 +1410,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
             OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, T_TMA="t_d" in desc,
-            AHEAD=PASS_AHEAD and from_ks, **desc, **c_scan)
+            AHEAD=PASS_AHEAD and from_ks, EX2=ex2, KD16=ex2 and inter == torch.bfloat16, **desc, **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](
