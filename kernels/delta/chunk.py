@@ -113,7 +113,7 @@ def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr):
 @triton.jit
 def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexpr, EX2: tl.constexpr = False):
     """Γ_ij = e^{G_i − G_j} for i ≥ j (i > j if STRICT), 0 elsewhere; without a gate, the mask alone.
-    EX2: G in log2 units, Γ_ij = 2^{G_i − G_j} (see _exp)."""
+    EX2 > 0: G in log2 units, Γ_ij = 2^{G_i − G_j} (see _exp)."""
     o = tl.arange(0, BT)
     if STRICT:
         keep = o[:, None] > o[None, :]
@@ -128,12 +128,14 @@ def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexp
 
 @triton.jit
 def _exp(x, EX2: tl.constexpr):
-    """e^x of fp32 values; EX2: 2^x of x in log2 units, one ex2.approx.ftz instruction (results under
-    2^-126 flushed to 0), where tl.exp takes a multiply by log2 e and, to keep subnormals, a compare
-    and two predicated multiplies more. Inline PTX: compiled kernels only (not the interpreter)."""
-    if EX2:
+    """e^x of fp32 values (EX2 = 0); 2^x of x in log2 units (EX2 = 1); the same as one ex2.approx.ftz
+    instruction, results under 2^-126 flushed to 0 (EX2 = 2: inline PTX, compiled kernels only), where
+    tl.exp takes a multiply by log2 e and, to keep subnormals, a compare and two predicated multiplies."""
+    if EX2 == 2:
         return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
+    elif EX2 == 1:
+        return tl.math.exp2(x)
     else:
         return tl.exp(x)
 
@@ -423,7 +425,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   v, beta, Tm, WU: tl.constexpr, ZERO_U: tl.constexpr = False, EYE: tl.constexpr = False,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
                   o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False,
-                  t_d=None, T_TMA: tl.constexpr = False, AHEAD: tl.constexpr = False, EX2: tl.constexpr = False,
+                  t_d=None, T_TMA: tl.constexpr = False, AHEAD: tl.constexpr = False, EX2: tl.constexpr = 0,
                   KD16: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
@@ -438,9 +440,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     chunk's loads of k, W (or its making) and the gates. TMA (with OUT, without STORE_H): k, q, v and o
     through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA);
     T_TMA (with TMA): T through t_d too (PASS_T_TMA). AHEAD (with W, U from K S): each chunk's β and
-    gates loaded a chunk ahead (PASS_AHEAD). EX2 (16-bit inputs' gates, fp32 sums without lo parts): the
-    chunk's log decays in log2 units and each exp one instruction (_exp); KD16 (bf16 inputs, with EX2):
-    the decayed keys K ⊙ e^{G_L − G} a bf16 product (PASS_EX2)."""
+    gates loaded a chunk ahead (PASS_AHEAD). EX2 > 0: the chunk's log decays in log2 units, each exp a
+    2^x (_exp); KD16 (bf16 inputs): the decayed keys K ⊙ e^{G_L − G} a bf16 product (PASS_EX2)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -485,8 +486,9 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             b_G, b_Gl, b_L, b_Ll = _gates_of(b_g_here, GATED)
         else:
             b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
-        if EX2:   # log decays in log2 units, for _exp (16-bit inputs: no lo parts to scale)
-            b_G, b_L = b_G * 1.4426950408889634, b_L * 1.4426950408889634
+        if EX2:   # log decays in log2 units, for _exp (16-bit inputs' lo parts are zeros)
+            b_G, b_Gl = b_G * 1.4426950408889634, b_Gl * 1.4426950408889634
+            b_L, b_Ll = b_L * 1.4426950408889634, b_Ll * 1.4426950408889634
         if FROM_KS:
             # Vn = T diag(β) (V − diag(e^G) K S) (VN_FROM_KS); Pn = −T diag(β e^G) K P (TRANS_FROM_KS)
             o_tt = tl.arange(0, BT)
@@ -514,14 +516,14 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             if TRANS:
                 b_kp = _mm(b_kr, b_P, DT, PREC) * b_beta[:, None]
                 if GATED:
-                    b_kp = b_kp * tl.exp(b_G + b_Gl)[:, None]
+                    b_kp = b_kp * _exp(b_G + b_Gl, EX2)[:, None]
                 b_pn = (-_mm(b_T, b_kp, DT, PREC)).to(vn.dtype.element_ty)
         elif WU:   # W = T diag(β e^G) K, U = T diag(β) V, rounded as the stored ones would be
             o_tt = tl.arange(0, BT)
             b_T = tl.load(Tm + (c_start * H + i_h) * BT + o_tt[:, None] * (H * BT) + o_tt[None, :],
                           mask=m_t[:, None], other=0.0)
             b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-            b_w = _mm(b_T, b_kr.to(tl.float32) * (b_beta * tl.exp(b_G + b_Gl))[:, None], DT, PREC).to(DT)
+            b_w = _mm(b_T, b_kr.to(tl.float32) * (b_beta * _exp(b_G + b_Gl, EX2))[:, None], DT, PREC).to(DT)
             if ZERO_U:
                 b_u = tl.zeros([BT, BV], dtype=tl.float32)
             else:
@@ -1286,6 +1288,15 @@ PASS_AHEAD = True
 # fp32 copy). ptxas sm_90 (bf16, K = V = 128), instructions in the chunk loop: 1513 → 1195 at 64-wide
 # tiles, 1208 → 931 at 32-wide (DeltaNet's: 665, 476); see experiments_2026-12-04f.md.
 PASS_EX2 = True
+
+
+def _ex2(from_ks: bool, gated: int, inter: torch.dtype) -> dict:
+    """The EX2 and KD16 arguments of a forward-only pass forming Vn from K S (PASS_EX2): the one-instruction
+    exps and, for bf16, the bf16 decayed keys, where the gates sum in fp32 without lo parts (16-bit
+    inputs: their scaling to log2 units costs no accuracy a 16-bit input has) and the kernel is compiled."""
+    on = PASS_EX2 and from_ks and gated == 2 and not _common.interpreting()
+    return dict(EX2=2 if on else 0, KD16=on and inter == torch.bfloat16)
+
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
 # without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel, each scan reading T, k, v and
 # β instead of W and U. H200, bf16, H = 16, K = V = 128, T = 32K (`python -m kernels.sweep ab --ops
@@ -1401,7 +1412,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     if N * H > 0:
         from_ks = wu and VN_FROM_KS    # the pass reads T, β (and the gates) every chunk
-        ex2 = PASS_EX2 and from_ks and gated == 2 and not _common.interpreting()
+        ex2 = _ex2(from_ks, gated, inter)
         # (T in the operand dtype: fp32 for fp16 inputs, which descriptors do not serve, see TMA_DTYPES)
         t_tma = PASS_T_TMA and from_ks and Tm.dtype in _common.TMA_DTYPES
         desc = tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
@@ -1410,7 +1421,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
             OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, T_TMA="t_d" in desc,
-            AHEAD=PASS_AHEAD and from_ks, EX2=ex2, KD16=ex2 and inter == torch.bfloat16, **desc, **c_scan)
+            AHEAD=PASS_AHEAD and from_ks, **ex2, **desc, **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](
@@ -1475,7 +1486,7 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     o = _empty(Tt, H, V, dtype=v.dtype, device=dev)
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if store_ht else None
     seg = dict(H=H, K=K, BT=BT, KP=KP, GATED=gated, DT=dt, PREC=prec, q=q, o=o, scale=scale, v=v, beta=beta,
-               Tm=Tm, WU=wu, KS=VN_FROM_KS, KS_TRANS=TRANS_FROM_KS, **c)
+               Tm=Tm, WU=wu, KS=VN_FROM_KS, KS_TRANS=TRANS_FROM_KS, **_ex2(wu and VN_FROM_KS, gated, inter), **c)
     grid = lambda cols: (cdiv(cols, c["BV"]), NS * H)  # noqa: E731
     # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)

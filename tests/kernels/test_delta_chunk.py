@@ -991,3 +991,41 @@ def test_segmented_backward_makes_its_own_transitions(monkeypatch, count_launche
     for n, t in list(x.items()) + [("h0", h0)]:
         if t is not None:
             check("segmented_backward:d" + n, t.grad, grads_r[n])
+
+
+def test_ex2_rule(monkeypatch):
+    """PASS_EX2 (_ex2): the one-instruction exps (EX2 = 2) in a compiled forward-only pass forming Vn from
+    K S whose gates sum in fp32 without lo parts (16-bit inputs), the bf16 decayed keys for bf16 operands
+    only (fp16 inputs' are fp32); never for fp32 inputs' gate pairs, other passes, under the interpreter,
+    or with the switch off."""
+    monkeypatch.setattr(C._common, "interpreting", lambda: False)
+    assert C._ex2(True, 2, torch.bfloat16) == dict(EX2=2, KD16=True)
+    assert C._ex2(True, 2, torch.float32) == dict(EX2=2, KD16=False)
+    off = dict(EX2=0, KD16=False)
+    assert C._ex2(True, 1, torch.float32) == off and C._ex2(False, 2, torch.bfloat16) == off
+    assert C._ex2(True, 0, torch.bfloat16) == off
+    monkeypatch.setattr(C, "PASS_EX2", False)
+    assert C._ex2(True, 2, torch.bfloat16) == off
+    monkeypatch.setattr(C, "PASS_EX2", True)
+    monkeypatch.setattr(C._common, "interpreting", lambda: True)
+    assert C._ex2(True, 2, torch.bfloat16) == off
+
+
+@pytest.mark.parametrize("segments", [False, True], ids=["one-pass", "segments"])
+def test_pass_in_log2_units(monkeypatch, count_launches, segments):
+    """EX2 = 1 (the interpreter's stand-in for PASS_EX2's ex2 instruction): the forward-only pass of
+    Gated DeltaNet, whole sequences or over segments (its three scans), with every exp taken as 2^x of
+    log decays scaled to log2 units, still matches float64 (fp32 here, the gate pairs' lo parts scaled
+    too); every scan forming Vn from K S got it."""
+    monkeypatch.setattr(C, "_ex2", lambda from_ks, gated, inter: dict(EX2=1 if from_ks and gated else 0,
+                                                                      KD16=False))
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)              # any dtype (the interpreter runs fp32)
+    monkeypatch.setattr(C, "SEGMENTS", segments)
+    monkeypatch.setattr(C, "SEGMENTS_WU_IN_SCAN", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 6 if segments else 1)
+    scans = count_launches(C, "_state_kernel")
+    d = inputs("gated_deltanet", 1, 150, 2, 32, 24, seed=21)
+    S0, do, _ = cotangents(1, 150, 2, 32, 24, 1, True, False)
+    compare_no_grad("log2_units", "gated_deltanet", d, S0, do, None, 16)
+    assert [kw["EX2"] for _, kw in scans] == [1] * (2 if segments else 1)
