@@ -119,7 +119,9 @@ def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexp
         keep = o[:, None] > o[None, :]
     else:
         keep = o[:, None] >= o[None, :]
-    if GATED:
+    if GATED == 2:   # (no lo parts: adding their zero difference would cost an add an element)
+        return _exp(tl.where(keep, b_G[:, None] - b_G[None, :], float("-inf")), EX2)
+    elif GATED:
         return _exp(tl.where(keep, _gdiff(b_G[:, None], b_Gl[:, None], b_G[None, :], b_Gl[None, :]),
                              float("-inf")), EX2)
     else:
