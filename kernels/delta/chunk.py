@@ -104,10 +104,13 @@ def _sum_gates(b_g, off, GATED: tl.constexpr):
 
 
 @triton.jit
-def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr):
+def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr, EX2: tl.constexpr = 0):
     """Cumulative log decay ``off`` + Σ g over ``rows`` (masked rows add 0; zeros without a gate), as
-    _sum_gates gives it."""
-    return _sum_gates(_load_gates(g, rows, m, i_h, H, GATED), off, GATED)
+    _sum_gates gives it; with EX2 (16-bit inputs' gates) in log2 units, ``off`` too."""
+    b_g = _load_gates(g, rows, m, i_h, H, GATED)
+    if EX2:
+        b_g = b_g * 1.4426950408889634
+    return _sum_gates(b_g, off, GATED)
 
 
 @triton.jit
@@ -232,7 +235,7 @@ def _inv_block(A, N: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr):
 @triton.jit
 def _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.constexpr, K: tl.constexpr,
                 BK: tl.constexpr, N: tl.constexpr, DIAG: tl.constexpr, PREC: tl.constexpr,
-                GATED: tl.constexpr):
+                GATED: tl.constexpr, EX2: tl.constexpr = 0):
     """Block (a, b) of A = strict_lower(diag(β) K Kᵀ ⊙ Γ): rows r_a, columns r_b of one chunk."""
     acc = tl.zeros([N, N], dtype=tl.float32)
     for i_k in range(0, tl.cdiv(K, BK)):
@@ -243,7 +246,7 @@ def _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.co
         b_kb = tl.load(k + (r_b[:, None] * H + i_h) * K + o_k[None, :], mask=m_b[:, None] & m_k[None, :],
                        other=0.0)
         acc += tl.dot(b_ka, tl.trans(b_kb), input_precision=PREC)
-    return _gram_finish(acc, beta, r_a, m_a, G_a, Gl_a, G_b, Gl_b, i_h, H, N, DIAG, GATED)
+    return _gram_finish(acc, beta, r_a, m_a, G_a, Gl_a, G_b, Gl_b, i_h, H, N, DIAG, GATED, EX2)
 
 
 @triton.jit
@@ -260,22 +263,29 @@ def _key_rows(k, r, m, i_h, H: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, 
 @triton.jit
 def _gram(k, b_ka, b_kb, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H: tl.constexpr, K: tl.constexpr,
           BK: tl.constexpr, N: tl.constexpr, DIAG: tl.constexpr, PREC: tl.constexpr, GATED: tl.constexpr,
-          ONCE: tl.constexpr):
+          ONCE: tl.constexpr, EX2: tl.constexpr = 0):
     """_gram_block, from the key rows already loaded (b_ka, b_kb from _key_rows) with ONCE."""
     if ONCE:
         acc = tl.dot(b_ka, tl.trans(b_kb), input_precision=PREC)
-        return _gram_finish(acc, beta, r_a, m_a, G_a, Gl_a, G_b, Gl_b, i_h, H, N, DIAG, GATED)
+        return _gram_finish(acc, beta, r_a, m_a, G_a, Gl_a, G_b, Gl_b, i_h, H, N, DIAG, GATED, EX2)
     else:
-        return _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H, K, BK, N, DIAG, PREC, GATED)
+        return _gram_block(k, beta, r_a, m_a, G_a, Gl_a, r_b, m_b, G_b, Gl_b, i_h, H, K, BK, N, DIAG, PREC, GATED,
+                           EX2)
 
 
 @triton.jit
 def _gram_finish(acc, beta, r_a, m_a, G_a, Gl_a, G_b, Gl_b, i_h, H: tl.constexpr, N: tl.constexpr,
-                 DIAG: tl.constexpr, GATED: tl.constexpr):
-    """K Kᵀ's block ``acc`` times β of its rows and Γ, strictly lower on a diagonal block."""
+                 DIAG: tl.constexpr, GATED: tl.constexpr, EX2: tl.constexpr = 0):
+    """K Kᵀ's block ``acc`` times β of its rows and Γ, strictly lower on a diagonal block; EX2: the gates
+    in log2 units, Γ through _exp (16-bit inputs: no lo parts)."""
     b_beta = tl.load(beta + r_a * H + i_h, mask=m_a, other=0.0).to(tl.float32)
     o = tl.arange(0, N)
-    if GATED:
+    if EX2:
+        d = G_a[:, None] - G_b[None, :]
+        if DIAG:
+            d = tl.where(o[:, None] > o[None, :], d, float("-inf"))
+        return acc * b_beta[:, None] * _exp(d, EX2)
+    elif GATED:
         d = _gdiff(G_a[:, None], Gl_a[:, None], G_b[None, :], Gl_b[None, :])
         if DIAG:
             d = tl.where(o[:, None] > o[None, :], d, float("-inf"))
@@ -307,7 +317,7 @@ def _mm(a, b, DT: tl.constexpr, PREC: tl.constexpr):
 def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
                H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                GATED: tl.constexpr, PREC: tl.constexpr, POW: tl.constexpr, KP: tl.constexpr = 16,
-               ONCE: tl.constexpr = False):
+               ONCE: tl.constexpr = False, EX2: tl.constexpr = 0):
     """T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ of one chunk, stored row by row as [T_total, H, BT] in Tm's
     dtype (the operand dtype, see _wy).
 
@@ -315,7 +325,8 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
     powers, else forward substitution) the blocks below the diagonal are
     T_ab = −T_aa Σ_{b ≤ c < a} A_ac T_cb (block forward substitution). ONCE: each row block's keys
     loaded once, as a [16, KP] tile (KP: K padded), for all the products A_ab it enters; else every
-    block product loads its two blocks' keys again, BK columns at a time.
+    block product loads its two blocks' keys again, BK columns at a time. EX2 (16-bit inputs' gates):
+    the log decays summed in log2 units, Γ's exps through _exp (UT_EX2).
     """
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -329,17 +340,17 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
     r0 = t0 + o
     m0 = r0 < eos
     k0 = _key_rows(k, r0, m0, i_h, H, K, KP, ONCE)
-    G0, L0, s0 = _cum_gates(g, r0, m0, i_h, 0.0, H, GATED)
-    A00 = _gram(k, k0, k0, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
+    G0, L0, s0 = _cum_gates(g, r0, m0, i_h, 0.0, H, GATED, EX2)
+    A00 = _gram(k, k0, k0, beta, r0, m0, G0, L0, r0, m0, G0, L0, i_h, H, K, BK, BC, True, PREC, GATED, ONCE, EX2)
     T00 = _inv_block(A00, BC, PREC, POW)
     _store_block(Tm, T00, r0, m0, 0, i_h, H, BT, BC)
     if BT >= 32:
         r1 = r0 + BC
         m1 = r1 < eos
         k1 = _key_rows(k, r1, m1, i_h, H, K, KP, ONCE)
-        G1, L1, s1 = _cum_gates(g, r1, m1, i_h, s0, H, GATED)
-        A10 = _gram(k, k1, k0, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
-        A11 = _gram(k, k1, k1, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
+        G1, L1, s1 = _cum_gates(g, r1, m1, i_h, s0, H, GATED, EX2)
+        A10 = _gram(k, k1, k0, beta, r1, m1, G1, L1, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE, EX2)
+        A11 = _gram(k, k1, k1, beta, r1, m1, G1, L1, r1, m1, G1, L1, i_h, H, K, BK, BC, True, PREC, GATED, ONCE, EX2)
         T11 = _inv_block(A11, BC, PREC, POW)
         T10 = -tl.dot(T11, tl.dot(A10, T00, input_precision=PREC), input_precision=PREC)
         _store_block(Tm, zero, r0, m0, BC, i_h, H, BT, BC)
@@ -352,15 +363,15 @@ def _ut_kernel(k, beta, g, Tm, offsets, chunk_indices,
         m3 = r3 < eos
         k2 = _key_rows(k, r2, m2, i_h, H, K, KP, ONCE)
         k3 = _key_rows(k, r3, m3, i_h, H, K, KP, ONCE)
-        G2, L2, s2 = _cum_gates(g, r2, m2, i_h, s1, H, GATED)
-        G3, L3, s3 = _cum_gates(g, r3, m3, i_h, s2, H, GATED)
-        A20 = _gram(k, k2, k0, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
-        A21 = _gram(k, k2, k1, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
-        A22 = _gram(k, k2, k2, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
-        A30 = _gram(k, k3, k0, beta, r3, m3, G3, L3, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
-        A31 = _gram(k, k3, k1, beta, r3, m3, G3, L3, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
-        A32 = _gram(k, k3, k2, beta, r3, m3, G3, L3, r2, m2, G2, L2, i_h, H, K, BK, BC, False, PREC, GATED, ONCE)
-        A33 = _gram(k, k3, k3, beta, r3, m3, G3, L3, r3, m3, G3, L3, i_h, H, K, BK, BC, True, PREC, GATED, ONCE)
+        G2, L2, s2 = _cum_gates(g, r2, m2, i_h, s1, H, GATED, EX2)
+        G3, L3, s3 = _cum_gates(g, r3, m3, i_h, s2, H, GATED, EX2)
+        A20 = _gram(k, k2, k0, beta, r2, m2, G2, L2, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE, EX2)
+        A21 = _gram(k, k2, k1, beta, r2, m2, G2, L2, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED, ONCE, EX2)
+        A22 = _gram(k, k2, k2, beta, r2, m2, G2, L2, r2, m2, G2, L2, i_h, H, K, BK, BC, True, PREC, GATED, ONCE, EX2)
+        A30 = _gram(k, k3, k0, beta, r3, m3, G3, L3, r0, m0, G0, L0, i_h, H, K, BK, BC, False, PREC, GATED, ONCE, EX2)
+        A31 = _gram(k, k3, k1, beta, r3, m3, G3, L3, r1, m1, G1, L1, i_h, H, K, BK, BC, False, PREC, GATED, ONCE, EX2)
+        A32 = _gram(k, k3, k2, beta, r3, m3, G3, L3, r2, m2, G2, L2, i_h, H, K, BK, BC, False, PREC, GATED, ONCE, EX2)
+        A33 = _gram(k, k3, k3, beta, r3, m3, G3, L3, r3, m3, G3, L3, i_h, H, K, BK, BC, True, PREC, GATED, ONCE, EX2)
         T22 = _inv_block(A22, BC, PREC, POW)
         T33 = _inv_block(A33, BC, PREC, POW)
         T21 = -tl.dot(T22, tl.dot(A21, T11, input_precision=PREC), input_precision=PREC)
@@ -1338,6 +1349,16 @@ def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int
     return nseg if nseg > 1 else None
 
 
+# The UT kernel's gates of 16-bit inputs (fp32 sums without lo parts) in log2 units, each of Γ's exps one
+# ex2.approx.ftz (_exp): ptxas sm_90 (bf16, K = 128), its instructions 3528 → 3104 (experiments_2026-12-04f.md).
+UT_EX2 = True
+
+
+def _ut_ex2(gated: int) -> int:
+    """The UT kernel's EX2 argument (UT_EX2): 2 for 16-bit inputs' gates in a compiled kernel, else 0."""
+    return 2 if UT_EX2 and gated == 2 and not _common.interpreting() else 0
+
+
 def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     """T = (I + A)⁻¹ of every chunk (_ut_kernel) and, unless the scan makes them itself (``wu``), W and U
     (_wu_kernel); (made in the scan, W and U are one-element stand-ins: the scan reads neither)."""
@@ -1355,7 +1376,7 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     u = stand_in(inter, dev) if wu else _empty(Tt, H, V, dtype=inter, device=dev)
     if NC > 0:
         _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP),
+                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP), EX2=_ut_ex2(gated),
                             **_cfg("ut", inter, K, V, BK=BK, num_warps=_ut_warps(KP)))
         if not wu:
             grid, inner = chunk_grid((), NC, H)
