@@ -1301,13 +1301,17 @@ PASS_AHEAD = True
 # fp32 copy). ptxas sm_90 (bf16, K = V = 128), instructions in the chunk loop: 1513 → 1195 at 64-wide
 # tiles, 1208 → 931 at 32-wide (DeltaNet's: 665, 476); see experiments_2026-12-04f.md.
 PASS_EX2 = True
+# ... and in the scans of a forward before a backward (their stored states then carry the bf16 decayed
+# keys' rounding, which the backward reads as it reads any stored state)
+PASS_EX2_BACKWARD = True
 
 
 def _ex2(from_ks: bool, gated: int, inter: torch.dtype) -> dict:
-    """The EX2 and KD16 arguments of a forward-only pass forming Vn from K S (PASS_EX2): the one-instruction
-    exps and, for bf16, the bf16 decayed keys, where the gates sum in fp32 without lo parts (16-bit
-    inputs: their scaling to log2 units costs no accuracy a 16-bit input has) and the kernel is compiled."""
-    on = PASS_EX2 and from_ks and gated == 2 and not _common.interpreting()
+    """The EX2 and KD16 arguments of a forward's scans (PASS_EX2): the one-instruction exps and, for bf16,
+    the bf16 decayed keys, where the gates sum in fp32 without lo parts (16-bit inputs: their scaling
+    to log2 units costs no accuracy a 16-bit input has) and the kernel is compiled — in a forward-only
+    pass forming Vn from K S (``from_ks``), and with PASS_EX2_BACKWARD in any other."""
+    on = PASS_EX2 and (from_ks or PASS_EX2_BACKWARD) and gated == 2 and not _common.interpreting()
     return dict(EX2=2 if on else 0, KD16=on and inter == torch.bfloat16)
 
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward

@@ -997,13 +997,16 @@ def test_ex2_rule(monkeypatch):
     """PASS_EX2 (_ex2): the one-instruction exps (EX2 = 2) in a compiled forward-only pass forming Vn from
     K S whose gates sum in fp32 without lo parts (16-bit inputs), the bf16 decayed keys for bf16 operands
     only (fp16 inputs' are fp32); never for fp32 inputs' gate pairs, other passes, under the interpreter,
-    or with the switch off. UT_EX2 (_ut_ex2): the UT kernel's, on the same gates."""
+    or with the switch off; in other forward scans (before a backward) with PASS_EX2_BACKWARD. UT_EX2
+    (_ut_ex2): the UT kernel's, on the same gates."""
     monkeypatch.setattr(C._common, "interpreting", lambda: False)
     assert C._ex2(True, 2, torch.bfloat16) == dict(EX2=2, KD16=True)
     assert C._ex2(True, 2, torch.float32) == dict(EX2=2, KD16=False)
     off = dict(EX2=0, KD16=False)
-    assert C._ex2(True, 1, torch.float32) == off and C._ex2(False, 2, torch.bfloat16) == off
-    assert C._ex2(True, 0, torch.bfloat16) == off
+    assert C._ex2(True, 1, torch.float32) == off and C._ex2(True, 0, torch.bfloat16) == off
+    assert C._ex2(False, 2, torch.bfloat16) == dict(EX2=2, KD16=True)    # before a backward too
+    monkeypatch.setattr(C, "PASS_EX2_BACKWARD", False)
+    assert C._ex2(False, 2, torch.bfloat16) == off and C._ex2(True, 2, torch.bfloat16)["EX2"] == 2
     monkeypatch.setattr(C, "PASS_EX2", False)
     assert C._ex2(True, 2, torch.bfloat16) == off
     assert C._ut_ex2(2) == 2 and C._ut_ex2(1) == 0 and C._ut_ex2(0) == 0
@@ -1015,16 +1018,23 @@ def test_ex2_rule(monkeypatch):
     assert C._ex2(True, 2, torch.bfloat16) == off and C._ut_ex2(2) == 0
 
 
-def test_ut_in_log2_units(monkeypatch, count_launches):
-    """EX2 = 1 in the UT kernel (the interpreter's stand-in for UT_EX2's ex2 instruction): Gated DeltaNet's
-    T from log decays summed in log2 units, Γ as 2^x, gives outputs, final state and every gradient
-    (initial state's included) within float64's tolerance; every UT launch got it."""
+@pytest.mark.parametrize("fused", [True, False], ids=["one-pass", "two-passes"])
+def test_ut_in_log2_units(monkeypatch, count_launches, fused):
+    """EX2 = 1 (the interpreter's stand-in for UT_EX2's and PASS_EX2_BACKWARD's ex2 instruction) in the UT
+    kernel and in the forward's scans before a backward (the one pass, or the state scan of two passes):
+    Gated DeltaNet's T and states from log decays summed in log2 units, the exps as 2^x, give outputs,
+    final state and every gradient (initial state's included) within float64's tolerance; every UT
+    launch and forward scan got it."""
     monkeypatch.setattr(C, "_ut_ex2", lambda gated: 1 if gated else 0)
+    monkeypatch.setattr(C, "_ex2", lambda from_ks, gated, inter: dict(EX2=1 if gated else 0, KD16=False))
+    monkeypatch.setattr(C, "FUSED_FORWARD", fused)
     ut = count_launches(C, "_ut_kernel")
+    scans = count_launches(C, "_state_kernel")
     d = inputs("gated_deltanet", 2, 70, 2, 16, 24, seed=22)
     S0, do, dS = cotangents(2, 70, 2, 16, 24, 2, True, True)
     compare("gated_deltanet", d, S0, do, dS, chunk_size=64)
     assert ut and all(kw["EX2"] == 1 for _, kw in ut)
+    assert scans[0][1]["OUT"] == fused and scans[0][1]["EX2"] == 1
 
 
 @pytest.mark.parametrize("segments", [False, True], ids=["one-pass", "segments"])
