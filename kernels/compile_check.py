@@ -1,7 +1,7 @@
 """Compile the chunked kernels for a GPU without one: shared memory, registers and spills.
 
     python -m kernels.compile_check [--family scalar,key,delta,titans] [--dtype bf16,fp16,fp32] [--K 64,128,256]
-                                    [--chunk 64] [--arch 90] [--segments] [--set MODULE.NAME=VALUE ...]
+                                    [--chunk 64] [--arch 90] [--segments] [--sass] [--set MODULE.NAME=VALUE ...]
 
 The real launchers run on CPU tensors with every ``kernel[grid](...)`` turned into a compilation for
 sm_<arch> (Triton ships ptxas), so the launch settings checked are the ones used, and specialised by
@@ -12,8 +12,10 @@ reports registers and spills; "async copies" counts the PTX's asynchronous copie
 ahead, and "loads left in loops" names the loads a loop still issues itself (too narrow to copy
 ahead, or left out by the pipeliner), each waited for where its value is first used. A kernel over
 the SM's shared memory (227 KB on sm_90) would fail at launch; spills cost local-memory traffic.
-Exits 1 if one is over. Things the interpreter accepts and the GPU compiler does not fail here too,
-which is why the tests compile every family once.
+Exits 1 if one is over. ``--sass`` adds the SASS instructions (nvdisasm, also shipped) of each
+kernel's longest loop and of the whole kernel: a sequential chunk walk's time follows the loop's
+where its step is latency-bound (a program or two an SM). Things the interpreter accepts and the
+GPU compiler does not fail here too, which is why the tests compile every family once.
 
 The diagonal families (``scalar``: Mamba-2 / simple GLA, ``key``: GLA) are compiled in each of their
 forward paths — the two-pass kernels, the one pass, and (``--segments``) the one pass over segments —
@@ -45,6 +47,7 @@ from ._common import DTYPES  # noqa: E402
 
 SHARED_LIMIT = {90: 232448, 80: 166912}
 FAMILIES = ("scalar", "key", "delta", "titans")
+SASS = False   # each launch's longest loop counted in SASS too (--sass): an nvdisasm run a kernel more
 
 
 def specialized(fn, args, kwargs, arch: int) -> tuple[dict, dict, dict]:
@@ -80,33 +83,71 @@ def loads_in_loops(ttgir: str) -> list[str]:
     return names
 
 
-def ptxas_report(ptx: str, arch: int) -> tuple[int | None, int | None]:
-    """(registers a thread, bytes of spill stores) that ``ptxas -v`` reports for this PTX."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(ptx)
-    try:
-        out = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}a" if arch >= 90 else f"--gpu-name=sm_{arch}",
-                              f.name, "-o", os.devnull], capture_output=True, text=True).stderr
-    finally:
-        os.unlink(f.name)
+def _tool(name: str) -> str:
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def ptxas_report(ptx: str, arch: int, sass: bool = False) -> tuple:
+    """(registers a thread, bytes of spill stores) that ``ptxas -v`` reports for this PTX; with ``sass``
+    also the SASS instructions of its longest loop and of the whole kernel (:func:`sass_counts`)."""
+    with tempfile.TemporaryDirectory() as d:
+        src, cubin = os.path.join(d, "k.ptx"), os.path.join(d, "k.cubin")
+        with open(src, "w") as f:
+            f.write(ptx)
+        out = subprocess.run([_tool("ptxas"), "-v", f"--gpu-name=sm_{arch}a" if arch >= 90 else f"--gpu-name=sm_{arch}",
+                              src, "-o", cubin], capture_output=True, text=True).stderr
+        listing = subprocess.run([_tool("nvdisasm"), "-c", cubin], capture_output=True,
+                                 text=True).stdout if sass and os.path.exists(cubin) else ""
     regs = re.search(r"Used (\d+) registers", out)
     spills = [int(x) for x in re.findall(r"(\d+) bytes spill stores", out)]
-    return (int(regs.group(1)) if regs else None), (max(spills) if spills else None)
+    report = (int(regs.group(1)) if regs else None), (max(spills) if spills else None)
+    return (*report, sass_counts(listing)) if sass else report
+
+
+_ADDRESS = re.compile(r"/\*([0-9a-f]{4,})\*/")
+
+
+def sass_counts(listing: str) -> tuple[int | None, int]:
+    """(instructions in the longest loop, in all) of an nvdisasm listing; the loop is the span from a
+    label back to a branch that jumps to it (None without one): for a chunk walk, what one chunk's
+    step issues (each warp), which a latency-bound walk's time follows."""
+    labels, last, span = {}, None, None
+    rows = []
+    for line in listing.splitlines():
+        m = re.match(r"\s*\.(L_x_\d+):", line)
+        if m:
+            last = m.group(1)
+            continue
+        a = _ADDRESS.search(line)
+        if not a:
+            continue
+        addr = int(a.group(1), 16)
+        if last is not None:
+            labels[last], last = addr, None
+        rows.append(addr)
+        b = re.search(r"\bBRA\b.*?\.(L_x_\d+)", line)
+        if b and labels.get(b.group(1), addr) < addr:   # (not the one-instruction loop ending a kernel)
+            lo = labels[b.group(1)]
+            if span is None or addr - lo > span[1] - span[0]:
+                span = (lo, addr)
+    return (None if span is None else sum(span[0] <= r <= span[1] for r in rows)), len(rows)
 
 
 @contextlib.contextmanager
-def compiled_launches(arch: int, label: str = ""):
+def compiled_launches(arch: int, label: str = "", sass: bool | None = None):
     """Every Triton launch meanwhile compiles for sm_<arch> instead of running; yields the list of
-    rows (kernel, label, warps, stages, shared bytes, registers, spill stores), one per launch."""
+    rows (kernel, label, warps, stages, shared bytes, registers, spill stores and, with ``sass`` —
+    by default SASS — the instructions of its longest loop and of all of it), one per launch."""
     rows = []
+    sass = SASS if sass is None else sass
 
     def compile_only(self, *args, grid, warmup=False, **kwargs):
         opts = {n: kwargs.pop(n) for n in ("num_warps", "num_stages", "maxnreg", "launch_pdl") if n in kwargs}
         sig, consts, attrs = specialized(self, args, kwargs, arch)
         k = triton.compile(ASTSource(self, sig, consts, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
-        regs, spills = ptxas_report(k.asm["ptx"], arch)
+        regs, spills, *loop = ptxas_report(k.asm["ptx"], arch, sass)
         rows.append({"kernel": self.__name__, "label": label, "warps": k.metadata.num_warps,
+                     "sass": loop[0] if loop else None,
                      "stages": opts.get("num_stages", 3), "shared": k.metadata.shared, "regs": regs,
                      "spill_stores": spills or 0,
                      # a link of a chain of dependent launches (chain_link): its wait is in the PTX
@@ -185,6 +226,14 @@ def check(family: str, dtype: torch.dtype, K: int, V: int, arch: int, segments: 
     return check_diag(family, dtype, K, V, arch, segments, settings)
 
 
+def sass_cell(row: dict) -> str:
+    """The --sass column of a row: loop / all instructions (nothing without --sass)."""
+    if not SASS:
+        return ""
+    loop, total = row["sass"]
+    return f" {loop or '-'} / {total} |"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
@@ -192,6 +241,9 @@ def main(argv=None) -> int:
     ap.add_argument("--K", default="64,128,256", help="head dims, K = V")
     ap.add_argument("--chunk", type=int, default=64, choices=(16, 32, 64), help="the delta rule's and Titans' chunk size")
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--sass", action="store_true",
+                    help="a column more: the SASS instructions of each kernel's longest loop (a chunk walk's step) "
+                    "and of the whole kernel")
     ap.add_argument("--segments", action="store_true",
                     help="the diagonal families' forwards over segments too; the delta rule's forward and "
                     "backward over segments instead of its others")
@@ -210,10 +262,15 @@ def main(argv=None) -> int:
     except ValueError:
         ap.error(f"--K: comma-separated integers, got {args.K!r}")
     limit = SHARED_LIMIT.get(args.arch, 232448)
+    global SASS
+    # (the module the families' checks import, which is not __main__ under python -m)
+    import kernels.compile_check as imported
+
+    SASS = imported.SASS = args.sass
     over = 0
     print("| family | dtype | K = V | kernel | where | warps | stages | shared KB | registers | spill stores (B) "
-          "| async copies | loads left in loops |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| async copies | loads left in loops |" + (" SASS instructions: loop / all |" if SASS else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if SASS else ""))
     for family in families:
         for name in args.dtype.split(","):
             for K in dims:
@@ -222,7 +279,7 @@ def main(argv=None) -> int:
                     over += bool(flag)
                     print(f"| {family} | {name} | {K} | {r['kernel']} | {r['label']} | {r['warps']} | {r['stages']} | "
                           f"{r['shared'] / 1024:.0f}{flag} | {r['regs']} | {r['spill_stores']} | {r['async']} | "
-                          f"{', '.join(r['loop_loads']) or '-'} |", flush=True)
+                          f"{', '.join(r['loop_loads']) or '-'} |" + sass_cell(r), flush=True)
     print(f"\n{over} kernels over the {limit // 1024} KB of shared memory of sm_{args.arch}")
     return int(over > 0)
 

@@ -60,14 +60,49 @@ def test_a_launchs_register_cap_reaches_the_compiler():
 def test_launches_are_specialised_as_on_the_gpu():
     """Each launch is compiled with the alignment marks Triton's launcher gives it on the GPU, so the
     pointer loads of the delta rule's scans are vectorised and pipelined (asynchronous copies in the PTX;
-    without the marks there were none, and ptxas reported spills the launched build does not have)."""
-    res = _run("--family", "delta", "--dtype", "bf16", "--K", "128")
+    without the marks there were none, and ptxas reported spills the launched build does not have).
+    With --sass, the SASS instructions of each kernel's longest loop and of all of it: the scans have a
+    chunk loop, the UT kernel none."""
+    res = _run("--family", "delta", "--dtype", "bf16", "--K", "128", "--sass")
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     rows = {(r[3].strip(), r[4].strip()): r for r in
             (line.split("|")[1:-1] for line in res.stdout.splitlines() if line.startswith("| delta |"))}
     # (unmarked, both builds had none)
     assert int(rows[("_output_kernel", "forward")][10]) > 0, res.stdout
     assert int(rows[("_dqkw_kernel", "backward")][10]) > 0, res.stdout
+    loop, total = (x.strip() for x in rows[("_state_kernel", "forward, alone")][12].split("/"))
+    assert 100 < int(loop) < int(total), res.stdout
+    loop, total = (x.strip() for x in rows[("_ut_kernel", "forward")][12].split("/"))
+    assert loop == "-" and int(total) > 1000, res.stdout
+
+
+_LISTING = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_1:
+        /*0010*/                   IADD3 R2, R2, 0x1, RZ ;
+.L_x_2:
+        /*0020*/                   FADD R3, R3, R4 ;
+        /*0030*/                   ISETP.GE.AND P0, PT, R2, 0x8, PT ;
+        /*0040*/               @!P0 BRA `(.L_x_2) ;
+        /*0050*/                   FMUL R3, R3, R3 ;
+        /*0060*/               @!P0 BRA `(.L_x_1) ;
+        /*0070*/                   BRA `(.L_x_3) ;
+        /*0080*/                   EXIT ;
+.L_x_3:
+        /*0090*/                   BRA `(.L_x_3) ;
+"""
+
+
+def test_sass_counts_the_longest_loop(monkeypatch):
+    """sass_counts: the longest span from a label back to a branch to it (the outer loop, 6 instructions,
+    not the inner one of 3), not a forward branch nor the one-instruction loop that ends a kernel; and
+    every instruction (10). Without a backward branch, no loop."""
+    monkeypatch.setenv("TRITON_INTERPRET", os.environ.get("TRITON_INTERPRET", "1"))   # (as above)
+    from kernels.compile_check import sass_counts
+
+    assert sass_counts(_LISTING) == (6, 10)
+    assert sass_counts(_LISTING.replace("@!P0 BRA `(.L_x_1)", "NOP")) == (3, 10)
+    assert sass_counts("        /*0000*/                   EXIT ;\n") == (None, 1)
 
 
 @pytest.mark.parametrize("args,message", [
