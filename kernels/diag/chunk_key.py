@@ -180,15 +180,6 @@ GATE_LOADS_FIRST = True
 # kernels.diag.chunk_key.PASS_PDL=True`, three alternating rounds, 2026-12-04): forward 0.390 → 0.386 ms
 # at 4K, 0.390 → 0.389 at 1K (fwd+bwd 2.878 → 2.869, 2.858 → 2.852). False: plain launches.
 PASS_PDL = True
-# The forward-only pass of bf16 inputs scales each mild chunk's query tile by e^{−G_L} as a packed bf16
-# multiply (the factor rounded to bf16) instead of an fp32 copy rounded back: ptxas sm_90 (K = V = 128),
-# instructions in the chunk loop 1102 → 961; timed, no faster (experiments_2026-12-04f.md §4).
-PASS_QS16 = True
-
-
-def _qs16(dtype: torch.dtype, keep: bool) -> bool:
-    """The pass's QS16 argument: PASS_QS16, bf16 inputs, no backward."""
-    return PASS_QS16 and dtype == torch.bfloat16 and not keep
 # (Tried and removed, 2026-12-04: the forward-only pass's queries stored as Q ⊙ e^{G − max(G_L, −LIM)},
 # so that no chunk rescales its query tile for the scores (`PASS_SHIFTED_QUERIES`): the pass then asked
 # for 120 KB of shared memory instead of 104, one program an SM; GLA forward 0.376 → 0.452 ms at 4K,
@@ -484,8 +475,7 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False,
-                      QS16: tl.constexpr = False):
+                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -495,8 +485,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
-    during the chunk before it (PASS_AHEAD). QS16 (bf16 inputs): the rescaled queries a bf16 product
-    (PASS_QS16)."""
+    during the chunk before it (PASS_AHEAD)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -525,10 +514,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
         if -tl.min(b_GL, axis=0) < LIM:
-            if QS16:   # the factor rounded to bf16 (fp32's exponent range), then a packed bf16 multiply
-                b_qs = b_qd * tl.exp(-b_GL)[None, :].to(tl.bfloat16)
-            else:
-                b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
+            b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
             b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
             if STORE:
                 if i_v == 0:
@@ -846,7 +832,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
     launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
-                  QS16=_qs16(q.dtype, keep), **_launch("fused_fwd", q.dtype, K, V))
+                  **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
                                                  scale, HAS_H0=h0 is not None, STORE_HT=ht is not None,
