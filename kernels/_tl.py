@@ -107,3 +107,17 @@ def chunk_head(AXIS: tl.constexpr, HEADS_INNER: tl.constexpr):
         return tl.program_id(AXIS + 1), tl.program_id(AXIS)
     else:
         return tl.program_id(AXIS), tl.program_id(AXIS + 1)
+
+
+@triton.jit
+def exp_units(x, EX2: tl.constexpr):
+    """e^x of fp32 values (EX2 = 0); 2^x of x in log2 units (EX2 = 1); the same as one ex2.approx.ftz
+    instruction, results under 2^-126 flushed to 0 (EX2 = 2: inline PTX, compiled kernels only), where
+    tl.exp takes a multiply by log2 e and, to keep subnormals, a compare and two predicated multiplies."""
+    if EX2 == 2:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    elif EX2 == 1:
+        return tl.math.exp2(x)
+    else:
+        return tl.exp(x)

@@ -54,6 +54,7 @@ from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_d
                        fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
                        tensor_descriptors)
 from .._tl import batch_place, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
+from .._tl import exp_units as _exp
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
 
@@ -129,20 +130,6 @@ def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexp
                              float("-inf")), EX2)
     else:
         return tl.where(keep, 1.0, 0.0)
-
-
-@triton.jit
-def _exp(x, EX2: tl.constexpr):
-    """e^x of fp32 values (EX2 = 0); 2^x of x in log2 units (EX2 = 1); the same as one ex2.approx.ftz
-    instruction, results under 2^-126 flushed to 0 (EX2 = 2: inline PTX, compiled kernels only), where
-    tl.exp takes a multiply by log2 e and, to keep subnormals, a compare and two predicated multiplies."""
-    if EX2 == 2:
-        return tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
-    elif EX2 == 1:
-        return tl.math.exp2(x)
-    else:
-        return tl.exp(x)
 
 
 @triton.jit

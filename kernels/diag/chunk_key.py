@@ -50,7 +50,9 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import cdiv, chunk_grid, dependent_launch, next_pow2
-from .._tl import chain_link, chunk_head, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk, tile_offsets
+from .._common import interpreting
+from .._tl import chain_link, chunk_head, chunk_qkv, chunk_span, exp_units, load_scaled, state_tile, store_chunk
+from .._tl import tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -180,6 +182,15 @@ GATE_LOADS_FIRST = True
 # kernels.diag.chunk_key.PASS_PDL=True`, three alternating rounds, 2026-12-04): forward 0.390 → 0.386 ms
 # at 4K, 0.390 → 0.389 at 1K (fwd+bwd 2.878 → 2.869, 2.858 → 2.852). False: plain launches.
 PASS_PDL = True
+# The gate kernel of 16-bit inputs sums the log decays in log2 units and takes each of its two exps an
+# element as one ex2.approx.ftz (kernels._tl.exp_units), where tl.exp adds a multiply by log2 e and, to
+# keep subnormal results, three instructions more; see experiments_2026-12-04f.md.
+GATE_EX2 = True
+
+
+def _gate_ex2(dtype: torch.dtype) -> int:
+    """The gate kernel's EX2 argument (GATE_EX2): 2 for 16-bit inputs in a compiled kernel, else 0."""
+    return 2 if GATE_EX2 and _fast(dtype) and not interpreting() else 0
 # (Tried and removed, 2026-12-04: the forward-only pass's queries stored as Q ⊙ e^{G − max(G_L, −LIM)},
 # so that no chunk rescales its query tile for the scores (`PASS_SHIFTED_QUERIES`): the pass then asked
 # for 120 KB of shared memory instead of 104, one program an SM; GLA forward 0.376 → 0.452 ms at 4K,
@@ -202,8 +213,9 @@ def _chunk_bounds(offsets, chunk_indices, i_c):
 
 @triton.jit
 def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-           FAST: tl.constexpr):
-    """A chunk's log decays: G (Σ_{s≤t} g_s), Gs (Σ_{s>t} g_s = G_L − G_t) and the total G_L.
+           FAST: tl.constexpr, EX2: tl.constexpr = 0):
+    """A chunk's log decays: G (Σ_{s≤t} g_s), Gs (Σ_{s>t} g_s = G_L − G_t) and the total G_L (EX2: in
+    log2 units, for exp_units).
 
     Gs is a reverse cumulative sum of the next rows' g, exact to rounding; FAST (16-bit inputs) takes
     G_L − G_t, off by |G_L| · 6e-8 (1e-4 relative for a chunk decaying by 1300 nats, far below the
@@ -216,6 +228,8 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
     o_tk = tl.arange(0, BT)[:, None] * (H * K) + o_k[None, :]   # 32-bit offsets from the chunk's first row
     b_g = tl.load(gk + (c_start * H + i_h) * K + o_tk, mask=m[:, None] & m_k[None, :], other=0.0)
     b_g = b_g.to(tl.float32)
+    if EX2:
+        b_g = b_g * 1.4426950408889634
     b_G = tl.cumsum(b_g, axis=0)
     b_GL = tl.sum(b_g, axis=0)
     if FAST:
@@ -224,6 +238,8 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
         m_n = (rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT) & ok
         b_gn = tl.load(gk + ((c_start + 1) * H + i_h) * K + o_tk, mask=m_n[:, None] & m_k[None, :],
                        other=0.0).to(tl.float32)
+        if EX2:
+            b_gn = b_gn * 1.4426950408889634
         b_Gs = tl.cumsum(b_gn, axis=0, reverse=True)
     return b_G, b_Gs, b_GL
 
@@ -237,7 +253,8 @@ def _excl_combine(s1, p1, s2, p2):
 @triton.jit
 def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
                  H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, FAST: tl.constexpr,
-                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False, PDL: tl.constexpr = False):
+                 HEADS_INNER: tl.constexpr = False, LOADS_FIRST: tl.constexpr = False, PDL: tl.constexpr = False,
+                 EX2: tl.constexpr = 0):
     """Per chunk and key block: Q ⊙ e^{G}, K ⊙ e^{G_L − G} (in the inputs' dtype) and G_L (fp32).
 
     Every later kernel reads these instead of summing the decays again; the sequential state
@@ -246,7 +263,8 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     HEADS_INNER: the grid is (key blocks, heads, chunks), so that programs launched together read
     whole rows (GATE_HEADS_INNER); else (key blocks, chunks, heads). LOADS_FIRST: q and k loaded
     before the decays are summed (GATE_LOADS_FIRST). PDL: the first link of the one pass's chain of
-    dependent launches (PASS_PDL).
+    dependent launches (PASS_PDL). EX2: the decays summed in log2 units and each exp exp_units's
+    (GATE_EX2); G_L stored in nats all the same.
     """
     chain_link(PDL)
     i_k = tl.program_id(0)
@@ -263,14 +281,16 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     if LOADS_FIRST:   # q and k in flight while the decays' sums wait on gk
         b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
         b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0)
-        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
+        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST, EX2)
         b_q, b_k = b_q.to(tl.float32), b_k.to(tl.float32)
     else:
-        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST)
+        b_G, b_Gs, b_GL = _gates(gk, c_start, eos, True, i_h, o_k, m_k, H, K, BT, FAST, EX2)
         b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
         b_k = tl.load(k + r_k + o_tk, mask=m_tk, other=0.0).to(tl.float32)
-    tl.store(qd + r_k + o_tk, (b_q * tl.exp(b_G)).to(qd.dtype.element_ty), mask=m_tk)
-    tl.store(kd + r_k + o_tk, (b_k * tl.exp(b_Gs)).to(kd.dtype.element_ty), mask=m_tk)
+    tl.store(qd + r_k + o_tk, (b_q * exp_units(b_G, EX2)).to(qd.dtype.element_ty), mask=m_tk)
+    tl.store(kd + r_k + o_tk, (b_k * exp_units(b_Gs, EX2)).to(kd.dtype.element_ty), mask=m_tk)
+    if EX2:
+        b_GL = b_GL * 0.6931471805599453
     tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
 
 
@@ -798,7 +818,7 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     if NC:
         grid, inner = chunk_grid((cdiv(K, BK),), NC, H, on=GATE_HEADS_INNER)
         _gate_kernel[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
-                           FAST=_fast(q.dtype), HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST,
+                           FAST=_fast(q.dtype), HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST, EX2=_gate_ex2(q.dtype),
                            **dependent_launch(pdl, q.device, first=True),
                            **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL

@@ -592,3 +592,37 @@ def test_gate_loads_first(one_pass, monkeypatch, count_launches, backward):
     x = _inputs(2, 150 if not backward else 67, 2, 80 if not backward else 16, 16, "bursts", seed=4)
     _same_bits_either_way(monkeypatch, "GATE_LOADS_FIRST", x, backward)
     assert [kw["LOADS_FIRST"] for _, kw in gates] == [False, True]
+
+
+def test_gate_ex2_rule(monkeypatch):
+    """GATE_EX2 (_gate_ex2): the one-instruction exps (2) in the compiled gate kernel of 16-bit inputs, none
+    for fp32 inputs, under the interpreter or with the switch off."""
+    monkeypatch.setattr(chunk_key, "interpreting", lambda: False)
+    assert [chunk_key._gate_ex2(d) for d in (torch.bfloat16, torch.float16, torch.float32)] == [2, 2, 0]
+    monkeypatch.setattr(chunk_key, "GATE_EX2", False)
+    assert chunk_key._gate_ex2(torch.bfloat16) == 0
+    monkeypatch.setattr(chunk_key, "GATE_EX2", True)
+    monkeypatch.setattr(chunk_key, "interpreting", lambda: True)
+    assert chunk_key._gate_ex2(torch.bfloat16) == 0
+
+
+@pytest.mark.parametrize("fast", [False, True], ids=["pairs", "fast"])
+@pytest.mark.parametrize("regime", ["mild", "bursts"])
+def test_gates_in_log2_units(monkeypatch, count_launches, regime, fast):
+    """EX2 = 1 (the interpreter's stand-in for GATE_EX2's ex2 instruction): the gate kernel sums the log
+    decays in log2 units and takes 2^x (its G_L stored in nats), with the reverse sums scanned or as
+    G_L − G (FAST_PAIRS): output, final state and every gradient still within float64's tolerance
+    (GLA's backward reads the gated queries and keys it writes), and the one pass too."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(chunk_key, "_gate_ex2", lambda dtype: 1)
+    monkeypatch.setattr(dc, "FAST_PAIRS", fast)
+    gates = count_launches(chunk_key, "_gate_kernel")
+    x = _inputs(2, 67, 2, 16, 16, regime, seed=23)
+    _check(x)
+    monkeypatch.setattr(dc, "FUSED_FORWARD", True)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1)
+    o_ref, S_ref, _ = _reference(x, True)
+    o, S = _forward(x)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    assert len(gates) == 2 and all(kw["EX2"] == 1 for _, kw in gates)
