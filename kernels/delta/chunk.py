@@ -115,7 +115,7 @@ def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr, EX2: 
 
 
 @triton.jit
-def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexpr, EX2: tl.constexpr = False):
+def _gamma(b_G, b_Gl, BT: tl.constexpr, STRICT: tl.constexpr, GATED: tl.constexpr, EX2: tl.constexpr = 0):
     """Γ_ij = e^{G_i − G_j} for i ≥ j (i > j if STRICT), 0 elsewhere; without a gate, the mask alone.
     EX2 > 0: G in log2 units, Γ_ij = 2^{G_i − G_j} (see _exp)."""
     o = tl.arange(0, BT)
@@ -1285,11 +1285,15 @@ PASS_T_TMA = True
 PASS_AHEAD = True
 # The forward-only pass of 16-bit inputs with gates: each chunk's exps (Γ's 64², the rows' factors)
 # one ex2.approx.ftz of log decays in log2 units, and for bf16 the decayed key tile a bf16 product (no
-# fp32 copy). ptxas sm_90 (bf16, K = V = 128), instructions in the chunk loop: 1513 → 1195 at 64-wide
-# tiles, 1208 → 931 at 32-wide (DeltaNet's: 665, 476); see experiments_2026-12-04f.md.
+# fp32 copy). Instructions in the chunk loop (`python -m kernels.compile_check --family delta --dtype
+# bf16 --K 128 --sass`, "forward, alone") 1689 → 1376, with Γ's zero lo difference gone. H200, bf16,
+# H = 16, K = V = 128 (`python -m kernels.sweep ab --ops gdn --T T --set
+# kernels.delta.chunk.PASS_EX2=False`): Gated DeltaNet forward 0.419 → 0.374 ms at 1K, 0.418 → 0.387
+# at 4K, 0.539 → 0.457 at 8K, 0.822 → 0.651 at 16K, 1.026 → 0.974 at 32K; experiments_2026-12-04f.md §2.
 PASS_EX2 = True
 # ... and in the scans of a forward before a backward (their stored states then carry the bf16 decayed
-# keys' rounding, which the backward reads as it reads any stored state)
+# keys' rounding, which the backward reads as it reads any stored state): fwd+bwd 3.018 → 2.956 ms at
+# 4K, 16K unchanged (--set kernels.delta.chunk.PASS_EX2_BACKWARD=False; §3)
 PASS_EX2_BACKWARD = True
 
 
@@ -1341,7 +1345,8 @@ def _segments(offsets: Tensor, NH: int, V: int, KP: int, device, BT: int) -> int
 
 
 # The UT kernel's gates of 16-bit inputs (fp32 sums without lo parts) in log2 units, each of Γ's exps one
-# ex2.approx.ftz (_exp): ptxas sm_90 (bf16, K = 128), its instructions 3528 → 3104 (experiments_2026-12-04f.md).
+# ex2.approx.ftz (_exp): its instructions 3528 → 3104 (compile_check --sass, as above); Gated DeltaNet
+# forward 0.645 → 0.636 ms at 16K (--set kernels.delta.chunk.UT_EX2=False; experiments_2026-12-04f.md §3).
 UT_EX2 = True
 
 

@@ -182,19 +182,22 @@ GATE_LOADS_FIRST = True
 # kernels.diag.chunk_key.PASS_PDL=True`, three alternating rounds, 2026-12-04): forward 0.390 → 0.386 ms
 # at 4K, 0.390 → 0.389 at 1K (fwd+bwd 2.878 → 2.869, 2.858 → 2.852). False: plain launches.
 PASS_PDL = True
+# (Tried and removed, 2026-12-04: the forward-only pass's queries stored as Q ⊙ e^{G − max(G_L, −LIM)},
+# so that no chunk rescales its query tile for the scores (`PASS_SHIFTED_QUERIES`): the pass then asked
+# for 120 KB of shared memory instead of 104, one program an SM; GLA forward 0.376 → 0.452 ms at 4K,
+# and at two stages still 0.378 → 0.387; experiments_2026-12-04e.md §1.)
 # The gate kernel of 16-bit inputs sums the log decays in log2 units and takes each of its two exps an
 # element as one ex2.approx.ftz (kernels._tl.exp_units), where tl.exp adds a multiply by log2 e and, to
-# keep subnormal results, three instructions more; see experiments_2026-12-04f.md.
+# keep subnormal results, three instructions more: 1456 → 1216 instructions (`python -m
+# kernels.compile_check --family key --dtype bf16 --K 128 --sass`), GLA forward 0.387 → 0.379 ms at 4K,
+# 0.389 → 0.381 at 1K (`python -m kernels.sweep ab --ops key --T T --set
+# kernels.diag.chunk_key.GATE_EX2=False`, every round); experiments_2026-12-04f.md §7.
 GATE_EX2 = True
 
 
 def _gate_ex2(dtype: torch.dtype) -> int:
     """The gate kernel's EX2 argument (GATE_EX2): 2 for 16-bit inputs in a compiled kernel, else 0."""
-    return 2 if GATE_EX2 and _fast(dtype) and not interpreting() else 0
-# (Tried and removed, 2026-12-04: the forward-only pass's queries stored as Q ⊙ e^{G − max(G_L, −LIM)},
-# so that no chunk rescales its query tile for the scores (`PASS_SHIFTED_QUERIES`): the pass then asked
-# for 120 KB of shared memory instead of 104, one program an SM; GLA forward 0.376 → 0.452 ms at 4K,
-# and at two stages still 0.378 → 0.387; experiments_2026-12-04e.md §1.)
+    return 2 if GATE_EX2 and dtype in (torch.bfloat16, torch.float16) and not interpreting() else 0
 
 
 def _alloc(*shape, **kw) -> Tensor:
