@@ -39,6 +39,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def exp_mode(on: bool) -> int:
+    """The EX2 argument of a kernel taking its exps through kernels._tl.exp_units: 2 (one ex2.approx.ftz
+    an exp, of log decays in log2 units) where ``on`` and the kernel is compiled, else 0 (tl.exp; the
+    interpreter cannot run inline PTX)."""
+    return 2 if on and not interpreting() else 0
+
+
 def interpreter_upcast(*ts: Tensor | None) -> tuple[Tensor | None, ...]:
     """Under Triton 3.6's CPU interpreter (only), bf16 tensors as fp32: numpy has no bfloat16, and
     the interpreter's tl.dot multiplies bf16 operands' raw bits (outputs off by ~1e9). Others pass."""

@@ -1302,8 +1302,8 @@ def _ex2(from_ks: bool, gated: int, inter: torch.dtype) -> dict:
     the bf16 decayed keys, where the gates sum in fp32 without lo parts (16-bit inputs: their scaling
     to log2 units costs no accuracy a 16-bit input has) and the kernel is compiled — in a forward-only
     pass forming Vn from K S (``from_ks``), and with PASS_EX2_BACKWARD in any other."""
-    on = PASS_EX2 and (from_ks or PASS_EX2_BACKWARD) and gated == 2 and not _common.interpreting()
-    return dict(EX2=2 if on else 0, KD16=on and inter == torch.bfloat16)
+    ex2 = _common.exp_mode(PASS_EX2 and (from_ks or PASS_EX2_BACKWARD) and gated == 2)
+    return dict(EX2=ex2, KD16=ex2 > 0 and inter == torch.bfloat16)
 
 # W and U made inside the segments' three scans (states from zero, transitions, the pass) in a forward
 # without a backward, as WU_IN_SCAN does for the one pass: no _wu_kernel, each scan reading T, k, v and
@@ -1352,7 +1352,7 @@ UT_EX2 = True
 
 def _ut_ex2(gated: int) -> int:
     """The UT kernel's EX2 argument (UT_EX2): 2 for 16-bit inputs' gates in a compiled kernel, else 0."""
-    return 2 if UT_EX2 and gated == 2 and not _common.interpreting() else 0
+    return _common.exp_mode(UT_EX2 and gated == 2)
 
 
 def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):

@@ -49,8 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, chunk_grid, dependent_launch, next_pow2
-from .._common import interpreting
+from .._common import cdiv, chunk_grid, dependent_launch, exp_mode, next_pow2
 from .._tl import chain_link, chunk_head, chunk_qkv, chunk_span, exp_units, load_scaled, state_tile, store_chunk
 from .._tl import tile_offsets
 from . import chunk as _scalar
@@ -197,7 +196,7 @@ GATE_EX2 = True
 
 def _gate_ex2(dtype: torch.dtype) -> int:
     """The gate kernel's EX2 argument (GATE_EX2): 2 for 16-bit inputs in a compiled kernel, else 0."""
-    return 2 if GATE_EX2 and dtype in (torch.bfloat16, torch.float16) and not interpreting() else 0
+    return exp_mode(GATE_EX2 and dtype in (torch.bfloat16, torch.float16))
 
 
 def _alloc(*shape, **kw) -> Tensor:

@@ -597,12 +597,12 @@ def test_gate_loads_first(one_pass, monkeypatch, count_launches, backward):
 def test_gate_ex2_rule(monkeypatch):
     """GATE_EX2 (_gate_ex2): the one-instruction exps (2) in the compiled gate kernel of 16-bit inputs, none
     for fp32 inputs, under the interpreter or with the switch off."""
-    monkeypatch.setattr(chunk_key, "interpreting", lambda: False)
+    monkeypatch.setattr(kernels._common, "interpreting", lambda: False)
     assert [chunk_key._gate_ex2(d) for d in (torch.bfloat16, torch.float16, torch.float32)] == [2, 2, 0]
     monkeypatch.setattr(chunk_key, "GATE_EX2", False)
     assert chunk_key._gate_ex2(torch.bfloat16) == 0
     monkeypatch.setattr(chunk_key, "GATE_EX2", True)
-    monkeypatch.setattr(chunk_key, "interpreting", lambda: True)
+    monkeypatch.setattr(kernels._common, "interpreting", lambda: True)
     assert chunk_key._gate_ex2(torch.bfloat16) == 0
 
 
