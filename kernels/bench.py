@@ -1,10 +1,11 @@
 """Kernel benchmark on the GPU: our kernels, flash-linear-attention (fla-core) and torch SDPA, in one run.
 
-    python -m kernels.bench [--out DIR] [--quick] [--ops KIND,...]
+    python -m kernels.bench [--out DIR] [--quick] [--ops KIND,...] [--modes MODE,...]
         (kinds: scalar,key,delta,gdn,softmax,titans and decode; --ops decode alone: the decode step only)
 
 bf16, H=16, K=V=128, B·T = 32768 tokens, T from 1K to 32K; forward and forward+backward (median of
-``triton.testing.do_bench``), peak memory, the memory floor (bytes of q, k, v, o over the measured copy
+``triton.testing.do_bench``), the forward replayed from a CUDA graph ("fwd graph": its GPU time
+alone, whatever the host's Python and launches cost), peak memory, the memory floor (bytes of q, k, v, o over the measured copy
 bandwidth) and, with ``decode`` among the kinds (the default), the decode step at B=64. Writes
 ``kernel_bench.md``, ``kernel_bench.csv`` and ``decode.csv``.
 """
@@ -27,6 +28,11 @@ H, D = 16, 128
 # "ours-fused": the diagonal-decay and delta-rule kernels with their one-pass forwards forced on (FUSED_FORWARD =
 # True; "ours" runs them only where the default rule picks them)
 IMPLS = ("ours", "ours-fused", "ours-recurrent", "fla", "sdpa")
+# "fwd graph": the forward without autograd replayed from a CUDA graph (graph_ms). do_bench's "fwd" queues
+# calls back to back, so where a call's host time (Python, launches) passes its GPU time it times the
+# host: DeltaNet's forward read 0.489 ms for 0.311 of kernels on one H200 host
+# (kernels/results/experiments_2026-12-04g.md §2); the graph's replay reads the GPU's time on any host.
+MODES = ("fwd", "fwd graph", "fwd+bwd")
 TOKENS = 32768
 
 
@@ -168,6 +174,16 @@ def _time(fn, inp, backward):
     except Exception as e:  # noqa: BLE001 - a refused or failing op is a table cell
         return f"error: {type(e).__name__}: {str(e)[:60]}", None
     return ms, (torch.cuda.max_memory_allocated() - base) / 2 ** 30
+
+
+def _time_graph(fn, inp):
+    """(ms, None) of ``fn(**inp)`` without autograd replayed from a CUDA graph (graph_ms), or (an error
+    string, None) where the op cannot be captured."""
+    try:
+        with torch.no_grad():
+            return graph_ms(lambda: fn(**inp)), None
+    except Exception as e:  # noqa: BLE001 - an op that cannot be captured is a table cell
+        return f"error: {type(e).__name__}: {str(e)[:60]}", None
 
 
 def copy_bandwidth() -> float:
@@ -316,7 +332,7 @@ def render(paths: list[str], header: list[str], merged_csv: str | None = None) -
         lines += [f"## {op}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
                   "|---|---|" + "---|" * (len(Ts) + 1)]
         for impl in IMPLS:
-            for mode in ("fwd", "fwd+bwd"):
+            for mode in MODES:
                 got = [cells.get((op, impl, mode, T)) for T in Ts]
                 if any(got):
                     peaks = [float(r["peak_GiB"]) for r in got if r and r["peak_GiB"] not in ("", "None")]
@@ -369,11 +385,13 @@ def main(argv=None) -> int:
                     "our kernels after a change and merge the rows with an earlier run's fla rows by --render)")
     ap.add_argument("--profile", action="store_true", help="print a per-kernel breakdown first")
     ap.add_argument("--Ts", default="", help="comma-separated sequence lengths (default 1K … 32K)")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES)
+                    + ' ("fwd graph": the forward replayed from a CUDA graph, the GPU\'s time alone)')
     ap.add_argument("--render", default="", help="comma-separated CSVs of earlier runs: write "
                     "kernel_bench.md from them and exit (no GPU needed)")
     args = ap.parse_args(argv)
     for flag, given, known in (("--ops", args.ops, ("scalar", "key", "delta", "gdn", "softmax", "titans", "decode")),
-                               ("--impls", args.impls, IMPLS)):
+                               ("--impls", args.impls, IMPLS), ("--modes", args.modes, MODES)):
         unknown = [x for x in given.split(",") if x not in known]
         if unknown:
             ap.error(f"{flag}: unknown {', '.join(unknown)} (choose from {', '.join(known)})")
@@ -381,7 +399,8 @@ def main(argv=None) -> int:
     if args.render:
         md = render(args.render.split(","), [
             "# Kernel benchmark (rendered from the CSVs of the runs named below)", "",
-            f"bf16, H={H}, K=V={D}, B·T={TOKENS}; ms = median of triton.testing.do_bench; floor = "
+            f"bf16, H={H}, K=V={D}, B·T={TOKENS}; ms = median of triton.testing.do_bench (fwd graph: of "
+            "the forward's replays from a CUDA graph, the GPU's time alone); floor = "
             "bytes(q, k, v, o) / measured copy bandwidth. Runs: " + ", ".join(args.render.split(",")), ""],
             merged_csv=os.path.join(args.out, "kernel_bench.csv"))
         with open(os.path.join(args.out, "kernel_bench.md"), "w") as f:
@@ -415,11 +434,13 @@ def main(argv=None) -> int:
             for impl, fn in impls.items():
                 if fn is None or impl not in args.impls.split(","):
                     continue
-                for mode in ("fwd", "fwd+bwd"):
-                    inp = _inputs(B, T, "softmax" if kind == "softmax" else kind, grad=mode != "fwd")
+                for mode in [m for m in MODES if m in args.modes.split(",")]:
+                    inp = _inputs(B, T, "softmax" if kind == "softmax" else kind, grad=mode == "fwd+bwd")
                     if mode == "fwd":
                         with torch.no_grad():
                             ms, peak = _time(fn, inp, False)
+                    elif mode == "fwd graph":
+                        ms, peak = _time_graph(fn, inp)
                     else:
                         ms, peak = _time(fn, inp, True)
                     row = {"op": names[kind], "impl": impl, "mode": mode, "T": T, "B": B,
@@ -449,16 +470,17 @@ def main(argv=None) -> int:
                 w.writerows(rows)
     lines = [f"# Kernel benchmark: {torch.cuda.get_device_name()}, torch {torch.__version__}",
              f"bf16, H={H}, K=V={D}, B·T={TOKENS}; copy bandwidth {bw / 1e12:.2f} TB/s; ms = median "
-             "of triton.testing.do_bench; floor = bytes(q, k, v, o) / bandwidth", ""]
+             "of triton.testing.do_bench (fwd graph: of the forward's replays from a CUDA graph); floor = "
+             "bytes(q, k, v, o) / bandwidth", ""]
     for kind in kinds:
         lines += [f"## {names[kind]}", "", "| impl | mode | " + " | ".join(f"T={T}" for T in Ts) + " | peak GiB |",
                   "|---|---|" + "---|" * (len(Ts) + 1)]
         for impl in IMPLS:
-            for mode in ("fwd", "fwd+bwd"):
+            for mode in MODES:
                 r = [x for x in out_rows if x["op"] == names[kind] and x["impl"] == impl and x["mode"] == mode]
                 if r:
                     lines.append(f"| {impl} | {mode} | " + " | ".join(str(x["ms"]) for x in r)
-                                 + f" | {max((x['peak_GiB'] or 0) for x in r)} |")
+                                 + f" | {max((x['peak_GiB'] for x in r if x['peak_GiB'] is not None), default='')} |")
         r = [x for x in out_rows if x["op"] == names[kind]][:1]
         if r:
             lines.append("| memory floor | fwd | " + " | ".join(

@@ -18,7 +18,7 @@ def _write(path, rows):
     return str(path)
 
 
-@pytest.mark.parametrize("flag,value", [("--impls", "ours,flash"), ("--ops", "gla")])
+@pytest.mark.parametrize("flag,value", [("--impls", "ours,flash"), ("--ops", "gla"), ("--modes", "fwd,bwd")])
 def test_unknown_names_are_refused(flag, value, capsys):
     with pytest.raises(SystemExit) as e:
         bench.main([flag, value])
@@ -71,6 +71,21 @@ def test_render_marks_fwd_bwd_timed_before_grads_were_cleared(tmp_path):
     merged = {(r["T"], r["mode"], r["impl"]): r["run"] for r in csv.DictReader(open(tmp_path / "kernel_bench.csv"))}
     assert merged[("1024", "fwd+bwd", "fla")] == "2026-12-01_1200_old"
     assert merged[("4096", "fwd+bwd", "fla")] == "2026-12-02_0215_new"
+
+
+def test_render_puts_graph_forwards_between_fwd_and_fwd_bwd(tmp_path):
+    """The CUDA-graph forward ("fwd graph") of each implementation gets its own row, after its plain
+    forward and before its forward + backward; a run without it shows none."""
+    a = _write(tmp_path / "a.csv", [["DeltaNet", "ours", "fwd+bwd", 1024, 32, "2.4", 3.2, 0.13],
+                                    ["DeltaNet", "ours", "fwd graph", 1024, 32, "0.31", "None", 0.13],
+                                    ["DeltaNet", "ours", "fwd", 1024, 32, "0.49", 0.9, 0.13],
+                                    ["DeltaNet", "fla", "fwd", 1024, 32, "1.0", 1.4, 0.13]])
+    assert bench.main(["--render", a, "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "kernel_bench.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ours |") or line.startswith("| fla |")]
+    assert rows == ["| ours | fwd | 0.49 | 0.9 |", "| ours | fwd graph | 0.31 |  |", "| ours | fwd+bwd | 2.4 | 3.2 |",
+                    "| fla | fwd | 1.0 | 1.4 |"]
+    assert "fwd graph: of the forward's replays from a CUDA graph" in md
 
 
 def _render_decode_runs(tmp_path, runs: dict) -> str:
