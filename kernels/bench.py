@@ -5,9 +5,9 @@
 
 bf16, H=16, K=V=128, B·T = 32768 tokens, T from 1K to 32K; forward and forward+backward (median of
 ``triton.testing.do_bench``), the forward replayed from a CUDA graph ("fwd graph": its GPU time
-alone, whatever the host's Python and launches cost), peak memory, the memory floor (bytes of q, k, v, o over the measured copy
-bandwidth) and, with ``decode`` among the kinds (the default), the decode step at B=64. Writes
-``kernel_bench.md``, ``kernel_bench.csv`` and ``decode.csv``.
+alone, whatever the host's Python and launches cost), peak memory, the memory floor (bytes of q, k,
+v, o over the measured copy bandwidth) and, with ``decode`` among the kinds (the default), the decode
+step at B=64. Writes ``kernel_bench.md``, ``kernel_bench.csv`` and ``decode.csv``.
 """
 
 from __future__ import annotations
