@@ -192,12 +192,6 @@ PASS_PDL = True
 # 0.389 → 0.381 at 1K (`python -m kernels.sweep ab --ops key --T T --set
 # kernels.diag.chunk_key.GATE_EX2=False`, every round); experiments_2026-12-04f.md §7.
 GATE_EX2 = True
-# The forward without a backward makes a strong chunk's sub-block scores inside the pass, where its
-# walk reaches that chunk (into A, then read back), instead of in _strong_scores_kernel between the
-# gate kernel and the pass: one launch fewer on the chain, which with the benchmark's mild gates only
-# read G_L (0.007 ms). Each value tile's program of a head makes them (the same values), a rare path;
-# before a backward the scores kernel stays. False: the scores kernel.
-STRONG_IN_PASS = True
 
 
 def _gate_ex2(dtype: torch.dtype) -> int:
@@ -402,17 +396,6 @@ def _strong_scores_kernel(q, k, gk, GL, A, offsets, chunk_indices, NC,
                 _sub_block_scores(q, k, gk, A, bos + c * BT, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
 
 
-@triton.jit(noinline=True)
-def _strong_chunk_scores(q, k, gk, A, c_start, eos, i_h, H: tl.constexpr, K: tl.constexpr, BT: tl.constexpr,
-                         BC: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
-    """A strong chunk's sub-block scores into A, by the pass that meets it (STRONG_IN_PASS), in key blocks
-    of BC as _strong_scores_kernel (a rare path's few registers). Not inlined: a loop inside the pass's
-    walk would leave the walk no longer innermost, and Triton pipelines only innermost loops."""
-    for i_b in range(0, BT // BC):
-        _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
-    tl.debug_barrier()   # (the rows other threads of the program stored, read back by the pass)
-
-
 @triton.jit
 def _whole_chunk_scores(qd, kd, p_GL, A, c_start, eos, i_h, H: tl.constexpr, K: tl.constexpr,
                         BT: tl.constexpr, BK: tl.constexpr, PREC: tl.constexpr):
@@ -446,7 +429,7 @@ def _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H: tl.constexpr, K: t
     m_i, m_j = r_i < eos, r_j < eos
     m_jn = (r_j + 1 < eos) & (o_j + 1 < s0)        # g_{j+1} for the sums from j+1 to the reference
     b_A = tl.zeros([BC, BT], dtype=tl.float32)
-    for kb in tl.range(0, tl.cdiv(K, BK), num_stages=1):   # (unpipelined: no buffers in the pass's memory)
+    for kb in range(0, tl.cdiv(K, BK)):
         o_k = kb * BK + tl.arange(0, BK)
         m_k = o_k < K
         m_ik, m_jk = m_i[:, None] & m_k[None, :], m_j[:, None] & m_k[None, :]
@@ -514,8 +497,7 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False,
-                      q=None, k=None, gk=None, BC: tl.constexpr = 16, STRONG: tl.constexpr = False):
+                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -525,8 +507,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
-    during the chunk before it (PASS_AHEAD). STRONG (without STORE): a strong chunk's sub-block scores
-    made here from q, k and gk, into A, then read back (STRONG_IN_PASS)."""
+    during the chunk before it (PASS_AHEAD)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -562,9 +543,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
                     tl.store(A + (c_start * H + i_h) * BT + o_tt,
                              tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0).to(A.dtype.element_ty),
                              mask=m_t[:, None])
-        else:   # a strongly decaying chunk: its scores by sub-blocks, from _strong_scores_kernel or
-            if STRONG:
-                _strong_chunk_scores(q, k, gk, A, c_start, eos, i_h, H, K, BT, BC, LIM, PREC)
+        else:   # a strongly decaying chunk: its scores, by sub-blocks, from _gate_kernel
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
@@ -849,8 +828,8 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
 
 def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: int, nseg: int, scale: float,
               keep: bool) -> tuple[Tensor, tuple | None]:
-    """The forward in two kernels: the gate kernel (and before a backward, or with STRONG_IN_PASS off,
-    the strong chunks' scores, a kernel that returns at once where none is), then the one pass over whole sequences (nseg = 1), or over nseg
+    """The forward in two kernels: the gate kernel (and the strong chunks' scores, a kernel that
+    returns at once where none is), then the one pass over whole sequences (nseg = 1), or over nseg
     segments of each (an equal-length batch) that run in parallel, each from the state its segment
     pass gives it. Writes the final state into ht. With ``keep``, also what the backward reads —
     (h, A, qd, kd, GL) — else None."""
@@ -864,8 +843,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     pdl = PASS_PDL and nseg == 1
     qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, pdl)
     NC = chunk_indices.shape[0]
-    inline = STRONG_IN_PASS and not keep   # (strong chunks' scores in the pass)
-    if NC and not inline:
+    if NC:
         cpp = STRONG_SCORES_CHUNKS
         _strong_scores_kernel[(cdiv(NC, cpp), H)](
             q, k, gk, GL, A, offsets, chunk_indices, NC, H=H, K=K, BT=BT, BC=BC, BKP=max(16, next_pow2(K)),
@@ -876,7 +854,6 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
     launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
-                  **(dict(q=q, k=k, gk=gk, BC=BC, STRONG=True) if inline else {}),
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,

@@ -537,20 +537,16 @@ def _strong_in_last_keys(x, first):
     return {**x, "gk": gk}
 
 
-@pytest.mark.parametrize("T,K,regime,cpp,inline", [(67, 80, "bursts", 1, False), (67, 80, "bursts", 4, False),
-                                                   (150, 16, "strong", 4, False), (67, 32, "mild", 8, False),
-                                                   (1, 16, "strong", 2, False), (67, 80, "bursts", 4, True),
-                                                   (150, 16, "strong", 4, True), (1, 16, "strong", 2, True)])
-def test_strong_chunks_scores(one_pass, monkeypatch, count_launches, T, K, regime, cpp, inline):
+@pytest.mark.parametrize("T,K,regime,cpp", [(67, 80, "bursts", 1), (67, 80, "bursts", 4), (150, 16, "strong", 4),
+                                            (67, 32, "mild", 8), (1, 16, "strong", 2)])
+def test_strong_chunks_scores(one_pass, monkeypatch, count_launches, T, K, regime, cpp):
     """The one pass's strong chunks' sub-block scores from a kernel of their own
     (STRONG_SCORES_CHUNKS chunks a program, the last program's partly past the last chunk; nothing done
     for a mild one) after a gate kernel a program per chunk and key block: output and final state vs
     float64, and every gradient (initial state included) through the pass before a backward. The
     bursts decay through the last key block alone (K = 80: blocks of 64 and 16), so the chunk's decay
-    over all keys decides. ``inline`` (STRONG_IN_PASS): the forward without a backward makes them in
-    the pass instead, and launches no scores kernel."""
+    over all keys decides."""
     monkeypatch.setattr(chunk_key, "STRONG_SCORES_CHUNKS", cpp)
-    monkeypatch.setattr(chunk_key, "STRONG_IN_PASS", inline)
     gates, scores = count_launches(chunk_key, "_gate_kernel"), count_launches(chunk_key, "_strong_scores_kernel")
     x = _inputs(2, T, 2, K, 24, regime, seed=T + K + 3)
     if regime == "bursts":
@@ -562,8 +558,7 @@ def test_strong_chunks_scores(one_pass, monkeypatch, count_launches, T, K, regim
     _check(x)
     n_chunks = 2 * -(-T // chunk_key.BT)
     assert [g for g, _ in gates] == [(-(-K // 64), 2, n_chunks)] * 2   # (GATE_HEADS_INNER)
-    assert [(g, kw["CPP"]) for g, kw in scores] == [((-(-n_chunks // cpp), 2), cpp)] * (1 if inline else 2)
-    assert [kw.get("STRONG", False) for _, kw in one_pass] == [inline, False]
+    assert [(g, kw["CPP"]) for g, kw in scores] == [((-(-n_chunks // cpp), 2), cpp)] * 2
 
 
 @pytest.mark.parametrize("T,regime", [(200, "strong"), (259, "bursts")])
