@@ -146,6 +146,11 @@ SEGMENT_PASS_ROWS = 1
 # (`python -m kernels.sweep ab --ops key --T 4096 --set kernels.diag.chunk_key.STRONG_SCORES_CHUNKS=1`,
 # three rounds, 2026-12-03): GLA forward 0.479 ms at 8 against 0.482 at 1 (fwd+bwd 3.069 / 3.073).
 STRONG_SCORES_CHUNKS = 8
+# (Tried and removed, 2026-12-04: the forward-only pass making a strong chunk's scores itself where its
+# walk meets one, no scores kernel in the launch chain (`STRONG_IN_PASS`, 5577bed): as a noinline rare
+# path it cost the walk 17 spill reloads a chunk, GLA's forward 0.381 → 0.429 ms at 1K–4K with no
+# strong chunk, and the GPU check failed it in 16 bits; inlined, its loop stopped Triton pipelining the
+# walk. experiments_2026-12-04g.md §5.)
 # The one pass loads each chunk's G_L (a [K] fp32 vector) during the chunk before it, carried in
 # registers, instead of at the chunk's start (where Triton's pipelining staged it through shared
 # memory with the tiles). Why it pays is our reading, not profiled: the walk's first use of it, the
