@@ -49,9 +49,9 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, chunk_grid, dependent_launch, exp_mode, next_pow2
-from .._tl import chain_link, chunk_head, chunk_qkv, chunk_span, exp_units, load_scaled, state_tile, store_chunk
-from .._tl import tile_offsets
+from .._common import cdiv, chunk_grid, dependent_launch, exp_mode, next_pow2, tensor_descriptors
+from .._tl import batch_place, chain_link, chunk_head, chunk_qkv, chunk_span, exp_units, load_scaled, state_tile
+from .._tl import store_chunk, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -197,6 +197,17 @@ PASS_PDL = True
 # 0.389 → 0.381 at 1K (`python -m kernels.sweep ab --ops key --T T --set
 # kernels.diag.chunk_key.GATE_EX2=False`, every round); experiments_2026-12-04f.md §7.
 GATE_EX2 = True
+# The forward-only pass over whole sequences loads qd, kd and v and stores o through tensor descriptors
+# of the batch (as kernels.diag.chunk.FUSED_TMA and the delta rule's pass; kernels._common.TMA_DTYPES,
+# equal-length batches). Tried 2026-12-02 and removed (slower then, see the note above
+# SEGMENT_PASS_ROWS); timed again against the pass as it is now (G_L a chunk ahead, the launch chain):
+# ptxas sm_90 (`python -m kernels.compile_check --family key --dtype bf16 --K 128 --sass`) 72 → 20 B of
+# spill stores, 1102 → 1080 instructions a chunk, 112 KB of shared memory (two programs an SM still);
+# H200, bf16, H = 16, K = V = 128 (`python -m kernels.sweep ab --ops key --T T --rounds 4 --set
+# kernels.diag.chunk_key.PASS_TMA=True`, 2026-12-04): GLA forward 0.381 → 0.363 ms at 1K, 0.378 →
+# 0.360 at 4K, every round; fwd+bwd unchanged. GPU-checked (`python -m kernels.gpu_check --only
+# fused:gla/pass --dtypes bfloat16,float16 --set` it: 0 failing rows). experiments_2026-12-04g.md §6.
+PASS_TMA = True
 
 
 def _gate_ex2(dtype: torch.dtype) -> int:
@@ -502,7 +513,8 @@ def _output_kernel(qd, v, h, A, o, offsets, chunk_indices, scale,
 def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MAXC, scale,
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
-                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False):
+                      PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False,
+                      TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None, o_d=None, T_seq=1):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
@@ -512,7 +524,8 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
-    during the chunk before it (PASS_AHEAD)."""
+    during the chunk before it (PASS_AHEAD). TMA (without STORE, whole sequences of an equal-length
+    batch): qd, kd, v and o through the descriptors q_d, k_d, v_d, o_d (PASS_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -522,6 +535,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     m_k, m_v, m_kv, p_state, b_h = state_tile(h0, i_nh, o_k, o_v, K, V, BK, BV, HAS_H0)
     o_tk, o_tv = tile_offsets(H, K, V, BT, o_k, o_v)
     o_tt = o_t[:, None] * (H * BT) + o_t[None, :]
+    i_b, t0 = batch_place(bos, T_seq)
     chain_link(PDL)   # (the state entering was read: the caller's, not the chain's)
     if AHEAD:   # chunk 0's G_L before the walk; each step loads the next chunk's
         n_GL = tl.load(GL + (c0 * H + i_h) * K + o_k, mask=m_k & (0 < nc), other=0.0)
@@ -531,7 +545,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             tl.store(h + ((c0 + c) * H + i_h) * K * V + p_state, b_h, mask=m_kv & ok)
         c_start = bos + c * BT
         m_t = (c_start + o_t < eos) & ok
-        b_qd, b_kd, b_v = chunk_qkv(qd, kd, v, None, None, None, False, 0, 0, c, c_start, i_h, i_v, m_t, m_k,
+        b_qd, b_kd, b_v = chunk_qkv(qd, kd, v, q_d, k_d, v_d, TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_k,
                                     m_v, o_tk, o_tv, H, K, V, BT, BK, BV)
         if AHEAD:
             b_GL = n_GL
@@ -552,7 +566,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
-        store_chunk(o, None, (b_o * scale).to(o.dtype.element_ty), False, 0, 0, c, c_start, i_h, i_v, m_t, m_v,
+        store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_v,
                     o_tv, H, V, BT, BV)
         b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
@@ -861,9 +875,11 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
                   **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
+        desc = tensor_descriptors(PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf), v=(v, BVf),
+                                  o=(o, BVf))
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
                                                  scale, HAS_H0=h0 is not None, STORE_HT=ht is not None,
-                                                 **dependent_launch(pdl and NC > 0, q.device), **launch)
+                                                 **dependent_launch(pdl and NC > 0, q.device), **desc, **launch)
         return o, saved
     B, T = offsets._dense
     s_offsets, s_chunk_offsets, per = _scalar._segment_layout(B, T, nseg, q.device)

@@ -291,6 +291,28 @@ def test_pass_ahead(one_pass, monkeypatch, case):
     assert [kw["AHEAD"] for _, kw in one_pass] == [False, True]
 
 
+@pytest.mark.parametrize("regime", ["bursts", "strong"])
+def test_pass_tma(one_pass, monkeypatch, regime):
+    """chunk_key.PASS_TMA (the forward-only pass's qd, kd, v and o through tensor descriptors) gives the
+    same bits as pointers: whole sequences of mild and strong chunks (a partial last chunk, masked
+    K = 80 and V = 24); a packed batch keeps pointers."""
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
+    x = _inputs(2, 150, 2, 80, 24, regime, seed=21)
+    runs = []
+    for on in (False, True):
+        monkeypatch.setattr(chunk_key, "PASS_TMA", on)
+        runs.append(_forward(x))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert [kw["TMA"] for _, kw in one_pass] == [False, True]
+    o_ref, S_ref, _ = _reference(x, True)
+    assert rel_err(runs[1][0], o_ref) < TOL and rel_err(runs[1][1], S_ref) < TOL
+    cu = torch.tensor([0, 7, 7, 8, 75])
+    xp = _inputs(1, 75, 2, 16, 16, regime, seed=8)
+    xp["S0"] = torch.randn(4, 2, 16, 16, dtype=torch.float64)
+    _forward(xp, cu_seqlens=cu)
+    assert one_pass[-1][1]["TMA"] is False
+
+
 def _same_bits_either_way(monkeypatch, switch, x, backward):
     """The forward (and with ``backward`` every gradient) with chunk_key.<switch> off, then on: the same bits."""
     runs = []
