@@ -208,6 +208,15 @@ GATE_EX2 = True
 # 0.360 at 4K, every round; fwd+bwd unchanged. GPU-checked (`python -m kernels.gpu_check --only
 # fused:gla/pass --dtypes bfloat16,float16 --set` it: 0 failing rows). experiments_2026-12-04g.md §6.
 PASS_TMA = True
+# ... and the pass over segments (from 8K at the benchmark's shapes), the descriptors of the whole batch
+# (segments are whole chunks of a sequence; a ragged last segment's chunks past the sequence's end fall
+# outside the descriptor, which loads zeros there and stores nothing). Slower where it runs most:
+# `python -m kernels.sweep ab --ops key --T T --set kernels.diag.chunk_key.SEGMENTS_PASS_TMA=True`
+# (2026-12-04): GLA forward 0.444 → 0.509 ms at 8K, 0.495 → 0.557 at 16K, 0.498 → 0.479 at 32K (rounds
+# of both sides scattered by the host there). GPU-checked all the same (`python -m kernels.gpu_check
+# --only fused:gla/segments --dtypes bfloat16,float16 --set` it: 11 rows, 0 failing, the call's limit
+# cut the twelfth). experiments_2026-12-04g.md §6. False: pointers.
+SEGMENTS_PASS_TMA = False
 
 
 def _gate_ex2(dtype: torch.dtype) -> int:
@@ -524,8 +533,9 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
-    during the chunk before it (PASS_AHEAD). TMA (without STORE, whole sequences of an equal-length
-    batch): qd, kd, v and o through the descriptors q_d, k_d, v_d, o_d (PASS_TMA)."""
+    during the chunk before it (PASS_AHEAD). TMA (without STORE, an equal-length batch): qd, kd, v and o
+    through the descriptors q_d, k_d, v_d, o_d of the batch (PASS_TMA; over segments,
+    SEGMENTS_PASS_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -906,8 +916,10 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     # (in bf16 for bf16 inputs without a backward: kernels.diag.chunk.SEGMENT_ENTRY_16BIT)
     S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, pc.split, SEGMENT_PASS_ROWS,
                                   dtype=torch.float32 if keep else _scalar._entry_dtype(q.dtype))
+    desc = tensor_descriptors(SEGMENTS_PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf), v=(v, BVf),
+                              o=(o, BVf))
     _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
-                                              per, scale, HAS_H0=True, STORE_HT=False, **launch)
+                                              per, scale, HAS_H0=True, STORE_HT=False, **desc, **launch)
     return o, saved
 
 

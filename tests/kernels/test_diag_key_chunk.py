@@ -313,6 +313,27 @@ def test_pass_tma(one_pass, monkeypatch, regime):
     assert one_pass[-1][1]["TMA"] is False
 
 
+@pytest.mark.parametrize("T", [200, 259])
+def test_segments_pass_tma(one_pass, monkeypatch, T):
+    """chunk_key.SEGMENTS_PASS_TMA (the forward-only pass over segments through descriptors of the whole
+    batch) gives the same bits as pointers: segments of whole chunks, the last one ragged (T = 259: a
+    partial chunk and chunks past the sequence's end in the last segment's walk), mild and strong chunks."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
+    monkeypatch.setattr(chunk_key._scalar, "_fused_segments", lambda *a, **kw: 2)
+    x = _inputs(2, T, 2, 80, 24, "bursts", seed=T)
+    runs = []
+    for on in (False, True):
+        monkeypatch.setattr(chunk_key, "SEGMENTS_PASS_TMA", on)
+        runs.append(_forward(x))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    assert [kw["TMA"] for _, kw in one_pass] == [False, True]
+    o_ref, S_ref, _ = _reference(x, True)
+    assert rel_err(runs[1][0], o_ref) < TOL and rel_err(runs[1][1], S_ref) < TOL
+
+
 def _same_bits_either_way(monkeypatch, switch, x, backward):
     """The forward (and with ``backward`` every gradient) with chunk_key.<switch> off, then on: the same bits."""
     runs = []
