@@ -291,6 +291,23 @@ def test_pass_ahead(one_pass, monkeypatch, case):
     assert [kw["AHEAD"] for _, kw in one_pass] == [False, True]
 
 
+def _same_bits_either_way(monkeypatch, switch, x, backward):
+    """The forward (and with ``backward`` every gradient) with chunk_key.<switch> off, then on: the same bits.
+    Returns the run with it on."""
+    runs = []
+    for on in (False, True):
+        monkeypatch.setattr(chunk_key, switch, on)
+        if backward:
+            leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
+            o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"],
+                              initial_state=leaves["S0"], output_final_state=True)
+            runs.append([o, S, *torch.autograd.grad(_loss(o, S, 1), list(leaves.values()))])
+        else:
+            runs.append(list(_forward(x)))
+    assert all(torch.equal(a, b) for a, b in zip(*runs)), switch
+    return runs[1]
+
+
 @pytest.mark.parametrize("regime", ["bursts", "strong"])
 def test_pass_tma(one_pass, monkeypatch, regime):
     """chunk_key.PASS_TMA (the forward-only pass's qd, kd, v and o through tensor descriptors) gives the
@@ -298,14 +315,10 @@ def test_pass_tma(one_pass, monkeypatch, regime):
     K = 80 and V = 24); a packed batch keeps pointers."""
     monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
     x = _inputs(2, 150, 2, 80, 24, regime, seed=21)
-    runs = []
-    for on in (False, True):
-        monkeypatch.setattr(chunk_key, "PASS_TMA", on)
-        runs.append(_forward(x))
-    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    o, S = _same_bits_either_way(monkeypatch, "PASS_TMA", x, False)
     assert [kw["TMA"] for _, kw in one_pass] == [False, True]
     o_ref, S_ref, _ = _reference(x, True)
-    assert rel_err(runs[1][0], o_ref) < TOL and rel_err(runs[1][1], S_ref) < TOL
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
     cu = torch.tensor([0, 7, 7, 8, 75])
     xp = _inputs(1, 75, 2, 16, 16, regime, seed=8)
     xp["S0"] = torch.randn(4, 2, 16, 16, dtype=torch.float64)
@@ -324,29 +337,10 @@ def test_segments_pass_tma(one_pass, monkeypatch, T):
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
     monkeypatch.setattr(chunk_key._scalar, "_fused_segments", lambda *a, **kw: 2)
     x = _inputs(2, T, 2, 80, 24, "bursts", seed=T)
-    runs = []
-    for on in (False, True):
-        monkeypatch.setattr(chunk_key, "SEGMENTS_PASS_TMA", on)
-        runs.append(_forward(x))
-    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+    o, S = _same_bits_either_way(monkeypatch, "SEGMENTS_PASS_TMA", x, False)
     assert [kw["TMA"] for _, kw in one_pass] == [False, True]
     o_ref, S_ref, _ = _reference(x, True)
-    assert rel_err(runs[1][0], o_ref) < TOL and rel_err(runs[1][1], S_ref) < TOL
-
-
-def _same_bits_either_way(monkeypatch, switch, x, backward):
-    """The forward (and with ``backward`` every gradient) with chunk_key.<switch> off, then on: the same bits."""
-    runs = []
-    for on in (False, True):
-        monkeypatch.setattr(chunk_key, switch, on)
-        if backward:
-            leaves = {n: t.float().clone().requires_grad_() for n, t in x.items()}
-            o, S = chunk_diag(leaves["q"], leaves["k"], leaves["v"], "key", leaves["gk"],
-                              initial_state=leaves["S0"], output_final_state=True)
-            runs.append([o, S, *torch.autograd.grad(_loss(o, S, 1), list(leaves.values()))])
-        else:
-            runs.append(list(_forward(x)))
-    assert all(torch.equal(a, b) for a, b in zip(*runs)), switch
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
 
 
 @pytest.mark.parametrize("backward", [False, True])
