@@ -109,6 +109,11 @@ def chunk_head(AXIS: tl.constexpr, HEADS_INNER: tl.constexpr):
         return tl.program_id(AXIS), tl.program_id(AXIS + 1)
 
 
+# log2 e and ln 2: log decays into log2 units for exp_units, and back (constexprs, so kernels may read them)
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+
 @triton.jit
 def exp_units(x, EX2: tl.constexpr):
     """e^x of fp32 values (EX2 = 0); 2^x of x in log2 units (EX2 = 1); the same as one ex2.approx.ftz

@@ -54,6 +54,7 @@ from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_d
                        fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
                        tensor_descriptors)
 from .._tl import batch_place, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
+from .._tl import LOG2E
 from .._tl import exp_units as _exp
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
@@ -110,7 +111,7 @@ def _cum_gates(g, rows, m, i_h, off, H: tl.constexpr, GATED: tl.constexpr, EX2: 
     _sum_gates gives it; with EX2 (16-bit inputs' gates) in log2 units, ``off`` too."""
     b_g = _load_gates(g, rows, m, i_h, H, GATED)
     if EX2:
-        b_g = b_g * 1.4426950408889634
+        b_g = b_g * LOG2E
     return _sum_gates(b_g, off, GATED)
 
 
@@ -487,8 +488,8 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         else:
             b_G, b_Gl, b_L, b_Ll = _chunk_gates(g, rows, m_t, i_h, H, GATED)
         if EX2:   # log decays in log2 units, for _exp (16-bit inputs' lo parts are zeros)
-            b_G, b_Gl = b_G * 1.4426950408889634, b_Gl * 1.4426950408889634
-            b_L, b_Ll = b_L * 1.4426950408889634, b_Ll * 1.4426950408889634
+            b_G, b_Gl = b_G * LOG2E, b_Gl * LOG2E
+            b_L, b_Ll = b_L * LOG2E, b_Ll * LOG2E
         if FROM_KS:
             # Vn = T diag(β) (V − diag(e^G) K S) (VN_FROM_KS); Pn = −T diag(β e^G) K P (TRANS_FROM_KS)
             o_tt = tl.arange(0, BT)

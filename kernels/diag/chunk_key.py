@@ -51,7 +51,7 @@ from torch import Tensor
 
 from .._common import cdiv, chunk_grid, dependent_launch, exp_mode, next_pow2, tensor_descriptors
 from .._tl import batch_place, chain_link, chunk_head, chunk_qkv, chunk_span, exp_units, load_scaled, state_tile
-from .._tl import store_chunk, tile_offsets
+from .._tl import LN2, LOG2E, store_chunk, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -256,7 +256,7 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
     b_g = tl.load(gk + (c_start * H + i_h) * K + o_tk, mask=m[:, None] & m_k[None, :], other=0.0)
     b_g = b_g.to(tl.float32)
     if EX2:
-        b_g = b_g * 1.4426950408889634
+        b_g = b_g * LOG2E
     b_G = tl.cumsum(b_g, axis=0)
     b_GL = tl.sum(b_g, axis=0)
     if FAST:
@@ -266,7 +266,7 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
         b_gn = tl.load(gk + ((c_start + 1) * H + i_h) * K + o_tk, mask=m_n[:, None] & m_k[None, :],
                        other=0.0).to(tl.float32)
         if EX2:
-            b_gn = b_gn * 1.4426950408889634
+            b_gn = b_gn * LOG2E
         b_Gs = tl.cumsum(b_gn, axis=0, reverse=True)
     return b_G, b_Gs, b_GL
 
@@ -317,7 +317,7 @@ def _gate_kernel(q, k, gk, qd, kd, GL, offsets, chunk_indices,
     tl.store(qd + r_k + o_tk, (b_q * exp_units(b_G, EX2)).to(qd.dtype.element_ty), mask=m_tk)
     tl.store(kd + r_k + o_tk, (b_k * exp_units(b_Gs, EX2)).to(kd.dtype.element_ty), mask=m_tk)
     if EX2:
-        b_GL = b_GL * 0.6931471805599453
+        b_GL = b_GL * LN2
     tl.store(GL + (i_c.to(tl.int64) * H + i_h) * K + o_k, b_GL, mask=m_k)
 
 

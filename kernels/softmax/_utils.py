@@ -8,9 +8,10 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import check_device, check_head_dim, check_scale, interpreting, next_pow2
+from .._tl import LOG2E as _LOG2E
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-LOG2E = 1.4426950408889634
+LOG2E = _LOG2E.value   # (a host float: it scales the softmax scale passed in)
 INT32_MAX = 2 ** 31 - 1
 GRID_MAX_YZ = 65535
 
