@@ -427,7 +427,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   pt=None, TRANS: tl.constexpr = False, TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None,
                   o_d=None, T_seq=1, KS: tl.constexpr = False, KS_TRANS: tl.constexpr = False,
                   t_d=None, T_TMA: tl.constexpr = False, AHEAD: tl.constexpr = False, EX2: tl.constexpr = 0,
-                  KD16: tl.constexpr = False):
+                  KD16: tl.constexpr = False, MERGE_KQ: tl.constexpr = False):
     """Walk one sequence's chunks: store each entering state, the pseudo-values Vn = U − W S and S'.
 
     With OUT it also writes the outputs, as _output_kernel would from the stored S and Vn (the
@@ -442,7 +442,9 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     through the descriptors k_d, q_d, v_d, o_d of an equal-length batch [B, T_seq, H, ·] (FUSED_TMA);
     T_TMA (with TMA): T through t_d too (PASS_T_TMA). AHEAD (with W, U from K S): each chunk's β and
     gates loaded a chunk ahead (PASS_AHEAD). EX2 > 0: the chunk's log decays in log2 units, each exp a
-    2^x (_exp); KD16 (bf16 inputs): the decayed keys K ⊙ e^{G_L − G} a bf16 product (PASS_EX2)."""
+    2^x (_exp); KD16 (bf16 inputs): the decayed keys K ⊙ e^{G_L − G} a bf16 product (PASS_EX2).
+    MERGE_KQ (with OUT and Vn from K S): K S and Q S as one product of the stacked [K; Q] tile
+    (PASS_MERGE_KQ)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -458,6 +460,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
     i_b, t0 = batch_place(bos, T_seq)
     # Vn (and Pn) from K S (and K P), without W and U: VN_FROM_KS, TRANS_FROM_KS
     FROM_KS: tl.constexpr = WU and KS and (KS_TRANS or not (TRANS or ZERO_U))
+    MKQ: tl.constexpr = MERGE_KQ and FROM_KS and OUT
     if AHEAD:   # chunk 0's β and gates (the loop loads each next chunk's: small loads it cannot pipeline)
         rows = bos + tl.arange(0, BT)
         m_t = (rows < eos) & (nc > 0)
@@ -502,7 +505,15 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                 b_beta = b_beta_here.to(tl.float32)
             else:
                 b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-            b_ks = _mm(b_kr, b_S, DT, PREC)
+            if MKQ:   # rows 0…BT−1 of the stacked tile are K, BT…2BT−1 Q: one wait on the product, not two
+                if TMA:
+                    b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
+                else:
+                    b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
+                b_kqs = _mm(tl.reshape(tl.permute(tl.join(b_kr, b_q), (2, 0, 1)), (2 * BT, KP)), b_S, DT, PREC)
+                b_ks, b_qs = tl.split(tl.permute(tl.reshape(b_kqs, (2, BT, BV)), (1, 2, 0)))
+            else:
+                b_ks = _mm(b_kr, b_S, DT, PREC)
             if GATED:
                 b_ks = b_ks * _exp(b_G + b_Gl, EX2)[:, None]
             if ZERO_U:
@@ -546,12 +557,16 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
         if STORE_H:
             tl.store(vn + r_v + o_tv, b_vn, mask=m_tv)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
-            if TMA:
-                b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
-            else:
-                b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
+            if not MKQ:
+                if TMA:
+                    b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
+                else:
+                    b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
             b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED, EX2)
-            b_o = _mm(b_q, b_S, DT, PREC)
+            if MKQ:
+                b_o = b_qs
+            else:
+                b_o = _mm(b_q, b_S, DT, PREC)
             if GATED:
                 b_o = b_o * _exp(b_G + b_Gl, EX2)[:, None]
             b_o += _mm(b_A, b_vn, DT, PREC)
@@ -1284,6 +1299,21 @@ SEGMENT_PROGRAMS_PER_SM = 3
 # 4K, Gated DeltaNet 0.417 → 0.536; experiments_2026-12-04e.md §3.)
 PASS_T_TMA = True
 PASS_AHEAD = True
+# The forward-only pass forming Vn from K S makes K S and Q S, both products of a [64, K] tile by the
+# state, as one product of the two tiles stacked ([K; Q], 128 rows): Triton waits on each product as
+# soon as it is issued, so one wait a chunk fewer, for the price of the stacking and unstacking (ptxas,
+# bf16, K = 128, gated 64-wide: 1376 → 1475 instructions a chunk, spills 48 → 200 B). H200, bf16,
+# H = 16, K = V = 128 (`python -m kernels.sweep ab --ops delta,gdn --T T --rounds 2 --set
+# kernels.delta.chunk.PASS_MERGE_KQ=True`, 2026-12-04, experiments_2026-12-04h.md §9): DeltaNet at 16K
+# (32-wide tiles) 0.494 → 0.474 ms in both rounds, at 8K (64-wide) 0.358 → 0.466; Gated DeltaNet 0.442 →
+# 0.444 at 8K, 0.631 → 0.635 at 16K. None (default): for the ungated pass at tiles up to 32 wide;
+# True / False: wherever the pass forms Vn from K S / never.
+PASS_MERGE_KQ: bool | None = None
+
+
+def _merge_kq(gated: int, BV: int) -> bool:
+    """Whether the forward-only pass makes K S and Q S as one product (PASS_MERGE_KQ)."""
+    return (not gated and BV <= 32) if PASS_MERGE_KQ is None else PASS_MERGE_KQ
 # The forward-only pass of 16-bit inputs with gates: each chunk's exps (Γ's 64², the rows' factors)
 # one ex2.approx.ftz of log decays in log2 units, and for bf16 the decayed key tile a bf16 product (no
 # fp32 copy). Instructions in the chunk loop (`python -m kernels.compile_check --family delta --dtype
@@ -1441,7 +1471,8 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
             OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, T_TMA="t_d" in desc,
-            AHEAD=PASS_AHEAD and from_ks, **ex2, **desc, **c_scan)
+            AHEAD=PASS_AHEAD and from_ks, MERGE_KQ=from_ks and fused and _merge_kq(gated, c_scan["BV"]),
+            **ex2, **desc, **c_scan)
     if NC > 0 and not fused:
         c = _cfg("output", inter, K, V, BK=BK, BV=BV, num_warps=nw)
         _output_kernel[(cdiv(V, c["BV"]), NC, H)](

@@ -1055,3 +1055,50 @@ def test_pass_in_log2_units(monkeypatch, count_launches, segments):
     S0, do, _ = cotangents(1, 150, 2, 32, 24, 1, True, False)
     compare_no_grad("log2_units", "gated_deltanet", d, S0, do, None, 16)
     assert [kw["EX2"] for _, kw in scans] == [1] * (2 if segments else 1)
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("tma", [True, False], ids=["descriptors", "pointers"])
+def test_pass_merges_ks_and_qs(monkeypatch, count_launches, mixer, tma):
+    """PASS_MERGE_KQ: the forward-only pass that forms Vn from K S makes K S and Q S as one product of the
+    stacked [K; Q] tile — the outputs and final states of the two products apart, vs float64 too, for
+    an equal-length batch and a packed one (K = 24 and V = 20 masked, a ragged last chunk); the default
+    rule stacks for the ungated pass at tiles up to 32 wide only."""
+    import kernels._common
+
+    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
+    monkeypatch.setattr(C, "FUSED_TMA", tma)
+    monkeypatch.setattr(C, "FUSED_FORWARD", True)
+    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
+    monkeypatch.setattr(C, "WU_IN_SCAN", True)
+    scans = count_launches(C, "_state_kernel")
+    B, T, H, K, V, cs = 2, 75, 2, 24, 20, 16
+    d = inputs(mixer, B, T, H, K, V, seed=13)
+    S0 = cotangents(B, T, H, K, V, B, True, False)[0]
+    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
+    # the same tokens as one packed batch of three sequences (lengths 75, 40, 35)
+    cu = torch.tensor([0, 75, 115, 150], device=DEV)
+    S0p = torch.cat([S0, S0[:1]]).float().to(DEV)
+
+    def forward(on):
+        monkeypatch.setattr(C, "PASS_MERGE_KQ", on)
+        flat = {n: None if t is None else t.reshape(1, B * T, *t.shape[2:]) for n, t in x.items()}
+        with torch.no_grad():
+            dense = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=cs,
+                                initial_state=S0.float().to(DEV), output_final_state=True)
+            packed = chunk_delta(flat["q"], flat["k"], flat["v"], flat["beta"], flat["g"], chunk_size=cs,
+                                 initial_state=S0p, output_final_state=True, cu_seqlens=cu)
+        return dense, packed
+
+    (o, S), (op, Sp) = forward(True)
+    (o0, S0_), (op0, Sp0) = forward(False)
+    assert [kw["MERGE_KQ"] for _, kw in scans] == [True, True, False, False]
+    for a, b in ((o, o0), (S, S0_), (op, op0), (Sp, Sp0)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    o_r, S_r, _ = reference(mixer, d, S0, torch.zeros(B, T, H, V), None, None)
+    check("merge_kq:o", o, o_r)
+    check("merge_kq:final_state", S, S_r)
+    # the default rule
+    monkeypatch.setattr(C, "PASS_MERGE_KQ", None)
+    assert C._merge_kq(0, 32) and C._merge_kq(0, 16) and not C._merge_kq(0, 64)
+    assert not C._merge_kq(2, 32) and not C._merge_kq(1, 16)
