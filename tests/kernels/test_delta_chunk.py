@@ -754,12 +754,12 @@ def test_delta_fused_tma_value_tiles(monkeypatch, count_launches):
 
 
 
-@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
-@pytest.mark.parametrize("tma", [True, False], ids=["descriptors", "pointers"])
-def test_pass_reads_t_and_gates_ahead(monkeypatch, count_launches, mixer, tma):
-    """PASS_T_TMA, PASS_AHEAD: the forward-only one pass that forms Vn from K S reads T through a descriptor
-    (with the tiles') and each chunk's β and gates a chunk ahead — the same bits as without, vs float64
-    too; for a packed batch (pointers only) the chunks ahead stop at each sequence's end."""
+def _pass_both_ways(monkeypatch, count_launches, mixer, tma, seed, *switches):
+    """The forward-only one pass that forms Vn from K S (W and U in the scan, a program per SM forced):
+    its launches, and forward(on) running it with each of ``switches`` (kernels.delta.chunk names) set
+    to ``on`` over an equal-length batch [2, 75] (five chunks of 16 a sequence, the last ragged;
+    K = 24, V = 20: both masked) and over the same tokens as one packed batch of three sequences
+    (lengths 75, 40, 35), returning ((o, S), (o_packed, S_packed)); with the inputs and initial state."""
     import kernels._common
 
     monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
@@ -768,17 +768,16 @@ def test_pass_reads_t_and_gates_ahead(monkeypatch, count_launches, mixer, tma):
     monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
     monkeypatch.setattr(C, "WU_IN_SCAN", True)
     scans = count_launches(C, "_state_kernel")
-    B, T, H, K, V, cs = 2, 75, 2, 24, 20, 16     # five chunks a sequence, the last ragged
-    d = inputs(mixer, B, T, H, K, V, seed=9)
+    B, T, H, K, V, cs = 2, 75, 2, 24, 20, 16
+    d = inputs(mixer, B, T, H, K, V, seed=seed)
     S0 = cotangents(B, T, H, K, V, B, True, False)[0]
     x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
-    # the same tokens as one packed batch of three sequences (lengths 75, 40, 35)
     cu = torch.tensor([0, 75, 115, 150], device=DEV)
     S0p = torch.cat([S0, S0[:1]]).float().to(DEV)
 
     def forward(on):
-        monkeypatch.setattr(C, "PASS_T_TMA", on)
-        monkeypatch.setattr(C, "PASS_AHEAD", on)
+        for name in switches:
+            monkeypatch.setattr(C, name, on)
         flat = {n: None if t is None else t.reshape(1, B * T, *t.shape[2:]) for n, t in x.items()}
         with torch.no_grad():
             dense = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=cs,
@@ -787,13 +786,23 @@ def test_pass_reads_t_and_gates_ahead(monkeypatch, count_launches, mixer, tma):
                                  initial_state=S0p, output_final_state=True, cu_seqlens=cu)
         return dense, packed
 
+    return scans, forward, d, S0
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("tma", [True, False], ids=["descriptors", "pointers"])
+def test_pass_reads_t_and_gates_ahead(monkeypatch, count_launches, mixer, tma):
+    """PASS_T_TMA, PASS_AHEAD: the forward-only one pass that forms Vn from K S reads T through a descriptor
+    (with the tiles') and each chunk's β and gates a chunk ahead — the same bits as without, vs float64
+    too; for a packed batch (pointers only) the chunks ahead stop at each sequence's end."""
+    scans, forward, d, S0 = _pass_both_ways(monkeypatch, count_launches, mixer, tma, 9, "PASS_T_TMA", "PASS_AHEAD")
     (o, S), (op, Sp) = forward(True)
     assert [(kw["T_TMA"], kw["AHEAD"]) for _, kw in scans] == [(tma, True), (False, True)]
     (o0, S0_), (op0, Sp0) = forward(False)
     assert [(kw["T_TMA"], kw["AHEAD"]) for _, kw in scans[2:]] == [(False, False)] * 2
     for a, b in ((o, o0), (S, S0_), (op, op0), (Sp, Sp0)):
         assert torch.equal(a, b)
-    o_r, S_r, _ = reference(mixer, d, S0, torch.zeros(B, T, H, V), None, None)
+    o_r, S_r, _ = reference(mixer, d, S0, torch.zeros(d["v"].shape), None, None)
     check("ahead:o", o, o_r)
     check("ahead:final_state", S, S_r)
 
@@ -1064,38 +1073,13 @@ def test_pass_merges_ks_and_qs(monkeypatch, count_launches, mixer, tma):
     stacked [K; Q] tile — the outputs and final states of the two products apart, vs float64 too, for
     an equal-length batch and a packed one (K = 24 and V = 20 masked, a ragged last chunk); the default
     rule stacks for the ungated pass at tiles up to 32 wide only."""
-    import kernels._common
-
-    monkeypatch.setattr(kernels._common, "TMA_DTYPES", (torch.float32,))   # (the interpreter's dtype)
-    monkeypatch.setattr(C, "FUSED_TMA", tma)
-    monkeypatch.setattr(C, "FUSED_FORWARD", True)
-    monkeypatch.setattr(C, "FUSED_MIN_PROGRAMS", 1)
-    monkeypatch.setattr(C, "WU_IN_SCAN", True)
-    scans = count_launches(C, "_state_kernel")
-    B, T, H, K, V, cs = 2, 75, 2, 24, 20, 16
-    d = inputs(mixer, B, T, H, K, V, seed=13)
-    S0 = cotangents(B, T, H, K, V, B, True, False)[0]
-    x = {n: None if t is None else t.float().to(DEV) for n, t in d.items()}
-    # the same tokens as one packed batch of three sequences (lengths 75, 40, 35)
-    cu = torch.tensor([0, 75, 115, 150], device=DEV)
-    S0p = torch.cat([S0, S0[:1]]).float().to(DEV)
-
-    def forward(on):
-        monkeypatch.setattr(C, "PASS_MERGE_KQ", on)
-        flat = {n: None if t is None else t.reshape(1, B * T, *t.shape[2:]) for n, t in x.items()}
-        with torch.no_grad():
-            dense = chunk_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], chunk_size=cs,
-                                initial_state=S0.float().to(DEV), output_final_state=True)
-            packed = chunk_delta(flat["q"], flat["k"], flat["v"], flat["beta"], flat["g"], chunk_size=cs,
-                                 initial_state=S0p, output_final_state=True, cu_seqlens=cu)
-        return dense, packed
-
+    scans, forward, d, S0 = _pass_both_ways(monkeypatch, count_launches, mixer, tma, 13, "PASS_MERGE_KQ")
     (o, S), (op, Sp) = forward(True)
     (o0, S0_), (op0, Sp0) = forward(False)
     assert [kw["MERGE_KQ"] for _, kw in scans] == [True, True, False, False]
     for a, b in ((o, o0), (S, S0_), (op, op0), (Sp, Sp0)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    o_r, S_r, _ = reference(mixer, d, S0, torch.zeros(B, T, H, V), None, None)
+    o_r, S_r, _ = reference(mixer, d, S0, torch.zeros(d["v"].shape), None, None)
     check("merge_kq:o", o, o_r)
     check("merge_kq:final_state", S, S_r)
     # the default rule
