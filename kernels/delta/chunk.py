@@ -419,6 +419,16 @@ def _wu_kernel(k, v, beta, g, Tm, w, u, offsets, chunk_indices,
 
 
 @triton.jit
+def _q_tile(q, q_d, TMA: tl.constexpr, i_b, t, i_h, r_k, o_tk, m_tk, BT: tl.constexpr, KP: tl.constexpr):
+    """A chunk's [BT, KP] query tile (rows t… of sequence i_b): through the descriptor q_d with TMA, else
+    the pointer offsets r_k + o_tk (0 where masked)."""
+    if TMA:
+        return q_d.load([i_b, t, i_h, 0]).reshape(BT, KP)
+    else:
+        return tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
+
+
+@triton.jit
 def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, KP: tl.constexpr,
                   BV: tl.constexpr, GATED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
@@ -506,10 +516,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             else:
                 b_beta = tl.load(beta + rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
             if MKQ:   # rows 0…BT−1 of the stacked tile are K, BT…2BT−1 Q: one wait on the product, not two
-                if TMA:
-                    b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
-                else:
-                    b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
+                b_q = _q_tile(q, q_d, TMA, i_b, t0 + c * BT, i_h, r_k, o_tk, m_tk, BT, KP)
                 b_kqs = _mm(tl.reshape(tl.permute(tl.join(b_kr, b_q), (2, 0, 1)), (2 * BT, KP)), b_S, DT, PREC)
                 b_ks, b_qs = tl.split(tl.permute(tl.reshape(b_kqs, (2, BT, BV)), (1, 2, 0)))
             else:
@@ -558,10 +565,7 @@ def _state_kernel(k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, MAXC,
             tl.store(vn + r_v + o_tv, b_vn, mask=m_tv)
         if OUT:   # O = s [(Q ⊙ e^G) S + (Q Kᵀ ⊙ Γ) Vn], from the state entering the chunk
             if not MKQ:
-                if TMA:
-                    b_q = q_d.load([i_b, t0 + c * BT, i_h, 0]).reshape(BT, KP)
-                else:
-                    b_q = tl.load(q + r_k + o_tk, mask=m_tk, other=0.0)
+                b_q = _q_tile(q, q_d, TMA, i_b, t0 + c * BT, i_h, r_k, o_tk, m_tk, BT, KP)
             b_A = tl.dot(b_q, tl.trans(b_kr), input_precision=PREC) * _gamma(b_G, b_Gl, BT, False, GATED, EX2)
             if MKQ:
                 b_o = b_qs
@@ -1314,6 +1318,8 @@ PASS_MERGE_KQ: bool | None = None
 def _merge_kq(gated: int, BV: int) -> bool:
     """Whether the forward-only pass makes K S and Q S as one product (PASS_MERGE_KQ)."""
     return (not gated and BV <= 32) if PASS_MERGE_KQ is None else PASS_MERGE_KQ
+
+
 # The forward-only pass of 16-bit inputs with gates: each chunk's exps (Γ's 64², the rows' factors)
 # one ex2.approx.ftz of log decays in log2 units, and for bf16 the decayed key tile a bf16 product (no
 # fp32 copy). Instructions in the chunk loop (`python -m kernels.compile_check --family delta --dtype
