@@ -173,7 +173,8 @@ def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segmen
                settings: list | None = None) -> list[dict]:
     """One row per kernel, compiled the way it is launched, of the diagonal family ``decay`` ("scalar" or
     "key") at this shape: each forward path (two passes, the one pass, with ``segments`` the one pass
-    over three segments), with and without a backward to follow, and the backward; ``settings``
+    over three segments), with and without a backward to follow, and the backward, and for "key" the
+    forward-only pass with its gates inside (chunk_key.GATES_IN_PASS; over segments too); ``settings``
     (module, name, value) switches set meanwhile, as kernels.sweep.parse_settings gives them."""
     import kernels.diag.chunk as dc
     from kernels._common import seq_bounds
@@ -185,16 +186,23 @@ def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segmen
     fn = ChunkKeyDecay if decay == "key" else dc.ChunkScalarDecay
     T, H = 3 * dc.BT - 5, 2
     offsets = seq_bounds(None, 1, T, "cpu")
-    paths = [("two passes", [(dc, "FUSED_FORWARD", False)]),
-             ("one pass", [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 1)])]
+    one, seg = [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 1)], \
+        [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 10 ** 4)]
+    paths = [("two passes", [(dc, "FUSED_FORWARD", False)], (True, False)), ("one pass", one, (True, False))]
     if segments:
-        paths.append(("segments", [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 10 ** 4)]))
+        paths.append(("segments", seg, (True, False)))
+    if decay == "key":   # GLA's forward-only pass with its gates inside, gk in the inputs' dtype as benchmarked
+        from kernels.diag import chunk_key
+
+        paths += [(label, ch + [(chunk_key, "GATES_IN_PASS", True)], (False,))
+                  for label, ch in [("gates in pass", one)] + ([("gates in pass, segments", seg)] if segments else [])]
     seen, rows = set(), []
-    for label, changes in paths:
-        for backward in (True, False):
+    for label, changes, modes in paths:
+        for backward in modes:
             q, k = (torch.zeros(T, H, K, dtype=dtype, requires_grad=backward) for _ in range(2))
             v = torch.zeros(T, H, V, dtype=dtype, requires_grad=backward)
-            g = torch.zeros((T, H, K) if decay == "key" else (T, H), requires_grad=backward)
+            g = torch.zeros((T, H, K) if decay == "key" else (T, H), requires_grad=backward,
+                            dtype=dtype if label.startswith("gates") else torch.float32)
             h0 = torch.zeros(1, H, K, V, requires_grad=backward)
             with switches(changes + list(settings or [])), torch.set_grad_enabled(backward), \
                     compiled_launches(arch, f"{label} forward" if backward else f"{label}, alone") as got:
