@@ -668,13 +668,16 @@ def _pass_gates(b_g, o_t, SUM: tl.constexpr, EX2: tl.constexpr):
     the sequence's end), in log2 units with EX2. SUM 0: a column scan; 1 (16-bit gk): one product of
     the triangular ones with gk in fp16, summed in fp32 — exact, since a bf16 value within fp16's range
     is an fp16 value (8 bits of mantissa within 11; below 2^-14 it rounds to fp16's subnormals, at most
-    3e-8 off) — both sums of gk clamped at −60000, past which e^g is 0 in fp32 and fp16 overflows."""
-    b_g = b_g.to(tl.float32)
+    3e-8 off); bf16 gk is clamped at −60000 first (for both sums), past which e^g is 0 in fp32 and
+    fp16 would overflow to −inf."""
     if SUM == 1:
-        b_g = tl.maximum(b_g, -60000.0)
+        if b_g.dtype != tl.float16:
+            b_g = tl.maximum(b_g.to(tl.float32), -60000.0)
         ones = tl.where(o_t[:, None] >= o_t[None, :], 1.0, 0.0).to(tl.float16)
         b_G = tl.dot(ones, b_g.to(tl.float16), out_dtype=tl.float32)
+        b_g = b_g.to(tl.float32)
     else:
+        b_g = b_g.to(tl.float32)
         b_G = tl.cumsum(b_g, axis=0)
     b_GL = tl.sum(b_g, axis=0)
     if EX2:
