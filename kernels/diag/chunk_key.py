@@ -592,9 +592,9 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
     more, read from A, where _strong_scores_kernel put those chunks' sub-block scores. BK covers
-    all of K. (Gates and sub-block scores stay in their own kernels: formed here, in the middle of
-    the sequential walk, the gate work alone made the pass 4.7x slower, whatever its spills;
-    kernels/results/experiments_2026-12-03b.md §1.) STORE (for
+    all of K. (By default gates and sub-block scores stay in their own kernels: a first build forming
+    the gates here, in the middle of the sequential walk, made the pass 4.7x slower;
+    kernels/results/experiments_2026-12-03b.md §1. GATES below is a leaner one, not yet timed.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
     during the chunk before it (PASS_AHEAD). TMA (without STORE, an equal-length batch): qd, kd, v and o
