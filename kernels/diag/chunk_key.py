@@ -691,14 +691,15 @@ def _gated_tiles(b_q, b_k, b_G, b_GL, LIM: tl.constexpr, EX2: tl.constexpr, PACK
     chunk's tiles and log decays (_pass_gates). The last only where the chunk decays by less than LIM
     (which e^{−G_L} never passes there: elsewhere it is capped, its tile unused). PACK (16-bit inputs):
     each factor rounded to that dtype and multiplied there (two to an instruction), not in fp32."""
-    b_e = exp_units(b_G, EX2)
-    b_f = exp_units(b_GL[None, :] - b_G, EX2)
     b_r = exp_units(tl.minimum(-b_GL, LIM * (LOG2E if EX2 else 1.0)), EX2)[None, :]
-    if PACK:
-        b_qd = b_q * b_e.to(b_q.dtype)
-        return b_qd, b_k * b_f.to(b_k.dtype), b_qd * b_r.to(b_q.dtype)
+    if PACK:   # (each factor tile used as soon as it is made: fewer fp32 tiles live at once)
+        b_qd = b_q * exp_units(b_G, EX2).to(b_q.dtype)
+        b_kd = b_k * exp_units(b_GL[None, :] - b_G, EX2).to(b_k.dtype)
+        return b_qd, b_kd, b_qd * b_r.to(b_q.dtype)
+    b_e = exp_units(b_G, EX2)
     b_qf = b_q.to(tl.float32)
-    return (b_qf * b_e).to(b_q.dtype), (b_k.to(tl.float32) * b_f).to(b_k.dtype), (b_qf * (b_e * b_r)).to(b_q.dtype)
+    b_kd = (b_k.to(tl.float32) * exp_units(b_GL[None, :] - b_G, EX2)).to(b_k.dtype)
+    return (b_qf * b_e).to(b_q.dtype), b_kd, (b_qf * (b_e * b_r)).to(b_q.dtype)
 
 
 @triton.jit
