@@ -19,7 +19,8 @@ GPU compiler does not fail here too, which is why the tests compile every family
 
 The diagonal families (``scalar``: Mamba-2 / simple GLA, ``key``: GLA) are compiled in each of their
 forward paths — the two-pass kernels, the one pass, and (``--segments``) the one pass over segments —
-with and without a backward to follow, and their backward; a kernel compiled the same way twice is
+with and without a backward to follow, and their backward (GLA's also with the gates inside the one
+pass, chunk_key.GATES_IN_PASS, forward only); a kernel compiled the same way twice is
 listed once. ``delta`` is :mod:`kernels.delta.compile_check`'s forward and backward (with
 ``--segments``, those over segments); ``titans`` is :mod:`kernels.memory.compile_check`'s (the chunked
 and the fused recurrent kernels, forward and backward).
@@ -186,8 +187,8 @@ def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segmen
     fn = ChunkKeyDecay if decay == "key" else dc.ChunkScalarDecay
     T, H = 3 * dc.BT - 5, 2
     offsets = seq_bounds(None, 1, T, "cpu")
-    one, seg = [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 1)], \
-        [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 10 ** 4)]
+    one = [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 1)]
+    seg = [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 10 ** 4)]
     paths = [("two passes", [(dc, "FUSED_FORWARD", False)], (True, False)), ("one pass", one, (True, False))]
     if segments:
         paths.append(("segments", seg, (True, False)))
