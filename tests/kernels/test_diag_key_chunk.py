@@ -249,16 +249,16 @@ def test_one_pass_forward(one_pass, B, T, K, V, regime):
         assert (_chunk_spans(x["gk"]) >= LIM).any()
 
 
-def test_one_pass_varlen_no_state(one_pass):
-    """Packed sequences (an empty and a one-token one), with and without states, match the float64 runs
-    of each sequence."""
-    cu = torch.tensor([0, 7, 7, 8, 75])
-    x = _inputs(1, 75, 2, 16, 16, "bursts", seed=8)
-    x["S0"] = torch.randn(4, 2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+def _packed_runs_match(cu, seed):
+    """A packed batch (sequences cut at ``cu``, bursts), with and without states, against each
+    sequence's float64 run (an empty one keeps its state); returns the inputs."""
+    x = _inputs(1, cu[-1].item(), 2, 16, 16, "bursts", seed=seed)
+    x["S0"] = torch.randn(len(cu) - 1, 2, 16, 16, dtype=torch.float64,
+                          generator=torch.Generator().manual_seed(seed + 1))
     o, S = _forward(x, cu_seqlens=cu)
     o2, S2 = _forward(x, with_state=False, cu_seqlens=cu)
     assert S2 is None
-    for n in range(4):
+    for n in range(len(cu) - 1):
         a, b = cu[n].item(), cu[n + 1].item()
         if a == b:
             assert torch.equal(S[n], x["S0"][n].float())
@@ -268,6 +268,13 @@ def test_one_pass_varlen_no_state(one_pass):
         assert rel_err(o[:, a:b], on) < TOL and rel_err(S[n:n + 1], Sn) < TOL
         on0, _, _ = _reference({m: t for m, t in part.items() if m != "S0"}, False)
         assert rel_err(o2[:, a:b], on0) < TOL
+    return x
+
+
+def test_one_pass_varlen_no_state(one_pass):
+    """Packed sequences (an empty and a one-token one), with and without states, match the float64 runs
+    of each sequence."""
+    _packed_runs_match(torch.tensor([0, 7, 7, 8, 75]), seed=8)
     assert len(one_pass) == 2
 
 
@@ -709,21 +716,7 @@ def test_gates_in_pass(gates_in_pass, monkeypatch, count_launches, B, T, K, V, r
 def test_gates_in_pass_varlen(gates_in_pass):
     """GATES_IN_PASS on packed sequences (an empty and a one-token one, strong and mild chunks), with
     and without states: each sequence as its float64 run."""
-    cu = torch.tensor([0, 7, 7, 8, 140])
-    x = _inputs(1, 140, 2, 16, 16, "bursts", seed=12)
-    x["S0"] = torch.randn(4, 2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(13))
-    o, S = _forward(x, cu_seqlens=cu)
-    o2, _ = _forward(x, with_state=False, cu_seqlens=cu)
-    for n in range(4):
-        a, b = cu[n].item(), cu[n + 1].item()
-        if a == b:
-            assert torch.equal(S[n], x["S0"][n].float())
-            continue
-        part = {m: (t[:, a:b] if m != "S0" else t[n:n + 1]) for m, t in x.items()}
-        on, Sn, _ = _reference(part, True)
-        assert rel_err(o[:, a:b], on) < TOL and rel_err(S[n:n + 1], Sn) < TOL
-        on0, _, _ = _reference({m: t for m, t in part.items() if m != "S0"}, False)
-        assert rel_err(o2[:, a:b], on0) < TOL
+    x = _packed_runs_match(torch.tensor([0, 7, 7, 8, 140]), seed=12)
     assert (_chunk_spans(x["gk"]) >= LIM).any() and len(gates_in_pass[2]) == 2
 
 
