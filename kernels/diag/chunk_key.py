@@ -442,10 +442,19 @@ def _strong_scores_kernel(q, k, gk, GL, A, offsets, chunk_indices, NC,
     spans = -tl.min(b_GL, axis=1)   # the chunks' decay over all keys (0 past the last chunk)
     for j in range(0, CPP):
         if tl.sum(tl.where(o_j == j, spans, 0.0), axis=0) >= LIM:
-            c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_g * CPP + j)
-            for i_b in range(0, BT // BC):
-                # (in key blocks of BC: this rare path keeps the kernel's registers few)
-                _sub_block_scores(q, k, gk, A, bos + c * BT, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
+            _strong_chunk_scores(q, k, gk, A, offsets, chunk_indices, i_g * CPP + j, i_h, H, K, BT, BC, LIM, PREC)
+
+
+@triton.jit
+def _strong_chunk_scores(q, k, gk, A, offsets, chunk_indices, i_c, i_h, H: tl.constexpr, K: tl.constexpr,
+                         BT: tl.constexpr, BC: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
+    """Chunk i_c's sub-block scores into A (its rows, zero above the diagonal); its first row and the
+    sequence's end."""
+    c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
+    for i_b in range(0, BT // BC):
+        # (in key blocks of BC: this rare path keeps the kernel's registers few)
+        _sub_block_scores(q, k, gk, A, bos + c * BT, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
+    return bos + c * BT, eos
 
 
 @triton.jit
@@ -465,10 +474,8 @@ def _strong_fixup_kernel(q, k, gk, v, A, o, spans, offsets, chunk_indices, NC, s
     o_t = tl.arange(0, BT)
     for j in range(0, CPP):
         if tl.sum(tl.where(o_j == j, b_sp, 0.0), axis=0) >= LIM:
-            c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_g * CPP + j)
-            c_start = bos + c * BT
-            for i_b in range(0, BT // BC):
-                _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
+            c_start, eos = _strong_chunk_scores(q, k, gk, A, offsets, chunk_indices, i_g * CPP + j, i_h, H, K, BT,
+                                                BC, LIM, PREC)
             tl.debug_barrier()   # (the rows just stored, by other threads of the program)
             m_t = c_start + o_t < eos
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_t[:, None] * (H * BT) + o_t[None, :], mask=m_t[:, None],
