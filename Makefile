@@ -2,7 +2,9 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-# torch is pinned to the CPU build that installs from local disk (a bare `torch` pulls CUDA wheels).
+# torch is pinned: on our machines and CI, pip's configuration serves torch 2.13.0 as a CPU build from
+# local disk, where a bare `torch` or a newer range pulls multi-GB CUDA wheels. Elsewhere pip takes
+# PyPI's default build of that version.
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 

@@ -35,8 +35,9 @@ G_i − G_j keeps fp32 relative accuracy when G itself reaches −1000. Every ex
 
 Dots on raw inputs (Q Kᵀ, K Kᵀ) run in the input dtype; dots that touch an fp32 quantity (T,
 states, gradients) run in bf16 for bf16 inputs (``HALF_OPERANDS``, as fla does) and in fp32
-otherwise (tf32 for fp16, exact for fp32), and W, U, Vn are stored in that operand dtype. T,
-states and gradients are fp32.
+otherwise (tf32 for fp16, exact for fp32). What only ever enters products as such an operand is
+stored in that operand dtype: T, W, U, Vn, the states entering each chunk, their gradients and dW.
+The state carried through a scan, the final state and the other gradients are fp32.
 """
 
 from __future__ import annotations
