@@ -168,7 +168,9 @@ def seq_bounds(cu_seqlens: Tensor | None, B: int, T: int, device) -> Tensor:
     """
     if cu_seqlens is None:
         return layout_cache(("offsets", B, T, str(torch.device(device))), lambda: _dense_offsets(B, T, device))
-    return cu_seqlens.to(device=device, dtype=torch.int64)
+    # contiguous: the kernels index the offsets as a dense array, and .to() keeps a strided view's
+    # strides when nothing needs converting
+    return cu_seqlens.to(device=device, dtype=torch.int64).contiguous()
 
 
 def step_bounds(B: int, device) -> Tensor:

@@ -121,6 +121,22 @@ def test_cu_seqlens_errors_name_the_mixer(name, opts):
         m.recurrent(cu_seqlens=torch.tensor([0.0, 10.0]), **inp)
 
 
+@pytest.mark.parametrize("name,opts", [("mamba2", {}), ("gla", {}), ("s6", {}), ("deltanet", {}),
+                                       ("softmax_attention", {}), ("titans", {"memory": "linear"})])
+@pytest.mark.parametrize("form", ["chunked", "recurrent"])
+def test_strided_cu_seqlens_reads_as_its_values(name, opts, form):
+    """An int64 cu_seqlens that is a strided view: read as its values, not as the memory under it (the
+    kernels indexed it as a dense array: garbage, or a heap corrupted by the chunk layout's writes)."""
+    spec = dsf.zoo.get(name, **opts)
+    inp = _f32(spec.random_inputs(1, 7, 2, 16, 16, seed=0))
+    strided = torch.tensor([0, 9, 3, 9, 7])[::2]
+    assert not strided.is_contiguous()
+    m = kernels.compile(spec)
+    o, _ = getattr(m, form)(cu_seqlens=strided, **inp)
+    o_ref, _ = getattr(m, form)(cu_seqlens=strided.contiguous(), **inp)
+    assert torch.equal(o, o_ref)
+
+
 @pytest.mark.parametrize("name,opts,K,V,message", [
     ("mamba2", {}, 300, 16, r"mamba2: head dim K=300 is not supported; need 1 <= K <= 256"),
     ("softmax_attention", {}, 16, 300, r"softmax_attention: head dim V=300 is not supported; need 1 <= V <= 256"),
