@@ -49,10 +49,12 @@ def _check_dtypes(spec: MixerSpec, inputs: dict) -> None:
                             "float16 inputs (float64 runs in the dsf forms: dsf.chunked, dsf.recurrent)")
 
 
-def _check_head_dims(spec: MixerSpec, K: int, V: int, extra: int) -> None:
+def _check_head_dims(spec: MixerSpec, K: int, V: int, extra: int, user_K: int | None = None) -> None:
     """The lowered head dims against the kernels' limits, by the mixer's name; ``extra``: the value
-    columns the kernels add (a normaliser's), so that the error gives the user's V."""
-    check_head_dim(spec.name, "K", K)
+    columns the kernels add (a normaliser's), so that the error gives the user's V; ``user_K``: the
+    queries' K where a feature map changed it, so that the error says why."""
+    check_head_dim(spec.name, "K", K, why=f" (the feature map turns the queries' K={user_K} into {K})"
+                   if user_K is not None and user_K != K else "")
     check_head_dim(spec.name, "V", V, hi=MAX_HEAD_DIM - extra,
                    why=" (normalize=True adds a column for the normaliser)" if extra else "")
 
@@ -153,6 +155,8 @@ class CompiledMixer:
         for inp in spec.inputs:
             if inp.name in inputs and inputs[inp.name] is not None:
                 x = inputs[inp.name]
+                if not isinstance(x, Tensor):
+                    raise TypeError(f"{spec.name}.step: {inp.name} must be a torch.Tensor, got {type(x).__name__}")
                 if "T" in inp.dims and isinstance(x, Tensor) and x.dim() != len(inp.dims) - 1:
                     # checked here: after the time dim is added, the spec's check would count it too
                     dims = [d for d in inp.dims if d != "T"]
@@ -160,6 +164,7 @@ class CompiledMixer:
                                      f"[{', '.join(dims)}] (one token, no time dim), got shape {tuple(x.shape)}")
                 one[inp.name] = x.unsqueeze(1) if "T" in inp.dims else x
         one.update({k: v for k, v in inputs.items() if k not in spec.input_names})
+        _check_dtypes(spec, one)
         fast = self._fast_step(one, state, inplace)
         if fast is not None:
             return fast
@@ -191,7 +196,7 @@ class CompiledMixer:
         B, T, H, K, V = (dims[d] for d in ("B", "T", "H", "K", "V"))
         N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
         _check_head_dims(spec, K, V, 0)
-        if initial_state is not None and (not isinstance(initial_state, Tensor)
+        if initial_state is not None and (not isinstance(initial_state, Tensor) or not initial_state.is_floating_point()
                                           or tuple(initial_state.shape) != (N, H, K, V)):
             return None   # the general path words the error
         scale = K ** -0.5 if scale is None else float(scale)
@@ -219,6 +224,12 @@ class CompiledMixer:
         ts = [inputs.get(n) for n in names]
         if not all(isinstance(t, Tensor) for t in ts) or ts[0].dim() != 3:
             return None
+        # the spec's dtype rule (q, k, v one kernel dtype; a gate or β that dtype, or fp32 beside
+        # 16-bit activations), which the step kernels do not check: anything else is worded below
+        act = ts[0].dtype
+        if act not in DTYPES.values() or any(t.dtype != act for t in ts[1:3]) or any(
+                t.dtype != act and not (t.dtype == torch.float32 and act != torch.float32) for t in ts[3:]):
+            return None
         if torch.is_grad_enabled() and any(t.requires_grad for t in (state, *ts)):
             return None
         scale = inputs.get("scale")
@@ -243,7 +254,7 @@ class CompiledMixer:
         Returns None (use the general path) when autograd is needed, the state is not a plain
         tensor in the kernel's layout, or an in-place update of a non-fp32 state is asked for.
         """
-        if self.family not in ("diag", "delta") or not isinstance(state, Tensor):
+        if self.family not in ("diag", "delta") or not isinstance(state, Tensor) or not state.is_floating_point():
             return None
         tensors = [state, *(x for x in one.values() if isinstance(x, Tensor))]
         if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
@@ -279,7 +290,9 @@ class CompiledMixer:
         B, T, H, K, V = terms.shape
         # checked here, by the mixer's name, for every family (not by the kernel a family lowers to)
         N = check_cu_seqlens(spec.name, cu_seqlens, B, T)
-        _check_head_dims(spec, K, V, int(getattr(terms, "normalize", False)))
+        q_in = inputs.get("q")
+        _check_head_dims(spec, K, V, int(getattr(terms, "normalize", False)),
+                         q_in.shape[-1] if isinstance(q_in, Tensor) else None)
         if self.family == "softmax":
             return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens, state_arg)
         if self.family == "memory":
@@ -325,8 +338,10 @@ class CompiledMixer:
 def _aaren(spec, terms, state, output_final_state, cu_seqlens, state_arg="initial_state"):
     """Aaren through the flash kernel: its one learned query is broadcast over time.
 
-    A carried state (m, c, a) acts like one extra token of logit m + log c and value a / c, so it
-    enters as a pseudo-token placed first, reached through one more key dimension (q' = [q, 1]).
+    A carried state (m, c, a) acts like one extra token of logit m + log c and value a / c, placed
+    first. With one query every logit is a single number, q·k_j: the kernel then runs on the logits
+    as keys (each an fp32 value split into two of the inputs' dtype, hi + lo, against a query of
+    ones), so the state's token needs no extra key dimension and any K up to 256 takes a state.
     """
     from dsf.terms import AarenState
 
@@ -340,15 +355,14 @@ def _aaren(spec, terms, state, output_final_state, cu_seqlens, state_arg="initia
             raise ValueError(f"{spec.name}: {state_arg} cannot be combined with cu_seqlens")
         # checked as the dsf forms check it: a wrong shape would broadcast into a silently wrong output
         m, c, a = _internal_state(spec, terms, state, state_arg)
-        q1 = torch.cat([qs, qs.new_ones(B, T, H, 1)], -1)
-        k1 = torch.cat([k, k.new_zeros(B, T, H, 1)], -1)
-        # an empty state (c = 0) gets logit −inf … kept finite: a very negative logit weighs 0
-        logit = torch.where(c > 0, m + torch.log(c.clamp_min(1e-30)), torch.full_like(m, -1e30))
-        k0 = torch.cat([k.new_zeros(B, 1, H, K), logit[:, None, :, None].to(k.dtype)], -1)
+        # an empty state (c = 0) weighs 0: a logit far below any other, finite in the inputs' dtype
+        empty = torch.finfo(k.dtype).min / 2
+        logit = torch.where(c > 0, m + torch.log(c.clamp_min(1e-30)), torch.full_like(m, empty))
+        s = torch.cat([logit[:, None].float(), torch.einsum("hk,bthk->bth", q.float(), k.float())], 1)
+        hi = s.to(k.dtype)
+        k2 = torch.stack([hi, (s - hi.float()).to(k.dtype)], -1)       # [B, T + 1, H, 2]: hi + lo = s
         v0 = torch.where(c[..., None] > 0, a / c.clamp_min(1e-30)[..., None], torch.zeros_like(a))
-        zero_q = q1[:, :1] * 0
-        o = flash_attention(torch.cat([zero_q, q1], 1), torch.cat([k0, k1], 1),
-                            torch.cat([v0[:, None].to(v.dtype), v], 1), scale=1.0)[:, 1:]
+        o = flash_attention(torch.ones_like(k2), k2, torch.cat([v0[:, None].to(v.dtype), v], 1), scale=1.0)[:, 1:]
     else:
         o = flash_attention(qs.contiguous(), k, v, scale=1.0, cu_seqlens=cu_seqlens)
     if not output_final_state:
@@ -412,7 +426,16 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
             raise ValueError(f"{spec.name}: the kernels continue from a full KV cache only "
                              f"(it holds {L} of {cache.seen} tokens); run with window=None or keep "
                              "the whole cache")
-        k_all, v_all = torch.cat([cache.k, k], 1), torch.cat([cache.v, v], 1)
+        # the kernels place the cached tokens at 0 … L − 1 and never read pos: a cache that says
+        # otherwise would be attended as if it did not (the dsf forms read pos)
+        if cache.pos.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{spec.name}: {state_arg}.pos must be an int32/int64 tensor, got {cache.pos.dtype}")
+        if L and bool((cache.pos != torch.arange(L, device=cache.pos.device)).any()):
+            raise ValueError(f"{spec.name}: {state_arg}.pos must be a full cache's positions 0 … {L - 1}, "
+                             f"got {cache.pos.tolist()[:8]}{' …' if L > 8 else ''}")
+        # a cache kept in another dtype than this call's tokens joins them in theirs, as a state does
+        k_all = torch.cat([cache.k.to(k.dtype), k], 1)
+        v_all = torch.cat([cache.v.to(v.dtype), v], 1)
         if T == 1:
             o = flash_decode(q, k_all, v_all, **opts)
         else:

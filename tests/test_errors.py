@@ -119,13 +119,19 @@ def test_non_tensor_input():
         dsf.recurrent("gated_deltanet", **d)
 
 
-@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "softmax_attention", "retnet"])
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "softmax_attention", "retnet", "titans"])
 @pytest.mark.parametrize("scale,error", [(float("nan"), ValueError), (float("inf"), ValueError),
                                          ("0.5", TypeError), (True, TypeError)])
 def test_scale_must_be_a_finite_number(name, scale, error):
     """A NaN or infinite scale would turn every output into NaN: refused by every form, as a
-    non-number is."""
+    non-number is, by the mixer's name (the Miras memories took any scale; the others' message
+    did not say whose it was)."""
     d = dsf.random_inputs(name, B=1, T=3, H=2, K=4, V=4)
     for form in (dsf.recurrent, dsf.chunked):
-        with pytest.raises(error, match=r"scale must be a (finite )?number"):
+        with pytest.raises(error, match=rf"^{name}: scale must be a (finite )?number"):
             form(name, scale=scale, **d)
+
+
+def test_the_miras_memories_take_scale_none_as_their_default():
+    d = dsf.random_inputs("titans", B=1, T=3, H=2, K=4, V=4)
+    assert torch.equal(dsf.recurrent("titans", scale=None, **d)[0], dsf.recurrent("titans", **d)[0])

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..spec import MixerSpec, check_state, resolve_inputs
+from ..spec import ACTIVATIONS, MixerSpec, check_state, resolve_inputs
 from ..terms import AarenState, KVCache, LinearTerms, MemoryTerms, SoftmaxTerms
 from .chunked import chunked_aaren, chunked_linear, chunked_softmax
 from .memory import (chunked_memory, check_memory_state, memory_forms, minibatch_memory, phi_memory,
@@ -39,11 +39,25 @@ def _spec(mixer: str | MixerSpec) -> MixerSpec:
 
 
 def prepare(mixer: str | MixerSpec, inputs: dict[str, Any]) -> tuple[MixerSpec, Any]:
-    """Validate the inputs against the spec and lower them to terms."""
+    """Validate the inputs against the spec and lower them to terms.
+
+    A 16-bit gate or parameter beside float32 activations is widened to float32 first: the lowering
+    would otherwise take its logs and products in 16 bits, and the terms lose precision the
+    activations keep."""
     spec = _spec(mixer)
     tensors, options = spec.split_kwargs(inputs)
     resolve_inputs(spec, tensors)
-    return spec, spec.lower(**tensors, **options)
+    act = next((tensors[n].dtype for n in ACTIVATIONS if isinstance(tensors.get(n), torch.Tensor)), None)
+    if act == torch.float32:
+        tensors = {n: x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
+                   for n, x in tensors.items()}
+    try:
+        return spec, spec.lower(**tensors, **options)
+    except (TypeError, ValueError) as e:
+        # a lowering's shared helpers (the scale's check, feature maps) do not know whose they are
+        if str(e).startswith(f"{spec.name}:") or str(e).startswith(f"{spec.name}."):
+            raise
+        raise type(e)(f"{spec.name}: {e}") from e
 
 
 def _internal_state(spec: MixerSpec, terms: Any, state: Any, arg: str = "initial_state") -> Any:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ..spec import Miras, MixerSpec
 from ..terms import MemoryTerms
+from ._common import scale_of
 from .memory import memory_spec, random_memory
 
 __all__ = ["TITANS", "MONETA", "YAAD", "MEMORA", "TTT_LINEAR", "TTT_MLP"]
@@ -67,6 +68,11 @@ def _col(x):
 # Titans (Behrouz, Zhong & Mirrokni 2025), eqs. for the surprise S_t and the memory M_t
 
 
+def _scale(scale) -> float:
+    """The query scale of the Miras memories: 1 unless given (None too); a given one a finite number."""
+    return 1.0 if scale is None else scale_of(scale, 1)
+
+
 def lower_titans(q, k, v, g, theta, log_eta, w1=None, w2=None, memory="mlp", scale=1.0):
     if memory not in ("mlp", "linear"):
         raise ValueError(f"titans: memory must be 'mlp' or 'linear', got {memory!r}")
@@ -74,7 +80,7 @@ def lower_titans(q, k, v, g, theta, log_eta, w1=None, w2=None, memory="mlp", sca
         raise TypeError("titans: memory='mlp' needs the MLP's initial weights w1 [H, K, E] and w2 [H, E, V]")
     if memory == "linear" and (w1 is not None or w2 is not None):
         raise TypeError("titans: memory='linear' starts from a zero matrix memory; do not pass w1, w2")
-    return MemoryTerms(q=q * scale, k=k, v=v, theta=2 * theta, g=g, log_eta=log_eta,
+    return MemoryTerms(q=q * _scale(scale), k=k, v=v, theta=2 * theta, g=g, log_eta=log_eta,
                        memory="mlp" if memory == "mlp" else "matrix", bias="l2", retention="l2",
                        algorithm="momentum", init=() if memory == "linear" else (w1, w2),
                        activation="silu", residual=True)
@@ -96,7 +102,7 @@ def oracle_titans(q, k, v, g, theta, log_eta, w1=None, w2=None, memory="mlp", sc
         keep, eta, th = torch.exp(g[:, t]), torch.exp(log_eta[:, t]), theta[:, t]   # keep = 1 − α_t
         S = [_col(eta) * s - _col(th) * gr for s, gr in zip(S, grads)]
         M = [_col(keep) * m + s for m, s in zip(M, S)]
-        out.append(net(M, q[:, t] * scale))
+        out.append(net(M, q[:, t] * _scale(scale)))
     return torch.stack(out, 1)
 
 
@@ -132,7 +138,7 @@ _MIRAS = "Behrouz, Razaviyayn, Zhong & Mirrokni 2025, It's All Connected (Miras)
 
 
 def _mlp_terms(q, k, v, theta, g, w1, w2, scale, **kw):
-    return MemoryTerms(q=q * scale, k=k, v=v, theta=theta, g=g, memory="mlp", algorithm="gd",
+    return MemoryTerms(q=q * _scale(scale), k=k, v=v, theta=theta, g=g, memory="mlp", algorithm="gd",
                        init=(w1, w2), activation="gelu", residual=True, **kw)
 
 
@@ -150,7 +156,7 @@ def oracle_moneta(q, k, v, g, theta, w1, w2, p=3.0, norm_q=4.0, eps=1e-6, scale=
         kt, vt = k[:, t], v[:, t]
         grads = _inner_grad(lambda W: (net(W, kt) - vt).abs().pow(p).sum(), [norm(a) for a in A])
         A = [_col(torch.exp(g[:, t])) * a - _col(theta[:, t]) * gr for a, gr in zip(A, grads)]
-        out.append(net([norm(a) for a in A], q[:, t] * scale))
+        out.append(net([norm(a) for a in A], q[:, t] * _scale(scale)))
     return torch.stack(out, 1)
 
 
@@ -170,7 +176,7 @@ def oracle_yaad(q, k, v, g, theta, w1, w2, delta=1.0, scale=1.0, initial_state=N
     for t in range(q.shape[1]):
         grads = _inner_grad(lambda W_: huber(W_, k[:, t], v[:, t]), W)
         W = [_col(torch.exp(g[:, t])) * w - _col(theta[:, t]) * gr for w, gr in zip(W, grads)]
-        out.append(net(W, q[:, t] * scale))
+        out.append(net(W, q[:, t] * _scale(scale)))
     return torch.stack(out, 1)
 
 
@@ -187,7 +193,7 @@ def oracle_memora(q, k, v, g, theta, w1, w2, kl_scale=1.0, scale=1.0, initial_st
         grads = _inner_grad(lambda W_: 0.5 * ((net(W_, kt) - vt) ** 2).sum(), W)
         W = [kl_scale * torch.softmax(_col(torch.exp(g[:, t])) * torch.log(w) - _col(theta[:, t]) * gr,
                                       dim=-2) for w, gr in zip(W, grads)]
-        out.append(net(W, q[:, t] * scale))
+        out.append(net(W, q[:, t] * _scale(scale)))
     return torch.stack(out, 1)
 
 
@@ -226,7 +232,7 @@ _TTT = "Sun et al. 2024, Learning to (Learn at Test Time): RNNs with Expressive 
 
 
 def lower_ttt_linear(q, k, v, theta, scale=1.0):
-    return MemoryTerms(q=q * scale, k=k, v=v, theta=2 * theta, memory="matrix", bias="l2")
+    return MemoryTerms(q=q * _scale(scale), k=k, v=v, theta=2 * theta, memory="matrix", bias="l2")
 
 
 def oracle_ttt_linear(q, k, v, theta, scale=1.0, initial_state=None):
@@ -236,7 +242,7 @@ def oracle_ttt_linear(q, k, v, theta, scale=1.0, initial_state=None):
     for t in range(T):
         err = torch.einsum("bhvk,bhk->bhv", W, k[:, t]) - v[:, t]
         W = W - 2 * theta[:, t, :, None, None] * err[..., :, None] * k[:, t, :, None, :]
-        out.append(torch.einsum("bhvk,bhk->bhv", W, q[:, t] * scale))
+        out.append(torch.einsum("bhvk,bhk->bhv", W, q[:, t] * _scale(scale)))
     return torch.stack(out, 1)
 
 
@@ -251,7 +257,7 @@ def oracle_ttt_mlp(q, k, v, theta, w1, w2, scale=1.0, initial_state=None):
         kt, vt = k[:, t], v[:, t]
         grads = _inner_grad(lambda W_: ((net(W_, kt) - vt) ** 2).sum(), W)
         W = [w - _col(theta[:, t]) * gr for w, gr in zip(W, grads)]
-        out.append(net(W, q[:, t] * scale))
+        out.append(net(W, q[:, t] * _scale(scale)))
     return torch.stack(out, 1)
 
 

@@ -22,6 +22,8 @@ def _check_state(op, state, N, H, K, V):
     if tuple(state.shape) != (N, H, K, V):
         raise ValueError(f"{op}: initial_state must have shape [N, H, K, V] = {(N, H, K, V)}, "
                          f"got {tuple(state.shape)}")
+    if not state.is_floating_point():
+        raise TypeError(f"{op}: initial_state must be a floating-point tensor, got {state.dtype}")
     return state.float().contiguous()
 
 

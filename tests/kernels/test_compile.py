@@ -55,9 +55,12 @@ def test_softmax_trimmed_cache_is_refused():
         kernels.compile(spec).chunked(initial_state=cache, **b)
 
 
-def test_aaren_runs_on_the_flash_kernel_with_its_state():
+@pytest.mark.parametrize("K", [16, 256])
+def test_aaren_runs_on_the_flash_kernel_with_its_state(K):
+    """Outputs, states and gradients (through the carried state too) against float64. K = 256 with a
+    state was refused as K = 257: the state entered as one more key dimension."""
     spec = dsf.zoo.get("aaren")
-    inp = spec.random_inputs(2, 20, 2, 16, 16, seed=0)
+    inp = spec.random_inputs(2, 20, 2, K, 16, seed=0)
     o_ref, S_ref = dsf.recurrent(spec, **inp)
     m = kernels.compile(spec)
     a, b = _split(_f32(inp), 12)
@@ -243,3 +246,102 @@ def test_a_kv_cache_of_the_wrong_size_is_refused_by_name():
         m.chunked(initial_state=type(C)(C.k, C.v[..., :8], C.pos, C.seen), **inp)
     with pytest.raises(ValueError, match=r"initial_state.pos must have shape \[L\] = \(3,\), got \(2,\)"):
         m.chunked(initial_state=type(C)(C.k, C.v, C.pos[:2], C.seen), **inp)
+
+
+def test_a_kv_cache_whose_positions_the_kernels_would_not_honour_is_refused():
+    """The kernels place a full cache's tokens at 0 … L − 1 without reading pos: a cache whose pos
+    says otherwise ran as if it did not (0.72 off the dsf forms, which read it, with a window)."""
+    spec = dsf.zoo.get("softmax_attention", window=4, sink_tokens=2)
+    inp = _f32(spec.random_inputs(1, 9, 1, 16, 16, seed=0))
+    a, b = _split(inp, 3)
+    m = kernels.compile(spec)
+    _, C = m.chunked(output_final_state=True, **a)
+    with pytest.raises(ValueError, match=r"softmax_attention: initial_state.pos must be a full cache's positions "
+                                         r"0 … 2, got \[5, 6, 7\]"):
+        m.chunked(initial_state=type(C)(C.k, C.v, C.pos + 5, C.seen), **b)
+    with pytest.raises(TypeError, match=r"softmax_attention: state.pos must be an int32/int64 tensor"):
+        m.step(type(C)(C.k, C.v, C.pos.float(), C.seen), **{k: v[:, 0] for k, v in b.items()})
+
+
+def test_a_kv_cache_in_another_dtype_joins_the_tokens_in_theirs():
+    """An fp32 cache with bf16 tokens (a prefill in fp32, decoding in bf16) was refused by the flash
+    kernels' dtype check, naming the cache's keys as if they were the call's k."""
+    spec = dsf.zoo.get("softmax_attention")
+    inp = spec.random_inputs(2, 10, 2, 16, 16, seed=1)
+    o_ref, _ = dsf.recurrent(spec, **inp)
+    a, b = _split(_f32(inp), 6)
+    m = kernels.compile(spec)
+    _, C = m.chunked(output_final_state=True, **a)
+    half = {k: v.bfloat16() for k, v in b.items()}
+    o, C2 = m.chunked(initial_state=C, output_final_state=True, **half)
+    o_conv, _ = m.chunked(initial_state=type(C)(C.k.bfloat16(), C.v.bfloat16(), C.pos, C.seen), **half)
+    assert o.dtype == C2.k.dtype == torch.bfloat16 and torch.equal(o, o_conv)
+    assert rel_err(o.double(), o_ref[:, 6:]) < 1e-2
+    o_t, _ = m.step(C, **{k: v[:, 0] for k, v in half.items()})
+    assert rel_err(o_t.double(), o_ref[:, 6]) < 1e-2
+
+
+@pytest.mark.parametrize("name,arg,act,dtype,match", [
+    ("mamba2", "g", torch.float32, torch.int64, r"mamba2: g must be a floating-point tensor, got dtype torch.int64"),
+    ("mamba2", "g", torch.float32, torch.float64, r"mamba2: g has dtype torch.float64"),
+    ("gla", "gk", torch.float16, torch.bfloat16, r"gla: gk has dtype torch.bfloat16 but q has torch.float16"),
+    ("deltanet", "beta", torch.float32, torch.float64, r"deltanet: beta has dtype torch.float64")])
+def test_step_refuses_the_dtypes_chunked_refuses(name, arg, act, dtype, match):
+    """The one-launch step took an int, float64 or mismatched gate (or β) that chunked refuses."""
+    spec = dsf.zoo.get(name)
+    one = {k: v[:, 0].to(act) for k, v in spec.random_inputs(2, 1, 2, 16, 16, seed=0).items()}
+    m = kernels.compile(spec)
+    with pytest.raises(TypeError, match=match):
+        m.chunked(**{k: v[:, None] for k, v in {**one, arg: one[arg].to(dtype)}.items()})
+    with pytest.raises(TypeError, match=match):
+        m.step(torch.zeros(2, 2, 16, 16), **{**one, arg: one[arg].to(dtype)})
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gla", "deltanet", "s6"])
+def test_an_integer_state_or_a_list_input_is_refused_by_name(name):
+    """mamba2's and gla's chunked took an integer initial state as floats; a list on step was a bare
+    AttributeError."""
+    spec = dsf.zoo.get(name)
+    inp = _f32(spec.random_inputs(2, 3, 2, 16, 16, seed=0))
+    m = kernels.compile(spec)
+    _, S = m.chunked(output_final_state=True, **inp)
+    with pytest.raises(TypeError, match=rf"^{name}: initial_state must be floating-point, got dtype torch.int64"):
+        m.chunked(initial_state=S.long(), **inp)
+    timed = {i.name for i in spec.inputs if "T" in i.dims}
+    one = {k: (v[:, 0] if k in timed else v) for k, v in inp.items()}
+    with pytest.raises(TypeError, match=rf"^{name}: state must be floating-point, got dtype torch.int64"):
+        m.step(S.long(), **one)
+    first = spec.input_names[0]
+    with pytest.raises(TypeError, match=rf"^{name}.step: {first} must be a torch.Tensor, got list"):
+        m.step(S, **{**one, first: one[first].tolist()})
+
+
+@pytest.mark.parametrize("name,gate", [("mingru", "z"), ("qlstm", "f"), ("rg_lru", "r"), ("normalized_attention", "n")])
+def test_a_16_bit_gate_beside_fp32_activations_is_widened(name, gate):
+    """A bf16 gate beside fp32 activations: fp32-accurate against float64 on the same rounded values
+    (the lowering took its logs and products in bf16: 4e-4 to 2e-3 off), kernels and dsf forms alike."""
+    spec = dsf.zoo.get(name)
+    inp = _f32(spec.random_inputs(2, 9, 2, 16, 16, seed=0))
+    inp[gate] = inp[gate].bfloat16()
+    o_ref, _ = dsf.recurrent(spec, **{k: v.double() for k, v in inp.items()})
+    o, _ = kernels.compile(spec).chunked(**inp)
+    assert o.dtype == torch.float32 and rel_err(o, o_ref) < TOL
+    assert rel_err(dsf.recurrent(spec, **inp)[0], o_ref) < TOL
+
+
+def test_a_bad_option_is_reported_not_taken_for_a_missing_kernel():
+    """kernels.compile("titans", memory="linear", scale="x") said no kernel family compiles titans."""
+    with pytest.raises(TypeError, match=r"^titans: scale must be a number or None, got 'x'"):
+        kernels.compile("titans", memory="linear", scale="x")
+    spec = dsf.zoo.get("titans", memory="linear")
+    inp = _f32(spec.random_inputs(1, 3, 1, 16, 16, seed=0))
+    o, _ = kernels.compile("titans", memory="linear", scale=None).chunked(**inp)
+    assert rel_err(o, dsf.recurrent(spec, **{k: v.double() for k, v in inp.items()})[0]) < TOL
+
+
+def test_a_head_dim_a_feature_map_made_too_wide_says_so():
+    spec = dsf.zoo.get("linear_attention", feature_map="taylor")
+    inp = _f32(spec.random_inputs(1, 3, 1, 16, 16, seed=0))
+    with pytest.raises(ValueError, match=r"linear_attention: head dim K=273 is not supported; need 1 <= K <= 256 "
+                                         r"\(the feature map turns the queries' K=16 into 273\)"):
+        kernels.compile(spec).chunked(**inp)
