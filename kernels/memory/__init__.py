@@ -44,6 +44,7 @@ def compiles(spec: Any) -> bool:
 def run_memory(name: str, terms: Any, form: str, initial_state: Any, output_final_state: bool,
                cu_seqlens: Tensor | None, state_arg: str = "initial_state") -> tuple[Tensor, Any]:
     """Run lowered MemoryTerms through the chunked or the recurrent kernel; state as dsf.MemoryState."""
+    from dsf.spec import check_state
     from dsf.terms import MemoryState
 
     if not _structure_ok(terms):
@@ -57,6 +58,12 @@ def run_memory(name: str, terms: Any, form: str, initial_state: Any, output_fina
             raise TypeError(f"{name}: {state_arg} must be a dsf.MemoryState((S,), (Z,)) with the memory S "
                             f"and the momentum Z, each [N, H, K, V]; got {type(initial_state).__name__}")
         state = (initial_state.weights[0], initial_state.momentum[0])
+        # checked by the mixer's and the caller's names (the kernels' own check names chunk_titans)
+        B, _, H, K = terms.q.shape
+        N = B if cu_seqlens is None else cu_seqlens.numel() - 1
+        dims = "[N, H, K, V]" if cu_seqlens is not None else "[B, H, K, V]"
+        for part, t in (("weights[0] (the memory S)", state[0]), ("momentum[0] (the momentum Z)", state[1])):
+            check_state(name, f"{state_arg}.{part}", t, (N, H, K, terms.v.shape[-1]), dims, terms.v.dtype)
     fn = chunk_titans if form == "chunked" else fused_recurrent_titans
     o, fin = fn(terms.q, terms.k, terms.v, terms.g, terms.theta, terms.log_eta, initial_state=state,
                 output_final_state=output_final_state, cu_seqlens=cu_seqlens, grad_at=terms.grad_at)

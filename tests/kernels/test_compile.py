@@ -345,3 +345,23 @@ def test_a_head_dim_a_feature_map_made_too_wide_says_so():
     with pytest.raises(ValueError, match=r"linear_attention: head dim K=273 is not supported; need 1 <= K <= 256 "
                                          r"\(the feature map turns the queries' K=16 into 273\)"):
         kernels.compile(spec).chunked(**inp)
+
+
+@pytest.mark.parametrize("form", ["chunked", "step"])
+def test_a_titans_state_is_checked_by_the_mixers_name(form):
+    """Titans' memory state was checked by chunk_titans (fused_recurrent_titans for step, calling it
+    initial_state), and an integer one raised ValueError where the others raise TypeError."""
+    from dsf.terms import MemoryState
+
+    spec = dsf.zoo.get("titans", memory="linear")
+    inp = _f32(spec.random_inputs(2, 3, 2, 16, 16, seed=0))
+    m = kernels.compile(spec)
+    _, S = m.chunked(output_final_state=True, **inp)
+    arg = "state" if form == "step" else "initial_state"
+    run = (lambda st: m.step(st, **{k: v[:, 0] for k, v in inp.items()})) if form == "step" else \
+        (lambda st: m.chunked(initial_state=st, **inp))
+    with pytest.raises(ValueError, match=rf"^titans: {arg}.weights\[0\] \(the memory S\) must have shape "
+                                         r"\[B, H, K, V\] = \(2, 2, 16, 16\), got \(1, 2, 16, 16\)"):
+        run(MemoryState((S.weights[0][:1],), S.momentum))
+    with pytest.raises(TypeError, match=rf"^titans: {arg}.momentum\[0\] \(the momentum Z\) must be floating-point"):
+        run(MemoryState(S.weights, (S.momentum[0].long(),)))
