@@ -225,6 +225,11 @@ def resolve_inputs(spec: MixerSpec, tensors: Mapping[str, Any]) -> dict[str, int
             source.setdefault(sym, inp.name)
     if dims.get("T", 1) < 1:
         raise ValueError(f"{spec.name}: sequence length T must be >= 1, got {dims['T']}")
+    for sym, size in dims.items():
+        # (an empty batch or head dim made some forms return empties and others fail inside torch)
+        if size < 1:
+            raise ValueError(f"{spec.name}: {source[sym]} has {sym}=0 (shape {tuple(tensors[source[sym]].shape)}); "
+                             f"every dim must be >= 1")
     return dims
 
 

@@ -157,7 +157,7 @@ class CompiledMixer:
                 x = inputs[inp.name]
                 if not isinstance(x, Tensor):
                     raise TypeError(f"{spec.name}.step: {inp.name} must be a torch.Tensor, got {type(x).__name__}")
-                if "T" in inp.dims and isinstance(x, Tensor) and x.dim() != len(inp.dims) - 1:
+                if "T" in inp.dims and x.dim() != len(inp.dims) - 1:
                     # checked here: after the time dim is added, the spec's check would count it too
                     dims = [d for d in inp.dims if d != "T"]
                     raise ValueError(f"{spec.name}.step: {inp.name} must have {len(dims)} dims "

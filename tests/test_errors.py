@@ -1,5 +1,8 @@
 """Bad input gets a clear error naming the argument, the expected and the given shape or dtype."""
 
+import dataclasses
+
+import numpy as np
 import pytest
 import torch
 
@@ -135,3 +138,35 @@ def test_scale_must_be_a_finite_number(name, scale, error):
 def test_the_miras_memories_take_scale_none_as_their_default():
     d = dsf.random_inputs("titans", B=1, T=3, H=2, K=4, V=4)
     assert torch.equal(dsf.recurrent("titans", scale=None, **d)[0], dsf.recurrent("titans", **d)[0])
+
+
+@pytest.mark.parametrize("name,gate", [("mamba2", "g"), ("gla", "gk"), ("gated_deltanet", "g")])
+def test_a_log_decay_of_minus_inf_is_refused_where_it_has_no_form(name, gate):
+    """A gate of exactly 0 (log decay −inf): the recurrent form resets the state; the chunked and
+    parallel forms, which take G_i − G_j, returned NaN from there on."""
+    d = dsf.random_inputs(name, B=1, T=8, H=2, K=4, V=4)
+    d[gate][:, 4] = float("-inf")
+    assert torch.isfinite(dsf.recurrent(name, **d)[0]).all()
+    for form in (dsf.parallel, lambda n, **x: dsf.chunked(n, chunk_size=4, **x)):
+        with pytest.raises(ValueError, match=rf"^{name}: a log decay of -inf \(a gate of exactly 0\) has no"):
+            form(name, **d)
+
+
+def test_an_empty_dim_is_refused_by_name():
+    """B = 0 or H = 0 came back empty from two forms and failed inside torch in the chunked one."""
+    for B, H, K in ((0, 2, 4), (1, 0, 4), (1, 2, 0)):
+        d = dsf.random_inputs("mamba2", B=B, T=4, H=H, K=K, V=4)
+        with pytest.raises(ValueError, match=r"^mamba2: q has [BHK]=0 .* every dim must be >= 1"):
+            dsf.chunked("mamba2", **d)
+
+
+def test_chunk_size_may_be_any_integer_type():
+    d = dsf.random_inputs("mamba2", B=1, T=7, H=2, K=4, V=4)
+    assert torch.equal(dsf.chunked("mamba2", chunk_size=np.int64(3), **d)[0], dsf.chunked("mamba2", chunk_size=3, **d)[0])
+
+
+def test_a_lowering_that_returns_no_terms_is_named():
+    spec = dataclasses.replace(dsf.zoo.get("mamba2"), name="mine", lower=lambda **kw: {"q": kw["q"]})
+    with pytest.raises(TypeError, match=r"^mine: lower\(\) must return dsf.LinearTerms, dsf.SoftmaxTerms or "
+                                        r"dsf.MemoryTerms, got dict"):
+        dsf.recurrent(spec, **dsf.random_inputs("mamba2", B=1, T=3, H=2, K=4, V=4))

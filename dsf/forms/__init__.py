@@ -14,6 +14,7 @@ runs the papers' mini-batch approximation instead (see :mod:`dsf.forms.memory`).
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -52,12 +53,25 @@ def prepare(mixer: str | MixerSpec, inputs: dict[str, Any]) -> tuple[MixerSpec, 
         tensors = {n: x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
                    for n, x in tensors.items()}
     try:
-        return spec, spec.lower(**tensors, **options)
+        terms = spec.lower(**tensors, **options)
     except (TypeError, ValueError) as e:
         # a lowering's shared helpers (the scale's check, feature maps) do not know whose they are
         if str(e).startswith(f"{spec.name}:") or str(e).startswith(f"{spec.name}."):
             raise
         raise type(e)(f"{spec.name}: {e}") from e
+    if not isinstance(terms, (LinearTerms, SoftmaxTerms, MemoryTerms)):
+        raise TypeError(f"{spec.name}: lower() must return dsf.LinearTerms, dsf.SoftmaxTerms or dsf.MemoryTerms, "
+                        f"got {type(terms).__name__}")
+    return spec, terms
+
+
+def _finite_decays(spec: MixerSpec, terms: Any, form: str) -> None:
+    """The chunked and parallel forms take the decay between two steps as G_i − G_j of cumulative log
+    decays, undefined (−inf − −inf) past a log decay of −inf: refused there, not turned into NaN."""
+    if isinstance(terms, LinearTerms) and terms.g is not None and bool(torch.isneginf(terms.g).any()):
+        raise ValueError(f"{spec.name}: a log decay of -inf (a gate of exactly 0) has no {form} form: it takes "
+                         "the decay between two steps as a difference of cumulative log decays; use "
+                         "dsf.recurrent, or start a new sequence there")
 
 
 def _internal_state(spec: MixerSpec, terms: Any, state: Any, arg: str = "initial_state") -> Any:
@@ -141,6 +155,7 @@ def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
         return phi_memory(terms)
     if isinstance(terms, SoftmaxTerms):
         return phi_softmax(terms)
+    _finite_decays(spec, terms, "parallel")
     P = phi_linear(terms)
     return P if terms.phi_out is None else terms.phi_out(P)
 
@@ -153,6 +168,7 @@ def parallel(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
         return apply_phi(phi_memory(terms), terms.v)
     if isinstance(terms, SoftmaxTerms):
         return apply_phi(phi_softmax(terms), terms.u)
+    _finite_decays(spec, terms, "parallel")
     y = apply_phi(phi_linear(terms), terms.u)
     return y if terms.out is None else terms.out(y)
 
@@ -164,8 +180,9 @@ def chunked(mixer: str | MixerSpec, *, chunk_size: int = 64, initial_state: Any 
     ``approximate="minibatch"`` (gradient-step memories only): the papers' mini-batch form, every
     gradient of a chunk taken at the chunk-start state; not exact, except with ``chunk_size=1``.
     """
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    chunk_size = int(chunk_size)   # (a numpy or 0-d integer as a plain int)
     if approximate not in (None, "minibatch"):
         raise ValueError(f"approximate must be None (exact) or 'minibatch', got {approximate!r}")
     spec, terms = prepare(mixer, inputs)
@@ -179,6 +196,7 @@ def chunked(mixer: str | MixerSpec, *, chunk_size: int = 64, initial_state: Any 
         _memory_form(spec, terms, "chunked")
         return chunked_memory(terms, S0, chunk_size)
     if isinstance(terms, LinearTerms):
+        _finite_decays(spec, terms, "chunked")
         o, S = chunked_linear(terms, S0, chunk_size)
     elif terms.shared_query:
         o, S = chunked_aaren(terms, S0, chunk_size)
