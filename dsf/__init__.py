@@ -29,4 +29,4 @@ def random_inputs(mixer, B=2, T=16, H=2, K=8, V=8, *, dtype=None, device=None, s
     spec = mixer if isinstance(mixer, MixerSpec) else zoo.get(mixer)
     if options:
         spec = spec.with_options(**options)
-    return spec.random_inputs(B, T, H, K, V, dtype=dtype or torch.float64, device=device, seed=seed)
+    return spec.draw_inputs(B, T, H, K, V, dtype=dtype or torch.float64, device=device, seed=seed)

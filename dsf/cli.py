@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -29,9 +31,12 @@ CHECK_PAIRS = ("chunked", "parallel", "oracle", "state")  # each against recurre
 def forms_of(spec: MixerSpec) -> list[str]:
     """The forms that run on ``spec``, found by running each on a tiny random input.
 
-    A memory without an exact chunked form lists "mini-batch≈" when the papers' approximation runs.
+    A memory without an exact chunked form lists "mini-batch≈" when the papers' approximation runs;
+    a spec without ``random_inputs`` gives nothing to run them on: "? (no random_inputs)".
     """
-    x = spec.random_inputs(1, 3, 1, 2, 2, dtype=torch.float64, seed=0)
+    if spec.random_inputs is None:
+        return ["? (no random_inputs)"]
+    x = spec.draw_inputs(1, 3, 1, 2, 2, dtype=torch.float64, seed=0)
     calls = {"recurrent": lambda: recurrent(spec, **x), "parallel": lambda: parallel(spec, **x),
              "chunked": lambda: chunked(spec, chunk_size=2, **x),
              "mini-batch≈": lambda: chunked(spec, chunk_size=2, approximate="minibatch", **x)}
@@ -131,7 +136,7 @@ def phi_panels(name: str, T: int = 24, seed: int = 0, H: int = 2, K: int = 8,
                V: int = 8) -> list[tuple[str, torch.Tensor]]:
     """(label, [T, T] matrix) panels of Φ for random inputs: each head, or head 0's first channels."""
     spec = zoo.get(name)
-    x = spec.random_inputs(1, T, H, K, V, dtype=torch.float64, seed=seed)
+    x = spec.draw_inputs(1, T, H, K, V, dtype=torch.float64, seed=seed)
     P = phi(spec, **x)[0]
     if P.dim() == 3:
         return [(f"head {h}", P[h]) for h in range(P.shape[0])]
@@ -259,7 +264,7 @@ def check_mixer(spec: MixerSpec, T: int, chunk: int, seed: int) -> dict[str, flo
 
     A form the spec does not declare exact (``spec.forms()``) is reported as "—".
     """
-    x = spec.random_inputs(2, T, 2, 8, 8, dtype=torch.float64, seed=seed)
+    x = spec.draw_inputs(2, T, 2, 8, 8, dtype=torch.float64, seed=seed)
     o_rec, s_rec = recurrent(spec, **x)
     res: dict[str, float | str] = {"chunked": "—", "parallel": "—", "state": "—",
                                    "oracle": "—" if spec.oracle is None else rel_err(spec.run_oracle(**x), o_rec)}
@@ -321,6 +326,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsf", description="Every sequence mixer as one DSF recurrence.")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (repeatable), e.g. one that registers your own mixers with "
+                        "dsf.zoo.register; the current directory is searched too")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     z = sub.add_parser("zoo", help="table of every mixer in the zoo")
@@ -351,6 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dsf`` command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    if args.imports and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())   # as `python -m` would: the user's module beside them
+    for module in args.imports:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            parser.error(f"--import {module}: {e}")
     if args.command == "phi":
         names = [] if args.name == "all" else [args.name]
     else:

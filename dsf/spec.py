@@ -122,6 +122,14 @@ class MixerSpec:
             sample = functools.partial(sample, options=merged)  # a partial's keywords are kept
         return dataclasses.replace(self, options=merged, random_inputs=sample)
 
+    def draw_inputs(self, B: int, T: int, H: int, K: int, V: int, **kw: Any) -> dict:
+        """``random_inputs(B, T, H, K, V, **kw)``, or a clear error for a spec declared without it."""
+        if self.random_inputs is None:
+            raise TypeError(f"{self.name}: the spec has no random_inputs; give its MixerSpec "
+                            "random_inputs=fn(B, T, H, K, V, dtype=, device=, seed=) -> dict of valid inputs "
+                            "(dsf.random_inputs, dsf check, dsf phi and the zoo's forms column draw with it)")
+        return self.random_inputs(B, T, H, K, V, **kw)
+
     def forms(self) -> tuple[str, ...]:
         """The exact forms of this mixer under its current options (a subset of :data:`FORMS`)."""
         found = self.exact_forms(self.options) if callable(self.exact_forms) else self.exact_forms

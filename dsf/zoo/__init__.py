@@ -26,7 +26,8 @@ _REGISTRY: dict[str, MixerSpec] = {}
 
 
 def register(spec: MixerSpec, *, replace: bool = False) -> MixerSpec:
-    """Add a spec to the zoo under its name (so ``dsf.recurrent(name, ...)`` finds it)."""
+    """Add a spec to the zoo under its name (so ``dsf.recurrent(name, ...)`` finds it); a name already
+    taken is a ``ValueError`` unless ``replace=True``. Returns the spec."""
     if spec.name in _REGISTRY and not replace:
         raise ValueError(f"a mixer named {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec
@@ -39,6 +40,7 @@ def names() -> list[str]:
 
 
 def specs() -> list[MixerSpec]:
+    """The registered specs, in the order of the zoo table."""
     return list(_REGISTRY.values())
 
 
