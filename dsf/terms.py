@@ -70,6 +70,7 @@ class LinearTerms:
 
     @property
     def state_shape(self) -> tuple[int, int, int, int]:
+        """(B, H, K, V) of the internal state, V + 1 with the normaliser's column."""
         B, T, H, K, V = self.shape
         return (B, H, K, V + int(self.normalize))
 
@@ -84,6 +85,7 @@ class LinearTerms:
         return x
 
     def write_key(self) -> Tensor:
+        """The key the state is written with: k, or β k for the delta rule."""
         return self.k if self.beta is None else self.beta[..., None] * self.k
 
     def finish(self, y: Tensor) -> Tensor:
@@ -97,9 +99,11 @@ class LinearTerms:
         return y if self.out is None else self.out(y)
 
     def to_internal_state(self, state: Tensor) -> Tensor:
+        """A state in the user's layout (the spec's state_dims) in the forms' [B, H, K, V]."""
         return state if self.state_in is None else self.state_in(state)
 
     def to_user_state(self, state: Tensor) -> Tensor:
+        """A state in the forms' [B, H, K, V] back in the user's layout."""
         return state if self.state_out is None else self.state_out(state)
 
 
@@ -141,6 +145,7 @@ class SoftmaxTerms:
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
+        """(B, T, H, K, V)."""
         B, T, H, K = self.k.shape
         return B, T, H, K, self.u.shape[-1]
 
@@ -280,6 +285,7 @@ class MemoryTerms:
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:
+        """(B, T, H, K, V)."""
         B, T, H, K = self.k.shape
         return B, T, H, K, self.v.shape[-1]
 

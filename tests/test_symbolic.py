@@ -126,3 +126,14 @@ def test_identity_shape_mismatch_is_an_error():
         Identity("bad", "", sp.zeros(2, 2), sp.zeros(3, 2)).difference()
     with pytest.raises(ValueError):
         sym.phi_entries("value", 2)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: sym.chunked_equals_recurrent_diagonal(T=0), r"chunked_equals_recurrent_diagonal: T must be"),
+    (lambda: sym.chunked_equals_recurrent_diagonal(chunk_size=0), r"chunk_size must be a positive int, got 0"),
+    (lambda: sym.normalized_linear_attention(F=2.5), r"normalized_linear_attention: F must be"),
+    (lambda: sym.titans_linear_is_gated_delta(K=-1), r"titans_linear_is_gated_delta: K must be")])
+def test_identity_sizes_are_checked(call, match):
+    """A size of 0 was a sympy ShapeError, a chunk of 0 a bare range() error."""
+    with pytest.raises(ValueError, match=match):
+        call()

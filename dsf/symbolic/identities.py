@@ -16,6 +16,13 @@ __all__ = ["normalized_linear_attention", "reversed_sigmoid_is_s6",
            "titans_update", "gated_deltanet_update"]
 
 
+def _positive(fn: str, **sizes: object) -> None:
+    """Sizes of a symbolic identity: positive ints, or a clear error naming the one that is not."""
+    for name, n in sizes.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{fn}: {name} must be a positive int, got {n!r}")
+
+
 def _mat(name: str, rows: int, cols: int, **assumptions) -> sp.Matrix:
     return sp.Matrix(rows, cols, lambda i, j: sp.Symbol(f"{name}_{i}_{j}", **assumptions))
 
@@ -32,6 +39,7 @@ def normalized_linear_attention(T: int = 3, F: int = 2, V: int = 2, *,
     ``lagged_query=False`` builds the tempting but *wrong* reading η_{t-1} := φ(q_t)ᵀ z_{t-1} (the
     current query against the previous key sum); it does not hold when the query varies with t.
     """
+    _positive("normalized_linear_attention", T=T, F=F, V=V)
     fq, fk = _mat("phiq", T, F, positive=True), _mat("phik", T, F, positive=True)
     v = _mat("v", T, V, real=True)
     z = [sum((fk.row(j) for j in range(t + 1)), sp.zeros(1, F)).T for t in range(T)]
@@ -114,6 +122,7 @@ def _chunked_diagonal(q, k, v, a, S0, C):
 
 def chunked_equals_recurrent_diagonal(T: int = 4, K: int = 2, chunk_size: int = 2) -> Identity:
     """Chunked form == recurrent form, outputs and final state, for scalar and key-wise decays."""
+    _positive("chunked_equals_recurrent_diagonal", T=T, K=K, chunk_size=chunk_size)
     q, k, v = _mat("q", T, K, real=True), _mat("k", T, K, real=True), _mat("v", T, 1, real=True)
     S0 = _mat("S0", K, 1, real=True)
     scalar = sp.Matrix(T, K, lambda t, c: sp.Symbol(f"a_{t}", positive=True))
@@ -153,6 +162,7 @@ def titans_linear_is_gated_delta(K: int = 2) -> Identity:
     lhs stacks Titans' update twice side by side; rhs stacks (1) M[(1−α)I − 2θkkᵀ] + 2θvkᵀ and
     (2) Gated DeltaNet with α' = 1−α, β' = 2θ/(1−α) applied to the scaled value α'v.
     """
+    _positive("titans_linear_is_gated_delta", K=K)
     M = _mat("M", K, K, real=True)
     k, v = _mat("k", K, 1, real=True), _mat("v", K, 1, real=True)
     alpha = sp.Symbol("alpha", positive=True)  # 0 < α < 1 so that α' = 1 − α ≠ 0
