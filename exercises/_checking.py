@@ -6,7 +6,9 @@ wrong) when the learner's ``fn`` disagrees with the ``dsf`` package, and returns
 
 from __future__ import annotations
 
+import inspect
 import os
+import re
 import traceback
 from typing import Callable, NamedTuple, Sequence
 
@@ -14,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
-__all__ = ["Case", "cases", "for_all_cases", "assert_close", "run_checks", "max_examples"]
+__all__ = ["Case", "cases", "for_all_cases", "assert_close", "run_checks", "max_examples", "without_dsf"]
 
 
 class Case(NamedTuple):
@@ -94,6 +96,39 @@ def assert_close(name: str, got, want: torch.Tensor, atol: float = 1e-10, rtol: 
         raise AssertionError(
             f"{name}: {int(bad.sum())} of {want.numel()} entries differ; the worst, at index {where}, "
             f"is {got[where].item():.6g} but dsf says {want[where].item():.6g}")
+
+
+_IMPORTS_DSF = re.compile(r"^\s*(import\s+dsf\b|from\s+dsf\b)", re.M)
+_FORMS = ("recurrent", "chunked", "parallel", "phi")
+
+
+def without_dsf(fn: Callable, run: Callable[[], object]) -> None:
+    """Fail unless ``fn`` is written without dsf, the checks' answer key: its module does not import
+    dsf, and ``run()`` (a call of ``fn``) calls none of dsf's forms."""
+    module = inspect.getmodule(fn)
+    try:
+        source = inspect.getsource(module) if module is not None else ""
+    except (OSError, TypeError):   # a notebook's function: only the calls below are watched
+        source = ""
+    if _IMPORTS_DSF.search(source):
+        raise AssertionError(f"{getattr(module, '__file__', 'your module')} imports dsf: the checks compare "
+                             "with dsf, so write the answer with torch alone")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("your function called one of dsf's forms (dsf.recurrent, dsf.chunked, "
+                             "dsf.parallel or dsf.phi): write the answer with torch alone")
+
+    import dsf
+    import dsf.forms
+
+    saved = {(m, name): getattr(m, name) for m in (dsf, dsf.forms) for name in _FORMS}
+    try:
+        for m, name in saved:
+            setattr(m, name, refuse)
+        run()
+    finally:
+        for (m, name), f in saved.items():
+            setattr(m, name, f)
 
 
 def _describe(exc: BaseException) -> str:

@@ -6,7 +6,7 @@ import torch
 
 import dsf
 
-from .._checking import Case, assert_close, for_all_cases
+from .._checking import Case, assert_close, for_all_cases, without_dsf
 
 TITLE = "Exercise 1: Φ of a scalar-decay mixer (Mamba-2)"
 FUNCTION = "phi_scalar_decay"
@@ -60,4 +60,10 @@ def check_y_equals_recurrent(fn):
     for_all_cases(body)
 
 
-CHECKS = [check_shape, check_causal_and_finite, check_matches_dsf_phi, check_y_equals_recurrent]
+def check_written_with_torch(fn):
+    """is written with torch, not by calling dsf (the checks' answer key)"""
+    without_dsf(fn, lambda: _call(fn, Case(1, 5, 2, 3, 2, seed=0, scale=None).inputs("mamba2"), None))
+
+
+CHECKS = [check_shape, check_causal_and_finite, check_matches_dsf_phi, check_y_equals_recurrent,
+          check_written_with_torch]

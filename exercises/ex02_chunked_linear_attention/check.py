@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import dsf
 
-from .._checking import Case, assert_close, for_all_cases
+from .._checking import Case, assert_close, for_all_cases, without_dsf
 
 TITLE = "Exercise 2: chunked linear attention"
 FUNCTION = "chunked_linear_attention"
@@ -67,4 +67,10 @@ def check_many_chunk_sizes(fn):
     for_all_cases(body, edge_values=lambda case: {"chunk_size": 3}, chunk_size=st.integers(1, 40))
 
 
-CHECKS = [check_shapes, check_one_chunk, check_uneven_last_chunk, check_many_chunk_sizes]
+def check_written_with_torch(fn):
+    """is written with torch, not by calling dsf (the checks' answer key)"""
+    x = Case(1, 5, 2, 3, 2, seed=0, scale=None).inputs("linear_attention")
+    without_dsf(fn, lambda: fn(x["q"], x["k"], x["v"], scale=None, chunk_size=2, initial_state=None))
+
+
+CHECKS = [check_shapes, check_one_chunk, check_uneven_last_chunk, check_many_chunk_sizes, check_written_with_torch]

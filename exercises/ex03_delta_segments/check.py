@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import dsf
 
-from .._checking import Case, assert_close, for_all_cases
+from .._checking import Case, assert_close, for_all_cases, without_dsf
 
 TITLE = "Exercise 3: a delta-rule segment as a linear map"
 FUNCTION = "segment_transition"
@@ -78,4 +78,9 @@ def check_segments_compose(fn):
     for_all_cases(body, edge_values=lambda case: {"cut": case.T // 2}, cut=st.integers(0, 40))
 
 
-CHECKS = [check_shapes, check_one_token, check_any_entering_state, check_segments_compose]
+def check_written_with_torch(fn):
+    """is written with torch, not by calling dsf (the checks' answer key)"""
+    without_dsf(fn, lambda: _call(fn, Case(1, 4, 2, 3, 2, seed=0, scale=None).inputs("deltanet")))
+
+
+CHECKS = [check_shapes, check_one_token, check_any_entering_state, check_segments_compose, check_written_with_torch]

@@ -80,3 +80,36 @@ def test_check_accepts_a_function(capsys):
     solution = exercises.load(1, solution=True)
     assert exercises.check("ex01", fn=lambda q, k, g, scale=None: 2 * solution(q, k, g, scale)) is False
     assert "FAIL" in capsys.readouterr().out
+
+
+_ANSWER_KEYS = {   # 'answers' that hand back what the checks compare with: dsf's own results
+    1: "def answer(q, k, g, scale=None):\n    return dsf.phi('mamba2', q=q, k=k, v=q, g=g, scale=scale)\n",
+    2: "def answer(q, k, v, scale=None, chunk_size=64, initial_state=None):\n"
+       "    return dsf.recurrent('linear_attention', q=q, k=k, v=v, scale=scale, initial_state=initial_state)\n"}
+
+
+def _answer_key(number: int):
+    """Defined as in a notebook (no source file to read): only its calls can give it away."""
+    import dsf
+
+    namespace = {"dsf": dsf}
+    exec(_ANSWER_KEYS[number], namespace)
+    return namespace["answer"]
+
+
+@pytest.mark.parametrize("number", [_marked(1), _marked(2)])
+def test_an_answer_that_calls_dsf_is_refused(number, capsys):
+    """Returning dsf's own result passed every check (the checks compare values only)."""
+    last = exercises.checks(number)[-1]
+    with pytest.raises(AssertionError, match="called one of dsf's forms"):
+        last(_answer_key(number))
+
+
+def test_an_answer_module_that_imports_dsf_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "my_answer.py").write_text(
+        "import torch\nfrom dsf import chunked\n\n\ndef seg(k, v, beta):\n    raise NotImplementedError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import my_answer
+
+    with pytest.raises(AssertionError, match=r"my_answer.py imports dsf"):
+        exercises.checks(3)[-1](my_answer.seg)
