@@ -80,5 +80,5 @@ def test_dsf_chapter_is_executed(html):
 @pytest.mark.book
 def test_exercises_page_runs_the_checker(html):
     page = (html / "exercises.html").read_text(encoding="utf-8")
-    assert "4 of 4 checks pass" in page
+    assert re.search(r"(\d+) of \1 checks pass", page)
     assert "FAIL" in page
