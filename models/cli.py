@@ -25,14 +25,35 @@ import dsf
 from . import data as _data  # noqa: F401  (registers the data modules for short class names)
 from .lit import TaskModule
 
-__all__ = ["DSFTrainCLI", "cli_main", "main"]
+__all__ = ["BestAndLastCheckpoint", "DSFTrainCLI", "cli_main", "main"]
 
 DEFAULT_ROOT = "results/dsf_train"
 
 
+class BestAndLastCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint whose ``last.ckpt`` is the last validated step whatever the monitor did: Lightning
+    2.6 rewrites it only in a step that also saved a best, so once ``val_loss`` stopped improving
+    "last" was a copy of the best and resuming from it went back to that step."""
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._save_last_if_missed(trainer)
+
+    def _save_last_if_missed(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer) \
+                and self._last_global_step_saved != trainer.global_step:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
 class DSFTrainCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val_loss", "checkpoint.mode": "min",
                              "checkpoint.save_last": True, "checkpoint.save_top_k": 1})
         parser.add_argument("--tensorboard", type=bool, default=False,

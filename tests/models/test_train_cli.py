@@ -95,3 +95,16 @@ def test_errors_are_clear(args, message, tmp_path, capsys):
         _run(tmp_path, "fit", "-c", LR, "--trainer.fast_dev_run", "true", *args)
     text = str(e.value) if isinstance(e.value, ValueError) else capsys.readouterr().err
     assert message in text
+
+
+def test_last_ckpt_is_the_last_validated_step(tmp_path):
+    """Once the monitored value stops improving (here the step, monitored for its minimum: the first
+    validation stays best), last.ckpt stayed the best's copy (step 2 of 6) under Lightning 2.6, and
+    resuming from it went back four steps."""
+    cli = _run(tmp_path, "fit", "-c", LR, "--trainer.max_steps", "6", "--data.steps_per_epoch", "2",
+               "--data.val_size", "16", "--model.model.n_layers", "1", "--checkpoint.monitor", "step",
+               "--checkpoint.mode", "min")
+    ckpts = Path(cli.trainer.log_dir) / "checkpoints"
+    assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 6
+    best = [p for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt"]
+    assert len(best) == 1 and torch.load(best[0], weights_only=False)["global_step"] == 2
