@@ -37,7 +37,8 @@ class TaskModule(L.LightningModule):
     Args:
         model: the network.
         lr: peak learning rate of AdamW.
-        weight_decay: AdamW decay, applied to matrices only (not to biases, norms, gates' A/Δ).
+        weight_decay: AdamW decay, applied to the weights of linear layers and embeddings only (not to
+            biases, norms or a mixer's own parameters: an SSM's A, Δ, B, C, D, a gate's Λ, ...).
         betas: AdamW betas.
         warmup_steps: linear warmup from 0.
         cosine: decay to ``min_lr_ratio · lr`` by a cosine over the run's total steps.
@@ -63,8 +64,13 @@ class TaskModule(L.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        decay = [p for p in self.parameters() if p.requires_grad and p.dim() >= 2]
-        no_decay = [p for p in self.parameters() if p.requires_grad and p.dim() < 2]
+        # decay the projections' and embeddings' matrices only: a mixer's own parameters (an SSM's A, Δ,
+        # B, C, D, RG-LRU's Λ, Aaren's query, a memory's initial weights) are not weights to shrink,
+        # whatever their number of dims (a rule by dims decayed S6's A [H, V, N] but not Mamba-2's A_log)
+        matrices = {id(m.weight) for m in self.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+        trained = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in trained if id(p) in matrices]
+        no_decay = [p for p in trained if id(p) not in matrices]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
         if not hp.cosine and hp.warmup_steps == 0:

@@ -80,6 +80,19 @@ def test_optimizer_groups_and_cosine(tmp_path):
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-3, rel=1e-3)   # ended at min_lr_ratio · lr
 
 
+@pytest.mark.parametrize("mixer", ["s6", "s4d", "rg_lru", "aaren", "mamba2"])
+def test_weight_decay_spares_a_mixers_own_parameters(mixer):
+    """Only linear layers' and embeddings' weights decay: S6's A [H, V, N], S4D's dt, A, B, C, RG-LRU's Λ
+    and Aaren's query decayed under a rule by dims, which spared Mamba-2's 1-D A_log."""
+    module = MQARModule(TokenModel(vocab_size=32, mixer=mixer, d_model=16, n_layers=1, mlp_ratio=0.0), cosine=False)
+    decayed = {id(p) for p in module.configure_optimizers().param_groups[0]["params"]}
+    matrices = {id(m.weight) for m in module.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
+    assert decayed == matrices
+    mixer_own = [n for n, p in module.named_parameters() if id(p) not in matrices and p.dim() >= 2]
+    assert mixer != "mamba2" or not mixer_own   # (its own parameters are 1-D)
+    assert mixer == "mamba2" or mixer_own, "the case should hold a mixer parameter of 2 or more dims"
+
+
 def test_bad_optimiser_settings():
     model = TokenModel(vocab_size=16, d_model=8, n_layers=1)
     with pytest.raises(ValueError, match="lr must be > 0"):
