@@ -1,9 +1,11 @@
 """DataModules for the synthetic tasks: fresh training data every step, fixed validation/test sets.
 
 Training batches come from one seeded ``torch.Generator`` that lives for the whole run, so each
-step sees new prompts and a rerun with the same seed sees the same ones. Validation and test sets
-are drawn once from their own fixed seeds, so every epoch (and every model) is scored on the same
-prompts.
+step sees new prompts and a rerun with the same seed sees the same ones. Under DDP every process
+draws from a stream of its own (the first process's is the single-process stream) and
+``steps_per_epoch`` batches an epoch; a checkpoint keeps each stream's place, so a run resumed from
+it draws what the uninterrupted run would have. Validation and test sets are drawn once from their
+own fixed seeds, so every epoch (and every model) is scored on the same prompts.
 
 * ``RegressionDataModule``: in-context linear regression (Garg et al. 2022), Garg-interleaved tokens.
 * ``MQARDataModule``: multi-query associative recall, following Zoology's generator
@@ -39,17 +41,20 @@ def _positive_int(owner: str, **kw) -> None:
 
 
 class _Fresh(Dataset):
-    """``steps`` batches per epoch from ``sample(generator)``; the generator carries over epochs.
+    """``steps`` batches per epoch and process from ``sample(generator)``; the generator carries over
+    epochs.
 
-    Map-style so Lightning knows the epoch length; the index is ignored (batches are i.i.d.).
+    Map-style so Lightning knows the epoch length; the index is ignored (batches are i.i.d.). Under
+    DDP (``world`` processes) the distributed sampler leaves each process ``steps`` of the
+    ``steps · world`` indices, so an epoch is ``steps`` optimiser steps however many processes.
     """
 
-    def __init__(self, sample, steps: int, seed: int):
-        self.sample, self.steps = sample, steps
+    def __init__(self, sample, steps: int, seed: int, world: int = 1):
+        self.sample, self.steps, self.world = sample, steps, world
         self.gen = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
-        return self.steps
+        return self.steps * self.world
 
     def __getitem__(self, i: int) -> dict:
         return self.sample(self.gen)
@@ -78,8 +83,53 @@ def _loader(ds) -> DataLoader:
     return DataLoader(ds, batch_size=None)  # the datasets yield whole batches
 
 
+class _Streams:
+    """What the two data modules share about their training stream: one per process, and its place
+    saved in checkpoints (LightningDataModule's ``state_dict`` / ``load_state_dict``)."""
+
+    def _process(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _fresh(self, sample) -> _Fresh:
+        rank, world = self._process()
+        # process 0 keeps the single-process stream; the others take streams of their own
+        seed = _stream_seed(self.seed, 0 if rank == 0 else 1000 + rank)
+        fresh = _Fresh(sample, self.steps_per_epoch, seed, world)
+        if getattr(self, "_resume", None) is not None:   # a checkpoint loaded before setup
+            self._restore(fresh, self._resume)
+        return fresh
+
+    def state_dict(self) -> dict:
+        """Every process's training stream: its generator state (and MQAR's place in its kv counts)."""
+        if not isinstance(getattr(self, "_train", None), _Fresh):
+            return {}
+        mine = {"generator": self._train.gen.get_state(), "step": getattr(self, "_step", 0)}
+        every = [mine]
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            every = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(every, mine)
+        return {"train_streams": every}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state.get("train_streams"):
+            return
+        if isinstance(getattr(self, "_train", None), _Fresh):
+            self._restore(self._train, state)
+        else:
+            self._resume = state
+
+    def _restore(self, fresh: _Fresh, state: dict) -> None:
+        rank, _ = self._process()
+        streams = state["train_streams"]
+        if rank < len(streams):   # (a process the saved run did not have keeps its fresh stream)
+            fresh.gen.set_state(streams[rank]["generator"])
+            if hasattr(self, "_step"):
+                self._step = streams[rank]["step"]
+
+
 # -- in-context linear regression ---------------------------------------------------------------------
-class RegressionDataModule(L.LightningDataModule):
+class RegressionDataModule(_Streams, L.LightningDataModule):
     """Prompts of ``n_points`` (x, y) pairs as tokens.
 
     A batch is ``{"tokens": ..., "x": [B, n, d], "y": [B, n], "w": [B, d]}`` with tokens either
@@ -147,7 +197,7 @@ class RegressionDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self._train is None:
-            self._train = _Fresh(self.sample, self.steps_per_epoch, _stream_seed(self.seed, 0))
+            self._train = self._fresh(self.sample)
             self._val = _fixed(self.sample, self.val_size, self.batch_size, _stream_seed(self.seed, 1))
             self._test = _fixed(self.sample, self.test_size, self.batch_size, _stream_seed(self.seed, 2))
 
@@ -208,7 +258,7 @@ def mqar_batch(batch: int, vocab_size: int, seq_len: int, num_kv_pairs: int, *, 
     return inputs, labels
 
 
-class MQARDataModule(L.LightningDataModule):
+class MQARDataModule(_Streams, L.LightningDataModule):
     """MQAR batches ``{"inputs": [B, L], "labels": [B, L], "num_kv_pairs": [B]}``.
 
     Args:
@@ -269,7 +319,7 @@ class MQARDataModule(L.LightningDataModule):
         if self._val is not None:
             return
         if self.train_size is None:
-            self._train = _Fresh(self.sample, self.steps_per_epoch, _stream_seed(self.seed, 0))
+            self._train = self._fresh(self.sample)
         else:
             rows = self._fixed_set(self.train_size, 0).batches
             self._train = _Rows({k: torch.cat([b[k] for b in rows]) for k in rows[0]})

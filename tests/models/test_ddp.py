@@ -50,3 +50,59 @@ def _check_both_tasks(tmp_path):
     assert "val_acc" in one
     for key in one:
         assert two[key] == pytest.approx(one[key], rel=1e-5), key
+
+
+class _Batches(L.Callback):
+    """Writes a checksum of every training batch, by process and step, under ``out``."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with open(self.out / f"rank{trainer.global_rank}.txt", "a") as f:
+            f.write(f"{trainer.global_step} {float(batch['inputs'].float().sum())}\n")
+
+
+def _fit(tmp_path, devices, max_steps, out, ckpt_path=None, save=None):
+    torch.manual_seed(0)
+    tok = TokenModel(vocab_size=16, mixer="linear_attention", d_model=8, n_layers=1, mlp_ratio=0.0, max_len=16)
+    dm = MQARDataModule(vocab_size=16, seq_len=16, num_kv_pairs=[1, 2], batch_size=4, val_size=4,
+                        steps_per_epoch=2)
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                        max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        default_root_dir=tmp_path, callbacks=[_Batches(out)])
+    trainer.fit(MQARModule(tok, cosine=False), dm, ckpt_path=ckpt_path)
+    if save:
+        trainer.save_checkpoint(save)
+
+
+def _read(path):
+    return [tuple(line.split()) for line in path.read_text().splitlines()]
+
+
+def test_a_resumed_run_draws_what_the_uninterrupted_one_would(tmp_path):
+    """The training stream's place was not in the checkpoint: a run resumed at step 2 drew the batches
+    of steps 0 and 1 again (and restarted MQAR's cycle of kv counts)."""
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    _fit(tmp_path, 1, 4, tmp_path / "a")
+    _fit(tmp_path, 1, 2, tmp_path / "b", save=tmp_path / "half.ckpt")
+    _fit(tmp_path, 1, 4, tmp_path / "b", ckpt_path=tmp_path / "half.ckpt")
+    assert _read(tmp_path / "b" / "rank0.txt") == _read(tmp_path / "a" / "rank0.txt")
+
+
+def test_each_process_trains_on_its_own_batches(tmp_path):
+    """Under DDP every process drew the same batches (one seed, the index ignored): two devices
+    trained on one device's data, and each had half of steps_per_epoch an epoch."""
+    before = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+        _fit(tmp_path, 1, 4, tmp_path / "one")
+        _fit(tmp_path, 2, 4, tmp_path / "two")
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
+    one, r0, r1 = (_read(tmp_path / d / f) for d, f in (("one", "rank0.txt"), ("two", "rank0.txt"),
+                                                        ("two", "rank1.txt")))
+    assert r0 == one                                    # process 0 keeps the single-process stream
+    assert len(r1) == 4 and all(a[1] != b[1] for a, b in zip(r0, r1))
