@@ -78,7 +78,7 @@ class DSFTrainCLI(LightningCLI):
             super().instantiate_classes()
         except ValueError as err:
             root = err
-            while isinstance(root.__cause__, ValueError):
+            while isinstance(root.__cause__, (ValueError, TypeError)):
                 root = root.__cause__
             self._parser(self.subcommand).error(str(root))
 

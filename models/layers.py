@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import dsf
+from dsf.forms import prepare
 
 __all__ = ["MixerLayer", "check_mixer", "default_chunk_size", "BACKENDS"]
 
@@ -256,6 +257,12 @@ class MixerLayer(nn.Module):
                 raise ValueError(f"MixerLayer: d_model={d_model} is not divisible by n_heads={n_heads}; "
                                  "give head_dim")
             head_dim = d_model // n_heads
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+            raise ValueError(f"MixerLayer: head_dim must be a positive int, got {head_dim!r}")
+        if self.spec.random_inputs is not None:
+            # the options' values are checked by the spec's lowering: on two tokens now, not at the
+            # first forward (a bad feature_map or window crashed a run in its sanity check)
+            prepare(self.spec, self.spec.draw_inputs(1, 2, 1, 4, 4, dtype=torch.float64, seed=0))
         if backend not in BACKENDS:
             raise ValueError(f"MixerLayer: backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "triton":

@@ -159,6 +159,13 @@ class RegressionModule(TaskModule):
         if dm is not None and hasattr(dm, "token_dim") and d_in is not None and d_in != dm.token_dim:
             raise ValueError(f"model d_in={d_in} does not match the data: tokens have d + 1 = {dm.token_dim} "
                              f"features (d={dm.d}); set model.d_in to {dm.token_dim}")
+        max_len = getattr(self.model, "max_len", 0)
+        if dm is not None and hasattr(dm, "n_points") and max_len:
+            # checked now, as MQAR's seq_len is: it failed inside the first forward's position table
+            tokens = 2 * dm.n_points if dm.layout == "interleaved" else dm.n_points
+            if max_len < tokens:
+                raise ValueError(f"model max_len={max_len} is shorter than the data's prompts: {tokens} tokens "
+                                 f"(n_points={dm.n_points}, layout={dm.layout!r}); set model.max_len >= {tokens}")
 
     @staticmethod
     def positions(tokens: Tensor, n: int) -> slice:

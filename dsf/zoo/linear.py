@@ -38,7 +38,9 @@ def _features(q, k, feature_map, scale, feature_weight):
 
 def lower_linear(q, k, v, feature_weight=None, feature_map="identity", normalize=False, scale=None):
     fq, fk = _features(q, k, feature_map, scale, feature_weight)
-    return LinearTerms(q=fq, k=fk, u=v, normalize=bool(normalize))
+    if not isinstance(normalize, bool):   # (a string "false" is truthy: it turned the normaliser on)
+        raise TypeError(f"linear_attention: normalize must be True or False, got {normalize!r}")
+    return LinearTerms(q=fq, k=fk, u=v, normalize=normalize)
 
 
 def oracle_linear(q, k, v, feature_weight=None, feature_map="identity", normalize=False, scale=None,

@@ -894,7 +894,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--no-linear", action="store_true", help="skip the linear-attention model")
     p.add_argument("--init", choices=["token", "default"], default="token",
                    help="read-in/out start as identity / e_y (token) or as PyTorch's default")
-    p.add_argument("--out", type=Path, default=RESULTS, help="results go to OUT/<scale>/")
+    p.add_argument("--out", type=Path, default=Path("results/softmax_heads"),
+                   help="results go to OUT/<scale>/ (default results/softmax_heads, untracked; the "
+                        "committed runs: --out models/results/softmax_heads)")
     a = p.parse_args(argv)
     extra = {"jobs": a.jobs} if a.jobs is not None else {}
     out = a.out / a.scale

@@ -270,3 +270,16 @@ def test_pickles_and_copies():
     x = torch.randn(1, 6, 16)
     assert loaded.spec.options["layer_idx"] == 1
     assert torch.allclose(loaded(x), layer(x)) and torch.allclose(copy.deepcopy(layer)(x), layer(x))
+
+
+@pytest.mark.parametrize("mixer,options,error,match", [
+    ("linear_attention", {"feature_map": "bogus"}, ValueError, r"linear_attention: feature_map must be one of"),
+    ("softmax_attention", {"window": 0}, ValueError, r"softmax_attention: window must be a positive int"),
+    ("linear_attention", {"feature_map": "elu1", "normalize": "false"}, TypeError,
+     r"linear_attention: normalize must be True or False, got 'false'"),
+    ("gla", {"head_dim": 0}, ValueError, r"MixerLayer: head_dim must be a positive int, got 0")])
+def test_options_are_checked_when_the_layer_is_built(mixer, options, error, match):
+    """A bad option value passed construction and failed at the first forward (inside a training run's
+    sanity check); normalize="false", a truthy string, turned the normaliser on."""
+    with pytest.raises(error, match=match):
+        MixerLayer(mixer, 16, 2, **options)

@@ -115,3 +115,11 @@ def test_mqar_softmax_attention_learns(tmp_path):
     trainer.fit(module, dm)
     after = float(trainer.callback_metrics["val_acc"])
     assert before < 0.1 and after > 0.6, (before, after)
+
+
+def test_regression_checks_max_len_against_the_prompts(tmp_path):
+    """A prompt longer than the model's position table failed inside the first forward."""
+    model = SequenceModel(d_in=4, mixer="linear_attention", d_model=8, n_layers=1, mlp_ratio=0.0, max_len=10)
+    dm = RegressionDataModule(d=3, n_points=8)
+    with pytest.raises(ValueError, match=r"model max_len=10 is shorter than the data's prompts: 16 tokens"):
+        _trainer(tmp_path).fit(RegressionModule(model), dm)

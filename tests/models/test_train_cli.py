@@ -108,3 +108,10 @@ def test_last_ckpt_is_the_last_validated_step(tmp_path):
     assert torch.load(ckpts / "last.ckpt", weights_only=False)["global_step"] == 6
     best = [p for p in ckpts.glob("*.ckpt") if p.name != "last.ckpt"]
     assert len(best) == 1 and torch.load(best[0], weights_only=False)["global_step"] == 2
+
+
+def test_an_unknown_mixer_option_is_a_usage_error(capsys):
+    """Its TypeError came out as jsonargparse's dump of the Union subtypes and the whole namespace."""
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "-c", LR, "--model.model.mixer", "gla", "--model.model.mixer_options", '{"foo": 1}'])
+    assert "gla: unknown option(s) ['foo']; options are ['scale']" in capsys.readouterr().err
