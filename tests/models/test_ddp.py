@@ -106,3 +106,20 @@ def test_each_process_trains_on_its_own_batches(tmp_path):
                                                         ("two", "rank1.txt")))
     assert r0 == one                                    # process 0 keeps the single-process stream
     assert len(r1) == 4 and all(a[1] != b[1] for a, b in zip(r0, r1))
+
+
+def test_an_uneven_validation_set_is_counted_once(tmp_path):
+    """5 validation batches over 2 processes: Lightning's sampler repeated one to even the shares, and
+    the gathered sums counted it twice (val_err/pos_10 3.090 against 3.287 on one device)."""
+    before = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    try:
+        torch.manual_seed(0)
+        model = SequenceModel(d_in=4, mixer="linear_attention", d_model=8, n_layers=1, mlp_ratio=0.0)
+        dm = RegressionDataModule(d=3, n_points=6, batch_size=8, val_size=40, steps_per_epoch=2)
+        one = _validate(RegressionModule(model), dm, tmp_path, 1)
+        two = _validate(RegressionModule(model), dm, tmp_path, 2)
+    finally:
+        torch.multiprocessing.set_sharing_strategy(before)
+    for key in one:
+        assert two[key] == pytest.approx(one[key], rel=1e-5), key
