@@ -64,8 +64,12 @@ class DSFTrainCLI(LightningCLI):
         config = self.config.get(str(self.subcommand), self.config)
         for key, value in config.items():
             if key.rsplit(".", 1)[-1] == "mixer" and isinstance(value, str) and value not in dsf.zoo.names():
+                hint = ""
+                if "(" in value:   # a variant as `dsf zoo` lists it, e.g. titans(memory='linear')
+                    hint = (f"; a mixer's options go in {key}_options as JSON, e.g. --model.model.mixer titans "
+                            """--model.model.mixer_options '{"memory": "linear"}'""")
                 self._parser(self.subcommand).error(
-                    f"{key}: unknown mixer {value!r}; choose one of: {', '.join(dsf.zoo.names())}")
+                    f"{key}: unknown mixer {value!r}; choose one of: {', '.join(dsf.zoo.names())}{hint}")
         if self._get(self.config, "tensorboard") and importlib.util.find_spec("tensorboard") is None \
                 and importlib.util.find_spec("tensorboardX") is None:
             self._parser(self.subcommand).error("--tensorboard true needs `pip install tensorboard`")

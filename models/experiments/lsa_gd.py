@@ -209,7 +209,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="folder for lsa_gd.csv and lsa_gd.png")
     a = p.parse_args(argv)
-    r = run(a.d, a.n_points, a.noise_std, a.steps, a.batch, a.lr, a.seed, a.out)
+    if not a.lr > 0:
+        p.error(f"--lr must be > 0, got {a.lr}")
+    try:
+        r = run(a.d, a.n_points, a.noise_std, a.steps, a.batch, a.lr, a.seed, a.out)
+    except ValueError as err:   # a bad size, as a usage error rather than a traceback
+        p.error(str(err))
     print(f"test risk {r['risk']:.4f}  one-GD-step oracle {r['oracle_risk']:.4f} "
           f"(rel. err {r['risk_rel_err']:.2%}; same prompts {r['gd_risk_mc']:.4f}; predict-0 {r['zero_risk']:.2f})")
     print(f"Γ: mean diagonal {r['gamma_diag_mean']:.4f} vs Nη* = {r['gamma_target']:.4f}, "

@@ -898,6 +898,12 @@ def main(argv: list[str] | None = None) -> dict:
                    help="results go to OUT/<scale>/ (default results/softmax_heads, untracked; the "
                         "committed runs: --out models/results/softmax_heads)")
     a = p.parse_args(argv)
+    # the sizes run() checks, as usage errors before anything is built
+    if any(h < 1 for h in a.heads) or len(set(a.heads)) != len(a.heads):
+        p.error(f"--heads must be distinct positive ints, got {a.heads}")
+    for flag, v in (("--steps", a.steps), ("--linear-steps", a.linear_steps), ("--jobs", a.jobs)):
+        if v is not None and v < 1:
+            p.error(f"{flag} must be a positive int, got {v}")
     extra = {"jobs": a.jobs} if a.jobs is not None else {}
     out = a.out / a.scale
     r = run(a.heads, scale=a.scale, steps=a.steps, linear_steps=a.linear_steps, accelerator=a.accelerator,

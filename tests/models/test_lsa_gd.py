@@ -62,3 +62,12 @@ def test_cli_writes_csv_and_png(tmp_path):
     assert math.isclose(final["risk"], r["risk"], rel_tol=1e-5)
     assert {"oracle_risk", "gamma_diag_mean", "gamma_offdiag_max", "gamma_rel_err"} <= final.keys()
     assert (tmp_path / "lsa_gd" / "lsa_gd.png").stat().st_size > 10_000
+
+
+def test_bad_sizes_are_usage_errors(capsys):
+    from models.experiments import lsa_gd
+
+    for argv, message in ((["--d", "0"], "d must be >= 1, got 0"), (["--lr", "-1"], "--lr must be > 0")):
+        with pytest.raises(SystemExit):
+            lsa_gd.main(argv)
+        assert message in capsys.readouterr().err

@@ -209,3 +209,12 @@ def test_load_config_checks_the_class_paths(tmp_path):
     bad.write_text(sh.CONFIG.read_text().replace("models.lit.RegressionModule", "models.lit.MQARModule"))
     with pytest.raises(ValueError, match="class paths"):
         sh.load_config(bad)
+
+
+@pytest.mark.parametrize("argv,message", [(["--steps", "0"], "--steps must be a positive int, got 0"),
+                                          (["--heads", "2", "2"], "--heads must be distinct positive ints")])
+def test_bad_sizes_are_usage_errors(argv, message, capsys):
+    """They were tracebacks from run()'s checks (icl_sweep and mqar_state already said them as usage)."""
+    with pytest.raises(SystemExit):
+        sh.main(argv)
+    assert message in capsys.readouterr().err

@@ -115,3 +115,10 @@ def test_an_unknown_mixer_option_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         cli_main(["fit", "-c", LR, "--model.model.mixer", "gla", "--model.model.mixer_options", '{"foo": 1}'])
     assert "gla: unknown option(s) ['foo']; options are ['scale']" in capsys.readouterr().err
+
+
+def test_a_zoo_variant_name_points_to_mixer_options(capsys):
+    """`dsf zoo` lists titans(memory='linear'); as a mixer name it was refused with the names only."""
+    with pytest.raises(SystemExit):
+        cli_main(["fit", "-c", LR, "--model.model.mixer", "titans(memory='linear')"])
+    assert """--model.model.mixer_options '{"memory": "linear"}'""" in capsys.readouterr().err
