@@ -13,7 +13,10 @@ the best ``val_loss`` and the last step. ``seed_everything`` is read from the YA
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import os
+import sys
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -52,6 +55,11 @@ class BestAndLastCheckpoint(ModelCheckpoint):
 
 
 class DSFTrainCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        # no `predict`: the task modules score prompts against targets, they have no predict step
+        return {k: v for k, v in LightningCLI.subcommands().items() if k != "predict"}
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         parser.set_defaults({"checkpoint.monitor": "val_loss", "checkpoint.mode": "min",
@@ -98,8 +106,35 @@ class DSFTrainCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
+def _imports(args: list[str]) -> list[str]:
+    """Import the modules named by ``--import MODULE`` (before the subcommand, as `dsf --import`), e.g.
+    one registering your own mixers with dsf.zoo.register; the rest of ``args`` for LightningCLI."""
+    rest, i = [], 0
+    while i < len(args):
+        if args[i] == "--import" or args[i].startswith("--import="):
+            module = args[i].split("=", 1)[1] if "=" in args[i] else (args[i + 1] if i + 1 < len(args) else "")
+            i += 1 if "=" in args[i] else 2
+            if not module:
+                raise SystemExit("dsf-train: --import needs a module name")
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())   # as `python -m` would: the user's module beside them
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise SystemExit(f"dsf-train: --import {module}: {e}") from None
+        else:
+            rest.append(args[i])
+            i += 1
+    return rest
+
+
 def cli_main(args: list[str] | None = None, **kwargs) -> DSFTrainCLI:
-    """Build and run the CLI (``args`` as on the command line; None reads sys.argv)."""
+    """Build and run the CLI (``args`` as on the command line; None reads sys.argv). ``--import
+    MODULE`` (repeatable) imports a module first, e.g. one that registers your own mixers."""
+    if args is not None:
+        args = _imports(list(args))
+    elif any(a == "--import" or a.startswith("--import=") for a in sys.argv[1:]):
+        sys.argv[1:] = _imports(sys.argv[1:])   # (LightningCLI reads sys.argv itself: args and argv both warn)
     return DSFTrainCLI(
         TaskModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         trainer_defaults={"default_root_dir": DEFAULT_ROOT}, save_config_kwargs={"overwrite": True},

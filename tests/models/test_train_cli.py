@@ -122,3 +122,28 @@ def test_a_zoo_variant_name_points_to_mixer_options(capsys):
     with pytest.raises(SystemExit):
         cli_main(["fit", "-c", LR, "--model.model.mixer", "titans(memory='linear')"])
     assert """--model.model.mixer_options '{"memory": "linear"}'""" in capsys.readouterr().err
+
+
+def test_import_brings_your_own_mixer(tmp_path, monkeypatch):
+    """README's "A new mixer" module, imported by `dsf-train --import`, trains as any zoo mixer."""
+    import re
+    import sys
+
+    from dsf import zoo
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (tmp_path / "my_mixers.py").write_text(re.search(r"```python\n# my_mixers.py\n(.*?)```", readme, re.S)[1])
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
+    monkeypatch.delitem(sys.modules, "my_mixers", raising=False)
+    cli = _run(tmp_path, "--import", "my_mixers", "fit", "-c", LR, "--trainer.fast_dev_run", "true",
+               "--model.model.mixer", "mamba2_floor", "--model.model.d_model", "16")
+    assert cli.model.model.mixer == "mamba2_floor" and cli.trainer.state.finished
+
+
+def test_predict_is_not_offered(capsys):
+    """LightningCLI offered `predict`, which failed: the task modules have no predict step."""
+    with pytest.raises(SystemExit):
+        cli_main(["predict", "-c", LR])
+    assert "invalid choice: 'predict'" in capsys.readouterr().err
