@@ -324,6 +324,19 @@ def cmd_check(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
+def import_modules(modules: Sequence[str]) -> None:
+    """Import each module (``--import MODULE`` of ``dsf`` and ``dsf-train``), e.g. one that registers
+    your own mixers with ``dsf.zoo.register``; the current directory is searched as ``python -m``
+    would. An ImportError names the module."""
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise ImportError(f"--import {module}: {e}") from e
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dsf", description="Every sequence mixer as one DSF recurrence.")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -359,13 +372,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dsf`` command line; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.imports and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())   # as `python -m` would: the user's module beside them
-    for module in args.imports:
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            parser.error(f"--import {module}: {e}")
+    try:
+        import_modules(args.imports)
+    except ImportError as e:
+        parser.error(str(e))
     if args.command == "phi":
         names = [] if args.name == "all" else [args.name]
     else:

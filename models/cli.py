@@ -13,9 +13,7 @@ the best ``val_loss`` and the last step. ``seed_everything`` is read from the YA
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
-import os
 import sys
 
 import lightning as L
@@ -24,6 +22,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 import dsf
+from dsf.cli import import_modules
 
 from . import data as _data  # noqa: F401  (registers the data modules for short class names)
 from .lit import TaskModule
@@ -107,24 +106,25 @@ class DSFTrainCLI(LightningCLI):
 
 
 def _imports(args: list[str]) -> list[str]:
-    """Import the modules named by ``--import MODULE`` (before the subcommand, as `dsf --import`), e.g.
-    one registering your own mixers with dsf.zoo.register; the rest of ``args`` for LightningCLI."""
-    rest, i = [], 0
+    """Import the modules named by ``--import MODULE`` (``dsf.cli.import_modules``, as ``dsf --import``);
+    the rest of ``args`` for LightningCLI."""
+    rest, modules, i = [], [], 0
     while i < len(args):
-        if args[i] == "--import" or args[i].startswith("--import="):
-            module = args[i].split("=", 1)[1] if "=" in args[i] else (args[i + 1] if i + 1 < len(args) else "")
-            i += 1 if "=" in args[i] else 2
-            if not module:
+        if args[i] == "--import":
+            if i + 1 == len(args):
                 raise SystemExit("dsf-train: --import needs a module name")
-            if os.getcwd() not in sys.path:
-                sys.path.insert(0, os.getcwd())   # as `python -m` would: the user's module beside them
-            try:
-                importlib.import_module(module)
-            except ImportError as e:
-                raise SystemExit(f"dsf-train: --import {module}: {e}") from None
+            modules.append(args[i + 1])
+            i += 2
+        elif args[i].startswith("--import="):
+            modules.append(args[i].split("=", 1)[1])
+            i += 1
         else:
             rest.append(args[i])
             i += 1
+    try:
+        import_modules(modules)
+    except ImportError as e:
+        raise SystemExit(f"dsf-train: {e}") from None
     return rest
 
 

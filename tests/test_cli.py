@@ -98,20 +98,11 @@ def test_no_command_is_an_error(capsys):
     assert e.value.code != 0
 
 
-def test_the_readmes_new_mixer_recipe_reaches_the_command_line(tmp_path, monkeypatch, capsys):
+def test_the_readmes_new_mixer_recipe_reaches_the_command_line(readme_mixers, capsys):
     """README's "A new mixer" module, imported by `dsf --import` from the current directory: the zoo
     lists it, check runs every form on it; a spec without random_inputs is named, not a crash."""
-    import re
-    from pathlib import Path
-
     from dsf import zoo
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    (tmp_path / "my_mixers.py").write_text(re.search(r"```python\n# my_mixers.py\n(.*?)```", readme, re.S)[1])
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))   # the registration ends with the test
-    monkeypatch.delitem(sys.modules, "my_mixers", raising=False)
     assert main(["--import", "my_mixers", "check", "mamba2_floor"]) == 0
     assert "OK: all 1 mixers agree" in capsys.readouterr().out
     zoo.register(dataclasses.replace(zoo.get("mamba2_floor"), name="bare", random_inputs=None))

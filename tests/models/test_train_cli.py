@@ -124,19 +124,9 @@ def test_a_zoo_variant_name_points_to_mixer_options(capsys):
     assert """--model.model.mixer_options '{"memory": "linear"}'""" in capsys.readouterr().err
 
 
-def test_import_brings_your_own_mixer(tmp_path, monkeypatch):
+def test_import_brings_your_own_mixer(readme_mixers):
     """README's "A new mixer" module, imported by `dsf-train --import`, trains as any zoo mixer."""
-    import re
-    import sys
-
-    from dsf import zoo
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    (tmp_path / "my_mixers.py").write_text(re.search(r"```python\n# my_mixers.py\n(.*?)```", readme, re.S)[1])
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(zoo, "_REGISTRY", dict(zoo._REGISTRY))
-    monkeypatch.delitem(sys.modules, "my_mixers", raising=False)
+    tmp_path = readme_mixers
     cli = _run(tmp_path, "--import", "my_mixers", "fit", "-c", LR, "--trainer.fast_dev_run", "true",
                "--model.model.mixer", "mamba2_floor", "--model.model.d_model", "16")
     assert cli.model.model.mixer == "mamba2_floor" and cli.trainer.state.finished
