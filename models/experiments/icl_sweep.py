@@ -375,18 +375,32 @@ def _model_line(s: Settings) -> str:
 
 
 def _command(s: Settings) -> str:
-    cmd = "python -m models.experiments.icl_sweep"
-    if s.scale != "cpu":
-        cmd += f" --scale {s.scale}"
-    if s.accelerator != "cpu":
-        cmd += f" --accelerator {s.accelerator}"
-    if tuple(s.mixers) != tuple(dsf.zoo.names()):
-        cmd += f" --mixers {','.join(s.mixers)}"
-    ref = settings(scale=s.scale)
-    for flag, a, b in (("--steps", s.steps, ref.steps), ("--d", s.d, ref.d), ("--n-points", s.n_points, ref.n_points)):
-        if a != b:
-            cmd += f" {flag} {a}"
-    return cmd + " --out DIR"
+    flags = [("--steps", "steps"), ("--d", "d"), ("--n-points", "n_points"), ("--batch", "batch"),
+             ("--val-size", "val_size"), ("--noise-std", "noise_std")]
+    return command_line("python -m models.experiments.icl_sweep", s, settings(scale=s.scale), flags)
+
+
+# the flags every experiment takes (add_common_args), each with the field of Settings it sets
+COMMON_FLAGS = (("--accelerator", "accelerator"), ("--mixers", "mixers"), ("--precision", "precision"),
+                ("--backend", "backend"), ("--workers", "workers"), ("--threads", "threads"),
+                ("--deadline", "deadline"), ("--seed", "seed"), ("--lr", "task.lr"), ("--d-model", "model.d_model"))
+
+
+def command_line(prog: str, s: Any, ref: Any, flags: list[tuple[str, str]]) -> str:
+    """The command that runs ``s`` again: ``--scale``, then each flag whose field differs from ``ref``
+    (the scale's preset). ``flags``: (flag, field of ``s``, or "task.KEY" / "model.KEY")."""
+    def value(obj: Any, name: str) -> Any:
+        if "." in name:
+            part, key = name.split(".")
+            return getattr(obj, part).get(key)
+        return getattr(obj, name)
+
+    cmd = [prog] + ([f"--scale {s.scale}"] if s.scale != "cpu" else [])
+    for flag, name in (*COMMON_FLAGS, *flags):
+        v = value(s, name)
+        if v != value(ref, name):
+            cmd.append(f"{flag} {','.join(map(str, v)) if isinstance(v, (tuple, list)) else v}")
+    return " ".join(cmd + ["--out DIR"])
 
 
 FAMILY_ORDER = ("attention", "linear attention", "decayed linear attention", "state-space model",
@@ -492,7 +506,15 @@ def add_common_args(p: argparse.ArgumentParser, default_out: str) -> None:
     p.add_argument("--out", type=Path, default=Path(default_out), help="output folder")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _settings_of(a: argparse.Namespace) -> Settings:
+    return settings(scale=a.scale, mixers=parse_mixers(a.mixers), steps=a.steps, d=a.d, n_points=a.n_points,
+                    batch=a.batch, val_size=a.val_size, noise_std=a.noise_std, accelerator=a.accelerator,
+                    precision=a.precision, backend=a.backend, workers=a.workers, threads=a.threads,
+                    deadline=a.deadline, seed=a.seed, lr=a.lr, d_model=a.d_model)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``main``."""
     p = argparse.ArgumentParser(prog="python -m models.experiments.icl_sweep",
                                 description=__doc__.split("\n")[0])
     add_common_args(p, "results/icl_sweep")
@@ -501,12 +523,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--val-size", type=int, default=None)
     p.add_argument("--noise-std", type=float, default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser()
     a = p.parse_args(argv)
     try:
-        s = settings(scale=a.scale, mixers=parse_mixers(a.mixers), steps=a.steps, d=a.d, n_points=a.n_points,
-                     batch=a.batch, val_size=a.val_size, noise_std=a.noise_std, accelerator=a.accelerator,
-                     precision=a.precision, backend=a.backend, workers=a.workers, threads=a.threads,
-                     deadline=a.deadline, seed=a.seed, lr=a.lr, d_model=a.d_model)
+        s = _settings_of(a)
     except ValueError as err:
         p.error(str(err))
     print(f"icl_sweep: {len(s.mixers)} mixers, {s.steps} steps, batch {s.batch}, d={s.d}, "

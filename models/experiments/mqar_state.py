@@ -34,7 +34,8 @@ import dsf
 
 from ..data import check_mqar
 from ..layers import check_mixer
-from .icl_sweep import _check_int, _yaml_args, add_common_args, make_trainer, parse_mixers, run_jobs
+from .icl_sweep import (_check_int, _yaml_args, add_common_args, command_line, make_trainer, parse_mixers,
+                        run_jobs)
 
 __all__ = ["Settings", "settings", "state_size", "run", "write", "plot", "from_csv", "render", "main", "MIXERS",
            "CONFIG", "SCALES", "COLUMNS"]
@@ -269,19 +270,10 @@ def markdown(sweep: dict) -> str:
 
 
 def _command(s: Settings) -> str:
-    cmd = "python -m models.experiments.mqar_state"
-    if s.scale != "cpu":
-        cmd += f" --scale {s.scale}"
-    if s.accelerator != "cpu":
-        cmd += f" --accelerator {s.accelerator}"
-    if tuple(s.mixers) != MIXERS:
-        cmd += f" --mixers {','.join(s.mixers)}"
-    ref = settings(scale=s.scale)
-    if s.head_dims != ref.head_dims:
-        cmd += f" --head-dims {','.join(map(str, s.head_dims))}"
-    if s.steps != ref.steps:
-        cmd += f" --steps {s.steps}"
-    return cmd + " --out DIR"
+    flags = [("--head-dims", "head_dims"), ("--steps", "steps"), ("--vocab-size", "vocab_size"),
+             ("--seq-len", "seq_len"), ("--num-kv-pairs", "num_kv_pairs"), ("--batch", "batch"),
+             ("--val-size", "val_size")]
+    return command_line("python -m models.experiments.mqar_state", s, settings(scale=s.scale), flags)
 
 
 def plot(sweep: dict):
@@ -392,7 +384,16 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _settings_of(a: argparse.Namespace) -> Settings:
+    return settings(scale=a.scale or "cpu", mixers=parse_mixers(a.mixers), head_dims=a.head_dims, steps=a.steps,
+                    vocab_size=a.vocab_size, seq_len=a.seq_len, num_kv_pairs=a.num_kv_pairs, batch=a.batch,
+                    val_size=a.val_size, accelerator=a.accelerator, precision=a.precision, backend=a.backend,
+                    workers=a.workers, threads=a.threads, deadline=a.deadline, seed=a.seed, lr=a.lr,
+                    d_model=a.d_model)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line of ``main``."""
     p = argparse.ArgumentParser(prog="python -m models.experiments.mqar_state",
                                 description=__doc__.split("\n")[0])
     add_common_args(p, "results/mqar_state")
@@ -406,16 +407,16 @@ def main(argv: list[str] | None = None) -> dict:
                    help="train nothing: re-draw the figure from this CSV into --out and print the table "
                         "(the scale is the one whose steps and d_model the CSV has, unless --scale is given)")
     p.set_defaults(scale=None)   # --render picks the scale from the CSV when none is given
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = parser()
     a = p.parse_args(argv)
     if a.render is not None:
         return _main_render(p, a)
     try:
-        mixers = parse_mixers(a.mixers)
-        s = settings(scale=a.scale or "cpu", mixers=mixers, head_dims=a.head_dims, steps=a.steps,
-                     vocab_size=a.vocab_size, seq_len=a.seq_len, num_kv_pairs=a.num_kv_pairs, batch=a.batch,
-                     val_size=a.val_size, accelerator=a.accelerator, precision=a.precision, backend=a.backend,
-                     workers=a.workers, threads=a.threads, deadline=a.deadline, seed=a.seed, lr=a.lr,
-                     d_model=a.d_model)
+        s = _settings_of(a)
     except ValueError as err:
         p.error(str(err))
     print(f"mqar_state: {len(s.mixers)} mixers × head_dims {list(s.head_dims)}, {s.steps} steps, batch {s.batch}, "

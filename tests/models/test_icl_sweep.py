@@ -136,3 +136,18 @@ def test_run_jobs_in_worker_processes():
     res = icl_sweep.run_jobs([4.0, "x", 9.0], math.sqrt, workers=2)
     assert [r["job"] for r in res] == [4.0, "x", 9.0]
     assert all(r["status"].startswith("error: TypeError") for r in res)   # sqrt takes one argument
+
+
+@pytest.mark.parametrize("argv", [
+    [], ["--scale", "gpu", "--accelerator", "gpu"],
+    ["--mixers", "gla,s6", "--steps", "9", "--d", "3", "--n-points", "7", "--batch", "16", "--val-size", "64",
+     "--noise-std", "0.5", "--precision", "bf16-mixed", "--backend", "reference", "--workers", "2",
+     "--threads", "2", "--deadline", "50", "--seed", "3", "--lr", "0.0021", "--d-model", "48"],
+    ["--scale", "gpu", "--batch", "32", "--workers", "1", "--deadline", "600.5"]])
+def test_the_recorded_command_reruns_the_same_settings(argv):
+    # icl_sweep.md's "Command:" line: every flag that moves a setting off the scale's preset, no other
+    s = icl_sweep._settings_of(icl_sweep.parser().parse_args(argv))
+    words = icl_sweep._command(s).split()
+    assert words[:3] == ["python", "-m", "models.experiments.icl_sweep"] and words[-2:] == ["--out", "DIR"]
+    assert icl_sweep._settings_of(icl_sweep.parser().parse_args(words[3:-2])) == s
+    assert len(words) == 5 + len(argv)
