@@ -3,7 +3,8 @@
 ``identity``, ``elu1`` (elu + 1, Katharopoulos et al. 2020), ``relu``, ``taylor`` (Based's
 second-order Taylor expansion of exp, Arora et al. 2024), ``hedgehog`` (learnable softmax-mimicking
 map, Zhang et al. 2024) and ``performer`` (positive random features, Choromanski et al. 2021).
-The last three approximate exp(scale · qᵀk) and take the scale inside; the others are scaled after.
+``taylor`` and ``performer`` approximate exp(scale · qᵀk) and take the scale inside; the others,
+hedgehog included, are scaled after.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class SoftmaxTerms:
 # Memories updated by a gradient step (Titans, Miras, TTT)
 
 MEMORIES = ("vector", "matrix", "mlp")
-BIASES = ("dot", "l2", "lp", "huber")
+BIASES = ("dot", "l2", "lp", "huber", "huber_mix")
 RETENTIONS = ("none", "l2", "lq", "kl", "elastic_net")
 ALGORITHMS = ("gd", "momentum", "implicit")
 ACTIVATIONS = ("gelu", "silu")
@@ -210,6 +210,8 @@ class MemoryTerms:
     retentions. The read is y_t = M_{W_t}(q_t), after the update. Biases, on e = M(k) − v::
 
         dot: ℓ = −⟨M(k), v⟩     l2: ½‖e‖²     lp: (1/p) Σ|e_i|^p     huber: ½‖e‖² if ‖e‖ ≤ δ, else δ‖e‖ − ½δ²
+        huber_mix: the step of Miras eq. 26 (Yaad) on the paper's losses, ∇‖e‖² if ‖e‖ ≤ δ, else
+                   δ ∇‖e‖₁ — ψ(e) = 2e or δ sign(e); a step rule, not the gradient of one smooth loss
     """
 
     q: Tensor                        # [B, T, H, K] read key, scale applied

@@ -44,6 +44,7 @@ CASES: list[tuple[str, dict[str, Any]]] = [(n, {}) for n in zoo.names()] + [
     ("softmax_attention", dict(window=4, sink_tokens=2)),
     ("qlstm", dict(reversed=True)),
     ("lightning_attention", dict(layer_idx=1, num_layers=4)),
+    ("lightning_attention", dict(layer_idx=1, num_layers=4, schedule="fla")),
     ("titans", dict(memory="linear")),
 ]
 

@@ -181,8 +181,11 @@ def gate_of(mixer: str, name: str) -> Gate:
 
 
 # Gradient steps on ‖Sᵀk − v‖² (delta rule, test-time memories) contract only for ‖k‖ <= 1 and a
-# step < 1 (or 2), so keys are L2-normalised; queries too, as in fla and Titans.
+# step < 1 (or 2), so keys are L2-normalised; queries too, as in fla and Titans. Not Longhorn's: its
+# implicit step contracts at any ‖k‖ (β‖k‖² = ε‖k‖²/(1 + ε‖k‖²) < 1), and on unit keys its β would be
+# ε/(1 + ε), DeltaNet's under another name; its paper does not normalise them.
 L2_QK = (dsf.Transition.DELTA, dsf.Transition.GATED_DELTA, dsf.Transition.GRADIENT_STEP)
+RAW_QK = ("longhorn",)
 # Per-head parameters beside the inputs: name -> init of shape [H]
 EXTRA: dict[str, dict[str, Callable[[tuple[int, ...]], Tensor]]] = {
     "mamba2": {"A_log": lambda s: torch.log(torch.rand(s) * 15 + 1)},          # A ~ U(1, 16)
@@ -346,7 +349,7 @@ class MixerLayer(nn.Module):
             elif inp.name in self.params:
                 # looked up, not stored: the tables' lambdas would make the module unpicklable
                 inputs[inp.name] = PARAMS.get((self.mixer, inp.name), _DEFAULT).fn(self.params[inp.name])
-        if self.spec.transition in L2_QK:
+        if self.spec.transition in L2_QK and self.mixer not in RAW_QK:
             inputs["q"] = F.normalize(inputs["q"], dim=-1)
             inputs["k"] = F.normalize(inputs["k"], dim=-1)
         return inputs

@@ -122,9 +122,12 @@ def _psi(terms: MemoryTerms, e: Tensor, v: Tensor) -> Tensor:
         if terms.p == 1:
             return torch.sign(e)
         return torch.sign(e) * e.abs().pow(terms.p - 1)
+    n2 = (e * e).sum(-1, keepdim=True)
+    if terms.bias == "huber_mix":
+        # Miras eq. 26: the ℓ2 step near (∇‖e‖² = 2e), δ times the ℓ1 step beyond the threshold
+        return torch.where(n2 <= terms.delta ** 2, 2 * e, terms.delta * torch.sign(e))
     # Huber on the error's norm: e if ‖e‖ <= δ, else δ e / ‖e‖. The clamp keeps both the value and
     # its derivative finite at e = 0 and exactly at the threshold.
-    n2 = (e * e).sum(-1, keepdim=True)
     return e * (terms.delta / torch.sqrt(torch.clamp(n2, min=terms.delta ** 2)))
 
 

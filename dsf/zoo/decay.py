@@ -6,7 +6,7 @@ r"""Decayed linear attention: RetNet, Lightning Attention, Mamba-2 (SSD) and GLA
 mixer              decay (log space)                 Λ structure
 =================  ===============================  ==========================
 retnet             γ_h = 1 − 2^{−5−h}, fixed         constant scalar per head
-lightning          −(8/H)(1 − l/L)·h, fixed          constant scalar per head
+lightning          −s_h (1 − l/(L−1)), ALiBi s_h     constant scalar per head
 mamba2             g_t [B, T, H] (Δ_t A_h)           data-dependent scalar
 gla                gk_t [B, T, H, K]                 key-wise diagonal
 =================  ===============================  ==========================
@@ -16,6 +16,7 @@ All have the state [B, H, K, V] and the scalar Φ_ij = s q_iᵀ diag(Π a) k_j.
 
 from __future__ import annotations
 
+import math
 
 import torch
 
@@ -34,14 +35,36 @@ def retnet_gamma(H: int, dtype=torch.float64, device=None) -> torch.Tensor:
     return torch.log1p(-torch.pow(2.0, -5.0 - h)).to(dtype=dtype, device=device)
 
 
-def lightning_gamma(H: int, layer_idx: int = 0, num_layers: int = 1, dtype=torch.float64,
-                    device=None) -> torch.Tensor:
-    """Lightning Attention's fixed per-head log decay −(8/H)(1 − layer_idx/num_layers)·h."""
+def alibi_slopes(H: int) -> list[float]:
+    """ALiBi's per-head slopes 2^{−8(h+1)/H} (Press et al. 2022); for H not a power of two, those of the
+    power of two below and every other one of the power above, as ALiBi and TransNormerLLM build them."""
+    p = 2 ** math.floor(math.log2(H))
+    slopes = [2.0 ** (-8.0 * (h + 1) / p) for h in range(p)]
+    return slopes if p == H else slopes + alibi_slopes(2 * p)[0::2][:H - p]
+
+
+LIGHTNING_SCHEDULES = ("paper", "fla")
+
+
+def lightning_gamma(H: int, layer_idx: int = 0, num_layers: int = 1, schedule: str = "paper",
+                    dtype=torch.float64, device=None) -> torch.Tensor:
+    """Lightning Attention's fixed per-head log decay.
+
+    ``"paper"``: −s_h (1 − l/(L−1) + 1e-5) with ALiBi's slopes s_h, as TransNormerLLM's and Lightning
+    Attention-2's code build it (one layer: −s_h (1 + 1e-5)). ``"fla"``: −(8/H)(1 − l/L)·h, as fla's
+    ``chunk_lightning_attn`` does (head 0 never decays there).
+    """
     if not 0 <= layer_idx < num_layers:
         raise ValueError(f"lightning_attention: need 0 <= layer_idx < num_layers, "
                          f"got layer_idx={layer_idx}, num_layers={num_layers}")
-    h = torch.arange(H, dtype=torch.float64)
-    return (-(8.0 / H) * (1.0 - layer_idx / num_layers) * h).to(dtype=dtype, device=device)
+    if schedule == "paper":
+        depth = 1.0 - layer_idx / (num_layers - 1) if num_layers > 1 else 1.0
+        gam = -torch.tensor(alibi_slopes(H), dtype=torch.float64) * (depth + 1e-5)
+    elif schedule == "fla":
+        gam = -(8.0 / H) * (1.0 - layer_idx / num_layers) * torch.arange(H, dtype=torch.float64)
+    else:
+        raise ValueError(f"lightning_attention: schedule must be one of {LIGHTNING_SCHEDULES}, got {schedule!r}")
+    return gam.to(dtype=dtype, device=device)
 
 
 def _scalar_terms(q, k, v, g, scale):
@@ -54,9 +77,9 @@ def lower_retnet(q, k, v, g_gamma=None, scale=None):
     return _scalar_terms(q, k, v, expand_bt(gam, B, T), scale)
 
 
-def lower_lightning(q, k, v, layer_idx=0, num_layers=1, scale=None):
+def lower_lightning(q, k, v, layer_idx=0, num_layers=1, schedule="paper", scale=None):
     B, T, H, _ = q.shape
-    gam = lightning_gamma(H, layer_idx, num_layers, q.dtype, q.device)
+    gam = lightning_gamma(H, layer_idx, num_layers, schedule, q.dtype, q.device)
     return _scalar_terms(q, k, v, expand_bt(gam, B, T), scale)
 
 
@@ -86,9 +109,17 @@ def oracle_retnet(q, k, v, g_gamma=None, scale=None, initial_state=None):
     return _oracle(q, k, v, scale, lambda t: gam[None, :, None].expand(B, H, K))
 
 
-def oracle_lightning(q, k, v, layer_idx=0, num_layers=1, scale=None, initial_state=None):
+def oracle_lightning(q, k, v, layer_idx=0, num_layers=1, schedule="paper", scale=None, initial_state=None):
+    """λ_h = exp(−slope_h · (1 − l/(L−1) + 1e-5)), the slopes written out here, not from lightning_gamma."""
     B, T, H, K = q.shape
-    lam = torch.exp(lightning_gamma(H, layer_idx, num_layers, q.dtype))
+    if schedule == "paper":
+        start = 2.0 ** (-8.0 / H)   # H a power of two here; alibi_slopes covers the others
+        slopes = torch.tensor([start ** (h + 1) for h in range(H)], dtype=q.dtype) if H & (H - 1) == 0 \
+            else torch.tensor(alibi_slopes(H), dtype=q.dtype)
+        depth = 1.0 - layer_idx / (num_layers - 1) if num_layers > 1 else 1.0
+        lam = torch.exp(-slopes * (depth + 1e-5))
+    else:
+        lam = torch.exp(lightning_gamma(H, layer_idx, num_layers, schedule, q.dtype))
     return _oracle(q, k, v, scale, lambda t: lam[None, :, None].expand(B, H, K))
 
 
@@ -136,10 +167,11 @@ RETNET = MixerSpec(
 LIGHTNING_ATTENTION = MixerSpec(
     name="lightning_attention", family="decayed linear attention", transition=Transition.CONST_SCALAR,
     inputs=(Q, K_, V_), lower=lower_lightning,
-    options=dict(layer_idx=0, num_layers=1, scale=None),
+    options=dict(layer_idx=0, num_layers=1, schedule="paper", scale=None),
     citation="Qin et al. 2024, Lightning Attention-2",
     miras=Miras("matrix", "dot product", "ℓ2, constant α per head", "GD"),
-    description="linear attention with a fixed per-head decay that weakens with depth",
+    description="linear attention with a fixed per-head decay exp(−s_h(1 − l/(L−1))), ALiBi's slopes s_h, "
+                "weakening with depth; schedule='fla' for fla's −(8/H)(1 − l/L)·h",
     oracle=oracle_lightning, random_inputs=random_qkv, **_common)
 
 MAMBA2 = MixerSpec(
@@ -147,7 +179,8 @@ MAMBA2 = MixerSpec(
     inputs=(Q, K_, V_, G), lower=lower_mamba2, options=dict(scale=None),
     citation="Dao & Gu 2024, Transformers are SSMs (Mamba-2 / SSD)",
     miras=Miras("matrix", "dot product", "ℓ2, scalar α_t", "GD"),
-    description="SSD: a data-dependent scalar decay per head (q=C, k=B, v=x, g=Δ·A)",
+    description="SSD: a data-dependent scalar decay per head (q=C, k=Δ·B, v=x, g=Δ·A); scale=1 for "
+                "SSD's y = Cᵀh (the default K^-1/2 is fla's simple GLA), no D term (the layer's skip)",
     oracle=oracle_mamba2, random_inputs=random_mamba2, **_common)
 
 GLA = MixerSpec(

@@ -6,7 +6,10 @@ In fla's orientation (state S [K, V]):
 
 — one gradient step of size β on ½‖Sᵀk − v‖² taken at the decayed state. Λ_t = α_t (I − β k kᵀ):
 identity minus rank one, gated by α_t = exp(g_t) in Gated DeltaNet (α = 1 in DeltaNet). Longhorn takes
-the implicit (proximal) step instead, whose closed form is the same update with β_t = ε_t/(1 + ε_t kᵀk).
+the implicit (proximal) step instead, whose closed form is the same update with β_t = ε_t/(1 + ε_t kᵀk):
+the paper's derivation, with one ε per head. The paper's released model runs a diagonal approximation
+of it, S ← S ⊙ (1 − β ⊗ k²) + (β ⊙ v) ⊗ k with β per value channel (Mamba-shaped, not a delta rule);
+that is not this spec.
 Φ_ij is a scalar per head, computed by the UT transform (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹.
 """
 
@@ -124,5 +127,6 @@ LONGHORN = MixerSpec(
     lower=lower_longhorn, options=dict(scale=None),
     citation="Liu et al. 2024, Longhorn: State Space Models are Amortized Online Learners",
     miras=Miras("matrix", "ℓ2", "none", "implicit GD"),
-    description="implicit (proximal) online regression step: β_t = ε_t / (1 + ε_t ‖k_t‖²)",
+    description="implicit (proximal) online regression step: β_t = ε_t / (1 + ε_t ‖k_t‖²), exact, one ε "
+                "per head (the paper's code runs a diagonal approximation with ε per value channel)",
     oracle=oracle_longhorn, random_inputs=random_longhorn, **_common)

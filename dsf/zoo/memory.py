@@ -74,7 +74,7 @@ def _options(memory, bias, retention, algorithm) -> dict[str, Any]:
         opts["grad_at"] = "previous"
     if bias == "lp":
         opts["p"] = 3.0
-    if bias == "huber":
+    if bias in ("huber", "huber_mix"):
         opts["delta"] = 1.0
     if retention == "lq":
         opts.update(norm_q=4.0, eps=1e-6)
@@ -101,7 +101,8 @@ def memory_spec(memory: str = "matrix", bias: str = "l2", retention: str = "none
 
     Args:
         memory: "vector" (M(x) = m ⊙ x, K == V), "matrix" (Sᵀx) or "mlp" (residual, ``depth`` layers).
-        bias: "dot" (−⟨M(k), v⟩), "l2" (½‖M(k) − v‖²), "lp" (option p) or "huber" (option delta).
+        bias: "dot" (−⟨M(k), v⟩), "l2" (½‖M(k) − v‖²), "lp" (option p), "huber" (option delta) or
+            "huber_mix" (Yaad's step, option delta).
         retention: "none", "l2" (decay α_t = exp(g_t)), "lq" (Moneta, option norm_q), "kl" (Memora)
             or "elastic_net" (option l1).
         algorithm: "gd", "momentum" (Titans: input log_eta) or "implicit" (closed forms only).
@@ -175,7 +176,8 @@ def build(choice: dict[str, Any]) -> MixerSpec:
 def random_memory(B, T, H, K, V, dtype=torch.float64, device=None, seed=None, *, memory="matrix",
                   bias="l2", retention="none", algorithm="gd", gate="scalar", depth=2, options=None):
     """Valid inputs: unit keys, mild log decays, MLP weights of scale 1/√in (E = 4K), and steps in a
-    stable range: θ ∈ (0, ½), (0, 0.2) for the ℓp bias, and a fifth of that with momentum (whose
+    stable range: θ ∈ (0, ½), (0, 0.2) for the ℓp bias, (0, ¼) for huber_mix (whose step is 2θe near),
+    and a fifth of that with momentum (whose
     effective step is about θ/(1 − η)). Under ℓq retention the decay is milder (α ≈ 0.996), since the
     read weights A/‖A‖_q^{q−2} grow as A decays.
 
@@ -194,7 +196,7 @@ def random_memory(B, T, H, K, V, dtype=torch.float64, device=None, seed=None, *,
         d["g"] = log_decay(*shape, g=gn, dtype=dtype, device=device)
         if retention == "lq":
             d["g"] = 0.03 * d["g"]
-    step = (0.2 if bias == "lp" else 0.5) * (0.2 if algorithm == "momentum" else 1.0)
+    step = {"lp": 0.2, "huber_mix": 0.25}.get(bias, 0.5) * (0.2 if algorithm == "momentum" else 1.0)
     if memory == "mlp":
         # A gradient step on an MLP memory diverges on some draws at these steps (TTT-MLP with K = 1:
         # 4 of 900 random cases overflowed in float64); a fifth of them did in none.

@@ -1,8 +1,9 @@
 r"""Titans, the Miras memories (Moneta, Yaad, Memora) and TTT, each with an oracle from its paper.
 
 Each spec is a :func:`~dsf.zoo.memory.memory_spec` choice; its θ input is the paper's learning rate on
-the paper's own loss (Titans and TTT use ‖M(k) − v‖², Moneta ‖M(k) − v‖_p^p), so the spec runs the
-library's normalised biases (½‖e‖², (1/p)Σ|e|^p) with step 2θ or pθ. The oracles are written from the
+the paper's own loss (Titans, TTT and Memora use ‖M(k) − v‖², Moneta ‖M(k) − v‖_p^p), so the spec runs
+the library's normalised biases (½‖e‖², (1/p)Σ|e|^p) with step 2θ or pθ; Yaad's ``huber_mix`` bias is
+eq. 26's step on the paper's ‖e‖² and ‖e‖₁ as it stands (θ). The oracles are written from the
 papers' equations with autograd for the inner gradient, independent of :mod:`dsf.forms.memory`.
 
 ==========  ==============  =============  =====================  ================  ====================
@@ -11,7 +12,7 @@ mixer       memory          bias           retention              algorithm     
 titans      2-layer MLP     ℓ2             ℓ2 (forget 1 − α_t)    GD + momentum     recurrent
   linear    matrix          ℓ2             ℓ2                     GD + momentum     + parallel, chunked
 moneta      2-layer MLP     ℓp, p = 3      ℓq (q = 4) + ℓ2        GD                recurrent
-yaad        2-layer MLP     Huber (δ)      ℓ2                     GD                recurrent
+yaad        2-layer MLP     Huber (eq. 26) ℓ2                     GD                recurrent
 memora      2-layer MLP     ℓ2             KL (softmax)           GD                recurrent
 ttt_linear  matrix          ℓ2             none                   GD (mini-batch)   all three
 ttt_mlp     2-layer MLP     ℓ2             none                   GD (mini-batch)   recurrent
@@ -161,36 +162,38 @@ def oracle_moneta(q, k, v, g, theta, w1, w2, p=3.0, norm_q=4.0, eps=1e-6, scale=
 
 
 def lower_yaad(q, k, v, g, theta, w1, w2, delta=1.0, scale=1.0):
-    return _mlp_terms(q, k, v, theta, g, w1, w2, scale, bias="huber", retention="l2", delta=delta)
+    return _mlp_terms(q, k, v, theta, g, w1, w2, scale, bias="huber_mix", retention="l2", delta=delta)
 
 
 def oracle_yaad(q, k, v, g, theta, w1, w2, delta=1.0, scale=1.0, initial_state=None):
-    """W_t = α_t W_{t−1} − η_t ∇ℓ_H, ℓ_H = ½‖e‖² if ‖e‖ <= δ else δ(‖e‖ − δ/2), e = M(k_t) − v_t."""
+    """Eq. 26: W_t = α_t W_{t−1} − η_t ∇‖e‖² if ‖e‖ <= δ, else α_t W_{t−1} − η_t δ ∇‖e‖₁; e = M(k_t) − v_t."""
     net = _residual_mlp(F.gelu)
 
-    def huber(W, kt, vt):
-        n = (net(W, kt) - vt).norm(dim=-1)
-        return torch.where(n <= delta, 0.5 * n ** 2, delta * (n - 0.5 * delta)).sum()
+    def loss(W, kt, vt):
+        e = net(W, kt) - vt
+        near = e.norm(dim=-1) <= delta     # per (row, head): which of the two steps that memory takes
+        return torch.where(near, (e * e).sum(-1), delta * e.abs().sum(-1)).sum()
 
     W, out = _start(w1, w2, q.shape[0]), []
     for t in range(q.shape[1]):
-        grads = _inner_grad(lambda W_: huber(W_, k[:, t], v[:, t]), W)
+        grads = _inner_grad(lambda W_: loss(W_, k[:, t], v[:, t]), W)
         W = [_col(torch.exp(g[:, t])) * w - _col(theta[:, t]) * gr for w, gr in zip(W, grads)]
         out.append(net(W, q[:, t] * _scale(scale)))
     return torch.stack(out, 1)
 
 
 def lower_memora(q, k, v, g, theta, w1, w2, kl_scale=1.0, scale=1.0):
-    return _mlp_terms(q, k, v, theta, g, w1, w2, scale, bias="l2", retention="kl", kl_scale=kl_scale)
+    # θ is the paper's η on ‖e‖²: the library's ½‖e‖² takes 2θ
+    return _mlp_terms(q, k, v, 2 * theta, g, w1, w2, scale, bias="l2", retention="kl", kl_scale=kl_scale)
 
 
 def oracle_memora(q, k, v, g, theta, w1, w2, kl_scale=1.0, scale=1.0, initial_state=None):
-    """W_t = c · Softmax(α_t log W_{t−1} − η_t ∇½‖M(k_t) − v_t‖²), per column over its inputs."""
+    """W_t = c · Softmax(α_t log W_{t−1} − η_t ∇‖M(k_t) − v_t‖²), per column over its inputs."""
     net = _residual_mlp(F.gelu)
     W, out = _start(w1, w2, q.shape[0]), []
     for t in range(q.shape[1]):
         kt, vt = k[:, t], v[:, t]
-        grads = _inner_grad(lambda W_: 0.5 * ((net(W_, kt) - vt) ** 2).sum(), W)
+        grads = _inner_grad(lambda W_: ((net(W_, kt) - vt) ** 2).sum(), W)
         W = [kl_scale * torch.softmax(_col(torch.exp(g[:, t])) * torch.log(w) - _col(theta[:, t]) * gr,
                                       dim=-2) for w, gr in zip(W, grads)]
         out.append(net(W, q[:, t] * _scale(scale)))
@@ -203,6 +206,8 @@ def _random(retention, bias):
                           retention=retention, algorithm="gd", options=options)
         if bias == "lp":  # the paper's η on ‖e‖_p^p: the spec's step is pη
             d["theta"] = d["theta"] / (options or {}).get("p", 3.0)
+        if retention == "kl":  # the paper's η on ‖e‖²: the spec's step is 2η
+            d["theta"] = d["theta"] / 2
         return d
     return sample
 
@@ -217,8 +222,9 @@ def _miras_spec(name, bias, retention, lower, options, oracle, description, mira
 MONETA = _miras_spec("moneta", "lp", "lq", lower_moneta, dict(p=3.0, norm_q=4.0, eps=1e-6, scale=1.0),
                      oracle_moneta, "ℓp attentional bias (p = 3) with ℓq retention (q = 4) and decay",
                      Miras("2-layer MLP", "ℓp (p = 3)", "ℓq (q = 4) + ℓ2", "GD"))
-YAAD = _miras_spec("yaad", "huber", "l2", lower_yaad, dict(delta=1.0, scale=1.0), oracle_yaad,
-                   "Huber attentional bias (robust to outlier tokens) with ℓ2 retention",
+YAAD = _miras_spec("yaad", "huber_mix", "l2", lower_yaad, dict(delta=1.0, scale=1.0), oracle_yaad,
+                   "Huber attentional bias (robust to outlier tokens) with ℓ2 retention: eq. 26's ℓ2 step "
+                   "while ‖M(k) − v‖ <= δ, δ times the ℓ1 step (δ sign(e)) beyond; δ a constant option",
                    Miras("2-layer MLP", "Huber (δ)", "ℓ2", "GD"))
 MEMORA = _miras_spec("memora", "l2", "kl", lower_memora, dict(kl_scale=1.0, scale=1.0), oracle_memora,
                      "ℓ2 bias with KL retention: the weights stay softmax-normalised",

@@ -89,7 +89,7 @@ def oracle_s6(x, dt, A, B, C, D=None, initial_state=None):
 
 
 def _rates(H, V, N, dtype, device):
-    """S4D-Real initialisation: A_n = n + 1/2... shifted to 1..N for each channel."""
+    """S4D-Real initialisation: A_n = n + 1 (n = 0 … N − 1) for each channel, as rates of e^{−Δ A}."""
     return torch.arange(1, N + 1, dtype=torch.float64).expand(H, V, N).to(dtype=dtype, device=device)
 
 

@@ -45,7 +45,7 @@ def _close(name, out, ref):
 
 
 def test_the_capability_flags():
-    assert len(ALL) == 256 and len(CHUNKED) == 38 and len(EXACT) == 44
+    assert len(ALL) == 322 and len(CHUNKED) == 38 and len(EXACT) == 44
     assert all(c["memory"] != "mlp" and c["bias"] in ("dot", "l2") for c in EXACT)
 
 

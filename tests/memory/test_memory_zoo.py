@@ -109,7 +109,10 @@ def test_closed_form_inner_gradients_are_autograds(key, seed):
         per = {"dot": -(read(terms, W, k) * v).sum(-1), "l2": 0.5 * (e * e).sum(-1),
                "lp": (e.abs() ** terms.p).sum(-1) / terms.p,
                "huber": torch.where(e.norm(dim=-1) <= terms.delta, 0.5 * (e * e).sum(-1),
-                                    terms.delta * (e.norm(dim=-1) - 0.5 * terms.delta))}[terms.bias]
+                                    terms.delta * (e.norm(dim=-1) - 0.5 * terms.delta)),
+               # piecewise: ‖e‖² near, δ‖e‖₁ beyond; its gradient is eq. 26's step on either side
+               "huber_mix": torch.where(e.norm(dim=-1) <= terms.delta, (e * e).sum(-1),
+                                        terms.delta * e.abs().sum(-1))}[terms.bias]
         return per.sum()  # the rows and heads are independent memories
 
     auto = torch.func.grad(loss)(W)

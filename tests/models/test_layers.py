@@ -283,3 +283,13 @@ def test_options_are_checked_when_the_layer_is_built(mixer, options, error, matc
     sanity check); normalize="false", a truthy string, turned the normaliser on."""
     with pytest.raises(error, match=match):
         MixerLayer(mixer, 16, 2, **options)
+
+
+@pytest.mark.parametrize("name,unit", [("deltanet", True), ("titans", True), ("longhorn", False)])
+def test_which_layers_normalise_queries_and_keys(name, unit):
+    """Delta rules and memories take unit q and k (their steps contract only for ‖k‖ <= 1); Longhorn's
+    implicit step contracts at any ‖k‖, and on unit keys its β = ε/(1 + ε) would make it DeltaNet."""
+    torch.manual_seed(0)
+    inputs = MixerLayer(name, 16, 2).mixer_inputs(torch.randn(2, 5, 16))
+    for x in (inputs["q"], inputs["k"]):
+        assert torch.allclose(x.norm(dim=-1), torch.ones(()), atol=1e-6) == unit

@@ -89,6 +89,30 @@ def test_retnet_decays():
     assert torch.allclose(P[0, :, 1, 0] / qk, 1 - 2.0 ** (-5 - torch.arange(3.0)).double())
 
 
+@pytest.mark.parametrize("H,layer_idx,num_layers,schedule,expected", [
+    # TransNormerLLM's / Lightning Attention-2's code: ALiBi slopes 2^(−8(h+1)/H) times (1 − l/(L−1) + 1e-5)
+    (8, 0, 2, "paper", [2.0 ** (-8 * (h + 1) / 8) * (1 + 1e-5) for h in range(8)]),
+    (4, 1, 3, "paper", [2.0 ** (-8 * (h + 1) / 4) * (0.5 + 1e-5) for h in range(4)]),
+    (4, 2, 3, "paper", [2.0 ** (-8 * (h + 1) / 4) * 1e-5 for h in range(4)]),
+    # H = 6: the four slopes of H = 4, then every other one of H = 8's
+    (6, 0, 1, "paper", [2.0 ** -2, 2.0 ** -4, 2.0 ** -6, 2.0 ** -8, 2.0 ** -1, 2.0 ** -3]),
+    # fla's chunk_lightning_attn: −(8/H)(1 − l/L)·h, no decay on head 0
+    (4, 1, 2, "fla", [0.0, 1.0, 2.0, 3.0])])
+def test_lightning_decays(H, layer_idx, num_layers, schedule, expected):
+    d = dsf.random_inputs("lightning_attention", B=1, T=4, H=H, K=2, V=2, seed=0)
+    opts = dict(layer_idx=layer_idx, num_layers=num_layers, schedule=schedule)
+    P = dsf.phi("lightning_attention", **d, **opts)
+    qk = (d["q"][0, 1] * d["k"][0, 0]).sum(-1) * 2 ** -0.5
+    rates = torch.tensor(expected, dtype=torch.float64) * (1 + 1e-5 if H == 6 else 1)
+    assert torch.allclose(P[0, :, 1, 0] / qk, torch.exp(-rates), rtol=1e-12, atol=0)
+
+
+def test_lightning_rejects_unknown_schedule():
+    d = dsf.random_inputs("lightning_attention", B=1, T=2, H=2, K=2, V=2, seed=0)
+    with pytest.raises(ValueError, match=r"lightning_attention: schedule must be one of \('paper', 'fla'\)"):
+        dsf.recurrent("lightning_attention", **d, schedule="alibi")
+
+
 def test_longhorn_is_deltanet_with_implicit_step():
     d = dsf.random_inputs("longhorn", B=1, T=7, H=2, K=3, V=2, seed=3)
     o, _ = dsf.recurrent("longhorn", **d)
