@@ -79,6 +79,16 @@ def for_all_cases(body: Callable[..., None], edge_values: Callable[[Case], dict]
     test()
 
 
+def float64_tensor(name: str, got):
+    """``got``, after failing with a readable message unless it is a float64 tensor (a check that
+    computes with an answer would otherwise stop at a bare dtype error of torch)."""
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"{name}: expected a torch.Tensor, got {type(got).__name__}")
+    if got.dtype != torch.float64:
+        raise AssertionError(f"{name}: expected dtype torch.float64 (the inputs' dtype), got {got.dtype}")
+    return got
+
+
 def assert_close(name: str, got, want: torch.Tensor, atol: float = 1e-10, rtol: float = 1e-8) -> None:
     """Fail with a readable message unless ``got`` has ``want``'s shape and values."""
     if not isinstance(got, torch.Tensor):

@@ -94,6 +94,14 @@ def test_mixed_dtypes():
         dsf.parallel("gated_deltanet", **d)
 
 
+@pytest.mark.parametrize("form", FORMS, ids=["recurrent", "chunked", "parallel", "phi"])
+def test_inputs_on_two_devices(form):
+    d = _inp("mamba2")
+    d["v"] = d["v"].to("meta")   # another device, without a GPU
+    with pytest.raises(ValueError, match="mamba2: v is on meta but q is on cpu"):
+        form("mamba2", **d)
+
+
 def test_missing_and_unexpected_arguments():
     d = _inp()
     beta = d.pop("beta")

@@ -6,7 +6,7 @@ import torch
 
 import dsf
 
-from .._checking import Case, assert_close, for_all_cases, without_dsf
+from .._checking import Case, assert_close, float64_tensor, for_all_cases, without_dsf
 
 TITLE = "Exercise 1: Φ of a scalar-decay mixer (Mamba-2)"
 FUNCTION = "phi_scalar_decay"
@@ -54,7 +54,7 @@ def check_y_equals_recurrent(fn):
     """y = Φ v reproduces dsf.recurrent("mamba2"), the step-by-step recurrence"""
     def body(case):
         x = case.inputs("mamba2")
-        y = torch.einsum("bhij,bjhv->bihv", _call(fn, x, case.scale), x["v"])
+        y = torch.einsum("bhij,bjhv->bihv", float64_tensor("Φ", _call(fn, x, case.scale)), x["v"])
         o, _ = dsf.recurrent("mamba2", **x, scale=case.scale)
         assert_close("y = Φ v", y, o)
     for_all_cases(body)

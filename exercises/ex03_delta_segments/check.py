@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 import dsf
 
-from .._checking import Case, assert_close, for_all_cases, without_dsf
+from .._checking import Case, assert_close, float64_tensor, for_all_cases, without_dsf
 
 TITLE = "Exercise 3: a delta-rule segment as a linear map"
 FUNCTION = "segment_transition"
@@ -26,6 +26,12 @@ def _call(fn, x: dict):
     if not (torch.equal(k, x["k"]) and torch.equal(v, x["v"]) and torch.equal(beta, x["beta"])):
         raise AssertionError("k, v or beta was modified in place: work on new tensors")
     return result
+
+
+def _pair(fn, x: dict):
+    """_call, for checks that compute with P and dS: both must be float64 tensors first."""
+    P, dS = _call(fn, x)
+    return float64_tensor("P", P), float64_tensor("dS", dS)
 
 
 def check_shapes(fn):
@@ -55,7 +61,7 @@ def check_any_entering_state(fn):
     """P S_in + dS is the state dsf.recurrent reaches from S_in, for zero and random S_in"""
     def body(case):
         x = case.inputs("deltanet")
-        P, dS = _call(fn, x)
+        P, dS = _pair(fn, x)
         for label, S_in in (("zero", torch.zeros(case.B, case.H, case.K, case.V, dtype=torch.float64)),
                             ("random", _states(case, 1)[0])):
             _, want = dsf.recurrent("deltanet", **x, initial_state=S_in)
@@ -70,9 +76,9 @@ def check_segments_compose(fn):
         cut = min(cut, case.T)
         first = {n: t[:, :cut] for n, t in x.items()}
         second = {n: t[:, cut:] for n, t in x.items()}
-        P, dS = _call(fn, x)
-        P1, dS1 = _call(fn, first)
-        P2, dS2 = _call(fn, second)
+        P, dS = _pair(fn, x)
+        P1, dS1 = _pair(fn, first)
+        P2, dS2 = _pair(fn, second)
         assert_close(f"P of the whole (cut after {cut} tokens)", P, P2 @ P1)
         assert_close(f"dS of the whole (cut after {cut} tokens)", dS, P2 @ dS1 + dS2)
     for_all_cases(body, edge_values=lambda case: {"cut": case.T // 2}, cut=st.integers(0, 40))

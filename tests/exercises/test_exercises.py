@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,58 @@ def test_an_answer_module_that_imports_dsf_is_refused(tmp_path, monkeypatch):
 
     with pytest.raises(AssertionError, match=r"my_answer.py imports dsf"):
         exercises.checks(3)[-1](my_answer.seg)
+
+
+def _altered(fn, how):
+    """``fn`` with its returned tensors changed by ``how`` (a tuple's tensors each)."""
+    import torch
+
+    def change(x):
+        return how(x) if isinstance(x, torch.Tensor) else x
+
+    def wrapped(*args, **kwargs):
+        out = fn(*args, **kwargs)
+        return tuple(change(x) for x in out) if isinstance(out, tuple) else change(out)
+    return wrapped
+
+
+def _one_entry_off(x):
+    x = x.clone()
+    if x.numel():
+        x.view(-1)[x.numel() // 2] += 1e-3
+    return x
+
+
+@pytest.mark.parametrize("number", NUMBERS)
+@pytest.mark.parametrize("how, message", [(_one_entry_off, r"1 of \d+ entries differ"),
+                                          (lambda x: x.float(), r"expected dtype (torch\.)?float64")],
+                         ids=["one-entry-off", "float32"])
+def test_a_nearly_right_answer_fails_a_check(number, how, message):
+    """One entry off by 1e-3, or the right values in float32: some value check must say so."""
+    answer = _altered(exercises.load(number, solution=True), how)
+    failures = []
+    for check in exercises.checks(number)[:-1]:   # the last asks that the answer is written without dsf
+        try:
+            check(answer)
+        except AssertionError as err:
+            failures.append(str(err))
+    assert any(re.search(message, f) for f in failures), failures
+
+
+def test_assert_close_says_what_differs():
+    import torch
+
+    from exercises._checking import assert_close
+
+    want = torch.arange(6, dtype=torch.float64).reshape(2, 3)
+    nan = torch.tensor(float("nan"), dtype=torch.float64)
+    assert_close("x", want + 1e-12, want)
+    for got, message in [(want.float(), r"x: expected dtype torch.float64, got torch.float32"),
+                         (want[:1], r"x: expected shape \[2, 3\], got \[1, 3\]"),
+                         (want.tolist(), "x: expected a torch.Tensor, got list"),
+                         (want.index_put((torch.tensor(1), torch.tensor(2)), nan),
+                          r"x: contains inf or nan \(1 entries\)"),
+                         (want.index_put((torch.tensor(0), torch.tensor(1)), torch.tensor(1.5, dtype=torch.float64)),
+                          r"x: 1 of 6 entries differ; the worst, at index \(0, 1\), is 1.5 but dsf says 1")]:
+        with pytest.raises(AssertionError, match=message):
+            assert_close("x", got, want)

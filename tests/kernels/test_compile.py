@@ -365,3 +365,33 @@ def test_a_titans_state_is_checked_by_the_mixers_name(form):
         run(MemoryState((S.weights[0][:1],), S.momentum))
     with pytest.raises(TypeError, match=rf"^titans: {arg}.momentum\[0\] \(the momentum Z\) must be floating-point"):
         run(MemoryState(S.weights, (S.momentum[0].long(),)))
+
+
+
+@pytest.mark.parametrize("name,path", [(n, p) for n in ("mamba2", "gla", "deltanet", "gated_deltanet")
+                                       for p in ("default", "one-pass", "segments", "recurrent")] + [("s6", "default")])
+def test_only_the_initial_state_needs_a_gradient(monkeypatch, name, path):
+    """A state carried in from a frozen prefix: only initial_state requires grad. Each forward decides
+    from needs_input_grad whether to store what a backward reads; leaving the state out of that test
+    crashed the one-pass backward and gave a silently wrong dh0 in the delta rule's (found by hand
+    mutation). Every forward path, with the final state in the loss too."""
+    import kernels.delta.chunk as delta_chunk
+    import kernels.diag.chunk as diag_chunk
+
+    if path in ("one-pass", "segments"):
+        for mod in (diag_chunk, delta_chunk):
+            monkeypatch.setattr(mod, "FUSED_FORWARD", True)
+            monkeypatch.setattr(mod, "FUSED_MIN_PROGRAMS", 1 if path == "one-pass" else 1000)
+        monkeypatch.setattr(delta_chunk, "SEGMENTS", path == "segments")
+    spec = dsf.zoo.get(name)
+    inp = spec.random_inputs(1, 70, 2, 16, 16, seed=5)
+    h0 = torch.randn_like(dsf.recurrent(spec, **inp)[1]).requires_grad_()
+    o_ref, S_ref = dsf.recurrent(spec, **inp, initial_state=h0)
+    R, R2 = torch.randn_like(o_ref), torch.randn_like(S_ref)
+    (ref,) = torch.autograd.grad((o_ref * R).sum() + (S_ref * R2).sum(), h0)
+    h0 = h0.detach().float().requires_grad_()
+    c = kernels.compile(spec)
+    o, S = (c.recurrent if path == "recurrent" else c.chunked)(**_f32(inp), initial_state=h0, output_final_state=True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    (got,) = torch.autograd.grad((o * R.float()).sum() + (S * R2.float()).sum(), h0)
+    assert rel_err(got, ref) < TOL

@@ -72,7 +72,8 @@ def test_forward_odd_lengths(T, K, V):
     check(2, T, 2, K, V)
 
 
-@pytest.mark.parametrize("T,window,sinks", [(40, 5, 2), (33, 16, 0), (37, 1, 17)])
+# windows of 2 and 18 (≡ 2 mod the 16-wide key tiles) start a query tile's keys one row into a tile
+@pytest.mark.parametrize("T,window,sinks", [(40, 5, 2), (33, 16, 0), (37, 1, 17), (40, 2, 0), (40, 18, 1)])
 def test_window_and_sinks(T, window, sinks):
     check(2, T, 2, 16, 16, window=window, sink_tokens=sinks)
 
@@ -81,7 +82,8 @@ def test_scale():
     check(1, 20, 2, 16, 16, scale=0.7)
 
 
-@pytest.mark.parametrize("T,K,V,kw", [(33, 32, 16, {}), (40, 16, 32, dict(window=7, sink_tokens=3))])
+@pytest.mark.parametrize("T,K,V,kw", [(33, 32, 16, {}), (40, 16, 32, dict(window=7, sink_tokens=3)),
+                                      (40, 16, 16, dict(window=18, sink_tokens=1))])
 def test_gradients(T, K, V, kw):
     check(1, T, 2, K, V, grads=True, **kw)
 

@@ -123,3 +123,49 @@ def test_regression_checks_max_len_against_the_prompts(tmp_path):
     dm = RegressionDataModule(d=3, n_points=8)
     with pytest.raises(ValueError, match=r"model max_len=10 is shorter than the data's prompts: 16 tokens"):
         _trainer(tmp_path).fit(RegressionModule(model), dm)
+
+
+class _Echo(torch.nn.Module):
+    """A 'model' that outputs the y channel of each token: right at y-tokens, 0 at x-tokens."""
+
+    def forward(self, tokens):
+        return tokens[..., -1:]
+
+
+def test_regression_predicts_at_the_x_tokens():
+    """ŷ_i is read at x-token 2i, before y_i is seen; read at the y-token it would copy y_i (loss 0)."""
+    module = RegressionModule(_Echo())
+    dm = RegressionDataModule(d=3, n_points=5, batch_size=4, val_size=8, steps_per_epoch=1)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert torch.equal(module._sq_err(batch), batch["y"].square())
+    stacked = RegressionDataModule(d=3, n_points=5, batch_size=4, val_size=8, steps_per_epoch=1, layout="stacked")
+    stacked.setup("fit")
+    batch = next(iter(stacked.val_dataloader()))
+    assert torch.equal(module._sq_err(batch), batch["y"][:, -1:].square())   # the query's y is not in its token
+
+
+class _Oracle(torch.nn.Module):
+    """A token model that knows every label: one-hot logits of the answer at every position."""
+
+    vocab_size = 64
+
+    def __init__(self, labels):
+        super().__init__()
+        self.labels, self.dummy = labels, torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, inputs):
+        labels = self.labels.clamp(min=0)
+        return torch.nn.functional.one_hot(labels, self.vocab_size).float() + 0 * self.dummy
+
+
+def test_mqar_accuracy_counts_queries(tmp_path):
+    """A model that answers every query scores val_acc 1 (correct queries over all queries)."""
+    dm = MQARDataModule(vocab_size=64, seq_len=32, num_kv_pairs=4, batch_size=16, steps_per_epoch=1,
+                        val_size=16, seed=0)
+    dm.setup("validate")
+    labels = next(iter(dm.val_dataloader()))["labels"]
+    module = MQARModule(_Oracle(labels))
+    trainer = _trainer(tmp_path, limit_val_batches=None)
+    trainer.validate(module, dm, verbose=False)
+    assert float(trainer.callback_metrics["val_acc"]) == 1.0
