@@ -144,10 +144,5 @@ def test_run_jobs_in_worker_processes():
      "--noise-std", "0.5", "--precision", "bf16-mixed", "--backend", "reference", "--workers", "2",
      "--threads", "2", "--deadline", "50", "--seed", "3", "--lr", "0.0021", "--d-model", "48"],
     ["--scale", "gpu", "--batch", "32", "--workers", "1", "--deadline", "600.5"]])
-def test_the_recorded_command_reruns_the_same_settings(argv):
-    # icl_sweep.md's "Command:" line: every flag that moves a setting off the scale's preset, no other
-    s = icl_sweep._settings_of(icl_sweep.parser().parse_args(argv))
-    words = icl_sweep._command(s).split()
-    assert words[:3] == ["python", "-m", "models.experiments.icl_sweep"] and words[-2:] == ["--out", "DIR"]
-    assert icl_sweep._settings_of(icl_sweep.parser().parse_args(words[3:-2])) == s
-    assert len(words) == 5 + len(argv)
+def test_the_recorded_command_reruns_the_same_settings(argv, command_reruns):
+    command_reruns(icl_sweep, argv)

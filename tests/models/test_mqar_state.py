@@ -159,10 +159,5 @@ def test_render_bad_files(tmp_path, capsys):
     ["--head-dims", "4", "--steps", "9", "--vocab-size", "40", "--seq-len", "30", "--num-kv-pairs", "3",
      "--batch", "16", "--val-size", "64", "--precision", "bf16-mixed", "--backend", "reference",
      "--workers", "2", "--threads", "2", "--deadline", "50", "--seed", "3", "--lr", "0.0021", "--d-model", "48"]])
-def test_the_recorded_command_reruns_the_same_settings(argv):
-    # mqar_state.md's "Command:" line: every flag that moves a setting off the scale's preset, no other
-    s = mqar_state._settings_of(mqar_state.parser().parse_args(argv))
-    words = mqar_state._command(s).split()
-    assert words[:3] == ["python", "-m", "models.experiments.mqar_state"] and words[-2:] == ["--out", "DIR"]
-    assert mqar_state._settings_of(mqar_state.parser().parse_args(words[3:-2])) == s
-    assert len(words) == 5 + len(argv)
+def test_the_recorded_command_reruns_the_same_settings(argv, command_reruns):
+    command_reruns(mqar_state, argv)
