@@ -1,5 +1,11 @@
 """MixerLayer: input projections, one dsf zoo mixer, an output projection.
 
+The layer is the mixer alone, the same frame for all: none of the short convolutions, output gates
+(SiLU / z-gates) or output norms that the papers' blocks add around their mixers (Mamba-2, GLA,
+RetNet, DeltaNet, Gated DeltaNet, Longhorn, Griffin's RG-LRU block, Titans), so mixers are compared
+on their recurrences; recall tasks, where those parts help, show it most. An MLP memory's hidden
+width is ``state_dim`` (the papers use wider, e.g. TTT-MLP 4·K).
+
 What to build is read off the spec's inputs: an input with a time dim ``[B, T, H, ·]`` becomes a
 projection of the d_model stream (``Linear(d_model, H·K)``, ``Linear(d_model, H)``, ...); a
 time-invariant input ``[H, ...]`` becomes an ``nn.Parameter``. Small tables say what the papers do
@@ -61,9 +67,11 @@ def _s4d_real_log(shape) -> Tensor:
     return torch.log(torch.arange(1, N + 1, dtype=torch.float32)).expand(shape).clone()
 
 
-def _rg_lru_lam(shape, c: float = 8.0) -> Tensor:
-    """Griffin: a^c = σ(Λ)^c uniform in [0.9, 0.999]."""
-    a = (torch.rand(shape) * (0.999 - 0.9) + 0.9) ** (1.0 / c)
+def _rg_lru_lam(shape) -> Tensor:
+    """RG-LRU's Λ as recurrentgemma's code sets it (``rnn_param_init``, min_rad 0.9, max_rad 0.999):
+    σ(Λ) = a₀ with a₀² uniform in [0.9², 0.999²], so the decay a_t = σ(Λ)^{c σ(r_t)} starts near
+    a₀^{c/2} ∈ [0.66, 0.996] (until 2026-12-05 this put σ(Λ)^c in [0.9, 0.999]: far longer memories)."""
+    a = torch.sqrt(torch.rand(shape) * (0.999 ** 2 - 0.9 ** 2) + 0.9 ** 2)
     return torch.log(a) - torch.log1p(-a)
 
 
@@ -98,6 +106,11 @@ PARAMS: dict[tuple[str, str], Param] = {
     ("rg_lru", "Lam"): Param(_rg_lru_lam),
     ("qlstm", "a"): Param(torch.ones),
     ("aaren", "q"): Param(torch.randn),
+    # KL retention keeps each column of the MLP memory a distribution (W = c·softmax(α log W + U)):
+    # learned through a softmax, it starts and stays on the simplex as the spec's random_inputs do.
+    # Raw N(0, 1/fan_in) weights left half the entries <= 0, clamped to log 1e-30: dead from the start.
+    ("memora", "w1"): Param(_default_param, fn=lambda p: torch.softmax(p, dim=-2)),
+    ("memora", "w2"): Param(_default_param, fn=lambda p: torch.softmax(p, dim=-2)),
     # hedgehog's learned feature map starts as softmax(±x) (identity projection)
     ("linear_attention", "feature_weight"): Param(lambda s: torch.eye(s[-2], s[-1]).expand(s).clone()),
 }
@@ -140,7 +153,10 @@ def _const(value: float):
 
 _SIGMOID = Gate(lambda m, r, i: torch.sigmoid(r))
 _SOFTPLUS = Gate(lambda m, r, i: F.softplus(r))
-# A retention / momentum gate exp(g) = σ(raw), biased to keep ≈ 0.95 (resp. 0.9) per token at init
+# A retention / momentum gate exp(g) = σ(raw), biased to keep ≈ 0.95 (resp. 0.9) per token at init.
+# An MLP memory (Titans, Yaad) whose inner steps are small decays toward W = 0 at that rate, where a
+# bias-free MLP's inner gradient vanishes: over ~100 tokens its learned initial weights fade out
+# unless the gate learns to keep more. The sequences of this package's tasks are 22-64 tokens.
 _RETAIN = Gate(lambda m, r, i: F.logsigmoid(r), bias=_const(3.0))
 
 # By input name, for any mixer: the meaning the zoo gives these names (docs of dsf.zoo inputs)
@@ -151,7 +167,7 @@ NAMED: dict[str, Gate] = {
     # θ ≈ 0.5 diverged for Titans' MLP memory with momentum
     "theta": Gate(lambda m, r, i: torch.sigmoid(r), bias=_const(-2.0)),
     "log_eta": Gate(lambda m, r, i: F.logsigmoid(r), bias=_const(2.0)),   # momentum decay <= 0
-    "eps": _SOFTPLUS,                             # Longhorn's positive implicit step
+    "eps": _SIGMOID,                              # Longhorn's implicit step ε = σ(·), as its code: 0.5 at init
 }
 # (mixer, input): where a paper parameterises differently
 GATES: dict[tuple[str, str], Gate] = {

@@ -55,9 +55,19 @@ def test_gates_are_in_range():
     assert (MixerLayer("gla", 16, 2).mixer_inputs(x)["gk"] <= 0).all()
     s6 = MixerLayer("s6", 16, 2, state_dim=4).mixer_inputs(x)
     assert (s6["dt"] > 0).all() and (s6["A"] > 0).all()
-    lam = MixerLayer("rg_lru", 16, 2).mixer_inputs(x)["Lam"]
-    a_c = torch.sigmoid(lam) ** 8
-    assert ((a_c > 0.9 - 1e-4) & (a_c < 0.999 + 1e-4)).all()   # Griffin's init of a^c
+    a = torch.sigmoid(MixerLayer("rg_lru", 64, 2).mixer_inputs(x.repeat(1, 1, 4))["Lam"])
+    assert ((a > 0.9 - 1e-6) & (a < 0.999 + 1e-6)).all()   # recurrentgemma's init: σ(Λ) ∈ [0.9, 0.999]
+    assert a.min() < 0.95                                   # (not σ(Λ)^8 there, which put σ(Λ) > 0.986)
+    eps = MixerLayer("longhorn", 16, 2).mixer_inputs(x)["eps"]
+    assert ((eps > 0) & (eps < 1)).all()                    # Longhorn's code: ε = σ(·)
+
+
+def test_memoras_memory_starts_on_the_simplex():
+    """KL retention keeps each column of W a distribution; the layer's learned initial weights are one
+    too (raw N(0, 1/fan_in) weights had half their entries <= 0, taken as log 1e-30)."""
+    inp = MixerLayer("memora", 16, 2).mixer_inputs(torch.randn(1, 3, 16))
+    for w in (inp["w1"], inp["w2"]):
+        assert (w > 0).all() and torch.allclose(w.sum(-2), torch.ones(()))
 
 
 def test_mamba2_init_matches_the_paper():
