@@ -152,7 +152,6 @@ def _const(value: float):
 
 
 _SIGMOID = Gate(lambda m, r, i: torch.sigmoid(r))
-_SOFTPLUS = Gate(lambda m, r, i: F.softplus(r))
 # A retention / momentum gate exp(g) = σ(raw), biased to keep ≈ 0.95 (resp. 0.9) per token at init.
 # An MLP memory (Titans, Yaad) whose inner steps are small decays toward W = 0 at that rate, where a
 # bias-free MLP's inner gradient vanishes: over ~100 tokens its learned initial weights fade out

@@ -176,10 +176,9 @@ def build(choice: dict[str, Any]) -> MixerSpec:
 def random_memory(B, T, H, K, V, dtype=torch.float64, device=None, seed=None, *, memory="matrix",
                   bias="l2", retention="none", algorithm="gd", gate="scalar", depth=2, options=None):
     """Valid inputs: unit keys, mild log decays, MLP weights of scale 1/√in (E = 4K), and steps in a
-    stable range: θ ∈ (0, ½), (0, 0.2) for the ℓp bias, (0, ¼) for huber_mix (whose step is 2θe near),
-    and a fifth of that with momentum (whose
-    effective step is about θ/(1 − η)). Under ℓq retention the decay is milder (α ≈ 0.996), since the
-    read weights A/‖A‖_q^{q−2} grow as A decays.
+    stable range: θ ∈ (0, ½), (0, 0.2) for the ℓp bias, (0, ¼) for huber_mix (whose step is 2θe near
+    zero), and a fifth of that with momentum (whose effective step is about θ/(1 − η)). Under ℓq
+    retention the decay is milder (α ≈ 0.996), since the read weights A/‖A‖_q^{q−2} grow as A decays.
 
     A vector memory and a residual MLP memory map R^K to itself: V is then taken equal to K. Under
     KL retention the MLP's weights are distributions over each column's inputs (scaled by c).
