@@ -367,7 +367,6 @@ def test_a_titans_state_is_checked_by_the_mixers_name(form):
         run(MemoryState(S.weights, (S.momentum[0].long(),)))
 
 
-
 @pytest.mark.parametrize("name,path", [(n, p) for n in ("mamba2", "gla", "deltanet", "gated_deltanet")
                                        for p in ("default", "one-pass", "segments", "recurrent")] + [("s6", "default")])
 def test_only_the_initial_state_needs_a_gradient(monkeypatch, name, path):
