@@ -73,7 +73,7 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           "gate": dict(num_warps=4, num_stages=2, maxnreg=128),
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "strong_scores": dict(num_warps=4, num_stages=1),   # (as "scores")
-          # (GATES_IN_PASS, untimed: two stages keep it to 112 KB of shared memory, two programs an SM;
+          # (GATES_IN_PASS, off: two stages keep it to 112 KB of shared memory, two programs an SM;
           # three take 168 KB — ptxas sm_90, bf16 q, k, v and gk)
           "gated_pass": dict(num_warps=4, num_stages=2),
           "segment_state": dict(num_warps=8, num_stages=3),   # (see SEGMENT_STATE_TILES)
@@ -228,7 +228,8 @@ SEGMENTS_PASS_TMA = False
 # at B·T = 32K, H = 16, K = V = 128 in bf16, against 0.67 GB for this); the gates then cost every value
 # tile's program a chunk's worth of exps and scans in its sequential walk, which is where they once made
 # the pass 4.7–9x slower (experiments_2026-12-03b.md §1; that build, with a column scan and fp32
-# products, is not this one). Not yet timed on a GPU (experiments_2026-12-04i.md): off.
+# products, is not this one). Timed on the H200: 16–75 % slower than the two kernels at 4K–32K
+# (experiments_2026-12-05.md): off, to be removed.
 GATES_IN_PASS = False
 # ... each chunk's decays summed as one fp16 product of the triangular ones with gk (16-bit gk;
 # _pass_gates), where a column scan costs ~500 instructions a chunk more (ptxas sm_90, the prototype
@@ -601,7 +602,7 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
     more, read from A, where _strong_scores_kernel put those chunks' sub-block scores. BK covers
     all of K. (By default gates and sub-block scores stay in their own kernels: a first build forming
     the gates here, in the middle of the sequential walk, made the pass 4.7x slower;
-    kernels/results/experiments_2026-12-03b.md §1. GATES below is a leaner one, not yet timed.) STORE (for
+    kernels/results/experiments_2026-12-03b.md §1. GATES below is a leaner one, 16–75 % slower too.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
     during the chunk before it (PASS_AHEAD). TMA (without STORE, an equal-length batch): qd, kd, v and o
