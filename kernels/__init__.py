@@ -436,7 +436,9 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
         # a cache kept in another dtype than this call's tokens joins them in theirs, as a state does
         k_all = torch.cat([cache.k.to(k.dtype), k], 1)
         v_all = torch.cat([cache.v.to(v.dtype), v], 1)
-        if T == 1:
+        # flash_decode has no backward: one token that needs a gradient takes the differentiable kernel
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k_all, v_all))
+        if T == 1 and not needs_grad:
             o = flash_decode(q, k_all, v_all, **opts)
         else:
             q_all = torch.cat([q.new_zeros(B, L, *q.shape[2:]), q], 1)

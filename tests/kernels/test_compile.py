@@ -46,6 +46,24 @@ def test_softmax_continues_from_a_full_cache_and_steps():
     assert rel_err(torch.stack(outs, 1), o_ref[:, 12:]) < TOL
 
 
+@pytest.mark.parametrize("form", ["chunked", "recurrent"])
+def test_one_token_after_a_cache_has_gradients(form):
+    """One new token after a KV cache took the decode kernel, which has no backward: its output came
+    back without a graph (dq off by 100 %). With a gradient needed it takes the differentiable path."""
+    spec = dsf.zoo.get("softmax_attention")
+    inp = spec.random_inputs(1, 9, 2, 16, 16, seed=3)
+    head, tail = _split(inp, 8)
+    _, cache = dsf.recurrent(spec, **head)
+    tail = requires_grad(tail)
+    o_ref, _ = dsf.recurrent(spec, initial_state=cache, **tail)
+    ref = torch.autograd.grad(o_ref.sum(), list(tail.values()))
+    leaves = requires_grad(_f32(tail))
+    o, _ = getattr(kernels.compile(spec), form)(initial_state=cache, **leaves)
+    assert rel_err(o, o_ref) < TOL and o.requires_grad
+    for a, b in zip(torch.autograd.grad(o.sum(), list(leaves.values())), ref):
+        assert rel_err(a, b) < TOL
+
+
 def test_softmax_trimmed_cache_is_refused():
     spec = dsf.zoo.get("softmax_attention", window=3)
     inp = _f32(spec.random_inputs(1, 10, 1, 16, 16, seed=3))
