@@ -30,7 +30,7 @@ from dsf.forms import _internal_state, prepare
 from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
 from dsf.terms import LinearTerms
 
-from ._common import DTYPES, MAX_HEAD_DIM, UnsupportedHeadDim, check_cu_seqlens, check_head_dim
+from ._common import DTYPES, MAX_HEAD_DIM, UnsupportedHeadDim, check_cu_seqlens, check_device, check_head_dim
 
 __all__ = ["compile", "supports", "CompiledMixer", "UnsupportedMixer", "UnsupportedHeadDim"]
 
@@ -420,6 +420,8 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
             raise ValueError(f"{spec.name}: {state_arg} cannot be combined with cu_seqlens")
         # checked as the dsf forms check it (a wrong-sized cache was a bare torch.cat error)
         _internal_state(spec, terms, cache, state_arg)
+        # (a cache on another device was torch.cat's bare "not on the expected device")
+        check_device(spec.name, q=q, **{f"{state_arg}.k": cache.k, f"{state_arg}.v": cache.v})
         L = cache.k.shape[1]
         if L != cache.seen:
             # a trimmed cache has gaps in its positions, which the kernels' masks do not model

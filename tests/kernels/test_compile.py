@@ -64,6 +64,18 @@ def test_one_token_after_a_cache_has_gradients(form):
         assert rel_err(a, b) < TOL
 
 
+def test_a_kv_cache_on_another_device_is_refused_by_name():
+    spec = dsf.zoo.get("softmax_attention")
+    inp = _f32(spec.random_inputs(1, 6, 2, 16, 16, seed=3))
+    head, tail = _split(inp, 4)
+    _, cache = kernels.compile(spec).chunked(output_final_state=True, **head)
+    cache = cache._replace(k=cache.k.to("meta"), v=cache.v.to("meta"))
+    for run in (lambda: kernels.compile(spec).chunked(initial_state=cache, **tail),
+                lambda: kernels.compile(spec).step(cache, **{n: x[:, 0] for n, x in tail.items()})):
+        with pytest.raises(ValueError, match=r"softmax_attention: (initial_state|state)\.k is on meta but q is on cpu"):
+            run()
+
+
 def test_softmax_trimmed_cache_is_refused():
     spec = dsf.zoo.get("softmax_attention", window=3)
     inp = _f32(spec.random_inputs(1, 10, 1, 16, 16, seed=3))
