@@ -19,8 +19,7 @@ GPU compiler does not fail here too, which is why the tests compile every family
 
 The diagonal families (``scalar``: Mamba-2 / simple GLA, ``key``: GLA) are compiled in each of their
 forward paths — the two-pass kernels, the one pass, and (``--segments``) the one pass over segments —
-with and without a backward to follow, and their backward (GLA's also with the gates inside the one
-pass, chunk_key.GATES_IN_PASS, forward only); a kernel compiled the same way twice is
+with and without a backward to follow, and their backward; a kernel compiled the same way twice is
 listed once. ``delta`` is :mod:`kernels.delta.compile_check`'s forward and backward (with
 ``--segments``, those over segments); ``titans`` is :mod:`kernels.memory.compile_check`'s (the chunked
 and the fused recurrent kernels, forward and backward).
@@ -174,8 +173,7 @@ def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segmen
                settings: list | None = None) -> list[dict]:
     """One row per kernel, compiled the way it is launched, of the diagonal family ``decay`` ("scalar" or
     "key") at this shape: each forward path (two passes, the one pass, with ``segments`` the one pass
-    over three segments), with and without a backward to follow, and the backward, and for "key" the
-    forward-only pass with its gates inside (chunk_key.GATES_IN_PASS; over segments too); ``settings``
+    over three segments), with and without a backward to follow, and the backward; ``settings``
     (module, name, value) switches set meanwhile, as kernels.sweep.parse_settings gives them."""
     import kernels.diag.chunk as dc
     from kernels._common import seq_bounds
@@ -187,23 +185,16 @@ def check_diag(decay: str, dtype: torch.dtype, K: int, V: int, arch: int, segmen
     fn = ChunkKeyDecay if decay == "key" else dc.ChunkScalarDecay
     T, H = 3 * dc.BT - 5, 2
     offsets = seq_bounds(None, 1, T, "cpu")
-    one = [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 1)]
-    seg = [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 10 ** 4)]
-    paths = [("two passes", [(dc, "FUSED_FORWARD", False)], (True, False)), ("one pass", one, (True, False))]
+    paths = [("two passes", [(dc, "FUSED_FORWARD", False)]),
+             ("one pass", [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 1)])]
     if segments:
-        paths.append(("segments", seg, (True, False)))
-    if decay == "key":   # GLA's forward-only pass with its gates inside, gk in the inputs' dtype as benchmarked
-        from kernels.diag import chunk_key
-
-        paths += [(label, ch + [(chunk_key, "GATES_IN_PASS", True)], (False,))
-                  for label, ch in [("gates in pass", one)] + ([("gates in pass, segments", seg)] if segments else [])]
+        paths.append(("segments", [(dc, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", 10 ** 4)]))
     seen, rows = set(), []
-    for label, changes, modes in paths:
-        for backward in modes:
+    for label, changes in paths:
+        for backward in (True, False):
             q, k = (torch.zeros(T, H, K, dtype=dtype, requires_grad=backward) for _ in range(2))
             v = torch.zeros(T, H, V, dtype=dtype, requires_grad=backward)
-            g = torch.zeros((T, H, K) if decay == "key" else (T, H), requires_grad=backward,
-                            dtype=dtype if label.startswith("gates") else torch.float32)
+            g = torch.zeros((T, H, K) if decay == "key" else (T, H), requires_grad=backward)
             h0 = torch.zeros(1, H, K, V, requires_grad=backward)
             with switches(changes + list(settings or [])), torch.set_grad_enabled(backward), \
                     compiled_launches(arch, f"{label} forward" if backward else f"{label}, alone") as got:

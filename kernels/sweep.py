@@ -285,8 +285,7 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
     a forward without autograd. The scalar family's other kernels run with the one pass off (its
     default before a backward); the key-wise gate and backward kernels under the default rule, as
     they run (the pass, after the gate kernel and the strong chunks' scores), and only its
-    four-kernel forward's own kernels (state, scores, output) with the pass off; "gated_pass" is the
-    key-wise one pass with its gates inside (chunk_key.GATES_IN_PASS forced on)."""
+    four-kernel forward's own kernels (state, scores, output) with the pass off."""
     import kernels.diag.chunk as scalar_mod
     import kernels.diag.chunk_key as key_mod
 
@@ -298,7 +297,7 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
         for name in base:
             if names and name not in names:
                 continue
-            one_pass = name in ("fused_fwd", "fused_fwd_only", "gated_pass")
+            one_pass = name in ("fused_fwd", "fused_fwd_only")
             # either family's segments' states from zero: the state kernel of a forward under the
             # default rule (at a T long enough for segments, the only state kernel it launches)
             segments = name in ("segment_state", "segment_state_whole")
@@ -314,9 +313,7 @@ def launch(kinds: list[str], T: int, names: list[str] | None = None) -> None:
                 # a candidate's settings in a LAUNCH of their own, the module's put back afterwards
                 with bench.switches([(mod, "LAUNCH", {**base, name: dict(num_warps=nw, num_stages=ns)}),
                                      (scalar_mod, "FUSED_FORWARD", rule),
-                                     (scalar_mod, "FUSED_BV", bv or scalar_mod.FUSED_BV)]
-                                    # (GLA's pass with its gates inside: chunk_key.GATES_IN_PASS)
-                                    + ([(key_mod, "GATES_IN_PASS", True)] if name == "gated_pass" else [])), \
+                                     (scalar_mod, "FUSED_BV", bv or scalar_mod.FUSED_BV)]), \
                         torch.set_grad_enabled(backward):
                     try:
                         t = kernel_times(bench._ours(kind), inputs[backward], backward=backward, iters=3)

@@ -73,9 +73,6 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
           "gate": dict(num_warps=4, num_stages=2, maxnreg=128),
           "state": dict(num_warps=4, num_stages=3), "scores": dict(num_warps=4, num_stages=1),
           "strong_scores": dict(num_warps=4, num_stages=1),   # (as "scores")
-          # (GATES_IN_PASS, off: two stages keep it to 112 KB of shared memory, two programs an SM;
-          # three take 168 KB — ptxas sm_90, bf16 q, k, v and gk)
-          "gated_pass": dict(num_warps=4, num_stages=2),
           "segment_state": dict(num_warps=8, num_stages=3),   # (see SEGMENT_STATE_TILES)
           "output": dict(num_warps=4, num_stages=1), "dstate": dict(num_warps=4, num_stages=3),
           "dv": dict(num_warps=4, num_stages=1), "dqk_intra": dict(num_warps=4, num_stages=1),
@@ -86,7 +83,6 @@ LAUNCH = {"fused_fwd": dict(num_warps=4, num_stages=3),   # 0.242 ms at T = 4096
 # (the one pass in two pipeline stages: with kernels._common.FP32_PRODUCTS = "tf32x3", three need
 # 242 KB of shared memory at K = V = 128, over an sm_90's 227; two, 161 KB: python -m kernels.compile_check)
 SAFE = {"fused_fwd": dict(num_warps=8, num_stages=2), "gate": dict(num_warps=4), "state": dict(num_warps=4),
-        "gated_pass": dict(num_warps=8, num_stages=1),
         "segment_state": dict(num_warps=8),
         "scores": dict(num_warps=4), "strong_scores": dict(num_warps=4), "output": dict(num_warps=4, num_stages=2),
         "dstate": dict(num_warps=4), "dv": dict(num_warps=4, num_stages=2), "dqk_intra": dict(num_warps=4),
@@ -221,20 +217,8 @@ PASS_TMA = True
 # --only fused:gla/segments --dtypes bfloat16,float16 --set` it: 11 rows, 0 failing, the call's limit
 # cut the twelfth). experiments_2026-12-04g.md §6. False: pointers.
 SEGMENTS_PASS_TMA = False
-# The forward without a backward over whole sequences with no gate kernel: the one pass reads q, k and
-# gk and forms each chunk's decays and gated tiles itself (_pass_gates, _gated_tiles), then
-# _strong_fixup_kernel adds the scores term of the chunks decaying by LIM or more, which the pass
-# leaves out. The two kernels move q, k and gk, then qd and kd, through memory twice (1.48 GB a forward
-# at B·T = 32K, H = 16, K = V = 128 in bf16, against 0.67 GB for this); the gates then cost every value
-# tile's program a chunk's worth of exps and scans in its sequential walk, which is where they once made
-# the pass 4.7–9x slower (experiments_2026-12-03b.md §1; that build, with a column scan and fp32
-# products, is not this one). Timed on the H200: 16–75 % slower than the two kernels at 4K–32K
-# (experiments_2026-12-05.md): off, to be removed.
-GATES_IN_PASS = False
-# ... each chunk's decays summed as one fp16 product of the triangular ones with gk (16-bit gk;
-# _pass_gates), where a column scan costs ~500 instructions a chunk more (ptxas sm_90, the prototype
-# of experiments_2026-12-04i.md).
-PASS_SUM_PRODUCT = True
+# (GLA's forward-only pass forming its gates itself, without the gate kernel — GATES_IN_PASS, built in
+# ddc8dab — was 16–75 % slower on the H200 at 4K–32K and was removed: experiments_2026-12-05.md.)
 
 
 def _gate_ex2(dtype: torch.dtype) -> int:
@@ -344,15 +328,13 @@ def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
                   H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                   BV: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, PREC: tl.constexpr,
                   STORE_H: tl.constexpr = True, logw=None, STORE_LOGW: tl.constexpr = False,
-                  NSEG=1, SKIP_LAST: tl.constexpr = False, NSKIP=1, GATES: tl.constexpr = False, gk=None,
-                  SUM: tl.constexpr = 0, EX2: tl.constexpr = 0):
+                  NSEG=1, SKIP_LAST: tl.constexpr = False, NSKIP=1):
     """h[c] = state entering chunk c; walks one sequence's chunks (the only sequential forward part).
 
     Reads K ⊙ e^{G_L − G} and G_L from _gate_kernel. STORE_LOGW: also the sequence's total log decay
     per key (the sum of its chunks' G_L) into logw ([·, H, K]). SKIP_LAST: the sequences are segments
     (or pieces of segments), NSEG to a batch sequence, and the programs cover all but each one's last
-    NSKIP. GATES (the one pass's GATES_IN_PASS): reads K and gk instead, each chunk's decays summed
-    here (_pass_gates).
+    NSKIP.
     """
     i_k, i_v, i_nh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_n, i_h = i_nh // H, i_nh % H
@@ -375,15 +357,7 @@ def _state_kernel(kd, v, GL, h0, h, ht, offsets, chunk_offsets, MAXC,
                        other=0.0)
         b_v = tl.load(v + (t_rows[:, None] * H + i_h) * V + o_v[None, :], mask=m_t[:, None] & m_v[None, :],
                       other=0.0)
-        if GATES:   # (kd is K as loaded: decayed here; G_L in nats for the state and logw)
-            b_g = tl.load(gk + (t_rows[:, None] * H + i_h) * K + o_k[None, :], mask=m_t[:, None] & m_k[None, :],
-                          other=0.0)
-            b_G, b_GL = _pass_gates(b_g, tl.arange(0, BT), SUM, EX2)
-            b_kd = (b_kd.to(tl.float32) * exp_units(b_GL[None, :] - b_G, EX2)).to(b_kd.dtype)
-            if EX2:
-                b_GL = b_GL * LN2
-        else:
-            b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
+        b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
         b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
         if STORE_LOGW:
             b_lw += b_GL
@@ -443,52 +417,10 @@ def _strong_scores_kernel(q, k, gk, GL, A, offsets, chunk_indices, NC,
     spans = -tl.min(b_GL, axis=1)   # the chunks' decay over all keys (0 past the last chunk)
     for j in range(0, CPP):
         if tl.sum(tl.where(o_j == j, spans, 0.0), axis=0) >= LIM:
-            _strong_chunk_scores(q, k, gk, A, offsets, chunk_indices, i_g * CPP + j, i_h, H, K, BT, BC, LIM, PREC)
-
-
-@triton.jit
-def _strong_chunk_scores(q, k, gk, A, offsets, chunk_indices, i_c, i_h, H: tl.constexpr, K: tl.constexpr,
-                         BT: tl.constexpr, BC: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr):
-    """Chunk i_c's sub-block scores into A (its rows, zero above the diagonal); its first row and the
-    sequence's end."""
-    c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_c)
-    for i_b in range(0, BT // BC):
-        # (in key blocks of BC: this rare path keeps the kernel's registers few)
-        _sub_block_scores(q, k, gk, A, bos + c * BT, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
-    return bos + c * BT, eos
-
-
-@triton.jit
-def _strong_fixup_kernel(q, k, gk, v, A, o, spans, offsets, chunk_indices, NC, scale,
-                         H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BC: tl.constexpr,
-                         BV: tl.constexpr, CPP: tl.constexpr, LIM: tl.constexpr, PREC: tl.constexpr,
-                         PDL: tl.constexpr = False):
-    """After the one pass with its gates inside (GATES_IN_PASS), which left out the scores' term of the
-    chunks decaying by LIM or more: for each such chunk (of CPP a program, their decays read from
-    spans at once), its sub-block scores A (into A, as _strong_scores_kernel makes them), then
-    scale · A V added to its output rows, BV values at a time."""
-    chain_link(PDL)
-    i_g, i_h = tl.program_id(0), tl.program_id(1)
-    o_j = tl.arange(0, CPP)
-    i_cs = i_g * CPP + o_j
-    b_sp = tl.load(spans + i_cs.to(tl.int64) * H + i_h, mask=i_cs < NC, other=0.0)
-    o_t = tl.arange(0, BT)
-    for j in range(0, CPP):
-        if tl.sum(tl.where(o_j == j, b_sp, 0.0), axis=0) >= LIM:
-            c_start, eos = _strong_chunk_scores(q, k, gk, A, offsets, chunk_indices, i_g * CPP + j, i_h, H, K, BT,
-                                                BC, LIM, PREC)
-            tl.debug_barrier()   # (the rows just stored, by other threads of the program)
-            m_t = c_start + o_t < eos
-            b_A = tl.load(A + (c_start * H + i_h) * BT + o_t[:, None] * (H * BT) + o_t[None, :], mask=m_t[:, None],
-                          other=0.0)
-            for vb in range(0, tl.cdiv(V, BV)):
-                o_v = vb * BV + tl.arange(0, BV)
-                m_tv = m_t[:, None] & (o_v < V)[None, :]
-                p_tv = (c_start * H + i_h) * V + o_t[:, None] * (H * V) + o_v[None, :]
-                b_v = tl.load(v + p_tv, mask=m_tv, other=0.0)
-                b_o = tl.load(o + p_tv, mask=m_tv, other=0.0).to(tl.float32)
-                b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC) * scale
-                tl.store(o + p_tv, b_o.to(o.dtype.element_ty), mask=m_tv)
+            c, bos, eos = _chunk_bounds(offsets, chunk_indices, i_g * CPP + j)
+            for i_b in range(0, BT // BC):
+                # (in key blocks of BC: this rare path keeps the kernel's registers few)
+                _sub_block_scores(q, k, gk, A, bos + c * BT, eos, i_b, i_h, H, K, BT, BC, BC, LIM, PREC)
 
 
 @triton.jit
@@ -593,24 +525,19 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
                       H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
                       BV: tl.constexpr, LIM: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
                       PREC: tl.constexpr, STORE: tl.constexpr, AHEAD: tl.constexpr = False, PDL: tl.constexpr = False,
-                      TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None, o_d=None, T_seq=1,
-                      GATES: tl.constexpr = False, gk=None, spans=None, SUM: tl.constexpr = 0, EX2: tl.constexpr = 0,
-                      PACK: tl.constexpr = False):
+                      TMA: tl.constexpr = False, q_d=None, k_d=None, v_d=None, o_d=None, T_seq=1):
     """The forward without a backward after _gate_kernel, in one pass: a program per (sequence, head,
     value tile) walks the chunks with the state in registers and does what the output and state
     kernels do for its chunk, its scores made whole in registers — or, for a chunk decaying by LIM or
     more, read from A, where _strong_scores_kernel put those chunks' sub-block scores. BK covers
-    all of K. (By default gates and sub-block scores stay in their own kernels: a first build forming
-    the gates here, in the middle of the sequential walk, made the pass 4.7x slower;
-    kernels/results/experiments_2026-12-03b.md §1. GATES below is a leaner one, 16–75 % slower too.) STORE (for
+    all of K. (Gates and sub-block scores stay in their own kernels: formed here, in the middle of
+    the sequential walk, the gate work alone made the pass 4.7x slower, whatever its spills;
+    kernels/results/experiments_2026-12-03b.md §1.) STORE (for
     a backward): also the state entering each chunk into h, and the first value tile's programs the
     mild chunks' scores into A, as the state and scores kernels would. AHEAD: each chunk's G_L loaded
     during the chunk before it (PASS_AHEAD). TMA (without STORE, an equal-length batch): qd, kd, v and o
     through the descriptors q_d, k_d, v_d, o_d of the batch (PASS_TMA; over segments,
-    SEGMENTS_PASS_TMA). GATES (without STORE; GATES_IN_PASS): no gate kernel before it — qd and kd are
-    q and k, each chunk's decays are summed from gk here (_pass_gates: SUM, EX2, PACK), a strong chunk
-    leaves out its scores' term and every chunk's decay max_k(−G_L) goes into spans, for
-    _strong_fixup_kernel to add that term afterwards."""
+    SEGMENTS_PASS_TMA)."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
     i_n, i_h = i_nh // H, i_nh % H
     bos, eos, c0, nc = chunk_span(offsets, chunk_offsets, i_n)
@@ -632,82 +559,30 @@ def _fused_fwd_kernel(qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, MA
         m_t = (c_start + o_t < eos) & ok
         b_qd, b_kd, b_v = chunk_qkv(qd, kd, v, q_d, k_d, v_d, TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_k,
                                     m_v, o_tk, o_tv, H, K, V, BT, BK, BV)
-        if GATES:   # (q and k as loaded: gated here)
-            b_g = tl.load(gk + (c_start * H + i_h) * K + o_tk, mask=m_t[:, None] & m_k[None, :], other=0.0)
-            b_G, b_GL = _pass_gates(b_g, o_t, SUM, EX2)
-            b_qd, b_kd, b_qs = _gated_tiles(b_qd, b_kd, b_G, b_GL, LIM, EX2, PACK)
-            span = -tl.min(b_GL, axis=0) * (LN2 if EX2 else 1.0)
-            if i_v == 0:
-                tl.store(spans + (c0 + c) * H + i_h, span, mask=ok)
-        elif AHEAD:
+        if AHEAD:
             b_GL = n_GL
             n_GL = tl.load(GL + ((c0 + c + 1) * H + i_h) * K + o_k, mask=m_k & (c + 1 < nc), other=0.0)
-            span = -tl.min(b_GL, axis=0)
         else:
             b_GL = tl.load(GL + ((c0 + c) * H + i_h) * K + o_k, mask=m_k & ok, other=0.0)
-            span = -tl.min(b_GL, axis=0)
         # the state enters the product in the input dtype, as the stored states of the two-pass path
         b_o = tl.dot(b_qd, b_h.to(b_qd.dtype), input_precision=PREC)
-        if span < LIM:
-            if not GATES:
-                b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
+        if -tl.min(b_GL, axis=0) < LIM:
+            b_qs = (b_qd.to(tl.float32) * tl.exp(-b_GL)[None, :]).to(b_qd.dtype)
             b_A = tl.dot(b_qs, tl.trans(b_kd), input_precision=PREC)
             if STORE:
                 if i_v == 0:
                     tl.store(A + (c_start * H + i_h) * BT + o_tt,
                              tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0).to(A.dtype.element_ty),
                              mask=m_t[:, None])
-        elif GATES:   # a strongly decaying chunk's scores term: _strong_fixup_kernel's
-            b_A = tl.zeros([BT, BT], dtype=tl.float32)
-        else:   # a strongly decaying chunk: its scores, by sub-blocks, from _strong_scores_kernel
+        else:   # a strongly decaying chunk: its scores, by sub-blocks, from _gate_kernel
             b_A = tl.load(A + (c_start * H + i_h) * BT + o_tt, mask=m_t[:, None], other=0.0).to(tl.float32)
         b_A = tl.where(o_t[:, None] >= o_t[None, :], b_A, 0.0)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=PREC)
         store_chunk(o, o_d, (b_o * scale).to(o.dtype.element_ty), TMA, i_b, t0, c, c_start, i_h, i_v, m_t, m_v,
                     o_tv, H, V, BT, BV)
-        b_h = b_h * exp_units(b_GL, EX2 if GATES else 0)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
+        b_h = b_h * tl.exp(b_GL)[:, None] + tl.dot(tl.trans(b_kd), b_v, input_precision=PREC)
     if STORE_HT:
         tl.store(ht + i_nh.to(tl.int64) * K * V + p_state, b_h, mask=m_kv)
-
-
-@triton.jit
-def _pass_gates(b_g, o_t, SUM: tl.constexpr, EX2: tl.constexpr):
-    """A chunk's log decays G (Σ_{s≤t} g_s, [BT, BK]) and G_L (its total, [BK]) from its gk tile (0 past
-    the sequence's end), in log2 units with EX2. SUM 0: a column scan; 1 (16-bit gk): one product of
-    the triangular ones with gk in fp16, summed in fp32 — exact, since a bf16 value within fp16's range
-    is an fp16 value (8 bits of mantissa within 11; below 2^-14 it rounds to fp16's subnormals, at most
-    3e-8 off); bf16 gk is clamped at −60000 first (for both sums), past which e^g is 0 in fp32 and
-    fp16 would overflow to −inf."""
-    if SUM == 1:
-        if b_g.dtype != tl.float16:
-            b_g = tl.maximum(b_g.to(tl.float32), -60000.0)
-        ones = tl.where(o_t[:, None] >= o_t[None, :], 1.0, 0.0).to(tl.float16)
-        b_G = tl.dot(ones, b_g.to(tl.float16), out_dtype=tl.float32)
-        b_g = b_g.to(tl.float32)
-    else:
-        b_g = b_g.to(tl.float32)
-        b_G = tl.cumsum(b_g, axis=0)
-    b_GL = tl.sum(b_g, axis=0)
-    if EX2:
-        b_G, b_GL = b_G * LOG2E, b_GL * LOG2E
-    return b_G, b_GL
-
-
-@triton.jit
-def _gated_tiles(b_q, b_k, b_G, b_GL, LIM: tl.constexpr, EX2: tl.constexpr, PACK: tl.constexpr):
-    """Q ⊙ e^{G}, K ⊙ e^{G_L − G} and the scores' queries Q ⊙ e^{G − G_L}, in the inputs' dtype, from a
-    chunk's tiles and log decays (_pass_gates). The last only where the chunk decays by less than LIM
-    (which e^{−G_L} never passes there: elsewhere it is capped, its tile unused). PACK (16-bit inputs):
-    each factor rounded to that dtype and multiplied there (two to an instruction), not in fp32."""
-    b_r = exp_units(tl.minimum(-b_GL, LIM * (LOG2E if EX2 else 1.0)), EX2)[None, :]
-    if PACK:   # (each factor tile used as soon as it is made: fewer fp32 tiles live at once)
-        b_qd = b_q * exp_units(b_G, EX2).to(b_q.dtype)
-        b_kd = b_k * exp_units(b_GL[None, :] - b_G, EX2).to(b_k.dtype)
-        return b_qd, b_kd, b_qd * b_r.to(b_q.dtype)
-    b_e = exp_units(b_G, EX2)
-    b_qf = b_q.to(tl.float32)
-    b_kd = (b_k.to(tl.float32) * exp_units(b_GL[None, :] - b_G, EX2)).to(b_k.dtype)
-    return (b_qf * b_e).to(b_q.dtype), b_kd, (b_qf * (b_e * b_r)).to(b_q.dtype)
 
 
 @triton.jit
@@ -988,9 +863,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     returns at once where none is), then the one pass over whole sequences (nseg = 1), or over nseg
     segments of each (an equal-length batch) that run in parallel, each from the state its segment
     pass gives it. Writes the final state into ht. With ``keep``, also what the backward reads —
-    (h, A, qd, kd, GL) — else None. Without, and with GATES_IN_PASS: no gate kernel, the pass (and
-    the segments' states from zero) forming the gates from q, k and gk, and the strong chunks' scores
-    term added after the pass (_strong_fixup_kernel)."""
+    (h, A, qd, kd, GL) — else None."""
     Tt, H, K = q.shape
     V = v.shape[-1]
     N = offsets.numel() - 1
@@ -999,72 +872,56 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     o = _alloc(Tt, H, V, dtype=v.dtype, device=q.device)
     A = _alloc(Tt, H, BT, dtype=_state_dtype(q.dtype), device=q.device)   # strong chunks' rows only
     pdl = PASS_PDL and nseg == 1
+    qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, pdl)
     NC = chunk_indices.shape[0]
-    cpp = STRONG_SCORES_CHUNKS
-    gates = not keep and GATES_IN_PASS
-    if gates:   # (the kernels read q, k and gk where they would read qd, kd and G_L)
-        qd, kd, GL = q, k, None
-        spans = _alloc(NC, H, dtype=torch.float32, device=q.device)   # each chunk's max_k (−G_L)
-        sixteen = q.dtype in (torch.bfloat16, torch.float16)
-        gate_kw = dict(GATES=True, gk=gk, SUM=int(PASS_SUM_PRODUCT and gk.dtype in (torch.bfloat16, torch.float16)),
-                       EX2=exp_mode(GATE_EX2 and sixteen))
-        pass_kw = dict(gate_kw, spans=spans, PACK=sixteen, AHEAD=False,
-                       **_launch("gated_pass", q.dtype, K, V))
-    else:
-        qd, kd, GL = _gated(q, k, gk, offsets, chunk_indices, BK, pdl)
-        if NC:
-            _strong_scores_kernel[(cdiv(NC, cpp), H)](
-                q, k, gk, GL, A, offsets, chunk_indices, NC, H=H, K=K, BT=BT, BC=BC, BKP=max(16, next_pow2(K)),
-                CPP=cpp, LIM=lim, PREC=prec, **dependent_launch(pdl, q.device),
-                **_launch("strong_scores", q.dtype, K, V))
-        gate_kw, pass_kw = {}, dict(AHEAD=PASS_AHEAD, **_launch("fused_fwd", q.dtype, K, V))
+    if NC:
+        cpp = STRONG_SCORES_CHUNKS
+        _strong_scores_kernel[(cdiv(NC, cpp), H)](
+            q, k, gk, GL, A, offsets, chunk_indices, NC, H=H, K=K, BT=BT, BC=BC, BKP=max(16, next_pow2(K)),
+            CPP=cpp, LIM=lim, PREC=prec, **dependent_launch(pdl, q.device),
+            **_launch("strong_scores", q.dtype, K, V))
     h = _alloc(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
     saved = (h, A, qd, kd, GL) if keep else None
     BVf = min(_scalar.FUSED_BV, max(16, next_pow2(V)))
     BKf = max(16, next_pow2(K))
-    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, **pass_kw)
+    launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
+                  **_launch("fused_fwd", q.dtype, K, V))
     if nseg == 1:
         desc = tensor_descriptors(PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf), v=(v, BVf),
                                   o=(o, BVf))
         _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
                                                  scale, HAS_H0=h0 is not None, STORE_HT=ht is not None,
-                                                 **dependent_launch(pdl and NC > 0, q.device, first=gates), **desc,
-                                                 **launch)
-    else:
-        B, T = offsets._dense
-        s_offsets, s_chunk_offsets, per = _scalar._segment_layout(B, T, nseg, q.device)
-        NS = B * nseg
-        # each segment's own state from zero, then the states entering the segments, then the pass;
-        # segments are whole chunks in order, so a segment's chunk c0 + c is the batch's own (GL, A)
-        # (by pieces of a segment with SEGMENT_STATE_CHUNKS: shorter chains, more programs; the last
-        # segments' own states only for ht)
-        pc = _scalar.segment_pieces(B, T, nseg, per, ht is not None, q.device)
-        dS = _alloc(NS * pc.split, H, K, V, dtype=torch.float32, device=q.device)
-        # (each piece's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN; always
-        # with the gates inside, where no G_L is stored)
-        logw = _alloc(NS * pc.split, H, K, dtype=torch.float32, device=q.device) \
-            if _scalar.SEGMENT_DECAY_IN_SCAN or gates else None
-        # (SEGMENT_STATE_TILES, each at most the padded head dim)
-        BKs, BVs = (min(d, t) for d, t in zip(_scalar._tiles(K, V), SEGMENT_STATE_TILES))
-        _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
-            kd, v, GL, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs,
-            BV=BVs, HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
-            **gate_kw, **pc.skip_kw, **_launch("segment_state", q.dtype, K, V))
-        if logw is None:   # a segment's log decay per key: the sum of its chunks' G_L, in fp64
-            nc = cdiv(T, BT)
-            GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
-            logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
-        # (in bf16 for bf16 inputs without a backward: kernels.diag.chunk.SEGMENT_ENTRY_16BIT)
-        S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, pc.split, SEGMENT_PASS_ROWS,
-                                      dtype=torch.float32 if keep else _scalar._entry_dtype(q.dtype))
-        desc = tensor_descriptors(SEGMENTS_PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf),
-                                  v=(v, BVf), o=(o, BVf))
-        _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
-                                                  per, scale, HAS_H0=True, STORE_HT=False, **desc, **launch)
-    if gates and NC:
-        _strong_fixup_kernel[(cdiv(NC, cpp), H)](
-            q, k, gk, v, A, o, spans, offsets, chunk_indices, NC, scale, H=H, K=K, V=V, BT=BT, BC=BC, BV=BVf,
-            CPP=cpp, LIM=lim, PREC=prec, **dependent_launch(pdl, q.device), **_launch("strong_scores", q.dtype, K, V))
+                                                 **dependent_launch(pdl and NC > 0, q.device), **desc, **launch)
+        return o, saved
+    B, T = offsets._dense
+    s_offsets, s_chunk_offsets, per = _scalar._segment_layout(B, T, nseg, q.device)
+    NS = B * nseg
+    # each segment's own state from zero, then the states entering the segments, then the pass;
+    # segments are whole chunks in order, so a segment's chunk c0 + c is the batch's own (GL, A)
+    # (by pieces of a segment with SEGMENT_STATE_CHUNKS: shorter chains, more programs; the last
+    # segments' own states only for ht)
+    pc = _scalar.segment_pieces(B, T, nseg, per, ht is not None, q.device)
+    dS = _alloc(NS * pc.split, H, K, V, dtype=torch.float32, device=q.device)
+    # (each piece's log decay per key from the same kernel, with SEGMENT_DECAY_IN_SCAN)
+    logw = _alloc(NS * pc.split, H, K, dtype=torch.float32, device=q.device) if _scalar.SEGMENT_DECAY_IN_SCAN \
+        else None
+    # (SEGMENT_STATE_TILES, each at most the padded head dim)
+    BKs, BVs = (min(d, t) for d, t in zip(_scalar._tiles(K, V), SEGMENT_STATE_TILES))
+    _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
+        kd, v, GL, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
+        HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
+        **pc.skip_kw, **_launch("segment_state", q.dtype, K, V))
+    if logw is None:   # a segment's log decay per key: the sum of its chunks' G_L, in fp64
+        nc = cdiv(T, BT)
+        GLp = torch.nn.functional.pad(GL.view(B, nc, H, K).double(), (0, 0, 0, 0, 0, nseg * per - nc))
+        logw = GLp.view(B, nseg, per, H, K).sum(2).float().reshape(NS, H, K)
+    # (in bf16 for bf16 inputs without a backward: kernels.diag.chunk.SEGMENT_ENTRY_16BIT)
+    S_in = _scalar.segment_states(dS, logw, h0, ht, nseg, pc.split, SEGMENT_PASS_ROWS,
+                                  dtype=torch.float32 if keep else _scalar._entry_dtype(q.dtype))
+    desc = tensor_descriptors(SEGMENTS_PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf), v=(v, BVf),
+                              o=(o, BVf))
+    _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
+                                              per, scale, HAS_H0=True, STORE_HT=False, **desc, **launch)
     return o, saved
 
 

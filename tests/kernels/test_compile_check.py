@@ -15,7 +15,7 @@ FAMILIES = [
     ("scalar", {"_state_kernel", "_output_kernel", "_fused_fwd_kernel", "_segment_pass_kernel", "_dstate_kernel",
                 "_dqdk_kernel", "_dv_kernel"}),
     ("key", {"_gate_kernel", "_state_kernel", "_scores_kernel", "_output_kernel", "_fused_fwd_kernel",
-             "_strong_scores_kernel", "_strong_fixup_kernel",
+             "_strong_scores_kernel",
              "_segment_pass_kernel", "_dstate_kernel", "_dv_kernel", "_dqk_intra_kernel", "_dqk_inter_kernel"}),
     ("delta", {"_ut_kernel", "_state_kernel", "_segment_chain_kernel", "_dstate_kernel", "_dqkw_kernel",
                "_wy_bwd_kernel"}),
@@ -45,8 +45,6 @@ def test_every_kernel_of_a_family_compiles_for_sm90(family, kernels):
     if family in ("scalar", "key"):   # each forward path names itself
         where = {r[4].strip() for r in rows}
         assert {"two passes forward", "one pass forward", "segments forward", "backward"} <= where, where
-    if family == "key":   # GLA's pass with its gates inside (GATES_IN_PASS), over whole sequences and segments
-        assert {"gates in pass, alone", "gates in pass, segments, alone"} <= where, where
 
 
 def test_a_launchs_register_cap_reaches_the_compiler():
@@ -165,14 +163,11 @@ for on in (False, True):
 
 def test_gla_one_pass_chains_its_launches_with_the_switch():
     """chunk_key.PASS_PDL: GLA's one pass over whole sequences (gate kernel, strong chunks' scores, the
-    pass) is built as a dependent-launch chain, with and without a backward to follow, and so is the
-    pass with its gates inside and its fix-up (GATES_IN_PASS), and no other kernel (two passes,
-    backward); without it none is."""
+    pass) is built as a dependent-launch chain, with and without a backward to follow, and no other
+    kernel (two passes, backward); without it none is."""
     rows, chained = _chained_rows(_KEY_PDL_ROWS)
     assert chained == {("_gate_kernel", "one_pass_forward"), ("_strong_scores_kernel", "one_pass_forward"),
-                       ("_fused_fwd_kernel", "one_pass_forward"), ("_fused_fwd_kernel", "one_pass,_alone"),
-                       ("_fused_fwd_kernel", "gates_in_pass,_alone"),
-                       ("_strong_fixup_kernel", "gates_in_pass,_alone")}, rows
+                       ("_fused_fwd_kernel", "one_pass_forward"), ("_fused_fwd_kernel", "one_pass,_alone")}, rows
 
 
 _TTGIR = """

@@ -7,8 +7,6 @@ decay gradient Σ_{s≥t} (q_s·dq_s − k_s·dk_s) loses all relative accuracy.
 
 import pytest
 import torch
-import triton
-import triton.language as tl
 
 import dsf
 import kernels
@@ -249,16 +247,16 @@ def test_one_pass_forward(one_pass, B, T, K, V, regime):
         assert (_chunk_spans(x["gk"]) >= LIM).any()
 
 
-def _packed_runs_match(cu, seed):
-    """A packed batch (sequences cut at ``cu``, bursts), with and without states, against each
-    sequence's float64 run (an empty one keeps its state); returns the inputs."""
-    x = _inputs(1, cu[-1].item(), 2, 16, 16, "bursts", seed=seed)
-    x["S0"] = torch.randn(len(cu) - 1, 2, 16, 16, dtype=torch.float64,
-                          generator=torch.Generator().manual_seed(seed + 1))
+def test_one_pass_varlen_no_state(one_pass):
+    """Packed sequences (an empty and a one-token one), with and without states, match the float64 runs
+    of each sequence."""
+    cu = torch.tensor([0, 7, 7, 8, 75])
+    x = _inputs(1, 75, 2, 16, 16, "bursts", seed=8)
+    x["S0"] = torch.randn(4, 2, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
     o, S = _forward(x, cu_seqlens=cu)
     o2, S2 = _forward(x, with_state=False, cu_seqlens=cu)
     assert S2 is None
-    for n in range(len(cu) - 1):
+    for n in range(4):
         a, b = cu[n].item(), cu[n + 1].item()
         if a == b:
             assert torch.equal(S[n], x["S0"][n].float())
@@ -268,13 +266,6 @@ def _packed_runs_match(cu, seed):
         assert rel_err(o[:, a:b], on) < TOL and rel_err(S[n:n + 1], Sn) < TOL
         on0, _, _ = _reference({m: t for m, t in part.items() if m != "S0"}, False)
         assert rel_err(o2[:, a:b], on0) < TOL
-    return x
-
-
-def test_one_pass_varlen_no_state(one_pass):
-    """Packed sequences (an empty and a one-token one), with and without states, match the float64 runs
-    of each sequence."""
-    _packed_runs_match(torch.tensor([0, 7, 7, 8, 75]), seed=8)
     assert len(one_pass) == 2
 
 
@@ -672,109 +663,3 @@ def test_gates_in_log2_units(monkeypatch, count_launches, regime, fast):
     o, S = _forward(x)
     assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
     assert len(gates) == 2 and all(kw["EX2"] == 1 for _, kw in gates)
-
-
-@pytest.fixture
-def gates_in_pass(one_pass, monkeypatch, count_launches):
-    """chunk_key.GATES_IN_PASS on: (the pass's, the gate kernel's and the strong chunks' fix-up's launches)."""
-    monkeypatch.setattr(chunk_key, "GATES_IN_PASS", True)
-    return one_pass, count_launches(chunk_key, "_gate_kernel"), count_launches(chunk_key, "_strong_fixup_kernel")
-
-
-@pytest.mark.parametrize("B,T,K,V,regime,segments", [
-    (2, 67, 16, 16, "mild", False), (2, 67, 80, 24, "bursts", False), (2, 1, 16, 16, "strong", False),
-    (2, 150, 16, 16, "strong", False), (2, 200, 16, 24, "strong", True), (2, 259, 80, 16, "bursts", True),
-    (2, 323, 16, 16, "mild", True)])
-def test_gates_in_pass(gates_in_pass, monkeypatch, count_launches, B, T, K, V, regime, segments):
-    """GATES_IN_PASS: the forward without a backward as the one pass forming each chunk's gates from q, k
-    and gk itself (over whole sequences, or over segments whose states from zero do the same), no gate
-    kernel, and the scores term of chunks decaying by LIM or more added afterwards by
-    _strong_fixup_kernel: output and final state vs float64, in mild, strong and mixed chunks (the
-    bursts only through the last 16 of K = 80 keys, so the chunk's decay over all keys decides), K = 80
-    and V = 24 masked. Before a backward the gate kernel's path runs as ever, every gradient checked."""
-    import kernels.diag.chunk as dc
-
-    passes, gates, fixups = gates_in_pass
-    states = count_launches(chunk_key, "_state_kernel")
-    if segments:
-        monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
-    x = _inputs(B, T, 2, K, V, regime, seed=T + K + 11)
-    if K == 80:
-        x = _strong_in_last_keys(x, 64)
-        assert (_chunk_spans(x["gk"]) >= LIM).any() and (_chunk_spans(x["gk"][..., :64]) < LIM).all()
-    o_ref, S_ref, _ = _reference(x, True)
-    o, S = _forward(x)
-    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
-    n_chunks = B * -(-T // chunk_key.BT)
-    assert gates == [] and [kw["GATES"] for _, kw in passes] == [True]
-    assert [g for g, _ in fixups] == [(-(-n_chunks // chunk_key.STRONG_SCORES_CHUNKS), 2)]
-    assert [kw.get("GATES") for _, kw in states] == ([True] if segments else [])
-    _check(x)
-    assert len(gates) == 1 and [kw.get("GATES", False) for _, kw in passes] == [True, False] and len(fixups) == 1
-
-
-def test_gates_in_pass_varlen(gates_in_pass):
-    """GATES_IN_PASS on packed sequences (an empty and a one-token one, strong and mild chunks), with
-    and without states: each sequence as its float64 run."""
-    x = _packed_runs_match(torch.tensor([0, 7, 7, 8, 140]), seed=12)
-    assert (_chunk_spans(x["gk"]) >= LIM).any() and len(gates_in_pass[2]) == 2
-
-
-@pytest.mark.parametrize("segments", [False, True])
-@pytest.mark.parametrize("regime", ["mild", "bursts"])
-def test_gates_in_pass_16bit(gates_in_pass, monkeypatch, count_launches, regime, segments):
-    """GATES_IN_PASS with 16-bit gates: fp16 gk beside fp32 q, k, v sums each chunk's decays as one fp16
-    product of the triangular ones (SUM = 1; PASS_SUM_PRODUCT), as exact as the column scan against the
-    recurrence on the same gates; all in fp16 (the gated tiles as fp16 products, PACK) within fp16's
-    rounding, as close as the gate kernel's path."""
-    import kernels.diag.chunk as dc
-
-    states = count_launches(chunk_key, "_state_kernel")
-    if segments:
-        monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
-    x = _inputs(2, 200, 2, 16, 24, regime, seed=14)
-    x = {n: (t.half().double() if n != "S0" else t) for n, t in x.items()}
-    o_ref, S_ref, _ = _reference(x, True)
-    with torch.no_grad():
-        o, S = chunk_diag(x["q"].float(), x["k"].float(), x["v"].float(), "key", x["gk"].half(),
-                          initial_state=x["S0"].float(), output_final_state=True)
-    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL, (rel_err(o, o_ref), rel_err(S, S_ref))
-    h = {n: t.half() for n, t in x.items() if n != "S0"}
-    runs = []
-    for on in (True, False):
-        monkeypatch.setattr(chunk_key, "GATES_IN_PASS", on)
-        with torch.no_grad():
-            runs.append(chunk_diag(h["q"], h["k"], h["v"], "key", h["gk"], initial_state=x["S0"].float(),
-                                   output_final_state=True))
-    (o16, S16), (o16d, S16d) = runs
-    errs = [rel_err(o16, o_ref), rel_err(S16, S_ref)]
-    assert errs[0] < 2e-3 and errs[1] < 2e-3, errs
-    assert errs[0] < 2 * rel_err(o16d, o_ref) and errs[1] < 2 * rel_err(S16d, S_ref)
-    passes = gates_in_pass[0]
-    assert [(kw["SUM"], kw["PACK"]) for _, kw in passes[:2]] == [(1, False), (1, True)]
-    assert [kw["SUM"] for _, kw in states if kw.get("GATES")] == ([1, 1] if segments else [])
-
-
-@triton.jit
-def _pass_gates_probe(g, G, GL, BT: tl.constexpr, BK: tl.constexpr, SUM: tl.constexpr, EX2: tl.constexpr):
-    o_t, o_k = tl.arange(0, BT), tl.arange(0, BK)
-    b_G, b_GL = chunk_key._pass_gates(tl.load(g + o_t[:, None] * BK + o_k[None, :]), o_t, SUM, EX2)
-    tl.store(G + o_t[:, None] * BK + o_k[None, :], b_G)
-    tl.store(GL + o_k, b_GL)
-
-
-@pytest.mark.parametrize("SUM,EX2", [(0, 0), (1, 0), (1, 1)])
-def test_pass_gates(SUM, EX2):
-    """_pass_gates: G (the column's running sums) and G_L (its total) by a scan or by the fp16 product
-    (fp16 values: exact but for the order of the fp32 sums), in log2 units with EX2; the product's sums
-    taken of gk clamped at −60000 (a −1e6 decay would be −inf in fp16), which no factor e^{G_i − G_j}
-    can tell apart: both are 0 in fp32."""
-    gen = torch.Generator().manual_seed(15)
-    g = (-torch.rand(64, 16, generator=gen)).half().float()
-    g[5, 3] = -1e6
-    G, GL = torch.empty(64, 16), torch.empty(16)
-    _pass_gates_probe[(1,)](g, G, GL, BT=64, BK=16, SUM=SUM, EX2=EX2)
-    gc = g.double().clamp(min=-60000.0) if SUM == 1 else g.double()
-    unit = kernels._tl.LOG2E.value if EX2 else 1.0
-    assert rel_err(G, gc.cumsum(0) * unit) < 1e-6 and rel_err(GL, gc.sum(0) * unit) < 1e-6
-    assert torch.isfinite(G).all()
