@@ -423,18 +423,14 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
         # (a cache on another device was torch.cat's bare "not on the expected device")
         check_device(spec.name, q=q, **{f"{state_arg}.k": cache.k, f"{state_arg}.v": cache.v})
         L = cache.k.shape[1]
-        if L != cache.seen:
-            # a trimmed cache has gaps in its positions, which the kernels' masks do not model
-            raise ValueError(f"{spec.name}: the kernels continue from a full KV cache only "
-                             f"(it holds {L} of {cache.seen} tokens); run with window=None or keep "
-                             "the whole cache")
-        # the kernels place the cached tokens at 0 … L − 1 and never read pos: a cache that says
-        # otherwise would be attended as if it did not (the dsf forms read pos)
+        # the kernels never read pos: they place the cached tokens at 0 … L − 1 and this call's after
+        # them. A full cache is at those places; a windowed one trimmed by the forms keeps its sinks
+        # at 0 … S − 1 and a run of the latest tokens just before this call's, so every distance the
+        # window mask measures between a run token and a new one, and every sink, is where the kernels
+        # put it. Any other cache would be attended as if it were laid out so (the dsf forms read pos).
         if cache.pos.dtype not in (torch.int32, torch.int64):
             raise TypeError(f"{spec.name}: {state_arg}.pos must be an int32/int64 tensor, got {cache.pos.dtype}")
-        if L and bool((cache.pos != torch.arange(L, device=cache.pos.device)).any()):
-            raise ValueError(f"{spec.name}: {state_arg}.pos must be a full cache's positions 0 … {L - 1}, "
-                             f"got {cache.pos.tolist()[:8]}{' …' if L > 8 else ''}")
+        _check_cache_layout(spec, terms, cache, state_arg)
         # a cache kept in another dtype than this call's tokens joins them in theirs, as a state does
         k_all = torch.cat([cache.k.to(k.dtype), k], 1)
         v_all = torch.cat([cache.v.to(v.dtype), v], 1)
@@ -445,15 +441,39 @@ def _softmax(spec, terms, cache, output_final_state, cu_seqlens, state_arg="init
         else:
             q_all = torch.cat([q.new_zeros(B, L, *q.shape[2:]), q], 1)
             o = flash_attention(q_all, k_all, v_all, **opts)[:, L:]
-        k, v, start = k_all, v_all, cache.seen - L
+        k, v, start = k_all, v_all, cache.seen
     if not output_final_state:
         return o, None
     if cu_seqlens is not None:
         # a packed batch: one cache per sequence (batch 1 each; their lengths differ, so a list)
         return o, [_trim_cache(terms, k[:, a:b], v[:, a:b], torch.arange(b - a, device=k.device), b - a)
                    for a, b in _bounds(cu_seqlens)]
-    pos = torch.arange(start, start + k.shape[1], device=k.device)
-    return o, _trim_cache(terms, k, v, pos, start + k.shape[1])
+    pos = torch.arange(start, start + T, device=k.device)
+    if cache is not None:
+        pos = torch.cat([cache.pos.to(device=k.device, dtype=torch.int64), pos])
+    return o, _trim_cache(terms, k, v, pos, start + T)
+
+
+def _check_cache_layout(spec, terms, cache, state_arg: str) -> None:
+    """Refuse a KV cache the kernels would misplace (see _softmax): they take one whose positions are
+    0 … L − 1 (full) or, with a window, the S sinks 0 … S − 1 then a run ending at seen − 1 that holds
+    every token the window still shows."""
+    L, seen = cache.k.shape[1], cache.seen
+    pos = cache.pos.tolist()
+    if pos == list(range(L)) and seen == L:
+        return
+    S, W = terms.sink_tokens, terms.window
+    m = min(S, L)
+    if W is not None and seen > L and pos[:m] == list(range(m)) and pos[m:] == list(range(seen - (L - m), seen)) \
+            and L - m >= min(W - 1, seen - m):
+        return
+    shown = f"{pos[:8]}{' …' if L > 8 else ''} (seen = {seen})"
+    if W is None:
+        raise ValueError(f"{spec.name}: {state_arg}.pos must be a full cache's positions 0 … {L - 1} with "
+                         f"seen = {L}, got {shown}")
+    raise ValueError(f"{spec.name}: {state_arg} must be a full KV cache (positions 0 … L − 1) or one trimmed "
+                     f"as the forms trim it (the {S} sink(s) 0 … {S - 1}, then the last ≥ {W - 1} tokens up to "
+                     f"seen − 1); got positions {shown}")
 
 
 def compile(mixer: str | MixerSpec, **options: Any) -> CompiledMixer:  # noqa: A001 - the brief's name

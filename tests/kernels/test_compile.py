@@ -76,13 +76,47 @@ def test_a_kv_cache_on_another_device_is_refused_by_name():
             run()
 
 
-def test_softmax_trimmed_cache_is_refused():
-    spec = dsf.zoo.get("softmax_attention", window=3)
-    inp = _f32(spec.random_inputs(1, 10, 1, 16, 16, seed=3))
+@pytest.mark.parametrize("window,sinks,T0", [(3, 0, 8), (4, 2, 9), (5, 1, 3), (6, 0, 6), (4, 3, 12)])
+def test_a_windowed_cache_trimmed_by_the_kernels_carries_on(window, sinks, T0):
+    """The cache a windowed mixer returns holds its sinks and the last window − 1 tokens, with gaps in
+    its positions: the kernels continue from it (chunked, and token by token with step, the cache
+    trimmed again each time, past window + sinks tokens) as the float64 recurrence over the whole
+    sequence, the cache they return the recurrence's."""
+    spec = dsf.zoo.get("softmax_attention", window=window, sink_tokens=sinks)
+    inp = spec.random_inputs(1, T0 + 9, 2, 16, 16, seed=window + T0)
+    o_ref, C_ref = dsf.recurrent(spec, **inp)
+    m = kernels.compile(spec)
+    a, rest = _split(_f32(inp), T0)
+    b, c = _split(rest, 4)
+    o1, C = m.chunked(output_final_state=True, **a)
+    o2, C = m.chunked(initial_state=C, output_final_state=True, **b)
+    outs = [o1, o2]
+    for t in range(c["q"].shape[1]):
+        o, C = m.step(C, **{n: x[:, t] for n, x in c.items()})
+        outs.append(o[:, None])
+    assert rel_err(torch.cat(outs, 1), o_ref) < 1e-5
+    assert C.seen == C_ref.seen and torch.equal(C.pos, C_ref.pos) and rel_err(C.k, C_ref.k) < 1e-6
+
+
+def test_a_cache_the_kernels_would_misplace_is_refused():
+    """The kernels place cached tokens at 0 … L − 1 without reading pos: a trimmed cache that lost a
+    token its window still shows, or a window-less cache with a gap, is refused by name."""
+    spec = dsf.zoo.get("softmax_attention", window=4, sink_tokens=1)
+    inp = _f32(spec.random_inputs(1, 12, 1, 16, 16, seed=3))
     a, b = _split(inp, 8)
-    _, cache = kernels.compile(spec).chunked(output_final_state=True, **a)
-    with pytest.raises(ValueError, match="continue from a full KV cache only"):
-        kernels.compile(spec).chunked(initial_state=cache, **b)
+    m = kernels.compile(spec)
+    _, C = m.chunked(output_final_state=True, **a)
+    assert C.pos.tolist() == [0, 5, 6, 7] and C.seen == 8
+    short = type(C)(C.k[:, [0, 2, 3]], C.v[:, [0, 2, 3]], C.pos[[0, 2, 3]], C.seen)
+    with pytest.raises(ValueError, match=r"softmax_attention: initial_state must be a full KV cache .*the 1 "
+                                         r"sink\(s\) 0 … 0, then the last ≥ 3 tokens .* got positions \[0, 6, 7\]"):
+        m.chunked(initial_state=short, **b)
+    full = dsf.zoo.get("softmax_attention")
+    _, F = kernels.compile(full).chunked(output_final_state=True, **a)
+    gap = type(F)(F.k[:, 1:], F.v[:, 1:], F.pos[1:], F.seen)
+    with pytest.raises(ValueError, match=r"initial_state.pos must be a full cache's positions 0 … 6 with seen = 7, "
+                                         r"got \[1, 2, 3, 4, 5, 6, 7\] \(seen = 8\)"):
+        kernels.compile(full).chunked(initial_state=gap, **b)
 
 
 @pytest.mark.parametrize("K", [16, 256])
@@ -286,8 +320,8 @@ def test_a_kv_cache_whose_positions_the_kernels_would_not_honour_is_refused():
     a, b = _split(inp, 3)
     m = kernels.compile(spec)
     _, C = m.chunked(output_final_state=True, **a)
-    with pytest.raises(ValueError, match=r"softmax_attention: initial_state.pos must be a full cache's positions "
-                                         r"0 … 2, got \[5, 6, 7\]"):
+    with pytest.raises(ValueError, match=r"softmax_attention: initial_state must be a full KV cache .* got "
+                                         r"positions \[5, 6, 7\] \(seen = 3\)"):
         m.chunked(initial_state=type(C)(C.k, C.v, C.pos + 5, C.seen), **b)
     with pytest.raises(TypeError, match=r"softmax_attention: state.pos must be an int32/int64 tensor"):
         m.step(type(C)(C.k, C.v, C.pos.float(), C.seen), **{k: v[:, 0] for k, v in b.items()})
