@@ -354,7 +354,9 @@ def _aaren(spec, terms, state, output_final_state, cu_seqlens, state_arg="initia
         if cu_seqlens is not None:
             raise ValueError(f"{spec.name}: {state_arg} cannot be combined with cu_seqlens")
         # checked as the dsf forms check it: a wrong shape would broadcast into a silently wrong output
-        m, c, a = _internal_state(spec, terms, state, state_arg)
+        # combined in fp32 whatever the state's dtype (a bf16 state's m + log c and a / c taken in bf16
+        # were 1.5e-3 off where fp32 gives 1e-7), as every other family's state enters the kernels
+        m, c, a = (x.float() for x in _internal_state(spec, terms, state, state_arg))
         # an empty state (c = 0) weighs 0: a logit far below any other, finite in the inputs' dtype
         empty = torch.finfo(k.dtype).min / 2
         logit = torch.where(c > 0, m + torch.log(c.clamp_min(1e-30)), torch.full_like(m, empty))

@@ -119,6 +119,21 @@ def test_a_cache_the_kernels_would_misplace_is_refused():
         kernels.compile(full).chunked(initial_state=gap, **b)
 
 
+def test_a_16bit_aaren_state_is_combined_in_fp32():
+    """A bf16 Aaren state beside fp32 tokens: its token (m + log c, a / c) is formed in fp32 from the
+    state's values, as the float64 recurrence from the same bf16 state (in bf16 it was 1.5e-3 off)."""
+    spec = dsf.zoo.get("aaren")
+    inp = spec.random_inputs(2, 20, 2, 16, 16, seed=4)
+    a, b = _split(_f32(inp), 12)
+    m = kernels.compile(spec)
+    _, S = m.chunked(output_final_state=True, **a)
+    S16 = type(S)(*(x.bfloat16() for x in S))
+    o, _ = m.chunked(initial_state=S16, **b)
+    o_ref, _ = dsf.recurrent(spec, initial_state=type(S)(*(x.double() for x in S16)),
+                             **{n: x.double() for n, x in b.items()})
+    assert rel_err(o, o_ref) < TOL
+
+
 @pytest.mark.parametrize("K", [16, 256])
 def test_aaren_runs_on_the_flash_kernel_with_its_state(K):
     """Outputs, states and gradients (through the carried state too) against float64. K = 256 with a
