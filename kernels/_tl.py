@@ -112,6 +112,17 @@ def chunk_head(AXIS: tl.constexpr, HEADS_INNER: tl.constexpr):
 # log2 e and ln 2: log decays into log2 units for exp_units, and back (constexprs, so kernels may read them)
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
+# Log decays below this are taken as it (log_decay): e^{−200} is 0 in fp32, as e^{−inf} is, but a −inf
+# (a reset) made the chunked kernels' differences of cumulative decays −inf − (−inf) = NaN, and a huge
+# finite one left the later decays of its chunk to the rounding of a huge sum.
+LOG_DECAY_FLOOR = tl.constexpr(-200.0)
+
+
+@triton.jit
+def log_decay(x):
+    """Log decays as loaded, in fp32 and at least LOG_DECAY_FLOOR (NaN stays NaN)."""
+    x = x.to(tl.float32)
+    return tl.where(x < LOG_DECAY_FLOOR, LOG_DECAY_FLOOR, x)
 
 
 @triton.jit

@@ -55,7 +55,7 @@ from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_d
                        fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
                        tensor_descriptors)
 from .._tl import batch_place, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
-from .._tl import LOG2E
+from .._tl import LOG2E, log_decay
 from .._tl import exp_units as _exp
 from ..diag.chunk import chunk_layout
 from .recurrent import _check_qkv_dtype, _check_same, _need_float, _need_tensor
@@ -78,9 +78,10 @@ def _empty(*shape, dtype, device) -> Tensor:
 
 @triton.jit
 def _load_gates(g, rows, m, i_h, H: tl.constexpr, GATED: tl.constexpr):
-    """A chunk's log decays g over ``rows`` as stored (masked rows 0); zeros, nothing loaded, without a gate."""
+    """A chunk's log decays g over ``rows`` (log_decay: fp32, floored; masked rows 0); zeros, nothing loaded,
+    without a gate."""
     if GATED:
-        return tl.load(g + rows * H + i_h, mask=m, other=0.0)
+        return log_decay(tl.load(g + rows * H + i_h, mask=m, other=0.0))
     else:
         return tl.zeros([rows.shape[0]], dtype=tl.float32)
 

@@ -39,8 +39,8 @@ from torch import Tensor
 
 from .._common import (cdiv, chunk_grid, dependent_launch, fp32_products, layout_cache, next_pow2, sm_count,
                        tensor_descriptors)
-from .._tl import (batch_place, chain_link, chunk_head, chunk_qkv, chunk_span, load_scaled, state_tile, store_chunk,
-                   tile_offsets)
+from .._tl import (batch_place, chain_link, chunk_head, chunk_qkv, chunk_span, load_scaled, log_decay, state_tile,
+                   store_chunk, tile_offsets)
 from .recurrent import _empty
 
 BT = 64  # chunk length
@@ -93,9 +93,9 @@ def _decays(g, t_rows, m_t, eos, H: tl.constexpr, i_h, BT: tl.constexpr, DECAY: 
     Gs is a reverse cumulative sum of the next rows' g, not G_L − G_t.
     """
     if DECAY == 1:
-        b_g = tl.load(g + t_rows * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+        b_g = log_decay(tl.load(g + t_rows * H + i_h, mask=m_t, other=0.0))
         m_n = m_t & (t_rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT)
-        b_gn = tl.load(g + (t_rows + 1) * H + i_h, mask=m_n, other=0.0).to(tl.float32)
+        b_gn = log_decay(tl.load(g + (t_rows + 1) * H + i_h, mask=m_n, other=0.0))
     else:
         b_g = tl.zeros([BT], dtype=tl.float32)
         b_gn = b_g

@@ -51,7 +51,7 @@ from torch import Tensor
 
 from .._common import cdiv, chunk_grid, dependent_launch, exp_mode, next_pow2, tensor_descriptors
 from .._tl import batch_place, chain_link, chunk_head, chunk_qkv, chunk_span, exp_units, load_scaled, state_tile
-from .._tl import LN2, LOG2E, store_chunk, tile_offsets
+from .._tl import LN2, LOG2E, log_decay, store_chunk, tile_offsets
 from . import chunk as _scalar
 from . import recurrent as _recurrent
 from .chunk import _fast, _state_dtype, chunk_layout, pick_launch
@@ -256,7 +256,7 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
     m = (rows < eos) & ok
     o_tk = tl.arange(0, BT)[:, None] * (H * K) + o_k[None, :]   # 32-bit offsets from the chunk's first row
     b_g = tl.load(gk + (c_start * H + i_h) * K + o_tk, mask=m[:, None] & m_k[None, :], other=0.0)
-    b_g = b_g.to(tl.float32)
+    b_g = log_decay(b_g)
     if EX2:
         b_g = b_g * LOG2E
     b_G = tl.cumsum(b_g, axis=0)
@@ -265,8 +265,8 @@ def _gates(gk, c_start, eos, ok, i_h, o_k, m_k, H: tl.constexpr, K: tl.constexpr
         b_Gs = b_GL[None, :] - b_G
     else:
         m_n = (rows + 1 < eos) & (tl.arange(0, BT) + 1 < BT) & ok
-        b_gn = tl.load(gk + ((c_start + 1) * H + i_h) * K + o_tk, mask=m_n[:, None] & m_k[None, :],
-                       other=0.0).to(tl.float32)
+        b_gn = log_decay(tl.load(gk + ((c_start + 1) * H + i_h) * K + o_tk, mask=m_n[:, None] & m_k[None, :],
+                                 other=0.0))
         if EX2:
             b_gn = b_gn * LOG2E
         b_Gs = tl.cumsum(b_gn, axis=0, reverse=True)
@@ -462,10 +462,10 @@ def _sub_block_scores(q, k, gk, A, c_start, eos, i_b, i_h, H: tl.constexpr, K: t
         m_ik, m_jk = m_i[:, None] & m_k[None, :], m_j[:, None] & m_k[None, :]
         b_q = tl.load(q + (r_i[:, None] * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0)
         b_k = tl.load(k + (r_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0)
-        b_gi = tl.load(gk + (r_i[:, None] * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0).to(tl.float32)
-        b_gj = tl.load(gk + (r_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0).to(tl.float32)
-        b_gjn = tl.load(gk + ((r_j + 1)[:, None] * H + i_h) * K + o_k[None, :],
-                        mask=m_jn[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+        b_gi = log_decay(tl.load(gk + (r_i[:, None] * H + i_h) * K + o_k[None, :], mask=m_ik, other=0.0))
+        b_gj = log_decay(tl.load(gk + (r_j[:, None] * H + i_h) * K + o_k[None, :], mask=m_jk, other=0.0))
+        b_gjn = log_decay(tl.load(gk + ((r_j + 1)[:, None] * H + i_h) * K + o_k[None, :],
+                                  mask=m_jn[:, None] & m_k[None, :], other=0.0))
         b_Gi = tl.cumsum(b_gi, axis=0)                                    # G_i − G_r, ≤ 0
         # G_r − G_j: Σ_{j<s≤r} g_s (≤ 0) before the sub-block, −Σ_{r<s≤j} g_s (≥ 0) inside it
         b_Ej = (tl.cumsum(b_gjn, axis=0, reverse=True)
@@ -722,10 +722,10 @@ def _sub_block_dqk(q, k, gk, dA, dq, dk, c_start, eos, i_k, i_b, i_h, H: tl.cons
     b_kt = tl.load(k + p_t, mask=m_tk, other=0.0)
     m_bn = (r_b + 1 < eos) & (o_l + 1 < BC)
     m_tn = (r_t + 1 < eos) & (o_t + 1 < BT)
-    b_gb = tl.load(gk + p_b, mask=m_bk, other=0.0).to(tl.float32)
-    b_gbn = tl.load(gk + p_b + H * K, mask=m_bn[:, None] & m_k[None, :], other=0.0).to(tl.float32)
-    b_gt = tl.load(gk + p_t, mask=m_tk, other=0.0).to(tl.float32)
-    b_gtn = tl.load(gk + p_t + H * K, mask=m_tn[:, None] & m_k[None, :], other=0.0).to(tl.float32)
+    b_gb = log_decay(tl.load(gk + p_b, mask=m_bk, other=0.0))
+    b_gbn = log_decay(tl.load(gk + p_b + H * K, mask=m_bn[:, None] & m_k[None, :], other=0.0))
+    b_gt = log_decay(tl.load(gk + p_t, mask=m_tk, other=0.0))
+    b_gtn = log_decay(tl.load(gk + p_t + H * K, mask=m_tn[:, None] & m_k[None, :], other=0.0))
     span = -tl.min(tl.sum(b_gb, axis=0), axis=0)
     mild, strong = span < LIM, span >= LIM
     # dA rows of the sub-block [BC, BT] and its columns [BT, BC], strictly below the diagonal

@@ -38,7 +38,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .._common import cdiv, next_pow2
-from .._tl import chunk_span, state_tile
+from .._tl import chunk_span, log_decay, state_tile
 from ..diag.chunk import chunk_layout
 
 __all__ = ["ChunkTitans", "CHUNK_SIZES"]
@@ -89,9 +89,9 @@ def _load_gates(g, eta, theta, t_rows, m_t, i_h, H: tl.constexpr, USE_G: tl.cons
                 RETAINED: tl.constexpr):
     """θ, the cumulative logs G^α, G^η, the shifted G^ρ and the totals, for one chunk ([BT] each)."""
     b_th = tl.load(theta + t_rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
-    b_h = tl.load(eta + t_rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
+    b_h = log_decay(tl.load(eta + t_rows * H + i_h, mask=m_t, other=0.))
     if USE_G:
-        b_g = tl.load(g + t_rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
+        b_g = log_decay(tl.load(g + t_rows * H + i_h, mask=m_t, other=0.))
     else:
         b_g = tl.zeros_like(b_h)
     b_Ga = tl.cumsum(b_g, axis=0)

@@ -12,7 +12,7 @@ import torch
 
 import dsf
 from dsf.forms.recurrent import recurrent_linear
-from dsf.testing import rel_err
+from dsf.testing import flat_tensors, rel_err
 from kernels.diag import chunk_diag, fused_recurrent_diag
 
 TOL = 1e-5
@@ -165,3 +165,56 @@ def test_fast_pairs_rule_and_effect(monkeypatch):
         o = chunk_diag(x["q"], x["k"], x["v"], "scalar", g)[0]
         dgs.append(torch.autograd.grad(_loss(o, None, 1), g)[0])
     assert 1e-6 < rel_err(dgs[1], dgs[0]) < 1e-4
+
+
+def _with_resets(g: torch.Tensor, value: float) -> torch.Tensor:
+    """g with a log decay of ``value`` at three steps: mid-chunk, a chunk's first and its last."""
+    g = g.clone()
+    g[:, [20, 64, 127]] = value
+    return g
+
+
+def _run_reset(family, fast, monkeypatch, value):
+    """(outputs and final state, gradients of every input and the initial state) of one chunked kernel
+    on mild decays with resets of ``value``, fp32 (FAST_PAIRS: the 16-bit inputs' pair decays)."""
+    import kernels
+    import kernels.diag.chunk as dc
+    from kernels.delta.chunk import chunk_delta
+
+    monkeypatch.setattr(dc, "FAST_PAIRS", fast)
+    gen = torch.Generator().manual_seed(21)
+    B, T, H, K, V = 1, 150, 2, 16, 16
+    q, k, v = (torch.randn(B, T, H, d, generator=gen) for d in (K, K, V))
+    k = torch.nn.functional.normalize(k, dim=-1)
+    if family == "titans":
+        spec = dsf.zoo.get("titans", memory="linear")
+        x = {n: t.float() for n, t in spec.random_inputs(B, T, H, K, V, seed=21).items()}
+        x["g"] = _with_resets(x["g"], value)
+        x = {n: t.requires_grad_() for n, t in x.items()}
+        o, S = kernels.compile(spec).chunked(output_final_state=True, **x)
+        S = tuple(flat_tensors(S))
+        return (o,) + S, torch.autograd.grad((o * o).sum() + sum((s * s).sum() for s in S), list(x.values()))
+    g = _with_resets(_decays("mild", (B, T, H, K) if family == "key" else (B, T, H), gen).float(), value)
+    h0 = torch.randn(B, H, K, V, generator=gen)
+    xs = [t.clone().requires_grad_() for t in (q, k, v, g, h0)]
+    if family == "delta":
+        beta = torch.rand(B, T, H, generator=gen).requires_grad_()
+        o, S = chunk_delta(*xs[:3], beta, xs[3], initial_state=xs[4], output_final_state=True)
+        xs.append(beta)
+    else:
+        o, S = chunk_diag(*xs[:3], family, xs[3], initial_state=xs[4], output_final_state=True)
+    return (o, S), torch.autograd.grad((o * o).sum() + (S * S).sum(), xs)
+
+
+@pytest.mark.parametrize("family,fast", [("scalar", True), ("key", True), ("key", None), ("delta", None),
+                                         ("titans", None)])
+def test_a_log_decay_of_minus_inf_resets_the_state(monkeypatch, family, fast):
+    """A log decay of −inf (a reset: the state forgets everything before it) gave NaN in the chunked
+    kernels that take differences of cumulative decays (−inf − (−inf)): the gated delta rule's,
+    Titans', and the diagonal ones' pair decays for 16-bit inputs. The kernels floor log decays at
+    −200 (e^{−200} is 0 in fp32): the results are those of a −1e4 decay, which the float64 tests hold
+    to the recurrence, gradients included."""
+    outs, grads = _run_reset(family, fast, monkeypatch, float("-inf"))
+    outs_ref, grads_ref = _run_reset(family, fast, monkeypatch, -1e4)
+    for a, b in zip(outs + grads, outs_ref + grads_ref):
+        assert torch.isfinite(a).all() and rel_err(a, b) < 1e-6

@@ -186,6 +186,20 @@ def test_compile_titans_linear():
     assert rel_err(x["theta"].grad[:, :10], g_th[:, :10]) < TOL
 
 
+@pytest.mark.parametrize("value", [-150.0, -1e4])
+@pytest.mark.parametrize("name", ["g", "log_eta"])
+def test_chunked_under_a_very_strong_decay(name, value):
+    """One step decaying by e^{−1e4} (retention or momentum) mid-chunk: the chunk's fp32 cumulative logs
+    around −1e4 kept the later decays of the chunk to ~1e-3 (output 3.8e-4 off); with log decays
+    floored at −200 (kernels._tl.LOG_DECAY_FLOOR, e^{−200} = 0 in fp32) it is as a −150 one, 5e-6."""
+    spec = dsf.zoo.get("titans", memory="linear")
+    d = spec.random_inputs(1, 64, 1, 16, 16, dtype=torch.float64, seed=1)
+    d[name][:, 10] = value
+    o_ref, _ = dsf.recurrent(spec, **d)
+    o, _ = kernels.compile(spec).chunked(**{k: v.float() for k, v in d.items()})
+    assert rel_err(o, o_ref) < TOL
+
+
 def test_errors():
     spec = spec_of()
     d = {k: v.float() for k, v in spec.random_inputs(1, 4, 1, 16, 16, seed=0).items()}
