@@ -28,7 +28,7 @@ from kernels.bench import switches
 TOL = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 GRAD_TOL = {torch.float32: 1e-4, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 # what --only takes besides mixer names (groups of rows), and the mixers of the one-pass rows (fused:NAME)
-ONLY_GROUPS = ("chunk_key", "chunk_scalar", "chunk_delta", "titans", "fused", "repeat", "step", "varlen")
+ONLY_GROUPS = ("chunk_key", "chunk_scalar", "chunk_delta", "titans", "fused", "repeat", "step", "varlen", "unequal")
 FUSED_MIXERS = ("mamba2", "linear_attention", "deltanet", "gated_deltanet", "gla")
 MIXERS = [("mamba2", {}), ("retnet", {}), ("linear_attention", {"feature_map": "elu1", "normalize": True}),
           ("gla", {}), ("s6", {}), ("qlstm", {"reversed": True}), ("deltanet", {}),
@@ -92,11 +92,11 @@ def _grads(o, S, leaves, seed):
     return [torch.zeros_like(x) if d is None else d for d, x in zip(out, leaves)]
 
 
-def check(name, opts, dtype, form, B, T, H, K, V, seed=0):
+def check(name, opts, dtype, form, B, T, H, K, V, seed=0, device="cuda"):
     """One row: the worst relative errors of output, state and gradients."""
     spec = dsf.zoo.get(name, **opts)
     kv = 16 if spec.phi_layout == "channel" else V
-    inp = spec.random_inputs(B, T, H, K, kv, dtype=torch.float64, device="cuda", seed=seed)
+    inp = spec.random_inputs(B, T, H, K, kv, dtype=torch.float64, device=device, seed=seed)
     stateful = kernels.supports(spec)["family"] != "softmax"
     S0 = prefix_state(spec, inp, 5, seed) if stateful else None
     ref_in = _leaves(inp)
@@ -148,6 +148,9 @@ def check_varlen(name, dtype, H, K, V, device="cuda"):
 
 SCALAR_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "strong"), (8, 512, 16, 128, 128, "bursts"),
                  (1, 1000, 2, 256, 256, "gla"), (1, 777, 2, 100, 72, "bursts")]
+# (K, V) of the unequal-head-dims rows (B = 2, T = 200, H = 2): every row above has K = V, where 16-bit
+# runs of the scalar and delta families once passed while K ≠ V gave a wrong dV or an illegal access
+UNEQUAL_DIMS = [(40, 24), (24, 40), (128, 64)]
 KEY_SHAPES = [(2, 2048, 4, 128, 128, "gla"), (2, 2048, 4, 128, 128, "bursts"), (2, 2048, 4, 128, 128, "strong"),
               (1, 1000, 2, 256, 256, "gla"), (1, 777, 2, 100, 72, "bursts")]
 
@@ -447,8 +450,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
                     "also chunk_key, chunk_scalar, chunk_delta, titans, fused (the one-pass forwards; fused:NAME "
                     "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments, wu or pieces), repeat (every "
-                    "mixer's repeat check), step (every mixer's decode-step check) and varlen (every "
-                    "mixer's packed-sequences check)")
+                    "mixer's repeat check), step (every mixer's decode-step check), varlen (every "
+                    "mixer's packed-sequences check) and unequal (every mixer with K ≠ V)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     from kernels.sweep import add_set_option, settings_of
@@ -506,6 +509,15 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                 head = (f"| {name} | {opts or ''} | {form} ({info[form] if form == 'chunked' else 'fused'}) "
                         f"| {str(dtype)[6:]} |")
                 failed += not _row(lines, head, _cells(check, name, opts, dtype, form, B, T, H, K, V), 5)
+    if want("unequal"):  # every mixer with K ≠ V (non-power-of-two and wider-than-value keys)
+        lines += ["", "| K ≠ V (B=2, T=200, H=2) | options | form | K, V | dtype | o | state | worst grad | (which) "
+                  "| ok |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, opts in MIXERS:
+            for (uK, uV), form in itertools.product(UNEQUAL_DIMS[:1] if args.quick else UNEQUAL_DIMS,
+                                                    ("chunked", "recurrent")):
+                for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
+                    head = f"| {name} | {opts or ''} | {form} | {uK}, {uV} | {str(dtype)[6:]} |"
+                    failed += not _row(lines, head, _cells(check, name, opts, dtype, form, 2, 200, 2, uK, uV), 5)
     for form in ("chunked", "recurrent") if want("titans") else ():  # Titans' linear memory: (S, Z)
         for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
             head = (f"| titans | {{'memory': 'linear'}} | {form} ({'chunk' if form == 'chunked' else 'fused'}) "

@@ -261,3 +261,28 @@ def test_a_bad_setting_is_refused(capsys):
         gpu_check.main(["--set", "kernels.diag.chunk.NO_SUCH_SWITCH=1"])
     err = capsys.readouterr().err
     assert "--set:" in err and "kernels.diag.chunk has no NO_SUCH_SWITCH" in err
+
+
+def test_unequal_rows_check_every_mixer_with_k_unlike_v(tmp_path, monkeypatch):
+    """--only unequal: each mixer, chunked and recurrent, at each (K, V) of UNEQUAL_DIMS and dtype, with
+    those head dims passed to the check (every other row has K = V)."""
+    _fake_checks(monkeypatch, broken=None)
+    seen = []
+    real = gpu_check.check
+
+    def check(name, opts, dtype, form, B, T, H, K, V):
+        seen.append((name, form, K, V))
+        return real(name, opts, dtype, form, B, T, H, K, V)
+    monkeypatch.setattr(gpu_check, "check", check)
+    assert gpu_check.main(["--only", "unequal", "--dtypes", "bfloat16", "--out", str(tmp_path)]) == 0
+    want = {(n, f, K, V) for n, _ in gpu_check.MIXERS for f in ("chunked", "recurrent")
+            for K, V in gpu_check.UNEQUAL_DIMS}
+    assert set(seen) == want and len(seen) == len(gpu_check.MIXERS) * 2 * len(gpu_check.UNEQUAL_DIMS)
+    assert any(K != V for *_, K, V in seen) and all(K != V for *_, K, V in seen)
+    assert "| deltanet |  | chunked | 40, 24 | bfloat16 |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_the_unequal_check_passes_on_the_interpreter():
+    """The K ≠ V rows' check itself on the CPU (fp32): the kernels pass it where K ≠ V."""
+    errs, ok = gpu_check.check("deltanet", {}, torch.float32, "chunked", 1, 70, 1, 40, 24, device="cpu")
+    assert ok and errs["o"] < 1e-5
