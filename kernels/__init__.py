@@ -20,6 +20,7 @@ skip), so autograd covers it; the kernels do the recurrence, which is where the 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -189,8 +190,9 @@ class CompiledMixer:
         spec = self.spec
         tensors, options = spec.split_kwargs(inputs)
         scale = options.get("scale")
-        if set(options) - {"scale"} or isinstance(scale, bool) or not isinstance(scale, (int, float, type(None))):
-            return None
+        if set(options) - {"scale"} or isinstance(scale, bool) or not isinstance(scale, (int, float, type(None))) \
+                or (scale is not None and not math.isfinite(scale)):
+            return None   # (the general path words the error by the mixer's name)
         dims = resolve_inputs(spec, tensors)
         _check_dtypes(spec, tensors)
         B, T, H, K, V = (dims[d] for d in ("B", "T", "H", "K", "V"))

@@ -120,3 +120,18 @@ def test_direct_chunked_skips_the_lowering(name, monkeypatch):
     for n in ours:
         assert rel_err(ours[n].grad, ref[n].grad) < TOL, n
     assert rel_err(S0f.grad, S0_ref.grad) < TOL
+
+
+@pytest.mark.parametrize("name", list(DIRECT))
+@pytest.mark.parametrize("form", ["chunked", "recurrent", "step"])
+def test_a_scale_that_is_not_finite_is_refused_by_the_mixers_name(name, form):
+    """The direct chunked path handed a NaN or infinite scale to chunk_diag / chunk_delta, whose error
+    named them, not the mixer the user called; every form now words it as the dsf forms do."""
+    x = dsf.random_inputs(name, 1, 5, 1, 16, 16, dtype=torch.float32, seed=0)
+    m = kernels.compile(name)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=rf"^{name}: scale must be a finite number or None, got {bad}"):
+            if form == "step":
+                m.step(torch.zeros(1, 1, 16, 16), scale=bad, **{n: t[:, 0] for n, t in x.items()})
+            else:
+                getattr(m, form)(scale=bad, **x)
