@@ -103,6 +103,7 @@ PARAMS: dict[tuple[str, str], Param] = {
     ("s4d", "D"): Param(torch.ones),
     ("s6", "A"): Param(_s4d_real_log, **_POSITIVE_EXP),
     ("s6", "D"): Param(torch.ones),
+    ("longhorn_diag", "D"): Param(torch.ones),
     ("rg_lru", "Lam"): Param(_rg_lru_lam),
     ("qlstm", "a"): Param(torch.ones),
     ("aaren", "q"): Param(torch.randn),
@@ -120,6 +121,7 @@ PARAMS: dict[tuple[str, str], Param] = {
 OPTIONAL: dict[tuple[str, str], Callable[[dict], bool]] = {
     ("s4d", "D"): lambda o: True,
     ("s6", "D"): lambda o: True,
+    ("longhorn_diag", "D"): lambda o: True,
     ("qlstm", "a"): lambda o: bool(o.get("reversed")),
     ("linear_attention", "feature_weight"): lambda o: o.get("feature_map") == "hedgehog",
     ("titans", "w1"): lambda o: o.get("memory", "mlp") == "mlp",
@@ -176,6 +178,8 @@ GATES: dict[tuple[str, str], Gate] = {
     ("gla", "gk"): Gate(lambda m, r, i: F.logsigmoid(r) / 16, rank=16),
     # Mamba-1: Δ = softplus(low-rank(x) + dt_bias), rank ⌈d_model/16⌉
     ("s6", "dt"): Gate(lambda m, r, i: F.softplus(r), rank=lambda d: math.ceil(d / 16), bias=_dt_bias),
+    # the released Longhorn: ε = σ(low-rank(x) + bias), Mamba's rank ⌈d_model/16⌉
+    ("longhorn_diag", "eps"): Gate(lambda m, r, i: torch.sigmoid(r), rank=lambda d: math.ceil(d / 16)),
     # LSTM forget-gate bias 1 (Jozefowicz et al. 2015): remember by default
     ("qlstm", "f"): Gate(bias=_const(1.0)),
     # Titans: momentum η ≈ 0.9 multiplies the step by ~1/(1 − η), so θ = 0.01·σ(raw), titans-pytorch's

@@ -18,7 +18,7 @@ from .delta import DELTANET, GATED_DELTANET, LONGHORN
 from .linear import LINEAR_ATTENTION, NORMALIZED_ATTENTION
 from .miras import MEMORA, MONETA, TITANS, TTT_LINEAR, TTT_MLP, YAAD
 from .rnn import MINGRU, QLSTM, RG_LRU
-from .ssm import S4D, S6
+from .ssm import LONGHORN_DIAG, S4D, S6
 
 __all__ = ["names", "get", "register", "specs"]
 
@@ -56,7 +56,7 @@ def get(name: str, **options: Any) -> MixerSpec:
 
 
 for _spec in (SOFTMAX_ATTENTION, LINEAR_ATTENTION, NORMALIZED_ATTENTION, RETNET, LIGHTNING_ATTENTION,
-              MAMBA2, GLA, S4D, S6, QLSTM, RG_LRU, MINGRU, DELTANET, GATED_DELTANET, LONGHORN, AAREN,
-              TITANS, MONETA, YAAD, MEMORA, TTT_LINEAR, TTT_MLP):
+              MAMBA2, GLA, S4D, S6, LONGHORN_DIAG, QLSTM, RG_LRU, MINGRU, DELTANET, GATED_DELTANET, LONGHORN,
+              AAREN, TITANS, MONETA, YAAD, MEMORA, TTT_LINEAR, TTT_MLP):
     register(_spec)
 del _spec

@@ -7,7 +7,8 @@ Each of the V channels of a head is a single-input system with N states:
 
 so Λ_t is diagonal per (channel, state). S4D is the LTI case (ZOH: B̄ = (1 − e^{−ΔA})/A · B, Φ is
 Toeplitz); S6 makes Δ, B and C depend on the input (Euler for B: B̄ = Δ B). Inputs: ``A`` holds the
-positive rates (the continuous matrix is −A). The forms run each channel as a head with a key-wise
+positive rates (the continuous matrix is −A). ``longhorn_diag`` is the recurrence Longhorn's released
+model runs, of the same shape: decay 1 − β_c k_n² and write β_c k_n per (channel c, state n). The forms run each channel as a head with a key-wise
 decay over its N states, which is exactly the per-(channel, state) structure. State: [B, H, N, V].
 """
 
@@ -63,6 +64,20 @@ def lower_s6(x, dt, A, B, C, D=None):
     return _channel_terms(x, C[:, :, :, None, :].expand(shape), k, gk, D)
 
 
+def longhorn_diag_beta(k, eps):
+    """Each channel's step of the released Longhorn: β_c = ε_c / (1 + ε_c ‖k‖²), [B, T, H, V]."""
+    return eps / (1 + eps * (k * k).sum(-1, keepdim=True))
+
+
+def lower_longhorn_diag(x, q, k, eps, D=None):
+    Bsz, T, H, V = x.shape
+    shape = (Bsz, T, H, V, k.shape[-1])
+    beta = longhorn_diag_beta(k, eps)[..., None]               # [B, T, H, V, 1]
+    kn = k[:, :, :, None, :]                                    # [B, T, H, 1, N]
+    # β_c k_n² < 1 for ε > 0 (≤ ε‖k‖²/(1 + ε‖k‖²)): the log is finite
+    return _channel_terms(x, q[:, :, :, None, :].expand(shape), beta * kn, torch.log1p(-beta * kn * kn), D)
+
+
 def _oracle(x, decay_t, write_t, read_t, D):
     """Loop over time with a per-(channel, state) diagonal: h [B, H, V, N]."""
     Bsz, T, H, V = x.shape
@@ -86,6 +101,20 @@ def oracle_s6(x, dt, A, B, C, D=None, initial_state=None):
     return _oracle(x, lambda t: torch.exp(-dt[:, t, :, :, None] * A),
                    lambda t: dt[:, t, :, :, None] * B[:, t, :, None, :],
                    lambda t: C[:, t, :, None, :], D)
+
+
+def oracle_longhorn_diag(x, q, k, eps, D=None, initial_state=None):
+    """The released model's decoding step, token by token: h ← h (1 − β kᵀ²) + (β x) kᵀ, y = h q + D x."""
+    Bsz, T, H, V = x.shape
+    h = torch.zeros(Bsz, H, V, k.shape[-1], dtype=x.dtype)
+    out = []
+    for t in range(T):
+        kt, qt = k[:, t, :, None, :], q[:, t, :, None, :]                # [B, H, 1, N]
+        beta = (eps[:, t] / (1 + eps[:, t] * (k[:, t] ** 2).sum(-1)[..., None]))[..., None]   # [B, H, V, 1]
+        h = h * (1 - beta * kt ** 2) + beta * x[:, t, :, :, None] * kt
+        y = (h * qt).sum(-1)
+        out.append(y if D is None else y + D * x[:, t])
+    return torch.stack(out, 1)
 
 
 def _rates(H, V, N, dtype, device):
@@ -115,6 +144,16 @@ def random_s6(B, T, H, K, V, dtype=torch.float64, device=None, seed=None):
                 D=randn(H, V, g=g, dtype=dtype, device=device))
 
 
+def random_longhorn_diag(B, T, H, K, V, dtype=torch.float64, device=None, seed=None):
+    g = gen(seed)
+    N = K
+    return dict(x=randn(B, T, H, V, g=g, dtype=dtype, device=device),
+                q=randn(B, T, H, N, g=g, dtype=dtype, device=device),
+                k=randn(B, T, H, N, g=g, dtype=dtype, device=device),
+                eps=torch.sigmoid(randn(B, T, H, V, g=g)).to(dtype=dtype, device=device),
+                D=randn(H, V, g=g, dtype=dtype, device=device))
+
+
 _common = dict(family="state-space model", transition=Transition.CHANNEL_STATE_DIAG,
                state_dims=("B", "H", "N", "V"), state_size="N·V",
                state_numel=lambda d: d.get("N", d["K"]) * d["V"], phi_layout="channel")
@@ -138,3 +177,17 @@ S6 = MixerSpec(
     citation="Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
     description="selective SSM (Mamba-1 scan without conv and gate): Λ_t = exp(−Δ_t A)",
     oracle=oracle_s6, random_inputs=random_s6, **_common)
+
+LONGHORN_DIAG = MixerSpec(
+    name="longhorn_diag",
+    inputs=(X, Input("q", ("B", "T", "H", "N"), "queries, shared by a head's channels (Mamba's C)"),
+            Input("k", ("B", "T", "H", "N"), "keys, shared by a head's channels (Mamba's B)"),
+            Input("eps", ("B", "T", "H", "V"), "positive step per channel (σ of a projection in the code)"),
+            D_IN),
+    lower=lower_longhorn_diag,
+    citation="Liu et al. 2024, Longhorn: State Space Models are Amortized Online Learners (the released "
+             "model's scan, Cranial-XIX/longhorn)",
+    description="Longhorn as its code runs it: each channel c an implicit step of its own on its "
+                "[N] row, Λ_t = 1 − β_c k_n², β_c = ε_c / (1 + ε_c ‖k‖²) (the zoo's `longhorn` is the "
+                "paper's exact matrix step)",
+    oracle=oracle_longhorn_diag, random_inputs=random_longhorn_diag, **_common)
