@@ -1690,6 +1690,12 @@ class ChunkDelta(torch.autograd.Function):
                 None, None, None, None)
 
 
+# bf16 q, k, v with K ≠ V (K = 40, V = 24) made an illegal memory access in _state_kernel on the H200
+# (a kernel audit, 2026-12-05; bf16's tuned value tile of 16 leaves a partial tile there, fp16 and
+# BV = 32 passed). Until the cause is fixed those shapes run in fp32: correct, slower.
+UNEQUAL_IN_FP32 = True
+
+
 def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
                 scale: float | None = None, initial_state: Tensor | None = None,
                 output_final_state: bool = False, cu_seqlens: Tensor | None = None,
@@ -1741,13 +1747,8 @@ def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None 
     flat = lambda t: None if t is None else t.reshape(B * T, *t.shape[2:]).contiguous()  # noqa: E731
     h0 = None if initial_state is None else initial_state.contiguous()
     qf, kf, vf, bf = interpreter_upcast(flat(q), flat(k), flat(v), flat(beta))
-    if _UNEQUAL_IN_FP32 and qf.is_cuda and qf.dtype == torch.bfloat16 and K != V:
-        qf, kf, vf = qf.float(), kf.float(), vf.float()   # see _UNEQUAL_IN_FP32
+    if UNEQUAL_IN_FP32 and qf.is_cuda and qf.dtype == torch.bfloat16 and K != V:
+        qf, kf, vf = qf.float(), kf.float(), vf.float()   # see UNEQUAL_IN_FP32
     o, ht = apply(ChunkDelta, qf, kf, vf, bf, flat(g), h0, offsets, scale, chunk_size, bool(output_final_state))
     return o.reshape(B, T, H, V).to(v.dtype), ht
 
-
-# bf16 q, k, v with K ≠ V (K = 40, V = 24) made an illegal memory access in _state_kernel on the H200
-# (a kernel audit, 2026-12-05; bf16's tuned value tile of 16 leaves a partial tile there, fp16 and
-# BV = 32 passed). Until the cause is fixed those shapes run in fp32: correct, slower.
-_UNEQUAL_IN_FP32 = True
