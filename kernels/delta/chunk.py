@@ -1751,4 +1751,3 @@ def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None 
         qf, kf, vf = qf.float(), kf.float(), vf.float()   # see UNEQUAL_IN_FP32
     o, ht = apply(ChunkDelta, qf, kf, vf, bf, flat(g), h0, offsets, scale, chunk_size, bool(output_final_state))
     return o.reshape(B, T, H, V).to(v.dtype), ht
-
