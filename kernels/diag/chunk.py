@@ -529,8 +529,20 @@ def _entry_dtype(dtype: torch.dtype) -> torch.dtype:
     return _state_dtype(dtype) if SEGMENT_ENTRY_16BIT else torch.float32
 
 
-def _tiles(K: int, V: int) -> tuple[int, int]:
-    return max(16, next_pow2(K)), max(16, next_pow2(V))
+# 16-bit q, k, v with K ≠ V gave this family's kernels wrong results on the H200 (Triton 3.6) where
+# fp32 and K = V passed: dV for K > V, dQ and dK for K < V, the two-pass output and a one pass's
+# final state; an illegal access at K = 32, V = 16. Every failing shape had unequal key and value
+# tiles (kernels/results/experiments_2026-12-05b.md). EQUAL_TILES: both tiles the wider one (masked
+# lanes) — None: for 16-bit inputs, True: always (the tests, under the interpreter's fp32), False:
+# never. Off until the GPU check passes it; kernels.diag.UNEQUAL_IN_FP32 runs such inputs in fp32.
+EQUAL_TILES: bool | None = False
+
+
+def _tiles(K: int, V: int, dtype: torch.dtype | None = None) -> tuple[int, int]:
+    BK, BV = max(16, next_pow2(K)), max(16, next_pow2(V))
+    if EQUAL_TILES or (EQUAL_TILES is None and dtype is not None and dtype != torch.float32):
+        BK = BV = max(BK, BV)
+    return BK, BV
 
 
 # The one-pass forward (_fused_fwd_kernel) instead of the state and output kernels. FUSED_FORWARD:
@@ -871,7 +883,7 @@ class ChunkScalarDecay(torch.autograd.Function):
         V = v.shape[-1]
         N = offsets.numel() - 1
         ctx.scale = scale
-        BK, BV = _tiles(K, V)
+        BK, BV = _tiles(K, V, q.dtype)
         chunk_offsets, chunk_indices, maxc = chunk_layout(offsets)
         NC = chunk_indices.shape[0]
         decay, prec = int(g is not None), _prec(q.dtype)
@@ -947,7 +959,7 @@ class ChunkScalarDecay(torch.autograd.Function):
         V = v.shape[-1]
         N = offsets.numel() - 1
         NC = chunk_indices.shape[0]
-        BK, BV = _tiles(K, V)
+        BK, BV = _tiles(K, V, q.dtype)
         BVs = min(BV, 64)
         decay, prec = int(g is not None), _prec(q.dtype)
         # o = scale · (what the kernels compute): every gradient through o carries the scale: dO

@@ -794,3 +794,31 @@ def test_segment_entry_dtype(monkeypatch):
         torch.bfloat16, torch.float32, torch.float32]
     monkeypatch.setattr(dc, "SEGMENT_ENTRY_16BIT", False)
     assert dc._entry_dtype(torch.bfloat16) == torch.float32
+
+
+@pytest.mark.parametrize("K,V", [(40, 24), (24, 40)])
+@pytest.mark.parametrize("path", ["two passes", "segments"])
+def test_equal_tiles_for_unequal_head_dims(monkeypatch, K, V, path):
+    """EQUAL_TILES (the candidate fix of 16-bit K ≠ V on the H200): key and value tiles both the wider
+    padded dim, so one of them mostly masked lanes; forward, final state and every gradient against
+    float64, through the two-pass kernels and the one pass over segments (forced on here in fp32)."""
+    import kernels.diag.chunk as dc
+
+    monkeypatch.setattr(dc, "EQUAL_TILES", True)
+    assert dc._tiles(K, V) == (64, 64) and dc._tiles(K, V, torch.float32) == (64, 64)
+    monkeypatch.setattr(dc, "FUSED_FORWARD", path == "segments")
+    monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 1000)
+    gen = torch.Generator().manual_seed(K)
+    B, T, H = 1, 130, 2
+    x = [torch.randn(B, T, H, d, generator=gen, dtype=torch.float64) for d in (K, K, V)]
+    g = torch.nn.functional.logsigmoid(torch.randn(B, T, H, generator=gen, dtype=torch.float64) + 2)
+    h0 = torch.randn(B, H, K, V, generator=gen, dtype=torch.float64)
+    ref = list(requires_grad(tuple(x + [g, h0])))
+    o_ref, S_ref = recurrent_linear(dsf.LinearTerms(q=ref[0], k=ref[1], u=ref[2], decay="scalar", g=ref[3]), ref[4])
+    leaves = list(requires_grad(tuple(t.float() for t in x + [g, h0])))
+    o, S = chunk_diag(*leaves[:3], "scalar", leaves[3], initial_state=leaves[4], output_final_state=True)
+    assert rel_err(o, o_ref) < TOL and rel_err(S, S_ref) < TOL
+    g_ref = _grads(o_ref, S_ref, ref, seed=2)
+    for a, b in zip(_grads(o, S, leaves, seed=2), g_ref):
+        assert rel_err(a, b) < TOL
+    assert dc.EQUAL_TILES is True
