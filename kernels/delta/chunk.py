@@ -1690,9 +1690,12 @@ class ChunkDelta(torch.autograd.Function):
                 None, None, None, None)
 
 
-# bf16 q, k, v with K ≠ V (K = 40, V = 24) made an illegal memory access in _state_kernel on the H200
-# (a kernel audit, 2026-12-05; bf16's tuned value tile of 16 leaves a partial tile there, fp16 and
-# BV = 32 passed). Until the cause is fixed those shapes run in fp32: correct, slower.
+# bf16 q, k, v with K ≠ V came out wrong on the H200 (Triton 3.6): at T = 200 every output and
+# gradient for K, V = (40, 24), (40, 32), (64, 32), (32, 16), dQ and dK for (24, 40); (40, 40),
+# (128, 64), fp16 and fp32 passed, and so did bf16 with fp32 operands (HALF_OPERANDS = False), one
+# pass or two, with segments or without (kernels/results/experiments_2026-12-05b.md; an audit's
+# illegal access at T = 1 did not come back). The cause is not found: those shapes run in fp32 (the
+# inputs widened once here; `python -m kernels.gpu_check --only unequal` passes them). False: as bf16.
 UNEQUAL_IN_FP32 = True
 
 

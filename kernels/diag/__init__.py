@@ -83,13 +83,6 @@ def fused_recurrent_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g
     return o.reshape(B, T, H, V), ht
 
 
-# 16-bit q, k, v with K ≠ V gave the no- and scalar-decay chunked kernels a wrong dv (relative error
-# 1–5) and final state, or an illegal memory access, on the H200 (a kernel audit, 2026-12-05: mamba2,
-# retnet, linear attention at K/V = 40/24, 24/40, 64/24 …; fp32 and K = V passed; cause not yet found,
-# suspected in the 16-bit launch table). Until it is fixed those shapes run in fp32: correct, slower.
-UNEQUAL_IN_FP32 = True
-
-
 def chunk_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor | None = None,
                initial_state: Tensor | None = None, output_final_state: bool = False,
                cu_seqlens: Tensor | None = None, scale: float = 1.0) -> tuple[Tensor, Tensor | None]:
@@ -108,8 +101,6 @@ def chunk_diag(q: Tensor, k: Tensor, v: Tensor, decay: str = "none", g: Tensor |
     qf, kf, vf, gf, h0, offsets, (B, T, H, K, V) = prepare(op, q, k, v, decay, g, initial_state,
                                                            cu_seqlens)
     qf, kf, vf, gf = interpreter_upcast(qf, kf, vf, gf)
-    if UNEQUAL_IN_FP32 and decay != "key" and qf.is_cuda and qf.dtype != torch.float32 and K != V:
-        qf, kf, vf = qf.float(), kf.float(), vf.float()   # see UNEQUAL_IN_FP32
     fn = ChunkKeyDecay if decay == "key" else ChunkScalarDecay
     o, ht = apply(fn, qf, kf, vf, gf, h0, offsets, bool(output_final_state), scale)
     return o.reshape(B, T, H, V).to(v.dtype), ht

@@ -530,12 +530,14 @@ def _entry_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 # 16-bit q, k, v with K ≠ V gave this family's kernels wrong results on the H200 (Triton 3.6) where
-# fp32 and K = V passed: dV for K > V, dQ and dK for K < V, the two-pass output and a one pass's
-# final state; an illegal access at K = 32, V = 16. Every failing shape had unequal key and value
-# tiles (kernels/results/experiments_2026-12-05b.md). EQUAL_TILES: both tiles the wider one (masked
-# lanes) — None: for 16-bit inputs, True: always (the tests, under the interpreter's fp32), False:
-# never. Off until the GPU check passes it; kernels.diag.UNEQUAL_IN_FP32 runs such inputs in fp32.
-EQUAL_TILES: bool | None = False
+# fp32 and K = V passed: dV for K > V, dQ and dK for K < V, the two-pass output, a one pass's final
+# state, an illegal access at K = 32, V = 16 — never under the interpreter, whose logic is the same.
+# Each failing shape had unequal key and value tiles; with both the wider one (masked lanes) every
+# shape tried passed: (40, 24), (24, 40), (32, 16), (16, 32), (64, 32), (200, 72), (72, 200),
+# (256, 128), two passes and one, bf16 and fp16 (`python -m kernels.gpu_check --only unequal`,
+# kernels/results/experiments_2026-12-05b.md). EQUAL_TILES — None: for 16-bit inputs; True: always
+# (the tests force it under the interpreter's fp32); False: never (the failing tiles, to show it).
+EQUAL_TILES: bool | None = None
 
 
 def _tiles(K: int, V: int, dtype: torch.dtype | None = None) -> tuple[int, int]:
