@@ -92,14 +92,16 @@ def test_report_has_a_row_per_check_and_counts_failures(tmp_path, monkeypatch, c
     assert "| titans | {'memory': 'linear'} | recurrent (fused) | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
     for section in ("chunk_diag(decay='key')", "chunk_diag(decay='scalar')", "chunk_delta B, T, H, K, V",
                     "one-pass forward", "repeated (B=",
-                    "decode step (compile().step", "varlen (cu_seqlens"):
+                    "decode step (compile().step", "varlen (cu_seqlens", "K ≠ V (B=2, T=200, H=2)"):
         assert section in md
+    # the raising check fails its K ≠ V row too (--quick: K, V = 40, 24 alone)
+    assert "| gla |  | chunked | 40, 24 | float32 | error: RuntimeError: boom" in md
     assert "| 1, 130, 2, 32, 32 | bursts | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
     assert "| mamba2 | segments | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert "| gla (strong) | one pass | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert "| gla (bursts) | segments | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
     assert "| gated_deltanet | one pass, W/U in the scan | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | 0 differ | yes |" in md
-    assert md.rstrip().endswith("1 failing rows")
+    assert md.rstrip().endswith("2 failing rows")
     assert "bfloat16" not in md.split("| ok |", 1)[1]   # --dtypes float32 narrowed every section
 
 
