@@ -475,9 +475,10 @@ def _check_cache_layout(spec, terms, cache, state_arg: str) -> None:
     if W is None:
         raise ValueError(f"{spec.name}: {state_arg}.pos must be a full cache's positions 0 … {L - 1} with "
                          f"seen = {L}, got {shown}")
+    sinks = f"the {S} sink(s) 0 … {S - 1}, then " if S else ""
     raise ValueError(f"{spec.name}: {state_arg} must be a full KV cache (positions 0 … L − 1) or one trimmed "
-                     f"as the forms trim it (the {S} sink(s) 0 … {S - 1}, then the last ≥ {W - 1} tokens up to "
-                     f"seen − 1); got positions {shown}")
+                     f"as the forms trim it ({sinks}the last ≥ {W - 1} tokens up to seen − 1); got positions "
+                     f"{shown}")
 
 
 def compile(mixer: str | MixerSpec, **options: Any) -> CompiledMixer:  # noqa: A001 - the brief's name
