@@ -463,15 +463,21 @@ def _check_cache_layout(spec, terms, cache, state_arg: str) -> None:
     0 … L − 1 (full) or, with a window, the S sinks 0 … S − 1 then a run ending at seen − 1 that holds
     every token the window still shows."""
     L, seen = cache.k.shape[1], cache.seen
-    pos = cache.pos.tolist()
-    if pos == list(range(L)) and seen == L:
-        return
     S, W = terms.sink_tokens, terms.window
     m = min(S, L)
-    if W is not None and seen > L and pos[:m] == list(range(m)) and pos[m:] == list(range(seen - (L - m), seen)) \
-            and L - m >= min(W - 1, seen - m):
+    # the one layout it may have, compared on the cache's device (one read-back a call, as before: a
+    # decoding step runs this every token)
+    if seen == L:
+        expected = torch.arange(L, device=cache.pos.device)
+    elif W is not None and seen > L and L - m >= min(W - 1, seen - m):
+        d = cache.pos.device
+        expected = torch.cat([torch.arange(m, device=d), torch.arange(seen - (L - m), seen, device=d)])
+    else:
+        expected = None
+    if expected is not None and bool((cache.pos == expected).all()):
         return
-    shown = f"{pos[:8]}{' …' if L > 8 else ''} (seen = {seen})"
+    pos = cache.pos[:8].tolist()
+    shown = f"{pos}{' …' if L > 8 else ''} (seen = {seen})"
     if W is None:
         raise ValueError(f"{spec.name}: {state_arg}.pos must be a full cache's positions 0 … {L - 1} with "
                          f"seen = {L}, got {shown}")
