@@ -469,7 +469,7 @@ def _check_cache_layout(spec, terms, cache, state_arg: str) -> None:
     # decoding step runs this every token)
     if seen == L:
         expected = torch.arange(L, device=cache.pos.device)
-    elif W is not None and seen > L and L - m >= min(W - 1, seen - m):
+    elif W is not None and seen > L and m == S and L - m >= min(W - 1, seen - m):   # (every sink kept)
         d = cache.pos.device
         expected = torch.cat([torch.arange(m, device=d), torch.arange(seen - (L - m), seen, device=d)])
     else:

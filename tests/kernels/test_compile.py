@@ -111,6 +111,12 @@ def test_a_cache_the_kernels_would_misplace_is_refused():
     with pytest.raises(ValueError, match=r"softmax_attention: initial_state must be a full KV cache .*the 1 "
                                          r"sink\(s\) 0 … 0, then the last ≥ 3 tokens .* got positions \[0, 6, 7\]"):
         m.chunked(initial_state=short, **b)
+    # window 1 keeps the sinks alone: a cache with fewer of them than the mixer's sink_tokens would
+    # put this call's first token at a sink's place (1.1 off the forms before it was refused)
+    one = dsf.zoo.get("softmax_attention", window=1, sink_tokens=3)
+    few = type(C)(C.k[:, :2], C.v[:, :2], torch.tensor([0, 1]), 5)
+    with pytest.raises(ValueError, match=r"softmax_attention: initial_state must be a full KV cache .*the 3 sink"):
+        kernels.compile(one).chunked(initial_state=few, **b)
     full = dsf.zoo.get("softmax_attention")
     _, F = kernels.compile(full).chunked(output_final_state=True, **a)
     gap = type(F)(F.k[:, 1:], F.v[:, 1:], F.pos[1:], F.seen)
