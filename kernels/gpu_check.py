@@ -515,8 +515,10 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
         for name, opts in MIXERS:
             for (uK, uV), form in itertools.product(UNEQUAL_DIMS[:1] if args.quick else UNEQUAL_DIMS,
                                                     ("chunked", "recurrent")):
+                # (a channel mixer runs 16 channels a head whatever V is given, as check() does)
+                shown_v = 16 if dsf.zoo.get(name, **opts).phi_layout == "channel" else uV
                 for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
-                    head = f"| {name} | {opts or ''} | {form} | {uK}, {uV} | {str(dtype)[6:]} |"
+                    head = f"| {name} | {opts or ''} | {form} | {uK}, {shown_v} | {str(dtype)[6:]} |"
                     failed += not _row(lines, head, _cells(check, name, opts, dtype, form, 2, 200, 2, uK, uV), 5)
     for form in ("chunked", "recurrent") if want("titans") else ():  # Titans' linear memory: (S, Z)
         for dtype in _pick(torch.float32, torch.bfloat16, torch.float16):
