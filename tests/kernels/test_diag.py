@@ -804,6 +804,9 @@ def test_equal_tiles_for_unequal_head_dims(monkeypatch, K, V, path):
     float64, through the two-pass kernels and the one pass over segments (forced on here in fp32)."""
     import kernels.diag.chunk as dc
 
+    # the default rule: equal tiles for 16-bit inputs only
+    assert dc.EQUAL_TILES is None and dc._tiles(K, V, torch.bfloat16) == dc._tiles(K, V, torch.float16) == (64, 64)
+    assert dc._tiles(K, V, torch.float32) == (64 if K == 40 else 32, 64 if V == 40 else 32)
     monkeypatch.setattr(dc, "EQUAL_TILES", True)
     assert dc._tiles(K, V) == (64, 64) and dc._tiles(K, V, torch.float32) == (64, 64)
     monkeypatch.setattr(dc, "FUSED_FORWARD", path == "segments")
