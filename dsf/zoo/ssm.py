@@ -8,8 +8,9 @@ Each of the V channels of a head is a single-input system with N states:
 so Λ_t is diagonal per (channel, state). S4D is the LTI case (ZOH: B̄ = (1 − e^{−ΔA})/A · B, Φ is
 Toeplitz); S6 makes Δ, B and C depend on the input (Euler for B: B̄ = Δ B). Inputs: ``A`` holds the
 positive rates (the continuous matrix is −A). ``longhorn_diag`` is the recurrence Longhorn's released
-model runs, of the same shape: decay 1 − β_c k_n² and write β_c k_n per (channel c, state n). The forms run each channel as a head with a key-wise
-decay over its N states, which is exactly the per-(channel, state) structure. State: [B, H, N, V].
+model runs, of the same shape: decay 1 − β_c k_n² and write β_c k_n per (channel c, state n). The
+forms run each channel as a head with a key-wise decay over its N states, which is exactly the
+per-(channel, state) structure. State: [B, H, N, V].
 """
 
 from __future__ import annotations
