@@ -3,7 +3,8 @@ DEV = os.environ.get("DEV", "cuda")
 import kernels.diag as dg, kernels.diag.chunk as dc, kernels.delta.chunk as dl
 from dsf.testing import rel_err, prefix_state
 dl.UNEQUAL_IN_FP32 = False
-name, K, V, dt, T, sw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), getattr(torch, sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+name, K, V, T, sw = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[5]), sys.argv[6]
+dt = getattr(torch, sys.argv[4])
 exec(sw)
 opts = {"feature_map": "elu1", "normalize": True} if name == "linear_attention" else {}
 spec = dsf.zoo.get(name, **opts)

@@ -4,9 +4,11 @@ exec(open(sys.argv[1]).read())   # defines C: list of (label, name, K, V, dtype,
 def one(c):
     label, *a = c
     try:
-        r = sp.run([sys.executable, os.path.dirname(__file__) + "/case.py", *map(str, a)], capture_output=True, text=True, timeout=240)
+        case = os.path.join(os.path.dirname(__file__), "2026-12-05_unequal_case.py")
+        r = sp.run([sys.executable, case, *map(str, a)], capture_output=True, text=True, timeout=240)
         err = r.stderr.strip().splitlines()
-        return f"{label:28s} {a[:5]} {a[5][:60]!r}: " + (r.stdout.strip() + (" ERR " + err[-1][:150] if r.returncode else ""))
+        tail = " ERR " + err[-1][:150] if r.returncode else ""
+        return f"{label:28s} {a[:5]} {a[5][:60]!r}: " + r.stdout.strip() + tail
     except Exception as ex:
         return f"{label:28s} {a}: TIMEOUT {ex}"
 with ThreadPoolExecutor(int(os.environ.get("J", "4"))) as ex:
