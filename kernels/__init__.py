@@ -11,6 +11,11 @@ families, chosen by the structure of its transition Λ_t:
 * ``memory``: a gradient step on the ℓ2 loss of a matrix memory with momentum (Titans with
   ``memory="linear"``); the state is the pair (memory, momentum), a ``dsf.MemoryState``.
 
+A gradient-step memory linear in its state without momentum takes the family it is (TTT-linear and
+the ℓ2 bias: the delta rule with β = θ; the dot-product bias: decayed linear attention with write
+gate θ; the ℓ2 bias under ℓ2 retention in Titans' order: the memory kernels with η = 0), its state
+still a ``dsf.MemoryState((S,), ())``.
+
 The spec's ``lower`` runs in PyTorch around the kernels (feature maps, gates, output scales and the
 skip), so autograd covers it; the kernels do the recurrence, which is where the time goes.
 
@@ -29,7 +34,7 @@ from torch import Tensor
 import dsf
 from dsf.forms import _internal_state, prepare
 from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
-from dsf.terms import LinearTerms
+from dsf.terms import LinearTerms, MemoryState, MemoryTerms
 
 from ._common import DTYPES, MAX_HEAD_DIM, UnsupportedHeadDim, check_cu_seqlens, check_device, check_head_dim
 
@@ -81,10 +86,13 @@ def supports(mixer: str | MixerSpec) -> dict[str, Any] | None:
         # tile to 1/16 and run the fused scan for training
         return {"family": "diag", "chunked": "recurrent", "recurrent": True, "step": True}
     if t == Transition.GRADIENT_STEP:
-        from .memory import compiles
+        # a memory linear in its state without momentum is decayed linear attention or the delta
+        # rule (kernels.memory.as_linear); the ℓ2 bias with momentum has kernels of its own
+        from .memory import route
 
-        if compiles(spec):
-            return {"family": "memory", "chunked": "chunk", "recurrent": True, "step": True}
+        family = route(spec)
+        if family is not None:
+            return {"family": family, "chunked": "chunk", "recurrent": True, "step": True}
     return None
 
 
@@ -174,7 +182,7 @@ class CompiledMixer:
             with torch.no_grad():
                 state.copy_(new)
             new = state
-        elif inplace and self.family == "memory" and state is not None:
+        elif inplace and isinstance(state, MemoryState):
             with torch.no_grad():
                 for old, x in zip(state.weights + state.momentum, new.weights + new.momentum):
                     old.copy_(x)
@@ -301,6 +309,15 @@ class CompiledMixer:
             from .memory import run_memory
 
             return run_memory(spec.name, terms, form, initial_state, output_final_state, cu_seqlens, state_arg)
+        memory = isinstance(terms, MemoryTerms)
+        if memory:   # a gradient-step memory linear in its state: its state is a MemoryState((S,), ())
+            from .memory import as_linear, memory_state_in
+
+            terms = as_linear(terms)
+            if initial_state is not None:
+                initial_state, _ = memory_state_in(spec.name, initial_state, N, H, K, V, False, terms.u.dtype,
+                                                   state_arg, cu_seqlens is not None)
+                state_arg += ".weights[0]"
         assert isinstance(terms, LinearTerms)
         h0 = None
         if initial_state is not None:
@@ -334,7 +351,9 @@ class CompiledMixer:
             o, ht = fn(q, terms.write_key().to(act), val, terms.decay, terms.g, initial_state=h0,
                        output_final_state=output_final_state, cu_seqlens=cu_seqlens)
         y = terms.finish(o.to(terms.u.dtype)).to(act)   # (a float32 skip term would promote it)
-        return y, (terms.to_user_state(ht) if ht is not None else None)
+        if ht is None:
+            return y, None
+        return y, (MemoryState((ht,), ()) if memory else terms.to_user_state(ht))
 
 
 def _aaren(spec, terms, state, output_final_state, cu_seqlens, state_arg="initial_state"):

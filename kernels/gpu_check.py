@@ -32,7 +32,7 @@ ONLY_GROUPS = ("chunk_key", "chunk_scalar", "chunk_delta", "titans", "fused", "r
 FUSED_MIXERS = ("mamba2", "linear_attention", "deltanet", "gated_deltanet", "gla")
 MIXERS = [("mamba2", {}), ("retnet", {}), ("linear_attention", {"feature_map": "elu1", "normalize": True}),
           ("gla", {}), ("s6", {}), ("qlstm", {"reversed": True}), ("deltanet", {}),
-          ("gated_deltanet", {}), ("longhorn", {}), ("softmax_attention", {}),
+          ("gated_deltanet", {}), ("longhorn", {}), ("ttt_linear", {}), ("softmax_attention", {}),
           ("softmax_attention", {"window": 100, "sink_tokens": 4})]
 
 
@@ -99,13 +99,19 @@ def check(name, opts, dtype, form, B, T, H, K, V, seed=0, device="cuda"):
     inp = spec.random_inputs(B, T, H, K, kv, dtype=torch.float64, device=device, seed=seed)
     stateful = kernels.supports(spec)["family"] != "softmax"
     S0 = prefix_state(spec, inp, 5, seed) if stateful else None
+    # a memory's state is a MemoryState((S,), ()): its one tensor is checked as the others' state is
+    memory = isinstance(S0, dsf.MemoryState)
+    wrap = (lambda S: dsf.MemoryState((S,), ())) if memory else (lambda S: S)  # noqa: E731
+    S0 = S0.weights[0] if memory else S0
     ref_in = _leaves(inp)
     S0_ref = _state_leaves(S0) if stateful else None
-    o_ref, S_ref = dsf.chunked(spec, chunk_size=64, initial_state=S0_ref, **ref_in)
+    o_ref, S_ref = dsf.chunked(spec, chunk_size=64, initial_state=wrap(S0_ref), **ref_in)
     leaves = _leaves({k: v.to(dtype) for k, v in inp.items()})
     S0_k = _state_leaves(S0.float()) if stateful else None
     fn = getattr(kernels.compile(spec), form)
-    o, S = fn(initial_state=S0_k, output_final_state=stateful, **leaves)
+    o, S = fn(initial_state=wrap(S0_k), output_final_state=stateful, **leaves)
+    if memory:
+        S_ref, S = S_ref.weights[0], S.weights[0]
     errs = {"o": rel_err(o.double(), o_ref)}
     if stateful:
         errs["state"] = rel_err(S.double(), S_ref)
