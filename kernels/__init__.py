@@ -262,8 +262,14 @@ class CompiledMixer:
         """Diagonal and delta families: one launch that reads and writes the state once.
 
         Returns None (use the general path) when autograd is needed, the state is not a plain
-        tensor in the kernel's layout, or an in-place update of a non-fp32 state is asked for.
+        tensor in the kernel's layout (or a memory's MemoryState((S,), ()) holding one), or an
+        in-place update of a non-fp32 state is asked for.
         """
+        held = state if isinstance(state, MemoryState) else None
+        if held is not None:   # a memory linear in its state: its one tensor is the family's state
+            if not isinstance(held.weights, tuple) or len(held.weights) != 1 or held.momentum != ():
+                return None
+            state = held.weights[0]
         if self.family not in ("diag", "delta") or not isinstance(state, Tensor) or not state.is_floating_point():
             return None
         tensors = [state, *(x for x in one.values() if isinstance(x, Tensor))]
@@ -272,6 +278,12 @@ class CompiledMixer:
         if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):
             return None
         spec, terms = prepare(self.spec, one)
+        if (held is None) == isinstance(terms, MemoryTerms):
+            return None   # a memory's state given as a bare tensor, or a MemoryState to another mixer
+        if held is not None:
+            from .memory import as_linear
+
+            terms = as_linear(terms)
         if terms.state_in is not None or terms.state_out is not None:
             return None
         B, _, H, K, _ = terms.shape
@@ -289,6 +301,8 @@ class CompiledMixer:
 
             o, new = diag_step(state, terms.q[:, 0], terms.write_key()[:, 0], val[:, 0], terms.decay, g,
                                inplace=inplace)
+        if held is not None:
+            new = held if inplace else MemoryState((new,), ())
         return terms.finish(o[:, None].to(terms.u.dtype))[:, 0], new
 
     # -- lowering -------------------------------------------------------------------------------

@@ -128,3 +128,26 @@ def test_memories_without_a_kernel_stay_refused():
         assert kernels.supports(spec) is None, spec.name
         with pytest.raises(kernels.UnsupportedMixer):
             kernels.compile(spec)
+
+
+@pytest.mark.parametrize("name,module", [("ttt_linear", "kernels.delta.recurrent"),
+                                         ("dot-l2-key-gd", "kernels.diag.recurrent")])
+@pytest.mark.parametrize("inplace", [True, False])
+def test_a_decoding_step_of_a_memory_is_one_launch(name, module, inplace, count_launches, monkeypatch):
+    """Without autograd a step of a memory run by the diagonal or delta family launches that family's
+    step kernel once (its MemoryState's tensor is the state it reads and writes), as the mixer's would,
+    not the general path (the fused recurrent kernel on a one-token sequence, then a copy)."""
+    import importlib
+
+    spec = SPECS[name][0]()
+    d = _inputs(spec, 2, 4, 2, seed=9)
+    o_ref, S_ref = dsf.recurrent(spec, **d)
+    m = kernels.compile(spec)
+    with torch.no_grad():
+        _, state = m.chunked(output_final_state=True, **{n: t[:, :3].float() for n, t in d.items()})
+    launches = count_launches(importlib.import_module(module), "_fwd_kernel")
+    monkeypatch.setattr(kernels.CompiledMixer, "_run", lambda *a, **k: pytest.fail("the general path"))
+    with torch.no_grad():
+        o, new = m.step(state, inplace=inplace, **{n: t[:, 3].float() for n, t in d.items()})
+    assert len(launches) == 1 and (new is state) == inplace and isinstance(new, dsf.MemoryState)
+    assert rel_err(o, o_ref[:, 3]) < TOL and rel_err(new.weights[0], S_ref.weights[0]) < TOL
