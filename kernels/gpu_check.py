@@ -457,7 +457,7 @@ def main(argv=None) -> int:
                     "also chunk_key, chunk_scalar, chunk_delta, titans, fused (the one-pass forwards; fused:NAME "
                     "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments, wu or pieces), repeat (every "
                     "mixer's repeat check), step (every mixer's decode-step check), varlen (every "
-                    "mixer's packed-sequences check) and unequal (every mixer with K ≠ V)")
+                    "mixer's packed-sequences check) and unequal (every mixer with K ≠ V; unequal:NAME for one mixer's)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     from kernels.sweep import add_set_option, settings_of
@@ -472,8 +472,14 @@ def main(argv=None) -> int:
     # a name that selects nothing would report "0 failing rows" having checked nothing
     known_only = sorted({n for n, _ in MIXERS} | set(ONLY_GROUPS))
     for n in only:
-        if not n.startswith("fused:") and n not in known_only:
-            ap.error(f"--only: unknown {n!r}; choose from {', '.join(known_only)} or fused:NAME[/MODE]")
+        if not n.startswith(("fused:", "unequal:")) and n not in known_only:
+            ap.error(f"--only: unknown {n!r}; choose from {', '.join(known_only)}, fused:NAME[/MODE] or "
+                     "unequal:NAME")
+    # unequal:NAME: the K ≠ V rows of one mixer (all of them run some 200 rows)
+    unequal_only = {n.split(":", 1)[1] for n in only if n.startswith("unequal:")}
+    for name in sorted(unequal_only - {m for m, _ in MIXERS}):
+        ap.error(f"--only unequal:{name}: the name after 'unequal:' is one of "
+                 f"{', '.join(sorted({m for m, _ in MIXERS}))}; got {name!r}")
     # fused:NAME, or fused:NAME/MODE (pass, segments, wu): the fused rows of one mixer, or of one mode
     fused_only: dict[str, set[str]] = {}
     for n in only:
@@ -486,10 +492,11 @@ def main(argv=None) -> int:
             fused_only.setdefault(name, set()).update([mode] if mode else [])
 
     with switches(settings_of(ap, args)):
-        return _run(args, {known[d] for d in args.dtypes.split(",")}, only, fused_only)
+        return _run(args, {known[d] for d in args.dtypes.split(",")}, only, fused_only, unequal_only)
 
 
-def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> int:
+def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]], unequal_only: set[str] = frozenset()
+         ) -> int:
     """The checks main() selected, with its --set switches in force."""
     def fused_want(name: str, mode: str) -> bool:
         return not fused_only or (name in fused_only and (not fused_only[name] or mode in fused_only[name]))
@@ -515,10 +522,12 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]]) -> 
                 head = (f"| {name} | {opts or ''} | {form} ({info[form] if form == 'chunked' else 'fused'}) "
                         f"| {str(dtype)[6:]} |")
                 failed += not _row(lines, head, _cells(check, name, opts, dtype, form, B, T, H, K, V), 5)
-    if want("unequal"):  # every mixer with K ≠ V (non-power-of-two and wider-than-value keys)
+    if want("unequal") or unequal_only:  # every mixer with K ≠ V (non-power-of-two and wider-than-value keys)
         lines += ["", "| K ≠ V (B=2, T=200, H=2) | options | form | K, V | dtype | o | state | worst grad | (which) "
                   "| ok |", "|---|---|---|---|---|---|---|---|---|---|"]
         for name, opts in MIXERS:
+            if unequal_only and name not in unequal_only:
+                continue
             for (uK, uV), form in itertools.product(UNEQUAL_DIMS[:1] if args.quick else UNEQUAL_DIMS,
                                                     ("chunked", "recurrent")):
                 # (a channel mixer runs 16 channels a head whatever V is given, as check() does)

@@ -226,6 +226,7 @@ def test_an_unknown_fused_mode_is_refused(capsys):
     ("mamba2,gated_delta", "--only: unknown 'gated_delta'"),
     ("fused:mamba", "the name after 'fused:' is one of mamba2, linear_attention, deltanet, gated_deltanet, gla; "
                     "got 'mamba'"),
+    ("unequal:mamba3", "the name after 'unequal:' is one of"),
 ])
 def test_an_unknown_only_name_is_refused(only, message, capsys):
     """A name --only does not know would select no rows and report 0 failing: refused, naming the known."""
@@ -288,3 +289,17 @@ def test_the_unequal_check_passes_on_the_interpreter():
     """The K ≠ V rows' check itself on the CPU (fp32): the kernels pass it where K ≠ V."""
     errs, ok = gpu_check.check("deltanet", {}, torch.float32, "chunked", 1, 70, 1, 40, 24, device="cpu")
     assert ok and errs["o"] < 1e-5
+
+
+def test_unequal_rows_of_named_mixers_alone(tmp_path, monkeypatch):
+    """--only unequal:NAME runs that mixer's K ≠ V rows and no other row."""
+    _fake_checks(monkeypatch, broken=None)
+    seen = []
+    monkeypatch.setattr(gpu_check, "check", lambda name, opts, dtype, form, *dims: seen.append((name, dims))
+                        or ({"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True))
+    argv = ["--only", "unequal:longhorn,unequal:ttt_linear", "--dtypes", "float32", "--out", str(tmp_path)]
+    assert gpu_check.main(argv) == 0
+    assert {n for n, _ in seen} == {"longhorn", "ttt_linear"}
+    assert len(seen) == 2 * 2 * len(gpu_check.UNEQUAL_DIMS) and all(d[3] != d[4] for _, d in seen)
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert "| ttt_linear |  | chunked | 40, 24 | float32 | 1.0e-07 |" in md and md.rstrip().endswith("0 failing rows")
