@@ -24,6 +24,8 @@ EXERCISES: dict[int, str] = {
     1: "ex01_phi_scalar",
     2: "ex02_chunked_linear_attention",
     3: "ex03_delta_segments",
+    4: "ex04_softmax_merge",
+    5: "ex05_memory_gradient_step",
 }
 
 

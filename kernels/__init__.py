@@ -122,8 +122,10 @@ class CompiledMixer:
     def __init__(self, spec: MixerSpec):
         info = supports(spec)
         if info is None:
-            raise UnsupportedMixer(f"kernels: no kernel family compiles {spec.name!r} "
-                                      f"({spec.transition}); use dsf.chunked on the CPU")
+            exact = spec.forms() if hasattr(spec, "forms") else ("chunked",)
+            hint = "use dsf.chunked" if "chunked" in exact else \
+                "use dsf.recurrent (exact) or dsf.chunked(..., approximate='minibatch')"
+            raise UnsupportedMixer(f"kernels: no kernel family compiles {spec.name!r} ({spec.transition}); {hint}")
         self.spec, self.family = spec, info["family"]
         self.info = info
         self._direct = _direct_plans().get(spec.lower)
@@ -284,23 +286,28 @@ class CompiledMixer:
             from .memory import as_linear
 
             terms = as_linear(terms)
+            if terms is None:
+                return None   # this call's options lower it to the memory kernels' recurrence
         if terms.state_in is not None or terms.state_out is not None:
             return None
         B, _, H, K, _ = terms.shape
-        val = terms.write_value()
+        # q, k and the value in the activations' dtype, as on the general path: a float32 gate or
+        # step size in the value (a memory's θ v) beside 16-bit q, k, v would be refused by the kernel
+        act = next((one[n].dtype for n in ("q", "k", "v", "x") if isinstance(one.get(n), Tensor)), terms.u.dtype)
+        val = terms.write_value().to(act)
         if tuple(state.shape) != (B, H, K, val.shape[-1]):
             return None  # the general path raises the shape error
         g = None if terms.g is None else terms.g[:, 0]
         if self.family == "delta":
             from .delta import delta_step
 
-            o, new = delta_step(state, terms.q[:, 0], terms.k[:, 0], val[:, 0], terms.beta[:, 0], g,
-                                inplace=inplace)
+            o, new = delta_step(state, terms.q[:, 0].to(act), terms.k[:, 0].to(act), val[:, 0], terms.beta[:, 0],
+                                g, inplace=inplace)
         else:
             from .diag import diag_step
 
-            o, new = diag_step(state, terms.q[:, 0], terms.write_key()[:, 0], val[:, 0], terms.decay, g,
-                               inplace=inplace)
+            o, new = diag_step(state, terms.q[:, 0].to(act), terms.write_key()[:, 0].to(act), val[:, 0],
+                               terms.decay, g, inplace=inplace)
         if held is not None:
             new = held if inplace else MemoryState((new,), ())
         return terms.finish(o[:, None].to(terms.u.dtype))[:, 0], new
@@ -319,15 +326,16 @@ class CompiledMixer:
                          q_in.shape[-1] if isinstance(q_in, Tensor) else None)
         if self.family == "softmax":
             return _softmax(spec, terms, initial_state, output_final_state, cu_seqlens, state_arg)
-        if self.family == "memory":
-            from .memory import run_memory
-
-            return run_memory(spec.name, terms, form, initial_state, output_final_state, cu_seqlens, state_arg)
         memory = isinstance(terms, MemoryTerms)
         if memory:   # a gradient-step memory linear in its state: its state is a MemoryState((S,), ())
-            from .memory import as_linear, memory_state_in
+            from .memory import as_linear, memory_state_in, run_memory
 
-            terms = as_linear(terms)
+            # the family was chosen from the spec's options; one given with the call (grad_at) may
+            # lower this call to a recurrence another family runs: the memory kernels take it then
+            lin = None if self.family == "memory" else as_linear(terms)
+            if lin is None:
+                return run_memory(spec.name, terms, form, initial_state, output_final_state, cu_seqlens, state_arg)
+            terms = lin
             if initial_state is not None:
                 initial_state, _ = memory_state_in(spec.name, initial_state, N, H, K, V, False, terms.u.dtype,
                                                    state_arg, cu_seqlens is not None)

@@ -135,6 +135,9 @@ def cli_main(args: list[str] | None = None, **kwargs) -> DSFTrainCLI:
         args = _imports(list(args))
     elif any(a == "--import" or a.startswith("--import=") for a in sys.argv[1:]):
         sys.argv[1:] = _imports(sys.argv[1:])   # (LightningCLI reads sys.argv itself: args and argv both warn)
+    # --import is read above, before LightningCLI parses: its help says so here
+    kwargs.setdefault("parser_kwargs", {"epilog": "--import MODULE (repeatable, anywhere on the line) imports "
+                                        "a module first, e.g. one that registers your own mixers."})
     return DSFTrainCLI(
         TaskModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         trainer_defaults={"default_root_dir": DEFAULT_ROOT}, save_config_kwargs={"overwrite": True},

@@ -151,3 +151,39 @@ def test_a_decoding_step_of_a_memory_is_one_launch(name, module, inplace, count_
         o, new = m.step(state, inplace=inplace, **{n: t[:, 3].float() for n, t in d.items()})
     assert len(launches) == 1 and (new is state) == inplace and isinstance(new, dsf.MemoryState)
     assert rel_err(o, o_ref[:, 3]) < TOL and rel_err(new.weights[0], S_ref.weights[0]) < TOL
+
+
+def test_a_grad_at_given_with_the_call_runs_the_recurrence_it_names():
+    """Compiled with grad_at="retained" (the gated delta rule), called with "previous" (Titans' order):
+    the memory kernels run that call (it was a bare AssertionError), in every form and step."""
+    spec = memory_spec("matrix", "l2", "l2", "gd").with_options(grad_at="retained")
+    assert kernels.supports(spec)["family"] == "delta"
+    d = _inputs(spec, 1, 9, 2, seed=4)
+    o_ref, S_ref = dsf.recurrent(spec, grad_at="previous", **d)
+    f = {n: t.float() for n, t in d.items()}
+    m = kernels.compile(spec)
+    for form in ("chunked", "recurrent"):
+        o, S = getattr(m, form)(grad_at="previous", output_final_state=True, **f)
+        assert rel_err(o, o_ref) < TOL and rel_err(S.weights[0], S_ref.weights[0]) < TOL, form
+    _, state = m.chunked(grad_at="previous", output_final_state=True, **{n: t[:, :7] for n, t in f.items()})
+    with torch.no_grad():
+        for t in (7, 8):
+            o_t, state = m.step(state, grad_at="previous", **{n: x[:, t] for n, x in f.items()})
+            assert rel_err(o_t, o_ref[:, t]) < TOL
+    assert rel_err(state.weights[0], S_ref.weights[0]) < TOL
+
+
+@pytest.mark.parametrize("name", ["dot-l2-key-gd", "ttt_linear"])
+def test_a_float32_step_size_beside_16bit_inputs_decodes(name):
+    """θ in float32 beside bf16 q, k, v (as the spec allows): the one-launch step took θ v in float32
+    and the kernel refused it by its own name; now it runs as chunked does."""
+    spec = SPECS[name][0]()
+    d = _inputs(spec, 2, 5, 2, seed=6)
+    o_ref, _ = dsf.recurrent(spec, **d)
+    x = {n: (t.bfloat16() if n in ("q", "k", "v") else t.float()) for n, t in d.items()}
+    m = kernels.compile(spec)
+    with torch.no_grad():
+        _, state = m.chunked(output_final_state=True, **{n: t[:, :3] for n, t in x.items()})
+        for t in (3, 4):
+            o_t, state = m.step(state, **{n: v[:, t] for n, v in x.items()})
+            assert o_t.dtype == torch.bfloat16 and rel_err(o_t.double(), o_ref[:, t]) < 2e-2

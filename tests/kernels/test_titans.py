@@ -216,5 +216,6 @@ def test_errors():
         fused_recurrent_titans(*args, cu_seqlens=torch.tensor([0, 3]))
     with pytest.raises(TypeError, match="initial_state must be a dsf.MemoryState"):
         kernels.compile(dsf.zoo.get("titans", memory="linear")).chunked(initial_state=torch.zeros(1), **d)
-    with pytest.raises(kernels.UnsupportedMixer):
+    with pytest.raises(kernels.UnsupportedMixer, match=r"'titans'.*use dsf.recurrent \(exact\) or "
+                                                       r"dsf.chunked\(..., approximate='minibatch'\)"):
         kernels.compile("titans")                                 # MLP memory: no kernel

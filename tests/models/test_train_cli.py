@@ -132,6 +132,13 @@ def test_import_brings_your_own_mixer(readme_mixers):
     assert cli.model.model.mixer == "mamba2_floor" and cli.trainer.state.finished
 
 
+def test_help_names_the_import_option(capsys):
+    """--import is read before LightningCLI parses, so its parser did not list it: the help says it."""
+    with pytest.raises(SystemExit):
+        cli_main(["--help"])
+    assert "--import MODULE (repeatable" in capsys.readouterr().out
+
+
 def test_predict_is_not_offered(capsys):
     """LightningCLI offered `predict`, which failed: the task modules have no predict step."""
     with pytest.raises(SystemExit):

@@ -1,0 +1,96 @@
+"""Checks for exercise 4, with the final state of ``dsf.recurrent("aaren")`` as the oracle."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import strategies as st
+
+import dsf
+
+from .._checking import Case, assert_close, float64_tensor, for_all_cases, without_dsf
+
+TITLE = "Exercise 4: merging two softmax states"
+FUNCTION = "merge"
+
+
+def _state(x: dict, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The state of tokens a … b − 1 (the empty state when there are none)."""
+    B, _, H, _ = x["k"].shape
+    V = x["v"].shape[-1]
+    if b <= a:
+        return (torch.full((B, H), float("-inf"), dtype=torch.float64),
+                torch.zeros(B, H, dtype=torch.float64), torch.zeros(B, H, V, dtype=torch.float64))
+    _, S = dsf.recurrent("aaren", q=x["q"], k=x["k"][:, a:b], v=x["v"][:, a:b])
+    return S.m, S.c, S.a
+
+
+def _call(fn, first, second):
+    copies = [tuple(t.clone() for t in s) for s in (first, second)]
+    result = fn(*copies)
+    if not (isinstance(result, tuple) and len(result) == 3):
+        raise AssertionError(f"return a triple (m, c, a), got {type(result).__name__}")
+    if not all(torch.equal(x, y) for s, c in zip((first, second), copies) for x, y in zip(s, c)):
+        raise AssertionError("an input state was modified in place: work on new tensors")
+    return tuple(float64_tensor(name, t) for name, t in zip("mca", result))
+
+
+def _same(label: str, got, want) -> None:
+    for name, g, w in zip("mca", got, want):
+        assert_close(f"{name} ({label})", g, w)
+
+
+def check_shapes(fn):
+    """returns (m [B, H], c [B, H], a [B, H, V]) in float64, inputs unchanged"""
+    x = Case(2, 6, 3, 4, 5, seed=0, scale=None).inputs("aaren")
+    m, c, a = _call(fn, _state(x, 0, 2), _state(x, 2, 6))
+    for name, got, want in (("m", m, (2, 3)), ("c", c, (2, 3)), ("a", a, (2, 3, 5))):
+        if tuple(got.shape) != want:
+            raise AssertionError(f"{name} should have shape {list(want)}, got {list(got.shape)}")
+
+
+def check_two_parts_make_the_whole(fn):
+    """merging the states of a sequence's two parts gives the state of the whole"""
+    def body(case, cut):
+        x = case.inputs("aaren")
+        cut = min(cut, case.T)
+        _same(f"cut after {cut} of {case.T} tokens", _call(fn, _state(x, 0, cut), _state(x, cut, case.T)),
+              _state(x, 0, case.T))
+    for_all_cases(body, edge_values=lambda case: {"cut": case.T // 2}, cut=st.integers(0, 40))
+
+
+def check_the_empty_state_is_neutral(fn):
+    """the empty state (m = −inf, c = a = 0) changes nothing, and two of them merge into one"""
+    x = Case(2, 5, 2, 3, 4, seed=2, scale=None).inputs("aaren")
+    full, empty = _state(x, 0, 5), _state(x, 0, 0)
+    _same("empty, then a state", _call(fn, empty, full), full)
+    _same("a state, then empty", _call(fn, full, empty), full)
+    m, c, a = _call(fn, empty, empty)
+    if not bool(torch.isneginf(m).all()):
+        raise AssertionError(f"m (two empty states): expected −inf everywhere, got {m.flatten()[:4].tolist()} …")
+    for name, t in (("c", c), ("a", a)):
+        if bool(torch.isnan(t).any()):
+            raise AssertionError(f"{name} (two empty states): contains nan — an empty part weighs 0, "
+                                 "but exp(m₁ − m) is exp(−inf − (−inf)) = nan there")
+        assert_close(f"{name} (two empty states)", t, torch.zeros_like(t))
+
+
+def check_huge_logits(fn):
+    """logits in the thousands: the merge still gives the whole's state, finite"""
+    def body(case, cut):
+        x = case.inputs("aaren")
+        x["q"] = x["q"] * 3000.0
+        cut = min(cut, case.T)
+        _same(f"q × 3000, cut after {cut}", _call(fn, _state(x, 0, cut), _state(x, cut, case.T)),
+              _state(x, 0, case.T))
+    for_all_cases(body, edge_values=lambda case: {"cut": (case.T + 1) // 2}, cut=st.integers(1, 40))
+
+
+def check_written_with_torch(fn):
+    """is written with torch, not by calling dsf (the checks' answer key)"""
+    x = Case(1, 4, 2, 3, 2, seed=0, scale=None).inputs("aaren")
+    first, second = _state(x, 0, 2), _state(x, 2, 4)
+    without_dsf(fn, lambda: _call(fn, first, second))
+
+
+CHECKS = [check_shapes, check_two_parts_make_the_whole, check_the_empty_state_is_neutral, check_huge_logits,
+          check_written_with_torch]
