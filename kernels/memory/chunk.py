@@ -86,14 +86,21 @@ def _prec(dtype: torch.dtype) -> str:
 
 @triton.jit
 def _load_gates(g, eta, theta, t_rows, m_t, i_h, H: tl.constexpr, USE_G: tl.constexpr,
-                RETAINED: tl.constexpr):
-    """θ, the cumulative logs G^α, G^η, the shifted G^ρ and the totals, for one chunk ([BT] each)."""
+                RETAINED: tl.constexpr, EXACT: tl.constexpr):
+    """θ, the cumulative logs G^α, G^η, the shifted G^ρ and the totals, for one chunk ([BT] each).
+
+    EXACT (fp32 inputs): the logs summed and kept in fp64. Strong decays (resets, floored at −200) take
+    a chunk's G to −10⁴, where fp32's spacing (~10⁻³) made every e^{G_t − G_j} between two resets off
+    by as much (2e-4 in a memory with a reset every 4 tokens); the masks take differences in fp64
+    (_decay_mask, _ex), and only what is left goes to fp32."""
     b_th = tl.load(theta + t_rows * H + i_h, mask=m_t, other=0.).to(tl.float32)
     b_h = log_decay(tl.load(eta + t_rows * H + i_h, mask=m_t, other=0.))
     if USE_G:
         b_g = log_decay(tl.load(g + t_rows * H + i_h, mask=m_t, other=0.))
     else:
         b_g = tl.zeros_like(b_h)
+    if EXACT:
+        b_g, b_h = b_g.to(tl.float64), b_h.to(tl.float64)
     b_Ga = tl.cumsum(b_g, axis=0)
     b_Ge = tl.cumsum(b_h, axis=0)
     if RETAINED:
@@ -105,17 +112,23 @@ def _load_gates(g, eta, theta, t_rows, m_t, i_h, H: tl.constexpr, USE_G: tl.cons
 
 @triton.jit
 def _decay_mask(x_row, x_col, mask):
-    """exp(x_row[t] − x_col[j]) where mask, else 0."""
-    return tl.exp(tl.where(mask, x_row[:, None] - x_col[None, :], float("-inf")))
+    """exp(x_row[t] − x_col[j]) where mask, else 0, in fp32 (the difference taken in the logs' dtype)."""
+    return tl.exp(tl.where(mask, (x_row[:, None] - x_col[None, :]).to(tl.float32), float("-inf")))
+
+
+@triton.jit
+def _ex(x):
+    """exp(x) in fp32 for logs (or differences of logs) held in fp32 or fp64."""
+    return tl.exp(x.to(tl.float32))
 
 
 @triton.jit
 def _ends(b_Ga, b_Ge, b_GaL, b_GeL, b_Le, m_t):
     """The chunk's end coefficients: b_L, c_L [BT], e^{G^η_L − G^η} [BT]."""
-    b_xE = tl.where(m_t, tl.exp(b_GaL - b_Ga), 0.)                    # e^{G^α_L − G^α_j}, real j
-    b_bE = tl.sum(b_xE * tl.exp(b_Ge), axis=0)
+    b_xE = tl.where(m_t, _ex(b_GaL - b_Ga), 0.)                       # e^{G^α_L − G^α_j}, real j
+    b_bE = tl.sum(b_xE * _ex(b_Ge), axis=0)
     b_cE = tl.sum(b_xE[:, None] * b_Le, axis=0)                       # Σ_j e^{G^α_L − G^α_j} L^η_ji
-    b_fE = tl.where(m_t, tl.exp(b_GeL - b_Ge), 0.)
+    b_fE = tl.where(m_t, _ex(b_GeL - b_Ge), 0.)
     return b_xE, b_bE, b_cE, b_fE
 
 
@@ -131,7 +144,8 @@ NCOEF = tl.constexpr(6)
 @triton.jit
 def _prep_kernel(k, v, theta, g, eta, w1, w2, u, tm, cm, cpm, coef, cend, offsets, chunk_indices,
                  H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr,
-                 BV: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr, PREC: tl.constexpr):
+                 BV: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr, PREC: tl.constexpr,
+                 EXACT: tl.constexpr):
     """T = (I + A)⁻¹, W1, W2, U, the masks c ⊙ θ, c' ⊙ θ and the coefficients of one chunk and head."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -148,19 +162,20 @@ def _prep_kernel(k, v, theta, g, eta, w1, w2, u, tm, cm, cpm, coef, cend, offset
     p_tk = (t_rows[:, None] * H + i_h) * K + o_k[None, :]
 
     # the masks one at a time (each [BT, BT] tile dies before the next is built)
-    b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G, RETAINED)
+    b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G, RETAINED,
+                                                       EXACT)
     b_Le = _decay_mask(b_Ge, b_Ge, low)
-    b_eGe = tl.exp(b_Ge)
+    b_eGe = _ex(b_Ge)
     p_co = (t_rows * H + i_h) * NCOEF
     p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
     m_tt = m_t[:, None] & (o_i < BT)[None, :]
     b_La = _decay_mask(b_Ga, b_Ga, low)
-    tl.store(coef + p_co, tl.exp(b_Ga), mask=m_t)
+    tl.store(coef + p_co, _ex(b_Ga), mask=m_t)
     tl.store(coef + p_co + 1, tl.sum(b_La * b_eGe[None, :], axis=1), mask=m_t)
     tl.store(cm + p_tt, tl.where(low, tl.dot(b_La, b_Le, input_precision=PREC) * b_th[None, :], 0.),
              mask=m_tt)
     b_Lp = _decay_mask(b_Gp, b_Ga, strict)
-    b_ap = tl.exp(b_Gp)
+    b_ap = _ex(b_Gp)
     b_bp = tl.sum(b_Lp * b_eGe[None, :], axis=1)
     tl.store(coef + p_co + 2, b_ap, mask=m_t)
     tl.store(coef + p_co + 3, b_bp, mask=m_t)
@@ -170,9 +185,9 @@ def _prep_kernel(k, v, theta, g, eta, w1, w2, u, tm, cm, cpm, coef, cend, offset
     tl.store(coef + p_co + 4, b_th * b_cE, mask=m_t)
     tl.store(coef + p_co + 5, b_th * b_fE, mask=m_t)
     p_ce = (i_c.to(tl.int64) * H + i_h) * 3
-    tl.store(cend + p_ce, tl.exp(b_GaL))
+    tl.store(cend + p_ce, _ex(b_GaL))
     tl.store(cend + p_ce + 1, b_bE)
-    tl.store(cend + p_ce + 2, tl.exp(b_GeL))
+    tl.store(cend + p_ce + 2, _ex(b_GeL))
 
     # T = (I + A)⁻¹ by forward substitution: row i of T − I from the rows above it
     b_k = tl.load(k + p_tk, mask=m_tk, other=0.).to(tl.float32)
@@ -469,7 +484,7 @@ def _rev_cumsum(x):
 @triton.jit
 def _dgate_kernel(theta, g, eta, dpqk, dakk, dvec, dend, dth, dg, deta, offsets, chunk_indices,
                   H: tl.constexpr, BT: tl.constexpr, USE_G: tl.constexpr, RETAINED: tl.constexpr,
-                  PREC: tl.constexpr):
+                  PREC: tl.constexpr, EXACT: tl.constexpr):
     """dθ, dg and dlog_eta of one chunk from the gradients of its masks and coefficients."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     i_n = tl.load(chunk_indices + i_c * 2).to(tl.int64)
@@ -483,9 +498,10 @@ def _dgate_kernel(theta, g, eta, dpqk, dakk, dvec, dend, dth, dg, deta, offsets,
     strict = o_i[:, None] > o_i[None, :]
     p_tt = (t_rows[:, None] * H + i_h) * BT + o_i[None, :]
 
-    b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G, RETAINED)
+    b_th, b_Ga, b_Ge, b_Gp, b_GaL, b_GeL = _load_gates(g, eta, theta, t_rows, m_t, i_h, H, USE_G, RETAINED,
+                                                       EXACT)
     b_Le = _decay_mask(b_Ge, b_Ge, low)
-    b_eGe = tl.exp(b_Ge)
+    b_eGe = _ex(b_Ge)
     p_dv = (t_rows * H + i_h) * NCOEF
     # Into the cumulative logs G^α (dGa), G^ρ (dGp), G^η (dGe), one mask at a time (each [BT, BT]
     # tile dies before the next is built); the end terms go to the last token.
@@ -495,7 +511,7 @@ def _dgate_kernel(theta, g, eta, dpqk, dakk, dvec, dend, dth, dg, deta, offsets,
     b_dPQK = tl.load(dpqk + p_tt, mask=m_t[:, None] & low, other=0.)    # ∂L/∂P ⊙ Q Kᵀ
     b_dth = tl.sum(b_dPQK * b_c, axis=0)
     b_dc = b_dPQK * b_th[None, :]
-    b_dGa = tl.load(dvec + p_dv, mask=m_t, other=0.) * tl.exp(b_Ga)
+    b_dGa = tl.load(dvec + p_dv, mask=m_t, other=0.) * _ex(b_Ga)
     b_W = tl.load(dvec + p_dv + 1, mask=m_t, other=0.)[:, None] * b_La * b_eGe[None, :]
     b_dGa += tl.sum(b_W, axis=1) - tl.sum(b_W, axis=0)
     b_dGe = tl.sum(b_W, axis=0)
@@ -511,7 +527,7 @@ def _dgate_kernel(theta, g, eta, dpqk, dakk, dvec, dend, dth, dg, deta, offsets,
     b_dAKK = tl.load(dakk + p_tt, mask=m_t[:, None] & strict, other=0.)  # ∂L/∂A ⊙ K Kᵀ
     b_dth += tl.sum(b_dAKK * b_cp, axis=0)
     b_dcp = b_dAKK * b_th[None, :]
-    b_dGp = tl.load(dvec + p_dv + 2, mask=m_t, other=0.) * tl.exp(b_Gp)
+    b_dGp = tl.load(dvec + p_dv + 2, mask=m_t, other=0.) * _ex(b_Gp)
     b_W = tl.load(dvec + p_dv + 3, mask=m_t, other=0.)[:, None] * b_Lp * b_eGe[None, :]
     b_dGp += tl.sum(b_W, axis=1)
     b_dGa -= tl.sum(b_W, axis=0)
@@ -530,8 +546,8 @@ def _dgate_kernel(theta, g, eta, dpqk, dakk, dvec, dend, dth, dg, deta, offsets,
     b_dcE = b_th * b_m1
     b_dfE = b_th * b_m2
     p_de = (i_c.to(tl.int64) * H + i_h) * 3
-    b_dGaL = tl.load(dend + p_de) * tl.exp(b_GaL) + tl.sum(b_dcE * b_cE, axis=0)
-    b_dGeL = tl.load(dend + p_de + 2) * tl.exp(b_GeL) + tl.sum(b_dfE * b_fE, axis=0)
+    b_dGaL = tl.load(dend + p_de) * _ex(b_GaL) + tl.sum(b_dcE * b_cE, axis=0)
+    b_dGeL = tl.load(dend + p_de + 2) * _ex(b_GeL) + tl.sum(b_dfE * b_fE, axis=0)
     b_dGe -= b_dfE * b_fE + b_dcE * b_cE
     b_w = tl.load(dend + p_de + 1) * b_xE * b_eGe
     b_dGaL += tl.sum(b_w, axis=0)
@@ -581,7 +597,8 @@ class ChunkTitans(torch.autograd.Function):
         if NC > 0:
             _prep_kernel[(NC, H)](k, v, theta, theta if g is None else g, eta, w1, w2, u, tm, cm, cpm, coef,
                                   cend, offsets, chunk_indices, BV=bl["BV_prep"], USE_G=g is not None,
-                                  RETAINED=bool(retained), num_warps=bl["warps_prep"], **shape)
+                                  RETAINED=bool(retained), EXACT=q.dtype == torch.float32,
+                                  num_warps=bl["warps_prep"], **shape)
         BVs = bl["BV_state"]
         _state_kernel[(cdiv(V, BVs), N * H)](
             k, w1, w2, u, coef, cend, e, s0, z0, hs, hz, st, zt, offsets, chunk_offsets, maxc, BV=BVs,
@@ -637,6 +654,7 @@ class ChunkTitans(torch.autograd.Function):
             _dgate_kernel[(NC, H)](
                 theta, theta if g is None else g, eta, dpqk.sum(0), dakk.sum(0), dvec.sum(0), dend.sum(0),
                 dth, deta if dg is None else dg, deta, offsets, chunk_indices, H=H, BT=BT,
-                USE_G=g is not None, RETAINED=bool(retained), PREC=shape["PREC"], num_warps=bl["warps_gate"])
+                USE_G=g is not None, RETAINED=bool(retained), PREC=shape["PREC"], EXACT=q.dtype == torch.float32,
+                num_warps=bl["warps_gate"])
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v_dtype), dth.to(theta.dtype),
                 None if g is None else dg.to(g.dtype), deta.to(eta.dtype), ds0, dz0, None, None, None, None)
