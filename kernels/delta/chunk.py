@@ -1697,6 +1697,26 @@ class ChunkDelta(torch.autograd.Function):
 # illegal access at T = 1 did not come back). The cause is not found: those shapes run in fp32 (the
 # inputs widened once here; `python -m kernels.gpu_check --only unequal` passes them). False: as bf16.
 UNEQUAL_IN_FP32 = True
+# The cheaper candidate, not yet run on a GPU: UNEQUAL_PAD = True pads the narrower of (q, k) and v
+# with zero channels to the wider dim instead, so the K = V kernels run (which pass at those dims in
+# bf16, (40, 40) included): zero key channels leave a state's rows as they were (zero), zero value
+# channels its columns, and both are cut off again. Check it with `python -m kernels.gpu_check --only
+# unequal:deltanet,unequal:gated_deltanet --set kernels.delta.chunk.UNEQUAL_PAD=True`.
+UNEQUAL_PAD = False
+
+
+def _unequal_bf16(x: Tensor, K: int, V: int) -> str | None:
+    """How chunk_delta runs bf16 inputs with K ≠ V on a GPU: "pad", "fp32" or None (as they are)."""
+    if not (x.is_cuda and x.dtype == torch.bfloat16 and K != V):
+        return None
+    return "pad" if UNEQUAL_PAD else "fp32" if UNEQUAL_IN_FP32 else None
+
+
+def _pad_last(x: Tensor | None, n: int) -> Tensor | None:
+    """x with its last dim zero-padded to n (differentiable: the padding's gradient is dropped)."""
+    if x is None or x.shape[-1] == n:
+        return x
+    return torch.nn.functional.pad(x, (0, n - x.shape[-1]))
 
 
 def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
@@ -1750,7 +1770,14 @@ def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None 
     flat = lambda t: None if t is None else t.reshape(B * T, *t.shape[2:]).contiguous()  # noqa: E731
     h0 = None if initial_state is None else initial_state.contiguous()
     qf, kf, vf, bf = interpreter_upcast(flat(q), flat(k), flat(v), flat(beta))
-    if UNEQUAL_IN_FP32 and qf.is_cuda and qf.dtype == torch.bfloat16 and K != V:
+    mode = _unequal_bf16(qf, K, V)
+    if mode == "fp32":
         qf, kf, vf = qf.float(), kf.float(), vf.float()   # see UNEQUAL_IN_FP32
+    elif mode == "pad":   # see UNEQUAL_PAD
+        P = max(K, V)
+        qf, kf, vf = _pad_last(qf, P), _pad_last(kf, P), _pad_last(vf, P)
+        h0 = None if h0 is None else _pad_last(_pad_last(h0, P).transpose(-1, -2), P).transpose(-1, -2).contiguous()
     o, ht = apply(ChunkDelta, qf, kf, vf, bf, flat(g), h0, offsets, scale, chunk_size, bool(output_final_state))
+    if mode == "pad":
+        o, ht = o[..., :V], (None if ht is None else ht[..., :K, :V].contiguous())
     return o.reshape(B, T, H, V).to(v.dtype), ht

@@ -1086,3 +1086,19 @@ def test_pass_merges_ks_and_qs(monkeypatch, count_launches, mixer, tma):
     monkeypatch.setattr(C, "PASS_MERGE_KQ", None)
     assert C._merge_kq(0, 32) and C._merge_kq(0, 16) and not C._merge_kq(0, 64)
     assert not C._merge_kq(2, 32) and not C._merge_kq(1, 16)
+
+
+@pytest.mark.parametrize("mixer", ["deltanet", "gated_deltanet"])
+@pytest.mark.parametrize("K,V", [(40, 24), (24, 40)])
+def test_k_unlike_v_padded_to_the_wider_dim(monkeypatch, mixer, K, V):
+    """UNEQUAL_PAD (the cheaper candidate for bf16 K ≠ V on the GPU, forced here in fp32): q, k, v and the
+    initial state zero-padded to max(K, V), run as K = V, cut back — outputs, final state and every
+    gradient, the initial state's included, as the float64 recurrence."""
+    monkeypatch.setattr(C, "_unequal_bf16", lambda x, K_, V_: "pad" if K_ != V_ else None)
+    seen = []
+    real = C.ChunkDelta.apply
+    monkeypatch.setattr(C.ChunkDelta, "apply", lambda *a: seen.append((a[0].shape[-1], a[2].shape[-1])) or real(*a))
+    d = inputs(mixer, 2, 70, 2, K, V, seed=3)
+    S0, do, dS = cotangents(2, 70, 2, K, V, 2, True, True)
+    compare(mixer, d, S0, do, dS)
+    assert seen and all(s == (max(K, V), max(K, V)) for s in seen)
