@@ -12,7 +12,8 @@ import dsf.symbolic as sym
 from dsf.symbolic import Identity
 
 NAMES = ["normalized_linear_attention", "reversed_sigmoid_is_s6",
-         "chunked_equals_recurrent_diagonal", "titans_linear_is_gated_delta"]
+         "chunked_equals_recurrent_diagonal", "titans_linear_is_gated_delta", "ttt_linear_is_deltanet",
+         "softmax_states_merge"]
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,21 @@ def test_gated_deltanet_with_unscaled_value_is_not_titans():
     # The gap is exactly α β' v kᵀ, as the identity's statement says.
     gap = alpha * 2 * theta / (1 - alpha) * v * k.T
     assert Identity("gap", "", gdn - titans, gap).holds()
+
+
+def test_the_merge_without_rescaling_and_the_step_with_the_wrong_sign_do_not_hold():
+    """The two new identities can fail: the softmax merge without e^{m_i − m}, and a gradient step
+    taken uphill (θ → −θ) against the delta rule."""
+    good = sym.softmax_states_merge(1, 1, 1)
+    m1, m2 = sp.symbols("m_1 m_2", real=True)
+    s0, s1 = sp.symbols("s_0:2", real=True)
+    v = [sp.Symbol("v_0_0", real=True), sp.Symbol("v_1_0", real=True)]
+    no_rescale = sp.Matrix([[sp.exp(s0 - m1) + sp.exp(s1 - m2),
+                             sp.exp(s0 - m1) * v[0] + sp.exp(s1 - m2) * v[1]]])
+    assert not Identity("no_rescale", "", no_rescale, good.rhs).holds()
+    ttt = sym.ttt_linear_is_deltanet(2, 1)
+    theta = sp.Symbol("theta", positive=True)
+    assert not Identity("uphill", "", ttt.lhs.subs(theta, -theta), ttt.rhs).holds()
 
 
 def test_wrong_reversed_sigmoid_does_not_hold():

@@ -12,8 +12,8 @@ from .identity import Identity
 from .phi import step_diagonal
 
 __all__ = ["normalized_linear_attention", "reversed_sigmoid_is_s6",
-           "chunked_equals_recurrent_diagonal", "titans_linear_is_gated_delta", "identities",
-           "titans_update", "gated_deltanet_update"]
+           "chunked_equals_recurrent_diagonal", "titans_linear_is_gated_delta", "ttt_linear_is_deltanet",
+           "softmax_states_merge", "identities", "titans_update", "gated_deltanet_update"]
 
 
 def _positive(fn: str, **sizes: object) -> None:
@@ -181,7 +181,58 @@ def titans_linear_is_gated_delta(K: int = 2) -> Identity:
         sp.Matrix.hstack(titans, titans), sp.Matrix.hstack(gated_delta, reparam))
 
 
+# --------------------------------------------------------------------------------------------
+# (e) TTT-linear's gradient step, differentiated by sympy, is the delta rule
+
+
+def ttt_linear_is_deltanet(K: int = 2, V: int = 2) -> Identity:
+    """One gradient step on ½‖Sᵀk − v‖² (the gradient taken by sympy, not written by hand) against
+    the DeltaNet step with β = θ (fla's orientation, S: K×V)."""
+    _positive("ttt_linear_is_deltanet", K=K, V=V)
+    S = _mat("S", K, V, real=True)
+    k, v = _mat("k", K, 1, real=True), _mat("v", V, 1, real=True)
+    theta = sp.Symbol("theta", positive=True)
+    loss = sp.Rational(1, 2) * sum(e ** 2 for e in S.T * k - v)
+    grad = sp.Matrix(K, V, lambda i, j: sp.diff(loss, S[i, j]))
+    delta = (sp.eye(K) - theta * k * k.T) * S + theta * k * v.T
+    return Identity(
+        "ttt_linear_is_deltanet",
+        f"For S ∈ R^{{{K}×{V}}}, one gradient step of the squared error, S − θ ∇_S ½‖Sᵀk − v‖² (the "
+        f"gradient differentiated by sympy), is the DeltaNet step (I − θkkᵀ)S + θkvᵀ: TTT-linear is the "
+        f"delta rule with β = θ",
+        S - theta * grad, delta)
+
+
+# --------------------------------------------------------------------------------------------
+# (f) softmax states merge exactly, whatever their reference points
+
+
+def softmax_states_merge(T1: int = 2, T2: int = 2, V: int = 2) -> Identity:
+    """The state (c, a) = (Σ e^{s_j − m}, Σ e^{s_j − m} v_j) of two token sets, each taken about its
+    own reference point m₁, m₂ and rescaled by e^{m_i − m}, against the state of their union about m."""
+    _positive("softmax_states_merge", T1=T1, T2=T2, V=V)
+    T = T1 + T2
+    s = sp.symbols(f"s_0:{T}", real=True)
+    vals = _mat("v", T, V, real=True)
+    m1, m2, m = sp.symbols("m_1 m_2 m", real=True)
+
+    def state(js, ref):
+        c = sum(sp.exp(s[j] - ref) for j in js)
+        return sp.Matrix([[c, *(sum(sp.exp(s[j] - ref) * vals[j, i] for j in js) for i in range(V))]])
+
+    merged = sp.exp(m1 - m) * state(range(T1), m1) + sp.exp(m2 - m) * state(range(T1, T), m2)
+    return Identity(
+        "softmax_states_merge",
+        f"Softmax states (c, a) = (Σ_j e^(s_j − m), Σ_j e^(s_j − m) v_j) of {T1} and {T2} tokens, each "
+        f"about its own reference point m_i and rescaled by e^(m_i − m), add up to the state of all "
+        f"{T} about m, for any m_1, m_2, m: the running maximum only keeps the exponents ≤ 0 (flash "
+        f"attention's tiles, Aaren's state)",
+        merged, state(range(T), m))
+
+
 def identities() -> list[Identity]:
-    """All identities, in order: normalised attention, reversed sigmoid, chunked, Titans."""
+    """All identities, in order: normalised attention, reversed sigmoid, chunked, Titans, TTT-linear,
+    softmax states."""
     return [normalized_linear_attention(), reversed_sigmoid_is_s6(),
-            chunked_equals_recurrent_diagonal(), titans_linear_is_gated_delta()]
+            chunked_equals_recurrent_diagonal(), titans_linear_is_gated_delta(), ttt_linear_is_deltanet(),
+            softmax_states_merge()]
