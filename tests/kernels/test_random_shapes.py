@@ -1,0 +1,73 @@
+"""Every compiled zoo mixer against the float64 recurrence on shapes hypothesis draws.
+
+The family tests fix their shapes; here hypothesis draws the mixer (with the option sets of
+``dsf.testing.CASES``), the form, B, T (1 to 80: one token, odd lengths, past one chunk of 64), H,
+head dims that are not powers of two and K ≠ V, and whether to start from a state. Outputs, final
+state and the gradient of every input and of the initial state are held to fp32's 1e-5 relative
+error against ``dsf.recurrent`` in float64 (a gradient that is exactly zero, to 1e-6 absolute).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dsf
+import kernels
+from dsf.testing import CASES, case_id, flat_tensors, grads, prefix_state, random_case, rel_err, requires_grad
+
+TOL = 1e-5
+# a gradient that is exactly zero (normalised attention's dq at T = 1) comes out as fp32 round-off
+ATOL = 1e-6
+pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+
+# (the Taylor feature map makes K into 1 + K + K², past the kernels' head dims at these K)
+KERNEL_CASES = [c for c in CASES if kernels.supports(dsf.zoo.get(c[0], **c[1])) is not None
+                and c[1].get("feature_map") != "taylor"]
+
+
+def _state_leaves(state):
+    """The tensors of a state the kernels differentiate (a KV cache is not one of their inputs)."""
+    return [] if isinstance(state, dsf.KVCache) else flat_tensors(state)
+
+
+def _cast(state, dtype):
+    if state is None or isinstance(state, dsf.KVCache):
+        return state
+    if isinstance(state, torch.Tensor):
+        return state.to(dtype)
+    if isinstance(state, dsf.MemoryState):
+        return dsf.MemoryState(tuple(t.to(dtype) for t in state.weights), tuple(t.to(dtype) for t in state.momentum))
+    return type(state)(*(t.to(dtype) for t in state))
+
+
+@settings(deadline=None)
+@given(case=st.sampled_from(KERNEL_CASES), form=st.sampled_from(["chunked", "recurrent"]), B=st.integers(1, 2),
+       T=st.integers(1, 80), H=st.integers(1, 2), K=st.sampled_from([16, 24, 40]), V=st.sampled_from([16, 20, 32]),
+       with_state=st.booleans(), seed=st.integers(0, 2 ** 16))
+def test_compiled_mixers_on_random_shapes(case, form, B, T, H, K, V, with_state, seed):
+    if dsf.zoo.get(case[0]).phi_layout == "channel":
+        V = 4   # each value channel is a head of its own (S6, qLSTM, ...): the interpreter runs each
+    spec, inp = random_case(*case, B, T, H, K, V, seed)
+    S0 = prefix_state(spec, inp, 3, seed) if with_state else None
+    x64, s64 = requires_grad(inp), requires_grad(S0)
+    o_ref, S_ref = dsf.recurrent(spec, initial_state=s64, **x64)
+    leaves64 = list(x64.values()) + _state_leaves(s64)
+    g_ref = grads([o_ref, *flat_tensors(S_ref)], leaves64, seed)
+
+    x32 = requires_grad({n: t.float() for n, t in inp.items()})
+    s32 = requires_grad(_cast(S0, torch.float32))
+    o, S = getattr(kernels.compile(spec), form)(initial_state=s32, output_final_state=True, **x32)
+    label = f"{case_id(case)} {form} B={B} T={T} H={H} K={K} V={V} state={with_state}"
+    assert rel_err(o, o_ref) < TOL, f"{label}: output {rel_err(o, o_ref):.1e}"
+    finals, finals_ref = flat_tensors(S), flat_tensors(S_ref)
+    assert len(finals) == len(finals_ref), label
+    for a, b in zip(finals, finals_ref):
+        assert rel_err(a, b) < TOL, f"{label}: final state {rel_err(a, b):.1e}"
+    leaves32 = list(x32.values()) + _state_leaves(s32)
+    g = grads([o, *finals], leaves32, seed)
+    names = list(x32) + [f"initial_state[{i}]" for i in range(len(leaves32) - len(x32))]
+    for n, a, b in zip(names, g, g_ref):
+        assert rel_err(a, b) < TOL or (a.double() - b).abs().max() < ATOL, f"{label}: d{n} {rel_err(a, b):.1e}"
