@@ -71,3 +71,29 @@ def test_compiled_mixers_on_random_shapes(case, form, B, T, H, K, V, with_state,
     names = list(x32) + [f"initial_state[{i}]" for i in range(len(leaves32) - len(x32))]
     for n, a, b in zip(names, g, g_ref):
         assert rel_err(a, b) < TOL or (a.double() - b).abs().max() < ATOL, f"{label}: d{n} {rel_err(a, b):.1e}"
+
+
+@settings(deadline=None)
+@given(case=st.sampled_from(KERNEL_CASES), B=st.integers(1, 2), T=st.integers(2, 70), H=st.integers(1, 2),
+       K=st.sampled_from([16, 24, 40]), V=st.sampled_from([16, 20, 32]), inplace=st.booleans(),
+       seed=st.integers(0, 2 ** 16))
+def test_a_decoding_step_continues_a_prefill_on_random_shapes(case, B, T, H, K, V, inplace, seed):
+    """chunked over T − 1 tokens, then ``step`` on the last (in place or not, no autograd: the one-launch
+    paths): the last output and the state as the float64 recurrence's."""
+    if dsf.zoo.get(case[0]).phi_layout == "channel":
+        V = 4
+    spec, inp = random_case(*case, B, T, H, K, V, seed)
+    o_ref, S_ref = dsf.recurrent(spec, **inp)
+    timed = {i.name for i in spec.inputs if "T" in i.dims}
+    x = {n: t.float() for n, t in inp.items()}
+    m = kernels.compile(spec)
+    with torch.no_grad():
+        _, state = m.chunked(output_final_state=True, **{n: (t[:, :-1] if n in timed else t) for n, t in x.items()})
+        o, new = m.step(state, inplace=inplace, **{n: (t[:, -1] if n in timed else t) for n, t in x.items()})
+    label = f"{case_id(case)} B={B} T={T} H={H} K={K} V={V} inplace={inplace}"
+    assert rel_err(o, o_ref[:, -1]) < TOL, f"{label}: output {rel_err(o, o_ref[:, -1]):.1e}"
+    if inplace and isinstance(state, (torch.Tensor, dsf.MemoryState)):
+        assert new is state, label
+    assert len(flat_tensors(new)) == len(flat_tensors(S_ref)), label
+    for a, b in zip(flat_tensors(new), flat_tensors(S_ref)):
+        assert a.shape == b.shape and rel_err(a, b) < TOL, f"{label}: state {rel_err(a, b):.1e}"
