@@ -26,6 +26,7 @@ EXERCISES: dict[int, str] = {
     3: "ex03_delta_segments",
     4: "ex04_softmax_merge",
     5: "ex05_memory_gradient_step",
+    6: "ex06_wy_chunk",
 }
 
 
