@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .titans import chunk_titans, fused_recurrent_titans
 
-__all__ = ["chunk_titans", "fused_recurrent_titans", "compiles", "route", "as_linear", "run_memory"]
+__all__ = ["chunk_titans", "fused_recurrent_titans", "route", "as_linear", "memory_state_in", "run_memory"]
 
 # A memory without momentum runs the momentum kernels with η = 0: log η at the kernels' log-decay
 # floor (kernels._tl.LOG_DECAY_FLOOR), whose e^{−200} is 0 in fp32, as e^{−inf} is, without the
@@ -75,11 +75,6 @@ def route(spec: Any) -> str | None:
     if lin is not None:
         return "diag" if lin.beta is None else "delta"
     return "memory" if _structure_ok(terms) else None
-
-
-def compiles(spec: Any) -> bool:
-    """Does this gradient-step memory have the structure of the memory kernels?"""
-    return route(spec) == "memory"
 
 
 def memory_state_in(name: str, state: Any, N: int, H: int, K: int, V: int, momentum: bool, dtype: Any,
