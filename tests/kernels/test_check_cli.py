@@ -1,0 +1,46 @@
+"""``python -m kernels.check``: any mixer's kernels against its float64 forms, here on the interpreter."""
+
+from __future__ import annotations
+
+import pytest
+
+from kernels import check, gpu_check
+
+SMALL = ["--T", "9", "--K", "16", "--V", "16", "--B", "1", "--H", "1"]
+
+
+def test_checks_the_named_mixers_forms_and_step(capsys):
+    assert check.main(["mamba2", "ttt_linear", *SMALL]) == 0
+    out = capsys.readouterr().out
+    for name in ("mamba2", "ttt_linear"):
+        for form in ("chunked", "recurrent", "step (3 after a chunked prefill)"):
+            assert f"| {name} | {form} | float32 |" in out
+    assert out.count("| yes |") == 6 and "every row within tolerance" in out
+
+
+def test_your_own_mixer_after_import(readme_mixers, capsys):
+    """README's "A new mixer" module: its kernels checked as a zoo mixer's are."""
+    assert check.main(["mamba2_floor", "--import", "my_mixers", *SMALL]) == 0
+    assert "| mamba2_floor | chunked | float32 |" in capsys.readouterr().out
+
+
+def test_a_missed_tolerance_fails_the_row_and_the_run(monkeypatch, capsys):
+    monkeypatch.setitem(gpu_check.TOL, gpu_check.torch.float32, 1e-12)
+    assert check.main(["retnet", *SMALL]) == 1
+    out = capsys.readouterr().out
+    assert "| retnet | chunked | float32 |" in out and "**NO**" in out and "failing rows" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["titans"], "no kernel family compiles titans"),
+    (["mamba3"], "unknown mixer 'mamba3'; the zoo has: softmax_attention"),
+    pytest.param(["mamba2", "--dtypes", "bfloat16"], "the interpreter runs the kernels in fp32 only",
+                 marks=pytest.mark.skipif(gpu_check.torch.cuda.is_available(), reason="a GPU runs bf16")),
+    (["mamba2", "--dtypes", "float64"], "--dtypes: unknown float64"),
+    (["mamba2", "--T", "0"], "--T must be at least 1, got 0"),
+    (["mamba2", "--import", "no_such_module_here"], "--import no_such_module_here"),
+])
+def test_bad_arguments_are_refused_by_name(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        check.main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
