@@ -186,7 +186,7 @@ class CompiledMixer:
             new = state
         elif inplace and isinstance(state, MemoryState):
             with torch.no_grad():
-                for old, x in zip(state.weights + state.momentum, new.weights + new.momentum):
+                for old, x in zip([*state.weights, *state.momentum], [*new.weights, *new.momentum]):
                     old.copy_(x)
             new = state
         return o[:, 0], new
@@ -280,34 +280,35 @@ class CompiledMixer:
         if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):
             return None
         spec, terms = prepare(self.spec, one)
-        if (held is None) == isinstance(terms, MemoryTerms):
-            return None   # a memory's state given as a bare tensor, or a MemoryState to another mixer
+        if held is None and isinstance(terms, MemoryTerms):
+            return None   # a memory's state given as a bare tensor: the general path says what it takes
         if held is not None:
             from .memory import as_linear
 
-            terms = as_linear(terms)
+            terms = as_linear(terms)   # (None for a MemoryState given to a mixer that is no memory)
             if terms is None:
-                return None   # this call's options lower it to the memory kernels' recurrence
+                return None   # or for this call's options, which lower it to the memory kernels' recurrence
         if terms.state_in is not None or terms.state_out is not None:
             return None
         B, _, H, K, _ = terms.shape
-        # q, k and the value in the activations' dtype, as on the general path: a float32 gate or
-        # step size in the value (a memory's θ v) beside 16-bit q, k, v would be refused by the kernel
-        act = next((one[n].dtype for n in ("q", "k", "v", "x") if isinstance(one.get(n), Tensor)), terms.u.dtype)
-        val = terms.write_value().to(act)
+        q, k, val = terms.q[:, 0], (terms.k if self.family == "delta" else terms.write_key())[:, 0], \
+            terms.write_value()[:, 0]
+        if not q.dtype == k.dtype == val.dtype:
+            # in the activations' dtype, as on the general path: a float32 gate or step size in the
+            # value (a memory's θ v) beside 16-bit q, k, v would be refused by the kernel
+            act = next((one[n].dtype for n in ("q", "k", "v", "x") if isinstance(one.get(n), Tensor)), q.dtype)
+            q, k, val = q.to(act), k.to(act), val.to(act)
         if tuple(state.shape) != (B, H, K, val.shape[-1]):
             return None  # the general path raises the shape error
         g = None if terms.g is None else terms.g[:, 0]
         if self.family == "delta":
             from .delta import delta_step
 
-            o, new = delta_step(state, terms.q[:, 0].to(act), terms.k[:, 0].to(act), val[:, 0], terms.beta[:, 0],
-                                g, inplace=inplace)
+            o, new = delta_step(state, q, k, val, terms.beta[:, 0], g, inplace=inplace)
         else:
             from .diag import diag_step
 
-            o, new = diag_step(state, terms.q[:, 0].to(act), terms.write_key()[:, 0].to(act), val[:, 0],
-                               terms.decay, g, inplace=inplace)
+            o, new = diag_step(state, q, k, val, terms.decay, g, inplace=inplace)
         if held is not None:
             new = held if inplace else MemoryState((new,), ())
         return terms.finish(o[:, None].to(terms.u.dtype))[:, 0], new

@@ -83,10 +83,11 @@ def _forward_errs(run, kin, o, S, o_ref, S_ref):
 
 
 def _grads(o, S, leaves, seed):
+    """Gradients of ⟨o, R⟩ + ⟨S, R'⟩ for fixed random R, R' (S: a tensor, a list of them, or None)."""
     g = torch.Generator(device=o.device).manual_seed(seed)
     loss = (o.double() * torch.randn(o.shape, generator=g, device=o.device, dtype=torch.float64)).sum()
-    if isinstance(S, torch.Tensor):
-        loss = loss + (S.double() * torch.randn(S.shape, generator=g, device=o.device,
+    for s in [S] if isinstance(S, torch.Tensor) else (S or []):
+        loss = loss + (s.double() * torch.randn(s.shape, generator=g, device=o.device,
                                                  dtype=torch.float64)).sum()
     out = torch.autograd.grad(loss, leaves, allow_unused=True)
     return [torch.zeros_like(x) if d is None else d for d, x in zip(out, leaves)]
@@ -100,27 +101,36 @@ def check(name, opts, dtype, form, B, T, H, K, V, seed=0, device="cuda", channel
     inp = spec.random_inputs(B, T, H, K, kv, dtype=torch.float64, device=device, seed=seed)
     stateful = kernels.supports(spec)["family"] != "softmax"
     S0 = prefix_state(spec, inp, 5, seed) if stateful else None
-    # a memory's state is a MemoryState((S,), ()): its one tensor is checked as the others' state is
-    memory = isinstance(S0, dsf.MemoryState)
-    wrap = (lambda S: dsf.MemoryState((S,), ())) if memory else (lambda S: S)  # noqa: E731
-    S0 = S0.weights[0] if memory else S0
+    # the state as a list of tensors, each an input and an output checked: one, or a memory's weights
+    # then momenta (a dsf.MemoryState)
+    if isinstance(S0, dsf.MemoryState):
+        n_w = len(S0.weights)
+        parts, labels = [*S0.weights, *S0.momentum], [f"initial_state.weights[{i}]" for i in range(n_w)] + [
+            f"initial_state.momentum[{i}]" for i in range(len(S0.momentum))]
+        wrap = lambda ts: dsf.MemoryState(tuple(ts[:n_w]), tuple(ts[n_w:]))  # noqa: E731
+        unwrap = lambda S: [*S.weights, *S.momentum]  # noqa: E731
+    else:
+        parts, labels = ([S0], ["initial_state"]) if stateful else ([], [])
+        wrap = lambda ts: ts[0] if ts else None  # noqa: E731
+        unwrap = lambda S: [S] if stateful else []  # noqa: E731
     ref_in = _leaves(inp)
-    S0_ref = _state_leaves(S0) if stateful else None
+    S0_ref = [_state_leaves(t) for t in parts]
     o_ref, S_ref = dsf.chunked(spec, chunk_size=64, initial_state=wrap(S0_ref), **ref_in)
     leaves = _leaves({k: v.to(dtype) for k, v in inp.items()})
-    S0_k = _state_leaves(S0.float()) if stateful else None
+    S0_k = [_state_leaves(t.float()) for t in parts]
     fn = getattr(kernels.compile(spec), form)
     o, S = fn(initial_state=wrap(S0_k), output_final_state=stateful, **leaves)
-    if memory:
-        S_ref, S = S_ref.weights[0], S.weights[0]
+    S_ref, S = unwrap(S_ref), unwrap(S)
     errs = {"o": rel_err(o.double(), o_ref)}
     if stateful:
-        errs["state"] = rel_err(S.double(), S_ref)
-    ref_list = list(ref_in.values()) + ([S0_ref] if stateful else [])
-    k_list = list(leaves.values()) + ([S0_k] if stateful else [])
-    g_ref = _grads(o_ref, S_ref if stateful else None, ref_list, seed)
-    g_k = _grads(o, S if stateful else None, k_list, seed)
-    names = list(leaves) + (["initial_state"] if stateful else [])
+        if len(S) != len(S_ref):
+            raise AssertionError(f"the final state has {len(S)} tensors, the reference's {len(S_ref)}")
+        errs["state"] = max(rel_err(a.double(), b) for a, b in zip(S, S_ref))
+    ref_list = list(ref_in.values()) + S0_ref
+    k_list = list(leaves.values()) + S0_k
+    g_ref = _grads(o_ref, S_ref, ref_list, seed)
+    g_k = _grads(o, S, k_list, seed)
+    names = list(leaves) + labels
     errs["grad"] = max(rel_err(a.double(), b) for a, b in zip(g_k, g_ref))
     errs["worst_grad"] = names[max(range(len(names)), key=lambda i: rel_err(g_k[i].double(), g_ref[i]))]
     ok = errs["o"] < TOL[dtype] and errs.get("state", 0) < TOL[dtype] and errs["grad"] < GRAD_TOL[dtype]
@@ -361,6 +371,8 @@ def check_step(name, opts, dtype, B, T0, T, H, K, V, seed=0, device="cuda"):
             outs.append(o)
     errs = {"o": rel_err(torch.stack(outs, 1).double(), o_ref[:, T0:])}
     if tensor_state:
+        if len(flat_tensors(state)) != len(flat_tensors(S_ref)):
+            raise AssertionError("the stepped state and the reference hold different numbers of tensors")
         errs["state"] = max(rel_err(a.double(), b) for a, b in zip(flat_tensors(state), flat_tensors(S_ref)))
     return errs, all(e < TOL[dtype] for e in errs.values())
 

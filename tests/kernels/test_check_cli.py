@@ -24,6 +24,14 @@ def test_your_own_mixer_after_import(readme_mixers, capsys):
     assert "| mamba2_floor | chunked | float32 |" in capsys.readouterr().out
 
 
+def test_options_reach_a_variant_with_momentum(capsys):
+    """titans with memory="linear" (a MemoryState of memory and momentum: both checked, both
+    differentiated; the check once dropped the momentum and failed every row)."""
+    assert check.main(["titans", "--options", '{"memory": "linear"}', *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "| titans(memory='linear') | chunked | float32 |" in out and out.count("| yes |") == 3
+
+
 def test_a_missed_tolerance_fails_the_row_and_the_run(monkeypatch, capsys):
     monkeypatch.setitem(gpu_check.TOL, gpu_check.torch.float32, 1e-12)
     assert check.main(["retnet", *SMALL]) == 1
@@ -39,6 +47,9 @@ def test_a_missed_tolerance_fails_the_row_and_the_run(monkeypatch, capsys):
     (["mamba2", "--dtypes", "float64"], "--dtypes: unknown float64"),
     (["mamba2", "--T", "0"], "--T must be at least 1, got 0"),
     (["mamba2", "--import", "no_such_module_here"], "--import no_such_module_here"),
+    (["--options", '{"memory": "linear"}'], "--options binds options of the mixers named"),
+    (["titans", "--options", "{memory: linear}"], "--options: not JSON"),
+    (["titans", "--options", '{"memory": "vector"}'], "--options: titans"),
 ])
 def test_bad_arguments_are_refused_by_name(argv, message, capsys):
     with pytest.raises(SystemExit) as e:

@@ -189,3 +189,19 @@ def test_a_float32_step_size_beside_16bit_inputs_decodes(name):
         for t in (3, 4):
             o_t, state = m.step(state, **{n: v[:, t] for n, v in x.items()})
             assert o_t.dtype == torch.bfloat16 and rel_err(o_t.double(), o_ref[:, t]) < 2e-2
+
+
+def test_a_step_from_a_bare_tensor_or_list_fields_is_handled():
+    """A bare tensor where the memory's state goes is refused by name (it reached the fast step's
+    lowering and failed there with an AttributeError); a MemoryState of lists steps in place."""
+    spec = SPECS["ttt_linear"][0]()
+    d = _inputs(spec, 1, 2, 2, seed=7)
+    f = {n: t[:, 0].float() for n, t in d.items()}
+    m, S = kernels.compile(spec), torch.zeros(1, 2, 16, 16)
+    with torch.no_grad():
+        with pytest.raises(TypeError, match=r"ttt_linear: state must be a dsf.MemoryState\(\(S,\), \(\)\)"):
+            m.step(S, **f)
+        listed = dsf.MemoryState((S.clone(),), [])   # a tuple and a list: concatenating them failed
+        o, new = m.step(listed, inplace=True, **f)
+    o_ref, S_ref = dsf.recurrent(spec, **{n: t[:, :1] for n, t in d.items()})
+    assert new is listed and rel_err(o, o_ref[:, 0]) < TOL and rel_err(listed.weights[0], S_ref.weights[0]) < TOL

@@ -4,7 +4,8 @@ The family tests fix their shapes; here hypothesis draws the mixer (with the opt
 ``dsf.testing.CASES``), the form, B, T (1 to 80: one token, odd lengths, past one chunk of 64), H,
 head dims that are not powers of two and K ≠ V, and whether to start from a state. Outputs, final
 state and the gradient of every input and of the initial state are held to fp32's 1e-5 relative
-error against ``dsf.recurrent`` in float64 (a gradient that is exactly zero, to 1e-6 absolute).
+error against ``dsf.recurrent`` in float64 (a gradient that is exactly zero, to 1e-6 absolute; that of
+a time-invariant parameter, a sum over every token, to 1e-4).
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from dsf.testing import CASES, case_id, flat_tensors, grads, prefix_state, rando
 TOL = 1e-5
 # a gradient that is exactly zero (normalised attention's dq at T = 1) comes out as fp32 round-off
 ATOL = 1e-6
+# the gradient of an input without a time dim (qLSTM's a, Aaren's q: a parameter) sums T·B terms, and
+# its fp32 error grows with them (1.6e-5 for qLSTM's a at T = 74): gpu_check's fp32 gradient tolerance
+PARAM_TOL = 1e-4
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
 # (the Taylor feature map makes K into 1 + K + K², past the kernels' head dims at these K)
@@ -69,8 +73,10 @@ def test_compiled_mixers_on_random_shapes(case, form, B, T, H, K, V, with_state,
     leaves32 = list(x32.values()) + _state_leaves(s32)
     g = grads([o, *finals], leaves32, seed)
     names = list(x32) + [f"initial_state[{i}]" for i in range(len(leaves32) - len(x32))]
+    untimed = {i.name for i in spec.inputs if "T" not in i.dims}
     for n, a, b in zip(names, g, g_ref):
-        assert rel_err(a, b) < TOL or (a.double() - b).abs().max() < ATOL, f"{label}: d{n} {rel_err(a, b):.1e}"
+        tol = PARAM_TOL if n in untimed else TOL
+        assert rel_err(a, b) < tol or (a.double() - b).abs().max() < ATOL, f"{label}: d{n} {rel_err(a, b):.1e}"
 
 
 @settings(deadline=None)
