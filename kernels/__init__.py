@@ -122,9 +122,9 @@ class CompiledMixer:
     def __init__(self, spec: MixerSpec):
         info = supports(spec)
         if info is None:
-            exact = spec.forms() if hasattr(spec, "forms") else ("chunked",)
-            hint = "use dsf.chunked" if "chunked" in exact else \
-                "use dsf.recurrent (exact) or dsf.chunked(..., approximate='minibatch')"
+            hint = "use dsf.chunked" if "chunked" in spec.forms() else "use dsf.recurrent" + (
+                " (exact) or dsf.chunked(..., approximate='minibatch')"
+                if spec.transition == Transition.GRADIENT_STEP else "")
             raise UnsupportedMixer(f"kernels: no kernel family compiles {spec.name!r} ({spec.transition}); {hint}")
         self.spec, self.family = spec, info["family"]
         self.info = info

@@ -83,14 +83,13 @@ def memory_state_in(name: str, state: Any, N: int, H: int, K: int, V: int, momen
     from dsf.spec import check_state
     from dsf.terms import MemoryState
 
+    dims = "[N, H, K, V]" if packed else "[B, H, K, V]"
     want = "dsf.MemoryState((S,), (Z,)) with the memory S and the momentum Z" if momentum else \
         "dsf.MemoryState((S,), ()) with the memory S (no momentum)"
     if not isinstance(state, MemoryState) or not isinstance(state.weights, (tuple, list)) \
             or not isinstance(state.momentum, (tuple, list)) or len(state.weights) != 1 \
             or len(state.momentum) != int(momentum):
-        raise TypeError(f"{name}: {state_arg} must be a {want}, each [N, H, K, V]; got "
-                        f"{_describe(state)}")
-    dims = "[N, H, K, V]" if packed else "[B, H, K, V]"
+        raise TypeError(f"{name}: {state_arg} must be a {want}, each {dims}; got {_describe(state)}")
     parts = [("weights[0] (the memory S)", state.weights[0])]
     parts += [("momentum[0] (the momentum Z)", state.momentum[0])] if momentum else []
     for part, t in parts:
