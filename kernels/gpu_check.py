@@ -283,39 +283,10 @@ def check_repeat(name, dtype, B, T, H, K, V, seed=0, grad=True):
     return len(diff), diff.get(worst, 0.0), worst
 
 
-def _memory_state(S, dtype=None):
-    """A dsf.MemoryState (memory, momentum) of fresh leaves, optionally cast."""
-    cast = (lambda x: x) if dtype is None else (lambda x: x.to(dtype))  # noqa: E731
-    return dsf.MemoryState((_state_leaves(cast(S.weights[0])),), (_state_leaves(cast(S.momentum[0])),))
-
-
 def check_memory(dtype, form, B, T, H, K, V, seed=0):
-    """Titans' linear memory (state: memory S and momentum Z) against the float64 dsf chunked form."""
-    spec = dsf.zoo.get("titans", memory="linear")
-    inp = spec.random_inputs(B, T, H, K, V, dtype=torch.float64, device="cuda", seed=seed)
-    S0 = prefix_state(spec, inp, 5, seed)
-    ref_in, S0_ref = _leaves(inp), _memory_state(S0)
-    o_ref, S_ref = dsf.chunked(spec, chunk_size=64, initial_state=S0_ref, **ref_in)
-    leaves, S0_k = _leaves({k: v.to(dtype) for k, v in inp.items()}), _memory_state(S0, torch.float32)
-    o, S = getattr(kernels.compile(spec), form)(initial_state=S0_k, output_final_state=True, **leaves)
-    errs = {"o": rel_err(o.double(), o_ref),
-            "state": max(rel_err(S.weights[0].double(), S_ref.weights[0]),
-                         rel_err(S.momentum[0].double(), S_ref.momentum[0]))}
-    names = list(leaves) + ["S0", "Z0"]
-
-    def grads(o, S, xs):
-        # ⟨o, R⟩ + ⟨S_T, R_S⟩ + ⟨Z_T, R_Z⟩ with the same random R for the kernel and the reference
-        g = torch.Generator(device="cuda").manual_seed(seed)
-        loss = sum((x.double() * torch.randn(x.shape, generator=g, device="cuda", dtype=torch.float64)).sum()
-                   for x in (o, S.weights[0], S.momentum[0]))
-        return torch.autograd.grad(loss, xs)
-
-    g_ref = grads(o_ref, S_ref, list(ref_in.values()) + [S0_ref.weights[0], S0_ref.momentum[0]])
-    g_k = grads(o, S, list(leaves.values()) + [S0_k.weights[0], S0_k.momentum[0]])
-    gerr = [rel_err(a.double(), b) for a, b in zip(g_k, g_ref)]
-    errs["grad"], errs["worst_grad"] = max(gerr), names[max(range(len(names)), key=gerr.__getitem__)]
-    ok = errs["o"] < TOL[dtype] and errs["state"] < TOL[dtype] and errs["grad"] < GRAD_TOL[dtype]
-    return errs, ok
+    """Titans' linear memory (state: memory S and momentum Z) against the float64 dsf chunked form:
+    ``check`` with its options (both tensors of the state checked and differentiated)."""
+    return check("titans", {"memory": "linear"}, dtype, form, B, T, H, K, V, seed)
 
 
 def check_memory_varlen(dtype, H, K, V):
