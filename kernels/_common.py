@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import os
 
 import torch
@@ -154,7 +155,7 @@ def stand_in(dtype: torch.dtype, device) -> Tensor:
 
 
 def _dense_offsets(B: int, T: int, device) -> Tensor:
-    offsets = torch.arange(0, (B + 1) * T, T, dtype=torch.int64, device=device)
+    offsets = torch.arange(B + 1, dtype=torch.int64, device=device) * T   # (T = 0: every sequence empty)
     offsets._dense = (B, T)
     return offsets
 
@@ -178,6 +179,17 @@ def step_bounds(B: int, device) -> Tensor:
     fresh arange every token would be a launch of its own."""
     return layout_cache(("step", B, str(torch.device(device))),
                         lambda: torch.arange(B + 1, dtype=torch.int64, device=device))
+
+
+def check_chunk_size(op: str, chunk_size, choices: tuple[int, ...]) -> int:
+    """The chunk length as a Python int of ``choices`` (a NumPy integer too; 32.0 reached the allocations)."""
+    try:
+        size = None if isinstance(chunk_size, bool) else operator.index(chunk_size)
+    except TypeError:
+        size = None
+    if size not in choices:
+        raise ValueError(f"{op}: chunk_size must be an int, one of {choices}, got {chunk_size!r}")
+    return size
 
 
 def check_scale(op: str, scale) -> float:

@@ -490,7 +490,7 @@ def chunk_layout(offsets: Tensor, bt: int = BT) -> tuple[Tensor, Tensor, int]:
         def make():
             nc = (T + bt - 1) // bt
             idx = torch.arange(B * nc, device=offsets.device)
-            chunk_offsets = torch.arange(0, (B + 1) * nc, nc, device=offsets.device)
+            chunk_offsets = torch.arange(B + 1, device=offsets.device) * nc    # (nc = 0 when T = 0)
             return chunk_offsets, torch.stack([idx // nc, idx % nc], dim=1).contiguous(), nc
         return layout_cache(("chunks", B, T, bt, str(offsets.device)), make)
     lengths = offsets[1:] - offsets[:-1]
