@@ -56,6 +56,8 @@ def prepare(op: str, q: Tensor, k: Tensor, v: Tensor, decay: str, g: Tensor | No
     if (want is None) != (g is None) or (g is not None and tuple(g.shape) != want):
         raise ValueError(f"{op}: decay={decay!r} needs g of shape {want}, got "
                          f"{None if g is None else tuple(g.shape)}")
+    if g is not None and not g.is_floating_point():   # (an int or bool g was cast to log decays of 0/1)
+        raise TypeError(f"{op}: g must be a floating-point tensor of log decays, got {g.dtype}")
     N = check_cu_seqlens(op, cu_seqlens, B, T)
     offsets = seq_bounds(cu_seqlens, B, T, q.device)
     flat = lambda t: None if t is None else t.reshape(B * T, *t.shape[2:]).contiguous()  # noqa: E731

@@ -313,6 +313,9 @@ def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none
     if decay not in _CODES:
         raise ValueError(f"{op}: decay must be one of {tuple(_CODES)}, got {decay!r}")
     scale = check_scale(op, scale)
+    if g is not None and not (isinstance(g, Tensor) and g.is_floating_point()):
+        raise TypeError(f"{op}: g must be a floating-point tensor of log decays, got "
+                        f"{g.dtype if isinstance(g, Tensor) else type(g).__name__}")
     want = {"none": None, "scalar": (B, H), "key": (B, H, K), "value": (B, H, V)}[decay]
     if (want is None) != (g is None) or (g is not None and tuple(g.shape) != want):
         raise ValueError(f"{op}: decay={decay!r} needs g of shape {want}, got "

@@ -11,7 +11,7 @@ import kernels
 from dsf.testing import CASES, case_id, prefix_state, random_case, rel_err, requires_grad
 from dsf.forms.recurrent import recurrent_linear
 from kernels._common import seq_bounds
-from kernels.diag import chunk_diag, fused_recurrent_diag
+from kernels.diag import chunk_diag, diag_step, fused_recurrent_diag
 
 TOL = 1e-5
 DIAG = [c for c in CASES if (kernels.supports(dsf.zoo.get(c[0], **c[1])) or {}).get("family") == "diag"
@@ -123,6 +123,12 @@ def test_errors():
         chunk_diag(q, k, v, initial_state=torch.zeros(2, 2, 16, 16))
     with pytest.raises(ValueError, match=r"decay='scalar' needs g of shape \(1, 8, 2\)"):
         chunk_diag(q, k, v, "scalar", torch.zeros(1, 8, 2, 16))
+    # an integer or bool g was read as log decays of 0 and 1 (the delta and memory kernels refuse it too)
+    for fn in (chunk_diag, fused_recurrent_diag):
+        with pytest.raises(TypeError, match="g must be a floating-point tensor of log decays, got torch.bool"):
+            fn(q, k, v, "scalar", torch.zeros(1, 8, 2) < 1)
+    with pytest.raises(TypeError, match="g must be a floating-point tensor of log decays, got torch.int64"):
+        diag_step(torch.zeros(1, 2, 16, 16), q[:, 0], k[:, 0], v[:, 0], "scalar", torch.zeros(1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"mamba2: initial_state must have shape \[B, H, K, V\] = \(1, 2, 16, 16\), "
                                          r"got \(3, 2, 16, 16\)"):
         kernels.compile("mamba2").chunked(q=q, k=k, v=v, g=torch.zeros(1, 8, 2),
