@@ -116,6 +116,20 @@ def describe(mixer: str | MixerSpec) -> str:
     return f"{s['family']}: chunked ({s['chunked']}), recurrent, step"
 
 
+def _check_writable(name: str, state: Any) -> None:
+    """A state to update in place has one memory location per element (an expanded view's rows share
+    theirs: the copy back failed with torch's bare overlap error, after the kernel had run)."""
+    parts = ([("state", state)] if isinstance(state, Tensor) else
+             [(f"state.weights[{i}]", t) for i, t in enumerate(state.weights)]
+             + [(f"state.momentum[{i}]", t) for i, t in enumerate(state.momentum)]
+             if isinstance(state, MemoryState) else [])
+    for arg, t in parts:
+        if isinstance(t, Tensor) and any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)):
+            raise ValueError(f"{name}.step: inplace=True needs a {arg} whose elements each have their own memory; "
+                             f"got an expanded view (shape {tuple(t.shape)}, strides {t.stride()}): pass "
+                             f"{arg}.clone() or inplace=False")
+
+
 class CompiledMixer:
     """A mixer's GPU kernels: ``chunked`` (training), ``recurrent`` and ``step`` (decoding)."""
 
@@ -157,6 +171,8 @@ class CompiledMixer:
 
         With ``inplace=True`` a tensor state is updated in place (and returned).
         """
+        if inplace:
+            _check_writable(self.spec.name, state)
         if self._direct is not None:
             out = self._direct_step(state, inplace, inputs)
             if out is not None:
@@ -366,7 +382,7 @@ class CompiledMixer:
             if form == "chunked":   # q arrives scaled by the spec's lowering
                 o, ht = chunk_delta(q, k, val, terms.beta, scale=1.0, **kw)
             else:
-                o, ht = fused_recurrent_delta(q, k, val, terms.beta, **kw)
+                o, ht = fused_recurrent_delta(q, k, val, terms.beta, scale=1.0, **kw)
         else:
             from .diag import chunk_diag, fused_recurrent_diag
 

@@ -51,8 +51,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import _common
-from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, chunk_grid,
-                       fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
+from .._common import (apply, cdiv, check_chunk_size, check_cu_seqlens, check_device, check_head_dim, check_scale,
+                       chunk_grid, fp32_products, interpreter_upcast, next_pow2, seq_bounds, sm_count, stand_in,
                        tensor_descriptors)
 from .._tl import batch_place, chunk_head, chunk_span, state_tile, store_chunk, tile_offsets
 from .._tl import LOG2E, log_decay
@@ -1759,8 +1759,7 @@ def chunk_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None 
     if initial_state is not None:
         _check_same(op, "initial_state", initial_state, (N, H, K, V), "[N, H, K, V]")
         _need_float(op, "initial_state", initial_state)
-    if isinstance(chunk_size, bool) or chunk_size not in CHUNK_SIZES:
-        raise ValueError(f"{op}: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size!r}")
+    chunk_size = check_chunk_size(op, chunk_size, CHUNK_SIZES)
     scale = K ** -0.5 if scale is None else check_scale(op, scale)
 
     if T == 0 and cu_seqlens is None:   # every sequence empty: the state passes through

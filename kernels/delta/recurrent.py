@@ -5,7 +5,7 @@ Per head, with the state S [K, V] in fp32 and α_t = exp(g_t) (α_t = 1 without 
     S_a = α_t S_{t-1}
     v'  = β_t (v_t − S_aᵀ k_t)
     S_t = S_a + k_t v'ᵀ            (= (I − β_t k_t k_tᵀ) α_t S_{t-1} + β_t k_t v_tᵀ)
-    o_t = S_tᵀ q_t                 (q arrives already scaled)
+    o_t = S_tᵀ q_t                 (q multiplied by the call's scale inside the kernels)
 
 Layout as in flash-linear-attention: q, k [B, T, H, K], v [B, T, H, V], g, beta [B, T, H],
 state [N, H, K, V] (fp32), output [B, T, H, V]. Packed variable-length batches use ``cu_seqlens``
@@ -138,7 +138,7 @@ def _fwd_kernel(q, k, v, beta, g, o, h0, ht, ckpt, bounds, ck_off, C, scale,
 
 @triton.jit
 def _bwd_kernel(q, k, v, beta, g, do, dht, ckpt, scratch, bounds, ck_off, C, NT,
-                dq, dk, dv, dbeta, dg, dh0,
+                dq, dk, dv, dbeta, dg, dh0, scale,
                 H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
                 BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
                 USE_G: tl.constexpr, USE_DHT: tl.constexpr, STORE_DH0: tl.constexpr):
@@ -192,7 +192,7 @@ def _bwd_kernel(q, k, v, beta, g, do, dht, ckpt, scratch, bounds, ck_off, C, NT,
             i = n_steps - 1 - ii
             r = (t0 + i) * H + i_h
             b_Sa = tl.load(p_scr + i * BK * BV)
-            b_q = tl.load(q + r * K + o_k, mask=m_k, other=0.).to(tl.float32)
+            b_q = tl.load(q + r * K + o_k, mask=m_k, other=0.).to(tl.float32) * scale
             b_k = tl.load(k + r * K + o_k, mask=m_k, other=0.).to(tl.float32)
             b_v = tl.load(v + r * V + o_v, mask=m_v, other=0.).to(tl.float32)
             b_do = tl.load(do + r * V + o_v, mask=m_v, other=0.).to(tl.float32)
@@ -213,7 +213,7 @@ def _bwd_kernel(q, k, v, beta, g, do, dht, ckpt, scratch, bounds, ck_off, C, NT,
             # v' = β (v − S_aᵀ k)
             b_dk += tl.sum(b_Sa * b_du[None, :], 1)
             b_dS += b_k[:, None] * b_du[None, :]
-            tl.store(dq_v + r * K + o_k, b_dq, mask=m_k)
+            tl.store(dq_v + r * K + o_k, b_dq * scale, mask=m_k)
             tl.store(dk_v + r * K + o_k, b_dk, mask=m_k)
             tl.store(dv + r * V + o_v, (b_beta * b_dvn).to(dv.dtype.element_ty), mask=m_v)
             tl.store(db_v + r, b_dbeta)
@@ -237,7 +237,7 @@ def _ck_offsets(bounds: Tensor, C: int) -> tuple[Tensor, int]:
     return off, int(off[-1].item())
 
 
-def _fwd(q, k, v, beta, g, h0, bounds, N, output_final_state, save_ckpt, C):
+def _fwd(q, k, v, beta, g, h0, bounds, N, output_final_state, save_ckpt, C, scale):
     B, T, H, K = q.shape
     V = v.shape[-1]
     BK, BV, num_warps = _blocks(K, V, "fwd")
@@ -252,13 +252,13 @@ def _fwd(q, k, v, beta, g, h0, bounds, N, output_final_state, save_ckpt, C):
         _fwd_kernel[(N * H, NV)](
             q, k, v, beta, q if g is None else g, o, q if h0 is None else h0,
             q if ht is None else ht, q if ckpt is None else ckpt, bounds,
-            bounds if ck_off is None else ck_off, C, 1.0,
+            bounds if ck_off is None else ck_off, C, scale,
             H=H, K=K, V=V, BK=BK, BV=BV, USE_G=g is not None, USE_H0=h0 is not None,
             STORE_HT=ht is not None, SAVE_CKPT=save_ckpt, num_warps=num_warps)
     return o, ht, ckpt, ck_off
 
 
-def _bwd(q, k, v, beta, g, h0, do, dht, ckpt, ck_off, bounds, N, C):
+def _bwd(q, k, v, beta, g, h0, do, dht, ckpt, ck_off, bounds, N, C, scale):
     B, T, H, K = q.shape
     V = v.shape[-1]
     dev = q.device
@@ -279,7 +279,7 @@ def _bwd(q, k, v, beta, g, h0, do, dht, ckpt, ck_off, bounds, N, C):
         _bwd_kernel[(N * H, NV)](
             q, k, v, beta, q if g is None else g, do, do if dht is None else dht, ckpt, scratch,
             bounds, ck_off, C, B * T, dq, dk, dv, dbeta, dq if dg is None else dg,
-            dq if dh0 is None else dh0,
+            dq if dh0 is None else dh0, scale,
             H=H, K=K, V=V, BK=BK, BV=BV, NV=NV, USE_G=g is not None, USE_DHT=dht is not None,
             STORE_DH0=dh0 is not None, num_warps=num_warps)
     dq = dq.sum(0).to(q.dtype)
@@ -292,12 +292,12 @@ def _bwd(q, k, v, beta, g, h0, do, dht, ckpt, ck_off, bounds, N, C):
 
 class _FusedRecurrentDelta(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, beta, g, h0, bounds, N, output_final_state, C):
+    def forward(ctx, q, k, v, beta, g, h0, bounds, N, output_final_state, C, scale):
         # checkpoints of the state only for a backward to come
         o, ht, ckpt, ck_off = _fwd(q, k, v, beta, g, h0, bounds, N, output_final_state,
-                                   any(ctx.needs_input_grad[:6]), C)
+                                   any(ctx.needs_input_grad[:6]), C, scale)
         ctx.save_for_backward(q, k, v, beta, g, h0, ckpt, ck_off, bounds)
-        ctx.N, ctx.C = N, C
+        ctx.N, ctx.C, ctx.scale = N, C, scale
         return o, ht
 
     @staticmethod
@@ -307,8 +307,8 @@ class _FusedRecurrentDelta(torch.autograd.Function):
         do = do.contiguous()
         dht = None if dht is None else dht.contiguous()
         dq, dk, dv, dbeta, dg, dh0 = _bwd(q, k, v, beta, g, h0, do, dht, ckpt, ck_off, bounds,
-                                          ctx.N, ctx.C)
-        return dq, dk, dv, dbeta, dg, dh0, None, None, None, None
+                                          ctx.N, ctx.C, ctx.scale)
+        return dq, dk, dv, dbeta, dg, dh0, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,13 +342,14 @@ def _check_same(op, name, t, shape, dims):
 
 
 def fused_recurrent_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
-                          initial_state: Tensor | None = None, output_final_state: bool = False,
+                          scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
                           cu_seqlens: Tensor | None = None,
                           checkpoint_interval: int = CHECKPOINT_INTERVAL) -> tuple[Tensor, Tensor | None]:
     """The delta rule (``g=None``: DeltaNet) or gated delta rule, stepped token by token.
 
-    q, k [B, T, H, K] (q already scaled, k normally L2-normalised), v [B, T, H, V], beta and g (log
-    decay) [B, T, H]; q, k, v share one of fp32/fp16/bf16, accumulation and state are fp32.
+    q, k [B, T, H, K] (k normally L2-normalised), v [B, T, H, V], beta and g (log decay) [B, T, H];
+    q, k, v share one of fp32/fp16/bf16, accumulation and state are fp32. ``scale`` multiplies q
+    (default K^-0.5, as in :func:`chunk_delta` and fla; 1.0 for a q already scaled).
     ``initial_state`` [N, H, K, V] with N = B, or N = len(cu_seqlens) − 1 for a packed batch (B = 1).
     Returns ``o`` [B, T, H, V] in v's dtype and the fp32 final state [N, H, K, V] (None unless
     ``output_final_state``). Differentiable in q, k, v, beta, g and initial_state; the backward
@@ -384,12 +385,13 @@ def fused_recurrent_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tens
             or checkpoint_interval < 1:
         raise ValueError(f"{op}: checkpoint_interval must be a positive int, got {checkpoint_interval!r}")
 
+    scale = K ** -0.5 if scale is None else check_scale(op, scale)
     bounds = seq_bounds(cu_seqlens, B, T, q.device)
     q, k, v, beta = (t.contiguous() for t in (q, k, v, beta))
     g = None if g is None else g.contiguous()
     h0 = None if initial_state is None else initial_state.contiguous()
     return apply(_FusedRecurrentDelta, q, k, v, beta, g, h0, bounds, N, bool(output_final_state),
-                 checkpoint_interval)
+                 checkpoint_interval, scale)
 
 
 def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,

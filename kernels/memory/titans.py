@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._common import apply, check_cu_seqlens, check_device, check_head_dim, seq_bounds
+from .._common import apply, check_chunk_size, check_cu_seqlens, check_device, check_head_dim, seq_bounds
 
 __all__ = ["fused_recurrent_titans", "chunk_titans"]
 
@@ -115,8 +115,7 @@ def chunk_titans(q: Tensor, k: Tensor, v: Tensor, g: Tensor | None, theta: Tenso
     from .chunk import CHUNK_SIZES, ChunkTitans
 
     op = "chunk_titans"
-    if chunk_size not in CHUNK_SIZES:
-        raise ValueError(f"{op}: chunk_size must be one of {CHUNK_SIZES}, got {chunk_size!r}")
+    chunk_size = check_chunk_size(op, chunk_size, CHUNK_SIZES)
     q, k, v, g, theta, log_eta, s0, z0, bounds, N = _prepare(op, q, k, v, g, theta, log_eta,
                                                              initial_state, cu_seqlens, grad_at)
     B, T, H, K = q.shape

@@ -75,7 +75,7 @@ def run_kernel(d, S0, do, dht, dtype=torch.float32, **kw):
     x = {n: None if t is None else t.to(DEV, dtype if n in "qkv" else torch.float32).requires_grad_()
          for n, t in d.items()}
     h0 = None if S0 is None else S0.to(DEV, torch.float32).requires_grad_()
-    o, S = fused_recurrent_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], initial_state=h0,
+    o, S = fused_recurrent_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=1.0, initial_state=h0,
                                  output_final_state=dht is not None, **kw)
     outs, gos = [o], [do.to(DEV, o.dtype)]
     if dht is not None:
@@ -202,7 +202,8 @@ def test_no_grad_path_matches_training_path():
     assert o3.requires_grad and S3.requires_grad
     torch.testing.assert_close(o3.detach(), o1, rtol=0, atol=0)
     torch.testing.assert_close(S3.detach(), S2, rtol=0, atol=0)
-    o_r, S_r = dsf.recurrent("gated_deltanet", **d, scale=1.0)
+    # without a scale the kernel multiplies q by K^-0.5, as chunk_delta and fla do
+    o_r, S_r = dsf.recurrent("gated_deltanet", **d, scale=16 ** -0.5)
     check("o", o1, o_r)
     check("final_state", S2, S_r)
 
@@ -237,7 +238,7 @@ def test_steps_match_fused():
     x = {n: t.float().to(DEV) for n, t in d.items()}
     state = torch.zeros(B, H, K, V, device=DEV)
     outs = [delta_step(state, *(x[n][:, t] for n in ("q", "k", "v", "beta", "g")))[0] for t in range(T)]
-    o, S = fused_recurrent_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], output_final_state=True)
+    o, S = fused_recurrent_delta(x["q"], x["k"], x["v"], x["beta"], x["g"], scale=1.0, output_final_state=True)
     torch.testing.assert_close(torch.stack(outs, 1), o, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(state, S, rtol=1e-6, atol=1e-6)
 
@@ -286,6 +287,7 @@ def _call(**over):
     (dict(cu_seqlens=torch.tensor([0, 2, 4]), initial_state=z(1, 2, 16, 16)),
      ValueError, "initial_state must have shape"),
     (dict(checkpoint_interval=0), ValueError, "checkpoint_interval"),
+    (dict(scale=float("nan")), ValueError, "scale must be a finite number"),
     (dict(q="nope"), TypeError, "q must be a torch.Tensor"),
 ])
 def test_errors(over, exc, match):

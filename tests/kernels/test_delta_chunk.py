@@ -322,7 +322,7 @@ def test_no_grad_path_and_fused_kernel_agree():
     with torch.no_grad():
         o1, S1 = chunk_delta(*args, chunk_size=16)
         o2, S2 = chunk_delta(*args, chunk_size=16, output_final_state=True)
-        o_f, S_f = fused_recurrent_delta(x["q"] * 16 ** -0.5, *args[1:], output_final_state=True)
+        o_f, S_f = fused_recurrent_delta(*args, output_final_state=True)   # both default to K^-0.5
     assert S1 is None and S2.dtype == torch.float32 and S2.shape == (2, 1, 16, 16)
     q = x["q"].clone().requires_grad_()
     o3, S3 = chunk_delta(q, *args[1:], chunk_size=16, output_final_state=True)
@@ -389,8 +389,9 @@ def _x(B=1, T=4, H=2, K=16, V=16):
     (dict(cu_seqlens=torch.tensor([0, 3, 2, 4])), ValueError, "non-decreasing"),
     (dict(cu_seqlens=torch.tensor([0, 2, 4]), initial_state=z(1, 2, 16, 16)),
      ValueError, "initial_state must have shape"),
-    (dict(chunk_size=48), ValueError, "chunk_size must be one of"),
-    (dict(chunk_size=True), ValueError, "chunk_size must be one of"),
+    (dict(chunk_size=48), ValueError, "chunk_size must be an int, one of"),
+    (dict(chunk_size=True), ValueError, "chunk_size must be an int, one of"),
+    (dict(chunk_size=32.0), ValueError, r"chunk_size must be an int, one of \(16, 32, 64\), got 32.0"),
 ])
 def test_errors(over, exc, match):
     kw = _x()
@@ -1102,3 +1103,14 @@ def test_k_unlike_v_padded_to_the_wider_dim(monkeypatch, mixer, K, V):
     S0, do, dS = cotangents(2, 70, 2, K, V, 2, True, True)
     compare(mixer, d, S0, do, dS)
     assert seen and all(s == (max(K, V), max(K, V)) for s in seen)
+
+
+def test_numpy_integer_chunk_size_is_taken_as_an_int():
+    """A NumPy integer (a chunk size read from a config array) runs like the int it holds (it was an
+    interpreter TypeError inside the kernel)."""
+    np = pytest.importorskip("numpy")
+    x = {n: t.float().to(DEV) for n, t in inputs("deltanet", 1, 20, 1, 16, 16, seed=3).items() if t is not None}
+    args = (x["q"], x["k"], x["v"], x["beta"])
+    o_np, _ = chunk_delta(*args, chunk_size=np.int64(16))
+    o_int, _ = chunk_delta(*args, chunk_size=16)
+    torch.testing.assert_close(o_np, o_int, rtol=0, atol=0)

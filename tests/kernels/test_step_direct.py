@@ -135,3 +135,20 @@ def test_a_scale_that_is_not_finite_is_refused_by_the_mixers_name(name, form):
                 m.step(torch.zeros(1, 1, 16, 16), scale=bad, **{n: t[:, 0] for n, t in x.items()})
             else:
                 getattr(m, form)(scale=bad, **x)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "deltanet", "retnet", "ttt_linear"])
+def test_an_expanded_state_is_refused_in_place_and_taken_out_of_place(name):
+    """An expanded view shares one memory location between rows: updating it in place failed with
+    torch's bare overlap error after the kernel ran. Refused by name; out of place it is an input."""
+    B, H, K, V = 2, 2, 16, 8
+    x = dsf.random_inputs(name, B, 1, H, K, V, dtype=torch.float64, seed=3)
+    S0 = torch.randn(1, H, K, V, generator=torch.Generator().manual_seed(3)).expand(B, H, K, V)   # float32
+    wrap = (lambda S: dsf.MemoryState((S,), ())) if name == "ttt_linear" else (lambda S: S)  # noqa: E731
+    arg = "state.weights\\[0\\]" if name == "ttt_linear" else "state"
+    one = {n: t[:, 0].float() for n, t in x.items()}
+    with pytest.raises(ValueError, match=f"{name}.step: inplace=True needs a {arg} whose elements each have their"):
+        kernels.compile(name).step(wrap(S0), inplace=True, **one)
+    o, _ = kernels.compile(name).step(wrap(S0), inplace=False, **one)
+    o_ref, _ = dsf.recurrent(name, initial_state=wrap(S0.double()), **x)
+    assert rel_err(o, o_ref[:, 0]) < TOL

@@ -227,7 +227,7 @@ def test_errors():
         chunk_titans(*args[:4], d["theta"][:, :3], args[5])
     with pytest.raises(ValueError, match=r"initial_state\[1\] \(momentum Z0\)"):
         chunk_titans(*args, initial_state=(torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 8)))
-    with pytest.raises(ValueError, match="chunk_size must be one of"):
+    with pytest.raises(ValueError, match="chunk_size must be an int, one of"):
         chunk_titans(*args, chunk_size=48)
     with pytest.raises(ValueError, match="grad_at must be one of"):
         fused_recurrent_titans(*args, grad_at="later")
