@@ -92,6 +92,18 @@ class DSFTrainCLI(LightningCLI):
             while isinstance(root.__cause__, (ValueError, TypeError)):
                 root = root.__cause__
             self._parser(self.subcommand).error(str(root))
+        # what only the built objects together can tell (a model too small for the data, a task given the
+        # other task's data, a cosine over an endless run) is a usage error too, before the Trainer starts:
+        # inside fit they were tracebacks (or, for the pairing, a KeyError from the first batch)
+        try:
+            if hasattr(self.model, "check_data") and self.datamodule is not None:
+                self.model.check_data(self.datamodule)
+            hp = getattr(self.model, "hparams", {})
+            if self.subcommand == "fit" and hp.get("cosine") and self.trainer.max_steps == -1 \
+                    and self.trainer.max_epochs == -1:
+                raise ValueError("model.cosine=true needs a finite run: set trainer.max_steps or trainer.max_epochs")
+        except ValueError as err:
+            self._parser(self.subcommand).error(str(err))
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})
@@ -141,7 +153,9 @@ def cli_main(args: list[str] | None = None, **kwargs) -> DSFTrainCLI:
     return DSFTrainCLI(
         TaskModule, L.LightningDataModule, subclass_mode_model=True, subclass_mode_data=True,
         trainer_defaults={"default_root_dir": DEFAULT_ROOT}, save_config_kwargs={"overwrite": True},
-        args=args, **kwargs)
+        # the task modules' own optimiser (weight decay on matrices only, warmup, cosine): LightningCLI's
+        # --optimizer / --lr_scheduler would replace it whole, with only a warning
+        auto_configure_optimizers=False, args=args, **kwargs)
 
 
 def main(args: list[str] | None = None) -> None:

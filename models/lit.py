@@ -94,6 +94,19 @@ class TaskModule(L.LightningModule):
         trainer = self._trainer  # None outside a Trainer
         return getattr(trainer, "datamodule", None) if trainer is not None else None
 
+    def setup(self, stage: str) -> None:
+        dm = self._datamodule()
+        if dm is not None:
+            self.check_data(dm)
+
+    def check_data(self, dm: Any) -> None:
+        """Raise a ValueError naming the setting if the data module ``dm`` does not fit this task and model
+        (``dsf-train`` calls it before training starts, so a mismatch is a usage error)."""
+        want = getattr(self, "DATA", None)
+        if want is not None and not all(hasattr(dm, a) for a in want[1]):
+            raise ValueError(f"{type(self).__name__} trains on {want[0]}, got data {type(dm).__name__}; "
+                             f"choose --data {want[0]} (or a config of this task)")
+
     # validation and test share one implementation: subclasses define _eval_step / _eval_end
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -153,14 +166,16 @@ class RegressionModule(TaskModule):
         self._baseline_err: dict[str, dict[str, Tensor]] = {}
         self._pos: dict[str, slice] = {}
 
-    def setup(self, stage: str) -> None:
-        dm = self._datamodule()
+    DATA = ("RegressionDataModule", ("token_dim", "n_points"))   # (the data it trains on, what it reads of it)
+
+    def check_data(self, dm: Any) -> None:
+        super().check_data(dm)
         d_in = getattr(self.model, "d_in", None)
-        if dm is not None and hasattr(dm, "token_dim") and d_in is not None and d_in != dm.token_dim:
+        if d_in is not None and d_in != dm.token_dim:
             raise ValueError(f"model d_in={d_in} does not match the data: tokens have d + 1 = {dm.token_dim} "
                              f"features (d={dm.d}); set model.d_in to {dm.token_dim}")
         max_len = getattr(self.model, "max_len", 0)
-        if dm is not None and hasattr(dm, "n_points") and max_len:
+        if max_len:
             # checked now, as MQAR's seq_len is: it failed inside the first forward's position table
             tokens = 2 * dm.n_points if dm.layout == "interleaved" else dm.n_points
             if max_len < tokens:
@@ -241,13 +256,15 @@ class MQARModule(TaskModule):
         super().__init__(model, lr, weight_decay, betas, warmup_steps, cosine, min_lr_ratio)
         self._hits: dict[tuple[str, int], list[int]] = {}
 
-    def setup(self, stage: str) -> None:
-        dm = self._datamodule()
-        V, Ld = getattr(self.model, "vocab_size", None), getattr(dm, "seq_len", None)
-        if dm is not None and hasattr(dm, "vocab_size") and V is not None and V < dm.vocab_size:
+    DATA = ("MQARDataModule", ("vocab_size", "seq_len"))
+
+    def check_data(self, dm: Any) -> None:
+        super().check_data(dm)
+        V, Ld = getattr(self.model, "vocab_size", None), dm.seq_len
+        if V is not None and V < dm.vocab_size:
             raise ValueError(f"model vocab_size={V} is smaller than the data's vocab_size={dm.vocab_size}")
         max_len = getattr(self.model, "max_len", 0)
-        if Ld is not None and max_len and max_len < Ld:
+        if max_len and max_len < Ld:
             raise ValueError(f"model max_len={max_len} is shorter than the data's seq_len={Ld}")
 
     def _scores(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:

@@ -89,12 +89,28 @@ def test_print_config(capsys):
     (["--data.nonsense", "1"], "'nonsense' is not accepted"),
     (["--trainer.nonsense", "1"], "unrecognized arguments: --trainer.nonsense"),
     (["--model.model.d_in", "4"], "d_in=4 does not match"),
+    (["--data", "MQARDataModule"], "RegressionModule trains on RegressionDataModule, got data MQARDataModule"),
+    (["--model.model.max_len", "3"], "model max_len=3 is shorter than the data's prompts"),
+    (["--model.init_args.cosine", "true", "--trainer.fast_dev_run", "false", "--trainer.max_steps", "-1",
+      "--trainer.max_epochs", "-1"], "model.cosine=true needs a finite run"),
+    (["--optimizer", "Adam"], "unrecognized arguments: --optimizer"),
 ])
 def test_errors_are_clear(args, message, tmp_path, capsys):
-    with pytest.raises((SystemExit, ValueError)) as e:
+    # (model and data that do not fit together were ValueError tracebacks from inside fit, or a KeyError
+    # from the first batch for the other task's data: usage errors now, before the Trainer starts)
+    with pytest.raises(SystemExit):
         _run(tmp_path, "fit", "-c", LR, "--trainer.fast_dev_run", "true", *args)
-    text = str(e.value) if isinstance(e.value, ValueError) else capsys.readouterr().err
-    assert message in text
+    assert message in capsys.readouterr().err
+
+
+def test_mqar_checks_its_data_before_training(tmp_path, capsys):
+    mqar = str(CONFIGS[0].parents[1] / "mqar" / "mqar.yaml")
+    for args, message in [(["--model.model.vocab_size", "10"], "model vocab_size=10 is smaller than the data's"),
+                          (["--data", "RegressionDataModule"], "MQARModule trains on MQARDataModule, got data "
+                                                               "RegressionDataModule")]:
+        with pytest.raises(SystemExit):
+            _run(tmp_path, "fit", "-c", mqar, "--trainer.fast_dev_run", "true", *args)
+        assert message in capsys.readouterr().err
 
 
 def test_last_ckpt_is_the_last_validated_step(tmp_path):
