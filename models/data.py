@@ -59,6 +59,45 @@ class _Fresh(Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.sample(self.gen)
 
+    def state(self) -> dict:
+        return {"generator": self.gen.get_state()}
+
+    def restore(self, state: dict) -> None:
+        self.gen.set_state(state["generator"])
+
+
+class _Shuffled(Dataset):
+    """A fixed training set as a stream of batches: each pass over it in a fresh random order, the
+    order's generator and the place in it carried over epochs and saved in checkpoints, as _Fresh's
+    generator is (a DataLoader's shuffle drew its order again from the start on a resume).
+
+    Map-style with the index ignored, as _Fresh: an epoch is one pass (the last batch the remainder),
+    each process of a DDP run drawing its own order.
+    """
+
+    def __init__(self, data: dict[str, Tensor], batch_size: int, seed: int, world: int = 1):
+        self.data, self.batch_size, self.world = data, batch_size, world
+        self.n = len(next(iter(data.values())))
+        self.gen = torch.Generator().manual_seed(seed)
+        self.order, self.pos = torch.empty(0, dtype=torch.int64), 0
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size) * self.world
+
+    def __getitem__(self, i: int) -> dict:
+        if self.pos >= len(self.order):   # a pass done (or none begun): the next one's order
+            self.order, self.pos = torch.randperm(self.n, generator=self.gen), 0
+        rows = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += len(rows)
+        return {k: v[rows] for k, v in self.data.items()}
+
+    def state(self) -> dict:
+        return {"generator": self.gen.get_state(), "order": self.order.clone(), "pos": self.pos}
+
+    def restore(self, state: dict) -> None:
+        self.gen.set_state(state["generator"])
+        self.order, self.pos = state["order"], state["pos"]
+
 
 class _Batches(Dataset):
     """A fixed list of ready-made batches (validation and test sets)."""
@@ -110,10 +149,17 @@ class _Streams:
         rank, world = self._process()
         # process 0 keeps the single-process stream; the others take streams of their own
         seed = _stream_seed(self.seed, 0 if rank == 0 else 1000 + rank)
-        fresh = _Fresh(sample, self.steps_per_epoch, seed, world)
+        return self._resumed(_Fresh(sample, self.steps_per_epoch, seed, world))
+
+    def _shuffled(self, data: dict[str, Tensor]) -> _Shuffled:
+        rank, world = self._process()
+        seed = _stream_seed(self.seed, 3 if rank == 0 else 3000 + rank)
+        return self._resumed(_Shuffled(data, self.batch_size, seed, world))
+
+    def _resumed(self, stream):
         if getattr(self, "_resume", None) is not None:   # a checkpoint loaded before setup
-            self._restore(fresh, self._resume)
-        return fresh
+            self._restore(stream, self._resume)
+        return stream
 
     def _eval_loader(self, ds: Dataset) -> DataLoader:
         rank, world = self._process()
@@ -122,10 +168,11 @@ class _Streams:
         return _loader(ds)
 
     def state_dict(self) -> dict:
-        """Every process's training stream: its generator state (and MQAR's place in its kv counts)."""
-        if not isinstance(getattr(self, "_train", None), _Fresh):
+        """Every process's training stream: its generator state, a fixed set's order and place in it, and
+        MQAR's place in its kv counts."""
+        if not isinstance(getattr(self, "_train", None), (_Fresh, _Shuffled)):
             return {}
-        mine = {"generator": self._train.gen.get_state(), "step": getattr(self, "_step", 0)}
+        mine = {**self._train.state(), "step": getattr(self, "_step", 0)}
         every = [mine]
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             every = [None] * torch.distributed.get_world_size()
@@ -135,16 +182,16 @@ class _Streams:
     def load_state_dict(self, state: dict) -> None:
         if not state.get("train_streams"):
             return
-        if isinstance(getattr(self, "_train", None), _Fresh):
+        if isinstance(getattr(self, "_train", None), (_Fresh, _Shuffled)):
             self._restore(self._train, state)
         else:
             self._resume = state
 
-    def _restore(self, fresh: _Fresh, state: dict) -> None:
+    def _restore(self, stream: _Fresh | _Shuffled, state: dict) -> None:
         rank, _ = self._process()
         streams = state["train_streams"]
         if rank < len(streams):   # (a process the saved run did not have keeps its fresh stream)
-            fresh.gen.set_state(streams[rank]["generator"])
+            stream.restore(streams[rank])
             if hasattr(self, "_step"):
                 self._step = streams[rank]["step"]
 
@@ -343,15 +390,12 @@ class MQARDataModule(_Streams, L.LightningDataModule):
             self._train = self._fresh(self.sample)
         else:
             rows = self._fixed_set(self.train_size, 0).batches
-            self._train = _Rows({k: torch.cat([b[k] for b in rows]) for k in rows[0]})
+            self._train = self._shuffled({k: torch.cat([b[k] for b in rows]) for k in rows[0]})
         self._val = self._fixed_set(self.val_size, 1)
         self._test = self._fixed_set(self.test_size, 2)
 
     def train_dataloader(self) -> DataLoader:
-        if isinstance(self._train, _Fresh):
-            return _loader(self._train)
-        gen = torch.Generator().manual_seed(_stream_seed(self.seed, 3))
-        return DataLoader(self._train, batch_size=self.batch_size, shuffle=True, generator=gen)
+        return _loader(self._train)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._val)
@@ -359,15 +403,3 @@ class MQARDataModule(_Streams, L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader(self._test)
 
-
-class _Rows(Dataset):
-    """Rows of a dict of equal-length tensors (a fixed training set)."""
-
-    def __init__(self, data: dict[str, Tensor]):
-        self.data = data
-
-    def __len__(self) -> int:
-        return len(next(iter(self.data.values())))
-
-    def __getitem__(self, i: int) -> dict:
-        return {k: v[i] for k, v in self.data.items()}

@@ -63,11 +63,11 @@ class _Batches(L.Callback):
             f.write(f"{trainer.global_step} {float(batch['inputs'].float().sum())}\n")
 
 
-def _fit(tmp_path, devices, max_steps, out, ckpt_path=None, save=None):
+def _fit(tmp_path, devices, max_steps, out, ckpt_path=None, save=None, train_size=None):
     torch.manual_seed(0)
     tok = TokenModel(vocab_size=16, mixer="linear_attention", d_model=8, n_layers=1, mlp_ratio=0.0, max_len=16)
     dm = MQARDataModule(vocab_size=16, seq_len=16, num_kv_pairs=[1, 2], batch_size=4, val_size=4,
-                        steps_per_epoch=2)
+                        steps_per_epoch=2, train_size=train_size)
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
                         max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
@@ -81,14 +81,18 @@ def _read(path):
     return [tuple(line.split()) for line in path.read_text().splitlines()]
 
 
-def test_a_resumed_run_draws_what_the_uninterrupted_one_would(tmp_path):
+@pytest.mark.parametrize("train_size,stop", [(None, 2), (10, 2), (10, 7)])
+def test_a_resumed_run_draws_what_the_uninterrupted_one_would(tmp_path, train_size, stop):
     """The training stream's place was not in the checkpoint: a run resumed at step 2 drew the batches
-    of steps 0 and 1 again (and restarted MQAR's cycle of kv counts)."""
+    of steps 0 and 1 again (and restarted MQAR's cycle of kv counts). A fixed training set (20 rows, 5
+    batches a pass) was shuffled by the DataLoader, whose order began again on a resume, at a pass's
+    boundary or inside one."""
     (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    _fit(tmp_path, 1, 4, tmp_path / "a")
-    _fit(tmp_path, 1, 2, tmp_path / "b", save=tmp_path / "half.ckpt")
-    _fit(tmp_path, 1, 4, tmp_path / "b", ckpt_path=tmp_path / "half.ckpt")
-    assert _read(tmp_path / "b" / "rank0.txt") == _read(tmp_path / "a" / "rank0.txt")
+    _fit(tmp_path, 1, 9, tmp_path / "a", train_size=train_size)
+    _fit(tmp_path, 1, stop, tmp_path / "b", save=tmp_path / "half.ckpt", train_size=train_size)
+    _fit(tmp_path, 1, 9, tmp_path / "b", ckpt_path=tmp_path / "half.ckpt", train_size=train_size)
+    a = _read(tmp_path / "a" / "rank0.txt")
+    assert len(a) == 9 and _read(tmp_path / "b" / "rank0.txt") == a
 
 
 def test_each_process_trains_on_its_own_batches(tmp_path):
