@@ -8,7 +8,7 @@ BIN     := $(VENV)/bin
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
 
-.PHONY: demo test book bench clean install
+.PHONY: demo test book bench clean clean-results install
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -41,5 +41,10 @@ book: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.forms
 
+## clean: the venv, the book's build and the caches; results/ (the demo's outputs, and every dsf-train run's
+## logs and checkpoints by default) stays: `make clean-results` removes it
 clean:
-	rm -rf $(VENV) results book/_build .pytest_cache .hypothesis
+	rm -rf $(VENV) book/_build .pytest_cache .hypothesis
+
+clean-results:
+	rm -rf results
