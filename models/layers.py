@@ -425,6 +425,8 @@ class MixerLayer(nn.Module):
         """``x [B, T, d_model]`` → ``[B, T, d_model]``."""
         if x.dim() != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"MixerLayer: expected x of shape [B, T, {self.d_model}], got {tuple(x.shape)}")
+        if x.shape[1] == 0:   # (the forms' chunk size became min(chunk_size, T) = 0: an error about chunk_size)
+            raise ValueError(f"MixerLayer: x must hold at least one token (T >= 1), got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise TypeError(f"MixerLayer: x must be a floating-point tensor, got dtype {x.dtype}")
         weight = self.out.weight.dtype

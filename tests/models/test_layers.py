@@ -109,6 +109,14 @@ def test_input_dtype_errors():
         layer(torch.randn(2, 5, 16, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("mixer", ["mamba2", "softmax_attention", "titans"])
+def test_no_tokens_is_refused_by_the_layer(mixer):
+    """T = 0 reached the forms as chunk_size = min(chunk_size, T) = 0: an error about chunk_size."""
+    with pytest.raises(ValueError, match=r"MixerLayer: x must hold at least one token \(T >= 1\), got shape "
+                                         r"\(2, 0, 16\)"):
+        MixerLayer(mixer, 16, 2)(torch.randn(2, 0, 16))
+
+
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 @pytest.mark.parametrize("name", ["mamba2", "deltanet", "s6"])
 def test_autocast_bf16(backend, name):
