@@ -228,7 +228,10 @@ class RegressionModule(TaskModule):
         curves = {f"{stage}_err": sum(p[0] for p in parts) / total}
         curves.update({f"{stage}_err_{k}": sum(p[2][k] for p in parts) / total for k in base})
         for name, curve in curves.items():
-            self.log_dict({f"{name}/pos_{i}": float(e) for i, e in zip(range(pos.start, pos.stop), curve)})
+            # (gathered from every process already, so the same on each: sync_dist only quiets Lightning's
+            # warning per metric under DDP, its mean of equal values being the value)
+            self.log_dict({f"{name}/pos_{i}": float(e) for i, e in zip(range(pos.start, pos.stop), curve)},
+                          sync_dist=True)
 
     def _run_baselines(self, prompts: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         x, y = torch.cat([p[0] for p in prompts]), torch.cat([p[1] for p in prompts])
@@ -304,6 +307,8 @@ class MQARModule(TaskModule):
         if not hits:
             return
         total = [sum(h[0] for h in hits.values()), sum(h[1] for h in hits.values())]
-        self.log(f"{stage}_acc", total[0] / max(1, total[1]), prog_bar=True)
+        # (gathered, the same on every process: sync_dist as for the regression curves)
+        self.log(f"{stage}_acc", total[0] / max(1, total[1]), prog_bar=True, sync_dist=True)
         if len(hits) > 1:
-            self.log_dict({f"{stage}_acc/kv_{kv}": h[0] / max(1, h[1]) for kv, h in sorted(hits.items())})
+            self.log_dict({f"{stage}_acc/kv_{kv}": h[0] / max(1, h[1]) for kv, h in sorted(hits.items())},
+                          sync_dist=True)
