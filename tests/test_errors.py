@@ -66,6 +66,39 @@ def test_softmax_state_must_be_a_cache():
         dsf.recurrent("softmax_attention", initial_state=torch.zeros(2, 3, 4, 6), **d)
 
 
+@pytest.mark.parametrize("form", ["recurrent", "chunked", "kernels"])
+@pytest.mark.parametrize("change", ["negative c", "c = 0 with m finite", "c > 0 with m = -inf", "nan m"])
+def test_an_aaren_state_that_is_no_softmax_state_is_refused(form, change):
+    """The kernels read c <= 0 as the empty state, the forms used it as given: 1.0 apart, silently."""
+    d = _inp("aaren")
+    _, A = dsf.recurrent("aaren", **d)
+    b, h = 1, 2
+    m, c = A.m.clone(), A.c.clone()
+    if change == "negative c":
+        c[b, h] = -c[b, h]
+    elif change == "c = 0 with m finite":
+        c[b, h] = 0.0
+    elif change == "c > 0 with m = -inf":
+        m[b, h] = float("-inf")
+    else:
+        m[b, h] = float("nan")
+    bad = dsf.AarenState(m, c, A.a)
+    with pytest.raises(ValueError, match=r"aaren: initial_state is not a softmax state at \[b, h\] = \[1, 2\]"):
+        if form == "kernels":
+            kernels = pytest.importorskip("kernels")
+            kernels.compile("aaren").chunked(initial_state=dsf.AarenState(*(t.float() for t in bad)),
+                                             **{n: t.float() for n, t in d.items()})
+        else:
+            getattr(dsf, form)("aaren", initial_state=bad, **d)
+
+
+def test_the_empty_aaren_state_is_taken():
+    d = _inp("aaren")
+    empty = dsf.AarenState(torch.full((2, 3), float("-inf"), dtype=torch.float64),
+                           torch.zeros(2, 3, dtype=torch.float64), torch.zeros(2, 3, 6, dtype=torch.float64))
+    torch.testing.assert_close(dsf.recurrent("aaren", initial_state=empty, **d)[0], dsf.recurrent("aaren", **d)[0])
+
+
 @pytest.mark.parametrize("chunk_size", [0, -3, 2.5, True])
 def test_chunk_size(chunk_size):
     with pytest.raises(ValueError, match=r"chunk_size must be a positive int, got"):

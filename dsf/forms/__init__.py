@@ -95,6 +95,16 @@ def _internal_state(spec: MixerSpec, terms: Any, state: Any, arg: str = "initial
         check_state(spec.name, f"{arg}.m", state.m, (B, H), "[B, H]", terms.u.dtype)
         check_state(spec.name, f"{arg}.c", state.c, (B, H), "[B, H]", terms.u.dtype)
         check_state(spec.name, f"{arg}.a", state.a, (B, H, V), "[B, H, V]", terms.u.dtype)
+        # c = Σ exp(s − m) is > 0 once a token was seen (m finite) and 0 in the empty state (m = −inf).
+        # Anything else is no softmax state, which the forms and the kernels read differently (the
+        # kernels took c ≤ 0 as empty): refused, for one read on the host
+        seen = torch.isfinite(state.m) & torch.isfinite(state.c) & (state.c > 0)
+        bad = ~(seen | (torch.isneginf(state.m) & (state.c == 0)))
+        if bool(bad.any()):
+            b, h = (int(i) for i in bad.nonzero()[0])
+            raise ValueError(f"{spec.name}: {arg} is not a softmax state at [b, h] = [{b}, {h}] (m = "
+                             f"{float(state.m[b, h])}, c = {float(state.c[b, h])}): c must be > 0 where m is finite "
+                             "and 0 where m = -inf (the empty state)")
         return state
     if not isinstance(state, KVCache):
         raise TypeError(f"{spec.name}: {arg} must be a dsf.KVCache(k, v, pos, seen), "
