@@ -181,6 +181,16 @@ def step_bounds(B: int, device) -> Tensor:
                         lambda: torch.arange(B + 1, dtype=torch.int64, device=device))
 
 
+def check_no_grad(op: str, **tensors) -> None:
+    """A decoding step has no backward: refuse inputs that want a gradient (it came back without one)."""
+    if torch.is_grad_enabled():
+        wanting = [n for n, t in tensors.items() if isinstance(t, Tensor) and t.requires_grad]
+        if wanting:
+            raise RuntimeError(f"{op}: a decoding step has no backward, and {', '.join(wanting)} require grad; "
+                               "call it under torch.no_grad(), or differentiate through kernels.compile(...).step "
+                               "or the recurrent kernel")
+
+
 def check_chunk_size(op: str, chunk_size, choices: tuple[int, ...]) -> int:
     """The chunk length as a Python int of ``choices`` (a NumPy integer too; 32.0 reached the allocations)."""
     try:

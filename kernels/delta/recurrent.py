@@ -38,8 +38,8 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_scale, next_pow2,
-                       seq_bounds, step_bounds)
+from .._common import (apply, cdiv, check_cu_seqlens, check_device, check_head_dim, check_no_grad, check_scale,
+                       next_pow2, seq_bounds, step_bounds)
 
 __all__ = ["fused_recurrent_delta", "delta_step", "CHECKPOINT_INTERVAL"]
 
@@ -342,8 +342,8 @@ def _check_same(op, name, t, shape, dims):
 
 
 def fused_recurrent_delta(q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: Tensor | None = None,
-                          scale: float | None = None, initial_state: Tensor | None = None, output_final_state: bool = False,
-                          cu_seqlens: Tensor | None = None,
+                          scale: float | None = None, initial_state: Tensor | None = None,
+                          output_final_state: bool = False, cu_seqlens: Tensor | None = None,
                           checkpoint_interval: int = CHECKPOINT_INTERVAL) -> tuple[Tensor, Tensor | None]:
     """The delta rule (``g=None``: DeltaNet) or gated delta rule, stepped token by token.
 
@@ -425,6 +425,7 @@ def delta_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, beta: Tensor, g: 
     check_head_dim(op, "K", K)
     check_head_dim(op, "V", V)
     scale = check_scale(op, scale)
+    check_no_grad(op, state=state, q=q, k=k, v=v, beta=beta, g=g)
     _check_same(op, "state", state, (B, H, K, V), "[B, H, K, V]")
     _need_float(op, "state", state)
     if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):

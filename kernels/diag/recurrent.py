@@ -320,11 +320,12 @@ def diag_step(state: Tensor, q: Tensor, k: Tensor, v: Tensor, decay: str = "none
     if (want is None) != (g is None) or (g is not None and tuple(g.shape) != want):
         raise ValueError(f"{op}: decay={decay!r} needs g of shape {want}, got "
                          f"{None if g is None else tuple(g.shape)}")
-    from .._common import check_device, check_head_dim
+    from .._common import check_device, check_head_dim, check_no_grad
 
     check_device(op, state=state, q=q, k=k, v=v, g=g)
     check_head_dim(op, "K", K)
     check_head_dim(op, "V", V)
+    check_no_grad(op, state=state, q=q, k=k, v=v, g=g)
     if inplace and (state.dtype != torch.float32 or not state.is_contiguous()):
         raise ValueError(f"{op}: inplace=True needs a contiguous float32 state, got {state.dtype}"
                          f"{'' if state.is_contiguous() else ' (non-contiguous)'}")

@@ -232,6 +232,16 @@ def test_step(mixer, K, V):
     check("step_state", state, S_r)
 
 
+def test_a_step_refuses_inputs_that_want_a_gradient():
+    x = {n: t.float().to(DEV) for n, t in inputs("deltanet", 1, 1, 2, 16, 16, seed=1).items() if t is not None}
+    one = [x[n][:, 0] for n in ("q", "k", "v", "beta")]
+    state = torch.zeros(1, 2, 16, 16, device=DEV, requires_grad=True)
+    with pytest.raises(RuntimeError, match="delta_step: a decoding step has no backward, and state require grad"):
+        delta_step(state, *one, inplace=False)
+    with torch.no_grad():
+        delta_step(state, *one, inplace=False)
+
+
 def test_steps_match_fused():
     mixer, B, T, H, K, V = "gated_deltanet", 2, 5, 2, 16, 16
     d = inputs(mixer, B, T, H, K, V, seed=13)

@@ -129,6 +129,11 @@ def test_errors():
             fn(q, k, v, "scalar", torch.zeros(1, 8, 2) < 1)
     with pytest.raises(TypeError, match="g must be a floating-point tensor of log decays, got torch.int64"):
         diag_step(torch.zeros(1, 2, 16, 16), q[:, 0], k[:, 0], v[:, 0], "scalar", torch.zeros(1, 2, dtype=torch.long))
+    # no backward: a q that wants a gradient came back without one
+    with pytest.raises(RuntimeError, match="diag_step: a decoding step has no backward, and q require grad"):
+        diag_step(torch.zeros(1, 2, 16, 16), q[:, 0].requires_grad_(), k[:, 0], v[:, 0])
+    with torch.no_grad():
+        diag_step(torch.zeros(1, 2, 16, 16), q[:, 0], k[:, 0], v[:, 0])
     with pytest.raises(ValueError, match=r"mamba2: initial_state must have shape \[B, H, K, V\] = \(1, 2, 16, 16\), "
                                          r"got \(3, 2, 16, 16\)"):
         kernels.compile("mamba2").chunked(q=q, k=k, v=v, g=torch.zeros(1, 8, 2),
