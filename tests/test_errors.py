@@ -193,6 +193,24 @@ def test_a_log_decay_of_minus_inf_is_refused_where_it_has_no_form(name, gate):
             form(name, **d)
 
 
+@pytest.mark.parametrize("options,gate,form", [
+    ({"memory": "linear"}, "g", "chunked"), ({"memory": "linear"}, "log_eta", "chunked"),
+    ({}, "g", "minibatch"), ({}, "log_eta", "minibatch"), ({"memory": "linear"}, "g", "parallel")])
+def test_a_memorys_gate_of_minus_inf_is_refused_where_it_has_no_form(options, gate, form):
+    """Titans' g = log(1 − α) is −inf for a full forget gate: the memories' chunked, parallel and
+    mini-batch forms (the latter documented exact at chunk_size=1) returned NaN, silently."""
+    spec = dsf.zoo.get("titans", **options)
+    d = spec.draw_inputs(1, 6, 1, 2, 2, dtype=torch.float64, seed=0)
+    d[gate][:, 3] = float("-inf")
+    assert torch.isfinite(dsf.recurrent(spec, **d)[0]).all()
+    run = {"chunked": lambda: dsf.chunked(spec, chunk_size=2, **d),
+           "minibatch": lambda: dsf.chunked(spec, chunk_size=1, approximate="minibatch", **d),
+           "parallel": lambda: dsf.parallel(spec, **d)}[form]
+    with pytest.raises(ValueError, match=r"^titans: a log (retention g|momentum decay log_eta) of -inf \(a gate of "
+                                         r"exactly 0\) has no (chunked|mini-batch|parallel) form"):
+        run()
+
+
 def test_an_empty_dim_is_refused_by_name():
     """B = 0 or H = 0 came back empty from two forms and failed inside torch in the chunked one."""
     for B, H, K in ((0, 2, 4), (1, 0, 4), (1, 2, 0)):

@@ -68,10 +68,15 @@ def prepare(mixer: str | MixerSpec, inputs: dict[str, Any]) -> tuple[MixerSpec, 
 def _finite_decays(spec: MixerSpec, terms: Any, form: str) -> None:
     """The chunked and parallel forms take the decay between two steps as G_i − G_j of cumulative log
     decays, undefined (−inf − −inf) past a log decay of −inf: refused there, not turned into NaN."""
-    if isinstance(terms, LinearTerms) and terms.g is not None and bool(torch.isneginf(terms.g).any()):
-        raise ValueError(f"{spec.name}: a log decay of -inf (a gate of exactly 0) has no {form} form: it takes "
-                         "the decay between two steps as a difference of cumulative log decays; use "
-                         "dsf.recurrent, or start a new sequence there")
+    # (a memory's retention and momentum decays alike: their chunked, parallel and mini-batch forms gave NaN)
+    gates = [("log decay", terms.g)] if isinstance(terms, LinearTerms) else \
+        [("log retention g", terms.g), ("log momentum decay log_eta", terms.log_eta)] \
+        if isinstance(terms, MemoryTerms) else []
+    for what, g in gates:
+        if g is not None and bool(torch.isneginf(g).any()):
+            raise ValueError(f"{spec.name}: a {what} of -inf (a gate of exactly 0) has no {form} form: it takes "
+                             "the decay between two steps as a difference of cumulative log decays; use "
+                             "dsf.recurrent, or start a new sequence there")
 
 
 def _internal_state(spec: MixerSpec, terms: Any, state: Any, arg: str = "initial_state") -> Any:
@@ -162,6 +167,7 @@ def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
     spec, terms = prepare(mixer, inputs)
     if isinstance(terms, MemoryTerms):
         _memory_form(spec, terms, "parallel")
+        _finite_decays(spec, terms, "parallel")
         return phi_memory(terms)
     if isinstance(terms, SoftmaxTerms):
         return phi_softmax(terms)
@@ -175,6 +181,7 @@ def parallel(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
     spec, terms = prepare(mixer, inputs)
     if isinstance(terms, MemoryTerms):
         _memory_form(spec, terms, "parallel")
+        _finite_decays(spec, terms, "parallel")
         return apply_phi(phi_memory(terms), terms.v)
     if isinstance(terms, SoftmaxTerms):
         return apply_phi(phi_softmax(terms), terms.u)
@@ -202,8 +209,10 @@ def chunked(mixer: str | MixerSpec, *, chunk_size: int = 64, initial_state: Any 
                          "step (Titans, Miras, TTT); this mixer's chunked form is exact")
     if isinstance(terms, MemoryTerms):
         if approximate == "minibatch":
+            _finite_decays(spec, terms, "mini-batch")
             return minibatch_memory(terms, S0, chunk_size)
         _memory_form(spec, terms, "chunked")
+        _finite_decays(spec, terms, "chunked")
         return chunked_memory(terms, S0, chunk_size)
     if isinstance(terms, LinearTerms):
         _finite_decays(spec, terms, "chunked")
