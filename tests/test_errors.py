@@ -176,6 +176,15 @@ def test_scale_must_be_a_finite_number(name, scale, error):
             form(name, scale=scale, **d)
 
 
+@pytest.mark.parametrize("name", ["mamba2", "titans"])
+def test_a_scale_that_wants_a_gradient_is_refused(name):
+    """A one-element tensor scale is taken as a float: one that requires grad lost its gradient silently."""
+    d = dsf.random_inputs(name, B=1, T=3, H=2, K=4, V=4)
+    with pytest.raises(TypeError, match=rf"^{name}: scale is a number .*got a tensor that requires grad"):
+        dsf.recurrent(name, scale=torch.tensor(0.5, dtype=torch.float64, requires_grad=True), **d)
+    dsf.recurrent(name, scale=torch.tensor(0.5, dtype=torch.float64), **d)   # a plain one-element tensor is a number
+
+
 def test_the_miras_memories_take_scale_none_as_their_default():
     d = dsf.random_inputs("titans", B=1, T=3, H=2, K=4, V=4)
     assert torch.equal(dsf.recurrent("titans", scale=None, **d)[0], dsf.recurrent("titans", **d)[0])

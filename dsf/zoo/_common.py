@@ -24,6 +24,10 @@ def scale_of(scale: float | None, K: int) -> float:
     one_number = isinstance(scale, Tensor) and scale.numel() == 1
     if isinstance(scale, bool) or not (isinstance(scale, numbers.Real) or one_number):
         raise TypeError(f"scale must be a number or None, got {scale!r}")
+    if one_number and scale.requires_grad and torch.is_grad_enabled():
+        # taken as a number, it would leave the graph without a word: a learned scale belongs in q
+        raise TypeError("scale is a number (the forms take it as a float, without a gradient), got a tensor that "
+                        "requires grad; multiply q by a learned scale instead")
     s = float(scale)
     if not math.isfinite(s):
         raise ValueError(f"scale must be a finite number or None, got {s}")
