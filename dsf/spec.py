@@ -80,8 +80,8 @@ class MixerSpec:
     """One mixer, declared once as a DSF recurrence.
 
     ``lower(**tensors, **options)`` returns the terms (:mod:`dsf.terms`) every form consumes;
-    ``oracle(**tensors, **options, initial_state)`` is an independent step-by-step loop written from
-    the paper, used by the tests to hold the generic forms to account.
+    ``oracle(**tensors, **options)`` is an independent step-by-step loop written from the paper, run
+    from a zero state, used by the tests to hold the generic forms to account.
 
     ``exact_forms`` is a capability flag: the subset of :data:`FORMS` that computes this mixer
     exactly (a tuple, or a function of the options returning one). A memory updated by a gradient

@@ -239,3 +239,11 @@ def test_a_lowering_that_returns_no_terms_is_named():
     with pytest.raises(TypeError, match=r"^mine: lower\(\) must return dsf.LinearTerms, dsf.SoftmaxTerms or "
                                         r"dsf.MemoryTerms, got dict"):
         dsf.recurrent(spec, **dsf.random_inputs("mamba2", B=1, T=3, H=2, K=4, V=4))
+
+
+def test_an_oracle_takes_no_initial_state():
+    """The oracles run from a zero state: they took initial_state and ignored it (2.09 off a state's run)."""
+    d = dsf.random_inputs("mamba2", B=1, T=4, H=1, K=2, V=2, seed=0)
+    _, S0 = dsf.recurrent("mamba2", **dsf.random_inputs("mamba2", B=1, T=3, H=1, K=2, V=2, seed=1))
+    with pytest.raises(TypeError, match="initial_state"):
+        dsf.zoo.get("mamba2").oracle(**d, initial_state=S0)

@@ -30,7 +30,7 @@ def lower_softmax(q, k, v, scale=None, window=None, sink_tokens=0):
     return SoftmaxTerms(q * scale_of(scale, q.shape[-1]), k, v, window=window, sink_tokens=sink_tokens)
 
 
-def oracle_softmax(q, k, v, scale=None, window=None, sink_tokens=0, initial_state=None):
+def oracle_softmax(q, k, v, scale=None, window=None, sink_tokens=0):
     """Each query's softmax over the positions it may see, written out one row at a time."""
     s = scale_of(scale, q.shape[-1])
     out = torch.zeros_like(v)
@@ -68,7 +68,7 @@ def lower_aaren(q, k, v, scale=None):
     return SoftmaxTerms(q * scale_of(scale, q.shape[-1]), k, v, shared_query=True)
 
 
-def oracle_aaren(q, k, v, scale=None, initial_state=None):
+def oracle_aaren(q, k, v, scale=None):
     """Softmax of one learned query over every prefix."""
     s = torch.einsum("hk,bthk->bth", q * scale_of(scale, q.shape[-1]), k)
     out = torch.zeros_like(v)

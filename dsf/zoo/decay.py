@@ -103,13 +103,13 @@ def _oracle(q, k, v, scale, decay_of_t):
     return torch.stack(out, 1)
 
 
-def oracle_retnet(q, k, v, g_gamma=None, scale=None, initial_state=None):
+def oracle_retnet(q, k, v, g_gamma=None, scale=None):
     B, T, H, K = q.shape
     gam = torch.exp(retnet_gamma(H, q.dtype) if g_gamma is None else g_gamma)
     return _oracle(q, k, v, scale, lambda t: gam[None, :, None].expand(B, H, K))
 
 
-def oracle_lightning(q, k, v, layer_idx=0, num_layers=1, schedule="paper", scale=None, initial_state=None):
+def oracle_lightning(q, k, v, layer_idx=0, num_layers=1, schedule="paper", scale=None):
     """λ_h = exp(−slope_h · (1 − l/(L−1) + 1e-5)), the slopes written out here, not from lightning_gamma."""
     B, T, H, K = q.shape
     if schedule == "paper":
@@ -123,12 +123,12 @@ def oracle_lightning(q, k, v, layer_idx=0, num_layers=1, schedule="paper", scale
     return _oracle(q, k, v, scale, lambda t: lam[None, :, None].expand(B, H, K))
 
 
-def oracle_mamba2(q, k, v, g, scale=None, initial_state=None):
+def oracle_mamba2(q, k, v, g, scale=None):
     K = q.shape[-1]
     return _oracle(q, k, v, scale, lambda t: torch.exp(g[:, t])[..., None].expand(-1, -1, K))
 
 
-def oracle_gla(q, k, v, gk, scale=None, initial_state=None):
+def oracle_gla(q, k, v, gk, scale=None):
     return _oracle(q, k, v, scale, lambda t: torch.exp(gk[:, t]))
 
 

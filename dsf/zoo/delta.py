@@ -41,7 +41,7 @@ def lower_longhorn(q, k, v, eps, scale=None):
     return lower_deltanet(q, k, v, longhorn_beta(k, eps), scale)
 
 
-def oracle_delta(q, k, v, beta, g=None, scale=None, initial_state=None):
+def oracle_delta(q, k, v, beta, g=None, scale=None):
     """fla's naive loop: v' = β (v − Sᵀk) at the decayed state; S += k v'ᵀ; y = Sᵀ(s q)."""
     s = scale_of(scale, q.shape[-1])
     B, T, H, K = q.shape
@@ -56,11 +56,11 @@ def oracle_delta(q, k, v, beta, g=None, scale=None, initial_state=None):
     return torch.stack(out, 1)
 
 
-def oracle_gated_deltanet(q, k, v, g, beta, scale=None, initial_state=None):
+def oracle_gated_deltanet(q, k, v, g, beta, scale=None):
     return oracle_delta(q, k, v, beta, g=g, scale=scale)
 
 
-def oracle_longhorn(q, k, v, eps, scale=None, initial_state=None):
+def oracle_longhorn(q, k, v, eps, scale=None):
     """Longhorn's step solved as an argmin: S_t = argmin ‖S − S_{t-1}‖² + ε‖Sᵀk − v‖², by linalg."""
     s = scale_of(scale, q.shape[-1])
     B, T, H, K = q.shape

@@ -43,8 +43,7 @@ def lower_linear(q, k, v, feature_weight=None, feature_map="identity", normalize
     return LinearTerms(q=fq, k=fk, u=v, normalize=normalize)
 
 
-def oracle_linear(q, k, v, feature_weight=None, feature_map="identity", normalize=False, scale=None,
-                  initial_state=None):
+def oracle_linear(q, k, v, feature_weight=None, feature_map="identity", normalize=False, scale=None):
     fq, fk = _features(q, k, feature_map, scale, feature_weight)
     S = torch.zeros(*fk.shape[:1], fk.shape[2], fk.shape[3], v.shape[3], dtype=v.dtype)
     z = torch.zeros(*S.shape[:-1], dtype=v.dtype)
@@ -91,7 +90,7 @@ def lower_normalized(q, k, v, n, scale=None):
     return LinearTerms(q=q * scale_of(scale, q.shape[-1]), k=k, u=v, r=torch.exp(-n))
 
 
-def oracle_normalized(q, k, v, n, scale=None, initial_state=None):
+def oracle_normalized(q, k, v, n, scale=None):
     s = scale_of(scale, q.shape[-1])
     out = torch.zeros_like(v)
     for t in range(q.shape[1]):

@@ -87,8 +87,7 @@ def lower_titans(q, k, v, g, theta, log_eta, w1=None, w2=None, memory="mlp", sca
                        activation="silu", residual=True)
 
 
-def oracle_titans(q, k, v, g, theta, log_eta, w1=None, w2=None, memory="mlp", scale=1.0,
-                  initial_state=None):
+def oracle_titans(q, k, v, g, theta, log_eta, w1=None, w2=None, memory="mlp", scale=1.0):
     """S_t = η_t S_{t−1} − θ_t ∇‖M_{t−1}(k_t) − v_t‖²;  M_t = (1 − α_t) M_{t−1} + S_t;  y_t = M_t(q_t)."""
     B, T, H, K = q.shape
     if memory == "linear":
@@ -148,7 +147,7 @@ def lower_moneta(q, k, v, g, theta, w1, w2, p=3.0, norm_q=4.0, eps=1e-6, scale=1
                       norm_q=norm_q, eps=eps)
 
 
-def oracle_moneta(q, k, v, g, theta, w1, w2, p=3.0, norm_q=4.0, eps=1e-6, scale=1.0, initial_state=None):
+def oracle_moneta(q, k, v, g, theta, w1, w2, p=3.0, norm_q=4.0, eps=1e-6, scale=1.0):
     """A_t = α_t A_{t−1} − η_t ∇‖M_{W_{t−1}}(k) − v‖_p^p;  W_t = A_t / ‖A_t‖_q^{q−2} (ε inside)."""
     net = _residual_mlp(F.gelu)
     norm = lambda a: a / (a.abs().pow(norm_q).sum((-2, -1), keepdim=True) + eps) ** ((norm_q - 2) / norm_q)  # noqa: E731
@@ -165,7 +164,7 @@ def lower_yaad(q, k, v, g, theta, w1, w2, delta=1.0, scale=1.0):
     return _mlp_terms(q, k, v, theta, g, w1, w2, scale, bias="huber_mix", retention="l2", delta=delta)
 
 
-def oracle_yaad(q, k, v, g, theta, w1, w2, delta=1.0, scale=1.0, initial_state=None):
+def oracle_yaad(q, k, v, g, theta, w1, w2, delta=1.0, scale=1.0):
     """Eq. 26: W_t = α_t W_{t−1} − η_t ∇‖e‖² if ‖e‖ <= δ, else α_t W_{t−1} − η_t δ ∇‖e‖₁; e = M(k_t) − v_t."""
     net = _residual_mlp(F.gelu)
 
@@ -187,7 +186,7 @@ def lower_memora(q, k, v, g, theta, w1, w2, kl_scale=1.0, scale=1.0):
     return _mlp_terms(q, k, v, 2 * theta, g, w1, w2, scale, bias="l2", retention="kl", kl_scale=kl_scale)
 
 
-def oracle_memora(q, k, v, g, theta, w1, w2, kl_scale=1.0, scale=1.0, initial_state=None):
+def oracle_memora(q, k, v, g, theta, w1, w2, kl_scale=1.0, scale=1.0):
     """W_t = c · Softmax(α_t log W_{t−1} − η_t ∇‖M(k_t) − v_t‖²), per column over its inputs."""
     net = _residual_mlp(F.gelu)
     W, out = _start(w1, w2, q.shape[0]), []
@@ -241,7 +240,7 @@ def lower_ttt_linear(q, k, v, theta, scale=1.0):
     return MemoryTerms(q=q * _scale(scale), k=k, v=v, theta=2 * theta, memory="matrix", bias="l2")
 
 
-def oracle_ttt_linear(q, k, v, theta, scale=1.0, initial_state=None):
+def oracle_ttt_linear(q, k, v, theta, scale=1.0):
     """f(x) = W x with W ∈ R^{V×K} (the paper's orientation), ∇ = 2 (W k − v) kᵀ."""
     B, T, H, K = q.shape
     W, out = q.new_zeros(B, H, v.shape[-1], K), []
@@ -256,7 +255,7 @@ def lower_ttt_mlp(q, k, v, theta, w1, w2, scale=1.0):
     return _mlp_terms(q, k, v, 2 * theta, None, w1, w2, scale, bias="l2", retention="none")
 
 
-def oracle_ttt_mlp(q, k, v, theta, w1, w2, scale=1.0, initial_state=None):
+def oracle_ttt_mlp(q, k, v, theta, w1, w2, scale=1.0):
     net = _residual_mlp(F.gelu)
     W, out = _start(w1, w2, q.shape[0]), []
     for t in range(q.shape[1]):

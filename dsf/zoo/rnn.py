@@ -66,7 +66,7 @@ def _loop(x, a_t, b_t, out_t=None):
     return torch.stack(ys, 1)
 
 
-def oracle_qlstm(x, f, i, o, a=None, reversed=False, initial_state=None):
+def oracle_qlstm(x, f, i, o, a=None, reversed=False):
     if reversed:
         p = torch.ones(()) if a is None else torch.relu(a)
         a_t = lambda t: torch.sigmoid(-f[:, t]) ** p  # noqa: E731
@@ -75,12 +75,12 @@ def oracle_qlstm(x, f, i, o, a=None, reversed=False, initial_state=None):
     return _loop(x, a_t, lambda t: torch.sigmoid(i[:, t]), lambda t: torch.sigmoid(o[:, t]))
 
 
-def oracle_rg_lru(x, r, i, Lam, c=8.0, initial_state=None):
+def oracle_rg_lru(x, r, i, Lam, c=8.0):
     a = torch.sigmoid(Lam) ** (c * torch.sigmoid(r))
     return _loop(x, lambda t: a[:, t], lambda t: torch.sqrt(1 - a[:, t] ** 2) * torch.sigmoid(i[:, t]))
 
 
-def oracle_mingru(x, z, initial_state=None):
+def oracle_mingru(x, z):
     zt = torch.sigmoid(z)
     return _loop(x, lambda t: 1 - zt[:, t], lambda t: zt[:, t])
 

@@ -92,19 +92,19 @@ def _oracle(x, decay_t, write_t, read_t, D):
     return torch.stack(out, 1)
 
 
-def oracle_s4d(x, dt, A, B, C, D=None, initial_state=None):
+def oracle_s4d(x, dt, A, B, C, D=None):
     Abar = torch.exp(-dt[..., None] * A)
     Bbar = (1 - Abar) / A * B
     return _oracle(x, lambda t: Abar, lambda t: Bbar, lambda t: C, D)
 
 
-def oracle_s6(x, dt, A, B, C, D=None, initial_state=None):
+def oracle_s6(x, dt, A, B, C, D=None):
     return _oracle(x, lambda t: torch.exp(-dt[:, t, :, :, None] * A),
                    lambda t: dt[:, t, :, :, None] * B[:, t, :, None, :],
                    lambda t: C[:, t, :, None, :], D)
 
 
-def oracle_longhorn_diag(x, q, k, eps, D=None, initial_state=None):
+def oracle_longhorn_diag(x, q, k, eps, D=None):
     """The released model's decoding step, token by token: h ← h (1 − β kᵀ²) + (β x) kᵀ, y = h q + D x."""
     Bsz, T, H, V = x.shape
     h = torch.zeros(Bsz, H, V, k.shape[-1], dtype=x.dtype)
