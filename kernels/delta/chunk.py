@@ -1694,15 +1694,16 @@ class ChunkDelta(torch.autograd.Function):
 # gradient for K, V = (40, 24), (40, 32), (64, 32), (32, 16), dQ and dK for (24, 40); (40, 40),
 # (128, 64), fp16 and fp32 passed, and so did bf16 with fp32 operands (HALF_OPERANDS = False), one
 # pass or two, with segments or without (kernels/results/experiments_2026-12-05b.md; an audit's
-# illegal access at T = 1 did not come back). The cause is not found: those shapes run in fp32 (the
-# inputs widened once here; `python -m kernels.gpu_check --only unequal` passes them). False: as bf16.
+# illegal access at T = 1 did not come back). The cause is not found. Those shapes now pad the
+# narrower of (q, k) and v with zero channels to the wider dim (UNEQUAL_PAD), so the K = V kernels run,
+# which pass at those dims in bf16: zero key channels leave a state's rows as they were (zero), zero
+# value channels its columns, and both are cut off again. On the H200 the padded rows passed the GPU
+# check (deltanet, gated_deltanet, longhorn, ttt_linear at (40, 24), (24, 40), (128, 64)), and at
+# B·T = 32K, T = 4K, H = 16, K = 128, V = 64 DeltaNet's forward took 0.441 ms padded against 6.37 in
+# fp32 (forward + backward 2.73 against 15.0; experiments_2026-12-05c.md). UNEQUAL_PAD = False falls
+# back to UNEQUAL_IN_FP32 (the inputs widened to fp32 once at the entry); both False: as bf16 (wrong).
 UNEQUAL_IN_FP32 = True
-# The cheaper candidate, not yet run on a GPU: UNEQUAL_PAD = True pads the narrower of (q, k) and v
-# with zero channels to the wider dim instead, so the K = V kernels run (which pass at those dims in
-# bf16, (40, 40) included): zero key channels leave a state's rows as they were (zero), zero value
-# channels its columns, and both are cut off again. Check it with `python -m kernels.gpu_check --only
-# unequal:deltanet,unequal:gated_deltanet --set kernels.delta.chunk.UNEQUAL_PAD=True`.
-UNEQUAL_PAD = False
+UNEQUAL_PAD = True
 
 
 def _unequal_bf16(x: Tensor, K: int, V: int) -> str | None:

@@ -18,6 +18,16 @@ def test_checks_the_named_mixers_forms_and_step(capsys):
     assert out.count("| yes |") == 6 and "every row within tolerance" in out
 
 
+def test_aarens_state_is_compared_and_a_kv_cache_is_marked_not_compared(capsys):
+    """Aaren's state (m, c, a) is finite: compared and differentiated like any other (it was skipped as
+    softmax attention's KV cache is, whose cell read "nan" for "not compared")."""
+    assert check.main(["aaren", "softmax_attention", *SMALL]) == 0
+    lines = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    rows = {cells[0] + cells[1]: cells for cells in lines}
+    assert float(rows["| aarenchunked"][4]) < 1e-5 and rows["| softmax_attentionchunked"][4] == "—"
+    assert "nan" not in str(rows)
+
+
 def test_your_own_mixer_after_import(readme_mixers, capsys):
     """README's "A new mixer" module: its kernels checked as a zoo mixer's are."""
     assert check.main(["mamba2_floor", "--import", "my_mixers", *SMALL]) == 0

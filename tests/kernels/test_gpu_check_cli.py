@@ -88,7 +88,7 @@ def test_report_has_a_row_per_check_and_counts_failures(tmp_path, monkeypatch, c
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| gla |  | chunked (chunk) | float32 | error: RuntimeError: boom" in md
     assert "| mamba2 |  | chunked (chunk) | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
-    assert "| softmax_attention |  | chunked (flash) | float32 | 1.0e-07 | nan | 3.0e-06 | q | yes |" in md
+    assert "| softmax_attention |  | chunked (flash) | float32 | 1.0e-07 | — | 3.0e-06 | q | yes |" in md
     assert "| titans | {'memory': 'linear'} | recurrent (fused) | float32 | 1.0e-07 | 2.0e-07 | 3.0e-06 | q | yes |" in md
     for section in ("chunk_diag(decay='key')", "chunk_diag(decay='scalar')", "chunk_delta B, T, H, K, V",
                     "one-pass forward", "repeated (B=",
