@@ -61,6 +61,36 @@ class LinearTerms:
             raise ValueError("g must be given exactly when decay is not 'none'")
         if self.normalize and (self.beta is not None or self.decay == "value" or self.w is not None):
             raise ValueError("the normaliser is defined for decays shared by all value channels only")
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
+        # A lowering (a user's spec above all) that hands a term of the wrong shape got a silently wrong
+        # recurrent form (broadcast across batch, heads or keys) and bare torch errors from the others
+        for name in ("q", "k", "u"):
+            t = getattr(self, name)
+            if not isinstance(t, Tensor) or t.dim() != 4:
+                got = f"shape {tuple(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"LinearTerms: {name} must be a 4-D tensor [B, T, H, {'V' if name == 'u' else 'K'}], "
+                                 f"got {got}")
+        B, T, H, K = self.q.shape
+        V = self.u.shape[-1]
+        want = {"k": ((B, T, H, K),), "u": ((B, T, H, V),), "beta": ((B, T, H),),
+                "w": ((B, T, H, V), (B, T, H)), "r": ((B, T, H), (B, T, H, V)), "D": ((H, V),),
+                "g": ({"scalar": (B, T, H), "key": (B, T, H, K), "value": (B, T, H, V)}.get(self.decay, ()),)}
+        dims = {"k": "[B, T, H, K]", "u": "[B, T, H, V]", "beta": "[B, T, H]", "w": "[B, T, H, V] or [B, T, H]",
+                "r": "[B, T, H] or [B, T, H, V]", "D": "[H, V]",
+                "g": {"scalar": "[B, T, H]", "key": "[B, T, H, K]", "value": "[B, T, H, V]"}.get(self.decay, "")}
+        for name, shapes in want.items():
+            t = getattr(self, name)
+            if t is None:
+                continue
+            if not isinstance(t, Tensor):
+                raise TypeError(f"LinearTerms: {name} must be a tensor, got {type(t).__name__}")
+            if tuple(t.shape) not in shapes:
+                extra = f" for decay={self.decay!r}" if name == "g" else ""
+                raise ValueError(f"LinearTerms: {name} must have shape {dims[name]} = "
+                                 f"{' or '.join(map(str, shapes))}{extra} (B, T, H, K from q, V from u), "
+                                 f"got {tuple(t.shape)}")
 
     @property
     def shape(self) -> tuple[int, int, int, int, int]:

@@ -154,6 +154,9 @@ def test_bad_options():
         dsf.recurrent("linear_attention", feature_map="cosine", **_inp("linear_attention"))
     with pytest.raises(ValueError, match="dt must be positive"):
         dsf.recurrent("s4d", **{**_inp("s4d"), "dt": -_inp("s4d")["dt"]})
+    # a zero rate made the zero-order hold 0 / 0: NaN everywhere, silently
+    with pytest.raises(ValueError, match=r"s4d: A must be positive everywhere \(got min 0\)"):
+        dsf.recurrent("s4d", **{**_inp("s4d"), "A": torch.zeros_like(_inp("s4d")["A"])})
 
 
 def test_non_tensor_input():
@@ -247,3 +250,43 @@ def test_an_oracle_takes_no_initial_state():
     _, S0 = dsf.recurrent("mamba2", **dsf.random_inputs("mamba2", B=1, T=3, H=1, K=2, V=2, seed=1))
     with pytest.raises(TypeError, match="initial_state"):
         dsf.zoo.get("mamba2").oracle(**d, initial_state=S0)
+
+
+@pytest.mark.parametrize("bad,message", [
+    (lambda q, k, v, g: dict(q=q, k=k, u=v, decay="key", g=g),
+     r"g must have shape \[B, T, H, K\] = \(2, 5, 2, 4\) for decay='key' .*got \(2, 5, 2\)"),
+    (lambda q, k, v, g: dict(q=q, k=k, u=v, decay="scalar", g=g, D=torch.ones(v.shape[-1], dtype=v.dtype)),
+     r"D must have shape \[H, V\] = \(2, 6\) .*got \(6,\)"),
+    (lambda q, k, v, g: dict(q=q, k=k[..., :3], u=v, decay="scalar", g=g),
+     r"k must have shape \[B, T, H, K\] = \(2, 5, 2, 4\) .*got \(2, 5, 2, 3\)"),
+    (lambda q, k, v, g: dict(q=q, k=k, u=v, decay="scalar", g=g.transpose(1, 2)),
+     r"g must have shape \[B, T, H\] = \(2, 5, 2\) for decay='scalar' .*got \(2, 2, 5\)"),
+    (lambda q, k, v, g: dict(q=q, k=k, u=v.transpose(1, 2), decay="none"), r"u must have shape"),
+])
+def test_a_lowering_with_a_term_of_the_wrong_shape_is_named(bad, message):
+    """A user's lower() handing a mis-shaped term: the recurrent form broadcast it into a silently wrong
+    output (0.41 off for a per-head g given as key-wise), the others failed inside torch."""
+    spec = dataclasses.replace(dsf.zoo.get("mamba2"), name="mine", oracle=None,
+                               lower=lambda q, k, v, g, scale=None: dsf.LinearTerms(**bad(q, k, v, g)))
+    d = dsf.random_inputs("mamba2", B=2, T=5, H=2, K=4, V=6, seed=0)
+    for form in (dsf.recurrent, dsf.chunked, dsf.parallel, dsf.phi):
+        with pytest.raises(ValueError, match=r"^mine: LinearTerms: " + message):
+            form(spec, **d)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gated_deltanet", "qlstm", "gla", "s6", "titans", "normalized_attention"])
+def test_float32_gates_beside_16_bit_activations_run_every_form_in_float32(name):
+    """The spec allows float32 gates and parameters beside bf16 activations (what a layer under autocast
+    makes); the forms failed with bare dtype errors or returned bf16 from one form and float32 from
+    another. They widen the activations now: every form computes in float32 and returns it."""
+    d = dsf.random_inputs(name, B=1, T=5, H=1, K=4, V=4, dtype=torch.float32, seed=0)
+    d = {n: t.bfloat16() if n in ("q", "k", "v", "x") else t for n, t in d.items()}
+    ref = dsf.recurrent(name, **{n: t.float() for n, t in d.items()})[0]
+    exact = dsf.zoo.get(name).forms()
+    forms = [dsf.recurrent] + [f for f, has in ((lambda mixer, **x: dsf.chunked(mixer, chunk_size=2, **x), "chunked"),
+                                                (dsf.parallel, "parallel")) if has in exact]
+    for form in forms:
+        out = form(name, **d)
+        o = out[0] if isinstance(out, tuple) else out
+        assert o.dtype == torch.float32
+        torch.testing.assert_close(o, ref, rtol=1e-5, atol=1e-6)

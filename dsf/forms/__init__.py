@@ -39,16 +39,23 @@ def _spec(mixer: str | MixerSpec) -> MixerSpec:
     return zoo.get(mixer)
 
 
-def prepare(mixer: str | MixerSpec, inputs: dict[str, Any]) -> tuple[MixerSpec, Any]:
+def prepare(mixer: str | MixerSpec, inputs: dict[str, Any], widen: bool = False) -> tuple[MixerSpec, Any]:
     """Validate the inputs against the spec and lower them to terms.
 
     A 16-bit gate or parameter beside float32 activations is widened to float32 first: the lowering
     would otherwise take its logs and products in 16 bits, and the terms lose precision the
-    activations keep."""
+    activations keep. ``widen`` (the forms): float32 gates or parameters beside 16-bit activations
+    widen the activations too, so every form computes in float32 and returns it (the kernels, which
+    cast the terms to the activations' dtype themselves, keep them as they come)."""
     spec = _spec(mixer)
     tensors, options = spec.split_kwargs(inputs)
     resolve_inputs(spec, tensors)
     act = next((tensors[n].dtype for n in ACTIVATIONS if isinstance(tensors.get(n), torch.Tensor)), None)
+    if widen and act in (torch.float16, torch.bfloat16) and any(
+            isinstance(x, torch.Tensor) and x.dtype == torch.float32 for x in tensors.values()):
+        # (the forms' in-place products refused the mix with bare dtype errors, or returned a dtype that
+        # depended on the form: bf16 from one, float32 from another)
+        act = torch.float32
     if act == torch.float32:
         tensors = {n: x.float() if isinstance(x, torch.Tensor) and x.dtype in (torch.float16, torch.bfloat16) else x
                    for n, x in tensors.items()}
@@ -145,7 +152,7 @@ def _memory_form(spec: MixerSpec, terms: MemoryTerms, form: str) -> None:
 
 def recurrent(mixer: str | MixerSpec, *, initial_state: Any = None, **inputs: Any) -> tuple[Tensor, Any]:
     """Step the recurrence token by token: the reference. Returns ``(o, final_state)``."""
-    spec, terms = prepare(mixer, inputs)
+    spec, terms = prepare(mixer, inputs, widen=True)
     S0 = _internal_state(spec, terms, initial_state)
     if isinstance(terms, MemoryTerms):
         return recurrent_memory(terms, S0)
@@ -164,7 +171,7 @@ def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
     Shape [B, H, T, T] when each block Φ_ij is a scalar times the identity over value channels
     (attention-like mixers), [B, H, V, T, T] when it is diagonal over them (SSMs, gated RNNs).
     """
-    spec, terms = prepare(mixer, inputs)
+    spec, terms = prepare(mixer, inputs, widen=True)
     if isinstance(terms, MemoryTerms):
         _memory_form(spec, terms, "parallel")
         _finite_decays(spec, terms, "parallel")
@@ -178,7 +185,7 @@ def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
 
 def parallel(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
     """Materialise Φ and return ``y = Φ u`` (from a zero state)."""
-    spec, terms = prepare(mixer, inputs)
+    spec, terms = prepare(mixer, inputs, widen=True)
     if isinstance(terms, MemoryTerms):
         _memory_form(spec, terms, "parallel")
         _finite_decays(spec, terms, "parallel")
@@ -202,7 +209,7 @@ def chunked(mixer: str | MixerSpec, *, chunk_size: int = 64, initial_state: Any 
     chunk_size = int(chunk_size)   # (a numpy or 0-d integer as a plain int)
     if approximate not in (None, "minibatch"):
         raise ValueError(f"approximate must be None (exact) or 'minibatch', got {approximate!r}")
-    spec, terms = prepare(mixer, inputs)
+    spec, terms = prepare(mixer, inputs, widen=True)
     S0 = _internal_state(spec, terms, initial_state)
     if approximate is not None and not isinstance(terms, MemoryTerms):
         raise ValueError(f"{spec.name}: approximate='minibatch' is for memories updated by a gradient "

@@ -48,7 +48,10 @@ def _check_positive(name, arg, t):
 
 
 def lower_s4d(x, dt, A, B, C, D=None):
-    _check_positive("s4d", "dt", dt)
+    # (one read on the host for both) a rate A = 0 made the zero-order hold's (1 − e^{−ΔA}) / A a NaN
+    if bool((dt <= 0).any() | (A <= 0).any()):
+        _check_positive("s4d", "dt", dt)
+        _check_positive("s4d", "A", A)
     Bsz, T, H, V = x.shape
     rate = dt[..., None] * A                                   # [H, V, N]
     Bbar = -torch.expm1(-rate) / A * B                         # zero-order hold
