@@ -223,8 +223,12 @@ def draw_grid(names: Sequence[str], path: Path, T: int, seed: int) -> Path:
 
 
 def phi_names() -> list[str]:
-    """The mixers that have Φ (the parallel form): the ones ``dsf phi all`` draws."""
-    return [s.name for s in zoo.specs() if "parallel" in s.forms()]
+    """The mixers that have Φ (the parallel form) and can draw inputs: the ones ``dsf phi all`` draws
+    (a spec of yours registered without ``random_inputs`` is left out, not a traceback after the rest)."""
+    return [s.name for s in zoo.specs() if "parallel" in s.forms() and s.random_inputs is not None]
+
+
+IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 
 def cmd_phi(args: argparse.Namespace) -> int:
@@ -233,8 +237,13 @@ def cmd_phi(args: argparse.Namespace) -> int:
         paths = [draw_mixer(n, out / f"{n}.png", args.T, args.seed) for n in phi_names()]
         paths.append(draw_grid(phi_names(), out / "all.png", args.T, args.seed))
     else:
-        path = out / f"{args.name}.png" if out.is_dir() else out
+        # a directory, existing or written with a trailing slash ("newdir/" became newdir.png)
+        is_dir = out.is_dir() or args.out.endswith(("/", os.sep))
+        path = out / f"{args.name}.png" if is_dir else out
         path = path if path.suffix else path.with_suffix(".png")  # what savefig would write
+        if path.suffix.lower() not in IMAGE_SUFFIXES:   # (checked before drawing: matplotlib's traceback after)
+            raise SystemExit(f"dsf phi: --out must name an image ({', '.join(IMAGE_SUFFIXES)}) or a directory, "
+                             f"got {args.out!r}")
         paths = [draw_mixer(args.name, path, args.T, args.seed)]
     for p in paths:
         print(p)

@@ -47,6 +47,22 @@ def test_phi_channel_layout_into_directory(tmp_path):
     assert (tmp_path / "s6.png").stat().st_size > 0
 
 
+def test_phi_out_a_new_directory_or_a_file_that_is_no_image(tmp_path):
+    """--out newdir/ wrote newdir.png; --out x.txt ended in matplotlib's traceback after the drawing."""
+    assert main(["phi", "gla", "--out", str(tmp_path / "newdir") + "/", "--T", "8"]) == 0
+    assert (tmp_path / "newdir" / "gla.png").stat().st_size > 0
+    with pytest.raises(SystemExit, match=r"dsf phi: --out must name an image \(.png, .pdf"):
+        main(["phi", "gla", "--out", str(tmp_path / "x.txt"), "--T", "8"])
+
+
+def test_phi_all_leaves_out_a_spec_that_cannot_draw_inputs(tmp_path, monkeypatch):
+    mine = dataclasses.replace(dsf.zoo.get("mamba2"), name="no_inputs", random_inputs=None, oracle=None)
+    monkeypatch.setattr(dsf.zoo, "_REGISTRY", {**dsf.zoo._REGISTRY, "no_inputs": mine})
+    from dsf.cli import phi_names
+
+    assert "no_inputs" not in phi_names() and "mamba2" in phi_names()
+
+
 def test_phi_all(tmp_path, capsys):
     """Every mixer that has Φ (``"parallel" in spec.forms()``, the capability flag) gets a panel."""
     with_phi = [s.name for s in dsf.zoo.specs() if "parallel" in s.forms()]

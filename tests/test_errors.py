@@ -290,3 +290,22 @@ def test_float32_gates_beside_16_bit_activations_run_every_form_in_float32(name)
         o = out[0] if isinstance(out, tuple) else out
         assert o.dtype == torch.float32
         torch.testing.assert_close(o, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_small_mistakes_in_states_and_options_are_named():
+    """A list where a tuple of tensors goes is taken; a KV cache's positions as a list, a name given to
+    register and a NumPy window: each was an AttributeError, a riddle ("1 tensors, got 1") or refused."""
+    d = dsf.random_inputs("ttt_linear", B=1, T=4, H=1, K=2, V=2)
+    _, S = dsf.recurrent("ttt_linear", **d)
+    o_list, _ = dsf.recurrent("ttt_linear", initial_state=dsf.MemoryState(list(S.weights), []), **d)
+    torch.testing.assert_close(o_list, dsf.recurrent("ttt_linear", initial_state=S, **d)[0])
+    with pytest.raises(ValueError, match=r"ttt_linear: initial_state.weights must hold 1 tensors, got 2"):
+        dsf.recurrent("ttt_linear", initial_state=dsf.MemoryState([S.weights[0]] * 2, []), **d)
+    s = _inp("softmax_attention")
+    _, cache = dsf.recurrent("softmax_attention", **s)
+    with pytest.raises(TypeError, match=r"softmax_attention: initial_state.pos must be an int64 tensor \[L\]"):
+        dsf.recurrent("softmax_attention", initial_state=cache._replace(pos=cache.pos.tolist()), **s)
+    with pytest.raises(TypeError, match="register takes a dsf.MixerSpec, got str 'x'"):
+        dsf.zoo.register("x")
+    torch.testing.assert_close(dsf.recurrent("softmax_attention", window=np.int64(2), **s)[0],
+                               dsf.recurrent("softmax_attention", window=2, **s)[0])

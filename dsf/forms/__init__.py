@@ -124,6 +124,9 @@ def _internal_state(spec: MixerSpec, terms: Any, state: Any, arg: str = "initial
     L = state.k.shape[1] if state.k.dim() == 4 else -1
     check_state(spec.name, f"{arg}.k", state.k, (B, L, H, K), "[B, L, H, K]", terms.u.dtype)
     check_state(spec.name, f"{arg}.v", state.v, (B, L, H, V), "[B, L, H, V]", terms.u.dtype)
+    if not isinstance(state.pos, torch.Tensor):
+        raise TypeError(f"{spec.name}: {arg}.pos must be an int64 tensor [L] of positions, got "
+                        f"{type(state.pos).__name__}")
     if tuple(state.pos.shape) != (L,):
         raise ValueError(f"{spec.name}: {arg}.pos must have shape [L] = ({L},), "
                          f"got {tuple(state.pos.shape)}")

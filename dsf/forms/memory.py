@@ -247,9 +247,11 @@ def check_memory_state(name: str, terms: MemoryTerms, state: Any) -> MemoryState
     shapes = [(B, H, *s) for s in terms.weight_shapes()]
     n_mom = len(shapes) if terms.algorithm == "momentum" else 0
     for field, tensors, n in (("weights", state.weights, len(shapes)), ("momentum", state.momentum, n_mom)):
-        if not isinstance(tensors, tuple) or len(tensors) != n:
-            raise ValueError(f"{name}: initial_state.{field} must be a tuple of {n} tensors, got "
-                             f"{len(tensors) if isinstance(tensors, (tuple, list)) else type(tensors).__name__}")
+        if not isinstance(tensors, (tuple, list)):
+            raise TypeError(f"{name}: initial_state.{field} must be a tuple of {n} tensors, got "
+                            f"{type(tensors).__name__}")
+        if len(tensors) != n:   # (a list is taken as the tuple it holds: it was refused as "1 tensors, got 1")
+            raise ValueError(f"{name}: initial_state.{field} must hold {n} tensors, got {len(tensors)}")
         for i, (x, s) in enumerate(zip(tensors, shapes)):
             check_state(name, f"initial_state.{field}[{i}]", x, s, str(list(s)), terms.v.dtype)
     cast = lambda xs: tuple(x.to(terms.v.dtype) for x in xs)  # noqa: E731

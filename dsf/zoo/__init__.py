@@ -28,6 +28,8 @@ _REGISTRY: dict[str, MixerSpec] = {}
 def register(spec: MixerSpec, *, replace: bool = False) -> MixerSpec:
     """Add a spec to the zoo under its name (so ``dsf.recurrent(name, ...)`` finds it); a name already
     taken is a ``ValueError`` unless ``replace=True``. Returns the spec."""
+    if not isinstance(spec, MixerSpec):
+        raise TypeError(f"register takes a dsf.MixerSpec, got {type(spec).__name__} {spec!r}")
     if spec.name in _REGISTRY and not replace:
         raise ValueError(f"a mixer named {spec.name!r} is already registered")
     _REGISTRY[spec.name] = spec

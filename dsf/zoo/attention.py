@@ -15,6 +15,8 @@ one softmax: a finite state (running max m, denominator c, numerator a) that a p
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ..spec import Input, Miras, MixerSpec, Transition
@@ -23,11 +25,13 @@ from ._common import K_, Q, V_, gen, qkv, randn, scale_of
 
 
 def lower_softmax(q, k, v, scale=None, window=None, sink_tokens=0):
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+    # (any integer type, a NumPy one from a config array included, taken as the int it holds)
+    if window is not None and (isinstance(window, bool) or not isinstance(window, numbers.Integral) or window < 1):
         raise ValueError(f"softmax_attention: window must be a positive int or None, got {window!r}")
-    if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, int) or sink_tokens < 0:
+    if isinstance(sink_tokens, bool) or not isinstance(sink_tokens, numbers.Integral) or sink_tokens < 0:
         raise ValueError(f"softmax_attention: sink_tokens must be an int >= 0, got {sink_tokens!r}")
-    return SoftmaxTerms(q * scale_of(scale, q.shape[-1]), k, v, window=window, sink_tokens=sink_tokens)
+    return SoftmaxTerms(q * scale_of(scale, q.shape[-1]), k, v, window=None if window is None else int(window),
+                        sink_tokens=int(sink_tokens))
 
 
 def oracle_softmax(q, k, v, scale=None, window=None, sink_tokens=0):
