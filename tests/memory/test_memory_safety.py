@@ -140,6 +140,6 @@ def test_initial_state_errors():
         dsf.recurrent("ttt_linear", initial_state=torch.zeros(1, 2, 2, 2), **d)
     with pytest.raises(ValueError, match=r"initial_state.weights\[0\] must have shape"):
         dsf.chunked("ttt_linear", initial_state=dsf.MemoryState((torch.zeros(1, 2, 2, 3),)), **d)
-    with pytest.raises(ValueError, match=r"initial_state.momentum must be a tuple of 0 tensors"):
+    with pytest.raises(ValueError, match=r"initial_state.momentum must hold 0 tensors, got 1"):
         dsf.recurrent("ttt_linear", initial_state=dsf.MemoryState((torch.zeros(1, 2, 2, 2),),
                                                                   (torch.zeros(1, 2, 2, 2),)), **d)
