@@ -309,3 +309,12 @@ def test_small_mistakes_in_states_and_options_are_named():
         dsf.zoo.register("x")
     torch.testing.assert_close(dsf.recurrent("softmax_attention", window=np.int64(2), **s)[0],
                                dsf.recurrent("softmax_attention", window=2, **s)[0])
+
+
+def test_qlstms_exponent_is_refused_without_the_reversed_gate():
+    """qLSTM's ``a`` shapes the reversed forget gate only: given with reversed=False it was ignored (the
+    output the same with a × 100), so a learned ``a`` never trained."""
+    d = dsf.random_inputs("qlstm", B=1, T=4, H=1, K=2, V=2)
+    assert "a" not in d and "a" in dsf.random_inputs("qlstm", B=1, T=4, H=1, K=2, V=2, reversed=True)
+    with pytest.raises(ValueError, match="qlstm: a is the reversed forget gate's exponent, unused with reversed=False"):
+        dsf.recurrent("qlstm", a=torch.ones(1, 2, dtype=torch.float64), **d)

@@ -44,6 +44,9 @@ def _qlstm_log_a(f, a, reversed):
 
 
 def lower_qlstm(x, f, i, o, a=None, reversed=False):
+    if a is not None and not reversed:   # (it was ignored: a learned a with the plain gate never trained)
+        raise ValueError("qlstm: a is the reversed forget gate's exponent, unused with reversed=False; drop it "
+                         "or set reversed=True")
     return _terms(x, _qlstm_log_a(f, a, reversed), torch.sigmoid(i), torch.sigmoid(o))
 
 
@@ -85,11 +88,12 @@ def oracle_mingru(x, z):
     return _loop(x, lambda t: 1 - zt[:, t], lambda t: zt[:, t])
 
 
-def random_qlstm(B, T, H, K, V, dtype=torch.float64, device=None, seed=None):
+def random_qlstm(B, T, H, K, V, dtype=torch.float64, device=None, seed=None, options=None):
     g = gen(seed)
     d = {n: randn(B, T, H, V, g=g, dtype=dtype, device=device) for n in ("x", "f", "i", "o")}
     d["f"] = d["f"] + 2.0
-    d["a"] = 1.0 + 0.5 * randn(H, V, g=g, dtype=dtype, device=device).abs()
+    if (options or {}).get("reversed"):   # (the exponent of the reversed gate only)
+        d["a"] = 1.0 + 0.5 * randn(H, V, g=g, dtype=dtype, device=device).abs()
     return d
 
 
