@@ -548,4 +548,10 @@ def _check_cache_layout(spec, terms, cache, state_arg: str) -> None:
 def compile(mixer: str | MixerSpec, **options: Any) -> CompiledMixer:  # noqa: A001 - the brief's name
     """Kernels for a spec or zoo name (options as in ``dsf.zoo.get``)."""
     spec = _spec(mixer)
-    return CompiledMixer(spec.with_options(**options) if options else spec)
+    if options:
+        spec = spec.with_options(**options)
+        if spec.random_inputs is not None:
+            # the options' values are checked by the spec's lowering: on two tokens now (as MixerLayer
+            # does), not at the first call (compile("mamba2", scale="x") succeeded)
+            prepare(spec, spec.draw_inputs(1, 2, 1, 4, 4, dtype=torch.float64, seed=0))
+    return CompiledMixer(spec)

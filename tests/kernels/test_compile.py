@@ -427,6 +427,16 @@ def test_a_bad_option_is_reported_not_taken_for_a_missing_kernel():
     assert rel_err(o, dsf.recurrent(spec, **{k: v.double() for k, v in inp.items()})[0]) < TOL
 
 
+@pytest.mark.parametrize("name,options,error,message", [
+    ("mamba2", {"scale": "x"}, TypeError, r"^mamba2: scale must be a number or None, got 'x'"),
+    ("linear_attention", {"feature_map": "bad"}, ValueError, r"feature_map must be one of"),
+    ("softmax_attention", {"window": 0}, ValueError, r"window must be a positive int or None, got 0")])
+def test_an_options_value_is_checked_at_compile(name, options, error, message):
+    """compile() took a bad value and the first call refused it; it is refused at compile now."""
+    with pytest.raises(error, match=message):
+        kernels.compile(name, **options)
+
+
 def test_a_head_dim_a_feature_map_made_too_wide_says_so():
     spec = dsf.zoo.get("linear_attention", feature_map="taylor")
     inp = _f32(spec.random_inputs(1, 3, 1, 16, 16, seed=0))
