@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 import dsf
-from dsf.forms import _internal_state, prepare
+from dsf.forms import _internal_state, check_options, prepare
 from dsf.spec import MixerSpec, Transition, check_state, resolve_inputs
 from dsf.terms import LinearTerms, MemoryState, MemoryTerms
 
@@ -548,10 +548,7 @@ def _check_cache_layout(spec, terms, cache, state_arg: str) -> None:
 def compile(mixer: str | MixerSpec, **options: Any) -> CompiledMixer:  # noqa: A001 - the brief's name
     """Kernels for a spec or zoo name (options as in ``dsf.zoo.get``)."""
     spec = _spec(mixer)
-    if options:
+    if options:   # (their values checked now: compile("mamba2", scale="x") succeeded, the first call failed)
         spec = spec.with_options(**options)
-        if spec.random_inputs is not None:
-            # the options' values are checked by the spec's lowering: on two tokens now (as MixerLayer
-            # does), not at the first call (compile("mamba2", scale="x") succeeded)
-            prepare(spec, spec.draw_inputs(1, 2, 1, 4, 4, dtype=torch.float64, seed=0))
+        check_options(spec)
     return CompiledMixer(spec)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import dsf
-from dsf.forms import prepare
+from dsf.forms import check_options
 
 __all__ = ["MixerLayer", "check_mixer", "default_chunk_size", "BACKENDS"]
 
@@ -281,10 +281,9 @@ class MixerLayer(nn.Module):
             head_dim = d_model // n_heads
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
             raise ValueError(f"MixerLayer: head_dim must be a positive int, got {head_dim!r}")
-        if self.spec.random_inputs is not None:
-            # the options' values are checked by the spec's lowering: on two tokens now, not at the
-            # first forward (a bad feature_map or window crashed a run in its sanity check)
-            prepare(self.spec, self.spec.draw_inputs(1, 2, 1, 4, 4, dtype=torch.float64, seed=0))
+        # the options' values now, not at the first forward (a bad feature_map or window crashed a run in
+        # its sanity check)
+        check_options(self.spec)
         if backend not in BACKENDS:
             raise ValueError(f"MixerLayer: backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "triton":

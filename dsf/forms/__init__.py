@@ -28,7 +28,7 @@ from .memory import (chunked_memory, check_memory_state, memory_forms, minibatch
 from .parallel import apply_phi, phi_linear, phi_softmax
 from .recurrent import recurrent_aaren, recurrent_linear, recurrent_softmax
 
-__all__ = ["recurrent", "parallel", "phi", "chunked", "prepare"]
+__all__ = ["recurrent", "parallel", "phi", "chunked", "prepare", "check_options"]
 
 
 def _spec(mixer: str | MixerSpec) -> MixerSpec:
@@ -72,13 +72,24 @@ def prepare(mixer: str | MixerSpec, inputs: dict[str, Any], widen: bool = False)
     return spec, terms
 
 
+def check_options(spec: MixerSpec) -> None:
+    """Check a spec's option values now, by lowering two tokens of its random inputs (a spec without
+    ``random_inputs`` is checked at its first call): what binds options ahead of the first call
+    (``MixerLayer``, ``kernels.compile``) reports a bad value there, not at the first forward."""
+    if spec.random_inputs is not None:
+        prepare(spec, spec.draw_inputs(1, 2, 1, 4, 4, dtype=torch.float64, seed=0))
+
+
 def _finite_decays(spec: MixerSpec, terms: Any, form: str) -> None:
     """The chunked and parallel forms take the decay between two steps as G_i − G_j of cumulative log
     decays, undefined (−inf − −inf) past a log decay of −inf: refused there, not turned into NaN."""
     # (a memory's retention and momentum decays alike: their chunked, parallel and mini-batch forms gave NaN)
-    gates = [("log decay", terms.g)] if isinstance(terms, LinearTerms) else \
-        [("log retention g", terms.g), ("log momentum decay log_eta", terms.log_eta)] \
-        if isinstance(terms, MemoryTerms) else []
+    if isinstance(terms, LinearTerms):
+        gates = [("log decay", terms.g)]
+    elif isinstance(terms, MemoryTerms):
+        gates = [("log retention g", terms.g), ("log momentum decay log_eta", terms.log_eta)]
+    else:
+        gates = []
     for what, g in gates:
         if g is not None and bool(torch.isneginf(g).any()):
             raise ValueError(f"{spec.name}: a {what} of -inf (a gate of exactly 0) has no {form} form: it takes "
