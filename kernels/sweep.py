@@ -82,13 +82,13 @@ def kernel_times(fn, inp: dict, backward: bool, iters: int = 5) -> dict[str, flo
 
 
 def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla"),
-            dtype: torch.dtype = torch.bfloat16) -> None:
+            dtype: torch.dtype = torch.bfloat16, modes: tuple[str, ...] = ("fwd", "fwd+bwd")) -> None:
     for kind in kinds:
         for impl, fn in (("ours", bench._ours(kind)), ("fla", bench._fla(kind))):
             if impl not in impls or fn is None:
                 continue
-            for backward in (False, True):
-                mode = "fwd+bwd" if backward else "fwd"
+            for mode in modes:
+                backward = mode == "fwd+bwd"
                 # the forward alone as the benchmark times it: no autograd (nothing kept for a backward)
                 inp = bench._inputs(bench.TOKENS // T, T, kind, dtype, grad=backward)
                 try:
@@ -440,6 +440,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dump", default=None, metavar="DIR",
                     help="host: write each case's cProfile stats into DIR (for pstats)")
     ap.add_argument("--rounds", type=int, default=3, help="ab: rounds of default then --set (default 3)")
+    ap.add_argument("--modes", default="fwd,fwd+bwd", help="profile: comma-separated, of fwd and fwd+bwd")
     ap.add_argument("--dtype", default="bf16", choices=tuple(DTYPES),
                     help="profile and ab: dtype of q, k, v (default bf16, the benchmark's)")
     args = ap.parse_args(argv)
@@ -458,6 +459,10 @@ def main(argv=None) -> int:
     if args.what == "ab" and not switches:
         ap.error("ab: give the switches to compare with the defaults, e.g. --set "
                  "kernels.diag.chunk.FUSED_MIN_PROGRAMS=128")
+    modes = tuple(m for m in args.modes.split(",") if m)
+    if not modes or set(modes) - {"fwd", "fwd+bwd"}:
+        ap.error(f"--modes: unknown {sorted(set(modes) - {'fwd', 'fwd+bwd'}) or args.modes!r}; "
+                 "known: fwd, fwd+bwd")
     if args.rounds < 1:
         ap.error(f"--rounds: at least 1, got {args.rounds}")
     ops = [o for o in args.ops.split(",") if o]
@@ -472,7 +477,7 @@ def main(argv=None) -> int:
         if args.what == "host":
             host(ops, args.T, DTYPES[args.dtype], dump=args.dump)
         elif args.what == "profile":
-            profile(ops, args.T, impls, DTYPES[args.dtype])
+            profile(ops, args.T, impls, DTYPES[args.dtype], modes)
         elif args.what == "step":
             step([o for o in ops if o in ("scalar", "gdn")] or ["scalar", "gdn"])
         else:

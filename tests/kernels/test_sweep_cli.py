@@ -45,6 +45,17 @@ def test_profile_skips_the_impls_not_asked_for(monkeypatch, capsys):
     sweep.profile(["scalar"], 4096, ("ours",))
     assert called == ["ours", "ours"]   # forward, forward + backward; fla never run
     assert "scalar ours fwd T=4096" in capsys.readouterr().out
+    called.clear()
+    sweep.profile(["scalar"], 4096, ("ours",), modes=("fwd",))
+    assert called == ["ours"]
+    assert "fwd+bwd" not in capsys.readouterr().out
+
+
+def test_sweep_rejects_unknown_mode(capsys):
+    with pytest.raises(SystemExit) as e:
+        sweep.main(["profile", "--modes", "fwd,bwd"])
+    assert e.value.code == 2
+    assert "--modes: unknown ['bwd']" in capsys.readouterr().err
 
 
 def test_scalar_sweep_times_the_one_pass_forward_forced_on_and_restores_the_rule(monkeypatch, capsys):
@@ -208,7 +219,7 @@ def test_set_applies_switches_for_the_run_only(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(sweep, "profile", lambda ops, T, impls, dtype=None: seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
+    monkeypatch.setattr(sweep, "profile", lambda ops, T, impls, dtype=None, modes=None: seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
     assert sweep.main(["profile", "--ops", "delta", "--T", "1024", "--set", "kernels.delta.chunk.UT_POWERS=False",
                        "--set", "kernels.diag.chunk.FAST_PAIRS=True"]) == 0
     assert seen == [(["delta"], 1024, False, True)]
