@@ -127,6 +127,12 @@ def test_the_readmes_new_mixer_recipe_reaches_the_command_line(readme_mixers, ca
     assert "mamba2_floor" in out and "? (no random_inputs)" in out
     with pytest.raises(TypeError, match=r"^bare: the spec has no random_inputs"):
         dsf.random_inputs("bare")
+    # dsf check: named, a usage error (it was a FAIL row of inf); over the whole zoo, left out and said so
+    with pytest.raises(SystemExit, match=r"^dsf check: bare has no random_inputs"):
+        main(["check", "bare"])
+    assert main(["check", "--T", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "left out (no random_inputs): bare" in out and "\nbare " not in out
 
 
 def test_an_import_that_fails_is_a_usage_error(capsys):
