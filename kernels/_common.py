@@ -344,3 +344,47 @@ def descriptor(x: Tensor, shape: list, strides: list, block: list):
     d = object.__new__(TensorDescriptor)
     d.base, d.shape, d.strides, d.block_shape, d.padding = x, shape, strides, block, "zero"
     return d
+
+
+# Kernels launched through a twin compiled with per-warp tensor-core products (mma.sync, what Ampere
+# has) instead of Hopper's warp-group products (wgmma), by the names the launch sites give them
+# (e.g. "delta.pass"). Triton follows every warp-group product with a wait for it, so a program whose
+# step is a chain of small dependent products never has two in flight; per-warp products are plain
+# instructions the scheduler can overlap. Empty: every kernel as Triton compiles it for the GPU.
+PER_WARP: set[str] = set()
+_TWINS: dict = {}
+
+
+class _PerWarpTwin:
+    """A copy of a Triton kernel (its own in-memory cache) that compiles with DISABLE_MMA_V3 set, the
+    variable Triton reads when it picks the product instructions (and keys its disk cache by)."""
+
+    def __init__(self, kernel):
+        import triton
+
+        self.kernel = triton.jit(kernel.fn)
+
+    def __getitem__(self, grid):
+        launch = self.kernel[grid]
+
+        def run(*args, **kwargs):
+            old = os.environ.get("DISABLE_MMA_V3")
+            os.environ["DISABLE_MMA_V3"] = "1"
+            try:
+                return launch(*args, **kwargs)
+            finally:
+                if old is None:
+                    del os.environ["DISABLE_MMA_V3"]
+                else:
+                    os.environ["DISABLE_MMA_V3"] = old
+        return run
+
+
+def products(kernel, name: str):
+    """``kernel``, or where ``name`` is in PER_WARP its twin compiled with per-warp products (the same
+    arithmetic: only the instructions differ)."""
+    if name not in PER_WARP:
+        return kernel
+    if kernel not in _TWINS:
+        _TWINS[kernel] = _PerWarpTwin(kernel)
+    return _TWINS[kernel]

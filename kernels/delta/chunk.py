@@ -1410,9 +1410,9 @@ def _wy(k, v, beta, g, offsets, chunk_indices, BT, wu):
     w = stand_in(inter, dev) if wu else _empty(Tt, H, K, dtype=inter, device=dev)
     u = stand_in(inter, dev) if wu else _empty(Tt, H, V, dtype=inter, device=dev)
     if NC > 0:
-        _ut_kernel[(NC, H)](k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated,
-                            PREC=prec, POW=UT_POWERS, KP=KP, ONCE=_ut_once(k.dtype, KP), EX2=_ut_ex2(gated),
-                            **_cfg("ut", inter, K, V, BK=BK, num_warps=_ut_warps(KP)))
+        _common.products(_ut_kernel, "delta.ut")[(NC, H)](
+            k, beta, g, Tm, offsets, chunk_indices, H=H, K=K, BT=BT, GATED=gated, PREC=prec, POW=UT_POWERS, KP=KP,
+            ONCE=_ut_once(k.dtype, KP), EX2=_ut_ex2(gated), **_cfg("ut", inter, K, V, BK=BK, num_warps=_ut_warps(KP)))
         if not wu:
             grid, inner = chunk_grid((), NC, H)
             _wu_kernel[grid](k, v, beta, g, Tm, w, u, offsets, chunk_indices, HEADS_INNER=inner, H=H, K=K, V=V, BT=BT,
@@ -1475,7 +1475,7 @@ def _forward(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep=True):
         t_tma = PASS_T_TMA and from_ks and Tm.dtype in _common.TMA_DTYPES
         desc = tensor_descriptors(FUSED_TMA and fused and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                   v=(v, c_scan["BV"]), o=(o, c_scan["BV"]), **(dict(t=(Tm, BT)) if t_tma else {}))
-        _state_kernel[(cdiv(V, c_scan["BV"]), N * H)](
+        _common.products(_state_kernel, "delta.pass")[(cdiv(V, c_scan["BV"]), N * H)](
             k, w, u, g, h0, h, vn, ht, offsets, chunk_offsets, maxc, H=H, K=K, V=V, BT=BT, KP=KP,
             GATED=gated, HAS_H0=h0 is not None, STORE_HT=store_ht, DT=dt, PREC=prec, q=q, o=o, scale=scale,
             OUT=fused, STORE_H=keep, v=v, beta=beta, Tm=Tm, WU=wu, KS=VN_FROM_KS, T_TMA="t_d" in desc,
@@ -1550,8 +1550,9 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     # each segment's own state from zero, and its transition (in the same scan, or one of its own)
     dS = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
     trans = SEGMENT_TRANSITIONS_IN_SCAN
+    scan, pass_ = (_common.products(_state_kernel, n) for n in ("delta.segment_state", "delta.pass"))
     P = _empty(NS, H, K, K, dtype=torch.float32, device=dev) if trans else None
-    _state_kernel[grid(max(V, K) if trans else V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per,
+    scan[grid(max(V, K) if trans else V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per,
                                                    V=V, HAS_H0=False, STORE_HT=True, OUT=False, STORE_H=False,
                                                    pt=P, TRANS=trans, **seg)
     if not trans:
@@ -1559,11 +1560,11 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     # the states entering the segments, in order (and the sequences' final states)
     S_in = _empty(NS, H, K, V, dtype=torch.float32, device=dev)
     chain = _chain_cfg(inter, K, V)
-    _segment_chain_kernel[(cdiv(V, chain["BV"]), N * H)](P, dS, h0, S_in, ht, nseg, H=H, K=K, V=V,
-                                                         HAS_H0=h0 is not None, STORE_HT=store_ht, **chain)
+    _common.products(_segment_chain_kernel, "delta.chain")[(cdiv(V, chain["BV"]), N * H)](
+        P, dS, h0, S_in, ht, nseg, H=H, K=K, V=V, HAS_H0=h0 is not None, STORE_HT=store_ht, **chain)
     # the pass: each segment from the state entering it, writing the outputs (and, for a backward,
     # each chunk's entering state and Vn)
-    _state_kernel[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
+    pass_[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
                            STORE_HT=False, OUT=True, STORE_H=keep,
                            **tensor_descriptors(SEGMENTS_TMA and not keep, offsets, BT, q=(q, KP), k=(k, KP),
                                                 v=(v, seg["BV"]), o=(o, seg["BV"])), **seg)

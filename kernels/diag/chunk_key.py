@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._common import cdiv, chunk_grid, dependent_launch, exp_mode, next_pow2, tensor_descriptors
+from .._common import cdiv, chunk_grid, dependent_launch, exp_mode, next_pow2, products, tensor_descriptors
 from .._tl import batch_place, chain_link, chunk_head, chunk_qkv, chunk_span, exp_units, load_scaled, state_tile
 from .._tl import LN2, LOG2E, log_decay, store_chunk, tile_offsets
 from . import chunk as _scalar
@@ -850,7 +850,7 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
         grid, inner = chunk_grid((cdiv(K, BK),), NC, H, on=GATE_HEADS_INNER)
-        _gate_kernel[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
+        products(_gate_kernel, "key.gate")[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
                            FAST=_fast(q.dtype), HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST, EX2=_gate_ex2(q.dtype),
                            **dependent_launch(pdl, q.device, first=True),
                            **_launch("gate", q.dtype, K, K))   # no value tile
@@ -886,10 +886,11 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     BKf = max(16, next_pow2(K))
     launch = dict(H=H, K=K, V=V, BT=BT, BK=BKf, BV=BVf, LIM=lim, PREC=prec, STORE=keep, AHEAD=PASS_AHEAD,
                   **_launch("fused_fwd", q.dtype, K, V))
+    fused_fwd = products(_fused_fwd_kernel, "key.pass")
     if nseg == 1:
         desc = tensor_descriptors(PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf), v=(v, BVf),
                                   o=(o, BVf))
-        _fused_fwd_kernel[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
+        fused_fwd[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
                                                  scale, HAS_H0=h0 is not None, STORE_HT=ht is not None,
                                                  **dependent_launch(pdl and NC > 0, q.device), **desc, **launch)
         return o, saved
@@ -907,7 +908,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
         else None
     # (SEGMENT_STATE_TILES, each at most the padded head dim)
     BKs, BVs = (min(d, t) for d, t in zip(_scalar._tiles(K, V), SEGMENT_STATE_TILES))
-    _state_kernel[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
+    products(_state_kernel, "key.segment_state")[(cdiv(K, BKs), cdiv(V, BVs), pc.count * H)](
         kd, v, GL, None, None, dS, pc.offsets, pc.chunk_offsets, pc.most, H=H, K=K, V=V, BT=BT, BK=BKs, BV=BVs,
         HAS_H0=False, STORE_HT=True, PREC=prec, STORE_H=False, logw=logw, STORE_LOGW=logw is not None,
         **pc.skip_kw, **_launch("segment_state", q.dtype, K, V))
@@ -920,7 +921,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
                                   dtype=torch.float32 if keep else _scalar._entry_dtype(q.dtype))
     desc = tensor_descriptors(SEGMENTS_PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf), v=(v, BVf),
                               o=(o, BVf))
-    _fused_fwd_kernel[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
+    fused_fwd[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
                                               per, scale, HAS_H0=True, STORE_HT=False, **desc, **launch)
     return o, saved
 
