@@ -1,20 +1,16 @@
 #!/bin/bash
 # The forty-third session's first device call: Triton's warp-group products (wgmma, Hopper's default) against
-# the older per-warp ones (mma.sync, DISABLE_MMA_V3=1) for the forwards still over 3x the floor at 8K-32K.
-# One process per setting, each with its own Triton cache (the env var is read when a kernel compiles).
+# per-warp ones (mma.sync: each forward kernel's twin compiled with DISABLE_MMA_V3, kernels._common.PER_WARP)
+# for the forwards still over 3x the floor at 16K-32K, per-kernel profiles; then Longhorn's K != V GPU rows.
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 L=$OUT/logs1; mkdir -p $L
 step() { local name=$1 lim=$2; shift 2; echo "== $name: $*" >> $L/steps.txt; local t0=$(date +%s)
   timeout $lim "$@" > $L/$name.txt 2>&1; echo "   rc=$? $(( $(date +%s) - t0 )) s" >> $L/steps.txt; }
+ALL="kernels._common.PER_WARP={'delta.ut','delta.pass','delta.segment_state','delta.chain','key.gate','key.pass','key.segment_state'}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv > $L/gpu.txt 2>&1
-for T in 8192 16384 32768; do
-  step prof_wgmma_$T 80 env TRITON_CACHE_DIR=/tmp/tc_a python -m kernels.sweep profile --ops key,delta,gdn --T $T \
-    --impls ours --modes fwd
-  step prof_mma2_$T 80 env TRITON_CACHE_DIR=/tmp/tc_b DISABLE_MMA_V3=1 python -m kernels.sweep profile \
-    --ops key,delta,gdn --T $T --impls ours --modes fwd
+for T in 16384 32768; do
+  step prof_wgmma_$T 90 python -m kernels.sweep profile --ops key,delta,gdn --T $T --impls ours --modes fwd
+  step prof_mma2_$T 90 python -m kernels.sweep profile --ops key,delta,gdn --T $T --impls ours --modes fwd --set "$ALL"
 done
-step bench_wgmma 60 env TRITON_CACHE_DIR=/tmp/tc_a python -m kernels.bench --ops key,delta,gdn --impls ours \
-  --Ts 8192,16384,32768 --modes "fwd graph" --out $L/bench_wgmma
-step bench_mma2 60 env TRITON_CACHE_DIR=/tmp/tc_b DISABLE_MMA_V3=1 python -m kernels.bench --ops key,delta,gdn \
-  --impls ours --Ts 8192,16384,32768 --modes "fwd graph" --out $L/bench_mma2
+step longhorn 180 python -m kernels.gpu_check --out $L/longhorn --only unequal:longhorn
 cd $OUT && tar czf logs1.tgz logs1 && rm -rf logs1
