@@ -6,9 +6,9 @@ wrong) when the learner's ``fn`` disagrees with the ``dsf`` package, and returns
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
-import re
 import traceback
 from typing import Callable, NamedTuple, Sequence
 
@@ -108,8 +108,34 @@ def assert_close(name: str, got, want: torch.Tensor, atol: float = 1e-10, rtol: 
             f"is {got[where].item():.6g} but dsf says {want[where].item():.6g}")
 
 
-_IMPORTS_DSF = re.compile(r"^\s*(import\s+dsf\b|from\s+dsf\b)", re.M)
 _FORMS = ("recurrent", "chunked", "parallel", "phi")
+
+
+def _is_dsf(name: str | None) -> bool:
+    return name is not None and (name == "dsf" or name.startswith("dsf."))
+
+
+def _imports_dsf(source: str) -> bool:
+    """True if any import statement of ``source`` (at any depth: in a function too) names dsf."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and any(_is_dsf(a.name) for a in node.names):
+            return True
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and _is_dsf(node.module):
+            return True
+    return False
+
+
+def _holds_dsf(module) -> bool:
+    """True if the module's globals hold a dsf module or one of its functions (however it got them)."""
+    for value in vars(module).values() if module is not None else ():
+        name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+        if isinstance(name, str) and _is_dsf(name):
+            return True
+    return False
 
 
 def without_dsf(fn: Callable, run: Callable[[], object]) -> None:
@@ -120,7 +146,7 @@ def without_dsf(fn: Callable, run: Callable[[], object]) -> None:
         source = inspect.getsource(module) if module is not None else ""
     except (OSError, TypeError):   # a notebook's function: only the calls below are watched
         source = ""
-    if _IMPORTS_DSF.search(source):
+    if _imports_dsf(source) or _holds_dsf(module):
         raise AssertionError(f"{getattr(module, '__file__', 'your module')} imports dsf: the checks compare "
                              "with dsf, so write the answer with torch alone")
 

@@ -18,7 +18,7 @@ def phi_scalar_decay(q: Tensor, k: Tensor, g: Tensor, scale: float | None = None
     Args:
         q: [B, T, H, K] queries (C_t in SSM notation).
         k: [B, T, H, K] keys (B_t in SSM notation).
-        g: [B, T, H] log decays, g <= 0 (Δ_t·A in SSM notation).
+        g: [B, T, H] log decays, g <= 0 (−Δ_t·A with A > 0 in SSM notation, Λ_t = exp(g_t)).
         scale: the query scale s; None means K ** -0.5.
 
     Returns:

@@ -106,14 +106,32 @@ def test_an_answer_that_calls_dsf_is_refused(number, capsys):
         last(_answer_key(number))
 
 
-def test_an_answer_module_that_imports_dsf_is_refused(tmp_path, monkeypatch):
-    (tmp_path / "my_answer.py").write_text(
-        "import torch\nfrom dsf import chunked\n\n\ndef seg(k, v, beta):\n    raise NotImplementedError\n")
+@pytest.mark.parametrize("how", ["from dsf import chunked", "import sys, torch, dsf",
+                                 "import dsf.forms.parallel as par",
+                                 "import importlib\nd = importlib.import_module('d' + 'sf')",
+                                 "def helper():\n    from dsf.forms import parallel"],
+                         ids=["from", "in-a-list", "submodule", "importlib", "in-a-function"])
+def test_an_answer_module_that_imports_dsf_is_refused(tmp_path, monkeypatch, how):
+    """However the module gets dsf: `import sys, torch, dsf` passed the first version of the check."""
+    name = f"my_answer_{abs(hash(how))}"
+    (tmp_path / f"{name}.py").write_text(
+        f"import torch\n{how}\n\n\ndef seg(k, v, beta):\n    raise NotImplementedError\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    import my_answer
+    module = __import__(name)
 
-    with pytest.raises(AssertionError, match=r"my_answer.py imports dsf"):
-        exercises.checks(3)[-1](my_answer.seg)
+    with pytest.raises(AssertionError, match=rf"{name}.py imports dsf"):
+        exercises.checks(3)[-1](module.seg)
+
+
+def test_an_answer_module_without_dsf_is_not_refused(tmp_path, monkeypatch):
+    """`dsf_like` names and a string mentioning dsf are not imports of it."""
+    (tmp_path / "clean_answer.py").write_text(
+        "import torch\ndsf_like = 1\nNOTE = 'import dsf'\n\n\ndef seg(k, v, beta):\n    raise NotImplementedError\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import clean_answer
+
+    with pytest.raises(NotImplementedError):
+        exercises.checks(3)[-1](clean_answer.seg)
 
 
 def _altered(fn, how):
