@@ -7,6 +7,9 @@ BIN     := $(VENV)/bin
 # PyPI's default build of that version.
 TORCH   := torch==2.13.0
 STAMP   := $(VENV)/.installed
+# a recipe's pipeline fails with its first failing command (`dsf check | tee` failed only with tee)
+SHELL         := /bin/bash
+.SHELLFLAGS   := -eo pipefail -c
 
 .PHONY: demo test book bench clean clean-results install
 
@@ -44,7 +47,7 @@ bench: $(STAMP)
 ## clean: the venv, the book's build and the caches; results/ (the demo's outputs, and every dsf-train run's
 ## logs and checkpoints by default) stays: `make clean-results` removes it
 clean:
-	rm -rf $(VENV) book/_build .pytest_cache .hypothesis
+	rm -rf $(VENV) book/_build .pytest_cache .hypothesis book/.hypothesis
 
 clean-results:
 	rm -rf results
