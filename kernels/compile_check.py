@@ -235,7 +235,7 @@ def sass_cell(row: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.splitlines()[0])
     ap.add_argument("--family", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
     ap.add_argument("--dtype", default="bf16,fp16,fp32")
     ap.add_argument("--K", default="64,128,256", help="head dims, K = V")

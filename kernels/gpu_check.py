@@ -443,7 +443,7 @@ def _pick(*dtypes):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m kernels.gpu_check", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated mixer names to check (default: all); "
@@ -484,7 +484,11 @@ def main(argv=None) -> int:
                 ap.error(f"--only {n}: the mode after '/' is one of pass, segments, wu, pieces; got {mode!r}")
             fused_only.setdefault(name, set()).update([mode] if mode else [])
 
-    with switches(settings_of(ap, args)):
+    settings = settings_of(ap, args)
+    if not torch.cuda.is_available():
+        ap.error("needs a CUDA GPU (the kernels are checked there; under TRITON_INTERPRET=1 on the CPU, "
+                 "python -m kernels.check runs the same comparisons)")
+    with switches(settings):
         return _run(args, {known[d] for d in args.dtypes.split(",")}, only, fused_only, unequal_only)
 
 

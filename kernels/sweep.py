@@ -426,7 +426,7 @@ def step(kinds: list[str], B: int = 64, device: str = "cuda") -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m kernels.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("profile", "launch", "step", "ab", "host"))
     ap.add_argument("--ops", default="scalar,key,delta",
                     help=f"comma-separated kinds, of {', '.join(KINDS)}")

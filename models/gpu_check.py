@@ -58,7 +58,7 @@ def with_kernels(names: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m models.gpu_check", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--mixers", default=None, help="comma-separated zoo names (default: all)")
     ap.add_argument("--backends", default="reference,triton", help="of reference, triton")

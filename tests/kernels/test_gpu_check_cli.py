@@ -19,6 +19,14 @@ def test_unknown_dtype_is_refused(given, capsys):
     assert "--dtypes" in capsys.readouterr().err
 
 
+def test_without_a_gpu_it_says_so(capsys, monkeypatch):
+    """(torch's "Torch not compiled with CUDA enabled" traceback before)"""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--quick"])
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("name,opts", [("mamba2", {}), ("gated_deltanet", {}), ("softmax_attention", {})])
 def test_step_check_passes_on_the_interpreter(name, opts):
     """The decode-step section's check itself, run on the CPU: the kernels' steps pass it."""
@@ -71,6 +79,7 @@ def _fake_checks(monkeypatch, broken=("gla", torch.float32)):
     monkeypatch.setattr(gpu_check, "_poison", lambda: None)
     monkeypatch.setattr(gpu_check, "DTYPES", gpu_check.DTYPES)   # main() narrows it; restored after
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "fake GPU")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(gpu_check, "check", check)
     for fn in ("check_memory", "check_key_chunk", "check_delta_chunk"):
         monkeypatch.setattr(gpu_check, fn, lambda *a, **kw: (dict(errs), True))
