@@ -66,6 +66,13 @@ class DSFTrainCLI(LightningCLI):
         parser.add_argument("--tensorboard", type=bool, default=False,
                             help="Also log to TensorBoard (needs the tensorboard package).")
 
+    def _usage_error(self, message: str) -> None:
+        """A usage error as argparse words it, without the usage: for a subcommand with Lightning's
+        options that is some sixty lines, and the one that matters came last."""
+        print(f"dsf-train {self.subcommand}: error: {message}\n(dsf-train {self.subcommand} --help lists the "
+              "options)", file=sys.stderr)
+        sys.exit(2)
+
     def before_instantiate_classes(self) -> None:
         # Check every `mixer` value now, so a typo fails before anything is built, listing the zoo.
         config = self.config.get(str(self.subcommand), self.config)
@@ -75,11 +82,13 @@ class DSFTrainCLI(LightningCLI):
                 if "(" in value:   # a variant as `dsf zoo` lists it, e.g. titans(memory='linear')
                     hint = (f"; a mixer's options go in {key}_options as JSON, e.g. --model.model.mixer titans "
                             """--model.model.mixer_options '{"memory": "linear"}'""")
-                self._parser(self.subcommand).error(
+                else:
+                    hint = "; a mixer of your own module: dsf-train --import MODULE fit ... registers it first"
+                self._usage_error(
                     f"{key}: unknown mixer {value!r}; choose one of: {', '.join(dsf.zoo.names())}{hint}")
         if self._get(self.config, "tensorboard") and importlib.util.find_spec("tensorboard") is None \
                 and importlib.util.find_spec("tensorboardX") is None:
-            self._parser(self.subcommand).error("--tensorboard true needs `pip install tensorboard`")
+            self._usage_error("--tensorboard true needs `pip install tensorboard`")
 
     def instantiate_classes(self) -> None:
         # A constructor's ValueError (d <= 0, kv pairs that do not fit, ...) is a config error: report
@@ -91,7 +100,7 @@ class DSFTrainCLI(LightningCLI):
             root = err
             while isinstance(root.__cause__, (ValueError, TypeError)):
                 root = root.__cause__
-            self._parser(self.subcommand).error(str(root))
+            self._usage_error(str(root))
         # what only the built objects together can tell (a model too small for the data, a task given the
         # other task's data, a cosine over an endless run) is a usage error too, before the Trainer starts:
         # inside fit they were tracebacks (or, for the pairing, a KeyError from the first batch)
@@ -103,7 +112,7 @@ class DSFTrainCLI(LightningCLI):
                     and self.trainer.max_epochs == -1:
                 raise ValueError("model.cosine=true needs a finite run: set trainer.max_steps or trainer.max_epochs")
         except ValueError as err:
-            self._parser(self.subcommand).error(str(err))
+            self._usage_error(str(err))
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer_cfg = self._get(self.config_init, "trainer", default={})

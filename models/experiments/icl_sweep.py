@@ -486,8 +486,9 @@ def parse_mixers(text: str | None) -> list[str] | None:
     return names
 
 
-def add_common_args(p: argparse.ArgumentParser, default_out: str) -> None:
-    p.add_argument("--mixers", default=None, help="comma-separated zoo names (default: all of them)")
+def add_common_args(p: argparse.ArgumentParser, default_out: str,
+                    mixers_help: str = "comma-separated zoo names (default: all of them)") -> None:
+    p.add_argument("--mixers", default=None, help=mixers_help)
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scale's)")
     p.add_argument("--scale", choices=tuple(SCALES), default="cpu",
                    help="cpu: minutes on a laptop; gpu: the H200 preset (more steps, batch, width, workers)")

@@ -396,7 +396,7 @@ def parser() -> argparse.ArgumentParser:
     """The command line of ``main``."""
     p = argparse.ArgumentParser(prog="python -m models.experiments.mqar_state",
                                 description=__doc__.split("\n")[0])
-    add_common_args(p, "results/mqar_state")
+    add_common_args(p, "results/mqar_state", mixers_help=f"comma-separated zoo names (default: {', '.join(MIXERS)})")
     p.add_argument("--head-dims", type=_int_list, default=None, help="K = V per head, e.g. 8,16,32")
     p.add_argument("--vocab-size", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None)

@@ -103,6 +103,16 @@ def test_errors_are_clear(args, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_usage_error_is_its_message_without_the_usage(tmp_path, capsys):
+    """Lightning's usage of a subcommand is some sixty lines, which buried the error; a mixer name the
+    zoo does not have also points at --import."""
+    with pytest.raises(SystemExit) as e:
+        _run(tmp_path, "fit", "-c", LR, "--trainer.fast_dev_run", "true", "--model.model.mixer", "mamba")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 2, err
+    assert err[0].startswith("dsf-train fit: error: ") and "dsf-train --import MODULE" in err[0]
+
+
 def test_mqar_checks_its_data_before_training(tmp_path, capsys):
     mqar = str(CONFIGS[0].parents[1] / "mqar" / "mqar.yaml")
     for args, message in [(["--model.model.vocab_size", "10"], "model vocab_size=10 is smaller than the data's"),
