@@ -234,6 +234,9 @@ IMAGE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 def cmd_phi(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.name == "all":
+        if out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():   # (it became a directory x.png)
+            raise SystemExit(f"dsf phi all: --out is the directory for one image per mixer and all.png, got "
+                             f"{args.out!r}")
         paths = [draw_mixer(n, out / f"{n}.png", args.T, args.seed) for n in phi_names()]
         paths.append(draw_grid(phi_names(), out / "all.png", args.T, args.seed))
     else:
@@ -294,7 +297,7 @@ def check_rows(names: Sequence[str], T: int, chunk: int, seed: int):
     header = ["mixer", "chunked vs rec", "parallel vs rec", "oracle vs rec", "state chunked vs rec",
               "ok"]
     rows, failed = [], []
-    largest = {p: 0.0 for p in CHECK_PAIRS}
+    largest: dict[str, float | str] = {p: "—" for p in CHECK_PAIRS}   # "—" where no mixer has the pair
     for name in names:
         try:
             res = check_mixer(zoo.get(name), T, chunk, seed)
@@ -305,11 +308,13 @@ def check_rows(names: Sequence[str], T: int, chunk: int, seed: int):
         for p, e in res.items():
             if isinstance(e, float):
                 bad |= not e <= TOLERANCE  # NaN counts as bad
-                largest[p] = e if e != e or e > largest[p] else largest[p]
+                old = largest[p]
+                largest[p] = e if isinstance(old, str) or e != e or e > old else old
         if bad:
             failed.append(name)
         rows.append([name, *(_fmt(res[p]) for p in CHECK_PAIRS), "FAIL" if bad else "ok"])
-    worst = max(largest.values(), key=lambda e: math.inf if e != e else e)
+    worst = max([e for e in largest.values() if isinstance(e, float)] or [0.0],
+                key=lambda e: math.inf if e != e else e)
     rows.append(["largest", *(_fmt(largest[p]) for p in CHECK_PAIRS),
                  "FAIL" if failed else "ok"])
     return header, rows, worst, failed

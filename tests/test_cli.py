@@ -4,6 +4,7 @@ import dataclasses
 import sys
 
 import pytest
+import torch
 
 import dsf
 from dsf.cli import ZOO_VARIANTS, main
@@ -53,6 +54,22 @@ def test_phi_out_a_new_directory_or_a_file_that_is_no_image(tmp_path):
     assert (tmp_path / "newdir" / "gla.png").stat().st_size > 0
     with pytest.raises(SystemExit, match=r"dsf phi: --out must name an image \(.png, .pdf"):
         main(["phi", "gla", "--out", str(tmp_path / "x.txt"), "--T", "8"])
+
+
+def test_phi_all_out_an_image_name_is_refused(tmp_path):
+    """(it made a directory named x.png)"""
+    with pytest.raises(SystemExit, match=r"dsf phi all: --out is the directory"):
+        main(["phi", "all", "--out", str(tmp_path / "x.png"), "--T", "8"])
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_check_of_mixers_without_an_oracle_has_no_largest_oracle_error(monkeypatch, capsys):
+    """The "largest" row read 0.0e+00 under "oracle vs rec" where no mixer had an oracle."""
+    mine = dataclasses.replace(dsf.zoo.get("mamba2"), name="no_oracle", oracle=None)
+    monkeypatch.setattr(dsf.zoo, "_REGISTRY", {**dsf.zoo._REGISTRY, "no_oracle": mine})
+    assert main(["check", "no_oracle", "--T", "5"]) == 0
+    largest = [line for line in capsys.readouterr().out.splitlines() if line.startswith("largest")][0]
+    assert largest.split()[3] == "—", largest
 
 
 def test_phi_all_leaves_out_a_spec_that_cannot_draw_inputs(tmp_path, monkeypatch):
@@ -121,6 +138,9 @@ def test_the_readmes_new_mixer_recipe_reaches_the_command_line(readme_mixers, ca
 
     assert main(["--import", "my_mixers", "check", "mamba2_floor"]) == 0
     assert "OK: all 1 mixers agree" in capsys.readouterr().out
+    # a mixer of its own: the floor acts on the random inputs the checks draw (a floor of -1 never did)
+    x = dsf.random_inputs("mamba2_floor", B=1, T=13, H=2, K=4, V=4, seed=0)
+    assert not torch.allclose(dsf.recurrent("mamba2_floor", **x)[0], dsf.recurrent("mamba2", **x)[0])
     zoo.register(dataclasses.replace(zoo.get("mamba2_floor"), name="bare", random_inputs=None))
     assert main(["zoo"]) == 0
     out = capsys.readouterr().out
