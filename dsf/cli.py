@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
 import math
 import os
@@ -84,6 +85,33 @@ def _number(n: float) -> str:
 ZOO_VARIANTS = (("titans", {"memory": "linear"}, "(K·V) × 2, with momentum", lambda d: 2 * d["K"] * d["V"]),)
 
 
+def variant_label(name: str, options: dict) -> str:
+    """How the zoo table spells a mixer with options: ``titans(memory='linear')``."""
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
+
+
+def spec_of(label: str) -> MixerSpec:
+    """A zoo spec by name, or by the zoo table's spelling of one with options, ``titans(memory='linear')``
+    (keyword options with Python literal values). Raises KeyError for an unknown name, ValueError for
+    options the spelling or the mixer does not take."""
+    label = label.strip()
+    if not label.endswith(")") or "(" not in label:
+        return zoo.get(label)
+    name, _, inner = label[:-1].partition("(")
+    try:
+        call = ast.parse(f"f({inner})", mode="eval").body
+        if call.args or any(kw.arg is None for kw in call.keywords):
+            raise ValueError
+        options = {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
+    except (SyntaxError, ValueError):
+        raise ValueError(f"{label!r}: a mixer with options is spelt name(key=value, ...), each value a Python "
+                         "literal (a string in quotes), as `dsf zoo` lists them: titans(memory='linear')") from None
+    try:
+        return zoo.get(name.strip(), **options)
+    except TypeError as e:   # an option the mixer does not have
+        raise ValueError(f"{label!r}: {e}") from None
+
+
 def zoo_rows() -> tuple[list[str], list[list[str]]]:
     """Header and one row per registered mixer for the zoo table."""
     header = ["name", "family", "Λ structure", "state / head", "at K=V=64, N=16", "forms", "kernels"]
@@ -91,8 +119,7 @@ def zoo_rows() -> tuple[list[str], list[list[str]]]:
     variants = [(s.name, s, s.state_size, s.state_numel) for s in zoo.specs()]
     for name, options, size, numel in ZOO_VARIANTS:
         at = next(i for i, v in enumerate(variants) if v[0] == name) + 1
-        label = f"{name}({', '.join(f'{k}={v!r}' for k, v in options.items())})"
-        variants.insert(at, (label, zoo.get(name, **options), size, numel))
+        variants.insert(at, (variant_label(name, options), zoo.get(name, **options), size, numel))
     for label, spec, size, numel in variants:
         n = numel(ZOO_DIMS) if numel else float("nan")
         rows.append([label, spec.family, str(spec.transition), size, _number(n),
@@ -135,7 +162,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def phi_panels(name: str, T: int = 24, seed: int = 0, H: int = 2, K: int = 8,
                V: int = 8) -> list[tuple[str, torch.Tensor]]:
     """(label, [T, T] matrix) panels of Φ for random inputs: each head, or head 0's first channels."""
-    spec = zoo.get(name)
+    spec = spec_of(name)
     x = spec.draw_inputs(1, T, H, K, V, dtype=torch.float64, seed=seed)
     P = phi(spec, **x)[0]
     if P.dim() == 3:
@@ -184,7 +211,7 @@ def _new_figure(w: float, h: float, **adjust: float):
 
 def draw_mixer(name: str, path: Path, T: int, seed: int) -> Path:
     """Heatmaps of log10 |Φ| for one mixer, one panel per head (or channel), saved to ``path``."""
-    spec = zoo.get(name)
+    spec = spec_of(name)
     panels = phi_panels(name, T=T, seed=seed)
     mats = [_log_abs(P) for _, P in panels]
     vmin, vmax = _limits(mats)
@@ -300,7 +327,7 @@ def check_rows(names: Sequence[str], T: int, chunk: int, seed: int):
     largest: dict[str, float | str] = {p: "—" for p in CHECK_PAIRS}   # "—" where no mixer has the pair
     for name in names:
         try:
-            res = check_mixer(zoo.get(name), T, chunk, seed)
+            res = check_mixer(spec_of(name), T, chunk, seed)
         except Exception as e:  # report the mixer as failing rather than stop the whole check
             res = {p: math.inf for p in CHECK_PAIRS}
             print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
@@ -320,14 +347,24 @@ def check_rows(names: Sequence[str], T: int, chunk: int, seed: int):
     return header, rows, worst, failed
 
 
+def check_names() -> list[str]:
+    """What ``dsf check`` checks by default: every registered mixer, each zoo variant after its mixer."""
+    names = list(zoo.names())
+    for name, options, *_ in ZOO_VARIANTS:
+        if name in names:
+            names.insert(names.index(name) + 1, variant_label(name, options))
+    return names
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     # a spec without random_inputs has no inputs to run its forms on: named, it is a usage error (it was a
     # failing row of "inf"); in the whole zoo's check it is left out and said so
-    bare = [n for n in (args.names or zoo.names()) if zoo.get(n).random_inputs is None]
+    everything = args.names or check_names()
+    bare = [n for n in everything if spec_of(n).random_inputs is None]
     if args.names and bare:
         raise SystemExit(f"dsf check: {', '.join(bare)} has no random_inputs to draw inputs from; give its "
                          "MixerSpec random_inputs=fn(B, T, H, K, V, dtype=, device=, seed=) -> dict")
-    names = [n for n in (args.names or zoo.names()) if n not in bare]
+    names = [n for n in everything if n not in bare]
     header, rows, worst, failed = check_rows(names, args.T, args.chunk, args.seed)
     print(f"float64, B=2, H=2, K=V=8, T={args.T}, chunk_size={args.chunk}, seed={args.seed}; "
           f"‖a−b‖/‖b‖ against the recurrent form")
@@ -382,7 +419,9 @@ def _parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_phi)
 
     c = sub.add_parser("check", help="every form against the recurrent one, for every mixer")
-    c.add_argument("names", nargs="*", metavar="NAME", help="mixers to check (default: all)")
+    c.add_argument("names", nargs="*", metavar="NAME",
+                   help="mixers to check, by name or as `dsf zoo` spells one with options, e.g. "
+                        "\"titans(memory='linear')\" (default: all, and those variants)")
     c.add_argument("--T", type=int, default=13, help="sequence length (default 13)")
     c.add_argument("--chunk", type=int, default=5, help="chunk size (default 5)")
     c.add_argument("--seed", type=int, default=0)
@@ -402,13 +441,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = [] if args.name == "all" else [args.name]
     else:
         names = getattr(args, "names", [])
-    unknown = [n for n in names if n not in zoo.names()]
-    if unknown:
-        extra = " (or 'all')" if args.command == "phi" else ""
-        parser.error(f"unknown mixer {unknown[0]!r}; the zoo has: {', '.join(zoo.names())}{extra}")
-    if args.command == "phi" and names and names[0] not in phi_names():
-        parser.error(f"{names[0]} has no Φ: its exact forms are {', '.join(zoo.get(names[0]).forms())} "
-                     f"(a memory that is not linear in its state); mixers with Φ: {', '.join(phi_names())}")
+    for n in names:
+        try:
+            spec = spec_of(n)
+        except KeyError:
+            extra = " (or 'all')" if args.command == "phi" else ""
+            parser.error(f"unknown mixer {n!r}; the zoo has: {', '.join(zoo.names())}{extra}")
+        except ValueError as e:
+            parser.error(str(e))
+        if args.command == "phi" and "parallel" not in spec.forms():
+            parser.error(f"{n} has no Φ: its exact forms are {', '.join(spec.forms())} "
+                         f"(a memory that is not linear in its state); mixers with Φ: {', '.join(phi_names())}")
     if getattr(args, "T", 1) < 1 or getattr(args, "chunk", 1) < 1:
         parser.error("--T and --chunk must be positive")
     return args.func(args)

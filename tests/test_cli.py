@@ -56,6 +56,24 @@ def test_phi_out_a_new_directory_or_a_file_that_is_no_image(tmp_path):
         main(["phi", "gla", "--out", str(tmp_path / "x.txt"), "--T", "8"])
 
 
+def test_a_zoo_variant_by_the_tables_spelling(tmp_path, capsys):
+    """`dsf zoo` lists titans(memory='linear'); check and phi take that spelling, and the whole zoo's
+    check includes it (make demo's "every form checked" skipped the one memory with Φ and a chunked form)."""
+    assert main(["check", "titans(memory='linear')", "--T", "6"]) == 0
+    assert "titans(memory='linear')" in capsys.readouterr().out
+    assert main(["phi", "titans(memory='linear')", "--out", str(tmp_path / "t.png"), "--T", "6"]) == 0
+    assert (tmp_path / "t.png").stat().st_size > 0
+    from dsf.cli import check_names
+
+    names = check_names()
+    assert names[names.index("titans") + 1] == "titans(memory='linear')"
+    for bad, said in (("titans(memory=linear)", "each value a Python literal"),
+                      ("titans(memroy='linear')", "unknown option"), ("titanz(memory='linear')", "unknown mixer")):
+        with pytest.raises(SystemExit):
+            main(["check", bad])
+        assert said in capsys.readouterr().err, bad
+
+
 def test_phi_all_out_an_image_name_is_refused(tmp_path):
     """(it made a directory named x.png)"""
     with pytest.raises(SystemExit, match=r"dsf phi all: --out is the directory"):
