@@ -56,6 +56,8 @@ class Input:
     dims: tuple[str, ...]
     doc: str = ""
     optional: bool = False
+    # a log decay (g <= 0): the forms refuse a positive value, the usual slip of passing the decay itself
+    nonpositive: bool = False
 
 
 @dataclass(frozen=True)

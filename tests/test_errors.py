@@ -205,6 +205,20 @@ def test_a_log_decay_of_minus_inf_is_refused_where_it_has_no_form(name, gate):
             form(name, **d)
 
 
+@pytest.mark.parametrize("name,gate", [("mamba2", "g"), ("gla", "gk"), ("gated_deltanet", "g"), ("titans", "g"),
+                                       ("titans", "log_eta"), ("yaad", "g")])
+def test_a_positive_log_decay_is_refused_by_the_forms(name, gate):
+    """The usual slip, the decay instead of its log (σ(x) for log σ(x)): Λ = e^g > 1, and mamba2's output
+    reached 1e43 at T = 200 with no word. Every form refuses it by name; zero (no decay) is taken."""
+    d = dsf.random_inputs(name, B=1, T=6, H=2, K=4, V=4)
+    d[gate] = d[gate].exp()
+    for form in (dsf.recurrent, lambda n, **x: dsf.chunked(n, chunk_size=4, **x)):
+        with pytest.raises(ValueError, match=rf"^{name}: {gate} is a log decay \(.*<= 0.*\) but has values up to"):
+            form(name, **d)
+    d[gate] = torch.zeros_like(d[gate])
+    assert torch.isfinite(dsf.recurrent(name, **d)[0]).all()
+
+
 @pytest.mark.parametrize("options,gate,form", [
     ({"memory": "linear"}, "g", "chunked"), ({"memory": "linear"}, "log_eta", "chunked"),
     ({}, "g", "minibatch"), ({}, "log_eta", "minibatch"), ({"memory": "linear"}, "g", "parallel")])

@@ -39,17 +39,21 @@ def _spec(mixer: str | MixerSpec) -> MixerSpec:
     return zoo.get(mixer)
 
 
-def prepare(mixer: str | MixerSpec, inputs: dict[str, Any], widen: bool = False) -> tuple[MixerSpec, Any]:
+def prepare(mixer: str | MixerSpec, inputs: dict[str, Any], widen: bool = False,
+            check_values: bool = False) -> tuple[MixerSpec, Any]:
     """Validate the inputs against the spec and lower them to terms.
 
     A 16-bit gate or parameter beside float32 activations is widened to float32 first: the lowering
     would otherwise take its logs and products in 16 bits, and the terms lose precision the
     activations keep. ``widen`` (the forms): float32 gates or parameters beside 16-bit activations
     widen the activations too, so every form computes in float32 and returns it (the kernels, which
-    cast the terms to the activations' dtype themselves, keep them as they come)."""
+    cast the terms to the activations' dtype themselves, keep them as they come). ``check_values`` (the
+    forms): a positive log decay is refused (a reduction and a host read per input; the kernels skip it)."""
     spec = _spec(mixer)
     tensors, options = spec.split_kwargs(inputs)
     resolve_inputs(spec, tensors)
+    if check_values:
+        _nonpositive(spec, tensors)
     act = next((tensors[n].dtype for n in ACTIVATIONS if isinstance(tensors.get(n), torch.Tensor)), None)
     if widen and act in (torch.float16, torch.bfloat16) and any(
             isinstance(x, torch.Tensor) and x.dtype == torch.float32 for x in tensors.values()):
@@ -70,6 +74,16 @@ def prepare(mixer: str | MixerSpec, inputs: dict[str, Any], widen: bool = False)
         raise TypeError(f"{spec.name}: lower() must return dsf.LinearTerms, dsf.SoftmaxTerms or dsf.MemoryTerms, "
                         f"got {type(terms).__name__}")
     return spec, terms
+
+
+def _nonpositive(spec: MixerSpec, tensors: dict[str, Any]) -> None:
+    """Refuse a positive value of an input the spec declares a log decay (``Input.nonpositive``)."""
+    for inp in spec.inputs:
+        x = tensors.get(inp.name)
+        if inp.nonpositive and isinstance(x, torch.Tensor) and x.numel() and bool((x > 0).any()):
+            raise ValueError(f"{spec.name}: {inp.name} is a log decay ({inp.doc}) but has values up to "
+                             f"{x.max().item():.3g}; pass the log of the decay (e.g. F.logsigmoid(x)), not the "
+                             "decay itself")
 
 
 def check_options(spec: MixerSpec) -> None:
@@ -166,7 +180,7 @@ def _memory_form(spec: MixerSpec, terms: MemoryTerms, form: str) -> None:
 
 def recurrent(mixer: str | MixerSpec, *, initial_state: Any = None, **inputs: Any) -> tuple[Tensor, Any]:
     """Step the recurrence token by token: the reference. Returns ``(o, final_state)``."""
-    spec, terms = prepare(mixer, inputs, widen=True)
+    spec, terms = prepare(mixer, inputs, widen=True, check_values=True)
     S0 = _internal_state(spec, terms, initial_state)
     if isinstance(terms, MemoryTerms):
         return recurrent_memory(terms, S0)
@@ -185,7 +199,7 @@ def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
     Shape [B, H, T, T] when each block Φ_ij is a scalar times the identity over value channels
     (attention-like mixers), [B, H, V, T, T] when it is diagonal over them (SSMs, gated RNNs).
     """
-    spec, terms = prepare(mixer, inputs, widen=True)
+    spec, terms = prepare(mixer, inputs, widen=True, check_values=True)
     if isinstance(terms, MemoryTerms):
         _memory_form(spec, terms, "parallel")
         _finite_decays(spec, terms, "parallel")
@@ -199,7 +213,7 @@ def phi(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
 
 def parallel(mixer: str | MixerSpec, **inputs: Any) -> Tensor:
     """Materialise Φ and return ``y = Φ u`` (from a zero state)."""
-    spec, terms = prepare(mixer, inputs, widen=True)
+    spec, terms = prepare(mixer, inputs, widen=True, check_values=True)
     if isinstance(terms, MemoryTerms):
         _memory_form(spec, terms, "parallel")
         _finite_decays(spec, terms, "parallel")
@@ -223,7 +237,7 @@ def chunked(mixer: str | MixerSpec, *, chunk_size: int = 64, initial_state: Any 
     chunk_size = int(chunk_size)   # (a numpy or 0-d integer as a plain int)
     if approximate not in (None, "minibatch"):
         raise ValueError(f"approximate must be None (exact) or 'minibatch', got {approximate!r}")
-    spec, terms = prepare(mixer, inputs, widen=True)
+    spec, terms = prepare(mixer, inputs, widen=True, check_values=True)
     S0 = _internal_state(spec, terms, initial_state)
     if approximate is not None and not isinstance(terms, MemoryTerms):
         raise ValueError(f"{spec.name}: approximate='minibatch' is for memories updated by a gradient "

@@ -24,8 +24,8 @@ from ..spec import Input, Miras, MixerSpec, Transition
 from ..terms import LinearTerms
 from ._common import K_, Q, V_, expand_bt, gen, log_decay, qkv, scale_of
 
-G = Input("g", ("B", "T", "H"), "log decay per head, <= 0")
-GK = Input("gk", ("B", "T", "H", "K"), "key-wise log decay, <= 0")
+G = Input("g", ("B", "T", "H"), "log decay per head, <= 0", nonpositive=True)
+GK = Input("gk", ("B", "T", "H", "K"), "key-wise log decay, <= 0", nonpositive=True)
 G_GAMMA = Input("g_gamma", ("H",), "constant log decay per head", optional=True)
 
 

@@ -114,7 +114,7 @@ DELTANET = MixerSpec(
 
 GATED_DELTANET = MixerSpec(
     name="gated_deltanet", transition=Transition.GATED_DELTA,
-    inputs=(Q, K_, V_, Input("g", ("B", "T", "H"), "log decay per head, <= 0"), BETA),
+    inputs=(Q, K_, V_, Input("g", ("B", "T", "H"), "log decay per head, <= 0", nonpositive=True), BETA),
     lower=lower_gated_deltanet, options=dict(scale=None),
     citation="Yang, Kautz & Hatamizadeh 2025, Gated Delta Networks",
     miras=Miras("matrix", "ℓ2", "ℓ2, scalar α_t", "GD at the retained state"),

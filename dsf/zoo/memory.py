@@ -37,12 +37,13 @@ __all__ = ["memory_spec", "random_memory", "as_memory", "choices", "build", "AS_
            "mlp_inputs"]
 
 THETA = Input("theta", ("B", "T", "H"), "step size θ_t > 0 of the inner gradient step")
-LOG_ETA = Input("log_eta", ("B", "T", "H"), "log momentum decay <= 0: η_t = exp(log_eta_t)")
+LOG_ETA = Input("log_eta", ("B", "T", "H"), "log momentum decay <= 0: η_t = exp(log_eta_t)", nonpositive=True)
 
 
 def g_input(gate: str = "scalar") -> Input:
     dims = ("B", "T", "H", "K") if gate == "key" else ("B", "T", "H")
-    return Input("g", dims, "log retention <= 0: the memory is multiplied by α_t = exp(g_t)")
+    return Input("g", dims, "log retention <= 0: the memory is multiplied by α_t = exp(g_t)",
+                 nonpositive=True)
 
 
 def mlp_inputs(depth: int, optional: bool = False) -> tuple[Input, ...]:
