@@ -8,9 +8,9 @@ step() { local name=$1 lim=$2; shift 2; echo "== $name: $*" >> $L/steps.txt; loc
   timeout $lim "$@" > $L/$name.txt 2>&1; echo "   rc=$? $(( $(date +%s) - t0 )) s" >> $L/steps.txt; }
 ALL="kernels._common.PER_WARP={'delta.ut','delta.pass','delta.segment_state','delta.chain','key.gate','key.pass','key.segment_state'}"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv > $L/gpu.txt 2>&1
-for T in 16384 32768; do
+for T in 16384; do
   step prof_wgmma_$T 90 python -m kernels.sweep profile --ops key,delta,gdn --T $T --impls ours --modes fwd
   step prof_mma2_$T 90 python -m kernels.sweep profile --ops key,delta,gdn --T $T --impls ours --modes fwd --set "$ALL"
 done
-step longhorn 180 python -m kernels.gpu_check --out $L/longhorn --only unequal:longhorn
+step longhorn 150 python -m kernels.gpu_check --out $L/longhorn --only unequal:longhorn
 cd $OUT && tar czf logs1.tgz logs1 && rm -rf logs1
