@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from . import zoo
-from .forms import chunked, parallel, phi, recurrent
+from .forms import check_options, chunked, parallel, phi, recurrent
 from .spec import MixerSpec
 
 __all__ = ["main", "zoo_rows", "miras_rows", "format_table", "forms_of", "kernel_support", "check_rows"]
@@ -444,6 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in names:
         try:
             spec = spec_of(n)
+            check_options(spec)   # an option's value, e.g. titans(memory='lin'), before any form runs
         except KeyError:
             extra = " (or 'all')" if args.command == "phi" else ""
             parser.error(f"unknown mixer {n!r}; the zoo has: {', '.join(zoo.names())}{extra}")

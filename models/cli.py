@@ -83,7 +83,8 @@ class DSFTrainCLI(LightningCLI):
                     hint = (f"; a mixer's options go in {key}_options as JSON, e.g. --model.model.mixer titans "
                             """--model.model.mixer_options '{"memory": "linear"}'""")
                 else:
-                    hint = "; a mixer of your own module: dsf-train --import MODULE fit ... registers it first"
+                    hint = (f"; a mixer of your own module: dsf-train --import MODULE {self.subcommand} ... "
+                            "registers it first")
                 self._usage_error(
                     f"{key}: unknown mixer {value!r}; choose one of: {', '.join(dsf.zoo.names())}{hint}")
         if self._get(self.config, "tensorboard") and importlib.util.find_spec("tensorboard") is None \

@@ -68,7 +68,8 @@ def test_a_zoo_variant_by_the_tables_spelling(tmp_path, capsys):
     names = check_names()
     assert names[names.index("titans") + 1] == "titans(memory='linear')"
     for bad, said in (("titans(memory=linear)", "each value a Python literal"),
-                      ("titans(memroy='linear')", "unknown option"), ("titanz(memory='linear')", "unknown mixer")):
+                      ("titans(memroy='linear')", "unknown option"), ("titanz(memory='linear')", "unknown mixer"),
+                      ("titans(memory='lin')", "memory must be 'mlp' or 'linear'")):
         with pytest.raises(SystemExit):
             main(["check", bad])
         assert said in capsys.readouterr().err, bad
