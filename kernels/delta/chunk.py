@@ -1553,8 +1553,8 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     scan, pass_ = (_common.products(_state_kernel, n) for n in ("delta.segment_state", "delta.pass"))
     P = _empty(NS, H, K, K, dtype=torch.float32, device=dev) if trans else None
     scan[grid(max(V, K) if trans else V)](k, w, u, g, None, None, vn, dS, s_offsets, s_chunk_offsets, per,
-                                                   V=V, HAS_H0=False, STORE_HT=True, OUT=False, STORE_H=False,
-                                                   pt=P, TRANS=trans, **seg)
+                                          V=V, HAS_H0=False, STORE_HT=True, OUT=False, STORE_H=False,
+                                          pt=P, TRANS=trans, **seg)
     if not trans:
         P = _transitions(k, w, g, s_offsets, s_chunk_offsets, per, NS, BT, c, *((beta, Tm) if wu else ()))
     # the states entering the segments, in order (and the sequences' final states)
@@ -1565,9 +1565,9 @@ def _forward_segments(q, k, v, beta, g, h0, offsets, scale, BT, store_ht, keep, 
     # the pass: each segment from the state entering it, writing the outputs (and, for a backward,
     # each chunk's entering state and Vn)
     pass_[grid(V)](k, w, u, g, S_in, h, vn, None, s_offsets, s_chunk_offsets, per, V=V, HAS_H0=True,
-                           STORE_HT=False, OUT=True, STORE_H=keep,
-                           **tensor_descriptors(SEGMENTS_TMA and not keep, offsets, BT, q=(q, KP), k=(k, KP),
-                                                v=(v, seg["BV"]), o=(o, seg["BV"])), **seg)
+                   STORE_HT=False, OUT=True, STORE_H=keep,
+                   **tensor_descriptors(SEGMENTS_TMA and not keep, offsets, BT, q=(q, KP), k=(k, KP),
+                                        v=(v, seg["BV"]), o=(o, seg["BV"])), **seg)
     # (the transitions too, for a backward: its reverse scan over the same segments needs them)
     return o, ht, (Tm, w, vn, h, chunk_offsets, chunk_indices, maxc, P if keep else None)
 

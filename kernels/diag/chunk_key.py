@@ -850,10 +850,10 @@ def _gated(q: Tensor, k: Tensor, gk: Tensor, offsets: Tensor, chunk_indices: Ten
     GL = _alloc(NC, H, K, dtype=torch.float32, device=q.device)
     if NC:
         grid, inner = chunk_grid((cdiv(K, BK),), NC, H, on=GATE_HEADS_INNER)
-        products(_gate_kernel, "key.gate")[grid](q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK,
-                           FAST=_fast(q.dtype), HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST, EX2=_gate_ex2(q.dtype),
-                           **dependent_launch(pdl, q.device, first=True),
-                           **_launch("gate", q.dtype, K, K))   # no value tile
+        products(_gate_kernel, "key.gate")[grid](
+            q, k, gk, qd, kd, GL, offsets, chunk_indices, H=H, K=K, BT=BT, BK=BK, FAST=_fast(q.dtype),
+            HEADS_INNER=inner, LOADS_FIRST=GATE_LOADS_FIRST, EX2=_gate_ex2(q.dtype),
+            **dependent_launch(pdl, q.device, first=True), **_launch("gate", q.dtype, K, K))   # no value tile
     return qd, kd, GL
 
 
@@ -891,8 +891,8 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
         desc = tensor_descriptors(PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf), v=(v, BVf),
                                   o=(o, BVf))
         fused_fwd[(cdiv(V, BVf), N * H)](qd, kd, GL, A, v, h0, h, o, ht, offsets, chunk_offsets, maxc,
-                                                 scale, HAS_H0=h0 is not None, STORE_HT=ht is not None,
-                                                 **dependent_launch(pdl and NC > 0, q.device), **desc, **launch)
+                                         scale, HAS_H0=h0 is not None, STORE_HT=ht is not None,
+                                         **dependent_launch(pdl and NC > 0, q.device), **desc, **launch)
         return o, saved
     B, T = offsets._dense
     s_offsets, s_chunk_offsets, per = _scalar._segment_layout(B, T, nseg, q.device)
@@ -922,7 +922,7 @@ def _one_pass(q, k, v, gk, h0, ht, offsets, chunk_offsets, chunk_indices, maxc: 
     desc = tensor_descriptors(SEGMENTS_PASS_TMA and not keep, offsets, BT, q=(qd, BKf), k=(kd, BKf), v=(v, BVf),
                               o=(o, BVf))
     fused_fwd[(cdiv(V, BVf), NS * H)](qd, kd, GL, A, v, S_in, h, o, None, s_offsets, s_chunk_offsets,
-                                              per, scale, HAS_H0=True, STORE_HT=False, **desc, **launch)
+                                      per, scale, HAS_H0=True, STORE_HT=False, **desc, **launch)
     return o, saved
 
 

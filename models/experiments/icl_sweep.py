@@ -491,7 +491,8 @@ def add_common_args(p: argparse.ArgumentParser, default_out: str,
     p.add_argument("--mixers", default=None, help=mixers_help)
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scale's)")
     p.add_argument("--scale", choices=tuple(SCALES), default="cpu",
-                   help="cpu: minutes on a laptop; gpu: the H200 preset (more steps, batch, width, workers)")
+                   help="cpu: a minute or two a mixer on two CPU cores; gpu: the H200 preset (more steps, batch, "
+                        "width, workers)")
     p.add_argument("--accelerator", default="cpu", help="Lightning accelerator: cpu, gpu, auto")
     p.add_argument("--precision", default="32-true", help="Lightning precision (32-true, bf16-mixed, ...)")
     p.add_argument("--backend", choices=("auto", "reference", "triton"), default=None,

@@ -219,7 +219,8 @@ def test_set_applies_switches_for_the_run_only(monkeypatch):
 
     seen = []
     monkeypatch.setattr(sweep.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(sweep, "profile", lambda ops, T, impls, dtype=None, modes=None: seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
+    monkeypatch.setattr(sweep, "profile", lambda ops, T, impls, dtype=None, modes=None:
+                        seen.append((ops, T, C.UT_POWERS, dc.FAST_PAIRS)))
     assert sweep.main(["profile", "--ops", "delta", "--T", "1024", "--set", "kernels.delta.chunk.UT_POWERS=False",
                        "--set", "kernels.diag.chunk.FAST_PAIRS=True"]) == 0
     assert seen == [(["delta"], 1024, False, True)]
