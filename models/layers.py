@@ -168,7 +168,9 @@ NAMED: dict[str, Gate] = {
     # θ ≈ 0.5 diverged for Titans' MLP memory with momentum
     "theta": Gate(lambda m, r, i: torch.sigmoid(r), bias=_const(-2.0)),
     "log_eta": Gate(lambda m, r, i: F.logsigmoid(r), bias=_const(2.0)),   # momentum decay <= 0
-    "eps": _SIGMOID,                              # Longhorn's implicit step ε = σ(·), as its code: 0.5 at init
+    # Longhorn's implicit step ε = σ(·) from a zero bias, 0.5 at init: its released code zeroes every
+    # linear bias in _init_weights, and its ε head's bias is not exempted (Mamba's Δ bias is)
+    "eps": Gate(lambda m, r, i: torch.sigmoid(r), bias=_const(0.0)),
 }
 # (mixer, input): where a paper parameterises differently
 GATES: dict[tuple[str, str], Gate] = {
@@ -178,8 +180,9 @@ GATES: dict[tuple[str, str], Gate] = {
     ("gla", "gk"): Gate(lambda m, r, i: F.logsigmoid(r) / 16, rank=16),
     # Mamba-1: Δ = softplus(low-rank(x) + dt_bias), rank ⌈d_model/16⌉
     ("s6", "dt"): Gate(lambda m, r, i: F.softplus(r), rank=lambda d: math.ceil(d / 16), bias=_dt_bias),
-    # the released Longhorn: ε = σ(low-rank(x) + bias), Mamba's rank ⌈d_model/16⌉
-    ("longhorn_diag", "eps"): Gate(lambda m, r, i: torch.sigmoid(r), rank=lambda d: math.ceil(d / 16)),
+    # the released Longhorn: ε = σ(low-rank(x) + bias), Mamba's rank ⌈d_model/16⌉, the bias from zero
+    ("longhorn_diag", "eps"): Gate(lambda m, r, i: torch.sigmoid(r), rank=lambda d: math.ceil(d / 16),
+                                   bias=_const(0.0)),
     # LSTM forget-gate bias 1 (Jozefowicz et al. 2015): remember by default
     ("qlstm", "f"): Gate(bias=_const(1.0)),
     # Titans: momentum η ≈ 0.9 multiplies the step by ~1/(1 − η), so θ = 0.01·σ(raw), titans-pytorch's

@@ -62,6 +62,18 @@ def test_gates_are_in_range():
     assert ((eps > 0) & (eps < 1)).all()                    # Longhorn's code: ε = σ(·)
 
 
+@pytest.mark.parametrize("name", ["longhorn", "longhorn_diag"])
+def test_longhorns_step_bias_starts_at_zero(name):
+    """The released Longhorn zeroes its ε head's bias (_init_weights spares only biases marked
+    _no_reinit, which Mamba's Δ bias is and Longhorn's is not): ε = σ(W x) is 0.5 for x = 0."""
+    layer = MixerLayer(name, 32, 2, **({"state_dim": 4} if name == "longhorn_diag" else {}))
+    head = layer.proj["eps"]
+    head = head[-1] if isinstance(head, torch.nn.Sequential) else head
+    assert torch.equal(head.bias, torch.zeros_like(head.bias))
+    eps = layer.mixer_inputs(torch.zeros(1, 3, 32))["eps"]
+    assert torch.allclose(eps, torch.full_like(eps, 0.5))
+
+
 def test_memoras_memory_starts_on_the_simplex():
     """KL retention keeps each column of W a distribution; the layer's learned initial weights are one
     too (raw N(0, 1/fan_in) weights had half their entries <= 0, taken as log 1e-30)."""
