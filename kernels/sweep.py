@@ -6,6 +6,7 @@
     python -m kernels.sweep profile --ops delta --set kernels.delta.chunk.UT_POWERS=False   (an A/B run)
     python -m kernels.sweep ab      --ops scalar --T 8192 --set kernels.diag.chunk.FUSED_MIN_PROGRAMS=128
     python -m kernels.sweep host    --ops scalar --T 32768
+    python -m kernels.sweep ab      --ops titans --dtype fp32 --set kernels.memory.chunk.EXACT_LOGS=False
 
 ``profile`` prints, for our chunked kernels and fla-core's, the wall time of forward and
 forward + backward (``triton.testing.do_bench``) and each CUDA kernel's time from torch.profiler.
@@ -106,7 +107,8 @@ def profile(kinds: list[str], T: int, impls: tuple[str, ...] = ("ours", "fla"),
                     print(f"   {t:8.3f} ms  {name[:90]}", flush=True)
 
 
-KINDS = ("scalar", "key", "delta", "gdn")   # what --ops takes: bench's kinds of chunked mixer
+KINDS = ("scalar", "key", "delta", "gdn", "titans")   # what --ops takes: bench's kinds of chunked mixer
+ONLY = {"launch": ("scalar", "key", "delta", "gdn"), "step": ("scalar", "gdn")}   # the rest take every kind
 
 
 def ab(kinds: list[str], T: int, switches: list, rounds: int = 3, dtype: torch.dtype = torch.bfloat16) -> dict:
@@ -429,7 +431,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m kernels.sweep", description=__doc__.splitlines()[0])
     ap.add_argument("what", choices=("profile", "launch", "step", "ab", "host"))
     ap.add_argument("--ops", default="scalar,key,delta",
-                    help=f"comma-separated kinds, of {', '.join(KINDS)}")
+                    help=f"comma-separated kinds, of {', '.join(KINDS)} (launch: not titans; step: scalar, gdn)")
     ap.add_argument("--T", type=int, default=4096, help="sequence length (B = 32768 / T)")
     # an A/B of our switches need not wait for fla's autotuning each time
     ap.add_argument("--impls", default="ours,fla", help="profile: comma-separated, of ours and fla")
@@ -466,8 +468,10 @@ def main(argv=None) -> int:
     if args.rounds < 1:
         ap.error(f"--rounds: at least 1, got {args.rounds}")
     ops = [o for o in args.ops.split(",") if o]
-    if not ops or set(ops) - set(KINDS):
-        ap.error(f"--ops: unknown {sorted(set(ops) - set(KINDS)) or args.ops!r}; known: {', '.join(KINDS)}")
+    known = ONLY.get(args.what, KINDS)
+    if not ops or set(ops) - set(known):
+        ap.error(f"--ops: unknown {sorted(set(ops) - set(known)) or args.ops!r} for {args.what}; "
+                 f"known: {', '.join(known)}")
     if not torch.cuda.is_available():
         ap.error("needs a CUDA GPU (the kernels are timed there)")
     if args.what == "ab":
@@ -479,7 +483,7 @@ def main(argv=None) -> int:
         elif args.what == "profile":
             profile(ops, args.T, impls, DTYPES[args.dtype], modes)
         elif args.what == "step":
-            step([o for o in ops if o in ("scalar", "gdn")] or ["scalar", "gdn"])
+            step(ops)
         else:
             launch([o for o in ops if o in ("scalar", "key")], args.T, names)
             for kind in (o for o in ops if o in ("delta", "gdn")):

@@ -44,6 +44,9 @@ from ..diag.chunk import chunk_layout
 __all__ = ["ChunkTitans", "CHUNK_SIZES"]
 
 CHUNK_SIZES = (16, 32, 64)
+# fp32 inputs sum and difference the gate logs in fp64 (``EXACT`` in the kernels): exact under resets;
+# a switch so that ``python -m kernels.sweep ab --set kernels.memory.chunk.EXACT_LOGS=False`` can time it
+EXACT_LOGS = True
 
 
 def _empty(*shape, dtype, device) -> Tensor:
@@ -597,7 +600,7 @@ class ChunkTitans(torch.autograd.Function):
         if NC > 0:
             _prep_kernel[(NC, H)](k, v, theta, theta if g is None else g, eta, w1, w2, u, tm, cm, cpm, coef,
                                   cend, offsets, chunk_indices, BV=bl["BV_prep"], USE_G=g is not None,
-                                  RETAINED=bool(retained), EXACT=q.dtype == torch.float32,
+                                  RETAINED=bool(retained), EXACT=EXACT_LOGS and q.dtype == torch.float32,
                                   num_warps=bl["warps_prep"], **shape)
         BVs = bl["BV_state"]
         _state_kernel[(cdiv(V, BVs), N * H)](
@@ -654,7 +657,7 @@ class ChunkTitans(torch.autograd.Function):
             _dgate_kernel[(NC, H)](
                 theta, theta if g is None else g, eta, dpqk.sum(0), dakk.sum(0), dvec.sum(0), dend.sum(0),
                 dth, deta if dg is None else dg, deta, offsets, chunk_indices, H=H, BT=BT,
-                USE_G=g is not None, RETAINED=bool(retained), PREC=shape["PREC"], EXACT=q.dtype == torch.float32,
+                USE_G=g is not None, RETAINED=bool(retained), PREC=shape["PREC"], EXACT=EXACT_LOGS and q.dtype == torch.float32,
                 num_warps=bl["warps_gate"])
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v_dtype), dth.to(theta.dtype),
                 None if g is None else dg.to(g.dtype), deta.to(eta.dtype), ds0, dz0, None, None, None, None)

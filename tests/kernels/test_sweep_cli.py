@@ -388,12 +388,16 @@ def test_ab_and_profile_take_a_dtype(monkeypatch):
     assert seen == [torch.float32] * 4 + [torch.bfloat16] * 2
 
 
-@pytest.mark.parametrize("ops,message", [("foo", "--ops: unknown ['foo']; known: scalar, key, delta, gdn"),
-                                         ("scalar,softmax", "unknown ['softmax']"), (",", "--ops: unknown ','")])
-def test_unknown_ops_are_refused_before_the_gpu(ops, message, capsys):
-    """--ops names the kinds to time; one it does not know is refused even where there is no GPU."""
+@pytest.mark.parametrize("what,ops,message", [
+    ("ab", "foo", "--ops: unknown ['foo'] for ab; known: scalar, key, delta, gdn, titans"),
+    ("ab", "scalar,softmax", "unknown ['softmax']"), ("ab", ",", "--ops: unknown ','"),
+    ("launch", "titans", "unknown ['titans'] for launch; known: scalar, key, delta, gdn"),
+    ("step", "key", "unknown ['key'] for step; known: scalar, gdn")])
+def test_unknown_ops_are_refused_before_the_gpu(what, ops, message, capsys):
+    """--ops names the kinds to time; one it does not know, or one the subcommand has nothing to time
+    for, is refused even where there is no GPU."""
     with pytest.raises(SystemExit):
-        sweep.main(["ab", "--ops", ops, "--set", "kernels.diag.chunk.FUSED_BV=128"])
+        sweep.main([what, "--ops", ops, "--set", "kernels.diag.chunk.FUSED_BV=128"])
     assert message in capsys.readouterr().err
 
 
