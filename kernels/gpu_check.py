@@ -34,6 +34,8 @@ MIXERS = [("mamba2", {}), ("retnet", {}), ("linear_attention", {"feature_map": "
           ("gla", {}), ("s6", {}), ("qlstm", {"reversed": True}), ("deltanet", {}),
           ("gated_deltanet", {}), ("longhorn", {}), ("ttt_linear", {}), ("softmax_attention", {}),
           ("softmax_attention", {"window": 100, "sink_tokens": 4})]
+# the K ≠ V rows' mixers: the above, and Titans' linear memory (its K = V rows have their own section)
+UNEQUAL_MIXERS = MIXERS + [("titans", {"memory": "linear"})]
 
 
 def _poison():
@@ -470,9 +472,9 @@ def main(argv=None) -> int:
                      "unequal:NAME")
     # unequal:NAME: the K ≠ V rows of one mixer (all of them run some 200 rows)
     unequal_only = {n.split(":", 1)[1] for n in only if n.startswith("unequal:")}
-    for name in sorted(unequal_only - {m for m, _ in MIXERS}):
+    for name in sorted(unequal_only - {m for m, _ in UNEQUAL_MIXERS}):
         ap.error(f"--only unequal:{name}: the name after 'unequal:' is one of "
-                 f"{', '.join(sorted({m for m, _ in MIXERS}))}; got {name!r}")
+                 f"{', '.join(sorted({m for m, _ in UNEQUAL_MIXERS}))}; got {name!r}")
     # fused:NAME, or fused:NAME/MODE (pass, segments, wu): the fused rows of one mixer, or of one mode
     fused_only: dict[str, set[str]] = {}
     for n in only:
@@ -522,7 +524,7 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]], une
     if want("unequal") or unequal_only:  # every mixer with K ≠ V (non-power-of-two and wider-than-value keys)
         lines += ["", "| K ≠ V (B=2, T=200, H=2) | options | form | K, V | dtype | o | state | worst grad | (which) "
                   "| ok |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for name, opts in MIXERS:
+        for name, opts in UNEQUAL_MIXERS:
             if unequal_only and name not in unequal_only:
                 continue
             for (uK, uV), form in itertools.product(UNEQUAL_DIMS[:1] if args.quick else UNEQUAL_DIMS,

@@ -287,9 +287,10 @@ def test_unequal_rows_check_every_mixer_with_k_unlike_v(tmp_path, monkeypatch):
         return real(name, opts, dtype, form, B, T, H, K, V)
     monkeypatch.setattr(gpu_check, "check", check)
     assert gpu_check.main(["--only", "unequal", "--dtypes", "bfloat16", "--out", str(tmp_path)]) == 0
-    want = {(n, f, K, V) for n, _ in gpu_check.MIXERS for f in ("chunked", "recurrent")
+    want = {(n, f, K, V) for n, _ in gpu_check.UNEQUAL_MIXERS for f in ("chunked", "recurrent")
             for K, V in gpu_check.UNEQUAL_DIMS}
-    assert set(seen) == want and len(seen) == len(gpu_check.MIXERS) * 2 * len(gpu_check.UNEQUAL_DIMS)
+    assert set(seen) == want and len(seen) == len(gpu_check.UNEQUAL_MIXERS) * 2 * len(gpu_check.UNEQUAL_DIMS)
+    assert "titans" in {n for n, *_ in seen}
     assert any(K != V for *_, K, V in seen) and all(K != V for *_, K, V in seen)
     assert "| deltanet |  | chunked | 40, 24 | bfloat16 |" in (tmp_path / "gpu_check.md").read_text()
 
@@ -306,9 +307,10 @@ def test_unequal_rows_of_named_mixers_alone(tmp_path, monkeypatch):
     seen = []
     monkeypatch.setattr(gpu_check, "check", lambda name, opts, dtype, form, *dims: seen.append((name, dims))
                         or ({"o": 1e-7, "state": 2e-7, "grad": 3e-6, "worst_grad": "q"}, True))
-    argv = ["--only", "unequal:longhorn,unequal:ttt_linear", "--dtypes", "float32", "--out", str(tmp_path)]
+    argv = ["--only", "unequal:longhorn,unequal:ttt_linear,unequal:titans", "--dtypes", "float32",
+            "--out", str(tmp_path)]
     assert gpu_check.main(argv) == 0
-    assert {n for n, _ in seen} == {"longhorn", "ttt_linear"}
-    assert len(seen) == 2 * 2 * len(gpu_check.UNEQUAL_DIMS) and all(d[3] != d[4] for _, d in seen)
+    assert {n for n, _ in seen} == {"longhorn", "ttt_linear", "titans"}
+    assert len(seen) == 3 * 2 * len(gpu_check.UNEQUAL_DIMS) and all(d[3] != d[4] for _, d in seen)
     md = (tmp_path / "gpu_check.md").read_text()
     assert "| ttt_linear |  | chunked | 40, 24 | float32 | 1.0e-07 |" in md and md.rstrip().endswith("0 failing rows")
