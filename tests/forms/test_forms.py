@@ -8,7 +8,7 @@ form (against its oracle) runs here. Mixers declaring all three forms are tested
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import dsf
@@ -26,19 +26,36 @@ def _ok(a, b):
 @st.composite
 def shapes(draw):
     """(B, T, H, K, V, chunk, seed) with T = 1, odd T and T not a multiple of the chunk."""
-    T = draw(st.one_of(st.just(1), st.integers(1, 13)))
+    T = draw(st.one_of(st.just(1), st.integers(2, 13)))
     chunk = draw(st.integers(1, 8))
     return (draw(st.integers(1, 2)), T, draw(st.integers(1, 2)), draw(st.integers(1, 4)),
             draw(st.integers(1, 3)), chunk, draw(st.integers(0, 2 ** 16)))
 
 
+# Pinned on every case, whatever hypothesis draws: T = 1; odd T over several chunks, the last one
+# partial; T not a multiple of the chunk (B, T, H, K, V, chunk, seed)
+PINNED = [(1, 1, 1, 2, 2, 3, 0), (2, 7, 2, 3, 2, 3, 1), (1, 12, 1, 2, 3, 5, 2)]
+
+
+def pinned(**extra):
+    """@example rows of PINNED (with ``extra`` for the test's other arguments)."""
+    def wrap(test):
+        for shape in reversed(PINNED):
+            test = example(shape=shape, **extra)(test)
+        return test
+    return wrap
+
+
 def _check(name, out, ref):
-    for i, (a, b) in enumerate(zip(flat_tensors(out), flat_tensors(ref))):
+    outs, refs = flat_tensors(out), flat_tensors(ref)
+    assert len(outs) == len(refs), f"{name}: {len(outs)} tensors against {len(refs)}"   # (zip would stop early)
+    for i, (a, b) in enumerate(zip(outs, refs)):
         err = rel_err(a, b)
         assert err < TOL, f"{name}[{i}]: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
+@pinned()
 @given(shape=shapes())
 def test_forms_agree(case, shape):
     B, T, H, K, V, chunk, seed = shape
@@ -55,6 +72,7 @@ def test_forms_agree(case, shape):
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
+@pinned(split=4)
 @given(shape=shapes(), split=st.integers(1, 12))
 def test_two_pieces_equal_one_run(case, shape, split):
     """Running [0, s) then [s, T) carrying the state equals one run, for both stateful forms."""
@@ -80,6 +98,7 @@ def _dims(spec, name):
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
+@pinned(j=3)
 @given(shape=shapes(), j=st.integers(0, 12))
 def test_causal(case, shape, j):
     """Changing the inputs at time j never changes outputs before j, in any form."""
@@ -109,6 +128,7 @@ GRAD_CASES = [c for c in CASES if has_form(c, "chunked") or has_form(c, "paralle
 
 
 @pytest.mark.parametrize("case", GRAD_CASES, ids=case_id)
+@pinned()
 @given(shape=shapes())
 def test_gradients_agree(case, shape):
     """Gradients of every input and of the initial state agree across the three forms."""

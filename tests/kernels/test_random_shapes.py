@@ -1,18 +1,18 @@
 """Every compiled zoo mixer against the float64 recurrence on shapes hypothesis draws.
 
-The family tests fix their shapes; here hypothesis draws the mixer (with the option sets of
-``dsf.testing.CASES``), the form, B, T (1 to 80: one token, odd lengths, past one chunk of 64), H,
-head dims that are not powers of two and K ≠ V, and whether to start from a state. Outputs, final
-state and the gradient of every input and of the initial state are held to fp32's 1e-5 relative
-error against ``dsf.recurrent`` in float64 (a gradient that is exactly zero, to 1e-6 absolute; that of
-a time-invariant parameter, a sum over every token, to 1e-4).
+The family tests fix their shapes; here, for each compiled mixer (with the option sets of
+``dsf.testing.CASES``), hypothesis draws the form, B, T (1 to 80: one token, odd lengths, past one
+chunk of 64), H, head dims that are not powers of two and K ≠ V, and whether to start from a state.
+Outputs, final state and the gradient of every input and of the initial state are held to fp32's
+1e-5 relative error against ``dsf.recurrent`` in float64 (where the float64 gradient is zero to its
+round-off, to 1e-6 absolute; that of a time-invariant parameter, a sum over every token, to 1e-4).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import dsf
@@ -20,7 +20,8 @@ import kernels
 from dsf.testing import CASES, case_id, flat_tensors, grads, prefix_state, random_case, rel_err, requires_grad
 
 TOL = 1e-5
-# a gradient that is exactly zero (normalised attention's dq at T = 1) comes out as fp32 round-off
+# a gradient that is exactly zero (normalised attention's dq at T = 1: float64 round-off, ~1e-17, in the
+# reference) comes out as fp32 round-off
 ATOL = 1e-6
 # the gradient of an input without a time dim (qLSTM's a, Aaren's q: a parameter) sums T·B terms, and
 # its fp32 error grows with them (1.6e-5 for qLSTM's a at T = 74): gpu_check's fp32 gradient tolerance
@@ -47,10 +48,19 @@ def _cast(state, dtype):
     return type(state)(*(t.to(dtype) for t in state))
 
 
-@settings(deadline=None)
-@given(case=st.sampled_from(KERNEL_CASES), form=st.sampled_from(["chunked", "recurrent"]), B=st.integers(1, 2),
+# Each compiled mixer gets its own draws (a mixer drawn from all of them left the delta rule, Titans
+# and Mamba-2 out of CI's fixed eight): an eighth of the profile's examples a mixer, at least one.
+PER_CASE = settings(deadline=None, max_examples=max(1, settings.default.max_examples // 8))
+
+
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
+@PER_CASE
+@given(form=st.sampled_from(["chunked", "recurrent"]), B=st.integers(1, 2),
        T=st.integers(1, 80), H=st.integers(1, 2), K=st.sampled_from([16, 24, 40]), V=st.sampled_from([16, 20, 32]),
        with_state=st.booleans(), seed=st.integers(0, 2 ** 16))
+# (hypothesis's first draw is its simplest, T = 1 without a state: these two are every mixer's too)
+@example(form="chunked", B=2, T=67, H=2, K=24, V=20, with_state=True, seed=1)
+@example(form="recurrent", B=1, T=9, H=1, K=40, V=16, with_state=True, seed=2)
 def test_compiled_mixers_on_random_shapes(case, form, B, T, H, K, V, with_state, seed):
     if dsf.zoo.get(case[0]).phi_layout == "channel":
         V = 4   # each value channel is a head of its own (S6, qLSTM, ...): the interpreter runs each
@@ -76,13 +86,17 @@ def test_compiled_mixers_on_random_shapes(case, form, B, T, H, K, V, with_state,
     untimed = {i.name for i in spec.inputs if "T" not in i.dims}
     for n, a, b in zip(names, g, g_ref):
         tol = PARAM_TOL if n in untimed else TOL
-        assert rel_err(a, b) < tol or (a.double() - b).abs().max() < ATOL, f"{label}: d{n} {rel_err(a, b):.1e}"
+        # (the absolute bound only where the float64 gradient is zero but for its own round-off)
+        exact_zero = b.abs().max() < 1e-12
+        assert rel_err(a, b) < tol or (exact_zero and a.abs().max() < ATOL), f"{label}: d{n} {rel_err(a, b):.1e}"
 
 
-@settings(deadline=None)
-@given(case=st.sampled_from(KERNEL_CASES), B=st.integers(1, 2), T=st.integers(2, 70), H=st.integers(1, 2),
+@pytest.mark.parametrize("case", KERNEL_CASES, ids=case_id)
+@PER_CASE
+@given(B=st.integers(1, 2), T=st.integers(2, 70), H=st.integers(1, 2),
        K=st.sampled_from([16, 24, 40]), V=st.sampled_from([16, 20, 32]), inplace=st.booleans(),
        seed=st.integers(0, 2 ** 16))
+@example(B=2, T=66, H=2, K=24, V=20, inplace=True, seed=1)
 def test_a_decoding_step_continues_a_prefill_on_random_shapes(case, B, T, H, K, V, inplace, seed):
     """chunked over T − 1 tokens, then ``step`` on the last (in place or not, no autograd: the one-launch
     paths): the last output and the state as the float64 recurrence's."""

@@ -131,27 +131,38 @@ def test_chunked_split_tiles(monkeypatch):
     compare(spec, chunk_titans, *case(spec, 1, 18, 1, K=32, V=32, seed=4), chunk_size=16)
 
 
+@pytest.mark.parametrize("cu", [[0, 5, 5, 22], [0, 5, 5, 40, 43]], ids=["5-0-17", "5-0-35-3"])
 @pytest.mark.parametrize("fn", [chunk_titans, fused_recurrent_titans], ids=["chunked", "recurrent"])
-def test_varlen(fn):
-    """Packed sequences of lengths 5, 0, 17: each equals its own run from its own initial state."""
+def test_varlen(fn, cu):
+    """Packed sequences (an empty one; one over several 16-token chunks beside shorter ones): each
+    equals its own run from its own initial state — output, final S and Z, every input's gradient and
+    those of S0 and Z0."""
     spec = spec_of()
-    cu = [0, 5, 5, 22]
-    d, S0, do, dS = case(spec, 1, cu[-1], 2, seed=9, N=3)
+    N = len(cu) - 1
+    d, S0, do, dS = case(spec, 1, cu[-1], 2, seed=9, N=N)
     kw = {"chunk_size": 16} if fn is chunk_titans else {}
     o, fin, grads = run_kernel(fn, d, S0, do, dS, cu_seqlens=torch.tensor(cu), **kw)
-    dq = torch.zeros_like(grads["q"], dtype=torch.float64)
-    for n in range(3):
+    want = {n: torch.zeros_like(g, dtype=torch.float64) for n, g in grads.items()}
+    for n in range(N):
         a, b = cu[n], cu[n + 1]
         if a == b:  # an empty sequence hands its state through
-            assert torch.equal(fin[0][n], S0[0][n].float()) and torch.equal(grads["S0"][n], dS[0][n].float())
+            for i, name in enumerate(("S0", "Z0")):
+                assert torch.equal(fin[i][n], S0[i][n].float()) and torch.equal(grads[name][n], dS[i][n].float())
+                want[name][n] = dS[i][n]
             continue
         part = {k: v[:, a:b] for k, v in d.items()}
         o_r, fin_r, g_r = reference(spec, part, tuple(x[n:n + 1] for x in S0), do[:, a:b],
                                     tuple(x[n:n + 1] for x in dS))
-        assert rel_err(o[:, a:b], o_r) < TOL and rel_err(fin[1][n:n + 1], fin_r[1]) < TOL
-        assert rel_err(grads["Z0"][n:n + 1], g_r["Z0"]) < TOL
-        dq[:, a:b] = g_r["q"]
-    assert rel_err(grads["q"], dq) < TOL
+        assert rel_err(o[:, a:b], o_r) < TOL
+        assert rel_err(fin[0][n:n + 1], fin_r[0]) < TOL and rel_err(fin[1][n:n + 1], fin_r[1]) < TOL
+        for name, g in g_r.items():
+            if name in ("S0", "Z0"):
+                want[name][n:n + 1] = g
+            else:
+                want[name][:, a:b] = g
+    assert set(want) == set(d) | {"S0", "Z0"}
+    for name in want:
+        assert rel_err(grads[name], want[name]) < TOL, name
 
 
 def test_compile_titans_linear():

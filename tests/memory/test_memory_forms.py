@@ -4,7 +4,7 @@ included); and the mini-batch form with one-token chunks is the recurrence, for 
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import dsf
@@ -30,6 +30,17 @@ def shapes(draw):
             draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(0, 2 ** 16)))
 
 
+# Pinned on every choice: T = 1; odd T over several chunks, the last partial; T not a multiple of the
+# chunk (B, T, H, K, chunk, seed)
+PINNED = [(1, 1, 1, 2, 3, 0), (2, 7, 2, 2, 3, 1), (1, 11, 1, 3, 4, 2)]
+
+
+def pinned(test):
+    for shape in reversed(PINNED):
+        test = example(shape=shape)(test)
+    return test
+
+
 def _inputs(spec, B, T, H, K, seed):
     return spec.random_inputs(B, T, H, K, K, dtype=torch.float64, seed=seed)
 
@@ -40,7 +51,9 @@ def _state(spec, B, H, K, seed):
 
 
 def _close(name, out, ref):
-    for i, (a, b) in enumerate(zip(flat_tensors(out), flat_tensors(ref))):
+    outs, refs = flat_tensors(out), flat_tensors(ref)
+    assert len(outs) == len(refs), f"{name}: {len(outs)} tensors against {len(refs)}"   # (zip would stop early)
+    for i, (a, b) in enumerate(zip(outs, refs)):
         assert rel_err(a, b) < TOL or (a - b).norm() < 1e-12, f"{name}[{i}]: {rel_err(a, b):.2e}"
 
 
@@ -50,6 +63,7 @@ def test_the_capability_flags():
 
 
 @pytest.mark.parametrize("choice", EXACT, ids=cid)
+@pinned
 @given(shape=shapes())
 def test_exact_forms_agree(choice, shape):
     B, T, H, K, chunk, seed = shape
@@ -68,6 +82,7 @@ def test_exact_forms_agree(choice, shape):
 
 
 @pytest.mark.parametrize("choice", CHUNKED, ids=cid)
+@pinned
 @given(shape=shapes())
 def test_chunked_gradients_agree(choice, shape):
     """d(outputs, final state) / d(every input, initial state): chunked == autograd of recurrent."""
