@@ -127,6 +127,7 @@ def compare_no_grad(tag, mixer, d, S0, do, scale, cs):
 # B, T, H, K, V, chunk size, scale, with initial state, with d(final state)
 CASES = [
     (2, 1, 2, 16, 16, 16, None, False, False),   # T = 1, no states, default scale K^-0.5
+    (2, 1, 1, 16, 16, 16, None, True, True),     # T = 1 from an initial state
     (1, 7, 2, 16, 16, 16, 0.5, True, True),      # shorter than one chunk
     (2, 33, 1, 16, 16, 16, None, True, True),    # three chunks, the last one ragged
     (1, 40, 1, 16, 16, 32, 1.0, True, False),    # two 16-blocks in the UT inverse, no dht

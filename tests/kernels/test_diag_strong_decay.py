@@ -110,7 +110,7 @@ def test_matches_reference(kernel, decay, regime):
 
 
 @pytest.mark.parametrize("regime", ["strong", "bursts"])
-@pytest.mark.parametrize("kernel,decay", CASES + [("chunk", "none")])
+@pytest.mark.parametrize("kernel,decay", CASES + [("chunk", "none"), ("fused", "none")])
 def test_varlen(kernel, decay, regime):
     """cu_seqlens with an empty and a one-token sequence: the final state of each sequence depends on
     all of that sequence's decays, and on none of the others'."""
@@ -124,6 +124,13 @@ def test_varlen(kernel, decay, regime):
 def test_no_state(kernel, decay, T):
     """T = 1 and a short sequence, no initial state and no final state."""
     _check(kernel, decay, _inputs(decay, "strong", B=1, T=T, H=2, K=16, V=16, N=1, seed=T), with_state=False)
+
+
+@pytest.mark.parametrize("kernel,decay", CASES)
+def test_one_token_with_states(kernel, decay):
+    """T = 1 from an initial state, the final state's gradient included: the gradient of the initial
+    state passes through one decay."""
+    _check(kernel, decay, _inputs(decay, "strong", B=2, T=1, H=2, K=16, V=16, N=2, seed=4))
 
 
 def test_the_usual_route_fails_here():

@@ -64,7 +64,8 @@ def check(B, T, H, K, V, grads=False, **kw):
         g = torch.autograd.grad(o, (q, k, v), do.to(DEV))
         gr = torch.autograd.grad(r, xd, do.double())
         for name, a, b in zip("qkv", g, gr):
-            assert rel(a, b) < TOL, f"d{name}"
+            # (one key: the weights are 1 whatever q and k are, so dq and dk are exactly zero; fp32 round-off)
+            assert rel(a, b) < TOL or (b.abs().max() == 0 and a.abs().max() < 1e-6), f"d{name}"
 
 
 @pytest.mark.parametrize("T,K,V", [(1, 16, 16), (7, 16, 32), (33, 32, 16)])
@@ -83,7 +84,8 @@ def test_scale():
 
 
 @pytest.mark.parametrize("T,K,V,kw", [(33, 32, 16, {}), (40, 16, 32, dict(window=7, sink_tokens=3)),
-                                      (40, 16, 16, dict(window=18, sink_tokens=1))])
+                                      (40, 16, 16, dict(window=18, sink_tokens=1)), (1, 16, 16, {}),
+                                      (1, 16, 16, dict(window=1, sink_tokens=2))])
 def test_gradients(T, K, V, kw):
     check(1, T, 2, K, V, grads=True, **kw)
 

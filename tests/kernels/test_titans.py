@@ -100,6 +100,7 @@ CHUNKED = [  # B, T, H, retention, grad_at, initial state, d(final state)
     (2, 33, 2, "l2", "previous", True, True),     # three chunks, the last one partial
     (1, 7, 2, "l2", "retained", True, True),      # one partial chunk, gradient at α S
     (2, 1, 1, "l2", "previous", False, False),    # T = 1, no states
+    (2, 1, 1, "l2", "previous", True, True),      # T = 1 from an initial state
     (1, 20, 1, "none", "previous", True, True),   # no retention gate
 ]
 
