@@ -657,7 +657,7 @@ class ChunkTitans(torch.autograd.Function):
             _dgate_kernel[(NC, H)](
                 theta, theta if g is None else g, eta, dpqk.sum(0), dakk.sum(0), dvec.sum(0), dend.sum(0),
                 dth, deta if dg is None else dg, deta, offsets, chunk_indices, H=H, BT=BT,
-                USE_G=g is not None, RETAINED=bool(retained), PREC=shape["PREC"], EXACT=EXACT_LOGS and q.dtype == torch.float32,
-                num_warps=bl["warps_gate"])
+                USE_G=g is not None, RETAINED=bool(retained), PREC=shape["PREC"],
+                EXACT=EXACT_LOGS and q.dtype == torch.float32, num_warps=bl["warps_gate"])
         return (dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv.to(v_dtype), dth.to(theta.dtype),
                 None if g is None else dg.to(g.dtype), deta.to(eta.dtype), ds0, dz0, None, None, None, None)
