@@ -28,9 +28,7 @@ def poison_outputs(monkeypatch):
     # (no import or attribute left out quietly: a module that stopped allocating through its hook
     # would run every test on torch.empty's leftovers)
     for name, attr in POISONED.items():
-        mod = importlib.import_module(name)
-        getattr(mod, attr)
-        monkeypatch.setattr(mod, attr, _nan_alloc if attr == "_alloc" else _nan_empty)
+        monkeypatch.setattr(importlib.import_module(name), attr, _nan_alloc if attr == "_alloc" else _nan_empty)
     yield
 
 

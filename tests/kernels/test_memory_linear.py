@@ -16,22 +16,11 @@ import torch
 
 import dsf
 import kernels
-import kernels.delta.chunk as DC
-import kernels.memory.chunk as MC
-import kernels.memory.recurrent as MR
 from dsf.testing import rel_err
 from dsf.zoo.memory import memory_spec
 
 TOL = 1e-5
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    def nan_empty(*shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    for mod in (DC, MC, MR):
-        monkeypatch.setattr(mod, "_empty", nan_empty)
 
 
 # (spec, family it compiles to)

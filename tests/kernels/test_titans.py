@@ -15,7 +15,6 @@ import torch
 import dsf
 import kernels
 import kernels.memory.chunk as CH
-import kernels.memory.recurrent as RE
 from dsf.testing import rel_err
 from dsf.zoo.memory import memory_spec
 from kernels.memory import chunk_titans, fused_recurrent_titans
@@ -25,14 +24,6 @@ NAMES = ("q", "k", "v", "g", "theta", "log_eta")
 
 # The interpreter turns the 1-element arrays it uses for scalars into loop bounds via int(array).
 pytestmark = pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
-
-
-@pytest.fixture(autouse=True)
-def poison(monkeypatch):
-    def nan_empty(*shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    monkeypatch.setattr(CH, "_empty", nan_empty)
-    monkeypatch.setattr(RE, "_empty", nan_empty)
 
 
 def spec_of(retention="l2", grad_at="previous"):
