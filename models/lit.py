@@ -140,12 +140,19 @@ BASELINES = {
 }
 
 
+def position_metric(name: str, i: int, n: int) -> str:
+    """The logged name of point i's error among n: ``name/pos_i``, i zero-padded to n − 1's digits so
+    that loggers sorting names (Lightning's CSV columns, TensorBoard's tags) keep the points in order."""
+    return f"{name}/pos_{i:0{len(str(n - 1))}d}"
+
+
 class RegressionModule(TaskModule):
     """In-context regression: MSE of ŷ_i made at x-token 2i (Garg layout, every i) or of the
     query's ŷ at the last token (stacked layout); see ``RegressionDataModule``.
 
     Logs ``train_loss``, ``val_loss`` (mean over positions), ``val_err/pos_{i}`` and, computed once on
     the same validation prompts, ``val_err_{baseline}/pos_{i}`` for the baselines in ``BASELINES``
+    (i zero-padded to the last point's digits: ``pos_00`` … ``pos_10`` for 11 points, ``position_metric``)
     (ridge at the Bayes λ = σ²/Var(w_k) of the data module). Errors are raw squared errors; divide
     by d for Garg et al.'s normalised plots.
 
@@ -230,8 +237,8 @@ class RegressionModule(TaskModule):
         for name, curve in curves.items():
             # (gathered from every process already, so the same on each: sync_dist only quiets Lightning's
             # warning per metric under DDP, its mean of equal values being the value)
-            self.log_dict({f"{name}/pos_{i}": float(e) for i, e in zip(range(pos.start, pos.stop), curve)},
-                          sync_dist=True)
+            self.log_dict({position_metric(name, i, pos.stop): float(e)
+                           for i, e in zip(range(pos.start, pos.stop), curve)}, sync_dist=True)
 
     def _run_baselines(self, prompts: list[tuple[Tensor, Tensor]]) -> dict[str, Tensor]:
         x, y = torch.cat([p[0] for p in prompts]), torch.cat([p[1] for p in prompts])

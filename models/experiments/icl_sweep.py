@@ -243,7 +243,7 @@ def datamodule(s: Settings):
 
 def fit_mixer(job: tuple[str, Settings], deadline_at: float | None = None) -> dict:
     """Train one mixer with the shared settings; return its validation curve and the baselines'."""
-    from ..lit import RegressionModule
+    from ..lit import RegressionModule, position_metric
     from ..model import SequenceModel
 
     mixer, s = job
@@ -261,9 +261,10 @@ def fit_mixer(job: tuple[str, Settings], deadline_at: float | None = None) -> di
     if trainer.global_step < s.steps:
         return {**res, "status": f"stopped at step {trainer.global_step} (deadline)"}
     m = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    curve = [m[f"val_err/pos_{i}"] for i in range(s.n_points)]
+    curve = [m[position_metric("val_err", i, s.n_points)] for i in range(s.n_points)]
     res["curve"] = curve
-    res["baselines"] = {b: [m[f"val_err_{b}/pos_{i}"] for i in range(s.n_points)] for b in BASELINES}
+    res["baselines"] = {b: [m[position_metric(f"val_err_{b}", i, s.n_points)] for i in range(s.n_points)]
+                        for b in BASELINES}
     res["train_loss"] = m.get("train_loss", math.nan)
     res["status"] = "ok" if all(math.isfinite(e) for e in curve) else "diverged (non-finite error)"
     return res

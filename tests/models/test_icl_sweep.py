@@ -85,7 +85,7 @@ def test_a_run_is_a_dsf_train_run(monkeypatch, tmp_path):
                     "--data.steps_per_epoch", "3", "--data.val_size", "64", "--model.warmup_steps", "0",
                     "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
                     "--trainer.enable_model_summary", "false"])
-    err = [float(cli.trainer.callback_metrics[f"val_err/pos_{i}"]) for i in range(s.n_points)]
+    err = [float(cli.trainer.callback_metrics[f"val_err/pos_{i:02d}"]) for i in range(s.n_points)]
     assert s.task["warmup_steps"] == 0 and cli.trainer.global_step == 3
     torch.testing.assert_close(torch.tensor(res["curve"]), torch.tensor(err), rtol=1e-4, atol=1e-6)
 

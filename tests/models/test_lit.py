@@ -169,3 +169,13 @@ def test_mqar_accuracy_counts_queries(tmp_path):
     trainer = _trainer(tmp_path, limit_val_batches=None)
     trainer.validate(module, dm, verbose=False)
     assert float(trainer.callback_metrics["val_acc"]) == 1.0
+
+
+def test_position_metrics_sort_in_order():
+    """Point names are zero-padded to the last point's digits, so a sort keeps the points' order."""
+    from models.lit import position_metric
+
+    for n in (1, 8, 11, 101):
+        names = [position_metric("val_err", i, n) for i in range(n)]
+        assert sorted(names) == names and names[-1] == f"val_err/pos_{n - 1}"
+    assert position_metric("val_err", 3, 11) == "val_err/pos_03"

@@ -57,6 +57,9 @@ def test_overrides_and_outputs(tmp_path, monkeypatch):
     assert log_dir.is_relative_to(tmp_path)
     header = (log_dir / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train_loss", "val_loss", "val_err/pos_10", "val_err_least_squares/pos_10"} <= set(header)
+    # the points' columns in their order (11 points: pos_00 … pos_10; unpadded, a sort put pos_10 third)
+    points = [h for h in header if h.startswith("val_err/pos_")]
+    assert points == [f"val_err/pos_{i:02d}" for i in range(11)]
     saved = yaml.safe_load((log_dir / "config.yaml").read_text())
     assert saved["model"]["init_args"]["model"]["init_args"]["mixer"] == "mamba2"
     assert saved["seed_everything"] == 3
