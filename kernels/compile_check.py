@@ -239,7 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--family", default=",".join(FAMILIES), help=f"comma-separated, of {', '.join(FAMILIES)}")
     ap.add_argument("--dtype", default="bf16,fp16,fp32")
     ap.add_argument("--K", default="64,128,256", help="head dims, K = V")
-    ap.add_argument("--chunk", type=int, default=64, choices=(16, 32, 64), help="the delta rule's and Titans' chunk size")
+    ap.add_argument("--chunk", type=int, default=64, choices=(16, 32, 64),
+                    help="the delta rule's and Titans' chunk size")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--sass", action="store_true",
                     help="a column more: the SASS instructions of each kernel's longest loop (a chunk walk's step) "

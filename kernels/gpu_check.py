@@ -218,7 +218,8 @@ def check_key_chunk(dtype, B, T, H, K, V, regime, seed=0, decay="key", gate_dtyp
 
 # B, T, H, K, V, mixer, chunk size, gate regime ("mild": logsigmoid(N(4, 1)), "strong": −5 … −20)
 DELTA_SHAPES = [(2, 2048, 4, 128, 128, "gated_deltanet", 64, "mild"), (2, 2048, 4, 128, 128, "deltanet", 64, "mild"),
-                (2, 2048, 4, 128, 128, "gated_deltanet", 64, "strong"), (1, 1000, 2, 256, 256, "gated_deltanet", 64, "mild"),
+                (2, 2048, 4, 128, 128, "gated_deltanet", 64, "strong"),
+                (1, 1000, 2, 256, 256, "gated_deltanet", 64, "mild"),
                 (1, 777, 2, 100, 72, "gated_deltanet", 32, "mild"), (2, 1000, 4, 64, 64, "deltanet", 16, "mild")]
 
 
@@ -449,7 +450,8 @@ def main(argv=None) -> int:
                     "also chunk_key, chunk_scalar, chunk_delta, titans, fused (the one-pass forwards; fused:NAME "
                     "for one mixer's, fused:NAME/MODE for one mode of it: pass, segments, wu or pieces), repeat (every "
                     "mixer's repeat check), step (every mixer's decode-step check), varlen (every "
-                    "mixer's packed-sequences check) and unequal (every mixer with K ≠ V; unequal:NAME for one mixer's)")
+                    "mixer's packed-sequences check) and unequal (every mixer with K ≠ V; unequal:NAME for one "
+                    "mixer's)")
     ap.add_argument("--dtypes", default="float32,bfloat16,float16",
                     help="comma-separated dtypes to check (default all three)")
     from kernels.sweep import add_set_option, settings_of
@@ -575,7 +577,8 @@ def _run(args, dtypes: set, only: set[str], fused_only: dict[str, set[str]], une
         lines += ["", "| one-pass forward (FUSED_FORWARD) | mode | dtype | o | state | worst grad | (which) "
                   "| repeats | ok |", "|---|---|---|---|---|---|---|---|---|"]
         # the rows below set FUSED_MIN_PROGRAMS and SEGMENTS themselves; all back to the modules' after
-        with switches([(dc, "FUSED_FORWARD", True), (dlt, "FUSED_FORWARD", True), (dc, "FUSED_MIN_PROGRAMS", dc.FUSED_MIN_PROGRAMS),
+        with switches([(dc, "FUSED_FORWARD", True), (dlt, "FUSED_FORWARD", True),
+                       (dc, "FUSED_MIN_PROGRAMS", dc.FUSED_MIN_PROGRAMS),
                        (dlt, "FUSED_MIN_PROGRAMS", dlt.FUSED_MIN_PROGRAMS), (dlt, "SEGMENTS", dlt.SEGMENTS)]):
             rep = (1, 130, 2, 32, 32) if args.quick else (8, 4096, 16, 128, 128)   # the repeats' shape
             for name, opts, least in (("mamba2", {}, 1), ("mamba2", {}, 10 ** 4),

@@ -370,8 +370,8 @@ def _chunked_delta(terms: LinearTerms, S: Tensor, C: int, T: int) -> tuple[Tenso
     T = (I + strict_lower(β K Kᵀ ⊙ Γ))⁻¹ (inverted for all chunks at once). Only the pseudo-values
     U − W S and the next state d S + K̃ᵀ(U − W S) need the entering state, so the loop over chunks
     is two or three small matmuls (``_delta_scan``, ``_delta_scan_inplace``); the outputs
-    Q Γ₀ S + (Q Kᵀ ⊙ Γ)(U − W S) are batched after it. Tensors are chunk-major ([N, B, H, C, *]), flattened to [N·B·H, C, *] for the batched
-    matmuls.
+    Q Γ₀ S + (Q Kᵀ ⊙ Γ)(U − W S) are batched after it. Tensors are chunk-major ([N, B, H, C, *]),
+    flattened to [N·B·H, C, *] for the batched matmuls.
     """
     q, k, x = (_to_chunks(t, C, chunk_major=True) for t in (terms.q, terms.k, terms.u))
     n, B, H = q.shape[:3]

@@ -150,7 +150,9 @@ def lower_moneta(q, k, v, g, theta, w1, w2, p=3.0, norm_q=4.0, eps=1e-6, scale=1
 def oracle_moneta(q, k, v, g, theta, w1, w2, p=3.0, norm_q=4.0, eps=1e-6, scale=1.0):
     """A_t = α_t A_{t−1} − η_t ∇‖M_{W_{t−1}}(k) − v‖_p^p;  W_t = A_t / ‖A_t‖_q^{q−2} (ε inside)."""
     net = _residual_mlp(F.gelu)
-    norm = lambda a: a / (a.abs().pow(norm_q).sum((-2, -1), keepdim=True) + eps) ** ((norm_q - 2) / norm_q)  # noqa: E731
+
+    def norm(a):
+        return a / (a.abs().pow(norm_q).sum((-2, -1), keepdim=True) + eps) ** ((norm_q - 2) / norm_q)
     A, out = _start(w1, w2, q.shape[0]), []
     for t in range(q.shape[1]):
         kt, vt = k[:, t], v[:, t]
