@@ -547,29 +547,40 @@ def _tiles(K: int, V: int, dtype: torch.dtype | None = None) -> tuple[int, int]:
     return BK, BV
 
 
-# The one-pass forward (_fused_fwd_kernel) instead of the state and output kernels. FUSED_FORWARD:
-# None (default) where the H200 measured it faster (`python -m kernels.bench --ops scalar --impls
-# ours,ours-fused`, bf16, H = 16, K = V = 128, B·T = 32K, 2026-12-01): without a backward where
-# there is a program per SM (forward 0.48 vs 0.56 ms at T = 1K–4K; with a backward storing its
-# states it was 2.06 vs 2.03 ms), and cut into segments where there are fewer programs than SMs,
-# before a backward only where at most half as many, and within a quarter of a program per SM in two
-# segments, forward and before a backward. With 8 programs per SM over the segments
+# The one-pass forward (_fused_fwd_kernel) instead of the state and output kernels. FUSED_FORWARD: None
+# (default) where the H200 measured it faster (`python -m kernels.bench --ops scalar --impls
+# ours,ours-fused`, bf16, H = 16, K = V = 128, B·T = 32K, 2026-12-01): without a backward where there is a
+# program per SM (forward 0.48 vs 0.56 ms at T = 1K–4K; with a backward storing its states it was 2.06 vs
+# 2.03 ms then, faster since: FUSED_BEFORE_BACKWARD), and cut into segments where there are fewer programs
+# than SMs, before a backward only where at most half as many, and within a quarter of a program per SM in
+# two segments, forward and before a backward. With 8 programs per SM over the segments
 # (SEGMENT_PROGRAMS_PER_SM; `python -m kernels.sweep profile --ops scalar --T T --impls ours` with and
 # without `--set kernels.diag.chunk.FUSED_FORWARD=True`, 2026-12-01): T = 16K, B = 2 (64 programs):
-# forward 0.467 vs 0.754 ms, fwd+bwd 2.25 vs 2.46; T = 8K, B = 4 (128 programs): forward 0.527 vs
-# 0.545, one pass without segments 0.479, fwd+bwd 2.12 / 2.06 / 2.05; there, with the segments' log
-# decays summed in the scan (SEGMENT_DECAY_IN_SCAN; `python -m kernels.sweep ab --ops scalar,key --T
-# 8192 --set kernels.diag.chunk.FUSED_MIN_PROGRAMS=L --set kernels.diag.chunk.SEGMENT_PROGRAMS_PER_SM=P`,
-# 2026-12-01), two segments against one pass: forward Mamba-2 0.479 → 0.406 ms, GLA 0.630 → 0.612,
-# fwd+bwd 2.028 → 1.997 and 3.784 → 3.741; three 0.519 / 0.714, four 0.416 / 0.706, eleven 0.480 /
-# 0.682 (all slower for GLA); at T = 4K (256 programs) two segments 0.281 → 0.414, so none there;
-# T = 32K, B = 1 (32 programs): forward 0.469, fwd+bwd 2.66 (0.99 and 3.24 with 2 per SM, where two
-# passes took 1.29 and 3.44). Two passes elsewhere and off CUDA. True: wherever it can run (tests, the
-# GPU check, the benchmark's ours-fused); False: never. (Re-timed 2026-12-04, when the delta rule's
-# pass gained from 128 programs for 132 SMs: `--set kernels.diag.chunk.FUSED_MIN_PROGRAMS=128` at 8K,
-# one pass against the two segments, forward GLA 0.451 → 0.584 ms, Mamba-2 0.347 → 0.460, fwd+bwd
-# 3.013 → 3.186, 1.562 → 1.702: the segments stay; experiments_2026-12-04e.md §7.)
+# forward 0.467 vs 0.754 ms, fwd+bwd 2.25 vs 2.46; T = 8K, B = 4 (128 programs): forward 0.527 vs 0.545,
+# one pass without segments 0.479, fwd+bwd 2.12 / 2.06 / 2.05; there, with the segments' log decays summed
+# in the scan (SEGMENT_DECAY_IN_SCAN; `python -m kernels.sweep ab --ops scalar,key --T 8192 --set
+# kernels.diag.chunk.FUSED_MIN_PROGRAMS=L --set kernels.diag.chunk.SEGMENT_PROGRAMS_PER_SM=P`,
+# 2026-12-01), two segments against one pass: forward Mamba-2 0.479 → 0.406 ms, GLA 0.630 → 0.612, fwd+bwd
+# 2.028 → 1.997 and 3.784 → 3.741; three 0.519 / 0.714, four 0.416 / 0.706, eleven 0.480 / 0.682 (all
+# slower for GLA); at T = 4K (256 programs) two segments 0.281 → 0.414, so none there; T = 32K, B = 1 (32
+# programs): forward 0.469, fwd+bwd 2.66 (0.99 and 3.24 with 2 per SM, where two passes took 1.29 and
+# 3.44). Two passes elsewhere and off CUDA. True: wherever it can run (tests, the GPU check, the
+# benchmark's ours-fused); False: never. (Re-timed 2026-12-04, when the delta rule's pass gained from 128
+# programs for 132 SMs: `--set kernels.diag.chunk.FUSED_MIN_PROGRAMS=128` at 8K, one pass against the two
+# segments, forward GLA 0.451 → 0.584 ms, Mamba-2 0.347 → 0.460, fwd+bwd 3.013 → 3.186, 1.562 → 1.702: the
+# segments stay; experiments_2026-12-04e.md §7.)
 FUSED_FORWARD: bool | None = None
+# Before a backward too where there is a program per SM, for 16-bit inputs: the pass that stores the
+# per-chunk states replaces the state and output kernels. Re-measured 2026-12-05, after the benchmark's
+# ours-fused rows (run 2026-12-05_1649) showed it: on the H200, `python -m kernels.sweep ab --ops scalar
+# --T T --set kernels.diag.chunk.FUSED_FORWARD=True`, three alternating rounds, Mamba-2's bf16 forward +
+# backward 1.546 → 1.400 ms at 1K, 1.538 → 1.396 at 4K (the state and output kernels 0.170 + 0.269 ms
+# against the pass's 0.301, `sweep profile --modes fwd+bwd`), while fp32 inputs (tf32x3 products) lost,
+# 9.05 → 11.61 ms at 4K, and keep the two kernels; on an H100, this rule against `--set
+# kernels.diag.chunk.FUSED_BEFORE_BACKWARD=False`, bf16 1.788 → 1.573 at 1K, 1.774 → 1.566 at 4K, and fp16
+# (the pass forced) 2.809 → 2.420 at 4K (kernels/results/experiments_2026-12-05f.md).
+FUSED_BEFORE_BACKWARD = True
+BEFORE_BACKWARD_DTYPES = (torch.bfloat16, torch.float16)
 FUSED_BV = 64   # value tile of the one-pass forward
 # The forward-only one pass (no states kept for a backward) moves q, k, v and o through the copy
 # engine (host-made tensor descriptors of the batch as [B, T, H, ·]) instead of tiles of pointers: the
@@ -773,14 +784,14 @@ def dstate_tiles(BK: int, BV: int, K: int = 0, V: int = 0, NH: int = 0, device=N
 
 
 def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, backward: bool,
-                    auto: bool | None = None) -> int | None:
+                    auto: bool | None = None, dtype: torch.dtype | None = None) -> int | None:
     """How the forward runs: None for the two-pass kernels, else the one-pass forward over that many
     segments per sequence. One segment where there is a program per SM already; an equal-length batch
     with too few sequence-heads (long T, small B) is cut into segments that run in parallel, joined by
     a short scan over the segments' own states (_segment_pass_kernel); a packed batch with too few
     keeps the two-pass kernels. ``backward``: whether the forward must store states for one. ``auto``:
     whether this family's measured limits apply (default: FUSED_FORWARD is None); False gives the
-    pass wherever it can run, as when forced."""
+    pass wherever it can run, as when forced. ``dtype``: the inputs' (FUSED_BEFORE_BACKWARD)."""
     if FUSED_FORWARD is False or K > 128:
         return None
     auto = FUSED_FORWARD is None if auto is None else auto
@@ -792,7 +803,10 @@ def _fused_segments(offsets: Tensor, N: int, H: int, V: int, K: int, device, bac
     programs = N * H * cdiv(V, min(FUSED_BV, max(16, next_pow2(V))))
     dense = getattr(offsets, "_dense", None)
     band = least > programs and 4 * programs >= 3 * least
-    if programs >= least or (band and dense is None):
+    if programs >= least:
+        pass_first = FUSED_BEFORE_BACKWARD and dtype in BEFORE_BACKWARD_DTYPES
+        return None if auto and backward and not pass_first else 1
+    if band and dense is None:
         return None if auto and backward else 1
     # within a quarter of a program per SM: two segments, forward and before a backward (2 per SM;
     # 3 and 4 lost, see SEGMENT_PROGRAMS_PER_SM); more programs per SM only where fewer
@@ -891,7 +905,7 @@ class ChunkScalarDecay(torch.autograd.Function):
         decay, prec = int(g is not None), _prec(q.dtype)
         ht = _empty(N, H, K, V, dtype=torch.float32, device=q.device) if store_ht else None
         keep = any(ctx.needs_input_grad[:5])   # the per-chunk states are only needed by a backward
-        nseg = _fused_segments(offsets, N, H, V, K, q.device, keep)
+        nseg = _fused_segments(offsets, N, H, V, K, q.device, keep, dtype=q.dtype)
         if nseg is not None:
             h = _empty(NC, H, K, V, dtype=_state_dtype(q.dtype), device=q.device) if keep else None
             o = _empty(Tt, H, V, dtype=v.dtype, device=q.device)

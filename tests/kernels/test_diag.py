@@ -657,17 +657,24 @@ def test_fused_forward_default_rule(monkeypatch):
     """FUSED_FORWARD = None picks the one-pass forward where the H200 measured it faster: without a
     backward where there is a program per SM (132 SMs; B·T = 32K, H = 16, V = 128: 2 value tiles),
     cut into segments where there are fewer (two within a quarter of a program per SM, forward and
-    before a backward), before a backward otherwise only where at most half as many; never off CUDA."""
+    before a backward), before a backward otherwise only where at most half as many, or (16-bit inputs)
+    where there is a program per SM; never off CUDA."""
     import kernels.diag.chunk as dc
 
     assert dc.FUSED_FORWARD is None
     monkeypatch.setattr(dc, "FUSED_MIN_PROGRAMS", 132)   # stands in for the H200's SM count
     cuda = torch.device("cuda")
 
-    def rule(B, T, backward, device=cuda):
-        return dc._fused_segments(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, backward)
+    def rule(B, T, backward, device=cuda, dtype=torch.float32):
+        return dc._fused_segments(seq_bounds(None, B, T, "cpu"), B, 16, 128, 128, device, backward, dtype=dtype)
 
     assert [rule(8, 4096, False), rule(8, 4096, True)] == [1, None]
+    # 16-bit inputs take the pass before a backward too where there is a program per SM
+    assert [rule(8, 4096, True, dtype=dt) for dt in (torch.bfloat16, torch.float16)] == [1, 1]
+    assert rule(3, 8192, True, dtype=torch.bfloat16) is None     # fewer programs: unchanged
+    monkeypatch.setattr(dc, "FUSED_BEFORE_BACKWARD", False)
+    assert rule(8, 4096, True, dtype=torch.bfloat16) is None
+    monkeypatch.setattr(dc, "FUSED_BEFORE_BACKWARD", True)
     assert [rule(4, 8192, False), rule(4, 8192, True)] == [2, 2]       # 128 programs: two segments
     assert [rule(3, 8192, False), rule(3, 8192, True)] == [11, None]   # 96: 8 per SM, not before a backward
     assert [rule(2, 16384, False), rule(2, 16384, True)] == [16, 16]   # 64
