@@ -2,12 +2,9 @@
 # The forty-third session's first device call: Triton's warp-group products (wgmma, Hopper's default) against
 # per-warp ones (mma.sync: each forward kernel's twin compiled with DISABLE_MMA_V3, kernels._common.PER_WARP)
 # for the forwards still over 3x the floor at 16K, per-kernel profiles.
-export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
-L=$OUT/logs1; mkdir -p $L
-step() { local name=$1 lim=$2; shift 2; echo "== $name: $*" >> $L/steps.txt; local t0=$(date +%s)
-  timeout $lim "$@" > $L/$name.txt 2>&1; echo "   rc=$? $(( $(date +%s) - t0 )) s" >> $L/steps.txt; }
+L=$OUT/logs1
+source kernels/results/runs/step.sh
 ALL="kernels._common.PER_WARP={'delta.ut','delta.pass','delta.segment_state','delta.chain','key.gate','key.pass','key.segment_state'}"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv > $L/gpu.txt 2>&1
 for T in 16384; do
   step prof_wgmma_$T 90 python -m kernels.sweep profile --ops key,delta,gdn --T $T --impls ours --modes fwd
   step prof_mma2_$T 90 python -m kernels.sweep profile --ops key,delta,gdn --T $T --impls ours --modes fwd --set "$ALL"
